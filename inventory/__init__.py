@@ -1,0 +1,1 @@
+"""Ansible-format inventories (YAML and INI) and SSH deployments of mesh-agent."""
