@@ -1,0 +1,112 @@
+"""``mesh-agent``: run the daemon, or make a cluster key.
+
+A bad flag or config prints one line naming the field and the reason and
+exits with code 2; nothing is started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any, NoReturn
+
+from agent.errors import ConfigError, MeshError
+
+
+class _ArgParser(argparse.ArgumentParser):
+    """argparse that reports errors as one line with exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"mesh-agent: {message}\n")
+        raise SystemExit(2)
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _ArgParser(prog="mesh-agent", description="meshtui cluster agent")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the agent in the foreground")
+    run.add_argument("--config", help="TOML config file (flags override it)")
+    run.add_argument("--profile", choices=["lan", "local"], help="timing profile (default lan)")
+    run.add_argument("--name", help="node name (default: host name)")
+    run.add_argument("--data-dir", dest="data_dir", help="state directory")
+    run.add_argument("--bind", help="listen address (default 0.0.0.0)")
+    run.add_argument("--advertise", help="address peers use to reach this node")
+    run.add_argument("--port", type=int, help="UDP+TCP port (default 7900)")
+    run.add_argument("--join", action="append", metavar="HOST:PORT", help="seed peer (repeatable)")
+    run.add_argument("--no-mdns", dest="mdns", action="store_false", default=None)
+    run.add_argument("--key-file", dest="key_file", help="cluster key file")
+    run.add_argument(
+        "--insecure-no-key",
+        dest="insecure_no_key",
+        action="store_true",
+        default=None,
+        help="run WITHOUT sealing (anyone on the LAN can join): experiments only",
+    )
+    run.add_argument("--socket", help="control socket path")
+    run.add_argument("--cluster", help="cluster name")
+    run.add_argument("--cap", dest="caps", action="append", metavar="TAG", help="capability tag")
+    run.add_argument("--slots", type=int, help="task slots (default: CPU count)")
+    run.add_argument("--run-as", dest="run_as", help="user tasks run as when root")
+    run.add_argument("--max-voters", dest="max_voters", type=int, help="Raft voters (default 5)")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    sub.add_parser("keygen", help="print a new base64 cluster key")
+    return parser
+
+
+_FLAG_FIELDS = (
+    "name", "data_dir", "bind", "advertise", "port", "mdns", "key_file", "insecure_no_key",
+    "socket", "cluster", "slots", "run_as", "max_voters", "profile",
+)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Only the flags the user actually gave, so the config file is not clobbered."""
+    out: dict[str, Any] = {}
+    for name in _FLAG_FIELDS:
+        value = getattr(args, name, None)
+        if value is not None:
+            out[name] = value
+    if args.join:
+        out["join"] = list(args.join)
+    if args.caps:
+        out["caps"] = list(args.caps)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "keygen":
+        from agent.crypto import generate_key
+
+        print(generate_key())
+        return 0
+
+    from agent.config import load_config
+
+    try:
+        config = load_config(args.config, overrides_from_args(args), args.profile)
+    except ConfigError as exc:
+        sys.stderr.write(f"mesh-agent: config error: {exc}\n")
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from agent.runtime.agent import run_agent
+
+    try:
+        return run_agent(config)
+    except ConfigError as exc:
+        sys.stderr.write(f"mesh-agent: config error: {exc}\n")
+        return 2
+    except MeshError as exc:
+        sys.stderr.write(f"mesh-agent: {exc}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

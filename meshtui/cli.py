@@ -1,0 +1,136 @@
+"""``meshtui``: the operator CLI (scriptable commands) and the TUI entry point.
+
+Exit codes (docs/internals.md §4): 0 ok, 1 not found / task failed,
+2 usage or config error, 3 no quorum, 4 cannot connect.
+
+Only the ``attach`` and ``demo`` commands import Textual; ``status``, ``kv``,
+``submit`` and friends against a local socket import neither textual, asyncssh
+nor zeroconf, so they start in well under 150 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, NoReturn
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+EXIT_NO_QUORUM = 3
+EXIT_CONNECT = 4
+
+
+class _ArgParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"meshtui: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _common(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
+    p.add_argument("-t", "--target", help="socket path, ssh://[user@]host[:port][/sock], or host")
+    p.add_argument("-i", "--inventory", help="inventory file (for host-name targets)")
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _ArgParser(prog="meshtui", description="operate a mesh-agent cluster")
+    sub = parser.add_subparsers(dest="command", parser_class=_ArgParser)
+
+    p = sub.add_parser("attach", help="open the TUI (default command)")
+    p.add_argument("attach_target", nargs="?", metavar="TARGET")
+    _common(p, json_flag=False)
+
+    _common(sub.add_parser("status", help="members, consensus and task counts"))
+
+    p = sub.add_parser("submit", help="submit a shell task; prints its id")
+    _common(p)
+    p.add_argument("--cap", dest="caps", action="append", default=[], metavar="TAG")
+    p.add_argument("--key", help="placement key (hash-ring strategy)")
+    p.add_argument("--strategy", choices=["auction", "capability", "hash"])
+    p.add_argument("--restartable", action="store_true")
+    p.add_argument("--retries", type=int, default=1)
+    p.add_argument("--timeout", type=float, default=0.0, help="seconds (0 = none)")
+    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--env", action="append", default=[], metavar="K=V")
+    p.add_argument("--cwd", default="")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
+
+    _common(sub.add_parser("tasks", help="list tasks"))
+    for name, helptext in (
+        ("logs", "print a task's output"),
+        ("cancel", "cancel a task"),
+        ("wait", "wait for a task to finish; exit 1 if it failed"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        _common(p)
+        p.add_argument("task")
+        if name == "logs":
+            p.add_argument("-f", "--follow", action="store_true")
+            p.add_argument("--stderr", action="store_true")
+        if name == "wait":
+            p.add_argument("--timeout", type=float, default=0.0)
+    for name in ("drain", "undrain"):
+        p = sub.add_parser(name, help=f"{name} a node")
+        _common(p)
+        p.add_argument("node")
+
+    p = sub.add_parser("kv", help="replicated key-value store")
+    _common(p)
+    p.add_argument("op", choices=["get", "put", "del", "list"])
+    p.add_argument("--namespace", "-n", default="default")
+    p.add_argument("--stale", action="store_true", help="read locally, no leader round trip")
+    p.add_argument("key", nargs="?", default="")
+    p.add_argument("value", nargs="?")
+
+    p = sub.add_parser("propose", help="create a proposal members vote on")
+    _common(p)
+    p.add_argument("title")
+    p.add_argument("--body", default="")
+    p.add_argument("--threshold", type=float, default=0.67)
+    p = sub.add_parser("vote", help="vote on a proposal")
+    _common(p)
+    p.add_argument("proposal")
+    p.add_argument("choice", choices=["yes", "no"])
+    _common(sub.add_parser("proposals", help="list proposals"))
+
+    _common(sub.add_parser("report", help="cluster metrics"))
+    p = sub.add_parser("transfer-leader", help="move Raft leadership")
+    _common(p)
+    p.add_argument("to", nargs="?")
+
+    for name in ("deploy", "undeploy", "upgrade"):
+        p = sub.add_parser(name, help=f"{name} agents over SSH from an inventory")
+        p.add_argument("-i", "--inventory", required=True)
+        p.add_argument("--limit", help="host pattern (Ansible syntax)")
+        if name == "undeploy":
+            p.add_argument("--purge", action="store_true", help="also remove the data dir")
+    p = sub.add_parser("keys", help="cluster key rotation")
+    _common(p)
+    p.add_argument("op", choices=["list", "install", "use", "remove"])
+    p.add_argument("key", nargs="?", help="key (install) or key id (use/remove)")
+    p.add_argument("--limit")
+
+    p = sub.add_parser("demo", help="a local mesh of real agents plus the TUI")
+    p.add_argument("--nodes", type=int, default=5)
+    p.add_argument("--no-tui", action="store_true", help="run the mesh and workload headless")
+    p.add_argument("--no-workload", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = args.command or "attach"
+    if command == "attach" and not hasattr(args, "attach_target"):
+        args.attach_target = None
+        args.target = None
+        args.inventory = None
+    from meshtui import commands
+
+    handler: Any = getattr(commands, "cmd_" + command.replace("-", "_"))
+    return int(handler(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

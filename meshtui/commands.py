@@ -1,0 +1,380 @@
+"""The scriptable ``meshtui`` subcommands: each takes parsed args, returns an exit code.
+
+Human output is a plain table; ``--json`` prints exactly the API's shape
+(DESIGN.md, Operator contract) so scripts can rely on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from meshtui.targets import ResolvedTarget, Session, TargetError, resolve_target
+
+EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_NO_QUORUM, EXIT_CONNECT = 0, 1, 2, 3, 4
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"meshtui: {message}\n")
+    return code
+
+
+def with_session(fn: Callable[[argparse.Namespace, Session], int]) -> Command:
+    """Resolve the target, connect, run, and turn every failure into one line + exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(args: argparse.Namespace) -> int:
+        from meshtui.client import ClientError
+
+        try:
+            target = resolve_target(getattr(args, "target", None), getattr(args, "inventory", None))
+        except TargetError as exc:
+            return _fail(str(exc), EXIT_USAGE)
+        try:
+            with Session(target) as session:
+                return fn(args, session)
+        except ClientError as exc:
+            return _fail(exc.message, exc.exit_code)
+        except (ConnectionError, FileNotFoundError, OSError) as exc:
+            return _fail(_connect_error(target, exc), EXIT_CONNECT)
+        except KeyboardInterrupt:
+            return 130
+
+    return wrapper
+
+
+def _connect_error(target: ResolvedTarget, exc: BaseException) -> str:
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    if target.kind == "unix" and isinstance(exc, FileNotFoundError | ConnectionRefusedError):
+        return f"cannot connect to {target.label}: no agent is running there ({reason})"
+    return f"cannot connect to {target.label}: {reason}"
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=False, default=_json_default)
+    sys.stdout.write("\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _rid() -> str:
+    """Idempotency id: a retried request with the same rid applies once."""
+    return uuid.uuid4().hex
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{float(value) * 100:.0f}%"
+
+
+@with_session
+def cmd_status(args: argparse.Namespace, session: Session) -> int:
+    status = session.call("status")
+    if args.json:
+        _print_json(status)
+        return EXIT_OK
+    cons = status.get("consensus", {})
+    tasks = status.get("tasks", {})
+    banner = "  READ-ONLY (no quorum)" if status.get("read_only") else ""
+    print(f"node {status.get('node')}{banner}")
+    print(
+        f"consensus {cons.get('engine')}: role={cons.get('role')} term={cons.get('term')} "
+        f"leader={cons.get('leader')} commit={cons.get('commit_index')} "
+        f"voters={','.join(cons.get('voters') or [])}"
+    )
+    print(
+        "tasks: " + " ".join(f"{k}={tasks.get(k, 0)}" for k in ("queued", "running", "done", "failed"))
+    )
+    rows = [
+        [m["name"], m["addr"], m["state"], m.get("role"), _pct(m.get("cpu")), _pct(m.get("mem")),
+         m.get("tasks"), ",".join(m.get("caps") or []),
+         "-" if m.get("rtt_ms") is None else f"{m['rtt_ms']:.1f}"]
+        for m in status.get("members", [])
+    ]
+    print_table(["name", "addr", "state", "role", "cpu", "mem", "tasks", "caps", "rtt_ms"], rows)
+    return EXIT_OK
+
+
+@with_session
+def cmd_submit(args: argparse.Namespace, session: Session) -> int:
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        return _fail("submit: no command given (usage: meshtui submit [opts] -- CMD...)", EXIT_USAGE)
+    env: dict[str, str] = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            return _fail(f"submit: --env expects K=V, got {item!r}", EXIT_USAGE)
+        env[key] = value
+    if args.retries < 0 or args.timeout < 0:
+        return _fail("submit: --retries and --timeout must be >= 0", EXIT_USAGE)
+    strategy = args.strategy or ("hash" if args.key else "auction")
+    if strategy == "hash" and not args.key:
+        return _fail("submit: --strategy hash needs --key", EXIT_USAGE)
+    result = session.call(
+        "task.submit",
+        argv=cmd if len(cmd) > 1 else [],
+        shell=cmd[0] if len(cmd) == 1 else "",
+        env=env,
+        cwd=args.cwd,
+        caps=list(args.caps),
+        key=args.key or "",
+        strategy=strategy,
+        priority=args.priority,
+        retries=args.retries,
+        timeout=float(args.timeout),
+        restartable=bool(args.restartable),
+        rid=_rid(),
+    )
+    if args.json:
+        _print_json(result)
+    else:
+        print(result["id"])
+    return EXIT_OK
+
+
+@with_session
+def cmd_tasks(args: argparse.Namespace, session: Session) -> int:
+    rows = session.call("task.list")
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    print_table(
+        ["id", "state", "node", "epoch", "attempts", "migrations", "exit", "cmd"],
+        [[t["id"], t["state"], t["node"], t["epoch"], t["attempts"], t["migrations"],
+          t["exit_code"], t["cmd"][:60]] for t in rows],
+    )
+    return EXIT_OK
+
+
+_FINAL_STATES = {"succeeded", "failed", "cancelled", "lost"}
+
+
+@with_session
+def cmd_logs(args: argparse.Namespace, session: Session) -> int:
+    stream = "stderr" if args.stderr else "stdout"
+    offset = 0
+    out = sys.stdout.buffer
+    while True:
+        chunk = session.call("task.logs", id=args.task, offset=offset, stream=stream)
+        data: bytes = chunk["data"]
+        if data:
+            out.write(data)
+            out.flush()
+        offset = chunk["offset"]
+        if chunk["eof"] and not data:
+            if not args.follow:
+                return EXIT_OK
+            task = session.call("task.get", id=args.task)
+            if task["state"] in _FINAL_STATES:
+                return EXIT_OK
+            time.sleep(0.25)
+        elif not data:
+            time.sleep(0.25)
+
+
+@with_session
+def cmd_cancel(args: argparse.Namespace, session: Session) -> int:
+    session.call("task.cancel", id=args.task, rid=_rid())
+    if not args.json:
+        print(f"cancelled {args.task}")
+    return EXIT_OK
+
+
+@with_session
+def cmd_wait(args: argparse.Namespace, session: Session) -> int:
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    while True:
+        task = session.call("task.get", id=args.task)
+        if task["state"] in _FINAL_STATES:
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            return _fail(f"wait: task {args.task} still {task['state']} after {args.timeout}s", 1)
+        time.sleep(0.2)
+    if args.json:
+        _print_json(task)
+    else:
+        print(f"{task['id']} {task['state']} exit={task.get('exit_code')} node={task.get('node')}")
+    return EXIT_OK if task["state"] == "succeeded" else EXIT_NOT_FOUND
+
+
+def _node_command(method: str) -> Command:
+    @with_session
+    def run(args: argparse.Namespace, session: Session) -> int:
+        session.call(method, node=args.node, rid=_rid())
+        if not args.json:
+            print(f"{method.split('.')[1]}ed {args.node}")
+        return EXIT_OK
+
+    return run
+
+
+cmd_drain = _node_command("node.drain")
+cmd_undrain = _node_command("node.undrain")
+
+
+@with_session
+def cmd_kv(args: argparse.Namespace, session: Session) -> int:
+    ns = args.namespace
+    if args.op != "list" and not args.key:
+        return _fail(f"kv {args.op}: KEY is required", EXIT_USAGE)
+    if args.op == "get":
+        got = session.call("kv.get", ns=ns, key=args.key, stale=args.stale)
+        if not got["found"]:
+            return _fail(f"kv get: {ns}/{args.key}: not found", EXIT_NOT_FOUND)
+        if args.json:
+            _print_json(got)
+        else:
+            sys.stdout.buffer.write(got["value"] + b"\n")
+        return EXIT_OK
+    if args.op == "put":
+        if args.value is None:
+            return _fail("kv put: VALUE is required", EXIT_USAGE)
+        res = session.call("kv.put", ns=ns, key=args.key, value=args.value.encode(), rid=_rid())
+    elif args.op == "del":
+        res = session.call("kv.delete", ns=ns, key=args.key, rid=_rid())
+        if not res.get("deleted", True):
+            return _fail(f"kv del: {ns}/{args.key}: not found", EXIT_NOT_FOUND)
+    else:
+        res = session.call("kv.list", ns=ns, prefix=args.key, stale=args.stale)
+        if not args.json:
+            for key, value in res["items"]:
+                print(f"{key}\t{value.decode('utf-8', 'replace')}")
+            return EXIT_OK
+    if args.json:
+        _print_json(res)
+    return EXIT_OK
+
+
+@with_session
+def cmd_propose(args: argparse.Namespace, session: Session) -> int:
+    if not 0 < args.threshold <= 1:
+        return _fail("propose: --threshold must be in (0, 1]", EXIT_USAGE)
+    res = session.call(
+        "proposal.create", title=args.title, body=args.body, threshold=args.threshold, rid=_rid()
+    )
+    if args.json:
+        _print_json(res)
+    else:
+        print(res["id"])
+    return EXIT_OK
+
+
+@with_session
+def cmd_vote(args: argparse.Namespace, session: Session) -> int:
+    res = session.call("proposal.vote", id=args.proposal, approve=args.choice == "yes", rid=_rid())
+    if args.json:
+        _print_json(res)
+    else:
+        print(json.dumps(res.get("tally", res), default=_json_default))
+    return EXIT_OK
+
+
+@with_session
+def cmd_proposals(args: argparse.Namespace, session: Session) -> int:
+    rows = session.call("proposal.list")
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    print_table(
+        ["id", "title", "state", "yes", "no", "threshold"],
+        [[p["id"], p["title"], p["state"], p["yes"], p["no"], p["threshold"]] for p in rows],
+    )
+    return EXIT_OK
+
+
+@with_session
+def cmd_report(args: argparse.Namespace, session: Session) -> int:
+    report = session.call("report")
+    if args.json:
+        _print_json(report)
+        return EXIT_OK
+    for key, value in report.items():
+        print(f"{key:28} {json.dumps(value, default=_json_default)}")
+    return EXIT_OK
+
+
+@with_session
+def cmd_transfer_leader(args: argparse.Namespace, session: Session) -> int:
+    session.call("leader.transfer", to=args.to)
+    if not args.json:
+        print("leadership transfer requested")
+    return EXIT_OK
+
+
+@with_session
+def cmd_keys(args: argparse.Namespace, session: Session) -> int:
+    if args.op in ("install", "use", "remove") and not args.key:
+        return _fail(f"keys {args.op}: KEY is required", EXIT_USAGE)
+    params: dict[str, Any] = {}
+    if args.op == "install":
+        params["key"] = args.key
+    elif args.op in ("use", "remove"):
+        params["key_id"] = args.key
+    res = session.call(f"keys.{args.op}", **params)
+    if args.json:
+        _print_json(res)
+    else:
+        for key in res.get("keys", []):
+            mark = "*" if key.get("primary") else " "
+            print(f"{mark} {key['id']}")
+    return EXIT_OK
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    target_text = args.attach_target or args.target
+    try:
+        target = resolve_target(target_text, args.inventory)
+    except TargetError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    from meshtui.app import run_app
+    from meshtui.connect import client_factory_for
+
+    run_app(client_factory_for(target), target.label)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if not 1 <= args.nodes <= 15:
+        return _fail("demo: --nodes must be 1-15", EXIT_USAGE)
+    from meshtui.demo import run_demo
+
+    return run_demo(args.nodes, tui=not args.no_tui, workload=not args.no_workload)
+
+
+def _inventory_command(name: str) -> Command:
+    def run(args: argparse.Namespace) -> int:
+        from inventory.cli import run_inventory_command
+
+        return run_inventory_command(name, args)
+
+    return run
+
+
+cmd_deploy = _inventory_command("deploy")
+cmd_undeploy = _inventory_command("undeploy")
+cmd_upgrade = _inventory_command("upgrade")
