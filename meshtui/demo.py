@@ -1,0 +1,239 @@
+"""``meshtui demo``: N real ``mesh-agent`` processes on loopback, a workload, and the TUI.
+
+Nothing here is canned: each node is a separate ``mesh-agent run --profile
+local`` process with its own data dir, socket, key file and port; they find
+each other through seeds on 127.0.0.1, elect a Raft leader, and run the
+CPU-burning tasks the workload thread keeps submitting, so stealing,
+migration and (with the ``k``/``r`` keys) failover show up live.
+
+Quitting stops every process the demo started and removes its directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+WORKLOAD_INTERVAL = 1.5
+"""Seconds between submitted demo tasks."""
+
+BURN_SECONDS = (2, 6)
+"""Each demo task burns one CPU for a duration in this range (seconds)."""
+
+
+def free_port() -> int:
+    """A port free for both TCP and UDP on 127.0.0.1 (the agent uses one port for both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = int(tcp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise OSError("no free port for TCP+UDP on 127.0.0.1")
+
+
+@dataclass
+class DemoNode:
+    name: str
+    port: int
+    data_dir: Path
+    socket_path: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    log_file: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_file = self.data_dir / "agent.log"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class LocalMesh:
+    """Start, kill, restart and stop N loopback agents (also used by tests)."""
+
+    def __init__(self, nodes: int, base_dir: Path | None = None, slots: int = 2) -> None:
+        self.base_dir = base_dir or Path(tempfile.mkdtemp(prefix="meshtui-demo-"))
+        self._owns_dir = base_dir is None
+        self.key_file = self.base_dir / "cluster.key"
+        ports = [free_port() for _ in range(nodes)]
+        seeds = [f"127.0.0.1:{p}" for p in ports[: min(3, nodes)]]
+        self.nodes: list[DemoNode] = []
+        for i, port in enumerate(ports, start=1):
+            data_dir = self.base_dir / f"n{i}"
+            sock = str(data_dir / "agent.sock")
+            argv = [
+                sys.executable, "-m", "agent.cli", "run", "--profile", "local",
+                "--name", f"n{i}", "--data-dir", str(data_dir), "--bind", "127.0.0.1",
+                "--port", str(port), "--key-file", str(self.key_file), "--socket", sock,
+                "--slots", str(slots), "--no-mdns",
+            ]
+            for seed in seeds:
+                if seed != f"127.0.0.1:{port}":
+                    argv += ["--join", seed]
+            self.nodes.append(DemoNode(f"n{i}", port, data_dir, sock, argv))
+
+    def start(self) -> None:
+        from agent.crypto import generate_key
+
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.key_file.write_text(generate_key() + "\n")
+        os.chmod(self.key_file, 0o600)
+        for node in self.nodes:
+            node.start()
+
+    def node(self, name: str) -> DemoNode:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def names(self) -> list[str]:
+        return [n.name for n in self.nodes]
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        node = self.node(name)
+        if node.proc is not None and node.running:
+            os.killpg(node.proc.pid, sig)
+            if sig == signal.SIGKILL:
+                node.proc.wait(timeout=10)
+
+    def restart(self, name: str) -> None:
+        node = self.node(name)
+        if not node.running:
+            node.start()
+
+    def wait_ready(self, timeout: float = 20.0) -> bool:
+        """Until every socket answers ``status`` (bounded by ``timeout``)."""
+        from meshtui.client import call_sync
+
+        deadline = time.monotonic() + timeout
+        pending = {n.name for n in self.nodes}
+        while pending and time.monotonic() < deadline:
+            for node in self.nodes:
+                if node.name in pending:
+                    with contextlib.suppress(Exception):
+                        call_sync(node.socket_path, "status", {}, 1.0)
+                        pending.discard(node.name)
+            time.sleep(0.2)
+        return not pending
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            if node.running and node.proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(node.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for node in self.nodes:
+            if node.proc is None:
+                continue
+            try:
+                node.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(node.proc.pid, signal.SIGKILL)
+                node.proc.wait(timeout=5)
+        if self._owns_dir:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+class Workload(threading.Thread):
+    """Keeps submitting CPU-burning tasks through whichever node answers."""
+
+    def __init__(self, mesh: LocalMesh) -> None:
+        super().__init__(name="demo-workload", daemon=True)
+        self.mesh = mesh
+        self.stopping = threading.Event()
+        self.submitted = 0
+
+    def run(self) -> None:
+        from meshtui.client import call_sync
+
+        counter = 0
+        while not self.stopping.wait(WORKLOAD_INTERVAL):
+            counter += 1
+            seconds = BURN_SECONDS[0] + counter % (BURN_SECONDS[1] - BURN_SECONDS[0] + 1)
+            burn = f"end=$(( $(date +%s) + {seconds} )); while [ $(date +%s) -lt $end ]; do :; done"
+            params = {
+                "argv": [], "shell": burn, "env": {}, "cwd": "", "caps": [],
+                # Every third task is keyed so the hash ring piles work on one
+                # host and work stealing / rebalance have something to do.
+                "key": "hot" if counter % 3 == 0 else "",
+                "strategy": "hash" if counter % 3 == 0 else "auction",
+                "priority": 0, "retries": 2, "timeout": 60.0, "restartable": True,
+                "rid": uuid.uuid4().hex,
+            }
+            for node in self.mesh.nodes:
+                if not node.running:
+                    continue
+                try:
+                    call_sync(node.socket_path, "task.submit", params, 3.0)
+                    self.submitted += 1
+                    break
+                except Exception:  # no quorum yet, node down: try the next node
+                    continue
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_demo(nodes: int, tui: bool = True, workload: bool = True) -> int:
+    mesh = LocalMesh(nodes)
+    print(f"meshtui demo: starting {nodes} agents in {mesh.base_dir} …", flush=True)
+    mesh.start()
+    load = Workload(mesh)
+    try:
+        if not mesh.wait_ready():
+            sys.stderr.write(
+                f"meshtui demo: agents did not start; logs are in {mesh.base_dir}/n*/agent.log\n"
+            )
+            for node in mesh.nodes:
+                with contextlib.suppress(OSError):
+                    sys.stderr.write(f"--- {node.name}\n{node.log_file.read_text()[-2000:]}\n")
+            return 1
+        if workload:
+            load.start()
+        if tui:
+            from meshtui.app import run_app
+            from meshtui.connect import client_factory_for
+            from meshtui.targets import ResolvedTarget
+
+            first = mesh.nodes[0]
+            target = ResolvedTarget("unix", f"demo {first.name}", first.socket_path)
+            run_app(client_factory_for(target), target.label, demo_controls=mesh)
+        else:
+            print("demo running headless; Ctrl-C stops it", flush=True)
+            signal.signal(signal.SIGTERM, _raise_interrupt)
+            while True:
+                time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        load.stopping.set()
+        mesh.stop()
+        print("meshtui demo: stopped every agent and removed its files", flush=True)
+    return 0
