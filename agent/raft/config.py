@@ -1,0 +1,110 @@
+"""Raft tuning: one frozen dataclass, every field documented with its unit and default.
+
+Timing is expressed in *ticks*; the runtime calls ``RaftNode.tick()`` every
+``tick_interval`` seconds.  ``lan()`` gives a 100 ms heartbeat and an election
+timeout randomised in [1 s, 2 s); ``local()`` is for loopback demos and tests on
+small (2-core) CI boxes: faster, but with elections still >= 0.5 s so a loaded
+box does not thrash between candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class RaftConfig:
+    """Timing, quorum and batching parameters of one Raft node."""
+
+    tick_interval: float = 0.1
+    """Seconds between ``tick()`` calls (default 0.1 s)."""
+
+    heartbeat_ticks: int = 1
+    """A leader sends heartbeats every this many ticks (default 1 → 100 ms on the LAN)."""
+
+    election_ticks: int = 10
+    """Base election timeout in ticks; each node draws its timeout uniformly from
+    [election_ticks, 2·election_ticks) (default 10 → [1 s, 2 s) on the LAN)."""
+
+    pre_vote: bool = True
+    """Run a pre-vote round before bumping the term, so a node rejoining from a
+    partition cannot depose a healthy leader (default on)."""
+
+    check_quorum: bool = True
+    """A leader that has not heard from a quorum within one election timeout steps
+    down, and followers that heard from a leader within that time ignore votes
+    (leader lease; default on)."""
+
+    max_voters: int = 5
+    """At most this many voters; every other member is a non-voting learner (default 5)."""
+
+    max_inflight_msgs: int = 256
+    """AppendEntries messages a leader may have unacknowledged per follower in the
+    pipelined (replicate) state (default 256)."""
+
+    max_size_per_msg: int = 1024 * 1024
+    """Byte budget of the entries batched into one AppendEntries (default 1 MiB; at
+    least one entry is always sent)."""
+
+    max_committed_per_ready: int = 4096
+    """At most this many committed entries are handed to the application per Ready
+    (default 4096), which bounds the work of one loop turn."""
+
+    snapshot_threshold: int = 10_000
+    """Take an application snapshot once this many entries were applied since the
+    last one (default 10,000)."""
+
+    snapshot_trailing: int = 1_000
+    """Entries kept in the log behind a snapshot so slightly lagging followers catch
+    up with AppendEntries instead of a full InstallSnapshot (default 1,000)."""
+
+    @classmethod
+    def lan(cls) -> RaftConfig:
+        """Heartbeat 100 ms, election timeout randomised in [1 s, 2 s)."""
+        return cls()
+
+    @classmethod
+    def local(cls) -> RaftConfig:
+        """Loopback: 50 ms ticks, heartbeat 50 ms, election timeout in [0.5 s, 1 s)."""
+        return cls(tick_interval=0.05, heartbeat_ticks=1, election_ticks=10)
+
+    @property
+    def election_timeout(self) -> float:
+        """The base election timeout in seconds."""
+        return self.tick_interval * self.election_ticks
+
+    def validate(self) -> RaftConfig:
+        """Return self, or raise ``ConfigError(field, reason)`` for the first bad field."""
+        if not 0.001 <= self.tick_interval <= 10.0:
+            raise ConfigError("raft.tick_interval", f"must be 0.001-10 s, got {self.tick_interval}")
+        if self.heartbeat_ticks < 1:
+            raise ConfigError("raft.heartbeat_ticks", f"must be >= 1, got {self.heartbeat_ticks}")
+        if self.election_ticks <= self.heartbeat_ticks:
+            raise ConfigError(
+                "raft.election_ticks",
+                f"must exceed heartbeat_ticks ({self.heartbeat_ticks}), got {self.election_ticks}",
+            )
+        if not 1 <= self.max_voters <= 9:
+            raise ConfigError("raft.max_voters", f"must be 1-9, got {self.max_voters}")
+        if self.max_inflight_msgs < 1:
+            raise ConfigError(
+                "raft.max_inflight_msgs", f"must be >= 1, got {self.max_inflight_msgs}"
+            )
+        if self.max_size_per_msg < 1:
+            raise ConfigError("raft.max_size_per_msg", f"must be >= 1, got {self.max_size_per_msg}")
+        if self.max_committed_per_ready < 1:
+            raise ConfigError(
+                "raft.max_committed_per_ready",
+                f"must be >= 1, got {self.max_committed_per_ready}",
+            )
+        if self.snapshot_threshold < 1:
+            raise ConfigError(
+                "raft.snapshot_threshold", f"must be >= 1, got {self.snapshot_threshold}"
+            )
+        if self.snapshot_trailing < 0:
+            raise ConfigError(
+                "raft.snapshot_trailing", f"must be >= 0, got {self.snapshot_trailing}"
+            )
+        return self
