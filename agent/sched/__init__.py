@@ -1,0 +1,74 @@
+"""Placement policies: pure functions over a ``ClusterSnapshot`` (no I/O, no clock).
+
+The leader's runtime builds the snapshot, calls these, and proposes every
+decision as a committed log entry (``agent.state``).
+"""
+
+from agent.sched.balance import (
+    HeatState,
+    may_move,
+    plan_drain,
+    plan_failover,
+    plan_rebalance,
+    plan_steals,
+    update_heat,
+)
+from agent.sched.config import SchedConfig
+from agent.sched.messages import WIRE_TYPES, Bid, BidRequest
+from agent.sched.placement import (
+    Placement,
+    auction_score,
+    auction_scores,
+    capability_match,
+    eligible_nodes,
+    is_eligible,
+    place,
+    place_by_capability,
+    place_by_hash,
+    place_many,
+    preference_list,
+    run_auction,
+)
+from agent.sched.ring import HashRing, ring_hash
+from agent.sched.snapshot import (
+    ClusterSnapshot,
+    Move,
+    MoveReason,
+    NodeView,
+    Strategy,
+    TaskView,
+)
+
+__all__ = [
+    "WIRE_TYPES",
+    "Bid",
+    "BidRequest",
+    "ClusterSnapshot",
+    "HashRing",
+    "HeatState",
+    "Move",
+    "MoveReason",
+    "NodeView",
+    "Placement",
+    "SchedConfig",
+    "Strategy",
+    "TaskView",
+    "auction_score",
+    "auction_scores",
+    "capability_match",
+    "eligible_nodes",
+    "is_eligible",
+    "may_move",
+    "place",
+    "place_by_capability",
+    "place_by_hash",
+    "place_many",
+    "plan_drain",
+    "plan_failover",
+    "plan_rebalance",
+    "plan_steals",
+    "preference_list",
+    "ring_hash",
+    "run_auction",
+    "update_heat",
+]
