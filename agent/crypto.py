@@ -1,0 +1,405 @@
+"""Cluster keyring and sealed envelopes: AES-256-GCM, key rotation, replay protection.
+
+Theory of operation
+-------------------
+Every peer packet (UDP datagram or TCP frame body) is sealed::
+
+    version (1) | key id (4) | nonce (12) | ciphertext | tag (16)
+
+The header ``version | key id`` is the AEAD's associated data, so it cannot be
+altered either.  The key id is the first 4 bytes of SHA-256 of the key: it
+names a key without revealing anything usable about it.  Every installed key
+opens packets; only the primary seals.  Rotation is install (everywhere) ->
+use (everywhere) -> remove (everywhere), and no packet is lost in between.
+
+Nonces.  AES-GCM is broken if a (key, nonce) pair ever repeats, and every
+node of the cluster shares the key.  A nonce is a 4-byte random per-process
+prefix followed by an 8-byte counter that starts at a random value and is
+incremented on every seal.  Within a process the counter never repeats (2**64
+seals), so no nonce repeats under any key.  Across processes sharing a key,
+two nonce streams collide only if their random 96-bit starting points land
+within the number of packets either sends: for N process starts sealing m
+packets each the probability is about N**2 * m / 2**96, e.g. 10,000 starts
+of 2**36 packets each (40 days at 20k packets/s) gives about 2**-33.  A fresh
+random nonce per packet would give a similar bound but cost a urandom call
+per seal, and the counter also keeps one process from ever repeating itself.
+
+Envelope.  The sealed plaintext starts with a fixed 25-byte header::
+
+    channel (1) | sender (8) | incarnation (u64) | sequence (u64) | payload
+
+``sender`` is the first 8 bytes of SHA-256 of the sender's node id;
+``incarnation`` grows with every process start of the sender (the transport
+uses the start time in ns); ``sequence`` counts per channel from 1.  All of
+it is inside the ciphertext, so it is authenticated.  The receiver keeps an
+IPsec/WireGuard style sliding window per (sender, channel): a duplicate or a
+sequence more than ``window`` behind the highest seen is a replay; a higher
+incarnation (the sender restarted) resets the windows, a lower one is a
+replay.  The channel byte stops a datagram from being replayed as a stream
+frame and vice versa.  The window is checked only after the tag verifies, so
+forged packets cannot move it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import struct
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from agent.errors import AuthError, ConfigError
+
+SEAL_VERSION = 1
+KEY_SIZE = 32
+KEY_ID_SIZE = 4
+NONCE_SIZE = 12
+TAG_SIZE = 16
+HEADER_SIZE = 1 + KEY_ID_SIZE
+SEAL_OVERHEAD = HEADER_SIZE + NONCE_SIZE + TAG_SIZE
+"""Bytes sealing adds around a plaintext (33)."""
+
+_ENV = struct.Struct(">B8sQQ")
+ENVELOPE_HEADER_SIZE = _ENV.size
+"""Bytes of the authenticated envelope header inside the ciphertext (25)."""
+DATAGRAM_OVERHEAD = SEAL_OVERHEAD + ENVELOPE_HEADER_SIZE
+"""Total bytes a sealed datagram adds to its payload (58)."""
+
+REPLAY_WINDOW = 1024
+"""Sequences tracked behind the highest one seen, per sender and channel."""
+MAX_TRACKED_SENDERS = 4096
+"""Senders whose replay windows are kept (least recently heard evicted)."""
+
+_MASK64 = (1 << 64) - 1
+# First bytes of a msgpack array/map: what an unsealed wire message starts with.
+_PLAINTEXT_MARKERS = frozenset([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
+
+
+class SealError(AuthError):
+    """A packet was refused.  ``reason`` is one of: short, version, plaintext,
+    unknown_key, tag, malformed, replay."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"sealed packet refused: {reason}" + (f" ({detail})" if detail else ""))
+        self.reason = reason
+
+
+class Channel(IntEnum):
+    """Which socket a sealed packet is meant for (authenticated)."""
+
+    DATAGRAM = 0
+    STREAM = 1
+
+
+@dataclass(slots=True)
+class SealStats:
+    """Counters of the sealing layer (mutable, read by ``meshtui report``)."""
+
+    sealed: int = 0
+    opened: int = 0
+    dropped_tag: int = 0
+    dropped_unknown_key: int = 0
+    dropped_replay: int = 0
+    dropped_malformed: int = 0
+    dropped_plaintext: int = 0
+
+    def count(self, reason: str) -> None:
+        """Count one drop for ``reason`` (a ``SealError.reason``)."""
+        if reason == "tag":
+            self.dropped_tag += 1
+        elif reason == "unknown_key":
+            self.dropped_unknown_key += 1
+        elif reason == "replay":
+            self.dropped_replay += 1
+        elif reason == "plaintext":
+            self.dropped_plaintext += 1
+        else:
+            self.dropped_malformed += 1
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """One installed key as shown to operators (never the key itself)."""
+
+    key_id: str
+    primary: bool
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def generate_key() -> str:
+    """A new random cluster key in its textual (base64) form."""
+    return encode_key(os.urandom(KEY_SIZE))
+
+
+def encode_key(key: bytes) -> str:
+    return base64.b64encode(key).decode("ascii")
+
+
+def decode_key(text: str, field: str = "key") -> bytes:
+    """Textual key -> 32 bytes; ``ConfigError(field, ...)`` if it is not one."""
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ConfigError(field, f"not valid base64 ({exc})") from None
+    if len(key) != KEY_SIZE:
+        raise ConfigError(field, f"key is {len(key)} bytes, need {KEY_SIZE}")
+    return key
+
+
+def load_key_file(path: str | os.PathLike[str]) -> bytes:
+    """Read a key file written by ``mesh-agent keygen``."""
+    try:
+        text = Path(path).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("key_file", f"cannot read {os.fspath(path)}: {exc}") from None
+    return decode_key(text, field="key_file")
+
+
+def key_id(key: bytes) -> bytes:
+    """First 4 bytes of SHA-256 of the key."""
+    return hashlib.sha256(key).digest()[:KEY_ID_SIZE]
+
+
+def _check_key(key: bytes) -> bytes:
+    if not isinstance(key, bytes | bytearray) or len(key) != KEY_SIZE:
+        raise ConfigError("key", f"a cluster key is {KEY_SIZE} bytes")
+    return bytes(key)
+
+
+def _parse_key_id(kid: str | bytes) -> bytes:
+    if isinstance(kid, bytes):
+        raw = kid
+    else:
+        try:
+            raw = bytes.fromhex(kid)
+        except ValueError:
+            raise ConfigError("key_id", f"{kid!r} is not hex") from None
+    if len(raw) != KEY_ID_SIZE:
+        raise ConfigError("key_id", f"a key id is {KEY_ID_SIZE} bytes ({2 * KEY_ID_SIZE} hex)")
+    return raw
+
+
+class Keyring:
+    """Installed keys; the primary seals, every key opens."""
+
+    __slots__ = ("_aeads", "_counter", "_keys", "_prefix", "_primary", "_primary_aead",
+                 "_primary_header")
+
+    def __init__(self, keys: Sequence[bytes], primary: bytes) -> None:
+        self._keys: dict[bytes, bytes] = {}
+        self._aeads: dict[bytes, AESGCM] = {}
+        for key in [*keys, primary]:
+            self.install(key)
+        self._prefix = os.urandom(4)
+        self._counter = int.from_bytes(os.urandom(8), "big")
+        self._primary = key_id(primary)
+        self._primary_aead = self._aeads[self._primary]
+        self._primary_header = bytes([SEAL_VERSION]) + self._primary
+
+    @classmethod
+    def from_key(cls, key: bytes) -> Keyring:
+        return cls([key], key)
+
+    # -- sealing -----------------------------------------------------------
+
+    def seal(self, plaintext: bytes) -> bytes:
+        """Encrypt and authenticate ``plaintext`` with the primary key."""
+        self._counter = (self._counter + 1) & _MASK64
+        nonce = self._prefix + self._counter.to_bytes(8, "big")
+        header = self._primary_header
+        return header + nonce + self._primary_aead.encrypt(nonce, plaintext, header)
+
+    def open(self, packet: bytes) -> bytes:
+        """Verify and decrypt a sealed packet; ``SealError`` says why not."""
+        if len(packet) < SEAL_OVERHEAD:
+            raise SealError("short", f"{len(packet)} bytes")
+        if packet[0] != SEAL_VERSION:
+            if packet[0] in _PLAINTEXT_MARKERS:
+                raise SealError("plaintext")
+            raise SealError("version", f"seal version {packet[0]}")
+        aead = self._aeads.get(bytes(packet[1:HEADER_SIZE]))
+        if aead is None:
+            raise SealError("unknown_key", packet[1:HEADER_SIZE].hex())
+        try:
+            return aead.decrypt(
+                packet[HEADER_SIZE : HEADER_SIZE + NONCE_SIZE],
+                packet[HEADER_SIZE + NONCE_SIZE :],
+                packet[:HEADER_SIZE],
+            )
+        except InvalidTag:
+            raise SealError("tag") from None
+
+    # -- rotation ----------------------------------------------------------
+
+    def install(self, key: bytes) -> str:
+        """Add a key (opens packets from now on); returns its id in hex."""
+        key = _check_key(key)
+        kid = key_id(key)
+        existing = self._keys.get(kid)
+        if existing is not None and existing != key:
+            raise ConfigError("key", f"a different key with id {kid.hex()} is installed")
+        if existing is None:
+            self._keys[kid] = key
+            self._aeads[kid] = AESGCM(key)
+        return kid.hex()
+
+    def use(self, kid: str | bytes) -> None:
+        """Make an installed key the primary (it seals from now on)."""
+        raw = _parse_key_id(kid)
+        if raw not in self._aeads:
+            raise ConfigError("key_id", f"key {raw.hex()} is not installed")
+        self._primary = raw
+        self._primary_aead = self._aeads[raw]
+        self._primary_header = bytes([SEAL_VERSION]) + raw
+
+    def remove(self, kid: str | bytes) -> None:
+        """Forget a key; packets sealed with it are dropped from now on."""
+        raw = _parse_key_id(kid)
+        if raw == self._primary:
+            raise ConfigError("key_id", "cannot remove the primary key; use another first")
+        if raw not in self._keys:
+            raise ConfigError("key_id", f"key {raw.hex()} is not installed")
+        del self._keys[raw]
+        del self._aeads[raw]
+
+    def list(self) -> list[KeyInfo]:
+        return [KeyInfo(kid.hex(), kid == self._primary) for kid in self._keys]
+
+    @property
+    def primary_id(self) -> str:
+        return self._primary.hex()
+
+
+# --------------------------------------------------------------------------- replay
+
+
+class ReplayWindow:
+    """Sliding window over one sender's sequence numbers (RFC 6479 style).
+
+    Bit ``i`` of ``bitmap`` is set when ``top - i`` has been accepted."""
+
+    __slots__ = ("_mask", "bitmap", "size", "top")
+
+    def __init__(self, size: int = REPLAY_WINDOW) -> None:
+        assert size > 0
+        self.size = size
+        self._mask = (1 << size) - 1
+        self.top = 0
+        self.bitmap = 0
+
+    def accept(self, seq: int) -> bool:
+        """Accept ``seq`` once: False for a duplicate or one too old."""
+        top = self.top
+        if seq > top:
+            shift = seq - top
+            self.bitmap = 1 if shift >= self.size else ((self.bitmap << shift) | 1) & self._mask
+            self.top = seq
+            return True
+        behind = top - seq
+        if behind >= self.size or seq <= 0:
+            return False
+        bit = 1 << behind
+        if self.bitmap & bit:
+            return False
+        self.bitmap |= bit
+        return True
+
+
+class _Sender:
+    __slots__ = ("incarnation", "windows")
+
+    def __init__(self, incarnation: int, size: int) -> None:
+        self.incarnation = incarnation
+        self.windows = (ReplayWindow(size), ReplayWindow(size))
+
+
+class ReplayFilter:
+    """Replay windows for every sender, bounded to ``max_senders`` (LRU)."""
+
+    __slots__ = ("_senders", "max_senders", "window")
+
+    def __init__(self, window: int = REPLAY_WINDOW, max_senders: int = MAX_TRACKED_SENDERS):
+        self.window = window
+        self.max_senders = max_senders
+        self._senders: OrderedDict[bytes, _Sender] = OrderedDict()
+
+    def accept(self, sender: bytes, incarnation: int, channel: int, seq: int) -> bool:
+        state = self._senders.get(sender)
+        if state is None or incarnation > state.incarnation:
+            state = _Sender(incarnation, self.window)
+            self._senders[sender] = state
+            if len(self._senders) > self.max_senders:
+                self._senders.popitem(last=False)
+        elif incarnation < state.incarnation:
+            return False
+        self._senders.move_to_end(sender)
+        return state.windows[channel].accept(seq)
+
+    def __len__(self) -> int:
+        return len(self._senders)
+
+
+# --------------------------------------------------------------------------- envelope
+
+
+def sender_digest(node_id: str) -> bytes:
+    """The 8-byte sender tag carried in envelopes."""
+    return hashlib.sha256(node_id.encode("utf-8")).digest()[:8]
+
+
+class Envelope:
+    """This node's sealing identity plus the replay filter for everyone else."""
+
+    __slots__ = ("_replay", "_sender", "_seq", "incarnation", "keyring", "stats")
+
+    def __init__(
+        self,
+        keyring: Keyring,
+        sender_id: str,
+        incarnation: int,
+        *,
+        stats: SealStats | None = None,
+        window: int = REPLAY_WINDOW,
+        max_senders: int = MAX_TRACKED_SENDERS,
+    ) -> None:
+        assert 0 <= incarnation <= _MASK64, incarnation
+        self.keyring = keyring
+        self.incarnation = incarnation
+        self.stats = stats if stats is not None else SealStats()
+        self._sender = sender_digest(sender_id)
+        self._seq = [0, 0]
+        self._replay = ReplayFilter(window, max_senders)
+
+    def seal(self, channel: Channel, payload: bytes) -> bytes:
+        seq = self._seq[channel] + 1
+        self._seq[channel] = seq
+        self.stats.sealed += 1
+        return self.keyring.seal(_ENV.pack(channel, self._sender, self.incarnation, seq) + payload)
+
+    def open(self, channel: Channel, packet: bytes) -> bytes:
+        """Payload of a packet sealed for ``channel``; counts and raises
+        ``SealError`` on anything else."""
+        try:
+            plain = self.keyring.open(packet)
+            if len(plain) < ENVELOPE_HEADER_SIZE:
+                raise SealError("malformed", "no envelope header")
+            ch, sender, incarnation, seq = _ENV.unpack_from(plain)
+            if ch != channel:
+                raise SealError("malformed", f"sealed for channel {ch}")
+            if not self._replay.accept(sender, incarnation, ch, seq):
+                raise SealError("replay", f"seq {seq}")
+        except SealError as exc:
+            self.stats.count(exc.reason)
+            raise
+        self.stats.opened += 1
+        return plain[ENVELOPE_HEADER_SIZE:]

@@ -1,0 +1,539 @@
+"""The one wire module: message numbers, a generic dataclass codec, limits, framing.
+
+Theory of operation
+-------------------
+Every peer message is a frozen dataclass owned by the core that speaks it
+(``agent/swim/messages.py``, ``agent/raft/messages.py``,
+``agent/sched/messages.py``).  The cores never import this module: each of
+their ``messages`` modules exposes ``WIRE_TYPES: dict[int, type]`` and
+:func:`registry_loaded` imports and registers them here, checking that every
+number sits in its owner's range (:data:`MSG_RANGES`).  The transport's own
+messages (range 1-9) live in this file.
+
+Encoded form, one msgpack array::
+
+    [protocol_version, msg_type, field0, field1, ...]
+
+Fields are positional in dataclass order.  A nested dataclass is an inline
+array of its fields (no header), ``tuple[X, ...]`` an array, ``dict`` a map,
+an ``IntEnum`` its integer value, ``X | None`` nil or X.
+
+Compatibility rule (fields are only ever appended, always with defaults):
+
+* a message with *more* fields than we know came from a newer peer: the
+  extra trailing fields are ignored;
+* a message with *fewer* fields came from an older peer: the missing trailing
+  fields take their dataclass defaults; if a missing field has no default the
+  message is rejected.
+
+Decoding trusts nothing.  msgpack runs with explicit length limits (each
+also capped by the input length, since every item takes at least one byte),
+so a header claiming 2**32 items is rejected before anything is allocated;
+the C unpacker's fixed stack bounds nesting, and validation only descends as
+deep as the declared schema (:data:`MAX_DEPTH`).  Every value is checked
+against its declared type with exact type tests (a ``bool`` is not an
+``int``, an ``int`` is accepted for a ``float``).  NaN floats are rejected
+(they break ordering and equality); infinities pass.  The only exception
+that leaves :func:`decode` or :class:`FrameDecoder` is ``ProtocolError``.
+
+Encoding is for our own, well-typed messages and does not re-validate them:
+a value msgpack cannot pack is a local bug and raises ``AssertionError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import importlib
+import math
+import operator
+import struct
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from agent.errors import ProtocolError
+
+# --------------------------------------------------------------------------- versions and limits
+
+PROTOCOL_VERSION = 1
+MIN_PROTOCOL_VERSION = 1
+MAX_PROTOCOL_VERSION = 1
+
+MAX_FRAME_SIZE = 16 * 1024 * 1024
+"""Largest TCP frame body in bytes (a sealed packet).  Raft snapshots travel in
+chunks below this (see :data:`MAX_STREAM_PAYLOAD` in the transport)."""
+
+MAX_DATAGRAM_SIZE = 1400
+"""Largest SWIM UDP payload in bytes *before* sealing.  Sealing adds
+``agent.crypto.DATAGRAM_OVERHEAD`` (58) bytes, giving at most 1458 bytes on the
+wire: under the 1472-byte UDP payload of a 1500-byte Ethernet MTU, so SWIM
+packets are never fragmented."""
+
+MAX_STR_LEN = 1024 * 1024
+"""Longest msgpack str in bytes."""
+MAX_BIN_LEN = MAX_FRAME_SIZE
+"""Longest msgpack bin in bytes."""
+MAX_ARRAY_LEN = 1_000_000
+"""Most items in one msgpack array."""
+MAX_MAP_LEN = 100_000
+"""Most entries in one msgpack map."""
+MAX_DEPTH = 16
+"""Deepest allowed schema nesting (dataclass, tuple, dict, optional levels)."""
+
+_MSGPACK_EXCEPTIONS = (ValueError, TypeError, UnicodeDecodeError, OverflowError, RecursionError)
+
+
+class MsgType(enum.IntEnum):
+    """Transport-level message numbers (range 1-9).  Append-only: a number once
+    used is never reused or renumbered.  Core message numbers live in each core's
+    ``WIRE_TYPES`` within the ranges of :data:`MSG_RANGES`."""
+
+    HELLO = 1
+
+
+MSG_RANGES: dict[str, tuple[int, int]] = {
+    "agent.wire": (1, 9),
+    "agent.swim.messages": (10, 39),
+    "agent.raft.messages": (40, 69),
+    "agent.sched.messages": (70, 89),
+    "agent.pbft.messages": (90, 109),
+}
+"""Owner module -> inclusive range of message numbers it may register."""
+
+_CORE_MODULES = (
+    "agent.swim.messages",
+    "agent.raft.messages",
+    "agent.sched.messages",
+    "agent.pbft.messages",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First frame on every outbound TCP connection: who is talking and where
+    to answer.  ``listen_addr`` ("host:port") is what the receiver passes to its
+    stream callback as ``from_addr``."""
+
+    node_id: str
+    listen_addr: str
+
+
+# --------------------------------------------------------------------------- schema compilation
+
+_Conv = Callable[[Any], Any]
+
+
+class _Bad(Exception):
+    """Internal: a value failed validation; turned into ProtocolError at the edge."""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", repr(tp))
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+@dataclass(slots=True)
+class _Compiled:
+    """Encoder/decoder for one dataclass; built once, cached per class."""
+
+    cls: type
+    names: tuple[str, ...]
+    required: int
+    exact: tuple[type | None, ...]
+    convs: tuple[_Conv, ...]
+    getter: Callable[[Any], tuple[Any, ...]]
+    enc_convs: tuple[_Conv | None, ...]
+    needs_enc: bool
+
+    def to_list(self, obj: Any) -> list[Any]:
+        values = list(self.getter(obj)) if len(self.names) != 1 else [self.getter(obj)]
+        if self.needs_enc:
+            for i, conv in enumerate(self.enc_convs):
+                if conv is not None:
+                    values[i] = conv(values[i])
+        return values
+
+    def from_seq(self, seq: Any, start: int) -> Any:
+        n = len(seq) - start
+        if n < self.required:
+            raise _Bad(f"{self.cls.__name__}: {n} fields, need at least {self.required}")
+        args = []
+        i = start
+        for exact, conv in zip(self.exact, self.convs, strict=False):
+            if i >= len(seq):
+                break
+            v = seq[i]
+            i += 1
+            if exact is not None and type(v) is exact:
+                args.append(v)
+            else:
+                args.append(conv(v))
+        try:
+            return self.cls(*args)
+        except Exception as exc:  # __post_init__ validation of peer data
+            raise _Bad(f"{self.cls.__name__}: {exc}") from exc
+
+
+_compiled: dict[type, _Compiled] = {}
+
+
+def _conv_float(v: Any) -> float:
+    if type(v) is int:
+        return float(v)
+    if type(v) is float:
+        if math.isnan(v):
+            raise _Bad("NaN")
+        return v
+    raise _Bad(f"expected float, got {type(v).__name__}")
+
+
+def _exact_conv(tp: type) -> _Conv:
+    def conv(v: Any) -> Any:
+        if type(v) is tp:
+            return v
+        raise _Bad(f"expected {tp.__name__}, got {type(v).__name__}")
+
+    return conv
+
+
+def _compile_type(tp: Any, depth: int) -> tuple[type | None, _Conv, _Conv | None]:
+    """Return (exact fast-path type or None, decode converter, encode converter or None).
+
+    The fast path ``type(v) is exact`` accepts the value untouched; otherwise the
+    decode converter validates/converts it or raises ``_Bad``.
+    """
+    assert depth <= MAX_DEPTH, f"schema nested deeper than MAX_DEPTH={MAX_DEPTH}"
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+
+    if tp is bool or tp is int or tp is str or tp is bytes:
+        return tp, _exact_conv(tp), None
+    if tp is float:
+        return None, _conv_float, None
+    if isinstance(tp, type) and issubclass(tp, enum.IntEnum):
+        enum_cls = tp
+
+        def conv_enum(v: Any) -> Any:
+            if type(v) is not int:
+                raise _Bad(f"expected {enum_cls.__name__}, got {type(v).__name__}")
+            try:
+                return enum_cls(v)
+            except ValueError as exc:
+                raise _Bad(f"{v} is not a {enum_cls.__name__}") from exc
+
+        return None, conv_enum, None
+    if _is_dataclass_type(tp):
+        comp = _compile_class(tp, depth + 1)
+
+        def conv_dc(v: Any) -> Any:
+            if type(v) is not tuple:
+                raise _Bad(f"expected {comp.cls.__name__} array, got {type(v).__name__}")
+            return comp.from_seq(v, 0)
+
+        return None, conv_dc, comp.to_list
+    if origin is typing.Union or origin is types.UnionType:
+        non_none = [a for a in args if a is not type(None)]
+        assert len(non_none) == 1 and len(args) == 2, f"only X | None unions are supported: {tp}"
+        exact, inner, enc = _compile_type(non_none[0], depth + 1)
+
+        def conv_opt(v: Any) -> Any:
+            if v is None:
+                return None
+            if exact is not None and type(v) is exact:
+                return v
+            return inner(v)
+
+        enc_opt = None if enc is None else (lambda v: None if v is None else enc(v))
+        return exact, conv_opt, enc_opt
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return _compile_var_tuple(args[0], depth)
+        return _compile_fixed_tuple(args, depth)
+    if origin is dict:
+        return _compile_dict(args, depth)
+    raise AssertionError(f"unsupported wire field type: {tp!r}")
+
+
+def _compile_var_tuple(item_tp: Any, depth: int) -> tuple[None, _Conv, _Conv | None]:
+    exact, inner, enc = _compile_type(item_tp, depth + 1)
+
+    def conv_tuple(v: Any) -> Any:
+        if type(v) is not tuple:
+            raise _Bad(f"expected array, got {type(v).__name__}")
+        if exact is not None:
+            for item in v:
+                if type(item) is not exact:
+                    break
+            else:
+                return v
+        return tuple([inner(item) for item in v])
+
+    enc_tuple = None if enc is None else (lambda v: [enc(item) for item in v])
+    return None, conv_tuple, enc_tuple
+
+
+def _compile_fixed_tuple(arg_tps: tuple[Any, ...], depth: int) -> tuple[None, _Conv, _Conv | None]:
+    parts = [_compile_type(a, depth + 1) for a in arg_tps]
+    convs = [p[1] for p in parts]
+    encs = [p[2] for p in parts]
+    size = len(parts)
+
+    def conv_fixed(v: Any) -> Any:
+        if type(v) is not tuple or len(v) != size:
+            raise _Bad(f"expected array of {size}")
+        return tuple([c(item) for c, item in zip(convs, v, strict=True)])  # type: ignore[misc]
+
+    enc_fixed = None
+    if any(e is not None for e in encs):
+
+        def enc_fixed(v: Any) -> Any:
+            return [item if e is None else e(item) for e, item in zip(encs, v, strict=True)]
+
+    return None, conv_fixed, enc_fixed
+
+
+def _compile_dict(args: tuple[Any, ...], depth: int) -> tuple[None, _Conv, _Conv | None]:
+    key_tp, val_tp = args
+    assert key_tp in (str, int), f"dict keys must be str or int, not {key_tp!r}"
+    v_exact, v_conv, v_enc = _compile_type(val_tp, depth + 1)
+
+    def conv_dict(v: Any) -> Any:
+        if type(v) is not dict:
+            raise _Bad(f"expected map, got {type(v).__name__}")
+        out = {}
+        for k, item in v.items():
+            if type(k) is not key_tp:
+                raise _Bad(f"map key: expected {key_tp.__name__}, got {type(k).__name__}")
+            out[k] = item if v_exact is not None and type(item) is v_exact else v_conv(item)
+        return out
+
+    enc_dict = None if v_enc is None else (lambda v: {k: v_enc(item) for k, item in v.items()})
+    return None, conv_dict, enc_dict
+
+
+def _compile_class(cls: type, depth: int = 0) -> _Compiled:
+    cached = _compiled.get(cls)
+    if cached is not None:
+        return cached
+    assert _is_dataclass_type(cls), f"{cls!r} is not a dataclass"
+    params = cls.__dataclass_params__  # type: ignore[attr-defined]
+    assert params.frozen, f"{cls.__name__} must be a frozen dataclass"
+    hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)
+    assert all(f.init for f in fields), f"{cls.__name__}: init=False fields cannot travel"
+    names = tuple(f.name for f in fields)
+    required = 0
+    for i, f in enumerate(fields):
+        has_default = (f.default is not dataclasses.MISSING
+                       or f.default_factory is not dataclasses.MISSING)
+        if not has_default:
+            assert required == i, f"{cls.__name__}: field {f.name} without default after defaults"
+            required = i + 1
+    compiled = [_compile_type(hints[n], depth) for n in names]
+    enc_convs = tuple(c[2] for c in compiled)
+    getter: Callable[[Any], Any]
+    getter = operator.attrgetter(*names) if names else (lambda obj: ())
+    comp = _Compiled(
+        cls=cls,
+        names=names,
+        required=required,
+        exact=tuple(c[0] for c in compiled),
+        convs=tuple(c[1] for c in compiled),
+        getter=getter,
+        enc_convs=enc_convs,
+        needs_enc=any(e is not None for e in enc_convs),
+    )
+    _compiled[cls] = comp
+    return comp
+
+
+# --------------------------------------------------------------------------- registry
+
+_by_number: dict[int, _Compiled] = {}
+_by_class: dict[type, int] = {}
+_loaded_modules: set[str] = set()
+
+
+def register(msg_type: int, cls: type) -> None:
+    """Map ``msg_type`` to ``cls``.  A duplicate number or class is a bug
+    (``AssertionError``), as is a class whose field types the codec cannot carry."""
+    assert type(msg_type) is int or isinstance(msg_type, enum.IntEnum), msg_type
+    msg_type = int(msg_type)
+    assert 1 <= msg_type <= 0xFFFF, f"message number {msg_type} out of range"
+    assert msg_type not in _by_number, (
+        f"message number {msg_type} already used by {_by_number[msg_type].cls.__name__}")
+    assert cls not in _by_class, f"{cls.__name__} already registered as {_by_class[cls]}"
+    comp = _compile_class(cls)
+    _by_number[msg_type] = comp
+    _by_class[cls] = msg_type
+
+
+def registered() -> dict[int, type]:
+    """A copy of the registry: number -> class (after :func:`registry_loaded`)."""
+    return {n: c.cls for n, c in sorted(_by_number.items())}
+
+
+def registry_loaded() -> dict[int, type]:
+    """Import every core's ``messages`` module that exists and register its
+    ``WIRE_TYPES``; idempotent and cheap once everything is loaded.  A module
+    that does not exist (yet) is skipped; one that exists but fails to import,
+    or registers numbers outside its range, raises."""
+    for name in _CORE_MODULES:
+        if name in _loaded_modules:
+            continue
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and name.startswith(exc.name):
+                continue  # that core is not written (yet)
+            raise
+        wire_types = getattr(module, "WIRE_TYPES", None)
+        assert isinstance(wire_types, dict), f"{name} must define WIRE_TYPES: dict[int, type]"
+        lo, hi = MSG_RANGES[name]
+        for number, cls in wire_types.items():
+            assert lo <= int(number) <= hi, f"{name}: number {number} outside {lo}-{hi}"
+            register(int(number), cls)
+        _loaded_modules.add(name)
+    return registered()
+
+
+def msg_type_of(msg: object) -> int:
+    """The registered number of ``msg``'s class (``AssertionError`` if unknown)."""
+    number = _by_class.get(type(msg))
+    if number is None:
+        registry_loaded()
+        number = _by_class.get(type(msg))
+    assert number is not None, f"{type(msg).__name__} is not a registered wire message"
+    return number
+
+
+# --------------------------------------------------------------------------- codec
+
+
+def encode(msg: object) -> bytes:
+    """``msg`` (a registered dataclass) -> msgpack bytes."""
+    number = _by_class.get(type(msg))
+    if number is None:
+        number = msg_type_of(msg)
+    comp = _by_number[number]
+    values = comp.to_list(msg)
+    try:
+        return msgpack.packb([PROTOCOL_VERSION, number, *values], use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise AssertionError(f"cannot encode {type(msg).__name__}: {exc}") from exc
+
+
+def _unpack(data: bytes) -> Any:
+    n = len(data)
+    try:
+        return msgpack.unpackb(
+            data,
+            use_list=False,
+            raw=False,
+            strict_map_key=False,
+            max_str_len=min(MAX_STR_LEN, n),
+            max_bin_len=min(MAX_BIN_LEN, n),
+            max_array_len=min(MAX_ARRAY_LEN, n),
+            max_map_len=min(MAX_MAP_LEN, n // 2),
+            max_ext_len=0,
+        )
+    except _MSGPACK_EXCEPTIONS as exc:
+        raise ProtocolError(f"malformed msgpack: {exc or type(exc).__name__}") from None
+    except Exception as exc:  # msgpack's own ExtraData/FormatError/StackError
+        raise ProtocolError(f"malformed msgpack: {type(exc).__name__} {exc}") from None
+
+
+def decode(data: bytes) -> object:
+    """msgpack bytes -> message; raises only ``ProtocolError``."""
+    obj = _unpack(data)
+    if type(obj) is not tuple or len(obj) < 2:
+        raise ProtocolError("message is not an array [version, type, ...]")
+    version, number = obj[0], obj[1]
+    if type(version) is not int or type(number) is not int:
+        raise ProtocolError("message header must be two integers")
+    if not MIN_PROTOCOL_VERSION <= version <= MAX_PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {version}")
+    comp = _by_number.get(number)
+    if comp is None:
+        registry_loaded()
+        comp = _by_number.get(number)
+        if comp is None:
+            raise ProtocolError(f"unknown message type {number}")
+    try:
+        return comp.from_seq(obj, 2)
+    except _Bad as exc:
+        raise ProtocolError(f"invalid message {number}: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(f"invalid message {number}: nested too deep") from None
+
+
+# --------------------------------------------------------------------------- framing
+
+_LEN = struct.Struct(">I")
+FRAME_HEADER_SIZE = _LEN.size
+
+
+def frame(payload: bytes) -> bytes:
+    """Prefix ``payload`` with its 4-byte big-endian length."""
+    assert len(payload) <= MAX_FRAME_SIZE, f"frame of {len(payload)} bytes > MAX_FRAME_SIZE"
+    return _LEN.pack(len(payload)) + payload
+
+
+class FrameDecoder:
+    """Sans-IO splitter of a length-prefixed byte stream into frames.
+
+    ``feed`` returns the complete frames so far.  A length over ``max_frame``
+    raises ``ProtocolError`` as soon as the 4-byte header arrives, before any of
+    the body is buffered; the decoder is then unusable (close the connection).
+    """
+
+    __slots__ = ("_broken", "_buf", "_max", "_need")
+
+    def __init__(self, max_frame: int = MAX_FRAME_SIZE) -> None:
+        self._buf = bytearray()
+        self._max = max_frame
+        self._need = -1  # body length of the frame being read, -1 = reading header
+        self._broken = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for the rest of a frame."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if self._broken:
+            raise ProtocolError("frame stream already failed")
+        self._buf += data
+        out: list[bytes] = []
+        buf = self._buf
+        pos = 0
+        while True:
+            if self._need < 0:
+                if len(buf) - pos < FRAME_HEADER_SIZE:
+                    break
+                (length,) = _LEN.unpack_from(buf, pos)
+                if length > self._max:
+                    self._broken = True
+                    self._buf = bytearray()
+                    raise ProtocolError(f"frame of {length} bytes exceeds {self._max}")
+                pos += FRAME_HEADER_SIZE
+                self._need = length
+            if len(buf) - pos < self._need:
+                break
+            out.append(bytes(buf[pos : pos + self._need]))
+            pos += self._need
+            self._need = -1
+        if pos:
+            del buf[:pos]
+        return out
+
+
+register(MsgType.HELLO, Hello)
