@@ -1,0 +1,503 @@
+"""Runs assigned tasks as real subprocesses and accounts for them.
+
+Contract with the runtime
+-------------------------
+The executor never decides to run anything by itself.  The runtime calls
+``start(task_id, epoch, ...)`` only after it has applied a *committed*
+assignment of that task to this node at that epoch, and calls
+``kill_stale(task_id, epoch)`` as soon as it sees a committed assignment with
+a newer epoch (fencing: a node that comes back from the dead kills its stale
+copy before anything else).  ``start`` itself also fences: a run of the same
+task at an older epoch is killed (and reaped) before the new one is spawned,
+and a start for an epoch older than the one running is refused.
+
+Theory of operation
+-------------------
+* Each run is ``subprocess.Popen(start_new_session=True)``: the task leads its
+  own session and process group, so timeout, cancel and fencing signal the
+  whole group (``killpg``) including grandchildren.
+* We do not let asyncio reap the child.  A pidfd (``os.pidfd_open``) becomes
+  readable when the leader exits; while it is a zombie its pid still pins the
+  group id, so we SIGKILL the rest of the group first (a task's lingering
+  children never outlive it) and only then reap with ``os.wait4``, whose
+  rusage gives the exact CPU time of the leader and every descendant it
+  waited for.
+* Resource accounting: every 0.5 s ``load.tree_usage`` sums CPU and RSS over
+  the live process tree.  ``cpu_time`` is the larger of the polled figure and
+  wait4's; ``peak_rss`` is the largest polled tree sum (a run shorter than
+  one poll is sampled once, right after spawn).
+* Output: the child gets pipes, never our files.  The agent reads them and
+  appends to ``<data_dir>/tasks/<task_id>/<epoch>.out|.err`` (dir 0700, files
+  0600).  Each file keeps the *head*: the first ``output_limit`` bytes (8 MiB
+  by default); beyond that the pipe is still drained so the task never
+  blocks, and the dropped byte count is reported in the finished event.  The
+  head was chosen over the tail because offsets then stay stable, which is
+  what ``logs --follow`` (``read_output``) pages with.
+* Timeout: SIGTERM to the group, SIGKILL after ``kill_grace`` seconds.
+  ``cancel`` does the same; ``kill_stale`` and ``shutdown`` SIGKILL at once.
+* As root with ``run_as`` set, the task runs as that user (``user=``,
+  ``group=``, no supplementary groups) with HOME/USER/LOGNAME set; its default
+  working directory is ``<data_dir>/tasks/<task_id>/work`` owned by it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import pwd
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from agent.errors import ConfigError, TaskError
+from agent.load import tree_usage
+
+OUTPUT_LIMIT_BYTES = 8 * 1024 * 1024
+"""Bytes of stdout (and separately stderr) kept per run."""
+
+KILL_GRACE_S = 5.0
+"""Seconds between SIGTERM and SIGKILL on timeout or cancel."""
+
+POLL_INTERVAL_S = 0.5
+"""How often a run's process tree is sampled for CPU and RSS."""
+
+PIPE_DRAIN_S = 2.0
+"""After the group is killed, how long we wait for pipe EOF (an escaped
+``setsid`` grandchild may hold a pipe open forever)."""
+
+READ_CHUNK = 64 * 1024
+READ_LIMIT_MAX = 4 * 1024 * 1024
+"""Largest slice ``read_output`` returns at once."""
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
+
+Stream = Literal["out", "err"]
+_STREAMS: tuple[Stream, Stream] = ("out", "err")
+FinishReason = Literal["exit", "timeout", "cancelled", "stale", "shutdown"]
+
+
+@dataclass(frozen=True, slots=True)
+class ExecEvent:
+    """A run started or finished.  ``at`` is wall-clock seconds (time.time())."""
+
+    kind: Literal["started", "finished"]
+    task_id: str
+    epoch: int
+    pid: int
+    exit_code: int | None
+    """Exit status; ``-N`` when killed by signal N; None for ``started`` (or if
+    another reaper collected the status first)."""
+    duration: float
+    """Seconds from spawn to exit (0 for ``started``)."""
+    cpu_time: float
+    """User + system CPU seconds of the whole tree."""
+    peak_rss: int
+    """Peak resident memory of the tree, bytes."""
+    at: float
+    reason: FinishReason | None = None
+    """Why it ended: exit, timeout, cancelled, stale (fenced) or shutdown."""
+    truncated_out: int = 0
+    """Bytes of stdout dropped beyond the output limit."""
+    truncated_err: int = 0
+
+
+@dataclass(slots=True)
+class _Capture:
+    fd: int
+    file_fd: int
+    limit: int
+    written: int = 0
+    dropped: int = 0
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(slots=True)
+class _Run:
+    task_id: str
+    epoch: int
+    popen: subprocess.Popen[bytes]
+    pidfd: int
+    started_mono: float
+    captures: dict[str, _Capture]
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Future[ExecEvent] | None = None
+    reason: FinishReason = "exit"
+    cpu_time: float = 0.0
+    peak_rss: int = 0
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+class Executor:
+    """Runs tasks in their own process groups, ``slots`` at a time."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        slots: int | None = None,
+        run_as: str | None = None,
+        on_event: Callable[[ExecEvent], None] | None = None,
+        *,
+        output_limit: int = OUTPUT_LIMIT_BYTES,
+        kill_grace: float = KILL_GRACE_S,
+        poll_interval: float = POLL_INTERVAL_S,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.slots = slots if slots else (os.cpu_count() or 1)
+        if self.slots < 1:
+            raise ConfigError("slots", f"must be >= 1, got {self.slots}")
+        self.on_event = on_event or (lambda _event: None)
+        self.output_limit = output_limit
+        self.kill_grace = kill_grace
+        self.poll_interval = poll_interval
+        self._user: pwd.struct_passwd | None = None
+        if run_as and os.geteuid() == 0:
+            try:
+                self._user = pwd.getpwnam(run_as)
+            except KeyError:
+                raise ConfigError("run_as", f"no such user {run_as!r}") from None
+        self._runs: dict[str, _Run] = {}
+        self._tasks_dir = self.data_dir / "tasks"
+
+    # ---- queries -------------------------------------------------------
+
+    def running(self) -> dict[str, int]:
+        """task id -> epoch of every run not yet finished."""
+        return {task_id: run.epoch for task_id, run in self._runs.items()}
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.slots - len(self._runs))
+
+    def output_path(self, task_id: str, epoch: int, stream: Stream) -> Path:
+        _check_id(task_id)
+        if stream not in ("out", "err"):
+            raise TaskError(f"unknown stream {stream!r} (out or err)")
+        return self._tasks_dir / task_id / f"{epoch}.{stream}"
+
+    def read_output(
+        self, task_id: str, epoch: int, stream: Stream, offset: int, limit: int = READ_LIMIT_MAX
+    ) -> tuple[bytes, int, bool]:
+        """Read captured output from ``offset``: ``(data, new_offset, eof)``.
+
+        ``eof`` is True once the run has finished and everything was read.
+        """
+        path = self.output_path(task_id, epoch, stream)
+        limit = max(0, min(limit, READ_LIMIT_MAX))
+        run = self._runs.get(task_id)
+        live = run is not None and run.epoch == epoch
+        try:
+            with path.open("rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                handle.seek(max(0, offset))
+                data = handle.read(limit)
+        except FileNotFoundError:
+            if live:
+                return b"", offset, False
+            raise TaskError(f"no output for task {task_id} epoch {epoch}") from None
+        new_offset = max(0, offset) + len(data)
+        return data, new_offset, (not live) and new_offset >= size
+
+    # ---- control -------------------------------------------------------
+
+    async def start(
+        self,
+        task_id: str,
+        epoch: int,
+        cmd: Sequence[str] | str,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Spawn a run (see the module contract).  A string ``cmd`` runs under ``sh -c``.
+
+        Idempotent for a task already running at ``epoch``.  Raises TaskError
+        when no slot is free, the epoch is stale, or the command cannot start.
+        """
+        _check_id(task_id)
+        current = self._runs.get(task_id)
+        if current is not None:
+            if current.epoch == epoch:
+                return
+            if current.epoch > epoch:
+                raise TaskError(
+                    f"task {task_id}: epoch {epoch} is stale (running epoch {current.epoch})"
+                )
+            await self._stop(current, "stale", graceful=False)
+        if self.free_slots <= 0:
+            raise TaskError(f"no free slot ({self.slots} in use)")
+        argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        if not argv:
+            raise TaskError("empty command")
+        run = self._spawn(task_id, epoch, argv, env, cwd)
+        self._runs[task_id] = run
+        loop = asyncio.get_running_loop()
+        run.finished = loop.create_future()
+        if timeout is not None and timeout > 0:
+            run.timers.append(loop.call_later(timeout, self._on_timeout, run))
+        self.on_event(
+            ExecEvent("started", task_id, epoch, run.pid, None, 0.0, 0.0, 0, time.time())
+        )
+        supervisor = loop.create_task(self._supervise(run), name=f"exec-{task_id}")
+        supervisor.add_done_callback(_log_crash)
+
+    async def cancel(self, task_id: str) -> ExecEvent | None:
+        """Terminate a run's whole group (SIGTERM, SIGKILL after the grace)."""
+        run = self._runs.get(task_id)
+        if run is None:
+            return None
+        return await self._stop(run, "cancelled", graceful=True)
+
+    async def kill_stale(self, task_id: str, epoch: int) -> ExecEvent | None:
+        """SIGKILL the run of ``task_id`` if its epoch is older than ``epoch``."""
+        run = self._runs.get(task_id)
+        if run is None or run.epoch >= epoch:
+            return None
+        return await self._stop(run, "stale", graceful=False)
+
+    async def wait(self, task_id: str) -> ExecEvent | None:
+        """Wait for the current run of ``task_id`` to finish (None if none)."""
+        run = self._runs.get(task_id)
+        if run is None or run.finished is None:
+            return None
+        return await asyncio.shield(run.finished)
+
+    async def shutdown(self) -> None:
+        """Kill every run (the agent is stopping; nobody would reap them)."""
+        runs = list(self._runs.values())
+        await asyncio.gather(*(self._stop(run, "shutdown", graceful=False) for run in runs))
+
+    # ---- internals -----------------------------------------------------
+
+    def _spawn(
+        self,
+        task_id: str,
+        epoch: int,
+        argv: list[str],
+        env: Mapping[str, str] | None,
+        cwd: str | None,
+    ) -> _Run:
+        task_dir = self._tasks_dir / task_id
+        task_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(task_dir, 0o700)
+        child_env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
+        child_env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        user = self._user
+        if user is not None:
+            child_env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+        else:
+            home = os.environ.get("HOME")
+            if home:
+                child_env["HOME"] = home
+        child_env.update(MESH_TASK_ID=task_id, MESH_TASK_EPOCH=str(epoch))
+        child_env.update(env or {})
+        if cwd is None:
+            work = task_dir / "work"
+            work.mkdir(exist_ok=True, mode=0o700)
+            if user is not None:
+                os.chown(work, user.pw_uid, user.pw_gid)
+            cwd = str(work)
+        captures: dict[str, _Capture] = {}
+        pipes: list[int] = []
+        try:
+            for stream in _STREAMS:
+                read_fd, write_fd = os.pipe()
+                pipes += [read_fd, write_fd]
+                file_fd = os.open(
+                    self.output_path(task_id, epoch, stream),
+                    os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                    0o600,
+                )
+                pipes.append(file_fd)
+                captures[stream] = _Capture(read_fd, file_fd, self.output_limit)
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=pipes[1],
+                stderr=pipes[4],
+                cwd=cwd,
+                env=child_env,
+                start_new_session=True,
+                user=user.pw_uid if user else None,
+                group=user.pw_gid if user else None,
+                extra_groups=[] if user else None,
+                close_fds=True,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            for fd in pipes:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            raise TaskError(f"task {task_id}: cannot start {argv[0]!r}: {exc}") from exc
+        os.close(pipes[1])
+        os.close(pipes[4])
+        pidfd = os.pidfd_open(popen.pid)
+        run = _Run(task_id, epoch, popen, pidfd, time.monotonic(), captures)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(pidfd, self._on_exit, run)
+        for capture in captures.values():
+            os.set_blocking(capture.fd, False)
+            loop.add_reader(capture.fd, self._on_readable, capture)
+        return run
+
+    def _on_readable(self, capture: _Capture) -> None:
+        try:
+            chunk = os.read(capture.fd, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._close_capture(capture)
+            return
+        room = capture.limit - capture.written
+        kept = chunk[: max(0, room)]
+        if kept:
+            os.write(capture.file_fd, kept)
+            capture.written += len(kept)
+        capture.dropped += len(chunk) - len(kept)
+
+    def _close_capture(self, capture: _Capture) -> None:
+        if capture.closed.is_set():
+            return
+        asyncio.get_running_loop().remove_reader(capture.fd)
+        for fd in (capture.fd, capture.file_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        capture.closed.set()
+
+    def _on_exit(self, run: _Run) -> None:
+        asyncio.get_running_loop().remove_reader(run.pidfd)
+        # The leader is a zombie: its pid still names the group, so this cannot
+        # hit an unrelated process.  Leftover children die with the task.
+        _killpg(run.pid, signal.SIGKILL)
+        run.exited.set()
+
+    def _on_timeout(self, run: _Run) -> None:
+        if self._runs.get(run.task_id) is run and not run.exited.is_set():
+            run.reason = "timeout"
+            self._terminate(run, graceful=True)
+
+    def _terminate(self, run: _Run, graceful: bool) -> None:
+        if run.exited.is_set():
+            return
+        if graceful:
+            _killpg(run.pid, signal.SIGTERM)
+            loop = asyncio.get_running_loop()
+            run.timers.append(loop.call_later(self.kill_grace, self._force_kill, run))
+        else:
+            _killpg(run.pid, signal.SIGKILL)
+
+    def _force_kill(self, run: _Run) -> None:
+        if not run.exited.is_set():
+            _killpg(run.pid, signal.SIGKILL)
+
+    async def _stop(self, run: _Run, reason: FinishReason, graceful: bool) -> ExecEvent:
+        assert run.finished is not None
+        if not run.exited.is_set():
+            if run.reason == "exit" or not graceful:
+                run.reason = reason
+            self._terminate(run, graceful)
+        return await asyncio.shield(run.finished)
+
+    def _sample(self, run: _Run) -> None:
+        usage = tree_usage(run.pid)
+        if usage is not None:
+            run.cpu_time = max(run.cpu_time, usage.cpu_time)
+            run.peak_rss = max(run.peak_rss, usage.rss)
+
+    async def _supervise(self, run: _Run) -> None:
+        assert run.finished is not None
+        try:
+            self._sample(run)
+            while not run.exited.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(run.exited.wait(), self.poll_interval)
+                if not run.exited.is_set():
+                    self._sample(run)
+            exit_code = self._reap(run)
+            duration = time.monotonic() - run.started_mono
+            await self._drain(run)
+        except BaseException as exc:
+            if not run.finished.done():
+                run.finished.set_exception(TaskError(f"task {run.task_id}: supervisor: {exc!r}"))
+            raise
+        finally:
+            for timer in run.timers:
+                timer.cancel()
+            os.close(run.pidfd)
+            for capture in run.captures.values():
+                self._close_capture(capture)
+            if self._runs.get(run.task_id) is run:
+                del self._runs[run.task_id]
+        event = ExecEvent(
+            "finished",
+            run.task_id,
+            run.epoch,
+            run.pid,
+            exit_code,
+            duration,
+            run.cpu_time,
+            run.peak_rss,
+            time.time(),
+            run.reason,
+            run.captures["out"].dropped,
+            run.captures["err"].dropped,
+        )
+        run.finished.set_result(event)
+        self.on_event(event)
+
+    def _reap(self, run: _Run) -> int | None:
+        """Collect the leader's status and rusage (None if another reaper took it)."""
+        try:
+            _, status, rusage = os.wait4(run.pid, 0)
+        except ChildProcessError:
+            run.popen.returncode = -1
+            return None
+        exit_code = os.waitstatus_to_exitcode(status)
+        run.popen.returncode = exit_code
+        run.cpu_time = max(run.cpu_time, rusage.ru_utime + rusage.ru_stime)
+        # ru_maxrss is not used: Linux carries the forking parent's (our) high-water
+        # mark into the child, so it reports the agent's size, not the task's.
+        return exit_code
+
+    async def _drain(self, run: _Run) -> None:
+        waits = [capture.closed.wait() for capture in run.captures.values()]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*waits), PIPE_DRAIN_S)
+        # Whatever is still buffered in a pipe held by an escaped process: take it.
+        for capture in run.captures.values():
+            if not capture.closed.is_set():
+                self._on_readable(capture)
+
+
+def _check_id(task_id: str) -> None:
+    # Task ids become path components: refuse anything that could escape the dir.
+    if not _SAFE_ID.match(task_id):
+        raise TaskError(f"invalid task id {task_id!r}")
+
+
+def _killpg(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except OSError as exc:
+        if exc.errno not in (errno.ESRCH, errno.EPERM):
+            raise
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        loop = task.get_loop()
+        loop.call_exception_handler(
+            {"message": "executor supervisor crashed", "exception": task.exception(), "task": task}
+        )

@@ -1,0 +1,107 @@
+"""Shared fixtures and the root-test policy for the whole suite.
+
+Root tests (network namespaces, nft, tc, sshd) are marked ``@pytest.mark.root``
+or request the ``requires_root`` fixture.  The policy:
+
+* not root and ``CI`` unset   -> skip, with the reason below;
+* ``CI`` set (any non-empty value but "0"/"false") and not root, or a required
+  tool missing                -> **fail**: CI must never silently skip them.
+
+A test can name extra tools it needs: ``@pytest.mark.root(tools=("sshd", "ssh"))``.
+The default set is ``ip``, ``nft`` and ``tc``.
+
+Other fixtures: ``tmp_data_dir`` (a fresh agent data directory, mode 0700) and
+``free_port`` (a callable returning a free loopback TCP+UDP port).  The
+namespace harness lives in ``tests/netns/harness.py`` (``from netns.harness
+import NetnsLab``: this directory is on ``sys.path`` because it holds the
+root conftest).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pytest
+
+ROOT_SKIP_REASON = "needs root for network namespaces (runs under CI=true)"
+DEFAULT_ROOT_TOOLS: tuple[str, ...] = ("ip", "nft", "tc")
+
+
+def in_ci() -> bool:
+    """True when the suite runs under CI (``CI=true``, as GitHub and .ci/run set it)."""
+    value = os.environ.get("CI", "").strip().lower()
+    return value not in ("", "0", "false", "no")
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def missing_tools(tools: Iterable[str]) -> list[str]:
+    """Tools from ``tools`` not found on PATH (sbin dirs included: root tools live there)."""
+    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin:/usr/local/sbin"
+    return [tool for tool in tools if shutil.which(tool, path=path) is None]
+
+
+def enforce_root_policy(tools: Iterable[str] = DEFAULT_ROOT_TOOLS) -> None:
+    """Skip or fail the current test according to the module policy."""
+    if not is_root():
+        if in_ci():
+            pytest.fail(f"CI=true but not running as root: {ROOT_SKIP_REASON}")
+        pytest.skip(ROOT_SKIP_REASON)
+    missing = missing_tools(tools)
+    if missing:
+        message = f"root test needs missing tools: {', '.join(missing)}"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    marker = item.get_closest_marker("root")
+    if marker is None:
+        return
+    tools = tuple(marker.kwargs.get("tools", ())) + DEFAULT_ROOT_TOOLS
+    enforce_root_policy(dict.fromkeys(tools))
+
+
+@pytest.fixture
+def requires_root() -> None:
+    """Fixture form of the ``root`` marker (default tools only)."""
+    enforce_root_policy()
+
+
+@pytest.fixture
+def tmp_data_dir(tmp_path: Path) -> Path:
+    """A fresh, private agent data directory."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o700)
+    return data_dir
+
+
+def find_free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both TCP and UDP on ``host`` (agents use one port for both).
+
+    Bounded: tries at most 50 kernel-chosen ports.
+    """
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((host, 0))
+            port = int(tcp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free TCP+UDP port found in 50 attempts")
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """``free_port()`` returns a loopback port free for TCP and UDP."""
+    return find_free_port
