@@ -1,0 +1,215 @@
+"""Typed reading of the connection and meshtui variables of one host.
+
+Inventory values arrive as YAML scalars or INI text, so each reader accepts
+both (``mesh_slots: 4`` and ``mesh_slots=4``; ``mesh_seed: yes`` and
+``mesh_seed=True``; capabilities as a list or ``gpu,ssd``) and raises an
+``InventoryError`` at the line that set the bad value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from inventory.model import Origin
+
+DEFAULT_PREFIX = "/opt/meshtui"
+DEFAULT_DATA_DIR = "/var/lib/mesh-agent"
+DEFAULT_CONFIG_DIR = "/etc/mesh-agent"
+DEFAULT_MESH_PORT = 7900
+DEFAULT_SSH_PORT = 22
+
+_TRUE = {"yes", "true", "on", "1", "y", "t"}
+_FALSE = {"no", "false", "off", "0", "n", "f"}
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """One inventory host with everything deploy needs, resolved and checked."""
+
+    name: str
+    """The inventory name; also the agent's ``name``."""
+    address: str
+    """``ansible_host``, else the name."""
+    ssh_port: int
+    """``ansible_port`` (22)."""
+    user: str | None
+    """``ansible_user``; None lets SSH config / the local user decide."""
+    key_file: str | None
+    """``ansible_ssh_private_key_file``."""
+    host_key_checking: bool
+    """``ansible_host_key_checking`` (true): check ``known_hosts``."""
+    groups: tuple[str, ...]
+    capabilities: tuple[str, ...]
+    """``mesh_capabilities``: list or comma-separated text."""
+    slots: int
+    """``mesh_slots`` (0 = the host's CPU count)."""
+    seed: bool
+    """``mesh_seed``: other agents join through this host."""
+    prefix: str
+    """``mesh_prefix`` (/opt/meshtui): wheels, venv and supervisor live here."""
+    data_dir: str
+    """``mesh_data_dir`` (/var/lib/mesh-agent)."""
+    config_dir: str
+    """``mesh_config_dir`` (/etc/mesh-agent): agent.toml and cluster.key."""
+    mesh_port: int
+    """``mesh_port`` (7900), UDP and TCP."""
+    cluster: str
+    """``mesh_cluster`` ("default")."""
+    socket: str
+    """``mesh_socket``: control socket path; empty = the agent's default."""
+    advertise: str
+    """``mesh_advertise``; default ``ansible_host`` when it is an IP address."""
+    bind: str
+    """``mesh_bind`` (0.0.0.0)."""
+    mdns: bool
+    """``mesh_mdns`` (true)."""
+    python: str
+    """``mesh_python`` (python3): the remote interpreter that creates the venv."""
+    profile: str
+    """``mesh_profile`` (lan)."""
+    cluster_key_file: str | None
+    """``mesh_cluster_key_file``: local file with the cluster key (else ``<inventory>.key``)."""
+    vars: dict[str, Any]
+    """Every merged variable, for anything else a caller wants."""
+
+    @property
+    def seed_address(self) -> str:
+        host = self.advertise or self.address
+        return f"[{host}]:{self.mesh_port}" if ":" in host else f"{host}:{self.mesh_port}"
+
+    @property
+    def venv(self) -> str:
+        return f"{self.prefix}/venv"
+
+    @property
+    def config_path(self) -> str:
+        return f"{self.config_dir}/agent.toml"
+
+    @property
+    def key_path(self) -> str:
+        return f"{self.config_dir}/cluster.key"
+
+
+class _Reader:
+    def __init__(self, host: str, merged: dict[str, tuple[Any, Origin]], fallback: Origin) -> None:
+        self.host = host
+        self.merged = merged
+        self.fallback = fallback
+
+    def _get(self, key: str) -> tuple[Any, Origin] | None:
+        item = self.merged.get(key)
+        if item is None or item[0] is None:
+            return None
+        return item
+
+    def _fail(self, key: str, origin: Origin, want: str, value: Any) -> Exception:
+        return origin.error(f"host {self.host!r}: {key} must be {want}, got {value!r}")
+
+    def text(self, key: str, default: str) -> str:
+        item = self._get(key)
+        if item is None:
+            return default
+        value, origin = item
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise self._fail(key, origin, "text", value)
+        return str(value)
+
+    def optional_text(self, key: str) -> str | None:
+        value = self.text(key, "")
+        return value or None
+
+    def path(self, key: str, default: str) -> str:
+        value = self.text(key, default)
+        if not value.startswith("/"):
+            raise self._fail(key, self.merged[key][1], "an absolute path", value)
+        return value.rstrip("/") or "/"
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        item = self._get(key)
+        if item is None:
+            return default
+        value, origin = item
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value.strip())
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self._fail(key, origin, f"an integer in {low}..{high}", item[0])
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        item = self._get(key)
+        if item is None:
+            return default
+        value, origin = item
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise self._fail(key, origin, "a boolean", value)
+
+    def tags(self, key: str) -> tuple[str, ...]:
+        item = self._get(key)
+        if item is None:
+            return ()
+        value, origin = item
+        if isinstance(value, str):
+            items = [v.strip() for v in value.split(",") if v.strip()]
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            items = [v.strip() for v in value]
+        else:
+            raise self._fail(key, origin, "a list of tags or comma-separated text", value)
+        for tag in items:
+            if not tag or any(c.isspace() for c in tag):
+                raise self._fail(key, origin, "tags without spaces", value)
+        return tuple(items)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def resolve_host(
+    name: str, groups: tuple[str, ...], merged: dict[str, tuple[Any, Origin]], origin: Origin
+) -> Host:
+    read = _Reader(name, merged, origin)
+    address = read.text("ansible_host", name)
+    cluster = read.text("mesh_cluster", "default")
+    if not cluster or any(c.isspace() for c in cluster):
+        raise origin.error(f"host {name!r}: mesh_cluster must be a name without spaces")
+    profile = read.text("mesh_profile", "lan")
+    if profile not in ("lan", "local"):
+        raise merged["mesh_profile"][1].error(
+            f"host {name!r}: mesh_profile must be 'lan' or 'local', got {profile!r}"
+        )
+    return Host(
+        name=name,
+        address=address,
+        ssh_port=read.integer("ansible_port", DEFAULT_SSH_PORT, 1, 65535),
+        user=read.optional_text("ansible_user"),
+        key_file=read.optional_text("ansible_ssh_private_key_file"),
+        host_key_checking=read.boolean("ansible_host_key_checking", True),
+        groups=groups,
+        capabilities=read.tags("mesh_capabilities"),
+        slots=read.integer("mesh_slots", 0, 0, 4096),
+        seed=read.boolean("mesh_seed", False),
+        prefix=read.path("mesh_prefix", DEFAULT_PREFIX),
+        data_dir=read.path("mesh_data_dir", DEFAULT_DATA_DIR),
+        config_dir=read.path("mesh_config_dir", DEFAULT_CONFIG_DIR),
+        mesh_port=read.integer("mesh_port", DEFAULT_MESH_PORT, 1, 65535),
+        cluster=cluster,
+        socket=read.text("mesh_socket", ""),
+        advertise=read.text("mesh_advertise", address if _is_ip(address) else ""),
+        bind=read.text("mesh_bind", "0.0.0.0"),
+        mdns=read.boolean("mesh_mdns", True),
+        python=read.text("mesh_python", "python3"),
+        profile=profile,
+        cluster_key_file=read.optional_text("mesh_cluster_key_file"),
+        vars={key: value for key, (value, _) in merged.items()},
+    )
