@@ -1,0 +1,392 @@
+"""Control API codec: length-prefixed msgpack frames, sans-IO (h11-style).
+
+Theory of operation
+-------------------
+The control socket carries a stream of *frames*: a 4-byte big-endian length,
+then that many bytes holding one msgpack map.  A ``ControlConnection`` is a
+pure state machine for one end of such a stream.  It never touches a socket:
+
+* ``receive_data(data)`` appends bytes the caller read (``b""`` means EOF);
+* ``next_event()`` returns the next complete message as a frozen dataclass
+  (``Request``, ``Response``, ``ErrorResponse`` or ``Event``) or ``NEED_DATA``;
+* ``send(message)`` returns the bytes to write for one outgoing message.
+
+Roles decide direction: a ``SERVER`` receives requests and sends responses,
+errors and events; a ``CLIENT`` the reverse.  Anything else on the wire is a
+protocol violation and raises ``ProtocolError`` -- the only exception this
+module raises.  A violation on the receiving side is sticky (state ``ERROR``):
+the byte stream can no longer be trusted, so every later call raises too,
+except that a server may still ``send`` one ``ErrorResponse`` with ``id=None``
+to tell the peer why it is being disconnected.  A message we cannot encode
+(unsupported type, too large) raises ``ProtocolError`` from ``send`` without
+changing state: nothing was emitted, so the stream is still intact.
+
+Bounds: the length prefix is checked against ``MAX_CONTROL_FRAME`` before a
+single byte of the body is buffered, and the body is decoded with msgpack's
+``max_*_len`` limits (each capped by the frame length, so a header claiming
+four billion elements is refused before any allocation).  A container budget
+(``MAX_CONTAINERS``) caps the number of lists and maps per frame and a depth
+walk caps nesting (``MAX_DEPTH``).  Callers must drain ``next_event`` after
+each ``receive_data`` so the buffer stays within one frame plus one read.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeAlias
+
+import msgpack
+
+from agent.errors import ProtocolError
+
+# ---------------------------------------------------------------- limits
+MAX_CONTROL_FRAME: Final = 8 * 1024 * 1024
+"""Largest frame body in bytes (both directions)."""
+MAX_STR_LEN: Final = MAX_CONTROL_FRAME
+"""Longest msgpack str, in bytes."""
+MAX_BIN_LEN: Final = MAX_CONTROL_FRAME
+"""Longest msgpack bin, in bytes (task output chunks, KV values)."""
+MAX_ARRAY_LEN: Final = 131_072
+"""Most elements in one array."""
+MAX_MAP_LEN: Final = 131_072
+"""Most pairs in one map."""
+MAX_CONTAINERS: Final = 262_144
+"""Most arrays + maps in one frame: bounds the per-byte allocation blow-up."""
+MAX_DEPTH: Final = 32
+"""Deepest nesting of containers; the top-level map is depth 1."""
+MAX_NAME_LEN: Final = 128
+"""Longest method, event topic or error code."""
+
+HEADER: Final = struct.Struct(">I")
+
+ERROR_CODES: Final = frozenset(
+    {"bad_request", "not_found", "no_quorum", "not_leader", "internal", "unavailable"}
+)
+"""Error codes a server sends (docs/internals.md section 4)."""
+
+
+# ---------------------------------------------------------------- messages
+@dataclass(frozen=True, slots=True)
+class Request:
+    """``{"id": int, "method": str, "params": map}`` -- client to server."""
+
+    id: int
+    method: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """``{"id": int, "result": any}`` -- server to client."""
+
+    id: int
+    result: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorResponse:
+    """``{"id": int|nil, "error": {"code", "message"}}``.
+
+    ``id`` is ``None`` only for a connection-level error (the server could not
+    parse the request, so it has no id to answer); the server then hangs up.
+    """
+
+    id: int | None
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """``{"event": topic, "sub": int, "data": map}`` -- pushed after ``subscribe``."""
+
+    event: str
+    sub: int
+    data: dict[str, Any]
+
+
+class _Sentinel(enum.Enum):
+    NEED_DATA = "NEED_DATA"
+
+
+NEED_DATA: Final = _Sentinel.NEED_DATA
+"""``next_event()`` needs more bytes before it can return a message."""
+
+Message: TypeAlias = Request | Response | ErrorResponse | Event
+NextEvent: TypeAlias = Message | Literal[_Sentinel.NEED_DATA]
+
+
+class Role(enum.Enum):
+    SERVER = "server"
+    CLIENT = "client"
+
+
+class State(enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"  # the peer sent EOF on a frame boundary
+    ERROR = "error"
+
+
+SERVER: Final = Role.SERVER
+CLIENT: Final = Role.CLIENT
+
+
+# ---------------------------------------------------------------- value checks
+def _is_int(value: object) -> bool:
+    # bool is an int subclass; msgpack true/false must never pass as an id.
+    return type(value) is int
+
+
+def check_value(value: object, *, depth_limit: int = MAX_DEPTH) -> None:
+    """Raise ``ProtocolError`` unless ``value`` nests at most ``depth_limit`` deep
+    and every map key is a ``str`` (the control API's only key type).
+
+    Iterative so hostile input cannot exhaust the Python stack.
+    """
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            if depth > depth_limit:
+                raise ProtocolError(f"nesting deeper than {depth_limit}")
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise ProtocolError(f"map key must be str, not {type(key).__name__}")
+                if isinstance(child, dict | list | tuple):
+                    stack.append((child, depth + 1))
+        elif isinstance(item, list | tuple):
+            if depth > depth_limit:
+                raise ProtocolError(f"nesting deeper than {depth_limit}")
+            stack.extend(
+                (child, depth + 1) for child in item if isinstance(child, dict | list | tuple)
+            )
+
+
+def _check_name(kind: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ProtocolError(f"{kind} must be a non-empty str")
+    if len(value) > MAX_NAME_LEN:
+        raise ProtocolError(f"{kind} longer than {MAX_NAME_LEN} characters")
+    return value
+
+
+def decode_body(body: bytes | memoryview) -> dict[str, Any]:
+    """Decode one frame body to a map, enforcing every named limit."""
+    budget = [MAX_CONTAINERS]
+
+    def count_container(obj: Any) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ProtocolError(f"more than {MAX_CONTAINERS} arrays/maps in one frame")
+        return obj
+
+    size = len(body)
+    try:
+        obj = msgpack.unpackb(
+            body,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=min(MAX_STR_LEN, size),
+            max_bin_len=min(MAX_BIN_LEN, size),
+            max_array_len=min(MAX_ARRAY_LEN, size),
+            max_map_len=min(MAX_MAP_LEN, size // 2),
+            max_ext_len=0,
+            list_hook=count_container,
+            object_hook=count_container,
+        )
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises a zoo of types; the boundary has one
+        raise ProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"frame must hold a map, not {type(obj).__name__}")
+    check_value(obj)
+    return obj
+
+
+def encode_frame(obj: Mapping[str, Any]) -> bytes:
+    """Length prefix + msgpack body for one map; ``ProtocolError`` if it cannot be sent."""
+    check_value(obj)
+    try:
+        body: bytes = msgpack.packb(obj, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"cannot encode message: {exc}") from exc
+    if len(body) > MAX_CONTROL_FRAME:
+        raise ProtocolError(f"message of {len(body)} bytes exceeds {MAX_CONTROL_FRAME}")
+    return HEADER.pack(len(body)) + body
+
+
+def _to_wire(message: Message) -> dict[str, Any]:
+    if isinstance(message, Request):
+        return {"id": message.id, "method": message.method, "params": message.params}
+    if isinstance(message, Response):
+        return {"id": message.id, "result": message.result}
+    if isinstance(message, ErrorResponse):
+        return {"id": message.id, "error": {"code": message.code, "message": message.message}}
+    return {"event": message.event, "sub": message.sub, "data": message.data}
+
+
+def _validate_outgoing(message: Message) -> None:
+    """Send-side checks mirror the receive side so we never emit what a peer must refuse."""
+    if isinstance(message, Request):
+        if not _is_int(message.id):
+            raise ProtocolError("request id must be an int")
+        _check_name("method", message.method)
+        if not isinstance(message.params, dict):
+            raise ProtocolError("params must be a map")
+    elif isinstance(message, Response):
+        if not _is_int(message.id):
+            raise ProtocolError("response id must be an int")
+    elif isinstance(message, ErrorResponse):
+        if message.id is not None and not _is_int(message.id):
+            raise ProtocolError("error id must be an int or None")
+        _check_name("error code", message.code)
+        if not isinstance(message.message, str):
+            raise ProtocolError("error message must be a str")
+    elif isinstance(message, Event):
+        _check_name("event", message.event)
+        if not _is_int(message.sub):
+            raise ProtocolError("event sub must be an int")
+        if not isinstance(message.data, dict):
+            raise ProtocolError("event data must be a map")
+    else:
+        raise ProtocolError(f"not a control message: {type(message).__name__}")
+
+
+def _parse_request(obj: dict[str, Any]) -> Request:
+    if "method" not in obj:
+        raise ProtocolError("request without method")
+    req_id, method, params = obj.get("id"), obj["method"], obj.get("params")
+    if not _is_int(req_id):
+        raise ProtocolError("request id must be an int")
+    _check_name("method", method)
+    if not isinstance(params, dict):
+        raise ProtocolError("request params must be a map")
+    assert isinstance(req_id, int)
+    return Request(req_id, method, params)
+
+
+def _parse_to_client(obj: dict[str, Any]) -> Response | ErrorResponse | Event:
+    if "event" in obj:
+        topic, sub, data = obj["event"], obj.get("sub"), obj.get("data")
+        _check_name("event", topic)
+        if not _is_int(sub):
+            raise ProtocolError("event sub must be an int")
+        if not isinstance(data, dict):
+            raise ProtocolError("event data must be a map")
+        assert isinstance(sub, int)
+        return Event(topic, sub, data)
+    if "id" not in obj:
+        raise ProtocolError("message is neither a response nor an event")
+    msg_id = obj["id"]
+    has_result, has_error = "result" in obj, "error" in obj
+    if has_result == has_error:
+        raise ProtocolError("response needs exactly one of result and error")
+    if has_result:
+        if not _is_int(msg_id):
+            raise ProtocolError("response id must be an int")
+        return Response(msg_id, obj["result"])
+    if msg_id is not None and not _is_int(msg_id):
+        raise ProtocolError("error id must be an int or nil")
+    error = obj["error"]
+    if not isinstance(error, dict):
+        raise ProtocolError("error must be a map")
+    code, text = error.get("code"), error.get("message")
+    _check_name("error code", code)
+    if not isinstance(text, str):
+        raise ProtocolError("error message must be a str")
+    assert isinstance(code, str)
+    return ErrorResponse(msg_id, code, text)
+
+
+# ---------------------------------------------------------------- connection
+class ControlConnection:
+    """One end of a control stream; see the module docstring."""
+
+    def __init__(self, role: Role) -> None:
+        self.role = role
+        self.state = State.OPEN
+        self._buffer = bytearray()
+        self._eof = False
+        self._farewell_sent = False
+
+    # -- receiving
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes read from the stream; ``b""`` marks end of stream."""
+        if self.state is State.ERROR:
+            raise ProtocolError("connection is in the ERROR state")
+        if self._eof and data:
+            raise ProtocolError("data after end of stream")
+        if not data:
+            self._eof = True
+            return
+        self._buffer += data
+
+    def next_event(self) -> NextEvent:
+        """The next complete message, or ``NEED_DATA``.
+
+        At end of stream on a frame boundary the state becomes ``CLOSED`` and
+        ``NEED_DATA`` keeps being returned; end of stream mid-frame is an error.
+        """
+        if self.state is State.ERROR:
+            raise ProtocolError("connection is in the ERROR state")
+        try:
+            return self._next_event()
+        except ProtocolError:
+            self.state = State.ERROR
+            raise
+
+    def _next_event(self) -> NextEvent:
+        buf = self._buffer
+        if len(buf) < HEADER.size:
+            return self._starved()
+        (length,) = HEADER.unpack_from(buf)
+        if length == 0 or length > MAX_CONTROL_FRAME:
+            raise ProtocolError(f"frame length {length} outside 1..{MAX_CONTROL_FRAME}")
+        end = HEADER.size + length
+        if len(buf) < end:
+            return self._starved()
+        # Decode in place: a memoryview avoids copying a frame of up to 8 MiB.
+        with memoryview(buf) as view, view[HEADER.size : end] as body:
+            obj = decode_body(body)
+        del buf[:end]
+        if self.role is Role.SERVER:
+            return _parse_request(obj)
+        return _parse_to_client(obj)
+
+    def _starved(self) -> NextEvent:
+        if self._eof:
+            if self._buffer:
+                raise ProtocolError(f"stream ended inside a frame ({len(self._buffer)} bytes)")
+            self.state = State.CLOSED
+        return NEED_DATA
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as a message."""
+        return len(self._buffer)
+
+    # -- sending
+    def send(self, message: Message) -> bytes:
+        """The bytes to write for ``message``; ``ProtocolError`` if it may not be sent."""
+        if self.state is State.ERROR:
+            farewell = (
+                self.role is Role.SERVER
+                and isinstance(message, ErrorResponse)
+                and message.id is None
+                and not self._farewell_sent
+            )
+            if not farewell:
+                raise ProtocolError("connection is in the ERROR state")
+            self._farewell_sent = True
+        allowed: tuple[type, ...] = (
+            (Response, ErrorResponse, Event) if self.role is Role.SERVER else (Request,)
+        )
+        if not isinstance(message, allowed):
+            raise ProtocolError(f"a {self.role.value} may not send {type(message).__name__}")
+        _validate_outgoing(message)
+        return encode_frame(_to_wire(message))

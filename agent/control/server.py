@@ -1,0 +1,454 @@
+"""The agent's control server: msgpack RPC and event streams on a Unix socket.
+
+Theory of operation
+-------------------
+``ControlServer`` binds one Unix socket (mode 0660) and serves any number of
+clients (the TUI, the CLI, SSH-forwarded operators), up to
+``MAX_CONNECTIONS``.  Each client gets a ``_Peer`` with two coroutines:
+
+* the *reader* feeds bytes into a sans-IO ``ControlConnection`` and dispatches
+  each ``Request`` to its handler in its own task, so a slow ``kv.get`` never
+  holds up a ``status``.  At most ``MAX_IN_FLIGHT`` requests per client run at
+  once: a slot is taken before dispatch and given back only once the reply is
+  written, so a client that sends without reading stops being read (TCP-style
+  back-pressure) instead of growing our memory;
+* the *writer* is the only coroutine that writes to the socket.  It sends
+  queued replies first, then events from the client's subscriptions in
+  round-robin order.
+
+``publish(topic, data)`` is synchronous and never blocks the agent: it appends
+to a bounded queue per subscription.  When a queue is full its oldest event is
+dropped and counted; the writer then emits ``{"event": "overflow", "data":
+{"dropped": n}}`` in the gap, so a consumer knows it must re-read state.
+
+Errors: a handler's exception becomes an error reply with a code
+(``error_reply``); an unexpected one is logged with its traceback and answered
+``internal``.  Bytes that do not parse get a final ``ErrorResponse(id=None)``
+and the connection is closed.  Nothing a client does stops the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import stat
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from agent.control.codec import (
+    NEED_DATA,
+    SERVER,
+    ControlConnection,
+    ErrorResponse,
+    Event,
+    Message,
+    Request,
+    Response,
+    State,
+)
+from agent.errors import (
+    ConfigError,
+    LocalError,
+    MeshError,
+    NoQuorumError,
+    NotLeaderError,
+    ProtocolError,
+    SchedulingError,
+    TaskError,
+)
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+MAX_IN_FLIGHT: Final = 64
+"""Requests one client may have running at once."""
+SUBSCRIBER_QUEUE: Final = 10_000
+"""Events buffered per subscription before the oldest are dropped."""
+MAX_CONNECTIONS: Final = 256
+"""Simultaneous control clients."""
+MAX_SUBSCRIPTIONS: Final = 32
+"""Subscriptions one client may hold."""
+READ_CHUNK: Final = 64 * 1024
+"""Bytes read from a client per ``read`` call."""
+STALE_PROBE_TIMEOUT: Final = 1.0
+"""Seconds to wait when probing whether an existing socket has a listener."""
+FAREWELL_TIMEOUT: Final = 1.0
+"""Seconds to spend flushing the final error to a misbehaving client."""
+MAX_UNIX_PATH: Final = 107
+"""``sun_path`` holds 108 bytes including the terminating NUL."""
+SOCKET_MODE: Final = 0o660
+BUILTIN_METHODS: Final = frozenset({"subscribe", "unsubscribe"})
+
+
+class ControlError(MeshError):
+    """Raise from a handler to answer with an explicit error ``code``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def error_reply(exc: BaseException) -> tuple[str, str]:
+    """Map a handler's exception to ``(code, message)`` (docs/internals.md section 4)."""
+    if isinstance(exc, ControlError):
+        return exc.code, exc.message
+    if isinstance(exc, NoQuorumError):
+        return "no_quorum", str(exc)
+    if isinstance(exc, NotLeaderError):
+        return "not_leader", str(exc)
+    if isinstance(exc, TaskError):
+        return "not_found", str(exc)
+    if isinstance(exc, KeyError):
+        return "not_found", f"not found: {exc.args[0]}" if exc.args else "not found"
+    if isinstance(exc, ProtocolError | ConfigError | ValueError):
+        return "bad_request", _one_line(str(exc)) or type(exc).__name__
+    if isinstance(exc, SchedulingError):
+        return "unavailable", str(exc)
+    return "internal", _one_line(f"{type(exc).__name__}: {exc}")
+
+
+@dataclass(slots=True)
+class _Subscription:
+    id: int
+    topics: frozenset[str]
+    queue: deque[tuple[str, dict[str, Any]]] = field(default_factory=deque)
+    dropped: int = 0
+
+
+class _Peer:
+    """One connected client: reader, writer, in-flight handlers, subscriptions."""
+
+    def __init__(
+        self, server: ControlServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.conn = ControlConnection(SERVER)
+        self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.handler_tasks: set[asyncio.Task[None]] = set()
+        # (frame, holds_slot): a reply frees its request's slot once written.
+        self.replies: deque[tuple[bytes, bool]] = deque()
+        self.subs: dict[int, _Subscription] = {}
+        self.next_sub_id = 1
+        self.rr = 0
+        self.wake = asyncio.Event()
+        self.closing = False
+        self.broken = False
+
+    # -- reading and dispatch
+    async def run(self) -> None:
+        writer_task = asyncio.create_task(self._write_loop())
+        farewell = False
+        try:
+            while True:
+                data = await self.reader.read(READ_CHUNK)
+                self.conn.receive_data(data)
+                while (message := self.conn.next_event()) is not NEED_DATA:
+                    assert isinstance(message, Request)
+                    await self._dispatch(message)
+                if not data:
+                    break
+        except ProtocolError as exc:
+            logger.info("control client sent garbage, closing: %s", exc)
+            for task in self.handler_tasks:
+                task.cancel()
+            self._reply(ErrorResponse(None, "bad_request", f"protocol error: {exc}"), False)
+            farewell = True
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            for task in self.handler_tasks:
+                task.cancel()
+            self.closing = True
+            self.wake.set()
+            if farewell:
+                with contextlib.suppress(TimeoutError, ConnectionError, OSError):
+                    await asyncio.wait_for(asyncio.shield(writer_task), FAREWELL_TIMEOUT)
+            writer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
+                await writer_task
+            self.writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await self.writer.wait_closed()
+
+    async def _dispatch(self, request: Request) -> None:
+        await self.slots.acquire()
+        if request.method in BUILTIN_METHODS:
+            self._builtin(request)
+            return
+        handler = self.server.handlers.get(request.method)
+        if handler is None:
+            self._reply(
+                ErrorResponse(request.id, "bad_request", f"unknown method '{request.method}'")
+            )
+            return
+        task = asyncio.create_task(self._run_handler(handler, request))
+        self.handler_tasks.add(task)
+        task.add_done_callback(self.handler_tasks.discard)
+
+    async def _run_handler(self, handler: Handler, request: Request) -> None:
+        try:
+            result = await handler(request.params)
+        except asyncio.CancelledError:
+            self.slots.release()
+            raise
+        except Exception as exc:
+            code, message = error_reply(exc)
+            if code == "internal":
+                logger.exception("control method %s failed", request.method)
+            self._reply(ErrorResponse(request.id, code, message))
+            return
+        self._reply(Response(request.id, result))
+
+    def _builtin(self, request: Request) -> None:
+        try:
+            if request.method == "subscribe":
+                result: dict[str, Any] = {"sub": self._subscribe(request.params)}
+            else:
+                self._unsubscribe(request.params)
+                result = {}
+        except ProtocolError as exc:
+            self._reply(ErrorResponse(request.id, "bad_request", str(exc)))
+            return
+        self._reply(Response(request.id, result))
+
+    def _subscribe(self, params: dict[str, Any]) -> int:
+        topics = params.get("topics")
+        if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
+            raise ProtocolError("subscribe needs topics: a list of str")
+        unknown = sorted(set(topics) - self.server.topics)
+        if unknown:
+            raise ProtocolError(f"unknown topic '{unknown[0]}'")
+        if len(self.subs) >= MAX_SUBSCRIPTIONS:
+            raise ProtocolError(f"more than {MAX_SUBSCRIPTIONS} subscriptions")
+        sub_id = self.next_sub_id
+        self.next_sub_id += 1
+        self.subs[sub_id] = _Subscription(sub_id, frozenset(topics))
+        return sub_id
+
+    def _unsubscribe(self, params: dict[str, Any]) -> None:
+        sub_id = params.get("sub")
+        if type(sub_id) is not int or sub_id not in self.subs:
+            raise ProtocolError(f"no subscription {sub_id!r}")
+        del self.subs[sub_id]
+
+    # -- writing
+    def _reply(self, message: Message, holds_slot: bool = True) -> None:
+        try:
+            frame = self.conn.send(message)
+        except ProtocolError as exc:
+            if self.conn.state is State.ERROR:  # hanging up: the farewell has been queued
+                if holds_slot:
+                    self.slots.release()
+                return
+            assert isinstance(message, Response)
+            logger.error("control reply to request %d not encodable: %s", message.id, exc)
+            frame = self.conn.send(
+                ErrorResponse(message.id, "internal", f"result not encodable: {exc}")
+            )
+        self.replies.append((frame, holds_slot))
+        self.wake.set()
+
+    def offer(self, topic: str, data: dict[str, Any]) -> None:
+        """Queue an event for every subscription of this client that wants ``topic``."""
+        queued = False
+        for sub in self.subs.values():
+            if topic not in sub.topics:
+                continue
+            if len(sub.queue) >= SUBSCRIBER_QUEUE:
+                sub.queue.popleft()
+                sub.dropped += 1
+            sub.queue.append((topic, data))
+            queued = True
+        if queued:
+            self.wake.set()
+
+    def _next_event_frame(self) -> bytes | None:
+        subs = list(self.subs.values())
+        for step in range(len(subs)):
+            sub = subs[(self.rr + step) % len(subs)]
+            if sub.dropped:
+                self.rr = (self.rr + step + 1) % len(subs)
+                dropped, sub.dropped = sub.dropped, 0
+                return self.conn.send(Event("overflow", sub.id, {"dropped": dropped}))
+            while sub.queue:
+                topic, data = sub.queue.popleft()
+                try:
+                    frame = self.conn.send(Event(topic, sub.id, data))
+                except ProtocolError as exc:
+                    logger.error("dropping unencodable %s event: %s", topic, exc)
+                    continue
+                self.rr = (self.rr + step + 1) % len(subs)
+                return frame
+        return None
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while True:
+                if self.replies:
+                    frame, holds_slot = self.replies.popleft()
+                    await self._write(frame)
+                    if holds_slot:
+                        self.slots.release()
+                    continue
+                if self.conn.state is State.ERROR or self.broken:
+                    break
+                event_frame = self._next_event_frame()
+                if event_frame is None:
+                    break
+                await self._write(event_frame)
+            if self.closing:
+                return
+
+    async def _write(self, frame: bytes) -> None:
+        # Once the socket fails, keep consuming replies without writing them:
+        # each one frees a slot, so a reader waiting for a slot cannot hang.
+        if self.broken:
+            return
+        try:
+            self.writer.write(frame)
+            await self.writer.drain()
+        except (ConnectionError, OSError):
+            self.broken = True
+            for sub in self.subs.values():
+                sub.queue.clear()
+            self.writer.transport.abort()
+
+
+class ControlServer:
+    """Serve ``handlers`` and stream ``topics`` on the Unix socket at ``path``."""
+
+    def __init__(self, path: str, handlers: Mapping[str, Handler], topics: set[str]) -> None:
+        clash = BUILTIN_METHODS & set(handlers)
+        assert not clash, f"handlers may not override built-in methods {sorted(clash)}"
+        self.path = path
+        self.handlers: Mapping[str, Handler] = handlers
+        self.topics: frozenset[str] = frozenset(topics)
+        self._server: asyncio.AbstractServer | None = None
+        self._inode: tuple[int, int] | None = None
+        self._peers: dict[_Peer, asyncio.Task[Any]] = {}
+
+    async def start(self) -> None:
+        """Bind the socket; ``LocalError`` if another agent already serves it."""
+        if len(os.fsencode(self.path)) > MAX_UNIX_PATH:
+            raise LocalError(f"control socket path too long (> {MAX_UNIX_PATH} bytes): {self.path}")
+        _prepare_dir(os.path.dirname(os.path.abspath(self.path)))
+        await _clear_stale(self.path)
+        self._server = await asyncio.start_unix_server(self._on_connect, path=self.path)
+        os.chmod(self.path, SOCKET_MODE)
+        st = os.stat(self.path)
+        self._inode = (st.st_dev, st.st_ino)
+        logger.info("control socket listening on %s", self.path)
+
+    async def close(self) -> None:
+        """Stop listening, drop every client, remove the socket file (if still ours)."""
+        if self._server is not None:
+            self._server.close()
+        tasks = list(self._peers.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        if self._inode is not None:
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(self.path)
+                if (st.st_dev, st.st_ino) == self._inode:
+                    os.unlink(self.path)
+            self._inode = None
+
+    def publish(self, topic: str, data: dict[str, Any]) -> None:
+        """Fan ``data`` out to subscribers of ``topic``; never blocks.
+
+        Call from the event loop's thread.  ``data`` is shared between
+        subscribers and encoded later: do not mutate it after publishing.
+        """
+        assert topic in self.topics, f"publish to undeclared topic {topic!r}"
+        for peer in self._peers:
+            peer.offer(topic, data)
+
+    def has_subscribers(self, topic: str) -> bool:
+        """True if any client listens to ``topic`` (lets callers skip building events)."""
+        return any(topic in sub.topics for peer in self._peers for sub in peer.subs.values())
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._peers)
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = _Peer(self, reader, writer)
+        if len(self._peers) >= MAX_CONNECTIONS:
+            frame = peer.conn.send(
+                ErrorResponse(None, "unavailable", "too many control connections")
+            )
+            with contextlib.suppress(ConnectionError, OSError):
+                writer.write(frame)
+                await writer.drain()
+            writer.close()
+            return
+        # The peer runs in a task of its own: close() cancels that one, never
+        # the task asyncio created for this callback (cancelling that makes
+        # asyncio 3.11 log a spurious error).
+        task = asyncio.create_task(peer.run())
+        self._peers[peer] = task
+        try:
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+        finally:
+            self._peers.pop(peer, None)
+
+
+def _prepare_dir(directory: str) -> None:
+    """Create the socket's directory if needed and refuse one another user controls."""
+    euid = os.geteuid()
+    if not os.path.isdir(directory):
+        os.makedirs(directory, exist_ok=True)
+        os.chmod(directory, 0o750 if euid == 0 else 0o700)
+    st = os.stat(directory)
+    if euid != 0 and st.st_uid not in (euid, 0):
+        raise LocalError(
+            f"socket directory {directory} is owned by uid {st.st_uid}, not by us ({euid})"
+        )
+
+
+async def _clear_stale(path: str) -> None:
+    """Remove a socket file left by a dead agent; refuse if something listens on it."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise LocalError(f"{path} exists and is not a socket")
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), STALE_PROBE_TIMEOUT)
+    except (ConnectionRefusedError, FileNotFoundError):
+        logger.info("removing stale control socket %s", path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    except TimeoutError:
+        raise LocalError(f"another agent is running on {path} (not answering)") from None
+    except OSError as exc:
+        raise LocalError(f"cannot probe existing socket {path}: {exc}") from exc
+    writer.close()
+    with contextlib.suppress(ConnectionError, OSError):
+        await writer.wait_closed()
+    raise LocalError(f"another agent is running on {path}")

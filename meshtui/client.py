@@ -1,0 +1,419 @@
+"""Control client: RPC calls and event streams to one mesh-agent.
+
+Two ways in:
+
+* ``call_sync(path, method, params, timeout)`` -- one request over a blocking
+  Unix socket, no event loop; this is what keeps ``meshtui status`` fast.
+* ``ControlClient`` -- asyncio; over a Unix socket (``connect_unix``) or any
+  byte streams (``from_streams``, used for SSH ``direct-streamlocal``
+  channels).  Calls are multiplexed by id over one connection; a single reader
+  task routes replies to waiting calls and events to subscriptions.
+
+Both speak the sans-IO ``agent.control.codec``.  Only asyncio and msgpack are
+imported (never textual, asyncssh or zeroconf): the CLI imports this module on
+every command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import socket
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Generator, Mapping
+from typing import Any, Final, Protocol
+
+from agent.control.codec import (
+    CLIENT,
+    NEED_DATA,
+    ControlConnection,
+    ErrorResponse,
+    Event,
+    Request,
+    Response,
+    State,
+)
+from agent.errors import MeshError, ProtocolError
+
+DEFAULT_CALL_TIMEOUT: Final = 10.0
+"""Seconds ``call`` waits for a reply."""
+CONNECT_TIMEOUT: Final = 5.0
+"""Seconds ``connect_unix`` waits for the socket."""
+MAX_CLIENT_IN_FLIGHT: Final = 64
+"""Calls one client has outstanding at once (matches the server's bound)."""
+SUBSCRIPTION_QUEUE: Final = 10_000
+"""Events buffered per subscription before the oldest are dropped."""
+READ_CHUNK: Final = 64 * 1024
+
+EXIT_OK: Final = 0
+EXIT_NOT_FOUND: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_NO_QUORUM: Final = 3
+EXIT_CONNECT: Final = 4
+
+_EXIT_CODES: Final[Mapping[str, int]] = {
+    "not_found": EXIT_NOT_FOUND,
+    "bad_request": EXIT_USAGE,
+    "no_quorum": EXIT_NO_QUORUM,
+    # A follower that cannot reach the leader is, to a script, the same as no quorum.
+    "not_leader": EXIT_NO_QUORUM,
+    "unavailable": EXIT_CONNECT,
+    "timeout": EXIT_CONNECT,
+    "internal": EXIT_NOT_FOUND,
+}
+
+
+class ClientError(MeshError):
+    """An error reply (``code`` from docs/internals.md section 4) or a transport failure.
+
+    Client-side codes besides the server's: ``timeout`` (no reply in time) and
+    ``unavailable`` (cannot connect, or the connection was lost).
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    @property
+    def exit_code(self) -> int:
+        """The ``meshtui`` exit status for this error (1 for codes it does not know)."""
+        return _EXIT_CODES.get(self.code, EXIT_NOT_FOUND)
+
+
+class ConnectionLost(ClientError):
+    """The agent closed the connection (or sent bytes we cannot parse)."""
+
+    def __init__(self, message: str = "connection to the agent was lost") -> None:
+        super().__init__("unavailable", message)
+
+
+def _connect_failure(path: str, exc: OSError) -> ClientError:
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
+        hint = "no agent is running there"
+    elif isinstance(exc, PermissionError):
+        hint = "permission denied (is your user in the socket's group?)"
+    else:
+        hint = reason
+    return ClientError("unavailable", f"cannot connect to {path}: {hint} ({reason})")
+
+
+# ---------------------------------------------------------------- sync one-shot
+def call_sync(
+    target_path: str, method: str, params: Mapping[str, Any], timeout: float = DEFAULT_CALL_TIMEOUT
+) -> Any:
+    """One request over a blocking Unix socket; returns the result or raises ``ClientError``."""
+    deadline = time.monotonic() + timeout
+    conn = ControlConnection(CLIENT)
+    try:
+        frame = conn.send(Request(1, method, dict(params)))
+    except ProtocolError as exc:
+        raise ClientError("bad_request", str(exc)) from exc
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(target_path)
+        except TimeoutError as exc:
+            raise ClientError("timeout", f"connecting to {target_path} timed out") from exc
+        except OSError as exc:
+            raise _connect_failure(target_path, exc) from exc
+        try:
+            sock.sendall(frame)
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                sock.settimeout(remaining)
+                conn.receive_data(sock.recv(READ_CHUNK))
+                while (message := conn.next_event()) is not NEED_DATA:
+                    if isinstance(message, Response) and message.id == 1:
+                        return message.result
+                    if isinstance(message, ErrorResponse) and message.id in (1, None):
+                        raise ClientError(message.code, message.message)
+                if conn.state is State.CLOSED:
+                    raise ConnectionLost(f"{target_path} closed the connection before replying")
+        except TimeoutError as exc:
+            raise ClientError("timeout", f"{method}: no reply within {timeout:g}s") from exc
+        except ProtocolError as exc:
+            raise ConnectionLost(f"bad reply from {target_path}: {exc}") from exc
+        except OSError as exc:
+            raise ConnectionLost(f"{target_path}: {exc}") from exc
+
+
+# ---------------------------------------------------------------- asyncio client
+class ByteReader(Protocol):
+    """What ``from_streams`` needs to read (asyncio and asyncssh readers both fit)."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class ByteWriter(Protocol):
+    """What ``from_streams`` needs to write."""
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Subscription:
+    """An event stream: ``await`` it to subscribe, then ``async for`` over it.
+
+    ``async for ev in client.subscribe([...])`` also works and subscribes on
+    the first iteration.  Items are ``{"event": topic, "data": {...}}``; an
+    ``"overflow"`` event (``data = {"dropped": n}``) means events were lost and
+    the consumer should re-read state.  When the connection drops, iteration
+    raises ``ConnectionLost``; after ``close()`` it stops.
+    """
+
+    def __init__(self, client: ControlClient, topics: list[str]) -> None:
+        self._client = client
+        self.topics = list(topics)
+        self.id: int | None = None
+        self._queue: deque[dict[str, Any]] = deque()
+        self._dropped = 0
+        self._wake = asyncio.Event()
+        self._ended: ClientError | None = None
+        self._closed = False
+
+    def __await__(self) -> Generator[Any, None, Subscription]:
+        return self._open().__await__()
+
+    async def _open(self) -> Subscription:
+        if self.id is None:
+            await self._client._register(self)
+        return self
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        if self.id is None and not self._closed and self._ended is None:
+            await self._client._register(self)
+        while True:
+            if self._dropped:
+                dropped, self._dropped = self._dropped, 0
+                return {"event": "overflow", "data": {"dropped": dropped}}
+            if self._queue:
+                return self._queue.popleft()
+            if self._closed:
+                raise StopAsyncIteration
+            if self._ended is not None:
+                raise self._ended
+            self._wake.clear()
+            await self._wake.wait()
+
+    def _push(self, event: dict[str, Any]) -> None:
+        if len(self._queue) >= SUBSCRIPTION_QUEUE:
+            self._queue.popleft()
+            self._dropped += 1
+        self._queue.append(event)
+        self._wake.set()
+
+    def _end(self, error: ClientError) -> None:
+        self._ended = error
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Unsubscribe (best effort) and end iteration."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.clear()
+        self._dropped = 0
+        self._wake.set()
+        sub_id, self.id = self.id, None
+        if sub_id is not None:
+            self._client._subs.pop(sub_id, None)
+            if not self._client.closed:
+                with contextlib.suppress(ClientError):
+                    await self._client.call("unsubscribe", sub=sub_id)
+
+    async def aclose(self) -> None:
+        await self.close()
+
+    async def __aenter__(self) -> Subscription:
+        return await self._open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class ControlClient:
+    """Multiplexed control connection; see the module docstring."""
+
+    def __init__(self, reader: ByteReader, writer: ByteWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._conn = ControlConnection(CLIENT)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        # Subscribe calls in flight: their reply must register the queue before
+        # the reader handles the next frame, which may already be an event.
+        self._subscribing: dict[int, Subscription] = {}
+        self._subs: dict[int, Subscription] = {}
+        self._slots = asyncio.Semaphore(MAX_CLIENT_IN_FLIGHT)
+        self._write_lock = asyncio.Lock()
+        self._lost: ClientError | None = None
+        self._reader_task = asyncio.create_task(self._read_loop())
+
+    @classmethod
+    async def connect_unix(cls, path: str, *, timeout: float = CONNECT_TIMEOUT) -> ControlClient:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
+        except TimeoutError as exc:
+            raise ClientError("timeout", f"connecting to {path} timed out") from exc
+        except OSError as exc:
+            raise _connect_failure(path, exc) from exc
+        return cls(reader, writer)
+
+    @classmethod
+    async def from_streams(cls, reader: ByteReader, writer: ByteWriter) -> ControlClient:
+        return cls(reader, writer)
+
+    @property
+    def closed(self) -> bool:
+        return self._lost is not None
+
+    async def call(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = DEFAULT_CALL_TIMEOUT,
+        **kwparams: Any,
+    ) -> Any:
+        """Call ``method`` and return its result; ``ClientError`` on an error reply.
+
+        Params come from ``params`` and keyword arguments (keywords win).  A
+        method whose params include ``timeout`` (``task.submit``) must pass it
+        in the ``params`` mapping: the keyword is this call's own deadline.
+        """
+        merged = {**(params or {}), **kwparams}
+        return await self._request(method, merged, timeout)
+
+    async def _request(
+        self,
+        method: str,
+        params: dict[str, Any],
+        timeout: float | None,
+        sub: Subscription | None = None,
+    ) -> Any:
+        if self._lost is not None:
+            raise self._lost
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._slots:
+                    return await self._send_and_wait(method, params, sub)
+        except TimeoutError as exc:
+            raise ClientError("timeout", f"{method}: no reply within {timeout:g}s") from exc
+
+    async def _send_and_wait(
+        self, method: str, params: dict[str, Any], sub: Subscription | None
+    ) -> Any:
+        request_id = next(self._ids)
+        try:
+            frame = self._conn.send(Request(request_id, method, params))
+        except ProtocolError as exc:
+            raise ClientError("bad_request", str(exc)) from exc
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        if sub is not None:
+            self._subscribing[request_id] = sub
+        try:
+            async with self._write_lock:
+                self._writer.write(frame)
+                await self._writer.drain()
+            return await future
+        except (ConnectionError, OSError) as exc:
+            self._connection_lost(ConnectionLost(f"write failed: {exc}"))
+            raise self._lost or ConnectionLost() from exc
+        finally:
+            self._pending.pop(request_id, None)
+            self._subscribing.pop(request_id, None)
+
+    def subscribe(self, topics: list[str]) -> Subscription:
+        """An event stream for ``topics``; ``await`` it or iterate it (see ``Subscription``)."""
+        return Subscription(self, topics)
+
+    async def _register(self, sub: Subscription) -> None:
+        await self._request("subscribe", {"topics": sub.topics}, DEFAULT_CALL_TIMEOUT, sub)
+
+    async def close(self) -> None:
+        """Close the connection; pending calls and subscriptions get ``ConnectionLost``."""
+        self._connection_lost(ConnectionLost("client closed"))
+        self._reader_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader_task
+        self._writer.close()
+        wait_closed = getattr(self._writer, "wait_closed", None)
+        if wait_closed is not None:
+            with contextlib.suppress(Exception):
+                await wait_closed()
+
+    async def __aenter__(self) -> ControlClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- the reader task
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                data = await self._reader.read(READ_CHUNK)
+                self._conn.receive_data(data)
+                while (message := self._conn.next_event()) is not NEED_DATA:
+                    self._route(message)
+                if not data:
+                    self._connection_lost(ConnectionLost())
+                    return
+        except ProtocolError as exc:
+            self._connection_lost(ConnectionLost(f"bad frame from the agent: {exc}"))
+        except (ConnectionError, OSError) as exc:
+            self._connection_lost(ConnectionLost(f"connection to the agent failed: {exc}"))
+        except ClientError as exc:
+            self._connection_lost(exc)
+
+    def _route(self, message: Response | ErrorResponse | Event | Request) -> None:
+        if isinstance(message, Event):
+            target = self._subs.get(message.sub)
+            if target is not None:
+                target._push({"event": message.event, "data": message.data})
+            return
+        if isinstance(message, ErrorResponse) and message.id is None:
+            # The server hangs up after a connection-level error: fail everything with it.
+            raise ClientError(message.code, message.message)
+        assert isinstance(message, Response | ErrorResponse) and message.id is not None
+        future = self._pending.get(message.id)
+        if future is None or future.done():
+            return  # the call timed out and went away
+        if isinstance(message, ErrorResponse):
+            future.set_exception(ClientError(message.code, message.message))
+            return
+        sub = self._subscribing.pop(message.id, None)
+        if sub is not None:
+            result = message.result
+            sub_id = result.get("sub") if isinstance(result, dict) else None
+            if type(sub_id) is not int:
+                future.set_exception(ClientError("internal", f"bad subscribe reply {result!r}"))
+                return
+            sub.id = sub_id
+            self._subs[sub_id] = sub
+        future.set_result(message.result)
+
+    def _connection_lost(self, error: ClientError) -> None:
+        if self._lost is not None:
+            return
+        self._lost = error
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        for sub in self._subs.values():
+            sub._end(error)
+        self._subs.clear()
