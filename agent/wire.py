@@ -102,6 +102,7 @@ MSG_RANGES: dict[str, tuple[int, int]] = {
     "agent.raft.messages": (40, 69),
     "agent.sched.messages": (70, 89),
     "agent.pbft.messages": (90, 109),
+    "agent.runtime.messages": (110, 129),
 }
 """Owner module -> inclusive range of message numbers it may register."""
 
@@ -110,6 +111,7 @@ _CORE_MODULES = (
     "agent.raft.messages",
     "agent.sched.messages",
     "agent.pbft.messages",
+    "agent.runtime.messages",
 )
 
 

@@ -1,0 +1,485 @@
+"""Sealed peer transport: one UDP socket and one TCP listener on the same port.
+
+Theory of operation
+-------------------
+Datagrams (SWIM) are sealed with the cluster keyring and sent from the bound
+UDP socket, so their source address *is* the sender's listen address; the
+receiver opens them and calls ``on_datagram("host:port", payload)``.  A
+payload over ``wire.MAX_DATAGRAM_SIZE`` is dropped and counted, never
+fragmented.
+
+Streams (Raft, state sync, task output) go over one pooled outbound TCP
+connection per destination address.  ``send_stream`` only appends to a
+bounded per-peer queue (oldest dropped and counted when full, by count and by
+bytes); a writer task per peer connects, sends a sealed ``wire.Hello`` naming
+this node and its listen address, then seals each queued payload *as it is
+written*, so sequence numbers reach each peer in order and a key rotation
+applies to queued messages too.  Every frame is ``4-byte length | sealed
+packet``.  The writer also reads its connection only to notice the peer
+closing it (the peer never answers on it: replies come back on the peer's own
+outbound connection to our listen address, which is what the Hello is for).
+
+Reconnection backs off exponentially with "equal jitter": before attempt n
+it waits uniformly in [d/2, d] with d = min(5 s, 50 ms * 2**n).  The attempt
+count resets once a connection has stayed up for a second, so a peer that
+accepts and immediately drops us is retried with growing delays too.  The
+jitter keeps a restarted node from being hit by every peer at once.
+
+Delivery is best effort, like UDP with ordering: messages queued while a
+peer is down are delivered after it is back, but a message written just
+before the connection died can be lost.  The protocols above (Raft, SWIM)
+already retransmit.
+
+Inbound connections must present a valid Hello within ``HELLO_TIMEOUT``;
+each frame is opened (tag, key, replay checks) and failures are dropped and
+counted; ``MAX_CONSECUTIVE_FAILURES`` in a row close the connection, as does
+an oversized frame header.  Garbage on either port never raises out of the
+transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from agent import wire
+from agent.crypto import DATAGRAM_OVERHEAD, Channel, Envelope, Keyring, SealError, SealStats
+from agent.errors import ConfigError, ProtocolError
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE = 0.05
+"""Seconds: reconnection delay scale (first retry waits 25-50 ms)."""
+BACKOFF_CAP = 5.0
+"""Seconds: longest reconnection delay."""
+STABLE_CONNECTION = 1.0
+"""Seconds a connection must stay up before the backoff attempt count resets."""
+CONNECT_TIMEOUT = 3.0
+"""Seconds to wait for a TCP connect."""
+HELLO_TIMEOUT = 10.0
+"""Seconds an inbound connection has to present a valid Hello."""
+MAX_PEER_QUEUE = 4096
+"""Messages queued per destination before the oldest is dropped."""
+MAX_PEER_QUEUE_BYTES = 64 * 1024 * 1024
+"""Bytes queued per destination before the oldest messages are dropped."""
+MAX_OUTBOUND_PEERS = 1024
+"""Destinations with a pooled connection; the least recently used is evicted."""
+MAX_INBOUND_CONNECTIONS = 1024
+"""Inbound TCP connections served at once; more are closed on accept."""
+MAX_CONSECUTIVE_FAILURES = 8
+"""Frames in a row that fail to open before an inbound connection is closed."""
+MAX_STREAM_PAYLOAD = wire.MAX_FRAME_SIZE - DATAGRAM_OVERHEAD
+"""Largest payload ``send_stream`` accepts (a frame body is the sealed payload)."""
+READ_CHUNK = 256 * 1024
+UDP_RECEIVE_BUFFER = 1024 * 1024
+
+Callback = Callable[[str, bytes], None]
+
+
+def backoff_delay(attempt: int, rng: random.Random,
+                  base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
+    """Seconds to wait before reconnection ``attempt`` (0-based): equal jitter."""
+    ceiling = min(cap, base * 2.0 ** min(attempt, 32))
+    return ceiling / 2 + rng.random() * ceiling / 2
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    """``"host:port"`` or ``"[v6]:port"`` -> (host, port); ``ConfigError`` if malformed."""
+    host, sep, port_text = addr.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError("addr", f"{addr!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port_text)
+
+
+def format_addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(slots=True)
+class TransportStats:
+    """Counters for ``meshtui report`` (mutable; bytes are on-the-wire bytes)."""
+
+    datagrams_in: int = 0
+    datagrams_out: int = 0
+    datagram_bytes_in: int = 0
+    datagram_bytes_out: int = 0
+    stream_msgs_in: int = 0
+    stream_msgs_out: int = 0
+    stream_bytes_in: int = 0
+    stream_bytes_out: int = 0
+    connects: int = 0
+    connect_failures: int = 0
+    connections_in: int = 0
+    dropped_oversize: int = 0
+    dropped_queue_full: int = 0
+    dropped_bad_addr: int = 0
+    dropped_send_error: int = 0
+    dropped_bad_frame: int = 0
+    dropped_no_hello: int = 0
+    dropped_too_many_connections: int = 0
+    closed_bad_peer: int = 0
+    callback_errors: int = 0
+    seal: SealStats = field(default_factory=SealStats)
+
+    def as_dict(self) -> dict[str, int | dict[str, int]]:
+        return asdict(self)
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, owner: Transport) -> None:
+        self._owner = owner
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self._owner._on_udp(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors from an earlier sendto (port unreachable, ...).
+        self._owner.stats.dropped_send_error += 1
+
+
+class _Peer:
+    """Outbound state for one destination address."""
+
+    __slots__ = ("addr", "attempt", "broken", "connected", "host", "port", "queue",
+                 "queued_bytes", "task", "wakeup")
+
+    def __init__(self, addr: str, host: str, port: int) -> None:
+        self.addr = addr
+        self.host = host
+        self.port = port
+        self.queue: deque[bytes] = deque()
+        self.queued_bytes = 0
+        self.wakeup = asyncio.Event()
+        self.broken = False
+        self.connected = False
+        self.attempt = 0
+        self.task: asyncio.Task[None] | None = None
+
+
+class Transport:
+    """Sealed UDP datagrams and TCP streams on one port (see module docstring)."""
+
+    def __init__(
+        self,
+        bind_host: str,
+        port: int,
+        keyring: Keyring,
+        node_id: str,
+        incarnation: int,
+        on_datagram: Callback,
+        on_stream_message: Callback,
+        stats: TransportStats | None = None,
+        *,
+        advertise: str | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.bind_host = bind_host
+        self.port = port
+        self.node_id = node_id
+        self.stats = stats if stats is not None else TransportStats()
+        self.envelope = Envelope(keyring, node_id, incarnation, stats=self.stats.seal)
+        self._advertise = advertise
+        self._on_datagram = on_datagram
+        self._on_stream = on_stream_message
+        self._rng = rng if rng is not None else random.Random()
+        self._server: asyncio.Server | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._peers: OrderedDict[str, _Peer] = OrderedDict()
+        self._inbound: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    @property
+    def listen_addr(self) -> str:
+        """The address peers answer to (``advertise`` or bind host + bound port)."""
+        return self._advertise or format_addr(self.bind_host, self.port)
+
+    @property
+    def keyring(self) -> Keyring:
+        return self.envelope.keyring
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Bind TCP then UDP on the same port (port 0: TCP picks, UDP follows)."""
+        loop = asyncio.get_running_loop()
+        for _ in range(50):
+            server = await asyncio.start_server(
+                self._serve_inbound, self.bind_host, self.port, reuse_address=True)
+            port = server.sockets[0].getsockname()[1]
+            try:
+                udp, _ = await loop.create_datagram_endpoint(
+                    lambda: _UdpProtocol(self), local_addr=(self.bind_host, port))
+            except OSError:
+                server.close()
+                await server.wait_closed()
+                if self.port != 0:
+                    raise
+                continue  # the UDP twin of a random TCP port was taken; pick again
+            break
+        else:
+            raise OSError(f"no port free for both TCP and UDP on {self.bind_host}")
+        sock = udp.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
+        self._server, self._udp, self.port = server, udp, port  # type: ignore[assignment]
+
+    async def close(self) -> None:
+        """Stop listening, drop queued messages, close every connection."""
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        if self._udp is not None:
+            self._udp.close()
+        tasks = [p.task for p in self._peers.values() if p.task is not None]
+        tasks += list(self._inbound)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._peers.clear()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # ------------------------------------------------------------------ datagrams
+
+    def send_datagram(self, addr: str, payload: bytes) -> bool:
+        """Seal and send one datagram; False if it was dropped (and counted)."""
+        assert self._udp is not None, "transport not started"
+        if len(payload) > wire.MAX_DATAGRAM_SIZE:
+            self.stats.dropped_oversize += 1
+            return False
+        try:
+            host, port = parse_addr(addr)
+        except ConfigError:
+            self.stats.dropped_bad_addr += 1
+            return False
+        packet = self.envelope.seal(Channel.DATAGRAM, payload)
+        try:
+            self._udp.sendto(packet, (host, port))
+        except (OSError, ValueError):
+            self.stats.dropped_send_error += 1
+            return False
+        self.stats.datagrams_out += 1
+        self.stats.datagram_bytes_out += len(packet)
+        return True
+
+    def _on_udp(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        if len(data) > wire.MAX_DATAGRAM_SIZE + DATAGRAM_OVERHEAD:
+            self.stats.dropped_oversize += 1
+            return
+        try:
+            payload = self.envelope.open(Channel.DATAGRAM, data)
+        except SealError:
+            return  # counted by the envelope
+        self.stats.datagrams_in += 1
+        self.stats.datagram_bytes_in += len(data)
+        self._deliver(self._on_datagram, format_addr(str(addr[0]), int(addr[1])), payload)
+
+    def _deliver(self, callback: Callback, from_addr: str, payload: bytes) -> None:
+        try:
+            callback(from_addr, payload)
+        except Exception:
+            self.stats.callback_errors += 1
+            log.exception("transport callback failed for a message from %s", from_addr)
+
+    # ------------------------------------------------------------------ outbound streams
+
+    def send_stream(self, addr: str, payload: bytes) -> bool:
+        """Queue ``payload`` for the pooled connection to ``addr``; False if dropped."""
+        assert not self._closing, "transport closed"
+        if len(payload) > MAX_STREAM_PAYLOAD:
+            self.stats.dropped_oversize += 1
+            log.warning("stream message of %d bytes to %s dropped: over %d",
+                        len(payload), addr, MAX_STREAM_PAYLOAD)
+            return False
+        peer = self._peers.get(addr)
+        if peer is None:
+            try:
+                host, port = parse_addr(addr)
+            except ConfigError:
+                self.stats.dropped_bad_addr += 1
+                return False
+            peer = self._add_peer(addr, host, port)
+        else:
+            self._peers.move_to_end(addr)
+        queue = peer.queue
+        queue.append(payload)
+        peer.queued_bytes += len(payload)
+        while len(queue) > MAX_PEER_QUEUE or peer.queued_bytes > MAX_PEER_QUEUE_BYTES:
+            peer.queued_bytes -= len(queue.popleft())
+            self.stats.dropped_queue_full += 1
+        peer.wakeup.set()
+        return True
+
+    def _add_peer(self, addr: str, host: str, port: int) -> _Peer:
+        if len(self._peers) >= MAX_OUTBOUND_PEERS:
+            _, evicted = self._peers.popitem(last=False)
+            self.stats.dropped_queue_full += len(evicted.queue)
+            if evicted.task is not None:
+                evicted.task.cancel()
+        peer = _Peer(addr, host, port)
+        peer.task = asyncio.get_running_loop().create_task(
+            self._run_peer(peer), name=f"transport-out-{addr}")
+        self._peers[addr] = peer
+        return peer
+
+    def outbound(self) -> list[tuple[str, bool, int]]:
+        """(address, connected, queued messages) per pooled destination."""
+        return [(p.addr, p.connected, len(p.queue)) for p in self._peers.values()]
+
+    async def _run_peer(self, peer: _Peer) -> None:
+        while not self._closing:
+            while not peer.queue:
+                peer.wakeup.clear()
+                await peer.wakeup.wait()
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(peer.host, peer.port), CONNECT_TIMEOUT)
+            except (OSError, TimeoutError):
+                self.stats.connect_failures += 1
+                await asyncio.sleep(backoff_delay(peer.attempt, self._rng))
+                peer.attempt += 1
+                continue
+            self.stats.connects += 1
+            started = time.monotonic()
+            await self._pump(peer, reader, writer)
+            if time.monotonic() - started >= STABLE_CONNECTION:
+                peer.attempt = 0
+            else:
+                await asyncio.sleep(backoff_delay(peer.attempt, self._rng))
+                peer.attempt += 1
+
+    async def _pump(self, peer: _Peer, reader: asyncio.StreamReader,
+                    writer: asyncio.StreamWriter) -> None:
+        """Write the queue to one connection until it breaks."""
+        peer.broken = False
+        peer.connected = True
+        watcher = asyncio.get_running_loop().create_task(self._watch_eof(peer, reader))
+        stats = self.stats
+        seal = self.envelope.seal
+        try:
+            hello = wire.encode(wire.Hello(self.node_id, self.listen_addr))
+            writer.write(wire.frame(seal(Channel.STREAM, hello)))
+            while not peer.broken:
+                queue = peer.queue
+                while queue and not peer.broken:
+                    payload = queue.popleft()
+                    peer.queued_bytes -= len(payload)
+                    data = wire.frame(seal(Channel.STREAM, payload))
+                    writer.write(data)
+                    stats.stream_msgs_out += 1
+                    stats.stream_bytes_out += len(data)
+                    if writer.transport.get_write_buffer_size() > READ_CHUNK:
+                        await writer.drain()
+                await writer.drain()
+                if not queue and not peer.broken:
+                    peer.wakeup.clear()
+                    await peer.wakeup.wait()
+        except (OSError, ConnectionError):
+            pass
+        finally:
+            peer.connected = False
+            watcher.cancel()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _watch_eof(self, peer: _Peer, reader: asyncio.StreamReader) -> None:
+        """The peer never writes on our outbound connection: any read end means it is gone."""
+        with contextlib.suppress(OSError, ConnectionError):
+            while await reader.read(READ_CHUNK):
+                pass
+        peer.broken = True
+        peer.wakeup.set()
+
+    # ------------------------------------------------------------------ inbound streams
+
+    async def _serve_inbound(self, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self._inbound) >= MAX_INBOUND_CONNECTIONS or self._closing:
+            self.stats.dropped_too_many_connections += 1
+            writer.close()
+            return
+        self._inbound.add(task)
+        self.stats.connections_in += 1
+        try:
+            await self._read_inbound(reader)
+        except (OSError, ConnectionError):
+            pass
+        finally:
+            self._inbound.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _read_inbound(self, reader: asyncio.StreamReader) -> None:
+        decoder = wire.FrameDecoder(wire.MAX_FRAME_SIZE)
+        from_addr: str | None = None
+        failures = 0
+        stats = self.stats
+        open_ = self.envelope.open
+        deadline = asyncio.get_running_loop().time() + HELLO_TIMEOUT
+        while True:
+            if from_addr is None:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        data = await reader.read(READ_CHUNK)
+                except TimeoutError:
+                    stats.dropped_no_hello += 1
+                    return
+            else:
+                data = await reader.read(READ_CHUNK)
+            if not data:
+                return
+            try:
+                frames = decoder.feed(data)
+            except ProtocolError:
+                stats.dropped_bad_frame += 1
+                return
+            for packet in frames:
+                try:
+                    payload = open_(Channel.STREAM, packet)
+                except SealError:
+                    failures += 1
+                    if failures >= MAX_CONSECUTIVE_FAILURES:
+                        stats.closed_bad_peer += 1
+                        return
+                    continue
+                failures = 0
+                if from_addr is None:
+                    from_addr = self._accept_hello(payload)
+                    if from_addr is None:
+                        stats.dropped_no_hello += 1
+                        return
+                    continue
+                stats.stream_msgs_in += 1
+                stats.stream_bytes_in += len(packet) + wire.FRAME_HEADER_SIZE
+                self._deliver(self._on_stream, from_addr, payload)
+
+    @staticmethod
+    def _accept_hello(payload: bytes) -> str | None:
+        try:
+            hello = wire.decode(payload)
+        except ProtocolError:
+            return None
+        if not isinstance(hello, wire.Hello):
+            return None
+        try:
+            parse_addr(hello.listen_addr)
+        except ConfigError:
+            return None
+        return hello.listen_addr
