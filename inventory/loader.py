@@ -31,25 +31,24 @@ class Inventory:
     """A loaded inventory: every host resolved, groups expanded to their hosts."""
 
     path: str
-    hosts: tuple[Host, ...]
-    """Every host, in declaration order."""
+    hosts: dict[str, Host]
+    """Every host by name, in declaration order."""
     groups: dict[str, tuple[str, ...]]
     """Every group → every host in it, through children too."""
 
     def host(self, name: str) -> Host:
-        for host in self.hosts:
-            if host.name == name:
-                return host
-        raise InventoryError(self.path, None, f"no host {name!r} in the inventory")
+        host = self.hosts.get(name)
+        if host is None:
+            raise InventoryError(self.path, None, f"no host {name!r} in the inventory")
+        return host
 
     def select(self, limit: str | None) -> list[Host]:
         """The hosts a ``--limit`` pattern denotes (``None``: all)."""
         try:
-            names = select_hosts(limit, [h.name for h in self.hosts], self.groups)
+            names = select_hosts(limit, list(self.hosts), self.groups)
         except PatternError as exc:
             raise InventoryError(self.path, None, f"--limit {limit!r}: {exc}") from None
-        by_name = {h.name: h for h in self.hosts}
-        return [by_name[n] for n in names]
+        return [self.hosts[n] for n in names]
 
     @property
     def default_key_path(self) -> str:
@@ -73,15 +72,15 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
         parse_ini_inventory(text, shown, builder)
     decls = builder.finish()
     _read_vars_dirs(file.parent, decls)
-    hosts = tuple(
-        resolve_host(
+    hosts = {
+        name: resolve_host(
             name,
             tuple(decls.host_groups[name]),
             merged_vars(decls, name),
             decls.hosts[name].origin,
         )
         for name in decls.hosts
-    )
+    }
     groups = {
         group: tuple(h for h in decls.hosts if group in decls.host_groups[h])
         for group in decls.groups

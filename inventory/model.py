@@ -3,7 +3,7 @@
 Both file formats fill an ``InventoryBuilder``; ``finish()`` applies Ansible's
 implicit structure (every top-level group is a child of ``all``; a host in no
 group but ``all`` is in ``ungrouped``), rejects cycles in ``children`` and
-returns the declarations.  ``inventory.hosts`` turns declarations into resolved
+returns the declarations.  ``inventory.loader`` turns declarations into resolved
 ``Host`` records with Ansible's variable precedence:
 
     all  <  parent group  <  child group  <  host

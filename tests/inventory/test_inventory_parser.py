@@ -83,7 +83,7 @@ def nested(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
 
 def test_nested_children_and_groups(nested: Path) -> None:
     inv = load_inventory(nested)
-    names = [h.name for h in inv.hosts]
+    names = list(inv.hosts)
     assert sorted(names) == ["db01", "lone", "web01", "web02", "web03"]
     assert set(inv.groups["prod"]) == {"web01", "web02", "web03", "db01"}
     assert set(inv.groups["web"]) == {"web01", "web02", "web03"}
@@ -247,7 +247,7 @@ def test_examples_parse_and_agree() -> None:
     yml = load_inventory(EXAMPLES / "lan.yml")
     ini = load_inventory(EXAMPLES / "lan.ini")
     assert len(yml.hosts) == 3
-    for a in yml.hosts:
+    for a in yml.hosts.values():
         b = ini.host(a.name)
         assert (a.address, a.capabilities, a.slots, a.seed, a.cluster, a.user) == (
             b.address,
@@ -257,13 +257,13 @@ def test_examples_parse_and_agree() -> None:
             b.cluster,
             b.user,
         )
-    assert [h.name for h in yml.hosts if h.seed] == ["web01", "db01"]
+    assert [h.name for h in yml.hosts.values() if h.seed] == ["web01", "db01"]
 
 
 def test_format_sniffed_without_extension(tmp_path: Path) -> None:
     y = write(tmp_path, "hosts_yaml", "all:\n  hosts:\n    a:\n")
     i = write(tmp_path, "hosts_ini", "[g]\na x=1\n")
-    assert [h.name for h in load_inventory(y).hosts] == ["a"]
+    assert list(load_inventory(y).hosts) == ["a"]
     assert load_inventory(i).host("a").vars["x"] == 1
 
 
