@@ -1,0 +1,440 @@
+"""The TUI's view-model: folds status replies and the event stream into display state.
+
+Theory of operation
+-------------------
+The agent's control API (docs/internals.md §4) gives two kinds of data: polled
+snapshots (``status``, ``members``, ``task.list``, ``proposal.list``) and a
+stream of events (topics ``members``, ``consensus``, ``tasks``, ``migrations``,
+``metrics``).  Snapshots are authoritative for what they cover; events give
+immediacy between polls.  ``MeshModel`` is a plain synchronous object that
+folds both into tables the screens render.  It never does I/O and never reads
+a clock: every ``apply_*`` takes ``now`` (wall-clock seconds) from its caller,
+so recorded streams replay into byte-identical screens.
+
+Every area carries a version counter that increases on each change; screens
+remember the last version they drew and skip work when nothing moved.  Every
+collection is bounded (log lines, tasks, migrations, CPU history).
+
+Units: ``cpu`` and ``mem`` in member rows are percentages (0-100), ``rtt_ms``
+is milliseconds, timestamps are Unix seconds.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+TOPICS: tuple[str, ...] = ("members", "consensus", "tasks", "migrations", "metrics")
+
+CPU_HISTORY = 30
+"""Samples kept per member for the CPU sparkline."""
+MAX_LOG_LINES = 10_000
+"""Consensus log lines kept (oldest dropped first)."""
+MAX_TASKS = 5_000
+"""Task rows kept; the oldest finished tasks are evicted first."""
+MAX_MIGRATIONS = 1_000
+"""Migration records kept."""
+
+MEMBER_STATES = ("alive", "suspect", "dead", "left")
+FINISHED_TASK_STATES = frozenset({"succeeded", "failed", "cancelled", "lost"})
+
+# members-topic event kinds that imply a state when the row itself omits one.
+_KIND_TO_STATE = {
+    "join": "alive",
+    "alive": "alive",
+    "suspect": "suspect",
+    "dead": "dead",
+    "leave": "left",
+}
+
+
+class ClientLike(Protocol):
+    """What the TUI needs from a control client (the real one is ``meshtui.client``)."""
+
+    async def call(self, method: str, **params: Any) -> Any:
+        """One RPC; raises on transport loss or an error reply."""
+        ...
+
+    def subscribe(self, topics: list[str]) -> AsyncIterator[dict[str, Any]]:
+        """Stream of ``{"event": topic, "data": {...}}`` until the connection drops."""
+        ...
+
+    async def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+class DemoControls(Protocol):
+    """Hooks ``meshtui demo`` gives the TUI to kill and restart its local agents."""
+
+    def names(self) -> Sequence[str]:
+        """Names of the agents the demo started."""
+        ...
+
+    def kill(self, name: str) -> Awaitable[None] | None:
+        """Kill agent ``name`` (SIGKILL)."""
+        ...
+
+    def restart(self, name: str) -> Awaitable[None] | None:
+        """Start agent ``name`` again with its old data dir."""
+        ...
+
+
+@dataclass(slots=True)
+class MemberView:
+    """One member row as shown; mutable because polls and events refine it."""
+
+    name: str
+    id: str = ""
+    addr: str = ""
+    state: str = "alive"
+    role: str = ""
+    cpu: float | None = None
+    mem: float | None = None
+    load1: float | None = None
+    slots: int | None = None
+    tasks: int | None = None
+    caps: tuple[str, ...] = ()
+    rtt_ms: float | None = None
+    version: str = ""
+    draining: bool = False
+    cpu_history: deque[float] = field(default_factory=lambda: deque(maxlen=CPU_HISTORY))
+
+
+@dataclass(slots=True)
+class ConsensusView:
+    engine: str = ""
+    role: str = ""
+    term: int = 0
+    leader: str | None = None
+    commit_index: int = 0
+    voters: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """One consensus-log line; ``seq`` increases by one per line ever added."""
+
+    seq: int
+    at: float
+    kind: str
+    term: int
+    index: int | None
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    at: float
+    task: str
+    src: str
+    dst: str
+    reason: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """Where the link to the agent stands: connecting, connected or disconnected."""
+
+    state: str = "connecting"
+    retry_in: float | None = None
+    error: str = ""
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)
+
+
+def _as_str(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def format_consensus(data: Mapping[str, Any]) -> str:
+    """One human line for a ``consensus`` event (without term/index prefix)."""
+    kind = _as_str(data.get("kind"))
+    summary = _as_str(data.get("summary"))
+    if kind == "leader":
+        leader = _as_str(data.get("leader")) or "none"
+        return f"leader is {leader}" + (f" ({summary})" if summary else "")
+    if kind == "role":
+        return f"role → {_as_str(data.get('role'))}" + (f" ({summary})" if summary else "")
+    if kind == "term":
+        return f"term → {_as_int(data.get('term')) or 0}" + (f" ({summary})" if summary else "")
+    return summary or kind
+
+
+def matches_filter(text: str, query: str) -> bool:
+    """Case-insensitive; every space-separated word of ``query`` must occur in ``text``."""
+    if not query:
+        return True
+    low = text.lower()
+    return all(word in low for word in query.lower().split())
+
+
+class MeshModel:
+    """Display state folded from snapshots and events (see module docstring)."""
+
+    def __init__(self) -> None:
+        self.node: str = ""
+        self.members: dict[str, MemberView] = {}
+        self.consensus = ConsensusView()
+        self.task_counts: dict[str, int] = {}
+        self.partitioned = False
+        self.read_only = False
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.log: deque[LogLine] = deque(maxlen=MAX_LOG_LINES)
+        self.log_seq = 0
+        self.migrations: deque[Migration] = deque(maxlen=MAX_MIGRATIONS)
+        self.proposals: list[dict[str, Any]] = []
+        self.metrics: dict[str, Any] = {}
+        self.connection = Connection()
+        self.events_seen = 0
+        self.versions: dict[str, int] = dict.fromkeys(
+            ("members", "consensus", "tasks", "migrations", "banner", "proposals"), 0
+        )
+
+    def _bump(self, *areas: str) -> None:
+        for area in areas:
+            self.versions[area] += 1
+
+    # --- connection -------------------------------------------------------
+    def set_connection(self, conn: Connection) -> None:
+        if conn != self.connection:
+            self.connection = conn
+            self._bump("banner")
+
+    # --- snapshots --------------------------------------------------------
+    def apply_status(self, status: Mapping[str, Any], *, sample_cpu: bool = False) -> None:
+        """Fold a ``status`` reply; members absent from it are dropped."""
+        self.node = _as_str(status.get("node")) or self.node
+        partitioned = bool(status.get("partitioned", False))
+        read_only = bool(status.get("read_only", False))
+        if (partitioned, read_only) != (self.partitioned, self.read_only):
+            self.partitioned, self.read_only = partitioned, read_only
+            self._bump("banner")
+        cons = status.get("consensus")
+        if isinstance(cons, Mapping):
+            self._apply_consensus_snapshot(cons)
+        counts = status.get("tasks")
+        if isinstance(counts, Mapping):
+            self.task_counts = {str(k): _as_int(v) or 0 for k, v in counts.items()}
+            self._bump("tasks")
+        rows = status.get("members")
+        if isinstance(rows, list):
+            self.apply_members(rows, sample_cpu=sample_cpu, authoritative=True)
+
+    def apply_members(
+        self,
+        rows: Iterable[Any],
+        *,
+        sample_cpu: bool = True,
+        authoritative: bool = True,
+    ) -> None:
+        """Fold member rows (``members`` or ``status`` reply)."""
+        seen: set[str] = set()
+        for row in rows:
+            if isinstance(row, Mapping):
+                member = self._upsert_member(row)
+                if member is None:
+                    continue
+                seen.add(member.name)
+                if sample_cpu and member.cpu is not None:
+                    member.cpu_history.append(member.cpu)
+        if authoritative:
+            for gone in set(self.members) - seen:
+                del self.members[gone]
+        self._bump("members")
+
+    def apply_tasks(self, rows: Iterable[Any]) -> None:
+        """Fold a ``task.list`` reply (authoritative for the rows it lists)."""
+        fresh: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            if isinstance(row, Mapping) and row.get("id") is not None:
+                tid = _as_str(row["id"])
+                fresh[tid] = {**self.tasks.get(tid, {}), **row, "id": tid}
+        self.tasks = fresh
+        self._evict_tasks()
+        self._bump("tasks")
+
+    def apply_proposals(self, rows: Iterable[Any]) -> None:
+        self.proposals = [dict(r) for r in rows if isinstance(r, Mapping)]
+        self._bump("proposals")
+
+    def _apply_consensus_snapshot(self, cons: Mapping[str, Any]) -> None:
+        view = self.consensus
+        view.engine = _as_str(cons.get("engine")) or view.engine
+        view.role = _as_str(cons.get("role")) or view.role
+        view.term = _as_int(cons.get("term")) or view.term
+        if "leader" in cons:
+            view.leader = _as_str(cons["leader"]) or None
+        view.commit_index = max(view.commit_index, _as_int(cons.get("commit_index")) or 0)
+        voters = cons.get("voters")
+        if isinstance(voters, list | tuple):
+            view.voters = tuple(_as_str(v) for v in voters)
+        self._bump("consensus")
+
+    def _upsert_member(self, row: Mapping[str, Any]) -> MemberView | None:
+        name = _as_str(row.get("name"))
+        if not name:
+            return None
+        member = self.members.get(name)
+        if member is None:
+            member = self.members[name] = MemberView(name=name)
+        if "id" in row:
+            member.id = _as_str(row["id"])
+        if "addr" in row:
+            member.addr = _as_str(row["addr"])
+        state = _as_str(row.get("state"))
+        if state:
+            member.state = state
+        if "role" in row:
+            member.role = _as_str(row["role"])
+        for attr in ("cpu", "mem", "load1", "rtt_ms"):
+            if attr in row:
+                setattr(member, attr, _as_float(row[attr]))
+        for attr in ("slots", "tasks"):
+            if attr in row:
+                setattr(member, attr, _as_int(row[attr]))
+        caps = row.get("caps")
+        if isinstance(caps, list | tuple):
+            member.caps = tuple(_as_str(c) for c in caps)
+        if "version" in row:
+            member.version = _as_str(row["version"])
+        if "draining" in row:
+            member.draining = bool(row["draining"])
+        return member
+
+    # --- events -----------------------------------------------------------
+    def apply_event(self, event: Mapping[str, Any], now: float) -> None:
+        """Fold one ``{"event": topic, "data": {...}}`` item; unknown topics are ignored."""
+        topic = event.get("event")
+        data = event.get("data")
+        if not isinstance(data, Mapping):
+            return
+        self.events_seen += 1
+        if topic == "members":
+            self._on_member_event(data)
+        elif topic == "consensus":
+            self._on_consensus_event(data, now)
+        elif topic == "tasks":
+            self._on_task_event(data)
+        elif topic == "migrations":
+            self._on_migration_event(data, now)
+        elif topic == "metrics":
+            self.metrics = dict(data)
+
+    def _on_member_event(self, data: Mapping[str, Any]) -> None:
+        kind = _as_str(data.get("kind"))
+        if kind in ("partitioned", "healed"):
+            partitioned = kind == "partitioned"
+            if partitioned != self.partitioned:
+                self.partitioned = partitioned
+                if not partitioned:
+                    self.read_only = False
+                self._bump("banner")
+            return
+        row = data.get("member")
+        if not isinstance(row, Mapping):
+            return
+        member = self._upsert_member(row)
+        if member is None:
+            return
+        if kind in _KIND_TO_STATE and not row.get("state"):
+            member.state = _KIND_TO_STATE[kind]
+        self._bump("members")
+
+    def _on_consensus_event(self, data: Mapping[str, Any], now: float) -> None:
+        kind = _as_str(data.get("kind"))
+        view = self.consensus
+        term = _as_int(data.get("term"))
+        index = _as_int(data.get("index"))
+        if term is not None and term > view.term:
+            view.term = term
+        if kind == "entry" and index is not None:
+            view.commit_index = max(view.commit_index, index)
+        if kind == "role" and data.get("role") is not None:
+            view.role = _as_str(data.get("role"))
+        if kind == "leader" or (kind == "election" and "leader" in data):
+            view.leader = _as_str(data.get("leader")) or None
+        self.log_seq += 1
+        at = _as_float(data.get("at"))
+        self.log.append(
+            LogLine(
+                seq=self.log_seq,
+                at=now if at is None else at,
+                kind=kind,
+                term=term if term is not None else view.term,
+                index=index,
+                text=format_consensus(data),
+            )
+        )
+        self._bump("consensus")
+
+    def _on_task_event(self, data: Mapping[str, Any]) -> None:
+        row = data.get("task")
+        if not isinstance(row, Mapping) or row.get("id") is None:
+            return
+        tid = _as_str(row["id"])
+        merged = {**self.tasks.pop(tid, {}), **row, "id": tid}
+        self.tasks[tid] = merged  # re-insert: most recently changed last
+        self._evict_tasks()
+        self._bump("tasks")
+
+    def _on_migration_event(self, data: Mapping[str, Any], now: float) -> None:
+        at = _as_float(data.get("at"))
+        mig = Migration(
+            at=now if at is None else at,
+            task=_as_str(data.get("task")),
+            src=_as_str(data.get("from")),
+            dst=_as_str(data.get("to")),
+            reason=_as_str(data.get("reason")),
+            epoch=_as_int(data.get("epoch")) or 0,
+        )
+        self.migrations.append(mig)
+        task = self.tasks.get(mig.task)
+        if task is not None:
+            task["node"] = mig.dst
+            task["epoch"] = max(_as_int(task.get("epoch")) or 0, mig.epoch)
+            self._bump("tasks")
+        self._bump("migrations")
+
+    def _evict_tasks(self) -> None:
+        if len(self.tasks) <= MAX_TASKS:
+            return
+        finished = [t for t, r in self.tasks.items() if r.get("state") in FINISHED_TASK_STATES]
+        for tid in finished[: len(self.tasks) - MAX_TASKS]:
+            del self.tasks[tid]
+        while len(self.tasks) > MAX_TASKS:
+            del self.tasks[next(iter(self.tasks))]
+
+    # --- derived ----------------------------------------------------------
+    def banner(self) -> tuple[str, str] | None:
+        """``(level, text)`` for the top banner, or None when all is well."""
+        conn = self.connection
+        if conn.state == "disconnected":
+            retry = f"{conn.retry_in:g}s" if conn.retry_in is not None else "a moment"
+            why = f" ({conn.error})" if conn.error else ""
+            return ("error", f"disconnected — reconnecting in {retry}…{why}")
+        if self.partitioned or self.read_only:
+            return ("warning", "NO QUORUM — read-only here")
+        if conn.state == "connecting":
+            return ("info", "connecting…")
+        return None
+
+    def migrations_per_minute(self, now: float) -> int:
+        return sum(1 for m in self.migrations if now - m.at <= 60.0)

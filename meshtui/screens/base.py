@@ -1,0 +1,104 @@
+"""``AreaScreen``: the frame shared by the four area screens (nav, banner, body, filter, footer).
+
+The app owns the model and the connection; an area screen only draws.  The app
+calls ``refresh_from(model)`` on the visible screen when the model changed, and
+a screen redraws everything when it is shown again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, ClassVar, Protocol, cast
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Footer
+
+from meshtui.model import ClientLike, DemoControls, MeshModel
+from meshtui.widgets.bars import Banner, NavBar
+from meshtui.widgets.filterbar import FilterBar
+
+
+class MeshAppLike(Protocol):
+    """What screens use of the app (``meshtui.app.MeshApp`` implements it)."""
+
+    model: MeshModel
+    client: ClientLike | None
+    demo_controls: DemoControls | None
+    target_label: str
+
+    def now(self) -> float: ...
+
+    def call_client(
+        self,
+        method: str,
+        params: dict[str, Any],
+        done: str | Callable[[Any], Awaitable[None] | None] | None = None,
+    ) -> None: ...
+
+
+class AreaScreen(Screen[None]):
+    """Base of the Mesh/Consensus/Tasks/Migrations screens."""
+
+    AREA: ClassVar[str] = ""
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("slash", "open_filter", "Filter"),
+        Binding("escape", "back", "Back", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.query_text = ""
+        self._drawn: dict[str, int] = {}
+
+    @property
+    def mesh(self) -> MeshAppLike:
+        return cast(MeshAppLike, self.app)
+
+    def compose(self) -> ComposeResult:
+        yield NavBar(self.AREA, self.mesh.target_label)
+        yield Banner(id="banner")
+        yield from self.compose_body()
+        yield FilterBar()
+        yield Footer()
+
+    def compose_body(self) -> Iterable[Widget]:
+        raise AssertionError("area screens override compose_body")
+
+    def on_mount(self) -> None:
+        self.refresh_from(self.mesh.model, force=True)
+
+    def on_screen_resume(self) -> None:
+        self.refresh_from(self.mesh.model, force=True)
+
+    def refresh_from(self, model: MeshModel, force: bool = False) -> None:
+        self.query_one(NavBar).show(model)
+        self.query_one(Banner).show(model)
+        self.draw(model, force)
+
+    def draw(self, model: MeshModel, force: bool) -> None:
+        """Redraw the body; ``force`` means ignore cached versions."""
+
+    def changed(self, model: MeshModel, *areas: str, force: bool = False) -> bool:
+        """True if any of ``areas`` moved since this screen last drew them (and mark them drawn)."""
+        moved = force
+        for area in areas:
+            version = model.versions[area]
+            if self._drawn.get(area) != version:
+                self._drawn[area] = version
+                moved = True
+        return moved
+
+    def action_open_filter(self) -> None:
+        self.query_one(FilterBar).open()
+
+    def action_back(self) -> None:
+        bar = self.query_one(FilterBar)
+        if bar.display:
+            bar.action_close(clear=True)
+
+    def on_filter_bar_applied(self, event: FilterBar.Applied) -> None:
+        self.query_text = event.query
+        self.draw(self.mesh.model, force=True)

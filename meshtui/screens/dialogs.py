@@ -1,0 +1,104 @@
+"""Modal dialogs: the help screen, a one-line prompt, and a node picker."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Input, OptionList, Static
+from textual.widgets.option_list import Option
+
+HELP_KEYS: tuple[tuple[str, str], ...] = (
+    ("1 2 3 4", "Mesh · Consensus · Tasks · Migrations"),
+    ("tab / shift+tab", "next / previous screen"),
+    ("/", "filter the current screen (words, all must match)"),
+    (":", "command palette: submit, cancel, drain, undrain, transfer leadership"),
+    ("enter", "on Tasks: follow the selected task's logs"),
+    ("esc", "close a dialog, clear the filter"),
+    ("?", "this help"),
+    ("q", "quit"),
+)
+DEMO_KEYS: tuple[tuple[str, str], ...] = (
+    ("k", "demo: kill a node (SIGKILL)"),
+    ("r", "demo: restart a killed node"),
+)
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [
+        Binding("escape", "dismiss", "Close"),
+        Binding("question_mark", "dismiss", "Close", show=False),
+        Binding("q", "dismiss", "Close", show=False),
+    ]
+
+    def __init__(self, demo: bool) -> None:
+        super().__init__()
+        self._demo = demo
+
+    def compose(self) -> ComposeResult:
+        table = Table(box=None, padding=(0, 2), show_header=False)
+        table.add_column(style="bold #5fafff", no_wrap=True)
+        table.add_column()
+        for key, what in HELP_KEYS + (DEMO_KEYS if self._demo else ()):
+            table.add_row(key, what)
+        with Vertical(id="help-box", classes="dialog"):
+            yield Static(Text("meshtui — keys", style="bold"), classes="dialog-title")
+            yield Static(table)
+            yield Static(
+                Text(
+                    "Mouse: click a screen name, a row, or a footer key. "
+                    "States: alive green, suspect yellow, dead red, left grey; ★ is the leader.",
+                    style="grey70",
+                )
+            )
+
+
+class PromptScreen(ModalScreen[str | None]):
+    """Asks for one line; dismisses with the text, or None on esc."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, title: str, placeholder: str = "") -> None:
+        super().__init__()
+        self._title = title
+        self._placeholder = placeholder
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static(Text(self._title, style="bold"), classes="dialog-title")
+            yield Input(placeholder=self._placeholder, id="prompt")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.dismiss(event.value.strip() or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class NodePicker(ModalScreen[str | None]):
+    """Choose one name from a list; dismisses with it, or None on esc."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, title: str, names: Sequence[str]) -> None:
+        super().__init__()
+        self._title = title
+        self._names = list(names)
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static(Text(self._title, style="bold"), classes="dialog-title")
+            yield OptionList(*(Option(n, id=n) for n in self._names), id="picker")
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        self.dismiss(event.option.id)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

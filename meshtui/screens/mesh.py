@@ -1,0 +1,91 @@
+"""Mesh screen: the topology beside the member table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from rich.text import Text
+from textual.containers import Horizontal, Vertical
+from textual.widget import Widget
+from textual.widgets import Static
+
+from meshtui.model import MemberView, MeshModel, matches_filter
+from meshtui.screens.base import AreaScreen
+from meshtui.widgets.render import cpu_cell, opt, pct, rtt_text, state_text
+from meshtui.widgets.tables import Row, SyncTable
+from meshtui.widgets.topology import Topology
+
+MEMBER_COLUMNS = (
+    ("name", "name"),
+    ("addr", "address"),
+    ("state", "state"),
+    ("role", "role"),
+    ("cpu", "cpu % (last 30)"),
+    ("mem", "mem"),
+    ("slots", "slots"),
+    ("tasks", "tasks"),
+    ("rtt", "rtt"),
+    ("caps", "caps"),
+)
+
+
+def member_row(member: MemberView, leader: str | None, local: str) -> Row:
+    name = Text(member.name, style="bold" if member.name == local else "")
+    if member.name == leader:
+        name.append(" ★", style="bold yellow")
+    if member.draining:
+        name.append(" ⇣", style="magenta")
+    return (
+        member.name,
+        (
+            name,
+            member.addr,
+            state_text(member.state),
+            member.role or "-",
+            cpu_cell(member.cpu, member.cpu_history),
+            pct(member.mem),
+            opt(member.slots),
+            opt(member.tasks),
+            rtt_text(member.rtt_ms),
+            ",".join(member.caps) or "-",
+        ),
+    )
+
+
+def member_text(member: MemberView) -> str:
+    """What the filter matches a member against."""
+    return " ".join((member.name, member.addr, member.state, member.role, *member.caps))
+
+
+class MeshScreen(AreaScreen):
+    AREA = "mesh"
+
+    def compose_body(self) -> Iterable[Widget]:
+        with Horizontal(id="mesh-body"):
+            with Vertical(id="topology-pane"):
+                yield Static(id="mesh-summary")
+                yield Topology(id="topology")
+            yield SyncTable(MEMBER_COLUMNS, id="members")
+
+    def draw(self, model: MeshModel, force: bool) -> None:
+        if not self.changed(model, "members", "consensus", force=force):
+            return
+        self.query_one(Topology).show(model)
+        counts = {s: 0 for s in ("alive", "suspect", "dead", "left")}
+        for m in model.members.values():
+            counts[m.state] = counts.get(m.state, 0) + 1
+        summary = Text(no_wrap=True, overflow="ellipsis")
+        summary.append(f" {len(model.members)} members  ", style="bold")
+        for state, style in (("alive", "green"), ("suspect", "yellow"), ("dead", "red")):
+            summary.append(f"{counts[state]} {state}  ", style=style)
+        leader = model.consensus.leader or "none"
+        summary.append("leader ", style="grey70")
+        summary.append(leader, style="bold yellow" if model.consensus.leader else "bold red")
+        self.query_one("#mesh-summary", Static).update(summary)
+        members = sorted(model.members.values(), key=lambda m: m.name)
+        rows = [
+            member_row(m, model.consensus.leader, model.node)
+            for m in members
+            if matches_filter(member_text(m), self.query_text)
+        ]
+        self.query_one("#members", SyncTable).sync(rows)

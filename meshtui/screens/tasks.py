@@ -1,0 +1,198 @@
+"""Tasks screen: the task table, a detail pane for the selected task, and its followed logs.
+
+Following logs is a worker loop calling ``task.logs`` with per-stream offsets;
+bytes are decoded incrementally so a UTF-8 character split across two chunks
+still prints, and partial lines wait for their newline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+from textual import work
+from textual.containers import Horizontal, Vertical
+from textual.widget import Widget
+from textual.widgets import DataTable, RichLog, Static
+
+from meshtui.model import FINISHED_TASK_STATES, MeshModel, matches_filter
+from meshtui.screens.base import AreaScreen
+from meshtui.widgets.render import clock, opt, task_state_text
+from meshtui.widgets.tables import Row, SyncTable
+
+TASK_COLUMNS = (
+    ("id", "id"),
+    ("state", "state"),
+    ("node", "host"),
+    ("epoch", "epoch"),
+    ("attempts", "att"),
+    ("migrations", "mig"),
+    ("exit", "exit"),
+    ("cmd", "cmd"),
+)
+STREAMS = ("stdout", "stderr")
+LOG_POLL_IDLE = 0.5
+"""Seconds between ``task.logs`` polls when nothing new arrived."""
+
+
+def short_id(tid: str) -> str:
+    return tid[:12]
+
+
+def cmd_text(task: Mapping[str, Any]) -> str:
+    cmd = task.get("cmd")
+    if isinstance(cmd, list | tuple):
+        return " ".join(str(c) for c in cmd)
+    return opt(cmd)
+
+
+def task_row(task: Mapping[str, Any]) -> Row:
+    tid = str(task["id"])
+    exit_code = task.get("exit_code")
+    exit_text = Text(opt(exit_code), style="green" if exit_code == 0 else "red")
+    return (
+        tid,
+        (
+            short_id(tid),
+            task_state_text(str(task.get("state", ""))),
+            opt(task.get("node")),
+            opt(task.get("epoch")),
+            opt(task.get("attempts")),
+            opt(task.get("migrations")),
+            exit_text if exit_code is not None else "-",
+            cmd_text(task),
+        ),
+    )
+
+
+def task_haystack(task: Mapping[str, Any]) -> str:
+    return f"{task['id']} {task.get('state', '')} {task.get('node', '')} {cmd_text(task)}"
+
+
+class TasksScreen(AreaScreen):
+    AREA = "tasks"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._following: str | None = None
+
+    def compose_body(self) -> Iterable[Widget]:
+        yield Static(id="task-counts")
+        with Horizontal(id="tasks-body"):
+            yield SyncTable(TASK_COLUMNS, id="tasks")
+            with Vertical(id="task-side"):
+                yield Static(id="task-detail")
+                yield RichLog(id="task-logs", max_lines=5_000, wrap=True, markup=False)
+
+    def draw(self, model: MeshModel, force: bool) -> None:
+        if not self.changed(model, "tasks", "migrations", force=force):
+            return
+        counts = Text(no_wrap=True)
+        # Cluster-wide counts come from `status` (DESIGN.md: queued/running/done/failed).
+        for state, style in (
+            ("queued", "grey70"),
+            ("running", "bold cyan"),
+            ("done", "green"),
+            ("failed", "bold red"),
+        ):
+            counts.append(f" {state} ", style="grey70")
+            counts.append(str(model.task_counts.get(state, 0)), style=style)
+            counts.append("  │", style="grey42")
+        counts.append(f" {len(model.tasks)} listed", style="grey50")
+        self.query_one("#task-counts", Static).update(counts)
+        # Live tasks first, then finished ones; ids order within each group, so the
+        # table does not reshuffle as events and polls interleave.
+        ordered = sorted(
+            model.tasks.values(),
+            key=lambda t: (t.get("state") in FINISHED_TASK_STATES, str(t["id"])),
+        )
+        rows = [task_row(t) for t in ordered if matches_filter(task_haystack(t), self.query_text)]
+        table = self.query_one("#tasks", SyncTable)
+        table.sync(rows)
+        self._show_detail(model, table.selected_key)
+
+    def _show_detail(self, model: MeshModel, tid: str | None) -> None:
+        detail = self.query_one("#task-detail", Static)
+        task = model.tasks.get(tid) if tid else None
+        if task is None:
+            detail.update(Text("no task selected", style="grey50"))
+            return
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(style="grey70", justify="right")
+        grid.add_column()
+        for key in ("id", "state", "node", "epoch", "attempts", "migrations", "exit_code"):
+            value = task.get(key)
+            grid.add_row(key, task_state_text(str(value)) if key == "state" else opt(value))
+        grid.add_row("cmd", cmd_text(task))
+        for key, value in task.items():
+            if key not in {"id", "state", "node", "epoch", "attempts", "migrations"} | {
+                "exit_code",
+                "cmd",
+            } and isinstance(value, str | int | float):
+                grid.add_row(key, str(value))
+        moves = [m for m in model.migrations if m.task == tid][-3:]
+        for m in moves:
+            grid.add_row("moved", f"{clock(m.at)} {m.src} → {m.dst} ({m.reason}, e{m.epoch})")
+        detail.update(grid)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        tid = event.row_key.value if event.row_key is not None else None
+        self._show_detail(self.mesh.model, tid)
+        if tid is not None and tid != self._following:
+            self._following = tid
+            self.follow_logs(tid)
+
+    @work(exclusive=True, group="task-logs")
+    async def follow_logs(self, tid: str) -> None:
+        """Poll ``task.logs`` for ``tid`` until both streams report eof."""
+        log = self.query_one("#task-logs", RichLog)
+        log.clear()
+        log.write(Text(f"── logs of {tid} ──", style="bold #87afd7"))
+        offsets = dict.fromkeys(STREAMS, 0)
+        decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in STREAMS}
+        partial = dict.fromkeys(STREAMS, "")
+        eof = dict.fromkeys(STREAMS, False)
+        while not all(eof.values()):
+            client = self.mesh.client
+            if client is None:
+                await asyncio.sleep(1.0)
+                continue
+            progressed = False
+            for stream in STREAMS:
+                if eof[stream]:
+                    continue
+                try:
+                    reply = await client.call(
+                        "task.logs", id=tid, offset=offsets[stream], stream=stream
+                    )
+                except (OSError, EOFError) as exc:
+                    log.write(Text(f"(connection lost: {exc}; retrying)", style="yellow"))
+                    await asyncio.sleep(1.0)
+                    break
+                except Exception as exc:  # an error reply (not_found, ...) ends following
+                    log.write(Text(f"(logs unavailable: {exc})", style="red"))
+                    return
+                if not isinstance(reply, Mapping):
+                    log.write(Text(f"(unexpected task.logs reply {reply!r})", style="red"))
+                    return
+                data = reply.get("data") or b""
+                if isinstance(data, str):
+                    data = data.encode()
+                offsets[stream] = int(reply.get("offset", offsets[stream] + len(data)))
+                eof[stream] = bool(reply.get("eof", False))
+                text = partial[stream] + decoders[stream].decode(data, final=eof[stream])
+                *lines, partial[stream] = text.split("\n")
+                if eof[stream] and partial[stream]:
+                    lines.append(partial[stream])
+                    partial[stream] = ""
+                style = "red" if stream == "stderr" else ""
+                for line in lines:
+                    log.write(Text(line, style=style))
+                progressed = progressed or bool(data)
+            if not progressed and not all(eof.values()):
+                await asyncio.sleep(LOG_POLL_IDLE)
+        log.write(Text("── end of output ──", style="grey50"))

@@ -1,0 +1,1 @@
+"""Widgets of the meshtui TUI, one concern per module."""
