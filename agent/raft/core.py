@@ -1,0 +1,781 @@
+"""The sans-IO Raft state machine (after etcd-io/raft's RawNode).
+
+Theory of operation
+-------------------
+``RaftNode`` is a synchronous object.  The runtime feeds it ``tick()`` every
+``config.tick_interval`` seconds and ``step(msg)`` for every peer message, calls
+``propose``/``read_index``/... for local requests, and then drains ``ready()``:
+
+    persist snapshot + entries + hard state (fsync if ``must_sync``)
+    → send ``messages`` → apply ``committed_entries`` → ``advance(ready)``
+
+Nothing leaves the node before the state it depends on is durable (a vote
+before the vote is on disk, an append ack before the entries are), because all
+messages ride in the same Ready as the state they depend on.  The leader counts
+itself towards a commit quorum only for entries it has persisted (``advance``).
+
+Elections use pre-vote (a round at term+1 that changes nothing unless it would
+win) and check-quorum (a leader that has not heard from a quorum for an election
+timeout steps down; followers that heard from a leader within one ignore vote
+requests: the leader lease).  Replication is pipelined per follower (see
+``progress.py``) with conflict hints for fast back-off.  Entries commit only by
+counting replicas of an entry of the current term; a new leader appends an empty
+entry to get there.  Membership changes are single-server and take effect when
+committed (see ``confchange.py``).  ReadIndex confirms leadership with one
+heartbeat round (``readonly.py``); followers forward the request to the leader.
+Snapshots are taken by the application (``compact``) and sent whole to
+followers that fell behind the compaction point.
+"""
+
+from __future__ import annotations
+
+import random
+
+from agent.errors import LocalError, NoQuorumError, NotLeaderError
+from agent.raft.confchange import apply_conf_change, check_conf_change
+from agent.raft.config import RaftConfig
+from agent.raft.log import RaftLog
+from agent.raft.messages import (
+    AppendEntries,
+    AppendResp,
+    ConfChange,
+    ConfChangeKind,
+    ConfState,
+    ConsensusEvent,
+    Entry,
+    EntryKind,
+    HardState,
+    Heartbeat,
+    HeartbeatResp,
+    InstallSnapshot,
+    InstallSnapshotResp,
+    RaftMessage,
+    ReadIndexReq,
+    ReadIndexResp,
+    ReadState,
+    Ready,
+    RequestVote,
+    RequestVoteResp,
+    RestoredState,
+    Role,
+    Snapshot,
+    TimeoutNow,
+)
+from agent.raft.progress import Inflights, Progress, ProgressState
+from agent.raft.readonly import ReadOnly
+
+_FROM_LEADER = (AppendEntries, Heartbeat, InstallSnapshot)
+
+
+def bootstrap_state(voters: list[str]) -> RestoredState:
+    """The initial durable state of every founding member of a new cluster.
+
+    The founding configuration is written as committed term-1 log entries (add
+    as learner, then promote, per voter) rather than a snapshot, so a node that
+    joins later learns it from the log like any other membership change.  The
+    runtime persists ``entries`` and ``hard_state`` before building the node."""
+    entries: list[Entry] = []
+    for node_id in sorted(voters):
+        for kind in (ConfChangeKind.ADD_LEARNER, ConfChangeKind.PROMOTE):
+            change = ConfChange(kind, node_id).encode()
+            entries.append(Entry(1, len(entries) + 1, EntryKind.CONF_CHANGE, change))
+    return RestoredState(HardState(term=1, vote="", commit=len(entries)), None, tuple(entries))
+
+
+class RaftNode:
+    def __init__(
+        self, config: RaftConfig, node_id: str, restored: RestoredState, rng: random.Random
+    ) -> None:
+        assert node_id and "/" not in node_id, "node ids are non-empty and hold no '/'"
+        self.config = config
+        self.id = node_id
+        self._rng = rng
+        hs = restored.hard_state
+        self.term = hs.term
+        self.vote = hs.vote
+        self.log = RaftLog(restored.snapshot, restored.entries, hs.commit)
+        self.conf = restored.snapshot.conf if restored.snapshot else ConfState(voters=())
+        self._conf_history: list[tuple[int, ConfState]] = [(self.log.offset, self.conf)]
+        self._conf_applied_to = self.log.offset
+        self.role = Role.FOLLOWER
+        self.leader_id = ""
+        self.prs: dict[str, Progress] = {}
+        self.votes: dict[str, bool] = {}
+        self.lead_transferee = ""
+        self.pending_conf_index = 0
+        self._ticks = 0
+        self.election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        self._randomized_timeout = config.election_ticks
+        self._read_only = ReadOnly()
+        self._reads_awaiting_commit: list[tuple[bytes, str]] = []
+        self._msgs: list[RaftMessage] = []
+        self._read_states: list[ReadState] = []
+        self._events: list[ConsensusEvent] = []
+        self._append_pending = False
+        self._unadvanced: Ready | None = None
+        self._apply_committed_conf()
+        self._prev_hs = HardState(self.term, self.vote, self.log.committed)
+        self._become_follower(self.term, "")
+        self._events.clear()
+
+    # ============================================================ public API
+
+    @property
+    def commit_index(self) -> int:
+        return self.log.committed
+
+    @property
+    def applied_index(self) -> int:
+        return self.log.applied
+
+    def is_leader(self) -> bool:
+        return self.role == Role.LEADER
+
+    def tick(self) -> None:
+        self._ticks += 1
+        if self.role == Role.LEADER:
+            self._tick_leader()
+            return
+        self.election_elapsed += 1
+        if self._promotable() and self.election_elapsed >= self._randomized_timeout:
+            self.election_elapsed = 0
+            self._hup(transfer=False)
+
+    def step(self, msg: RaftMessage) -> None:
+        if msg.to != self.id:
+            return
+        if msg.term > self.term:
+            if isinstance(msg, RequestVote):
+                in_lease = (
+                    self.config.check_quorum
+                    and self.leader_id != ""
+                    and self.election_elapsed < self.config.election_ticks
+                )
+                if in_lease and not msg.transfer:
+                    return
+            pre_vote_traffic = (isinstance(msg, RequestVote) and msg.pre_vote) or (
+                isinstance(msg, RequestVoteResp) and msg.pre_vote and msg.granted
+            )
+            if not pre_vote_traffic:
+                self._become_follower(msg.term, msg.frm if isinstance(msg, _FROM_LEADER) else "")
+        elif msg.term < self.term:
+            if isinstance(msg, AppendEntries | Heartbeat) and (
+                self.config.check_quorum or self.config.pre_vote
+            ):
+                # A stale leader cut off by a partition: tell it the term so it steps down.
+                self._send(AppendResp(self.id, msg.frm, self.term, index=0))
+            elif isinstance(msg, RequestVote) and msg.pre_vote:
+                self._send(RequestVoteResp(self.id, msg.frm, self.term, False, pre_vote=True))
+            return
+        if isinstance(msg, RequestVote):
+            self._handle_vote_request(msg)
+        elif self.role == Role.LEADER:
+            self._step_leader(msg)
+        elif self.role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
+            self._step_candidate(msg)
+        else:
+            self._step_follower(msg)
+
+    def propose(self, data: bytes) -> tuple[int, int]:
+        """Append a command; returns (index, term).  Raises NotLeaderError off the leader."""
+        self._require_leader()
+        index = self._append(EntryKind.NORMAL, data)
+        return index, self.term
+
+    def propose_conf_change(self, change: ConfChange) -> tuple[int, int]:
+        """Propose one membership change; LocalError if one is already in flight or invalid."""
+        self._require_leader()
+        if self.pending_conf_index > self.log.committed:
+            raise LocalError("membership change: an earlier change is not committed yet")
+        check_conf_change(self.conf, change, self.config.max_voters)
+        index = self._append(EntryKind.CONF_CHANGE, change.encode())
+        self.pending_conf_index = index
+        return index, self.term
+
+    def read_index(self, ctx: bytes) -> None:
+        """Ask for a linearizable read index; the answer is a ReadState in a later Ready.
+
+        On a follower the request goes to the leader; if the request or its answer
+        is lost, no ReadState arrives and the runtime's timeout applies."""
+        if self.role == Role.LEADER:
+            self._read_index(ctx, self.id)
+        elif self.leader_id:
+            self._send(ReadIndexReq(self.id, self.leader_id, self.term, ctx))
+        else:
+            raise NoQuorumError("no leader known")
+
+    def transfer_leadership(self, to: str) -> None:
+        self._require_leader()
+        if to == self.id or to == self.lead_transferee:
+            return
+        if to not in self.conf.voters:
+            raise LocalError(f"leadership transfer: {to} is not a voter")
+        self.lead_transferee = to
+        self.election_elapsed = 0  # the transfer must finish within one election timeout
+        self._emit("leader", f"transferring leadership to {to}")
+        if self.prs[to].match == self.log.last_index():
+            self._send(TimeoutNow(self.id, to, self.term))
+        else:
+            self._send_append(to)
+
+    def compact(self, index: int, data: bytes) -> Snapshot:
+        """The application's state ``data`` as of applied ``index``: remember it as the
+        newest snapshot and forget log entries up to ``index - snapshot_trailing``.
+        The runtime persists the returned snapshot (``Storage.save_snapshot``) and
+        then compacts the WAL to ``first_index()``."""
+        assert index <= self.log.applied, f"snapshot at {index} beyond applied {self.log.applied}"
+        current = self.log.snapshot
+        if current is not None and index <= current.index:
+            return current
+        term = self.log.term(index)
+        assert term is not None, f"snapshot at compacted index {index}"
+        snapshot = Snapshot(index, term, self._conf_at(index), data)
+        self.log.compact(max(self.log.offset, index - self.config.snapshot_trailing), snapshot)
+        while len(self._conf_history) > 1 and self._conf_history[1][0] <= self.log.offset:
+            del self._conf_history[0]
+        return snapshot
+
+    def should_snapshot(self) -> bool:
+        base = self.log.snapshot.index if self.log.snapshot else 0
+        return self.log.applied - base >= self.config.snapshot_threshold
+
+    def first_index(self) -> int:
+        return self.log.first_index()
+
+    def has_quorum_contact(self) -> bool:
+        """Leader: a quorum answered within the last election timeout.  Others: a
+        leader was heard from within it.  False means writes should fail fast."""
+        if self.role == Role.LEADER:
+            return self._quorum_active()
+        return self.leader_id != "" and self.election_elapsed < self.config.election_ticks
+
+    def progress_view(self) -> dict[str, dict[str, object]]:
+        return {
+            peer: {
+                "match": pr.match,
+                "next": pr.next,
+                "state": pr.state.name.lower(),
+                "learner": pr.is_learner,
+                "active": self._ticks - pr.last_heard <= self.config.election_ticks,
+            }
+            for peer, pr in sorted(self.prs.items())
+        }
+
+    def ready(self) -> Ready | None:
+        if self._unadvanced is not None:
+            return None
+        if self._append_pending:
+            self._append_pending = False
+            if self.role == Role.LEADER:
+                self._bcast_append()
+        hs = HardState(self.term, self.vote, self.log.committed)
+        hs_changed = hs != self._prev_hs
+        entries = self.log.unstable_entries()
+        snapshot = self.log.pending_snapshot
+        committed = self.log.next_committed(self.config.max_committed_per_ready)
+        if not (
+            hs_changed
+            or entries
+            or snapshot
+            or committed
+            or self._msgs
+            or self._read_states
+            or self._events
+        ):
+            return None
+        must_sync = (
+            bool(entries)
+            or snapshot is not None
+            or (hs.term != self._prev_hs.term or hs.vote != self._prev_hs.vote)
+        )
+        rd = Ready(
+            hard_state=hs if hs_changed else None,
+            entries=entries,
+            snapshot=snapshot,
+            messages=self._msgs,
+            committed_entries=committed,
+            read_states=self._read_states,
+            events=self._events,
+            must_sync=must_sync,
+        )
+        self._msgs, self._read_states, self._events = [], [], []
+        self._unadvanced = rd
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        assert rd is self._unadvanced, "advance() takes the Ready returned by ready()"
+        self._unadvanced = None
+        if rd.hard_state is not None:
+            self._prev_hs = rd.hard_state
+        if rd.snapshot is not None:
+            if self.log.pending_snapshot is rd.snapshot:
+                self.log.pending_snapshot = None
+            self.log.applied = max(self.log.applied, rd.snapshot.index)
+        if rd.entries:
+            self.log.stable_to(rd.entries[-1].index, rd.entries[-1].term)
+        if rd.committed_entries:
+            self.log.applied = max(self.log.applied, rd.committed_entries[-1].index)
+        leader = self.role == Role.LEADER
+        if leader and self.prs[self.id].maybe_update(self.log.stable) and self._maybe_commit():
+            self._bcast_append()
+
+    # ============================================================ roles
+
+    def _promotable(self) -> bool:
+        return self.id in self.conf.voters
+
+    def _reset(self, term: int) -> None:
+        if term != self.term:
+            self.term = term
+            self.vote = ""
+            self._emit("term", f"term {term}")
+        self.leader_id = ""
+        self.election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        self._randomized_timeout = self.config.election_ticks + self._rng.randrange(
+            self.config.election_ticks
+        )
+        self.lead_transferee = ""
+        self.votes = {}
+        self.prs = {}
+        self._read_only.reset()
+        self._reads_awaiting_commit = []
+
+    def _set_role(self, role: Role) -> None:
+        if role != self.role:
+            self.role = role
+            self._emit("role", f"became {role.name.lower()}")
+
+    def _set_leader(self, leader: str) -> None:
+        if leader != self.leader_id:
+            self.leader_id = leader
+            if leader:
+                self._emit("leader", f"leader is {leader}")
+
+    def _become_follower(self, term: int, leader: str) -> None:
+        had_leader = self.leader_id
+        self._reset(term)
+        self._set_role(Role.FOLLOWER if self._promotable() else Role.LEARNER)
+        self._set_leader(leader)
+        if had_leader and not leader:
+            self._emit("leader", "no leader")
+
+    def _become_leader(self) -> None:
+        self._reset(self.term)
+        self.leader_id = self.id
+        self._set_role(Role.LEADER)
+        self._emit("leader", f"leader is {self.id}")
+        last = self.log.last_index()
+        for peer in (*self.conf.voters, *self.conf.learners):
+            self.prs[peer] = self._new_progress(peer, last + 1)
+        self.prs[self.id].match = self.log.stable
+        # Any entry of our log may hold an uncommitted membership change.
+        self.pending_conf_index = last
+        self._append(EntryKind.EMPTY, b"")
+
+    def _new_progress(self, peer: str, next_index: int) -> Progress:
+        pr = Progress(next=next_index, inflights=Inflights(self.config.max_inflight_msgs))
+        pr.last_heard = self._ticks  # a fresh leader gives everyone one timeout of grace
+        pr.is_learner = peer not in self.conf.voters
+        return pr
+
+    def _hup(self, transfer: bool) -> None:
+        if self.role == Role.LEADER or not self._promotable():
+            return
+        self._campaign(pre=self.config.pre_vote and not transfer, transfer=transfer)
+
+    def _campaign(self, pre: bool, transfer: bool = False) -> None:
+        if pre:
+            self._reset(self.term)
+            self._set_role(Role.PRE_CANDIDATE)
+            vote_term = self.term + 1
+            self._emit("election", f"pre-vote for term {vote_term}")
+        else:
+            self._reset(self.term + 1)
+            self.vote = self.id
+            self._set_role(Role.CANDIDATE)
+            vote_term = self.term
+            self._emit("election", f"campaigning in term {vote_term}")
+        if self._poll(self.id, True) == "won":
+            if pre:
+                self._campaign(pre=False)
+            else:
+                self._become_leader()
+            return
+        for voter in self.conf.voters:
+            if voter != self.id:
+                self._send(
+                    RequestVote(
+                        self.id,
+                        voter,
+                        vote_term,
+                        self.log.last_index(),
+                        self.log.last_term(),
+                        pre_vote=pre,
+                        transfer=transfer,
+                    )
+                )
+
+    def _poll(self, voter: str, granted: bool) -> str:
+        self.votes.setdefault(voter, granted)
+        voters = self.conf.voters
+        yes = sum(1 for v in voters if self.votes.get(v) is True)
+        no = sum(1 for v in voters if self.votes.get(v) is False)
+        quorum = len(voters) // 2 + 1
+        if yes >= quorum:
+            return "won"
+        if no > len(voters) - quorum:
+            return "lost"
+        return "pending"
+
+    def _handle_vote_request(self, m: RequestVote) -> None:
+        can_vote = (
+            self.vote == m.frm
+            or (self.vote == "" and self.leader_id == "")
+            or (m.pre_vote and m.term > self.term)
+        )
+        if can_vote and self.log.is_up_to_date(m.last_index, m.last_term):
+            self._send(RequestVoteResp(self.id, m.frm, m.term, True, pre_vote=m.pre_vote))
+            if not m.pre_vote:
+                self.election_elapsed = 0
+                self.vote = m.frm
+                self._emit("vote", f"voted for {m.frm} in term {m.term}")
+        else:
+            self._send(RequestVoteResp(self.id, m.frm, self.term, False, pre_vote=m.pre_vote))
+
+    # ============================================================ per-role steps
+
+    def _step_candidate(self, m: RaftMessage) -> None:
+        if isinstance(m, _FROM_LEADER):
+            self._become_follower(m.term, m.frm)
+            self._step_follower(m)
+        elif isinstance(m, RequestVoteResp):
+            if m.pre_vote != (self.role == Role.PRE_CANDIDATE):
+                return
+            result = self._poll(m.frm, m.granted)
+            if result == "won":
+                if self.role == Role.PRE_CANDIDATE:
+                    self._campaign(pre=False)
+                else:
+                    self._become_leader()
+                    self._bcast_append()
+            elif result == "lost":
+                self._become_follower(self.term, "")
+
+    def _step_follower(self, m: RaftMessage) -> None:
+        if isinstance(m, AppendEntries):
+            self.election_elapsed = 0
+            self._set_leader(m.frm)
+            self._handle_append(m)
+        elif isinstance(m, Heartbeat):
+            self.election_elapsed = 0
+            self._set_leader(m.frm)
+            if self.log.commit_to(min(m.commit, self.log.last_index())):
+                self._apply_committed_conf()
+            self._send(HeartbeatResp(self.id, m.frm, self.term, m.ctx))
+        elif isinstance(m, InstallSnapshot):
+            self.election_elapsed = 0
+            self._set_leader(m.frm)
+            self._handle_snapshot(m)
+        elif isinstance(m, TimeoutNow):
+            self._hup(transfer=True)
+        elif isinstance(m, ReadIndexResp):
+            self._read_states.append(ReadState(m.index, m.ctx))
+
+    def _handle_append(self, m: AppendEntries) -> None:
+        if m.prev_index < self.log.committed:
+            self._send(AppendResp(self.id, m.frm, self.term, index=self.log.committed))
+            return
+        last_new = self.log.maybe_append(m.prev_index, m.prev_term, m.commit, m.entries)
+        if last_new is not None:
+            self._apply_committed_conf()
+            self._send(AppendResp(self.id, m.frm, self.term, index=last_new))
+            return
+        hint = self.log.find_conflict_by_term(min(m.prev_index, self.log.last_index()), m.prev_term)
+        self._send(
+            AppendResp(
+                self.id,
+                m.frm,
+                self.term,
+                index=m.prev_index,
+                reject=True,
+                hint_index=hint,
+                hint_term=self.log.term(hint) or 0,
+            )
+        )
+
+    def _handle_snapshot(self, m: InstallSnapshot) -> None:
+        snap = m.snapshot
+        if snap.index <= self.log.committed:
+            self._send(InstallSnapshotResp(self.id, m.frm, self.term, self.log.committed))
+            return
+        if self.log.match_term(snap.index, snap.term):
+            # We already hold the snapshot's entries: just fast-forward the commit.
+            self.log.commit_to(snap.index)
+            self._apply_committed_conf()
+            self._send(InstallSnapshotResp(self.id, m.frm, self.term, self.log.last_index()))
+            return
+        self.log.restore(snap)
+        self.conf = snap.conf
+        self._conf_history = [(snap.index, snap.conf)]
+        self._conf_applied_to = snap.index
+        self._set_role(Role.FOLLOWER if self._promotable() else Role.LEARNER)
+        self._emit("conf", f"installed snapshot at {snap.index}")
+        self._send(InstallSnapshotResp(self.id, m.frm, self.term, snap.index))
+
+    # ============================================================ leader
+
+    def _require_leader(self) -> None:
+        if self.role != Role.LEADER:
+            raise NotLeaderError(self.leader_id or None)
+        if self.lead_transferee:
+            raise NotLeaderError(None)
+
+    def _append(self, kind: EntryKind, data: bytes) -> int:
+        index = self.log.last_index() + 1
+        self.log.append([Entry(self.term, index, kind, data)])
+        # Sending is deferred to ready(): proposals between two Readys share one batch.
+        self._append_pending = True
+        return index
+
+    def _tick_leader(self) -> None:
+        self._heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.config.election_ticks:
+            self.election_elapsed = 0
+            if self.config.check_quorum and not self._quorum_active():
+                self._emit("election", "lost contact with a quorum: stepping down")
+                self._become_follower(self.term, "")
+                return
+            if self.lead_transferee:
+                self._emit("leader", f"transfer to {self.lead_transferee} timed out")
+                self.lead_transferee = ""
+        for peer, pr in self.prs.items():
+            if pr.state == ProgressState.SNAPSHOT:
+                pr.snapshot_ticks += 1
+                if pr.snapshot_ticks > self.config.election_ticks:
+                    # The snapshot (or its ack) was lost: probe again from the match.
+                    pr.pending_snapshot = 0
+                    pr.become_probe()
+                    self._send_append(peer)
+        if self._heartbeat_elapsed >= self.config.heartbeat_ticks:
+            self._heartbeat_elapsed = 0
+            self._bcast_heartbeat(self._read_only.last_key())
+
+    def _quorum_active(self) -> bool:
+        horizon = self._ticks - self.config.election_ticks
+        voters = self.conf.voters
+        active = sum(
+            1
+            for v in voters
+            if v == self.id or (v in self.prs and self.prs[v].last_heard >= horizon)
+        )
+        return active >= len(voters) // 2 + 1
+
+    def _step_leader(self, m: RaftMessage) -> None:
+        if isinstance(m, ReadIndexReq):
+            self._read_index(m.ctx, m.frm)
+            return
+        pr = self.prs.get(m.frm)
+        if pr is None:
+            return
+        if isinstance(m, AppendResp):
+            pr.last_heard = self._ticks
+            self._handle_append_resp(m, pr)
+        elif isinstance(m, HeartbeatResp):
+            pr.last_heard = self._ticks
+            pr.probe_sent = False
+            if pr.state == ProgressState.REPLICATE and pr.inflights.full():
+                # Appends may have been lost: let one more through to provoke a reject.
+                pr.inflights.free_first_one()
+            if pr.match < self.log.last_index():
+                self._send_append(m.frm)
+            if m.ctx:
+                self._read_ack(m.ctx, m.frm)
+        elif isinstance(m, InstallSnapshotResp):
+            pr.last_heard = self._ticks
+            if pr.maybe_update(m.index) and self._maybe_commit():
+                self._bcast_append()
+            if pr.state == ProgressState.SNAPSHOT:
+                pr.become_probe()
+            self._send_append(m.frm)
+
+    def _handle_append_resp(self, m: AppendResp, pr: Progress) -> None:
+        if m.reject:
+            probe = m.hint_index
+            if m.hint_term > 0:
+                probe = self.log.find_conflict_by_term(m.hint_index, m.hint_term)
+            if pr.maybe_decrease_to(m.index, probe):
+                if pr.state == ProgressState.REPLICATE:
+                    pr.become_probe()
+                self._send_append(m.frm)
+            return
+        was_paused = pr.is_paused()
+        if not pr.maybe_update(m.index):
+            return
+        if pr.state == ProgressState.PROBE:
+            pr.become_replicate()
+        elif pr.state == ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot:
+            pr.become_probe()
+            pr.become_replicate()
+        else:
+            pr.inflights.free_to(m.index)
+        if self._maybe_commit():
+            self._bcast_append()
+        elif was_paused:
+            self._send_append(m.frm)
+        while self._send_append(m.frm, send_if_empty=False):
+            pass
+        if m.frm == self.lead_transferee and pr.match == self.log.last_index():
+            self._send(TimeoutNow(self.id, m.frm, self.term))
+
+    def _send_append(self, to: str, send_if_empty: bool = True) -> bool:
+        pr = self.prs[to]
+        if pr.is_paused():
+            return False
+        prev = pr.next - 1
+        prev_term = self.log.term(prev)
+        if prev_term is None:
+            # The entries it needs are compacted away: send the snapshot instead.
+            snapshot = self.log.snapshot
+            if snapshot is None or pr.last_heard < self._ticks - self.config.election_ticks:
+                return False
+            self._send(InstallSnapshot(self.id, to, self.term, snapshot))
+            pr.become_snapshot(snapshot.index)
+            return True
+        last = self.log.last_index()
+        ents = []
+        if prev < last:
+            ents = self.log.slice(pr.next, last + 1, self.config.max_size_per_msg)
+        if not ents and not send_if_empty:
+            return False
+        commit = self.log.committed
+        self._send(AppendEntries(self.id, to, self.term, prev, prev_term, tuple(ents), commit))
+        if ents and pr.state == ProgressState.REPLICATE:
+            pr.next = ents[-1].index + 1
+            pr.inflights.add(ents[-1].index)
+        elif pr.state == ProgressState.PROBE:
+            pr.probe_sent = True
+        return True
+
+    def _bcast_append(self) -> None:
+        for peer in self.prs:
+            if peer != self.id:
+                self._send_append(peer)
+
+    def _bcast_heartbeat(self, ctx: bytes) -> None:
+        for peer, pr in self.prs.items():
+            if peer != self.id:
+                commit = min(pr.match, self.log.committed)
+                self._send(Heartbeat(self.id, peer, self.term, commit, ctx))
+
+    def _maybe_commit(self) -> bool:
+        voters = self.conf.voters
+        if not voters:
+            return False
+        matches = sorted((self.prs[v].match if v in self.prs else 0 for v in voters), reverse=True)
+        candidate = matches[len(voters) // 2]
+        if candidate <= self.log.committed or self.log.term(candidate) != self.term:
+            return False
+        self.log.commit_to(candidate)
+        self._apply_committed_conf()
+        if self.role == Role.LEADER and self._reads_awaiting_commit:
+            waiting, self._reads_awaiting_commit = self._reads_awaiting_commit, []
+            for ctx, requester in waiting:
+                self._read_index(ctx, requester)
+        return True
+
+    # ============================================================ reads
+
+    def _read_index(self, ctx: bytes, requester: str) -> None:
+        if self.log.term(self.log.committed) != self.term:
+            # Until an entry of our term commits we do not know the true commit index.
+            self._reads_awaiting_commit.append((ctx, requester))
+            return
+        if self.conf.voters == (self.id,):
+            self._deliver_read(requester, self.log.committed, ctx)
+            return
+        key = self._read_only.add(self.log.committed, requester, ctx)
+        self._read_ack(key, self.id)
+        self._bcast_heartbeat(key)
+
+    def _read_ack(self, key: bytes, voter: str) -> None:
+        acks = self._read_only.ack(key, voter)
+        if acks is None:
+            return
+        if sum(1 for v in self.conf.voters if v in acks) >= len(self.conf.voters) // 2 + 1:
+            for read in self._read_only.release_through(key):
+                self._deliver_read(read.requester, read.index, read.ctx)
+
+    def _deliver_read(self, requester: str, index: int, ctx: bytes) -> None:
+        if requester == self.id:
+            self._read_states.append(ReadState(index, ctx))
+        else:
+            self._send(ReadIndexResp(self.id, requester, self.term, ctx, index))
+
+    # ============================================================ membership
+
+    def _apply_committed_conf(self) -> None:
+        """Apply every membership change committed since the last call."""
+        start = self._conf_applied_to + 1
+        end = self.log.committed
+        self._conf_applied_to = max(self._conf_applied_to, end)
+        quorum_changed = False
+        for index in range(start, end + 1):
+            entry = self.log.entries[index - self.log.offset - 1]
+            if entry.kind == EntryKind.CONF_CHANGE:
+                self._apply_conf(index, ConfChange.decode(entry.data))
+                quorum_changed = True
+        # A smaller or different voter set may commit more: only now, after the loop,
+        # so changes are applied strictly in log order.
+        if quorum_changed and self.role == Role.LEADER and self._maybe_commit():
+            self._bcast_append()
+
+    def _apply_conf(self, index: int, change: ConfChange) -> None:
+        self.conf = apply_conf_change(self.conf, change)
+        self._conf_history.append((index, self.conf))
+        self._emit("conf", f"{change.kind.name.lower()} {change.node_id} at {index}")
+        if self.role != Role.LEADER:
+            if self.role in (Role.FOLLOWER, Role.LEARNER):
+                self._set_role(Role.FOLLOWER if self._promotable() else Role.LEARNER)
+            elif not self._promotable():
+                self._become_follower(self.term, "")
+            return
+        if not self._promotable():
+            self._become_follower(self.term, "")
+            return
+        members = (*self.conf.voters, *self.conf.learners)
+        for peer in members:
+            if peer not in self.prs:
+                self.prs[peer] = self._new_progress(peer, self.log.last_index() + 1)
+                self._send_append(peer)
+            self.prs[peer].is_learner = peer not in self.conf.voters
+        for peer in [p for p in self.prs if p not in members]:
+            del self.prs[peer]
+        if self.lead_transferee and self.lead_transferee not in self.conf.voters:
+            self.lead_transferee = ""
+
+    def _conf_at(self, index: int) -> ConfState:
+        conf = self._conf_history[0][1]
+        for at, state in self._conf_history:
+            if at > index:
+                break
+            conf = state
+        return conf
+
+    # ============================================================ output
+
+    def _send(self, msg: RaftMessage) -> None:
+        self._msgs.append(msg)
+
+    def _emit(self, kind: str, summary: str) -> None:
+        self._events.append(
+            ConsensusEvent(
+                kind=kind,
+                term=self.term,
+                role=self.role.name.lower(),
+                leader=self.leader_id or None,
+                summary=summary,
+            )
+        )
