@@ -1,0 +1,248 @@
+"""The replicated state machine: committed entries in, state and results out.
+
+Theory of operation: the consensus engine (Raft or PBFT) delivers committed
+entries in log order; the runtime calls ``apply(index, data)`` for each, on
+every replica.  ``apply`` is deterministic -- no clock, no randomness, no
+iteration over unordered sets -- so equal logs give byte-equal ``snapshot()``s.
+
+* An entry that does not decode is applied as a no-op with an error result.
+* A command whose ``rid`` was seen before returns the cached result and
+  changes nothing (the last ``MAX_RIDS`` rids are kept, oldest evicted first;
+  the cache is part of the snapshot so a restored replica agrees).
+* A rejected command (stale epoch, unknown task, ...) changes nothing and
+  returns ``ok=False`` with a one-line error.
+
+Each result carries events for the control API's subscription topics
+(``tasks``, ``migrations`` and one ``consensus`` entry summary per apply).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from agent.errors import ConfigError, MeshError, ProtocolError, StorageError
+from agent.sched.config import SchedConfig
+from agent.state.commands import (
+    Command,
+    KvCas,
+    KvDelete,
+    KvPut,
+    NodeDrain,
+    NodeRegister,
+    NodeUndrain,
+    ProposalCreate,
+    ProposalVote,
+    TaskAssign,
+    TaskCancel,
+    TaskFailNode,
+    TaskFinish,
+    TaskLost,
+    TaskMigrate,
+    TaskStart,
+    TaskSubmit,
+    decode_command,
+)
+from agent.state.kv import KvStore
+from agent.state.proposals import Proposal, sched_overrides, validate_proposal
+from agent.state.queries import Queries
+from agent.state.summary import summarize
+from agent.state.tasks import TaskTable
+
+MAX_RIDS = 100_000
+"""Idempotency ids remembered; the oldest is forgotten first."""
+MAX_PROPOSALS = 10_000
+"""Proposals kept; beyond it the oldest decided one is dropped."""
+SNAPSHOT_VERSION = 1
+
+Event = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    ok: bool
+    value: Any = None
+    error: str | None = None
+    events: list[Event] = field(default_factory=list)
+
+
+class StateMachine(Queries):
+    """KV namespaces, proposals, the node table and tasks, fed by committed entries."""
+
+    def __init__(self) -> None:
+        self.applied_index = 0
+        self.kv = KvStore()
+        self.proposals: dict[int, Proposal] = {}
+        self.next_proposal_id = 1
+        self.nodes: dict[str, dict[str, Any]] = {}  # id → {"name", "draining"}
+        self.tasks = TaskTable(self.name_of)
+        self.rids: OrderedDict[str, list[Any]] = OrderedDict()  # rid → [ok, value, error]
+        self.sched_overrides: dict[str, Any] = {}
+
+    # ------------------------------------------------------------ apply
+
+    def apply(self, index: int, data: bytes) -> ApplyResult:
+        """Apply committed entry ``index``; entries must arrive in increasing index order."""
+        assert index > self.applied_index, f"entry {index} after {self.applied_index}"
+        self.applied_index = index
+        if not data:  # a leader's empty entry at the start of its term
+            return ApplyResult(True, None, None, [_entry(index, "no-op")])
+        try:
+            cmd = decode_command(data)
+        except ProtocolError as exc:
+            return ApplyResult(False, None, str(exc), [_entry(index, "invalid command")])
+        summary = summarize(cmd, self.name_of)
+        if cmd.rid and cmd.rid in self.rids:
+            ok, value, error = self.rids[cmd.rid]
+            return ApplyResult(ok, value, error, [_entry(index, f"{summary} (retry)")])
+        try:
+            value, events = self._dispatch(cmd, index)
+            result = ApplyResult(True, value, None, [*events, _entry(index, summary)])
+        except MeshError as exc:
+            result = ApplyResult(False, None, str(exc), [_entry(index, f"{summary}: {exc}")])
+        if cmd.rid:
+            self.rids[cmd.rid] = [result.ok, result.value, result.error]
+            while len(self.rids) > MAX_RIDS:
+                self.rids.popitem(last=False)
+        return result
+
+    def _dispatch(self, cmd: Command, index: int) -> tuple[Any, list[Event]]:
+        body, at = cmd.body, cmd.at
+        match body:
+            case KvPut():
+                self.kv.put(body.ns, body.key, body.value, index)
+                return {"index": index}, []
+            case KvDelete():
+                return {"index": index, "deleted": self.kv.delete(body.ns, body.key)}, []
+            case KvCas():
+                ok = self.kv.cas(body.ns, body.key, body.expected, body.value, index)
+                return {"index": index, "ok": ok}, []
+            case ProposalCreate():
+                return self._propose(body, at), []
+            case ProposalVote():
+                return self._vote(body, at), []
+            case NodeRegister():
+                entry = self.nodes.setdefault(body.node, {"name": body.name, "draining": False})
+                entry["name"] = body.name
+                return {}, []
+            case NodeDrain() | NodeUndrain():
+                node_id = self.resolve_node(body.node)
+                if node_id is None:
+                    raise ConfigError("node", f"unknown node {body.node}")
+                self.nodes[node_id]["draining"] = isinstance(body, NodeDrain)
+                return {"node": node_id}, []
+            case TaskSubmit():
+                return self.tasks.submit(body, at)
+            case TaskAssign():
+                return self.tasks.assign(body, at, self.is_draining(body.node))
+            case TaskStart():
+                return self.tasks.start(body, at)
+            case TaskFinish():
+                return self.tasks.finish(body, at)
+            case TaskCancel():
+                return self.tasks.cancel(body.task, at)
+            case TaskMigrate():
+                return self.tasks.migrate(body, at, self.is_draining(body.to))
+            case TaskLost():
+                return self.tasks.lost(body.task, body.reason, at)
+            case TaskFailNode():
+                return self.tasks.fail_node(body, at)
+        raise AssertionError(f"unhandled op {cmd.op}")
+
+    def _propose(self, body: ProposalCreate, at: float) -> dict[str, Any]:
+        proposal = Proposal(
+            id=self.next_proposal_id,
+            title=body.title,
+            body=body.body,
+            proposer=body.proposer,
+            threshold=body.threshold,
+            kind=body.kind,
+            eligible=body.eligible or max(1, len(self.nodes)),
+            created_at=at,
+        )
+        reason = validate_proposal(proposal)
+        if reason is not None:
+            raise ConfigError("proposal", reason)
+        self.next_proposal_id += 1
+        self.proposals[proposal.id] = proposal
+        if len(self.proposals) > MAX_PROPOSALS:
+            oldest = next((p for p in self.proposals.values() if p.state != "open"), None)
+            if oldest is not None:
+                del self.proposals[oldest.id]
+        return {"id": proposal.id}
+
+    def _vote(self, body: ProposalVote, at: float) -> dict[str, Any]:
+        proposal = self.proposals.get(body.id)
+        if proposal is None:
+            raise ConfigError("proposal", f"unknown proposal {body.id}")
+        if proposal.state != "open":
+            raise ConfigError("proposal", f"proposal {body.id} is already {proposal.state}")
+        if body.voter in proposal.votes:
+            raise ConfigError("vote", f"{self.name_of(body.voter)} already voted")
+        proposal.votes[body.voter] = body.approve
+        if body.eligible:
+            proposal.eligible = max(body.eligible, len(proposal.votes))
+        proposal.decide(at)
+        if proposal.state == "passed" and proposal.kind == "config":
+            try:
+                self.sched_overrides.update(sched_overrides(proposal.body, self.sched_config()))
+            except ConfigError as exc:  # valid alone, but not on top of earlier changes
+                proposal.state = "rejected"
+                return {"tally": proposal.tally(), "error": str(exc)}
+        return {"tally": proposal.tally()}
+
+    # ------------------------------------------------------------ snapshots
+
+    def snapshot(self) -> bytes:
+        """The whole state as msgpack; equal states give equal bytes."""
+        state = {
+            "version": SNAPSHOT_VERSION,
+            "applied_index": self.applied_index,
+            "kv": self.kv.dump(),
+            "proposals": [p.dump() for p in self.proposals.values()],
+            "next_proposal_id": self.next_proposal_id,
+            "nodes": self.nodes,
+            "tasks": self.tasks.dump(),
+            "rids": [[rid, *cached] for rid, cached in self.rids.items()],
+            "sched_overrides": self.sched_overrides,
+        }
+        data: bytes = msgpack.packb(state, use_bin_type=True)
+        return data
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with a snapshot; raise ``StorageError`` if it is not one."""
+        try:
+            state = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            if state.get("version") != SNAPSHOT_VERSION:
+                raise StorageError(f"snapshot version {state.get('version')!r} not supported")
+            fresh = StateMachine()
+            fresh.applied_index = int(state["applied_index"])
+            fresh.kv.load(state["kv"])
+            fresh.proposals = {row[0]: Proposal.load(row) for row in state["proposals"]}
+            fresh.next_proposal_id = int(state["next_proposal_id"])
+            fresh.nodes = {k: dict(v) for k, v in state["nodes"].items()}
+            fresh.tasks.load(state["tasks"])
+            fresh.rids = OrderedDict((row[0], list(row[1:])) for row in state["rids"])
+            fresh.sched_overrides = dict(state["sched_overrides"])
+        except StorageError:
+            raise
+        except Exception as exc:  # any shape error in a corrupt snapshot
+            raise StorageError(f"bad state snapshot: {type(exc).__name__}: {exc}") from None
+        self.applied_index = fresh.applied_index
+        self.kv, self.proposals = fresh.kv, fresh.proposals
+        self.next_proposal_id, self.nodes = fresh.next_proposal_id, fresh.nodes
+        self.tasks = fresh.tasks
+        self.tasks.name_of = self.name_of
+        self.rids, self.sched_overrides = fresh.rids, fresh.sched_overrides
+
+    def sched_config(self, base: SchedConfig | None = None) -> SchedConfig:
+        """``base`` with the overrides of every passed config proposal."""
+        return dataclasses.replace(base or SchedConfig(), **self.sched_overrides)
+
+
+def _entry(index: int, summary: str) -> Event:
+    return {"topic": "consensus", "data": {"kind": "entry", "index": index, "summary": summary}}
