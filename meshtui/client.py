@@ -209,8 +209,10 @@ class Subscription:
 
     def _push(self, event: dict[str, Any]) -> None:
         if len(self._queue) >= SUBSCRIPTION_QUEUE:
-            self._queue.popleft()
-            self._dropped += 1
+            oldest = self._queue.popleft()
+            # Dropping the server's own overflow marker must keep its count.
+            lost = oldest["data"].get("dropped") if oldest["event"] == "overflow" else None
+            self._dropped += lost if type(lost) is int else 1
         self._queue.append(event)
         self._wake.set()
 
