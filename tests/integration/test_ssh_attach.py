@@ -1,0 +1,300 @@
+"""SSH attach against a real OpenSSH sshd on loopback (root: sshd needs it).
+
+The test starts sshd on a free port with a generated host key, key-only auth,
+a temporary known_hosts and ``AllowStreamLocalForwarding yes``, and a small
+Unix-socket echo server of its own (no agent).  ``meshtui.ssh`` must carry
+bytes both ways over a direct-streamlocal channel, refuse an untrusted host
+key with a clear line, and report a socket it may not open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from meshtui.ssh import SSHAttachError, Target, open_ssh_streams, parse_target
+
+pytestmark = pytest.mark.root(tools=("sshd", "ssh-keygen"))
+
+SSHD = shutil.which("sshd", path="/usr/sbin:/usr/local/sbin:/sbin") or "/usr/sbin/sshd"
+UNPRIVILEGED = "nobody"
+
+
+@dataclass
+class SshdFixture:
+    root: Path
+    port: int
+    known_hosts: Path
+    client_key: Path
+    config: Path
+    ssh_config: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _keygen(path: Path) -> str:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
+        check=True,
+        timeout=30,
+    )
+    return Path(f"{path}.pub").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def sshd() -> Iterator[SshdFixture]:
+    root = Path(tempfile.mkdtemp(prefix="mt-sshd-"))
+    root.chmod(0o755)  # the unprivileged user's sshd child must read authorized_keys
+    host_key = root / "host_ed25519"
+    client_key = root / "client_ed25519"
+    host_pub = _keygen(host_key)
+    client_pub = _keygen(client_key)
+    authorized = root / "authorized_keys"
+    authorized.write_text(client_pub + "\n")
+    authorized.chmod(0o644)
+    port = _free_port()
+    known_hosts = root / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{port} {host_pub}\n")
+    config = root / "sshd_config"
+    config.write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {host_key}",
+                f"PidFile {root}/sshd.pid",
+                f"AuthorizedKeysFile {authorized}",
+                "StrictModes no",
+                "PubkeyAuthentication yes",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "UsePAM no",
+                "PermitRootLogin prohibit-password",
+                "AllowStreamLocalForwarding yes",
+                # OpenSSH gates direct-streamlocal on AllowTcpForwarding too (local or yes).
+                "AllowTcpForwarding local",
+                "X11Forwarding no",
+                "LogLevel VERBOSE",
+                "",
+            ]
+        )
+    )
+    ssh_config = root / "ssh_config"
+    ssh_config.write_text(
+        f"Host meshbox\n  HostName 127.0.0.1\n  Port {port}\n  User root\n"
+        f"  IdentityFile {client_key}\n"
+    )
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
+    log = (root / "sshd.log").open("w")
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"sshd did not start: {(root / 'sshd.log').read_text()}"
+                    ) from None
+                time.sleep(0.05)
+        yield SshdFixture(root, port, known_hosts, client_key, config, ssh_config)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        print((root / "sshd.log").read_text())  # shown by pytest when a test failed
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+async def echo_socket(sshd: SshdFixture) -> AsyncIterator[Path]:
+    """A Unix socket echoing every line back, upper-cased (so an echo is not a loopback)."""
+    sock_dir = Path(tempfile.mkdtemp(prefix="mt-echo-", dir=sshd.root))
+    sock_dir.chmod(0o755)
+    path = sock_dir / "agent.sock"
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                writer.write(line.upper())
+                await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_unix_server(serve, path=str(path))
+    path.chmod(0o666)
+    try:
+        yield path
+    finally:
+        server.close()
+        await server.wait_closed()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def _target(sshd: SshdFixture, sock: Path, user: str = "root") -> Target:
+    return parse_target(f"ssh://{user}@127.0.0.1:{sshd.port}{sock}")
+
+
+async def _round_trip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    writer.write(b"hello mesh\n")
+    await writer.drain()
+    return await asyncio.wait_for(reader.readline(), 10)
+
+
+async def test_round_trip_over_direct_streamlocal(sshd: SshdFixture, echo_socket: Path) -> None:
+    reader, writer, conn = await open_ssh_streams(
+        _target(sshd, echo_socket),
+        known_hosts=str(sshd.known_hosts),
+        client_keys=[str(sshd.client_key)],
+        config=[],
+    )
+    try:
+        assert await _round_trip(reader, writer) == b"HELLO MESH\n"
+        # A second request on the same channel: the stream stays open.
+        writer.write(b"again\n")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readline(), 10) == b"AGAIN\n"
+    finally:
+        conn.close()
+        await conn.wait_closed()
+
+
+async def test_ssh_config_host_alias_is_honoured(sshd: SshdFixture, echo_socket: Path) -> None:
+    reader, writer, conn = await open_ssh_streams(
+        parse_target(f"ssh://meshbox{echo_socket}"),
+        known_hosts=str(sshd.known_hosts),
+        config=[str(sshd.ssh_config)],
+    )
+    try:
+        assert await _round_trip(reader, writer) == b"HELLO MESH\n"
+    finally:
+        conn.close()
+
+
+async def test_wrong_host_key_is_refused_with_a_clear_error(
+    sshd: SshdFixture, echo_socket: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other_ed25519"
+    other_pub = _keygen(other)
+    wrong = tmp_path / "known_hosts"
+    wrong.write_text(f"[127.0.0.1]:{sshd.port} {other_pub}\n")
+    with pytest.raises(SSHAttachError) as info:
+        await open_ssh_streams(
+            _target(sshd, echo_socket),
+            known_hosts=str(wrong),
+            client_keys=[str(sshd.client_key)],
+            config=[],
+        )
+    message = str(info.value)
+    assert message.startswith("host key for 127.0.0.1 is not trusted (known_hosts ")
+    assert str(wrong) in message
+    assert "\n" not in message
+
+
+async def test_unknown_host_key_is_refused(
+    sshd: SshdFixture, echo_socket: Path, tmp_path: Path
+) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    with pytest.raises(SSHAttachError, match=r"^host key for 127\.0\.0\.1 is not trusted"):
+        await open_ssh_streams(
+            _target(sshd, echo_socket),
+            known_hosts=str(empty),
+            client_keys=[str(sshd.client_key)],
+            config=[],
+        )
+
+
+def _unprivileged_can_login() -> bool:
+    try:
+        pwd.getpwnam(UNPRIVILEGED)
+    except KeyError:
+        return False
+    return True
+
+
+async def test_socket_without_permission_gives_a_clear_error(
+    sshd: SshdFixture, echo_socket: Path
+) -> None:
+    if not _unprivileged_can_login():
+        pytest.skip(f"no {UNPRIVILEGED!r} user to log in as")
+    target = _target(sshd, echo_socket, user=UNPRIVILEGED)
+    opts = {
+        "known_hosts": str(sshd.known_hosts),
+        "client_keys": [str(sshd.client_key)],
+        "config": [],
+    }
+    # Control: the unprivileged user can use the socket while it is open to all...
+    reader, writer, conn = await open_ssh_streams(target, **opts)  # type: ignore[arg-type]
+    try:
+        assert await _round_trip(reader, writer) == b"HELLO MESH\n"
+    finally:
+        conn.close()
+    # ...and is refused once it is not.
+    echo_socket.chmod(0o000)
+    with pytest.raises(SSHAttachError) as info:
+        await open_ssh_streams(target, **opts)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert message.startswith(f"cannot open {echo_socket} on 127.0.0.1: permission denied")
+    assert "\n" not in message
+
+
+async def test_missing_socket_gives_a_clear_error(sshd: SshdFixture, tmp_path: Path) -> None:
+    missing = sshd.root / "no-such-dir" / "agent.sock"
+    with pytest.raises(SSHAttachError, match=rf"^cannot open {missing} on 127\.0\.0\.1: "):
+        await open_ssh_streams(
+            _target(sshd, missing),
+            known_hosts=str(sshd.known_hosts),
+            client_keys=[str(sshd.client_key)],
+            config=[],
+        )
+
+
+async def test_nothing_listening_gives_a_clear_error(tmp_path: Path) -> None:
+    port = _free_port()
+    with pytest.raises(SSHAttachError, match=rf"^cannot reach root@127\.0\.0\.1:{port}: "):
+        await open_ssh_streams(
+            parse_target(f"ssh://root@127.0.0.1:{port}"),
+            known_hosts=str(tmp_path / "kh"),
+            config=[],
+            timeout=5,
+        )
+
+
+def test_parse_target_forms() -> None:
+    t = parse_target("ssh://ops@web1:2222/var/run/a.sock")
+    assert (t.kind, t.user, t.host, t.port, t.socket_path) == (
+        "ssh",
+        "ops",
+        "web1",
+        2222,
+        "/var/run/a.sock",
+    )
+    d = parse_target("ssh://web1")
+    assert (d.user, d.port, d.socket_path) == (None, None, "/run/mesh-agent/agent.sock")
+    assert parse_target("ssh://[::1]:22").host == "::1"
+    assert parse_target("/tmp/x.sock") == Target("unix", socket_path="/tmp/x.sock")
+    assert parse_target("web1") == Target("name", host="web1")
+    for bad in ("", "http://x", "ssh://", "ssh://@h", "ssh://h:99999", "ssh://h:x", "a b"):
+        with pytest.raises(SSHAttachError):
+            parse_target(bad)
