@@ -122,9 +122,9 @@ class _Reader:
 
     def path(self, key: str, default: str) -> str:
         value = self.text(key, default)
-        if not value.startswith("/"):
-            raise self._fail(key, self.merged[key][1], "an absolute path", value)
-        return value.rstrip("/") or "/"
+        if not value.startswith("/") or not value.strip("/"):
+            raise self._fail(key, self.merged[key][1], "an absolute path other than /", value)
+        return value.rstrip("/")
 
     def integer(self, key: str, default: int, low: int, high: int) -> int:
         item = self._get(key)
