@@ -1,0 +1,143 @@
+"""The member table: one record per known node, state counts, random sampling.
+
+The table never decides anything; :mod:`agent.swim.core` applies the protocol
+rules and calls :meth:`MemberTable.set_state` so that the per-state counts
+(used for the partition check and Lifeguard's k) stay exact without scanning.
+The local node is kept apart (``self_member``); ``others`` are everyone else.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from agent.swim.messages import LoadReport, MemberState, NodeLoad, NodeMeta
+from agent.swim.suspicion import Suspicion
+
+STATE_NAMES = {
+    MemberState.ALIVE: "alive",
+    MemberState.SUSPECT: "suspect",
+    MemberState.DEAD: "dead",
+    MemberState.LEFT: "left",
+}
+
+
+@dataclass(slots=True)
+class Member:
+    """Mutable record of one node in our view."""
+
+    node: str
+    addr: str
+    meta: NodeMeta
+    incarnation: int
+    state: MemberState
+    since: float  # when ``state`` was entered (our clock)
+    load: LoadReport | None = None
+    rtt: float | None = None  # seconds, EWMA of direct probe round trips
+    suspicion: Suspicion | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MemberView:
+    """An immutable snapshot of a member for the runtime, the control API and events."""
+
+    id: str
+    addr: str
+    meta: NodeMeta
+    load: NodeLoad | None
+    state: str  # alive | suspect | dead | left
+    incarnation: int
+    rtt_ms: float | None
+    since: float
+
+
+def view_of(member: Member) -> MemberView:
+    return MemberView(
+        id=member.node,
+        addr=member.addr,
+        meta=member.meta,
+        load=member.load.load if member.load is not None else None,
+        state=STATE_NAMES[member.state],
+        incarnation=member.incarnation,
+        rtt_ms=member.rtt * 1000.0 if member.rtt is not None else None,
+        since=member.since,
+    )
+
+
+class MemberTable:
+    """Known members (excluding ourselves) with O(1) add/remove/sample and state counts."""
+
+    def __init__(self, self_member: Member) -> None:
+        self.self_member = self_member
+        self._by_id: dict[str, Member] = {}
+        self._ids: list[str] = []
+        self._index: dict[str, int] = {}
+        self._counts = dict.fromkeys(MemberState, 0)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, node: str) -> bool:
+        return node in self._by_id
+
+    def __iter__(self) -> Iterator[Member]:
+        return iter(self._by_id.values())
+
+    def get(self, node: str) -> Member | None:
+        return self._by_id.get(node)
+
+    def ids(self) -> list[str]:
+        """A copy of the member ids (for shuffling into a probe order)."""
+        return list(self._ids)
+
+    def count(self, state: MemberState) -> int:
+        return self._counts[state]
+
+    def add(self, member: Member) -> None:
+        assert member.node not in self._by_id and member.node != self.self_member.node
+        self._by_id[member.node] = member
+        self._index[member.node] = len(self._ids)
+        self._ids.append(member.node)
+        self._counts[member.state] += 1
+
+    def remove(self, node: str) -> None:
+        member = self._by_id.pop(node)
+        self._counts[member.state] -= 1
+        pos = self._index.pop(node)
+        last = self._ids.pop()
+        if last != node:
+            self._ids[pos] = last
+            self._index[last] = pos
+
+    def set_state(self, member: Member, state: MemberState, now: float) -> None:
+        """Move ``member`` to ``state`` (no-op if unchanged), keeping counts."""
+        if member.state == state:
+            return
+        assert self._by_id.get(member.node) is member
+        self._counts[member.state] -= 1
+        self._counts[state] += 1
+        member.state = state
+        member.since = now
+
+    def sample(
+        self, rng: random.Random, k: int, accept: Callable[[Member], bool], exclude: str = ""
+    ) -> list[Member]:
+        """Up to ``k`` distinct random members passing ``accept`` (memberlist's
+        kRandomNodes: at most ``3 * n`` random draws, so it stays cheap when few pass)."""
+        n = len(self._ids)
+        chosen: list[Member] = []
+        if n == 0 or k <= 0:
+            return chosen
+        seen: set[str] = set()
+        for _ in range(3 * n):
+            node = self._ids[rng.randrange(n)]
+            if node in seen or node == exclude:
+                continue
+            seen.add(node)
+            member = self._by_id[node]
+            if accept(member):
+                chosen.append(member)
+                if len(chosen) >= k:
+                    break
+        return chosen

@@ -1,0 +1,76 @@
+"""Bookkeeping for probes: our own pending probe and the relays we run for others.
+
+A relay is an indirect probe we perform on behalf of a requester: we ping the
+target under a sequence number of our own, forward its Ack under the
+requester's number, or send a Nack when our timeout passes first.  The table is
+bounded: when full, new requests are refused (the requester then simply counts
+a missing Nack), so a flood of requests cannot grow our memory.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class PendingProbe:
+    """Our probe of ``target`` in flight."""
+
+    seq: int
+    target: str
+    addr: str
+    started: float
+    timeout_at: float  # direct Ack deadline: then indirect + TCP fallback
+    end_at: float  # no Ack by then: suspect
+    indirect_sent: bool = False
+    expected_nacks: int = 0
+    nacks: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    orig_seq: int
+    source_addr: str
+    want_nack: bool
+    deadline: float
+
+
+class RelayTable:
+    """Indirect probes we run for others, keyed by our local sequence number."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._by_seq: dict[int, Relay] = {}
+        self._deadlines: list[tuple[float, int]] = []
+
+    def __len__(self) -> int:
+        return len(self._by_seq)
+
+    def add(
+        self, local_seq: int, orig_seq: int, source_addr: str, want_nack: bool, deadline: float
+    ) -> bool:
+        """Register a relay; False if the table is full."""
+        if len(self._by_seq) >= self._capacity:
+            return False
+        self._by_seq[local_seq] = Relay(orig_seq, source_addr, want_nack, deadline)
+        heapq.heappush(self._deadlines, (deadline, local_seq))
+        return True
+
+    def pop(self, local_seq: int) -> Relay | None:
+        """The relay answered by an Ack with ``local_seq`` (removed), if any."""
+        return self._by_seq.pop(local_seq, None)
+
+    def expired(self, now: float) -> list[Relay]:
+        """Relays whose target did not answer in time and that want a Nack (removed)."""
+        out: list[Relay] = []
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _deadline, seq = heapq.heappop(heap)
+            relay = self._by_seq.pop(seq, None)
+            if relay is not None and relay.want_nack:
+                out.append(relay)
+        return out
+
+    def next_deadline(self) -> float | None:
+        return self._deadlines[0][0] if self._deadlines else None

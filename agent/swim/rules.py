@@ -1,0 +1,240 @@
+"""The membership rules: how alive/suspect/dead news and PushPull merges change a view.
+
+Theory of operation
+-------------------
+These are memberlist's ``aliveNode``, ``suspectNode``, ``deadNode`` and
+``mergeState`` (state.go), as a mixin of :class:`agent.swim.core.SwimNode`.
+Incarnation numbers order news about a node; only the node itself increments
+its own.  At an equal incarnation, suspect beats alive and dead beats
+suspect; a higher-incarnation Alive beats everything.  Every accepted change
+is re-broadcast (that is the epidemic) and reported as a MemberEvent.
+
+* Alive: accepted if newer; a node we do not know is admitted only from a
+  PushPull, or from gossip sent by an existing member (who admitted it).  News
+  that *we* are something else than what we are is refuted: bump our
+  incarnation past the accusation and broadcast Alive.
+* Suspect: starts a Lifeguard suspicion timer, or confirms a running one (an
+  accuser not counted before shortens it, and the confirmation is re-broadcast
+  so others shorten theirs).
+* Dead: final for this incarnation; ``from_node == node`` means the node left.
+* PushPull merge: remote alive -> Alive; remote left -> Left; remote suspect
+  *or dead* -> only a suspicion (a remote death is not trusted as a death:
+  the suspected node gets a chance to refute, which is what re-merges the two
+  halves of a healed partition).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+from agent.swim.members import Member, MemberTable
+from agent.swim.messages import (
+    Alive,
+    Dead,
+    LoadReport,
+    MemberState,
+    Piggyback,
+    PushPull,
+    Suspect,
+)
+from agent.swim.suspicion import Suspicion
+from agent.swim.timing import expected_confirmations, suspicion_bounds
+
+if TYPE_CHECKING:
+    from agent.swim.awareness import Awareness
+    from agent.swim.broadcast import BroadcastMsg
+    from agent.swim.config import SwimConfig
+
+
+class MembershipRules:
+    """State-transition rules; the host class provides the attributes below."""
+
+    config: SwimConfig
+    node_id: str
+    table: MemberTable
+    awareness: Awareness
+    stats: dict[str, int]
+    _rng: random.Random
+    _leaving: bool
+
+    def _queue(self, msg: BroadcastMsg) -> None:
+        raise AssertionError("provided by SwimNode")
+
+    def _emit(self, kind: str, member: Member) -> None:
+        raise AssertionError("provided by SwimNode")
+
+    def _send(self, to: str, msg: object, reliable: bool) -> None:
+        raise AssertionError("provided by SwimNode")
+
+    def _push_pull_msg(self, join: bool, reply: bool) -> PushPull:
+        raise AssertionError("provided by SwimNode")
+
+    def _push_suspicion_deadline(self, deadline: float, node: str) -> None:
+        raise AssertionError("provided by SwimNode")
+
+    def _note_new_member(self, node: str) -> None:
+        raise AssertionError("provided by SwimNode")
+
+    # ------------------------------------------------------------------ entry points
+
+    def _apply_piggyback(self, now: float, source: str, piggy: Piggyback) -> None:
+        if not (piggy.alive or piggy.suspect or piggy.dead or piggy.loads):
+            return
+        admit = source in self.table  # a member vouches for nodes it gossips about
+        for alive in piggy.alive:
+            self._on_alive(now, alive, admit=admit)
+        for suspect in piggy.suspect:
+            self._on_suspect(now, suspect)
+        for dead in piggy.dead:
+            self._on_dead(now, dead)
+        for load in piggy.loads:
+            self._apply_load(load, rebroadcast=True)
+
+    def _apply_broadcast(
+        self, now: float, msg: Alive | Suspect | Dead | LoadReport, admit: bool
+    ) -> None:
+        if isinstance(msg, Alive):
+            self._on_alive(now, msg, admit=admit)
+        elif isinstance(msg, Suspect):
+            self._on_suspect(now, msg)
+        elif isinstance(msg, Dead):
+            self._on_dead(now, msg)
+        else:
+            self._apply_load(msg, rebroadcast=True)
+
+    def _on_push_pull(self, now: float, pp: PushPull) -> None:
+        if pp.source == self.node_id:
+            return  # we dialled our own address
+        if not pp.reply:
+            self._send(pp.source_addr, self._push_pull_msg(join=False, reply=True), True)
+        # A fresh joiner learns a whole cluster that already knows itself:
+        # re-broadcasting every member would only add load.
+        fresh = len(self.table) == 0
+        for st in pp.states:
+            if st.state == MemberState.ALIVE:
+                alive = Alive(st.incarnation, st.node, st.addr, st.meta)
+                self._on_alive(now, alive, admit=True, broadcast=not fresh)
+            elif st.state == MemberState.LEFT:
+                self._on_dead(now, Dead(st.incarnation, st.node, st.node))
+            else:
+                self._on_suspect(now, Suspect(st.incarnation, st.node, pp.source))
+            if st.load is not None:
+                self._apply_load(st.load, rebroadcast=False)
+
+    # ------------------------------------------------------------------ rules
+
+    def _on_alive(self, now: float, a: Alive, admit: bool, broadcast: bool = True) -> None:
+        if a.node == self.node_id:
+            me = self.table.self_member
+            if self._leaving or a.incarnation < me.incarnation:
+                return
+            if a.incarnation == me.incarnation and a.meta == me.meta and a.addr == me.addr:
+                return
+            self._refute(a.incarnation)
+            return
+        m = self.table.get(a.node)
+        if m is None:
+            if not admit:
+                self.stats["ignored"] += 1
+                return
+            m = Member(a.node, a.addr, a.meta, a.incarnation, MemberState.ALIVE, now)
+            self.table.add(m)
+            self._note_new_member(a.node)
+            if broadcast:
+                self._queue(a)
+            self._emit("join", m)
+            return
+        reclaim = False
+        if a.addr != m.addr:
+            dead_long_enough = (
+                m.state in (MemberState.DEAD, MemberState.LEFT)
+                and now - m.since >= self.config.dead_node_reclaim_time
+            )
+            if not dead_long_enough:
+                self.stats["ignored"] += 1  # address conflict with a live member
+                return
+            reclaim = True
+        if a.incarnation <= m.incarnation and not reclaim:
+            return
+        old_state = m.state
+        meta_changed = a.meta != m.meta
+        m.incarnation = a.incarnation
+        m.meta = a.meta
+        m.addr = a.addr
+        if broadcast:
+            self._queue(a)
+        if old_state != MemberState.ALIVE:
+            m.suspicion = None
+            self.table.set_state(m, MemberState.ALIVE, now)
+            self._emit("alive" if old_state == MemberState.SUSPECT else "join", m)
+        elif meta_changed:
+            self._emit("update", m)
+
+    def _on_suspect(self, now: float, s: Suspect) -> None:
+        if s.node == self.node_id:
+            if not self._leaving and s.incarnation >= self.table.self_member.incarnation:
+                self._refute(s.incarnation)
+            return
+        m = self.table.get(s.node)
+        if m is None or s.incarnation < m.incarnation:
+            return
+        if m.state == MemberState.SUSPECT:
+            susp = m.suspicion
+            if susp is not None and susp.confirm(s.from_node):
+                self._push_suspicion_deadline(susp.deadline, m.node)
+                self._queue(s)
+            return
+        if m.state != MemberState.ALIVE:
+            return
+        n = len(self.table) - self.table.count(MemberState.LEFT) + 1
+        lo, hi = suspicion_bounds(
+            self.config.suspicion_mult,
+            self.config.suspicion_max_timeout_mult,
+            n,
+            self.config.probe_interval,
+        )
+        k = expected_confirmations(self.config.suspicion_mult, n)
+        m.incarnation = s.incarnation
+        m.suspicion = Suspicion(s.from_node, s.incarnation, k, lo, hi, now)
+        self.table.set_state(m, MemberState.SUSPECT, now)
+        self._push_suspicion_deadline(m.suspicion.deadline, m.node)
+        self._queue(s)
+        self._emit("suspect", m)
+
+    def _on_dead(self, now: float, d: Dead) -> None:
+        if d.node == self.node_id:
+            if not self._leaving and d.incarnation >= self.table.self_member.incarnation:
+                self._refute(d.incarnation)
+            return
+        m = self.table.get(d.node)
+        if m is None or d.incarnation < m.incarnation:
+            return
+        if m.state in (MemberState.DEAD, MemberState.LEFT):
+            return
+        left = d.from_node == d.node
+        m.incarnation = d.incarnation
+        m.suspicion = None
+        self.table.set_state(m, MemberState.LEFT if left else MemberState.DEAD, now)
+        self._queue(d)
+        self._emit("leave" if left else "dead", m)
+
+    def _refute(self, accused_incarnation: int) -> None:
+        """Someone thinks we are suspect, dead, or older: outbid them."""
+        me = self.table.self_member
+        me.incarnation = max(me.incarnation, accused_incarnation) + 1
+        self.stats["refutes"] += 1
+        self.awareness.apply_delta(1)
+        self._queue(Alive(me.incarnation, self.node_id, me.addr, me.meta))
+
+    def _apply_load(self, report: LoadReport | None, rebroadcast: bool) -> None:
+        if report is None or report.node == self.node_id:
+            return
+        m = self.table.get(report.node)
+        if m is None:
+            return
+        cur = m.load
+        if cur is None or (report.incarnation, report.seq) > (cur.incarnation, cur.seq):
+            m.load = report
+            if rebroadcast:
+                self._queue(report)
