@@ -420,6 +420,10 @@ class Transport:
             await self._read_inbound(reader)
         except (OSError, ConnectionError):
             pass
+        except asyncio.CancelledError:
+            # close() cancels us; finishing normally keeps asyncio's stream
+            # callback from logging the cancellation as an error.
+            pass
         finally:
             self._inbound.discard(task)
             writer.close()

@@ -1,0 +1,365 @@
+"""Two (or more) real Transports on loopback: sealed datagrams and streams,
+replies, garbage, replays, reconnection, queue bounds and key rotation."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from agent import crypto, wire
+from agent.crypto import Channel, Envelope, Keyring
+from agent.errors import ConfigError
+from agent.runtime import transport as transport_mod
+from agent.runtime.transport import Transport, backoff_delay, parse_addr
+
+KEY_A = bytes(range(32))
+KEY_B = bytes(range(50, 82))
+HOST = "127.0.0.1"
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Node:
+    """A Transport plus the messages it received."""
+
+    def __init__(self, name: str, keyring: Keyring, port: int = 0) -> None:
+        self.name = name
+        self.datagrams: list[tuple[str, bytes]] = []
+        self.streams: list[tuple[str, bytes]] = []
+        self.t = Transport(HOST, port, keyring, name, time.time_ns(),
+                           self._on_datagram, self._on_stream, rng=random.Random(1))
+        self.on_datagram_hook: Callable[[str, bytes], None] | None = None
+        self.on_stream_hook: Callable[[str, bytes], None] | None = None
+
+    def _on_datagram(self, addr: str, payload: bytes) -> None:
+        self.datagrams.append((addr, payload))
+        if self.on_datagram_hook:
+            self.on_datagram_hook(addr, payload)
+
+    def _on_stream(self, addr: str, payload: bytes) -> None:
+        self.streams.append((addr, payload))
+        if self.on_stream_hook:
+            self.on_stream_hook(addr, payload)
+
+    @property
+    def addr(self) -> str:
+        return self.t.listen_addr
+
+    async def __aenter__(self) -> Node:
+        await self.t.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.t.close()
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+def keyring() -> Iterator[Callable[[], Keyring]]:
+    yield lambda: Keyring.from_key(KEY_A)
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def test_backoff_table() -> None:
+    rng = random.Random(3)
+    for attempt, lo, hi in [(0, 0.025, 0.05), (1, 0.05, 0.1), (3, 0.2, 0.4), (10, 2.5, 5.0),
+                            (1000, 2.5, 5.0)]:
+        for _ in range(50):
+            assert lo <= backoff_delay(attempt, rng) <= hi
+
+
+@pytest.mark.parametrize(("addr", "parsed"), [("127.0.0.1:7900", ("127.0.0.1", 7900)),
+                                               ("[::1]:80", ("::1", 80)),
+                                               ("host.lan:1", ("host.lan", 1))])
+def test_parse_addr(addr: str, parsed: tuple[str, int]) -> None:
+    assert parse_addr(addr) == parsed
+
+
+@pytest.mark.parametrize("addr", ["", "host", ":80", "host:", "host:0", "host:70000", "h:x"])
+def test_parse_addr_refuses(addr: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_addr(addr)
+
+
+# --------------------------------------------------------------------------- happy path
+
+
+async def test_datagrams_and_streams_both_ways_with_replies(
+        keyring: Callable[[], Keyring]) -> None:
+    async with Node("a", keyring()) as a, Node("b", keyring()) as b:
+        assert a.t.port != 0 and a.addr == f"{HOST}:{a.t.port}"
+        b.on_datagram_hook = lambda addr, p: b.t.send_datagram(addr, b"re:" + p)
+        b.on_stream_hook = lambda addr, p: b.t.send_stream(addr, b"re:" + p)
+
+        assert a.t.send_datagram(b.addr, b"ping")
+        await wait_until(lambda: len(a.datagrams) == 1)
+        assert b.datagrams == [(a.addr, b"ping")]
+        assert a.datagrams == [(b.addr, b"re:ping")]
+
+        sent = [b"m%d" % i + os.urandom(i % 50) for i in range(500)]
+        for payload in sent:
+            a.t.send_stream(b.addr, payload)
+        await wait_until(lambda: len(a.streams) == 500)
+        # Ordered, complete, and attributed to the sender's listen address.
+        assert b.streams == [(a.addr, p) for p in sent]
+        assert a.streams == [(b.addr, b"re:" + p) for p in sent]
+        assert a.t.stats.stream_msgs_out == 500 and b.t.stats.stream_msgs_in == 500
+        assert b.t.stats.seal.dropped_tag == 0 and b.t.stats.seal.dropped_replay == 0
+
+
+async def test_large_stream_message(keyring: Callable[[], Keyring]) -> None:
+    async with Node("a", keyring()) as a, Node("b", keyring()) as b:
+        big = os.urandom(4 * 1024 * 1024)
+        a.t.send_stream(b.addr, big)
+        await wait_until(lambda: len(b.streams) == 1)
+        assert b.streams[0][1] == big
+        assert not a.t.send_stream(b.addr, b"\x00" * (transport_mod.MAX_STREAM_PAYLOAD + 1))
+        assert a.t.stats.dropped_oversize == 1
+
+
+async def test_datagram_size_limit(keyring: Callable[[], Keyring]) -> None:
+    async with Node("a", keyring()) as a, Node("b", keyring()) as b:
+        assert not a.t.send_datagram(b.addr, b"x" * (wire.MAX_DATAGRAM_SIZE + 1))
+        assert a.t.stats.dropped_oversize == 1
+        assert a.t.send_datagram(b.addr, b"y" * wire.MAX_DATAGRAM_SIZE)
+        await wait_until(lambda: len(b.datagrams) == 1)
+        assert a.t.stats.datagram_bytes_out == wire.MAX_DATAGRAM_SIZE + crypto.DATAGRAM_OVERHEAD
+        assert a.t.stats.datagram_bytes_out <= 1472  # no IP fragmentation on Ethernet
+        assert not a.t.send_datagram("nonsense", b"z")
+        assert a.t.stats.dropped_bad_addr == 1
+
+
+async def test_callback_errors_are_contained(keyring: Callable[[], Keyring]) -> None:
+    async with Node("a", keyring()) as a, Node("b", keyring()) as b:
+        def explode(addr: str, payload: bytes) -> None:
+            if payload == b"boom":
+                raise RuntimeError("callback bug")
+
+        b.on_datagram_hook = explode
+        b.on_stream_hook = explode
+        for payload in (b"boom", b"after"):
+            a.t.send_datagram(b.addr, payload)
+            a.t.send_stream(b.addr, payload)
+        await wait_until(lambda: len(b.datagrams) == 2 and len(b.streams) == 2)
+        assert b.t.stats.callback_errors == 2
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+async def test_garbage_on_both_ports_is_counted_and_harmless(
+        keyring: Callable[[], Keyring], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transport_mod, "HELLO_TIMEOUT", 0.3)
+    async with Node("a", keyring()) as a, Node("b", keyring()) as b:
+        port = b.t.port
+        rng = random.Random(11)
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for _ in range(50):
+            udp.sendto(rng.randbytes(rng.randint(0, 1400)), (HOST, port))
+        udp.sendto(wire.encode(wire.Hello("evil", "1.2.3.4:5")), (HOST, port))  # plaintext
+        udp.sendto(b"\x01" * 9000, (HOST, port))  # oversized
+        udp.sendto(Keyring.from_key(KEY_B).seal(b"x" * 40), (HOST, port))  # wrong key
+        udp.close()
+
+        async def tcp_attack(data: bytes) -> bytes:
+            reader, writer = await asyncio.open_connection(HOST, port)
+            writer.write(data)
+            await writer.drain()
+            rest = await asyncio.wait_for(reader.read(100), 5)  # the server must hang up
+            writer.close()
+            return rest
+
+        assert await tcp_attack(b"\xff\xff\xff\xff" + b"A" * 100) == b""  # 4 GB frame claim
+        assert await tcp_attack(wire.frame(wire.encode(wire.Hello("x", "1.1.1.1:1")))) == b""
+        assert await tcp_attack(b"".join(wire.frame(rng.randbytes(60)) for _ in range(20))) == b""
+        wrong = Envelope(Keyring.from_key(KEY_B), "eve", 1)
+        assert await tcp_attack(b"".join(
+            wire.frame(wrong.seal(Channel.STREAM, b"hi")) for _ in range(20))) == b""
+        assert await tcp_attack(b"") == b""  # silent: closed after HELLO_TIMEOUT
+        # A valid sender whose first frame is not a Hello is refused too.
+        rogue = Envelope(keyring(), "rogue", 1)
+        assert await tcp_attack(wire.frame(rogue.seal(Channel.STREAM, b"no hello"))) == b""
+
+        a.t.send_datagram(b.addr, b"still alive")
+        a.t.send_stream(b.addr, b"still streaming")
+        await wait_until(lambda: len(b.datagrams) == 1 and len(b.streams) == 1)
+        s = b.t.stats
+        assert s.dropped_bad_frame == 1
+        assert s.closed_bad_peer == 2
+        assert s.dropped_no_hello == 3
+        assert s.dropped_oversize == 1
+        assert s.seal.dropped_plaintext >= 2
+        assert s.seal.dropped_unknown_key >= 1
+        assert s.seal.dropped_malformed + s.seal.dropped_unknown_key + s.seal.dropped_tag >= 50
+        assert b.datagrams == [(a.addr, b"still alive")]
+
+
+async def test_recorded_traffic_replayed_is_dropped(keyring: Callable[[], Keyring]) -> None:
+    captured_tcp = bytearray()
+    frames: list[bytes] = []
+    got_all = asyncio.Event()
+
+    async def recorder(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = wire.FrameDecoder()
+        while data := await reader.read(65536):
+            captured_tcp.extend(data)
+            frames.extend(decoder.feed(data))
+            if len(frames) == 4:  # the Hello and three messages
+                got_all.set()
+        writer.close()
+
+    spy = await asyncio.start_server(recorder, HOST, 0)
+    spy_port = spy.sockets[0].getsockname()[1]
+    spy_udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    spy_udp.bind((HOST, 0))
+    spy_udp.setblocking(False)
+    try:
+        async with Node("a", keyring()) as a, Node("b", keyring()) as b:
+            for i in range(3):
+                a.t.send_stream(f"{HOST}:{spy_port}", b"msg-%d" % i)
+            a.t.send_datagram(f"{HOST}:{spy_udp.getsockname()[1]}", b"dgram")
+            await asyncio.wait_for(got_all.wait(), 5)
+            datagram = await asyncio.get_running_loop().sock_recv(spy_udp, 2048)
+
+            # First delivery of the recorded bytes is accepted...
+            for _ in range(2):
+                _reader, w = await asyncio.open_connection(HOST, b.t.port)
+                w.write(bytes(captured_tcp))
+                await w.drain()
+                await asyncio.sleep(0.2)
+                w.close()
+            # ...the replay on a new connection is not.
+            assert [p for _, p in b.streams] == [b"msg-0", b"msg-1", b"msg-2"]
+            assert b.t.stats.seal.dropped_replay == 4  # hello + 3 messages
+
+            replay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            for _ in range(3):
+                replay.sendto(datagram, (HOST, b.t.port))
+            replay.close()
+            await wait_until(lambda: b.t.stats.seal.dropped_replay == 6)
+            assert [p for _, p in b.datagrams] == [b"dgram"]
+    finally:
+        spy.close()
+        spy_udp.close()
+
+
+# --------------------------------------------------------------------------- failures
+
+
+async def test_reconnects_with_backoff_after_peer_restarts(
+        keyring: Callable[[], Keyring]) -> None:
+    async with Node("a", keyring()) as a:
+        b = Node("b", keyring())
+        await b.t.start()
+        port = b.t.port
+        a.t.send_stream(b.addr, b"before")
+        await wait_until(lambda: len(b.streams) == 1)
+        await b.t.close()
+        await wait_until(lambda: a.t.outbound() == [(b.addr, False, 0)])
+
+        for i in range(20):
+            a.t.send_stream(b.addr, b"while-down-%d" % i)
+        await wait_until(lambda: a.t.stats.connect_failures >= 3)
+
+        b2 = Node("b", keyring(), port=port)  # restarted: same address, new incarnation
+        async with b2:
+            await wait_until(lambda: len(b2.streams) == 20, timeout=10)
+            assert [p for _, p in b2.streams] == [b"while-down-%d" % i for i in range(20)]
+            assert a.t.stats.connects == 2
+            b2.t.send_stream(a.addr, b"back")
+            await wait_until(lambda: a.streams == [(b2.addr, b"back")])
+
+
+async def test_outbound_queue_drops_oldest_when_full(
+        keyring: Callable[[], Keyring], monkeypatch: pytest.MonkeyPatch,
+        free_port: Callable[[], int]) -> None:
+    monkeypatch.setattr(transport_mod, "MAX_PEER_QUEUE", 10)
+    port = free_port()
+    async with Node("a", keyring()) as a:
+        dest = f"{HOST}:{port}"
+        for i in range(25):
+            a.t.send_stream(dest, b"q%d" % i)
+        assert a.t.stats.dropped_queue_full == 15
+        assert a.t.outbound() == [(dest, False, 10)]
+        async with Node("b", keyring(), port=port) as b:
+            await wait_until(lambda: len(b.streams) == 10, timeout=10)
+            assert [p for _, p in b.streams] == [b"q%d" % i for i in range(15, 25)]
+
+
+# --------------------------------------------------------------------------- key rotation
+
+
+async def test_key_rotation_under_continuous_traffic_loses_nothing() -> None:
+    async with Node("a", Keyring.from_key(KEY_A)) as a, \
+               Node("b", Keyring.from_key(KEY_A)) as b:
+        sent = {"a_dg": 0, "a_st": 0, "b_dg": 0, "b_st": 0}
+        running = True
+
+        async def traffic() -> None:
+            i = 0
+            while running:
+                i += 1
+                a.t.send_datagram(b.addr, b"d%d" % i)
+                a.t.send_stream(b.addr, b"s%d" % i)
+                b.t.send_datagram(a.addr, b"d%d" % i)
+                b.t.send_stream(a.addr, b"s%d" % i)
+                for k in sent:
+                    sent[k] += 1
+                await asyncio.sleep(0.002)
+
+        pump = asyncio.create_task(traffic())
+        kid_a, kid_b = crypto.key_id(KEY_A).hex(), crypto.key_id(KEY_B).hex()
+        steps: list[Callable[[], object]] = [
+            lambda: a.t.keyring.install(KEY_B),
+            lambda: b.t.keyring.install(KEY_B),
+            lambda: a.t.keyring.use(kid_b),
+            lambda: b.t.keyring.use(kid_b),
+            lambda: a.t.keyring.remove(kid_a),
+            lambda: b.t.keyring.remove(kid_a),
+        ]
+        for step in steps:
+            await asyncio.sleep(0.15)
+            step()
+        await asyncio.sleep(0.15)
+        running = False
+        await pump
+        await wait_until(lambda: len(b.datagrams) == sent["a_dg"]
+                         and len(b.streams) == sent["a_st"]
+                         and len(a.datagrams) == sent["b_dg"]
+                         and len(a.streams) == sent["b_st"])
+        assert sent["a_dg"] > 200
+        for node in (a, b):
+            seal = node.t.stats.seal
+            assert (seal.dropped_tag, seal.dropped_unknown_key, seal.dropped_replay,
+                    seal.dropped_malformed) == (0, 0, 0, 0)
+            assert node.t.keyring.list() == [crypto.KeyInfo(kid_b, True)]
+        assert [p for _, p in b.streams] == [b"s%d" % i for i in range(1, sent["a_st"] + 1)]
+        # Traffic after rotation is sealed with the new key only.
+        packet = a.t.envelope.seal(Channel.DATAGRAM, b"x")
+        assert packet[1:5] == crypto.key_id(KEY_B)
+        with pytest.raises(crypto.SealError, match="unknown_key"):
+            Keyring.from_key(KEY_A).open(packet)
+
+
+async def test_udp_and_tcp_share_the_port(keyring: Callable[[], Keyring]) -> None:
+    async with Node("a", keyring()) as a:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s, pytest.raises(OSError):
+            s.bind((HOST, a.t.port))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, pytest.raises(OSError):
+            s.bind((HOST, a.t.port))
+    assert struct.calcsize(">I") == wire.FRAME_HEADER_SIZE
