@@ -96,7 +96,13 @@ class ReplayClient:
         snap = self.snapshots[max(self.cursor, 0)]
         if method in snap:
             return copy.deepcopy(snap[method])
-        if method in {"task.submit", "task.cancel", "node.drain", "node.undrain", "leader.transfer"}:
+        if method in {
+            "task.submit",
+            "task.cancel",
+            "node.drain",
+            "node.undrain",
+            "leader.transfer",
+        }:
             return {"id": "t-new"} if method == "task.submit" else {}
         raise ReplayError("bad_request", f"unknown method {method}")
 

@@ -41,8 +41,16 @@ def member(name: str, state: str, cpu: float, tasks: int) -> dict[str, Any]:
 
 
 def task(tid: str, state: str, node: str | None, cmd: list[str], **extra: Any) -> dict[str, Any]:
-    row = {"id": tid, "state": state, "node": node, "epoch": 1, "attempts": 1,
-           "migrations": 0, "exit_code": None, "cmd": cmd}
+    row = {
+        "id": tid,
+        "state": state,
+        "node": node,
+        "epoch": 1,
+        "attempts": 1,
+        "migrations": 0,
+        "exit_code": None,
+        "cmd": cmd,
+    }
     row.update(extra)
     return row
 
@@ -77,47 +85,85 @@ def main() -> None:
         tasks[tid] = {**tasks[tid], "state": "running"}
         ev("tasks", kind="started", task=tasks[tid])
     # Migrations of every reason.
-    moves = [("t01", "n3", "n5", "steal"), ("t02", "n4", "n1", "hot-cold"),
-             ("t03", "n5", "n2", "drain")]
+    moves = [
+        ("t01", "n3", "n5", "steal"),
+        ("t02", "n4", "n1", "hot-cold"),
+        ("t03", "n5", "n2", "drain"),
+    ]
     for short, src, dst, reason in moves:
         tid = short + "c0ffee" * 2
         index += 1
         entry(3, index, f"task.migrate {tid[:8]} {src} → {dst} ({reason})")
         epoch = tasks[tid]["epoch"] + 1
-        tasks[tid] = {**tasks[tid], "node": dst, "epoch": epoch,
-                      "migrations": tasks[tid]["migrations"] + 1}
+        tasks[tid] = {
+            **tasks[tid],
+            "node": dst,
+            "epoch": epoch,
+            "migrations": tasks[tid]["migrations"] + 1,
+        }
         t += 0.3
-        ev("migrations", task=tid, **{"from": src, "to": dst}, reason=reason, epoch=epoch,
-           at=round(t, 3))
+        ev(
+            "migrations",
+            task=tid,
+            **{"from": src, "to": dst},
+            reason=reason,
+            epoch=epoch,
+            at=round(t, 3),
+        )
     # Two tasks finish.
     for short, code in (("t00", 0), ("t05", 1)):
         tid = short + "c0ffee" * 2
         index += 1
-        tasks[tid] = {**tasks[tid], "state": "succeeded" if code == 0 else "failed",
-                      "exit_code": code}
+        tasks[tid] = {
+            **tasks[tid],
+            "state": "succeeded" if code == 0 else "failed",
+            "exit_code": code,
+        }
         entry(3, index, f"task.finish {tid[:8]} exit {code}")
         ev("tasks", kind="finished", task=tasks[tid])
     # The leader n2 goes quiet: suspect, then an election, then dead and failover.
     ev("members", kind="suspect", member=member("n4", "suspect", 0.0, 1))
     t += 1.2
-    ev("consensus", kind="election", term=4, summary="n3 started an election (pre-vote won)",
-       at=round(t, 3))
+    ev(
+        "consensus",
+        kind="election",
+        term=4,
+        summary="n3 started an election (pre-vote won)",
+        at=round(t, 3),
+    )
     ev("consensus", kind="vote", term=4, summary="n1 voted for n3", at=round(t + 0.01, 3))
     ev("consensus", kind="vote", term=4, summary="n3 voted for n3", at=round(t + 0.02, 3))
-    ev("consensus", kind="leader", term=4, leader="n3", summary="elected with 2/3 votes",
-       at=round(t + 0.05, 3))
+    ev(
+        "consensus",
+        kind="leader",
+        term=4,
+        leader="n3",
+        summary="elected with 2/3 votes",
+        at=round(t + 0.05, 3),
+    )
     ev("members", kind="dead", member=member("n4", "dead", 0.0, 0))
     index += 1
     entry(4, index, "noop (new leader)")
     tid = "t04" + "c0ffee" * 2
     epoch = tasks[tid]["epoch"] + 1
-    tasks[tid] = {**tasks[tid], "node": "n5", "epoch": epoch,
-                  "migrations": tasks[tid]["migrations"] + 1, "attempts": 2}
+    tasks[tid] = {
+        **tasks[tid],
+        "node": "n5",
+        "epoch": epoch,
+        "migrations": tasks[tid]["migrations"] + 1,
+        "attempts": 2,
+    }
     index += 1
     entry(4, index, f"task.migrate {tid[:8]} n4 → n5 (failover, epoch {epoch})")
     t += 0.2
-    ev("migrations", task=tid, **{"from": "n4", "to": "n5"}, reason="failover", epoch=epoch,
-       at=round(t, 3))
+    ev(
+        "migrations",
+        task=tid,
+        **{"from": "n4", "to": "n5"},
+        reason="failover",
+        epoch=epoch,
+        at=round(t, 3),
+    )
     ev("tasks", kind="assigned", task=tasks[tid])
     for k in range(8):
         index += 1
@@ -134,18 +180,47 @@ def main() -> None:
             state = "dead" if (last and name == "n4") else "alive"
             if state == "dead":
                 cpu = 0.0
-            rows.append(member(name, state, round(cpu, 1),
-                               sum(1 for tk in tasks.values() if tk["node"] == name)))
+            rows.append(
+                member(
+                    name,
+                    state,
+                    round(cpu, 1),
+                    sum(1 for tk in tasks.values() if tk["node"] == name),
+                )
+            )
         leader = "n3" if last else "n2"
         term = 4 if last else 3
         status = {
             "node": "n1",
-            "members": [{k: r[k] for k in ("name", "id", "addr", "state", "cpu", "mem", "caps",
-                                           "tasks", "role", "rtt_ms")} for r in rows],
-            "consensus": {"engine": "raft", "role": "follower", "term": term, "leader": leader,
-                          "commit_index": index if last else 120, "voters": ["n1", "n2", "n3"]},
-            "tasks": {"queued": 0, "running": 4, "done": 1, "failed": 1} if last else
-                     {"queued": 0, "running": 0, "done": 0, "failed": 0},
+            "members": [
+                {
+                    k: r[k]
+                    for k in (
+                        "name",
+                        "id",
+                        "addr",
+                        "state",
+                        "cpu",
+                        "mem",
+                        "caps",
+                        "tasks",
+                        "role",
+                        "rtt_ms",
+                    )
+                }
+                for r in rows
+            ],
+            "consensus": {
+                "engine": "raft",
+                "role": "follower",
+                "term": term,
+                "leader": leader,
+                "commit_index": index if last else 120,
+                "voters": ["n1", "n2", "n3"],
+            },
+            "tasks": {"queued": 0, "running": 4, "done": 1, "failed": 1}
+            if last
+            else {"queued": 0, "running": 0, "done": 0, "failed": 0},
             "partitioned": False,
             "read_only": False,
         }
@@ -153,25 +228,46 @@ def main() -> None:
         if last:
             snap["task.list"] = list(tasks.values())
             snap["proposal.list"] = [
-                {"id": "p1", "title": "raise slots on n5 to 8", "threshold": 0.67, "yes": 2,
-                 "no": 0, "voters": 3, "state": "open"},
-                {"id": "p0", "title": "enable gpu cap routing", "threshold": 0.67, "yes": 3,
-                 "no": 0, "voters": 3, "state": "passed"},
+                {
+                    "id": "p1",
+                    "title": "raise slots on n5 to 8",
+                    "threshold": 0.67,
+                    "yes": 2,
+                    "no": 0,
+                    "voters": 3,
+                    "state": "open",
+                },
+                {
+                    "id": "p0",
+                    "title": "enable gpu cap routing",
+                    "threshold": 0.67,
+                    "yes": 3,
+                    "no": 0,
+                    "voters": 3,
+                    "state": "passed",
+                },
             ]
         else:
             snap["task.list"] = []
             snap["proposal.list"] = []
         snapshots.append(snap)
     logs = {
-        "t00" + "c0ffee" * 2: {"stdout": "starting burn(0)\n" + "".join(
-            f"step {i}: {i * i}\n" for i in range(12)) + "done ✓\n", "stderr": ""},
-        "t05" + "c0ffee" * 2: {"stdout": "starting burn(5)\n",
-                               "stderr": "Traceback (most recent call last):\nValueError: 5\n"},
+        "t00" + "c0ffee" * 2: {
+            "stdout": "starting burn(0)\n"
+            + "".join(f"step {i}: {i * i}\n" for i in range(12))
+            + "done ✓\n",
+            "stderr": "",
+        },
+        "t05" + "c0ffee" * 2: {
+            "stdout": "starting burn(5)\n",
+            "stderr": "Traceback (most recent call last):\nValueError: 5\n",
+        },
     }
     HERE.mkdir(exist_ok=True)
     (HERE / "snapshots.json").write_text(json.dumps(snapshots, indent=1, ensure_ascii=False))
     (HERE / "events.jsonl").write_text(
-        "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events))
+        "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events)
+    )
     (HERE / "logs.json").write_text(json.dumps(logs, indent=1, ensure_ascii=False))
     print(f"wrote {len(snapshots)} snapshots, {len(events)} events to {HERE}")
 
