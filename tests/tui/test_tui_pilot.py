@@ -6,13 +6,13 @@ import copy
 import json
 from typing import Any
 
+from replay_client import RECORDINGS, ReplayClient
 from textual.command import CommandPalette
 from textual.widgets import DataTable, RichLog, Static
+from tui_helpers import cell, log_text, make_app, row_keys, static_text, wait_for
 
 from meshtui.screens.dialogs import HelpScreen, NodePicker
 from meshtui.widgets.bars import Banner
-from replay_client import RECORDINGS, ReplayClient
-from tui_helpers import cell, log_text, make_app, row_keys, static_text, wait_for
 
 SNAPSHOTS = json.loads((RECORDINGS / "mesh5" / "snapshots.json").read_text())
 

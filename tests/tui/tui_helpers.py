@@ -5,13 +5,12 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 
+from replay_client import ReplayClient
 from rich.console import Console
-
 from textual.pilot import Pilot
 from textual.widgets import DataTable, RichLog, Static
 
 from meshtui.app import MeshApp
-from replay_client import ReplayClient
 
 FIXED_NOW = 1_790_000_100.0
 
