@@ -1,0 +1,227 @@
+"""``meshtui upgrade``: a rolling upgrade, one host at a time, never below quorum.
+
+For each selected host, in inventory order:
+
+1. upload the new wheels beside the old ones (harmless to the running agent);
+   if the venv already holds exactly these wheels and the config is current,
+   the host is ``unchanged`` and nothing else happens to it;
+2. read the host's ``meshtui status --json``: if the host is a Raft voter and
+   stopping it would leave fewer alive voters than a majority, stop here;
+3. ``meshtui drain <host>`` so the scheduler moves its queued work away;
+4. if it leads, ``meshtui transfer-leader`` and wait until another node does;
+5. stop the agent, install the wheels and config, start it;
+6. wait until it is an alive member whose ``commit_index`` is within
+   ``max_lag`` entries of the leader's (asked on the leader's host when the
+   leader is in the inventory, else of the index seen before the restart);
+7. ``meshtui undrain <host>``.
+
+The first host that fails stops the upgrade: later hosts are reported
+``skipped`` so an operator can look before anything else goes down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from inventory import agentfiles as files
+from inventory import hoststeps as steps
+from inventory.clusterkey import key_path_for, load_or_create_key
+from inventory.deploy import MEMBER_TIMEOUT
+from inventory.hostvars import Host
+from inventory.loader import Inventory
+from inventory.progress import (
+    CHANGED,
+    FAILED,
+    SKIPPED,
+    UNCHANGED,
+    DeployReport,
+    HostOutcome,
+    Progress,
+)
+from inventory.remote import RemoteHost, StepError, connect, sha256_text
+from inventory.wheels import Wheelhouse, build_wheelhouse
+
+MAX_LAG = 10
+"""Log entries a restarted host may trail the leader by and count as caught up."""
+TRANSFER_TIMEOUT = 30.0
+"""Seconds for leadership to move off a host before it is stopped."""
+
+
+def quorum_problem(status: dict[str, Any], name: str) -> str | None:
+    """None if stopping ``name`` keeps a majority of voters alive; else why not."""
+    consensus = status.get("consensus") or {}
+    voters = [str(v) for v in consensus.get("voters") or []]
+    if name not in voters:
+        return None
+    alive = {
+        m.get("name")
+        for m in status.get("members") or []
+        if isinstance(m, dict) and m.get("state") == "alive"
+    }
+    remaining = sum(1 for v in voters if v != name and v in alive)
+    needed = len(voters) // 2 + 1
+    if remaining < needed:
+        return (
+            f"stopping {name} would leave {remaining} of {len(voters)} voters alive "
+            f"(quorum needs {needed})"
+        )
+    return None
+
+
+async def upgrade(
+    inv: Inventory,
+    limit: str | None,
+    progress: Progress,
+    purge: bool = False,
+    *,
+    member_timeout: float = MEMBER_TIMEOUT,
+    max_lag: int = MAX_LAG,
+) -> DeployReport:
+    """Roll the current wheels and config over the selected hosts, one at a time."""
+    del purge
+    hosts = inv.select(limit)
+    if not hosts:
+        return DeployReport("upgrade", ())
+    all_hosts = list(inv.hosts.values())
+    keys = {h.name: load_or_create_key(key_path_for(inv, h)) for h in hosts}
+    wheelhouse = await build_wheelhouse()
+    outcomes: list[HostOutcome] = []
+    for index, host in enumerate(hosts):
+        progress.step(host.name, f"connecting to {host.address}:{host.ssh_port}")
+        try:
+            async with connect(host) as remote:
+                outcome = await upgrade_host(
+                    remote,
+                    inv,
+                    wheelhouse,
+                    all_hosts,
+                    keys[host.name],
+                    progress,
+                    member_timeout,
+                    max_lag,
+                )
+        except StepError as exc:
+            outcome = HostOutcome(host.name, FAILED, str(exc))
+        progress.finished(outcome.host, outcome.status, outcome.detail)
+        outcomes.append(outcome)
+        if outcome.status == FAILED:
+            for later in hosts[index + 1 :]:
+                skipped = HostOutcome(later.name, SKIPPED, f"upgrade stopped at {host.name}")
+                progress.finished(skipped.host, skipped.status, skipped.detail)
+                outcomes.append(skipped)
+            break
+    return DeployReport("upgrade", tuple(outcomes))
+
+
+async def upgrade_host(
+    remote: RemoteHost,
+    inv: Inventory,
+    wheelhouse: Wheelhouse,
+    all_hosts: list[Host],
+    key: str,
+    progress: Progress,
+    member_timeout: float,
+    max_lag: int,
+) -> HostOutcome:
+    host = remote.host
+    facts = await steps.probe(remote, wheelhouse)
+    await steps.sync_wheels(remote, wheelhouse, progress)
+    wanted = steps.desired_files(host, all_hosts, inv.path, key, facts.systemd)
+    have = await remote.file_hashes(list(wanted), "check config")
+    marker = await remote.run(
+        f"cat {host.venv}/{files.INSTALLED_MARKER} 2>/dev/null", "check venv", check=False
+    )
+    stale_files = [p for p, (data, _) in wanted.items() if have.get(p) != sha256_text(data)]
+    if marker.stdout.strip() == wheelhouse.digest and not stale_files:
+        return HostOutcome(host.name, UNCHANGED)
+
+    status, error = await steps.read_status(remote)
+    if status is None:
+        raise StepError("status", f"the agent does not answer ({error}); deploy it first")
+    problem = quorum_problem(status, host.name)
+    if problem is not None:
+        raise StepError("quorum check", problem)
+    before = int((status.get("consensus") or {}).get("commit_index") or 0)
+
+    progress.step(host.name, "draining")
+    await remote.run(files.meshtui_command(host, "drain", host.name), "drain")
+    if (status.get("consensus") or {}).get("leader") == host.name:
+        await _transfer_leadership(remote, progress)
+
+    progress.step(host.name, "stopping the agent")
+    await steps.stop_service(remote, facts.systemd)
+    await steps.install_venv(remote, wheelhouse, progress)
+    written = await steps.sync_files(remote, wanted, progress)
+    progress.step(host.name, "starting the agent")
+    await steps.start_service(
+        remote, facts.systemd, restart=False, unit_changed=files.unit_path(host) in written
+    )
+    await steps.wait_member(remote, facts.systemd, member_timeout, progress)
+    await _wait_caught_up(remote, inv, before, member_timeout, max_lag, progress)
+    progress.step(host.name, "undraining")
+    await remote.run(files.meshtui_command(host, "undrain", host.name), "undrain")
+    return HostOutcome(host.name, CHANGED, "upgraded")
+
+
+async def _transfer_leadership(remote: RemoteHost, progress: Progress) -> None:
+    host = remote.host
+    progress.step(host.name, "transferring leadership away")
+    await remote.run(files.meshtui_command(host, "transfer-leader"), "transfer leadership")
+    deadline = time.monotonic() + TRANSFER_TIMEOUT
+    while time.monotonic() < deadline:
+        status, _ = await steps.read_status(remote)
+        leader = (status or {}).get("consensus", {}).get("leader")
+        if status is not None and leader and leader != host.name:
+            return
+        await asyncio.sleep(0.5)
+    raise StepError("transfer leadership", f"still leading after {TRANSFER_TIMEOUT:.0f}s")
+
+
+async def _leader_commit_index(inv: Inventory, leader: str) -> int | None:
+    """The leader's own commit index, asked on its host when it is in the inventory."""
+    host = inv.hosts.get(leader)
+    if host is None:
+        return None
+    try:
+        async with connect(host) as remote:
+            status, _ = await steps.read_status(remote)
+    except StepError:
+        return None
+    if status is None:
+        return None
+    return int((status.get("consensus") or {}).get("commit_index") or 0)
+
+
+async def _wait_caught_up(
+    remote: RemoteHost,
+    inv: Inventory,
+    before: int,
+    timeout: float,
+    max_lag: int,
+    progress: Progress,
+) -> None:
+    host = remote.host
+    progress.step(host.name, "waiting for its log to catch up")
+    deadline = time.monotonic() + timeout
+    detail = "no status"
+    while True:
+        status, error = await steps.read_status(remote)
+        if status is not None:
+            consensus = status.get("consensus") or {}
+            mine = int(consensus.get("commit_index") or 0)
+            leader = consensus.get("leader")
+            target = before
+            if leader and leader != host.name:
+                theirs = await _leader_commit_index(inv, str(leader))
+                if theirs is not None:
+                    target = max(target, theirs)
+            if leader and mine >= target - max_lag:
+                return
+            detail = f"commit_index {mine}, leader {leader} at {target}"
+        else:
+            detail = error
+        if time.monotonic() >= deadline:
+            raise StepError("catch up", f"log not caught up after {timeout:.0f}s: {detail}")
+        await asyncio.sleep(1.0)
