@@ -37,7 +37,13 @@ Theory of operation
   ``cancel`` does the same; ``kill_stale`` and ``shutdown`` SIGKILL at once.
 * As root with ``run_as`` set, the task runs as that user (``user=``,
   ``group=``, no supplementary groups) with HOME/USER/LOGNAME set; its default
-  working directory is ``<data_dir>/tasks/<task_id>/work`` owned by it.
+  working directory is ``<data_dir>/tasks/<task_id>/work`` owned by it.  A
+  non-root agent cannot switch users, so ``run_as`` is ignored there and
+  tasks run as the agent's own user; a root agent without ``run_as`` runs
+  tasks as root.
+* Environment: only PATH, LANG, LC_ALL and TZ pass from the agent (its other
+  variables may hold secrets), plus HOME, MESH_TASK_ID, MESH_TASK_EPOCH and
+  then the task's own ``env``.  stdin is /dev/null.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ import re
 import signal
 import subprocess
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +78,9 @@ POLL_INTERVAL_S = 0.5
 PIPE_DRAIN_S = 2.0
 """After the group is killed, how long we wait for pipe EOF (an escaped
 ``setsid`` grandchild may hold a pipe open forever)."""
+
+RECENT_RESULTS = 1024
+"""Finished events remembered for ``wait``/``last_result`` after a run ends."""
 
 READ_CHUNK = 64 * 1024
 READ_LIMIT_MAX = 4 * 1024 * 1024
@@ -168,6 +178,7 @@ class Executor:
             except KeyError:
                 raise ConfigError("run_as", f"no such user {run_as!r}") from None
         self._runs: dict[str, _Run] = {}
+        self._recent: OrderedDict[str, ExecEvent] = OrderedDict()
         self._tasks_dir = self.data_dir / "tasks"
 
     # ---- queries -------------------------------------------------------
@@ -246,11 +257,13 @@ class Executor:
         run.finished = loop.create_future()
         if timeout is not None and timeout > 0:
             run.timers.append(loop.call_later(timeout, self._on_timeout, run))
+        # The supervisor exists before anyone hears of the run, so a failing
+        # listener cannot leave an unsupervised process behind.
+        supervisor = loop.create_task(self._supervise(run), name=f"exec-{task_id}")
+        supervisor.add_done_callback(_log_crash)
         self.on_event(
             ExecEvent("started", task_id, epoch, run.pid, None, 0.0, 0.0, 0, time.time())
         )
-        supervisor = loop.create_task(self._supervise(run), name=f"exec-{task_id}")
-        supervisor.add_done_callback(_log_crash)
 
     async def cancel(self, task_id: str) -> ExecEvent | None:
         """Terminate a run's whole group (SIGTERM, SIGKILL after the grace)."""
@@ -267,11 +280,19 @@ class Executor:
         return await self._stop(run, "stale", graceful=False)
 
     async def wait(self, task_id: str) -> ExecEvent | None:
-        """Wait for the current run of ``task_id`` to finish (None if none)."""
+        """Wait for the current run of ``task_id`` to finish.
+
+        With no run in progress, the last finished event of that task if it is
+        among the ``RECENT_RESULTS`` most recent ones, else None.
+        """
         run = self._runs.get(task_id)
         if run is None or run.finished is None:
-            return None
+            return self.last_result(task_id)
         return await asyncio.shield(run.finished)
+
+    def last_result(self, task_id: str) -> ExecEvent | None:
+        """The most recent finished event of ``task_id`` (bounded memory)."""
+        return self._recent.get(task_id)
 
     async def shutdown(self) -> None:
         """Kill every run (the agent is stopping; nobody would reap them)."""
@@ -454,6 +475,10 @@ class Executor:
             run.captures["out"].dropped,
             run.captures["err"].dropped,
         )
+        self._recent[run.task_id] = event
+        self._recent.move_to_end(run.task_id)
+        while len(self._recent) > RECENT_RESULTS:
+            self._recent.popitem(last=False)
         run.finished.set_result(event)
         self.on_event(event)
 

@@ -85,7 +85,7 @@ def test_one_way(lab3: NetnsLab) -> None:
 def test_netem_adds_measurable_delay_and_loss(lab3: NetnsLab) -> None:
     lab3.ping(0, 1, count=1)  # resolve ARP first
     base = [r for r in lab3.ping(0, 1, count=5) if r is not None]
-    assert len(base) == 5 and statistics.median(base) < 0.005
+    assert len(base) == 5 and statistics.median(base) < 0.01
 
     lab3.netem(1, delay_ms=80)
     lab3.ping(0, 1, count=1, timeout=2)
@@ -103,10 +103,13 @@ def test_netem_adds_measurable_delay_and_loss(lab3: NetnsLab) -> None:
     assert 0 < lost < 20, (lab3.netem_backend, results)
 
     lab3.clear_netem(1)
-    restored = lab3.ping(0, 1, count=5, timeout=1)
-    assert all(r is not None and r < 0.005 for r in restored), restored
+    lab3.ping(0, 1, count=1, timeout=1)  # the bridge relearns the host's port
+    restored = lab3.ping(0, 1, count=10, timeout=1)
+    assert None not in restored, restored
+    assert statistics.median(r for r in restored if r is not None) < 0.01, restored
     # the other hosts were never impaired
-    assert all(r is not None and r < 0.005 for r in lab3.ping(0, 2, count=3))
+    others = lab3.ping(0, 2, count=3)
+    assert None not in others and statistics.median(r for r in others if r) < 0.01
 
 
 def multicast_delivered(lab: NetnsLab, src: int, dsts: list[int]) -> list[bool]:

@@ -271,3 +271,18 @@ async def test_run_as_nobody(tmp_data_dir: Path) -> None:
 def test_run_as_unknown_user(tmp_data_dir: Path) -> None:
     with pytest.raises(ConfigError, match="run_as"):
         Executor(tmp_data_dir, run_as="no-such-user-mt")
+
+
+async def test_many_runs_leak_no_fds_or_processes(tmp_data_dir: Path) -> None:
+    executor = Executor(tmp_data_dir, slots=4)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for batch in range(10):
+        ids = [f"b{batch}-{i}" for i in range(4)]
+        for task_id in ids:
+            await executor.start(task_id, 1, "echo $MESH_TASK_ID")
+        results = [await executor.wait(task_id) for task_id in ids]
+        assert all(r is not None and r.exit_code == 0 for r in results)
+    assert executor.running() == {} and executor.free_slots == 4
+    assert len(os.listdir("/proc/self/fd")) <= fds_before
+    assert not [c for c in psutil.Process().children() if c.status() != psutil.STATUS_ZOMBIE]
+    assert executor.read_output("b9-3", 1, "out", 0)[0] == b"b9-3\n"
