@@ -77,8 +77,10 @@ READ_CHUNK: Final = 64 * 1024
 """Bytes read from a client per ``read`` call."""
 STALE_PROBE_TIMEOUT: Final = 1.0
 """Seconds to wait when probing whether an existing socket has a listener."""
-FAREWELL_TIMEOUT: Final = 1.0
-"""Seconds to spend flushing the final error to a misbehaving client."""
+FLUSH_TIMEOUT: Final = 1.0
+"""Seconds to spend flushing last replies (or the final error) before hanging up."""
+EOF_GRACE: Final = 5.0
+"""Seconds in-flight requests may still run after a client half-closes."""
 MAX_UNIX_PATH: Final = 107
 """``sun_path`` holds 108 bytes including the terminating NUL."""
 SOCKET_MODE: Final = 0o660
@@ -150,7 +152,7 @@ class _Peer:
     # -- reading and dispatch
     async def run(self) -> None:
         writer_task = asyncio.create_task(self._write_loop())
-        farewell = False
+        flush = False  # True when there are replies worth delivering before hanging up
         try:
             while True:
                 data = await self.reader.read(READ_CHUNK)
@@ -160,26 +162,33 @@ class _Peer:
                     await self._dispatch(message)
                 if not data:
                     break
+            # End of stream: the client may only have half-closed (a script
+            # piping one request), so let in-flight requests answer first.
+            flush = True
+            if self.handler_tasks:
+                await asyncio.wait(set(self.handler_tasks), timeout=EOF_GRACE)
         except ProtocolError as exc:
             logger.info("control client sent garbage, closing: %s", exc)
             for task in self.handler_tasks:
                 task.cancel()
             self._reply(ErrorResponse(None, "bad_request", f"protocol error: {exc}"), False)
-            farewell = True
+            flush = True
         except (ConnectionError, OSError):
             pass
         finally:
-            for task in self.handler_tasks:
-                task.cancel()
-            self.closing = True
-            self.wake.set()
-            if farewell:
-                with contextlib.suppress(TimeoutError, ConnectionError, OSError):
-                    await asyncio.wait_for(asyncio.shield(writer_task), FAREWELL_TIMEOUT)
-            writer_task.cancel()
+            try:
+                for task in self.handler_tasks:
+                    task.cancel()
+                self.closing = True
+                self.wake.set()
+                if flush:
+                    with contextlib.suppress(TimeoutError, ConnectionError, OSError):
+                        await asyncio.wait_for(asyncio.shield(writer_task), FLUSH_TIMEOUT)
+            finally:
+                writer_task.cancel()
+                self.writer.close()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
                 await writer_task
-            self.writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await self.writer.wait_closed()
 

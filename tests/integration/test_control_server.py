@@ -564,3 +564,20 @@ async def test_call_sync_against_a_server_that_hangs_up(sock_dir: str) -> None:
     finally:
         rude.close()
         await rude.wait_closed()
+
+
+async def test_half_closed_client_still_gets_its_replies(make_server: Any) -> None:
+    async def slowish(params: dict[str, Any]) -> Any:
+        await asyncio.sleep(0.2)
+        return "late but delivered"
+
+    srv = await make_server({"slowish": slowish})
+    raw = await RawClient.open(srv.path)
+    raw.send(Request(1, "slowish", {}), Request(2, "status", {}))
+    raw.writer.write_eof()  # like `... | socat - UNIX-CONNECT:agent.sock`
+    replies = await raw.receive(3)  # asks for one more than exists: stops at EOF
+    assert sorted(replies, key=lambda r: r.id) == [
+        Response(1, "late but delivered"),
+        Response(2, {"node": "n1", "read_only": False}),
+    ]
+    await raw.close()
