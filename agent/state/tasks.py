@@ -11,8 +11,8 @@ at once.
 
 States: queued → assigned → running → succeeded | failed, plus cancelled and
 lost from any non-terminal state.  A failed run (non-zero exit or timeout) or
-a dead host uses one attempt; with attempts left the task is queued again,
-otherwise it ends failed (exit) or lost (host).  Terminal tasks are kept up to
+losing its host while running counts one failure; while failures ≤ retries the
+task is queued again, otherwise it ends failed (exit) or lost (host).  Terminal tasks are kept up to
 ``MAX_TERMINAL_TASKS`` (oldest evicted first), so the state stays bounded.
 """
 
@@ -81,6 +81,9 @@ class TaskRecord:
     last_move_at: float | None = None
     reason: str = ""
     """Why the task was lost or last requeued."""
+    failures: int = 0
+    """Failed runs and lost hosts so far; the task gives up when it exceeds ``retries``.
+    (``attempts`` counts every run started, including restarts after a load move.)"""
 
     @property
     def cmd(self) -> str:
@@ -212,7 +215,7 @@ class TaskTable:
         history[2] += stats.duration
         if ok:
             self._end(task, "succeeded", at)
-        elif task.attempts < task.retries + 1:
+        elif self._fail_once(task):
             task.reason = "timed out" if stats.timed_out else f"exit code {cmd.exit_code}"
             task.state, task.node = "queued", None
             return {"task": task.id, "state": task.state}, [self._event("requeued", task)]
@@ -252,7 +255,7 @@ class TaskTable:
         victims = [t for t in self.tasks.values()
                    if t.node == cmd.node and t.state in ("assigned", "running")]  # fmt: skip
         for task in victims:
-            if task.state == "running" and task.attempts >= task.retries + 1:
+            if task.state == "running" and not self._fail_once(task):
                 task.reason = f"host {self.name_of(cmd.node)} failed; no attempts left"
                 self._end(task, "lost", at)
                 events.append(self._event("lost", task))
@@ -275,6 +278,12 @@ class TaskTable:
         if task.terminal:
             raise TaskError(f"task {task.id} already {task.state}")
         return task
+
+    @staticmethod
+    def _fail_once(task: TaskRecord) -> bool:
+        """Count a failure; True if the task has a retry left."""
+        task.failures += 1
+        return task.failures <= task.retries
 
     def _fence(self, task: TaskRecord, node: str, epoch: int) -> None:
         if epoch != task.epoch or node != task.node:
