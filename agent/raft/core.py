@@ -263,7 +263,7 @@ class RaftNode:
         }
 
     def ready(self) -> Ready | None:
-        if self._unadvanced is not None:
+        if self._unadvanced is not None or not self._has_ready():
             return None
         if self._append_pending:
             self._append_pending = False
@@ -302,6 +302,21 @@ class RaftNode:
         self._msgs, self._read_states, self._events = [], [], []
         self._unadvanced = rd
         return rd
+
+    def _has_ready(self) -> bool:
+        log, prev = self.log, self._prev_hs
+        return bool(
+            self._msgs
+            or self._read_states
+            or self._events
+            or self._append_pending
+            or log.pending_snapshot is not None
+            or log.stable < log.last_index()
+            or log.applied < log.committed
+            or self.term != prev.term
+            or self.vote != prev.vote
+            or log.committed != prev.commit
+        )
 
     def advance(self, rd: Ready) -> None:
         assert rd is self._unadvanced, "advance() takes the Ready returned by ready()"
@@ -631,8 +646,8 @@ class RaftNode:
             self._send(TimeoutNow(self.id, m.frm, self.term))
 
     def _send_append(self, to: str, send_if_empty: bool = True) -> bool:
-        pr = self.prs[to]
-        if pr.is_paused():
+        pr = self.prs.get(to)  # a committed membership change may just have removed it
+        if pr is None or pr.is_paused():
             return False
         prev = pr.next - 1
         prev_term = self.log.term(prev)
