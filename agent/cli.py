@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--slots", type=int, help="task slots (default: CPU count)")
     run.add_argument("--run-as", dest="run_as", help="user tasks run as when root")
     run.add_argument("--max-voters", dest="max_voters", type=int, help="Raft voters (default 5)")
+    run.add_argument(
+        "--load-source", dest="load_source", choices=["system", "tasks"],
+        help="CPU figure used for placement (default: system; local profile: tasks)",
+    )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     sub.add_parser("keygen", help="print a new base64 cluster key")
@@ -59,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _FLAG_FIELDS = (
     "name", "data_dir", "bind", "advertise", "port", "mdns", "key_file", "insecure_no_key",
-    "socket", "cluster", "slots", "run_as", "max_voters", "profile",
+    "socket", "cluster", "slots", "run_as", "max_voters", "profile", "load_source",
 )
 
 

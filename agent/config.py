@@ -71,6 +71,11 @@ class AgentConfig:
     """``lan`` (memberlist LAN timings) or ``local`` (loopback demo and tests)."""
     max_voters: int = 5
     """Raft voters; every other member is a non-voting learner."""
+    load_source: str = "system"
+    """What ``cpu`` means for placement: ``system`` (psutil CPU of the whole host) or
+    ``tasks`` (CPU used by this agent's own task processes, via psutil). Use ``tasks``
+    when agents share one kernel (several agents on one machine, network namespaces):
+    there the system figure is the same for all of them. The local profile uses ``tasks``."""
     swim: SwimConfig = field(default_factory=SwimConfig.lan)
     raft: RaftConfig = field(default_factory=RaftConfig.lan)
     sched: SchedConfig = field(default_factory=SchedConfig)
@@ -91,6 +96,8 @@ class AgentConfig:
             raise ConfigError("profile", f"must be 'lan' or 'local', got {self.profile!r}")
         if not 1 <= self.max_voters <= 9 or self.max_voters % 2 == 0:
             raise ConfigError("max_voters", f"must be odd and 1-9, got {self.max_voters}")
+        if self.load_source not in ("system", "tasks"):
+            raise ConfigError("load_source", f"must be 'system' or 'tasks', got {self.load_source!r}")
         if not self.key_file and not self.insecure_no_key:
             raise ConfigError(
                 "key_file",
@@ -138,6 +145,7 @@ def default_local() -> AgentConfig:
         default_lan(),
         profile="local",
         bind="127.0.0.1",
+        load_source="tasks",
         mdns=False,
         swim=SwimConfig.local(),
         raft=RaftConfig.local(),

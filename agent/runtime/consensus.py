@@ -1,0 +1,429 @@
+"""The Raft driver: ticks, the Ready loop, proposals, linearizable reads, forwarding.
+
+The loop is etcd's: persist (append + one fsync for everything gathered since
+the last one: group commit) → send → apply → advance.  While an fsync runs in
+a worker thread the event loop keeps stepping messages and proposals into
+the core, so the next Ready carries all of them and one fsync covers them.
+
+Writes: on the leader, ``propose`` appends and waits until the entry is
+applied; on a follower the encoded command is forwarded to the leader
+(``ForwardPropose``) and the leader answers with the apply result.  With no
+quorum contact a write fails at once with ``NoQuorumError`` (exit code 3 in
+the CLI), never hangs; a write whose commit is not seen within
+``commit_timeout`` fails the same way.
+
+Reads: ``read_barrier`` runs ReadIndex (the core forwards it to the leader
+from followers) and waits until the local state machine has applied that
+index: a linearizable read from any node.
+
+Bootstrap: a node with an empty log stays a non-voting nobody until either a
+leader adds it (as a learner) or, after ``bootstrap_grace`` seconds with no
+member advertising a Raft role, it is the smallest alive node id and founds a
+one-voter cluster; the leader's autopilot then adds everyone else as learners
+and promotes caught-up learners up to ``max_voters``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent import wire
+from agent.errors import LocalError, NoQuorumError, NotLeaderError
+from agent.raft.confchange import plan_voter_changes
+from agent.raft.core import RaftNode, bootstrap_state
+from agent.raft.messages import EntryKind, Ready, Role
+from agent.raft.storage import Storage
+from agent.runtime.messages import ForwardPropose, ForwardResult
+from agent.state.machine import ApplyResult, StateMachine
+
+log = logging.getLogger(__name__)
+
+COMMIT_TIMEOUT = 5.0
+"""Seconds a write waits for its entry to be applied before failing with no quorum."""
+
+READ_TIMEOUT = 3.0
+"""Seconds a linearizable read waits for the leader's confirmation."""
+
+AUTOPILOT_INTERVAL = 0.5
+"""Seconds between voter-set checks on the leader."""
+
+CAUGHT_UP_LAG = 20
+"""A learner within this many entries of the leader's last index may be promoted."""
+
+
+@dataclass
+class _Pending:
+    term: int
+    future: asyncio.Future[ApplyResult]
+
+
+class ConsensusDriver:
+    """Drives one RaftNode over the runtime's transport; owns storage and the state machine."""
+
+    def __init__(
+        self,
+        *,
+        config: Any,
+        node_id: str,
+        data_dir: str,
+        send: Callable[[str, object], None],
+        publish: Callable[[str, dict[str, Any]], None],
+        on_applied: Callable[[int, ApplyResult], None],
+        on_role_change: Callable[[str], None],
+    ) -> None:
+        self.config = config
+        self.raft_config = config.raft
+        self.node_id = node_id
+        self.storage = Storage.open(os.path.join(data_dir, "raft"))
+        self.state = StateMachine()
+        self._send = send
+        self._publish = publish
+        self._on_applied = on_applied
+        self._on_role_change = on_role_change
+        self._rng = random.Random()
+        restored = self.storage.load()
+        if restored.snapshot is not None:
+            self.state.restore(restored.snapshot.data)
+        self.node = RaftNode(self.raft_config, node_id, restored, self._rng)
+        self._pending: dict[int, _Pending] = {}
+        self._reads: dict[bytes, asyncio.Future[int]] = {}
+        self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._forwarded: dict[int, asyncio.Future[ForwardResult]] = {}
+        self._req_ids = itertools.count(1)
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._role = ""
+        self.elections = 0
+        self.commit_latencies: list[float] = []
+        self.started_at = 0.0
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def bootstrapped(self) -> bool:
+        return bool(self.node.conf.voters) or self.node.commit_index > 0
+
+    def bootstrap_single(self) -> None:
+        """Found a new cluster with this node as its only voter (see module doc)."""
+        assert not self.bootstrapped
+        restored = bootstrap_state([self.node_id])
+        self.storage.append(list(restored.entries), restored.hard_state)
+        self.storage.sync()
+        self.node = RaftNode(self.raft_config, self.node_id, restored, self._rng)
+        log.info("bootstrapped a new cluster with %s as its first voter", self.node_id)
+        self.wake()
+
+    def start(self) -> None:
+        self.started_at = asyncio.get_running_loop().time()
+        self._tasks = [
+            asyncio.create_task(self._tick_loop(), name="raft-tick"),
+            asyncio.create_task(self._ready_loop(), name="raft-ready"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(NoQuorumError("agent is shutting down"))
+        self.storage.close()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    # ------------------------------------------------------------ loops
+
+    async def _tick_loop(self) -> None:
+        interval = self.raft_config.tick_interval
+        while True:
+            await asyncio.sleep(interval)
+            self.node.tick()
+            self.wake()
+
+    async def _ready_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while (rd := self.node.ready()) is not None:
+                try:
+                    await self._handle_ready(rd)
+                except Exception:
+                    # A storage failure must stop the node: continuing could ack
+                    # writes that are not durable.
+                    log.exception("fatal error in the Raft ready loop; stopping")
+                    os._exit(70)
+
+    async def _handle_ready(self, rd: Ready) -> None:
+        if rd.snapshot is not None:
+            self.storage.save_snapshot(rd.snapshot)
+            if rd.snapshot.index > self.state.applied_index:
+                self.state.restore(rd.snapshot.data)
+        if rd.entries or rd.hard_state is not None:
+            self.storage.append(list(rd.entries), rd.hard_state)
+        if rd.must_sync:
+            # fsync in a thread: meanwhile new proposals and messages queue up
+            # in the core and the next Ready persists them with one fsync.
+            await asyncio.to_thread(self.storage.sync)
+        for msg in rd.messages:
+            self._send(msg.to, msg)
+        for entry in rd.committed_entries:
+            self._apply(entry.index, entry.term, entry.kind, entry.data)
+        for rs in rd.read_states:
+            fut = self._reads.pop(rs.ctx, None)
+            if fut is not None and not fut.done():
+                fut.set_result(rs.index)
+        for event in rd.events:
+            self._publish_event(event)
+        self.node.advance(rd)
+        self._release_apply_waiters()
+        self._check_role()
+        if self.node.should_snapshot():
+            snap = self.node.compact(self.state.applied_index, self.state.snapshot())
+            self.storage.save_snapshot(snap)
+            self.storage.compact(snap.index)
+
+    def _apply(self, index: int, term: int, kind: EntryKind, data: bytes) -> None:
+        if index <= self.state.applied_index:
+            return
+        if kind == EntryKind.NORMAL:
+            result = self.state.apply(index, data)
+        else:
+            self.state.applied_index = index
+            summary = "no-op (new leader)" if kind == EntryKind.EMPTY else "membership change"
+            event = {"topic": "consensus", "data": {"kind": "entry", "summary": summary}}
+            result = ApplyResult(True, None, None, [event])
+        pending = self._pending.pop(index, None)
+        if pending is not None and not pending.future.done():
+            if pending.term == term:
+                pending.future.set_result(result)
+            else:
+                pending.future.set_exception(
+                    NoQuorumError("leadership changed before the write committed; retry")
+                )
+        self._on_applied(index, result)
+        for event in result.events:
+            topic = str(event.get("topic", "consensus"))
+            data_out = dict(event.get("data") or {})
+            if topic == "consensus":
+                data_out.setdefault("kind", "entry")
+                data_out.update(index=index, term=term)
+            self._publish(topic, data_out)
+
+    def _publish_event(self, event: Any) -> None:
+        if event.kind == "election":
+            self.elections += 1
+        self._publish(
+            "consensus",
+            {
+                "kind": event.kind,
+                "term": event.term,
+                "role": event.role,
+                "leader": event.leader,
+                "summary": event.summary,
+            },
+        )
+
+    def _check_role(self) -> None:
+        role = self.role_name()
+        if role != self._role:
+            self._role = role
+            self._on_role_change(role)
+
+    def role_name(self) -> str:
+        node = self.node
+        if node.role == Role.LEADER:
+            return "leader"
+        if node.conf.is_voter(self.node_id):
+            return "voter"
+        if node.conf.is_member(self.node_id):
+            return "learner"
+        return "none"
+
+    # ------------------------------------------------------------ peers
+
+    def step(self, msg: Any) -> None:
+        self.node.step(msg)
+        self.wake()
+
+    # ------------------------------------------------------------ writes
+
+    def has_quorum(self) -> bool:
+        return self.node.has_quorum_contact()
+
+    async def propose(self, command: bytes, forward: Callable[[str, object], None]) -> ApplyResult:
+        """Commit ``command`` and return its apply result (from any node)."""
+        if not self.node.has_quorum_contact():
+            raise NoQuorumError()
+        if not self.node.is_leader():
+            leader = self.node.leader_id
+            if not leader:
+                raise NoQuorumError("no leader known")
+            return await self._forward(leader, command, forward)
+        return await self.propose_local(command)
+
+    async def propose_local(self, command: bytes) -> ApplyResult:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            index, term = self.node.propose(command)
+        except NotLeaderError:
+            raise
+        except LocalError as exc:
+            raise NoQuorumError(str(exc)) from None
+        fut: asyncio.Future[ApplyResult] = loop.create_future()
+        self._pending[index] = _Pending(term, fut)
+        self.wake()
+        try:
+            result = await asyncio.wait_for(asyncio.shield(fut), COMMIT_TIMEOUT)
+        except TimeoutError:
+            self._pending.pop(index, None)
+            raise NoQuorumError(f"write not committed within {COMMIT_TIMEOUT:.0f}s") from None
+        self.commit_latencies.append(loop.time() - started)
+        if len(self.commit_latencies) > 10_000:
+            del self.commit_latencies[:5_000]
+        return result
+
+    async def _forward(
+        self, leader: str, command: bytes, forward: Callable[[str, object], None]
+    ) -> ApplyResult:
+        req_id = next(self._req_ids)
+        fut: asyncio.Future[ForwardResult] = asyncio.get_running_loop().create_future()
+        self._forwarded[req_id] = fut
+        forward(leader, ForwardPropose(req_id, command))
+        try:
+            res = await asyncio.wait_for(fut, COMMIT_TIMEOUT + 1.0)
+        except TimeoutError:
+            raise NoQuorumError("the leader did not answer in time") from None
+        finally:
+            self._forwarded.pop(req_id, None)
+        if res.error_code == "no_quorum":
+            raise NoQuorumError(res.message)
+        if res.error_code:
+            raise LocalError(f"leader refused the write: {res.message}")
+        ok, value, error = wire_unpack_result(res.value)
+        return ApplyResult(ok, value, error)
+
+    async def serve_forward(self, msg: ForwardPropose) -> ForwardResult:
+        """Leader side of ForwardPropose."""
+        try:
+            if not self.node.is_leader():
+                raise NoQuorumError("forwarded to a node that is no longer the leader")
+            if not self.node.has_quorum_contact():
+                raise NoQuorumError()
+            result = await self.propose_local(msg.command)
+        except NoQuorumError as exc:
+            return ForwardResult(msg.request_id, "no_quorum", str(exc), b"")
+        except NotLeaderError as exc:
+            return ForwardResult(msg.request_id, "no_quorum", str(exc), b"")
+        return ForwardResult(
+            msg.request_id, "", "", wire_pack_result(result.ok, result.value, result.error)
+        )
+
+    def forward_result(self, msg: ForwardResult) -> None:
+        fut = self._forwarded.get(msg.request_id)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    # ------------------------------------------------------------ reads
+
+    async def read_barrier(self) -> None:
+        """Return once this node's state reflects every write committed before the call."""
+        if not self.node.has_quorum_contact():
+            raise NoQuorumError()
+        ctx = os.urandom(8)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._reads[ctx] = fut
+        self.node.read_index(ctx)
+        self.wake()
+        try:
+            index = await asyncio.wait_for(fut, READ_TIMEOUT)
+        except TimeoutError:
+            raise NoQuorumError("read not confirmed by a quorum in time") from None
+        finally:
+            self._reads.pop(ctx, None)
+        await self.wait_applied(index)
+
+    async def wait_applied(self, index: int) -> None:
+        if self.state.applied_index >= index:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._apply_waiters.append((index, fut))
+        await asyncio.wait_for(fut, READ_TIMEOUT)
+
+    def _release_apply_waiters(self) -> None:
+        applied = self.state.applied_index
+        keep = []
+        for index, fut in self._apply_waiters:
+            if fut.done():
+                continue
+            if applied >= index:
+                fut.set_result(None)
+            else:
+                keep.append((index, fut))
+        self._apply_waiters = keep
+
+    # ------------------------------------------------------------ autopilot
+
+    def autopilot(self, alive: set[str], dead: set[str]) -> None:
+        """Leader only: one membership change per call towards a healthy voter set."""
+        node = self.node
+        if not node.is_leader() or node.pending_conf_index > node.commit_index:
+            return
+        last = node.log.last_index()
+        caught_up = {
+            peer for peer, pr in node.prs.items() if last - pr.match <= CAUGHT_UP_LAG
+        }
+        change = plan_voter_changes(
+            node.conf, alive | {self.node_id}, dead, self.config.max_voters, caught_up
+        )
+        if change is None:
+            return
+        try:
+            node.propose_conf_change(change)
+        except LocalError as exc:
+            log.debug("autopilot change %s refused: %s", change, exc)
+            return
+        self.wake()
+
+    def status(self) -> dict[str, Any]:
+        node = self.node
+        return {
+            "engine": "raft",
+            "role": self.role_name() if node.role != Role.CANDIDATE else "candidate",
+            "term": node.term,
+            "leader_id": node.leader_id or None,
+            "commit_index": node.commit_index,
+            "applied_index": self.state.applied_index,
+            "voters": list(node.conf.voters),
+            "learners": list(node.conf.learners),
+            "quorum": node.has_quorum_contact(),
+        }
+
+
+def wire_pack_result(ok: bool, value: Any, error: str | None) -> bytes:
+    import msgpack
+
+    return bytes(msgpack.packb([ok, value, error], use_bin_type=True))
+
+
+def wire_unpack_result(data: bytes) -> tuple[bool, Any, str | None]:
+    import msgpack
+
+    try:
+        ok, value, error = msgpack.unpackb(
+            data, raw=False, max_bin_len=wire.MAX_BIN_LEN, max_str_len=wire.MAX_STR_LEN
+        )
+    except (ValueError, TypeError, msgpack.ExtraData) as exc:
+        raise LocalError(f"malformed forwarded result: {exc}") from None
+    return bool(ok), value, error

@@ -1,0 +1,202 @@
+"""The SWIM driver: timers, packets in and out, psutil load, discovery re-joins.
+
+The core says when it next has work (``next_deadline``); this loop sleeps
+until then or until a packet arrives, ticks, and flushes ``ready()`` to the
+transport (UDP for probes and gossip, sealed TCP for push-pull and the
+fallback probe).  Membership events go to control subscribers and to the
+agent (for Raft's autopilot and task failover).
+
+Every second the host's load is sampled with psutil and handed to the core
+(it rides on gossip), and Lifeguard's local health hears about CPU saturation
+and event-loop lag, so a busy host slows its own probing instead of accusing
+healthy peers.
+
+Re-joining never stops: candidates from seeds and mDNS that are not alive
+members are joined again with capped exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agent.discovery import CandidateSet, backoff_delay
+from agent.load import LoadSample, LoadSampler, LoopLagMonitor
+from agent.swim.config import SwimConfig
+from agent.swim.core import MemberEvent, SwimNode, SwimReady
+from agent.swim.members import MemberView
+from agent.swim.messages import NodeLoad, NodeMeta
+
+log = logging.getLogger(__name__)
+
+LOAD_INTERVAL = 1.0
+"""Seconds between psutil load samples."""
+
+REJOIN_BASE, REJOIN_CAP = 1.0, 15.0
+"""Backoff for re-joining candidates that are not members: 1 s doubling to 15 s."""
+
+MIN_SLEEP = 0.002
+"""Shortest timer sleep, so a deadline in the past cannot spin the loop."""
+
+
+class MembershipDriver:
+    def __init__(
+        self,
+        *,
+        config: SwimConfig,
+        node_id: str,
+        meta: NodeMeta,
+        send: Callable[[str, object, bool], None],
+        on_events: Callable[[list[MemberEvent]], None],
+        task_load: Callable[[], tuple[float, int, int]],
+        use_task_cpu: bool,
+    ) -> None:
+        self.swim = SwimNode(config, node_id, meta, random.Random(), time.monotonic())
+        self.candidates = CandidateSet()
+        self.sampler = LoadSampler()
+        self.lag = LoopLagMonitor()
+        self.latest_load: LoadSample | None = None
+        self.cpu_now = 0.0
+        self._send = send
+        self._on_events = on_events
+        self._task_load = task_load
+        self._use_task_cpu = use_task_cpu
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._rejoin_attempt = 0
+        self._rejoin_wake = asyncio.Event()
+        self._partitioned_at: float | None = None
+        self.last_recovery_s: float | None = None
+        """Seconds from our last ``partitioned`` event to the following ``healed``."""
+
+    def start(self, seeds: list[str]) -> None:
+        for seed in seeds:
+            self.candidates.add(seed, "seed")
+        self.lag.start()
+        self._tasks = [
+            asyncio.create_task(self._timer_loop(), name="swim-timers"),
+            asyncio.create_task(self._load_loop(), name="swim-load"),
+            asyncio.create_task(self._rejoin_loop(), name="swim-rejoin"),
+        ]
+
+    async def close(self, leave_timeout: float = 2.0) -> None:
+        """Leave gracefully (gossip our departure), then stop."""
+        self.swim.leave(time.monotonic())
+        self.flush()
+        deadline = time.monotonic() + leave_timeout
+        while not self.swim.leave_complete and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            self.swim.tick(time.monotonic())
+            self.flush()
+        self.lag.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # ------------------------------------------------------------ I/O
+
+    def on_message(self, from_addr: str, msg: object) -> None:
+        self.swim.step(time.monotonic(), from_addr, msg)
+        self.flush()
+
+    def flush(self) -> None:
+        rd: SwimReady | None = self.swim.ready()
+        if rd is None:
+            return
+        for out in rd.outbound:
+            self._send(out.to, out.msg, out.reliable)
+        self.swim.advance(rd)
+        if rd.events:
+            for event in rd.events:
+                if event.kind == "partitioned":
+                    self._partitioned_at = time.monotonic()
+                elif event.kind == "healed" and self._partitioned_at is not None:
+                    self.last_recovery_s = round(time.monotonic() - self._partitioned_at, 3)
+                    self._partitioned_at = None
+            self._on_events(rd.events)
+        self._wake.set()
+
+    def add_candidate(self, addr: str) -> None:
+        if self.candidates.add(addr, "mdns"):
+            self._rejoin_attempt = 0
+            self._rejoin_wake.set()
+
+    def unreachable(self, addr: str) -> None:
+        self.swim.unreachable(time.monotonic(), addr)
+
+    # ------------------------------------------------------------ loops
+
+    async def _timer_loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            self.swim.tick(now)
+            self.flush()
+            self._wake.clear()
+            delay = max(MIN_SLEEP, self.swim.next_deadline() - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _load_loop(self) -> None:
+        while True:
+            await asyncio.sleep(LOAD_INTERVAL)
+            now = time.monotonic()
+            sample = self.sampler.sample(now)
+            self.latest_load = sample
+            task_cpu, queued, running = self._task_load()
+            # On hosts that share one kernel (the loopback demo, namespace test
+            # hosts) system CPU is the same for every agent; the CPU used by
+            # this agent's own task processes is what tells them apart.
+            cpu = task_cpu if self._use_task_cpu else sample.cpu_ewma
+            self.cpu_now = cpu
+            self.swim.update_load(
+                now,
+                NodeLoad(
+                    cpu=round(cpu, 4),
+                    load1=round(sample.load1, 3),
+                    mem_free=sample.mem_free,
+                    mem_percent=round(100.0 - sample.mem_free_pct, 2),
+                    queued=queued,
+                    running=running,
+                ),
+            )
+            self.swim.note_local_health(sample.cpu, self.lag.p99())
+            self.flush()
+
+    async def _rejoin_loop(self) -> None:
+        while True:
+            alive_addrs = {
+                m.addr for m in self.swim.members() if m.state in ("alive", "suspect")
+            }
+            pending = self.candidates.pending(alive_addrs)
+            if pending:
+                self.swim.join(time.monotonic(), pending)
+                self.flush()
+                self._rejoin_attempt += 1
+            else:
+                self._rejoin_attempt = 0
+            delay = backoff_delay(self._rejoin_attempt, REJOIN_BASE, REJOIN_CAP)
+            self._rejoin_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rejoin_wake.wait(), delay)
+
+    # ------------------------------------------------------------ views
+
+    def members(self) -> list[MemberView]:
+        return self.swim.members()
+
+    def update_meta(self, **changes: Any) -> None:
+        import dataclasses
+
+        me = self.swim.member(self.swim.node_id)
+        assert me is not None
+        meta = dataclasses.replace(me.meta, **changes)
+        if meta != me.meta:
+            self.swim.update_meta(meta)
+            self.flush()

@@ -1,0 +1,597 @@
+"""Tasks at run time: the leader's placement loop, this host's executor, output.
+
+Leader (every ``sched_interval``): build a ``ClusterSnapshot`` from SWIM
+(liveness, capabilities, slots, load) and the replicated state (tasks, drain
+flags, per-host history); ask every live host for a bid (one round for all
+queued tasks; bids that miss ``bid_timeout`` fall back to gossiped figures);
+then propose, as committed entries: assignments, failover of hosts dead for
+longer than ``task_lease``, drain moves, work steals and hot→cold moves.
+
+Every host: after each applied batch, reconcile the executor with the state:
+start what is assigned to us at the current epoch (and nothing else), kill
+any local run whose task now has a newer epoch, another host, or was
+cancelled (fencing).  Executor events become ``task.start``/``task.finish``
+proposals; a report that cannot be committed (no quorum) is retried until it
+is, so results from a minority are committed after the partition heals.
+
+Fencing against hung agents: see ``agent.watchdog``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.errors import MeshError, SchedulingError, TaskError
+from agent.executor import ExecEvent, Executor
+from agent.runtime.messages import OutputChunk, OutputRequest
+from agent.sched import (
+    Bid,
+    BidRequest,
+    ClusterSnapshot,
+    HeatState,
+    Move,
+    NodeView,
+    place_many,
+    plan_drain,
+    plan_failover,
+    plan_rebalance,
+    plan_steals,
+    preference_list,
+    update_heat,
+)
+from agent.state import builders
+from agent.state.commands import TaskStats
+from agent.state.machine import ApplyResult
+from agent.swim.members import MemberView
+
+if TYPE_CHECKING:
+    from agent.runtime.agent import Agent
+
+log = logging.getLogger(__name__)
+
+SCHED_INTERVAL = {"lan": 0.5, "local": 0.2}
+"""Seconds between leader placement rounds."""
+BID_TIMEOUT = {"lan": 0.1, "local": 0.05}
+"""Seconds the leader waits for bids before using gossiped load."""
+TASK_LEASE = {"lan": 10.0, "local": 3.0}
+"""Seconds a host's tasks survive without quorum contact; the leader waits at least
+this long after a host is confirmed dead before running its tasks elsewhere."""
+MAX_PROPOSALS_PER_ROUND = 256
+"""Bound on decisions proposed per leader round."""
+OUTPUT_TIMEOUT = 3.0
+"""Seconds to wait for another host to return task output."""
+REPLICA_CHUNK = 512 * 1024
+"""Bytes per pushed output replica chunk."""
+
+
+class TaskRuntime:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        profile = agent.config.profile
+        self.sched_interval = SCHED_INTERVAL.get(profile, 0.5)
+        self.bid_timeout = BID_TIMEOUT.get(profile, 0.1)
+        self.lease = TASK_LEASE.get(profile, 10.0)
+        data_dir = Path(agent.config.data_dir)
+        run_as = agent.config.run_as if os.geteuid() == 0 else None
+        self.executor = Executor(
+            data_dir, agent.config.effective_slots(), run_as or None, self._on_exec_event
+        )
+        self.replica_dir = data_dir / "replicas"
+        self.heat = HeatState()
+        self._dead_since: dict[str, float] = {}
+        self._reports: list[bytes] = []
+        self._reconcile_needed = asyncio.Event()
+        self._report_wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._bids: dict[int, dict[str, Bid]] = {}
+        self._bid_ids = itertools.count(1)
+        self._out_ids = itertools.count(1)
+        self._out_waiters: dict[int, asyncio.Future[OutputChunk]] = {}
+        self._cpu_prev: dict[int, float] = {}
+        self._cpu_at = time.monotonic()
+        self._task_cpu = 0.0
+        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._registered: dict[str, int] = {}
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._watchdog = subprocess.Popen(
+            [sys.executable, "-m", "agent.watchdog"], stdin=subprocess.PIPE, close_fds=True
+        )
+        self._watchdog_send(f"lease {self.lease}")
+        self._tasks = [
+            asyncio.create_task(self._leader_loop(), name="sched"),
+            asyncio.create_task(self._reconcile_loop(), name="reconcile"),
+            asyncio.create_task(self._report_loop(), name="reports"),
+            asyncio.create_task(self._lease_loop(), name="lease"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.executor.shutdown()
+        if self._watchdog is not None and self._watchdog.stdin is not None:
+            self._watchdog.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._watchdog.wait(timeout=2)
+
+    def _watchdog_send(self, line: str) -> None:
+        if self._watchdog is None or self._watchdog.stdin is None:
+            return
+        try:
+            self._watchdog.stdin.write(line.encode() + b"\n")
+            self._watchdog.stdin.flush()
+        except (BrokenPipeError, OSError):
+            log.error("task watchdog is gone; tasks are no longer lease-fenced")
+            self._watchdog = None
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.lease / 4))
+            if self.agent.consensus.has_quorum():
+                self._watchdog_send("beat")
+
+    # ------------------------------------------------------------ load
+
+    def load_figures(self) -> tuple[float, int, int]:
+        """(CPU used by our task processes as a fraction of all cores, queued, running)."""
+        import psutil
+
+        now = time.monotonic()
+        total = 0.0
+        seen: dict[int, float] = {}
+        for pid in self._registered.values():
+            try:
+                proc = psutil.Process(pid)
+                procs = [proc, *proc.children(recursive=True)]
+            except psutil.Error:
+                continue
+            for p in procs:
+                try:
+                    t = p.cpu_times()
+                except psutil.Error:
+                    continue
+                cpu = t.user + t.system
+                seen[p.pid] = cpu
+                total += max(0.0, cpu - self._cpu_prev.get(p.pid, cpu))
+        dt = max(1e-3, now - self._cpu_at)
+        self._cpu_prev, self._cpu_at = seen, now
+        cores = os.cpu_count() or 1
+        # Each task is charged against the host's slots, not its cores, so a
+        # host full of busy tasks reads as 1.0 whatever the core count.
+        denom = max(1, min(cores, self.executor.slots))
+        self._task_cpu = min(1.0, total / dt / denom)
+        state = self.agent.consensus.state
+        mine = state.node_load().get(self.agent.node_id, {})
+        return self._task_cpu, int(mine.get("queued", 0)), len(self.executor.running())
+
+    def decision_latencies(self) -> list[float]:
+        return self.agent.consensus.state.decision_latencies()
+
+    def hotspots(self) -> list[str]:
+        now = time.time()
+        return [
+            self.agent.consensus.state.name_of(n)
+            for n in sorted(self.heat.hot)
+            if self.heat.hot_for(n, now) > 0
+        ]
+
+    # ------------------------------------------------------------ apply side
+
+    def on_applied(self, index: int, result: ApplyResult) -> None:
+        if any(e.get("topic") in ("tasks", "migrations") for e in result.events):
+            self._reconcile_needed.set()
+
+    def on_member_down(self, node_id: str) -> None:
+        self._dead_since.setdefault(node_id, time.time())
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await self._reconcile_needed.wait()
+            self._reconcile_needed.clear()
+            try:
+                await self._reconcile()
+            except Exception:
+                log.exception("task reconcile failed")
+
+    async def _reconcile(self) -> None:
+        state = self.agent.consensus.state
+        me = self.agent.node_id
+        running = self.executor.running()
+        for task_id, epoch in list(running.items()):
+            rec = state.task_record(task_id)
+            if rec is None or rec.node != me or rec.epoch != epoch or rec.terminal:
+                reason = "cancelled" if rec is not None and rec.state == "cancelled" else "stale"
+                log.info("killing %s epoch %d (%s)", task_id, epoch, reason)
+                if reason == "cancelled":
+                    await self.executor.cancel(task_id)
+                else:
+                    await self.executor.kill_stale(task_id, epoch + 1)
+        for rec in state.tasks_for_node(me):
+            if rec.state != "assigned" or rec.id in self.executor.running():
+                continue
+            if self.executor.free_slots <= 0:
+                break
+            cmd: list[str] | str = rec.argv if rec.argv else (rec.shell or "")
+            try:
+                await self.executor.start(rec.id, rec.epoch, cmd, rec.env, rec.cwd, rec.timeout)
+            except TaskError as exc:
+                log.warning("cannot start %s: %s", rec.id, exc)
+
+    def _on_exec_event(self, event: ExecEvent) -> None:
+        now = time.time()
+        me = self.agent.node_id
+        if event.kind == "started":
+            self._registered[event.task_id] = event.pid
+            self._watchdog_send(f"add {event.pid}")
+            cmd = builders.cmd_task_start(event.task_id, me, event.epoch, "", now)
+        else:
+            pid = self._registered.pop(event.task_id, None)
+            if pid is not None:
+                self._watchdog_send(f"del {pid}")
+            if event.reason == "stale":
+                self._reconcile_needed.set()
+                return
+            replicas = self._replicate_output(event.task_id, event.epoch)
+            stats = TaskStats(
+                event.duration, event.cpu_time, event.peak_rss, event.reason == "timeout"
+            )
+            code = event.exit_code if event.exit_code is not None else -1
+            cmd = builders.cmd_task_finish(
+                event.task_id, me, event.epoch, code, stats, "", now, replicas
+            )
+            self._reconcile_needed.set()
+        self._reports.append(cmd)
+        self._report_wake.set()
+
+    async def _report_loop(self) -> None:
+        """Commit executor reports in order; keep retrying through a lost quorum."""
+        while True:
+            await self._report_wake.wait()
+            self._report_wake.clear()
+            while self._reports:
+                cmd = self._reports[0]
+                try:
+                    await self.agent.consensus.propose(cmd, self.agent.send_to_node)
+                except MeshError as exc:
+                    log.debug("task report not committed yet (%s); retrying", exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                self._reports.pop(0)
+
+    # ------------------------------------------------------------ leader side
+
+    async def _leader_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.sched_interval)
+            consensus = self.agent.consensus
+            if not consensus.node.is_leader() or not consensus.has_quorum():
+                continue
+            try:
+                await self._schedule_round()
+            except Exception:
+                log.exception("scheduling round failed")
+
+    def snapshot(self) -> ClusterSnapshot:
+        state = self.agent.consensus.state
+        loads = state.node_load()
+        nodes = []
+        for m in self.agent.membership.members():
+            if m.state == "left":
+                continue
+            success, mean = state.node_perf(m.id)
+            counts = loads.get(m.id, {})
+            load = m.load
+            mem_free = 1.0 - (load.mem_percent / 100.0) if load is not None else 1.0
+            nodes.append(
+                NodeView(
+                    id=m.id, name=m.meta.name, alive=m.state == "alive",
+                    draining=state.is_draining(m.id), caps=frozenset(m.meta.caps),
+                    slots=max(1, m.meta.slots), running=int(counts.get("running", 0)),
+                    queued=int(counts.get("queued", 0)),
+                    cpu=load.cpu if load is not None else 0.0, mem_free=mem_free,
+                    success_rate=success, mean_duration=mean,
+                )
+            )
+        return ClusterSnapshot(tuple(nodes), state.sched_tasks(), time.time())
+
+    async def _schedule_round(self) -> None:
+        state = self.agent.consensus.state
+        snap = self.snapshot()
+        cfg = state.sched_config(self.agent.config.sched)
+        commands: list[bytes] = []
+        now = snap.now
+        # Failover: only after the lease, so the dead host's watchdog has
+        # killed its copies before new ones start.
+        for node in snap.nodes:
+            if node.alive:
+                self._dead_since.pop(node.id, None)
+                continue
+            since = self._dead_since.setdefault(node.id, now)
+            if now - since < self.lease or not snap.tasks_on(node.id):
+                continue
+            moves = plan_failover(snap, node.id, cfg)
+            targets = {mv.task: mv.to for mv in moves if mv.to is not None}
+            commands.append(builders.cmd_task_fail_node(node.id, targets, "", now))
+        queued = [t for t in snap.tasks if t.state == "queued"]
+        if queued:
+            bids = await self._collect_bids(snap)
+            per_task = {t.id: bids for t in queued} if bids else None
+            for placement in place_many(queued, snap, cfg, per_task):
+                task = next(t for t in queued if t.id == placement.task)
+                if placement.node is None:
+                    continue
+                commands.append(
+                    builders.cmd_task_assign(task.id, placement.node, task.epoch + 1,
+                                             "placed", "", now)
+                )
+        moves: list[Move] = []
+        for node in snap.nodes:
+            if node.draining and node.alive:
+                moves.extend(plan_drain(snap, node.id, cfg))
+        moves.extend(plan_steals(snap, cfg))
+        self.heat = update_heat(self.heat, snap, cfg)
+        moves.extend(plan_rebalance(snap, self.heat, cfg))
+        seen: set[str] = set()
+        for mv in moves:
+            if mv.task in seen or mv.to is None:
+                continue
+            seen.add(mv.task)
+            commands.append(
+                builders.cmd_task_migrate(mv.task, mv.to, str(mv.reason), "", now, mv.epoch)
+            )
+        await self._propose_all(commands[:MAX_PROPOSALS_PER_ROUND])
+
+    async def _propose_all(self, commands: list[bytes]) -> None:
+        if not commands:
+            return
+        consensus = self.agent.consensus
+        results = await asyncio.gather(
+            *(consensus.propose_local(c) for c in commands), return_exceptions=True
+        )
+        for res in results:
+            if isinstance(res, BaseException) and not isinstance(res, MeshError):
+                log.error("placement proposal failed: %r", res)
+
+    async def _collect_bids(self, snap: ClusterSnapshot) -> dict[str, Bid]:
+        request_id = next(self._bid_ids)
+        self._bids[request_id] = {}
+        me = self.agent.node_id
+        for node in snap.nodes:
+            if node.alive and node.id != me:
+                self.agent.send_to_node(node.id, BidRequest(request_id, "", (), 0))
+        self._bids[request_id][me] = self._my_bid(request_id, "", 0)
+        await asyncio.sleep(self.bid_timeout)
+        return self._bids.pop(request_id, {})
+
+    def _my_bid(self, request_id: int, task: str, epoch: int) -> Bid:
+        state = self.agent.consensus.state
+        success, mean = state.node_perf(self.agent.node_id)
+        load = self.agent.membership.latest_load
+        mem_free = (load.mem_free_pct / 100.0) if load is not None else 1.0
+        counts = state.node_load().get(self.agent.node_id, {})
+        return Bid(
+            request_id, task, self.agent.node_id, epoch, self.agent.membership.cpu_now,
+            mem_free, self.executor.slots, len(self.executor.running()),
+            int(counts.get("queued", 0)), success, mean,
+        )
+
+    def on_sched_message(self, from_addr: str, msg: object) -> None:
+        if isinstance(msg, BidRequest):
+            bid = self._my_bid(msg.request_id, msg.task, msg.epoch)
+            self.agent.transport.send_stream(from_addr, _encode(bid))
+        elif isinstance(msg, Bid):
+            bucket = self._bids.get(msg.request_id)
+            if bucket is not None:
+                bucket[msg.node] = msg
+
+    # ------------------------------------------------------------ output
+
+    def _replicate_output(self, task_id: str, epoch: int) -> list[str]:
+        """Push the run's output to the hash ring's preference list (primary + 2)."""
+        snap = self.snapshot()
+        try:
+            replicas = preference_list(task_id, snap, None, 3)
+        except (SchedulingError, ValueError):
+            return []
+        for node in replicas:
+            if node == self.agent.node_id:
+                continue
+            for stream in ("out", "err"):
+                offset = 0
+                while True:
+                    try:
+                        data, new_offset, eof = self.executor.read_output(
+                            task_id, epoch, stream, offset, REPLICA_CHUNK
+                        )
+                    except TaskError:
+                        break
+                    self.agent.send_to_node(
+                        node, OutputChunk(0, task_id, epoch, stream, offset, data, eof, True)
+                    )
+                    offset = new_offset
+                    if eof or not data:
+                        break
+        return list(replicas)
+
+    def on_output_message(self, from_addr: str, msg: object) -> None:
+        if isinstance(msg, OutputRequest):
+            chunk = self._read_local(msg.task_id, msg.epoch, msg.stream, msg.offset, msg.limit)
+            reply = OutputChunk(msg.request_id, msg.task_id, msg.epoch, msg.stream,
+                                chunk[1], chunk[0], chunk[2], chunk[3])
+            self.agent.transport.send_stream(from_addr, _encode(reply))
+        elif isinstance(msg, OutputChunk):
+            if msg.request_id == 0:
+                self._store_replica(msg)
+                return
+            fut = self._out_waiters.get(msg.request_id)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+
+    def _replica_path(self, task_id: str, epoch: int, stream: str) -> Path:
+        if "/" in task_id or task_id.startswith(".") or stream not in ("out", "err"):
+            raise TaskError(f"bad task id {task_id!r}")
+        return self.replica_dir / task_id / f"{epoch}.{stream}"
+
+    def _store_replica(self, msg: OutputChunk) -> None:
+        try:
+            path = self._replica_path(msg.task_id, msg.epoch, msg.stream)
+        except TaskError:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        mode = "r+b" if path.exists() else "wb"
+        with open(path, mode) as fh:
+            fh.seek(msg.offset)
+            fh.write(msg.data)
+
+    def _read_local(
+        self, task_id: str, epoch: int, stream: str, offset: int, limit: int
+    ) -> tuple[bytes, int, bool, bool]:
+        """(data, new offset, eof, found) from our executor or our replica copy."""
+        limit = max(1, min(limit, REPLICA_CHUNK))
+        try:
+            data, new_offset, eof = self.executor.read_output(
+                task_id, epoch, stream, offset, limit  # type: ignore[arg-type]
+            )
+            return data, new_offset, eof, True
+        except TaskError:
+            pass
+        try:
+            path = self._replica_path(task_id, epoch, stream)
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read(limit)
+        except (OSError, TaskError):
+            return b"", offset, True, False
+        return data, offset + len(data), offset + len(data) >= path.stat().st_size, True
+
+    async def read_output(
+        self, task_id: str, stream: str, offset: int
+    ) -> dict[str, Any]:
+        rec = self.agent.consensus.state.task_record(task_id)
+        if rec is None:
+            raise TaskError(f"no task {task_id}")
+        if rec.epoch == 0 or rec.node is None and not rec.replicas:
+            return {"data": b"", "offset": offset, "eof": True}
+        data, new_offset, eof, found = self._read_local(task_id, rec.epoch, stream, offset, 65536)
+        if found:
+            return {"data": data, "offset": new_offset, "eof": eof and not self._live(rec)}
+        for node in [n for n in [rec.node, *rec.replicas] if n and n != self.agent.node_id]:
+            request_id = next(self._out_ids)
+            fut: asyncio.Future[OutputChunk] = asyncio.get_running_loop().create_future()
+            self._out_waiters[request_id] = fut
+            self.agent.send_to_node(
+                node, OutputRequest(request_id, task_id, rec.epoch, stream, offset, 65536)
+            )
+            try:
+                chunk = await asyncio.wait_for(fut, OUTPUT_TIMEOUT)
+            except TimeoutError:
+                continue
+            finally:
+                self._out_waiters.pop(request_id, None)
+            if chunk.found:
+                return {"data": chunk.data, "offset": chunk.offset + len(chunk.data),
+                        "eof": chunk.eof and not self._live(rec)}
+        if self._live(rec):
+            return {"data": b"", "offset": offset, "eof": True}
+        raise TaskError(f"output of {task_id} is not available on any reachable host")
+
+    @staticmethod
+    def _live(rec: Any) -> bool:
+        return rec.state in ("assigned", "running")
+
+    # ------------------------------------------------------------ membership
+
+    async def register_members(self, members: list[MemberView]) -> None:
+        """Leader: record names of nodes the state machine does not know yet (one per call)."""
+        consensus = self.agent.consensus
+        if not consensus.node.is_leader():
+            return
+        state = consensus.state
+        for m in members:
+            if m.state == "alive" and state.nodes.get(m.id, {}).get("name") != m.meta.name:
+                with contextlib.suppress(MeshError):
+                    await consensus.propose_local(
+                        builders.cmd_node_register(m.id, m.meta.name, "", time.time())
+                    )
+                return
+
+    # ------------------------------------------------------------ control API
+
+    def handlers(
+        self,
+        commit: Callable[[bytes], Awaitable[ApplyResult]],
+        read: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
+        state = self.agent.consensus.state
+
+        async def submit(params: dict[str, Any]) -> Any:
+            argv = params.get("argv") or None
+            shell = params.get("shell") or None
+            if (argv is None) == (shell is None):
+                raise ValueError("give exactly one of argv or shell")
+            timeout = float(params.get("timeout") or 0.0) or None
+            spec = builders.task_spec(
+                argv=list(argv) if argv else None, shell=shell,
+                env=dict(params.get("env") or {}), cwd=params.get("cwd") or None,
+                caps=list(params.get("caps") or []), key=params.get("key") or None,
+                strategy=params.get("strategy") or None, priority=int(params.get("priority", 0)),
+                retries=int(params.get("retries", 1)), timeout=timeout,
+                restartable=bool(params.get("restartable", False)),
+                submitter=self.agent.config.name,
+            )
+            rid = str(params.get("rid") or os.urandom(16).hex())
+            return (await commit(builders.cmd_task_submit(spec, rid, time.time()))).value
+
+        async def task_list(params: dict[str, Any]) -> Any:
+            await read(params)
+            return state.task_rows()
+
+        async def task_get(params: dict[str, Any]) -> Any:
+            await read(params)
+            task = state.task(str(params.get("id", "")))
+            if task is None:
+                raise TaskError(f"no task {params.get('id')!r}")
+            return task
+
+        async def cancel(params: dict[str, Any]) -> Any:
+            rid = str(params.get("rid") or os.urandom(16).hex())
+            cmd = builders.cmd_task_cancel(str(params.get("id", "")), rid, time.time())
+            return (await commit(cmd)).value
+
+        async def logs(params: dict[str, Any]) -> Any:
+            stream = {"stdout": "out", "stderr": "err"}.get(str(params.get("stream", "stdout")))
+            if stream is None:
+                raise ValueError("stream must be stdout or stderr")
+            offset = int(params.get("offset", 0))
+            if offset < 0:
+                raise ValueError("offset must be >= 0")
+            return await self.read_output(str(params.get("id", "")), stream, offset)
+
+        return {
+            "task.submit": submit,
+            "task.list": task_list,
+            "task.get": task_get,
+            "task.cancel": cancel,
+            "task.logs": logs,
+        }
+
+
+def _encode(msg: object) -> bytes:
+    from agent import wire
+
+    return wire.encode(msg)

@@ -1,0 +1,156 @@
+"""Read-only views of a running agent for the control API: status, members, report.
+
+Units: ``cpu`` and ``mem`` are fractions 0..1 (``mem`` is memory in use),
+``rtt_ms`` milliseconds, times in seconds.  ``leader`` is a member name or null.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from typing import TYPE_CHECKING, Any
+
+from agent.swim.members import MemberView
+
+if TYPE_CHECKING:
+    from agent.runtime.agent import Agent
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
+    return ordered[rank]
+
+
+def member_row(agent: Agent, m: MemberView) -> dict[str, Any]:
+    load = m.load
+    counts = agent.consensus.state.node_load().get(m.id, {}) if hasattr(agent, "consensus") else {}
+    return {
+        "name": m.meta.name,
+        "id": m.id,
+        "addr": m.addr,
+        "state": m.state,
+        "incarnation": m.incarnation,
+        "cpu": load.cpu if load is not None else None,
+        "mem": round(load.mem_percent / 100.0, 4) if load is not None else None,
+        "load1": load.load1 if load is not None else None,
+        "caps": list(m.meta.caps),
+        "slots": m.meta.slots,
+        "tasks": int(counts.get("running", 0)) + int(counts.get("queued", 0)),
+        "queued": load.queued if load is not None else 0,
+        "role": m.meta.role,
+        "rtt_ms": round(m.rtt_ms, 3) if m.rtt_ms is not None else None,
+        "version": m.meta.version,
+        "draining": agent.consensus.state.is_draining(m.id) if hasattr(agent, "consensus") else False,
+    }
+
+
+def name_of(agent: Agent, node_id: str | None) -> str | None:
+    if not node_id:
+        return None
+    member = agent.membership.swim.member(node_id)
+    if member is not None:
+        return member.meta.name
+    return agent.consensus.state.name_of(node_id)
+
+
+def status(agent: Agent) -> dict[str, Any]:
+    cons = agent.consensus.status()
+    swim = agent.membership.swim
+    counts = agent.consensus.state.status_counts()
+    read_only = not cons["quorum"]
+    return {
+        "node": agent.config.name,
+        "id": agent.node_id,
+        "addr": agent.addr,
+        "members": [member_row(agent, m) for m in agent.membership.members()],
+        "consensus": {
+            "engine": cons["engine"],
+            "role": cons["role"],
+            "term": cons["term"] if agent.consensus.bootstrapped else None,
+            "leader": name_of(agent, cons["leader_id"]),
+            "commit_index": cons["commit_index"] if agent.consensus.bootstrapped else None,
+            "applied_index": cons["applied_index"],
+            "voters": [name_of(agent, v) or v for v in cons["voters"]],
+            "learners": [name_of(agent, v) or v for v in cons["learners"]],
+        },
+        "tasks": {
+            "queued": counts.get("queued", 0),
+            "running": counts.get("running", 0),
+            "done": counts.get("done", 0),
+            "failed": counts.get("failed", 0),
+        },
+        "partitioned": swim.partitioned,
+        "read_only": read_only,
+        "health_score": swim.health_score,
+        "cluster_avg_cpu": swim.cluster_avg_cpu,
+        "uptime": round(time.monotonic() - agent.started, 1),
+    }
+
+
+def metrics_sample(agent: Agent) -> dict[str, Any]:
+    load = agent.membership.latest_load
+    members = agent.membership.members()
+    return {
+        "cpu": agent.membership.cpu_now,
+        "host_cpu": load.cpu if load is not None else None,
+        "mem": load.mem_used if load is not None else None,
+        "load1": load.load1 if load is not None else None,
+        "members_alive": sum(1 for m in members if m.state == "alive"),
+        "loop_lag_p99_ms": round(agent.membership.lag.p99() * 1000.0, 2),
+        "at": time.time(),
+    }
+
+
+def report(agent: Agent) -> dict[str, Any]:
+    """DESIGN.md's Metrics, from this agent's point of view."""
+    members = agent.membership.members()
+    known = [m for m in members if m.state != "left"]
+    reachable = [m for m in known if m.state == "alive"]
+    rtts = [m.rtt_ms for m in members if m.rtt_ms is not None]
+    cpus = [m.load.cpu for m in reachable if m.load is not None]
+    stats = agent.transport.stats
+    uptime = max(1e-9, time.monotonic() - agent.started)
+    latencies = agent.tasks.decision_latencies()
+    n_voters = len(agent.consensus.node.conf.voters)
+    voters_f = (n_voters - 1) // 2
+    migrations = agent.consensus.state.migration_times()
+    now = time.time()
+    recent_migrations = [t for t in migrations if now - t <= 60.0]
+    used = sum(m.load.running for m in reachable if m.load is not None)
+    slots = sum(m.meta.slots for m in reachable) or 1
+    commit = agent.consensus.commit_latencies
+    return {
+        "connectivity_pct": round(100.0 * len(reachable) / max(1, len(known)), 1),
+        "latency_ms": {
+            "per_peer": {m.meta.name: round(m.rtt_ms, 3) for m in members if m.rtt_ms is not None},
+            "p50": _percentile(rtts, 0.5),
+            "p99": _percentile(rtts, 0.99),
+        },
+        "throughput_msgs_per_s": round(
+            (stats.datagrams_in + stats.stream_msgs_in) / uptime, 1
+        ),
+        "partition_recovery_s": agent.membership.last_recovery_s,
+        "decision_latency_ms": {
+            "p50": _ms(_percentile(latencies, 0.5)),
+            "p99": _ms(_percentile(latencies, 0.99)),
+        },
+        "commit_latency_ms": {"p50": _ms(_percentile(commit, 0.5)), "p99": _ms(_percentile(commit, 0.99))},
+        "vote_participation": agent.consensus.state.vote_participation(),
+        "byzantine_tolerance_f": 0,
+        "crash_tolerance_f": voters_f,
+        "leader_elections": agent.consensus.elections,
+        "load_variance_stddev": round(statistics.pstdev(cpus), 4) if len(cpus) > 1 else 0.0,
+        "migrations_per_minute": len(recent_migrations),
+        "hotspots": agent.tasks.hotspots(),
+        "utilisation": round(used / slots, 4),
+        "transport": stats.as_dict(),
+        "decode_errors": agent.decode_errors,
+    }
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000.0, 3)
