@@ -37,7 +37,9 @@ Theory of operation
   ``cancel`` does the same; ``kill_stale`` and ``shutdown`` SIGKILL at once.
 * As root with ``run_as`` set, the task runs as that user (``user=``,
   ``group=``, no supplementary groups) with HOME/USER/LOGNAME set; its default
-  working directory is ``<data_dir>/tasks/<task_id>/work`` owned by it.  A
+  working directory is ``<data_dir>/tasks/<task_id>/work`` owned by it (the
+  child enters it before dropping privileges, so the private data dir above
+  it need not be traversable by that user).  A
   non-root agent cannot switch users, so ``run_as`` is ignored there and
   tasks run as the agent's own user; a root agent without ``run_as`` runs
   tasks as root.

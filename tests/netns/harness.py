@@ -49,6 +49,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
+
 SUBNET = "198.18.0"
 FIRST_HOST_OCTET = 10
 OWNER_DIR = Path("/run/mt-netns")
@@ -78,18 +80,33 @@ def list_namespaces() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
+def _owner_record() -> str:
+    """``pid start-time``: a recycled pid is not mistaken for a live owner."""
+    return f"{os.getpid()} {psutil.Process().create_time()!r}\n"
+
+
 def _owner_alive(suffix: str) -> bool:
     try:
-        pid = int((OWNER_DIR / suffix).read_text().strip())
+        pid_text, started = (OWNER_DIR / suffix).read_text().split()
+        pid = int(pid_text)
     except (OSError, ValueError):
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return repr(psutil.Process(pid).create_time()) == started
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    return True
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until it holds; bounded by ``timeout`` and by a count."""
+    deadline = time.monotonic() + timeout
+    for _ in range(max(1, int(timeout / interval) + 1)):
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    return predicate()
 
 
 def _kill_namespace_processes(ns: str) -> None:
@@ -270,7 +287,7 @@ class NetnsLab:
                 fd = os.open(owner, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 continue
-            os.write(fd, f"{os.getpid()}\n".encode())
+            os.write(fd, _owner_record().encode())
             os.close(fd)
             self.suffix = suffix
             break
