@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import socket
@@ -60,7 +61,7 @@ class CandidateSet:
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
     """Capped exponential backoff: base·2^attempt, at most ``cap`` seconds."""
-    return min(cap, base * (2 ** min(attempt, 30)))
+    return float(min(cap, base * (2 ** min(attempt, 30))))
 
 
 class Discovery:
@@ -135,7 +136,7 @@ class Discovery:
                     SEED_RESOLVE_TIMEOUT,
                 )
                 for info in infos:
-                    ip = info[4][0]
+                    ip = str(info[4][0])
                     addr = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
                     self._propose(addr, "seed")
                 attempt = 0
@@ -181,11 +182,14 @@ class Discovery:
                     return
                 task = asyncio.create_task(self._resolve(service_type, name))
                 self._resolving[name] = task
-                task.add_done_callback(lambda _t, n=name: self._resolving.pop(n, None))
+                task.add_done_callback(functools.partial(self._resolved, name))
 
         self._browser = AsyncServiceBrowser(
             self._zc.zeroconf, [SERVICE_TYPE], handlers=[on_change]
         )
+
+    def _resolved(self, name: str, _task: asyncio.Task[None]) -> None:
+        self._resolving.pop(name, None)
 
     async def _resolve(self, service_type: str, name: str) -> None:
         from zeroconf.asyncio import AsyncServiceInfo

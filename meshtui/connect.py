@@ -29,7 +29,8 @@ def client_factory_for(target: ResolvedTarget) -> ClientFactory:
         from meshtui.client import ControlClient
         from meshtui.ssh import open_ssh_streams, ssh_target_from
 
-        reader, writer, conn = await open_ssh_streams(ssh_target_from(target))
+        ssh_target = ssh_target_from(target)  # type: ignore[arg-type]
+        reader, writer, conn = await open_ssh_streams(ssh_target)
         client = await ControlClient.from_streams(reader, writer)
         return _SshClient(client, conn)
 

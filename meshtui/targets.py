@@ -151,7 +151,7 @@ class Session:
 
         async def connect() -> None:
             reader, writer, conn = await open_ssh_streams(
-                ssh_target_from(self.target)
+                ssh_target_from(self.target)  # type: ignore[arg-type]
             )
             self._conn = conn
             self._client = await ControlClient.from_streams(reader, writer)

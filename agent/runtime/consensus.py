@@ -214,7 +214,8 @@ class ConsensusDriver:
         self._on_applied(index, result)
         for event in result.events:
             topic = str(event.get("topic", "consensus"))
-            data_out = dict(event.get("data") or {})
+            raw = event.get("data")
+            data_out: dict[str, Any] = dict(raw) if isinstance(raw, dict) else {}
             if topic == "consensus":
                 data_out.setdefault("kind", "entry")
                 data_out.update(index=index, term=term)

@@ -224,5 +224,4 @@ def _resolve_node(agent: Agent, id_or_name: str) -> str:
 
 def _keys_view(agent: Agent) -> dict[str, Any]:
     ring = agent.transport.keyring
-    primary = ring.primary_id()
-    return {"keys": [{"id": k.id, "primary": k.id == primary} for k in ring.list()]}
+    return {"keys": [{"id": k.key_id, "primary": k.primary} for k in ring.list()]}

@@ -324,8 +324,8 @@ class TaskRuntime:
             since = self._dead_since.setdefault(node.id, now)
             if now - since < self.lease or not snap.tasks_on(node.id):
                 continue
-            moves = plan_failover(snap, node.id, cfg)
-            targets = {mv.task: mv.to for mv in moves if mv.to is not None}
+            failover = plan_failover(snap, node.id, cfg)
+            targets = {mv.task: mv.to for mv in failover if mv.to is not None}
             commands.append(builders.cmd_task_fail_node(node.id, targets, "", now))
         queued = [t for t in snap.tasks if t.state == "queued"]
         if queued:
@@ -339,7 +339,7 @@ class TaskRuntime:
                     builders.cmd_task_assign(task.id, placement.node, task.epoch + 1,
                                              "placed", "", now)
                 )
-        moves: list[Move] = []
+        moves = []
         for node in snap.nodes:
             if node.draining and node.alive:
                 moves.extend(plan_drain(snap, node.id, cfg))

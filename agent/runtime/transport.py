@@ -12,12 +12,18 @@ Streams (Raft, state sync, task output) go over one pooled outbound TCP
 connection per destination address.  ``send_stream`` only appends to a
 bounded per-peer queue (oldest dropped and counted when full, by count and by
 bytes); a writer task per peer connects, sends a sealed ``wire.Hello`` naming
-this node and its listen address, then seals each queued payload *as it is
+this node and its listen address, then seals queued payloads *as they are
 written*, so sequence numbers reach each peer in order and a key rotation
 applies to queued messages too.  Every frame is ``4-byte length | sealed
-packet``.  The writer also reads its connection only to notice the peer
-closing it (the peer never answers on it: replies come back on the peer's own
-outbound connection to our listen address, which is what the Hello is for).
+packet``, and a sealed packet carries a batch: whatever is queued, up to
+``BATCH_BYTES``/``MAX_BATCH_MESSAGES``, as ``(4-byte length | payload)*``.
+Batching pays the AEAD call, the replay check and the syscall once per batch
+instead of once per message, so a pipelining sender (Raft AppendEntries) is
+not held back by per-message sealing; a lone message is a batch of one.
+
+The writer also reads its connection, only to notice the peer closing it
+(the peer never answers on it: replies come back on the peer's own outbound
+connection to our listen address, which is what the Hello is for).
 
 Reconnection backs off exponentially with "equal jitter": before attempt n
 it waits uniformly in [d/2, d] with d = min(5 s, 50 ms * 2**n).  The attempt
@@ -44,6 +50,7 @@ import contextlib
 import logging
 import random
 import socket
+import struct
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -76,8 +83,12 @@ MAX_INBOUND_CONNECTIONS = 1024
 """Inbound TCP connections served at once; more are closed on accept."""
 MAX_CONSECUTIVE_FAILURES = 8
 """Frames in a row that fail to open before an inbound connection is closed."""
-MAX_STREAM_PAYLOAD = wire.MAX_FRAME_SIZE - DATAGRAM_OVERHEAD
-"""Largest payload ``send_stream`` accepts (a frame body is the sealed payload)."""
+MAX_STREAM_PAYLOAD = wire.MAX_FRAME_SIZE - DATAGRAM_OVERHEAD - 4
+"""Largest payload ``send_stream`` accepts (a batch of one must fit in a frame)."""
+BATCH_BYTES = 256 * 1024
+"""Bytes of queued messages sealed together in one frame (a larger message goes alone)."""
+MAX_BATCH_MESSAGES = 4096
+"""Most messages in one sealed frame; the receiver refuses batches with more."""
 READ_CHUNK = 256 * 1024
 UDP_RECEIVE_BUFFER = 1024 * 1024
 
@@ -105,6 +116,32 @@ def format_addr(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+_LEN = struct.Struct(">I")
+
+
+def join_batch(payloads: list[bytes]) -> bytes:
+    """``(4-byte length | payload)*`` for one sealed frame."""
+    pack = _LEN.pack
+    return b"".join([part for p in payloads for part in (pack(len(p)), p)])
+
+
+def split_batch(data: bytes) -> list[bytes]:
+    """Inverse of :func:`join_batch`; ``ProtocolError`` on any inconsistency."""
+    out: list[bytes] = []
+    pos, end = 0, len(data)
+    unpack_from = _LEN.unpack_from
+    while pos < end:
+        if end - pos < 4 or len(out) >= MAX_BATCH_MESSAGES:
+            raise ProtocolError("malformed stream batch")
+        (length,) = unpack_from(data, pos)
+        pos += 4
+        if length > end - pos:
+            raise ProtocolError("stream batch item overruns its frame")
+        out.append(data[pos : pos + length])
+        pos += length
+    return out
+
+
 @dataclass(slots=True)
 class TransportStats:
     """Counters for ``meshtui report`` (mutable; bytes are on-the-wire bytes)."""
@@ -115,6 +152,8 @@ class TransportStats:
     datagram_bytes_out: int = 0
     stream_msgs_in: int = 0
     stream_msgs_out: int = 0
+    stream_frames_in: int = 0
+    stream_frames_out: int = 0
     stream_bytes_in: int = 0
     stream_bytes_out: int = 0
     connects: int = 0
@@ -369,17 +408,24 @@ class Transport:
         seal = self.envelope.seal
         try:
             hello = wire.encode(wire.Hello(self.node_id, self.listen_addr))
-            writer.write(wire.frame(seal(Channel.STREAM, hello)))
+            writer.write(wire.frame(seal(Channel.STREAM, join_batch([hello]))))
             while not peer.broken:
                 queue = peer.queue
                 while queue and not peer.broken:
-                    payload = queue.popleft()
-                    peer.queued_bytes -= len(payload)
-                    data = wire.frame(seal(Channel.STREAM, payload))
+                    batch = [queue.popleft()]
+                    size = len(batch[0])
+                    while (queue and size + len(queue[0]) <= BATCH_BYTES
+                           and len(batch) < MAX_BATCH_MESSAGES):
+                        payload = queue.popleft()
+                        batch.append(payload)
+                        size += len(payload)
+                    peer.queued_bytes -= size
+                    data = wire.frame(seal(Channel.STREAM, join_batch(batch)))
                     writer.write(data)
-                    stats.stream_msgs_out += 1
+                    stats.stream_msgs_out += len(batch)
+                    stats.stream_frames_out += 1
                     stats.stream_bytes_out += len(data)
-                    if writer.transport.get_write_buffer_size() > READ_CHUNK:
+                    if writer.transport.get_write_buffer_size() > BATCH_BYTES:
                         await writer.drain()
                 await writer.drain()
                 if not queue and not peer.broken:
@@ -464,15 +510,22 @@ class Transport:
                         return
                     continue
                 failures = 0
+                try:
+                    messages = split_batch(payload)
+                except ProtocolError:
+                    stats.seal.dropped_malformed += 1
+                    return  # an authenticated peer sending nonsense: hang up
+                stats.stream_frames_in += 1
+                stats.stream_bytes_in += len(packet) + wire.FRAME_HEADER_SIZE
                 if from_addr is None:
-                    from_addr = self._accept_hello(payload)
+                    from_addr = self._accept_hello(messages[0]) if len(messages) == 1 else None
                     if from_addr is None:
                         stats.dropped_no_hello += 1
                         return
                     continue
-                stats.stream_msgs_in += 1
-                stats.stream_bytes_in += len(packet) + wire.FRAME_HEADER_SIZE
-                self._deliver(self._on_stream, from_addr, payload)
+                stats.stream_msgs_in += len(messages)
+                for message in messages:
+                    self._deliver(self._on_stream, from_addr, message)
 
     @staticmethod
     def _accept_hello(payload: bytes) -> str | None:
