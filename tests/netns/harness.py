@@ -234,16 +234,22 @@ def icmp_ping(
 class NetnsLab:
     """N hosts on one bridge, each in its own network namespace (see module doc)."""
 
-    def __init__(self, hosts: int, *, clean_stale: bool = True) -> None:
+    def __init__(
+        self, hosts: int, *, clean_stale: bool = True, netem_backend: str | None = None
+    ) -> None:
+        """``netem_backend``: None detects ("tc" if the kernel has sch_netem, else
+        "relay"); pass "relay" to force the userspace wire."""
         if not 1 <= hosts <= 200:
             raise ValueError("hosts must be 1..200")
+        if netem_backend not in (None, "tc", "relay"):
+            raise ValueError("netem_backend must be None, 'tc' or 'relay'")
         self.size = hosts
         self.clean_stale = clean_stale
         self.suffix = ""
         self.lab_ns = ""
         self.bridge = ""
         self.workdir = Path()
-        self.netem_backend: str | None = None
+        self.netem_backend: str | None = netem_backend
         self._procs: list[subprocess.Popen[Any]] = []
         self._relays: dict[int, subprocess.Popen[Any]] = {}
         self._namespaces: list[str] = []
@@ -477,7 +483,8 @@ class NetnsLab:
             if probe.returncode == 0:
                 self.run(0, ["tc", "qdisc", "del", "dev", "lo", "root"])
                 self.netem_backend = "tc"
-            elif "unknown" in probe.stderr.lower():
+            elif any(m in probe.stderr.lower() for m in ("unknown", "not found", "no such file")):
+                # No sch_netem in this kernel (message differs across iproute2 versions).
                 self.netem_backend = "relay"
             else:
                 raise LabError(f"tc netem probe failed: {probe.stderr.strip()}")

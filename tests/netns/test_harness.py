@@ -82,7 +82,13 @@ def test_one_way(lab3: NetnsLab) -> None:
     assert udp_delivered(lab3, 0, 1)
 
 
-def test_netem_adds_measurable_delay_and_loss(lab3: NetnsLab) -> None:
+@pytest.mark.parametrize("backend", [None, "relay"], ids=["auto", "relay"])
+def test_netem_adds_measurable_delay_and_loss(backend: str | None) -> None:
+    with NetnsLab(3, netem_backend=backend) as lab:
+        check_netem(lab)
+
+
+def check_netem(lab3: NetnsLab) -> None:
     lab3.ping(0, 1, count=1)  # resolve ARP first
     base = [r for r in lab3.ping(0, 1, count=5) if r is not None]
     assert len(base) == 5 and statistics.median(base) < 0.01
