@@ -75,6 +75,8 @@ MAX_SUBSCRIPTIONS: Final = 32
 """Subscriptions one client may hold."""
 READ_CHUNK: Final = 64 * 1024
 """Bytes read from a client per ``read`` call."""
+DIRECT_WRITE_LIMIT: Final = 64 * 1024
+"""Replies are written straight away while the transport buffers less than this."""
 STALE_PROBE_TIMEOUT: Final = 1.0
 """Seconds to wait when probing whether an existing socket has a listener."""
 FLUSH_TIMEOUT: Final = 1.0
@@ -267,6 +269,20 @@ class _Peer:
             frame = self.conn.send(
                 ErrorResponse(message.id, "internal", f"result not encodable: {exc}")
             )
+        # Fast path: with nothing queued and room in the transport buffer, write
+        # now and skip a hop through the writer task.  A client that does not
+        # read fills the buffer, and replies then queue and hold their slots.
+        transport = self.writer.transport
+        if (
+            not self.replies
+            and not self.broken
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT
+        ):
+            self.writer.write(frame)
+            if holds_slot:
+                self.slots.release()
+            return
         self.replies.append((frame, holds_slot))
         self.wake.set()
 
