@@ -1,0 +1,168 @@
+"""A real ``mesh-agent run`` process: status over its socket, garbage, SIGTERM, CLI weight."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshtui.client import call_sync
+from meshtui.demo import LocalMesh
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def one_agent(tmp_path: Path) -> Iterator[LocalMesh]:
+    mesh = LocalMesh(1, base_dir=tmp_path)
+    mesh.start()
+    try:
+        assert mesh.wait_ready(20), (mesh.nodes[0].log_file.read_text()[-3000:])
+        yield mesh
+    finally:
+        mesh.stop()
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    return last
+
+
+def meshtui(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "meshtui.cli", *args], capture_output=True, text=True,
+        timeout=30, env=env,
+    )
+
+
+def test_status_json_shape(one_agent: LocalMesh) -> None:
+    node = one_agent.nodes[0]
+    out = meshtui("status", "--json", "-t", node.socket_path)
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout)
+    assert status["node"] == "n1"
+    assert {"members", "consensus", "tasks"} <= status.keys()
+    (me,) = status["members"]
+    assert me["name"] == "n1" and me["state"] == "alive"
+    assert me["addr"] == f"127.0.0.1:{node.port}"
+    for key in ("id", "cpu", "mem", "caps", "tasks", "role", "rtt_ms"):
+        assert key in me
+    cons = status["consensus"]
+    assert set(cons) >= {"engine", "role", "term", "leader", "commit_index", "voters"}
+    assert cons["engine"] == "raft"
+    assert set(status["tasks"]) == {"queued", "running", "done", "failed"}
+
+
+def test_single_agent_becomes_leader(one_agent: LocalMesh) -> None:
+    path = one_agent.nodes[0].socket_path
+    status = wait_for(
+        lambda: (s := call_sync(path, "status", {}, 2.0))["consensus"]["leader"] and s, 15
+    )
+    assert status and status["consensus"]["leader"] == "n1"
+    assert status["consensus"]["voters"] == ["n1"]
+
+
+def test_survives_garbage_everywhere(one_agent: LocalMesh) -> None:
+    node = one_agent.nodes[0]
+    # Control socket: random bytes, then an oversized length prefix.
+    for junk in (os.urandom(512), b"\xff\xff\xff\xff" + b"x" * 64, b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(node.socket_path)
+            s.sendall(junk)
+            s.settimeout(2)
+            try:
+                s.recv(4096)
+            except (TimeoutError, ConnectionResetError):
+                pass
+    # Peer port: UDP datagrams and a TCP stream of garbage.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        for _ in range(50):
+            udp.sendto(os.urandom(200), ("127.0.0.1", node.port))
+        udp.sendto(b"", ("127.0.0.1", node.port))
+    with socket.create_connection(("127.0.0.1", node.port), timeout=2) as tcp:
+        tcp.sendall(b"\x00\x00\x10\x00" + os.urandom(4096))
+        tcp.sendall(b"\xff\xff\xff\xff")
+    time.sleep(0.5)
+    assert node.running
+    status = call_sync(node.socket_path, "status", {}, 5.0)
+    assert status["node"] == "n1"
+    report = call_sync(node.socket_path, "report", {}, 5.0)
+    seal = report["transport"]["seal"]
+    dropped = sum(v for k, v in seal.items() if k.startswith("dropped"))
+    assert dropped >= 50  # every garbage datagram was refused and counted
+
+
+def test_sigterm_exits_cleanly_and_removes_socket(tmp_path: Path) -> None:
+    mesh = LocalMesh(1, base_dir=tmp_path)
+    mesh.start()
+    node = mesh.nodes[0]
+    try:
+        assert mesh.wait_ready(20)
+        assert Path(node.socket_path).exists()
+        assert node.proc is not None
+        node.proc.send_signal(signal.SIGTERM)
+        assert node.proc.wait(timeout=15) == 0
+        assert not Path(node.socket_path).exists()
+    finally:
+        mesh.stop()
+
+
+def test_agent_refuses_to_start_without_key(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "run", "--profile", "local", "--data-dir",
+         str(tmp_path), "--port", "0"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "mesh-agent: config error: key_file: no cluster key: pass --key-file "
+        "(make one with `mesh-agent keygen`) or --insecure-no-key"
+    ]
+
+
+def test_cli_does_not_import_heavy_modules(one_agent: LocalMesh) -> None:
+    """status, kv and submit against a local socket import no textual/asyncssh/zeroconf."""
+    path = one_agent.nodes[0].socket_path
+    wait_for(lambda: call_sync(path, "status", {}, 2.0)["consensus"]["leader"], 15)
+    code = (
+        "import sys, io, contextlib\n"
+        "from meshtui.cli import main\n"
+        f"p = {path!r}\n"
+        "with contextlib.redirect_stdout(io.TextIOWrapper(io.BytesIO())):\n"
+        "    rc = [main(['status', '--json', '-t', p]),\n"
+        "          main(['kv', 'put', 'k', 'v', '-t', p]), main(['kv', 'get', 'k', '-t', p]),\n"
+        "          main(['submit', '-t', p, '--', 'true'])]\n"
+        "heavy = [m for m in ('textual', 'asyncssh', 'zeroconf') if m in sys.modules]\n"
+        "print(rc, heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[0, 0, 0, 0] []"
+
+
+def test_unreachable_socket_gives_one_line_exit_4(tmp_path: Path) -> None:
+    out = meshtui("status", "-t", str(tmp_path / "nope.sock"))
+    assert out.returncode == 4
+    assert out.stderr.count("\n") == 1 and "no agent is running there" in out.stderr
+
+
+def test_bad_cli_arguments_exit_2() -> None:
+    out = meshtui("submit", "--retries", "x", "--", "true")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    out = meshtui("status", "-t", "ftp://host")
+    assert out.returncode == 2 and "unsupported target scheme" in out.stderr
