@@ -581,3 +581,26 @@ async def test_half_closed_client_still_gets_its_replies(make_server: Any) -> No
         Response(2, {"node": "n1", "read_only": False}),
     ]
     await raw.close()
+
+
+async def test_client_that_does_not_read_is_back_pressured(make_server: Any) -> None:
+    calls = 0
+    blob = b"r" * 65536
+
+    async def big(params: dict[str, Any]) -> Any:
+        nonlocal calls
+        calls += 1
+        return blob
+
+    srv = await make_server({"big": big})
+    raw = await RawClient.open(srv.path)
+    raw.send(*(Request(i, "big", {}) for i in range(300)))
+    await asyncio.sleep(0.5)
+    # Replies pile up only until the socket and MAX_IN_FLIGHT slots are full;
+    # then the server stops running this client's requests.
+    assert calls < server_module.MAX_IN_FLIGHT + 40, calls
+    replies = await raw.receive(300)
+    assert calls == 300
+    assert sorted(r.id for r in replies) == list(range(300))
+    assert all(r.result == blob for r in replies)
+    await raw.close()
