@@ -189,8 +189,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 class _Peer:
     """Outbound state for one destination address."""
 
-    __slots__ = ("addr", "attempt", "broken", "connected", "host", "port", "queue",
-                 "queued_bytes", "task", "wakeup")
+    __slots__ = ("addr", "attempt", "broken", "burst", "host", "port", "queue",
+                 "queued_bytes", "task", "wakeup", "writer")
 
     def __init__(self, addr: str, host: str, port: int) -> None:
         self.addr = addr
@@ -200,9 +200,13 @@ class _Peer:
         self.queued_bytes = 0
         self.wakeup = asyncio.Event()
         self.broken = False
-        self.connected = False
+        self.burst = False  # a message went out directly in this loop iteration
+        self.writer: asyncio.StreamWriter | None = None  # set while connected
         self.attempt = 0
         self.task: asyncio.Task[None] | None = None
+
+    def end_burst(self) -> None:
+        self.burst = False
 
 
 class Transport:
@@ -352,6 +356,16 @@ class Transport:
         else:
             self._peers.move_to_end(addr)
         queue = peer.queue
+        writer = peer.writer
+        if (not queue and not peer.burst and writer is not None and not peer.broken
+                and writer.transport.get_write_buffer_size() <= BATCH_BYTES):
+            # Idle connection: write now rather than wake the writer task (a
+            # loop hop each way matters for request/response latency).  Later
+            # messages in this loop iteration are queued and go out as one batch.
+            peer.burst = True
+            asyncio.get_running_loop().call_soon(peer.end_burst)
+            self._write_batch(writer, [payload])
+            return True
         queue.append(payload)
         peer.queued_bytes += len(payload)
         while len(queue) > MAX_PEER_QUEUE or peer.queued_bytes > MAX_PEER_QUEUE_BYTES:
@@ -374,7 +388,7 @@ class Transport:
 
     def outbound(self) -> list[tuple[str, bool, int]]:
         """(address, connected, queued messages) per pooled destination."""
-        return [(p.addr, p.connected, len(p.queue)) for p in self._peers.values()]
+        return [(p.addr, p.writer is not None, len(p.queue)) for p in self._peers.values()]
 
     async def _run_peer(self, peer: _Peer) -> None:
         while not self._closing:
@@ -402,13 +416,11 @@ class Transport:
                     writer: asyncio.StreamWriter) -> None:
         """Write the queue to one connection until it breaks."""
         peer.broken = False
-        peer.connected = True
         watcher = asyncio.get_running_loop().create_task(self._watch_eof(peer, reader))
-        stats = self.stats
-        seal = self.envelope.seal
         try:
             hello = wire.encode(wire.Hello(self.node_id, self.listen_addr))
-            writer.write(wire.frame(seal(Channel.STREAM, join_batch([hello]))))
+            writer.write(wire.frame(self.envelope.seal(Channel.STREAM, join_batch([hello]))))
+            peer.writer = writer
             while not peer.broken:
                 queue = peer.queue
                 while queue and not peer.broken:
@@ -420,11 +432,7 @@ class Transport:
                         batch.append(payload)
                         size += len(payload)
                     peer.queued_bytes -= size
-                    data = wire.frame(seal(Channel.STREAM, join_batch(batch)))
-                    writer.write(data)
-                    stats.stream_msgs_out += len(batch)
-                    stats.stream_frames_out += 1
-                    stats.stream_bytes_out += len(data)
+                    self._write_batch(writer, batch)
                     if writer.transport.get_write_buffer_size() > BATCH_BYTES:
                         await writer.drain()
                 await writer.drain()
@@ -434,13 +442,22 @@ class Transport:
         except (OSError, ConnectionError):
             pass
         finally:
-            peer.connected = False
+            peer.writer = None
             watcher.cancel()
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+
+    def _write_batch(self, writer: asyncio.StreamWriter, batch: list[bytes]) -> None:
+        """Seal ``batch`` into one frame and hand it to the connection."""
+        data = wire.frame(self.envelope.seal(Channel.STREAM, join_batch(batch)))
+        writer.write(data)
+        stats = self.stats
+        stats.stream_msgs_out += len(batch)
+        stats.stream_frames_out += 1
+        stats.stream_bytes_out += len(data)
 
     async def _watch_eof(self, peer: _Peer, reader: asyncio.StreamReader) -> None:
         """The peer never writes on our outbound connection: any read end means it is gone."""

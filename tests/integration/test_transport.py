@@ -191,9 +191,13 @@ async def test_garbage_on_both_ports_is_counted_and_harmless(
         assert await tcp_attack(b"".join(
             wire.frame(wrong.seal(Channel.STREAM, b"hi")) for _ in range(20))) == b""
         assert await tcp_attack(b"") == b""  # silent: closed after HELLO_TIMEOUT
-        # A valid sender whose first frame is not a Hello is refused too.
+        # A key holder whose first message is not a Hello is refused, and so
+        # is one whose frame is not a well-formed batch.
         rogue = Envelope(keyring(), "rogue", 1)
-        assert await tcp_attack(wire.frame(rogue.seal(Channel.STREAM, b"no hello"))) == b""
+        no_hello = rogue.seal(Channel.STREAM, transport_mod.join_batch([b"no hello"]))
+        assert await tcp_attack(wire.frame(no_hello)) == b""
+        bad_batch = rogue.seal(Channel.STREAM, b"\x00\x00\x00\x09short")
+        assert await tcp_attack(wire.frame(bad_batch)) == b""
 
         a.t.send_datagram(b.addr, b"still alive")
         a.t.send_stream(b.addr, b"still streaming")
@@ -204,6 +208,7 @@ async def test_garbage_on_both_ports_is_counted_and_harmless(
         assert s.dropped_no_hello == 3
         assert s.dropped_oversize == 1
         assert s.seal.dropped_plaintext >= 2
+        assert s.seal.opened == 5  # no_hello, bad_batch, the real Hello, 1 stream, 1 datagram
         assert s.seal.dropped_unknown_key >= 1
         assert s.seal.dropped_malformed + s.seal.dropped_unknown_key + s.seal.dropped_tag >= 50
         assert b.datagrams == [(a.addr, b"still alive")]
@@ -212,14 +217,19 @@ async def test_garbage_on_both_ports_is_counted_and_harmless(
 async def test_recorded_traffic_replayed_is_dropped(keyring: Callable[[], Keyring]) -> None:
     captured_tcp = bytearray()
     frames: list[bytes] = []
+    messages: list[bytes] = []
     got_all = asyncio.Event()
+    eavesdropper = Envelope(Keyring.from_key(KEY_A), "spy", 1)
 
     async def recorder(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         decoder = wire.FrameDecoder()
         while data := await reader.read(65536):
             captured_tcp.extend(data)
-            frames.extend(decoder.feed(data))
-            if len(frames) == 4:  # the Hello and three messages
+            for body in decoder.feed(data):
+                frames.append(body)
+                messages.extend(transport_mod.split_batch(
+                    eavesdropper.open(Channel.STREAM, body)))
+            if len(messages) == 4:  # the Hello and three messages
                 got_all.set()
         writer.close()
 
@@ -245,13 +255,13 @@ async def test_recorded_traffic_replayed_is_dropped(keyring: Callable[[], Keyrin
                 w.close()
             # ...the replay on a new connection is not.
             assert [p for _, p in b.streams] == [b"msg-0", b"msg-1", b"msg-2"]
-            assert b.t.stats.seal.dropped_replay == 4  # hello + 3 messages
+            assert b.t.stats.seal.dropped_replay == len(frames)
 
             replay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             for _ in range(3):
                 replay.sendto(datagram, (HOST, b.t.port))
             replay.close()
-            await wait_until(lambda: b.t.stats.seal.dropped_replay == 6)
+            await wait_until(lambda: b.t.stats.seal.dropped_replay == len(frames) + 2)
             assert [p for _, p in b.datagrams] == [b"dgram"]
     finally:
         spy.close()
