@@ -20,7 +20,7 @@ MEMBER_COLUMNS = (
     ("addr", "address"),
     ("state", "state"),
     ("role", "role"),
-    ("cpu", "cpu % (last 30)"),
+    ("cpu", "cpu %  history"),
     ("mem", "mem"),
     ("slots", "slots"),
     ("tasks", "tasks"),
@@ -42,7 +42,7 @@ def member_row(member: MemberView, leader: str | None, local: str) -> Row:
             member.addr,
             state_text(member.state),
             member.role or "-",
-            cpu_cell(member.cpu, member.cpu_history),
+            cpu_cell(member.cpu, member.cpu_history, live=member.state in ("alive", "suspect")),
             pct(member.mem),
             opt(member.slots),
             opt(member.tasks),
@@ -75,12 +75,13 @@ class MeshScreen(AreaScreen):
         for m in model.members.values():
             counts[m.state] = counts.get(m.state, 0) + 1
         summary = Text(no_wrap=True, overflow="ellipsis")
-        summary.append(f" {len(model.members)} members  ", style="bold")
+        summary.append(" leader ", style="grey70")
+        leader = model.consensus.leader
+        summary.append(leader or "none", style="bold yellow" if leader else "bold red")
+        summary.append(f"  {len(model.members)} members ", style="bold")
         for state, style in (("alive", "green"), ("suspect", "yellow"), ("dead", "red")):
-            summary.append(f"{counts[state]} {state}  ", style=style)
-        leader = model.consensus.leader or "none"
-        summary.append("leader ", style="grey70")
-        summary.append(leader, style="bold yellow" if model.consensus.leader else "bold red")
+            if counts[state]:
+                summary.append(f" {counts[state]} {state}", style=style)
         self.query_one("#mesh-summary", Static).update(summary)
         members = sorted(model.members.values(), key=lambda m: m.name)
         rows = [

@@ -74,9 +74,15 @@ def load_style(pct: float | None) -> str:
     return "green"
 
 
-def cpu_cell(cpu: float | None, history: Iterable[float], width: int = 12) -> Text:
+def cpu_cell(
+    cpu: float | None, history: Iterable[float], width: int = 10, live: bool = True
+) -> Text:
+    """``42.0% ▂▃▅▇`` with each sparkline bar coloured by its own sample (grey if not live)."""
     text = Text(f"{cpu:5.1f}% " if cpu is not None else "    -  ", style=load_style(cpu))
-    text.append(sparkline(history, width), style=load_style(cpu))
+    samples = list(history)[-width:]
+    text.append(" " * (width - len(samples)))
+    for sample in samples:
+        text.append(sparkline([sample], 1), style=load_style(sample) if live else "grey42")
     return text
 
 

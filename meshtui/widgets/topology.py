@@ -169,12 +169,12 @@ def draw(nodes: tuple[TopoNode, ...], width: int, height: int) -> Text:
 
 def _legend(width: int) -> Text:
     legend = Text(no_wrap=True, overflow="crop")
-    legend.append(" ★ leader  ◉ attached  ", style="grey70")
-    for label, rtt in (("<1ms", 0.5), ("<10ms", 5.0), ("<50ms", 20.0), ("≥50ms", 80.0)):
+    legend.append(" ★ leader ◉ here  rtt ", style="grey70")
+    for label, rtt in (("<1", 0.5), ("<10", 5.0), ("<50", 20.0), ("≥50ms", 80.0)):
         legend.append("⣀⣀", style=rtt_style(rtt))
-        legend.append(f" {label} ", style="grey70")
+        legend.append(f"{label} ", style="grey70")
     legend.append("⠤⠀⠤", style="grey42")
-    legend.append(" no rtt", style="grey70")
+    legend.append("none", style="grey70")
     legend.truncate(width)
     return legend
 
