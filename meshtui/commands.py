@@ -43,6 +43,8 @@ def with_session(fn: Callable[[argparse.Namespace, Session], int]) -> Command:
                 return fn(args, session)
         except ClientError as exc:
             return _fail(exc.message, exc.exit_code)
+        except BrokenPipeError:  # our stdout was closed (``| head``): not an agent problem
+            return EXIT_OK
         except (ConnectionError, FileNotFoundError, OSError) as exc:
             return _fail(_connect_error(target, exc), EXIT_CONNECT)
         except KeyboardInterrupt:

@@ -47,6 +47,15 @@ def free_port() -> int:
     raise OSError("no free port for TCP+UDP on 127.0.0.1")
 
 
+def _die_with_parent() -> None:
+    """Linux PR_SET_PDEATHSIG: the agent gets SIGTERM if the demo dies, however it dies."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 @dataclass
 class DemoNode:
     name: str
@@ -64,7 +73,8 @@ class DemoNode:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
 
     @property
@@ -176,9 +186,12 @@ class Workload(threading.Thread):
         while not self.stopping.wait(WORKLOAD_INTERVAL):
             counter += 1
             seconds = BURN_SECONDS[0] + counter % (BURN_SECONDS[1] - BURN_SECONDS[0] + 1)
-            burn = f"end=$(( $(date +%s) + {seconds} )); while [ $(date +%s) -lt $end ]; do :; done"
+            burn = [
+                sys.executable, "-c",
+                f"import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass",
+            ]
             params = {
-                "argv": [], "shell": burn, "env": {}, "cwd": "", "caps": [],
+                "argv": burn, "shell": "", "env": {}, "cwd": "", "caps": [],
                 # Every third task is keyed so the hash ring piles work on one
                 # host and work stealing / rebalance have something to do.
                 "key": "hot" if counter % 3 == 0 else "",
@@ -203,6 +216,9 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 def run_demo(nodes: int, tui: bool = True, workload: bool = True) -> int:
     mesh = LocalMesh(nodes)
+    # A closed terminal (SIGHUP) or a kill (SIGTERM) still stops every agent.
+    signal.signal(signal.SIGHUP, _raise_interrupt)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     print(f"meshtui demo: starting {nodes} agents in {mesh.base_dir} …", flush=True)
     mesh.start()
     load = Workload(mesh)
@@ -227,7 +243,6 @@ def run_demo(nodes: int, tui: bool = True, workload: bool = True) -> int:
             run_app(client_factory_for(target), target.label, demo_controls=mesh)
         else:
             print("demo running headless; Ctrl-C stops it", flush=True)
-            signal.signal(signal.SIGTERM, _raise_interrupt)
             while True:
                 time.sleep(1)
     except KeyboardInterrupt:

@@ -165,7 +165,9 @@ class TaskRuntime:
                     t = p.cpu_times()
                 except psutil.Error:
                     continue
-                cpu = t.user + t.system
+                # children_* holds CPU of exited, reaped children (a shell's
+                # short-lived commands), which would otherwise go unseen.
+                cpu = t.user + t.system + t.children_user + t.children_system
                 seen[p.pid] = cpu
                 total += max(0.0, cpu - self._cpu_prev.get(p.pid, cpu))
         dt = max(1e-3, now - self._cpu_at)
