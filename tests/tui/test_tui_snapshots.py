@@ -11,8 +11,8 @@ from typing import Any
 
 from replay_client import ReplayClient
 from textual.pilot import Pilot
-from textual.widgets import DataTable
-from tui_helpers import make_app, row_keys, wait_for
+from textual.widgets import DataTable, RichLog
+from tui_helpers import log_text, make_app, row_keys, wait_for
 
 SIZE = (150, 42)
 
@@ -56,7 +56,8 @@ def test_tasks_screen_with_followed_logs(snap_compare: Any) -> None:
         table = app.screen.query_one("#tasks", DataTable)
         await wait_for(pilot, lambda: table.row_count == 6)
         table.move_cursor(row=row_keys(table).index("t00c0ffeec0ffee"))
-        await wait_for(pilot, lambda: "end of output" in str(app.screen.query_one("#task-logs").lines))
+        logs = app.screen.query_one("#task-logs", RichLog)
+        await wait_for(pilot, lambda: "end of output" in log_text(logs))
         await pilot.pause(0.3)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
