@@ -1,0 +1,288 @@
+"""Deploy steps against a real OpenSSH sshd on loopback (root: sshd needs it).
+
+The inventory points every meshtui path (prefix, config dir, data dir,
+socket) into a temporary directory, so the test installs for real — SFTP
+upload of the wheelhouse, ``python3 -m venv``, ``pip install --no-index`` —
+without touching /opt or /etc.  A second inventory host on a closed port must
+be reported as failed on one line while the real one succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from inventory import agentfiles as files
+from inventory import load_inventory
+from inventory.deploy import converge_host, deploy, undeploy
+from inventory.hoststeps import install_venv, probe, sync_wheels
+from inventory.loader import Inventory
+from inventory.progress import FAILED, QuietProgress
+from inventory.remote import connect
+from inventory.wheels import Wheelhouse, build_wheelhouse
+
+pytestmark = pytest.mark.root(tools=("sshd", "ssh-keygen"))
+
+SSHD = shutil.which("sshd", path="/usr/sbin:/usr/local/sbin:/sbin") or "/usr/sbin/sshd"
+
+
+@dataclass
+class Sshd:
+    root: Path
+    port: int
+    client_key: Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def keygen(path: Path) -> str:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, timeout=30
+    )
+    return Path(f"{path}.pub").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def sshd() -> Iterator[Sshd]:
+    root = Path(tempfile.mkdtemp(prefix="mt-inv-sshd-"))
+    host_key, client_key = root / "host_ed25519", root / "client_ed25519"
+    keygen(host_key)
+    (root / "authorized_keys").write_text(keygen(client_key) + "\n")
+    port = free_port()
+    config = root / "sshd_config"
+    config.write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {host_key}",
+                f"PidFile {root}/sshd.pid",
+                f"AuthorizedKeysFile {root}/authorized_keys",
+                "StrictModes no",
+                "PubkeyAuthentication yes",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "UsePAM no",
+                "PermitRootLogin prohibit-password",
+                "MaxSessions 64",
+                "Subsystem sftp internal-sftp",
+                "",
+            ]
+        )
+    )
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    log = (root / "sshd.log").open("w")
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log_text = (root / "sshd.log").read_text()
+                    raise RuntimeError(f"sshd did not start: {log_text}") from None
+                time.sleep(0.05)
+        yield Sshd(root, port, client_key)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wheelhouse]:
+    """Built once, then pinned with MESHTUI_WHEELHOUSE: the working tree may change meanwhile."""
+    built = asyncio.run(build_wheelhouse())
+    pinned = tmp_path_factory.mktemp("wheelhouse")
+    for name in built.files:
+        shutil.copy(built.directory / name, pinned / name)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MESHTUI_WHEELHOUSE", str(pinned))
+        yield asyncio.run(build_wheelhouse())
+
+
+@pytest.fixture(scope="module")
+def host_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One install location for the module, so later tests reuse the first one's venv."""
+    return tmp_path_factory.mktemp("host")
+
+
+def write_inventory(tmp_path: Path, sshd: Sshd, base: Path, ghost: bool = False) -> Inventory:
+    lines = [
+        "all:",
+        "  vars:",
+        "    ansible_user: root",
+        f"    ansible_ssh_private_key_file: {sshd.client_key}",
+        "    ansible_host_key_checking: false",
+        "    mesh_profile: local",
+        "    mesh_mdns: false",
+        "    mesh_bind: 127.0.0.1",
+        "    mesh_service_manager: supervisor",
+        "  hosts:",
+        "    local:",
+        "      ansible_host: 127.0.0.1",
+        f"      ansible_port: {sshd.port}",
+        "      mesh_seed: true",
+        f"      mesh_port: {free_port()}",
+        f"      mesh_prefix: {base}/opt",
+        f"      mesh_config_dir: {base}/etc",
+        f"      mesh_data_dir: {base}/data",
+        f"      mesh_socket: {base}/agent.sock",
+    ]
+    if ghost:
+        lines += [
+            "    ghost:",
+            "      ansible_host: 127.0.0.1",
+            f"      ansible_port: {free_port()}",  # nothing listens there
+            f"      mesh_prefix: {base}/ghost",
+        ]
+    path = tmp_path / "inv.yml"
+    path.write_text("\n".join(lines) + "\n")
+    return load_inventory(path)
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{pid}: {cmdline}")
+    return found
+
+
+async def test_upload_venv_and_offline_install(
+    sshd: Sshd, wheelhouse: Wheelhouse, host_base: Path, tmp_path: Path
+) -> None:
+    inv = write_inventory(tmp_path, sshd, host_base)
+    host = inv.host("local")
+    progress = QuietProgress()
+    async with connect(host) as remote:
+        facts = await probe(remote, wheelhouse)
+        assert facts.python == wheelhouse.python
+        assert await sync_wheels(remote, wheelhouse, progress) is True
+        assert await install_venv(remote, wheelhouse, progress) is True
+        # Idempotent: the same wheels are neither uploaded nor installed again.
+        assert await sync_wheels(remote, wheelhouse, progress) is False
+        assert await install_venv(remote, wheelhouse, progress) is False
+        # A damaged wheel on the host is noticed by its hash and replaced.
+        victim = sorted(wheelhouse.files)[0]
+        (Path(host.prefix) / "wheels" / victim).write_bytes(b"damaged")
+        stale = Path(host.prefix) / "wheels" / "old-1.0-py3-none-any.whl"
+        stale.write_bytes(b"old")
+        assert await sync_wheels(remote, wheelhouse, progress) is True
+        assert not stale.exists()
+        help_text = await remote.run(f"{host.venv}/bin/mesh-agent --help", "help")
+        assert "run" in help_text.stdout
+        where = await remote.run(
+            f"{host.venv}/bin/python -c 'import agent, inventory; print(agent.__file__)'", "where"
+        )
+        # Installed from the uploaded wheel, not the operator's editable checkout.
+        assert where.stdout.strip().startswith(host.venv + "/lib/")
+    uploads = [e for e in progress.events if e[2].startswith("uploading")]
+    assert uploads[0][2] == f"uploading {len(wheelhouse.files)} of {len(wheelhouse.files)} wheels"
+    assert uploads[1][2] == f"uploading 1 of {len(wheelhouse.files)} wheels"
+
+
+async def test_converge_then_undeploy_with_an_unreachable_host(
+    sshd: Sshd, wheelhouse: Wheelhouse, host_base: Path, tmp_path: Path
+) -> None:
+    inv = write_inventory(tmp_path, sshd, host_base, ghost=True)
+    host = inv.host("local")
+    progress = QuietProgress()
+    async with connect(host) as remote:
+        first = await converge_host(
+            remote, wheelhouse, list(inv.hosts.values()), inv.path, "a2V5" * 11, progress
+        )
+        # wheels and venv may already be there from the test above; config is new
+        assert {"config", "started"} <= set(first.changes)
+        assert not first.systemd
+        again = await converge_host(
+            remote, wheelhouse, list(inv.hosts.values()), inv.path, "a2V5" * 11, progress
+        )
+        assert again.changes == ()  # unchanged host: nothing written, nothing restarted
+    key = Path(host.key_path)
+    assert key.read_text() == "a2V5" * 11 + "\n"
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert 'name = "local"' in Path(host.config_path).read_text()
+    assert processes_mentioning(files.supervisor_path(host))
+
+    report = await undeploy(inv, None, progress)
+    assert report.exit_code == 1
+    assert report.outcome("local").status == "removed"
+    ghost = report.outcome("ghost")
+    assert ghost.status == FAILED
+    assert ghost.detail.startswith(f"connect: 127.0.0.1:{inv.host('ghost').ssh_port}: ")
+    assert "\n" not in ghost.detail
+    deadline = time.monotonic() + 10
+    while processes_mentioning(host.prefix) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert processes_mentioning(host.prefix) == []
+    assert not Path(host.venv).exists()
+    assert not Path(host.config_path).exists()
+    assert Path(host.data_dir).is_dir()  # kept without purge
+    again = await undeploy(inv, "local", progress, purge=True)
+    assert again.outcome("local").status == "removed"
+    assert not Path(host.data_dir).exists()
+    assert (await undeploy(inv, "local", progress)).outcome("local").status == "unchanged"
+
+
+AGENT_READY = importlib.util.find_spec("agent.runtime.agent") is not None
+
+
+@pytest.mark.skipif(not AGENT_READY, reason="the agent runtime (agent.runtime.agent) is not in yet")
+async def test_full_deploy_is_idempotent_and_reports_the_unreachable_host(
+    sshd: Sshd, wheelhouse: Wheelhouse, host_base: Path, tmp_path: Path
+) -> None:
+    inv = write_inventory(tmp_path, sshd, host_base, ghost=True)
+    host = inv.host("local")
+    progress = QuietProgress()
+    try:
+        report = await deploy(inv, None, progress, member_timeout=60)
+        assert report.outcome("local").status == "changed", report.outcome("local")
+        assert report.outcome("ghost").status == FAILED
+        assert report.exit_code == 1
+        assert Path(inv.default_key_path).stat().st_mode & 0o777 == 0o600
+        shown = subprocess.run(
+            [f"{host.venv}/bin/meshtui", "status", "--json", "-t", host.socket],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        status = json.loads(shown.stdout)
+        assert status["node"] == "local"
+        assert [m["state"] for m in status["members"] if m["name"] == "local"] == ["alive"]
+        assert status["consensus"]["leader"] == "local"
+        again = await deploy(inv, "local", progress, member_timeout=60)
+        assert again.outcome("local").status == "unchanged", again.outcome("local")
+        assert again.exit_code == 0
+    finally:
+        await undeploy(inv, "local", progress, purge=True)
+    assert processes_mentioning(host.prefix) == []
