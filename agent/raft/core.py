@@ -758,6 +758,9 @@ class RaftNode:
                 self._become_follower(self.term, "")
             return
         if not self._promotable():
+            # Removed ourselves: tell the others the commit index before stepping down,
+            # so they apply the removal and elect without waiting for us.
+            self._bcast_append()
             self._become_follower(self.term, "")
             return
         members = (*self.conf.voters, *self.conf.learners)
