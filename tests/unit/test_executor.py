@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pwd
+import signal
 import stat
 import sys
 import time
@@ -191,7 +193,7 @@ async def test_stats_cpu_and_rss(executor: Executor) -> None:
 
 
 async def test_cpu_time_includes_grandchildren(executor: Executor) -> None:
-    loop_cmd = "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"
+    loop_cmd = "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done"
     event = await run_to_end(executor, "t", f"sh -c '{loop_cmd}'; sh -c '{loop_cmd}'")
     single = await run_to_end(executor, "u", loop_cmd)
     assert event.cpu_time > 1.5 * single.cpu_time > 0
@@ -286,3 +288,26 @@ async def test_many_runs_leak_no_fds_or_processes(tmp_data_dir: Path) -> None:
     assert len(os.listdir("/proc/self/fd")) <= fds_before
     assert not [c for c in psutil.Process().children() if c.status() != psutil.STATUS_ZOMBIE]
     assert executor.read_output("b9-3", 1, "out", 0)[0] == b"b9-3\n"
+
+
+async def test_escaped_child_holding_pipes_does_not_hang_the_run(
+    executor: Executor, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "escaped.pid"
+    start = time.monotonic()
+    # setsid leaves the task's group but inherits stdout: the run must still end.
+    event = await run_to_end(
+        executor,
+        "t",
+        f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 30' & "
+        f"while [ ! -s {pidfile} ]; do sleep 0.01; done; echo done",
+    )
+    try:
+        assert event.exit_code == 0
+        assert time.monotonic() - start < 5
+        assert executor.read_output("t", 1, "out", 0)[0] == b"done\n"
+        assert executor.running() == {}
+    finally:
+        escaped = await read_pid_file(pidfile)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(escaped, signal.SIGKILL)

@@ -142,15 +142,15 @@ async def test_loop_lag_monitor_sees_a_blocked_loop() -> None:
     monitor.start()
     await asyncio.sleep(0.2)
     assert len(monitor) >= 3
-    assert monitor.p99() < 0.1
-    time.sleep(0.3)  # block the loop on purpose
+    assert monitor.p99() < 0.2
+    time.sleep(0.5)  # block the loop on purpose
     await asyncio.sleep(0.1)
     monitor.stop()
     count = len(monitor)
     await asyncio.sleep(0.1)
     assert len(monitor) == count  # stopped
-    assert monitor.max() >= 0.25
-    assert monitor.p99() >= 0.25
+    assert monitor.max() >= 0.45
+    assert monitor.p99() >= 0.45
 
 
 def test_tree_usage_of_self_and_missing_pid() -> None:
