@@ -142,6 +142,10 @@ def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+def _no_decoder(seq: Any) -> Any:
+    raise AssertionError("decoder not generated yet")
+
+
 @dataclass(slots=True)
 class _Compiled:
     """Encoder/decoder for one dataclass; built once, cached per class."""
@@ -154,6 +158,10 @@ class _Compiled:
     getter: Callable[[Any], tuple[Any, ...]]
     enc_convs: tuple[_Conv | None, ...]
     needs_enc: bool
+    decode_top: _Conv = _no_decoder
+    """Fields after the [version, type] header -> instance (generated)."""
+    decode_nested: _Conv = _no_decoder
+    """An inline array of fields -> instance (generated)."""
 
     def to_list(self, obj: Any) -> list[Any]:
         values = list(self.getter(obj)) if len(self.names) != 1 else [self.getter(obj)]
@@ -164,6 +172,8 @@ class _Compiled:
         return values
 
     def from_seq(self, seq: Any, start: int) -> Any:
+        """Generic path, for arrays that are not exactly the known length
+        (older or newer peers); the generated decoders handle the rest."""
         n = len(seq) - start
         if n < self.required:
             raise _Bad(f"{self.cls.__name__}: {n} fields, need at least {self.required}")
@@ -185,6 +195,36 @@ class _Compiled:
 
 
 _compiled: dict[type, _Compiled] = {}
+
+
+def _generate_decoder(comp: _Compiled, offset: int) -> _Conv:
+    """Straight-line decoder for arrays of exactly ``offset`` + field count items.
+
+    Generated once per class (as attrs and dataclasses do) because a loop over
+    per-field converters costs several times more per message, and Raft pushes
+    tens of thousands of messages a second.  Only names from this module and
+    the class's own converters are put in the generated code's namespace.
+    """
+    n = len(comp.names)
+    ns: dict[str, Any] = {"cls": comp.cls, "_Bad": _Bad, "slow": comp.from_seq}
+    lines = ["def decode(seq):", f"    if len(seq) != {n + offset}:",
+             f"        return slow(seq, {offset})"]
+    if n:
+        targets = ["_"] * offset + [f"v{i}" for i in range(n)]
+        lines.append(f"    {', '.join(targets)}, = seq")
+    for i, (exact, conv) in enumerate(zip(comp.exact, comp.convs, strict=True)):
+        ns[f"C{i}"] = conv
+        if exact is not None:
+            ns[f"E{i}"] = exact
+            lines.append(f"    if type(v{i}) is not E{i}: v{i} = C{i}(v{i})")
+        else:
+            lines.append(f"    v{i} = C{i}(v{i})")
+    args = ", ".join(f"v{i}" for i in range(n))
+    lines += ["    try:", f"        return cls({args})", "    except Exception as exc:",
+              "        raise _Bad(f'{cls.__name__}: {exc}') from exc"]
+    exec("\n".join(lines), ns)  # the source above is built from field counts only
+    decoder: _Conv = ns["decode"]
+    return decoder
 
 
 def _conv_float(v: Any) -> float:
@@ -238,7 +278,7 @@ def _compile_type(tp: Any, depth: int) -> tuple[type | None, _Conv, _Conv | None
         def conv_dc(v: Any) -> Any:
             if type(v) is not tuple:
                 raise _Bad(f"expected {comp.cls.__name__} array, got {type(v).__name__}")
-            return comp.from_seq(v, 0)
+            return comp.decode_nested(v)
 
         return None, conv_dc, comp.to_list
     if origin is typing.Union or origin is types.UnionType:
@@ -353,6 +393,8 @@ def _compile_class(cls: type, depth: int = 0) -> _Compiled:
         enc_convs=enc_convs,
         needs_enc=any(e is not None for e in enc_convs),
     )
+    comp.decode_top = _generate_decoder(comp, 2)
+    comp.decode_nested = _generate_decoder(comp, 0)
     _compiled[cls] = comp
     return comp
 
@@ -362,6 +404,7 @@ def _compile_class(cls: type, depth: int = 0) -> _Compiled:
 _by_number: dict[int, _Compiled] = {}
 _by_class: dict[type, int] = {}
 _loaded_modules: set[str] = set()
+_scanned = False  # registry_loaded() has run once: decode() stops calling it
 
 
 def register(msg_type: int, cls: type) -> None:
@@ -388,6 +431,7 @@ def registry_loaded() -> dict[int, type]:
     ``WIRE_TYPES``; idempotent and cheap once everything is loaded.  A module
     that does not exist (yet) is skipped; one that exists but fails to import,
     or registers numbers outside its range, raises."""
+    global _scanned
     for name in _CORE_MODULES:
         if name in _loaded_modules:
             continue
@@ -404,6 +448,7 @@ def registry_loaded() -> dict[int, type]:
             assert lo <= int(number) <= hi, f"{name}: number {number} outside {lo}-{hi}"
             register(int(number), cls)
         _loaded_modules.add(name)
+    _scanned = True
     return registered()
 
 
@@ -434,8 +479,14 @@ def encode(msg: object) -> bytes:
 
 
 def _unpack(data: bytes) -> Any:
+    # Every item takes at least one byte (a map entry two), so the input
+    # length bounds each count too: small messages get tight limits.
     n = len(data)
     try:
+        if n <= MAX_MAP_LEN:
+            return msgpack.unpackb(data, use_list=False, raw=False, strict_map_key=False,
+                                   max_str_len=n, max_bin_len=n, max_array_len=n,
+                                   max_map_len=n // 2, max_ext_len=0)
         return msgpack.unpackb(
             data,
             use_list=False,
@@ -465,12 +516,15 @@ def decode(data: bytes) -> object:
         raise ProtocolError(f"unsupported protocol version {version}")
     comp = _by_number.get(number)
     if comp is None:
-        registry_loaded()
-        comp = _by_number.get(number)
+        # Hostile peers can send unknown numbers at will: look for the core
+        # modules once, never an import attempt per packet.
+        if not _scanned:
+            registry_loaded()
+            comp = _by_number.get(number)
         if comp is None:
             raise ProtocolError(f"unknown message type {number}")
     try:
-        return comp.from_seq(obj, 2)
+        return comp.decode_top(obj)
     except _Bad as exc:
         raise ProtocolError(f"invalid message {number}: {exc}") from None
     except RecursionError:

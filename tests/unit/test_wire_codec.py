@@ -217,3 +217,21 @@ def test_unencodable_value_is_a_local_bug() -> None:
 def test_registry_loaded_is_idempotent() -> None:
     assert wire.registry_loaded() == wire.registry_loaded()
     assert wire.registered()[1] is wire.Hello
+
+
+def test_nested_arrays_follow_the_same_compatibility_rule() -> None:
+    scalars = [1, 2.0, "s", b"b", True, 1]
+    containers = [[], {}, {}, None, None, [], {}, ["a", 1], [], [], []]
+    newer_point = [5, 6.0, "extra field from a newer peer"]
+    out = wire.decode(raw(1, 60003, scalars, containers, newer_point))
+    assert isinstance(out, Outer)
+    assert out.point == Point(5, 6.0)
+    with pytest.raises(ProtocolError, match="need at least 2"):
+        wire.decode(raw(1, 60003, scalars, containers, [5]))
+
+
+def test_generated_and_generic_decoders_agree() -> None:
+    msg = WithDefaults(7, "x", (1, 2, 3))
+    exact = wire.decode(wire.encode(msg))
+    longer = wire.decode(raw(1, 60004, 7, "x", [1, 2, 3], "future"))
+    assert exact == longer == msg
