@@ -27,6 +27,7 @@ from agent.sched.placement import (
     place_by_hash,
     place_many,
     preference_list,
+    ring_for,
     run_auction,
 )
 from agent.sched.ring import HashRing, ring_hash
@@ -68,6 +69,7 @@ __all__ = [
     "plan_rebalance",
     "plan_steals",
     "preference_list",
+    "ring_for",
     "ring_hash",
     "run_auction",
     "update_heat",

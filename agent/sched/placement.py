@@ -75,6 +75,7 @@ def availability(node: NodeView) -> float:
 def auction_score(
     task: TaskView, node: NodeView, cfg: SchedConfig, fastest_mean: float | None
 ) -> float:
+    """The score of one host for one task, from scratch (``AuctionBoard`` is the fast path)."""
     score = (
         cfg.weight_capability * capability_match(task.caps, node.caps)
         + cfg.weight_cpu * (1.0 - _clamp(node.cpu))
@@ -98,6 +99,116 @@ def apply_bid(node: NodeView, bid: Bid) -> NodeView:
     )
 
 
+class AuctionBoard:
+    """The task-independent part of every host's auction score, computed once per snapshot.
+
+    score = w_cap·match(task) + base(host), base = w_cpu·(1 - cpu) + w_perf·performance +
+    w_res·availability.  Only the capability match depends on the task, so one board
+    serves a whole burst of decisions; ``bump`` updates one host after a decision.
+    """
+
+    __slots__ = ("_base", "_schedulable", "cfg", "fastest", "nodes")
+
+    def __init__(self, nodes: Iterable[NodeView], cfg: SchedConfig) -> None:
+        self.cfg = cfg
+        self.nodes = {n.id: n for n in nodes}
+        self._schedulable = [(n.id, n.caps) for n in self.nodes.values() if n.schedulable]
+        # Speed is relative to the fastest host with history anywhere in the mesh.
+        self.fastest = _fastest(self.nodes.values())
+        self._base = {n.id: self._base_of(n, self.fastest) for n in self.nodes.values()}
+
+    def _base_of(self, node: NodeView, fastest: float | None) -> float:
+        return self._base_from(
+            node.cpu, node.mem_free, node.slots, node.running + node.queued,
+            node.success_rate, node.mean_duration, fastest,
+        )  # fmt: skip
+
+    def _base_from(
+        self,
+        cpu: float,
+        mem_free: float,
+        slots: int,
+        busy: int,
+        success_rate: float,
+        mean_duration: float | None,
+        fastest: float | None,
+    ) -> float:
+        # Same terms as performance() and availability(), without building a NodeView.
+        cfg = self.cfg
+        if mean_duration is None or fastest is None or mean_duration <= 0:
+            speed = 1.0
+        else:
+            speed = min(1.0, fastest / mean_duration)
+        perf = 0.5 * _clamp(success_rate) + 0.5 * speed
+        avail = 0.5 * (max(0, slots - busy) / max(1, slots)) + 0.5 * _clamp(mem_free)
+        return (
+            cfg.weight_cpu * (1.0 - _clamp(cpu))
+            + cfg.weight_performance * perf
+            + cfg.weight_resources * avail
+        )
+
+    def bump(self, node_id: str, queued: int = 1) -> None:
+        """Count ``queued`` more tasks on ``node_id`` (a decision just landed there)."""
+        node = self.nodes[node_id] = bump_queued(self.nodes[node_id], queued)
+        self._base[node_id] = self._base_of(node, self.fastest)
+
+    def scores(self, task: TaskView, bids: Mapping[str, Bid] | None = None) -> dict[str, float]:
+        """Score of every eligible host; a bid replaces gossip only for this task and epoch."""
+        cfg = self.cfg
+        fresh = {
+            node_id: bid
+            for node_id, bid in bids.items()
+            if bid.task == task.id and bid.epoch == task.epoch and node_id in self.nodes
+        } if bids else {}  # fmt: skip
+        fastest = self.fastest
+        bid_means = [b.mean_duration for b in fresh.values() if b.mean_duration]
+        bid_means = [m for m in bid_means if m > 0]
+        if bid_means and (fastest is None or min(bid_means) < fastest):
+            fastest = min(bid_means)
+        reuse = fastest == self.fastest
+        required = task.caps
+        need = len(required)
+        weight_cap, min_match = cfg.weight_capability, cfg.min_capability_match
+        scores: dict[str, float] = {}
+        for node_id, caps in self._schedulable:
+            match = len(required & caps) / need if need else 1.0
+            if match < min_match:
+                continue
+            bid = fresh.get(node_id) if fresh else None
+            if bid is not None:
+                base = self._base_from(
+                    bid.cpu, bid.mem_free, bid.slots, bid.running + bid.queued,
+                    bid.success_rate, bid.mean_duration, fastest,
+                )  # fmt: skip
+            elif reuse:
+                base = self._base[node_id]
+            else:
+                base = self._base_of(self.nodes[node_id], fastest)
+            scores[node_id] = round(weight_cap * match + base, SCORE_DIGITS)
+        return scores
+
+    def winner(self, task: TaskView, bids: Mapping[str, Bid] | None = None) -> str:
+        """Highest score, ties to the smallest node id; ``SchedulingError`` if none."""
+        scores = self.scores(task, bids)
+        if not scores:
+            raise no_host_error(task, self.nodes.values())
+        return min(scores, key=lambda node_id: (-scores[node_id], node_id))
+
+
+def _fastest(nodes: Iterable[NodeView]) -> float | None:
+    means = [n.mean_duration for n in nodes if n.mean_duration and n.mean_duration > 0]
+    return min(means) if means else None
+
+
+def auction_board(snapshot: ClusterSnapshot, cfg: SchedConfig) -> AuctionBoard:
+    """The snapshot's board for ``cfg``, built on first use and kept with the snapshot."""
+    key = ("auction", cfg)
+    board = snapshot.cache.get(key)
+    if not isinstance(board, AuctionBoard):
+        board = snapshot.cache[key] = AuctionBoard(snapshot.nodes, cfg)
+    return board
+
+
 def auction_scores(
     task: TaskView,
     snapshot: ClusterSnapshot,
@@ -105,19 +216,7 @@ def auction_scores(
     cfg: SchedConfig | None = None,
 ) -> dict[str, float]:
     """Score of every eligible host; a bid replaces gossip only if it is for this task/epoch."""
-    cfg = cfg or SchedConfig()
-    bids = bids or {}
-    candidates: list[NodeView] = []
-    for node in eligible_nodes(task, snapshot.nodes, cfg):
-        bid = bids.get(node.id)
-        if bid is not None and bid.task == task.id and bid.epoch == task.epoch:
-            node = apply_bid(node, bid)
-        candidates.append(node)
-    # Speed is relative to the fastest host with history anywhere in the mesh.
-    known = [*snapshot.nodes, *candidates]
-    means = [n.mean_duration for n in known if n.mean_duration and n.mean_duration > 0]
-    fastest = min(means) if means else None
-    return {n.id: auction_score(task, n, cfg, fastest) for n in candidates}
+    return auction_board(snapshot, cfg or SchedConfig()).scores(task, bids)
 
 
 def run_auction(
@@ -127,20 +226,21 @@ def run_auction(
     cfg: SchedConfig | None = None,
 ) -> str:
     """The winning host: highest score, ties to the smallest node id."""
-    scores = auction_scores(task, snapshot, bids, cfg)
-    if not scores:
-        raise no_host_error(task, snapshot.nodes)
-    return min(scores, key=lambda node_id: (-scores[node_id], node_id))
+    return auction_board(snapshot, cfg or SchedConfig()).winner(task, bids)
 
 
 def place_by_capability(
     task: TaskView, snapshot: ClusterSnapshot, cfg: SchedConfig | None = None
 ) -> str:
     """Best capability match, then least loaded (tasks per slot, then CPU), then node id."""
-    cfg = cfg or SchedConfig()
-    candidates = eligible_nodes(task, snapshot.nodes, cfg)
+    return _pick_by_capability(task, snapshot.nodes, cfg or SchedConfig())
+
+
+def _pick_by_capability(task: TaskView, nodes: Iterable[NodeView], cfg: SchedConfig) -> str:
+    nodes = list(nodes)
+    candidates = eligible_nodes(task, nodes, cfg)
     if not candidates:
-        raise no_host_error(task, snapshot.nodes)
+        raise no_host_error(task, nodes)
     best = min(
         candidates,
         key=lambda n: (-capability_match(task.caps, n.caps), n.load, round(n.cpu, 6), n.id),
@@ -223,19 +323,21 @@ def place_many(
     ``bids`` maps task id → node id → bid."""
     cfg = cfg or SchedConfig()
     ring = ring_for(snapshot, cfg)
-    nodes = {n.id: n for n in snapshot.nodes}
-    working = snapshot
+    board = AuctionBoard(snapshot.nodes, cfg)  # private copy: bumped as decisions land
     decisions: list[Placement] = []
-    ordered = sorted(tasks, key=lambda t: (-t.priority, t.created_at, t.id))
-    for task in ordered:
+    for task in sorted(tasks, key=lambda t: (-t.priority, t.created_at, t.id)):
         try:
-            node_id = place(task, working, cfg, (bids or {}).get(task.id), ring)
+            if task.strategy is Strategy.HASH:  # the ring ignores load: no working copy needed
+                node_id = place_by_hash(task, snapshot, cfg, ring)
+            elif task.strategy is Strategy.CAPABILITY:
+                node_id = _pick_by_capability(task, board.nodes.values(), cfg)
+            else:
+                node_id = board.winner(task, (bids or {}).get(task.id))
         except SchedulingError as exc:
             decisions.append(Placement(task.id, None, str(exc)))
             continue
         decisions.append(Placement(task.id, node_id))
-        nodes[node_id] = bump_queued(nodes[node_id], 1)
-        working = ClusterSnapshot(tuple(nodes.values()), snapshot.tasks, snapshot.now)
+        board.bump(node_id)
     return decisions
 
 

@@ -114,6 +114,9 @@ class ClusterSnapshot:
     tasks: tuple[TaskView, ...] = ()
     now: float = 0.0
     _by_id: dict[str, NodeView] = field(default_factory=dict, compare=False, repr=False)
+    cache: dict[object, object] = field(default_factory=dict, compare=False, repr=False)
+    """Derived data policies keep with the snapshot (e.g. auction base scores per config);
+    valid because a snapshot never changes."""
 
     def __post_init__(self) -> None:
         self._by_id.update((n.id, n) for n in self.nodes)

@@ -3,6 +3,9 @@ late bids, tie-breaking, capability routing, hash placement and errors."""
 
 from __future__ import annotations
 
+import dataclasses
+import random
+
 import pytest
 
 from agent.errors import ConfigError, SchedulingError
@@ -244,3 +247,78 @@ def test_config_validate_rejects(change: dict[str, object], field: str) -> None:
 
 def test_default_config_is_valid() -> None:
     assert SchedConfig().validate() == SchedConfig()
+
+
+def _random_cluster(rng: random.Random, n: int) -> tuple[NodeView, ...]:
+    tags = ["gpu", "ssd", "arm"]
+    return tuple(
+        NodeView(
+            f"n{i:02}",
+            caps=frozenset(rng.sample(tags, rng.randint(0, 3))),
+            alive=rng.random() > 0.1,
+            draining=rng.random() < 0.1,
+            slots=rng.randint(1, 4),
+            running=rng.randint(0, 2),
+            queued=rng.randint(0, 2),
+            cpu=rng.choice([0.0, 0.5, rng.random()]),
+            mem_free=rng.random(),
+            success_rate=rng.random(),
+            mean_duration=rng.choice([None, rng.uniform(1, 9)]),
+        )
+        for i in range(n)
+    )
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_fast_auction_matches_the_formula(seed: int) -> None:
+    rng = random.Random(seed)
+    nodes = _random_cluster(rng, rng.randint(1, 12))
+    snap = ClusterSnapshot(nodes)
+    task = TaskView("t", caps=frozenset(rng.sample(["gpu", "ssd"], rng.randint(0, 2))))
+    bids = {
+        n.id: Bid(1, "t", n.id, 0, rng.random(), rng.random(), 4, 0, 0, 1.0, rng.uniform(0.5, 9))
+        for n in nodes
+        if rng.random() < 0.5
+    }
+    from agent.sched.placement import apply_bid, auction_score, is_eligible
+
+    views = [apply_bid(n, bids[n.id]) if n.id in bids else n for n in nodes]
+    means = [v.mean_duration for v in (*nodes, *views) if v.mean_duration]
+    fastest = min(means) if means else None
+    expected = {
+        v.id: auction_score(task, v, CFG, fastest) for v in views if is_eligible(task, v, CFG)
+    }
+    got = auction_scores(task, snap, bids)
+    assert got.keys() == expected.keys(), f"seed {seed}"
+    for node_id, score in expected.items():
+        assert got[node_id] == pytest.approx(score, abs=1e-8), f"seed {seed}"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_place_many_equals_one_by_one_with_updated_snapshots(seed: int) -> None:
+    rng = random.Random(seed)
+    nodes = list(_random_cluster(rng, rng.randint(1, 8)))
+    tasks = [
+        TaskView(
+            f"t{i:03}",
+            caps=frozenset(rng.sample(["gpu", "ssd"], rng.randint(0, 1))),
+            key=rng.choice([None, f"k{i % 3}"]),
+            strategy=rng.choice(list(Strategy)),
+            priority=rng.randint(0, 2),
+            created_at=float(i),
+        )
+        for i in range(rng.randint(1, 30))
+    ]
+    batch = place_many(tasks, ClusterSnapshot(tuple(nodes)))
+    reference = []
+    for task in sorted(tasks, key=lambda t: (-t.priority, t.created_at, t.id)):
+        try:
+            chosen = place(task, ClusterSnapshot(tuple(nodes)))
+        except SchedulingError as exc:
+            reference.append((task.id, None, str(exc)))
+            continue
+        reference.append((task.id, chosen, None))
+        nodes = [
+            dataclasses.replace(n, queued=n.queued + 1) if n.id == chosen else n for n in nodes
+        ]
+    assert [(d.task, d.node, d.error) for d in batch] == reference, f"seed {seed}"
