@@ -181,6 +181,7 @@ class Executor:
                 raise ConfigError("run_as", f"no such user {run_as!r}") from None
         self._runs: dict[str, _Run] = {}
         self._recent: OrderedDict[str, ExecEvent] = OrderedDict()
+        self._start_lock = asyncio.Lock()
         self._tasks_dir = self.data_dir / "tasks"
 
     # ---- queries -------------------------------------------------------
@@ -239,6 +240,20 @@ class Executor:
         when no slot is free, the epoch is stale, or the command cannot start.
         """
         _check_id(task_id)
+        # Serialised: fencing awaits the old run's death, and a second start
+        # must not slip in between that and the spawn.
+        async with self._start_lock:
+            await self._start_locked(task_id, epoch, cmd, env, cwd, timeout)
+
+    async def _start_locked(
+        self,
+        task_id: str,
+        epoch: int,
+        cmd: Sequence[str] | str,
+        env: Mapping[str, str] | None,
+        cwd: str | None,
+        timeout: float | None,
+    ) -> None:
         current = self._runs.get(task_id)
         if current is not None:
             if current.epoch == epoch:

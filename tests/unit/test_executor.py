@@ -311,3 +311,16 @@ async def test_escaped_child_holding_pipes_does_not_hang_the_run(
         escaped = await read_pid_file(pidfile)
         with contextlib.suppress(ProcessLookupError):
             os.kill(escaped, signal.SIGKILL)
+
+
+async def test_concurrent_starts_of_one_task_run_it_once(
+    executor: Executor, events: list[ExecEvent]
+) -> None:
+    await executor.start("t", 1, "sleep 30")
+    await asyncio.gather(*(executor.start("t", 2, "sleep 30") for _ in range(5)))
+    assert executor.running() == {"t": 2}
+    assert [(e.kind, e.epoch) for e in events] == [
+        ("started", 1), ("finished", 1), ("started", 2)
+    ]
+    await executor.shutdown()
+    assert events[-1].reason == "shutdown"
