@@ -296,7 +296,10 @@ class Transport:
     # ------------------------------------------------------------------ datagrams
 
     def send_datagram(self, addr: str, payload: bytes) -> bool:
-        """Seal and send one datagram; False if it was dropped (and counted)."""
+        """Seal and send one datagram; False if it was dropped (and counted).
+        After ``close()`` every send is a silent no-op returning False."""
+        if self._closing:
+            return False
         assert self._udp is not None, "transport not started"
         if len(payload) > wire.MAX_DATAGRAM_SIZE:
             self.stats.dropped_oversize += 1
@@ -339,7 +342,9 @@ class Transport:
 
     def send_stream(self, addr: str, payload: bytes) -> bool:
         """Queue ``payload`` for the pooled connection to ``addr``; False if dropped."""
-        assert not self._closing, "transport closed"
+        if self._closing:
+            return False
+        assert self._server is not None, "transport not started"
         if len(payload) > MAX_STREAM_PAYLOAD:
             self.stats.dropped_oversize += 1
             log.warning("stream message of %d bytes to %s dropped: over %d",

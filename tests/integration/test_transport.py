@@ -373,3 +373,12 @@ async def test_udp_and_tcp_share_the_port(keyring: Callable[[], Keyring]) -> Non
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, pytest.raises(OSError):
             s.bind((HOST, a.t.port))
     assert struct.calcsize(">I") == wire.FRAME_HEADER_SIZE
+
+
+async def test_sends_after_close_are_quiet_no_ops(keyring: Callable[[], Keyring]) -> None:
+    node = Node("a", keyring())
+    await node.t.start()
+    await node.t.close()
+    assert not node.t.send_datagram("127.0.0.1:9", b"x")
+    assert not node.t.send_stream("127.0.0.1:9", b"x")
+    assert node.t.outbound() == []
