@@ -40,7 +40,9 @@ class SwimConfig:
 
     gossip_interval: float = 0.2
     """Seconds between gossip rounds; each round sends queued broadcasts to
-    ``gossip_nodes`` random members.  LAN 0.2 s."""
+    ``gossip_nodes`` random members.  A node with nothing queued skips rounds; news
+    arriving after such a pause goes out at once, and rounds are never closer than
+    this interval.  LAN 0.2 s."""
 
     gossip_nodes: int = 3
     """Fanout: members sent to per gossip round.  LAN 3."""
@@ -110,11 +112,9 @@ class SwimConfig:
     clusters of a few thousand members.  Default 4096."""
 
     partition_window: int = 16
-    """Number of recent probe outcomes (Ack by any path, or not) kept to decide
-    reachability: the node reports ``partitioned`` when fewer than half of a full
-    window succeeded, or when fewer than half of the known non-left members are
-    alive in its view.  It reports ``healed`` when at least ``3/4`` of the window
-    succeeded and at least half of the members are alive.  Default 16."""
+    """Number of recent probe outcomes kept for the ``reach`` metric (fraction of our
+    probes answered by any path).  The ``partitioned`` flag itself comes from the
+    member view (:mod:`agent.swim.partition`).  Default 16."""
 
     rtt_smoothing: float = 0.125
     """EWMA weight of a new RTT sample (TCP's SRTT alpha).  Default 0.125."""

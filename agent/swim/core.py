@@ -182,6 +182,11 @@ class SwimNode(MembershipRules):
         return self._partition.partitioned
 
     @property
+    def reach(self) -> float | None:
+        """Fraction of our recent probes answered by any path (a metric)."""
+        return self._partition.reach()
+
+    @property
     def cluster_avg_cpu(self) -> float | None:
         """Push-sum estimate of the average CPU (0..1) over the cluster."""
         return self.pushsum.published
@@ -224,37 +229,32 @@ class SwimNode(MembershipRules):
                     self._next_pushsum_at = now + self.config.pushsum_interval
                     self._pushsum_round()
         if now >= self._next_gossip_at:
-            interval = self.config.gossip_interval
-            skipped = int((now - self._next_gossip_at) / interval) + 1
-            self._next_gossip_at += skipped * interval
+            self._next_gossip_at = now + self.config.gossip_interval
             self._gossip_round(now)
         self._partition.update_state(self.table, self._emit_partition_event)
 
     def next_deadline(self) -> float:
         """The earliest time at which :meth:`tick` has something to do (a simulator or
         a runtime may sleep until then; a new message may bring it forward)."""
-        deadlines = [
-            self._next_gossip_at
-            if len(self.broadcasts) or len(self.load_broadcasts)
-            else self._next_gossip_at + 3600.0
-        ]
-        if not self._leaving:
-            probe = self._probe
-            if probe is None:
-                deadlines.append(self._next_probe_at)
-            else:
-                deadlines.append(probe.end_at if probe.indirect_sent else probe.timeout_at)
-            deadlines.append(self._next_push_pull_at)
-            deadlines.append(self._next_reconnect_at)
-            if self._suspicion_heap:
-                deadlines.append(self._suspicion_heap[0][0])
-            relay_deadline = self._relays.next_deadline()
-            if relay_deadline is not None:
-                deadlines.append(relay_deadline)
-            if self.config.pushsum_interval > 0:
-                deadlines.append(self._next_pushsum_at)
-                deadlines.append(self.pushsum.next_deadline)
-        return min(deadlines)
+        soonest = self._next_gossip_at
+        if not len(self.broadcasts) and not len(self.load_broadcasts):
+            soonest += 3600.0  # nothing to gossip: a queued broadcast brings it back
+        if self._leaving:
+            return soonest
+        probe = self._probe
+        if probe is None:
+            soonest = min(soonest, self._next_probe_at)
+        else:
+            soonest = min(soonest, probe.end_at if probe.indirect_sent else probe.timeout_at)
+        soonest = min(soonest, self._next_push_pull_at, self._next_reconnect_at)
+        if self._suspicion_heap:
+            soonest = min(soonest, self._suspicion_heap[0][0])
+        relay_deadline = self._relays.next_deadline()
+        if relay_deadline is not None:
+            soonest = min(soonest, relay_deadline)
+        if self.config.pushsum_interval > 0:
+            soonest = min(soonest, self._next_pushsum_at, self.pushsum.next_deadline)
+        return soonest
 
     def step(self, now: float, from_addr: str, msg: object) -> None:
         """Handle one decoded peer message.  ``from_addr`` is informational only (a TCP
@@ -405,6 +405,8 @@ class SwimNode(MembershipRules):
     def _note_new_member(self, node: str) -> None:
         """Put a new member at a random place in the rest of this probe round."""
         order = self._probe_order
+        if self._probe_index >= len(order):
+            return  # the next probe reshuffles all members anyway
         order.append(node)
         pos = self._rng.randrange(self._probe_index, len(order))
         order[pos], order[-1] = order[-1], order[pos]

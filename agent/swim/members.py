@@ -74,6 +74,7 @@ class MemberTable:
         self._ids: list[str] = []
         self._index: dict[str, int] = {}
         self._counts = dict.fromkeys(MemberState, 0)
+        self.version = 0  # bumped on every add, remove and state change
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -100,10 +101,12 @@ class MemberTable:
         self._index[member.node] = len(self._ids)
         self._ids.append(member.node)
         self._counts[member.state] += 1
+        self.version += 1
 
     def remove(self, node: str) -> None:
         member = self._by_id.pop(node)
         self._counts[member.state] -= 1
+        self.version += 1
         pos = self._index.pop(node)
         last = self._ids.pop()
         if last != node:
@@ -117,6 +120,7 @@ class MemberTable:
         assert self._by_id.get(member.node) is member
         self._counts[member.state] -= 1
         self._counts[state] += 1
+        self.version += 1
         member.state = state
         member.since = now
 

@@ -1,18 +1,21 @@
-"""Partition detection from probe outcomes and the member view.
+"""Partition detection from the member view, plus a probe-reach metric.
 
 A node reports ``partitioned`` when it reaches fewer than half of the members
-it knows about.  Two signals, both O(1) per update:
+it knows about: when the members it considers *alive* (ourselves included;
+suspect, dead and unknown-fate members do not count) are fewer than half of
+the known non-left members.  A member leaves "alive" exactly when a probe
+path failed to reach it, ours (a failed probe is an immediate suspicion) or
+another member's (its Suspect gossip), so this is the probe outcome of the
+whole side we are on, not just of our own last few probes: a 30/70 split
+flips the minority within a probe round or two plus gossip time, and the
+majority (which still sees 70% alive) never flips.  Our own last probes alone
+are a noisy signal (in a 30/70 split a majority node's window of 16 probes
+falls below one half about 3% of the time), so they are kept only as the
+``reach`` metric (fraction of the last ``window`` probes that got an Ack by
+any path) for the operator's report.
 
-* reach: the last ``window`` probe outcomes (an Ack by any path, direct,
-  indirect or TCP, counts as reached).  Fast: in a 30/70 split the minority's
-  probes fail 70% of the time long before anyone is declared dead;
-* view: the members we consider alive (ourselves included) are fewer than half
-  of the known non-left members.  Durable: once the other side is marked dead
-  we no longer probe it, so reach alone would look healthy again.
-
-Entering needs either signal (reach: a full window under one half).  Leaving
-needs the view signal clear and reach at least three quarters (hysteresis, so
-a minority whose window hovers near one half does not flap).
+O(1) per update: the table keeps per-state counts, and the check runs only
+when the table or the window changed.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class PartitionDetector:
         self._outcomes: deque[bool] = deque(maxlen=window)
         self._successes = 0
         self.partitioned = False
+        self._seen_version = -1
 
     def record_probe(self, reached: bool) -> None:
         window = self._outcomes
@@ -42,11 +46,10 @@ class PartitionDetector:
             self._successes += 1
 
     def reach(self) -> float | None:
-        """Fraction of the last full window of probes that reached their target."""
-        window = self._outcomes
-        if len(window) < (window.maxlen or 0):
+        """Fraction of our recent probes that reached their target (None before any)."""
+        if not self._outcomes:
             return None
-        return self._successes / len(window)
+        return self._successes / len(self._outcomes)
 
     @staticmethod
     def view_minority(table: MemberTable) -> bool:
@@ -55,12 +58,10 @@ class PartitionDetector:
         return 2 * alive < known
 
     def update_state(self, table: MemberTable, emit: Callable[[str], None]) -> None:
-        reach = self.reach()
+        if table.version == self._seen_version:
+            return
+        self._seen_version = table.version
         minority = self.view_minority(table)
-        if not self.partitioned:
-            if minority or (reach is not None and reach < 0.5):
-                self.partitioned = True
-                emit("partitioned")
-        elif not minority and (reach is None or reach >= 0.75):
-            self.partitioned = False
-            emit("healed")
+        if minority != self.partitioned:
+            self.partitioned = minority
+            emit("partitioned" if minority else "healed")

@@ -59,31 +59,42 @@ def container_header_size(count: int) -> int:
     return 5
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        assert dataclasses.is_dataclass(cls), f"cannot size a {cls.__name__}"
+        names = tuple(f.name for f in dataclasses.fields(cls))
+        _FIELD_NAMES[cls] = names
+    return names
+
+
 def value_size(value: Any) -> int:
     """Upper bound of the msgpack encoding of one field value."""
-    if value is None or isinstance(value, bool):
-        return 1
-    if isinstance(value, int):
-        return int_size(int(value))
-    if isinstance(value, float):
-        return FLOAT_MAX_BYTES
-    if isinstance(value, str):
-        n = len(value.encode("utf-8"))
+    tp = type(value)
+    if tp is str:
+        n = len(value.encode("utf-8")) if not value.isascii() else len(value)
         return str_header_size(n) + n
-    if isinstance(value, bytes):
+    if tp is int:
+        return int_size(value)
+    if tp is float:
+        return FLOAT_MAX_BYTES
+    if value is None or tp is bool:
+        return 1
+    if tp is tuple:
+        return container_header_size(len(value)) + sum(map(value_size, value))
+    if isinstance(value, int):  # IntEnum and other int subclasses
+        return int_size(int(value))
+    if tp is bytes:
         return str_header_size(len(value)) + 1 + len(value)
-    if isinstance(value, tuple):
-        return container_header_size(len(value)) + sum(value_size(v) for v in value)
-    if isinstance(value, dict):
+    if tp is dict:
         return container_header_size(len(value)) + sum(
             value_size(k) + value_size(v) for k, v in value.items()
         )
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = dataclasses.fields(value)
-        return container_header_size(len(fields)) + sum(
-            value_size(getattr(value, f.name)) for f in fields
-        )
-    raise AssertionError(f"cannot size a {type(value).__name__}")
+    names = _field_names(tp)
+    return container_header_size(len(names)) + sum(value_size(getattr(value, n)) for n in names)
 
 
 TUPLE_GROWTH_BYTES = 2
@@ -94,7 +105,6 @@ array16); added by callers that size a tuple item by item."""
 def message_size(msg: object) -> int:
     """Upper bound of ``agent.wire.encode(msg)``'s length: the message array of
     ``2 + fields`` items, version and type numbers, then the fields."""
-    assert dataclasses.is_dataclass(msg) and not isinstance(msg, type)
-    fields = dataclasses.fields(msg)
-    header = container_header_size(len(fields) + 2) + 2 * 9
-    return header + sum(value_size(getattr(msg, f.name)) for f in fields)
+    names = _field_names(type(msg))
+    header = container_header_size(len(names) + 2) + 2 * 9
+    return header + sum(value_size(getattr(msg, n)) for n in names)

@@ -105,6 +105,8 @@ class SwimNet:
         self.sent = 0
         self.dropped = 0
         self.max_udp_size = 0
+        self.size_check_every = 1  # check every Nth datagram against the payload bound
+        self._udp_count = 0
 
     # ------------------------------------------------------------------ building
 
@@ -222,8 +224,10 @@ class SwimNet:
         self.now = max(self.now, t)
         return stop() if stop is not None else False
 
-    def run_for(self, dt: float, stop: Callable[[], bool] | None = None) -> bool:
-        return self.run_until(self.now + dt, stop)
+    def run_for(
+        self, dt: float, stop: Callable[[], bool] | None = None, check_every: float = 0.05
+    ) -> bool:
+        return self.run_until(self.now + dt, stop, check_every)
 
     def _push(self, when: float, kind: int, addr: str, payload: object) -> None:
         self._seq += 1
@@ -258,9 +262,12 @@ class SwimNet:
         if reliable:
             self._push(self.now + self.tcp_delay + extra, _DELIVER, dst, (src, msg, True))
             return
-        size = message_size(msg)
-        assert size <= self.config.max_datagram_payload, f"datagram of {size} bytes: {msg!r:.200}"
-        self.max_udp_size = max(self.max_udp_size, size)
+        self._udp_count += 1
+        if self._udp_count % self.size_check_every == 0:
+            size = message_size(msg)
+            limit = self.config.max_datagram_payload
+            assert size <= limit, f"datagram of {size} bytes: {msg!r:.200}"
+            self.max_udp_size = max(self.max_udp_size, size)
         copies = 2 if self.duplicate and self.rng.random() < self.duplicate else 1
         for _ in range(copies):
             if self.loss and self.rng.random() < self.loss:
@@ -279,3 +286,12 @@ class SwimNet:
             return observer.node.table.self_member.state
         member = observer.node.table.get(subject.node.node_id)
         return member.state if member is not None else None
+
+    def join(self, host: SimHost, addrs: list[str]) -> None:
+        """``host`` asks the candidates at ``addrs`` to admit it (runtime's join)."""
+        host.node.join(self.now, addrs)
+        self._flush(host)
+
+    def leave(self, host: SimHost) -> None:
+        host.node.leave(self.now)
+        self._flush(host)

@@ -1,0 +1,246 @@
+"""SWIM + Lifeguard simulations: dissemination, lossy networks, partitions.
+
+Seeded and deterministic; a failure prints its seed, and ``MESH_SEED=<seed>``
+replays it.  All runs use the LAN profile (memberlist's defaults) unless a test
+says otherwise; time is virtual.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from swimnet import SimHost, SwimNet, replay_hint, sim_seed  # noqa: E402
+
+from agent.swim import MemberEvent, SwimConfig  # noqa: E402
+from agent.swim.messages import MemberState  # noqa: E402
+from agent.swim.timing import epidemic_rounds, suspicion_timeout  # noqa: E402
+
+LAN = SwimConfig.lan()
+
+
+class FirstSeen:
+    """Records, per observer, when it first reported ``kind`` about ``subject``."""
+
+    def __init__(self, kind: str, subject: str) -> None:
+        self.kind = kind
+        self.subject = subject
+        self.at: dict[str, float] = {}
+
+    def __call__(self, now: float, addr: str, ev: MemberEvent) -> None:
+        if ev.kind == self.kind and ev.member.id == self.subject and addr not in self.at:
+            self.at[addr] = now
+
+    def reached(self, count: int) -> bool:
+        return len(self.at) >= count
+
+    def time_to(self, count: int) -> float:
+        return sorted(self.at.values())[count - 1]
+
+
+@pytest.mark.slow
+def test_1000_nodes_join_and_failure_reach_999_permille_within_epidemic_bound() -> None:
+    """A join and a failure reach 99.9% of 1,000 nodes within the epidemic model's rounds.
+
+    Model: mean-field push gossip (``timing.epidemic_rounds``): with I informed
+    nodes each sending to ``gossip_nodes`` = 3 random peers per gossip round,
+    ``I' = n - (n - I)(1 - 1/n)^(3I)``.  For n = 1,000 and 99.9% this gives R
+    rounds (7 at these settings).  Bound: R + 2 gossip intervals after the news
+    is born (one interval for the originator's next gossip tick, one for rounding
+    the model's discrete rounds), i.e. about 1.8 s at 200 ms rounds.  The news is
+    "born" when the seed admits the joiner, and when the first node declares the
+    crashed node dead (detection itself takes a probe round plus Lifeguard's
+    suspicion timeout, checked separately below).
+    """
+    seed = sim_seed(1001)
+    n = 1000
+    with replay_hint(seed):
+        net = SwimNet(seed, LAN)
+        net.size_check_every = 25  # every datagram is sized by construction; sample the check
+        hosts = net.add_nodes(n)
+        members, joiner = hosts[:-1], hosts[-1]
+        net.bootstrap(members)
+        net.run_for(2.0)
+
+        rounds = epidemic_rounds(n, LAN.gossip_nodes, 0.999)
+        bound = (rounds + 2) * LAN.gossip_interval
+        need = math.ceil(0.999 * len(members))
+
+        joined = FirstSeen("join", joiner.node.node_id)
+        net.on_event = joined
+        net.join(joiner, [members[0].addr])
+        assert net.run_for(10.0, lambda: joined.reached(need), check_every=0.02), (
+            f"join reached only {len(joined.at)}/{len(members)}"
+        )
+        born = min(joined.at.values())
+        spread = joined.time_to(need) - born
+        print(f"join: 99.9% after {spread:.2f} s (model {rounds} rounds, bound {bound:.2f} s)")
+        assert spread <= bound, f"join took {spread:.2f} s > bound {bound:.2f} s"
+        net.run_for(3.0)
+
+        victim = hosts[len(hosts) // 2]
+        survivors = [h for h in hosts if h is not victim]
+        died = FirstSeen("dead", victim.node.node_id)
+        net.on_event = died
+        crashed_at = net.now
+        net.crash(victim.addr)
+        need = math.ceil(0.999 * len(survivors))
+        lo = suspicion_timeout(LAN.suspicion_mult, n, LAN.probe_interval)
+        assert net.run_for(lo * 6 + 10.0, lambda: died.reached(need), check_every=0.02), (
+            f"death reached only {len(died.at)}/{len(survivors)}"
+        )
+        born = min(died.at.values())
+        spread = died.time_to(need) - born
+        detection = born - crashed_at
+        print(
+            f"failure: first dead after {detection:.2f} s (suspicion floor {lo:.1f} s), "
+            f"99.9% {spread:.2f} s later (bound {bound:.2f} s)"
+        )
+        assert spread <= bound, f"death took {spread:.2f} s > bound {bound:.2f} s"
+        # Detection: a probe round to notice, the suspicion floor once k confirmations
+        # are in (at most a few probe intervals more), never the ceiling.
+        assert detection <= lo + 4 * LAN.probe_interval, f"detection {detection:.2f} s"
+
+
+@pytest.mark.slow
+def test_ten_percent_loss_no_false_death_over_10000_probe_rounds() -> None:
+    """100 nodes x 100 probe intervals = 10,000 probes with 10% UDP loss each way
+    (TCP unaffected, as TCP retransmits): no live node is ever declared dead."""
+    seed = sim_seed(2002)
+    with replay_hint(seed):
+        net = SwimNet(seed, LAN, loss=0.10, min_delay=0.001, max_delay=0.02, duplicate=0.01)
+        hosts = net.add_nodes(100)
+        net.bootstrap(hosts)
+        kinds: dict[str, int] = {}
+
+        def count(now: float, addr: str, ev: MemberEvent) -> None:
+            kinds[ev.kind] = kinds.get(ev.kind, 0) + 1
+
+        net.on_event = count
+        net.run_for(100 * LAN.probe_interval)
+        probes = sum(h.node.stats["probes"] for h in hosts)
+        print(f"probes {probes}, events {kinds}, dropped {net.dropped}/{net.sent}")
+        assert probes >= 9_500
+        assert kinds.get("dead", 0) == 0, f"false deaths: {kinds}"
+        for h in hosts:
+            assert h.node.table.count(MemberState.ALIVE) + h.node.table.count(
+                MemberState.SUSPECT
+            ) == len(hosts) - 1
+            assert not h.node.partitioned
+
+
+@pytest.mark.slow
+def test_30_70_partition_detected_on_both_sides_then_heals_to_one_membership() -> None:
+    """200 nodes cut 60 | 140.  Both sides mark the other dead; the minority reports
+    partitioned, the majority does not.  After healing, with no command, every node
+    sees all 200 alive and nobody is partitioned (reconnect PushPull to dead members,
+    remote deaths merged as suspicions, refutation)."""
+    seed = sim_seed(3003)
+    n = 200
+    with replay_hint(seed):
+        net = SwimNet(seed, LAN)
+        net.size_check_every = 5
+        hosts = net.add_nodes(n)
+        net.bootstrap(hosts)
+        net.run_for(5.0)
+        minority, majority = hosts[: n * 3 // 10], hosts[n * 3 // 10 :]
+        net.cut([h.addr for h in minority], [h.addr for h in majority])
+
+        def marked_dead(observers: list[SimHost], subjects: list[SimHost]) -> bool:
+            return all(
+                net.state_of(o, s) == MemberState.DEAD for o in observers for s in subjects
+            )
+
+        def detected() -> bool:
+            return (
+                all(h.node.partitioned for h in minority)
+                and not any(h.node.partitioned for h in majority)
+                and marked_dead(majority, minority)
+                and marked_dead(minority, majority)
+            )
+
+        cut_at = net.now
+        assert net.run_for(
+            60.0, lambda: all(h.node.partitioned for h in minority), check_every=0.25
+        ), "minority never reported partitioned"
+        flagged = net.now - cut_at
+        assert not any(h.node.partitioned for h in majority)
+        # Dead marks take Lifeguard's suspicion timeout: the floor where enough
+        # members confirm, up to the ceiling (6x) on the minority side.
+        assert net.run_for(120.0, detected, check_every=0.5), "partition not detected"
+        print(
+            f"minority flagged partitioned after {flagged:.1f} s; "
+            f"both sides marked each other dead after {net.now - cut_at:.1f} s"
+        )
+        net.run_for(10.0)
+        assert not any(h.node.partitioned for h in majority)
+        net.heal()
+        healed_at = net.now
+
+        def one_membership() -> bool:
+            return all(
+                not h.node.partitioned and h.node.table.count(MemberState.ALIVE) == n - 1
+                for h in hosts
+            )
+
+        limit = 4 * LAN.reconnect_interval + 60.0
+        assert net.run_for(limit, one_membership, check_every=0.5), (
+            f"not healed after {limit:.0f} s: "
+            f"{sum(h.node.partitioned for h in hosts)} partitioned, alive counts "
+            f"{sorted({h.node.table.count(MemberState.ALIVE) for h in hosts})}"
+        )
+        print(f"healed to one membership {net.now - healed_at:.1f} s after the cut was lifted")
+
+
+def test_sigstop_shorter_than_suspicion_is_suspected_then_refuted_never_dead() -> None:
+    """A paused node (SIGSTOP) is suspected, then refutes on resume: never dead."""
+    seed = sim_seed(4004)
+    with replay_hint(seed):
+        net = SwimNet(seed, LAN)
+        hosts = net.add_nodes(20)
+        net.bootstrap(hosts)
+        net.run_for(3.0)
+        victim = hosts[7]
+        seen: list[str] = []
+        net.on_event = lambda now, addr, ev: (
+            seen.append(ev.kind) if ev.member.id == victim.node.node_id and addr != victim.addr
+            else None
+        )
+        lo = suspicion_timeout(LAN.suspicion_mult, 20, LAN.probe_interval)
+        net.pause(victim.addr)
+        net.run_for(lo * 0.9)
+        assert "suspect" in seen
+        net.resume(victim.addr)
+        net.run_for(15.0)
+        assert "dead" not in seen, seen
+        assert "alive" in seen, seen
+        assert victim.node.incarnation >= 1
+        assert victim.node.stats["refutes"] >= 1
+        for h in hosts:
+            assert net.state_of(h, victim) == MemberState.ALIVE
+
+
+def test_graceful_leave_reaches_everyone_as_left() -> None:
+    seed = sim_seed(5005)
+    with replay_hint(seed):
+        net = SwimNet(seed, LAN)
+        hosts = net.add_nodes(50)
+        net.bootstrap(hosts)
+        net.run_for(2.0)
+        leaver = hosts[3]
+        net.leave(leaver)
+        net.run_for(3.0)
+        assert leaver.node.leave_complete
+        for h in hosts:
+            if h is not leaver:
+                assert net.state_of(h, leaver) == MemberState.LEFT
+        net.crash(leaver.addr)
+        net.run_for(30.0)
+        for h in hosts:
+            if h is not leaver:
+                assert net.state_of(h, leaver) == MemberState.LEFT  # never "dead"
