@@ -10,11 +10,13 @@ or request the ``requires_root`` fixture.  The policy:
 A test can name extra tools it needs: ``@pytest.mark.root(tools=("sshd", "ssh"))``.
 The default set is ``ip``, ``nft`` and ``tc``.
 
-Other fixtures: ``tmp_data_dir`` (a fresh agent data directory, mode 0700) and
-``free_port`` (a callable returning a free loopback TCP+UDP port).  The
-namespace harness lives in ``tests/netns/harness.py`` (``from netns.harness
-import NetnsLab``: this directory is on ``sys.path`` because it holds the
-root conftest).
+Other fixtures: ``tmp_data_dir`` (a fresh agent data directory, mode 0700),
+``free_port`` (a callable returning a free loopback TCP+UDP port) and
+``netns_lab`` (a factory: ``lab = netns_lab(5)`` builds a started NetnsLab,
+closed at teardown; it applies the root policy itself).  The namespace
+harness lives in ``tests/netns/harness.py`` (``from netns.harness import
+NetnsLab``: this directory is on ``sys.path`` because it holds the root
+conftest).
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from netns.harness import NetnsLab
 
 ROOT_SKIP_REASON = "needs root for network namespaces (runs under CI=true)"
 DEFAULT_ROOT_TOOLS: tuple[str, ...] = ("ip", "nft", "tc")
@@ -105,3 +111,22 @@ def find_free_port(host: str = "127.0.0.1") -> int:
 def free_port() -> Callable[[], int]:
     """``free_port()`` returns a loopback port free for TCP and UDP."""
     return find_free_port
+
+
+@pytest.fixture
+def netns_lab() -> Iterator[Callable[..., NetnsLab]]:
+    """Factory for started namespace labs, all closed at teardown."""
+    enforce_root_policy()
+    from netns.harness import NetnsLab
+
+    labs: list[NetnsLab] = []
+
+    def make(hosts: int, **kwargs: Any) -> NetnsLab:
+        lab = NetnsLab(hosts, **kwargs)
+        labs.append(lab)
+        lab.start()
+        return lab
+
+    yield make
+    for lab in reversed(labs):
+        lab.close()

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -310,3 +310,12 @@ def test_relay_carries_tcp_bulk_intact() -> None:
         thread.join(30)
         server.close()
         assert received and received[0] == payload
+
+
+def test_netns_lab_fixture(netns_lab: Callable[..., NetnsLab]) -> None:
+    first = netns_lab(2)
+    second = netns_lab(2)
+    assert first.suffix != second.suffix
+    # same addresses, separate wires: the labs cannot see each other
+    assert first.addr(0) == second.addr(0)
+    assert reachable(first, 0, 1) and reachable(second, 1, 0)
