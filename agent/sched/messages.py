@@ -22,6 +22,8 @@ class BidRequest:
 
     request_id: int
     task: str
+    """The task bid for, or "" for a round: one bid per host covers every task placed in
+    this scheduling round (the leader then counts its own decisions on top)."""
     caps: tuple[str, ...]
     epoch: int
     """The task's epoch at the time of the request; a bid for another epoch is ignored."""

@@ -85,6 +85,12 @@ def auction_score(
     return round(score, SCORE_DIGITS)
 
 
+def bid_applies(bid: Bid, task: TaskView) -> bool:
+    """A bid for this task at its current epoch, or a round bid (``task == ""``): the
+    host's figures offered for every task placed in this scheduling round."""
+    return bid.task == "" or (bid.task == task.id and bid.epoch == task.epoch)
+
+
 def apply_bid(node: NodeView, bid: Bid) -> NodeView:
     """The node's view with the figures from its own (fresher) bid."""
     return replace(
@@ -107,7 +113,7 @@ class AuctionBoard:
     serves a whole burst of decisions; ``bump`` updates one host after a decision.
     """
 
-    __slots__ = ("_base", "_schedulable", "cfg", "fastest", "nodes")
+    __slots__ = ("_added", "_base", "_schedulable", "cfg", "fastest", "nodes")
 
     def __init__(self, nodes: Iterable[NodeView], cfg: SchedConfig) -> None:
         self.cfg = cfg
@@ -116,6 +122,7 @@ class AuctionBoard:
         # Speed is relative to the fastest host with history anywhere in the mesh.
         self.fastest = _fastest(self.nodes.values())
         self._base = {n.id: self._base_of(n, self.fastest) for n in self.nodes.values()}
+        self._added: dict[str, int] = {}  # decisions made on this board, per host
 
     def _base_of(self, node: NodeView, fastest: float | None) -> float:
         return self._base_from(
@@ -151,15 +158,16 @@ class AuctionBoard:
         """Count ``queued`` more tasks on ``node_id`` (a decision just landed there)."""
         node = self.nodes[node_id] = bump_queued(self.nodes[node_id], queued)
         self._base[node_id] = self._base_of(node, self.fastest)
+        # Bids were sampled before these decisions: count them on top of bid figures too.
+        self._added[node_id] = self._added.get(node_id, 0) + queued
 
     def scores(self, task: TaskView, bids: Mapping[str, Bid] | None = None) -> dict[str, float]:
         """Score of every eligible host; a bid replaces gossip only for this task and epoch."""
         cfg = self.cfg
-        fresh = {
-            node_id: bid
-            for node_id, bid in bids.items()
-            if bid.task == task.id and bid.epoch == task.epoch and node_id in self.nodes
-        } if bids else {}  # fmt: skip
+        fresh: dict[str, Bid] = {}
+        for node_id, bid in (bids or {}).items():
+            if node_id in self.nodes and bid_applies(bid, task):
+                fresh[node_id] = bid
         fastest = self.fastest
         bid_means = [b.mean_duration for b in fresh.values() if b.mean_duration]
         bid_means = [m for m in bid_means if m > 0]
@@ -174,11 +182,12 @@ class AuctionBoard:
             match = len(required & caps) / need if need else 1.0
             if match < min_match:
                 continue
-            bid = fresh.get(node_id) if fresh else None
-            if bid is not None:
+            offered = fresh.get(node_id) if fresh else None
+            if offered is not None:
                 base = self._base_from(
-                    bid.cpu, bid.mem_free, bid.slots, bid.running + bid.queued,
-                    bid.success_rate, bid.mean_duration, fastest,
+                    offered.cpu, offered.mem_free, offered.slots,
+                    offered.running + offered.queued + self._added.get(node_id, 0),
+                    offered.success_rate, offered.mean_duration, fastest,
                 )  # fmt: skip
             elif reuse:
                 base = self._base[node_id]

@@ -322,3 +322,18 @@ def test_place_many_equals_one_by_one_with_updated_snapshots(seed: int) -> None:
             dataclasses.replace(n, queued=n.queued + 1) if n.id == chosen else n for n in nodes
         ]
     assert [(d.task, d.node, d.error) for d in batch] == reference, f"seed {seed}"
+
+
+def test_round_bid_applies_to_every_task_and_bursts_still_spread() -> None:
+    nodes = (NodeView("a", slots=4, cpu=0.9), NodeView("b", slots=4, cpu=0.9))
+    snap = ClusterSnapshot(nodes)
+    # fresh round bids (task ""): both idle now, same figures
+    bids = {n: Bid(7, "", n, 0, 0.0, 1.0, 4, 0, 0, 1.0, None) for n in ("a", "b")}
+    assert run_auction(TaskView("t1", epoch=3), snap, bids) == "a"
+    busy_a = {**bids, "a": Bid(7, "", "a", 0, 0.95, 1.0, 4, 0, 0, 1.0, None)}
+    assert run_auction(TaskView("t1", epoch=3), snap, busy_a) == "b"
+    # a burst placed with the same round bids alternates: decisions count on top of bids
+    burst = [TaskView(f"t{i}", created_at=float(i)) for i in range(6)]
+    per_task = {t.id: bids for t in burst}
+    placed = [d.node for d in place_many(burst, snap, CFG, per_task)]
+    assert sorted(placed) == ["a", "a", "a", "b", "b", "b"]
