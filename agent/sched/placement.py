@@ -60,16 +60,24 @@ def performance(node: NodeView, fastest_mean: float | None) -> float:
 
     A host without history counts as fast, so new hosts get tried.
     """
-    if node.mean_duration is None or fastest_mean is None or node.mean_duration <= 0:
-        speed = 1.0
-    else:
-        speed = min(1.0, fastest_mean / node.mean_duration)
-    return 0.5 * _clamp(node.success_rate) + 0.5 * speed
+    return _performance(node.success_rate, node.mean_duration, fastest_mean)
 
 
 def availability(node: NodeView) -> float:
     """Resource availability, 0..1: half free-slot fraction, half free memory."""
-    return 0.5 * (node.free_slots / max(1, node.slots)) + 0.5 * _clamp(node.mem_free)
+    return _availability(node.slots, node.running + node.queued, node.mem_free)
+
+
+def _performance(success_rate: float, mean_duration: float | None, fastest: float | None) -> float:
+    if mean_duration is None or fastest is None or mean_duration <= 0:
+        speed = 1.0
+    else:
+        speed = min(1.0, fastest / mean_duration)
+    return 0.5 * _clamp(success_rate) + 0.5 * speed
+
+
+def _availability(slots: int, busy: int, mem_free: float) -> float:
+    return 0.5 * (max(0, slots - busy) / max(1, slots)) + 0.5 * _clamp(mem_free)
 
 
 def auction_score(
@@ -140,18 +148,12 @@ class AuctionBoard:
         mean_duration: float | None,
         fastest: float | None,
     ) -> float:
-        # Same terms as performance() and availability(), without building a NodeView.
+        # The terms of auction_score() minus the match, without building a NodeView.
         cfg = self.cfg
-        if mean_duration is None or fastest is None or mean_duration <= 0:
-            speed = 1.0
-        else:
-            speed = min(1.0, fastest / mean_duration)
-        perf = 0.5 * _clamp(success_rate) + 0.5 * speed
-        avail = 0.5 * (max(0, slots - busy) / max(1, slots)) + 0.5 * _clamp(mem_free)
         return (
             cfg.weight_cpu * (1.0 - _clamp(cpu))
-            + cfg.weight_performance * perf
-            + cfg.weight_resources * avail
+            + cfg.weight_performance * _performance(success_rate, mean_duration, fastest)
+            + cfg.weight_resources * _availability(slots, busy, mem_free)
         )
 
     def bump(self, node_id: str, queued: int = 1) -> None:
