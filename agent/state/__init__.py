@@ -1,7 +1,30 @@
 """The replicated state machine: tasks, assignments, KV namespaces, proposals.
 
-``StateMachine.apply(index, data)`` consumes committed entries built with the
-``cmd_*`` constructors; ``snapshot()``/``restore()`` move the whole state.
+``StateMachine.apply(index, data) -> ApplyResult(ok, value, error, events)``
+consumes committed entries built with the ``cmd_*`` constructors (``b""`` is a
+no-op); ``snapshot()``/``restore()`` move the whole state.  Results (``value``)
+per op -- the control API returns them as they are:
+
+================  =========================================================
+kv.put            ``{index}``
+kv.delete         ``{index, deleted}``
+kv.cas            ``{index, ok}``
+proposal.create   ``{id}`` (int; refused if ``validate_proposal`` objects)
+proposal.vote     ``{tally: {yes, no, eligible, voters, participation, state}}``
+node.register     ``{}``;  node.drain / node.undrain (id or name): ``{node}``
+task.submit       ``{id}`` ("t1", "t2", ...)
+task.assign       ``{task, epoch}`` -- epoch must be the task's epoch + 1
+task.start        ``{task, epoch}``;  task.finish: ``{task, state}``
+task.migrate      ``{task, epoch}`` (the new epoch)
+task.cancel       ``{}``;  task.lost: ``{task}``
+task.fail_node    ``{moved, requeued, lost}``
+================  =========================================================
+
+Rejections are ``ok=False`` with a one-line ``error`` ("stale epoch", "unknown
+task t9", ...).  ``events`` are ``{"topic": "tasks"|"migrations"|"consensus",
+"data": {...}}`` in the control API's shapes; task kinds are submitted,
+assigned, started, finished, cancelled, lost and requeued (back to the queue
+after a failed run or a lost host).
 """
 
 from agent.state.builders import (
