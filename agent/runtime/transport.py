@@ -247,6 +247,18 @@ class Transport:
         return self._advertise or format_addr(self.bind_host, self.port)
 
     @property
+    def advertise(self) -> str | None:
+        """The "host:port" sent in Hello frames (peers answer streams to it);
+        may be set after ``start()`` once a port-0 bind has picked the port."""
+        return self._advertise
+
+    @advertise.setter
+    def advertise(self, addr: str | None) -> None:
+        if addr is not None:
+            parse_addr(addr)  # ConfigError if malformed
+        self._advertise = addr
+
+    @property
     def keyring(self) -> Keyring:
         return self.envelope.keyring
 

@@ -382,3 +382,13 @@ async def test_sends_after_close_are_quiet_no_ops(keyring: Callable[[], Keyring]
     assert not node.t.send_datagram("127.0.0.1:9", b"x")
     assert not node.t.send_stream("127.0.0.1:9", b"x")
     assert node.t.outbound() == []
+
+
+async def test_advertise_can_be_set_after_start(keyring: Callable[[], Keyring]) -> None:
+    async with Node("a", keyring()) as a, Node("b", keyring()) as b:
+        a.t.advertise = f"localhost:{a.t.port}"
+        a.t.send_stream(b.addr, b"x")
+        await wait_until(lambda: len(b.streams) == 1)
+        assert b.streams == [(f"localhost:{a.t.port}", b"x")]
+        with pytest.raises(ConfigError):
+            a.t.advertise = "no port"
