@@ -18,7 +18,15 @@ every node applying the same committed log computes the same configuration.
 from __future__ import annotations
 
 from agent.errors import LocalError
-from agent.raft.messages import ConfChange, ConfChangeKind, ConfState
+from agent.raft.messages import (
+    ConfChange,
+    ConfChangeKind,
+    ConfState,
+    Entry,
+    EntryKind,
+    HardState,
+    RestoredState,
+)
 
 
 def apply_conf_change(conf: ConfState, change: ConfChange) -> ConfState:
@@ -102,3 +110,42 @@ def plan_voter_changes(
     if dead_learners:
         return ConfChange(ConfChangeKind.REMOVE, dead_learners[0])
     return None
+
+
+class ConfHistory:
+    """Configurations by the index of the entry that made them, for snapshots taken
+    at an applied index that may lag the committed configuration."""
+
+    def __init__(self, index: int, conf: ConfState) -> None:
+        self._changes: list[tuple[int, ConfState]] = [(index, conf)]
+
+    def record(self, index: int, conf: ConfState) -> None:
+        self._changes.append((index, conf))
+
+    def at(self, index: int) -> ConfState:
+        conf = self._changes[0][1]
+        for at, state in self._changes:
+            if at > index:
+                break
+            conf = state
+        return conf
+
+    def forget_before(self, index: int) -> None:
+        """Drop what no snapshot at or after ``index`` can need."""
+        while len(self._changes) > 1 and self._changes[1][0] <= index:
+            del self._changes[0]
+
+
+def bootstrap_state(voters: list[str]) -> RestoredState:
+    """The initial durable state of every founding member of a new cluster.
+
+    The founding configuration is written as committed term-1 log entries (add
+    as learner, then promote, per voter) rather than a snapshot, so a node that
+    joins later learns it from the log like any other membership change.  The
+    runtime persists ``entries`` and ``hard_state`` before building the node."""
+    entries: list[Entry] = []
+    for node_id in sorted(voters):
+        for kind in (ConfChangeKind.ADD_LEARNER, ConfChangeKind.PROMOTE):
+            change = ConfChange(kind, node_id).encode()
+            entries.append(Entry(1, len(entries) + 1, EntryKind.CONF_CHANGE, change))
+    return RestoredState(HardState(term=1, vote="", commit=len(entries)), None, tuple(entries))

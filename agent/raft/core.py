@@ -32,14 +32,19 @@ from __future__ import annotations
 import random
 
 from agent.errors import LocalError, NoQuorumError, NotLeaderError
-from agent.raft.confchange import apply_conf_change, check_conf_change
+from agent.raft import election, replication
+from agent.raft.confchange import (
+    ConfHistory,
+    apply_conf_change,
+    bootstrap_state,
+    check_conf_change,
+)
 from agent.raft.config import RaftConfig
 from agent.raft.log import RaftLog
 from agent.raft.messages import (
     AppendEntries,
     AppendResp,
     ConfChange,
-    ConfChangeKind,
     ConfState,
     ConsensusEvent,
     Entry,
@@ -61,25 +66,12 @@ from agent.raft.messages import (
     Snapshot,
     TimeoutNow,
 )
-from agent.raft.progress import Inflights, Progress, ProgressState
+from agent.raft.progress import Inflights, Progress
 from agent.raft.readonly import ReadOnly
 
+__all__ = ["RaftNode", "bootstrap_state"]
+
 _FROM_LEADER = (AppendEntries, Heartbeat, InstallSnapshot)
-
-
-def bootstrap_state(voters: list[str]) -> RestoredState:
-    """The initial durable state of every founding member of a new cluster.
-
-    The founding configuration is written as committed term-1 log entries (add
-    as learner, then promote, per voter) rather than a snapshot, so a node that
-    joins later learns it from the log like any other membership change.  The
-    runtime persists ``entries`` and ``hard_state`` before building the node."""
-    entries: list[Entry] = []
-    for node_id in sorted(voters):
-        for kind in (ConfChangeKind.ADD_LEARNER, ConfChangeKind.PROMOTE):
-            change = ConfChange(kind, node_id).encode()
-            entries.append(Entry(1, len(entries) + 1, EntryKind.CONF_CHANGE, change))
-    return RestoredState(HardState(term=1, vote="", commit=len(entries)), None, tuple(entries))
 
 
 class RaftNode:
@@ -95,7 +87,7 @@ class RaftNode:
         self.vote = hs.vote
         self.log = RaftLog(restored.snapshot, restored.entries, hs.commit)
         self.conf = restored.snapshot.conf if restored.snapshot else ConfState(voters=())
-        self._conf_history: list[tuple[int, ConfState]] = [(self.log.offset, self.conf)]
+        self._conf_history = ConfHistory(self.log.offset, self.conf)
         self._conf_applied_to = self.log.offset
         self.role = Role.FOLLOWER
         self.leader_id = ""
@@ -135,12 +127,12 @@ class RaftNode:
     def tick(self) -> None:
         self._ticks += 1
         if self.role == Role.LEADER:
-            self._tick_leader()
+            replication.tick_leader(self)
             return
         self.election_elapsed += 1
         if self._promotable() and self.election_elapsed >= self._randomized_timeout:
             self.election_elapsed = 0
-            self._hup(transfer=False)
+            election.hup(self, transfer=False)
 
     def step(self, msg: RaftMessage) -> None:
         if msg.to != self.id:
@@ -169,9 +161,9 @@ class RaftNode:
                 self._send(RequestVoteResp(self.id, msg.frm, self.term, False, pre_vote=True))
             return
         if isinstance(msg, RequestVote):
-            self._handle_vote_request(msg)
+            election.handle_vote_request(self, msg)
         elif self.role == Role.LEADER:
-            self._step_leader(msg)
+            replication.step_leader(self, msg)
         elif self.role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
             self._step_candidate(msg)
         else:
@@ -199,7 +191,7 @@ class RaftNode:
         On a follower the request goes to the leader; if the request or its answer
         is lost, no ReadState arrives and the runtime's timeout applies."""
         if self.role == Role.LEADER:
-            self._read_index(ctx, self.id)
+            replication.read_index(self, ctx, self.id)
         elif self.leader_id:
             self._send(ReadIndexReq(self.id, self.leader_id, self.term, ctx))
         else:
@@ -217,7 +209,7 @@ class RaftNode:
         if self.prs[to].match == self.log.last_index():
             self._send(TimeoutNow(self.id, to, self.term))
         else:
-            self._send_append(to)
+            replication.send_append(self, to)
 
     def compact(self, index: int, data: bytes) -> Snapshot:
         """The application's state ``data`` as of applied ``index``: remember it as the
@@ -230,10 +222,9 @@ class RaftNode:
             return current
         term = self.log.term(index)
         assert term is not None, f"snapshot at compacted index {index}"
-        snapshot = Snapshot(index, term, self._conf_at(index), data)
+        snapshot = Snapshot(index, term, self._conf_history.at(index), data)
         self.log.compact(max(self.log.offset, index - self.config.snapshot_trailing), snapshot)
-        while len(self._conf_history) > 1 and self._conf_history[1][0] <= self.log.offset:
-            del self._conf_history[0]
+        self._conf_history.forget_before(self.log.offset)
         return snapshot
 
     def should_snapshot(self) -> bool:
@@ -247,7 +238,7 @@ class RaftNode:
         """Leader: a quorum answered within the last election timeout.  Others: a
         leader was heard from within it.  False means writes should fail fast."""
         if self.role == Role.LEADER:
-            return self._quorum_active()
+            return replication.quorum_active(self)
         return self.leader_id != "" and self.election_elapsed < self.config.election_ticks
 
     def progress_view(self) -> dict[str, dict[str, object]]:
@@ -268,7 +259,7 @@ class RaftNode:
         if self._append_pending:
             self._append_pending = False
             if self.role == Role.LEADER:
-                self._bcast_append()
+                replication.bcast_append(self)
         hs = HardState(self.term, self.vote, self.log.committed)
         hs_changed = hs != self._prev_hs
         entries = self.log.unstable_entries()
@@ -331,9 +322,13 @@ class RaftNode:
             self.log.stable_to(rd.entries[-1].index, rd.entries[-1].term)
         if rd.committed_entries:
             self.log.applied = max(self.log.applied, rd.committed_entries[-1].index)
-        leader = self.role == Role.LEADER
-        if leader and self.prs[self.id].maybe_update(self.log.stable) and self._maybe_commit():
-            self._bcast_append()
+        is_leader = self.role == Role.LEADER
+        if (
+            is_leader
+            and self.prs[self.id].maybe_update(self.log.stable)
+            and replication.maybe_commit(self)
+        ):
+            replication.bcast_append(self)
 
     # ============================================================ roles
 
@@ -395,70 +390,6 @@ class RaftNode:
         pr.is_learner = peer not in self.conf.voters
         return pr
 
-    def _hup(self, transfer: bool) -> None:
-        if self.role == Role.LEADER or not self._promotable():
-            return
-        self._campaign(pre=self.config.pre_vote and not transfer, transfer=transfer)
-
-    def _campaign(self, pre: bool, transfer: bool = False) -> None:
-        if pre:
-            self._reset(self.term)
-            self._set_role(Role.PRE_CANDIDATE)
-            vote_term = self.term + 1
-            self._emit("election", f"pre-vote for term {vote_term}")
-        else:
-            self._reset(self.term + 1)
-            self.vote = self.id
-            self._set_role(Role.CANDIDATE)
-            vote_term = self.term
-            self._emit("election", f"campaigning in term {vote_term}")
-        if self._poll(self.id, True) == "won":
-            if pre:
-                self._campaign(pre=False)
-            else:
-                self._become_leader()
-            return
-        for voter in self.conf.voters:
-            if voter != self.id:
-                self._send(
-                    RequestVote(
-                        self.id,
-                        voter,
-                        vote_term,
-                        self.log.last_index(),
-                        self.log.last_term(),
-                        pre_vote=pre,
-                        transfer=transfer,
-                    )
-                )
-
-    def _poll(self, voter: str, granted: bool) -> str:
-        self.votes.setdefault(voter, granted)
-        voters = self.conf.voters
-        yes = sum(1 for v in voters if self.votes.get(v) is True)
-        no = sum(1 for v in voters if self.votes.get(v) is False)
-        quorum = len(voters) // 2 + 1
-        if yes >= quorum:
-            return "won"
-        if no > len(voters) - quorum:
-            return "lost"
-        return "pending"
-
-    def _handle_vote_request(self, m: RequestVote) -> None:
-        can_vote = (
-            self.vote == m.frm
-            or (self.vote == "" and self.leader_id == "")
-            or (m.pre_vote and m.term > self.term)
-        )
-        if can_vote and self.log.is_up_to_date(m.last_index, m.last_term):
-            self._send(RequestVoteResp(self.id, m.frm, m.term, True, pre_vote=m.pre_vote))
-            if not m.pre_vote:
-                self.election_elapsed = 0
-                self.vote = m.frm
-                self._emit("vote", f"voted for {m.frm} in term {m.term}")
-        else:
-            self._send(RequestVoteResp(self.id, m.frm, self.term, False, pre_vote=m.pre_vote))
-
     # ============================================================ per-role steps
 
     def _step_candidate(self, m: RaftMessage) -> None:
@@ -468,13 +399,13 @@ class RaftNode:
         elif isinstance(m, RequestVoteResp):
             if m.pre_vote != (self.role == Role.PRE_CANDIDATE):
                 return
-            result = self._poll(m.frm, m.granted)
+            result = election.poll(self, m.frm, m.granted)
             if result == "won":
                 if self.role == Role.PRE_CANDIDATE:
-                    self._campaign(pre=False)
+                    election.campaign(self, pre=False)
                 else:
                     self._become_leader()
-                    self._bcast_append()
+                    replication.bcast_append(self)
             elif result == "lost":
                 self._become_follower(self.term, "")
 
@@ -494,7 +425,7 @@ class RaftNode:
             self._set_leader(m.frm)
             self._handle_snapshot(m)
         elif isinstance(m, TimeoutNow):
-            self._hup(transfer=True)
+            election.hup(self, transfer=True)
         elif isinstance(m, ReadIndexResp):
             self._read_states.append(ReadState(m.index, m.ctx))
 
@@ -533,7 +464,7 @@ class RaftNode:
             return
         self.log.restore(snap)
         self.conf = snap.conf
-        self._conf_history = [(snap.index, snap.conf)]
+        self._conf_history = ConfHistory(snap.index, snap.conf)
         self._conf_applied_to = snap.index
         self._set_role(Role.FOLLOWER if self._promotable() else Role.LEARNER)
         self._emit("conf", f"installed snapshot at {snap.index}")
@@ -554,180 +485,7 @@ class RaftNode:
         self._append_pending = True
         return index
 
-    def _tick_leader(self) -> None:
-        self._heartbeat_elapsed += 1
-        self.election_elapsed += 1
-        if self.election_elapsed >= self.config.election_ticks:
-            self.election_elapsed = 0
-            if self.config.check_quorum and not self._quorum_active():
-                self._emit("election", "lost contact with a quorum: stepping down")
-                self._become_follower(self.term, "")
-                return
-            if self.lead_transferee:
-                self._emit("leader", f"transfer to {self.lead_transferee} timed out")
-                self.lead_transferee = ""
-        for peer, pr in self.prs.items():
-            if pr.state == ProgressState.SNAPSHOT:
-                pr.snapshot_ticks += 1
-                if pr.snapshot_ticks > self.config.election_ticks:
-                    # The snapshot (or its ack) was lost: probe again from the match.
-                    pr.pending_snapshot = 0
-                    pr.become_probe()
-                    self._send_append(peer)
-        if self._heartbeat_elapsed >= self.config.heartbeat_ticks:
-            self._heartbeat_elapsed = 0
-            self._bcast_heartbeat(self._read_only.last_key())
-
-    def _quorum_active(self) -> bool:
-        horizon = self._ticks - self.config.election_ticks
-        voters = self.conf.voters
-        active = sum(
-            1
-            for v in voters
-            if v == self.id or (v in self.prs and self.prs[v].last_heard >= horizon)
-        )
-        return active >= len(voters) // 2 + 1
-
-    def _step_leader(self, m: RaftMessage) -> None:
-        if isinstance(m, ReadIndexReq):
-            self._read_index(m.ctx, m.frm)
-            return
-        pr = self.prs.get(m.frm)
-        if pr is None:
-            return
-        if isinstance(m, AppendResp):
-            pr.last_heard = self._ticks
-            self._handle_append_resp(m, pr)
-        elif isinstance(m, HeartbeatResp):
-            pr.last_heard = self._ticks
-            pr.probe_sent = False
-            if pr.state == ProgressState.REPLICATE and pr.inflights.full():
-                # Appends may have been lost: let one more through to provoke a reject.
-                pr.inflights.free_first_one()
-            if pr.match < self.log.last_index():
-                self._send_append(m.frm)
-            if m.ctx:
-                self._read_ack(m.ctx, m.frm)
-        elif isinstance(m, InstallSnapshotResp):
-            pr.last_heard = self._ticks
-            if pr.maybe_update(m.index) and self._maybe_commit():
-                self._bcast_append()
-            if pr.state == ProgressState.SNAPSHOT:
-                pr.become_probe()
-            self._send_append(m.frm)
-
-    def _handle_append_resp(self, m: AppendResp, pr: Progress) -> None:
-        if m.reject:
-            probe = m.hint_index
-            if m.hint_term > 0:
-                probe = self.log.find_conflict_by_term(m.hint_index, m.hint_term)
-            if pr.maybe_decrease_to(m.index, probe):
-                if pr.state == ProgressState.REPLICATE:
-                    pr.become_probe()
-                self._send_append(m.frm)
-            return
-        was_paused = pr.is_paused()
-        if not pr.maybe_update(m.index):
-            return
-        if pr.state == ProgressState.PROBE:
-            pr.become_replicate()
-        elif pr.state == ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot:
-            pr.become_probe()
-            pr.become_replicate()
-        else:
-            pr.inflights.free_to(m.index)
-        if self._maybe_commit():
-            self._bcast_append()
-        elif was_paused:
-            self._send_append(m.frm)
-        while self._send_append(m.frm, send_if_empty=False):
-            pass
-        if m.frm == self.lead_transferee and pr.match == self.log.last_index():
-            self._send(TimeoutNow(self.id, m.frm, self.term))
-
-    def _send_append(self, to: str, send_if_empty: bool = True) -> bool:
-        pr = self.prs.get(to)  # a committed membership change may just have removed it
-        if pr is None or pr.is_paused():
-            return False
-        prev = pr.next - 1
-        prev_term = self.log.term(prev)
-        if prev_term is None:
-            # The entries it needs are compacted away: send the snapshot instead.
-            snapshot = self.log.snapshot
-            if snapshot is None or pr.last_heard < self._ticks - self.config.election_ticks:
-                return False
-            self._send(InstallSnapshot(self.id, to, self.term, snapshot))
-            pr.become_snapshot(snapshot.index)
-            return True
-        last = self.log.last_index()
-        ents = []
-        if prev < last:
-            ents = self.log.slice(pr.next, last + 1, self.config.max_size_per_msg)
-        if not ents and not send_if_empty:
-            return False
-        commit = self.log.committed
-        self._send(AppendEntries(self.id, to, self.term, prev, prev_term, tuple(ents), commit))
-        if ents and pr.state == ProgressState.REPLICATE:
-            pr.next = ents[-1].index + 1
-            pr.inflights.add(ents[-1].index)
-        elif pr.state == ProgressState.PROBE:
-            pr.probe_sent = True
-        return True
-
-    def _bcast_append(self) -> None:
-        for peer in self.prs:
-            if peer != self.id:
-                self._send_append(peer)
-
-    def _bcast_heartbeat(self, ctx: bytes) -> None:
-        for peer, pr in self.prs.items():
-            if peer != self.id:
-                commit = min(pr.match, self.log.committed)
-                self._send(Heartbeat(self.id, peer, self.term, commit, ctx))
-
-    def _maybe_commit(self) -> bool:
-        voters = self.conf.voters
-        if not voters:
-            return False
-        matches = sorted((self.prs[v].match if v in self.prs else 0 for v in voters), reverse=True)
-        candidate = matches[len(voters) // 2]
-        if candidate <= self.log.committed or self.log.term(candidate) != self.term:
-            return False
-        self.log.commit_to(candidate)
-        self._apply_committed_conf()
-        if self.role == Role.LEADER and self._reads_awaiting_commit:
-            waiting, self._reads_awaiting_commit = self._reads_awaiting_commit, []
-            for ctx, requester in waiting:
-                self._read_index(ctx, requester)
-        return True
-
     # ============================================================ reads
-
-    def _read_index(self, ctx: bytes, requester: str) -> None:
-        if self.log.term(self.log.committed) != self.term:
-            # Until an entry of our term commits we do not know the true commit index.
-            self._reads_awaiting_commit.append((ctx, requester))
-            return
-        if self.conf.voters == (self.id,):
-            self._deliver_read(requester, self.log.committed, ctx)
-            return
-        key = self._read_only.add(self.log.committed, requester, ctx)
-        self._read_ack(key, self.id)
-        self._bcast_heartbeat(key)
-
-    def _read_ack(self, key: bytes, voter: str) -> None:
-        acks = self._read_only.ack(key, voter)
-        if acks is None:
-            return
-        if sum(1 for v in self.conf.voters if v in acks) >= len(self.conf.voters) // 2 + 1:
-            for read in self._read_only.release_through(key):
-                self._deliver_read(read.requester, read.index, read.ctx)
-
-    def _deliver_read(self, requester: str, index: int, ctx: bytes) -> None:
-        if requester == self.id:
-            self._read_states.append(ReadState(index, ctx))
-        else:
-            self._send(ReadIndexResp(self.id, requester, self.term, ctx, index))
 
     # ============================================================ membership
 
@@ -744,12 +502,12 @@ class RaftNode:
                 quorum_changed = True
         # A smaller or different voter set may commit more: only now, after the loop,
         # so changes are applied strictly in log order.
-        if quorum_changed and self.role == Role.LEADER and self._maybe_commit():
-            self._bcast_append()
+        if quorum_changed and self.role == Role.LEADER and replication.maybe_commit(self):
+            replication.bcast_append(self)
 
     def _apply_conf(self, index: int, change: ConfChange) -> None:
         self.conf = apply_conf_change(self.conf, change)
-        self._conf_history.append((index, self.conf))
+        self._conf_history.record(index, self.conf)
         self._emit("conf", f"{change.kind.name.lower()} {change.node_id} at {index}")
         if self.role != Role.LEADER:
             if self.role in (Role.FOLLOWER, Role.LEARNER):
@@ -760,27 +518,19 @@ class RaftNode:
         if not self._promotable():
             # Removed ourselves: tell the others the commit index before stepping down,
             # so they apply the removal and elect without waiting for us.
-            self._bcast_append()
+            replication.bcast_append(self)
             self._become_follower(self.term, "")
             return
         members = (*self.conf.voters, *self.conf.learners)
         for peer in members:
             if peer not in self.prs:
                 self.prs[peer] = self._new_progress(peer, self.log.last_index() + 1)
-                self._send_append(peer)
+                replication.send_append(self, peer)
             self.prs[peer].is_learner = peer not in self.conf.voters
         for peer in [p for p in self.prs if p not in members]:
             del self.prs[peer]
         if self.lead_transferee and self.lead_transferee not in self.conf.voters:
             self.lead_transferee = ""
-
-    def _conf_at(self, index: int) -> ConfState:
-        conf = self._conf_history[0][1]
-        for at, state in self._conf_history:
-            if at > index:
-                break
-            conf = state
-        return conf
 
     # ============================================================ output
 
