@@ -115,7 +115,12 @@ async def install_venv(remote: RemoteHost, wheelhouse: Wheelhouse, progress: Pro
         return False
     progress.step(host.name, "installing into the venv (offline)")
     project = q(f"{wheels}/{wheelhouse.project_wheel}")
-    pip = f"{q(venv + '/bin/python')} -m pip install --quiet --no-index --find-links {q(wheels)}"
+    # --no-compile: byte-compiling all of textual etc. triples the install time, and
+    # Python compiles what the agent imports on first use anyway.
+    pip = (
+        f"{q(venv + '/bin/python')} -m pip install --quiet --no-compile --no-index "
+        f"--find-links {q(wheels)}"
+    )
     await remote.run(
         _PIP_ENV
         + f"set -e; [ -x {q(venv + '/bin/python')} ] || {q(host.python)} -m venv {q(venv)}; "

@@ -61,6 +61,8 @@ class RemoteHost:
     def __init__(self, host: Host, conn: Any) -> None:
         self.host = host
         self.conn = conn
+        self.sftp_ok: bool | None = None
+        """None until tried; False when the server has no sftp subsystem (exec fallback)."""
 
     async def run(
         self, command: str, step: str, *, check: bool = True, timeout: float = COMMAND_TIMEOUT
@@ -89,37 +91,78 @@ class RemoteHost:
 
     async def write_file(self, path: str, data: bytes, mode: int, step: str) -> None:
         """Write atomically: a temp file beside ``path``, chmod, then rename over it."""
-        import asyncssh
-
-        tmp = f"{path}.meshtui-tmp"
-        try:
-            async with self.conn.start_sftp_client() as sftp:
-                await sftp.makedirs(posixpath.dirname(path), exist_ok=True)
-                async with sftp.open(tmp, "wb") as fh:
-                    await fh.write(data)
-                await sftp.chmod(tmp, mode)
-                await sftp.posix_rename(tmp, path)
-        except (OSError, asyncssh.Error) as exc:
-            raise StepError(step, f"cannot write {path}: {_one_line(exc)}") from None
+        await self._put_bytes([(path, data, mode)], posixpath.dirname(path), step)
 
     async def upload(self, files: Iterable[Path], directory: str, step: str) -> None:
         """Copy local ``files`` into remote ``directory`` (created if missing)."""
         import asyncssh
 
-        try:
-            async with self.conn.start_sftp_client() as sftp:
-                await sftp.makedirs(directory, exist_ok=True)
-                gate = asyncio.Semaphore(UPLOAD_PARALLEL)
+        paths = list(files)
+        if self.sftp_ok is not False:
+            try:
+                async with self.conn.start_sftp_client() as sftp:
+                    self.sftp_ok = True
+                    await sftp.makedirs(directory, exist_ok=True)
+                    gate = asyncio.Semaphore(UPLOAD_PARALLEL)
 
-                async def one(path: Path) -> None:
-                    async with gate:
-                        tmp = f"{directory}/.{path.name}.part"
-                        await sftp.put(str(path), tmp)
-                        await sftp.posix_rename(tmp, f"{directory}/{path.name}")
+                    async def one(path: Path) -> None:
+                        async with gate:
+                            tmp = f"{directory}/.{path.name}.part"
+                            await sftp.put(str(path), tmp)
+                            await sftp.posix_rename(tmp, f"{directory}/{path.name}")
 
-                await asyncio.gather(*(one(p) for p in files))
-        except (OSError, asyncssh.Error) as exc:
-            raise StepError(step, f"upload to {directory} failed: {_one_line(exc)}") from None
+                    await asyncio.gather(*(one(p) for p in paths))
+                    return
+            except asyncssh.ChannelOpenError:
+                self.sftp_ok = False  # no sftp subsystem on this server: stream over exec
+            except (OSError, asyncssh.Error) as exc:
+                raise StepError(step, f"upload to {directory} failed: {_one_line(exc)}") from None
+        for path in paths:
+            await self._put_bytes(
+                [(f"{directory}/{path.name}", path.read_bytes(), 0o644)], directory, step
+            )
+
+    async def _put_bytes(
+        self, items: list[tuple[str, bytes, int]], directory: str, step: str
+    ) -> None:
+        import asyncssh
+
+        if self.sftp_ok is not False:
+            try:
+                async with self.conn.start_sftp_client() as sftp:
+                    self.sftp_ok = True
+                    await sftp.makedirs(directory, exist_ok=True)
+                    for path, data, mode in items:
+                        tmp = f"{path}.meshtui-tmp"
+                        async with sftp.open(tmp, "wb") as fh:
+                            await fh.write(data)
+                        await sftp.chmod(tmp, mode)
+                        await sftp.posix_rename(tmp, path)
+                    return
+            except asyncssh.ChannelOpenError:
+                self.sftp_ok = False
+            except (OSError, asyncssh.Error) as exc:
+                raise StepError(step, f"cannot write {items[0][0]}: {_one_line(exc)}") from None
+        for path, data, mode in items:
+            q = shlex.quote
+            tmp = q(f"{path}.meshtui-tmp")
+            command = (
+                f"mkdir -p {q(directory)} && (umask 077; cat > {tmp}) && "
+                f"chmod {mode:o} {tmp} && mv -f {tmp} {q(path)}"
+            )
+            try:
+                result = await self.conn.run(
+                    f"sh -c {q(command)}",
+                    input=data,
+                    encoding=None,
+                    check=False,
+                    timeout=COMMAND_TIMEOUT,
+                )
+            except (OSError, asyncssh.Error) as exc:
+                raise StepError(step, f"cannot write {path}: {_one_line(exc)}") from None
+            if result.exit_status != 0:
+                err = bytes(result.stderr or b"").decode(errors="replace")
+                raise StepError(step, f"cannot write {path}: {err or result.exit_status}")
 
     async def file_hashes(self, paths: Iterable[str], step: str) -> dict[str, str]:
         """sha256 of each existing file among ``paths`` (missing files are absent)."""

@@ -31,7 +31,7 @@ from inventory.hoststeps import install_venv, probe, sync_wheels
 from inventory.loader import Inventory
 from inventory.progress import FAILED, QuietProgress
 from inventory.remote import connect
-from inventory.wheels import Wheelhouse, build_wheelhouse
+from inventory.wheels import Wheelhouse, build_wheelhouse, file_sha256
 
 pytestmark = pytest.mark.root(tools=("sshd", "ssh-keygen"))
 
@@ -197,8 +197,10 @@ async def test_upload_venv_and_offline_install(
         (Path(host.prefix) / "wheels" / victim).write_bytes(b"damaged")
         stale = Path(host.prefix) / "wheels" / "old-1.0-py3-none-any.whl"
         stale.write_bytes(b"old")
+        remote.sftp_ok = False  # exercise the exec fallback for servers without sftp
         assert await sync_wheels(remote, wheelhouse, progress) is True
         assert not stale.exists()
+        assert file_sha256(Path(host.prefix) / "wheels" / victim) == wheelhouse.files[victim]
         help_text = await remote.run(f"{host.venv}/bin/mesh-agent --help", "help")
         assert "run" in help_text.stdout
         where = await remote.run(
