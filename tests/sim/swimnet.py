@@ -295,3 +295,7 @@ class SwimNet:
     def leave(self, host: SimHost) -> None:
         host.node.leave(self.now)
         self._flush(host)
+
+    def poke(self, host: SimHost) -> None:
+        """Collect what ``host`` produced after a direct call (update_load, ...)."""
+        self._flush(host)

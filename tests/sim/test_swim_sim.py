@@ -15,11 +15,11 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from swimnet import SimHost, SwimNet, replay_hint, sim_seed  # noqa: E402
+from swimnet import SimHost, SwimNet, replay_hint, sim_seed
 
-from agent.swim import MemberEvent, SwimConfig  # noqa: E402
-from agent.swim.messages import MemberState  # noqa: E402
-from agent.swim.timing import epidemic_rounds, suspicion_timeout  # noqa: E402
+from agent.swim import MemberEvent, SwimConfig
+from agent.swim.messages import MemberState, NodeLoad
+from agent.swim.timing import epidemic_rounds, suspicion_timeout
 
 LAN = SwimConfig.lan()
 
@@ -128,9 +128,10 @@ def test_ten_percent_loss_no_false_death_over_10000_probe_rounds() -> None:
         assert probes >= 9_500
         assert kinds.get("dead", 0) == 0, f"false deaths: {kinds}"
         for h in hosts:
-            assert h.node.table.count(MemberState.ALIVE) + h.node.table.count(
-                MemberState.SUSPECT
-            ) == len(hosts) - 1
+            assert (
+                h.node.table.count(MemberState.ALIVE) + h.node.table.count(MemberState.SUSPECT)
+                == len(hosts) - 1
+            )
             assert not h.node.partitioned
 
 
@@ -152,9 +153,7 @@ def test_30_70_partition_detected_on_both_sides_then_heals_to_one_membership() -
         net.cut([h.addr for h in minority], [h.addr for h in majority])
 
         def marked_dead(observers: list[SimHost], subjects: list[SimHost]) -> bool:
-            return all(
-                net.state_of(o, s) == MemberState.DEAD for o in observers for s in subjects
-            )
+            return all(net.state_of(o, s) == MemberState.DEAD for o in observers for s in subjects)
 
         def detected() -> bool:
             return (
@@ -208,7 +207,8 @@ def test_sigstop_shorter_than_suspicion_is_suspected_then_refuted_never_dead() -
         victim = hosts[7]
         seen: list[str] = []
         net.on_event = lambda now, addr, ev: (
-            seen.append(ev.kind) if ev.member.id == victim.node.node_id and addr != victim.addr
+            seen.append(ev.kind)
+            if ev.member.id == victim.node.node_id and addr != victim.addr
             else None
         )
         lo = suspicion_timeout(LAN.suspicion_mult, 20, LAN.probe_interval)
@@ -244,3 +244,24 @@ def test_graceful_leave_reaches_everyone_as_left() -> None:
         for h in hosts:
             if h is not leaver:
                 assert net.state_of(h, leaver) == MemberState.LEFT  # never "dead"
+
+
+def test_load_gossip_and_push_sum_average_cpu() -> None:
+    """50 nodes report CPU i/49 every second: every node's push-sum average lands within
+    0.03 of the true mean (0.5), and every node holds a recent load for every member."""
+    seed = sim_seed(6006)
+    with replay_hint(seed):
+        net = SwimNet(seed, LAN, loss=0.02)
+        hosts = net.add_nodes(50)
+        net.bootstrap(hosts)
+        for second in range(30):
+            for i, h in enumerate(hosts):
+                cpu = i / 49
+                h.node.update_load(net.now, NodeLoad(cpu, 1.0, 1 << 30, 40.0, second % 3, 0))
+                net.poke(h)
+            net.run_for(1.0)
+        estimates = [h.node.cluster_avg_cpu for h in hosts]
+        assert all(e is not None and abs(e - 0.5) < 0.03 for e in estimates), estimates
+        for h in hosts:
+            views = h.node.members()
+            assert all(v.load is not None for v in views)
