@@ -47,7 +47,6 @@ import binascii
 import hashlib
 import os
 import struct
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -79,6 +78,7 @@ MAX_TRACKED_SENDERS = 4096
 """Senders whose replay windows are kept (least recently heard evicted)."""
 
 _MASK64 = (1 << 64) - 1
+assert (SEAL_VERSION, HEADER_SIZE, SEAL_OVERHEAD) == (1, 5, 33)  # literals in Keyring.open
 # First bytes of a msgpack array/map: what an unsealed wire message starts with.
 _PLAINTEXT_MARKERS = frozenset([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
 
@@ -221,21 +221,19 @@ class Keyring:
 
     def open(self, packet: bytes) -> bytes:
         """Verify and decrypt a sealed packet; ``SealError`` says why not."""
-        if len(packet) < SEAL_OVERHEAD:
+        if type(packet) is not bytes:
+            packet = bytes(packet)
+        if len(packet) < 33:  # SEAL_OVERHEAD; literals: this is the hot path
             raise SealError("short", f"{len(packet)} bytes")
-        if packet[0] != SEAL_VERSION:
+        if packet[0] != 1:  # SEAL_VERSION
             if packet[0] in _PLAINTEXT_MARKERS:
                 raise SealError("plaintext")
             raise SealError("version", f"seal version {packet[0]}")
-        aead = self._aeads.get(bytes(packet[1:HEADER_SIZE]))
+        aead = self._aeads.get(packet[1:5])
         if aead is None:
-            raise SealError("unknown_key", packet[1:HEADER_SIZE].hex())
+            raise SealError("unknown_key", packet[1:5].hex())
         try:
-            return aead.decrypt(
-                packet[HEADER_SIZE : HEADER_SIZE + NONCE_SIZE],
-                packet[HEADER_SIZE + NONCE_SIZE :],
-                packet[:HEADER_SIZE],
-            )
+            return aead.decrypt(packet[5:17], packet[17:], packet[:5])
         except InvalidTag:
             raise SealError("tag") from None
 
@@ -324,25 +322,28 @@ class _Sender:
 
 
 class ReplayFilter:
-    """Replay windows for every sender, bounded to ``max_senders`` (LRU)."""
+    """Replay windows for every sender, bounded to ``max_senders``.
+
+    When full, the sender heard of first is forgotten (no per-packet LRU
+    bookkeeping on the hot path).  Only key holders can add senders, and a LAN
+    cluster has far fewer members than the bound, so eviction is a backstop."""
 
     __slots__ = ("_senders", "max_senders", "window")
 
     def __init__(self, window: int = REPLAY_WINDOW, max_senders: int = MAX_TRACKED_SENDERS):
         self.window = window
         self.max_senders = max_senders
-        self._senders: OrderedDict[bytes, _Sender] = OrderedDict()
+        self._senders: dict[bytes, _Sender] = {}
 
     def accept(self, sender: bytes, incarnation: int, channel: int, seq: int) -> bool:
         state = self._senders.get(sender)
         if state is None or incarnation > state.incarnation:
             state = _Sender(incarnation, self.window)
+            if sender not in self._senders and len(self._senders) >= self.max_senders:
+                del self._senders[next(iter(self._senders))]
             self._senders[sender] = state
-            if len(self._senders) > self.max_senders:
-                self._senders.popitem(last=False)
         elif incarnation < state.incarnation:
             return False
-        self._senders.move_to_end(sender)
         return state.windows[channel].accept(seq)
 
     def __len__(self) -> int:
