@@ -137,8 +137,10 @@ class Session:
             from meshtui.client import call_sync
 
             return call_sync(self.target.socket_path, method, params, self.timeout)
+        # params travel as one mapping: a task's own "timeout" must not
+        # collide with the call's deadline keyword.
         return self._loop.run_until_complete(
-            self._client.call(method, timeout=self.timeout, **params)
+            self._client.call(method, params, timeout=self.timeout)
         )
 
     def _open_ssh(self) -> None:
