@@ -318,8 +318,11 @@ class NetnsLab:
     def _build(self) -> None:
         lab = self.lab_ns
         self._add_ns(lab)
-        sh(["ip", "netns", "exec", lab, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])
-        sh(["ip", "netns", "exec", lab, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])
+        # The bridge namespace stays silent (no IPv6 autoconf chatter); plain
+        # /proc writes, because a CI image need not ship procps' sysctl.
+        sh(["ip", "netns", "exec", lab, "sh", "-c",
+            "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6 && "
+            "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6"])
         sh(["ip", "-n", lab, "link", "add", self.bridge, "type", "bridge",
             "stp_state", "0", "mcast_snooping", "0"])
         sh(["ip", "-n", lab, "link", "set", self.bridge, "up"])
