@@ -422,7 +422,13 @@ class Transport:
                 continue
             self.stats.connects += 1
             started = time.monotonic()
-            await self._pump(peer, reader, writer)
+            try:
+                await self._pump(peer, reader, writer)
+            except Exception:
+                # A bug must not silently kill this peer's writer (its queue
+                # would never drain): log it and go round again, backing off.
+                log.exception("stream writer to %s failed", peer.addr)
+                started = float("inf")  # always back off after a failure
             if time.monotonic() - started >= STABLE_CONNECTION:
                 peer.attempt = 0
             else:
@@ -464,7 +470,7 @@ class Transport:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await watcher
 
     def _write_batch(self, writer: asyncio.StreamWriter, batch: list[bytes]) -> None:
