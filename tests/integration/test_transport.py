@@ -4,6 +4,7 @@ replies, garbage, replays, reconnection, queue bounds and key rotation."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import socket
@@ -392,3 +393,26 @@ async def test_advertise_can_be_set_after_start(keyring: Callable[[], Keyring]) 
         assert b.streams == [(f"localhost:{a.t.port}", b"x")]
         with pytest.raises(ConfigError):
             a.t.advertise = "no port"
+
+
+async def test_peer_that_hangs_up_at_once_is_retried_with_growing_delays(
+        keyring: Callable[[], Keyring]) -> None:
+    accepts: list[float] = []
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepts.append(time.monotonic())
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, HOST, 0)
+    try:
+        async with Node("a", keyring()) as a:
+            for _ in range(75):  # keep traffic queued, like Raft heartbeats
+                a.t.send_stream(f"{HOST}:{server.sockets[0].getsockname()[1]}", b"x")
+                await asyncio.sleep(0.02)
+        # Without backoff this would be hundreds of reconnects; with it, the
+        # gaps grow (25-50 ms, 50-100 ms, ...): a handful in 1.5 s.
+        assert 3 <= len(accepts) <= 10, len(accepts)
+        gaps = [b - a for a, b in itertools.pairwise(accepts)]
+        assert gaps[-1] > gaps[0]
+    finally:
+        server.close()
