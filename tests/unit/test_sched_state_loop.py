@@ -5,7 +5,6 @@ executors are fenced.  A pure model: hosts run tasks for a fixed number of round
 
 from __future__ import annotations
 
-import random
 import statistics
 
 import pytest
@@ -40,7 +39,6 @@ ROUND = 5.0  # seconds between scheduling rounds
 
 class Mesh:
     def __init__(self, seed: int) -> None:
-        self.rng = random.Random(seed)
         self.sm = StateMachine()
         self.index = 0
         self.now = 0.0
