@@ -66,7 +66,7 @@ from pathlib import Path
 from typing import Literal
 
 from agent.errors import ConfigError, TaskError
-from agent.load import tree_usage
+from agent.load import TreeUsage, tree_usage
 
 OUTPUT_LIMIT_BYTES = 8 * 1024 * 1024
 """Bytes of stdout (and separately stderr) kept per run."""
@@ -144,6 +144,7 @@ class _Run:
     reason: FinishReason = "exit"
     cpu_time: float = 0.0
     peak_rss: int = 0
+    usage: TreeUsage | None = None
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
 
     @property
@@ -307,6 +308,11 @@ class Executor:
             return self.last_result(task_id)
         return await asyncio.shield(run.finished)
 
+    def usage(self, task_id: str) -> TreeUsage | None:
+        """Latest polled usage (CPU seconds, RSS now, process count) of a live run."""
+        run = self._runs.get(task_id)
+        return run.usage if run is not None else None
+
     def last_result(self, task_id: str) -> ExecEvent | None:
         """The most recent finished event of ``task_id`` (bounded memory)."""
         return self._recent.get(task_id)
@@ -451,6 +457,7 @@ class Executor:
     def _sample(self, run: _Run) -> None:
         usage = tree_usage(run.pid)
         if usage is not None:
+            run.usage = usage
             run.cpu_time = max(run.cpu_time, usage.cpu_time)
             run.peak_rss = max(run.peak_rss, usage.rss)
 
@@ -467,12 +474,23 @@ class Executor:
             duration = time.monotonic() - run.started_mono
             await self._drain(run)
         except BaseException as exc:
-            if not run.finished.done():
+            if not run.exited.is_set():
+                # Nobody will supervise this run any more (the loop is going
+                # away): it must not outlive its supervisor.
+                _killpg(run.pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(run.pid, 0)
+            if run.finished.done():
+                pass
+            elif isinstance(exc, asyncio.CancelledError):
+                run.finished.cancel()
+            else:
                 run.finished.set_exception(TaskError(f"task {run.task_id}: supervisor: {exc!r}"))
             raise
         finally:
             for timer in run.timers:
                 timer.cancel()
+            asyncio.get_running_loop().remove_reader(run.pidfd)
             os.close(run.pidfd)
             for capture in run.captures.values():
                 self._close_capture(capture)

@@ -146,9 +146,15 @@ async def test_cancel(executor: Executor, tmp_path: Path) -> None:
     await executor.start("t", 1, f"sleep 300 & echo $! > {pidfile}; sleep 300")
     grandchild = await read_pid_file(pidfile)
     assert executor.running() == {"t": 1}
+    for _ in range(40):  # the tree is polled every 0.5 s
+        usage = executor.usage("t")
+        if usage is not None and usage.nprocs >= 3:
+            break
+        await asyncio.sleep(0.05)
+    assert usage is not None and usage.nprocs >= 3 and usage.rss > 0  # sh + 2 sleeps
     event = await executor.cancel("t")
     assert event is not None and event.reason == "cancelled"
-    assert executor.running() == {}
+    assert executor.running() == {} and executor.usage("t") is None
     assert gone(grandchild)
     assert await executor.cancel("t") is None
 
@@ -324,3 +330,15 @@ async def test_concurrent_starts_of_one_task_run_it_once(
     ]
     await executor.shutdown()
     assert events[-1].reason == "shutdown"
+
+
+def test_run_dies_with_its_event_loop(tmp_data_dir: Path) -> None:
+    pids: list[int] = []
+
+    async def start_and_leave() -> None:
+        executor = Executor(tmp_data_dir, slots=1, on_event=lambda e: pids.append(e.pid))
+        await executor.start("t", 1, "sleep 300")
+        await asyncio.sleep(0.1)  # the supervisor is running; asyncio.run then cancels it
+
+    asyncio.run(start_and_leave())
+    assert pids and gone(pids[0], within=1.0)
