@@ -40,9 +40,8 @@ class SwimConfig:
 
     gossip_interval: float = 0.2
     """Seconds between gossip rounds; each round sends queued broadcasts to
-    ``gossip_nodes`` random members.  A node with nothing queued skips rounds; news
-    arriving after such a pause goes out at once, and rounds are never closer than
-    this interval.  LAN 0.2 s."""
+    ``gossip_nodes`` random members, on a fixed grid as memberlist's ticker (a node
+    with nothing queued skips its rounds without waking up).  LAN 0.2 s."""
 
     gossip_nodes: int = 3
     """Fanout: members sent to per gossip round.  LAN 3."""

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -229,14 +230,18 @@ class SwimNode(MembershipRules):
                     self._next_pushsum_at = now + self.config.pushsum_interval
                     self._pushsum_round()
         if now >= self._next_gossip_at:
-            self._next_gossip_at = now + self.config.gossip_interval
-            self._gossip_round(now)
+            has_news = bool(len(self.broadcasts) or len(self.load_broadcasts))
+            self._next_gossip_at = self._gossip_slot_after(now)
+            if has_news:
+                self._gossip_round(now)
         self._partition.update_state(self.table, self._emit_partition_event)
 
     def next_deadline(self) -> float:
         """The earliest time at which :meth:`tick` has something to do (a simulator or
         a runtime may sleep until then; a new message may bring it forward)."""
         soonest = self._next_gossip_at
+        if soonest < self._now:
+            soonest = self._gossip_slot_after(self._now)
         if not len(self.broadcasts) and not len(self.load_broadcasts):
             soonest += 3600.0  # nothing to gossip: a queued broadcast brings it back
         if self._leaving:
@@ -260,6 +265,10 @@ class SwimNode(MembershipRules):
         """Handle one decoded peer message.  ``from_addr`` is informational only (a TCP
         peer's source port is ephemeral): replies go to the address in the message."""
         self._now = now = max(self._now, now)
+        if now >= self._next_gossip_at and not (len(self.broadcasts) or len(self.load_broadcasts)):
+            # Idle rounds were skipped; news arriving now waits for the next slot of
+            # the round grid, as with memberlist's gossip ticker.
+            self._next_gossip_at = self._gossip_slot_after(now)
         self.stats["msgs_in"] += 1
         if isinstance(msg, Ping):
             self._apply_piggyback(now, msg.source, msg.gossip)
@@ -500,6 +509,12 @@ class SwimNode(MembershipRules):
         )
 
     # ------------------------------------------------------------------ gossip
+
+    def _gossip_slot_after(self, now: float) -> float:
+        """The first gossip slot strictly after ``now`` on this node's round grid."""
+        interval = self.config.gossip_interval
+        behind = now - self._next_gossip_at
+        return self._next_gossip_at + (math.floor(behind / interval) + 1) * interval
 
     def _gossip_round(self, now: float) -> None:
         if not len(self.broadcasts) and not len(self.load_broadcasts):
