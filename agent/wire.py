@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 Every peer message is a frozen dataclass owned by the core that speaks it
 (``agent/swim/messages.py``, ``agent/raft/messages.py``,
-``agent/sched/messages.py``).  The cores never import this module: each of
-their ``messages`` modules exposes ``WIRE_TYPES: dict[int, type]`` and
+``agent/sched/messages.py``, and the runtime's ``agent/runtime/messages.py``).
+The cores never import this module: each of their ``messages`` modules
+exposes ``WIRE_TYPES: dict[int, type]`` and
 :func:`registry_loaded` imports and registers them here, checking that every
 number sits in its owner's range (:data:`MSG_RANGES`).  The transport's own
 messages (range 1-9) live in this file.
@@ -15,8 +16,9 @@ Encoded form, one msgpack array::
     [protocol_version, msg_type, field0, field1, ...]
 
 Fields are positional in dataclass order.  A nested dataclass is an inline
-array of its fields (no header), ``tuple[X, ...]`` an array, ``dict`` a map,
-an ``IntEnum`` its integer value, ``X | None`` nil or X.
+array of its fields (no header), ``tuple[X, ...]`` an array (as is a
+fixed-length ``tuple[X, Y]``), ``dict`` a map, an ``IntEnum`` its integer
+value (a value the enum does not know is rejected), ``X | None`` nil or X.
 
 Compatibility rule (fields are only ever appended, always with defaults):
 
