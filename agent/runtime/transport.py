@@ -210,7 +210,15 @@ class _Peer:
 
 
 class Transport:
-    """Sealed UDP datagrams and TCP streams on one port (see module docstring)."""
+    """Sealed UDP datagrams and TCP streams on one port (see module docstring).
+
+    ``incarnation`` must grow with every start of this node: receivers treat
+    a lower one as a replay of an old process.  ``time.time_ns()`` does, as long
+    as the clock is not stepped back across a restart; the agent should use
+    ``max(time.time_ns(), last_persisted + 1)``.  ``on_datagram`` and
+    ``on_stream_message`` are called synchronously with ``(from_addr,
+    payload)``; an exception in them is logged and counted, never propagated.
+    """
 
     def __init__(
         self,
