@@ -41,7 +41,6 @@ from inventory.progress import CHANGED, DeployReport, HostOutcome, Progress
 from inventory.remote import StepError, connect
 
 ACTIONS = ("list", "install", "use", "remove")
-EXIT_NOT_FOUND = 1
 EXIT_CANNOT_CONNECT = 4
 
 
@@ -91,8 +90,9 @@ async def keys_command(
         if not key:
             raise ConfigError("keys", f"keys {action} needs a key id")
         kid = key.strip().lower()
-        key_text = _local_key(key_path, kid)
-        if action == "remove" and key_id_of(load_or_create_key(key_path)) == kid:
+        if action == "use":
+            key_text = _local_key(key_path, kid)
+        elif key_id_of(load_or_create_key(key_path)) == kid:
             raise ConfigError("keys", f"key {kid} is the primary; keys use another key first")
 
     async def one(host: Host) -> HostOutcome:
@@ -116,6 +116,11 @@ async def keys_command(
                 argv = ("keys", "use", kid)
             else:
                 await remote.run(f"rm -f {q(f'{ring}/{kid}.key')}", "remove key file")
+                listed = await remote.run(
+                    files.meshtui_command(host, "keys", "list", "--json"), "keys list", check=False
+                )
+                if listed.exit_status == 0 and kid not in _key_ids(listed.stdout):
+                    return HostOutcome(host.name, CHANGED, f"{kid} was already removed")
                 argv = ("keys", "remove", kid)
             done = await remote.run(
                 files.meshtui_command(host, *argv), f"keys {action}", check=False
@@ -126,8 +131,6 @@ async def keys_command(
                 return HostOutcome(
                     host.name, CHANGED, f"{action} {kid}: files updated; the agent is not running"
                 )
-            if action == "remove" and done.exit_status == EXIT_NOT_FOUND:
-                return HostOutcome(host.name, CHANGED, f"{kid} was already removed")
             reason = (done.stderr or done.stdout).strip() or f"exit {done.exit_status}"
             raise StepError(f"keys {action}", reason)
 
@@ -145,17 +148,30 @@ async def keys_command(
     return report
 
 
-def _describe_keys(text: str) -> str:
+def _key_rows(text: str) -> list[tuple[str, bool]] | None:
+    """(id, primary) per key from ``meshtui keys list --json``; None if unreadable."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
-        return text.strip()
+        return None
     keys = value.get("keys", []) if isinstance(value, dict) else value
     if not isinstance(keys, list):
+        return None
+    return [
+        (str(item.get("id") or item.get("key_id") or "?"), bool(item.get("primary")))
+        for item in keys
+        if isinstance(item, dict)
+    ]
+
+
+def _key_ids(text: str) -> list[str]:
+    return [kid for kid, _ in _key_rows(text) or []]
+
+
+def _describe_keys(text: str) -> str:
+    """``keys 1a2b3c4d*, 5e6f7a8b`` (``*`` marks the primary)."""
+    rows = _key_rows(text)
+    if rows is None:
         return text.strip()
-    shown = []
-    for item in keys:
-        if isinstance(item, dict):
-            kid = str(item.get("id") or item.get("key_id") or "?")
-            shown.append(kid + ("*" if item.get("primary") else ""))
+    shown = [kid + ("*" if primary else "") for kid, primary in rows]
     return "keys " + ", ".join(shown) if shown else "no keys"

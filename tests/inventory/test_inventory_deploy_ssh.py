@@ -21,13 +21,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from inventory import agentfiles as files
 from inventory import load_inventory
+from inventory.clusterkey import key_id_of
 from inventory.deploy import converge_host, deploy, undeploy
-from inventory.hoststeps import install_venv, probe, sync_wheels
+from inventory.hoststeps import install_venv, probe, stop_service, sync_wheels
+from inventory.hostvars import Host
+from inventory.keys import keys_command
 from inventory.loader import Inventory
 from inventory.progress import FAILED, QuietProgress
 from inventory.remote import connect
@@ -213,6 +217,80 @@ async def test_upload_venv_and_offline_install(
     assert uploads[1][2] == f"uploading 1 of {len(wheelhouse.files)} wheels"
 
 
+AGENT_READY = importlib.util.find_spec("agent.runtime.agent") is not None
+
+
+@pytest.mark.skipif(not AGENT_READY, reason="the agent runtime (agent.runtime.agent) is not in yet")
+async def test_full_deploy_keys_and_idempotent_redeploy(
+    sshd: Sshd, wheelhouse: Wheelhouse, host_base: Path, tmp_path: Path
+) -> None:
+    inv = write_inventory(tmp_path, sshd, host_base, ghost=True)
+    host = inv.host("local")
+    progress = QuietProgress()
+    try:
+        report = await deploy(inv, None, progress, member_timeout=60)
+        assert report.outcome("local").status == "changed", report.outcome("local")
+        ghost = report.outcome("ghost")
+        assert ghost.status == FAILED
+        assert ghost.detail.startswith(f"connect: 127.0.0.1:{inv.host('ghost').ssh_port}: ")
+        assert report.exit_code == 1
+        assert Path(inv.default_key_path).stat().st_mode & 0o777 == 0o600
+        status = agent_status(host.venv, host.socket)
+        assert status["node"] == "local"
+        assert [m["state"] for m in status["members"] if m["name"] == "local"] == ["alive"]
+        assert status["consensus"]["leader"] == "local"
+
+        # Key rotation across the inventory: install -> use -> remove, each idempotent.
+        old_id = key_id_of(Path(inv.default_key_path).read_text())
+        installed = await keys_command("install", inv, "local", progress)
+        assert installed.exit_code == 0, installed.hosts
+        new_id = installed.outcome("local").detail.split()[-1]
+        assert sorted(agent_key_ids(host)) == sorted([old_id, new_id])
+        used = await keys_command("use", inv, "local", progress, new_id)
+        assert used.exit_code == 0, used.hosts
+        assert key_id_of(Path(inv.default_key_path).read_text()) == new_id
+        assert key_id_of(Path(host.key_path).read_text()) == new_id
+        assert agent_key_ids(host, primary_only=True) == [new_id]
+        for _ in range(2):  # the second run finds nothing left to do
+            removed = await keys_command("remove", inv, "local", progress, old_id)
+            assert removed.exit_code == 0, removed.hosts
+        assert agent_key_ids(host) == [new_id]
+        listed = await keys_command("list", inv, "local", progress)
+        assert listed.outcome("local").detail == f"keys {new_id}*"
+
+        again = await deploy(inv, "local", progress, member_timeout=60)
+        assert again.outcome("local").status == "unchanged", again.outcome("local")
+        assert again.exit_code == 0
+    finally:
+        # Stop the agent but keep the venv for the next test (saves an install).
+        async with connect(host) as remote:
+            await stop_service(remote, systemd=False)
+
+
+def agent_status(venv: str, sock: str) -> dict[str, Any]:
+    shown = subprocess.run(
+        [f"{venv}/bin/meshtui", "status", "--json", "-t", sock],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert shown.returncode == 0, shown.stderr
+    status: dict[str, Any] = json.loads(shown.stdout)
+    return status
+
+
+def agent_key_ids(host: Host, primary_only: bool = False) -> list[str]:
+    shown = subprocess.run(
+        [f"{host.venv}/bin/meshtui", "keys", "list", "--json", "-t", host.socket],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert shown.returncode == 0, shown.stderr
+    keys = json.loads(shown.stdout)["keys"]
+    return [k["id"] for k in keys if k["primary"] or not primary_only]
+
+
 async def test_converge_then_undeploy_with_an_unreachable_host(
     sshd: Sshd, wheelhouse: Wheelhouse, host_base: Path, tmp_path: Path
 ) -> None:
@@ -223,7 +301,7 @@ async def test_converge_then_undeploy_with_an_unreachable_host(
         first = await converge_host(
             remote, wheelhouse, list(inv.hosts.values()), inv.path, "a2V5" * 11, progress
         )
-        # wheels and venv may already be there from the test above; config is new
+        # wheels and venv are there from the tests above (when they ran); config is new
         assert {"config", "started"} <= set(first.changes)
         assert not first.systemd
         again = await converge_host(
@@ -254,37 +332,3 @@ async def test_converge_then_undeploy_with_an_unreachable_host(
     assert again.outcome("local").status == "removed"
     assert not Path(host.data_dir).exists()
     assert (await undeploy(inv, "local", progress)).outcome("local").status == "unchanged"
-
-
-AGENT_READY = importlib.util.find_spec("agent.runtime.agent") is not None
-
-
-@pytest.mark.skipif(not AGENT_READY, reason="the agent runtime (agent.runtime.agent) is not in yet")
-async def test_full_deploy_is_idempotent_and_reports_the_unreachable_host(
-    sshd: Sshd, wheelhouse: Wheelhouse, host_base: Path, tmp_path: Path
-) -> None:
-    inv = write_inventory(tmp_path, sshd, host_base, ghost=True)
-    host = inv.host("local")
-    progress = QuietProgress()
-    try:
-        report = await deploy(inv, None, progress, member_timeout=60)
-        assert report.outcome("local").status == "changed", report.outcome("local")
-        assert report.outcome("ghost").status == FAILED
-        assert report.exit_code == 1
-        assert Path(inv.default_key_path).stat().st_mode & 0o777 == 0o600
-        shown = subprocess.run(
-            [f"{host.venv}/bin/meshtui", "status", "--json", "-t", host.socket],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        status = json.loads(shown.stdout)
-        assert status["node"] == "local"
-        assert [m["state"] for m in status["members"] if m["name"] == "local"] == ["alive"]
-        assert status["consensus"]["leader"] == "local"
-        again = await deploy(inv, "local", progress, member_timeout=60)
-        assert again.outcome("local").status == "unchanged", again.outcome("local")
-        assert again.exit_code == 0
-    finally:
-        await undeploy(inv, "local", progress, purge=True)
-    assert processes_mentioning(host.prefix) == []
