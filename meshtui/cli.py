@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help="placement key (hash-ring strategy)")
     p.add_argument("--strategy", choices=["auction", "capability", "hash"])
     p.add_argument("--restartable", action="store_true")
-    p.add_argument("--retries", type=int, default=1)
+    p.add_argument("--retries", type=int, default=2)
     p.add_argument("--timeout", type=float, default=0.0, help="seconds (0 = none)")
     p.add_argument("--priority", type=int, default=0)
     p.add_argument("--env", action="append", default=[], metavar="K=V")

@@ -85,7 +85,9 @@ class DemoNode:
 class LocalMesh:
     """Start, kill, restart and stop N loopback agents (also used by tests)."""
 
-    def __init__(self, nodes: int, base_dir: Path | None = None, slots: int = 2) -> None:
+    def __init__(
+        self, nodes: int, base_dir: Path | None = None, slots: int = 2, run_as: str = ""
+    ) -> None:
         self.base_dir = base_dir or Path(tempfile.mkdtemp(prefix="meshtui-demo-"))
         self._owns_dir = base_dir is None
         self.key_file = self.base_dir / "cluster.key"
@@ -100,6 +102,9 @@ class LocalMesh:
                 "--name", f"n{i}", "--data-dir", str(data_dir), "--bind", "127.0.0.1",
                 "--port", str(port), "--key-file", str(self.key_file), "--socket", sock,
                 "--slots", str(slots), "--no-mdns",
+                # The demo's tasks run as the user who started it (also as root:
+                # its interpreter and files may not be readable by "nobody").
+                "--run-as", run_as,
             ]
             for seed in seeds:
                 if seed != f"127.0.0.1:{port}":

@@ -106,8 +106,11 @@ class TaskRuntime:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        # Its own session: a signal to the agent's process group (a kill of
+        # the agent and its helpers) must not take the watchdog with it.
         self._watchdog = subprocess.Popen(
-            [sys.executable, "-m", "agent.watchdog"], stdin=subprocess.PIPE, close_fds=True
+            [sys.executable, "-m", "agent.watchdog"], stdin=subprocess.PIPE, close_fds=True,
+            start_new_session=True,
         )
         self._watchdog_send(f"lease {self.lease}")
         self._tasks = [
@@ -232,7 +235,14 @@ class TaskRuntime:
             try:
                 await self.executor.start(rec.id, rec.epoch, cmd, rec.env, rec.cwd, rec.timeout)
             except TaskError as exc:
+                # A slot was free, so the command itself cannot start (missing
+                # binary, permission): report it as exit 127, as a shell would,
+                # so the task is retried elsewhere or fails instead of hanging.
                 log.warning("cannot start %s: %s", rec.id, exc)
+                self._reports.append(builders.cmd_task_finish(
+                    rec.id, me, rec.epoch, 127, TaskStats(), "", time.time()
+                ))
+                self._report_wake.set()
 
     def _on_exec_event(self, event: ExecEvent) -> None:
         now = time.time()
@@ -552,7 +562,7 @@ class TaskRuntime:
                 env=dict(params.get("env") or {}), cwd=params.get("cwd") or None,
                 caps=list(params.get("caps") or []), key=params.get("key") or None,
                 strategy=params.get("strategy") or None, priority=int(params.get("priority", 0)),
-                retries=int(params.get("retries", 1)), timeout=timeout,
+                retries=int(params.get("retries", 2)), timeout=timeout,
                 restartable=bool(params.get("restartable", False)),
                 submitter=self.agent.config.name,
             )

@@ -1,0 +1,202 @@
+"""Issue 5 on real loopback agents: run, logs from anywhere, cancel, failover, fencing, no quorum.
+
+Runs write heartbeat lines ``task epoch pid time`` to a shared file every
+0.1 s while they live; ``overlaps`` proves no two runs of one task were ever
+alive at the same time (a killed run's life ends at its last heartbeat).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshtui.client import ClientError, call_sync
+from meshtui.demo import LocalMesh
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def heartbeat_task(log: Path, seconds: float) -> list[str]:
+    code = (
+        "import os, time\n"
+        f"end = time.time() + {seconds}\n"
+        f"log = open({str(log)!r}, 'a')\n"
+        "tag = f\"{os.environ['MESH_TASK_ID']} {os.environ['MESH_TASK_EPOCH']} {os.getpid()}\"\n"
+        "while time.time() < end:\n"
+        "    log.write(f'{tag} {time.time()}\\n'); log.flush(); time.sleep(0.1)\n"
+    )
+    return [sys.executable, "-c", code]
+
+
+def overlaps(log: Path) -> list[str]:
+    lives: dict[tuple[str, str], list[float]] = {}
+    for line in log.read_text().splitlines():
+        parts = line.split()
+        if len(parts) != 4:
+            continue
+        task, _epoch, pid, at = parts
+        span = lives.setdefault((task, pid), [float(at), float(at)])
+        span[0], span[1] = min(span[0], float(at)), max(span[1], float(at))
+    by_task: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    for (task, pid), (start, end) in lives.items():
+        by_task[task].append((start, end, pid))
+    bad = []
+    for task, runs in by_task.items():
+        runs.sort()
+        for (s1, e1, p1), (s2, e2, p2) in zip(runs, runs[1:], strict=False):
+            if s2 <= e1:
+                bad.append(f"{task}: run {p1} [{s1:.2f},{e1:.2f}] overlaps {p2} [{s2:.2f},{e2:.2f}]")
+    return bad
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    result = None
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    return result
+
+
+@pytest.fixture
+def mesh3(tmp_path: Path) -> Iterator[LocalMesh]:
+    mesh = LocalMesh(3, base_dir=tmp_path / "mesh")
+    mesh.start()
+    try:
+        assert mesh.wait_ready(20)
+        assert wait_for(lambda: _voters(mesh) == 3, 30), "mesh never reached 3 voters"
+        yield mesh
+    finally:
+        mesh.stop()
+
+
+def _voters(mesh: LocalMesh) -> int:
+    try:
+        return len(call_sync(mesh.nodes[0].socket_path, "status", {}, 2.0)["consensus"]["voters"])
+    except ClientError:
+        return 0
+
+
+def call(mesh: LocalMesh, method: str, node: int = 0, **params: Any) -> Any:
+    return call_sync(mesh.nodes[node].socket_path, method, params, 10.0)
+
+
+def meshtui(sock: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "meshtui.cli", args[0], "-t", sock, *args[1:]],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def task_rows(mesh: LocalMesh, node: int = 0) -> dict[str, dict[str, Any]]:
+    for i in [node, *range(len(mesh.nodes))]:
+        if mesh.nodes[i].running:
+            try:
+                return {t["id"]: t for t in call(mesh, "task.list", i)}
+            except ClientError:
+                continue
+    return {}
+
+
+def test_submit_wait_logs_cancel_via_cli(mesh3: LocalMesh) -> None:
+    sock = mesh3.nodes[1].socket_path
+    out = meshtui(sock, "submit", "--", "sh", "-c", "echo hello from $MESH_TASK_ID; echo oops >&2")
+    assert out.returncode == 0, out.stderr
+    task = out.stdout.strip()
+    assert meshtui(sock, "wait", task).returncode == 0
+    for node in mesh3.nodes:  # output is readable from any host
+        logs = meshtui(node.socket_path, "logs", task)
+        assert logs.stdout == f"hello from {task}\n", (node.name, logs.stderr)
+    assert meshtui(sock, "logs", "--stderr", task).stdout == "oops\n"
+    rows = json.loads(meshtui(sock, "tasks", "--json").stdout)
+    (row,) = [r for r in rows if r["id"] == task]
+    assert row["state"] == "succeeded" and row["exit_code"] == 0 and row["epoch"] == 1
+    assert set(row) == {"id", "state", "node", "epoch", "attempts", "migrations", "exit_code", "cmd"}
+
+    failing = meshtui(sock, "submit", "--retries", "0", "--", "sh", "-c", "exit 3").stdout.strip()
+    assert meshtui(sock, "wait", failing).returncode == 1
+    assert task_rows(mesh3)[failing]["exit_code"] == 3
+
+    slow = meshtui(sock, "submit", "--", "sleep", "30").stdout.strip()
+    assert wait_for(lambda: task_rows(mesh3)[slow]["state"] == "running", 15)
+    assert meshtui(sock, "cancel", slow).returncode == 0
+    assert wait_for(lambda: task_rows(mesh3)[slow]["state"] == "cancelled", 10)
+    assert meshtui(sock, "logs", "no-such-task").returncode == 1
+
+
+def test_killed_host_tasks_finish_elsewhere_without_overlap(mesh3: LocalMesh, tmp_path: Path) -> None:
+    log = tmp_path / "runs.log"
+    ids = [
+        call(mesh3, "task.submit", argv=heartbeat_task(log, 5.0), retries=2, rid=f"k{i}")["id"]
+        for i in range(4)
+    ]
+    rows = wait_for(lambda: (r := task_rows(mesh3)) and all(
+        r[i]["state"] == "running" for i in ids) and r, 20)
+    assert rows, task_rows(mesh3)
+    victim = next(r["node"] for r in rows.values() if r["node"] != "n1")
+    mesh3.kill(victim)
+    done = wait_for(
+        lambda: all(task_rows(mesh3).get(i, {}).get("state") == "succeeded" for i in ids), 60, 0.5
+    )
+    rows = task_rows(mesh3)
+    assert done, rows
+    moved = [r for r in rows.values() if r["epoch"] > 1]
+    assert moved and all(r["node"] != victim for r in moved)
+    assert overlaps(log) == []
+
+
+def test_stopped_agent_is_fenced_and_kills_stale_copy(mesh3: LocalMesh, tmp_path: Path) -> None:
+    """SIGSTOP an agent past its death: its watchdog kills the run before the rerun starts."""
+    log = tmp_path / "runs.log"
+    ids = [call(mesh3, "task.submit", argv=heartbeat_task(log, 8.0), retries=2, rid=f"s{i}")["id"]
+           for i in range(3)]
+    rows = wait_for(lambda: (r := task_rows(mesh3)) and all(
+        r[i]["state"] == "running" for i in ids) and r, 20)
+    assert rows
+    victim_name = next(r["node"] for r in rows.values() if r["node"] != "n1")
+    victim = mesh3.node(victim_name)
+    assert victim.proc is not None
+    os.kill(victim.proc.pid, signal.SIGSTOP)  # the agent only: its tasks keep running
+    try:
+        assert wait_for(
+            lambda: any(r["epoch"] > 1 and r["node"] != victim_name for r in task_rows(mesh3).values()),
+            40, 0.5,
+        ), task_rows(mesh3)
+    finally:
+        os.kill(victim.proc.pid, signal.SIGCONT)
+    assert wait_for(
+        lambda: all(task_rows(mesh3).get(i, {}).get("state") == "succeeded" for i in ids), 60, 0.5
+    ), task_rows(mesh3)
+    assert overlaps(log) == []
+
+
+def test_minority_refuses_submissions_with_no_quorum(mesh3: LocalMesh) -> None:
+    mesh3.kill("n2")
+    mesh3.kill("n3")
+    started = time.monotonic()
+    out = meshtui(mesh3.nodes[0].socket_path, "submit", "--", "true")
+    assert out.returncode == 3, out.stderr
+    assert "no quorum: cluster is read-only here" in out.stderr
+    assert time.monotonic() - started < 10  # fails fast, no hang
+    status = call(mesh3, "status")
+    assert status["read_only"] is True
+
+
+def test_overlap_checker_detects_overlap(tmp_path: Path) -> None:
+    log = tmp_path / "runs.log"
+    log.write_text("t1 1 100 1.0\nt1 1 100 3.0\nt1 2 200 2.5\nt1 2 200 4.0\nt2 1 300 1.0\n")
+    assert len(overlaps(log)) == 1
+    log.write_text("t1 1 100 1.0\nt1 1 100 2.0\nt1 2 200 2.5\nt1 2 200 4.0\n")
+    assert overlaps(log) == []
