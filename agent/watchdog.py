@@ -19,6 +19,7 @@ Run as ``python -m agent.watchdog``; the agent starts one per host.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -31,10 +32,8 @@ DEFAULT_LEASE = 10.0
 
 def kill_groups(groups: set[int]) -> None:
     for pgid in groups:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
     groups.clear()
 
 
@@ -48,7 +47,9 @@ def main() -> int:
         remaining = lease - (time.monotonic() - last_beat)
         if remaining <= 0:
             if groups:
-                sys.stderr.write(f"mesh-agent watchdog: lease expired, killing {len(groups)} task group(s)\n")
+                sys.stderr.write(
+                    f"mesh-agent watchdog: lease expired, killing {len(groups)} task group(s)\n"
+                )
             kill_groups(groups)
             remaining = lease
             last_beat = time.monotonic()

@@ -6,7 +6,7 @@ proposes it and answers once it is applied (or fails fast without quorum).
 Task output is pushed to the hash ring's replicas so a dead host's results
 can still be read (``meshtui logs`` from any host).
 
-Numbers 110–129 (docs/internals.md §1).
+Numbers 110-129 (docs/internals.md §1).
 """
 
 from __future__ import annotations

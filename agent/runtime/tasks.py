@@ -39,7 +39,6 @@ from agent.sched import (
     BidRequest,
     ClusterSnapshot,
     HeatState,
-    Move,
     NodeView,
     place_many,
     plan_drain,
@@ -497,7 +496,7 @@ class TaskRuntime:
         rec = self.agent.consensus.state.task_record(task_id)
         if rec is None:
             raise TaskError(f"no task {task_id}")
-        if rec.epoch == 0 or rec.node is None and not rec.replicas:
+        if rec.epoch == 0 or (rec.node is None and not rec.replicas):
             return {"data": b"", "offset": offset, "eof": True}
         data, new_offset, eof, found = self._read_local(task_id, rec.epoch, stream, offset, 65536)
         if found:

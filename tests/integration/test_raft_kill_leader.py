@@ -22,7 +22,7 @@ from meshtui.client import ClientError, call_sync
 from meshtui.demo import LocalMesh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sim"))
-from linearizability import UNKNOWN, Operation, check_kv  # noqa: E402
+from linearizability import UNKNOWN, Operation, check_kv
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -7,6 +7,7 @@ alive at the same time (a killed run's life ends at its last heartbeat).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -53,7 +54,7 @@ def overlaps(log: Path) -> list[str]:
     bad = []
     for task, runs in by_task.items():
         runs.sort()
-        for (s1, e1, p1), (s2, e2, p2) in zip(runs, runs[1:], strict=False):
+        for (s1, e1, p1), (s2, e2, p2) in itertools.pairwise(runs):
             if s2 <= e1:
                 bad.append(f"{task}: run {p1} [{s1:.2f},{e1:.2f}] overlaps {p2} [{s2:.2f},{e2:.2f}]")
     return bad
