@@ -88,7 +88,7 @@ async def keys_command(
             write_key(str(ring / f"{kid}.key"), key_text)
     elif action in ("use", "remove"):
         if not key:
-            raise ConfigError("keys", f"keys {action} needs a key id")
+            raise ConfigError("KEY_ID", f"required for keys {action}")
         kid = key.strip().lower()
         if action == "use":
             key_text = _local_key(key_path, kid)
