@@ -265,10 +265,6 @@ class SwimNode(MembershipRules):
         """Handle one decoded peer message.  ``from_addr`` is informational only (a TCP
         peer's source port is ephemeral): replies go to the address in the message."""
         self._now = now = max(self._now, now)
-        if now >= self._next_gossip_at and not (len(self.broadcasts) or len(self.load_broadcasts)):
-            # Idle rounds were skipped; news arriving now waits for the next slot of
-            # the round grid, as with memberlist's gossip ticker.
-            self._next_gossip_at = self._gossip_slot_after(now)
         self.stats["msgs_in"] += 1
         if isinstance(msg, Ping):
             self._apply_piggyback(now, msg.source, msg.gossip)
@@ -350,7 +346,7 @@ class SwimNode(MembershipRules):
             )
         if due:
             self._last_load_broadcast = (now, load)
-            self.load_broadcasts.queue(report)
+            self._queue(report)
 
     def note_local_health(self, cpu_saturation: float, loop_lag: float) -> None:
         """Load-aware Lifeguard: the host's CPU saturation (0..1) and the runtime's
@@ -601,6 +597,11 @@ class SwimNode(MembershipRules):
         self._send(to, msg, reliable=False)
 
     def _queue(self, msg: BroadcastMsg) -> None:
+        idle = not len(self.broadcasts) and not len(self.load_broadcasts)
+        if idle and self._next_gossip_at <= self._now:
+            # Rounds were skipped while idle; news waits for the next slot of the
+            # round grid, as with memberlist's gossip ticker.
+            self._next_gossip_at = self._gossip_slot_after(self._now)
         if isinstance(msg, LoadReport):
             self.load_broadcasts.queue(msg)
         else:

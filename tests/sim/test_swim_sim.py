@@ -164,9 +164,9 @@ def test_30_70_partition_detected_on_both_sides_then_heals_to_one_membership() -
             )
 
         cut_at = net.now
-        assert net.run_for(
-            60.0, lambda: all(h.node.partitioned for h in minority), check_every=0.25
-        ), "minority never reported partitioned"
+        assert net.run_for(60.0, lambda: all(h.node.partitioned for h in minority), check_every=0.25), (
+            "minority never reported partitioned"
+        )
         flagged = net.now - cut_at
         assert not any(h.node.partitioned for h in majority)
         # Dead marks take Lifeguard's suspicion timeout: the floor where enough
@@ -183,8 +183,7 @@ def test_30_70_partition_detected_on_both_sides_then_heals_to_one_membership() -
 
         def one_membership() -> bool:
             return all(
-                not h.node.partitioned and h.node.table.count(MemberState.ALIVE) == n - 1
-                for h in hosts
+                not h.node.partitioned and h.node.table.count(MemberState.ALIVE) == n - 1 for h in hosts
             )
 
         limit = 4 * LAN.reconnect_interval + 60.0
@@ -207,9 +206,7 @@ def test_sigstop_shorter_than_suspicion_is_suspected_then_refuted_never_dead() -
         victim = hosts[7]
         seen: list[str] = []
         net.on_event = lambda now, addr, ev: (
-            seen.append(ev.kind)
-            if ev.member.id == victim.node.node_id and addr != victim.addr
-            else None
+            seen.append(ev.kind) if ev.member.id == victim.node.node_id and addr != victim.addr else None
         )
         lo = suspicion_timeout(LAN.suspicion_mult, 20, LAN.probe_interval)
         net.pause(victim.addr)
@@ -265,3 +262,44 @@ def test_load_gossip_and_push_sum_average_cpu() -> None:
         for h in hosts:
             views = h.node.members()
             assert all(v.load is not None for v in views)
+
+
+def _busy_host_accusations(load_aware: bool, seed: int) -> tuple[int, int]:
+    """A host whose every message takes 0.6 s more each way (a saturated CPU: round
+    trips of 1.2 s exceed the 1 s probe interval), reporting its saturation each
+    second.  Returns (its failed probes = false accusations, deaths anywhere)."""
+    net = SwimNet(seed, LAN.replace(load_aware_health=load_aware))
+    hosts = net.add_nodes(30)
+    net.bootstrap(hosts)
+    net.run_for(2.0)
+    busy = hosts[0]
+    deaths = 0
+
+    def count(now: float, addr: str, ev: MemberEvent) -> None:
+        nonlocal deaths
+        deaths += ev.kind == "dead"
+
+    net.on_event = count
+    net.extra_delay[busy.addr] = 0.6
+    before = busy.node.stats["probe_failures"]
+    for _second in range(60):
+        busy.node.note_local_health(cpu_saturation=1.0, loop_lag=0.6)
+        net.run_for(1.0)
+    return busy.node.stats["probe_failures"] - before, deaths
+
+
+def test_load_aware_health_stops_a_busy_host_from_accusing_healthy_peers() -> None:
+    """No anchor does this: a saturated host that knows it is saturated stretches its
+    own probe interval and timeout before any probe fails, so it never accuses a
+    healthy peer.  Without it, Lifeguard's own evidence (missing Nacks, having to
+    refute) also slows the host down, but only after it has failed probes, so the
+    sim asserts "none at all" with it and "no fewer" without; the real-host figure
+    (10 minutes, CPUs saturated by a busy loop) is the netns benchmark's."""
+    seed = sim_seed(7007)
+    with replay_hint(seed):
+        on, deaths_on = _busy_host_accusations(True, seed)
+        off, deaths_off = _busy_host_accusations(False, seed)
+        print(f"busy host's failed probes in 60 s: load-aware on {on}, off {off}")
+        assert deaths_on == 0 and deaths_off == 0
+        assert on == 0
+        assert off >= on
