@@ -32,7 +32,7 @@ def with_session(fn: Callable[[argparse.Namespace, Session], int]) -> Command:
 
     @functools.wraps(fn)
     def wrapper(args: argparse.Namespace) -> int:
-        from meshtui.client import ClientError
+        from meshtui.rpc import ClientError
 
         try:
             target = resolve_target(getattr(args, "target", None), getattr(args, "inventory", None))

@@ -8,7 +8,7 @@ TARGET is (DESIGN.md, Operator contract):
 
 Default: ``$MESH_TARGET``, else the local agent's socket.
 
-A local socket is spoken to with a blocking socket (``meshtui.client.call_sync``)
+A local socket is spoken to with a blocking socket (``meshtui.rpc.call_sync``)
 so scriptable commands never import asyncio-heavy or UI modules; SSH targets
 run one private event loop for the whole command.
 """
@@ -23,7 +23,7 @@ from typing import Any
 from agent.control.paths import default_socket_path
 
 Caller = Callable[..., Any]
-"""``call(method, **params) -> result``; raises ``meshtui.client.ClientError``."""
+"""``call(method, **params) -> result``; raises ``meshtui.rpc.ClientError``."""
 
 REMOTE_DEFAULT_SOCKET = "/run/mesh-agent/agent.sock"
 """Socket path on a remote host when the URL does not give one (agents run as root there)."""
@@ -134,7 +134,7 @@ class Session:
 
     def call(self, method: str, **params: Any) -> Any:
         if self.target.kind == "unix":
-            from meshtui.client import call_sync
+            from meshtui.rpc import call_sync
 
             return call_sync(self.target.socket_path, method, params, self.timeout)
         # params travel as one mapping: a task's own "timeout" must not
