@@ -86,6 +86,16 @@ def describe(mesh: LocalMesh) -> str:
     return "; ".join(lines)
 
 
+def final_read(sock: str, key: str) -> dict[str, object]:
+    """A linearizable read, retried while a just-restarted node catches up (bounded)."""
+    for _ in range(50):
+        try:
+            return dict(call_sync(sock, "kv.get", {"ns": "t", "key": key}, 5.0))
+        except ClientError:
+            time.sleep(0.2)
+    return dict(call_sync(sock, "kv.get", {"ns": "t", "key": key}, 5.0))
+
+
 class Recorder:
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -161,12 +171,13 @@ def test_kill_leader_ten_times_no_acknowledged_write_lost(tmp_path: Path) -> Non
         for t in threads:
             t.join(timeout=10)
         assert wait_writable(mesh, 20)
+        assert mesh.wait_ready(20)  # the last restarted node answers again
         # Final linearizable reads from every node close the history.
         for node in mesh.nodes:
             for key in KEYS:
                 call = rec.now()
-                got = call_sync(node.socket_path, "kv.get", {"ns": "t", "key": key}, 5.0)
-                value = got["value"].decode() if got["found"] else None
+                got = final_read(node.socket_path, key)
+                value = got["value"].decode() if got["found"] else None  # type: ignore[attr-defined]
                 rec.add(Operation(99, key, "get", (), value, call, rec.now()))
     finally:
         stop.set()
