@@ -242,7 +242,8 @@ class MeshApp(App[None]):
         self._redraw_scheduled = False
         for screen in reversed(self.screen_stack):
             if isinstance(screen, AreaScreen):
-                screen.refresh_from(self.model)
+                if screen.is_attached:
+                    screen.refresh_from(self.model)
                 return
 
     # --- actions -----------------------------------------------------------

@@ -221,7 +221,10 @@ class MeshModel:
     # --- snapshots --------------------------------------------------------
     def apply_status(self, status: Mapping[str, Any], *, sample_cpu: bool = False) -> None:
         """Fold a ``status`` reply; members absent from it are dropped."""
-        self.node = _as_str(status.get("node")) or self.node
+        node = _as_str(status.get("node")) or self.node
+        if node != self.node:
+            self.node = node
+            self._bump("banner", "members")
         partitioned = bool(status.get("partitioned", False))
         read_only = bool(status.get("read_only", False))
         if (partitioned, read_only) != (self.partitioned, self.read_only):
@@ -281,12 +284,17 @@ class MeshModel:
         view.role = _as_str(cons.get("role")) or view.role
         view.term = _as_int(cons.get("term")) or view.term
         if "leader" in cons:
-            view.leader = _as_str(cons["leader"]) or None
+            self._set_leader(_as_str(cons["leader"]) or None)
         view.commit_index = max(view.commit_index, _as_int(cons.get("commit_index")) or 0)
         voters = cons.get("voters")
         if isinstance(voters, list | tuple):
             view.voters = tuple(_as_str(v) for v in voters)
         self._bump("consensus")
+
+    def _set_leader(self, leader: str | None) -> None:
+        if leader != self.consensus.leader:
+            self.consensus.leader = leader
+            self._bump("members")  # the member table and topology mark the leader
 
     def _upsert_member(self, row: Mapping[str, Any]) -> MemberView | None:
         name = _as_str(row.get("name"))
@@ -370,7 +378,7 @@ class MeshModel:
         if kind == "role" and data.get("role") is not None:
             view.role = _as_str(data.get("role"))
         if kind == "leader" or (kind == "election" and "leader" in data):
-            view.leader = _as_str(data.get("leader")) or None
+            self._set_leader(_as_str(data.get("leader")) or None)
         self.log_seq += 1
         at = _as_float(data.get("at"))
         self.log.append(

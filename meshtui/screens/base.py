@@ -7,18 +7,22 @@ a screen redraws everything when it is shown again.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar, Protocol, cast
 
+from rich.console import RenderableType
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer
+from textual.widgets import Footer, Static
 
 from meshtui.model import ClientLike, DemoControls, MeshModel
 from meshtui.widgets.bars import Banner, NavBar
 from meshtui.widgets.filterbar import FilterBar
+
+_UNSET = object()
 
 
 class MeshAppLike(Protocol):
@@ -52,6 +56,9 @@ class AreaScreen(Screen[None]):
         super().__init__()
         self.query_text = ""
         self._drawn: dict[str, int] = {}
+        self._last_draw: dict[str, float] = {}
+        self._trailing: set[str] = set()
+        self._static_keys: dict[str, object] = {}
 
     @property
     def mesh(self) -> MeshAppLike:
@@ -74,9 +81,43 @@ class AreaScreen(Screen[None]):
         self.refresh_from(self.mesh.model, force=True)
 
     def refresh_from(self, model: MeshModel, force: bool = False) -> None:
-        self.query_one(NavBar).show(model)
-        self.query_one(Banner).show(model)
+        # Updating a Static re-lays out the screen (and so repaints big tables):
+        # only touch the bars when what they show moved.
+        if self.changed(model, "banner", force=force):
+            self.query_one(NavBar).show(model)
+            self.query_one(Banner).show(model)
         self.draw(model, force)
+
+    def set_static(self, selector: str, content: RenderableType, key: object = None) -> None:
+        """Update a Static only when ``key`` (default: the content itself) changed.
+
+        An update re-lays out the screen, which repaints every table on it.
+        """
+        key = content if key is None else key
+        if self._static_keys.get(selector, _UNSET) != key:
+            self._static_keys[selector] = key
+            self.query_one(selector, Static).update(content)
+
+    def due(self, key: str, interval: float) -> bool:
+        """Rate limit for costly redraws: True at most every ``interval`` seconds per ``key``.
+
+        When it says no, a trailing redraw is scheduled so the last change still shows.
+        """
+        now = time.monotonic()
+        wait = self._last_draw.get(key, -interval) + interval - now
+        if wait <= 0:
+            self._last_draw[key] = now
+            return True
+        if key not in self._trailing:
+            self._trailing.add(key)
+
+            def trailing() -> None:
+                self._trailing.discard(key)
+                if self.is_current:
+                    self.refresh_from(self.mesh.model)
+
+            self.set_timer(wait, trailing)
+        return False
 
     def draw(self, model: MeshModel, force: bool) -> None:
         """Redraw the body; ``force`` means ignore cached versions."""

@@ -8,10 +8,11 @@ from rich.table import Table
 from rich.text import Text
 from textual.containers import Horizontal
 from textual.widget import Widget
-from textual.widgets import RichLog, Static
+from textual.widgets import Static
 
 from meshtui.model import MAX_LOG_LINES, LogLine, MeshModel, matches_filter
 from meshtui.screens.base import AreaScreen
+from meshtui.widgets.logview import LogView
 from meshtui.widgets.render import CONSENSUS_KIND_STYLE, clock
 
 
@@ -41,27 +42,40 @@ class ConsensusScreen(AreaScreen):
         with Horizontal(id="consensus-head"):
             yield Static(id="consensus-header")
             yield Static(id="proposals")
-        yield RichLog(id="consensus-log", max_lines=MAX_LOG_LINES, wrap=False, markup=False)
+        yield LogView(log_line_text, MAX_LOG_LINES, id="consensus-log")
 
     def draw(self, model: MeshModel, force: bool) -> None:
-        if not self.changed(model, "consensus", "proposals", force=force):
+        if not self.changed(model, "consensus", "proposals", "members", force=force):
             return
-        self.query_one("#consensus-header", Static).update(self._header(model))
-        self.query_one("#proposals", Static).update(self._proposals(model))
-        log = self.query_one("#consensus-log", RichLog)
+        view = model.consensus
+        voter_states = tuple(
+            (v, model.members[v].state if v in model.members else "") for v in view.voters
+        )
+        header_key = (
+            view.engine,
+            view.role,
+            view.term,
+            view.leader,
+            view.commit_index,
+            voter_states,
+        )
+        self.set_static("#consensus-header", self._header(model), key=header_key)
+        self.set_static("#proposals", self._proposals(model), key=repr(model.proposals))
+        log = self.query_one("#consensus-log", LogView)
+        query = self.query_text
         if force:
             log.clear()
-            self._last_seq = 0
-        if model.log and model.log[0].seq > self._last_seq + 1 and self._last_seq:
-            # Lines we never drew fell out of the bounded log: say so instead of hiding it.
-            log.write(Text(f"… {model.log[0].seq - self._last_seq - 1} lines dropped", "grey50"))
-        for line in model.log:
-            if line.seq <= self._last_seq:
-                continue
-            if matches_filter(line_haystack(line), self.query_text):
-                log.write(log_line_text(line))
-        if model.log:
-            self._last_seq = model.log[-1].seq
+            log.extend((ln.seq, ln) for ln in model.log if matches_filter(line_haystack(ln), query))
+        else:
+            fresh: list[LogLine] = []
+            for line in reversed(model.log):  # newest first, stop at what is shown
+                if line.seq <= self._last_seq:
+                    break
+                fresh.append(line)
+            log.extend(
+                (ln.seq, ln) for ln in reversed(fresh) if matches_filter(line_haystack(ln), query)
+            )
+        self._last_seq = model.log[-1].seq if model.log else self._last_seq
 
     @staticmethod
     def _header(model: MeshModel) -> Table:

@@ -11,8 +11,8 @@ from textual.widgets import Static
 
 from meshtui.model import MemberView, MeshModel, matches_filter
 from meshtui.screens.base import AreaScreen
+from meshtui.widgets.fasttable import FastTable, Row
 from meshtui.widgets.render import cpu_cell, opt, pct, rtt_text, state_text
-from meshtui.widgets.tables import Row, SyncTable
 from meshtui.widgets.topology import Topology
 
 MEMBER_COLUMNS = (
@@ -65,13 +65,16 @@ class MeshScreen(AreaScreen):
             with Vertical(id="topology-pane"):
                 yield Static(id="mesh-summary")
                 yield Topology(id="topology")
-            yield SyncTable(MEMBER_COLUMNS, id="members")
+            yield FastTable(MEMBER_COLUMNS, id="members")
 
     def draw(self, model: MeshModel, force: bool) -> None:
-        if not self.changed(model, "members", "consensus", force=force):
+        # A 200-row table repaints whole on any change: at most 4 times a second.
+        if not force and not self.due("members", 0.25):
+            return
+        if not self.changed(model, "members", force=force):
             return
         self.query_one(Topology).show(model)
-        counts = {s: 0 for s in ("alive", "suspect", "dead", "left")}
+        counts = dict.fromkeys(("alive", "suspect", "dead", "left"), 0)
         for m in model.members.values():
             counts[m.state] = counts.get(m.state, 0) + 1
         summary = Text(no_wrap=True, overflow="ellipsis")
@@ -82,11 +85,11 @@ class MeshScreen(AreaScreen):
         for state, style in (("alive", "green"), ("suspect", "yellow"), ("dead", "red")):
             if counts[state]:
                 summary.append(f" {counts[state]} {state}", style=style)
-        self.query_one("#mesh-summary", Static).update(summary)
+        self.set_static("#mesh-summary", summary)
         members = sorted(model.members.values(), key=lambda m: m.name)
         rows = [
             member_row(m, model.consensus.leader, model.node)
             for m in members
             if matches_filter(member_text(m), self.query_text)
         ]
-        self.query_one("#members", SyncTable).sync(rows)
+        self.query_one("#members", FastTable).sync(rows)

@@ -11,8 +11,8 @@ from textual.widgets import Static
 
 from meshtui.model import MeshModel, Migration, matches_filter
 from meshtui.screens.base import AreaScreen
+from meshtui.widgets.fasttable import FastTable, Row
 from meshtui.widgets.render import REASON_STYLE, clock
-from meshtui.widgets.tables import Row, SyncTable
 
 MIGRATION_COLUMNS = (
     ("at", "time"),
@@ -37,7 +37,7 @@ class MigrationsScreen(AreaScreen):
 
     def compose_body(self) -> Iterable[Widget]:
         yield Static(id="migration-summary")
-        yield SyncTable(MIGRATION_COLUMNS, id="migrations")
+        yield FastTable(MIGRATION_COLUMNS, id="migrations")
 
     def draw(self, model: MeshModel, force: bool) -> None:
         if not self.changed(model, "migrations", force=force):
@@ -60,4 +60,4 @@ class MigrationsScreen(AreaScreen):
             for i, m in enumerate(reversed(model.migrations))
             if matches_filter(f"{m.task} {m.src} {m.dst} {m.reason}", self.query_text)
         ]
-        self.query_one("#migrations", SyncTable).sync(rows)
+        self.query_one("#migrations", FastTable).sync(rows)

@@ -17,12 +17,12 @@ from rich.text import Text
 from textual import work
 from textual.containers import Horizontal, Vertical
 from textual.widget import Widget
-from textual.widgets import DataTable, RichLog, Static
+from textual.widgets import RichLog, Static
 
 from meshtui.model import FINISHED_TASK_STATES, MeshModel, matches_filter
 from meshtui.screens.base import AreaScreen
+from meshtui.widgets.fasttable import FastTable, Row
 from meshtui.widgets.render import clock, opt, task_state_text
-from meshtui.widgets.tables import Row, SyncTable
 
 TASK_COLUMNS = (
     ("id", "id"),
@@ -83,7 +83,7 @@ class TasksScreen(AreaScreen):
     def compose_body(self) -> Iterable[Widget]:
         yield Static(id="task-counts")
         with Horizontal(id="tasks-body"):
-            yield SyncTable(TASK_COLUMNS, id="tasks")
+            yield FastTable(TASK_COLUMNS, id="tasks")
             with Vertical(id="task-side"):
                 yield Static(id="task-detail")
                 yield RichLog(id="task-logs", max_lines=5_000, wrap=True, markup=False)
@@ -111,7 +111,7 @@ class TasksScreen(AreaScreen):
             key=lambda t: (t.get("state") in FINISHED_TASK_STATES, str(t["id"])),
         )
         rows = [task_row(t) for t in ordered if matches_filter(task_haystack(t), self.query_text)]
-        table = self.query_one("#tasks", SyncTable)
+        table = self.query_one("#tasks", FastTable)
         table.sync(rows)
         self._show_detail(model, table.selected_key)
 
@@ -139,8 +139,8 @@ class TasksScreen(AreaScreen):
             grid.add_row("moved", f"{clock(m.at)} {m.src} → {m.dst} ({m.reason}, e{m.epoch})")
         detail.update(grid)
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        tid = event.row_key.value if event.row_key is not None else None
+    def on_fast_table_row_highlighted(self, event: FastTable.RowHighlighted) -> None:
+        tid = event.key
         self._show_detail(self.mesh.model, tid)
         if tid is not None and tid != self._following:
             self._following = tid

@@ -8,8 +8,9 @@ the app, model and screens are real).  A recording is a directory with
 (``{task_id: {"stdout": str, "stderr": str}}``).
 
 Each ``status`` call advances to the next snapshot; after the last one the
-client either repeats it or (``hold_last=True``, for deterministic screenshots)
-holds the call open forever so the app's poll stops adding samples.
+client repeats it, starts over (``cycle=True``), or (``hold_last=True``, for
+deterministic screenshots) holds the call open forever so the app's poll stops
+adding samples.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class ReplayClient:
         logs: dict[str, dict[str, str]] | None = None,
         *,
         hold_last: bool = False,
+        cycle: bool = False,
         events_per_second: float | None = None,
         log_chunk: int = 64,
     ) -> None:
@@ -49,6 +51,7 @@ class ReplayClient:
         self.snapshots = snapshots
         self.logs = logs or {}
         self.hold_last = hold_last
+        self.cycle = cycle
         self.events_per_second = events_per_second
         self.log_chunk = log_chunk
         self.queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
@@ -86,6 +89,8 @@ class ReplayClient:
         if method == "status":
             if self.cursor + 1 < len(self.snapshots):
                 self.cursor += 1
+            elif self.cycle:
+                self.cursor = 0
             elif self.hold_last and self.cursor >= 0:
                 await asyncio.Event().wait()
             self.cursor = max(self.cursor, 0)

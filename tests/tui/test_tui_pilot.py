@@ -8,11 +8,13 @@ from typing import Any
 
 from replay_client import RECORDINGS, ReplayClient
 from textual.command import CommandPalette
-from textual.widgets import DataTable, RichLog, Static
+from textual.widgets import RichLog, Static
 from tui_helpers import cell, log_text, make_app, row_keys, static_text, wait_for
 
 from meshtui.screens.dialogs import HelpScreen, NodePicker
 from meshtui.widgets.bars import Banner
+from meshtui.widgets.fasttable import FastTable
+from meshtui.widgets.logview import LogView
 
 SNAPSHOTS = json.loads((RECORDINGS / "mesh5" / "snapshots.json").read_text())
 
@@ -31,7 +33,7 @@ async def test_member_table_fills_from_status() -> None:
     rc = first_snapshot_client()
     app = make_app(rc)
     async with app.run_test(size=(140, 40)) as pilot:
-        table = app.screen.query_one("#members", DataTable)
+        table = app.screen.query_one("#members", FastTable)
         await wait_for(pilot, lambda: table.row_count == 5)
         assert row_keys(table) == ["n1", "n2", "n3", "n4", "n5"]
         assert cell(table, "n2", "addr") == "127.0.0.1:7902"
@@ -44,7 +46,7 @@ async def test_member_turning_suspect_then_dead_changes_its_row() -> None:
     rc = first_snapshot_client()
     app = make_app(rc)
     async with app.run_test(size=(140, 40)) as pilot:
-        table = app.screen.query_one("#members", DataTable)
+        table = app.screen.query_one("#members", FastTable)
         await wait_for(pilot, lambda: table.row_count == 5)
         rc.feed({"event": "members", "data": {"kind": "suspect", "member": {"name": "n4"}}})
         await wait_for(pilot, lambda: cell(table, "n4", "state") == "suspect")
@@ -59,7 +61,7 @@ async def test_task_appears_and_finishes() -> None:
     async with app.run_test(size=(140, 40)) as pilot:
         await wait_for(pilot, lambda: rc.subscribed.is_set())
         await pilot.press("3")
-        table = app.screen.query_one("#tasks", DataTable)
+        table = app.screen.query_one("#tasks", FastTable)
         task = {
             "id": "tA",
             "state": "queued",
@@ -102,7 +104,7 @@ async def test_leader_change_shows_in_consensus_log_and_header() -> None:
     async with app.run_test(size=(140, 40)) as pilot:
         await wait_for(pilot, lambda: rc.subscribed.is_set())
         await pilot.press("2")
-        log = app.screen.query_one("#consensus-log", RichLog)
+        log = app.screen.query_one("#consensus-log", LogView)
         rc.feed(
             {
                 "event": "consensus",
@@ -124,14 +126,14 @@ async def test_filter_narrows_members_and_log() -> None:
     app = make_app(rc)
     async with app.run_test(size=(140, 40)) as pilot:
         await wait_for(pilot, lambda: rc.queue.empty())
-        table = app.screen.query_one("#members", DataTable)
+        table = app.screen.query_one("#members", FastTable)
         await wait_for(pilot, lambda: table.row_count == 5)
         await pilot.press("slash", "g", "p", "u")
         await wait_for(pilot, lambda: row_keys(table) == ["n2", "n4"])
         await pilot.press("escape")
         await wait_for(pilot, lambda: table.row_count == 5)
         await pilot.press("2")
-        log = app.screen.query_one("#consensus-log", RichLog)
+        log = app.screen.query_one("#consensus-log", LogView)
         await wait_for(pilot, lambda: "kv.put" in log_text(log))
         await pilot.press("slash", *"voted")
         await wait_for(pilot, lambda: "kv.put" not in log_text(log))
@@ -217,7 +219,7 @@ async def test_task_logs_are_followed() -> None:
     async with app.run_test(size=(140, 40)) as pilot:
         await wait_for(pilot, lambda: rc.queue.empty() and len(app.model.tasks) == 6)
         await pilot.press("3")
-        table = app.screen.query_one("#tasks", DataTable)
+        table = app.screen.query_one("#tasks", FastTable)
         await wait_for(pilot, lambda: table.row_count == 6)
         table.focus()
         index = row_keys(table).index("t05c0ffeec0ffee")

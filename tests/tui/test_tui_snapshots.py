@@ -11,8 +11,10 @@ from typing import Any
 
 from replay_client import ReplayClient
 from textual.pilot import Pilot
-from textual.widgets import DataTable, RichLog
+from textual.widgets import RichLog
 from tui_helpers import log_text, make_app, row_keys, wait_for
+
+from meshtui.widgets.fasttable import FastTable
 
 SIZE = (150, 42)
 
@@ -53,7 +55,7 @@ def test_tasks_screen_with_followed_logs(snap_compare: Any) -> None:
     async def run_before(pilot: Pilot[None]) -> None:
         await settle(pilot)
         await pilot.press("3")
-        table = app.screen.query_one("#tasks", DataTable)
+        table = app.screen.query_one("#tasks", FastTable)
         await wait_for(pilot, lambda: table.row_count == 6)
         table.move_cursor(row=row_keys(table).index("t00c0ffeec0ffee"))
         logs = app.screen.query_one("#task-logs", RichLog)

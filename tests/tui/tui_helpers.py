@@ -7,10 +7,13 @@ from collections.abc import Callable
 
 from replay_client import ReplayClient
 from rich.console import Console
+from rich.text import Text
 from textual.pilot import Pilot
-from textual.widgets import DataTable, RichLog, Static
+from textual.widgets import RichLog, Static
 
 from meshtui.app import MeshApp
+from meshtui.widgets.fasttable import FastTable
+from meshtui.widgets.logview import LogView
 
 FIXED_NOW = 1_790_000_100.0
 
@@ -35,16 +38,18 @@ async def wait_for(pilot: Pilot[None], cond: Callable[[], bool], timeout: float 
     assert cond(), f"condition not met within {timeout}s"
 
 
-def cell(table: DataTable[object], row: str, column: str) -> str:
+def cell(table: FastTable, row: str, column: str) -> str:
     value = table.get_cell(row, column)
-    return getattr(value, "plain", str(value))
+    return value.plain if isinstance(value, Text) else value
 
 
-def row_keys(table: DataTable[object]) -> list[str]:
-    return [str(r.key.value) for r in table.ordered_rows]
+def row_keys(table: FastTable) -> list[str]:
+    return table.row_keys
 
 
-def log_text(log: RichLog) -> str:
+def log_text(log: RichLog | LogView) -> str:
+    if isinstance(log, LogView):
+        return "\n".join(log.plain_lines())
     return "\n".join(line.text for line in log.lines)
 
 
