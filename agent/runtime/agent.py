@@ -128,7 +128,7 @@ class Agent:
         await self.transport.start()
         host = _advertise_host(self.config)
         self.addr = f"{host}:{self.transport.port}"
-        self.transport._advertise = self.addr  # peers answer streams to this address
+        self.transport.advertise = self.addr  # peers answer streams to this address
         self.tasks = TaskRuntime(self)
         meta = NodeMeta(
             name=self.config.name,
