@@ -53,15 +53,17 @@ class MemberView:
 
 
 def view_of(member: Member) -> MemberView:
+    load = member.load
+    rtt = member.rtt
     return MemberView(
-        id=member.node,
-        addr=member.addr,
-        meta=member.meta,
-        load=member.load.load if member.load is not None else None,
-        state=STATE_NAMES[member.state],
-        incarnation=member.incarnation,
-        rtt_ms=member.rtt * 1000.0 if member.rtt is not None else None,
-        since=member.since,
+        member.node,
+        member.addr,
+        member.meta,
+        load.load if load is not None else None,
+        STATE_NAMES[member.state],
+        member.incarnation,
+        rtt * 1000.0 if rtt is not None else None,
+        member.since,
     )
 
 

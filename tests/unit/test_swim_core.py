@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.errors import ConfigError
 from agent.swim import MemberEvent, Outbound, SwimConfig, SwimNode
@@ -338,3 +340,78 @@ def test_config_validation_names_the_field() -> None:
     with pytest.raises(ConfigError):
         CFG.replace(gossip_nodes=0)
     assert SwimConfig.local().validate().probe_interval == 0.2
+
+
+# --------------------------------------------------------------------------- fuzz
+
+
+small_ids = st.integers(min_value=1, max_value=6)
+incs = st.integers(min_value=0, max_value=4)
+inbound = st.one_of(
+    st.builds(lambda i, n: Alive(n, nid(i), addr(i), meta(i)), small_ids, incs),
+    st.builds(lambda i, n, f: Suspect(n, nid(i), nid(f)), small_ids, incs, small_ids),
+    st.builds(lambda i, n, f: Dead(n, nid(i), nid(f)), small_ids, incs, small_ids),
+    st.builds(
+        lambda f, sts: PushPull(
+            nid(f),
+            addr(f),
+            False,
+            False,
+            tuple(PushPullState(nid(i), addr(i), n, s, meta(i)) for i, n, s in sts),
+        ),
+        small_ids,
+        st.lists(st.tuples(small_ids, incs, st.sampled_from(MemberState)), max_size=6),
+    ),
+    st.builds(lambda s, f: Ack(s, nid(f)), st.integers(0, 20), small_ids),
+    st.builds(lambda s, f: Nack(s, nid(f)), st.integers(0, 20), small_ids),
+    st.builds(lambda s, t, f: Ping(s, nid(t), nid(f), addr(f)), st.integers(0, 20), small_ids, small_ids),
+    st.builds(
+        lambda s, t, f: IndirectPingReq(s, nid(t), addr(t), nid(f), addr(f)),
+        st.integers(0, 20),
+        small_ids,
+        small_ids,
+    ),
+    st.floats(min_value=0.0, max_value=3.0),  # a pause: tick after this many seconds
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(inbound, max_size=60), st.booleans())
+def test_any_message_sequence_keeps_the_table_consistent(msgs: list[object], leave: bool) -> None:
+    a = make(1)
+    now = 0.0
+    last_inc = 0
+    for i, msg in enumerate(msgs):
+        if isinstance(msg, float):
+            now += msg
+            a.tick(now)
+        elif isinstance(msg, Alive | Suspect | Dead):
+            a.step(
+                now,
+                addr(2),
+                Gossip(
+                    msg.node if i % 2 else nid(2),
+                    Piggyback(
+                        alive=(msg,) if isinstance(msg, Alive) else (),
+                        suspect=(msg,) if isinstance(msg, Suspect) else (),
+                        dead=(msg,) if isinstance(msg, Dead) else (),
+                    ),
+                ),
+            )
+        else:
+            a.step(now, addr(2), msg)
+        if leave and i == len(msgs) // 2:
+            a.leave(now)
+        out, _ = drain(a)
+        for o in out:
+            assert o.reliable or message_size(o.msg) <= CFG.max_datagram_payload
+        assert a.incarnation >= last_inc
+        last_inc = a.incarnation
+        counts = {s: 0 for s in MemberState}
+        for m in a.table:
+            counts[m.state] += 1
+            assert m.node != nid(1)
+            assert (m.suspicion is not None) == (m.state == MemberState.SUSPECT)
+        assert all(a.table.count(s) == counts[s] for s in MemberState)
+        assert a.table.self_member.state == (MemberState.LEFT if a._leaving else MemberState.ALIVE)
+        assert a.partitioned == a._partition.view_minority(a.table)
