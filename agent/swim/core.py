@@ -196,7 +196,10 @@ class SwimNode(MembershipRules):
     def leave_complete(self) -> bool:
         """After :meth:`leave`: our departure has been gossiped at least its retransmit
         limit (or nobody is left to tell); the runtime may stop."""
-        return self._leaving and self.broadcasts.pending_about(("m", self.node_id)) is None
+        if not self._leaving:
+            return False
+        live = self.table.count(MemberState.ALIVE) + self.table.count(MemberState.SUSPECT)
+        return live == 0 or self.broadcasts.pending_about(("m", self.node_id)) is None
 
     def join(self, now: float, addrs: Sequence[str]) -> None:
         """Send our full state (PushPull, join=True) reliably to each candidate address.

@@ -415,3 +415,9 @@ def test_any_message_sequence_keeps_the_table_consistent(msgs: list[object], lea
         assert all(a.table.count(s) == counts[s] for s in MemberState)
         assert a.table.self_member.state == (MemberState.LEFT if a._leaving else MemberState.ALIVE)
         assert a.partitioned == a._partition.view_minority(a.table)
+
+
+def test_a_lone_node_leaves_at_once() -> None:
+    a = make(1)
+    a.leave(0.0)
+    assert a.leave_complete
