@@ -112,9 +112,7 @@ async def deploy(
     async def one(host: Host) -> HostOutcome:
         progress.step(host.name, f"connecting to {host.address}:{host.ssh_port}")
         async with connect(host) as remote:
-            result = await converge_host(
-                remote, wheelhouse, all_hosts, inv.path, keys[host.name], progress
-            )
+            result = await converge_host(remote, wheelhouse, all_hosts, inv.path, keys[host.name], progress)
             await steps.wait_member(remote, result.systemd, member_timeout, progress)
         if result.changes:
             return HostOutcome(host.name, CHANGED, ", ".join(result.changes))

@@ -43,9 +43,7 @@ class HostFacts:
 async def probe(remote: RemoteHost, wheelhouse: Wheelhouse | None) -> HostFacts:
     """Python version, architecture and init system; refuse wheels that cannot run there."""
     host = remote.host
-    script = (
-        "import sys, platform; print(sys.version_info[0], sys.version_info[1], platform.machine())"
-    )
+    script = "import sys, platform; print(sys.version_info[0], sys.version_info[1], platform.machine())"
     done = await remote.run(
         f"{shlex.quote(host.python)} -c {shlex.quote(script)}", "check python", check=False
     )
@@ -63,9 +61,7 @@ async def probe(remote: RemoteHost, wheelhouse: Wheelhouse | None) -> HostFacts:
     if manager not in ("auto", "systemd", "supervisor"):
         raise StepError("check host", "mesh_service_manager must be auto, systemd or supervisor")
     if manager == "auto":
-        state = await remote.run(
-            "systemctl is-system-running 2>/dev/null", "check systemd", check=False
-        )
+        state = await remote.run("systemctl is-system-running 2>/dev/null", "check systemd", check=False)
         systemd = state.stdout.strip() in SYSTEMD_STATES
     else:
         systemd = manager == "systemd"
@@ -78,8 +74,7 @@ async def sync_wheels(remote: RemoteHost, wheelhouse: Wheelhouse, progress: Prog
     directory = f"{host.prefix}/wheels"
     quoted = shlex.quote(directory)
     done = await remote.run(
-        f"mkdir -p {quoted} && cd {quoted} && for f in *.whl; do "
-        '[ -f "$f" ] && sha256sum "$f"; done; true',
+        f'mkdir -p {quoted} && cd {quoted} && for f in *.whl; do [ -f "$f" ] && sha256sum "$f"; done; true',
         "check wheels",
     )
     present: dict[str, str] = {}
@@ -94,9 +89,7 @@ async def sync_wheels(remote: RemoteHost, wheelhouse: Wheelhouse, progress: Prog
     if missing:
         progress.step(host.name, f"uploading {len(missing)} of {len(wheelhouse.files)} wheels")
         await remote.upload([wheelhouse.directory / n for n in missing], directory, "upload wheels")
-    await remote.write_file(
-        f"{directory}/{MANIFEST}", wheelhouse.manifest.encode(), 0o644, "upload wheels"
-    )
+    await remote.write_file(f"{directory}/{MANIFEST}", wheelhouse.manifest.encode(), 0o644, "upload wheels")
     removal = "rm -f " + " ".join(shlex.quote(n) for n in stale) + " && " if stale else ""
     await remote.run(f"cd {quoted} && {removal}sha256sum -c --quiet {MANIFEST}", "verify wheels")
     return True
@@ -117,10 +110,7 @@ async def install_venv(remote: RemoteHost, wheelhouse: Wheelhouse, progress: Pro
     project = q(f"{wheels}/{wheelhouse.project_wheel}")
     # --no-compile: byte-compiling all of textual etc. triples the install time, and
     # Python compiles what the agent imports on first use anyway.
-    pip = (
-        f"{q(venv + '/bin/python')} -m pip install --quiet --no-compile --no-index "
-        f"--find-links {q(wheels)}"
-    )
+    pip = f"{q(venv + '/bin/python')} -m pip install --quiet --no-compile --no-index --find-links {q(wheels)}"
     await remote.run(
         _PIP_ENV
         + f"set -e; [ -x {q(venv + '/bin/python')} ] || {q(host.python)} -m venv {q(venv)}; "
@@ -177,17 +167,13 @@ async def service_running(remote: RemoteHost, systemd: bool) -> bool:
     return (await remote.run(command, "check service", check=False)).exit_status == 0
 
 
-async def start_service(
-    remote: RemoteHost, systemd: bool, restart: bool, unit_changed: bool
-) -> None:
+async def start_service(remote: RemoteHost, systemd: bool, restart: bool, unit_changed: bool) -> None:
     host = remote.host
     if systemd:
         name = shlex.quote(files.service_name(host))
         reload = "systemctl daemon-reload && " if unit_changed else ""
         verb = "restart" if restart else "start"
-        await remote.run(
-            f"{reload}systemctl enable {name} && systemctl {verb} {name}", "start agent"
-        )
+        await remote.run(f"{reload}systemctl enable {name} && systemctl {verb} {name}", "start agent")
         return
     if restart:
         await remote.run(files.supervisor_stop(host), "stop agent")
@@ -222,9 +208,7 @@ def membership_problem(status: Any, name: str) -> str | None:
 
 async def read_status(remote: RemoteHost) -> tuple[dict[str, Any] | None, str]:
     """``meshtui status --json`` on the host: (status, "") or (None, why not)."""
-    done = await remote.run(
-        files.status_command(remote.host), "status", check=False, timeout=STATUS_TIMEOUT
-    )
+    done = await remote.run(files.status_command(remote.host), "status", check=False, timeout=STATUS_TIMEOUT)
     if done.exit_status != 0:
         return None, (done.stderr.strip() or done.stdout.strip() or f"exit {done.exit_status}")
     try:
@@ -266,9 +250,7 @@ async def wait_member(
 async def agent_log_tail(remote: RemoteHost, systemd: bool, lines: int = 3) -> str:
     host = remote.host
     if systemd:
-        command = (
-            f"journalctl -u {shlex.quote(files.service_name(host))} -n {lines} --no-pager -o cat"
-        )
+        command = f"journalctl -u {shlex.quote(files.service_name(host))} -n {lines} --no-pager -o cat"
     else:
         command = f"tail -n {lines} {shlex.quote(files.agent_log(host))}"
     done = await remote.run(command, "read log", check=False)

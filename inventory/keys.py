@@ -73,9 +73,7 @@ async def keys_command(
     hosts = inv.select(limit)
     key_paths = {key_path_for(inv, h) for h in hosts}
     if len(key_paths) > 1 and action != "list":
-        raise ConfigError(
-            "mesh_cluster_key_file", "the selected hosts use different key files; use --limit"
-        )
+        raise ConfigError("mesh_cluster_key_file", "the selected hosts use different key files; use --limit")
     key_path = key_paths.pop() if key_paths else inv.default_key_path
     key_text, kid = "", ""
     if action == "install":
@@ -100,19 +98,13 @@ async def keys_command(
             q = shlex.quote
             ring = f"{host.config_dir}/keyring"
             if action == "list":
-                done = await remote.run(
-                    files.meshtui_command(host, "keys", "list", "--json"), "keys list"
-                )
+                done = await remote.run(files.meshtui_command(host, "keys", "list", "--json"), "keys list")
                 return HostOutcome(host.name, "listed", _describe_keys(done.stdout))
             if action == "install":
-                await remote.write_file(
-                    f"{ring}/{kid}.key", (key_text + "\n").encode(), 0o600, "write key"
-                )
+                await remote.write_file(f"{ring}/{kid}.key", (key_text + "\n").encode(), 0o600, "write key")
                 argv = ("keys", "install", key_text)
             elif action == "use":
-                await remote.write_file(
-                    host.key_path, (key_text + "\n").encode(), 0o600, "write key"
-                )
+                await remote.write_file(host.key_path, (key_text + "\n").encode(), 0o600, "write key")
                 argv = ("keys", "use", kid)
             else:
                 await remote.run(f"rm -f {q(f'{ring}/{kid}.key')}", "remove key file")
@@ -122,9 +114,7 @@ async def keys_command(
                 if listed.exit_status == 0 and kid not in _key_ids(listed.stdout):
                     return HostOutcome(host.name, CHANGED, f"{kid} was already removed")
                 argv = ("keys", "remove", kid)
-            done = await remote.run(
-                files.meshtui_command(host, *argv), f"keys {action}", check=False
-            )
+            done = await remote.run(files.meshtui_command(host, *argv), f"keys {action}", check=False)
             if done.exit_status == 0:
                 return HostOutcome(host.name, CHANGED, f"{action} {kid}")
             if done.exit_status == EXIT_CANNOT_CONNECT:

@@ -81,10 +81,7 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
         )
         for name in decls.hosts
     }
-    groups = {
-        group: tuple(h for h in decls.hosts if group in decls.host_groups[h])
-        for group in decls.groups
-    }
+    groups = {group: tuple(h for h in decls.hosts if group in decls.host_groups[h]) for group in decls.groups}
     return Inventory(shown, hosts, groups)
 
 
@@ -98,9 +95,7 @@ def _is_yaml(file: Path, text: str, shown: str) -> bool:
         data = load_marked_yaml(text, shown)
     except InventoryError:
         return False
-    return isinstance(data, MarkedDict) and all(
-        v is None or isinstance(v, MarkedDict) for v in data.values()
-    )
+    return isinstance(data, MarkedDict) and all(v is None or isinstance(v, MarkedDict) for v in data.values())
 
 
 def _vars_files(base: Path, name: str) -> list[Path]:
@@ -113,9 +108,7 @@ def _vars_files(base: Path, name: str) -> list[Path]:
     if directory.is_dir():
         found.extend(
             sorted(
-                p
-                for p in directory.iterdir()
-                if p.is_file() and p.suffix in ("", ".yml", ".yaml", ".json")
+                p for p in directory.iterdir() if p.is_file() and p.suffix in ("", ".yml", ".yaml", ".json")
             )
         )
     return found
@@ -143,6 +136,4 @@ def _read_vars_dirs(root: Path, decls: Declarations) -> None:
                 if not isinstance(data, MarkedDict):
                     raise InventoryError(shown, 1, "a vars file must be a mapping")
                 for key, value in data.items():
-                    InventoryBuilder.set_var(
-                        decl, key, plain(value), Origin(shown, data.line_of(key)), shown
-                    )
+                    InventoryBuilder.set_var(decl, key, plain(value), Origin(shown, data.line_of(key)), shown)

@@ -117,9 +117,7 @@ class InventoryBuilder:
             self.edges[(parent, child)] = origin
 
     @staticmethod
-    def set_var(
-        target: GroupDecl | HostDecl, key: Any, value: Any, origin: Origin, what: str
-    ) -> None:
+    def set_var(target: GroupDecl | HostDecl, key: Any, value: Any, origin: Origin, what: str) -> None:
         if not isinstance(key, str) or not key.isidentifier():
             raise origin.error(f"invalid variable name {key!r} in {what}")
         target.vars[key] = value

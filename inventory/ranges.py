@@ -42,12 +42,7 @@ def expand_host_range(pattern: str) -> list[str]:
             raise RangeError(f"range start {start} is after its end {end} in {pattern!r}")
         width = len(start) if start.startswith("0") and len(start) > 1 else 0
         items = [str(n).zfill(width) for n in range(first, last + 1, stride)]
-    elif (
-        len(start) == 1
-        and len(end) == 1
-        and start in string.ascii_letters
-        and end in string.ascii_letters
-    ):
+    elif len(start) == 1 and len(end) == 1 and start in string.ascii_letters and end in string.ascii_letters:
         letters = string.ascii_letters
         first, last = letters.index(start), letters.index(end)
         if first > last:

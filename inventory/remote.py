@@ -71,9 +71,7 @@ class RemoteHost:
         import asyncssh
 
         try:
-            result = await self.conn.run(
-                f"sh -c {shlex.quote(command)}", check=False, timeout=timeout
-            )
+            result = await self.conn.run(f"sh -c {shlex.quote(command)}", check=False, timeout=timeout)
         except asyncssh.TimeoutError:
             raise StepError(step, f"timed out after {timeout:.0f}s") from None
         except (OSError, asyncssh.Error) as exc:
@@ -118,13 +116,9 @@ class RemoteHost:
             except (OSError, asyncssh.Error) as exc:
                 raise StepError(step, f"upload to {directory} failed: {_one_line(exc)}") from None
         for path in paths:
-            await self._put_bytes(
-                [(f"{directory}/{path.name}", path.read_bytes(), 0o644)], directory, step
-            )
+            await self._put_bytes([(f"{directory}/{path.name}", path.read_bytes(), 0o644)], directory, step)
 
-    async def _put_bytes(
-        self, items: list[tuple[str, bytes, int]], directory: str, step: str
-    ) -> None:
+    async def _put_bytes(self, items: list[tuple[str, bytes, int]], directory: str, step: str) -> None:
         import asyncssh
 
         if self.sftp_ok is not False:

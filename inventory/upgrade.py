@@ -6,7 +6,8 @@ For each selected host, in inventory order:
    if the venv already holds exactly these wheels and the config is current,
    the host is ``unchanged`` and nothing else happens to it;
 2. read the host's ``meshtui status --json``: if the host is a Raft voter and
-   stopping it would leave fewer alive voters than a majority, stop here;
+   stopping it would leave fewer alive voters than a majority, stop here
+   (checked again just before step 5);
 3. ``meshtui drain <host>`` so the scheduler moves its queued work away;
 4. if it leads, ``meshtui transfer-leader`` and wait until another node does;
 5. stop the agent, install the wheels and config, start it;
@@ -22,6 +23,7 @@ The first host that fails stops the upgrade: later hosts are reported
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -64,8 +66,7 @@ def quorum_problem(status: dict[str, Any], name: str) -> str | None:
     needed = len(voters) // 2 + 1
     if remaining < needed:
         return (
-            f"stopping {name} would leave {remaining} of {len(voters)} voters alive "
-            f"(quorum needs {needed})"
+            f"stopping {name} would leave {remaining} of {len(voters)} voters alive (quorum needs {needed})"
         )
     return None
 
@@ -143,13 +144,19 @@ async def upgrade_host(
     problem = quorum_problem(status, host.name)
     if problem is not None:
         raise StepError("quorum check", problem)
-    before = int((status.get("consensus") or {}).get("commit_index") or 0)
+    before = _commit_index(status)
 
     progress.step(host.name, "draining")
     await remote.run(files.meshtui_command(host, "drain", host.name), "drain")
     if (status.get("consensus") or {}).get("leader") == host.name:
         await _transfer_leadership(remote, progress)
 
+    # Check again right before stopping: a peer may have died while we drained.
+    status, error = await steps.read_status(remote)
+    problem = quorum_problem(status, host.name) if status is not None else error
+    if problem is not None:
+        await remote.run(files.meshtui_command(host, "undrain", host.name), "undrain", check=False)
+        raise StepError("quorum check", problem)
     progress.step(host.name, "stopping the agent")
     await steps.stop_service(remote, facts.systemd)
     await steps.install_venv(remote, wheelhouse, progress)
@@ -179,21 +186,6 @@ async def _transfer_leadership(remote: RemoteHost, progress: Progress) -> None:
     raise StepError("transfer leadership", f"still leading after {TRANSFER_TIMEOUT:.0f}s")
 
 
-async def _leader_commit_index(inv: Inventory, leader: str) -> int | None:
-    """The leader's own commit index, asked on its host when it is in the inventory."""
-    host = inv.hosts.get(leader)
-    if host is None:
-        return None
-    try:
-        async with connect(host) as remote:
-            status, _ = await steps.read_status(remote)
-    except StepError:
-        return None
-    if status is None:
-        return None
-    return int((status.get("consensus") or {}).get("commit_index") or 0)
-
-
 async def _wait_caught_up(
     remote: RemoteHost,
     inv: Inventory,
@@ -202,26 +194,46 @@ async def _wait_caught_up(
     max_lag: int,
     progress: Progress,
 ) -> None:
+    """Wait until this host's commit index reaches the leader's (less ``max_lag``).
+
+    The leader's index is read *before* this host's, so the comparison is with
+    where the leader was a moment ago: under a steady write load the leader
+    moves on meanwhile, and comparing the other way round would chase it.
+    """
     host = remote.host
     progress.step(host.name, "waiting for its log to catch up")
     deadline = time.monotonic() + timeout
     detail = "no status"
-    while True:
-        status, error = await steps.read_status(remote)
-        if status is not None:
-            consensus = status.get("consensus") or {}
-            mine = int(consensus.get("commit_index") or 0)
-            leader = consensus.get("leader")
-            target = before
-            if leader and leader != host.name:
-                theirs = await _leader_commit_index(inv, str(leader))
-                if theirs is not None:
-                    target = max(target, theirs)
-            if leader and mine >= target - max_lag:
-                return
-            detail = f"commit_index {mine}, leader {leader} at {target}"
-        else:
-            detail = error
-        if time.monotonic() >= deadline:
-            raise StepError("catch up", f"log not caught up after {timeout:.0f}s: {detail}")
-        await asyncio.sleep(1.0)
+    async with contextlib.AsyncExitStack() as stack:
+        leader_remote: RemoteHost | None = None
+        while True:
+            status, error = await steps.read_status(remote)
+            leader = ((status or {}).get("consensus") or {}).get("leader")
+            if leader and leader != host.name and leader in inv.hosts:
+                if leader_remote is None or leader_remote.host.name != leader:
+                    try:
+                        leader_remote = await stack.enter_async_context(connect(inv.hosts[str(leader)]))
+                    except StepError:
+                        leader_remote = None
+                target = before
+                if leader_remote is not None:
+                    theirs, _ = await steps.read_status(leader_remote)
+                    if theirs is not None:
+                        target = max(target, _commit_index(theirs))
+                status, error = await steps.read_status(remote)
+            else:
+                target = before
+            if status is not None:
+                mine = _commit_index(status)
+                if leader and mine >= target - max_lag:
+                    return
+                detail = f"commit_index {mine}, leader {leader} at {target}"
+            else:
+                detail = error
+            if time.monotonic() >= deadline:
+                raise StepError("catch up", f"log not caught up after {timeout:.0f}s: {detail}")
+            await asyncio.sleep(0.5)
+
+
+def _commit_index(status: dict[str, Any]) -> int:
+    return int((status.get("consensus") or {}).get("commit_index") or 0)

@@ -162,9 +162,7 @@ async def build_wheelhouse() -> Wheelhouse:
     if not deps_stamp.is_file() or deps_stamp.read_text() != wanted:
         tmp = tempfile.mkdtemp(dir=target, prefix=".deps-")
         try:
-            await _pip(
-                ["wheel", "--quiet", "--wheel-dir", tmp, *wanted.split("\n")], "dependency wheels"
-            )
+            await _pip(["wheel", "--quiet", "--wheel-dir", tmp, *wanted.split("\n")], "dependency wheels")
             shutil.rmtree(deps_dir, ignore_errors=True)
             os.replace(tmp, deps_dir)
         finally:
@@ -186,8 +184,7 @@ async def build_wheelhouse() -> Wheelhouse:
             stamp.write_text(digest)
     elif not own:
         raise WheelhouseError(
-            f"no source tree to build the {PROJECT} wheel from; "
-            f"put it in {target} or set MESHTUI_WHEELHOUSE"
+            f"no source tree to build the {PROJECT} wheel from; put it in {target} or set MESHTUI_WHEELHOUSE"
         )
     ship = target / "ship"
     shutil.rmtree(ship, ignore_errors=True)

@@ -42,13 +42,9 @@ def parse_yaml_inventory(text: str, path: str, builder: InventoryBuilder) -> Non
     if data is None:
         return
     if not isinstance(data, MarkedDict):
-        raise InventoryError(
-            path, 1, f"an inventory must be a mapping of groups, not {_kind(data)}"
-        )
+        raise InventoryError(path, 1, f"an inventory must be a mapping of groups, not {_kind(data)}")
     if "plugin" in data:
-        raise InventoryError(
-            path, data.line_of("plugin"), "inventory plugins are not supported; list groups"
-        )
+        raise InventoryError(path, data.line_of("plugin"), "inventory plugins are not supported; list groups")
     for name, body in data.items():
         _parse_group(builder, path, str(name), body, data.line_of(name))
 

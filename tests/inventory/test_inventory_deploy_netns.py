@@ -207,7 +207,9 @@ def test_deploy_upgrade_undeploy_on_three_namespace_hosts(base: Path) -> None:
         inv.write_text(inventory_text(lab, base, client_key, slots=2))
 
         def meshtui(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
-            return lab.run(operator, [MESHTUI, *args], env=env, timeout=timeout)
+            done = lab.run(operator, [MESHTUI, *args], env=env, timeout=timeout)
+            print(f"$ meshtui {' '.join(args)}\n{done.stdout}{done.stderr}")  # shown on failure
+            return done
 
         try:
             # 1. deploy: three hosts join, the missing fourth is reported on one line.
