@@ -88,9 +88,7 @@ def test_rendering_is_deterministic_and_key_file_private(tmp_path: Path) -> None
     unit = desired_files(hosts[0], hosts, inv.path, "KEY", systemd=True)
     assert "/etc/systemd/system/mesh-agent.service" in unit
     text = unit["/etc/systemd/system/mesh-agent.service"][0].decode()
-    assert (
-        "ExecStart=/opt/meshtui/venv/bin/mesh-agent run --config /etc/mesh-agent/agent.toml" in text
-    )
+    assert "ExecStart=/opt/meshtui/venv/bin/mesh-agent run --config /etc/mesh-agent/agent.toml" in text
 
 
 def test_cluster_key_generated_once_private_and_reused(tmp_path: Path) -> None:
@@ -110,9 +108,7 @@ def test_cluster_key_generated_once_private_and_reused(tmp_path: Path) -> None:
 
 
 def test_cluster_key_file_var_relative_to_inventory(tmp_path: Path) -> None:
-    inv = make_inventory(
-        tmp_path, "all:\n  vars: {mesh_cluster_key_file: keys/lab.key}\n  hosts: {a:}\n"
-    )
+    inv = make_inventory(tmp_path, "all:\n  vars: {mesh_cluster_key_file: keys/lab.key}\n  hosts: {a:}\n")
     assert key_path_for(inv, inv.host("a")) == str(tmp_path / "keys" / "lab.key")
 
 
@@ -157,9 +153,7 @@ def test_plain_progress_and_report() -> None:
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("db    ") and lines[0].endswith("uploading 3 wheels")
     assert lines[1].endswith("FAILED: connect: 10.0.0.1:22: refused")
-    report = DeployReport(
-        "deploy", (HostOutcome("a", "changed", "wheels"), HostOutcome("b", "failed", "x"))
-    )
+    report = DeployReport("deploy", (HostOutcome("a", "changed", "wheels"), HostOutcome("b", "failed", "x")))
     assert report.exit_code == 1
     assert report.summary() == "deploy: 2 hosts: 1 changed, 1 failed"
     assert report.to_json()["hosts"][1] == {"host": "b", "status": "failed", "detail": "x"}

@@ -14,9 +14,7 @@ def args(inventory: Path, limit: str | None = None, **extra: object) -> argparse
     return argparse.Namespace(inventory=str(inventory), limit=limit, **extra)
 
 
-def test_malformed_inventory_is_one_line_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_malformed_inventory_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "inv.yml"
     bad.write_text("all:\n  hosts:\n    a:\n  hots: {}\n")
     assert run_inventory_command("deploy", args(bad)) == EXIT_USAGE
@@ -24,9 +22,7 @@ def test_malformed_inventory_is_one_line_exit_2(
     assert err == f"meshtui: {bad}:4: unknown key 'hots' in group 'all'\n"
 
 
-def test_unknown_limit_pattern_is_one_line_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_unknown_limit_pattern_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inv = tmp_path / "inv.ini"
     inv.write_text("[web]\nw1\n")
     assert run_inventory_command("undeploy", args(inv, "wbe", purge=False)) == EXIT_USAGE
@@ -34,9 +30,7 @@ def test_unknown_limit_pattern_is_one_line_exit_2(
     assert err == f"meshtui: {inv}: --limit 'wbe': no group or host matches 'wbe'\n"
 
 
-def test_keys_use_without_id_is_a_usage_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_keys_use_without_id_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inv = tmp_path / "inv.ini"
     inv.write_text("[web]\nw1\n")
     assert run_inventory_command("keys", args(inv, op="use", key=None)) == EXIT_USAGE

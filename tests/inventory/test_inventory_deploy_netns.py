@@ -42,9 +42,7 @@ MESHTUI = str(Path(sys.executable).with_name("meshtui"))
 
 
 def keygen(path: Path) -> str:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, timeout=30
-    )
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, timeout=30)
     return Path(f"{path}.pub").read_text().strip()
 
 
@@ -229,9 +227,7 @@ def test_deploy_upgrade_undeploy_on_three_namespace_hosts(base: Path) -> None:
             again = meshtui("deploy", "-i", str(inv), "--limit", "all:!ghost")
             assert again.returncode == 0, again.stdout + again.stderr
             assert "deploy: 3 hosts: 3 unchanged" in again.stdout, again.stdout
-            assert pids == [
-                Path(f"{base}/h{i}/opt/run/agent.pid").read_text() for i in range(HOSTS)
-            ]
+            assert pids == [Path(f"{base}/h{i}/opt/run/agent.pid").read_text() for i in range(HOSTS)]
 
             # 3. rolling upgrade (new config and a changed wheelhouse) under write load.
             inv.write_text(inventory_text(lab, base, client_key, slots=3))

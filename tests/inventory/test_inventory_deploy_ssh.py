@@ -35,6 +35,7 @@ from inventory.keys import keys_command
 from inventory.loader import Inventory
 from inventory.progress import FAILED, QuietProgress
 from inventory.remote import connect
+from inventory.upgrade import upgrade
 from inventory.wheels import Wheelhouse, build_wheelhouse, file_sha256
 
 pytestmark = pytest.mark.root(tools=("sshd", "ssh-keygen"))
@@ -56,9 +57,7 @@ def free_port() -> int:
 
 
 def keygen(path: Path) -> str:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, timeout=30
-    )
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, timeout=30)
     return Path(f"{path}.pub").read_text().strip()
 
 
@@ -332,3 +331,24 @@ async def test_converge_then_undeploy_with_an_unreachable_host(
     assert again.outcome("local").status == "removed"
     assert not Path(host.data_dir).exists()
     assert (await undeploy(inv, "local", progress)).outcome("local").status == "unchanged"
+
+
+async def test_upgrade_stops_at_the_first_host_that_fails(
+    sshd: Sshd, wheelhouse: Wheelhouse, tmp_path: Path
+) -> None:
+    path = tmp_path / "inv.yml"
+    path.write_text(
+        "all:\n"
+        "  vars: {ansible_user: root, ansible_host_key_checking: false}\n"
+        "  hosts:\n"
+        f"    ghost: {{ansible_host: 127.0.0.1, ansible_port: {free_port()}}}\n"
+        f"    local: {{ansible_host: 127.0.0.1, ansible_port: {sshd.port},"
+        f" ansible_ssh_private_key_file: {sshd.client_key},"
+        f" mesh_prefix: {tmp_path}/opt, mesh_config_dir: {tmp_path}/etc}}\n"
+    )
+    inv = load_inventory(path)
+    report = await upgrade(inv, None, QuietProgress())
+    assert [(h.host, h.status) for h in report.hosts] == [("ghost", FAILED), ("local", "skipped")]
+    assert report.outcome("local").detail == "upgrade stopped at ghost"
+    assert report.exit_code == 1
+    assert not (tmp_path / "opt").exists()  # nothing was touched on the skipped host

@@ -294,8 +294,7 @@ YAML_ERRORS = [
     ("all:\n  hosts:\n    a:\n      mesh_capabilities: 5\n", 4, "mesh_capabilities must be"),
     ("all:\n  vars:\n    ansible_port: x\n  hosts:\n    a:\n", 3, "ansible_port must be"),
     (
-        "all:\n  children:\n    a:\n      children:\n        b:\n"
-        "          children:\n            a:\n",
+        "all:\n  children:\n    a:\n      children:\n        b:\n          children:\n            a:\n",
         7,
         "cycle",
     ),
