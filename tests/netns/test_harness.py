@@ -319,3 +319,37 @@ def test_netns_lab_fixture(netns_lab: Callable[..., NetnsLab]) -> None:
     # same addresses, separate wires: the labs cannot see each other
     assert first.addr(0) == second.addr(0)
     assert reachable(first, 0, 1) and reachable(second, 1, 0)
+
+
+@pytest.mark.root(tools=("sshd", "ssh-keygen"))
+async def test_sshd_forwards_to_a_unix_socket(tmp_path: Path) -> None:
+    """The lab's sshd config allows what meshtui attach does: direct-streamlocal."""
+    import asyncio
+
+    asyncssh = pytest.importorskip("asyncssh")
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"echo:" + await reader.readline())
+        await writer.drain()
+        writer.close()
+
+    # A Unix socket lives in the shared filesystem, not in a network namespace.
+    agent_sock = tmp_path / "agent.sock"
+    server = await asyncio.start_unix_server(echo, path=str(agent_sock))
+    with NetnsLab(2) as lab:
+        port = lab.start_sshd(0, key.with_suffix(".pub").read_text(), tmp_path / "hostkeys")
+        sock = lab.socket(1)  # the client dials from host 1's namespace
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (lab.addr(0), port))
+        async with asyncssh.connect(
+            lab.addr(0), port, sock=sock, username="root", client_keys=[str(key)],
+            known_hosts=None, agent_path=None,
+        ) as conn:
+            reader, writer = await conn.open_unix_connection(str(agent_sock))
+            writer.write(b"hello\n")
+            reply = await asyncio.wait_for(reader.read(), 10)
+            assert reply == b"echo:hello\n"
+    server.close()
+    await server.wait_closed()
