@@ -11,6 +11,11 @@ Every second the host's load is sampled with psutil and handed to the core
 and event-loop lag, so a busy host slows its own probing instead of accusing
 healthy peers.
 
+The CPU figures cover the CPUs this agent may run on (its affinity: a
+cpuset, a container's CPU limit by cpuset, ``taskset``), not the whole
+machine: an agent confined to one busy core is busy even when other cores
+idle, and an agent on idle cores is not slowed by someone else's busy core.
+
 Re-joining never stops: candidates from seeds and mDNS that are not alive
 members are joined again with capped exponential backoff.
 """
@@ -20,13 +25,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 from agent.discovery import CandidateSet, backoff_delay
-from agent.load import LoadSample, LoadSampler, LoopLagMonitor
+from agent.load import (
+    CpuCounters,
+    LoadSample,
+    LoadSampler,
+    LoopLagMonitor,
+    read_cpu_counters,
+)
 from agent.swim.config import SwimConfig
 from agent.swim.core import MemberEvent, SwimNode, SwimReady
 from agent.swim.members import MemberView
@@ -44,6 +58,42 @@ MIN_SLEEP = 0.002
 """Shortest timer sleep, so a deadline in the past cannot spin the loop."""
 
 
+def _busy_and_total(times: object) -> tuple[float, float]:
+    fields: tuple[str, ...] = getattr(times, "_fields", ())
+    # guest time is already counted in user on Linux; idle and iowait are not busy.
+    total = sum(float(getattr(times, f)) for f in fields if f not in ("guest", "guest_nice"))
+    idle = float(getattr(times, "idle", 0.0)) + float(getattr(times, "iowait", 0.0))
+    return total - idle, total
+
+
+def affinity_cpu_reader() -> Callable[[], CpuCounters]:
+    """CPU counters summed over the CPUs this process may run on.
+
+    The whole machine (``read_cpu_counters``) when the affinity covers every
+    CPU, when it cannot be read, or when the per-CPU list does not line up with
+    CPU numbers (offline CPUs leave gaps in /proc/stat)."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+        per_cpu = psutil.cpu_times(percpu=True)
+    except (AttributeError, OSError):
+        return read_cpu_counters
+    online = psutil.cpu_count() or 0
+    if not allowed or len(allowed) >= online or len(per_cpu) != online or allowed[-1] >= online:
+        return read_cpu_counters
+
+    def read() -> CpuCounters:
+        times = psutil.cpu_times(percpu=True)
+        busy = total = 0.0
+        for index in allowed:
+            if index < len(times):
+                b, t = _busy_and_total(times[index])
+                busy += b
+                total += t
+        return CpuCounters(busy=busy, total=total)
+
+    return read
+
+
 class MembershipDriver:
     def __init__(
         self,
@@ -58,7 +108,7 @@ class MembershipDriver:
     ) -> None:
         self.swim = SwimNode(config, node_id, meta, random.Random(), time.monotonic())
         self.candidates = CandidateSet()
-        self.sampler = LoadSampler()
+        self.sampler = LoadSampler(cpu_reader=affinity_cpu_reader())
         self.lag = LoopLagMonitor()
         self.latest_load: LoadSample | None = None
         self.cpu_now = 0.0
