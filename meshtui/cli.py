@@ -27,11 +27,15 @@ class _ArgParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def _common(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
-    p.add_argument("-t", "--target", help="socket path, ssh://[user@]host[:port][/sock], or host")
-    p.add_argument("-i", "--inventory", help="inventory file (for host-name targets)")
+def _common(p: argparse.ArgumentParser, json_flag: bool = True, nested: bool = False) -> None:
+    """-t/-i/--json; on a nested parser (``kv put``) they may also come before the
+    verb (``kv -t X put``), so there they must not reset what the outer one parsed."""
+    extra: dict[str, Any] = {"default": argparse.SUPPRESS} if nested else {}
+    p.add_argument("-t", "--target", help="socket path, ssh://[user@]host[:port][/sock], or host",
+                   **extra)
+    p.add_argument("-i", "--inventory", help="inventory file (for host-name targets)", **extra)
     if json_flag:
-        p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument("--json", action="store_true", help="print JSON", **extra)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,11 +82,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("kv", help="replicated key-value store")
     _common(p)
-    p.add_argument("op", choices=["get", "put", "del", "list"])
-    p.add_argument("--namespace", "-n", default="default")
-    p.add_argument("--stale", action="store_true", help="read locally, no leader round trip")
-    p.add_argument("key", nargs="?", default="")
-    p.add_argument("value", nargs="?")
+    kv = p.add_subparsers(dest="op", required=True, parser_class=_ArgParser)
+    for op, helptext in (
+        ("get", "print a value (exit 1 if missing)"),
+        ("put", "set a value"),
+        ("del", "delete a key"),
+        ("list", "list keys under a prefix"),
+    ):
+        q = kv.add_parser(op, help=helptext)
+        _common(q, nested=True)
+        q.add_argument("--namespace", "-n", default="default")
+        if op in ("get", "list"):
+            q.add_argument("--stale", action="store_true", help="read locally, no leader round trip")
+        if op == "list":
+            q.add_argument("key", nargs="?", default="", metavar="PREFIX")
+        else:
+            q.add_argument("key")
+        if op == "put":
+            q.add_argument("value")
 
     p = sub.add_parser("propose", help="create a proposal members vote on")
     _common(p)
@@ -108,9 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--purge", action="store_true", help="also remove the data dir")
     p = sub.add_parser("keys", help="cluster key rotation")
     _common(p)
-    p.add_argument("op", choices=["list", "install", "use", "remove"])
-    p.add_argument("key", nargs="?", help="key (install) or key id (use/remove)")
-    p.add_argument("--limit")
+    keys = p.add_subparsers(dest="op", required=True, parser_class=_ArgParser)
+    for op in ("list", "install", "use", "remove"):
+        q = keys.add_parser(op, help=f"{op} cluster keys")
+        _common(q, nested=True)
+        q.add_argument("--limit", help="host pattern (with -i: rotate across the inventory)")
+        if op != "list":
+            q.add_argument("key", help="the key (install) or its id (use, remove)")
 
     p = sub.add_parser("demo", help="a local mesh of real agents plus the TUI")
     p.add_argument("--nodes", type=int, default=5)

@@ -242,8 +242,6 @@ cmd_undrain = _node_command("node.undrain")
 @with_session
 def cmd_kv(args: argparse.Namespace, session: Session) -> int:
     ns = args.namespace
-    if args.op != "list" and not args.key:
-        return _fail(f"kv {args.op}: KEY is required", EXIT_USAGE)
     if args.op == "get":
         got = session.call("kv.get", ns=ns, key=args.key, stale=args.stale)
         if not got["found"]:
@@ -254,8 +252,6 @@ def cmd_kv(args: argparse.Namespace, session: Session) -> int:
             sys.stdout.buffer.write(got["value"] + b"\n")
         return EXIT_OK
     if args.op == "put":
-        if args.value is None:
-            return _fail("kv put: VALUE is required", EXIT_USAGE)
         res = session.call("kv.put", ns=ns, key=args.key, value=args.value.encode(), rid=_rid())
     elif args.op == "del":
         res = session.call("kv.delete", ns=ns, key=args.key, rid=_rid())
@@ -330,8 +326,6 @@ def cmd_transfer_leader(args: argparse.Namespace, session: Session) -> int:
 
 @with_session
 def cmd_keys(args: argparse.Namespace, session: Session) -> int:
-    if args.op in ("install", "use", "remove") and not args.key:
-        return _fail(f"keys {args.op}: KEY is required", EXIT_USAGE)
     params: dict[str, Any] = {}
     if args.op == "install":
         params["key"] = args.key

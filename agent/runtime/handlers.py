@@ -83,8 +83,7 @@ def build_handlers(agent: Agent) -> dict[str, Handler]:
 
     async def kv_list(params: dict[str, Any]) -> Any:
         await read(params)
-        items = state.kv_list(_str(params, "ns", "default"), _str(params, "prefix", ""))
-        return {"items": [[k, e.value] for k, e in items]}
+        return {"items": state.kv_list(_str(params, "ns", "default"), _str(params, "prefix", ""))}
 
     async def kv_put(params: dict[str, Any]) -> Any:
         cmd = builders.cmd_kv_put(
