@@ -306,9 +306,7 @@ class MeshApp(App[None]):
                 self.notify(f"{method}: {exc}", severity="error", timeout=8)
                 return
             if isinstance(done, str):
-                shown = (
-                    f" {result.get('id')}" if isinstance(result, Mapping) and "id" in result else ""
-                )
+                shown = f" {result.get('id')}" if isinstance(result, Mapping) and "id" in result else ""
                 self.notify(f"{done}{shown}")
             elif done is not None:
                 maybe = done(result)

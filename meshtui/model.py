@@ -15,8 +15,9 @@ Every area carries a version counter that increases on each change; screens
 remember the last version they drew and skip work when nothing moved.  Every
 collection is bounded (log lines, tasks, migrations, CPU history).
 
-Units: ``cpu`` and ``mem`` in member rows are percentages (0-100), ``rtt_ms``
-is milliseconds, timestamps are Unix seconds.
+Units: the agent sends ``cpu`` and ``mem`` as fractions 0..1 (see
+agent/runtime/views.py); the model stores percentages (0-100) because that is
+what the screens show.  ``rtt_ms`` is milliseconds, timestamps Unix seconds.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ class ConsensusView:
     leader: str | None = None
     commit_index: int = 0
     voters: tuple[str, ...] = ()
+    learners: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +204,7 @@ class MeshModel:
         self.migrations: deque[Migration] = deque(maxlen=MAX_MIGRATIONS)
         self.proposals: list[dict[str, Any]] = []
         self.metrics: dict[str, Any] = {}
+        self.cluster_avg_cpu: float | None = None
         self.connection = Connection()
         self.events_seen = 0
         self.versions: dict[str, int] = dict.fromkeys(
@@ -233,6 +236,8 @@ class MeshModel:
         cons = status.get("consensus")
         if isinstance(cons, Mapping):
             self._apply_consensus_snapshot(cons)
+        avg = _as_float(status.get("cluster_avg_cpu"))
+        self.cluster_avg_cpu = None if avg is None else avg * 100.0
         counts = status.get("tasks")
         if isinstance(counts, Mapping):
             self.task_counts = {str(k): _as_int(v) or 0 for k, v in counts.items()}
@@ -289,6 +294,9 @@ class MeshModel:
         voters = cons.get("voters")
         if isinstance(voters, list | tuple):
             view.voters = tuple(_as_str(v) for v in voters)
+        learners = cons.get("learners")
+        if isinstance(learners, list | tuple):
+            view.learners = tuple(_as_str(v) for v in learners)
         self._bump("consensus")
 
     def _set_leader(self, leader: str | None) -> None:
@@ -312,7 +320,11 @@ class MeshModel:
             member.state = state
         if "role" in row:
             member.role = _as_str(row["role"])
-        for attr in ("cpu", "mem", "load1", "rtt_ms"):
+        for attr in ("cpu", "mem"):
+            if attr in row:
+                fraction = _as_float(row[attr])
+                setattr(member, attr, None if fraction is None else fraction * 100.0)
+        for attr in ("load1", "rtt_ms"):
             if attr in row:
                 setattr(member, attr, _as_float(row[attr]))
         for attr in ("slots", "tasks"):

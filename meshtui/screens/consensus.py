@@ -48,10 +48,9 @@ class ConsensusScreen(AreaScreen):
         if not self.changed(model, "consensus", "proposals", "members", force=force):
             return
         view = model.consensus
-        voter_states = tuple(
-            (v, model.members[v].state if v in model.members else "") for v in view.voters
-        )
+        voter_states = tuple((v, model.members[v].state if v in model.members else "") for v in view.voters)
         header_key = (
+            view.learners,
             view.engine,
             view.role,
             view.term,
@@ -72,9 +71,7 @@ class ConsensusScreen(AreaScreen):
                 if line.seq <= self._last_seq:
                     break
                 fresh.append(line)
-            log.extend(
-                (ln.seq, ln) for ln in reversed(fresh) if matches_filter(line_haystack(ln), query)
-            )
+            log.extend((ln.seq, ln) for ln in reversed(fresh) if matches_filter(line_haystack(ln), query))
         self._last_seq = model.log[-1].seq if model.log else self._last_seq
 
     @staticmethod
@@ -97,6 +94,9 @@ class ConsensusScreen(AreaScreen):
             style = "green" if member is None or member.state == "alive" else "red"
             voters.append(voter + ("★" if voter == view.leader else ""), style=style)
         grid.add_row("voters", voters if view.voters else Text("-"))
+        if view.learners:
+            shown = " ".join(view.learners[:12]) + (" …" if len(view.learners) > 12 else "")
+            grid.add_row("learners", Text(shown, style="grey70"))
         return grid
 
     @staticmethod
@@ -108,12 +108,14 @@ class ConsensusScreen(AreaScreen):
             table.add_column(col, no_wrap=True)
         for prop in model.proposals[-6:]:
             voters = prop.get("voters")
-            need = prop.get("threshold")
+            n_voters = len(voters) if isinstance(voters, list) else voters
+            threshold = prop.get("threshold")
+            need = f"{threshold:.0%}" if isinstance(threshold, float) else str(threshold)
             table.add_row(
                 str(prop.get("title") or prop.get("id")),
                 Text(str(prop.get("yes", 0)), style="green"),
                 Text(str(prop.get("no", 0)), style="red"),
-                f"{need}" + (f" of {voters}" if isinstance(voters, int) else ""),
+                need + (f" of {n_voters}" if n_voters is not None else ""),
                 str(prop.get("state", "")),
             )
         return table

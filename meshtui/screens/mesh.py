@@ -85,6 +85,9 @@ class MeshScreen(AreaScreen):
         for state, style in (("alive", "green"), ("suspect", "yellow"), ("dead", "red")):
             if counts[state]:
                 summary.append(f" {counts[state]} {state}", style=style)
+        if model.cluster_avg_cpu is not None:
+            summary.append("  avg cpu ", style="grey70")
+            summary.append_text(pct(model.cluster_avg_cpu))
         self.set_static("#mesh-summary", summary)
         members = sorted(model.members.values(), key=lambda m: m.name)
         rows = [

@@ -166,9 +166,7 @@ class TasksScreen(AreaScreen):
                 if eof[stream]:
                     continue
                 try:
-                    reply = await client.call(
-                        "task.logs", id=tid, offset=offsets[stream], stream=stream
-                    )
+                    reply = await client.call("task.logs", id=tid, offset=offsets[stream], stream=stream)
                 except (OSError, EOFError) as exc:
                     log.write(Text(f"(connection lost: {exc}; retrying)", style="yellow"))
                     await asyncio.sleep(1.0)

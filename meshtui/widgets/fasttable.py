@@ -24,6 +24,8 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from meshtui.widgets.render import segments_of
+
 Cell = str | Text
 Row = tuple[str, tuple[Cell, ...]]
 
@@ -33,7 +35,7 @@ CURSOR_STYLE_BLURRED = Style.parse("on #1d3354")
 ZEBRA_STYLE = Style.parse("on #0f141d")
 BASE_STYLE = Style.parse("#c8d3e0 on #0b0e14")
 MAX_COLUMN_WIDTH = 60
-COLUMN_GAP = 1
+COLUMN_GAP = 2
 
 
 def _signature(cell: Cell) -> object:
@@ -207,10 +209,7 @@ class FastTable(ScrollView, can_focus=True):
         console = self.app.console
         segments: list[Segment] = [Segment(" " * COLUMN_GAP, style)]
         for cell, width in zip(cells, self._widths, strict=False):
-            text = cell.copy() if isinstance(cell, Text) else Text(cell)
-            text.no_wrap = True
-            text.truncate(width, overflow="ellipsis", pad=True)
-            text.end = ""
-            segments.extend(text.render(console))
+            text = cell if isinstance(cell, Text) else Text(cell)
+            segments.extend(segments_of(text, console, width, pad=True))
             segments.append(Segment(" " * COLUMN_GAP))
         return Strip(Segment.apply_style(segments, style)).simplify()

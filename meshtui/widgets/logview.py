@@ -19,6 +19,8 @@ from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from meshtui.widgets.render import segments_of
+
 BASE_STYLE = Style.parse("#c8d3e0 on #0b0e14")
 RENDER_CACHE = 2_000
 """Rendered lines kept; a screenful is a few dozen."""
@@ -31,9 +33,7 @@ class LogView(ScrollView, can_focus=True):
     LogView { height: 1fr; scrollbar-size: 1 1; }
     """
 
-    def __init__(
-        self, formatter: Callable[[Any], Text], max_lines: int, *, id: str | None = None
-    ) -> None:
+    def __init__(self, formatter: Callable[[Any], Text], max_lines: int, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.formatter = formatter
         self.max_lines = max_lines
@@ -84,12 +84,8 @@ class LogView(ScrollView, can_focus=True):
         line_id, item = self._lines[index]
         strip = self._strips.get(line_id)
         if strip is None:
-            text = self.formatter(item)
-            text.no_wrap = True
-            text.truncate(width, overflow="ellipsis")
-            text.end = ""
-            strip = Strip(list(text.render(self.app.console)), text.cell_len)
-            strip = strip.apply_style(BASE_STYLE).crop_extend(0, width, BASE_STYLE)
+            segments = segments_of(self.formatter(item), self.app.console, width, pad=False)
+            strip = Strip(segments).apply_style(BASE_STYLE).crop_extend(0, width, BASE_STYLE)
             self._strips[line_id] = strip
             if len(self._strips) > RENDER_CACHE:
                 self._strips.popitem(last=False)

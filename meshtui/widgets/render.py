@@ -9,7 +9,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
-from rich.text import Text
+from rich.console import Console
+from rich.segment import Segment
+from rich.text import Span, Text
 
 STATE_STYLE = {
     "alive": "bold green",
@@ -45,6 +47,22 @@ REASON_STYLE = {
 _SPARK = "▁▂▃▄▅▆▇█"
 
 
+def segments_of(text: Text, console: Console, width: int, pad: bool) -> list[Segment]:
+    """One line of ``text`` cut (with an ellipsis) to ``width`` cells, as Segments.
+
+    ``Text.render`` ignores the Text's base style, so it is folded in as the
+    lowest-priority span first.
+    """
+    line = text.copy()
+    line.no_wrap = True
+    line.end = ""
+    line.truncate(width, overflow="ellipsis", pad=pad)
+    if line.style:
+        line.spans.insert(0, Span(0, len(line), line.style))
+        line.style = ""
+    return list(line.render(console))
+
+
 def state_text(state: str) -> Text:
     return Text(state or "?", style=STATE_STYLE.get(state, "white"))
 
@@ -74,9 +92,7 @@ def load_style(pct: float | None) -> str:
     return "green"
 
 
-def cpu_cell(
-    cpu: float | None, history: Iterable[float], width: int = 10, live: bool = True
-) -> Text:
+def cpu_cell(cpu: float | None, history: Iterable[float], width: int = 10, live: bool = True) -> Text:
     """``42.0% ▂▃▅▇`` with each sparkline bar coloured by its own sample (grey if not live)."""
     text = Text(f"{cpu:5.1f}% " if cpu is not None else "    -  ", style=load_style(cpu))
     samples = list(history)[-width:]

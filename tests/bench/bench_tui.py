@@ -49,8 +49,8 @@ def make_snapshots(rng: random.Random, count: int = 8) -> list[dict[str, Any]]:
                 "id": f"{i:032x}",
                 "addr": f"10.0.{i // 250}.{i % 250}:7900",
                 "state": "alive" if i % 37 else "suspect",
-                "cpu": round(rng.uniform(0, 100), 1),
-                "mem": round(rng.uniform(10, 90), 1),
+                "cpu": round(rng.uniform(0, 1), 3),
+                "mem": round(rng.uniform(0.1, 0.9), 3),
                 "load1": 1.0,
                 "caps": ["gpu"] if i % 5 == 0 else [],
                 "slots": 8,
@@ -104,7 +104,7 @@ def make_events(rng: random.Random) -> list[dict[str, Any]]:
                     "event": "members",
                     "data": {
                         "kind": "update",
-                        "member": {"name": f"node{i:03d}", "cpu": round(rng.uniform(0, 100), 1)},
+                        "member": {"name": f"node{i:03d}", "cpu": round(rng.uniform(0, 1), 3)},
                     },
                 }
             )

@@ -95,8 +95,7 @@ def sshd() -> Iterator[SshdFixture]:
     )
     ssh_config = root / "ssh_config"
     ssh_config.write_text(
-        f"Host meshbox\n  HostName 127.0.0.1\n  Port {port}\n  User root\n"
-        f"  IdentityFile {client_key}\n"
+        f"Host meshbox\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {client_key}\n"
     )
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
     log = (root / "sshd.log").open("w")
@@ -109,9 +108,7 @@ def sshd() -> Iterator[SshdFixture]:
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"sshd did not start: {(root / 'sshd.log').read_text()}"
-                    ) from None
+                    raise RuntimeError(f"sshd did not start: {(root / 'sshd.log').read_text()}") from None
                 time.sleep(0.05)
         yield SshdFixture(root, port, known_hosts, client_key, config, ssh_config)
     finally:
@@ -211,9 +208,7 @@ async def test_wrong_host_key_is_refused_with_a_clear_error(
     assert "\n" not in message
 
 
-async def test_unknown_host_key_is_refused(
-    sshd: SshdFixture, echo_socket: Path, tmp_path: Path
-) -> None:
+async def test_unknown_host_key_is_refused(sshd: SshdFixture, echo_socket: Path, tmp_path: Path) -> None:
     empty = tmp_path / "known_hosts"
     empty.write_text("")
     with pytest.raises(SSHAttachError, match=r"^host key for 127\.0\.0\.1 is not trusted"):
@@ -233,9 +228,7 @@ def _unprivileged_can_login() -> bool:
     return True
 
 
-async def test_socket_without_permission_gives_a_clear_error(
-    sshd: SshdFixture, echo_socket: Path
-) -> None:
+async def test_socket_without_permission_gives_a_clear_error(sshd: SshdFixture, echo_socket: Path) -> None:
     if not _unprivileged_can_login():
         pytest.skip(f"no {UNPRIVILEGED!r} user to log in as")
     target = _target(sshd, echo_socket, user=UNPRIVILEGED)

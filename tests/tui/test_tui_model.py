@@ -11,8 +11,8 @@ def status(leader: str = "n1", **extra: object) -> dict[str, object]:
     return {
         "node": "n1",
         "members": [
-            {"name": "n1", "addr": "a:1", "state": "alive", "cpu": 10.0, "rtt_ms": None},
-            {"name": "n2", "addr": "a:2", "state": "alive", "cpu": 90.0, "rtt_ms": 0.5},
+            {"name": "n1", "addr": "a:1", "state": "alive", "cpu": 0.1, "rtt_ms": None},
+            {"name": "n2", "addr": "a:2", "state": "alive", "cpu": 0.9, "rtt_ms": 0.5},
         ],
         "consensus": {
             "engine": "raft",
@@ -32,7 +32,7 @@ def test_status_folds_members_consensus_and_flags() -> None:
     m.apply_status(status(), sample_cpu=True)
     assert m.node == "n1"
     assert sorted(m.members) == ["n1", "n2"]
-    assert list(m.members["n2"].cpu_history) == [90.0]
+    assert list(m.members["n2"].cpu_history) == [90.0]  # fractions in, percent kept
     assert (m.consensus.term, m.consensus.leader, m.consensus.commit_index) == (2, "n1", 7)
     assert m.banner() == ("info", "connecting…")
     m.set_connection(Connection("connected"))
@@ -43,10 +43,10 @@ def test_status_folds_members_consensus_and_flags() -> None:
 
 def test_authoritative_members_drop_the_missing_and_keep_history() -> None:
     m = MeshModel()
-    m.apply_members([{"name": "a", "cpu": 1.0}, {"name": "b", "cpu": 2.0}])
-    m.apply_members([{"name": "a", "cpu": 3.0}])
+    m.apply_members([{"name": "a", "cpu": 0.25}, {"name": "b", "cpu": 0.5}])
+    m.apply_members([{"name": "a", "cpu": 0.75}])
     assert list(m.members) == ["a"]
-    assert list(m.members["a"].cpu_history) == [1.0, 3.0]
+    assert list(m.members["a"].cpu_history) == [25.0, 75.0]
 
 
 def test_member_events_imply_state_and_partition_flags() -> None:
@@ -73,9 +73,7 @@ def test_consensus_events_log_lines_and_track_leader() -> None:
         },
         100.0,
     )
-    m.apply_event(
-        {"event": "consensus", "data": {"kind": "leader", "term": 4, "leader": "n2"}}, 101.0
-    )
+    m.apply_event({"event": "consensus", "data": {"kind": "leader", "term": 4, "leader": "n2"}}, 101.0)
     assert [(ln.seq, ln.kind, ln.text) for ln in m.log] == [
         (1, "entry", "kv.put"),
         (2, "leader", "leader is n2"),

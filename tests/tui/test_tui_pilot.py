@@ -175,11 +175,7 @@ async def test_palette_submit_prompts_for_a_command_line() -> None:
         await pilot.press("enter")
         await wait_for(
             pilot,
-            lambda: (
-                app.screen.query("#prompt").first() is not None
-                if app.screen.query("#prompt")
-                else False
-            ),
+            lambda: app.screen.query("#prompt").first() is not None if app.screen.query("#prompt") else False,
         )
         await pilot.press(*"echo 'hello mesh'", "enter")
         await wait_for(pilot, lambda: any(m == "task.submit" for m, _ in rc.calls))

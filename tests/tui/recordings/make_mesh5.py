@@ -28,8 +28,8 @@ def member(name: str, state: str, cpu: float, tasks: int) -> dict[str, Any]:
         "addr": f"127.0.0.1:79{i:02d}",
         "state": state,
         "incarnation": 1,
-        "cpu": cpu,
-        "mem": 30.0 + 7 * i,
+        "cpu": round(cpu / 100, 4),  # fractions 0..1, as agent/runtime/views.py sends them
+        "mem": round((30.0 + 7 * i) / 100, 4),
         "load1": round(cpu / 25, 2),
         "caps": CAPS[name],
         "slots": 4,
@@ -223,6 +223,7 @@ def main() -> None:
             else {"queued": 0, "running": 0, "done": 0, "failed": 0},
             "partitioned": False,
             "read_only": False,
+            "cluster_avg_cpu": round(sum(r["cpu"] for r in rows) / len(rows), 4),
         }
         snap: dict[str, Any] = {"status": status, "members": rows}
         if last:
@@ -253,9 +254,7 @@ def main() -> None:
         snapshots.append(snap)
     logs = {
         "t00" + "c0ffee" * 2: {
-            "stdout": "starting burn(0)\n"
-            + "".join(f"step {i}: {i * i}\n" for i in range(12))
-            + "done ✓\n",
+            "stdout": "starting burn(0)\n" + "".join(f"step {i}: {i * i}\n" for i in range(12)) + "done ✓\n",
             "stderr": "",
         },
         "t05" + "c0ffee" * 2: {
@@ -265,9 +264,7 @@ def main() -> None:
     }
     HERE.mkdir(exist_ok=True)
     (HERE / "snapshots.json").write_text(json.dumps(snapshots, indent=1, ensure_ascii=False))
-    (HERE / "events.jsonl").write_text(
-        "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events)
-    )
+    (HERE / "events.jsonl").write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events))
     (HERE / "logs.json").write_text(json.dumps(logs, indent=1, ensure_ascii=False))
     print(f"wrote {len(snapshots)} snapshots, {len(events)} events to {HERE}")
 
