@@ -53,6 +53,16 @@ def keygen(path: Path) -> Path:
     return path
 
 
+def pin_to(cpus: Iterable[int]) -> Callable[[], None]:
+    """A ``preexec_fn`` pinning the child (and everything it execs) to ``cpus``."""
+    allowed = frozenset(cpus)
+
+    def pin() -> None:
+        os.sched_setaffinity(0, allowed)
+
+    return pin
+
+
 @dataclass(slots=True)
 class LabAgent:
     """One agent process slot in a lab host (kept across restarts)."""
@@ -63,6 +73,8 @@ class LabAgent:
     socket_path: Path
     log_path: Path
     argv: list[str] = field(default_factory=list)
+    cpus: frozenset[int] | None = None
+    """CPUs the agent (and its children) are pinned to; None: no pinning."""
     proc: subprocess.Popen[bytes] | None = None
     stopped: bool = False
     """True while the process is SIGSTOPped (so cleanup resumes it before killing)."""
@@ -141,9 +153,18 @@ class LabAgents:
         return argv + self.common_args + list(extra_args)
 
     def start(
-        self, host: int, extra_args: Sequence[str] = (), key_file: Path | None = None
+        self,
+        host: int,
+        extra_args: Sequence[str] = (),
+        key_file: Path | None = None,
+        *,
+        cpus: Iterable[int] | None = None,
     ) -> LabAgent:
-        """Start the agent of ``host`` (fresh data dir the first time); returns at once."""
+        """Start the agent of ``host`` (fresh data dir the first time); returns at once.
+
+        ``cpus`` pins the agent to those CPUs (``sched_setaffinity`` before exec),
+        which is how a lab gives one "host" a CPU of its own: namespaces share
+        the kernel's CPUs otherwise."""
         if host in self.agents and self.agents[host].running:
             raise RuntimeError(f"agent h{host} is already running")
         agent_dir = self.base_dir / self.name(host)
@@ -155,6 +176,7 @@ class LabAgents:
             socket_path=agent_dir / "agent.sock",
             log_path=agent_dir / "agent.log",
             argv=self.argv(host, extra_args, key_file),
+            cpus=None if cpus is None else frozenset(cpus),
         )
         self._spawn(agent)
         self.agents[host] = agent
@@ -170,6 +192,7 @@ class LabAgents:
             agent.proc = self.lab.popen(
                 agent.host, agent.argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                 cwd=str(Path(__file__).resolve().parents[2]),
+                preexec_fn=None if agent.cpus is None else pin_to(agent.cpus),
             )
         agent.stopped = False
 
