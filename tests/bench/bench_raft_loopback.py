@@ -1,0 +1,385 @@
+"""Issue 4's Raft benchmarks on real processes: 3 ``mesh-agent``s on loopback vs PySyncObj.
+
+Run: ``.venv/bin/python tests/bench/bench_raft_loopback.py [--seconds S] [--kills N]
+[--only throughput,latency,failover]`` (PySyncObj must be installed in the
+bench environment: ``.venv/bin/pip install pysyncobj``; it is not a project
+dependency).
+
+Figures, all from one run on this machine, with the load average printed
+beside each so a busy box shows:
+
+1. Committed writes/s, 100-byte values, 3 agents whose WAL fsyncs every group
+   before anything is acknowledged.  Load comes from asyncio ``ControlClient``s
+   over the Unix control socket, each connection with 64 calls in flight, in
+   separate client processes (all to the leader, then spread over all three
+   nodes so followers forward).  Beside it: 3 PySyncObj processes on loopback
+   with ``journalFile`` and in memory, load generated inside the leader with a
+   window of commands in flight (how PySyncObj's own benchmark drives it; it
+   has no client protocol, so it pays no client or socket cost).
+2. Commit latency p50/p99 with one client doing sequential puts to the leader
+   (and through a follower), beside PySyncObj's sequential in-process latency.
+3. Leader failover: SIGKILL the leader N times (restarting it each time); the
+   time from the kill until a write issued after it is acknowledged (a new
+   leader has committed it), on the LAN profile (election timeout 1-2 s) and
+   on the local profile (0.5-1 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+
+from meshtui.client import ClientError, ControlClient, call_sync
+from meshtui.demo import LocalMesh, free_port
+
+PAYLOAD = 100
+"""Bytes per written value (the issue's 100-byte payloads)."""
+
+IN_FLIGHT_PER_CONNECTION = 64
+"""Calls each control connection keeps in flight (the client's and server's cap)."""
+
+WARMUP = 1.0
+"""Seconds of load before counting starts."""
+
+HERE = Path(__file__).resolve().parent
+
+
+def loadavg() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load {one:.1f}/{five:.1f}"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# ---------------------------------------------------------------- our cluster
+
+
+class Mesh:
+    """LocalMesh with a chosen profile (``lan`` or ``local``); demo.py is left as it is."""
+
+    def __init__(self, base_dir: Path, profile: str) -> None:
+        self.mesh = LocalMesh(3, base_dir=base_dir)
+        for node in self.mesh.nodes:
+            node.argv[node.argv.index("--profile") + 1] = profile
+        self.profile = profile
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.mesh.start()
+        if not self.mesh.wait_ready(timeout) or not self.wait_healthy(timeout):
+            raise RuntimeError(f"cluster did not form; logs in {self.mesh.base_dir}")
+
+    def stop(self) -> None:
+        self.mesh.stop()
+
+    def status(self, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(call_sync(self.mesh.node(name).socket_path, "status", {}, 1.0))
+        except ClientError:
+            return None
+
+    def leader(self) -> str | None:
+        for node in self.mesh.nodes:
+            if not node.running:
+                continue
+            st = self.status(node.name)
+            if st and st["consensus"]["role"] == "leader":
+                return str(st["node"])
+        return None
+
+    def wait_healthy(self, timeout: float) -> bool:
+        """Every node running, 3 voters, one leader every node agrees on, all caught up."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            views = [self.status(n.name) for n in self.mesh.nodes]
+            if all(views):
+                cons = [v["consensus"] for v in views if v]
+                leaders = {c["leader"] for c in cons}
+                commits = [c["commit_index"] or 0 for c in cons]
+                if (
+                    len(leaders) == 1 and None not in leaders
+                    and all(len(c["voters"]) == 3 for c in cons)
+                    and max(commits) - min(commits) <= 2
+                    and all(c["role"] in ("leader", "voter") for c in cons)
+                ):
+                    return True
+            time.sleep(0.1)
+        return False
+
+    def socket(self, name: str) -> str:
+        return self.mesh.node(name).socket_path
+
+
+async def _put_worker(
+    client: ControlClient, stop_at: float, count_from: float, counts: dict[str, int],
+    value: bytes, worker: int,
+) -> None:
+    loop = asyncio.get_running_loop()
+    i = 0
+    while loop.time() < stop_at:
+        i += 1
+        try:
+            await client.call("kv.put", ns="bench", key=f"w{worker}-{i % 64}", value=value,
+                              rid=uuid.uuid4().hex, timeout=10.0)
+            ok = True
+        except ClientError:
+            ok = False
+        if loop.time() >= count_from:
+            counts["ok" if ok else "failed"] += 1
+
+
+async def _client_load(sockets: list[str], connections: int, seconds: float) -> dict[str, Any]:
+    clients = [await ControlClient.connect_unix(s) for s in sockets for _ in range(connections)]
+    loop = asyncio.get_running_loop()
+    count_from = loop.time() + WARMUP
+    stop_at = count_from + seconds
+    counts = {"ok": 0, "failed": 0}
+    value = os.urandom(PAYLOAD)
+    workers = [
+        _put_worker(c, stop_at, count_from, counts, value, i * IN_FLIGHT_PER_CONNECTION + j)
+        for i, c in enumerate(clients) for j in range(IN_FLIGHT_PER_CONNECTION)
+    ]
+    await asyncio.gather(*workers)
+    for c in clients:
+        await c.close()
+    return {**counts, "seconds": seconds}
+
+
+def _client_process(sockets: list[str], connections: int, seconds: float,
+                    out: multiprocessing.Queue[dict[str, Any]]) -> None:
+    out.put(asyncio.run(_client_load(sockets, connections, seconds)))
+
+
+def ours_throughput(sockets: list[str], procs: int, connections: int, seconds: float) -> float:
+    ctx = multiprocessing.get_context("spawn")
+    out: multiprocessing.Queue[dict[str, Any]] = ctx.Queue()
+    workers = [
+        ctx.Process(target=_client_process, args=(sockets, connections, seconds, out))
+        for _ in range(procs)
+    ]
+    for w in workers:
+        w.start()
+    results = [out.get(timeout=seconds + 60) for _ in workers]
+    for w in workers:
+        w.join(10)
+    ok = sum(r["ok"] for r in results)
+    failed = sum(r["failed"] for r in results)
+    if failed:
+        print(f"    ({failed} writes failed)")
+    return ok / seconds
+
+
+async def _latency(sock: str, seconds: float) -> list[float]:
+    client = await ControlClient.connect_unix(sock)
+    value = os.urandom(PAYLOAD)
+    samples: list[float] = []
+    start = time.perf_counter()
+    i = 0
+    while time.perf_counter() - start < WARMUP + seconds:
+        i += 1
+        t0 = time.perf_counter()
+        await client.call("kv.put", ns="lat", key=f"k{i % 64}", value=value, rid=uuid.uuid4().hex)
+        if t0 - start >= WARMUP:
+            samples.append(time.perf_counter() - t0)
+    await client.close()
+    return samples
+
+
+# ---------------------------------------------------------------- failover
+
+
+async def _first_ack_after(sockets: list[str], kill_at: float, limit: float) -> float:
+    """Issue a put to every surviving node every 20 ms; seconds from the kill to the first ack."""
+    clients = []
+    for sock in sockets:
+        with contextlib.suppress(ClientError):
+            clients.append(await ControlClient.connect_unix(sock))
+    done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+    async def one(client: ControlClient) -> None:
+        try:
+            await client.call("kv.put", ns="failover", key="k", value=b"x" * PAYLOAD,
+                              rid=uuid.uuid4().hex, timeout=limit)
+        except ClientError:
+            return
+        if not done.done():
+            done.set_result(time.monotonic() - kill_at)
+
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        while not done.done() and time.monotonic() - kill_at < limit:
+            tasks += [asyncio.create_task(one(c)) for c in clients]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(done), 0.02)
+        return done.result() if done.done() else float("inf")
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for c in clients:
+            await c.close()
+
+
+def failover(base: Path, profile: str, kills: int) -> list[float]:
+    mesh = Mesh(base / f"failover-{profile}", profile)
+    mesh.start()
+    times: list[float] = []
+    try:
+        for k in range(kills):
+            if not mesh.wait_healthy(60):
+                print(f"    cluster not healthy before kill {k + 1}; stopping here")
+                break
+            leader = mesh.leader()
+            if leader is None:
+                continue
+            # Load on the cluster while the kill happens, like a real one.
+            survivors = [mesh.socket(n.name) for n in mesh.mesh.nodes if n.name != leader]
+            kill_at = time.monotonic()
+            mesh.mesh.kill(leader)
+            took = asyncio.run(_first_ack_after(survivors, kill_at, 30.0))
+            times.append(took)
+            mesh.mesh.restart(leader)
+        return times
+    finally:
+        mesh.stop()
+
+
+# ---------------------------------------------------------------- PySyncObj
+
+
+def pysyncobj_run(base: Path, journal: bool, mode: str, seconds: float,
+                  window: int = 2000) -> dict[str, Any]:
+    ports = [free_port() for _ in range(3)]
+    addrs = [f"127.0.0.1:{p}" for p in ports]
+    run_dir = Path(tempfile.mkdtemp(prefix="pso-", dir=base))
+    procs = []
+    for i, addr in enumerate(addrs):
+        argv = [sys.executable, str(HERE / "pysyncobj_node.py"), "--self", addr,
+                "--seconds", str(seconds), "--payload", str(PAYLOAD), "--window", str(window),
+                "--mode", mode]
+        for other in addrs:
+            if other != addr:
+                argv += ["--partner", other]
+        if journal:
+            argv += ["--journal", str(run_dir / f"journal{i}.bin")]
+        procs.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL, text=True))
+    results = []
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            line = p.stdout.readline()
+            results.append(json.loads(line) if line else {"error": "no output"})
+    finally:
+        for p in procs:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                assert p.stdin is not None
+                p.stdin.close()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        shutil.rmtree(run_dir, ignore_errors=True)
+    drivers = [r for r in results if r.get("drove")]
+    if len(drivers) != 1:
+        raise RuntimeError(f"PySyncObj run had {len(drivers)} drivers: {results}")
+    return drivers[0]
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per figure")
+    parser.add_argument("--kills", type=int, default=50, help="SIGKILLs for the LAN failover")
+    parser.add_argument("--local-kills", type=int, default=20, help="SIGKILLs on the local profile")
+    parser.add_argument("--procs", type=int, default=2, help="client processes")
+    parser.add_argument("--connections", type=int, default=4, help="connections per socket per process")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each throughput figure")
+    parser.add_argument("--only", default="throughput,latency,failover")
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    base = Path(tempfile.mkdtemp(prefix="mt-raftbench-", dir="/tmp"))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    print(f"bench_raft_loopback: {os.cpu_count()} CPUs, {loadavg()}, "
+          f"payload {PAYLOAD} B, {args.seconds:g} s per figure")
+    try:
+        if only & {"throughput", "latency"}:
+            mesh = Mesh(base / "mesh", "local")
+            mesh.start()
+            try:
+                leader = mesh.leader()
+                assert leader is not None
+                all_socks = [mesh.socket(n.name) for n in mesh.mesh.nodes]
+                follower = next(n.name for n in mesh.mesh.nodes if n.name != leader)
+                if "throughput" in only:
+                    print(f"\n1. committed writes/s, 3 nodes, WAL fsync'd "
+                          f"({args.procs} client procs x {args.connections} conns x "
+                          f"{IN_FLIGHT_PER_CONNECTION} in flight per socket)")
+                    for r in range(args.repeat):
+                        lead = ours_throughput([mesh.socket(leader)], args.procs,
+                                               args.connections, args.seconds)
+                        print(f"   meshtui, clients -> leader      : {lead:9,.0f}/s  ({loadavg()})")
+                        spread = ours_throughput(all_socks, args.procs,
+                                                 max(1, args.connections // 2), args.seconds)
+                        print(f"   meshtui, clients -> all 3 nodes : {spread:9,.0f}/s  ({loadavg()})")
+                        pj = pysyncobj_run(base, True, "throughput", args.seconds)
+                        print(f"   PySyncObj, journalFile          : {pj['per_s']:9,.0f}/s  ({loadavg()})")
+                        pm = pysyncobj_run(base, False, "throughput", args.seconds)
+                        print(f"   PySyncObj, in memory            : {pm['per_s']:9,.0f}/s  ({loadavg()})")
+                        print(f"   run {r + 1}: meshtui/PySyncObj(journal) = {lead / pj['per_s']:.2f}x "
+                              "(target >= 1.5x)")
+                if "latency" in only:
+                    print("\n2. commit latency, one client, sequential puts")
+                    for sock, label in ((mesh.socket(leader), "leader"),
+                                        (mesh.socket(follower), "follower (forwarded)")):
+                        lat = asyncio.run(_latency(sock, args.seconds))
+                        print(f"   meshtui via {label:21}: p50 {1000 * percentile(lat, 0.5):6.2f} ms"
+                              f"  p99 {1000 * percentile(lat, 0.99):6.2f} ms  n={len(lat)}  "
+                              f"({loadavg()})")
+                    pl = pysyncobj_run(base, True, "latency", args.seconds)
+                    print(f"   PySyncObj journal, in-process  : p50 {pl['p50_ms']:6.2f} ms"
+                          f"  p99 {pl['p99_ms']:6.2f} ms  n={pl['ok']}  ({loadavg()})")
+                    print("   target: p50 <= 2 ms")
+            finally:
+                mesh.stop()
+        if "failover" in only:
+            print("\n3. leader failover: SIGKILL the leader, time until a new leader commits a write")
+            for profile, kills in (("lan", args.kills), ("local", args.local_kills)):
+                if kills <= 0:
+                    continue
+                times = failover(base, profile, kills)
+                finite = [t for t in times if t != float("inf")]
+                print(f"   {profile:5} profile, {len(times)} kills: median "
+                      f"{statistics.median(finite):.3f} s  p90 {percentile(finite, 0.9):.3f} s  "
+                      f"min {min(finite):.3f} s  max {max(finite):.3f} s  "
+                      f"unrecovered {len(times) - len(finite)}  ({loadavg()})")
+            print("   target: median <= 1.5 s on the LAN profile (election timeout 1-2 s)")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
