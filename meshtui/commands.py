@@ -324,8 +324,17 @@ def cmd_transfer_leader(args: argparse.Namespace, session: Session) -> int:
     return EXIT_OK
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """With ``-i`` and no target: rotate across the inventory's hosts; else one agent."""
+    if getattr(args, "inventory", None) and not getattr(args, "target", None):
+        from inventory.cli import run_inventory_command
+
+        return run_inventory_command("keys", args)
+    return _keys_on_agent(args)
+
+
 @with_session
-def cmd_keys(args: argparse.Namespace, session: Session) -> int:
+def _keys_on_agent(args: argparse.Namespace, session: Session) -> int:
     params: dict[str, Any] = {}
     if args.op == "install":
         params["key"] = args.key
