@@ -31,6 +31,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from agent.errors import MeshError, SchedulingError, TaskError
 from agent.executor import ExecEvent, Executor
 from agent.runtime.messages import OutputChunk, OutputRequest
@@ -98,6 +100,7 @@ class TaskRuntime:
         self._out_waiters: dict[int, asyncio.Future[OutputChunk]] = {}
         self._cpu_prev: dict[int, float] = {}
         self._cpu_at = time.monotonic()
+        self._cpu_wall = time.time()
         self._task_cpu = 0.0
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._registered: dict[str, int] = {}
@@ -151,8 +154,6 @@ class TaskRuntime:
 
     def load_figures(self) -> tuple[float, int, int]:
         """(CPU used by our task processes as a fraction of all cores, queued, running)."""
-        import psutil
-
         now = time.monotonic()
         total = 0.0
         seen: dict[int, float] = {}
@@ -171,9 +172,9 @@ class TaskRuntime:
                 # short-lived commands), which would otherwise go unseen.
                 cpu = t.user + t.system + t.children_user + t.children_system
                 seen[p.pid] = cpu
-                total += max(0.0, cpu - self._cpu_prev.get(p.pid, cpu))
+                total += max(0.0, cpu - self._cpu_prev.get(p.pid, self._baseline(p, cpu)))
         dt = max(1e-3, now - self._cpu_at)
-        self._cpu_prev, self._cpu_at = seen, now
+        self._cpu_prev, self._cpu_at, self._cpu_wall = seen, now, time.time()
         cores = os.cpu_count() or 1
         # Each task is charged against the host's slots, not its cores, so a
         # host full of busy tasks reads as 1.0 whatever the core count.
@@ -182,6 +183,16 @@ class TaskRuntime:
         state = self.agent.consensus.state
         mine = state.node_load().get(self.agent.node_id, {})
         return self._task_cpu, int(mine.get("queued", 0)), len(self.executor.running())
+
+    def _baseline(self, proc: psutil.Process, cpu: float) -> float:
+        """CPU time to charge a process first seen now from: 0 if it started since the
+        last sample (else a host whose tasks turn over reads idle for a sample, and
+        tasks shorter than a sample never count), its current total otherwise."""
+        try:
+            born_since_last_sample = proc.create_time() >= self._cpu_wall - 0.02
+        except psutil.Error:
+            return cpu
+        return 0.0 if born_since_last_sample else cpu
 
     def decision_latencies(self) -> list[float]:
         return self.agent.consensus.state.decision_latencies()
