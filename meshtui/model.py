@@ -22,6 +22,7 @@ what the screens show.  ``rtt_ms`` is milliseconds, timestamps Unix seconds.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -166,18 +167,31 @@ def _as_str(value: Any) -> str:
     return str(value)
 
 
-def format_consensus(data: Mapping[str, Any]) -> str:
-    """One human line for a ``consensus`` event (without term/index prefix)."""
+def format_consensus(data: Mapping[str, Any], leader: str | None = None) -> str:
+    """One human line for a ``consensus`` event (without term/index prefix).
+
+    The agent's ``summary`` is used when it has one; ``leader`` is the leader's
+    display name (the event carries a node id).
+    """
     kind = _as_str(data.get("kind"))
     summary = _as_str(data.get("summary"))
     if kind == "leader":
-        leader = _as_str(data.get("leader")) or "none"
-        return f"leader is {leader}" + (f" ({summary})" if summary else "")
+        raw = _as_str(data.get("leader"))
+        if summary and raw and raw in summary:
+            return summary
+        line = f"leader is {leader or raw or 'none'}"
+        return f"{line} ({summary})" if summary else line
+    if summary:
+        return summary
     if kind == "role":
-        return f"role → {_as_str(data.get('role'))}" + (f" ({summary})" if summary else "")
+        return f"role → {_as_str(data.get('role'))}"
     if kind == "term":
-        return f"term → {_as_int(data.get('term')) or 0}" + (f" ({summary})" if summary else "")
-    return summary or kind
+        return f"term → {_as_int(data.get('term')) or 0}"
+    return kind
+
+
+NODE_ID_RE = re.compile(r"\b[0-9a-f]{32}\b")
+"""A node id (16 random bytes, hex) inside agent-written text."""
 
 
 def matches_filter(text: str, query: str) -> bool:
@@ -194,6 +208,7 @@ class MeshModel:
     def __init__(self) -> None:
         self.node: str = ""
         self.members: dict[str, MemberView] = {}
+        self.names_by_id: dict[str, str] = {}
         self.consensus = ConsensusView()
         self.task_counts: dict[str, int] = {}
         self.partitioned = False
@@ -293,13 +308,24 @@ class MeshModel:
         view.commit_index = max(view.commit_index, _as_int(cons.get("commit_index")) or 0)
         voters = cons.get("voters")
         if isinstance(voters, list | tuple):
-            view.voters = tuple(_as_str(v) for v in voters)
+            view.voters = tuple(self.display_name(_as_str(v)) for v in voters)
         learners = cons.get("learners")
         if isinstance(learners, list | tuple):
-            view.learners = tuple(_as_str(v) for v in learners)
+            view.learners = tuple(self.display_name(_as_str(v)) for v in learners)
         self._bump("consensus")
 
+    def display_name(self, node: str) -> str:
+        """A member name for a node id (events carry ids); anything else unchanged."""
+        return self.names_by_id.get(node, node)
+
+    def _names_in(self, text: str) -> str:
+        if not self.names_by_id:
+            return text
+        return NODE_ID_RE.sub(lambda m: self.names_by_id.get(m.group(0), m.group(0)), text)
+
     def _set_leader(self, leader: str | None) -> None:
+        if leader is not None:
+            leader = self.display_name(leader)
         if leader != self.consensus.leader:
             self.consensus.leader = leader
             self._bump("members")  # the member table and topology mark the leader
@@ -313,6 +339,8 @@ class MeshModel:
             member = self.members[name] = MemberView(name=name)
         if "id" in row:
             member.id = _as_str(row["id"])
+            if member.id:
+                self.names_by_id[member.id] = name
         if "addr" in row:
             member.addr = _as_str(row["addr"])
         state = _as_str(row.get("state"))
@@ -400,7 +428,7 @@ class MeshModel:
                 kind=kind,
                 term=term if term is not None else view.term,
                 index=index,
-                text=format_consensus(data),
+                text=self._names_in(format_consensus(data, view.leader)),
             )
         )
         self._bump("consensus")
@@ -420,8 +448,8 @@ class MeshModel:
         mig = Migration(
             at=now if at is None else at,
             task=_as_str(data.get("task")),
-            src=_as_str(data.get("from")),
-            dst=_as_str(data.get("to")),
+            src=self.display_name(_as_str(data.get("from"))),
+            dst=self.display_name(_as_str(data.get("to"))),
             reason=_as_str(data.get("reason")),
             epoch=_as_int(data.get("epoch")) or 0,
         )

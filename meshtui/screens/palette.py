@@ -22,12 +22,26 @@ def new_rid() -> str:
     return uuid.uuid4().hex
 
 
+SHELL_ONLY = frozenset("$`*?~")
+"""Characters a shell would expand; a line using them (or an operator) runs under ``sh -c``."""
+
+
 def submit_params(line: str) -> dict[str, object]:
-    """``task.submit`` params for a command line typed in the palette."""
-    argv = shlex.split(line)
-    if not argv:
+    """``task.submit`` params for a command line typed in the palette.
+
+    Plain command lines become ``argv``; one with an unquoted shell operator
+    (``|``, ``&&``, ``;``, ``>``, ...) or expansion characters is sent as ``shell``.
+    """
+    line = line.strip()
+    if not line:
         raise ValueError("empty command line")
-    return {"argv": argv, "shell": False, "rid": new_rid()}
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    tokens = list(lexer)
+    operators = any(tok and all(ch in lexer.punctuation_chars for ch in tok) for tok in tokens)
+    if operators or SHELL_ONLY & set(line):
+        return {"shell": line, "rid": new_rid()}
+    return {"argv": shlex.split(line), "rid": new_rid()}
 
 
 class MeshCommands(Provider):

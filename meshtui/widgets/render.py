@@ -36,6 +36,7 @@ CONSENSUS_KIND_STYLE = {
     "vote": "yellow",
     "leader": "bold green",
     "proposal": "bold blue",
+    "conf": "magenta",
 }
 REASON_STYLE = {
     "steal": "cyan",

@@ -171,3 +171,22 @@ def test_topology_marks_leader_and_states() -> None:
     out = draw(nodes, 50, 16).plain
     assert "◉ a" in out and "★ b" in out and "c ●" in out  # labels sit outside the circle
     assert draw((), 20, 5).plain.strip() == "no members yet"
+
+
+def test_node_ids_in_events_are_shown_as_names() -> None:
+    m = MeshModel()
+    nid = "63606805139dcec5cc1033bee21e5165"
+    m.apply_members([{"name": "n2", "id": nid}])
+    m.apply_event({"event": "consensus", "data": {"kind": "leader", "term": 2, "leader": nid}}, 0)
+    m.apply_event({"event": "consensus", "data": {"kind": "conf", "term": 2, "summary": f"promote {nid}"}}, 0)
+    assert m.consensus.leader == "n2"
+    assert [ln.text for ln in m.log] == ["leader is n2", "promote n2"]
+
+
+def test_palette_submit_uses_a_shell_only_for_shell_syntax() -> None:
+    from meshtui.screens.palette import submit_params
+
+    plain = submit_params("python3 -c 'print(1)'")
+    assert plain["argv"] == ["python3", "-c", "print(1)"] and "shell" not in plain
+    piped = submit_params("seq 3 | wc -l")
+    assert piped["shell"] == "seq 3 | wc -l" and "argv" not in piped
