@@ -25,6 +25,7 @@ state the admission would produce.
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import statistics
@@ -46,6 +47,7 @@ SERF_ANCHOR = {10: 1.6, 1000: 2.2}  # seconds to 99.99%, Serf's convergence simu
 
 def fill_tables(hosts: list[SimHost], now: float) -> None:
     """Every node knows every other as alive at incarnation 0 (what admission yields)."""
+    gc.disable()  # tens of millions of long-lived records: no point rescanning them
     for host in hosts:
         node = host.node
         for other in hosts:
@@ -53,6 +55,8 @@ def fill_tables(hosts: list[SimHost], now: float) -> None:
                 meta = other.node.table.self_member.meta
                 member = Member(other.node.node_id, other.addr, meta, 0, MemberState.ALIVE, now)
                 node.table.add(member)
+    gc.freeze()
+    gc.enable()
 
 
 def one_trial(n: int, seed: int) -> float:

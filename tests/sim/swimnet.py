@@ -162,6 +162,17 @@ class SwimNet:
     def crash(self, addr: str) -> None:
         self.hosts[addr].running = False
 
+    def restart(self, addr: str) -> SimHost:
+        """The process comes back with its persisted id but fresh state (incarnation 0,
+        empty member table), as after a reboot; it must join again."""
+        old = self.hosts[addr]
+        me = old.node.table.self_member
+        node = SwimNode(old.node.config, me.node, me.meta, random.Random(self.rng.getrandbits(64)), self.now)
+        host = SimHost(addr, node)
+        self.hosts[addr] = host
+        self._reschedule(host)
+        return host
+
     def pause(self, addr: str) -> None:
         self.hosts[addr].paused = True
 
