@@ -43,7 +43,7 @@ from inventory.progress import (
     HostOutcome,
     Progress,
 )
-from inventory.remote import RemoteHost, StepError, connect
+from inventory.remote import RemoteHost, connect
 from inventory.wheels import Wheelhouse, build_wheelhouse
 
 DEFAULT_PARALLEL = 16
@@ -73,12 +73,13 @@ async def for_each_host(
         async with gate:
             try:
                 outcome = await work(host)
-            except StepError as exc:
+            except MeshError as exc:  # StepError and friends: already one line
                 outcome = HostOutcome(host.name, FAILED, str(exc))
-            except MeshError as exc:
-                outcome = HostOutcome(host.name, FAILED, str(exc))
-            except (OSError, ValueError, RuntimeError) as exc:
-                outcome = HostOutcome(host.name, FAILED, f"{type(exc).__name__}: {exc}")
+            except AssertionError:
+                raise  # a broken invariant of ours is not a host failure
+            except Exception as exc:  # one host's surprise must not stop the others
+                text = " / ".join(str(exc).splitlines()) or "no detail"
+                outcome = HostOutcome(host.name, FAILED, f"{type(exc).__name__}: {text}")
         progress.finished(outcome.host, outcome.status, outcome.detail)
         return outcome
 
