@@ -38,21 +38,10 @@ def test_demo_in_tmux_shows_members_and_leader_then_cleans_up(tmp_path: Path) ->
     meshtui = str(Path(sys.executable).with_name("meshtui"))
     env = {**os.environ, "TMPDIR": str(scratch), "TERM": "xterm-256color"}
     subprocess.run(
-        [
-            tmux,
-            "new-session",
-            "-d",
-            "-s",
-            session,
-            "-x",
-            "160",
-            "-y",
-            "45",
-            # env(1): a running tmux server would not pass our environment on.
-            f"env TMPDIR={scratch} TERM=xterm-256color {meshtui} demo --nodes 3",
-        ],
-        check=True,
-        env=env,
+        [tmux, "new-session", "-d", "-s", session, "-x", "160", "-y", "45",
+         # env(1): a running tmux server would not pass our environment on.
+         f"env TMPDIR={scratch} TERM=xterm-256color {meshtui} demo --nodes 3"],
+        check=True, env=env,
     )
     screen = ""
     try:

@@ -65,9 +65,8 @@ async def test_submitted_task_appears_and_finishes(mesh: LocalMesh) -> None:
     async with app.run_test(size=(160, 45)) as pilot:
         await pilot.press("3")
         table = app.screen.query_one("#tasks", FastTable)
-        task_id = call_sync(
-            mesh.nodes[1].socket_path, "task.submit", {"shell": "sleep 1; echo done", "rid": "tui-real-1"}, 10
-        )["id"]
+        task_id = call_sync(mesh.nodes[1].socket_path, "task.submit",
+                            {"shell": "sleep 1; echo done", "rid": "tui-real-1"}, 10)["id"]
         await wait_for(pilot, lambda: task_id in row_keys(table), 10)
         await wait_for(pilot, lambda: cell(table, task_id, "state") == "succeeded", 20)
 
