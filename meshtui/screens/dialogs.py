@@ -18,7 +18,7 @@ HELP_KEYS: tuple[tuple[str, str], ...] = (
     ("tab / shift+tab", "next / previous screen"),
     ("/", "filter the current screen (words, all must match)"),
     (":", "command palette: submit, cancel, drain, undrain, transfer leadership"),
-    ("enter", "on Tasks: follow the selected task's logs"),
+    ("↑ ↓ pgup pgdn", "move in a table; on Tasks the selected task's logs follow"),
     ("esc", "close a dialog, clear the filter"),
     ("?", "this help"),
     ("q", "quit"),

@@ -158,8 +158,8 @@ class TasksScreen(AreaScreen):
         eof = dict.fromkeys(STREAMS, False)
         while not all(eof.values()):
             client = self.mesh.client
-            if client is None:
-                await asyncio.sleep(1.0)
+            if client is None or not self.is_current:
+                await asyncio.sleep(1.0)  # offline, or another screen is showing
                 continue
             progressed = False
             for stream in STREAMS:

@@ -12,7 +12,7 @@ from textual.widgets import RichLog, Static
 from tui_helpers import cell, log_text, make_app, row_keys, static_text, wait_for
 
 from meshtui.screens.dialogs import HelpScreen, NodePicker
-from meshtui.widgets.bars import Banner
+from meshtui.widgets.bars import Banner, NavBar
 from meshtui.widgets.fasttable import FastTable
 from meshtui.widgets.logview import LogView
 
@@ -265,3 +265,12 @@ async def test_demo_keys_kill_and_restart_a_chosen_node() -> None:
         await wait_for(pilot, lambda: isinstance(app.screen, NodePicker))
         await pilot.press("down", "enter")
         await wait_for(pilot, lambda: demo.killed == [])
+
+
+async def test_clicking_a_screen_name_switches_to_it() -> None:
+    app = make_app(first_snapshot_client())
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.pause(0.2)
+        # " meshtui " + " " + " 1 Mesh " + " " puts " 2 Consensus " at column 19.
+        await pilot.click(NavBar, offset=(22, 0))
+        await wait_for(pilot, lambda: app.current_mode == "consensus")
