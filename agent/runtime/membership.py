@@ -94,6 +94,18 @@ def affinity_cpu_reader() -> Callable[[], CpuCounters]:
     return read
 
 
+async def _wait_event(event: asyncio.Event, timeout: float) -> None:
+    """Wait until ``event`` is set or ``timeout`` passes.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that
+    lands while the event is being set (CPython gh-86296), and these loops are
+    woken by the very ``flush()`` that ``close()`` runs just before cancelling
+    them, so the agent hung on SIGTERM.  ``asyncio.timeout`` keeps it."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+
+
 class MembershipDriver:
     def __init__(
         self,
@@ -190,8 +202,7 @@ class MembershipDriver:
             self.flush()
             self._wake.clear()
             delay = max(MIN_SLEEP, self.swim.next_deadline() - time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+            await _wait_event(self._wake, delay)
 
     async def _load_loop(self) -> None:
         while True:
@@ -233,8 +244,7 @@ class MembershipDriver:
                 self._rejoin_attempt = 0
             delay = backoff_delay(self._rejoin_attempt, REJOIN_BASE, REJOIN_CAP)
             self._rejoin_wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._rejoin_wake.wait(), delay)
+            await _wait_event(self._rejoin_wake, delay)
 
     # ------------------------------------------------------------ views
 
