@@ -282,8 +282,9 @@ class SwimNode(MembershipRules):
             self._on_indirect(now, msg)
         elif isinstance(msg, Nack):
             self._apply_piggyback(now, msg.source, msg.gossip)
-            if self._probe is not None and self._probe.seq == msg.seq:
-                self._probe.nacks += 1
+            probe = self._probe
+            if probe is not None and probe.seq == msg.seq and msg.source not in probe.nackers:
+                probe.nackers.append(msg.source)
         elif isinstance(msg, PushPull):
             self._on_push_pull(now, msg)
         elif isinstance(msg, PushSum):
@@ -468,6 +469,14 @@ class SwimNode(MembershipRules):
             return
         self._partition.record_probe(False)
         self._on_suspect(now, Suspect(target.incarnation, target.node, self.node_id))
+        # Each helper that Nacked failed to reach the target on its own: that is an
+        # independent confirmation (the k indirect probes are the quorum), so the
+        # suspicion starts as short as Lifeguard allows for that evidence.
+        susp = target.suspicion
+        if susp is not None:
+            confirmed = [helper for helper in probe.nackers if susp.confirm(helper)]
+            if confirmed:
+                self._push_suspicion_deadline(susp.deadline, target.node)
 
     def _on_ack(self, now: float, ack: Ack) -> None:
         relay = self._relays.pop(ack.seq)
@@ -500,7 +509,10 @@ class SwimNode(MembershipRules):
 
     def _on_indirect(self, now: float, req: IndirectPingReq) -> None:
         self._seq += 1
-        deadline = now + scaled_timeout(self.config.probe_timeout, self.health_score)
+        # Lifeguard: Nack at 80% of the probe timeout, so that the Nack reaches the
+        # requester before its probe interval ends (it sent us the request one probe
+        # timeout into that interval).
+        deadline = now + 0.8 * scaled_timeout(self.config.probe_timeout, self.health_score)
         if not self._relays.add(self._seq, req.seq, req.source_addr, req.want_nack, deadline):
             return  # too many relays in flight: let the requester count a missing Nack
         self._send_udp(

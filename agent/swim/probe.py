@@ -10,7 +10,7 @@ a missing Nack), so a flood of requests cannot grow our memory.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
@@ -25,7 +25,11 @@ class PendingProbe:
     end_at: float  # no Ack by then: suspect
     indirect_sent: bool = False
     expected_nacks: int = 0
-    nacks: int = 0
+    nackers: list[str] = field(default_factory=list)  # helpers that could not reach it
+
+    @property
+    def nacks(self) -> int:
+        return len(self.nackers)
 
 
 @dataclass(frozen=True, slots=True)

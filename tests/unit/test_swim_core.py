@@ -235,6 +235,19 @@ def test_failed_probe_goes_indirect_with_tcp_fallback_then_suspects() -> None:
     assert state(a, target) == MemberState.SUSPECT
     assert [e.kind for e in events] == ["suspect"]
     assert a.health_score == 2  # 3 expected Nacks, 1 came: +2 against ourselves
+    susp = a.table.get(nid(target)).suspicion  # type: ignore[union-attr]
+    assert susp is not None and susp.confirmations == 1  # the Nacker confirms independently
+
+
+def test_relay_nacks_within_eighty_percent_of_the_probe_timeout() -> None:
+    c = make(3)
+    admit(c, [1, 2])
+    c.step(0.0, addr(1), IndirectPingReq(5, nid(2), addr(2), nid(1), addr(1)))
+    drain(c)
+    c.tick(0.8 * CFG.probe_timeout - 0.001)
+    assert not any(isinstance(o.msg, Nack) for o in drain(c)[0])
+    c.tick(0.8 * CFG.probe_timeout)
+    assert [o.msg for o in drain(c)[0] if isinstance(o.msg, Nack)] == [Nack(5, nid(3))]
 
 
 def test_indirect_probe_relays_the_ack_or_sends_a_nack() -> None:
