@@ -132,7 +132,8 @@ class InventoryBuilder:
         for decl in self.groups.values():
             for child in decl.children:
                 if child == "all":
-                    raise decl.origin.error(f"group 'all' cannot be a child of {decl.name!r}")
+                    origin = self.edges.get((decl.name, child), decl.origin)
+                    raise origin.error(f"group 'all' cannot be a child of {decl.name!r}")
                 parents[child].append(decl.name)
         for name, ps in parents.items():
             if name != "all" and not ps:

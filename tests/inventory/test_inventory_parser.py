@@ -299,6 +299,16 @@ YAML_ERRORS = [
         "cycle",
     ),
     ("all:\n  children:\n    web:\n  hosts:\n    web:\n", 5, "already a group"),
+    ("all:\n  children:\n    bad name:\n", 3, "invalid group name 'bad name'"),
+    ("all:\n  hosts:\n    '!h':\n", 3, "invalid host name '!h'"),
+    ("web:\n  children:\n    all:\n", 3, "group 'all' cannot be a child of 'web'"),
+    ("web:\n  children:\n    web:\n", 3, "cannot be its own child"),
+    ("web:\n  vars: {ansible_group_priority: high}\n  hosts: {a:}\n", 2, "ansible_group_priority"),
+    ("all:\n  hosts:\n    a: {mesh_cluster: 'two words'}\n", 3, "mesh_cluster must be a name"),
+    ("all:\n  hosts:\n    a: {mesh_profile: wan}\n", 3, "mesh_profile must be 'lan' or 'local'"),
+    ("all:\n  hosts:\n    a: {mesh_python: [python3]}\n", 3, "mesh_python must be text"),
+    ("all:\n  hosts:\n    a: {mesh_data_dir: /}\n", 3, "an absolute path other than /"),
+    ("all:\n  hosts:\n    a: {ansible_host_key_checking: sometimes}\n", 3, "must be a boolean"),
 ]
 
 
@@ -351,6 +361,9 @@ def test_missing_file_and_bad_vars_file(tmp_path: Path) -> None:
     with pytest.raises(InventoryError) as info:
         load_inventory(path)
     assert str(info.value).startswith(f"{tmp_path / 'host_vars' / 'a.yml'}:2: ")
+    write(tmp_path, "host_vars/a.yml", "- just\n- a list\n")
+    with pytest.raises(InventoryError, match=r"a\.yml:1: a vars file must be a mapping"):
+        load_inventory(path)
 
 
 def test_error_is_a_config_error_for_the_cli() -> None:
