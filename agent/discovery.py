@@ -131,10 +131,10 @@ class Discovery:
         attempt = 0
         while True:
             try:
-                infos = await asyncio.wait_for(
-                    loop.getaddrinfo(host, int(port), type=socket.SOCK_STREAM),
-                    SEED_RESOLVE_TIMEOUT,
-                )
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the
+                # cancel from close() (CPython gh-86296) and this loop would live on.
+                async with asyncio.timeout(SEED_RESOLVE_TIMEOUT):
+                    infos = await loop.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
                 for info in infos:
                     ip = str(info[4][0])
                     addr = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
