@@ -159,8 +159,14 @@ async def upgrade_host(
         raise StepError("quorum check", problem)
     progress.step(host.name, "stopping the agent")
     await steps.stop_service(remote, facts.systemd)
-    await steps.install_venv(remote, wheelhouse, progress)
-    written = await steps.sync_files(remote, wanted, progress)
+    try:
+        await steps.install_venv(remote, wheelhouse, progress)
+        written = await steps.sync_files(remote, wanted, progress)
+    except StepError:
+        # Do not leave the host down: start whatever is installed, then report.
+        with contextlib.suppress(StepError):
+            await steps.start_service(remote, facts.systemd, restart=False, unit_changed=True)
+        raise
     progress.step(host.name, "starting the agent")
     await steps.start_service(
         remote, facts.systemd, restart=False, unit_changed=files.unit_path(host) in written
