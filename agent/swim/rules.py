@@ -25,6 +25,7 @@ is re-broadcast (that is the epidemic) and reported as a MemberEvent.
 
 from __future__ import annotations
 
+import abc
 import random
 from typing import TYPE_CHECKING
 
@@ -47,8 +48,8 @@ if TYPE_CHECKING:
     from agent.swim.config import SwimConfig
 
 
-class MembershipRules:
-    """State-transition rules; the host class provides the attributes below."""
+class MembershipRules(abc.ABC):
+    """State-transition rules; the host class provides the attributes and hooks below."""
 
     config: SwimConfig
     node_id: str
@@ -58,23 +59,29 @@ class MembershipRules:
     _rng: random.Random
     _leaving: bool
 
+    @abc.abstractmethod
     def _queue(self, msg: BroadcastMsg) -> None:
-        raise AssertionError("provided by SwimNode")
+        """Queue a broadcast for piggybacking."""
 
+    @abc.abstractmethod
     def _emit(self, kind: str, member: Member) -> None:
-        raise AssertionError("provided by SwimNode")
+        """Report a MemberEvent."""
 
+    @abc.abstractmethod
     def _send(self, to: str, msg: object, reliable: bool) -> None:
-        raise AssertionError("provided by SwimNode")
+        """Queue an outbound message."""
 
+    @abc.abstractmethod
     def _push_pull_msg(self, join: bool, reply: bool) -> PushPull:
-        raise AssertionError("provided by SwimNode")
+        """Our full state."""
 
+    @abc.abstractmethod
     def _push_suspicion_deadline(self, deadline: float, node: str) -> None:
-        raise AssertionError("provided by SwimNode")
+        """Arm the suspicion timer of ``node``."""
 
+    @abc.abstractmethod
     def _note_new_member(self, node: str) -> None:
-        raise AssertionError("provided by SwimNode")
+        """Fit a newly admitted member into the probe order."""
 
     # ------------------------------------------------------------------ entry points
 
@@ -91,9 +98,7 @@ class MembershipRules:
         for load in piggy.loads:
             self._apply_load(load, rebroadcast=True)
 
-    def _apply_broadcast(
-        self, now: float, msg: Alive | Suspect | Dead | LoadReport, admit: bool
-    ) -> None:
+    def _apply_broadcast(self, now: float, msg: Alive | Suspect | Dead | LoadReport, admit: bool) -> None:
         if isinstance(msg, Alive):
             self._on_alive(now, msg, admit=admit)
         elif isinstance(msg, Suspect):
