@@ -46,9 +46,7 @@ class Selection:
     size: int = 0
 
     def piggyback(self) -> Piggyback:
-        return Piggyback(
-            tuple(self.alive), tuple(self.suspect), tuple(self.dead), tuple(self.loads)
-        )
+        return Piggyback(tuple(self.alive), tuple(self.suspect), tuple(self.dead), tuple(self.loads))
 
     def __len__(self) -> int:
         return len(self.alive) + len(self.suspect) + len(self.dead) + len(self.loads)

@@ -53,12 +53,11 @@ import heapq
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from agent.swim.awareness import Awareness
 from agent.swim.broadcast import BroadcastMsg, BroadcastQueue
 from agent.swim.config import SwimConfig
-from agent.swim.members import Member, MemberTable, MemberView, view_of
+from agent.swim.members import Member, MemberTable, MemberView, push_pull_state, view_of
 from agent.swim.messages import (
     EMPTY_PIGGYBACK,
     Ack,
@@ -73,13 +72,13 @@ from agent.swim.messages import (
     NodeMeta,
     Ping,
     PushPull,
-    PushPullState,
     PushSum,
     Suspect,
 )
 from agent.swim.partition import PartitionDetector
 from agent.swim.probe import PendingProbe, RelayTable
 from agent.swim.pushsum import PushSumAggregator
+from agent.swim.ready import MemberEvent, Outbound, SwimReady
 from agent.swim.rules import MembershipRules
 from agent.swim.sizing import TUPLE_GROWTH_BYTES, message_size
 from agent.swim.timing import (
@@ -91,33 +90,6 @@ from agent.swim.timing import (
 )
 
 _LIVE = (MemberState.ALIVE, MemberState.SUSPECT)
-
-
-@dataclass(frozen=True, slots=True)
-class Outbound:
-    """Send ``msg`` to address ``to`` ("host:port"); ``reliable``: over sealed TCP."""
-
-    to: str
-    msg: object
-    reliable: bool
-
-
-@dataclass(frozen=True, slots=True)
-class MemberEvent:
-    """``kind``: join | suspect | alive | dead | leave | update | partitioned | healed.
-    For partitioned/healed, ``member`` is the local node."""
-
-    kind: str
-    member: MemberView
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class SwimReady:
-    """What the runtime must do: send ``outbound``, publish ``events``, then advance."""
-
-    outbound: list[Outbound]
-    events: list[MemberEvent]
 
 
 class SwimNode(MembershipRules):
@@ -158,14 +130,8 @@ class SwimNode(MembershipRules):
         self._next_push_pull_at = now + config.push_pull_interval * (0.5 + rng.random())
         self._next_reconnect_at = now + config.reconnect_interval * (0.5 + rng.random())
         self._next_pushsum_at = now + rng.random() * max(config.pushsum_interval, 1e-3)
-        self.stats: dict[str, int] = {
-            "msgs_in": 0,
-            "msgs_out": 0,
-            "probes": 0,
-            "probe_failures": 0,
-            "refutes": 0,
-            "ignored": 0,
-        }
+        counters = ("msgs_in", "msgs_out", "probes", "probe_failures", "refutes", "ignored")
+        self.stats: dict[str, int] = dict.fromkeys(counters, 0)
 
     # ------------------------------------------------------------------ API
 
@@ -358,10 +324,7 @@ class SwimNode(MembershipRules):
         if not self.config.load_aware_health:
             self.awareness.clear_load()
             return
-        busy = (
-            cpu_saturation > self.config.busy_cpu_saturation
-            or loop_lag > self.config.probe_timeout / 2.0
-        )
+        busy = cpu_saturation > self.config.busy_cpu_saturation or loop_lag > self.config.probe_timeout / 2.0
         self.awareness.note_load(busy)
 
     def unreachable(self, now: float, addr: str) -> None:
@@ -393,9 +356,7 @@ class SwimNode(MembershipRules):
             self._probe = None
             self._probe_failed(now, probe)
         if self._probe is None and now >= self._next_probe_at:
-            self._next_probe_at = now + scaled_probe_interval(
-                self.config.probe_interval, self.health_score
-            )
+            self._next_probe_at = now + scaled_probe_interval(self.config.probe_interval, self.health_score)
             self._start_probe(now)
 
     def _next_probe_target(self) -> Member | None:
@@ -435,9 +396,7 @@ class SwimNode(MembershipRules):
             end_at=now + scaled_probe_interval(self.config.probe_interval, health),
         )
         self.stats["probes"] += 1
-        ping = Ping(
-            self._seq, target.node, self.node_id, self.table.self_member.addr, load=self._self_load
-        )
+        ping = Ping(self._seq, target.node, self.node_id, self.table.self_member.addr, load=self._self_load)
         self._send_udp(target.addr, ping)
 
     def _probe_indirect(self, probe: PendingProbe) -> None:
@@ -579,14 +538,10 @@ class SwimNode(MembershipRules):
         self._unreachable_until = {a: t for a, t in self._unreachable_until.items() if t > now}
 
     def _push_pull_msg(self, join: bool, reply: bool) -> PushPull:
-        states = [self._state_of(self.table.self_member)]
-        states.extend(self._state_of(m) for m in self.table)
+        states = [push_pull_state(self.table.self_member)]
+        states.extend(push_pull_state(m) for m in self.table)
         me = self.table.self_member
         return PushPull(self.node_id, me.addr, join, reply, tuple(states))
-
-    @staticmethod
-    def _state_of(m: Member) -> PushPullState:
-        return PushPullState(m.node, m.addr, m.incarnation, m.state, m.meta, m.load)
 
     # ------------------------------------------------------------------ output
 

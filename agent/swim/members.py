@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from agent.swim.messages import LoadReport, MemberState, NodeLoad, NodeMeta
+from agent.swim.messages import LoadReport, MemberState, NodeLoad, NodeMeta, PushPullState
 from agent.swim.suspicion import Suspicion
 
 STATE_NAMES = {
@@ -65,6 +65,11 @@ def view_of(member: Member) -> MemberView:
         rtt * 1000.0 if rtt is not None else None,
         member.since,
     )
+
+
+def push_pull_state(m: Member) -> PushPullState:
+    """A member as it travels in a PushPull."""
+    return PushPullState(m.node, m.addr, m.incarnation, m.state, m.meta, m.load)
 
 
 class MemberTable:

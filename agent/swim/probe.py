@@ -51,9 +51,7 @@ class RelayTable:
     def __len__(self) -> int:
         return len(self._by_seq)
 
-    def add(
-        self, local_seq: int, orig_seq: int, source_addr: str, want_nack: bool, deadline: float
-    ) -> bool:
+    def add(self, local_seq: int, orig_seq: int, source_addr: str, want_nack: bool, deadline: float) -> bool:
         """Register a relay; False if the table is full."""
         if len(self._by_seq) >= self._capacity:
             return False

@@ -16,9 +16,7 @@ class Suspicion:
 
     __slots__ = ("_accusers", "confirmations", "hi", "incarnation", "k", "lo", "started")
 
-    def __init__(
-        self, accuser: str, incarnation: int, k: int, lo: float, hi: float, now: float
-    ) -> None:
+    def __init__(self, accuser: str, incarnation: int, k: int, lo: float, hi: float, now: float) -> None:
         self._accusers = {accuser}
         self.confirmations = 0
         self.incarnation = incarnation

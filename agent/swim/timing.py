@@ -53,9 +53,7 @@ def suspicion_total(n_confirmations: int, k: int, lo: float, hi: float) -> float
     return max(lo, timeout)
 
 
-def remaining_suspicion_time(
-    n_confirmations: int, k: int, elapsed: float, lo: float, hi: float
-) -> float:
+def remaining_suspicion_time(n_confirmations: int, k: int, elapsed: float, lo: float, hi: float) -> float:
     """Seconds left on a suspicion that has run ``elapsed`` seconds (may be <= 0:
     the timer has already expired)."""
     return suspicion_total(n_confirmations, k, lo, hi) - elapsed
