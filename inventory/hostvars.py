@@ -66,7 +66,7 @@ class Host:
     mdns: bool
     """``mesh_mdns`` (true)."""
     python: str
-    """``mesh_python`` (python3): the remote interpreter that creates the venv."""
+    """``mesh_python``, else ``ansible_python_interpreter``, else python3: makes the venv."""
     profile: str
     """``mesh_profile`` (lan)."""
     cluster_key_file: str | None
@@ -179,7 +179,8 @@ def resolve_host(
     name: str, groups: tuple[str, ...], merged: dict[str, tuple[Any, Origin]], origin: Origin
 ) -> Host:
     read = _Reader(name, merged, origin)
-    address = read.text("ansible_host", name)
+    # ansible_ssh_host/_port/_user are the pre-2.0 spellings, still found in old inventories.
+    address = read.text("ansible_host", read.text("ansible_ssh_host", name))
     cluster = read.text("mesh_cluster", "default")
     if not cluster or any(c.isspace() for c in cluster):
         raise origin.error(f"host {name!r}: mesh_cluster must be a name without spaces")
@@ -191,8 +192,10 @@ def resolve_host(
     return Host(
         name=name,
         address=address,
-        ssh_port=read.integer("ansible_port", DEFAULT_SSH_PORT, 1, 65535),
-        user=read.optional_text("ansible_user"),
+        ssh_port=read.integer(
+            "ansible_port", read.integer("ansible_ssh_port", DEFAULT_SSH_PORT, 1, 65535), 1, 65535
+        ),
+        user=read.optional_text("ansible_user") or read.optional_text("ansible_ssh_user"),
         key_file=read.optional_text("ansible_ssh_private_key_file"),
         host_key_checking=read.boolean("ansible_host_key_checking", True),
         groups=groups,
@@ -208,7 +211,7 @@ def resolve_host(
         advertise=read.text("mesh_advertise", address if _is_ip(address) else ""),
         bind=read.text("mesh_bind", "0.0.0.0"),
         mdns=read.boolean("mesh_mdns", True),
-        python=read.text("mesh_python", "python3"),
+        python=read.text("mesh_python", read.text("ansible_python_interpreter", "python3")),
         profile=profile,
         cluster_key_file=read.optional_text("mesh_cluster_key_file"),
         vars={key: value for key, (value, _) in merged.items()},

@@ -370,3 +370,21 @@ def test_error_is_a_config_error_for_the_cli() -> None:
     from agent.errors import ConfigError
 
     assert issubclass(InventoryError, ConfigError)
+
+
+def test_legacy_ssh_aliases_and_python_interpreter(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "inv.ini",
+        """
+        old ansible_ssh_host=10.1.1.1 ansible_ssh_port=2200 ansible_ssh_user=ops
+        new ansible_host=10.1.1.2 ansible_ssh_host=ignored ansible_port=22 ansible_ssh_port=99
+        [all:vars]
+        ansible_python_interpreter=/usr/bin/python3.11
+        """,
+    )
+    inv = load_inventory(path)
+    old, new = inv.host("old"), inv.host("new")
+    assert (old.address, old.ssh_port, old.user) == ("10.1.1.1", 2200, "ops")
+    assert (new.address, new.ssh_port) == ("10.1.1.2", 22)
+    assert old.python == "/usr/bin/python3.11"
