@@ -123,6 +123,7 @@ class SwimNode(MembershipRules):
         self._load_seq = 0
         self._last_load_broadcast: tuple[float, NodeLoad] | None = None
         self._unreachable_until: dict[str, float] = {}
+        self._stranger_syncs: dict[str, float] = {}  # addr -> last PushPull offered
         # Spread periodic work over the interval so nodes started together do not
         # act in lockstep.
         self._next_probe_at = now + rng.random() * config.probe_interval
@@ -460,13 +461,30 @@ class SwimNode(MembershipRules):
             self.stats["ignored"] += 1  # meant for whoever had this address before us
             return
         self._apply_load(ping.load, rebroadcast=False)
+        self._sync_with_stranger(now, ping.source, ping.source_addr)
         ack = Ack(ping.seq, self.node_id, load=self._self_load)
         if ping.via_stream:
             self._send(ping.source_addr, ack, reliable=True)
         else:
             self._send_udp(ping.source_addr, ack)
 
+    def _sync_with_stranger(self, now: float, source: str, addr: str) -> None:
+        """A node we do not know (or think dead) is probing us: our views differ.
+        Offer a PushPull (the only admission path), at most once per address per
+        reconnect interval."""
+        member = self.table.get(source)
+        if source == self.node_id or not addr or (member and member.state != MemberState.DEAD):
+            return
+        last = self._stranger_syncs.get(addr)
+        if last is not None and now - last < self.config.reconnect_interval:
+            return
+        if len(self._stranger_syncs) >= 4096:
+            self._stranger_syncs.pop(next(iter(self._stranger_syncs)))
+        self._stranger_syncs[addr] = now
+        self._send(addr, self._push_pull_msg(join=True, reply=False), reliable=True)
+
     def _on_indirect(self, now: float, req: IndirectPingReq) -> None:
+        self._sync_with_stranger(now, req.source, req.source_addr)
         self._seq += 1
         # Lifeguard: Nack at 80% of the probe timeout, so that the Nack reaches the
         # requester before its probe interval ends (it sent us the request one probe

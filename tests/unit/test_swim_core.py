@@ -270,9 +270,24 @@ def test_ping_for_someone_else_is_ignored_and_ours_is_answered() -> None:
     a = make(1)
     a.step(0.0, addr(2), Ping(5, nid(9), nid(2), addr(2)))
     assert drain(a) == ([], [])
+    admit(a, [2])
     a.step(0.0, addr(2), Ping(6, nid(1), nid(2), addr(2), via_stream=True))
     out, _ = drain(a)
     assert out == [Outbound(addr(2), Ack(6, nid(1)), True)]
+
+
+def test_a_probe_from_a_stranger_is_answered_with_a_rate_limited_push_pull() -> None:
+    a = make(1)
+    admit(a, [2])
+    a.step(0.0, addr(7), Ping(1, nid(1), nid(7), addr(7)))
+    out, _ = drain(a)
+    assert isinstance(out[0].msg, PushPull) and out[0].reliable and out[0].to == addr(7)
+    assert out[1] == Outbound(addr(7), Ack(1, nid(1)), False)
+    assert state(a, 7) is None  # still not a member: that takes the PushPull exchange
+    a.step(1.0, addr(7), Ping(2, nid(1), nid(7), addr(7)))
+    assert [type(o.msg) for o in drain(a)[0]] == [Ack]  # once per reconnect interval
+    a.step(1.0 + CFG.reconnect_interval, addr(7), Ping(3, nid(1), nid(7), addr(7)))
+    assert [type(o.msg) for o in drain(a)[0]] == [PushPull, Ack]
 
 
 def test_load_aware_health_slows_probing_and_can_be_switched_off() -> None:
