@@ -9,8 +9,9 @@ What each action does, per selected host (all in parallel):
 * ``install [KEY]`` (a new key is generated when none is given): write
   ``<mesh_config_dir>/keyring/<id>.key`` (0600) and run ``meshtui keys
   install KEY`` against the host's agent.
-* ``use ID``: copy ``keyring/<id>.key`` over ``cluster.key`` (so a restarted
-  agent seals with it) and run ``meshtui keys use ID``.
+* ``use ID``: write the key over ``cluster.key`` (so a restarted agent seals
+  with it), install it into the running agent again (an agent restarted since
+  ``install`` knows only ``cluster.key``) and run ``meshtui keys use ID``.
 * ``remove ID``: delete ``keyring/<id>.key`` and run ``meshtui keys remove ID``;
   the primary cannot be removed.
 * ``list``: ``meshtui keys list --json`` (ids only, never keys).
@@ -105,6 +106,13 @@ async def keys_command(
                 argv = ("keys", "install", key_text)
             elif action == "use":
                 await remote.write_file(host.key_path, (key_text + "\n").encode(), 0o600, "write key")
+                # An agent restarted since ``install`` knows only cluster.key: install again
+                # (a no-op where the key is present) so ``use`` cannot fail on it.
+                await remote.run(
+                    files.meshtui_command(host, "keys", "install", key_text),
+                    "keys install",
+                    check=False,
+                )
                 argv = ("keys", "use", kid)
             else:
                 await remote.run(f"rm -f {q(f'{ring}/{kid}.key')}", "remove key file")
