@@ -36,6 +36,8 @@ ZEBRA_STYLE = Style.parse("on #0f141d")
 BASE_STYLE = Style.parse("#c8d3e0 on #0b0e14")
 MAX_COLUMN_WIDTH = 60
 COLUMN_GAP = 2
+CELL_CACHE = 20_000
+"""Rendered Text cells kept (cleared whole when full: cheap and bounded)."""
 
 
 def _signature(cell: Cell) -> object:
@@ -81,6 +83,7 @@ class FastTable(ScrollView, can_focus=True):
         self._index: dict[str, int] = {}
         self._widths = [len(label) for _, label in self.columns]
         self._cache: dict[tuple[object, ...], Strip] = {}
+        self._cell_cache: dict[tuple[object, int, Style], list[Segment]] = {}
         self.cursor_row = 0
         self._highlighted: str | None = None
 
@@ -105,6 +108,8 @@ class FastTable(ScrollView, can_focus=True):
     def sync(self, rows: Sequence[Row]) -> None:
         """Show exactly ``rows``, keeping the cursor on the same key when it is still there."""
         selected = self.selected_key
+        old_keys = [key for key, _ in self._rows]
+        old_sigs = self._sigs
         self._rows = list(rows)
         self._sigs = [tuple(_signature(c) for c in cells) for _, cells in self._rows]
         self._index = {key: i for i, (key, _) in enumerate(self._rows)}
@@ -114,11 +119,13 @@ class FastTable(ScrollView, can_focus=True):
                 n = cell.cell_len if isinstance(cell, Text) else len(cell)
                 if n > widths[i]:
                     widths[i] = min(n, MAX_COLUMN_WIDTH)
+        same_shape = widths == self._widths and old_keys == [k for k, _ in self._rows]
         if widths != self._widths:
             self._widths = widths
             self._cache.clear()
         if len(self._cache) > 4 * max(len(self._rows), 64):
             self._cache.clear()  # bounded: stale row renders go away
+        old_cursor = self.cursor_row
         if selected is not None and selected in self._index:
             self.cursor_row = self._index[selected]
         else:
@@ -126,16 +133,29 @@ class FastTable(ScrollView, can_focus=True):
         total = sum(self._widths) + COLUMN_GAP * (len(self._widths) + 1)
         self.virtual_size = Size(total, len(self._rows) + 1)
         self._announce()
-        self.refresh()
+        if not same_shape or old_cursor != self.cursor_row:
+            self.refresh()
+            return
+        # Same rows in the same order: repaint only the visible rows that changed.
+        top = int(self.scroll_offset.y)
+        for i in range(top, min(top + self.size.height, len(self._rows))):
+            if self._sigs[i] != old_sigs[i]:
+                self.refresh_line(i + 1)
 
     # --- cursor ----------------------------------------------------------
     def move_cursor(self, row: int) -> None:
         if not self._rows:
             return
+        old = self.cursor_row
         self.cursor_row = max(0, min(row, len(self._rows) - 1))
+        top = int(self.scroll_offset.y)
         self._keep_cursor_visible()
         self._announce()
-        self.refresh()
+        if int(self.scroll_offset.y) != top:
+            self.refresh()
+        else:
+            self.refresh_line(old + 1)
+            self.refresh_line(self.cursor_row + 1)
 
     def action_move(self, step: int) -> None:
         self.move_cursor(self.cursor_row + step)
@@ -207,9 +227,23 @@ class FastTable(ScrollView, can_focus=True):
 
     def _render_cells(self, cells: Sequence[Cell], style: Style) -> Strip:
         console = self.app.console
-        segments: list[Segment] = [Segment(" " * COLUMN_GAP, style)]
+        gap = Segment(" " * COLUMN_GAP, style)
+        segments: list[Segment] = [gap]
         for cell, width in zip(cells, self._widths, strict=False):
-            text = cell if isinstance(cell, Text) else Text(cell)
-            segments.extend(segments_of(text, console, width, pad=True))
-            segments.append(Segment(" " * COLUMN_GAP))
-        return Strip(Segment.apply_style(segments, style)).simplify()
+            if isinstance(cell, str):
+                shown = cell if len(cell) <= width else cell[: max(width - 1, 0)] + "…"
+                segments.append(Segment(shown.ljust(width), style))
+            else:
+                # Most styled cells repeat between rows and refreshes: cache them per
+                # row style, with the row's background already applied.
+                key = (_signature(cell), width, style)
+                cached = self._cell_cache.get(key)
+                if cached is None:
+                    raw = segments_of(cell, console, width, pad=True)
+                    cached = list(Segment.apply_style(raw, style))
+                    if len(self._cell_cache) > CELL_CACHE:
+                        self._cell_cache.clear()
+                    self._cell_cache[key] = cached
+                segments.extend(cached)
+            segments.append(gap)
+        return Strip(segments)

@@ -13,7 +13,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from rich.console import Console
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
+from textual.strip import Strip
 from textual.widget import Widget
 
 from meshtui.model import MeshModel
@@ -75,6 +79,20 @@ class BrailleCanvas:
             if 0 <= x + i < self.width and 0 <= y < self.height:
                 self._text[(x + i, y)] = (ch, style)
 
+    def cells(self) -> list[list[tuple[str, str]]]:
+        """Every row as (char, style) cells, text over dots."""
+        rows = []
+        for y in range(self.height):
+            row = []
+            for x in range(self.width):
+                cell = self._text.get((x, y))
+                if cell is None:
+                    dots = self._dots[y][x]
+                    cell = (chr(0x2800 + dots), self._dot_style[y][x]) if dots else (" ", "")
+                row.append(cell)
+            rows.append(row)
+        return rows
+
     def render(self) -> Text:
         out = Text(no_wrap=True, overflow="crop")
         for y in range(self.height):
@@ -105,26 +123,79 @@ class TopoNode:
     name: str
     state: str
     rtt_ms: float | None
+    """Only its colour bucket matters; ``snapshot`` rounds it to a bucket representative."""
     leader: bool
     local: bool
+
+
+# One representative RTT per link colour, so polls that move RTT by a few
+# microseconds do not redraw the topology.
+_RTT_BUCKETS = ((1.0, 0.5), (10.0, 5.0), (50.0, 20.0))
+
+
+def rtt_bucket(rtt_ms: float | None) -> float | None:
+    if rtt_ms is None:
+        return None
+    for bound, representative in _RTT_BUCKETS:
+        if rtt_ms < bound:
+            return representative
+    return 80.0
 
 
 def snapshot(model: MeshModel) -> tuple[TopoNode, ...]:
     """What the topology draws, as a hashable value (cache key for rendering)."""
     leader = model.consensus.leader
     return tuple(
-        TopoNode(m.name, m.state, m.rtt_ms, m.name == leader, m.name == model.node)
+        TopoNode(m.name, m.state, rtt_bucket(m.rtt_ms), m.name == leader, m.name == model.node)
         for m in sorted(model.members.values(), key=lambda m: m.name)
     )
 
 
 def draw(nodes: tuple[TopoNode, ...], width: int, height: int) -> Text:
-    """Lay ``nodes`` out on a circle in a width x height box and draw it."""
+    """Lay ``nodes`` out on a circle in a width x height box and draw it (as Rich Text)."""
+    canvas = layout(nodes, width, height)
+    out = canvas.render()
+    if height > 6:
+        out.append("\n")
+        out.append_text(_legend(width))
+    return out
+
+
+def draw_strips(nodes: tuple[TopoNode, ...], width: int, height: int) -> list[Strip]:
+    """The same drawing as terminal lines, built without Rich's text layout (fast path)."""
+    canvas = layout(nodes, width, height)
+    strips = []
+    for row in canvas.cells():
+        segments: list[Segment] = []
+        run: list[str] = []
+        run_style = ""
+        for ch, style in row:
+            if style != run_style and run:
+                segments.append(Segment("".join(run), _style(run_style)))
+                run = []
+            run_style = style
+            run.append(ch)
+        if run:
+            segments.append(Segment("".join(run), _style(run_style)))
+        strips.append(Strip(segments, width))
+    if height > 6:
+        legend = _legend(width)
+        legend.pad_right(max(width - legend.cell_len, 0))
+        strips.append(Strip(list(legend.render(Console(width=width))), width))
+    return strips
+
+
+def _style(name: str) -> Style | None:
+    return Style.parse(name) if name else None
+
+
+def layout(nodes: tuple[TopoNode, ...], width: int, height: int) -> BrailleCanvas:
+    """Nodes on a circle, links from the attached node, labels where they fit."""
     legend_rows = 1 if height > 6 else 0
     canvas = BrailleCanvas(width, height - legend_rows)
     if not nodes:
         canvas.text(1, 0, "no members yet", "grey50")
-        return canvas.render()
+        return canvas
     pw, ph = canvas.pixel_size
     cx, cy = pw / 2, ph / 2
     # Braille pixels are about square; keep room for a label on each side.
@@ -160,11 +231,7 @@ def draw(nodes: tuple[TopoNode, ...], width: int, height: int) -> Text:
                 canvas.text(x + 2, y, label, style)
         elif canvas.is_free(x - 1 - len(label), y, len(label)):
             canvas.text(x - 1 - len(label), y, label, style)
-    out = canvas.render()
-    if legend_rows:
-        out.append("\n")
-        out.append_text(_legend(width))
-    return out
+    return canvas
 
 
 def _legend(width: int) -> Text:
@@ -180,7 +247,7 @@ def _legend(width: int) -> Text:
 
 
 class Topology(Widget):
-    """Renders ``draw(snapshot(model))`` at the widget's size, cached by data and size."""
+    """Paints ``draw_strips(snapshot(model))`` line by line, cached by data and size."""
 
     DEFAULT_CSS = """
     Topology { height: 1fr; }
@@ -189,7 +256,8 @@ class Topology(Widget):
     def __init__(self, **kwargs: str) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._topo_nodes: tuple[TopoNode, ...] = ()
-        self._cache: tuple[tuple[TopoNode, ...], int, int, Text] | None = None
+        self._strips: list[Strip] = []
+        self._drawn_for: tuple[tuple[TopoNode, ...], int, int] | None = None
 
     def show(self, model: MeshModel) -> None:
         nodes = snapshot(model)
@@ -197,10 +265,12 @@ class Topology(Widget):
             self._topo_nodes = nodes
             self.refresh()
 
-    def render(self) -> Text:
+    def render_line(self, y: int) -> Strip:
         width, height = self.size.width, self.size.height
-        if self._cache is not None and self._cache[:3] == (self._topo_nodes, width, height):
-            return self._cache[3]
-        text = draw(self._topo_nodes, width, height)
-        self._cache = (self._topo_nodes, width, height, text)
-        return text
+        key = (self._topo_nodes, width, height)
+        if key != self._drawn_for:
+            self._strips = draw_strips(self._topo_nodes, width, height)
+            self._drawn_for = key
+        if y < len(self._strips):
+            return self._strips[y]
+        return Strip.blank(width)
