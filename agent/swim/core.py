@@ -39,7 +39,9 @@ interval.  To heal partitions without an operator, dead members are kept for
 ``reconnect_timeout`` and every reconnect interval one of them gets a
 PushPull (Serf's reconnect): a remote "dead" is merged as a suspicion, so the
 nodes on either side refute with higher incarnations, and the next exchange
-across carries those incarnations, which win over the stale deaths.
+across carries those incarnations, which win over the stale deaths.  A probe
+from a node we do not know (or think dead) also gets a PushPull offer (rate
+limited per address), so diverged views converge at the first contact.
 
 Partition: see :mod:`agent.swim.partition`.  Load: each node's psutil sample
 rides on its Pings and Acks and, when it changes, as a broadcast; push-sum
@@ -468,21 +470,6 @@ class SwimNode(MembershipRules):
         else:
             self._send_udp(ping.source_addr, ack)
 
-    def _sync_with_stranger(self, now: float, source: str, addr: str) -> None:
-        """A node we do not know (or think dead) is probing us: our views differ.
-        Offer a PushPull (the only admission path), at most once per address per
-        reconnect interval."""
-        member = self.table.get(source)
-        if source == self.node_id or not addr or (member and member.state != MemberState.DEAD):
-            return
-        last = self._stranger_syncs.get(addr)
-        if last is not None and now - last < self.config.reconnect_interval:
-            return
-        if len(self._stranger_syncs) >= 4096:
-            self._stranger_syncs.pop(next(iter(self._stranger_syncs)))
-        self._stranger_syncs[addr] = now
-        self._send(addr, self._push_pull_msg(join=True, reply=False), reliable=True)
-
     def _on_indirect(self, now: float, req: IndirectPingReq) -> None:
         self._sync_with_stranger(now, req.source, req.source_addr)
         self._seq += 1
@@ -531,29 +518,6 @@ class SwimNode(MembershipRules):
         targets = self.table.sample(self._rng, 1, lambda m: m.state == MemberState.ALIVE)
         if targets:
             self._send(targets[0].addr, self._push_pull_msg(join=False, reply=False), True)
-
-    def _reconnect(self, now: float) -> None:
-        def backed_off(m: Member) -> bool:
-            return self._unreachable_until.get(m.addr, 0.0) > now
-
-        candidates = self.table.sample(
-            self._rng, 1, lambda m: m.state == MemberState.DEAD and not backed_off(m)
-        )
-        if candidates:
-            self._send(candidates[0].addr, self._push_pull_msg(join=True, reply=False), True)
-
-    def _reap(self, now: float) -> None:
-        """Forget members dead for ``reconnect_timeout`` or left for ``tombstone_timeout``."""
-        cfg = self.config
-        doomed = [
-            m.node
-            for m in self.table
-            if (m.state == MemberState.DEAD and now - m.since >= cfg.reconnect_timeout)
-            or (m.state == MemberState.LEFT and now - m.since >= cfg.tombstone_timeout)
-        ]
-        for node in doomed:
-            self.table.remove(node)
-        self._unreachable_until = {a: t for a, t in self._unreachable_until.items() if t > now}
 
     def _push_pull_msg(self, join: bool, reply: bool) -> PushPull:
         states = [push_pull_state(self.table.self_member)]

@@ -21,6 +21,8 @@ is re-broadcast (that is the epidemic) and reported as a MemberEvent.
   *or dead* -> only a suspicion (a remote death is not trusted as a death:
   the suspected node gets a chance to refute, which is what re-merges the two
   halves of a healed partition).
+* Healing: dead members are kept (and offered a PushPull, one per reconnect
+  interval) until ``reconnect_timeout``; a stranger probing us gets one too.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ class MembershipRules(abc.ABC):
     stats: dict[str, int]
     _rng: random.Random
     _leaving: bool
+    _unreachable_until: dict[str, float]  # addr -> no reconnect attempts before
+    _stranger_syncs: dict[str, float]  # addr -> last PushPull offered to a stranger
 
     @abc.abstractmethod
     def _queue(self, msg: BroadcastMsg) -> None:
@@ -243,3 +247,46 @@ class MembershipRules(abc.ABC):
             m.load = report
             if rebroadcast:
                 self._queue(report)
+
+    # ------------------------------------------------------------------ healing
+
+    def _sync_with_stranger(self, now: float, source: str, addr: str) -> None:
+        """A node we do not know (or think dead) is probing us: our views differ.
+        Offer a PushPull (the only admission path), at most once per address per
+        reconnect interval."""
+        member = self.table.get(source)
+        if source == self.node_id or not addr or (member and member.state != MemberState.DEAD):
+            return
+        last = self._stranger_syncs.get(addr)
+        if last is not None and now - last < self.config.reconnect_interval:
+            return
+        if len(self._stranger_syncs) >= 4096:
+            self._stranger_syncs.pop(next(iter(self._stranger_syncs)))
+        self._stranger_syncs[addr] = now
+        self._send(addr, self._push_pull_msg(join=True, reply=False), reliable=True)
+
+    def _reconnect(self, now: float) -> None:
+        """Serf's reconnect: offer a PushPull to one random dead member (skipping
+        addresses the runtime recently failed to reach)."""
+
+        def backed_off(m: Member) -> bool:
+            return self._unreachable_until.get(m.addr, 0.0) > now
+
+        candidates = self.table.sample(
+            self._rng, 1, lambda m: m.state == MemberState.DEAD and not backed_off(m)
+        )
+        if candidates:
+            self._send(candidates[0].addr, self._push_pull_msg(join=True, reply=False), True)
+
+    def _reap(self, now: float) -> None:
+        """Forget members dead for ``reconnect_timeout`` or left for ``tombstone_timeout``."""
+        cfg = self.config
+        doomed = [
+            m.node
+            for m in self.table
+            if (m.state == MemberState.DEAD and now - m.since >= cfg.reconnect_timeout)
+            or (m.state == MemberState.LEFT and now - m.since >= cfg.tombstone_timeout)
+        ]
+        for node in doomed:
+            self.table.remove(node)
+        self._unreachable_until = {a: t for a, t in self._unreachable_until.items() if t > now}
