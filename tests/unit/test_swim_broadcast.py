@@ -103,9 +103,7 @@ texts = st.text(max_size=60)
 ints = st.integers(min_value=0, max_value=2**63 - 1)
 floats = st.floats(allow_nan=False, allow_infinity=False, width=64)
 metas = st.builds(NodeMeta, texts, texts, st.tuples(texts, texts).map(tuple), ints, texts, texts)
-loads = st.builds(
-    LoadReport, ids, ints, ints, st.builds(NodeLoad, floats, floats, ints, floats, ints, ints)
-)
+loads = st.builds(LoadReport, ids, ints, ints, st.builds(NodeLoad, floats, floats, ints, floats, ints, ints))
 piggies = st.builds(
     Piggyback,
     st.lists(st.builds(Alive, ints, ids, texts, metas), max_size=20).map(tuple),

@@ -82,9 +82,7 @@ def test_expected_confirmations(k_mult: int, n: int, expected: int) -> None:
     assert expected_confirmations(k_mult, n) == expected
 
 
-@pytest.mark.parametrize(
-    ("score", "interval", "expected"), [(0, 1.0, 1.0), (1, 1.0, 2.0), (7, 0.2, 1.6)]
-)
+@pytest.mark.parametrize(("score", "interval", "expected"), [(0, 1.0, 1.0), (1, 1.0, 2.0), (7, 0.2, 1.6)])
 def test_health_scaling(score: int, interval: float, expected: float) -> None:
     assert scaled_probe_interval(interval, score) == pytest.approx(expected)
     assert scaled_timeout(interval / 2, score) == pytest.approx(expected / 2)
