@@ -218,7 +218,9 @@ class RaftNet:
         copies = 2 if self.rng.random() < self.dup_rate else 1
         for _ in range(copies):
             self._seq += 1
-            at = self.now + self.rng.randint(0, self.max_delay)
+            # Never due in the current step: a step always terminates, even if
+            # a bug made two nodes answer each other forever.
+            at = self.now + 1 + self.rng.randint(0, self.max_delay)
             heapq.heappush(self._queue, (at, self._seq, msg))
 
     # ------------------------------------------------------------ driving

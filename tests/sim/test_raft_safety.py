@@ -59,6 +59,7 @@ class Workload:
         self.pending: dict[int, PendingOp | None] = {c: None for c in range(clients)}
         self.op_no = 0
         self.values: list[str | None] = [None]
+        self.issuing = True
         net.on_write_result = self._write_result
         net.on_read_state = self._read_state
 
@@ -67,7 +68,7 @@ class Workload:
         for client, op in self.pending.items():
             if op is not None and self.net.now >= op.deadline:
                 self._finish(op, UNKNOWN if op.kind != "get" else None, lost_read=op.kind == "get")
-            elif op is None and self.rng.random() < 0.3:
+            elif op is None and self.issuing and self.rng.random() < 0.3:
                 self._issue(client)
 
     def _issue(self, client: int) -> None:
@@ -149,7 +150,7 @@ def run_schedule(seed: int) -> dict[str, int]:
     net.drop_rate = rng.choice((0.0, 0.02, 0.1))
     net.dup_rate = rng.choice((0.0, 0.05))
     net.max_delay = rng.choice((0, 1, 3))
-    net.crash_in_ready_rate = rng.choice((0.0, 0.0, 0.002))
+    net.crash_in_ready_rate = rng.choice((0.0, 0.0, 0.002, 0.01))
     work = Workload(net, rng, clients=3)
     down_until: dict[str, int] = {}
     conf_changes = 0
@@ -187,6 +188,8 @@ def run_schedule(seed: int) -> dict[str, int]:
     for node_id in every:
         if not net.nodes[node_id].up:
             net.restart(node_id)
+
+    work.issuing = False
 
     def converged() -> bool:
         work.tick()
@@ -287,8 +290,6 @@ def test_crashed_leader_is_replaced() -> None:
     old = net.leader()
     assert old is not None
     net.crash(old.node_id)
-    assert net.wait_for(
-        lambda: (lead := net.leader()) is not None and lead.node_id != old.node_id, 100
-    )
+    assert net.wait_for(lambda: (lead := net.leader()) is not None and lead.node_id != old.node_id, 100)
     new = net.leader()
     assert new is not None and new.raft.role == Role.LEADER and new.raft.term > old.raft.term

@@ -25,6 +25,8 @@ from agent.raft.messages import (
     HardState,
     InstallSnapshot,
     RaftMessage,
+    RequestVote,
+    RequestVoteResp,
     RestoredState,
     Role,
 )
@@ -361,3 +363,46 @@ def test_config_profiles_validate() -> None:
     assert RaftConfig.local().validate().election_timeout >= 0.5
     with pytest.raises(Exception, match="election_ticks"):
         RaftConfig(election_ticks=1).validate()
+
+
+def drain_local(node: RaftNode) -> list[RaftMessage]:
+    out: list[RaftMessage] = []
+    while (rd := node.ready()) is not None:
+        out += rd.messages
+        node.advance(rd)
+    return out
+
+
+def test_leader_never_commits_an_old_term_entry_by_counting() -> None:
+    # Raft §5.4.2 / Figure 8: entry 7 (term 2) is on a majority (a and b), but the
+    # term-3 leader may only commit it together with an entry of its own term.
+    entries = [*bootstrap_state(ABC).entries, Entry(2, 7, EntryKind.NORMAL, b"old")]
+    restored = RestoredState(HardState(term=2, vote="", commit=6), None, tuple(entries))
+    node = RaftNode(SIM_CONFIG, "a", restored, random.Random(5))
+    while node.role != Role.PRE_CANDIDATE:
+        node.tick()
+    node.step(RequestVoteResp("b", "a", 3, True, pre_vote=True))
+    assert node.role == Role.CANDIDATE and node.term == 3
+    node.step(RequestVoteResp("b", "a", 3, True))
+    assert node.role == Role.LEADER
+    drain_local(node)  # persists the term-3 empty entry at index 8
+    node.step(AppendResp("b", "a", 3, index=7))
+    drain_local(node)
+    assert node.commit_index == 6, "committed a term-2 entry by counting replicas"
+    node.step(AppendResp("b", "a", 3, index=8))
+    drain_local(node)
+    assert node.commit_index == 8
+
+
+def test_votes_need_an_up_to_date_log_and_are_given_once_per_term() -> None:
+    node = RaftNode(SIM_CONFIG, "a", bootstrap_state(ABC), random.Random(6))
+    drain_local(node)
+    # b's log is behind (last term 0): refused.
+    node.step(RequestVote("b", "a", 2, last_index=0, last_term=0))
+    out = drain_local(node)
+    assert [type(m).__name__ for m in out] == ["RequestVoteResp"] and not out[0].granted  # type: ignore[union-attr]
+    node.step(RequestVote("b", "a", 2, last_index=6, last_term=1))
+    node.step(RequestVote("c", "a", 2, last_index=6, last_term=1))
+    votes = [m for m in drain_local(node) if isinstance(m, RequestVoteResp)]
+    assert [(m.to, m.granted) for m in votes] == [("b", True), ("c", False)]
+    assert node.vote == "b"
