@@ -23,7 +23,7 @@ Two figures, each printed next to its anchor:
 The box's own load (other work on the machine) is printed with the figures.
 
     sudo python tests/bench/bench_membership_netns.py [--kills 20] [--minutes 2]
-        [--kill-modes on] [--busy-loops 4] [--skip-kills] [--skip-busy]
+        [--kill-modes on] [--busy-loops 4] [--busy-nice 0] [--skip-kills] [--skip-busy]
 """
 
 from __future__ import annotations
@@ -38,13 +38,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from netns.agents import LabAgents, MemberEventRecorder, keygen, pin_to  # noqa: E402
+from netns.agents import LabAgents, MemberEventRecorder, keygen  # noqa: E402
 from netns.harness import NetnsLab, wait_until  # noqa: E402
 
 HOSTS = list(range(5))
@@ -146,8 +147,19 @@ def cpu_split() -> tuple[frozenset[int], frozenset[int]] | None:
     return frozenset(allowed[-1:]), frozenset(allowed[:-1])
 
 
+def busy_loop_preexec(cpus: frozenset[int] | None, nice: int) -> Callable[[], None]:
+    def setup() -> None:
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+        if nice:
+            os.nice(nice)
+
+    return setup
+
+
 def false_deaths_under_load(
-    lab: NetnsLab, key: Path, base: Path, minutes: float, load_aware: bool, busy_loops: int
+    lab: NetnsLab, key: Path, base: Path, minutes: float, load_aware: bool, busy_loops: int,
+    nice: int,
 ) -> dict[str, object]:
     split = cpu_split()
     cpus = None
@@ -162,7 +174,7 @@ def false_deaths_under_load(
             for _ in range(busy_loops):
                 loops.append(lab.popen(
                     BUSY_HOST, [sys.executable, "-c", "while True: pass"],
-                    preexec_fn=None if split is None else pin_to(split[0]),
+                    preexec_fn=busy_loop_preexec(None if split is None else split[0], nice),
                 ))
             deadline = time.monotonic() + minutes * 60.0
             while time.monotonic() < deadline:
@@ -194,17 +206,17 @@ def false_deaths_under_load(
 
 
 def busy_host_comparison(lab: NetnsLab, key: Path, base: Path, minutes: float,
-                         busy_loops: int) -> None:
+                         busy_loops: int, nice: int) -> None:
     results = {}
     for load_aware in (True, False):
         label = "on" if load_aware else "off"
         print(f"  busy host, load-aware health {label}: {minutes:g} min ...", flush=True)
         results[label] = false_deaths_under_load(
-            lab, key, base / f"busy-{label}", minutes, load_aware, busy_loops
+            lab, key, base / f"busy-{label}", minutes, load_aware, busy_loops, nice
         )
         print(f"    {results[label]}  ({box_load()})", flush=True)
     split = cpu_split()
-    where = (f"h{BUSY_HOST}'s agent + {busy_loops} busy loops pinned to CPU "
+    where = (f"h{BUSY_HOST}'s agent + {busy_loops} busy loops (nice {nice}) pinned to CPU "
              f"{sorted(split[0])}, other agents to CPUs {sorted(split[1])}"
              if split else f"{busy_loops} busy loops in h{BUSY_HOST} (1-CPU box: no pinning)")
     print(f"false deaths in {minutes:g} min with h{BUSY_HOST}'s CPU saturated ({where}):")
@@ -223,6 +235,8 @@ def main() -> int:
     parser.add_argument("--kill-modes", default="on",
                         help="load-aware health for the kill runs: on, off or on,off")
     parser.add_argument("--busy-loops", type=int, default=4)
+    parser.add_argument("--busy-nice", type=int, default=0,
+                        help="nice value of the busy loops (negative: they outrank the agent)")
     parser.add_argument("--skip-kills", action="store_true")
     parser.add_argument("--skip-busy", action="store_true")
     args = parser.parse_args()
@@ -238,7 +252,7 @@ def main() -> int:
                 crash_to_everyone_knows(lab, key, base / f"kills-{mode}", args.kills,
                                         mode.strip() == "on")
         if not args.skip_busy:
-            busy_host_comparison(lab, key, base, args.minutes, args.busy_loops)
+            busy_host_comparison(lab, key, base, args.minutes, args.busy_loops, args.busy_nice)
     return 0
 
 
