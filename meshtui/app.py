@@ -94,8 +94,8 @@ class MeshApp(App[None]):
         Binding("4", "switch_area('migrations')", "Migrations", show=False),
         Binding("question_mark", "help", "Help"),
         Binding("colon", "command_palette", "Commands"),
-        Binding("k", "demo_kill", "Kill node", show=False),
-        Binding("r", "demo_restart", "Restart node", show=False),
+        Binding("k", "demo_kill", "Kill node"),
+        Binding("r", "demo_restart", "Restart node"),
         Binding("q", "quit", "Quit"),
     ]
 
@@ -247,6 +247,10 @@ class MeshApp(App[None]):
                 return
 
     # --- actions -----------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Demo keys exist (and show in the footer) only when the demo gave its controls."""
+        return not (action in ("demo_kill", "demo_restart") and self.demo_controls is None)
+
     def action_switch_area(self, area: str) -> None:
         if self.current_mode != area:
             self.switch_mode(area)

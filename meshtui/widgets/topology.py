@@ -269,8 +269,9 @@ class Topology(Widget):
         width, height = self.size.width, self.size.height
         key = (self._topo_nodes, width, height)
         if key != self._drawn_for:
-            self._strips = draw_strips(self._topo_nodes, width, height)
+            base = self.rich_style  # the widget's CSS colours under the drawing
+            self._strips = [strip.apply_style(base) for strip in draw_strips(self._topo_nodes, width, height)]
             self._drawn_for = key
         if y < len(self._strips):
             return self._strips[y]
-        return Strip.blank(width)
+        return Strip.blank(width, self.rich_style)
