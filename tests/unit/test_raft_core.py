@@ -127,8 +127,7 @@ def test_check_quorum_makes_an_isolated_leader_step_down() -> None:
     assert not leader.raft.has_quorum_contact()
     with pytest.raises(NotLeaderError):
         leader.raft.propose(b"x")
-    new = net.leader()
-    assert new is not None and new.node_id in others
+    assert net.wait_for(lambda: (n := net.leader()) is not None and n.node_id in others, 100)
 
 
 def test_leadership_transfer() -> None:
@@ -158,7 +157,7 @@ def test_read_index_on_leader_and_follower() -> None:
     follower = next(n for n in ABC if n != leader.node_id)
     leader.raft.read_index(b"r1")
     net.nodes[follower].raft.read_index(b"r2")
-    net.run(5)
+    net.run(10)
     assert sorted(served) == sorted([(leader.node_id, b"r1", "v2"), (follower, b"r2", "v2")])
 
 
@@ -204,7 +203,7 @@ def test_learner_catches_up_and_is_promoted() -> None:
     net.run(5)
     assert net.nodes["d"].raft.role == Role.LEARNER
     assert net.propose_conf_change(ConfChange(ConfChangeKind.ADD_LEARNER, "d"))
-    net.run(10)
+    net.run(20)
     assert net.nodes["d"].kv.data == leader.kv.data
     assert net.nodes["d"].raft.conf.learners == ("d",)
     # A learner never campaigns, even when it hears nothing.
@@ -214,7 +213,7 @@ def test_learner_catches_up_and_is_promoted() -> None:
     net.heal()
     net.run(5)
     assert net.propose_conf_change(ConfChange(ConfChangeKind.PROMOTE, "d"))
-    net.run(10)
+    net.run(20)
     assert net.nodes["d"].raft.conf.voters == ("a", "b", "c", "d")
     assert net.nodes["d"].raft.role == Role.FOLLOWER
     # With 4 voters the quorum is 3: the leader and one follower cannot commit.
@@ -233,10 +232,10 @@ def test_only_one_membership_change_at_a_time() -> None:
     leader.raft.propose_conf_change(ConfChange(ConfChangeKind.ADD_LEARNER, "d"))
     with pytest.raises(LocalError):
         leader.raft.propose_conf_change(ConfChange(ConfChangeKind.ADD_LEARNER, "e"))
-    net.run(5)
+    net.run(10)
     leader.raft.propose_conf_change(ConfChange(ConfChangeKind.ADD_LEARNER, "e"))
-    with pytest.raises(LocalError):
-        net.run(5)
+    net.run(10)
+    with pytest.raises(LocalError, match="not a learner"):
         leader.raft.propose_conf_change(ConfChange(ConfChangeKind.PROMOTE, "a"))
 
 
@@ -267,7 +266,7 @@ def diverged(node_id: str, tail_term: int, tail: range) -> RestoredState:
 
 
 def test_fast_back_off_skips_a_whole_divergent_term() -> None:
-    net = RaftNet(13, ABC)
+    net = RaftNet(13, ABC, compact=False)  # no snapshot shortcut: pure log back-off
     # a and c share a term-3 suffix; b has 200 uncommitted term-2 entries.
     for node_id in ("a", "c"):
         net._start(node_id, MemoryStorage(diverged(node_id, 3, range(101, 151))))
