@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,12 +68,24 @@ BID_TIMEOUT = {"lan": 0.1, "local": 0.05}
 TASK_LEASE = {"lan": 10.0, "local": 3.0}
 """Seconds a host's tasks survive without quorum contact; the leader waits at least
 this long after a host is confirmed dead before running its tasks elsewhere."""
+MAX_REPORTS_PER_BATCH = 256
+"""Bound on executor reports proposed at once."""
 MAX_PROPOSALS_PER_ROUND = 256
 """Bound on decisions proposed per leader round."""
 OUTPUT_TIMEOUT = 3.0
 """Seconds to wait for another host to return task output."""
 REPLICA_CHUNK = 512 * 1024
 """Bytes per pushed output replica chunk."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Report:
+    """A ``task.start``/``task.finish`` command waiting to be committed."""
+
+    task: str
+    epoch: int
+    kind: str
+    cmd: bytes
 
 
 class TaskRuntime:
@@ -90,7 +103,9 @@ class TaskRuntime:
         self.replica_dir = data_dir / "replicas"
         self.heat = HeatState()
         self._dead_since: dict[str, float] = {}
-        self._reports: list[bytes] = []
+        self._reports: list[_Report] = []
+        self._started: dict[str, int] = {}
+        """Task id -> epoch of the latest run this agent started (running or finished)."""
         self._reconcile_needed = asyncio.Event()
         self._report_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -236,8 +251,17 @@ class TaskRuntime:
                     await self.executor.cancel(task_id)
                 else:
                     await self.executor.kill_stale(task_id, epoch + 1)
+        # Forget runs the state has moved past (finished, moved away, newer epoch).
+        for task_id, epoch in list(self._started.items()):
+            rec = state.task_record(task_id)
+            if rec is None or rec.terminal or rec.node != me or rec.epoch != epoch:
+                del self._started[task_id]
         for rec in state.tasks_for_node(me):
             if rec.state != "assigned" or rec.id in self.executor.running():
+                continue
+            if self._started.get(rec.id) == rec.epoch:
+                # Already ran here at this epoch; its reports are not committed
+                # yet.  Starting it again would run the task twice.
                 continue
             if self.executor.free_slots <= 0:
                 break
@@ -249,18 +273,20 @@ class TaskRuntime:
                 # binary, permission): report it as exit 127, as a shell would,
                 # so the task is retried elsewhere or fails instead of hanging.
                 log.warning("cannot start %s: %s", rec.id, exc)
-                self._reports.append(builders.cmd_task_finish(
+                self._started[rec.id] = rec.epoch
+                self._queue_report(_Report(rec.id, rec.epoch, "finish", builders.cmd_task_finish(
                     rec.id, me, rec.epoch, 127, TaskStats(), "", time.time()
-                ))
-                self._report_wake.set()
+                )))
 
     def _on_exec_event(self, event: ExecEvent) -> None:
         now = time.time()
         me = self.agent.node_id
         if event.kind == "started":
             self._registered[event.task_id] = event.pid
+            self._started[event.task_id] = event.epoch
             self._watchdog_send(f"add {event.pid}")
             cmd = builders.cmd_task_start(event.task_id, me, event.epoch, "", now)
+            self._queue_report(_Report(event.task_id, event.epoch, "start", cmd))
         else:
             pid = self._registered.pop(event.task_id, None)
             if pid is not None:
@@ -276,24 +302,48 @@ class TaskRuntime:
             cmd = builders.cmd_task_finish(
                 event.task_id, me, event.epoch, code, stats, "", now, replicas
             )
+            self._queue_report(_Report(event.task_id, event.epoch, "finish", cmd))
             self._reconcile_needed.set()
-        self._reports.append(cmd)
+
+    def _queue_report(self, report: _Report) -> None:
+        if report.kind == "finish":
+            # A start not yet sent is redundant: a finish on an "assigned" task
+            # records the run itself (one commit instead of two for short tasks).
+            self._reports = [
+                r for r in self._reports
+                if not (r.kind == "start" and r.task == report.task and r.epoch == report.epoch)
+            ]
+        self._reports.append(report)
         self._report_wake.set()
 
     async def _report_loop(self) -> None:
-        """Commit executor reports in order; keep retrying through a lost quorum."""
+        """Commit executor reports, keep retrying through a lost quorum.
+
+        Everything pending is proposed at once (one round trip per batch, not
+        per report: short tasks finish faster than serial commits).  Raft keeps
+        the order of one node's proposals; a report that fails is retried
+        before anything queued after it.
+        """
         while True:
             await self._report_wake.wait()
             self._report_wake.clear()
             while self._reports:
-                cmd = self._reports[0]
-                try:
-                    await self.agent.consensus.propose(cmd, self.agent.send_to_node)
-                except MeshError as exc:
-                    log.debug("task report not committed yet (%s); retrying", exc)
+                batch, self._reports = self._reports[:MAX_REPORTS_PER_BATCH], \
+                    self._reports[MAX_REPORTS_PER_BATCH:]
+                results = await asyncio.gather(
+                    *(self.agent.consensus.propose(r.cmd, self.agent.send_to_node) for r in batch),
+                    return_exceptions=True,
+                )
+                failed = []
+                for report, res in zip(batch, results, strict=True):
+                    if isinstance(res, MeshError):
+                        failed.append(report)
+                    elif isinstance(res, BaseException):  # a bug, not the cluster: drop it
+                        log.error("task report %s %s failed: %r", report.kind, report.task, res)
+                if failed:
+                    log.debug("%d task report(s) not committed yet; retrying", len(failed))
+                    self._reports = failed + self._reports
                     await asyncio.sleep(0.5)
-                    continue
-                self._reports.pop(0)
 
     # ------------------------------------------------------------ leader side
 
