@@ -1,0 +1,177 @@
+"""Placement decisions committed per second on 3 loopback agents (issue 5; target ≥ 2,000/s).
+
+Run: ``.venv/bin/python tests/bench/bench_placement.py [--tasks N] [--inflight K]``.
+
+``meshtui.demo.LocalMesh(3)`` starts three real ``mesh-agent`` processes
+(``--profile local``, 2 slots each).  One ``ControlClient`` submits N
+``sleep 600`` tasks with K calls in flight.  Each host can run only 2 of them,
+so after the first 6 the rest stay ``assigned`` (waiting on their host):
+execution does not compete with placement, and every task still needs exactly
+one committed ``task.assign`` entry from the leader's placement loop.
+
+A poller reads ``task.list`` every 0.1 s and notes when the count of tasks that
+left ``queued`` reaches its goal.  Printed, from one run:
+
+* anchor: the submit rate alone (committed ``task.submit`` entries per second
+  over the same Raft log and client);
+* pipelined: N tasks submitted and placed, from the first submit to the last
+  assignment seen (bounded by the submit rate);
+* placement of a backlog: every host drained, N more tasks submitted (they stay
+  ``queued``: no host is eligible), then all undrained; N / (time from the
+  undrain to the last assignment seen).  This is the figure the target is for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+
+from meshtui.client import ClientError, ControlClient, call_sync
+from meshtui.demo import LocalMesh
+
+TARGET = 2000.0
+"""Placement decisions per second the issue asks for."""
+
+
+def wait_voters(mesh: LocalMesh, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = call_sync(mesh.nodes[0].socket_path, "status", {}, 2.0)
+            if len(status["consensus"]["voters"]) == count and not status["read_only"]:
+                return
+        except ClientError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"mesh never reached {count} voters in {timeout} s")
+
+
+def leader_socket(mesh: LocalMesh) -> str:
+    status = call_sync(mesh.nodes[0].socket_path, "status", {}, 2.0)
+    leader = status["consensus"]["leader"]
+    return next(n.socket_path for n in mesh.nodes if n.name == leader)
+
+
+async def call_retry(client: ControlClient, method: str, params: dict[str, Any]) -> Any:
+    """``method``, retried through leader changes (writes carry a rid or are idempotent)."""
+    for _ in range(50):
+        try:
+            return await client.call(method, params, timeout=60.0)
+        except ClientError as exc:
+            if exc.code not in ("no_quorum", "not_leader", "unavailable"):
+                raise
+            await asyncio.sleep(0.2)
+    raise SystemExit(f"{method} failed 50 times through leader changes")
+
+
+async def submit_all(sock: str, count: int, inflight: int, tag: str) -> tuple[float, float]:
+    """Submit ``count`` tasks with ``inflight`` concurrent calls; (first sent, last acked)."""
+    client = await ControlClient.connect_unix(sock)
+    gate = asyncio.Semaphore(inflight)
+
+    async def one(i: int) -> None:
+        async with gate:
+            params = {"argv": ["sleep", "600"], "rid": f"{tag}-{i}", "retries": 0}
+            await call_retry(client, "task.submit", params)
+
+    started = time.monotonic()
+    try:
+        await asyncio.gather(*(one(i) for i in range(count)))
+    finally:
+        await client.close()
+    return started, time.monotonic()
+
+
+async def watch_assignments(sock: str, ids_prefix_count: int, stop_after: float) -> list[
+    tuple[float, int]
+]:
+    """(time, tasks no longer queued) every 0.1 s until all are placed or ``stop_after``."""
+    client = await ControlClient.connect_unix(sock)
+    trace: list[tuple[float, int]] = []
+    deadline = time.monotonic() + stop_after
+    try:
+        while time.monotonic() < deadline:
+            rows: list[dict[str, Any]] = await call_retry(client, "task.list", {})
+            placed = sum(1 for r in rows if r["state"] != "queued")
+            trace.append((time.monotonic(), placed))
+            if placed >= ids_prefix_count:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await client.close()
+    return trace
+
+
+async def set_drain(sock: str, names: list[str], drain: bool) -> None:
+    client = await ControlClient.connect_unix(sock)
+    try:
+        for name in names:
+            await call_retry(client, "node.drain" if drain else "node.undrain", {"node": name})
+    finally:
+        await client.close()
+
+
+async def measure(sock: str, names: list[str], count: int, inflight: int) -> dict[str, float]:
+    # Pipelined: submissions and placements interleave on one Raft log.
+    watcher = asyncio.create_task(watch_assignments(sock, count, 300.0))
+    first_submit, last_ack = await submit_all(sock, count, inflight, "a")
+    trace = await watcher
+    if trace[-1][1] < count:
+        raise SystemExit(f"only {trace[-1][1]} of {count} tasks placed within 300 s")
+    pipelined = count / (trace[-1][0] - first_submit)
+    submit_rate = count / (last_ack - first_submit)
+    # Placement alone: a backlog of queued tasks (every host drained, so none
+    # is eligible), then undrain and time the leader's loop draining it.
+    await set_drain(sock, names, True)
+    await submit_all(sock, count, inflight, "b")
+    released = time.monotonic()
+    await set_drain(sock, names, False)
+    trace = await watch_assignments(sock, 2 * count, 300.0)
+    if trace[-1][1] < 2 * count:
+        raise SystemExit(f"only {trace[-1][1] - count} of {count} backlog tasks placed in 300 s")
+    return {
+        "submit_rate": submit_rate,
+        "pipelined": pipelined,
+        "place_rate": count / (trace[-1][0] - released),
+        "place_s": trace[-1][0] - released,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=4000)
+    parser.add_argument("--inflight", type=int, default=64)
+    args = parser.parse_args()
+
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="mt-bench-placement-"))
+    mesh = LocalMesh(3, base_dir=base)
+    mesh.start()
+    try:
+        if not mesh.wait_ready(30):
+            raise SystemExit("agents did not start")
+        wait_voters(mesh, 3, 30)
+        sock = leader_socket(mesh)
+        names = [n.name for n in mesh.nodes]
+        figures = asyncio.run(measure(sock, names, args.tasks, args.inflight))
+    finally:
+        mesh.stop()
+    print(f"placement on 3 loopback agents, {args.tasks} tasks, {args.inflight} submits in flight")
+    print(f"  anchor: submit alone       {figures['submit_rate']:8.0f} task.submit commits/s")
+    print(f"  submit + place pipelined   {figures['pipelined']:8.0f} tasks placed/s from first submit")
+    print(f"  placement of a backlog     {figures['place_rate']:8.0f} task.assign commits/s "
+          f"({args.tasks} in {figures['place_s']:.2f} s)")
+    verdict = "meets" if figures["place_rate"] >= TARGET else "misses"
+    print(f"  target >= {TARGET:.0f}/s: {verdict}")
+
+
+if __name__ == "__main__":
+    main()
