@@ -132,15 +132,19 @@ class MeshApp(App[None]):
     # --- connection worker -------------------------------------------------
     async def _connection_loop(self) -> None:
         delay = self._backoff[0]
+        reason = ""
         while True:
             client: ClientLike | None = None
             try:
-                self.post_message(ConnectionChanged(Connection("connecting")))
+                # After a failure keep saying so (no flicker back to "connecting").
+                state = Connection("reconnecting", None, reason) if reason else Connection()
+                self.post_message(ConnectionChanged(state))
                 client = await self.client_factory()
                 self.post_message(SnapshotArrived(await self._snapshot(client)))
                 self.client = client
                 self.post_message(ConnectionChanged(Connection("connected")))
                 delay = self._backoff[0]
+                reason = ""
                 await self._stream(client)
                 raise ConnectionError("event stream ended")
             except LINK_ERRORS as exc:

@@ -140,7 +140,7 @@ class Migration:
 
 @dataclass(frozen=True, slots=True)
 class Connection:
-    """Where the link to the agent stands: connecting, connected or disconnected."""
+    """Where the link to the agent stands: connecting, connected, disconnected, reconnecting."""
 
     state: str = "connecting"
     retry_in: float | None = None
@@ -474,10 +474,12 @@ class MeshModel:
     def banner(self) -> tuple[str, str] | None:
         """``(level, text)`` for the top banner, or None when all is well."""
         conn = self.connection
+        why = f" ({conn.error})" if conn.error else ""
         if conn.state == "disconnected":
             retry = f"{conn.retry_in:g}s" if conn.retry_in is not None else "a moment"
-            why = f" ({conn.error})" if conn.error else ""
             return ("error", f"disconnected — reconnecting in {retry}…{why}")
+        if conn.state == "reconnecting":
+            return ("error", f"disconnected — reconnecting now…{why}")
         if self.partitioned or self.read_only:
             return ("warning", "NO QUORUM — read-only here")
         if conn.state == "connecting":

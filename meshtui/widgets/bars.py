@@ -15,7 +15,12 @@ AREAS: tuple[tuple[str, str], ...] = (
     ("migrations", "Migrations"),
 )
 
-_CONN_STYLE = {"connected": "bold green", "connecting": "yellow", "disconnected": "bold red"}
+_CONN_STYLE = {
+    "connected": "bold green",
+    "connecting": "yellow",
+    "disconnected": "bold red",
+    "reconnecting": "bold red",
+}
 
 
 class NavBar(Static):
