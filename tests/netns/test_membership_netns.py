@@ -185,6 +185,11 @@ def test_sigkill_host_is_marked_dead_by_every_survivor(healthy_mesh: LabAgents) 
 
 # ----------------------------------------------------------------------------- 4
 
+def _incarnation(mesh: LabAgents, host: int, name: str) -> int:
+    rows = {m["name"]: m for m in mesh.status(host)["members"]}
+    return int(rows[name]["incarnation"])
+
+
 STOP_SECONDS = 2.5
 """Shorter than the LAN suspicion floor (4 s after a suspicion with k=3
 confirmations, 24 s for a lone one), so a refutation must win."""
@@ -196,6 +201,7 @@ def test_sigstop_shorter_than_suspicion_is_refuted_never_dead(healthy_mesh: LabA
     victim = 2
     name = f"h{victim}"
     survivors = [h for h in CLUSTER if h != victim]
+    incarnation_before = _incarnation(mesh, survivors[0], name)
     with MemberEventRecorder(mesh, survivors) as recorder:
         # A probe of the victim must land inside the stop window; each survivor
         # probes every member once per round of 4 s, so retry (bounded).
@@ -214,6 +220,8 @@ def test_sigstop_shorter_than_suspicion_is_refuted_never_dead(healthy_mesh: LabA
         assert deaths(recorder) == [], deaths(recorder)
     assert suspects, f"no survivor suspected {name} in 4 stops of {STOP_SECONDS}s\n{mesh.logs()}"
     assert any(r.at > suspects[0].at for r in refuted), (suspects, refuted)
+    # Refuted, not forgotten: the victim outbid the suspicion with a new incarnation.
+    assert all(_incarnation(mesh, h, name) > incarnation_before for h in survivors)
     # Every survivor that suspected it saw it alive again afterwards.
     for host in {s.host for s in suspects}:
         first = min(s.at for s in suspects if s.host == host)
