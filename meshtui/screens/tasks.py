@@ -34,6 +34,7 @@ TASK_COLUMNS = (
     ("exit", "exit"),
     ("cmd", "cmd"),
 )
+ROW_FIELDS = ("id", "state", "node", "epoch", "attempts", "migrations", "exit_code")
 STREAMS = ("stdout", "stderr")
 LOG_POLL_IDLE = 0.5
 """Seconds between ``task.logs`` polls when nothing new arrived."""
@@ -79,6 +80,7 @@ class TasksScreen(AreaScreen):
     def __init__(self) -> None:
         super().__init__()
         self._following: str | None = None
+        self._records: dict[str, dict[str, Any]] = {}
 
     def compose_body(self) -> Iterable[Widget]:
         yield Static(id="task-counts")
@@ -116,28 +118,54 @@ class TasksScreen(AreaScreen):
         self._show_detail(model, table.selected_key)
 
     def _show_detail(self, model: MeshModel, tid: str | None) -> None:
-        detail = self.query_one("#task-detail", Static)
-        task = model.tasks.get(tid) if tid else None
-        if task is None:
-            detail.update(Text("no task selected", style="grey50"))
+        row = model.tasks.get(tid) if tid else None
+        if row is None or tid is None:
+            self.set_static("#task-detail", Text("no task selected", style="grey50"))
             return
+        # The row (live, from events) wins over the fuller task.get record.
+        task = {**self._records.get(tid, {}), **row}
+        moves = [m for m in model.migrations if m.task == tid][-3:]
+        key = (tid, repr(sorted(task.items(), key=lambda kv: kv[0])), tuple(moves))
         grid = Table.grid(padding=(0, 1))
         grid.add_column(style="grey70", justify="right")
         grid.add_column()
-        for key in ("id", "state", "node", "epoch", "attempts", "migrations", "exit_code"):
-            value = task.get(key)
-            grid.add_row(key, task_state_text(str(value)) if key == "state" else opt(value))
+        for name in ROW_FIELDS:
+            value = task.get(name)
+            grid.add_row(name, task_state_text(str(value)) if name == "state" else opt(value))
         grid.add_row("cmd", cmd_text(task))
-        for key, value in task.items():
-            if key not in {"id", "state", "node", "epoch", "attempts", "migrations"} | {
-                "exit_code",
-                "cmd",
-            } and isinstance(value, str | int | float):
-                grid.add_row(key, str(value))
-        moves = [m for m in model.migrations if m.task == tid][-3:]
+        for name, value in sorted(task.items()):
+            if name in ROW_FIELDS or name in ("cmd", "argv", "shell", "id", "node_name"):
+                continue
+            if name.endswith("_at") and isinstance(value, int | float):
+                grid.add_row(name, clock(value))
+            elif "rss" in name and isinstance(value, int | float):
+                grid.add_row(name, f"{value / 2**20:.1f} MiB")
+            elif isinstance(value, float):
+                grid.add_row(name, f"{value:.3f}")
+            elif isinstance(value, str | int) and not isinstance(value, bool):
+                grid.add_row(name, str(value))
+            elif isinstance(value, bool):
+                grid.add_row(name, "yes" if value else "no")
+            elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+                grid.add_row(name, ", ".join(value))
         for m in moves:
             grid.add_row("moved", f"{clock(m.at)} {m.src} → {m.dst} ({m.reason}, e{m.epoch})")
-        detail.update(grid)
+        self.set_static("#task-detail", grid, key=key)
+
+    async def _fetch_record(self, tid: str) -> None:
+        """``task.get``: the full record (strategy, caps, times...) for the detail pane."""
+        client = self.mesh.client
+        if client is None:
+            return
+        try:
+            record = await client.call("task.get", id=tid)
+        except Exception:
+            return  # the row alone is still shown; the record is a bonus
+        if isinstance(record, Mapping):
+            self._records[tid] = {k: v for k, v in record.items() if k != "node"}
+            if len(self._records) > 256:
+                self._records.pop(next(iter(self._records)))
+            self._show_detail(self.mesh.model, self.query_one("#tasks", FastTable).selected_key)
 
     def on_fast_table_row_highlighted(self, event: FastTable.RowHighlighted) -> None:
         tid = event.key
@@ -149,6 +177,7 @@ class TasksScreen(AreaScreen):
     @work(exclusive=True, group="task-logs")
     async def follow_logs(self, tid: str) -> None:
         """Poll ``task.logs`` for ``tid`` until both streams report eof."""
+        await self._fetch_record(tid)
         log = self.query_one("#task-logs", RichLog)
         log.clear()
         log.write(Text(f"── logs of {tid} ──", style="bold #87afd7"))
@@ -194,3 +223,4 @@ class TasksScreen(AreaScreen):
             if not progressed and not all(eof.values()):
                 await asyncio.sleep(LOG_POLL_IDLE)
         log.write(Text("── end of output ──", style="grey50"))
+        await self._fetch_record(tid)
