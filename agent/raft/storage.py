@@ -239,9 +239,7 @@ class Storage:
                 self._write(buf)
                 buf = bytearray()
                 self._rotate(entry.index)
-            payload = msgpack.packb(
-                [REC_ENTRY, entry.term, entry.index, int(entry.kind), entry.data]
-            )
+            payload = msgpack.packb([REC_ENTRY, entry.term, entry.index, int(entry.kind), entry.data])
             buf += _frame(payload)
             self._last_index = entry.index
         if hard_state is not None:
@@ -288,7 +286,10 @@ class Storage:
     # ------------------------------------------------------------ snapshots
 
     def save_snapshot(self, snap: Snapshot) -> None:
-        """Durably store ``snap`` (temp → fsync → rename → fsync dir), then mark the WAL."""
+        """Durably store ``snap`` (temp → fsync → rename → fsync dir), then mark the WAL.
+        A snapshot no newer than the current one is ignored."""
+        if self._snapshot is not None and snap.index <= self._snapshot.index:
+            return
         payload = msgpack.packb(
             [
                 REC_SNAPSHOT,

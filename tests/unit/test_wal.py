@@ -229,3 +229,20 @@ def test_corrupt_snapshot_refuses_to_start(tmp_path: Path) -> None:
     snap.write_bytes(bytes(data))
     with pytest.raises(StorageError, match=str(snap)):
         Storage.open(tmp_path)
+
+
+def test_truncation_below_the_current_segment_starts_a_new_one(tmp_path: Path) -> None:
+    store = Storage.open(tmp_path, segment_bytes=200)
+    for i in range(1, 31):
+        store.append(ents(i, i, size=20), HardState(1, "", 0))
+    before = len(store.segment_paths())
+    store.append(ents(5, 7, term=2, size=20), HardState(2, "", 4))
+    store.sync()
+    assert len(store.segment_paths()) == before + 1
+    assert store.segment_paths()[-1].name.endswith("0000000000000005.wal")
+    store.save_snapshot(Snapshot(6, 2, ConfState(("a",)), b"s"))
+    store.compact(6)  # segments behind the truncation point may go; entry 7 must stay
+    store.close()
+    restored = Storage.open(tmp_path, segment_bytes=200).load()
+    assert [(e.index, e.term) for e in restored.entries] == [(7, 2)]
+    assert restored.hard_state == HardState(2, "", 4)
