@@ -63,15 +63,17 @@ class PromptScreen(ModalScreen[str | None]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, title: str, placeholder: str = "") -> None:
+    def __init__(self, title: str, example: str = "") -> None:
         super().__init__()
         self._title = title
-        self._placeholder = placeholder
+        self._example = example
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Static(Text(self._title, style="bold"), classes="dialog-title")
-            yield Input(placeholder=self._placeholder, id="prompt")
+            if self._example:
+                yield Static(Text(self._example, style="grey70"))
+            yield Input(id="prompt")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()

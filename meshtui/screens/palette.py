@@ -63,7 +63,11 @@ class MeshCommands(Provider):
             self.mesh.call_client("task.submit", params, done="submitted")
 
         self.app.push_screen(
-            PromptScreen("Submit a task", "command line, e.g. python3 -c 'print(42)'"), submitted
+            PromptScreen(
+                "Submit a task",
+                "a command line, e.g. python3 -c 'print(42)'; pipes and && run under sh -c",
+            ),
+            submitted,
         )
 
     def commands(self) -> list[Command]:

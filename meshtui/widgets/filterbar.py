@@ -13,7 +13,7 @@ class FilterBar(Input):
     Enter keeps the filter and hands focus back to the screen; esc clears it.
     """
 
-    BINDINGS = [Binding("escape", "close(True)", "Clear filter", show=False)]
+    BINDINGS = [Binding("escape", "close(True)", "Clear filter")]
 
     class Applied(Message):
         def __init__(self, query: str) -> None:
@@ -21,7 +21,7 @@ class FilterBar(Input):
             self.query = query
 
     def __init__(self) -> None:
-        super().__init__(placeholder="filter (words, all must match) — enter keeps, esc clears")
+        super().__init__()
         self.display = False
 
     def open(self) -> None:
