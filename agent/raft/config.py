@@ -89,9 +89,7 @@ class RaftConfig:
         if not 1 <= self.max_voters <= 9:
             raise ConfigError("raft.max_voters", f"must be 1-9, got {self.max_voters}")
         if self.max_inflight_msgs < 1:
-            raise ConfigError(
-                "raft.max_inflight_msgs", f"must be >= 1, got {self.max_inflight_msgs}"
-            )
+            raise ConfigError("raft.max_inflight_msgs", f"must be >= 1, got {self.max_inflight_msgs}")
         if self.max_size_per_msg < 1:
             raise ConfigError("raft.max_size_per_msg", f"must be >= 1, got {self.max_size_per_msg}")
         if self.max_committed_per_ready < 1:
@@ -100,11 +98,7 @@ class RaftConfig:
                 f"must be >= 1, got {self.max_committed_per_ready}",
             )
         if self.snapshot_threshold < 1:
-            raise ConfigError(
-                "raft.snapshot_threshold", f"must be >= 1, got {self.snapshot_threshold}"
-            )
+            raise ConfigError("raft.snapshot_threshold", f"must be >= 1, got {self.snapshot_threshold}")
         if self.snapshot_trailing < 0:
-            raise ConfigError(
-                "raft.snapshot_trailing", f"must be >= 0, got {self.snapshot_trailing}"
-            )
+            raise ConfigError("raft.snapshot_trailing", f"must be >= 0, got {self.snapshot_trailing}")
         return self

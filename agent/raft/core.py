@@ -75,9 +75,7 @@ _FROM_LEADER = (AppendEntries, Heartbeat, InstallSnapshot)
 
 
 class RaftNode:
-    def __init__(
-        self, config: RaftConfig, node_id: str, restored: RestoredState, rng: random.Random
-    ) -> None:
+    def __init__(self, config: RaftConfig, node_id: str, restored: RestoredState, rng: random.Random) -> None:
         assert node_id and "/" not in node_id, "node ids are non-empty and hold no '/'"
         self.config = config
         self.id = node_id
@@ -266,13 +264,7 @@ class RaftNode:
         snapshot = self.log.pending_snapshot
         committed = self.log.next_committed(self.config.max_committed_per_ready)
         if not (
-            hs_changed
-            or entries
-            or snapshot
-            or committed
-            or self._msgs
-            or self._read_states
-            or self._events
+            hs_changed or entries or snapshot or committed or self._msgs or self._read_states or self._events
         ):
             return None
         must_sync = (
@@ -323,11 +315,7 @@ class RaftNode:
         if rd.committed_entries:
             self.log.applied = max(self.log.applied, rd.committed_entries[-1].index)
         is_leader = self.role == Role.LEADER
-        if (
-            is_leader
-            and self.prs[self.id].maybe_update(self.log.stable)
-            and replication.maybe_commit(self)
-        ):
+        if is_leader and self.prs[self.id].maybe_update(self.log.stable) and replication.maybe_commit(self):
             replication.bcast_append(self)
 
     # ============================================================ roles

@@ -72,9 +72,7 @@ def tick_leader(node: RaftNode) -> None:
 def quorum_active(node: RaftNode) -> bool:
     horizon = node._ticks - node.config.election_ticks
     voters = node.conf.voters
-    active = sum(
-        1 for v in voters if v == node.id or (v in node.prs and node.prs[v].last_heard >= horizon)
-    )
+    active = sum(1 for v in voters if v == node.id or (v in node.prs and node.prs[v].last_heard >= horizon))
     return active >= len(voters) // 2 + 1
 
 

@@ -32,9 +32,7 @@ TARGET = 1.5 * PYSYNCOBJ_JOURNAL_WRITES_PER_S
 def make_cluster() -> dict[str, RaftNode]:
     ids = ["n1", "n2", "n3"]
     config = RaftConfig(snapshot_threshold=10**9, max_inflight_msgs=256)
-    nodes = {
-        i: RaftNode(config, i, bootstrap_state(ids), random.Random(n)) for n, i in enumerate(ids)
-    }
+    nodes = {i: RaftNode(config, i, bootstrap_state(ids), random.Random(n)) for n, i in enumerate(ids)}
     return nodes
 
 
