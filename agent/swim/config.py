@@ -74,8 +74,9 @@ class SwimConfig:
     widens its timeouts instead of falsely accusing others.  Default true."""
 
     busy_cpu_saturation: float = 0.9
-    """CPU saturation (0..1) above which the host counts as busy for load-aware
-    health.  Default 0.9."""
+    """CPU saturation (0..1) above which the host counts as saturated for load-aware
+    health; saturation alone adds at most 1 to the score (event-loop lag may add
+    up to the maximum).  Default 0.9."""
 
     push_pull_interval: float = 30.0
     """Seconds between anti-entropy full-state exchanges (PushPull over TCP) with a

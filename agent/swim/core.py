@@ -327,8 +327,10 @@ class SwimNode(MembershipRules):
         if not self.config.load_aware_health:
             self.awareness.clear_load()
             return
-        busy = cpu_saturation > self.config.busy_cpu_saturation or loop_lag > self.config.probe_timeout / 2.0
-        self.awareness.note_load(busy)
+        self.awareness.note_load(
+            lagging=loop_lag > self.config.probe_timeout / 2.0,
+            saturated=cpu_saturation > self.config.busy_cpu_saturation,
+        )
 
     def unreachable(self, now: float, addr: str) -> None:
         """The runtime could not deliver a reliable message to ``addr``: back off

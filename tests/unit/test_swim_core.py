@@ -294,9 +294,12 @@ def test_load_aware_health_slows_probing_and_can_be_switched_off() -> None:
     a = make(1)
     for _ in range(3):
         a.note_local_health(cpu_saturation=0.97, loop_lag=0.0)
+    assert a.health_score == 1  # a saturated CPU alone only doubles the interval
+    for _ in range(3):
+        a.note_local_health(cpu_saturation=0.1, loop_lag=CFG.probe_timeout)  # lagging loop
     assert a.health_score == 3
-    a.note_local_health(cpu_saturation=0.1, loop_lag=CFG.probe_timeout)  # lagging loop
-    assert a.health_score == 4
+    a.note_local_health(cpu_saturation=0.97, loop_lag=CFG.probe_timeout)
+    assert a.health_score == 5  # lag 4 + saturated CPU 1
     a.note_local_health(cpu_saturation=0.1, loop_lag=0.0)
     assert a.health_score == 3
     off = make(2, CFG.replace(load_aware_health=False))
@@ -309,7 +312,7 @@ def test_load_aware_health_slows_probing_and_can_be_switched_off() -> None:
         a.tick(step * 0.1)
         probes += sum(isinstance(o.msg, Ping) for o in drain(a)[0])
         if step % 10 == 0:
-            a.note_local_health(0.99, 0.0)
+            a.note_local_health(0.99, CFG.probe_timeout)
     assert probes <= 40 / 4 + 1
 
 
