@@ -12,8 +12,10 @@ death that was later undone still fails the test.
 Load-aware local health is switched off here (``[swim] load_aware_health =
 false``; everything else is the LAN default).  The lab's hosts share one
 kernel, so each agent would read the whole machine's CPU as its own host's: on
-a busy 2-core CI box (or next to other suites) every agent then stretches its
-probe interval up to 8x, and a 2.5 s SIGSTOP is never even probed.  Lifeguard's
+a busy 2-core CI box (or next to other suites) every agent then doubles its
+probe interval (and, before saturation was capped at +1, stretched it up to 8x,
+so a 2.5 s SIGSTOP was never even probed).  The timings asserted here are
+LAN defaults, so the tests keep the machine's load out of them.  Lifeguard's
 protocol-level health (missed Nacks, refutations) stays on.  Load-aware health
 is measured on its own, with one host confined to its own CPU, by
 ``tests/bench/bench_membership_netns.py``.
