@@ -72,6 +72,8 @@ MAX_REPORTS_PER_BATCH = 256
 """Bound on executor reports proposed at once."""
 MAX_PROPOSALS_PER_ROUND = 256
 """Bound on decisions proposed per leader round."""
+MAX_INFLIGHT_DECISIONS = 2048
+"""Bound on leader decisions proposed and not yet committed (rounds overlap)."""
 OUTPUT_TIMEOUT = 3.0
 """Seconds to wait for another host to return task output."""
 REPLICA_CHUNK = 512 * 1024
@@ -104,6 +106,9 @@ class TaskRuntime:
         self.heat = HeatState()
         self._dead_since: dict[str, float] = {}
         self._reports: list[_Report] = []
+        self._inflight: set[str] = set()
+        """Task ids (and dead node ids) with a leader decision proposed, not yet committed."""
+        self._proposals: set[asyncio.Task[None]] = set()
         self._started: dict[str, int] = {}
         """Task id -> epoch of the latest run this agent started (running or finished)."""
         self._reconcile_needed = asyncio.Event()
@@ -138,9 +143,9 @@ class TaskRuntime:
         ]
 
     async def close(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._proposals]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._proposals]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.executor.shutdown()
@@ -348,19 +353,24 @@ class TaskRuntime:
     # ------------------------------------------------------------ leader side
 
     async def _leader_loop(self) -> None:
+        backlog = False
         while True:
-            await asyncio.sleep(self.sched_interval)
+            # A round that hit the proposal cap left work queued: go again at once.
+            await asyncio.sleep(0 if backlog else self.sched_interval)
+            backlog = False
             consensus = self.agent.consensus
             if not consensus.node.is_leader() or not consensus.has_quorum():
                 continue
             try:
-                await self._schedule_round()
+                backlog = await self._schedule_round()
             except Exception:
                 log.exception("scheduling round failed")
 
-    def snapshot(self) -> ClusterSnapshot:
+    def snapshot(self, with_tasks: bool = True) -> ClusterSnapshot:
+        """The scheduler's view; ``with_tasks=False`` skips the O(tasks) parts (task
+        list and per-node counts) for callers that only need the members."""
         state = self.agent.consensus.state
-        loads = state.node_load()
+        loads = state.node_load() if with_tasks else {}
         nodes = []
         for m in self.agent.membership.members():
             if m.state == "left":
@@ -379,13 +389,19 @@ class TaskRuntime:
                     success_rate=success, mean_duration=mean,
                 )
             )
-        return ClusterSnapshot(tuple(nodes), state.sched_tasks(), time.time())
+        tasks = state.sched_tasks() if with_tasks else ()
+        return ClusterSnapshot(tuple(nodes), tasks, time.time())
 
-    async def _schedule_round(self) -> None:
+    async def _schedule_round(self) -> bool:
+        """One placement round; True if it left decisions for the next round (capped)."""
         state = self.agent.consensus.state
         snap = self.snapshot()
         cfg = state.sched_config(self.agent.config.sched)
-        commands: list[bytes] = []
+        room = MAX_INFLIGHT_DECISIONS - len(self._inflight)
+        if room <= 0:
+            return False  # the log is behind: let earlier decisions commit first
+        commands: list[tuple[str, bytes]] = []  # (what it decides about, command)
+        busy = self._inflight
         now = snap.now
         # Failover: only after the lease, so the dead host's watchdog has
         # killed its copies before new ones start.
@@ -394,23 +410,28 @@ class TaskRuntime:
                 self._dead_since.pop(node.id, None)
                 continue
             since = self._dead_since.setdefault(node.id, now)
-            if now - since < self.lease or not snap.tasks_on(node.id):
+            if now - since < self.lease or not snap.tasks_on(node.id) or node.id in busy:
                 continue
             failover = plan_failover(snap, node.id, cfg)
             targets = {mv.task: mv.to for mv in failover if mv.to is not None}
-            commands.append(builders.cmd_task_fail_node(node.id, targets, "", now))
-        queued = [t for t in snap.tasks if t.state == "queued"]
+            commands.append((node.id, builders.cmd_task_fail_node(node.id, targets, "", now)))
+        queued = [t for t in snap.tasks if t.state == "queued" and t.id not in busy]
+        # Only what this round can propose is placed (place_many's order), so a
+        # deep backlog costs each round O(cap), not O(backlog).
+        if len(queued) > MAX_PROPOSALS_PER_ROUND:
+            queued.sort(key=lambda t: (-t.priority, t.created_at, t.id))
+            queued = queued[:MAX_PROPOSALS_PER_ROUND]
+        by_id = {t.id: t for t in queued}
         if queued:
             bids = await self._collect_bids(snap)
             per_task = {t.id: bids for t in queued} if bids else None
             for placement in place_many(queued, snap, cfg, per_task):
-                task = next(t for t in queued if t.id == placement.task)
+                task = by_id[placement.task]
                 if placement.node is None:
                     continue
-                commands.append(
-                    builders.cmd_task_assign(task.id, placement.node, task.epoch + 1,
-                                             "placed", "", now)
-                )
+                commands.append((task.id, builders.cmd_task_assign(
+                    task.id, placement.node, task.epoch + 1, "placed", "", now
+                )))
         moves = []
         for node in snap.nodes:
             if node.draining and node.alive:
@@ -420,21 +441,44 @@ class TaskRuntime:
         moves.extend(plan_rebalance(snap, self.heat, cfg))
         seen: set[str] = set()
         for mv in moves:
-            if mv.task in seen or mv.to is None:
+            if mv.task in seen or mv.to is None or mv.task in busy:
                 continue
             seen.add(mv.task)
-            commands.append(
-                builders.cmd_task_migrate(mv.task, mv.to, str(mv.reason), "", now, mv.epoch)
-            )
-        await self._propose_all(commands[:MAX_PROPOSALS_PER_ROUND])
+            commands.append((mv.task, builders.cmd_task_migrate(
+                mv.task, mv.to, str(mv.reason), "", now, mv.epoch
+            )))
+        limit = min(MAX_PROPOSALS_PER_ROUND, room)
+        self._launch(commands[:limit])
+        # Go again at once only when a full round of decisions was proposed (not
+        # when the backlog cannot be placed: that would spin).
+        return len(commands) >= limit
 
-    async def _propose_all(self, commands: list[bytes]) -> None:
+    def _launch(self, commands: list[tuple[str, bytes]]) -> None:
+        """Propose a round's decisions without waiting for them to commit.
+
+        The next round may run while they are in the log (rounds overlap, so
+        placement is not one commit round trip per batch); it skips every task
+        (or dead node) with a decision still in flight, and the state machine
+        fences each decision on the epoch it was planned against anyway.
+        """
         if not commands:
             return
-        consensus = self.agent.consensus
-        results = await asyncio.gather(
-            *(consensus.propose_local(c) for c in commands), return_exceptions=True
+        keys = [key for key, _ in commands]
+        self._inflight.update(keys)
+        proposal = asyncio.create_task(  # noqa: RUF006 (kept in self._proposals)
+            self._propose_all([cmd for _, cmd in commands], keys)
         )
+        self._proposals.add(proposal)
+        proposal.add_done_callback(self._proposals.discard)
+
+    async def _propose_all(self, commands: list[bytes], keys: list[str]) -> None:
+        consensus = self.agent.consensus
+        try:
+            results = await asyncio.gather(
+                *(consensus.propose_local(c) for c in commands), return_exceptions=True
+            )
+        finally:
+            self._inflight.difference_update(keys)
         for res in results:
             if isinstance(res, BaseException) and not isinstance(res, MeshError):
                 log.error("placement proposal failed: %r", res)
@@ -475,7 +519,7 @@ class TaskRuntime:
 
     def _replicate_output(self, task_id: str, epoch: int) -> list[str]:
         """Push the run's output to the hash ring's preference list (primary + 2)."""
-        snap = self.snapshot()
+        snap = self.snapshot(with_tasks=False)  # after every run: keep it O(members)
         try:
             replicas = preference_list(task_id, snap, None, 3)
         except (SchedulingError, ValueError):
