@@ -95,9 +95,11 @@ def test_synced_state_survives_a_torn_tail(
             store.sync()
         # Crash: an unsynced write is torn somewhere inside, plus junk after it.
         segments = store.segment_paths()
+        end = store._size
         store.close()
         if segments:
-            with segments[-1].open("ab") as f:
+            with segments[-1].open("r+b") as f:  # the torn write lands where the log ends
+                f.seek(end)
                 f.write(_frame_like(cut) + junk)
         restored = Storage.open(path, segment_bytes=400).load()
         assert restored.hard_state == model.hard_state
