@@ -23,6 +23,9 @@ from textual.widget import Widget
 from meshtui.model import MeshModel
 from meshtui.widgets.render import STATE_STYLE, rtt_style
 
+DENSE_LINKS = 48
+"""Above this many members only leader/suspect/dead links are drawn."""
+
 # Braille dot bit for (x, y) inside a cell, x in 0..1, y in 0..3.
 _DOT_BITS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))
 
@@ -206,10 +209,15 @@ def layout(nodes: tuple[TopoNode, ...], width: int, height: int) -> BrailleCanva
         angle = 2 * math.pi * i / n - math.pi / 2
         pos.append((round(cx + radius * math.cos(angle)), round(cy + radius * math.sin(angle))))
     local = next((i for i, node in enumerate(nodes) if node.local), None)
+    # Past DENSE_LINKS members a full star is a solid blob that costs a redraw
+    # budget: then only the links worth seeing (leader, suspect, dead) are drawn.
+    dense = n > DENSE_LINKS
     if local is not None:
         lx, ly = pos[local]
         for i, node in enumerate(nodes):
             if i == local or node.state == "left":
+                continue
+            if dense and node.state == "alive" and not node.leader:
                 continue
             unreachable = node.state == "dead" or node.rtt_ms is None
             style = "red" if node.state == "dead" else rtt_style(node.rtt_ms)

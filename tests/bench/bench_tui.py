@@ -297,7 +297,7 @@ async def main(seconds_idle: float, rate: float) -> int:
     rng = random.Random(1)
     rc = ReplayClient(make_snapshots(rng), [], cycle=True)
     events = make_events(rng)
-    app = MeshApp(rc.factory, "bench", status_interval=2.0)
+    app = MeshApp(rc.factory, "bench", status_interval=2.0, tune_gc=True)  # as run_app does
     clock = FrameClock(app)
     proc = psutil.Process()
     async with app.run_test(size=(200, 60)) as pilot:
