@@ -19,6 +19,16 @@ from meshtui.widgets.fasttable import FastTable
 SIZE = (150, 42)
 
 
+async def quiet(pilot: Pilot[None], app: Any) -> None:
+    """Wait until no redraw is pending (app timer or a screen's rate-limit trailer)."""
+    await wait_for(
+        pilot,
+        lambda: not app._redraw_scheduled and not getattr(app.screen, "_trailing", ()),
+        timeout=10,
+    )
+    await pilot.pause(0.2)  # the compositor paints the last redraw
+
+
 def settled_app() -> tuple[Any, Callable[[Pilot[None]], Awaitable[None]]]:
     """An app on the full recording, and a run_before that waits for it to settle."""
     rc = ReplayClient.load("mesh5", hold_last=True)
@@ -28,7 +38,7 @@ def settled_app() -> tuple[Any, Callable[[Pilot[None]], Awaitable[None]]]:
         last = len(rc.snapshots) - 1
         await wait_for(pilot, lambda: rc.queue.empty() and rc.cursor == last, timeout=10)
         await wait_for(pilot, lambda: app.model.consensus.leader == "n3")
-        await pilot.pause(0.3)  # the redraw timer after the last fold
+        await quiet(pilot, app)
 
     return app, settle
 
@@ -44,7 +54,7 @@ def test_consensus_screen(snap_compare: Any) -> None:
     async def run_before(pilot: Pilot[None]) -> None:
         await settle(pilot)
         await pilot.press("2")
-        await pilot.pause(0.3)
+        await quiet(pilot, app)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
 
@@ -71,7 +81,7 @@ def test_migrations_screen(snap_compare: Any) -> None:
     async def run_before(pilot: Pilot[None]) -> None:
         await settle(pilot)
         await pilot.press("4")
-        await pilot.pause(0.3)
+        await quiet(pilot, app)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
 
