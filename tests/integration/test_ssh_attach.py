@@ -291,3 +291,37 @@ def test_parse_target_forms() -> None:
     for bad in ("", "http://x", "ssh://", "ssh://@h", "ssh://h:99999", "ssh://h:x", "a b"):
         with pytest.raises(SSHAttachError):
             parse_target(bad)
+
+
+async def test_control_rpc_and_events_over_ssh(sshd: SshdFixture, tmp_path: Path) -> None:
+    """The real msgpack control stack (server + ControlClient) through the SSH channel."""
+    from agent.control.server import ControlServer
+    from meshtui.client import ControlClient
+
+    sock_dir = Path(tempfile.mkdtemp(prefix="mt-rpc-", dir=sshd.root))
+    sock_dir.chmod(0o755)
+    path = sock_dir / "agent.sock"
+
+    async def status(params: dict[str, object]) -> dict[str, object]:
+        return {"node": "sshbox", "members": [], "partitioned": False}
+
+    server = ControlServer(str(path), {"status": status}, {"members"})
+    await server.start()
+    reader, writer, conn = await open_ssh_streams(
+        _target(sshd, path),
+        known_hosts=str(sshd.known_hosts),
+        client_keys=[str(sshd.client_key)],
+        config=[],
+    )
+    client = await ControlClient.from_streams(reader, writer)
+    try:
+        assert (await client.call("status"))["node"] == "sshbox"
+        events = await client.subscribe(["members"])
+        server.publish("members", {"kind": "join", "member": {"name": "n9"}})
+        event = await asyncio.wait_for(events.__anext__(), 10)
+        assert event == {"event": "members", "data": {"kind": "join", "member": {"name": "n9"}}}
+    finally:
+        await client.close()
+        conn.close()
+        await server.close()
+        shutil.rmtree(sock_dir, ignore_errors=True)
