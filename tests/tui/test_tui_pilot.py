@@ -274,3 +274,14 @@ async def test_clicking_a_screen_name_switches_to_it() -> None:
         # " meshtui " + " " + " 1 Mesh " + " " puts " 2 Consensus " at column 19.
         await pilot.click(NavBar, offset=(22, 0))
         await wait_for(pilot, lambda: app.current_mode == "consensus")
+
+
+async def test_overflow_event_triggers_a_fresh_snapshot() -> None:
+    rc = first_snapshot_client()
+    app = make_app(rc)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, lambda: rc.subscribed.is_set())
+        polls = sum(1 for method, _ in rc.calls if method == "status")
+        rc.feed({"event": "overflow", "data": {"dropped": 12}})
+        await wait_for(pilot, lambda: sum(1 for m, _ in rc.calls if m == "status") == polls + 1)
+        assert app.model.events_seen == 0  # the marker is not folded as an event
