@@ -5,6 +5,21 @@ the last one: group commit) → send → apply → advance.  While an fsync runs
 a worker thread the event loop keeps stepping messages and proposals into
 the core, so the next Ready carries all of them and one fsync covers them.
 
+A leader sends its Ready's messages *before* its own fsync, so followers
+write and fsync the new entries while the leader does (Raft thesis §10.2.1,
+what etcd's raft does).  This is safe because none of those messages depends
+on the leader's copy of the new entries: the core counts the leader towards
+a commit quorum only for entries it has persisted (``advance``), so no commit
+index it sends, and nothing it acknowledges or applies, can rest on a
+non-durable local entry.  Everything else still waits for the fsync: a Ready
+that changes the term or vote (vote requests and grants depend on it), one
+with a snapshot, and every Ready of a follower or candidate (append acks
+depend on the entries being on disk).  Apply always follows the fsync.
+
+Pending writes wait on a bare future; one sweep per tick fails those past
+``COMMIT_TIMEOUT`` instead of a timer (and a shield) per write, which cost
+about a tenth of the leader's CPU at saturation.
+
 Writes: on the leader, ``propose`` appends and waits until the entry is
 applied; on a follower the encoded command is forwarded to the leader
 (``ForwardPropose``) and the leader answers with the apply result.  With no
@@ -59,10 +74,18 @@ CAUGHT_UP_LAG = 20
 """A learner within this many entries of the leader's last index may be promoted."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     term: int
     future: asyncio.Future[ApplyResult]
+    deadline: float
+    """Loop time after which the tick sweep fails the write (``COMMIT_TIMEOUT``)."""
+
+
+@dataclass(slots=True)
+class _Forwarded:
+    future: asyncio.Future[ForwardResult]
+    deadline: float
 
 
 class ConsensusDriver:
@@ -96,7 +119,7 @@ class ConsensusDriver:
         self._pending: dict[int, _Pending] = {}
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._forwarded: dict[int, asyncio.Future[ForwardResult]] = {}
+        self._forwarded: dict[int, _Forwarded] = {}
         self._req_ids = itertools.count(1)
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -104,6 +127,12 @@ class ConsensusDriver:
         self.elections = 0
         self.commit_latencies: list[float] = []
         self.started_at = 0.0
+        hs = restored.hard_state
+        # (term, vote) last fsynced: a leader may send before its fsync only
+        # when its Ready does not change them.
+        self._durable_term_vote = (hs.term, hs.vote)
+        self.early_sends = 0
+        """Readies whose messages left before the local fsync (leader only)."""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -117,6 +146,7 @@ class ConsensusDriver:
         restored = bootstrap_state([self.node_id])
         self.storage.append(list(restored.entries), restored.hard_state)
         self.storage.sync()
+        self._durable_term_vote = (restored.hard_state.term, restored.hard_state.vote)
         self.node = RaftNode(self.raft_config, self.node_id, restored, self._rng)
         log.info("bootstrapped a new cluster with %s as its first voter", self.node_id)
         self.wake()
@@ -137,6 +167,9 @@ class ConsensusDriver:
         for pending in self._pending.values():
             if not pending.future.done():
                 pending.future.set_exception(NoQuorumError("agent is shutting down"))
+        for forwarded in self._forwarded.values():
+            if not forwarded.future.done():
+                forwarded.future.set_exception(NoQuorumError("agent is shutting down"))
         self.storage.close()
 
     def wake(self) -> None:
@@ -146,10 +179,36 @@ class ConsensusDriver:
 
     async def _tick_loop(self) -> None:
         interval = self.raft_config.tick_interval
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
             self.node.tick()
             self.wake()
+            self._expire_waiters(loop.time())
+
+    def _expire_waiters(self, now: float) -> None:
+        """Fail writes (local and forwarded) whose deadline passed.
+
+        Both dicts are in insertion order and every deadline is insertion time
+        plus one constant, so the sweep stops at the first live one."""
+        while self._pending:
+            index, pending = next(iter(self._pending.items()))
+            if pending.deadline > now and not pending.future.done():
+                break
+            del self._pending[index]
+            if not pending.future.done():
+                pending.future.set_exception(
+                    NoQuorumError(f"write not committed within {COMMIT_TIMEOUT:.0f}s")
+                )
+        while self._forwarded:
+            req_id, forwarded = next(iter(self._forwarded.items()))
+            if forwarded.deadline > now and not forwarded.future.done():
+                break
+            del self._forwarded[req_id]
+            if not forwarded.future.done():
+                forwarded.future.set_exception(
+                    NoQuorumError("the leader did not answer in time")
+                )
 
     async def _ready_loop(self) -> None:
         while True:
@@ -171,12 +230,20 @@ class ConsensusDriver:
                 self.state.restore(rd.snapshot.data)
         if rd.entries or rd.hard_state is not None:
             self.storage.append(list(rd.entries), rd.hard_state)
+        send_first = rd.must_sync and self._may_send_before_sync(rd)
+        if send_first:
+            self.early_sends += 1
+            for msg in rd.messages:
+                self._send(msg.to, msg)
         if rd.must_sync:
             # fsync in a thread: meanwhile new proposals and messages queue up
             # in the core and the next Ready persists them with one fsync.
             await asyncio.to_thread(self.storage.sync)
-        for msg in rd.messages:
-            self._send(msg.to, msg)
+            if rd.hard_state is not None:
+                self._durable_term_vote = (rd.hard_state.term, rd.hard_state.vote)
+        if not send_first:
+            for msg in rd.messages:
+                self._send(msg.to, msg)
         for entry in rd.committed_entries:
             self._apply(entry.index, entry.term, entry.kind, entry.data)
         for rs in rd.read_states:
@@ -192,6 +259,15 @@ class ConsensusDriver:
             snap = self.node.compact(self.state.applied_index, self.state.snapshot())
             self.storage.save_snapshot(snap)
             self.storage.compact(snap.index)
+
+    def _may_send_before_sync(self, rd: Ready) -> bool:
+        """A leader's Ready that changes neither term nor vote and holds no snapshot:
+        its messages (appends, heartbeats, read answers) do not depend on the
+        entries this Ready persists (see the module doc)."""
+        if self.node.role != Role.LEADER or rd.snapshot is not None:
+            return False
+        hs = rd.hard_state
+        return hs is None or (hs.term, hs.vote) == self._durable_term_vote
 
     def _apply(self, index: int, term: int, kind: EntryKind, data: bytes) -> None:
         if index <= self.state.applied_index:
@@ -283,13 +359,16 @@ class ConsensusDriver:
         except LocalError as exc:
             raise NoQuorumError(str(exc)) from None
         fut: asyncio.Future[ApplyResult] = loop.create_future()
-        self._pending[index] = _Pending(term, fut)
+        stale = self._pending.pop(index, None)
+        if stale is not None and not stale.future.done():
+            # A new term reused this index: the old entry was overwritten.
+            stale.future.set_exception(
+                NoQuorumError("leadership changed before the write committed; retry")
+            )
+        self._pending[index] = _Pending(term, fut, started + COMMIT_TIMEOUT)
         self.wake()
-        try:
-            result = await asyncio.wait_for(asyncio.shield(fut), COMMIT_TIMEOUT)
-        except TimeoutError:
-            self._pending.pop(index, None)
-            raise NoQuorumError(f"write not committed within {COMMIT_TIMEOUT:.0f}s") from None
+        # The tick sweep (_expire_waiters) fails the future after COMMIT_TIMEOUT.
+        result = await fut
         self.commit_latencies.append(loop.time() - started)
         if len(self.commit_latencies) > 10_000:
             del self.commit_latencies[:5_000]
@@ -299,13 +378,13 @@ class ConsensusDriver:
         self, leader: str, command: bytes, forward: Callable[[str, object], None]
     ) -> ApplyResult:
         req_id = next(self._req_ids)
-        fut: asyncio.Future[ForwardResult] = asyncio.get_running_loop().create_future()
-        self._forwarded[req_id] = fut
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[ForwardResult] = loop.create_future()
+        self._forwarded[req_id] = _Forwarded(fut, loop.time() + COMMIT_TIMEOUT + 1.0)
         forward(leader, ForwardPropose(req_id, command))
         try:
-            res = await asyncio.wait_for(fut, COMMIT_TIMEOUT + 1.0)
-        except TimeoutError:
-            raise NoQuorumError("the leader did not answer in time") from None
+            # The tick sweep (_expire_waiters) fails the future after the deadline.
+            res = await fut
         finally:
             self._forwarded.pop(req_id, None)
         if res.error_code == "no_quorum":
@@ -332,9 +411,9 @@ class ConsensusDriver:
         )
 
     def forward_result(self, msg: ForwardResult) -> None:
-        fut = self._forwarded.get(msg.request_id)
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
+        forwarded = self._forwarded.get(msg.request_id)
+        if forwarded is not None and not forwarded.future.done():
+            forwarded.future.set_result(msg)
 
     # ------------------------------------------------------------ reads
 
