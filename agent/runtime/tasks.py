@@ -70,9 +70,9 @@ TASK_LEASE = {"lan": 10.0, "local": 3.0}
 this long after a host is confirmed dead before running its tasks elsewhere."""
 MAX_REPORTS_PER_BATCH = 256
 """Bound on executor reports proposed at once."""
-MAX_PROPOSALS_PER_ROUND = 256
+MAX_PROPOSALS_PER_ROUND = 1024
 """Bound on decisions proposed per leader round."""
-MAX_INFLIGHT_DECISIONS = 2048
+MAX_INFLIGHT_DECISIONS = 4096
 """Bound on leader decisions proposed and not yet committed (rounds overlap)."""
 OUTPUT_TIMEOUT = 3.0
 """Seconds to wait for another host to return task output."""
