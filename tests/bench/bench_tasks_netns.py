@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -94,7 +95,7 @@ async def run_ours(sock: str, count: int, timeout: float) -> tuple[float, dict[s
     deadline = started + timeout
     # Events are the fast path; task.list (every 2 s) is the authority.
     while not all_done.is_set() and time.monotonic() < deadline:
-        with contextlib_suppress_timeout():
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(all_done.wait(), 2.0)
         if all_done.is_set():
             break
@@ -114,12 +115,6 @@ async def run_ours(sock: str, count: int, timeout: float) -> tuple[float, dict[s
     for row in mine:
         by_host[str(row["node"])] = by_host.get(str(row["node"]), 0) + 1
     return makespan, by_host
-
-
-def contextlib_suppress_timeout() -> Any:
-    import contextlib
-
-    return contextlib.suppress(TimeoutError)
 
 
 def run_parallel(lab: NetnsLab, workdir: Path, count: int) -> float:
@@ -172,8 +167,8 @@ def main() -> None:
 
             def voters() -> bool:
                 status = agents.try_status(0)
-                return bool(status) and len(status["consensus"]["voters"]) == HOSTS \
-                    and not status["read_only"]
+                return status is not None and not status["read_only"] \
+                    and len(status["consensus"]["voters"]) == HOSTS
 
             if not wait_until(voters, 60, 0.5):
                 raise SystemExit("mesh never reached 4 voters")
