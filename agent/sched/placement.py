@@ -64,7 +64,12 @@ def performance(node: NodeView, fastest_mean: float | None) -> float:
 
 
 def availability(node: NodeView) -> float:
-    """Resource availability, 0..1: half free-slot fraction, half free memory."""
+    """Resource availability, 0..1: half slot headroom, half free memory.
+
+    Slot headroom is ``slots / (slots + busy)`` (busy = running + queued): 1 when
+    idle, 0.5 when full, and still falling as a full host's queue grows, so a
+    burst of submissions spreads instead of piling onto the host whose other
+    terms happen to be best (a plain free-slot fraction stops at 0 when full)."""
     return _availability(node.slots, node.running + node.queued, node.mem_free)
 
 
@@ -77,7 +82,8 @@ def _performance(success_rate: float, mean_duration: float | None, fastest: floa
 
 
 def _availability(slots: int, busy: int, mem_free: float) -> float:
-    return 0.5 * (max(0, slots - busy) / max(1, slots)) + 0.5 * _clamp(mem_free)
+    slots = max(1, slots)
+    return 0.5 * (slots / (slots + max(0, busy))) + 0.5 * _clamp(mem_free)
 
 
 def auction_score(

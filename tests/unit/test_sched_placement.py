@@ -106,8 +106,8 @@ def test_auction_score_formula() -> None:
     other = NodeView("n2", slots=1, cpu=1.0, mean_duration=5.0)
     task = TaskView("t", caps=caps("gpu"))
     scores = auction_scores(task, ClusterSnapshot((node, other)))
-    # match 1.0; 1-cpu 0.5; perf 0.5*0.8 + 0.5*(5/10); avail 0.5*(2/4) + 0.5*0.6
-    expected = 0.4 * 1.0 + 0.3 * 0.5 + 0.2 * (0.4 + 0.25) + 0.1 * (0.25 + 0.3)
+    # match 1.0; 1-cpu 0.5; perf 0.5*0.8 + 0.5*(5/10); avail 0.5*(4/(4+2)) + 0.5*0.6
+    expected = 0.4 * 1.0 + 0.3 * 0.5 + 0.2 * (0.4 + 0.25) + 0.1 * (0.5 * 4 / 6 + 0.3)
     assert scores == {"n1": pytest.approx(expected)}  # n2 lacks gpu: not eligible
 
 
@@ -337,3 +337,17 @@ def test_round_bid_applies_to_every_task_and_bursts_still_spread() -> None:
     per_task = {t.id: bids for t in burst}
     placed = [d.node for d in place_many(burst, snap, CFG, per_task)]
     assert sorted(placed) == ["a", "a", "a", "b", "b", "b"]
+
+
+def test_a_burst_spreads_over_full_hosts() -> None:
+    """Availability keeps falling with queue length, so full hosts share a burst."""
+    # Nearly equal hosts: once all are full, a plain free-slot fraction is 0
+    # everywhere and the tiny CPU edge sent the whole burst to n0.
+    nodes = tuple(NodeView(f"n{i}", slots=2, cpu=0.01 * i) for i in range(4))
+    tasks = [TaskView(f"t{i}", created_at=float(i)) for i in range(40)]
+    placed = place_many(tasks, ClusterSnapshot(nodes))
+    per_node: dict[str, int] = {}
+    for p in placed:
+        assert p.node is not None
+        per_node[p.node] = per_node.get(p.node, 0) + 1
+    assert len(per_node) == 4 and max(per_node.values()) <= 20, per_node
