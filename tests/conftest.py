@@ -21,10 +21,8 @@ conftest).
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,38 +31,23 @@ import pytest
 if TYPE_CHECKING:
     from netns.harness import NetnsLab
 
-ROOT_SKIP_REASON = "needs root for network namespaces (runs under CI=true)"
-DEFAULT_ROOT_TOOLS: tuple[str, ...] = ("ip", "nft", "tc")
+from rootpolicy import (
+    DEFAULT_ROOT_TOOLS,
+    ROOT_SKIP_REASON,
+    enforce_root_policy,
+    in_ci,
+    is_root,
+    missing_tools,
+)
 
-
-def in_ci() -> bool:
-    """True when the suite runs under CI (``CI=true``, as GitHub and .ci/run set it)."""
-    value = os.environ.get("CI", "").strip().lower()
-    return value not in ("", "0", "false", "no")
-
-
-def is_root() -> bool:
-    return os.geteuid() == 0
-
-
-def missing_tools(tools: Iterable[str]) -> list[str]:
-    """Tools from ``tools`` not found on PATH (sbin dirs included: root tools live there)."""
-    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin:/usr/local/sbin"
-    return [tool for tool in tools if shutil.which(tool, path=path) is None]
-
-
-def enforce_root_policy(tools: Iterable[str] = DEFAULT_ROOT_TOOLS) -> None:
-    """Skip or fail the current test according to the module policy."""
-    if not is_root():
-        if in_ci():
-            pytest.fail(f"CI=true but not running as root: {ROOT_SKIP_REASON}")
-        pytest.skip(ROOT_SKIP_REASON)
-    missing = missing_tools(tools)
-    if missing:
-        message = f"root test needs missing tools: {', '.join(missing)}"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
+__all__ = [
+    "DEFAULT_ROOT_TOOLS",
+    "ROOT_SKIP_REASON",
+    "enforce_root_policy",
+    "in_ci",
+    "is_root",
+    "missing_tools",
+]
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

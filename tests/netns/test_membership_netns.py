@@ -52,7 +52,7 @@ Lifeguard's ceiling for a lone suspicion is 24 s)."""
 
 @pytest.fixture(scope="module")
 def mesh() -> Iterator[LabAgents]:
-    from conftest import enforce_root_policy
+    from rootpolicy import enforce_root_policy
 
     enforce_root_policy()
     base = Path(tempfile.mkdtemp(prefix="mt-membership-"))

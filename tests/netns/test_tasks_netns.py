@@ -110,7 +110,7 @@ def overlaps(log: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def mesh() -> Iterator[LabAgents]:
-    from conftest import enforce_root_policy
+    from rootpolicy import enforce_root_policy
 
     enforce_root_policy()
     base = Path(tempfile.mkdtemp(prefix="mt-tasks-"))
