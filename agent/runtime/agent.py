@@ -33,8 +33,8 @@ from agent.runtime.consensus import ConsensusDriver
 from agent.runtime.membership import MembershipDriver
 from agent.runtime.transport import Transport
 from agent.swim import messages as swim_messages
-from agent.swim.core import MemberEvent
 from agent.swim.messages import NodeMeta
+from agent.swim.ready import MemberEvent
 
 log = logging.getLogger("agent")
 

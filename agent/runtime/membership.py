@@ -42,9 +42,10 @@ from agent.load import (
     read_cpu_counters,
 )
 from agent.swim.config import SwimConfig
-from agent.swim.core import MemberEvent, SwimNode, SwimReady
+from agent.swim.core import SwimNode
 from agent.swim.members import MemberView
 from agent.swim.messages import NodeLoad, NodeMeta
+from agent.swim.ready import MemberEvent, SwimReady
 
 log = logging.getLogger(__name__)
 
