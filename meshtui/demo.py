@@ -156,6 +156,25 @@ class LocalMesh:
             time.sleep(0.2)
         return not pending
 
+    def wait_voters(self, count: int, timeout: float = 30.0) -> bool:
+        """Until the first running node reports ``count`` Raft voters and a leader."""
+        from meshtui.client import ClientError, call_sync
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for node in self.nodes:
+                if not node.running:
+                    continue
+                try:
+                    cons = call_sync(node.socket_path, "status", {}, 2.0)["consensus"]
+                except ClientError:
+                    continue
+                if len(cons["voters"]) == count and cons["leader"]:
+                    return True
+                break
+            time.sleep(0.2)
+        return False
+
     def stop(self) -> None:
         for node in self.nodes:
             if node.running and node.proc is not None:

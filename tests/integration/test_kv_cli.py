@@ -14,7 +14,7 @@ import pytest
 
 from meshtui.client import ControlClient
 from meshtui.demo import LocalMesh
-from meshtui.rpc import ClientError, call_sync
+from meshtui.rpc import call_sync
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -32,15 +32,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
     mesh.start()
     try:
         assert mesh.wait_ready(20)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                cons = call_sync(mesh.nodes[0].socket_path, "status", {}, 2)["consensus"]
-                if len(cons["voters"]) == 3 and cons["leader"]:
-                    break
-            except ClientError:
-                pass
-            time.sleep(0.2)
+        assert mesh.wait_voters(3, 30)
         yield mesh
     finally:
         mesh.stop()
@@ -126,14 +118,7 @@ def test_minority_write_fails_fast_with_exit_3(tmp_path: Path) -> None:
     mesh.start()
     try:
         assert mesh.wait_ready(20)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if len(call_sync(mesh.nodes[0].socket_path, "status", {}, 2)["consensus"]["voters"]) == 3:
-                    break
-            except ClientError:
-                pass
-            time.sleep(0.2)
+        assert mesh.wait_voters(3, 30)
         mesh.kill("n2")
         mesh.kill("n3")
         time.sleep(2.5)  # past an election timeout: no leader can be heard

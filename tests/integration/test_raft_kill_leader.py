@@ -44,19 +44,6 @@ def leader_of(mesh: LocalMesh) -> str | None:
     return None
 
 
-def wait_voters(mesh: LocalMesh, count: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            cons = call_sync(mesh.nodes[0].socket_path, "status", {}, 1.0)["consensus"]
-            if len(cons["voters"]) == count and cons["leader"]:
-                return True
-        except ClientError:
-            pass
-        time.sleep(0.2)
-    return False
-
-
 def wait_writable(mesh: LocalMesh, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     probe = itertools.count()
@@ -152,7 +139,7 @@ def test_kill_leader_ten_times_no_acknowledged_write_lost(tmp_path: Path) -> Non
     threads = [threading.Thread(target=client, args=(c, mesh, rec, stop)) for c in range(4)]
     try:
         assert mesh.wait_ready(20)
-        assert wait_voters(mesh, 3, 30), f"never reached 3 voters: {describe(mesh)}"
+        assert mesh.wait_voters(3, 30), f"never reached 3 voters: {describe(mesh)}"
         assert wait_writable(mesh, 30), "cluster never accepted a write"
         for t in threads:
             t.start()

@@ -77,17 +77,10 @@ def mesh3(tmp_path: Path) -> Iterator[LocalMesh]:
     mesh.start()
     try:
         assert mesh.wait_ready(20)
-        assert wait_for(lambda: _voters(mesh) == 3, 30), "mesh never reached 3 voters"
+        assert mesh.wait_voters(3, 30), "mesh never reached 3 voters"
         yield mesh
     finally:
         mesh.stop()
-
-
-def _voters(mesh: LocalMesh) -> int:
-    try:
-        return len(call_sync(mesh.nodes[0].socket_path, "status", {}, 2.0)["consensus"]["voters"])
-    except ClientError:
-        return 0
 
 
 def call(mesh: LocalMesh, method: str, node: int = 0, **params: Any) -> Any:

@@ -7,7 +7,6 @@ rides on real gossip, real Raft and real task execution.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -16,7 +15,7 @@ from tui_helpers import cell, log_text, row_keys, wait_for
 from meshtui.app import MeshApp
 from meshtui.connect import client_factory_for
 from meshtui.demo import LocalMesh
-from meshtui.rpc import ClientError, call_sync
+from meshtui.rpc import call_sync
 from meshtui.targets import ResolvedTarget
 from meshtui.widgets.fasttable import FastTable
 from meshtui.widgets.logview import LogView
@@ -30,15 +29,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
     mesh.start()
     try:
         assert mesh.wait_ready(20)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                cons = call_sync(mesh.nodes[0].socket_path, "status", {}, 2)["consensus"]
-                if len(cons["voters"]) == 3 and cons["leader"]:
-                    break
-            except ClientError:
-                pass
-            time.sleep(0.2)
+        assert mesh.wait_voters(3, 30)
         yield mesh
     finally:
         mesh.stop()
