@@ -216,7 +216,7 @@ class Agent:
             lambda _addr, msg: self.consensus.forward_result(msg)
         )
         for cls in (runtime_messages.OutputRequest, runtime_messages.OutputChunk):
-            self._routes[cls] = self.tasks.on_output_message
+            self._routes[cls] = self.tasks.output.on_message
         from agent.sched import messages as sched_messages
 
         for cls in sched_messages.WIRE_TYPES.values():

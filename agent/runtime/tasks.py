@@ -1,4 +1,4 @@
-"""Tasks at run time: the leader's placement loop, this host's executor, output.
+"""Tasks at run time: the leader's placement loop and this host's executor (output: ``output.py``).
 
 Leader (every ``sched_interval``): build a ``ClusterSnapshot`` from SWIM
 (liveness, capabilities, slots, load) and the replicated state (tasks, drain
@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from agent.errors import MeshError, SchedulingError, TaskError
+from agent.errors import MeshError, TaskError
 from agent.executor import ExecEvent, Executor
-from agent.runtime.messages import OutputChunk, OutputRequest
+from agent.runtime.output import TaskOutput
 from agent.sched import (
     Bid,
     BidRequest,
@@ -48,7 +48,6 @@ from agent.sched import (
     plan_failover,
     plan_rebalance,
     plan_steals,
-    preference_list,
     update_heat,
 )
 from agent.state import builders
@@ -74,10 +73,6 @@ MAX_PROPOSALS_PER_ROUND = 1024
 """Bound on decisions proposed per leader round."""
 MAX_INFLIGHT_DECISIONS = 4096
 """Bound on leader decisions proposed and not yet committed (rounds overlap)."""
-OUTPUT_TIMEOUT = 3.0
-"""Seconds to wait for another host to return task output."""
-REPLICA_CHUNK = 512 * 1024
-"""Bytes per pushed output replica chunk."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +97,7 @@ class TaskRuntime:
         self.executor = Executor(
             data_dir, agent.config.effective_slots(), run_as or None, self._on_exec_event
         )
-        self.replica_dir = data_dir / "replicas"
+        self.output = TaskOutput(agent, self.executor, data_dir / "replicas")
         self.heat = HeatState()
         self._dead_since: dict[str, float] = {}
         self._reports: list[_Report] = []
@@ -116,8 +111,6 @@ class TaskRuntime:
         self._tasks: list[asyncio.Task[None]] = []
         self._bids: dict[int, dict[str, Bid]] = {}
         self._bid_ids = itertools.count(1)
-        self._out_ids = itertools.count(1)
-        self._out_waiters: dict[int, asyncio.Future[OutputChunk]] = {}
         self._cpu_prev: dict[int, float] = {}
         self._cpu_at = time.monotonic()
         self._cpu_wall = time.time()
@@ -299,7 +292,10 @@ class TaskRuntime:
             if event.reason == "stale":
                 self._reconcile_needed.set()
                 return
-            replicas = self._replicate_output(event.task_id, event.epoch)
+            # After every run: a members-only snapshot keeps this O(members).
+            replicas = self.output.replicate(
+                event.task_id, event.epoch, self.snapshot(with_tasks=False)
+            )
             stats = TaskStats(
                 event.duration, event.cpu_time, event.peak_rss, event.reason == "timeout"
             )
@@ -515,121 +511,6 @@ class TaskRuntime:
             if bucket is not None:
                 bucket[msg.node] = msg
 
-    # ------------------------------------------------------------ output
-
-    def _replicate_output(self, task_id: str, epoch: int) -> list[str]:
-        """Push the run's output to the hash ring's preference list (primary + 2)."""
-        snap = self.snapshot(with_tasks=False)  # after every run: keep it O(members)
-        try:
-            replicas = preference_list(task_id, snap, None, 3)
-        except (SchedulingError, ValueError):
-            return []
-        for node in replicas:
-            if node == self.agent.node_id:
-                continue
-            for stream in ("out", "err"):
-                offset = 0
-                while True:
-                    try:
-                        data, new_offset, eof = self.executor.read_output(
-                            task_id, epoch, stream, offset, REPLICA_CHUNK
-                        )
-                    except TaskError:
-                        break
-                    self.agent.send_to_node(
-                        node, OutputChunk(0, task_id, epoch, stream, offset, data, eof, True)
-                    )
-                    offset = new_offset
-                    if eof or not data:
-                        break
-        return list(replicas)
-
-    def on_output_message(self, from_addr: str, msg: object) -> None:
-        if isinstance(msg, OutputRequest):
-            chunk = self._read_local(msg.task_id, msg.epoch, msg.stream, msg.offset, msg.limit)
-            reply = OutputChunk(msg.request_id, msg.task_id, msg.epoch, msg.stream,
-                                chunk[1], chunk[0], chunk[2], chunk[3])
-            self.agent.transport.send_stream(from_addr, _encode(reply))
-        elif isinstance(msg, OutputChunk):
-            if msg.request_id == 0:
-                self._store_replica(msg)
-                return
-            fut = self._out_waiters.get(msg.request_id)
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
-
-    def _replica_path(self, task_id: str, epoch: int, stream: str) -> Path:
-        if "/" in task_id or task_id.startswith(".") or stream not in ("out", "err"):
-            raise TaskError(f"bad task id {task_id!r}")
-        return self.replica_dir / task_id / f"{epoch}.{stream}"
-
-    def _store_replica(self, msg: OutputChunk) -> None:
-        try:
-            path = self._replica_path(msg.task_id, msg.epoch, msg.stream)
-        except TaskError:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        mode = "r+b" if path.exists() else "wb"
-        with open(path, mode) as fh:
-            fh.seek(msg.offset)
-            fh.write(msg.data)
-
-    def _read_local(
-        self, task_id: str, epoch: int, stream: str, offset: int, limit: int
-    ) -> tuple[bytes, int, bool, bool]:
-        """(data, new offset, eof, found) from our executor or our replica copy."""
-        limit = max(1, min(limit, REPLICA_CHUNK))
-        try:
-            data, new_offset, eof = self.executor.read_output(
-                task_id, epoch, stream, offset, limit  # type: ignore[arg-type]
-            )
-            return data, new_offset, eof, True
-        except TaskError:
-            pass
-        try:
-            path = self._replica_path(task_id, epoch, stream)
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                data = fh.read(limit)
-        except (OSError, TaskError):
-            return b"", offset, True, False
-        return data, offset + len(data), offset + len(data) >= path.stat().st_size, True
-
-    async def read_output(
-        self, task_id: str, stream: str, offset: int
-    ) -> dict[str, Any]:
-        rec = self.agent.consensus.state.task_record(task_id)
-        if rec is None:
-            raise TaskError(f"no task {task_id}")
-        if rec.epoch == 0 or (rec.node is None and not rec.replicas):
-            return {"data": b"", "offset": offset, "eof": True}
-        data, new_offset, eof, found = self._read_local(task_id, rec.epoch, stream, offset, 65536)
-        if found:
-            return {"data": data, "offset": new_offset, "eof": eof and not self._live(rec)}
-        for node in [n for n in [rec.node, *rec.replicas] if n and n != self.agent.node_id]:
-            request_id = next(self._out_ids)
-            fut: asyncio.Future[OutputChunk] = asyncio.get_running_loop().create_future()
-            self._out_waiters[request_id] = fut
-            self.agent.send_to_node(
-                node, OutputRequest(request_id, task_id, rec.epoch, stream, offset, 65536)
-            )
-            try:
-                chunk = await asyncio.wait_for(fut, OUTPUT_TIMEOUT)
-            except TimeoutError:
-                continue
-            finally:
-                self._out_waiters.pop(request_id, None)
-            if chunk.found:
-                return {"data": chunk.data, "offset": chunk.offset + len(chunk.data),
-                        "eof": chunk.eof and not self._live(rec)}
-        if self._live(rec):
-            return {"data": b"", "offset": offset, "eof": True}
-        raise TaskError(f"output of {task_id} is not available on any reachable host")
-
-    @staticmethod
-    def _live(rec: Any) -> bool:
-        return rec.state in ("assigned", "running")
-
     # ------------------------------------------------------------ membership
 
     async def register_members(self, members: list[MemberView]) -> None:
@@ -696,7 +577,7 @@ class TaskRuntime:
             offset = int(params.get("offset", 0))
             if offset < 0:
                 raise ValueError("offset must be >= 0")
-            return await self.read_output(str(params.get("id", "")), stream, offset)
+            return await self.output.read(str(params.get("id", "")), stream, offset)
 
         return {
             "task.submit": submit,

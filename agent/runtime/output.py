@@ -1,0 +1,153 @@
+"""Task output for ``meshtui logs``: read from any host, replicated to the hash ring.
+
+When a run finishes, its captured output is pushed (``OutputChunk`` with
+request id 0) to the task's preference list on the hash ring — primary plus
+two successors — and the replicas are recorded in the committed finish, so a
+dead host's results can still be read.  ``read`` serves a slice from this
+host's executor or replica copy, else asks the executing host and then each
+replica (``OutputRequest``), each within ``OUTPUT_TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent import wire
+from agent.errors import SchedulingError, TaskError
+from agent.executor import Executor
+from agent.runtime.messages import OutputChunk, OutputRequest
+from agent.sched import ClusterSnapshot, preference_list
+
+if TYPE_CHECKING:
+    from agent.runtime.agent import Agent
+
+OUTPUT_TIMEOUT = 3.0
+"""Seconds to wait for another host to return task output."""
+REPLICA_CHUNK = 512 * 1024
+"""Bytes per pushed output replica chunk."""
+
+
+def _encode(msg: object) -> bytes:
+    return wire.encode(msg)
+
+
+class TaskOutput:
+    def __init__(self, agent: Agent, executor: Executor, replica_dir: Path) -> None:
+        self.agent = agent
+        self.executor = executor
+        self.replica_dir = replica_dir
+        self._out_ids = itertools.count(1)
+        self._out_waiters: dict[int, asyncio.Future[OutputChunk]] = {}
+
+    def replicate(self, task_id: str, epoch: int, snap: ClusterSnapshot) -> list[str]:
+        """Push the run's output to the hash ring's preference list (primary + 2)."""
+        try:
+            replicas = preference_list(task_id, snap, None, 3)
+        except (SchedulingError, ValueError):
+            return []
+        for node in replicas:
+            if node == self.agent.node_id:
+                continue
+            for stream in ("out", "err"):
+                offset = 0
+                while True:
+                    try:
+                        data, new_offset, eof = self.executor.read_output(
+                            task_id, epoch, stream, offset, REPLICA_CHUNK
+                        )
+                    except TaskError:
+                        break
+                    self.agent.send_to_node(
+                        node, OutputChunk(0, task_id, epoch, stream, offset, data, eof, True)
+                    )
+                    offset = new_offset
+                    if eof or not data:
+                        break
+        return list(replicas)
+
+    def on_message(self, from_addr: str, msg: object) -> None:
+        if isinstance(msg, OutputRequest):
+            chunk = self._read_local(msg.task_id, msg.epoch, msg.stream, msg.offset, msg.limit)
+            reply = OutputChunk(msg.request_id, msg.task_id, msg.epoch, msg.stream,
+                                chunk[1], chunk[0], chunk[2], chunk[3])
+            self.agent.transport.send_stream(from_addr, _encode(reply))
+        elif isinstance(msg, OutputChunk):
+            if msg.request_id == 0:
+                self._store_replica(msg)
+                return
+            fut = self._out_waiters.get(msg.request_id)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+
+    def _replica_path(self, task_id: str, epoch: int, stream: str) -> Path:
+        if "/" in task_id or task_id.startswith(".") or stream not in ("out", "err"):
+            raise TaskError(f"bad task id {task_id!r}")
+        return self.replica_dir / task_id / f"{epoch}.{stream}"
+
+    def _store_replica(self, msg: OutputChunk) -> None:
+        try:
+            path = self._replica_path(msg.task_id, msg.epoch, msg.stream)
+        except TaskError:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        mode = "r+b" if path.exists() else "wb"
+        with open(path, mode) as fh:
+            fh.seek(msg.offset)
+            fh.write(msg.data)
+
+    def _read_local(
+        self, task_id: str, epoch: int, stream: str, offset: int, limit: int
+    ) -> tuple[bytes, int, bool, bool]:
+        """(data, new offset, eof, found) from our executor or our replica copy."""
+        limit = max(1, min(limit, REPLICA_CHUNK))
+        try:
+            data, new_offset, eof = self.executor.read_output(
+                task_id, epoch, stream, offset, limit  # type: ignore[arg-type]
+            )
+            return data, new_offset, eof, True
+        except TaskError:
+            pass
+        try:
+            path = self._replica_path(task_id, epoch, stream)
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read(limit)
+        except (OSError, TaskError):
+            return b"", offset, True, False
+        return data, offset + len(data), offset + len(data) >= path.stat().st_size, True
+
+    async def read(self, task_id: str, stream: str, offset: int) -> dict[str, Any]:
+        rec = self.agent.consensus.state.task_record(task_id)
+        if rec is None:
+            raise TaskError(f"no task {task_id}")
+        if rec.epoch == 0 or (rec.node is None and not rec.replicas):
+            return {"data": b"", "offset": offset, "eof": True}
+        data, new_offset, eof, found = self._read_local(task_id, rec.epoch, stream, offset, 65536)
+        if found:
+            return {"data": data, "offset": new_offset, "eof": eof and not self._live(rec)}
+        for node in [n for n in [rec.node, *rec.replicas] if n and n != self.agent.node_id]:
+            request_id = next(self._out_ids)
+            fut: asyncio.Future[OutputChunk] = asyncio.get_running_loop().create_future()
+            self._out_waiters[request_id] = fut
+            self.agent.send_to_node(
+                node, OutputRequest(request_id, task_id, rec.epoch, stream, offset, 65536)
+            )
+            try:
+                chunk = await asyncio.wait_for(fut, OUTPUT_TIMEOUT)
+            except TimeoutError:
+                continue
+            finally:
+                self._out_waiters.pop(request_id, None)
+            if chunk.found:
+                return {"data": chunk.data, "offset": chunk.offset + len(chunk.data),
+                        "eof": chunk.eof and not self._live(rec)}
+        if self._live(rec):
+            return {"data": b"", "offset": offset, "eof": True}
+        raise TaskError(f"output of {task_id} is not available on any reachable host")
+
+    @staticmethod
+    def _live(rec: Any) -> bool:
+        return rec.state in ("assigned", "running")
