@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sshtools import SSHD, free_tcp_port, ssh_keygen
 
 from meshtui.ssh import SSHAttachError, Target, open_ssh_streams, parse_target
 
 pytestmark = pytest.mark.root(tools=("sshd", "ssh-keygen"))
 
-SSHD = shutil.which("sshd", path="/usr/sbin:/usr/local/sbin:/sbin") or "/usr/sbin/sshd"
 UNPRIVILEGED = "nobody"
 
 
@@ -40,33 +40,18 @@ class SshdFixture:
     ssh_config: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _keygen(path: Path) -> str:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
-        check=True,
-        timeout=30,
-    )
-    return Path(f"{path}.pub").read_text().strip()
-
-
 @pytest.fixture(scope="module")
 def sshd() -> Iterator[SshdFixture]:
     root = Path(tempfile.mkdtemp(prefix="mt-sshd-"))
     root.chmod(0o755)  # the unprivileged user's sshd child must read authorized_keys
     host_key = root / "host_ed25519"
     client_key = root / "client_ed25519"
-    host_pub = _keygen(host_key)
-    client_pub = _keygen(client_key)
+    host_pub = ssh_keygen(host_key)
+    client_pub = ssh_keygen(client_key)
     authorized = root / "authorized_keys"
     authorized.write_text(client_pub + "\n")
     authorized.chmod(0o644)
-    port = _free_port()
+    port = free_tcp_port()
     known_hosts = root / "known_hosts"
     known_hosts.write_text(f"[127.0.0.1]:{port} {host_pub}\n")
     config = root / "sshd_config"
@@ -192,7 +177,7 @@ async def test_wrong_host_key_is_refused_with_a_clear_error(
     sshd: SshdFixture, echo_socket: Path, tmp_path: Path
 ) -> None:
     other = tmp_path / "other_ed25519"
-    other_pub = _keygen(other)
+    other_pub = ssh_keygen(other)
     wrong = tmp_path / "known_hosts"
     wrong.write_text(f"[127.0.0.1]:{sshd.port} {other_pub}\n")
     with pytest.raises(SSHAttachError) as info:
@@ -264,7 +249,7 @@ async def test_missing_socket_gives_a_clear_error(sshd: SshdFixture, tmp_path: P
 
 
 async def test_nothing_listening_gives_a_clear_error(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_tcp_port()
     with pytest.raises(SSHAttachError, match=rf"^cannot reach root@127\.0\.0\.1:{port}: "):
         await open_ssh_streams(
             parse_target(f"ssh://root@127.0.0.1:{port}"),

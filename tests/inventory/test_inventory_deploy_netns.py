@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 from netns.harness import NetnsLab
+from sshtools import ssh_keygen
 
 from inventory.wheels import build_wheelhouse
 from meshtui.client import ClientError, call_sync
@@ -39,11 +40,6 @@ pytestmark = [pytest.mark.root(tools=("sshd", "ssh-keygen")), pytest.mark.slow]
 HOSTS = 3
 GHOST = "198.18.0.99"
 MESHTUI = str(Path(sys.executable).with_name("meshtui"))
-
-
-def keygen(path: Path) -> str:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, timeout=30)
-    return Path(f"{path}.pub").read_text().strip()
 
 
 def processes_mentioning(text: str) -> list[str]:
@@ -189,7 +185,7 @@ def test_deploy_upgrade_undeploy_on_three_namespace_hosts(base: Path) -> None:
     home = base / "home"
     (home / ".ssh").mkdir(parents=True, mode=0o700)
     client_key = home / ".ssh" / "id_ed25519"
-    client_pub = keygen(client_key)
+    client_pub = ssh_keygen(client_key)
     env = {**os.environ, "HOME": str(home), "MESHTUI_WHEELHOUSE": str(wheels)}
     inv = base / "lab.yml"
     sockets = [f"{base}/h{i}/agent.sock" for i in range(HOSTS)]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sshtools import SSHD, free_tcp_port, ssh_keygen
 
 from inventory import agentfiles as files
 from inventory import load_inventory
@@ -40,7 +41,6 @@ from inventory.wheels import Wheelhouse, build_wheelhouse, file_sha256
 
 pytestmark = pytest.mark.root(tools=("sshd", "ssh-keygen"))
 
-SSHD = shutil.which("sshd", path="/usr/sbin:/usr/local/sbin:/sbin") or "/usr/sbin/sshd"
 
 
 @dataclass
@@ -50,24 +50,13 @@ class Sshd:
     client_key: Path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def keygen(path: Path) -> str:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, timeout=30)
-    return Path(f"{path}.pub").read_text().strip()
-
-
 @pytest.fixture(scope="module")
 def sshd() -> Iterator[Sshd]:
     root = Path(tempfile.mkdtemp(prefix="mt-inv-sshd-"))
     host_key, client_key = root / "host_ed25519", root / "client_ed25519"
-    keygen(host_key)
-    (root / "authorized_keys").write_text(keygen(client_key) + "\n")
-    port = free_port()
+    ssh_keygen(host_key)
+    (root / "authorized_keys").write_text(ssh_keygen(client_key) + "\n")
+    port = free_tcp_port()
     config = root / "sshd_config"
     config.write_text(
         "\n".join(
@@ -149,7 +138,7 @@ def write_inventory(tmp_path: Path, sshd: Sshd, base: Path, ghost: bool = False)
         "      ansible_host: 127.0.0.1",
         f"      ansible_port: {sshd.port}",
         "      mesh_seed: true",
-        f"      mesh_port: {free_port()}",
+        f"      mesh_port: {free_tcp_port()}",
         f"      mesh_prefix: {base}/opt",
         f"      mesh_config_dir: {base}/etc",
         f"      mesh_data_dir: {base}/data",
@@ -159,7 +148,7 @@ def write_inventory(tmp_path: Path, sshd: Sshd, base: Path, ghost: bool = False)
         lines += [
             "    ghost:",
             "      ansible_host: 127.0.0.1",
-            f"      ansible_port: {free_port()}",  # nothing listens there
+            f"      ansible_port: {free_tcp_port()}",  # nothing listens there
             f"      mesh_prefix: {base}/ghost",
         ]
     path = tmp_path / "inv.yml"
@@ -341,7 +330,7 @@ async def test_upgrade_stops_at_the_first_host_that_fails(
         "all:\n"
         "  vars: {ansible_user: root, ansible_host_key_checking: false}\n"
         "  hosts:\n"
-        f"    ghost: {{ansible_host: 127.0.0.1, ansible_port: {free_port()}}}\n"
+        f"    ghost: {{ansible_host: 127.0.0.1, ansible_port: {free_tcp_port()}}}\n"
         f"    local: {{ansible_host: 127.0.0.1, ansible_port: {sshd.port},"
         f" ansible_ssh_private_key_file: {sshd.client_key},"
         f" mesh_prefix: {tmp_path}/opt, mesh_config_dir: {tmp_path}/etc}}\n"

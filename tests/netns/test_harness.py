@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from sshtools import ssh_keygen
 
 from netns.harness import OWNER_DIR, NetnsLab, cleanup_stale, list_namespaces
 
@@ -206,8 +207,7 @@ def test_sshd_accepts_key(lab3: NetnsLab, tmp_path: Path) -> None:
     key = tmp_path / "id_ed25519"
     other = tmp_path / "other_ed25519"
     for path in (key, other):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
-                       check=True)
+        ssh_keygen(path)
     pub = key.with_suffix(".pub").read_text()
     port = lab3.start_sshd(0, pub, tmp_path / "hostkeys")
     assert port == 22
@@ -328,7 +328,7 @@ async def test_sshd_forwards_to_a_unix_socket(tmp_path: Path) -> None:
 
     asyncssh = pytest.importorskip("asyncssh")
     key = tmp_path / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    ssh_keygen(key)
 
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"echo:" + await reader.readline())
