@@ -59,6 +59,7 @@ from typing import Any
 
 from agent import wire
 from agent.crypto import DATAGRAM_OVERHEAD, Channel, Envelope, Keyring, SealError, SealStats
+from agent.discovery import backoff_delay as capped_backoff
 from agent.errors import ConfigError, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,9 @@ Callback = Callable[[str, bytes], None]
 
 def backoff_delay(attempt: int, rng: random.Random,
                   base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
-    """Seconds to wait before reconnection ``attempt`` (0-based): equal jitter."""
-    ceiling = min(cap, base * 2.0 ** min(attempt, 32))
+    """Seconds to wait before reconnection ``attempt`` (0-based): equal jitter
+    under the capped exponential ceiling discovery's re-joins use too."""
+    ceiling = capped_backoff(attempt, base, cap)
     return ceiling / 2 + rng.random() * ceiling / 2
 
 
