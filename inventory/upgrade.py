@@ -6,14 +6,18 @@ For each selected host, in inventory order:
    if the venv already holds exactly these wheels and the config is current,
    the host is ``unchanged`` and nothing else happens to it;
 2. read the host's ``meshtui status --json``: if the host is a Raft voter and
-   stopping it would leave fewer alive voters than a majority, stop here
-   (checked again just before step 5);
+   stopping it would leave fewer alive voters than a majority, wait up to
+   ``QUORUM_WAIT`` seconds for the cluster to heal (the previous host may still
+   be rejoining the voter set), then stop here (checked again before step 5);
 3. ``meshtui drain <host>`` so the scheduler moves its queued work away;
 4. if it leads, ``meshtui transfer-leader`` and wait until another node does;
 5. stop the agent, install the wheels and config, start it;
 6. wait until it is an alive member whose ``commit_index`` is within
    ``max_lag`` entries of the leader's (asked on the leader's host when the
-   leader is in the inventory, else of the index seen before the restart);
+   leader is in the inventory, else of the index seen before the restart), and,
+   if it was a voter before, until it is a voter again: a host that left
+   gracefully may come back as a learner that autopilot promotes once caught
+   up, and the next host must not be stopped while the voter set is short;
 7. ``meshtui undrain <host>``.
 
 The first host that fails stops the upgrade: later hosts are reported
@@ -49,12 +53,13 @@ MAX_LAG = 10
 """Log entries a restarted host may trail the leader by and count as caught up."""
 TRANSFER_TIMEOUT = 30.0
 """Seconds for leadership to move off a host before it is stopped."""
+QUORUM_WAIT = 30.0
+"""Seconds to wait for a voter set that cannot lose this host to heal before giving up."""
 
 
 def quorum_problem(status: dict[str, Any], name: str) -> str | None:
     """None if stopping ``name`` keeps a majority of voters alive; else why not."""
-    consensus = status.get("consensus") or {}
-    voters = [str(v) for v in consensus.get("voters") or []]
+    voters = _voters(status)
     if name not in voters:
         return None
     alive = {
@@ -141,10 +146,9 @@ async def upgrade_host(
     status, error = await steps.read_status(remote)
     if status is None:
         raise StepError("status", f"the agent does not answer ({error}); deploy it first")
-    problem = quorum_problem(status, host.name)
-    if problem is not None:
-        raise StepError("quorum check", problem)
+    status = await _wait_quorum_safe(remote, status, progress)
     before = _commit_index(status)
+    was_voter = host.name in _voters(status)
 
     progress.step(host.name, "draining")
     await remote.run(files.meshtui_command(host, "drain", host.name), "drain")
@@ -153,10 +157,13 @@ async def upgrade_host(
 
     # Check again right before stopping: a peer may have died while we drained.
     status, error = await steps.read_status(remote)
-    problem = quorum_problem(status, host.name) if status is not None else error
-    if problem is not None:
+    try:
+        if status is None:
+            raise StepError("quorum check", error)
+        await _wait_quorum_safe(remote, status, progress)
+    except StepError:
         await remote.run(files.meshtui_command(host, "undrain", host.name), "undrain", check=False)
-        raise StepError("quorum check", problem)
+        raise
     progress.step(host.name, "stopping the agent")
     await steps.stop_service(remote, facts.systemd)
     try:
@@ -173,6 +180,8 @@ async def upgrade_host(
     )
     await steps.wait_member(remote, facts.systemd, member_timeout, progress)
     await _wait_caught_up(remote, inv, before, member_timeout, max_lag, progress)
+    if was_voter:
+        await _wait_voter(remote, member_timeout, progress)
     progress.step(host.name, "undraining")
     await remote.run(files.meshtui_command(host, "undrain", host.name), "undrain")
     return HostOutcome(host.name, CHANGED, "upgraded")
@@ -239,6 +248,51 @@ async def _wait_caught_up(
             if time.monotonic() >= deadline:
                 raise StepError("catch up", f"log not caught up after {timeout:.0f}s: {detail}")
             await asyncio.sleep(0.5)
+
+
+async def _wait_quorum_safe(
+    remote: RemoteHost, status: dict[str, Any], progress: Progress
+) -> dict[str, Any]:
+    """The first status in which stopping this host keeps a majority of voters alive.
+
+    Polls for up to ``QUORUM_WAIT`` seconds, so a voter set that is still healing
+    (a learner about to be promoted, a peer about to be seen alive) does not stop
+    the upgrade; a set that stays short does, with the reason.
+    """
+    host = remote.host
+    deadline = time.monotonic() + QUORUM_WAIT
+    problem = quorum_problem(status, host.name)
+    if problem is None:
+        return status
+    progress.step(host.name, f"waiting for quorum to allow it: {problem}")
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        fresh, error = await steps.read_status(remote)
+        if fresh is None:
+            problem = error
+            continue
+        problem = quorum_problem(fresh, host.name)
+        if problem is None:
+            return fresh
+    raise StepError("quorum check", problem)
+
+
+async def _wait_voter(remote: RemoteHost, timeout: float, progress: Progress) -> None:
+    """Wait until the restarted host is back in the voter set it was in before."""
+    host = remote.host
+    progress.step(host.name, "waiting to be a voter again")
+    deadline = time.monotonic() + timeout
+    while True:
+        status, _ = await steps.read_status(remote)
+        if status is not None and host.name in _voters(status):
+            return
+        if time.monotonic() >= deadline:
+            raise StepError("voter", f"not a voter again after {timeout:.0f}s")
+        await asyncio.sleep(0.5)
+
+
+def _voters(status: dict[str, Any]) -> list[str]:
+    return [str(v) for v in (status.get("consensus") or {}).get("voters") or []]
 
 
 def _commit_index(status: dict[str, Any]) -> int:
