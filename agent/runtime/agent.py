@@ -105,6 +105,7 @@ class Agent:
             self.incarnation,
             self._on_packet,
             self._on_packet,
+            on_connection_lost=self._on_connection_lost,
         )
         self.socket_path = config.socket or default_socket_path()
         self.started = time.monotonic()
@@ -237,6 +238,11 @@ class Agent:
             route(from_addr, msg)
         except LocalError as exc:
             log.warning("message from %s refused: %s", from_addr, exc)
+
+    def _on_connection_lost(self, addr: str) -> None:
+        membership = getattr(self, "membership", None)  # None before start()
+        if membership is not None:
+            membership.connection_lost(addr)
 
     def _send_swim(self, addr: str, msg: object, reliable: bool) -> None:
         data = wire.encode(msg)

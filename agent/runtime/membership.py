@@ -194,6 +194,11 @@ class MembershipDriver:
     def unreachable(self, addr: str) -> None:
         self.swim.unreachable(time.monotonic(), addr)
 
+    def connection_lost(self, addr: str) -> None:
+        """A stream connection with ``addr`` ended: the core may probe it early."""
+        self.swim.connection_lost(time.monotonic(), addr)
+        self._wake.set()
+
     # ------------------------------------------------------------ loops
 
     async def _timer_loop(self) -> None:

@@ -235,6 +235,7 @@ class Transport:
         *,
         advertise: str | None = None,
         rng: random.Random | None = None,
+        on_connection_lost: Callable[[str], None] | None = None,
     ) -> None:
         self.bind_host = bind_host
         self.port = port
@@ -244,6 +245,7 @@ class Transport:
         self._advertise = advertise
         self._on_datagram = on_datagram
         self._on_stream = on_stream_message
+        self._on_connection_lost = on_connection_lost
         self._rng = rng if rng is not None else random.Random()
         self._server: asyncio.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
@@ -476,6 +478,7 @@ class Transport:
             pass
         finally:
             peer.writer = None
+            self._connection_lost(peer.addr)
             watcher.cancel()
             writer.close()
             with contextlib.suppress(Exception):
@@ -512,8 +515,9 @@ class Transport:
             return
         self._inbound.add(task)
         self.stats.connections_in += 1
+        peer: list[str] = []  # the sender's listen address, once its Hello is in
         try:
-            await self._read_inbound(reader)
+            await self._read_inbound(reader, peer)
         except (OSError, ConnectionError):
             pass
         except asyncio.CancelledError:
@@ -522,11 +526,23 @@ class Transport:
             pass
         finally:
             self._inbound.discard(task)
+            if peer:
+                self._connection_lost(peer[0])
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _read_inbound(self, reader: asyncio.StreamReader) -> None:
+    def _connection_lost(self, addr: str) -> None:
+        """Tell the owner a connection with ``addr`` ended (not when we are closing)."""
+        if self._closing or self._on_connection_lost is None:
+            return
+        try:
+            self._on_connection_lost(addr)
+        except Exception:
+            self.stats.callback_errors += 1
+            log.exception("connection-lost callback failed for %s", addr)
+
+    async def _read_inbound(self, reader: asyncio.StreamReader, peer: list[str]) -> None:
         decoder = wire.FrameDecoder(wire.MAX_FRAME_SIZE)
         from_addr: str | None = None
         failures = 0
@@ -572,6 +588,7 @@ class Transport:
                     if from_addr is None:
                         stats.dropped_no_hello += 1
                         return
+                    peer.append(from_addr)
                     continue
                 stats.stream_msgs_in += len(messages)
                 for message in messages:

@@ -59,7 +59,7 @@ from collections.abc import Sequence
 from agent.swim.awareness import Awareness
 from agent.swim.broadcast import BroadcastMsg, BroadcastQueue
 from agent.swim.config import SwimConfig
-from agent.swim.members import Member, MemberTable, MemberView, push_pull_state, view_of
+from agent.swim.members import Member, MemberTable, MemberView, view_of
 from agent.swim.messages import (
     EMPTY_PIGGYBACK,
     Ack,
@@ -78,7 +78,7 @@ from agent.swim.messages import (
     Suspect,
 )
 from agent.swim.partition import PartitionDetector
-from agent.swim.probe import PendingProbe, RelayTable
+from agent.swim.probe import PendingProbe, ProbeHints, RelayTable
 from agent.swim.pushsum import PushSumAggregator
 from agent.swim.ready import MemberEvent, Outbound, SwimReady
 from agent.swim.rules import MembershipRules
@@ -121,6 +121,7 @@ class SwimNode(MembershipRules):
         self._probe_order: list[str] = []
         self._probe_index = 0
         self._relays = RelayTable(capacity=1024)
+        self._hints = ProbeHints()
         self._self_load: LoadReport | None = None
         self._load_seq = 0
         self._last_load_broadcast: tuple[float, NodeLoad] | None = None
@@ -220,7 +221,7 @@ class SwimNode(MembershipRules):
             return soonest
         probe = self._probe
         if probe is None:
-            soonest = min(soonest, self._next_probe_at)
+            soonest = min(soonest, self._now if self._hints else self._next_probe_at)
         else:
             soonest = min(soonest, probe.end_at if probe.indirect_sent else probe.timeout_at)
         soonest = min(soonest, self._next_push_pull_at, self._next_reconnect_at)
@@ -254,6 +255,11 @@ class SwimNode(MembershipRules):
             probe = self._probe
             if probe is not None and probe.seq == msg.seq and msg.source not in probe.nackers:
                 probe.nackers.append(msg.source)
+                if probe.indirect_sent and probe.nacks >= probe.expected_nacks:
+                    # Every helper failed to reach it too, each after most of a probe
+                    # timeout: waiting out the interval would only delay the suspicion.
+                    self._probe = None
+                    self._probe_failed(now, probe)
         elif isinstance(msg, PushPull):
             self._on_push_pull(now, msg)
         elif isinstance(msg, PushSum):
@@ -341,6 +347,17 @@ class SwimNode(MembershipRules):
             del self._unreachable_until[oldest]
         self._unreachable_until[addr] = self._now + 2.0 * self.config.reconnect_interval
 
+    def connection_lost(self, now: float, addr: str) -> None:
+        """The runtime's stream connection to or from ``addr`` broke: probe that
+        member now rather than at its turn (see :class:`ProbeHints`)."""
+        self._now = max(self._now, now)
+        member = next((m for m in self.table if m.addr == addr), None)
+        if member is None or member.state != MemberState.ALIVE:
+            return
+        if self._probe is not None and self._probe.target == member.node:
+            return
+        self._hints.add(member.node, self._now, self.config.probe_interval)
+
     def members(self) -> list[MemberView]:
         """Every known member, ourselves first."""
         views = [view_of(self.table.self_member)]
@@ -360,6 +377,11 @@ class SwimNode(MembershipRules):
         if probe is not None and now >= probe.end_at:
             self._probe = None
             self._probe_failed(now, probe)
+        while self._probe is None and self._hints:
+            # Out of turn; the round-robin schedule keeps its own time.
+            hinted = self.table.get(self._hints.pop() or "")
+            if hinted is not None and hinted.state == MemberState.ALIVE:
+                self._start_probe(now, hinted)
         if self._probe is None and now >= self._next_probe_at:
             self._next_probe_at = now + scaled_probe_interval(self.config.probe_interval, self.health_score)
             self._start_probe(now)
@@ -386,8 +408,9 @@ class SwimNode(MembershipRules):
         pos = self._rng.randrange(self._probe_index, len(order))
         order[pos], order[-1] = order[-1], order[pos]
 
-    def _start_probe(self, now: float) -> None:
-        target = self._next_probe_target()
+    def _start_probe(self, now: float, target: Member | None = None) -> None:
+        if target is None:
+            target = self._next_probe_target()
         if target is None:
             return
         self._seq += 1
@@ -516,17 +539,6 @@ class SwimNode(MembershipRules):
             epoch, total, weight = share
             self._send(targets[0].addr, PushSum(self.node_id, epoch, total, weight), False)
 
-    def _anti_entropy(self) -> None:
-        targets = self.table.sample(self._rng, 1, lambda m: m.state == MemberState.ALIVE)
-        if targets:
-            self._send(targets[0].addr, self._push_pull_msg(join=False, reply=False), True)
-
-    def _push_pull_msg(self, join: bool, reply: bool) -> PushPull:
-        states = [push_pull_state(self.table.self_member)]
-        states.extend(push_pull_state(m) for m in self.table)
-        me = self.table.self_member
-        return PushPull(self.node_id, me.addr, join, reply, tuple(states))
-
     # ------------------------------------------------------------------ output
 
     def _send(self, to: str, msg: object, reliable: bool) -> None:
@@ -584,3 +596,5 @@ class SwimNode(MembershipRules):
             if member.suspicion.deadline > now:
                 continue  # a stale entry; the live deadline has its own entry
             self._on_dead(now, Dead(member.incarnation, node, self.node_id))
+            # Gossip our verdict in this tick, not at the next slot of the grid.
+            self._next_gossip_at = min(self._next_gossip_at, now)

@@ -76,3 +76,40 @@ class RelayTable:
 
     def next_deadline(self) -> float | None:
         return self._deadlines[0][0] if self._deadlines else None
+
+
+class ProbeHints:
+    """Members to probe out of turn, because the runtime saw a sign of trouble.
+
+    A broken stream connection to a member is not evidence of failure (a peer
+    restarts, an idle link is dropped), so it never suspects anyone by itself;
+    it only moves that member's next probe forward.  With round-robin probing a
+    crashed member is otherwise first probed up to one full round later (on
+    average about ``n / (survivors + 1)`` probe intervals).  Each member gets at
+    most one hinted probe per ``min_gap`` seconds, and the queue is bounded, so
+    a flapping link cannot turn into a probe storm.
+    """
+
+    def __init__(self, capacity: int = 64) -> None:
+        self._capacity = capacity
+        self._queue: list[str] = []
+        self._last: dict[str, float] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._queue)
+
+    def add(self, node: str, now: float, min_gap: float) -> bool:
+        """Queue ``node`` for an early probe; False if it is queued or was hinted recently."""
+        last = self._last.get(node)
+        if node in self._queue or (last is not None and now - last < min_gap):
+            return False
+        if len(self._queue) >= self._capacity:
+            return False
+        if len(self._last) >= 4 * self._capacity:
+            self._last = {n: t for n, t in self._last.items() if now - t < min_gap}
+        self._last[node] = now
+        self._queue.append(node)
+        return True
+
+    def pop(self) -> str | None:
+        return self._queue.pop(0) if self._queue else None

@@ -31,7 +31,7 @@ import abc
 import random
 from typing import TYPE_CHECKING
 
-from agent.swim.members import Member, MemberTable
+from agent.swim.members import Member, MemberTable, push_pull_state
 from agent.swim.messages import (
     Alive,
     Dead,
@@ -75,9 +75,18 @@ class MembershipRules(abc.ABC):
     def _send(self, to: str, msg: object, reliable: bool) -> None:
         """Queue an outbound message."""
 
-    @abc.abstractmethod
     def _push_pull_msg(self, join: bool, reply: bool) -> PushPull:
         """Our full state."""
+        states = [push_pull_state(self.table.self_member)]
+        states.extend(push_pull_state(m) for m in self.table)
+        me = self.table.self_member
+        return PushPull(self.node_id, me.addr, join, reply, tuple(states))
+
+    def _anti_entropy(self) -> None:
+        """Push-pull with one random live member (the periodic full-state sync)."""
+        targets = self.table.sample(self._rng, 1, lambda m: m.state == MemberState.ALIVE)
+        if targets:
+            self._send(targets[0].addr, self._push_pull_msg(join=False, reply=False), True)
 
     @abc.abstractmethod
     def _push_suspicion_deadline(self, deadline: float, node: str) -> None:

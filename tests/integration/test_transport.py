@@ -34,8 +34,10 @@ class Node:
         self.name = name
         self.datagrams: list[tuple[str, bytes]] = []
         self.streams: list[tuple[str, bytes]] = []
+        self.lost: list[str] = []
         self.t = Transport(HOST, port, keyring, name, time.time_ns(),
-                           self._on_datagram, self._on_stream, rng=random.Random(1))
+                           self._on_datagram, self._on_stream, rng=random.Random(1),
+                           on_connection_lost=self.lost.append)
         self.on_datagram_hook: Callable[[str, bytes], None] | None = None
         self.on_stream_hook: Callable[[str, bytes], None] | None = None
 
@@ -294,6 +296,25 @@ async def test_reconnects_with_backoff_after_peer_restarts(
             assert a.t.stats.connects == 2
             b2.t.send_stream(a.addr, b"back")
             await wait_until(lambda: a.streams == [(b2.addr, b"back")])
+
+
+async def test_a_peer_that_goes_away_is_reported_by_its_listen_address(
+        keyring: Callable[[], Keyring]) -> None:
+    """Both our outbound connection to it and its inbound one to us end: each is
+    reported with the peer's listen address (what membership knows it by); our
+    own close reports nothing."""
+    async with Node("a", keyring()) as a:
+        b = Node("b", keyring())
+        await b.t.start()
+        b.on_stream_hook = lambda addr, p: b.t.send_stream(addr, b"re:" + p)
+        a.t.send_stream(b.addr, b"hello")
+        await wait_until(lambda: a.streams == [(b.addr, b"re:hello")])
+        assert a.lost == []
+        await b.t.close()
+        await wait_until(lambda: len(a.lost) == 2)
+        assert a.lost == [b.addr, b.addr]
+        assert b.lost == []
+    assert a.lost == [b.addr, b.addr]
 
 
 async def test_outbound_queue_drops_oldest_when_full(
