@@ -14,7 +14,10 @@ Faults:
 
 * UDP (``reliable=False``): loss probability, uniform delay in
   ``[min_delay, max_delay]`` (which also reorders), duplication probability;
-* TCP (``reliable=True``): never lost at random, fixed ``tcp_delay``; a TCP
+* TCP (``reliable=True``): never lost at random, fixed ``tcp_delay``; with
+  ``tcp_rto`` set, each segment the UDP ``loss`` would have dropped is instead
+  retransmitted after an exponentially growing timeout (as the kernel does,
+  200 ms minimum RTO on Linux), so a lossy link makes TCP late, not lossy; a TCP
   message that cannot be delivered (cut, isolated, crashed receiver) is
   reported back to the sender with ``unreachable()``, as the runtime does;
 * ``cut(groups)``: only nodes in the same group talk; ``heal()`` undoes it;
@@ -84,6 +87,7 @@ class SwimNet:
         max_delay: float = 0.002,
         duplicate: float = 0.0,
         tcp_delay: float = 0.002,
+        tcp_rto: float = 0.0,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -93,6 +97,7 @@ class SwimNet:
         self.max_delay = max_delay
         self.duplicate = duplicate
         self.tcp_delay = tcp_delay
+        self.tcp_rto = tcp_rto
         self.now = 0.0
         self.hosts: dict[str, SimHost] = {}
         self.extra_delay: dict[str, float] = {}
@@ -268,7 +273,13 @@ class SwimNet:
             return
         extra = self.extra_delay.get(src, 0.0) + self.extra_delay.get(dst, 0.0)
         if reliable:
-            self._push(self.now + self.tcp_delay + extra, _DELIVER, dst, (src, msg, True))
+            retransmits = 0.0
+            if self.tcp_rto and self.loss:
+                backoff = self.tcp_rto
+                while self.rng.random() < self.loss and backoff < 64 * self.tcp_rto:
+                    retransmits += backoff
+                    backoff *= 2
+            self._push(self.now + self.tcp_delay + extra + retransmits, _DELIVER, dst, (src, msg, True))
             return
         self._udp_count += 1
         if self._udp_count % self.size_check_every == 0:
