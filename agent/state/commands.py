@@ -6,25 +6,25 @@ client's idempotency id ("" for none); ``at`` is the leader's wall clock when
 it proposed the command -- the state machine never reads a clock, so every
 replica computes the same state from the same log.
 
-Each op is a frozen dataclass below; ``encode_command`` turns one into bytes
-and ``decode_command`` validates every field against the dataclass's type
-hints and its ``check()`` bounds, raising ``ProtocolError`` with one line.
+Each op is a frozen dataclass below; ``encode_command`` validates its fields
+and turns it into bytes, and ``decode_command`` validates every field against
+the dataclass's type hints and its ``check()`` bounds, raising
+``ProtocolError`` with one line.  Both use converters compiled once per class
+(``agent.state.convert``); encoding checks the inputs instead of decoding
+what it just encoded.
 A committed entry that fails validation is applied as a no-op with an error
 result, identically on every replica.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import msgpack
 
 from agent.errors import ProtocolError
+from agent.state.convert import DataclassConverter, bad_field, compile_converter, converter_for
 
 MAX_COMMAND_BYTES = 4 * 1024 * 1024
 """Largest encoded command accepted."""
@@ -259,88 +259,40 @@ class Command:
 
 # ---------------------------------------------------------------- encoding
 
+_AT: Final = compile_converter("at", float)
+# Compiled once at import: per-entry reflection was most of the apply cost.
+_BY_CLASS: Final[dict[type[Any], DataclassConverter]] = {
+    cls: converter_for(cls) for cls in OPS.values()
+}
+_BY_OP: Final[dict[str, DataclassConverter]] = {op: _BY_CLASS[cls] for op, cls in OPS.items()}
 
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
+
+def _check_rid(rid: Any) -> None:
+    if type(rid) is not str or len(rid) > MAX_RID_LEN:
+        raise bad_field("rid", f"must be a string of at most {MAX_RID_LEN} characters")
 
 
 def encode_command(body: Op, rid: str, at: float) -> bytes:
-    """The bytes to propose.  Validates first, so a bad command fails at the caller."""
-    mapping = {"op": body.OP, "rid": rid, "at": float(at), **_plain(body)}
+    """The bytes to propose.  Validates the inputs first (the same field converters
+    and ``check`` bounds ``decode_command`` applies), so a bad command fails at the
+    caller and what is appended always decodes."""
+    conv = _BY_CLASS.get(type(body))
+    if conv is None:
+        raise ProtocolError(f"not a command: {type(body).__name__}")
+    _check_rid(rid)
+    at = _AT(float(at))
+    conv.validate(body)
+    reason = check(body)
+    if reason is not None:
+        raise ProtocolError(f"bad {body.OP}: {reason}")
+    mapping = conv.to_plain(body, {"op": body.OP, "rid": rid, "at": at})
     data: bytes = msgpack.packb(mapping, use_bin_type=True)
-    decode_command(data)
+    if len(data) > MAX_COMMAND_BYTES:
+        raise ProtocolError(f"command of {len(data)} bytes exceeds {MAX_COMMAND_BYTES}")
     return data
 
 
 # ---------------------------------------------------------------- decoding
-
-
-def _bad(name: str, reason: str) -> ProtocolError:
-    return ProtocolError(f"bad command field {name}: {reason}")
-
-
-def _convert(name: str, hint: Any, value: Any) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _convert(name, inner, value)
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise _bad(name, "expected a list")
-        item = typing.get_args(hint)[0]
-        return tuple(_convert(f"{name}[]", item, v) for v in value)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _bad(name, "expected a map")
-        key_hint, item_hint = typing.get_args(hint)
-        return {
-            _convert(f"{name} key", key_hint, k): _convert(f"{name}.{k}", item_hint, v)
-            for k, v in value.items()
-        }
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise _bad(name, "expected a map")
-        return _build(name, typing.cast(type[Any], hint), value)
-    if hint is float and type(value) is int:
-        value = float(value)
-    if hint is float and type(value) is float:
-        if not math.isfinite(value):
-            raise _bad(name, "must be finite")
-        return value
-    if hint in (int, str, bool, bytes) and type(value) is hint:
-        return value
-    raise _bad(name, f"expected {getattr(hint, '__name__', hint)}, got {type(value).__name__}")
-
-
-_HINTS: dict[type[Any], dict[str, Any]] = {}
-
-
-def _build(prefix: str, cls: type[Any], mapping: dict[Any, Any]) -> Any:
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = _HINTS[cls] = {
-            k: v
-            for k, v in typing.get_type_hints(cls).items()
-            if typing.get_origin(v) is not ClassVar
-        }
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name in mapping:
-            values[f.name] = _convert(f"{prefix}{f.name}", hints[f.name], mapping[f.name])
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise _bad(f"{prefix}{f.name}", "missing")
-    unknown = set(mapping) - set(hints)
-    if unknown:
-        raise _bad(prefix + sorted(map(str, unknown))[0], "unknown field")
-    return cls(**values)
 
 
 def decode_command(data: bytes) -> Command:
@@ -351,18 +303,18 @@ def decode_command(data: bytes) -> Command:
         mapping = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types
         raise ProtocolError(f"command is not msgpack: {type(exc).__name__}") from None
-    if not isinstance(mapping, dict):
+    if type(mapping) is not dict:
         raise ProtocolError("command is not a map")
-    fields_ = dict(mapping)
-    op = fields_.pop("op", None)
-    rid = fields_.pop("rid", "")
-    at = fields_.pop("at", None)
-    if not isinstance(op, str) or op not in OPS:
-        raise _bad("op", f"unknown op {op!r}")
-    if not isinstance(rid, str) or len(rid) > MAX_RID_LEN:
-        raise _bad("rid", f"must be a string of at most {MAX_RID_LEN} characters")
-    at = _convert("at", float, at)
-    body = _build("", OPS[op], fields_)
+    # The map is ours to consume: msgpack built it for this call alone.
+    op = mapping.pop("op", None)
+    rid = mapping.pop("rid", "")
+    at = mapping.pop("at", None)
+    conv = _BY_OP.get(op) if type(op) is str else None
+    if conv is None:
+        raise bad_field("op", f"unknown op {op!r}")
+    _check_rid(rid)
+    at = _AT(at)
+    body = conv.build(mapping)
     reason = check(body)
     if reason is not None:
         raise ProtocolError(f"bad {op}: {reason}")

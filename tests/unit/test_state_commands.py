@@ -189,3 +189,27 @@ def test_constructors_validate_eagerly() -> None:
 
 def test_integer_at_is_accepted_as_float() -> None:
     assert decode_command(mutate("kv.put", {"at": 5})).at == 5.0
+
+
+def test_encoding_validates_field_types_without_decoding() -> None:
+    from agent.state.commands import KvPut, TaskFinish, encode_command
+
+    with pytest.raises(ProtocolError, match="value"):
+        encode_command(KvPut("ns", "k", "text"), "r", 0.0)  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError, match="rid"):
+        encode_command(KvPut("ns", "k", b"v"), "x" * 129, 0.0)
+    with pytest.raises(ProtocolError, match="finite"):
+        encode_command(KvPut("ns", "k", b"v"), "r", float("inf"))
+    bad_stats = TaskFinish("t1", "n1", 1, 0, TaskStats(peak_rss="lots"))  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError, match=r"stats\.peak_rss"):
+        encode_command(bad_stats, "r", 0.0)
+
+
+def test_encoding_is_plain_msgpack_in_field_order() -> None:
+    assert raw(VALID["task.finish"]) == {
+        "op": "task.finish", "rid": "r", "at": 1.0, "task": "t1", "node": "n1", "epoch": 1,
+        "exit_code": 0, "stats": {"duration": 1.0, "cpu_time": 0.5, "peak_rss": 10,
+                                  "timed_out": False},
+        "replicas": ["n2"],
+    }
+    assert list(raw(VALID["kv.put"])) == ["op", "rid", "at", "ns", "key", "value"]
