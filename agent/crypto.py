@@ -165,6 +165,33 @@ def load_key_file(path: str | os.PathLike[str]) -> bytes:
     return decode_key(text, field="key_file")
 
 
+KEYRING_DIR = "keyring"
+"""Directory beside the key file whose ``*.key`` files are installed, not primary."""
+
+
+def load_keyring(key_file: str | os.PathLike[str]) -> Keyring:
+    """The primary key from ``key_file`` plus every ``keyring/*.key`` beside it.
+
+    ``meshtui keys install -i`` writes each rotated-in key there (and ``use``
+    keeps the old primary there until ``remove``), so an agent restarted in the
+    middle of a rotation still opens what its peers seal.  An unreadable or
+    malformed file refuses the start, naming it.
+    """
+    primary = load_key_file(key_file)
+    ring = Path(key_file).parent / KEYRING_DIR
+    extra: list[bytes] = []
+    if ring.is_dir():
+        for path in sorted(ring.glob("*.key")):
+            try:
+                extra.append(load_key_file(path))
+            except ConfigError as exc:
+                raise ConfigError("key_file", f"{path}: {exc.reason}") from None
+    try:
+        return Keyring(extra, primary)
+    except ConfigError as exc:
+        raise ConfigError("key_file", f"{ring}: {exc.reason}") from None
+
+
 def key_id(key: bytes) -> bytes:
     """First 4 bytes of SHA-256 of the key."""
     return hashlib.sha256(key).digest()[:KEY_ID_SIZE]

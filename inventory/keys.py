@@ -8,10 +8,12 @@ What each action does, per selected host (all in parallel):
 
 * ``install [KEY]`` (a new key is generated when none is given): write
   ``<mesh_config_dir>/keyring/<id>.key`` (0600) and run ``meshtui keys
-  install KEY`` against the host's agent.
-* ``use ID``: write the key over ``cluster.key`` (so a restarted agent seals
-  with it), install it into the running agent again (an agent restarted since
-  ``install`` knows only ``cluster.key``) and run ``meshtui keys use ID``.
+  install --key-file`` on it against the host's agent (keys never go in argv).
+* ``use ID``: copy the old primary into ``keyring/`` (so the host, restarted
+  before ``remove``, still opens packets from hosts not switched yet), write
+  the key over ``cluster.key`` (so a restarted agent seals with it), install it
+  into the running agent again and run ``meshtui keys use ID``.  An agent loads
+  ``cluster.key`` as its primary and every ``keyring/*.key`` beside it.
 * ``remove ID``: delete ``keyring/<id>.key`` and run ``meshtui keys remove ID``;
   the primary cannot be removed.
 * ``list``: ``meshtui keys list --json`` (ids only, never keys).
@@ -101,15 +103,25 @@ async def keys_command(
             if action == "list":
                 done = await remote.run(files.meshtui_command(host, "keys", "list", "--json"), "keys list")
                 return HostOutcome(host.name, "listed", _describe_keys(done.stdout))
+            # Keys reach the agent through a 0600 file, never argv (which `ps` shows).
+            argv: tuple[str, ...]
             if action == "install":
                 await remote.write_file(f"{ring}/{kid}.key", (key_text + "\n").encode(), 0o600, "write key")
-                argv = ("keys", "install", key_text)
+                argv = ("keys", "install", "--key-file", f"{ring}/{kid}.key")
             elif action == "use":
+                # The old primary stays in keyring/ (until ``remove``) so that this host,
+                # restarted, still opens packets from hosts not switched yet; the new
+                # one is written there too in case ``install`` missed this host.
+                old_text = load_or_create_key(key_path)
+                await remote.write_file(
+                    f"{ring}/{key_id_of(old_text)}.key", (old_text + "\n").encode(), 0o600, "keep the old key"
+                )
+                await remote.write_file(f"{ring}/{kid}.key", (key_text + "\n").encode(), 0o600, "write key")
                 await remote.write_file(host.key_path, (key_text + "\n").encode(), 0o600, "write key")
-                # An agent restarted since ``install`` knows only cluster.key: install again
-                # (a no-op where the key is present) so ``use`` cannot fail on it.
+                # An agent restarted since ``install`` may lack the key: install again (a
+                # no-op where it is present) so ``use`` cannot fail on it.
                 await remote.run(
-                    files.meshtui_command(host, "keys", "install", key_text),
+                    files.meshtui_command(host, "keys", "install", "--key-file", host.key_path),
                     "keys install",
                     check=False,
                 )

@@ -130,8 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
         q = keys.add_parser(op, help=f"{op} cluster keys")
         _common(q, nested=True)
         q.add_argument("--limit", help="host pattern (with -i: rotate across the inventory)")
-        if op != "list":
-            q.add_argument("key", help="the key (install) or its id (use, remove)")
+        if op == "install":
+            q.add_argument("key", nargs="?", help="the base64 key (with -i: generated if omitted)")
+            q.add_argument("--key-file", help="read the key from this file, keeping it out of argv")
+        elif op != "list":
+            q.add_argument("key", help="the key id")
 
     p = sub.add_parser("demo", help="a local mesh of real agents plus the TUI")
     p.add_argument("--nodes", type=int, default=5)

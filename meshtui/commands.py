@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from meshtui.targets import ResolvedTarget, Session, TargetError, resolve_target
@@ -326,10 +327,21 @@ def cmd_transfer_leader(args: argparse.Namespace, session: Session) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     """With ``-i`` and no target: rotate across the inventory's hosts; else one agent."""
+    if args.op == "install":
+        key_file = getattr(args, "key_file", None)
+        if key_file and args.key:
+            return _fail("keys install: give the key or --key-file, not both", EXIT_USAGE)
+        if key_file:
+            try:
+                args.key = Path(key_file).read_text(encoding="ascii").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                return _fail(f"keys install: cannot read --key-file {key_file}: {exc}", EXIT_USAGE)
     if getattr(args, "inventory", None) and not getattr(args, "target", None):
         from inventory.cli import run_inventory_command
 
         return run_inventory_command("keys", args)
+    if args.op == "install" and not args.key:
+        return _fail("keys install: give the key or --key-file FILE", EXIT_USAGE)
     return _keys_on_agent(args)
 
 

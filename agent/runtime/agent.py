@@ -24,7 +24,7 @@ from agent import __version__, wire
 from agent.config import AgentConfig, load_or_create_node_id
 from agent.control.paths import default_socket_path
 from agent.control.server import ControlServer
-from agent.crypto import Keyring, load_key_file
+from agent.crypto import Keyring, load_keyring
 from agent.discovery import Discovery
 from agent.errors import ConfigError, LocalError, ProtocolError
 from agent.raft import messages as raft_messages
@@ -95,7 +95,7 @@ class Agent:
             )
             keyring = Keyring.from_key(INSECURE_KEY)
         else:
-            keyring = Keyring.from_key(load_key_file(config.key_file))
+            keyring = load_keyring(config.key_file)
         self.incarnation = _next_incarnation(config.data_dir)
         self.transport = Transport(
             config.bind,

@@ -165,3 +165,21 @@ def test_bad_cli_arguments_exit_2() -> None:
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     out = meshtui("status", "-t", "ftp://host")
     assert out.returncode == 2 and "unsupported target scheme" in out.stderr
+
+
+def test_keys_install_reads_the_key_from_a_file(one_agent: LocalMesh, tmp_path: Path) -> None:
+    """``keys install --key-file`` keeps the key out of argv; bad uses are one line, exit 2."""
+    from agent.crypto import decode_key, generate_key, key_id
+
+    sock = one_agent.nodes[0].socket_path
+    key = generate_key()
+    key_file = tmp_path / "new.key"
+    key_file.write_text(key + "\n")
+    out = meshtui("keys", "install", "--key-file", str(key_file), "--json", "-t", sock)
+    assert out.returncode == 0, out.stderr
+    assert key_id(decode_key(key)).hex() in {k["id"] for k in json.loads(out.stdout)["keys"]}
+    both = meshtui("keys", "install", key, "--key-file", str(key_file), "-t", sock)
+    missing = meshtui("keys", "install", "--key-file", str(tmp_path / "absent.key"), "-t", sock)
+    neither = meshtui("keys", "install", "-t", sock)
+    for bad, says in ((both, "not both"), (missing, "absent.key"), (neither, "--key-file")):
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and says in bad.stderr, bad.stderr

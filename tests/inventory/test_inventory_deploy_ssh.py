@@ -30,12 +30,12 @@ from inventory import agentfiles as files
 from inventory import load_inventory
 from inventory.clusterkey import key_id_of
 from inventory.deploy import converge_host, deploy, undeploy
-from inventory.hoststeps import install_venv, probe, stop_service, sync_wheels
+from inventory.hoststeps import install_venv, probe, start_service, stop_service, sync_wheels, wait_member
 from inventory.hostvars import Host
 from inventory.keys import keys_command
 from inventory.loader import Inventory
 from inventory.progress import FAILED, QuietProgress
-from inventory.remote import connect
+from inventory.remote import RemoteHost, connect
 from inventory.upgrade import upgrade
 from inventory.wheels import Wheelhouse, build_wheelhouse, file_sha256
 
@@ -210,7 +210,7 @@ AGENT_READY = importlib.util.find_spec("agent.runtime.agent") is not None
 
 @pytest.mark.skipif(not AGENT_READY, reason="the agent runtime (agent.runtime.agent) is not in yet")
 async def test_full_deploy_keys_and_idempotent_redeploy(
-    sshd: Sshd, wheelhouse: Wheelhouse, host_base: Path, tmp_path: Path
+    sshd: Sshd, wheelhouse: Wheelhouse, host_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     inv = write_inventory(tmp_path, sshd, host_base, ghost=True)
     host = inv.host("local")
@@ -229,20 +229,46 @@ async def test_full_deploy_keys_and_idempotent_redeploy(
         assert status["consensus"]["leader"] == "local"
 
         # Key rotation across the inventory: install -> use -> remove, each idempotent.
-        old_id = key_id_of(Path(inv.default_key_path).read_text())
+        # Every command run on the host is recorded: no key may appear in one (argv
+        # is visible to every user through ps).
+        commands: list[str] = []
+        real_run = RemoteHost.run
+
+        async def spy_run(self: RemoteHost, command: str, *args: Any, **kwargs: Any) -> Any:
+            commands.append(command)
+            return await real_run(self, command, *args, **kwargs)
+
+        monkeypatch.setattr(RemoteHost, "run", spy_run)
+        ring = Path(host.config_dir) / "keyring"
+        old_key = Path(inv.default_key_path).read_text().strip()
+        old_id = key_id_of(old_key)
         installed = await keys_command("install", inv, "local", progress)
         assert installed.exit_code == 0, installed.hosts
         new_id = installed.outcome("local").detail.split()[-1]
+        new_key = (Path(inv.default_key_path + ".d") / f"{new_id}.key").read_text().strip()
         assert sorted(agent_key_ids(host)) == sorted([old_id, new_id])
+        assert sorted(p.name for p in ring.iterdir()) == [f"{new_id}.key"]
+        # Restarted mid-rotation, the agent loads keyring/*.key beside cluster.key.
+        async with connect(host) as remote:
+            await stop_service(remote, systemd=False)
+            await start_service(remote, False, restart=False, unit_changed=False)
+            await wait_member(remote, False, 60, progress)
+        assert sorted(agent_key_ids(host)) == sorted([old_id, new_id])
+        assert agent_key_ids(host, primary_only=True) == [old_id]
         used = await keys_command("use", inv, "local", progress, new_id)
         assert used.exit_code == 0, used.hosts
         assert key_id_of(Path(inv.default_key_path).read_text()) == new_id
         assert key_id_of(Path(host.key_path).read_text()) == new_id
         assert agent_key_ids(host, primary_only=True) == [new_id]
+        # The old primary stays on the host until remove, for hosts not switched yet.
+        assert sorted(p.name for p in ring.iterdir()) == sorted([f"{old_id}.key", f"{new_id}.key"])
         for _ in range(2):  # the second run finds nothing left to do
             removed = await keys_command("remove", inv, "local", progress, old_id)
             assert removed.exit_code == 0, removed.hosts
         assert agent_key_ids(host) == [new_id]
+        assert sorted(p.name for p in ring.iterdir()) == [f"{new_id}.key"]
+        assert commands and not [c for c in commands if old_key in c or new_key in c]
+        monkeypatch.undo()
         listed = await keys_command("list", inv, "local", progress)
         assert listed.outcome("local").detail == f"keys {new_id}*"
 

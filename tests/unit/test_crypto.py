@@ -67,6 +67,32 @@ def test_missing_key_file_is_a_config_error(tmp_path: Path) -> None:
         crypto.load_key_file(tmp_path / "absent.key")
 
 
+def test_load_keyring_takes_the_primary_and_every_keyring_file_beside_it(tmp_path: Path) -> None:
+    (tmp_path / "cluster.key").write_text(base64.b64encode(KEY_A).decode() + "\n")
+    assert [k.primary for k in crypto.load_keyring(tmp_path / "cluster.key").list()] == [True]
+    ring = tmp_path / "keyring"
+    ring.mkdir()
+    (ring / f"{crypto.key_id(KEY_B).hex()}.key").write_text(base64.b64encode(KEY_B).decode())
+    (ring / f"{crypto.key_id(KEY_A).hex()}.key").write_text(base64.b64encode(KEY_A).decode())
+    (ring / "notes.txt").write_text("not a key file: ignored")
+    keyring = crypto.load_keyring(tmp_path / "cluster.key")
+    assert keyring.primary_id == crypto.key_id(KEY_A).hex()
+    assert sorted(k.key_id for k in keyring.list()) == sorted(
+        [crypto.key_id(KEY_A).hex(), crypto.key_id(KEY_B).hex()]
+    )
+    sealed_with_b = Envelope(Keyring.from_key(KEY_B), "peer", 1).seal(Channel.DATAGRAM, b"hi")
+    assert Envelope(keyring, "me", 1).open(Channel.DATAGRAM, sealed_with_b) == b"hi"
+
+
+def test_a_bad_keyring_file_refuses_the_start_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "cluster.key").write_text(base64.b64encode(KEY_A).decode() + "\n")
+    (tmp_path / "keyring").mkdir()
+    (tmp_path / "keyring" / "broken.key").write_text("not base64 at all!!")
+    with pytest.raises(ConfigError, match=r"broken\.key") as info:
+        crypto.load_keyring(tmp_path / "cluster.key")
+    assert info.value.field == "key_file" and "\n" not in str(info.value)
+
+
 def test_binary_key_file_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "cluster.key"
     path.write_bytes(b"\xff\xfe" * 20)
