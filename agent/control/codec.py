@@ -140,29 +140,34 @@ def _is_int(value: object) -> bool:
     return type(value) is int
 
 
+_CONTAINERS: Final = (dict, list, tuple)
+"""Built once: ``dict | list | tuple`` in an isinstance call builds a union per call."""
+
+
 def check_value(value: object, *, depth_limit: int = MAX_DEPTH) -> None:
     """Raise ``ProtocolError`` unless ``value`` nests at most ``depth_limit`` deep
     and every map key is a ``str`` (the control API's only key type).
 
     Iterative so hostile input cannot exhaust the Python stack.
     """
+    if not isinstance(value, _CONTAINERS):
+        return
     stack: list[tuple[object, int]] = [(value, 1)]
+    push, pop = stack.append, stack.pop
     while stack:
-        item, depth = stack.pop()
+        item, depth = pop()
+        if depth > depth_limit:
+            raise ProtocolError(f"nesting deeper than {depth_limit}")
         if isinstance(item, dict):
-            if depth > depth_limit:
-                raise ProtocolError(f"nesting deeper than {depth_limit}")
             for key, child in item.items():
                 if not isinstance(key, str):
                     raise ProtocolError(f"map key must be str, not {type(key).__name__}")
-                if isinstance(child, dict | list | tuple):
-                    stack.append((child, depth + 1))
-        elif isinstance(item, list | tuple):
-            if depth > depth_limit:
-                raise ProtocolError(f"nesting deeper than {depth_limit}")
-            stack.extend(
-                (child, depth + 1) for child in item if isinstance(child, dict | list | tuple)
-            )
+                if isinstance(child, _CONTAINERS):
+                    push((child, depth + 1))
+        else:
+            for child in item:  # type: ignore[attr-defined]
+                if isinstance(child, _CONTAINERS):
+                    push((child, depth + 1))
 
 
 def _check_name(kind: str, value: object) -> str:
@@ -175,6 +180,34 @@ def _check_name(kind: str, value: object) -> str:
 
 def decode_body(body: bytes | memoryview) -> dict[str, Any]:
     """Decode one frame body to a map, enforcing every named limit."""
+    size = len(body)
+    limits = {
+        "max_str_len": min(MAX_STR_LEN, size),
+        "max_bin_len": min(MAX_BIN_LEN, size),
+        "max_array_len": min(MAX_ARRAY_LEN, size),
+        "max_map_len": min(MAX_MAP_LEN, size // 2),
+    }
+    try:
+        if size <= MAX_CONTAINERS:
+            # Every array or map takes at least one byte, so a frame this small
+            # cannot exceed the container budget: skip the per-container hook
+            # (a Python call per map, most of the decode time of a request).
+            obj = msgpack.unpackb(
+                body, raw=False, use_list=True, strict_map_key=True, max_ext_len=0, **limits
+            )
+        else:
+            obj = _unpack_counted(body, limits)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises a zoo of types; the boundary has one
+        raise ProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from exc
+    if type(obj) is not dict:
+        raise ProtocolError(f"frame must hold a map, not {type(obj).__name__}")
+    check_value(obj)
+    return obj
+
+
+def _unpack_counted(body: bytes | memoryview, limits: dict[str, int]) -> Any:
     budget = [MAX_CONTAINERS]
 
     def count_container(obj: Any) -> Any:
@@ -183,29 +216,16 @@ def decode_body(body: bytes | memoryview) -> dict[str, Any]:
             raise ProtocolError(f"more than {MAX_CONTAINERS} arrays/maps in one frame")
         return obj
 
-    size = len(body)
-    try:
-        obj = msgpack.unpackb(
-            body,
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            max_str_len=min(MAX_STR_LEN, size),
-            max_bin_len=min(MAX_BIN_LEN, size),
-            max_array_len=min(MAX_ARRAY_LEN, size),
-            max_map_len=min(MAX_MAP_LEN, size // 2),
-            max_ext_len=0,
-            list_hook=count_container,
-            object_hook=count_container,
-        )
-    except ProtocolError:
-        raise
-    except Exception as exc:  # msgpack raises a zoo of types; the boundary has one
-        raise ProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise ProtocolError(f"frame must hold a map, not {type(obj).__name__}")
-    check_value(obj)
-    return obj
+    return msgpack.unpackb(
+        body,
+        raw=False,
+        use_list=True,
+        strict_map_key=True,
+        max_ext_len=0,
+        list_hook=count_container,
+        object_hook=count_container,
+        **limits,
+    )
 
 
 def encode_frame(obj: Mapping[str, Any]) -> bytes:

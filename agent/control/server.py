@@ -8,10 +8,16 @@ clients (the TUI, the CLI, SSH-forwarded operators), up to
 
 * the *reader* feeds bytes into a sans-IO ``ControlConnection`` and dispatches
   each ``Request`` to its handler in its own task, so a slow ``kv.get`` never
-  holds up a ``status``.  At most ``MAX_IN_FLIGHT`` requests per client run at
+  holds up a ``status``.  A handler may instead be a plain function that
+  checks its params, starts the work and returns an ``asyncio.Future`` (the
+  KV writes do: a commit is a future the Raft driver resolves); its reply is
+  sent from the future's done-callback, saving a task and its two steps per
+  request.  At most ``MAX_IN_FLIGHT`` requests per client run at
   once: a slot is taken before dispatch and given back only once the reply is
   written, so a client that sends without reading stops being read (TCP-style
   back-pressure) instead of growing our memory;
+* replies finished in one event-loop iteration are joined and written at its
+  end, one send for a whole commit group instead of one per reply;
 * the *writer* is the only coroutine that writes to the socket.  It sends
   queued replies first, then events from the client's subscriptions in
   round-robin order.
@@ -140,8 +146,14 @@ class _Peer:
         self.reader = reader
         self.writer = writer
         self.conn = ControlConnection(SERVER)
-        self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        # Free request slots; only the reader waits for one (``_slot_freed``).
+        # A plain counter, not a Semaphore: taking a free slot must not cost a
+        # coroutine per request.
+        self.free_slots = MAX_IN_FLIGHT
+        self.slot_waiter: asyncio.Future[None] | None = None
         self.handler_tasks: set[asyncio.Task[None]] = set()
+        # Requests answered by a future (see ``ControlServer``), not by a task.
+        self.handler_futures: set[asyncio.Future[Any]] = set()
         # (frame, holds_slot): a reply frees its request's slot once written.
         self.replies: deque[tuple[bytes, bool]] = deque()
         self.subs: dict[int, _Subscription] = {}
@@ -150,6 +162,13 @@ class _Peer:
         self.wake = asyncio.Event()
         self.closing = False
         self.broken = False
+        # Replies finished in one loop iteration leave in one write (one send
+        # syscall instead of one each); see ``_reply``.
+        self.loop = asyncio.get_running_loop()
+        self.batch: list[bytes] = []
+        self.batch_bytes = 0
+        self.batch_slots = 0
+        self.flush_scheduled = False
 
     # -- reading and dispatch
     async def run(self) -> None:
@@ -161,14 +180,19 @@ class _Peer:
                 self.conn.receive_data(data)
                 while (message := self.conn.next_event()) is not NEED_DATA:
                     assert isinstance(message, Request)
-                    await self._dispatch(message)
+                    while not self.free_slots:
+                        self.slot_waiter = self.loop.create_future()
+                        await self.slot_waiter
+                    self.free_slots -= 1
+                    self._dispatch(message)
                 if not data:
                     break
             # End of stream: the client may only have half-closed (a script
             # piping one request), so let in-flight requests answer first.
             flush = True
-            if self.handler_tasks:
-                await asyncio.wait(set(self.handler_tasks), timeout=EOF_GRACE)
+            running = self.handler_tasks | self.handler_futures
+            if running:
+                await asyncio.wait(running, timeout=EOF_GRACE)
         except ProtocolError as exc:
             logger.info("control client sent garbage, closing: %s", exc)
             for task in self.handler_tasks:
@@ -194,8 +218,14 @@ class _Peer:
             with contextlib.suppress(ConnectionError, OSError):
                 await self.writer.wait_closed()
 
-    async def _dispatch(self, request: Request) -> None:
-        await self.slots.acquire()
+    def _release_slots(self, count: int = 1) -> None:
+        self.free_slots += count
+        waiter = self.slot_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _dispatch(self, request: Request) -> None:
+        """Start one request; its slot is already taken."""
         if request.method in BUILTIN_METHODS:
             self._builtin(request)
             return
@@ -205,23 +235,53 @@ class _Peer:
                 ErrorResponse(request.id, "bad_request", f"unknown method '{request.method}'")
             )
             return
-        task = asyncio.create_task(self._run_handler(handler, request))
+        try:
+            # A coroutine function runs nothing here; a future-returning one
+            # has validated its params and started the work.
+            awaitable = handler(request.params)
+        except Exception as exc:
+            self._reply_error(request, exc)
+            return
+        if isinstance(awaitable, asyncio.Future):
+            self.handler_futures.add(awaitable)
+            awaitable.add_done_callback(lambda fut: self._future_done(request, fut))
+            return
+        task = asyncio.create_task(self._run_handler(awaitable, request))
         self.handler_tasks.add(task)
         task.add_done_callback(self.handler_tasks.discard)
 
-    async def _run_handler(self, handler: Handler, request: Request) -> None:
+    async def _run_handler(self, awaitable: Awaitable[Any], request: Request) -> None:
         try:
-            result = await handler(request.params)
+            result = await awaitable
         except asyncio.CancelledError:
-            self.slots.release()
+            self._release_slots()
             raise
         except Exception as exc:
-            code, message = error_reply(exc)
-            if code == "internal":
-                logger.exception("control method %s failed", request.method)
-            self._reply(ErrorResponse(request.id, code, message))
+            self._reply_error(request, exc)
             return
         self._reply(Response(request.id, result))
+
+    def _future_done(self, request: Request, fut: asyncio.Future[Any]) -> None:
+        self.handler_futures.discard(fut)
+        if self.closing:
+            self._release_slots()
+            return
+        if fut.cancelled():
+            self._reply_error(request, NoQuorumError("the request was cancelled"))
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self._reply_error(request, exc)
+            return
+        self._reply(Response(request.id, fut.result()))
+
+    def _reply_error(self, request: Request, exc: BaseException) -> None:
+        code, message = error_reply(exc)
+        if code == "internal":
+            logger.error(
+                "control method %s failed", request.method, exc_info=(type(exc), exc, exc.__traceback__)
+            )
+        self._reply(ErrorResponse(request.id, code, message))
 
     def _builtin(self, request: Request) -> None:
         try:
@@ -246,14 +306,15 @@ class _Peer:
             raise ProtocolError(f"more than {MAX_SUBSCRIPTIONS} subscriptions")
         sub_id = self.next_sub_id
         self.next_sub_id += 1
-        self.subs[sub_id] = _Subscription(sub_id, frozenset(topics))
+        self.subs[sub_id] = sub = _Subscription(sub_id, frozenset(topics))
+        self.server._count_topics(sub.topics, 1)
         return sub_id
 
     def _unsubscribe(self, params: dict[str, Any]) -> None:
         sub_id = params.get("sub")
         if type(sub_id) is not int or sub_id not in self.subs:
             raise ProtocolError(f"no subscription {sub_id!r}")
-        del self.subs[sub_id]
+        self.server._count_topics(self.subs.pop(sub_id).topics, -1)
 
     # -- writing
     def _reply(self, message: Message, holds_slot: bool = True) -> None:
@@ -262,29 +323,50 @@ class _Peer:
         except ProtocolError as exc:
             if self.conn.state is State.ERROR:  # hanging up: the farewell has been queued
                 if holds_slot:
-                    self.slots.release()
+                    self._release_slots()
                 return
             assert isinstance(message, Response)
             logger.error("control reply to request %d not encodable: %s", message.id, exc)
             frame = self.conn.send(
                 ErrorResponse(message.id, "internal", f"result not encodable: {exc}")
             )
-        # Fast path: with nothing queued and room in the transport buffer, write
-        # now and skip a hop through the writer task.  A client that does not
-        # read fills the buffer, and replies then queue and hold their slots.
+        # Fast path: with nothing queued and room in the transport buffer, the
+        # frame joins this loop iteration's batch, written by ``_flush_batch``
+        # without a hop through the writer task.  Many handlers finish in the
+        # same iteration (one commit answers a whole group), so this is one
+        # send for all of them.  A client that does not read fills the buffer,
+        # and replies then queue and hold their slots.
         transport = self.writer.transport
         if (
             not self.replies
             and not self.broken
             and not transport.is_closing()
-            and transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT
+            and transport.get_write_buffer_size() + self.batch_bytes < DIRECT_WRITE_LIMIT
         ):
-            self.writer.write(frame)
+            self.batch.append(frame)
+            self.batch_bytes += len(frame)
             if holds_slot:
-                self.slots.release()
+                self.batch_slots += 1
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                self.loop.call_soon(self._flush_batch)
             return
         self.replies.append((frame, holds_slot))
         self.wake.set()
+
+    def _flush_batch(self) -> None:
+        """Write the batched replies in one go and free their slots."""
+        self.flush_scheduled = False
+        if not self.batch:
+            return
+        data = self.batch[0] if len(self.batch) == 1 else b"".join(self.batch)
+        slots = self.batch_slots
+        self.batch.clear()
+        self.batch_bytes = self.batch_slots = 0
+        if not self.broken and not self.writer.transport.is_closing():
+            self.writer.write(data)
+        if slots:
+            self._release_slots(slots)
 
     def offer(self, topic: str, data: dict[str, Any]) -> None:
         """Queue an event for every subscription of this client that wants ``topic``."""
@@ -324,11 +406,13 @@ class _Peer:
             await self.wake.wait()
             self.wake.clear()
             while True:
+                # Batched replies go first: a subscribe reply must precede its events.
+                self._flush_batch()
                 if self.replies:
                     frame, holds_slot = self.replies.popleft()
                     await self._write(frame)
                     if holds_slot:
-                        self.slots.release()
+                        self._release_slots()
                     continue
                 if self.conn.state is State.ERROR or self.broken:
                     break
@@ -366,6 +450,9 @@ class ControlServer:
         self._server: asyncio.AbstractServer | None = None
         self._inode: tuple[int, int] | None = None
         self._peers: dict[_Peer, asyncio.Task[Any]] = {}
+        # Subscriptions per topic, so publishing to a topic nobody follows (the
+        # consensus log of every applied write, usually) costs one lookup.
+        self._topic_subs: dict[str, int] = {}
 
     async def start(self) -> None:
         """Bind the socket; ``LocalError`` if another agent already serves it."""
@@ -403,13 +490,19 @@ class ControlServer:
         Call from the event loop's thread.  ``data`` is shared between
         subscribers and encoded later: do not mutate it after publishing.
         """
-        assert topic in self.topics, f"publish to undeclared topic {topic!r}"
+        if not self._topic_subs.get(topic):
+            assert topic in self.topics, f"publish to undeclared topic {topic!r}"
+            return
         for peer in self._peers:
             peer.offer(topic, data)
 
     def has_subscribers(self, topic: str) -> bool:
         """True if any client listens to ``topic`` (lets callers skip building events)."""
-        return any(topic in sub.topics for peer in self._peers for sub in peer.subs.values())
+        return self._topic_subs.get(topic, 0) > 0
+
+    def _count_topics(self, topics: frozenset[str], delta: int) -> None:
+        for topic in topics:
+            self._topic_subs[topic] = self._topic_subs.get(topic, 0) + delta
 
     @property
     def connection_count(self) -> int:
@@ -439,6 +532,9 @@ class ControlServer:
                 raise
         finally:
             self._peers.pop(peer, None)
+            for sub in peer.subs.values():
+                self._count_topics(sub.topics, -1)
+            peer.subs.clear()
 
 
 def _prepare_dir(directory: str) -> None:

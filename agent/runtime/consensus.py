@@ -77,9 +77,11 @@ CAUGHT_UP_LAG = 20
 @dataclass(slots=True)
 class _Pending:
     term: int
-    future: asyncio.Future[ApplyResult]
-    deadline: float
-    """Loop time after which the tick sweep fails the write (``COMMIT_TIMEOUT``)."""
+    future: asyncio.Future[Any]
+    started: float
+    """Loop time of the proposal; the tick sweep fails the write ``COMMIT_TIMEOUT`` later."""
+    finish: Callable[[ApplyResult], Any] | None
+    """Turns the apply result into the future's value (or raises); None: the result itself."""
 
 
 @dataclass(slots=True)
@@ -193,7 +195,7 @@ class ConsensusDriver:
         plus one constant, so the sweep stops at the first live one."""
         while self._pending:
             index, pending = next(iter(self._pending.items()))
-            if pending.deadline > now and not pending.future.done():
+            if pending.started + COMMIT_TIMEOUT > now and not pending.future.done():
                 break
             del self._pending[index]
             if not pending.future.done():
@@ -282,7 +284,7 @@ class ConsensusDriver:
         pending = self._pending.pop(index, None)
         if pending is not None and not pending.future.done():
             if pending.term == term:
-                pending.future.set_result(result)
+                self._resolve(pending, result)
             else:
                 pending.future.set_exception(
                     NoQuorumError("leadership changed before the write committed; retry")
@@ -296,6 +298,21 @@ class ConsensusDriver:
                 data_out.setdefault("kind", "entry")
                 data_out.update(index=index, term=term)
             self._publish(topic, data_out)
+
+    def _resolve(self, pending: _Pending, result: ApplyResult) -> None:
+        latencies = self.commit_latencies
+        latencies.append(asyncio.get_running_loop().time() - pending.started)
+        if len(latencies) > 10_000:
+            del latencies[:5_000]
+        if pending.finish is None:
+            pending.future.set_result(result)
+            return
+        try:
+            value = pending.finish(result)
+        except Exception as exc:
+            pending.future.set_exception(exc)
+        else:
+            pending.future.set_result(value)
 
     def _publish_event(self, event: Any) -> None:
         if event.kind == "election":
@@ -347,32 +364,65 @@ class ConsensusDriver:
             if not leader:
                 raise NoQuorumError("no leader known")
             return await self._forward(leader, command, forward)
-        return await self.propose_local(command)
+        result: ApplyResult = await self._propose_future(command, None)
+        return result
+
+    def submit(
+        self,
+        command: bytes,
+        forward: Callable[[str, object], None],
+        finish: Callable[[ApplyResult], Any] | None = None,
+    ) -> asyncio.Future[Any]:
+        """Start committing ``command``; the future resolves once it is applied, to
+        ``finish(result)`` (or what ``finish`` raises), or fails with ``NoQuorumError``.
+
+        On the leader the future is resolved straight from the apply loop: no task
+        per write (the control server replies from the future's callback).  On a
+        follower a task forwards the command and waits for the leader's answer."""
+        if not self.node.has_quorum_contact():
+            raise NoQuorumError()
+        if not self.node.is_leader():
+            leader = self.node.leader_id
+            if not leader:
+                raise NoQuorumError("no leader known")
+            return asyncio.ensure_future(self._forward_finish(leader, command, forward, finish))
+        return self._propose_future(command, finish)
+
+    async def _forward_finish(
+        self,
+        leader: str,
+        command: bytes,
+        forward: Callable[[str, object], None],
+        finish: Callable[[ApplyResult], Any] | None,
+    ) -> Any:
+        result = await self._forward(leader, command, forward)
+        return result if finish is None else finish(result)
 
     async def propose_local(self, command: bytes) -> ApplyResult:
+        result: ApplyResult = await self._propose_future(command, None)
+        return result
+
+    def _propose_future(
+        self, command: bytes, finish: Callable[[ApplyResult], Any] | None
+    ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
-        started = loop.time()
         try:
             index, term = self.node.propose(command)
         except NotLeaderError:
             raise
         except LocalError as exc:
             raise NoQuorumError(str(exc)) from None
-        fut: asyncio.Future[ApplyResult] = loop.create_future()
+        fut: asyncio.Future[Any] = loop.create_future()
         stale = self._pending.pop(index, None)
         if stale is not None and not stale.future.done():
             # A new term reused this index: the old entry was overwritten.
             stale.future.set_exception(
                 NoQuorumError("leadership changed before the write committed; retry")
             )
-        self._pending[index] = _Pending(term, fut, started + COMMIT_TIMEOUT)
-        self.wake()
         # The tick sweep (_expire_waiters) fails the future after COMMIT_TIMEOUT.
-        result = await fut
-        self.commit_latencies.append(loop.time() - started)
-        if len(self.commit_latencies) > 10_000:
-            del self.commit_latencies[:5_000]
-        return result
+        self._pending[index] = _Pending(term, fut, loop.time(), finish)
+        self.wake()
+        return fut
 
     async def _forward(
         self, leader: str, command: bytes, forward: Callable[[str, object], None]

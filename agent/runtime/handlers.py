@@ -8,6 +8,7 @@ Parameter errors raise ``ValueError`` (→ ``bad_request``); unknown ids raise
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -48,18 +49,32 @@ def _rid(params: dict[str, Any]) -> str:
     return rid
 
 
+def _check_applied(result: ApplyResult) -> None:
+    if not result.ok:
+        message = result.error or "rejected"
+        if "unknown" in message or "not found" in message:
+            raise TaskError(message)
+        raise ValueError(message)
+
+
+def _applied_value(result: ApplyResult) -> Any:
+    _check_applied(result)
+    return result.value
+
+
 def build_handlers(agent: Agent) -> dict[str, Handler]:
     consensus = agent.consensus
     state = consensus.state
 
     async def commit(command: bytes) -> ApplyResult:
         result = await consensus.propose(command, agent.send_to_node)
-        if not result.ok:
-            message = result.error or "rejected"
-            if "unknown" in message or "not found" in message:
-                raise TaskError(message)
-            raise ValueError(message)
+        _check_applied(result)
         return result
+
+    def commit_value(command: bytes) -> asyncio.Future[Any]:
+        # The KV writes' path: a future resolved from the apply loop to the
+        # result's value, no coroutine or task per write (see ControlServer).
+        return consensus.submit(command, agent.send_to_node, _applied_value)
 
     async def read(params: dict[str, Any]) -> None:
         if not params.get("stale", False):
@@ -85,27 +100,27 @@ def build_handlers(agent: Agent) -> dict[str, Handler]:
         await read(params)
         return {"items": state.kv_list(_str(params, "ns", "default"), _str(params, "prefix", ""))}
 
-    async def kv_put(params: dict[str, Any]) -> Any:
+    def kv_put(params: dict[str, Any]) -> asyncio.Future[Any]:
         cmd = builders.cmd_kv_put(
             _str(params, "ns", "default"), _str(params, "key"), _bytes(params, "value"),
             _rid(params), time.time(),
         )
-        return (await commit(cmd)).value
+        return commit_value(cmd)
 
-    async def kv_delete(params: dict[str, Any]) -> Any:
+    def kv_delete(params: dict[str, Any]) -> asyncio.Future[Any]:
         cmd = builders.cmd_kv_delete(
             _str(params, "ns", "default"), _str(params, "key"), _rid(params), time.time()
         )
-        return (await commit(cmd)).value
+        return commit_value(cmd)
 
-    async def kv_cas(params: dict[str, Any]) -> Any:
+    def kv_cas(params: dict[str, Any]) -> asyncio.Future[Any]:
         expected = params.get("expected")
         cmd = builders.cmd_kv_cas(
             _str(params, "ns", "default"), _str(params, "key"),
             None if expected is None else _bytes(params, "expected"),
             _bytes(params, "value"), _rid(params), time.time(),
         )
-        return (await commit(cmd)).value
+        return commit_value(cmd)
 
     def eligible_voters() -> int:
         return sum(1 for m in agent.membership.members() if m.state == "alive")

@@ -336,8 +336,10 @@ def check(body: Op) -> str | None:
                 return f"namespace must be 1-{MAX_NAME_LEN} characters"
             if not 0 < len(body.key) <= MAX_KEY_LEN:
                 return f"key must be 1-{MAX_KEY_LEN} characters"
-            values = [getattr(body, "value", b""), getattr(body, "expected", None) or b""]
-            if any(len(v) > MAX_VALUE_BYTES for v in values):
+            # Plain comparisons: this runs for every KV write on every node.
+            if not isinstance(body, KvDelete) and len(body.value) > MAX_VALUE_BYTES:
+                return f"value exceeds {MAX_VALUE_BYTES} bytes"
+            if isinstance(body, KvCas) and len(body.expected or b"") > MAX_VALUE_BYTES:
                 return f"value exceeds {MAX_VALUE_BYTES} bytes"
         case ProposalCreate():
             if not 0.0 < body.threshold <= 1.0:

@@ -80,7 +80,9 @@ class StateMachine(Queries):
         self.next_proposal_id = 1
         self.nodes: dict[str, dict[str, Any]] = {}  # id → {"name", "draining"}
         self.tasks = TaskTable(self.name_of)
-        self.rids: OrderedDict[str, list[Any]] = OrderedDict()  # rid → [ok, value, error]
+        # rid → [rid, ok, value, error]: already the snapshot's row, so a snapshot
+        # (every few thousand writes, of up to MAX_RIDS rids) copies no rows.
+        self.rids: OrderedDict[str, list[Any]] = OrderedDict()
         self.sched_overrides: dict[str, Any] = {}
 
     # ------------------------------------------------------------ apply
@@ -97,7 +99,7 @@ class StateMachine(Queries):
             return ApplyResult(False, None, str(exc), [_entry(index, "invalid command")])
         summary = summarize(cmd, self.name_of)
         if cmd.rid and cmd.rid in self.rids:
-            ok, value, error = self.rids[cmd.rid]
+            _, ok, value, error = self.rids[cmd.rid]
             return ApplyResult(ok, value, error, [_entry(index, f"{summary} (retry)")])
         try:
             value, events = self._dispatch(cmd, index)
@@ -105,7 +107,7 @@ class StateMachine(Queries):
         except MeshError as exc:
             result = ApplyResult(False, None, str(exc), [_entry(index, f"{summary}: {exc}")])
         if cmd.rid:
-            self.rids[cmd.rid] = [result.ok, result.value, result.error]
+            self.rids[cmd.rid] = [cmd.rid, result.ok, result.value, result.error]
             while len(self.rids) > MAX_RIDS:
                 self.rids.popitem(last=False)
         return result
@@ -207,7 +209,7 @@ class StateMachine(Queries):
             "next_proposal_id": self.next_proposal_id,
             "nodes": self.nodes,
             "tasks": self.tasks.dump(),
-            "rids": [[rid, *cached] for rid, cached in self.rids.items()],
+            "rids": list(self.rids.values()),
             "sched_overrides": self.sched_overrides,
         }
         data: bytes = msgpack.packb(state, use_bin_type=True)
@@ -226,7 +228,7 @@ class StateMachine(Queries):
             fresh.next_proposal_id = int(state["next_proposal_id"])
             fresh.nodes = {k: dict(v) for k, v in state["nodes"].items()}
             fresh.tasks.load(state["tasks"])
-            fresh.rids = OrderedDict((row[0], list(row[1:])) for row in state["rids"])
+            fresh.rids = OrderedDict((row[0], list(row)) for row in state["rids"])
             fresh.sched_overrides = dict(state["sched_overrides"])
         except StorageError:
             raise
