@@ -48,6 +48,7 @@ from agent.sched import (
     plan_failover,
     plan_rebalance,
     plan_steals,
+    settle_heat,
     update_heat,
 )
 from agent.state import builders
@@ -434,7 +435,9 @@ class TaskRuntime:
                 moves.extend(plan_drain(snap, node.id, cfg))
         moves.extend(plan_steals(snap, cfg))
         self.heat = update_heat(self.heat, snap, cfg)
-        moves.extend(plan_rebalance(snap, self.heat, cfg))
+        rebalance = plan_rebalance(snap, self.heat, cfg)
+        self.heat = settle_heat(self.heat, rebalance, snap)
+        moves.extend(rebalance)
         seen: set[str] = set()
         for mv in moves:
             if mv.task in seen or mv.to is None or mv.task in busy:

@@ -11,6 +11,7 @@ from agent.sched.balance import (
     plan_failover,
     plan_rebalance,
     plan_steals,
+    settle_heat,
     update_heat,
 )
 from agent.sched.config import SchedConfig
@@ -72,5 +73,6 @@ __all__ = [
     "ring_for",
     "ring_hash",
     "run_auction",
+    "settle_heat",
     "update_heat",
 ]

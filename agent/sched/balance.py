@@ -172,6 +172,28 @@ def plan_rebalance(
     return moves
 
 
+def settle_heat(heat: HeatState, moves: list[Move], snapshot: ClusterSnapshot) -> HeatState:
+    """The heat state after ``moves``: a host that just gave up a *running* task
+    must read hot for a whole ``hot_window`` again before it gives up another.
+
+    Its CPU figure is a smoothed, gossiped reading that trails a move by a few
+    seconds; without this, one round after moving a burner off a host the host
+    still reads hot and would lose its next running task too, overshooting from
+    hot to idle (queued moves do not change CPU now, so they do not settle it).
+    """
+    running = {t.id for t in snapshot.tasks if t.state == "running"}
+    settled = {
+        m.src
+        for m in moves
+        if m.src is not None and m.reason is MoveReason.HOT_COLD and m.task in running
+    }
+    if not settled:
+        return heat
+    since = {n: t for n, t in heat.since.items() if n not in settled}
+    since.update(dict.fromkeys(settled, snapshot.now))
+    return HeatState(since, heat.hot - settled)
+
+
 def _coldest(task: TaskView, nodes: dict[str, NodeView], cfg: SchedConfig) -> NodeView | None:
     cold = [
         n

@@ -7,6 +7,7 @@ alive at the same time (a killed run's life ends at its last heartbeat).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -194,3 +195,68 @@ def test_overlap_checker_detects_overlap(tmp_path: Path) -> None:
     assert len(overlaps(log)) == 1
     log.write_text("t1 1 100 1.0\nt1 1 100 2.0\nt1 2 200 2.5\nt1 2 200 4.0\n")
     assert overlaps(log) == []
+
+
+def burner_with_heartbeat(log: Path, seconds: float) -> list[str]:
+    """Burns a core and logs ``task epoch pid time`` every 0.1 s (for the overlap check)."""
+    code = (
+        "import os, time\n"
+        f"end = time.time() + {seconds}\n"
+        f"log = open({str(log)!r}, 'a')\n"
+        "tag = f\"{os.environ['MESH_TASK_ID']} {os.environ['MESH_TASK_EPOCH']} {os.getpid()}\"\n"
+        "beat = 0.0\n"
+        "while (now := time.time()) < end:\n"
+        "    if now - beat >= 0.1:\n"
+        "        log.write(f'{tag} {now}\\n'); log.flush(); beat = now\n"
+    )
+    return [sys.executable, "-c", code]
+
+
+def test_hot_host_moves_a_running_restartable_task_to_a_cold_one(
+    mesh3: LocalMesh, tmp_path: Path
+) -> None:
+    """Two CPU burners keyed onto one 2-slot host (nothing queued, so stealing has
+    nothing to take): once that host has read hot (task CPU > 0.8) for the hot
+    window, rebalance stops one burner and restarts it on a cold host, with reason
+    ``hot-cold``; the two copies never overlap, and with one burner per host
+    nothing is hot any more, so nothing moves again."""
+    log = tmp_path / "beats.log"
+    ids = []
+    for i in range(2):
+        res = call(mesh3, "task.submit", argv=burner_with_heartbeat(log, 90.0), shell="", env={},
+                   cwd="", caps=[], key="hot", strategy="hash", priority=0, retries=0,
+                   timeout=120.0, restartable=True, rid=f"burner-{i}")
+        ids.append(res["id"] if isinstance(res, dict) else res)
+    rows = wait_for(lambda: (r := task_rows(mesh3)) and all(
+        r.get(i, {}).get("state") == "running" for i in ids) and r, 30)
+    assert rows, f"burners never ran: {task_rows(mesh3)}"
+    hot = {rows[i]["node"] for i in ids}
+    assert len(hot) == 1, f"the key did not put both on one host: {rows}"
+
+    readings: list[str] = []  # shown on failure: a box too busy for 2 burners to read hot
+
+    def moved() -> list[dict[str, Any]]:
+        readings.append(" ".join(f"{m['name']}={m['cpu']}" for m in call(mesh3, "status")["members"]))
+        records = [call(mesh3, "task.get", id=i) for i in ids]
+        return [r for r in records if r.get("migrations")]
+
+    try:
+        assert wait_for(moved, 60, 0.5), (
+            f"no hot-cold move within 60 s (load average {os.getloadavg()}): "
+            f"cpu readings {readings[-8:]}"
+        )
+        (record,) = moved()
+        (move,) = record["migrations"]
+        assert move["reason"] == "hot-cold", move
+        rows = wait_for(lambda: (r := task_rows(mesh3)) and r[record["id"]]["state"] == "running"
+                        and r[record["id"]]["node"] not in hot and r, 30)
+        assert rows, f"the moved burner did not run on a cold host: {task_rows(mesh3)}"
+        assert rows[record["id"]]["epoch"] > 1
+        time.sleep(15.0)  # longer than the hot window: balanced hosts stay put
+        records = [call(mesh3, "task.get", id=i) for i in ids]
+        assert sum(len(r.get("migrations") or []) for r in records) == 1, records
+        assert overlaps(log) == [], overlaps(log)
+    finally:
+        for i in ids:
+            with contextlib.suppress(ClientError):
+                call(mesh3, "task.cancel", id=i)

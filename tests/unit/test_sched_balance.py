@@ -21,6 +21,7 @@ from agent.sched import (
     plan_failover,
     plan_rebalance,
     plan_steals,
+    settle_heat,
     update_heat,
 )
 
@@ -193,6 +194,50 @@ def test_rebalance_moves_at_most_one_running_task_per_hot_node() -> None:
     )
     moves = plan_rebalance(ClusterSnapshot(nodes, tasks, 0.0), HeatState({}, frozenset({"hot"})))
     assert len(moves) == 1
+
+
+def test_a_host_that_gave_up_a_running_task_waits_a_hot_window_before_the_next() -> None:
+    """Its CPU reading trails the move: one round later it still reads hot, and
+    without settling it would lose its second burner too (hot -> idle, cold -> hot)."""
+    nodes = (
+        NodeView("hot", slots=2, running=2, cpu=0.95),
+        NodeView("c1", slots=2),
+        NodeView("c2", slots=2),
+    )
+    tasks = tuple(TaskView(f"r{i}", state="running", node="hot", restartable=True) for i in range(2))
+    snap = ClusterSnapshot(nodes, tasks, 100.0)
+    heat = update_heat(HeatState({"hot": 80.0}), snap, CFG)
+    assert heat.hot == {"hot"}
+    moves = plan_rebalance(snap, heat, CFG)
+    assert [m.task for m in moves] == ["r0"] or [m.task for m in moves] == ["r1"]
+    heat = settle_heat(heat, moves, snap)
+    assert heat.hot == frozenset() and heat.since["hot"] == 100.0
+    # Next round: the moved task is on c1 now, but "hot" still reads 0.95.
+    moved = moves[0].task
+    later = ClusterSnapshot(
+        (dataclasses.replace(nodes[0], running=1), dataclasses.replace(nodes[1], running=1), nodes[2]),
+        tuple(
+            dataclasses.replace(t, node="c1", state="assigned") if t.id == moved else t for t in tasks
+        ),
+        100.5,
+    )
+    heat = update_heat(heat, later, CFG)
+    assert plan_rebalance(later, heat, CFG) == []
+    # Still reading hot a whole window later: then it may give up the next one.
+    much_later = dataclasses.replace(later, now=100.0 + CFG.hot_window)
+    heat = update_heat(heat, much_later, CFG)
+    assert heat.hot == {"hot"}
+
+
+def test_settling_ignores_queued_moves_and_other_reasons() -> None:
+    heat = HeatState({"hot": 0.0, "x": 0.0}, frozenset({"hot", "x"}))
+    snap = ClusterSnapshot(
+        (NodeView("hot", slots=1), NodeView("x", slots=1)),
+        (waiting("q", "hot"), TaskView("r", state="running", node="x", restartable=True)),
+        50.0,
+    )
+    queued = [Move("q", "hot", "c", MoveReason.HOT_COLD, 1), Move("r", "x", "c", MoveReason.STEAL, 1)]
+    assert settle_heat(heat, queued, snap) is heat
 
 
 def test_rebalance_respects_rate_limit() -> None:
