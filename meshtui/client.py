@@ -69,6 +69,14 @@ __all__ = [
 
 
 # ---------------------------------------------------------------- asyncio client
+DRAIN_ABOVE = 64 * 1024
+"""Bytes buffered in the transport beyond which a call waits for the writer to drain."""
+
+
+def _expire(future: asyncio.Future[Any], method: str, timeout: float) -> None:
+    if not future.done():
+        future.set_exception(ClientError("timeout", f"{method}: no reply within {timeout:g}s"))
+
 class ByteReader(Protocol):
     """What ``from_streams`` needs to read (asyncio and asyncssh readers both fit)."""
 
@@ -183,7 +191,14 @@ class ControlClient:
         # the reader handles the next frame, which may already be an event.
         self._subscribing: dict[int, Subscription] = {}
         self._subs: dict[int, Subscription] = {}
-        self._slots = asyncio.Semaphore(MAX_CLIENT_IN_FLIGHT)
+        # In-flight cap: a counter plus a queue of waiters, cheaper per call
+        # than a Semaphore, which costs a coroutine even when a slot is free.
+        self._free_slots = MAX_CLIENT_IN_FLIGHT
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        # Frames queued in one loop iteration leave in one write (``_flush``).
+        self._loop = asyncio.get_running_loop()
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
         self._write_lock = asyncio.Lock()
         self._lost: ClientError | None = None
         self._reader_task = asyncio.create_task(self._read_loop())
@@ -233,36 +248,98 @@ class ControlClient:
     ) -> Any:
         if self._lost is not None:
             raise self._lost
+        if self._free_slots and not self._slot_waiters:
+            self._free_slots -= 1
+        else:
+            await self._wait_for_slot(method, timeout)
+        try:
+            return await self._send_and_wait(method, params, timeout, sub)
+        finally:
+            self._release_slot()
+
+    async def _wait_for_slot(self, method: str, timeout: float | None) -> None:
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._slot_waiters.append(waiter)
         try:
             async with asyncio.timeout(timeout):
-                async with self._slots:
-                    return await self._send_and_wait(method, params, sub)
-        except TimeoutError as exc:
-            raise ClientError("timeout", f"{method}: no reply within {timeout:g}s") from exc
+                await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._release_slot()  # handed a slot just as we gave up: pass it on
+            else:
+                waiter.cancel()
+            if isinstance(exc, TimeoutError):
+                raise ClientError("timeout", f"{method}: no reply within {timeout:g}s") from exc
+            raise
+
+    def _release_slot(self) -> None:
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes straight to the waiter
+                return
+        self._free_slots += 1
 
     async def _send_and_wait(
-        self, method: str, params: dict[str, Any], sub: Subscription | None
+        self, method: str, params: dict[str, Any], timeout: float | None, sub: Subscription | None
     ) -> Any:
         request_id = next(self._ids)
         try:
             frame = self._conn.send(Request(request_id, method, params))
         except ProtocolError as exc:
             raise ClientError("bad_request", str(exc)) from exc
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._lost is not None:
+            raise self._lost
+        future: asyncio.Future[Any] = self._loop.create_future()
         self._pending[request_id] = future
         if sub is not None:
             self._subscribing[request_id] = sub
+        # One timer per call, not an asyncio.timeout scope (a context, a task
+        # lookup and a reschedule): the reply wait is the only thing it bounds.
+        timer = None
+        if timeout is not None:
+            timer = self._loop.call_later(timeout, _expire, future, method, timeout)
         try:
-            async with self._write_lock:
-                self._writer.write(frame)
-                await self._writer.drain()
+            self._out.append(frame)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush)
+            if self._must_drain():
+                async with asyncio.timeout(timeout), self._write_lock:
+                    self._flush()
+                    await self._writer.drain()
             return await future
         except (ConnectionError, OSError) as exc:
             self._connection_lost(ConnectionLost(f"write failed: {exc}"))
             raise self._lost or ConnectionLost() from exc
+        except TimeoutError as exc:
+            raise ClientError("timeout", f"{method}: no reply within {timeout:g}s") from exc
         finally:
+            if timer is not None:
+                timer.cancel()
             self._pending.pop(request_id, None)
             self._subscribing.pop(request_id, None)
+
+    def _must_drain(self) -> bool:
+        """Wait for the writer only when its buffer is full (or when it cannot say)."""
+        transport = getattr(self._writer, "transport", None)
+        if transport is None:
+            return True
+        return bool(transport.get_write_buffer_size() > DRAIN_ABOVE)
+
+    def _flush(self) -> None:
+        """Write every queued frame at once: one send for a burst of calls."""
+        self._flush_scheduled = False
+        if not self._out:
+            return
+        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
+        if self._lost is not None:
+            return
+        try:
+            self._writer.write(data)
+        except (ConnectionError, OSError) as exc:
+            self._connection_lost(ConnectionLost(f"write failed: {exc}"))
 
     def subscribe(self, topics: list[str]) -> Subscription:
         """An event stream for ``topics``; ``await`` it or iterate it (see ``Subscription``)."""
@@ -341,6 +418,10 @@ class ControlClient:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(error)
+        for waiter in self._slot_waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
+        self._slot_waiters.clear()
         for sub in self._subs.values():
             sub._end(error)
         self._subs.clear()

@@ -23,24 +23,31 @@ class KvEntry:
 
 
 class KvStore:
-    """All namespaces.  Mutators take the log index of the command applying them."""
+    """All namespaces.  Mutators take the log index of the command applying them.
+
+    Entries are kept as ``[value, create_index, mod_index]`` lists, the rows of
+    the snapshot: a snapshot (every few thousand writes, of every key) then
+    packs the store as it is instead of building a row per key first."""
 
     __slots__ = ("_spaces",)
 
     def __init__(self) -> None:
-        self._spaces: dict[str, dict[str, KvEntry]] = {}
+        self._spaces: dict[str, dict[str, list[Any]]] = {}
 
     def get(self, ns: str, key: str) -> KvEntry | None:
-        return self._spaces.get(ns, {}).get(key)
+        row = self._spaces.get(ns, {}).get(key)
+        return None if row is None else KvEntry(row[0], row[1], row[2])
 
     def put(self, ns: str, key: str, value: bytes, index: int) -> None:
-        space = self._spaces.setdefault(ns, {})
-        entry = space.get(key)
-        if entry is None:
-            space[key] = KvEntry(value, index, index)
+        space = self._spaces.get(ns)
+        if space is None:
+            space = self._spaces[ns] = {}
+        row = space.get(key)
+        if row is None:
+            space[key] = [value, index, index]
         else:
-            entry.value = value
-            entry.mod_index = index
+            row[0] = value
+            row[2] = index
 
     def delete(self, ns: str, key: str) -> bool:
         space = self._spaces.get(ns)
@@ -53,8 +60,8 @@ class KvStore:
 
     def cas(self, ns: str, key: str, expected: bytes | None, value: bytes, index: int) -> bool:
         """Write ``value`` iff the current value equals ``expected`` (None: absent)."""
-        entry = self.get(ns, key)
-        current = entry.value if entry is not None else None
+        row = self._spaces.get(ns, {}).get(key)
+        current = row[0] if row is not None else None
         if current != expected:
             return False
         self.put(ns, key, value, index)
@@ -66,7 +73,7 @@ class KvStore:
         """``(key, value)`` pairs whose key starts with ``prefix``, sorted by key."""
         space = self._spaces.get(ns, {})
         keys = sorted(k for k in space if k.startswith(prefix))[: max(0, limit)]
-        return [(k, space[k].value) for k in keys]
+        return [(k, space[k][0]) for k in keys]
 
     def namespaces(self) -> list[str]:
         return sorted(self._spaces)
@@ -75,13 +82,12 @@ class KvStore:
         return sum(len(space) for space in self._spaces.values())
 
     def dump(self) -> dict[str, Any]:
-        return {
-            ns: {k: [e.value, e.create_index, e.mod_index] for k, e in space.items()}
-            for ns, space in self._spaces.items()
-        }
+        """``{ns: {key: [value, create_index, mod_index]}}``: the live store, not a
+        copy -- pack it at once and never mutate it."""
+        return self._spaces
 
     def load(self, data: dict[str, Any]) -> None:
         self._spaces = {
-            ns: {k: KvEntry(bytes(v[0]), int(v[1]), int(v[2])) for k, v in space.items()}
+            ns: {k: [bytes(v[0]), int(v[1]), int(v[2])] for k, v in space.items()}
             for ns, space in data.items()
         }

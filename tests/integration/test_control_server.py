@@ -604,3 +604,58 @@ async def test_client_that_does_not_read_is_back_pressured(make_server: Any) -> 
     assert sorted(r.id for r in replies) == list(range(300))
     assert all(r.result == blob for r in replies)
     await raw.close()
+
+
+# ---------------------------------------------------------------- future handlers
+async def test_future_returning_handlers_reply_from_the_future(make_server: Any) -> None:
+    """A plain handler returning a future: value, raised error and synchronous refusal."""
+    loop = asyncio.get_running_loop()
+    futures: list[asyncio.Future[Any]] = []
+
+    def deferred(params: dict[str, Any]) -> asyncio.Future[Any]:
+        if params.get("refuse"):
+            raise ValueError("refused before starting")
+        fut: asyncio.Future[Any] = loop.create_future()
+        futures.append(fut)
+        return fut
+
+    srv = await make_server({"deferred": deferred})
+    async with await ControlClient.connect_unix(srv.path) as client:
+        calls = [asyncio.create_task(client.call("deferred", n=i)) for i in range(60)]
+        with pytest.raises(ClientError) as refused:
+            await client.call("deferred", refuse=True)
+        assert refused.value.code == "bad_request"
+        while len(futures) < 60:
+            await asyncio.sleep(0.01)
+        # All resolved in one loop iteration: their replies share a write.
+        for n, fut in enumerate(futures):
+            if n == 7:
+                fut.set_exception(NoQuorumError("lost the leader"))
+            else:
+                fut.set_result({"n": n})
+        results = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(results[7], ClientError) and results[7].code == "no_quorum"
+    assert [r for n, r in enumerate(results) if n != 7] == [{"n": n} for n in range(60) if n != 7]
+
+
+async def test_client_waits_for_a_slot_and_times_out_waiting(make_server: Any) -> None:
+    from meshtui.client import MAX_CLIENT_IN_FLIGHT
+
+    release = asyncio.Event()
+
+    async def hold(params: dict[str, Any]) -> Any:
+        await release.wait()
+        return params["n"]
+
+    srv = await make_server({"hold": hold})
+    async with await ControlClient.connect_unix(srv.path) as client:
+        held = [asyncio.create_task(client.call("hold", n=i)) for i in range(MAX_CLIENT_IN_FLIGHT)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(ClientError) as waited:
+            await client.call("hold", n=-1, timeout=0.1)  # never gets a slot
+        assert waited.value.code == "timeout"
+        queued = asyncio.create_task(client.call("hold", n=MAX_CLIENT_IN_FLIGHT))
+        await asyncio.sleep(0.05)
+        release.set()
+        assert await asyncio.gather(*held, queued) == list(range(MAX_CLIENT_IN_FLIGHT + 1))
+        assert await client.call("echo", ok=1) == {"ok": 1}  # every slot came back
