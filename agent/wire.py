@@ -569,6 +569,12 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[bytes]:
         if self._broken:
             raise ProtocolError("frame stream already failed")
+        if self._need < 0 and not self._buf and len(data) >= FRAME_HEADER_SIZE:
+            # Fast path, the usual case on a quiet connection: exactly one whole
+            # frame arrived and nothing was pending.  No copy through the buffer.
+            (length,) = _LEN.unpack_from(data)
+            if length <= self._max and len(data) == FRAME_HEADER_SIZE + length:
+                return [data[FRAME_HEADER_SIZE:]]
         self._buf += data
         out: list[bytes] = []
         buf = self._buf

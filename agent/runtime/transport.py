@@ -50,7 +50,6 @@ import contextlib
 import logging
 import random
 import socket
-import struct
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -60,7 +59,26 @@ from typing import Any
 from agent import wire
 from agent.crypto import DATAGRAM_OVERHEAD, Channel, Envelope, Keyring, SealError, SealStats
 from agent.discovery import backoff_delay as capped_backoff
-from agent.errors import ConfigError, ProtocolError
+from agent.errors import ConfigError
+from agent.runtime.inbound import (
+    MAX_BATCH_MESSAGES,
+    MAX_CONSECUTIVE_FAILURES,
+    InboundStream,
+    join_batch,
+    split_batch,
+)
+
+__all__ = [  # the batch format and its limits live with the inbound side
+    "MAX_BATCH_MESSAGES",
+    "MAX_CONSECUTIVE_FAILURES",
+    "Transport",
+    "TransportStats",
+    "backoff_delay",
+    "format_addr",
+    "join_batch",
+    "parse_addr",
+    "split_batch",
+]
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +100,10 @@ MAX_OUTBOUND_PEERS = 1024
 """Destinations with a pooled connection; the least recently used is evicted."""
 MAX_INBOUND_CONNECTIONS = 1024
 """Inbound TCP connections served at once; more are closed on accept."""
-MAX_CONSECUTIVE_FAILURES = 8
-"""Frames in a row that fail to open before an inbound connection is closed."""
 MAX_STREAM_PAYLOAD = wire.MAX_FRAME_SIZE - DATAGRAM_OVERHEAD - 4
 """Largest payload ``send_stream`` accepts (a batch of one must fit in a frame)."""
 BATCH_BYTES = 256 * 1024
 """Bytes of queued messages sealed together in one frame (a larger message goes alone)."""
-MAX_BATCH_MESSAGES = 4096
-"""Most messages in one sealed frame; the receiver refuses batches with more."""
 READ_CHUNK = 256 * 1024
 UDP_RECEIVE_BUFFER = 1024 * 1024
 
@@ -116,32 +130,6 @@ def parse_addr(addr: str) -> tuple[str, int]:
 
 def format_addr(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-_LEN = struct.Struct(">I")
-
-
-def join_batch(payloads: list[bytes]) -> bytes:
-    """``(4-byte length | payload)*`` for one sealed frame."""
-    pack = _LEN.pack
-    return b"".join([part for p in payloads for part in (pack(len(p)), p)])
-
-
-def split_batch(data: bytes) -> list[bytes]:
-    """Inverse of :func:`join_batch`; ``ProtocolError`` on any inconsistency."""
-    out: list[bytes] = []
-    pos, end = 0, len(data)
-    unpack_from = _LEN.unpack_from
-    while pos < end:
-        if end - pos < 4 or len(out) >= MAX_BATCH_MESSAGES:
-            raise ProtocolError("malformed stream batch")
-        (length,) = unpack_from(data, pos)
-        pos += 4
-        if length > end - pos:
-            raise ProtocolError("stream batch item overruns its frame")
-        out.append(data[pos : pos + length])
-        pos += length
-    return out
 
 
 @dataclass(slots=True)
@@ -202,7 +190,7 @@ class _Peer:
         self.queued_bytes = 0
         self.wakeup = asyncio.Event()
         self.broken = False
-        self.burst = False  # a message went out directly in this loop iteration
+        self.burst = False  # a message went out directly in this event / loop iteration
         self.writer: asyncio.StreamWriter | None = None  # set while connected
         self.attempt = 0
         self.task: asyncio.Task[None] | None = None
@@ -250,7 +238,9 @@ class Transport:
         self._server: asyncio.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._peers: OrderedDict[str, _Peer] = OrderedDict()
-        self._inbound: set[asyncio.Task[None]] = set()
+        self._inbound: set[InboundStream] = set()
+        self._dispatching = False  # inside begin_dispatch() .. end_dispatch()
+        self._burst_peers: list[_Peer] = []
         self._closing = False
 
     @property
@@ -280,8 +270,10 @@ class Transport:
         """Bind TCP then UDP on the same port (port 0: TCP picks, UDP follows)."""
         loop = asyncio.get_running_loop()
         for _ in range(50):
-            server = await asyncio.start_server(
-                self._serve_inbound, self.bind_host, self.port, reuse_address=True)
+            # HELLO_TIMEOUT is read per connection (tests shorten it).
+            server = await loop.create_server(
+                lambda: InboundStream(self, HELLO_TIMEOUT), self.bind_host, self.port,
+                reuse_address=True)
             port = server.sockets[0].getsockname()[1]
             try:
                 udp, _ = await loop.create_datagram_endpoint(
@@ -308,8 +300,9 @@ class Transport:
             self._server.close()
         if self._udp is not None:
             self._udp.close()
+        for stream in list(self._inbound):
+            stream.close()
         tasks = [p.task for p in self._peers.values() if p.task is not None]
-        tasks += list(self._inbound)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -353,7 +346,11 @@ class Transport:
             return  # counted by the envelope
         self.stats.datagrams_in += 1
         self.stats.datagram_bytes_in += len(data)
-        self._deliver(self._on_datagram, format_addr(str(addr[0]), int(addr[1])), payload)
+        self.begin_dispatch()
+        try:
+            self._deliver(self._on_datagram, format_addr(str(addr[0]), int(addr[1])), payload)
+        finally:
+            self.end_dispatch()
 
     def _deliver(self, callback: Callback, from_addr: str, payload: bytes) -> None:
         try:
@@ -390,9 +387,14 @@ class Transport:
                 and writer.transport.get_write_buffer_size() <= BATCH_BYTES):
             # Idle connection: write now rather than wake the writer task (a
             # loop hop each way matters for request/response latency).  Later
-            # messages in this loop iteration are queued and go out as one batch.
+            # messages of the same burst are queued and go out as one batch.  A
+            # burst is what one inbound message's handling sends (ended by
+            # end_dispatch, no loop callback per message), else one loop iteration.
             peer.burst = True
-            asyncio.get_running_loop().call_soon(peer.end_burst)
+            if self._dispatching:
+                self._burst_peers.append(peer)
+            else:
+                asyncio.get_running_loop().call_soon(peer.end_burst)
             self._write_batch(writer, [payload])
             return True
         queue.append(payload)
@@ -489,7 +491,7 @@ class Transport:
     def _write_batch(self, writer: asyncio.StreamWriter, batch: list[bytes]) -> None:
         """Seal ``batch`` into one frame and hand it to the connection."""
         data = wire.frame(self.envelope.seal(Channel.STREAM, join_batch(batch)))
-        writer.write(data)
+        writer.transport.write(data)  # what StreamWriter.write does, one call less
         stats = self.stats
         stats.stream_msgs_out += len(batch)
         stats.stream_frames_out += 1
@@ -504,33 +506,37 @@ class Transport:
         peer.wakeup.set()
 
     # ------------------------------------------------------------------ inbound streams
+    # (the protocol itself is agent.runtime.inbound.InboundStream)
 
-    async def _serve_inbound(self, reader: asyncio.StreamReader,
-                             writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if len(self._inbound) >= MAX_INBOUND_CONNECTIONS or self._closing:
-            self.stats.dropped_too_many_connections += 1
-            writer.close()
-            return
-        self._inbound.add(task)
-        self.stats.connections_in += 1
-        peer: list[str] = []  # the sender's listen address, once its Hello is in
-        try:
-            await self._read_inbound(reader, peer)
-        except (OSError, ConnectionError):
-            pass
-        except asyncio.CancelledError:
-            # close() cancels us; finishing normally keeps asyncio's stream
-            # callback from logging the cancellation as an error.
-            pass
-        finally:
-            self._inbound.discard(task)
-            if peer:
-                self._connection_lost(peer[0])
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def admit_inbound(self, stream: InboundStream) -> bool:
+        """Register a new inbound connection; False when there are too many."""
+        if len(self._inbound) >= MAX_INBOUND_CONNECTIONS:
+            return False
+        self._inbound.add(stream)
+        return True
+
+    def inbound_closed(self, stream: InboundStream) -> None:
+        self._inbound.discard(stream)
+        if stream.peer is not None:
+            self._connection_lost(stream.peer)
+
+    def begin_dispatch(self) -> None:
+        """Inbound messages are being handed to the owner: what they make us send
+        is one burst per peer until :meth:`end_dispatch`."""
+        self._dispatching = True
+
+    def end_dispatch(self) -> None:
+        self._dispatching = False
+        for peer in self._burst_peers:
+            peer.burst = False
+        self._burst_peers.clear()
+
+    def deliver_stream(self, from_addr: str, payload: bytes) -> None:
+        self._deliver(self._on_stream, from_addr, payload)
 
     def _connection_lost(self, addr: str) -> None:
         """Tell the owner a connection with ``addr`` ended (not when we are closing)."""
@@ -541,69 +547,3 @@ class Transport:
         except Exception:
             self.stats.callback_errors += 1
             log.exception("connection-lost callback failed for %s", addr)
-
-    async def _read_inbound(self, reader: asyncio.StreamReader, peer: list[str]) -> None:
-        decoder = wire.FrameDecoder(wire.MAX_FRAME_SIZE)
-        from_addr: str | None = None
-        failures = 0
-        stats = self.stats
-        open_ = self.envelope.open
-        deadline = asyncio.get_running_loop().time() + HELLO_TIMEOUT
-        while True:
-            if from_addr is None:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        data = await reader.read(READ_CHUNK)
-                except TimeoutError:
-                    stats.dropped_no_hello += 1
-                    return
-            else:
-                data = await reader.read(READ_CHUNK)
-            if not data:
-                return
-            try:
-                frames = decoder.feed(data)
-            except ProtocolError:
-                stats.dropped_bad_frame += 1
-                return
-            for packet in frames:
-                try:
-                    payload = open_(Channel.STREAM, packet)
-                except SealError:
-                    failures += 1
-                    if failures >= MAX_CONSECUTIVE_FAILURES:
-                        stats.closed_bad_peer += 1
-                        return
-                    continue
-                failures = 0
-                try:
-                    messages = split_batch(payload)
-                except ProtocolError:
-                    stats.seal.dropped_malformed += 1
-                    return  # an authenticated peer sending nonsense: hang up
-                stats.stream_frames_in += 1
-                stats.stream_bytes_in += len(packet) + wire.FRAME_HEADER_SIZE
-                if from_addr is None:
-                    from_addr = self._accept_hello(messages[0]) if len(messages) == 1 else None
-                    if from_addr is None:
-                        stats.dropped_no_hello += 1
-                        return
-                    peer.append(from_addr)
-                    continue
-                stats.stream_msgs_in += len(messages)
-                for message in messages:
-                    self._deliver(self._on_stream, from_addr, message)
-
-    @staticmethod
-    def _accept_hello(payload: bytes) -> str | None:
-        try:
-            hello = wire.decode(payload)
-        except ProtocolError:
-            return None
-        if not isinstance(hello, wire.Hello):
-            return None
-        try:
-            parse_addr(hello.listen_addr)
-        except ConfigError:
-            return None
-        return hello.listen_addr

@@ -125,6 +125,26 @@ async def test_datagrams_and_streams_both_ways_with_replies(
         assert b.t.stats.seal.dropped_tag == 0 and b.t.stats.seal.dropped_replay == 0
 
 
+async def test_replies_to_one_inbound_read_are_sealed_as_one_batch(
+        keyring: Callable[[], Keyring]) -> None:
+    """The first reply goes out at once (latency); the rest of what handling one
+    read sends to that peer waits and goes as one sealed frame (throughput)."""
+    async with Node("a", keyring()) as a, Node("b", keyring()) as b:
+        b.t.send_stream(a.addr, b"warm")  # b's connection to a is up before the test
+        await wait_until(lambda: len(a.streams) == 1)
+        await wait_until(lambda: b.t.outbound() == [(a.addr, True, 0)])
+        frames = b.t.stats.stream_frames_out
+        b.on_stream_hook = lambda addr, p: [b.t.send_stream(addr, b"%d" % i) for i in range(10)]
+        a.t.send_stream(b.addr, b"fan out")
+        await wait_until(lambda: len(a.streams) == 11)
+        assert [p for _, p in a.streams[1:]] == [b"%d" % i for i in range(10)]
+        assert b.t.stats.stream_frames_out == frames + 2  # the first reply, then one batch of 9
+        # A send outside any inbound handling (a timer, a client) still goes at once.
+        b.t.send_stream(a.addr, b"later")
+        assert b.t.stats.stream_frames_out == frames + 3
+        await wait_until(lambda: len(a.streams) == 12)
+
+
 async def test_large_stream_message(keyring: Callable[[], Keyring]) -> None:
     async with Node("a", keyring()) as a, Node("b", keyring()) as b:
         big = os.urandom(4 * 1024 * 1024)
