@@ -49,7 +49,6 @@ import enum
 import importlib
 import math
 import operator
-import struct
 import types
 import typing
 from collections.abc import Callable
@@ -60,15 +59,18 @@ import msgpack
 
 from agent.errors import ProtocolError
 
+# Stream framing (``4-byte length | body``) lives in agent.framing; re-exported.
+from agent.framing import FRAME_HEADER_SIZE as FRAME_HEADER_SIZE
+from agent.framing import MAX_FRAME_SIZE as MAX_FRAME_SIZE
+from agent.framing import FrameDecoder as FrameDecoder
+from agent.framing import frame as frame
+
 # --------------------------------------------------------------------------- versions and limits
 
 PROTOCOL_VERSION = 1
 MIN_PROTOCOL_VERSION = 1
 MAX_PROTOCOL_VERSION = 1
 
-MAX_FRAME_SIZE = 16 * 1024 * 1024
-"""Largest TCP frame body in bytes (a sealed packet).  Raft snapshots travel in
-chunks below this (see :data:`MAX_STREAM_PAYLOAD` in the transport)."""
 
 MAX_DATAGRAM_SIZE = 1400
 """Largest SWIM UDP payload in bytes *before* sealing.  Sealing adds
@@ -531,73 +533,6 @@ def decode(data: bytes) -> object:
         raise ProtocolError(f"invalid message {number}: {exc}") from None
     except RecursionError:
         raise ProtocolError(f"invalid message {number}: nested too deep") from None
-
-
-# --------------------------------------------------------------------------- framing
-
-_LEN = struct.Struct(">I")
-FRAME_HEADER_SIZE = _LEN.size
-
-
-def frame(payload: bytes) -> bytes:
-    """Prefix ``payload`` with its 4-byte big-endian length."""
-    assert len(payload) <= MAX_FRAME_SIZE, f"frame of {len(payload)} bytes > MAX_FRAME_SIZE"
-    return _LEN.pack(len(payload)) + payload
-
-
-class FrameDecoder:
-    """Sans-IO splitter of a length-prefixed byte stream into frames.
-
-    ``feed`` returns the complete frames so far.  A length over ``max_frame``
-    raises ``ProtocolError`` as soon as the 4-byte header arrives, before any of
-    the body is buffered; the decoder is then unusable (close the connection).
-    """
-
-    __slots__ = ("_broken", "_buf", "_max", "_need")
-
-    def __init__(self, max_frame: int = MAX_FRAME_SIZE) -> None:
-        self._buf = bytearray()
-        self._max = max_frame
-        self._need = -1  # body length of the frame being read, -1 = reading header
-        self._broken = False
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held waiting for the rest of a frame."""
-        return len(self._buf)
-
-    def feed(self, data: bytes) -> list[bytes]:
-        if self._broken:
-            raise ProtocolError("frame stream already failed")
-        if self._need < 0 and not self._buf and len(data) >= FRAME_HEADER_SIZE:
-            # Fast path, the usual case on a quiet connection: exactly one whole
-            # frame arrived and nothing was pending.  No copy through the buffer.
-            (length,) = _LEN.unpack_from(data)
-            if length <= self._max and len(data) == FRAME_HEADER_SIZE + length:
-                return [data[FRAME_HEADER_SIZE:]]
-        self._buf += data
-        out: list[bytes] = []
-        buf = self._buf
-        pos = 0
-        while True:
-            if self._need < 0:
-                if len(buf) - pos < FRAME_HEADER_SIZE:
-                    break
-                (length,) = _LEN.unpack_from(buf, pos)
-                if length > self._max:
-                    self._broken = True
-                    self._buf = bytearray()
-                    raise ProtocolError(f"frame of {length} bytes exceeds {self._max}")
-                pos += FRAME_HEADER_SIZE
-                self._need = length
-            if len(buf) - pos < self._need:
-                break
-            out.append(bytes(buf[pos : pos + self._need]))
-            pos += self._need
-            self._need = -1
-        if pos:
-            del buf[:pos]
-        return out
 
 
 register(MsgType.HELLO, Hello)
