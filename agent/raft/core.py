@@ -257,7 +257,7 @@ class RaftNode:
         if self._append_pending:
             self._append_pending = False
             if self.role == Role.LEADER:
-                replication.bcast_append(self)
+                replication.bcast_news(self)
         hs = HardState(self.term, self.vote, self.log.committed)
         hs_changed = hs != self._prev_hs
         entries = self.log.unstable_entries()
@@ -316,7 +316,7 @@ class RaftNode:
             self.log.applied = max(self.log.applied, rd.committed_entries[-1].index)
         is_leader = self.role == Role.LEADER
         if is_leader and self.prs[self.id].maybe_update(self.log.stable) and replication.maybe_commit(self):
-            replication.bcast_append(self)
+            self._append_pending = True  # the next Ready tells the followers
 
     # ============================================================ roles
 
@@ -491,7 +491,7 @@ class RaftNode:
         # A smaller or different voter set may commit more: only now, after the loop,
         # so changes are applied strictly in log order.
         if quorum_changed and self.role == Role.LEADER and replication.maybe_commit(self):
-            replication.bcast_append(self)
+            self._append_pending = True
 
     def _apply_conf(self, index: int, change: ConfChange) -> None:
         self.conf = apply_conf_change(self.conf, change)

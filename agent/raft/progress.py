@@ -69,6 +69,8 @@ class Progress:
     last_heard: int = field(default=-(10**9))
     """The leader's tick count when this peer last answered us."""
     is_learner: bool = False
+    commit_sent: int = 0
+    """The highest commit index sent to this peer in an AppendEntries."""
 
     def become_probe(self) -> None:
         if self.state == ProgressState.SNAPSHOT:

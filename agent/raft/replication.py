@@ -99,7 +99,7 @@ def step_leader(node: RaftNode, m: RaftMessage) -> None:
     elif isinstance(m, InstallSnapshotResp):
         pr.last_heard = node._ticks
         if pr.maybe_update(m.index) and maybe_commit(node):
-            bcast_append(node)
+            node._append_pending = True
         if pr.state == ProgressState.SNAPSHOT:
             pr.become_probe()
         send_append(node, m.frm)
@@ -126,8 +126,11 @@ def handle_append_resp(node: RaftNode, m: AppendResp, pr: Progress) -> None:
     else:
         pr.inflights.free_to(m.index)
     if maybe_commit(node):
-        bcast_append(node)
-    elif was_paused:
+        # Tell everyone the new commit in the next Ready, once, riding on new
+        # entries where there are some: several acks in a row (one per
+        # follower, per batch) then cost one message per follower, not one each.
+        node._append_pending = True
+    if was_paused:
         send_append(node, m.frm)
     while send_append(node, m.frm, send_if_empty=False):
         pass
@@ -157,6 +160,7 @@ def send_append(node: RaftNode, to: str, send_if_empty: bool = True) -> bool:
         return False
     commit = node.log.committed
     node._send(AppendEntries(node.id, to, node.term, prev, prev_term, tuple(ents), commit))
+    pr.commit_sent = commit
     if ents and pr.state == ProgressState.REPLICATE:
         pr.next = ents[-1].index + 1
         pr.inflights.add(ents[-1].index)
@@ -169,6 +173,15 @@ def bcast_append(node: RaftNode) -> None:
     for peer in node.prs:
         if peer != node.id:
             send_append(node, peer)
+
+
+def bcast_news(node: RaftNode) -> None:
+    """Send each peer its unsent entries, or an empty append if it has not been
+    told the current commit index; nothing to a peer that has both."""
+    committed = node.log.committed
+    for peer, pr in node.prs.items():
+        if peer != node.id:
+            send_append(node, peer, send_if_empty=pr.commit_sent < committed)
 
 
 def bcast_heartbeat(node: RaftNode, ctx: bytes) -> None:

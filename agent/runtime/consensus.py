@@ -54,7 +54,7 @@ from agent import wire
 from agent.errors import LocalError, NoQuorumError, NotLeaderError
 from agent.raft.confchange import plan_voter_changes
 from agent.raft.core import RaftNode, bootstrap_state
-from agent.raft.messages import EntryKind, Ready, Role
+from agent.raft.messages import EntryKind, Ready, Role, Snapshot
 from agent.raft.storage import Storage
 from agent.runtime.messages import ForwardPropose, ForwardResult
 from agent.state.machine import ApplyResult, StateMachine
@@ -125,6 +125,7 @@ class ConsensusDriver:
         self._req_ids = itertools.count(1)
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._storage_io: asyncio.Future[None] | None = None
         self._role = ""
         self.elections = 0
         self.commit_latencies: list[float] = []
@@ -166,6 +167,9 @@ class ConsensusDriver:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._storage_io is not None:
+            with contextlib.suppress(Exception):
+                await self._storage_io
         for pending in self._pending.values():
             if not pending.future.done():
                 pending.future.set_exception(NoQuorumError("agent is shutting down"))
@@ -240,7 +244,7 @@ class ConsensusDriver:
         if rd.must_sync:
             # fsync in a thread: meanwhile new proposals and messages queue up
             # in the core and the next Ready persists them with one fsync.
-            await asyncio.to_thread(self.storage.sync)
+            await self._in_thread(self.storage.sync)
             if rd.hard_state is not None:
                 self._durable_term_vote = (rd.hard_state.term, rd.hard_state.vote)
         if not send_first:
@@ -259,8 +263,22 @@ class ConsensusDriver:
         self._check_role()
         if self.node.should_snapshot():
             snap = self.node.compact(self.state.applied_index, self.state.snapshot())
-            self.storage.save_snapshot(snap)
-            self.storage.compact(snap.index)
+            # Megabytes to checksum, write and fsync: in a thread, like the WAL
+            # sync, so the loop keeps serving.  Only this (serial) ready loop
+            # touches storage, so the thread has it to itself.
+            await self._in_thread(self._persist_snapshot, snap)
+
+    async def _in_thread(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run a storage call in the default executor.  Shielded: a cancelled ready
+        loop (``close``) must not leave the call running while storage closes,
+        so ``close`` waits for ``_storage_io`` first."""
+        fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        self._storage_io = fut
+        await asyncio.shield(fut)
+
+    def _persist_snapshot(self, snap: Snapshot) -> None:
+        self.storage.save_snapshot(snap)
+        self.storage.compact(snap.index)
 
     def _may_send_before_sync(self, rd: Ready) -> bool:
         """A leader's Ready that changes neither term nor vote and holds no snapshot:

@@ -19,7 +19,7 @@ Each result carries events for the control API's subscription topics
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +82,10 @@ class StateMachine(Queries):
         self.tasks = TaskTable(self.name_of)
         # rid → [rid, ok, value, error]: already the snapshot's row, so a snapshot
         # (every few thousand writes, of up to MAX_RIDS rids) copies no rows.
-        self.rids: OrderedDict[str, list[Any]] = OrderedDict()
+        # A plain dict plus a queue of its keys for eviction: listing an
+        # OrderedDict's values walks its linked list (14 ms for 100k rids).
+        self.rids: dict[str, list[Any]] = {}
+        self.rid_order: deque[str] = deque()
         self.sched_overrides: dict[str, Any] = {}
 
     # ------------------------------------------------------------ apply
@@ -108,8 +111,9 @@ class StateMachine(Queries):
             result = ApplyResult(False, None, str(exc), [_entry(index, f"{summary}: {exc}")])
         if cmd.rid:
             self.rids[cmd.rid] = [cmd.rid, result.ok, result.value, result.error]
+            self.rid_order.append(cmd.rid)
             while len(self.rids) > MAX_RIDS:
-                self.rids.popitem(last=False)
+                del self.rids[self.rid_order.popleft()]
         return result
 
     def _dispatch(self, cmd: Command, index: int) -> tuple[Any, list[Event]]:
@@ -228,7 +232,8 @@ class StateMachine(Queries):
             fresh.next_proposal_id = int(state["next_proposal_id"])
             fresh.nodes = {k: dict(v) for k, v in state["nodes"].items()}
             fresh.tasks.load(state["tasks"])
-            fresh.rids = OrderedDict((row[0], list(row)) for row in state["rids"])
+            fresh.rids = {row[0]: list(row) for row in state["rids"]}
+            fresh.rid_order = deque(fresh.rids)
             fresh.sched_overrides = dict(state["sched_overrides"])
         except StorageError:
             raise
@@ -239,7 +244,8 @@ class StateMachine(Queries):
         self.next_proposal_id, self.nodes = fresh.next_proposal_id, fresh.nodes
         self.tasks = fresh.tasks
         self.tasks.name_of = self.name_of
-        self.rids, self.sched_overrides = fresh.rids, fresh.sched_overrides
+        self.rids, self.rid_order = fresh.rids, fresh.rid_order
+        self.sched_overrides = fresh.sched_overrides
 
     def sched_config(self, base: SchedConfig | None = None) -> SchedConfig:
         """``base`` with the overrides of every passed config proposal."""

@@ -405,3 +405,35 @@ def test_votes_need_an_up_to_date_log_and_are_given_once_per_term() -> None:
     votes = [m for m in drain_local(node) if isinstance(m, RequestVoteResp)]
     assert [(m.to, m.granted) for m in votes] == [("b", True), ("c", False)]
     assert node.vote == "b"
+
+
+def test_commit_advances_reach_each_follower_once_per_ready() -> None:
+    """Acks from both followers in a row: the next Ready tells each follower the new
+    commit once, riding on new entries when there are some, never an extra empty one."""
+    from agent.raft.messages import AppendEntries
+
+    node = RaftNode(SIM_CONFIG, "a", bootstrap_state(ABC), random.Random(7))
+    while node.role != Role.PRE_CANDIDATE:
+        node.tick()
+    node.step(RequestVoteResp("b", "a", node.term + 1, True, pre_vote=True))
+    node.step(RequestVoteResp("b", "a", node.term, True))
+    assert node.role == Role.LEADER
+    drain_local(node)
+    last = node.propose(b"x")[0]
+    for peer in ("b", "c"):
+        node.step(AppendResp(peer, "a", node.term, index=node.log.last_index() - 1))
+    drain_local(node)  # both followers now in REPLICATE, entries up to `last` sent
+    for peer in ("b", "c"):
+        node.step(AppendResp(peer, "a", node.term, index=last))
+    node.propose(b"y")
+    sent = [m for m in drain_local(node) if isinstance(m, AppendEntries)]
+    assert node.commit_index == last
+    assert sorted(m.to for m in sent) == ["b", "c"]
+    assert all(m.commit == last and len(m.entries) == 1 for m in sent)
+    for peer in ("b", "c"):
+        node.step(AppendResp(peer, "a", node.term, index=last + 1))
+    sent = [m for m in drain_local(node) if isinstance(m, AppendEntries)]
+    # Nothing new to send: one empty append each, only to carry the commit.
+    assert sorted(m.to for m in sent) == ["b", "c"]
+    assert all(m.commit == last + 1 and not m.entries for m in sent)
+    assert not [m for m in drain_local(node) if isinstance(m, AppendEntries)]
