@@ -61,6 +61,8 @@ MAX_NAME_LEN: Final = 128
 """Longest method, event topic or error code."""
 
 HEADER: Final = struct.Struct(">I")
+SMALL_FRAME: Final = 64 * 1024
+"""Frames up to this size are copied out of the buffer (cheaper than a memoryview)."""
 
 ERROR_CODES: Final = frozenset(
     {"bad_request", "not_found", "no_quorum", "not_leader", "internal", "unavailable"}
@@ -148,10 +150,39 @@ def check_value(value: object, *, depth_limit: int = MAX_DEPTH) -> None:
     """Raise ``ProtocolError`` unless ``value`` nests at most ``depth_limit`` deep
     and every map key is a ``str`` (the control API's only key type).
 
-    Iterative so hostile input cannot exhaust the Python stack.
+    Recursive only to a depth of ``depth_limit`` (32 by default), where it stops
+    with an error: hostile input cannot exhaust the Python stack.  A deeper
+    limit uses an explicit stack.
     """
     if not isinstance(value, _CONTAINERS):
         return
+    if depth_limit > _RECURSION_LIMIT:
+        _check_iteratively(value, depth_limit)
+        return
+    _check_nested(value, 1, depth_limit)
+
+
+_RECURSION_LIMIT: Final = 100
+
+
+def _check_nested(item: object, depth: int, limit: int) -> None:
+    # Every request and reply goes through here: a call per container is
+    # cheaper than pushing and popping (item, depth) pairs for each.
+    if depth > limit:
+        raise ProtocolError(f"nesting deeper than {limit}")
+    if isinstance(item, dict):
+        for key, child in item.items():
+            if not isinstance(key, str):
+                raise ProtocolError(f"map key must be str, not {type(key).__name__}")
+            if isinstance(child, _CONTAINERS):
+                _check_nested(child, depth + 1, limit)
+    else:
+        for child in item:  # type: ignore[attr-defined]
+            if isinstance(child, _CONTAINERS):
+                _check_nested(child, depth + 1, limit)
+
+
+def _check_iteratively(value: object, depth_limit: int) -> None:
     stack: list[tuple[object, int]] = [(value, 1)]
     push, pop = stack.append, stack.pop
     while stack:
@@ -181,22 +212,24 @@ def _check_name(kind: str, value: object) -> str:
 def decode_body(body: bytes | memoryview) -> dict[str, Any]:
     """Decode one frame body to a map, enforcing every named limit."""
     size = len(body)
-    limits = {
-        "max_str_len": min(MAX_STR_LEN, size),
-        "max_bin_len": min(MAX_BIN_LEN, size),
-        "max_array_len": min(MAX_ARRAY_LEN, size),
-        "max_map_len": min(MAX_MAP_LEN, size // 2),
-    }
     try:
         if size <= MAX_CONTAINERS:
             # Every array or map takes at least one byte, so a frame this small
             # cannot exceed the container budget: skip the per-container hook
             # (a Python call per map, most of the decode time of a request).
             obj = msgpack.unpackb(
-                body, raw=False, use_list=True, strict_map_key=True, max_ext_len=0, **limits
+                body,
+                raw=False,
+                use_list=True,
+                strict_map_key=True,
+                max_ext_len=0,
+                max_str_len=size,  # MAX_STR_LEN and MAX_BIN_LEN are larger
+                max_bin_len=size,
+                max_array_len=min(MAX_ARRAY_LEN, size),
+                max_map_len=min(MAX_MAP_LEN, size // 2),
             )
         else:
-            obj = _unpack_counted(body, limits)
+            obj = _unpack_counted(body, size)
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises a zoo of types; the boundary has one
@@ -207,7 +240,7 @@ def decode_body(body: bytes | memoryview) -> dict[str, Any]:
     return obj
 
 
-def _unpack_counted(body: bytes | memoryview, limits: dict[str, int]) -> Any:
+def _unpack_counted(body: bytes | memoryview, size: int) -> Any:
     budget = [MAX_CONTAINERS]
 
     def count_container(obj: Any) -> Any:
@@ -222,9 +255,12 @@ def _unpack_counted(body: bytes | memoryview, limits: dict[str, int]) -> Any:
         use_list=True,
         strict_map_key=True,
         max_ext_len=0,
+        max_str_len=min(MAX_STR_LEN, size),
+        max_bin_len=min(MAX_BIN_LEN, size),
+        max_array_len=min(MAX_ARRAY_LEN, size),
+        max_map_len=min(MAX_MAP_LEN, size // 2),
         list_hook=count_container,
         object_hook=count_container,
-        **limits,
     )
 
 
@@ -331,6 +367,7 @@ class ControlConnection:
         self.role = role
         self.state = State.OPEN
         self._buffer = bytearray()
+        self._pos = 0  # start of the first unconsumed byte in _buffer
         self._eof = False
         self._farewell_sent = False
 
@@ -344,6 +381,10 @@ class ControlConnection:
         if not data:
             self._eof = True
             return
+        if self._pos:
+            # Drop consumed frames once per read, not once per frame.
+            del self._buffer[: self._pos]
+            self._pos = 0
         self._buffer += data
 
     def next_event(self) -> NextEvent:
@@ -361,36 +402,51 @@ class ControlConnection:
             raise
 
     def _next_event(self) -> NextEvent:
-        buf = self._buffer
-        if len(buf) < HEADER.size:
+        buf, pos = self._buffer, self._pos
+        if len(buf) - pos < HEADER.size:
             return self._starved()
-        (length,) = HEADER.unpack_from(buf)
+        (length,) = HEADER.unpack_from(buf, pos)
         if length == 0 or length > MAX_CONTROL_FRAME:
             raise ProtocolError(f"frame length {length} outside 1..{MAX_CONTROL_FRAME}")
-        end = HEADER.size + length
+        start = pos + HEADER.size
+        end = start + length
         if len(buf) < end:
             return self._starved()
-        # Decode in place: a memoryview avoids copying a frame of up to 8 MiB.
-        with memoryview(buf) as view, view[HEADER.size : end] as body:
-            obj = decode_body(body)
-        del buf[:end]
+        if length <= SMALL_FRAME:
+            obj = decode_body(bytes(buf[start:end]))
+        else:
+            # Decode in place: a memoryview avoids copying a frame of up to 8 MiB.
+            with memoryview(buf) as view, view[start:end] as body:
+                obj = decode_body(body)
+        if end == len(buf):
+            buf.clear()
+            self._pos = 0
+        else:
+            self._pos = end
         if self.role is Role.SERVER:
             return _parse_request(obj)
         return _parse_to_client(obj)
 
     def _starved(self) -> NextEvent:
         if self._eof:
-            if self._buffer:
-                raise ProtocolError(f"stream ended inside a frame ({len(self._buffer)} bytes)")
+            if self.buffered:
+                raise ProtocolError(f"stream ended inside a frame ({self.buffered} bytes)")
             self.state = State.CLOSED
         return NEED_DATA
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as a message."""
-        return len(self._buffer)
+        return len(self._buffer) - self._pos
 
     # -- sending
+    def send_response(self, request_id: int, result: Any) -> bytes:
+        """``send(Response(request_id, result))`` without building the message:
+        a server's hot path, one call per reply."""
+        if self.state is State.ERROR or self.role is not Role.SERVER or not _is_int(request_id):
+            return self.send(Response(request_id, result))  # raises the usual error
+        return encode_frame({"id": request_id, "result": result})
+
     def send(self, message: Message) -> bytes:
         """The bytes to write for ``message``; ``ProtocolError`` if it may not be sent."""
         if self.state is State.ERROR:

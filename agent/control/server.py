@@ -259,7 +259,7 @@ class _Peer:
         except Exception as exc:
             self._reply_error(request, exc)
             return
-        self._reply(Response(request.id, result))
+        self._reply_result(request.id, result)
 
     def _future_done(self, request: Request, fut: asyncio.Future[Any]) -> None:
         self.handler_futures.discard(fut)
@@ -273,7 +273,7 @@ class _Peer:
         if exc is not None:
             self._reply_error(request, exc)
             return
-        self._reply(Response(request.id, fut.result()))
+        self._reply_result(request.id, fut.result())
 
     def _reply_error(self, request: Request, exc: BaseException) -> None:
         code, message = error_reply(exc)
@@ -317,6 +317,15 @@ class _Peer:
         self.server._count_topics(self.subs.pop(sub_id).topics, -1)
 
     # -- writing
+    def _reply_result(self, request_id: int, result: Any) -> None:
+        """The success reply, without building a ``Response`` (the hot path)."""
+        try:
+            frame = self.conn.send_response(request_id, result)
+        except ProtocolError:
+            self._reply(Response(request_id, result))  # the error handling below
+            return
+        self._queue_frame(frame, True)
+
     def _reply(self, message: Message, holds_slot: bool = True) -> None:
         try:
             frame = self.conn.send(message)
@@ -330,6 +339,9 @@ class _Peer:
             frame = self.conn.send(
                 ErrorResponse(message.id, "internal", f"result not encodable: {exc}")
             )
+        self._queue_frame(frame, holds_slot)
+
+    def _queue_frame(self, frame: bytes, holds_slot: bool) -> None:
         # Fast path: with nothing queued and room in the transport buffer, the
         # frame joins this loop iteration's batch, written by ``_flush_batch``
         # without a hop through the writer task.  Many handlers finish in the

@@ -94,6 +94,7 @@ class RaftNode:
         self.lead_transferee = ""
         self.pending_conf_index = 0
         self._ticks = 0
+        self._quorum_seen: tuple[int, int, ConfState] | None = None
         self.election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._randomized_timeout = config.election_ticks
@@ -236,7 +237,15 @@ class RaftNode:
         """Leader: a quorum answered within the last election timeout.  Others: a
         leader was heard from within it.  False means writes should fail fast."""
         if self.role == Role.LEADER:
-            return replication.quorum_active(self)
+            # Asked once per proposal: within one tick, term and membership a
+            # True answer stays True (last_heard only grows), so keep it.
+            key = (self._ticks, self.term, self.conf)
+            if self._quorum_seen == key:
+                return True
+            active = replication.quorum_active(self)
+            if active:
+                self._quorum_seen = key
+            return active
         return self.leader_id != "" and self.election_elapsed < self.config.election_ticks
 
     def progress_view(self) -> dict[str, dict[str, object]]:

@@ -156,6 +156,7 @@ class Agent:
             publish=self.publish,
             on_applied=self.tasks.on_applied,
             on_role_change=self._on_role_change,
+            wants=lambda topic: self.control.has_subscribers(topic),
         )
         self._build_routes()
         self.control = ControlServer(self.socket_path, build_handlers(self), TOPICS)

@@ -57,6 +57,7 @@ from agent.raft.core import RaftNode, bootstrap_state
 from agent.raft.messages import EntryKind, Ready, Role, Snapshot
 from agent.raft.storage import Storage
 from agent.runtime.messages import ForwardPropose, ForwardResult
+from agent.state.commands import Command
 from agent.state.machine import ApplyResult, StateMachine
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ class _Pending:
     """Loop time of the proposal; the tick sweep fails the write ``COMMIT_TIMEOUT`` later."""
     finish: Callable[[ApplyResult], Any] | None
     """Turns the apply result into the future's value (or raises); None: the result itself."""
+    decoded: Command | None = None
+    """What the proposed bytes decode to, if the proposer knew (spares the apply a decode)."""
 
 
 @dataclass(slots=True)
@@ -103,6 +106,7 @@ class ConsensusDriver:
         publish: Callable[[str, dict[str, Any]], None],
         on_applied: Callable[[int, ApplyResult], None],
         on_role_change: Callable[[str], None],
+        wants: Callable[[str], bool] | None = None,
     ) -> None:
         self.config = config
         self.raft_config = config.raft
@@ -113,6 +117,9 @@ class ConsensusDriver:
         self._publish = publish
         self._on_applied = on_applied
         self._on_role_change = on_role_change
+        # Does anyone follow this event topic?  Lets the apply loop skip building
+        # events (and the state machine its summaries) nobody will read.
+        self._wants: Callable[[str], bool] = wants or (lambda _topic: True)
         self._rng = random.Random()
         restored = self.storage.load()
         if restored.snapshot is not None:
@@ -250,6 +257,8 @@ class ConsensusDriver:
         if not send_first:
             for msg in rd.messages:
                 self._send(msg.to, msg)
+        if rd.committed_entries:
+            self.state.summaries = self._wants("consensus")
         for entry in rd.committed_entries:
             self._apply(entry.index, entry.term, entry.kind, entry.data)
         for rs in rd.read_states:
@@ -292,14 +301,18 @@ class ConsensusDriver:
     def _apply(self, index: int, term: int, kind: EntryKind, data: bytes) -> None:
         if index <= self.state.applied_index:
             return
+        pending = self._pending.pop(index, None)
         if kind == EntryKind.NORMAL:
-            result = self.state.apply(index, data)
+            # Same index and term as our proposal: by Log Matching this entry is
+            # the command we encoded, so its decoded form (if kept) can be used.
+            ours = pending is not None and pending.term == term
+            decoded = pending.decoded if pending is not None and ours else None
+            result = self.state.apply(index, data, decoded)
         else:
             self.state.applied_index = index
             summary = "no-op (new leader)" if kind == EntryKind.EMPTY else "membership change"
             event = {"topic": "consensus", "data": {"kind": "entry", "summary": summary}}
             result = ApplyResult(True, None, None, [event])
-        pending = self._pending.pop(index, None)
         if pending is not None and not pending.future.done():
             if pending.term == term:
                 self._resolve(pending, result)
@@ -310,6 +323,8 @@ class ConsensusDriver:
         self._on_applied(index, result)
         for event in result.events:
             topic = str(event.get("topic", "consensus"))
+            if not self._wants(topic):
+                continue  # nobody subscribed: skip building the event
             raw = event.get("data")
             data_out: dict[str, Any] = dict(raw) if isinstance(raw, dict) else {}
             if topic == "consensus":
@@ -390,6 +405,7 @@ class ConsensusDriver:
         command: bytes,
         forward: Callable[[str, object], None],
         finish: Callable[[ApplyResult], Any] | None = None,
+        decoded: Command | None = None,
     ) -> asyncio.Future[Any]:
         """Start committing ``command``; the future resolves once it is applied, to
         ``finish(result)`` (or what ``finish`` raises), or fails with ``NoQuorumError``.
@@ -404,7 +420,7 @@ class ConsensusDriver:
             if not leader:
                 raise NoQuorumError("no leader known")
             return asyncio.ensure_future(self._forward_finish(leader, command, forward, finish))
-        return self._propose_future(command, finish)
+        return self._propose_future(command, finish, decoded)
 
     async def _forward_finish(
         self,
@@ -421,7 +437,10 @@ class ConsensusDriver:
         return result
 
     def _propose_future(
-        self, command: bytes, finish: Callable[[ApplyResult], Any] | None
+        self,
+        command: bytes,
+        finish: Callable[[ApplyResult], Any] | None,
+        decoded: Command | None = None,
     ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         try:
@@ -438,7 +457,7 @@ class ConsensusDriver:
                 NoQuorumError("leadership changed before the write committed; retry")
             )
         # The tick sweep (_expire_waiters) fails the future after COMMIT_TIMEOUT.
-        self._pending[index] = _Pending(term, fut, loop.time(), finish)
+        self._pending[index] = _Pending(term, fut, loop.time(), finish, decoded)
         self.wake()
         return fut
 

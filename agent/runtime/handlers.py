@@ -18,6 +18,7 @@ from agent.crypto import decode_key
 from agent.errors import LocalError, TaskError
 from agent.runtime import views
 from agent.state import builders
+from agent.state.commands import KvCas, KvDelete, KvPut, encode_command_decoded
 from agent.state.machine import ApplyResult
 
 if TYPE_CHECKING:
@@ -71,10 +72,12 @@ def build_handlers(agent: Agent) -> dict[str, Handler]:
         _check_applied(result)
         return result
 
-    def commit_value(command: bytes) -> asyncio.Future[Any]:
+    def commit_value(body: KvPut | KvDelete | KvCas, rid: str) -> asyncio.Future[Any]:
         # The KV writes' path: a future resolved from the apply loop to the
-        # result's value, no coroutine or task per write (see ControlServer).
-        return consensus.submit(command, agent.send_to_node, _applied_value)
+        # result's value, no coroutine or task per write (see ControlServer);
+        # the leader applies the decoded command it keeps instead of decoding.
+        data, decoded = encode_command_decoded(body, rid, time.time())
+        return consensus.submit(data, agent.send_to_node, _applied_value, decoded)
 
     async def read(params: dict[str, Any]) -> None:
         if not params.get("stale", False):
@@ -101,26 +104,19 @@ def build_handlers(agent: Agent) -> dict[str, Handler]:
         return {"items": state.kv_list(_str(params, "ns", "default"), _str(params, "prefix", ""))}
 
     def kv_put(params: dict[str, Any]) -> asyncio.Future[Any]:
-        cmd = builders.cmd_kv_put(
-            _str(params, "ns", "default"), _str(params, "key"), _bytes(params, "value"),
-            _rid(params), time.time(),
-        )
-        return commit_value(cmd)
+        body = KvPut(_str(params, "ns", "default"), _str(params, "key"), _bytes(params, "value"))
+        return commit_value(body, _rid(params))
 
     def kv_delete(params: dict[str, Any]) -> asyncio.Future[Any]:
-        cmd = builders.cmd_kv_delete(
-            _str(params, "ns", "default"), _str(params, "key"), _rid(params), time.time()
-        )
-        return commit_value(cmd)
+        return commit_value(KvDelete(_str(params, "ns", "default"), _str(params, "key")), _rid(params))
 
     def kv_cas(params: dict[str, Any]) -> asyncio.Future[Any]:
         expected = params.get("expected")
-        cmd = builders.cmd_kv_cas(
+        body = KvCas(
             _str(params, "ns", "default"), _str(params, "key"),
-            None if expected is None else _bytes(params, "expected"),
-            _bytes(params, "value"), _rid(params), time.time(),
+            None if expected is None else _bytes(params, "expected"), _bytes(params, "value"),
         )
-        return commit_value(cmd)
+        return commit_value(body, _rid(params))
 
     def eligible_voters() -> int:
         return sum(1 for m in agent.membership.members() if m.state == "alive")

@@ -18,6 +18,8 @@ result, identically on every replica.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
@@ -290,6 +292,26 @@ def encode_command(body: Op, rid: str, at: float) -> bytes:
     if len(data) > MAX_COMMAND_BYTES:
         raise ProtocolError(f"command of {len(data)} bytes exceeds {MAX_COMMAND_BYTES}")
     return data
+
+
+def _decodes_to_itself(cls: type[Any]) -> bool:
+    """Do all fields hold scalars that decoding returns unchanged (no float from an
+    int, no tuple from a list, no nested map)?  Then a validated body is exactly
+    what ``decode_command`` would rebuild from its bytes."""
+    exact = (str, bytes, int, bool, str | None, bytes | None, int | None)
+    hints = typing.get_type_hints(cls)
+    return all(hints[f.name] in exact for f in dataclasses.fields(cls))
+
+
+_EXACT: Final = frozenset(cls for cls in OPS.values() if _decodes_to_itself(cls))
+
+
+def encode_command_decoded(body: Op, rid: str, at: float) -> tuple[bytes, Command | None]:
+    """``encode_command`` plus, for ops whose fields decode to themselves (the KV
+    writes), the ``Command`` its bytes decode to: the proposing leader applies
+    that instead of decoding the entry it just encoded."""
+    data = encode_command(body, rid, at)
+    return data, Command(body, rid, float(at)) if type(body) in _EXACT else None
 
 
 # ---------------------------------------------------------------- decoding

@@ -87,34 +87,47 @@ class StateMachine(Queries):
         self.rids: dict[str, list[Any]] = {}
         self.rid_order: deque[str] = deque()
         self.sched_overrides: dict[str, Any] = {}
+        self.summaries = True
+        """Add a ``consensus`` entry event with a one-line summary to each result."""
 
     # ------------------------------------------------------------ apply
 
-    def apply(self, index: int, data: bytes) -> ApplyResult:
-        """Apply committed entry ``index``; entries must arrive in increasing index order."""
+    def apply(self, index: int, data: bytes, decoded: Command | None = None) -> ApplyResult:
+        """Apply committed entry ``index``; entries must arrive in increasing index order.
+
+        ``decoded``: what ``data`` decodes to, when the caller knows (the leader
+        that encoded it, see ``encode_command_decoded``); saves decoding it again."""
         assert index > self.applied_index, f"entry {index} after {self.applied_index}"
         self.applied_index = index
         if not data:  # a leader's empty entry at the start of its term
             return ApplyResult(True, None, None, [_entry(index, "no-op")])
-        try:
-            cmd = decode_command(data)
-        except ProtocolError as exc:
-            return ApplyResult(False, None, str(exc), [_entry(index, "invalid command")])
-        summary = summarize(cmd, self.name_of)
+        if decoded is not None:
+            cmd = decoded
+        else:
+            try:
+                cmd = decode_command(data)
+            except ProtocolError as exc:
+                return ApplyResult(False, None, str(exc), [_entry(index, "invalid command")])
+        # The consensus-log summary is only for subscribers: skip it when nobody
+        # follows that topic (``summaries``; results and state do not depend on it).
+        summary = summarize(cmd, self.name_of) if self.summaries else ""
         if cmd.rid and cmd.rid in self.rids:
             _, ok, value, error = self.rids[cmd.rid]
-            return ApplyResult(ok, value, error, [_entry(index, f"{summary} (retry)")])
+            return ApplyResult(ok, value, error, self._entries(index, f"{summary} (retry)"))
         try:
             value, events = self._dispatch(cmd, index)
-            result = ApplyResult(True, value, None, [*events, _entry(index, summary)])
+            result = ApplyResult(True, value, None, [*events, *self._entries(index, summary)])
         except MeshError as exc:
-            result = ApplyResult(False, None, str(exc), [_entry(index, f"{summary}: {exc}")])
+            result = ApplyResult(False, None, str(exc), self._entries(index, f"{summary}: {exc}"))
         if cmd.rid:
             self.rids[cmd.rid] = [cmd.rid, result.ok, result.value, result.error]
             self.rid_order.append(cmd.rid)
             while len(self.rids) > MAX_RIDS:
                 del self.rids[self.rid_order.popleft()]
         return result
+
+    def _entries(self, index: int, summary: str) -> list[Event]:
+        return [_entry(index, summary)] if self.summaries else []
 
     def _dispatch(self, cmd: Command, index: int) -> tuple[Any, list[Event]]:
         body, at = cmd.body, cmd.at

@@ -423,3 +423,26 @@ def test_any_plain_value_round_trips(params: dict[str, Any], ident: int) -> None
     assert len(got) == 1
     assert msgpack.packb(got[0].params) == msgpack.packb(params)
     assert got[0].id == ident
+
+
+def test_send_response_is_send_of_a_response() -> None:
+    conn = ControlConnection(SERVER)
+    for result in ({"index": 7}, None, [1, {"a": b"x"}], "text"):
+        assert conn.send_response(3, result) == conn.send(Response(3, result))
+    with pytest.raises(ProtocolError):
+        conn.send_response(True, {})  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError):
+        conn.send_response(1, {1: "int key"})
+
+
+def test_many_frames_in_one_read_then_a_split_frame() -> None:
+    client, server = ControlConnection(CLIENT), ControlConnection(SERVER)
+    frames = b"".join(client.send(Request(i, "m", {"n": i})) for i in range(50))
+    server.receive_data(frames + frames[:7])
+    got = []
+    while (message := server.next_event()) is not NEED_DATA:
+        got.append(message)
+    assert [m.id for m in got] == list(range(50)) and server.buffered == 7
+    server.receive_data(frames[7 : len(frames) // 50])
+    message = server.next_event()
+    assert isinstance(message, Request) and message.id == 0 and server.buffered == 0

@@ -274,3 +274,27 @@ def test_restore_rejects_bad_snapshots(data: bytes) -> None:
     with pytest.raises(StorageError):
         sm.restore(data)
     assert sm.snapshot() == before  # a failed restore changes nothing
+
+
+def test_applying_the_proposers_decoded_command_equals_decoding() -> None:
+    from agent.state.commands import KvCas, KvPut, TaskSubmit, encode_command_decoded
+
+    by_bytes, by_decoded = StateMachine(), StateMachine()
+    bodies = [KvPut("ns", "k", b"v1"), KvCas("ns", "k", b"v1", b"v2"), KvPut("ns", "k", b"v3")]
+    for index, body in enumerate(bodies, start=1):
+        data, decoded = encode_command_decoded(body, f"r{index}", 5.0)
+        assert decoded is not None
+        assert by_bytes.apply(index, data) == by_decoded.apply(index, data, decoded)
+    assert by_bytes.snapshot() == by_decoded.snapshot()
+    # Ops whose fields decode to something else (tuples, floats) keep no decoded form.
+    assert encode_command_decoded(TaskSubmit(argv=("true",)), "r", 1.0)[1] is None
+
+
+def test_summaries_off_drops_only_the_consensus_entry_events() -> None:
+    quiet, loud = StateMachine(), StateMachine()
+    quiet.summaries = False
+    data = cmd_kv_put("ns", "k", b"v", "r1", 1.0)
+    a, b = quiet.apply(1, data), loud.apply(1, data)
+    assert (a.ok, a.value, a.error) == (b.ok, b.value, b.error)
+    assert a.events == [] and [e["topic"] for e in b.events] == ["consensus"]
+    assert quiet.snapshot() == loud.snapshot()
