@@ -80,12 +80,13 @@ class StateMachine(Queries):
         self.next_proposal_id = 1
         self.nodes: dict[str, dict[str, Any]] = {}  # id → {"name", "draining"}
         self.tasks = TaskTable(self.name_of)
-        # rid → [rid, ok, value, error]: already the snapshot's row, so a snapshot
-        # (every few thousand writes, of up to MAX_RIDS rids) copies no rows.
-        # A plain dict plus a queue of its keys for eviction: listing an
-        # OrderedDict's values walks its linked list (14 ms for 100k rids).
-        self.rids: dict[str, list[Any]] = {}
+        # rid → its snapshot row ``[rid, ok, value, error]``, packed once when
+        # the result is cached: a snapshot (every few thousand writes, of up to
+        # MAX_RIDS rows) then joins bytes instead of packing 100k small objects
+        # again (~20 ms each time).  Read back only for a retried rid.
+        self.rids: dict[str, bytes] = {}
         self.rid_order: deque[str] = deque()
+        self._packer = msgpack.Packer(use_bin_type=True)
         self.sched_overrides: dict[str, Any] = {}
         self.summaries = True
         """Add a ``consensus`` entry event with a one-line summary to each result."""
@@ -111,8 +112,9 @@ class StateMachine(Queries):
         # The consensus-log summary is only for subscribers: skip it when nobody
         # follows that topic (``summaries``; results and state do not depend on it).
         summary = summarize(cmd, self.name_of) if self.summaries else ""
-        if cmd.rid and cmd.rid in self.rids:
-            _, ok, value, error = self.rids[cmd.rid]
+        cached = self.rids.get(cmd.rid) if cmd.rid else None
+        if cached is not None:
+            _, ok, value, error = _unpack_row(cached)
             return ApplyResult(ok, value, error, self._entries(index, f"{summary} (retry)"))
         try:
             value, events = self._dispatch(cmd, index)
@@ -120,7 +122,7 @@ class StateMachine(Queries):
         except MeshError as exc:
             result = ApplyResult(False, None, str(exc), self._entries(index, f"{summary}: {exc}"))
         if cmd.rid:
-            self.rids[cmd.rid] = [cmd.rid, result.ok, result.value, result.error]
+            self.rids[cmd.rid] = self._packer.pack([cmd.rid, result.ok, result.value, result.error])
             self.rid_order.append(cmd.rid)
             while len(self.rids) > MAX_RIDS:
                 del self.rids[self.rid_order.popleft()]
@@ -217,20 +219,26 @@ class StateMachine(Queries):
     # ------------------------------------------------------------ snapshots
 
     def snapshot(self) -> bytes:
-        """The whole state as msgpack; equal states give equal bytes."""
-        state = {
-            "version": SNAPSHOT_VERSION,
-            "applied_index": self.applied_index,
-            "kv": self.kv.dump(),
-            "proposals": [p.dump() for p in self.proposals.values()],
-            "next_proposal_id": self.next_proposal_id,
-            "nodes": self.nodes,
-            "tasks": self.tasks.dump(),
-            "rids": list(self.rids.values()),
-            "sched_overrides": self.sched_overrides,
-        }
-        data: bytes = msgpack.packb(state, use_bin_type=True)
-        return data
+        """The whole state as msgpack; equal states give equal bytes.
+
+        Packed by hand as the map ``packb`` would write, so the rid rows,
+        already packed, are joined rather than packed again."""
+        pack = self._packer.pack
+        parts = [self._packer.pack_map_header(9)]
+        for key, value in (
+            ("version", SNAPSHOT_VERSION),
+            ("applied_index", self.applied_index),
+            ("kv", self.kv.dump()),
+            ("proposals", [p.dump() for p in self.proposals.values()]),
+            ("next_proposal_id", self.next_proposal_id),
+            ("nodes", self.nodes),
+            ("tasks", self.tasks.dump()),
+        ):
+            parts += (pack(key), pack(value))
+        parts += (pack("rids"), self._packer.pack_array_header(len(self.rids)))
+        parts += self.rids.values()
+        parts += (pack("sched_overrides"), pack(self.sched_overrides))
+        return b"".join(parts)
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot; raise ``StorageError`` if it is not one."""
@@ -245,7 +253,7 @@ class StateMachine(Queries):
             fresh.next_proposal_id = int(state["next_proposal_id"])
             fresh.nodes = {k: dict(v) for k, v in state["nodes"].items()}
             fresh.tasks.load(state["tasks"])
-            fresh.rids = {row[0]: list(row) for row in state["rids"]}
+            fresh.rids = {row[0]: fresh._packer.pack(row) for row in state["rids"]}
             fresh.rid_order = deque(fresh.rids)
             fresh.sched_overrides = dict(state["sched_overrides"])
         except StorageError:
@@ -263,6 +271,11 @@ class StateMachine(Queries):
     def sched_config(self, base: SchedConfig | None = None) -> SchedConfig:
         """``base`` with the overrides of every passed config proposal."""
         return dataclasses.replace(base or SchedConfig(), **self.sched_overrides)
+
+
+def _unpack_row(row: bytes) -> list[Any]:
+    cached: list[Any] = msgpack.unpackb(row, raw=False, strict_map_key=False)
+    return cached
 
 
 def _entry(index: int, summary: str) -> Event:
