@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 from collections import deque
 from collections.abc import AsyncIterator, Generator, Mapping
@@ -200,6 +201,10 @@ class ControlClient:
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._write_lock = asyncio.Lock()
+        self._deadlines: list[tuple[float, int, asyncio.Future[Any], str, float]] = []
+        self._deadline_seq = itertools.count()
+        self._sweep_at: float | None = None
+        self._sweep_timer: asyncio.TimerHandle | None = None
         self._lost: ClientError | None = None
         self._reader_task = asyncio.create_task(self._read_loop())
 
@@ -285,7 +290,7 @@ class ControlClient:
     ) -> Any:
         request_id = next(self._ids)
         try:
-            frame = self._conn.send(Request(request_id, method, params))
+            frame = self._conn.send_request(request_id, method, params)
         except ProtocolError as exc:
             raise ClientError("bad_request", str(exc)) from exc
         if self._lost is not None:
@@ -294,11 +299,8 @@ class ControlClient:
         self._pending[request_id] = future
         if sub is not None:
             self._subscribing[request_id] = sub
-        # One timer per call, not an asyncio.timeout scope (a context, a task
-        # lookup and a reschedule): the reply wait is the only thing it bounds.
-        timer = None
         if timeout is not None:
-            timer = self._loop.call_later(timeout, _expire, future, method, timeout)
+            self._add_deadline(future, method, timeout)
         try:
             self._out.append(frame)
             if not self._flush_scheduled:
@@ -315,10 +317,36 @@ class ControlClient:
         except TimeoutError as exc:
             raise ClientError("timeout", f"{method}: no reply within {timeout:g}s") from exc
         finally:
-            if timer is not None:
-                timer.cancel()
             self._pending.pop(request_id, None)
             self._subscribing.pop(request_id, None)
+
+    # -- reply deadlines: one heap and one timer for all calls, instead of an
+    # asyncio.timeout scope (a context, a task lookup, a timer) per call.
+    def _add_deadline(self, future: asyncio.Future[Any], method: str, timeout: float) -> None:
+        deadline = self._loop.time() + timeout
+        heap = self._deadlines
+        heapq.heappush(heap, (deadline, next(self._deadline_seq), future, method, timeout))
+        if len(heap) > 2 * len(self._pending) + 64:
+            # Answered calls leave their entries behind: drop them now and then.
+            heap[:] = [entry for entry in heap if not entry[2].done()]
+            heapq.heapify(heap)
+        if self._sweep_at is None or deadline < self._sweep_at:
+            if self._sweep_timer is not None:
+                self._sweep_timer.cancel()
+            self._sweep_at = deadline
+            self._sweep_timer = self._loop.call_at(deadline, self._sweep_deadlines)
+
+    def _sweep_deadlines(self) -> None:
+        self._sweep_timer = self._sweep_at = None
+        heap, now = self._deadlines, self._loop.time()
+        while heap and heap[0][0] <= now:
+            _, _, future, method, timeout = heapq.heappop(heap)
+            _expire(future, method, timeout)
+        while heap and heap[0][2].done():
+            heapq.heappop(heap)
+        if heap:
+            self._sweep_at = heap[0][0]
+            self._sweep_timer = self._loop.call_at(self._sweep_at, self._sweep_deadlines)
 
     def _must_drain(self) -> bool:
         """Wait for the writer only when its buffer is full (or when it cannot say)."""
@@ -422,6 +450,10 @@ class ControlClient:
             if not waiter.done():
                 waiter.set_exception(error)
         self._slot_waiters.clear()
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+        self._sweep_timer = self._sweep_at = None
+        self._deadlines.clear()
         for sub in self._subs.values():
             sub._end(error)
         self._subs.clear()

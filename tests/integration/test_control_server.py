@@ -659,3 +659,23 @@ async def test_client_waits_for_a_slot_and_times_out_waiting(make_server: Any) -
         release.set()
         assert await asyncio.gather(*held, queued) == list(range(MAX_CLIENT_IN_FLIGHT + 1))
         assert await client.call("echo", ok=1) == {"ok": 1}  # every slot came back
+
+
+async def test_shorter_timeout_after_longer_ones_fires_on_time(make_server: Any) -> None:
+    never = asyncio.Event()
+
+    async def hang(params: dict[str, Any]) -> Any:
+        await never.wait()
+
+    srv = await make_server({"hang": hang})
+    async with await ControlClient.connect_unix(srv.path) as client:
+        slow = [asyncio.create_task(client.call("hang", timeout=30.0)) for _ in range(3)]
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(ClientError) as quick:
+            await client.call("hang", timeout=0.2)
+        assert quick.value.code == "timeout"
+        assert asyncio.get_running_loop().time() - started < 2.0
+        assert await client.call("echo", ok=1) == {"ok": 1}
+        for task in slow:
+            task.cancel()
+        await asyncio.gather(*slow, return_exceptions=True)

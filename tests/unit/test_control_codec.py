@@ -446,3 +446,11 @@ def test_many_frames_in_one_read_then_a_split_frame() -> None:
     server.receive_data(frames[7 : len(frames) // 50])
     message = server.next_event()
     assert isinstance(message, Request) and message.id == 0 and server.buffered == 0
+
+
+def test_send_request_is_send_of_a_request() -> None:
+    conn = ControlConnection(CLIENT)
+    assert conn.send_request(4, "kv.put", {"k": b"v"}) == conn.send(Request(4, "kv.put", {"k": b"v"}))
+    for bad in ((True, "m", {}), (1, "", {}), (1, "m" * 129, {}), (1, "m", [])):
+        with pytest.raises(ProtocolError):
+            conn.send_request(*bad)  # type: ignore[arg-type]
