@@ -251,14 +251,17 @@ class Storage:
         """Write entries (truncating a conflicting suffix) and the hard state; not durable
         until ``sync()``."""
         buf = bytearray()
+        # One packer for the batch (packb builds one per call), framed in place.
+        pack, crc32 = msgpack.Packer().pack, zlib.crc32
         for entry in entries:
             rotate = self._fd < 0 or self._size + len(buf) >= self.segment_bytes
             if rotate or entry.index < self._segments[-1][1]:
                 self._write(buf)
                 buf = bytearray()
                 self._rotate(entry.index)
-            payload = msgpack.packb([REC_ENTRY, entry.term, entry.index, int(entry.kind), entry.data])
-            buf += _frame(payload)
+            payload = pack([REC_ENTRY, entry.term, entry.index, int(entry.kind), entry.data])
+            buf += HEADER.pack(len(payload), crc32(payload))
+            buf += payload
             self._last_index = entry.index
         if hard_state is not None:
             self._hard_state = hard_state

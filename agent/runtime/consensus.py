@@ -1,9 +1,11 @@
 """The Raft driver: ticks, the Ready loop, proposals, linearizable reads, forwarding.
 
 The loop is etcd's: persist (append + one fsync for everything gathered since
-the last one: group commit) → send → apply → advance.  While an fsync runs in
-a worker thread the event loop keeps stepping messages and proposals into
-the core, so the next Ready carries all of them and one fsync covers them.
+the last one: group commit) → send → apply → advance.  While an fsync runs
+the next proposals and messages queue up -- in the core while it runs in a
+worker thread (a slow disk), in the sockets while it runs inline (a disk
+that syncs in under a millisecond; see ``storage_io``) -- so the next Ready
+carries all of them and one fsync covers them.
 
 A leader sends its Ready's messages *before* its own fsync, so followers
 write and fsync the new entries while the leader does (Raft thesis §10.2.1,
@@ -54,9 +56,10 @@ from agent import wire
 from agent.errors import LocalError, NoQuorumError, NotLeaderError
 from agent.raft.confchange import plan_voter_changes
 from agent.raft.core import RaftNode, bootstrap_state
-from agent.raft.messages import EntryKind, Ready, Role, Snapshot
+from agent.raft.messages import EntryKind, Ready, Role
 from agent.raft.storage import Storage
 from agent.runtime.messages import ForwardPropose, ForwardResult
+from agent.runtime.storage_io import StorageIO
 from agent.state.commands import Command
 from agent.state.machine import ApplyResult, StateMachine
 
@@ -112,6 +115,7 @@ class ConsensusDriver:
         self.raft_config = config.raft
         self.node_id = node_id
         self.storage = Storage.open(os.path.join(data_dir, "raft"))
+        self._io = StorageIO(self.storage)
         self.state = StateMachine()
         self._send = send
         self._publish = publish
@@ -132,7 +136,6 @@ class ConsensusDriver:
         self._req_ids = itertools.count(1)
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._storage_io: asyncio.Future[None] | None = None
         self._role = ""
         self.elections = 0
         self.commit_latencies: list[float] = []
@@ -174,9 +177,7 @@ class ConsensusDriver:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._storage_io is not None:
-            with contextlib.suppress(Exception):
-                await self._storage_io
+        await self._io.drain()
         for pending in self._pending.values():
             if not pending.future.done():
                 pending.future.set_exception(NoQuorumError("agent is shutting down"))
@@ -249,9 +250,7 @@ class ConsensusDriver:
             for msg in rd.messages:
                 self._send(msg.to, msg)
         if rd.must_sync:
-            # fsync in a thread: meanwhile new proposals and messages queue up
-            # in the core and the next Ready persists them with one fsync.
-            await self._in_thread(self.storage.sync)
+            await self._io.sync()
             if rd.hard_state is not None:
                 self._durable_term_vote = (rd.hard_state.term, rd.hard_state.vote)
         if not send_first:
@@ -272,22 +271,9 @@ class ConsensusDriver:
         self._check_role()
         if self.node.should_snapshot():
             snap = self.node.compact(self.state.applied_index, self.state.snapshot())
-            # Megabytes to checksum, write and fsync: in a thread, like the WAL
-            # sync, so the loop keeps serving.  Only this (serial) ready loop
-            # touches storage, so the thread has it to itself.
-            await self._in_thread(self._persist_snapshot, snap)
-
-    async def _in_thread(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run a storage call in the default executor.  Shielded: a cancelled ready
-        loop (``close``) must not leave the call running while storage closes,
-        so ``close`` waits for ``_storage_io`` first."""
-        fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
-        self._storage_io = fut
-        await asyncio.shield(fut)
-
-    def _persist_snapshot(self, snap: Snapshot) -> None:
-        self.storage.save_snapshot(snap)
-        self.storage.compact(snap.index)
+            # Megabytes to checksum, write and fsync: in a thread, so the loop
+            # keeps serving (storage_io).
+            await self._io.persist_snapshot(snap)
 
     def _may_send_before_sync(self, rd: Ready) -> bool:
         """A leader's Ready that changes neither term nor vote and holds no snapshot:
@@ -562,6 +548,9 @@ class ConsensusDriver:
             log.debug("autopilot change %s refused: %s", change, exc)
             return
         self.wake()
+
+    def wal_stats(self) -> dict[str, Any]:
+        return self._io.stats()
 
     def status(self) -> dict[str, Any]:
         node = self.node

@@ -148,6 +148,7 @@ def report(agent: Agent) -> dict[str, Any]:
         "hotspots": agent.tasks.hotspots(),
         "utilisation": round(used / slots, 4),
         "transport": stats.as_dict(),
+        "wal": agent.consensus.wal_stats(),
         "decode_errors": agent.decode_errors,
     }
 
