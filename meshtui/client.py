@@ -199,6 +199,7 @@ class ControlClient:
         # Frames queued in one loop iteration leave in one write (``_flush``).
         self._loop = asyncio.get_running_loop()
         self._out: list[bytes] = []
+        self._transport: Any = getattr(writer, "transport", None)
         self._flush_scheduled = False
         self._write_lock = asyncio.Lock()
         self._deadlines: list[tuple[float, int, asyncio.Future[Any], str, float]] = []
@@ -350,7 +351,7 @@ class ControlClient:
 
     def _must_drain(self) -> bool:
         """Wait for the writer only when its buffer is full (or when it cannot say)."""
-        transport = getattr(self._writer, "transport", None)
+        transport = self._transport
         if transport is None:
             return True
         return bool(transport.get_write_buffer_size() > DRAIN_ABOVE)

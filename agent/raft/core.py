@@ -239,12 +239,12 @@ class RaftNode:
         if self.role == Role.LEADER:
             # Asked once per proposal: within one tick, term and membership a
             # True answer stays True (last_heard only grows), so keep it.
-            key = (self._ticks, self.term, self.conf)
-            if self._quorum_seen == key:
+            seen = self._quorum_seen
+            if seen is not None and seen[0] == self._ticks and seen[1] == self.term and seen[2] is self.conf:
                 return True
             active = replication.quorum_active(self)
             if active:
-                self._quorum_seen = key
+                self._quorum_seen = (self._ticks, self.term, self.conf)
             return active
         return self.leader_id != "" and self.election_elapsed < self.config.election_ticks
 
@@ -477,7 +477,7 @@ class RaftNode:
 
     def _append(self, kind: EntryKind, data: bytes) -> int:
         index = self.log.last_index() + 1
-        self.log.append([Entry(self.term, index, kind, data)])
+        self.log.append_new(Entry(self.term, index, kind, data))
         # Sending is deferred to ready(): proposals between two Readys share one batch.
         self._append_pending = True
         return index

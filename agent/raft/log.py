@@ -103,6 +103,11 @@ class RaftLog:
         self.entries.extend(entries)
         self.stable = min(self.stable, after)
 
+    def append_new(self, entry: Entry) -> None:
+        """The leader's own proposal, right after the last entry (nothing to truncate)."""
+        assert entry.index == self.last_index() + 1, "leader append must extend the log"
+        self.entries.append(entry)
+
     def maybe_append(
         self, prev_index: int, prev_term: int, commit: int, entries: tuple[Entry, ...]
     ) -> int | None:

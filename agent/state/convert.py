@@ -162,6 +162,12 @@ class DataclassConverter:
 
     def build(self, mapping: dict[Any, Any]) -> Any:
         """An instance from a decoded map; ``ProtocolError`` naming the first bad field."""
+        if len(mapping) == len(self.fields):
+            # The usual case, every field present (so none unknown): positional.
+            try:
+                return self.cls(*[convert(mapping[name]) for name, convert, _ in self.fields])
+            except KeyError:
+                pass  # same size but some names differ: the full path says which
         values: dict[str, Any] = {}
         for name, convert, required in self.fields:
             if name in mapping:
