@@ -4,17 +4,18 @@ Theory of operation: the ready loop is the only user of ``Storage`` and runs
 one Ready at a time, so whatever this module runs -- inline or in the default
 executor -- has the storage to itself.
 
-* ``sync()`` fdatasyncs the WAL inline while the disk has been fast, else in
-  a worker thread.  In a thread the loop keeps stepping proposals and
-  messages into the core meanwhile (the next Ready persists them with one
-  fsync), but on a busy leader the worker then waits for the GIL -- up to the
+* ``sync()`` fdatasyncs the WAL inline while the disk is fast, else in a
+  worker thread.  In a thread the loop keeps stepping proposals and messages
+  into the core meanwhile (the next Ready persists them with one fsync), but
+  on a busy leader the worker then waits for the GIL -- up to the
   interpreter's 5 ms switch interval -- before the Ready can finish.  A
-  sub-millisecond sync costs the loop less than that hop, and requests still
-  queue up (in the sockets) for the next group commit.  One slow sync (more
-  than ``INLINE_SYNC_MAX``) moves syncing to the thread, so a slow disk never
-  stalls the loop (SWIM, the control socket) for long, until
-  ``FAST_SYNCS_TO_INLINE`` fast syncs in a row show the disk is fast again.
-  It starts in the thread: inline is earned.
+  sync of a millisecond or two costs the loop less than that hop, and
+  requests still queue up (in the sockets) for the next group commit.  When
+  inline syncs average more than ``INLINE_SYNC_MAX``, or one takes more than
+  ``INLINE_SYNC_CAP``, syncing moves to the thread, so a slow disk stalls the
+  loop (SWIM, the control socket) only for one sync in ``PROBE_EVERY``: the
+  probe, run inline because a sync timed in the worker includes its wait for
+  the GIL.  A fast probe moves syncing back inline.
 * ``persist_snapshot()`` (megabytes to checksum, write and fsync) always runs
   in the thread.
 * Thread calls are shielded: a cancelled ready loop must not leave one running
@@ -32,11 +33,14 @@ from typing import Any
 from agent.raft.messages import Snapshot
 from agent.raft.storage import Storage
 
-INLINE_SYNC_MAX = 0.001
-"""Seconds: a WAL sync slower than this moves syncing off the event loop."""
+INLINE_SYNC_MAX = 0.002
+"""Seconds: inline syncs averaging more than this move syncing off the event loop."""
 
-FAST_SYNCS_TO_INLINE = 200
-"""Consecutive fast syncs in the worker thread before syncing inline again."""
+INLINE_SYNC_CAP = 0.02
+"""Seconds: a single inline sync slower than this moves syncing off the event loop."""
+
+PROBE_EVERY = 100
+"""In thread mode, every this many syncs one runs inline to time the disk."""
 
 
 class StorageIO:
@@ -44,46 +48,51 @@ class StorageIO:
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
-        self.inline = False
-        self.fast_syncs = 0
-        """Consecutive fast syncs (in the thread) since the last slow one."""
-        self.syncs = 0
+        self.inline = True
+        self.thread_syncs = 0
         self.inline_syncs = 0
         self.slow_syncs = 0
+        self.average: float | None = None
+        """Seconds: moving average of inline syncs."""
         self.max_sync = 0.0
         """Seconds: the slowest sync seen (a slow disk shows here first)."""
         self._last: asyncio.Future[object] | None = None
 
     async def sync(self) -> None:
         if self.inline:
-            self.inline_syncs += 1
-            if not self._timed_sync():
-                self.inline = False
+            self.inline = self._timed_sync()
             return
-        await self._in_thread(self._timed_sync)
-        if self.fast_syncs >= FAST_SYNCS_TO_INLINE:
-            self.inline = True
+        self.thread_syncs += 1
+        if self.thread_syncs % PROBE_EVERY == 0:
+            # An inline probe: a sync timed in the worker includes its wait for
+            # the GIL, so only a sync on the loop's own thread measures the disk.
+            self.inline = self._timed_sync()
+            return
+        await self._in_thread(self.storage.sync)
 
     def _timed_sync(self) -> bool:
-        """One sync, counted; True if it was fast."""
+        """One sync on the loop's thread, counted; True if the disk looks fast:
+        the moving average within ``INLINE_SYNC_MAX`` and this one within
+        ``INLINE_SYNC_CAP`` (one outlier among fast syncs is tolerated)."""
+        self.inline_syncs += 1
         started = time.perf_counter()
         self.storage.sync()
         took = time.perf_counter() - started
-        self.syncs += 1
         self.max_sync = max(self.max_sync, took)
         if took > INLINE_SYNC_MAX:
             self.slow_syncs += 1
-            self.fast_syncs = 0
+        self.average = took if self.average is None else 0.9 * self.average + 0.1 * took
+        if took > INLINE_SYNC_CAP or self.average > INLINE_SYNC_MAX:
+            self.average = None  # the next probe starts afresh
             return False
-        self.fast_syncs += 1
         return True
 
     def stats(self) -> dict[str, Any]:
         """For the ``report`` method: how WAL syncs run and how fast the disk is."""
         return {
             "mode": "inline" if self.inline else "thread",
-            "syncs": self.syncs,
             "inline_syncs": self.inline_syncs,
+            "thread_syncs": self.thread_syncs,
             "slow_syncs": self.slow_syncs,
             "max_sync_ms": round(self.max_sync * 1000.0, 3),
         }

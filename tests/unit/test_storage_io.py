@@ -8,29 +8,29 @@ from pathlib import Path
 
 import pytest
 
-from agent.raft.messages import Entry, EntryKind, HardState
 from agent.raft.storage import Storage
 from agent.runtime import storage_io
-from agent.runtime.storage_io import FAST_SYNCS_TO_INLINE, StorageIO
+from agent.runtime.storage_io import PROBE_EVERY, StorageIO
 
 
 class SlowableStorage(Storage):
     """A WAL whose sync is instant or slow on demand (the real fdatasync's time
     depends on the box), recording the thread each sync ran on."""
 
-    slow = False
+    delay = 0.0
     threads: list[str]
 
     def sync(self) -> None:
         self.threads.append(threading.current_thread().name)
-        if self.slow:
-            threading.Event().wait(2 * storage_io.INLINE_SYNC_MAX)
+        if self.delay:
+            threading.Event().wait(self.delay)
 
 
-def test_inline_is_earned_and_lost_on_one_slow_sync(
+def test_syncs_leave_the_loop_while_the_disk_is_slow_and_come_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(storage_io, "INLINE_SYNC_MAX", 0.05)  # "fast" even on a loaded box
+    monkeypatch.setattr(storage_io, "INLINE_SYNC_MAX", 0.01)  # "fast" even on a loaded box
+    monkeypatch.setattr(storage_io, "INLINE_SYNC_CAP", 0.05)
     store = SlowableStorage.open(tmp_path, segment_bytes=1 << 20)
     assert isinstance(store, SlowableStorage)
     store.threads = []
@@ -38,18 +38,21 @@ def test_inline_is_earned_and_lost_on_one_slow_sync(
 
     async def run() -> None:
         main = threading.current_thread().name
-        for index in range(1, FAST_SYNCS_TO_INLINE + 3):
-            store.append([Entry(1, index, EntryKind.NORMAL, b"x")], HardState(1, "", 0))
+        for _ in range(10):
             await io.sync()
-        assert io.inline and store.threads[-1] == main  # earned: now inline
-        assert all(t != main for t in store.threads[:FAST_SYNCS_TO_INLINE])
-        store.slow = True
+        assert io.inline and set(store.threads) == {main}
+        store.delay = 0.08  # one sync past the cap
         await io.sync()
-        assert not io.inline and io.slow_syncs == 1  # one slow sync: back to the thread
-        await io.sync()
-        assert store.threads[-1] != main
+        assert not io.inline and io.slow_syncs == 1
+        store.delay = 0.0
+        for _ in range(PROBE_EVERY - 1):
+            await io.sync()
+        assert not io.inline and store.threads[-1] != main
+        await io.sync()  # the probe: inline, fast, so back inline
+        assert io.inline and store.threads[-1] == main
         stats = io.stats()
-        assert stats["mode"] == "thread" and stats["syncs"] == FAST_SYNCS_TO_INLINE + 4
+        assert stats["mode"] == "inline" and stats["thread_syncs"] == PROBE_EVERY
+        assert stats["inline_syncs"] == 12 and stats["max_sync_ms"] >= 80
         await io.drain()
 
     asyncio.run(run())
