@@ -166,6 +166,13 @@ class _Compiled:
     """Fields after the [version, type] header -> instance (generated)."""
     decode_nested: _Conv = _no_decoder
     """An inline array of fields -> instance (generated)."""
+    shared: int = -1
+    """Index of a ``tuple[<dataclass>, ...]`` field whose packed form is memoized
+    (see :func:`_encode_shared`), or -1."""
+    shared_enc: _Conv | None = None
+    memo: tuple[tuple[Any, ...], bytes] = ((), b"\x90")
+    """(items, their packed array): the last value of the shared field encoded;
+    one tuple so a reader never pairs one value's items with another's bytes."""
 
     def to_list(self, obj: Any) -> list[Any]:
         values = list(self.getter(obj)) if len(self.names) != 1 else [self.getter(obj)]
@@ -267,13 +274,17 @@ def _compile_type(tp: Any, depth: int) -> tuple[type | None, _Conv, _Conv | None
     if isinstance(tp, type) and issubclass(tp, enum.IntEnum):
         enum_cls = tp
 
+        # A dict lookup, not ``enum_cls(v)``: the enum call costs a few times
+        # more, and followers decode one per log entry.
+        members = {int(m): m for m in enum_cls}
+
         def conv_enum(v: Any) -> Any:
             if type(v) is not int:
                 raise _Bad(f"expected {enum_cls.__name__}, got {type(v).__name__}")
-            try:
-                return enum_cls(v)
-            except ValueError as exc:
-                raise _Bad(f"{v} is not a {enum_cls.__name__}") from exc
+            member = members.get(v)
+            if member is None:
+                raise _Bad(f"{v} is not a {enum_cls.__name__}")
+            return member
 
         return None, conv_enum, None
     if _is_dataclass_type(tp):
@@ -397,6 +408,13 @@ def _compile_class(cls: type, depth: int = 0) -> _Compiled:
         enc_convs=enc_convs,
         needs_enc=any(e is not None for e in enc_convs),
     )
+    for i, name in enumerate(names):
+        tp = hints[name]
+        targs = typing.get_args(tp)
+        if (typing.get_origin(tp) is tuple and len(targs) == 2 and targs[1] is Ellipsis
+                and _is_dataclass_type(targs[0]) and len(names) + 2 <= _FIXARRAY_MAX):
+            comp.shared, comp.shared_enc = i, enc_convs[i]
+            break
     comp.decode_top = _generate_decoder(comp, 2)
     comp.decode_nested = _generate_decoder(comp, 0)
     _compiled[cls] = comp
@@ -469,12 +487,53 @@ def msg_type_of(msg: object) -> int:
 # --------------------------------------------------------------------------- codec
 
 
+_FIXARRAY_MAX = 15
+"""Longest msgpack array whose header is the single byte ``0x90 | length``."""
+
+
+def _encode_shared(comp: _Compiled, number: int, msg: object) -> bytes:
+    """Encode ``msg`` reusing the packed form of its ``comp.shared`` field when
+    that field holds the very same objects as last time.
+
+    A Raft leader sends each follower its own ``AppendEntries`` whose entries
+    are, in the steady state, the same ``Entry`` objects (one log slice per
+    follower): packing them once per Ready instead of once per follower saves
+    most of the encoding.  ``Entry`` and the other wire dataclasses are frozen,
+    so identical objects pack identically.  The result is byte for byte what
+    ``packb`` of the whole list gives: msgpack packs array items independently,
+    so the packed field is spliced between the packed fields around it, and the
+    outer header (a one-byte fixarray, as the message has at most 13 fields) is
+    rewritten for the full length."""
+    k = comp.shared
+    values = list(comp.getter(msg))
+    items = values[k]
+    memo_items, packed = comp.memo
+    if items is not memo_items and (
+        len(items) != len(memo_items) or not all(map(operator.is_, items, memo_items))
+    ):
+        enc = comp.shared_enc
+        packed = msgpack.packb(items if enc is None else enc(items), use_bin_type=True)
+        comp.memo = (items, packed)
+    if comp.needs_enc:
+        for i, conv in enumerate(comp.enc_convs):
+            if conv is not None and i != k:
+                values[i] = conv(values[i])
+    head = msgpack.packb([PROTOCOL_VERSION, number, *values[:k]], use_bin_type=True)
+    tail = msgpack.packb(values[k + 1:], use_bin_type=True)
+    return b"".join((bytes((0x90 | (len(values) + 2),)), head[1:], packed, tail[1:]))
+
+
 def encode(msg: object) -> bytes:
     """``msg`` (a registered dataclass) -> msgpack bytes."""
     number = _by_class.get(type(msg))
     if number is None:
         number = msg_type_of(msg)
     comp = _by_number[number]
+    if comp.shared >= 0:
+        try:
+            return _encode_shared(comp, number, msg)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise AssertionError(f"cannot encode {type(msg).__name__}: {exc}") from exc
     values = comp.to_list(msg)
     try:
         return msgpack.packb([PROTOCOL_VERSION, number, *values], use_bin_type=True)  # type: ignore[no-any-return]

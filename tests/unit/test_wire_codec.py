@@ -235,3 +235,47 @@ def test_generated_and_generic_decoders_agree() -> None:
     exact = wire.decode(wire.encode(msg))
     longer = wire.decode(raw(1, 60004, 7, "x", [1, 2, 3], "future"))
     assert exact == longer == msg
+
+
+def _plain(msg: object) -> bytes:
+    """What encode gave before the shared-field memo: packb of the whole list."""
+    number = wire.msg_type_of(msg)
+    values = wire._by_number[number].to_list(msg)
+    return raw(wire.PROTOCOL_VERSION, number, *values)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_memoized_shared_field_encodes_byte_identically(data: st.DataObject) -> None:
+    """Every registered class with a tuple-of-dataclass field (AppendEntries'
+    entries, SWIM's gossip lists) encodes exactly as packb of the whole list,
+    whether its items were packed afresh or taken from the memo."""
+    shared = [cls for cls in wire.registered().values()
+              if wire._compile_class(cls).shared >= 0]
+    assert any(cls.__name__ == "AppendEntries" for cls in shared)
+    for cls in shared:
+        msg = data.draw(strategy_for_class(cls))
+        first = wire.encode(msg)
+        assert first == _plain(msg)
+        assert wire.encode(msg) == first  # memo hit: same objects
+        name = wire._compile_class(cls).names[wire._compile_class(cls).shared]
+        again = dataclasses.replace(msg, **{name: tuple(getattr(msg, name))})  # type: ignore[type-var]
+        assert wire.encode(again) == first  # a new tuple of the same items
+        assert wire.decode(first) == msg
+
+
+def test_append_entries_to_two_followers_share_the_packed_entries() -> None:
+    from agent.raft.messages import AppendEntries, Entry, EntryKind
+
+    entries = [Entry(3, i, EntryKind.NORMAL, bytes([i]) * 100) for i in range(1, 50)]
+    to_b = AppendEntries("a", "b", 3, 0, 0, tuple(entries), 40)
+    to_c = AppendEntries("a", "c", 3, 0, 0, tuple(entries), 40)
+    assert wire.encode(to_b) == _plain(to_b)
+    assert wire.encode(to_c) == _plain(to_c)
+    # Equal but different Entry objects miss the memo and still encode right.
+    other = AppendEntries("a", "b", 3, 0, 0, tuple(dataclasses.replace(e, data=b"x")
+                                                   for e in entries), 41)
+    assert wire.encode(other) == _plain(other)
+    assert wire.decode(wire.encode(to_c)) == to_c
+    heartbeat = AppendEntries("a", "b", 3, 49, 3, (), 49)
+    assert wire.encode(heartbeat) == _plain(heartbeat)
