@@ -29,6 +29,7 @@ from agent.discovery import Discovery
 from agent.errors import ConfigError, LocalError, ProtocolError
 from agent.raft import messages as raft_messages
 from agent.runtime import messages as runtime_messages
+from agent.runtime.bootstrap import BootstrapGate
 from agent.runtime.consensus import ConsensusDriver
 from agent.runtime.membership import MembershipDriver
 from agent.runtime.transport import Transport
@@ -45,7 +46,8 @@ their format, but anyone can forge them."""
 TOPICS = {"members", "consensus", "tasks", "migrations", "metrics"}
 
 BOOTSTRAP_GRACE = {"lan": 5.0, "local": 1.5}
-"""Seconds a node with an empty log waits for an existing cluster before founding one."""
+"""Seconds the alive set must stay the same before a node with an empty log may
+found a cluster (see agent/runtime/bootstrap.py for the rules)."""
 
 
 def _next_incarnation(data_dir: str) -> int:
@@ -298,7 +300,12 @@ class Agent:
         self.membership.update_meta(role=role)
 
     async def _bootstrap_and_autopilot(self) -> None:
-        grace = BOOTSTRAP_GRACE.get(self.config.profile, 5.0)
+        gate = BootstrapGate(
+            self.node_id,
+            BOOTSTRAP_GRACE.get(self.config.profile, 5.0),
+            has_seeds=bool(self.config.join),
+            now=self.started,
+        )
         while True:
             await asyncio.sleep(0.5)
             members = self.membership.members()
@@ -306,11 +313,7 @@ class Agent:
             dead = {m.id for m in members if m.state in ("dead", "left")}
             if not self.consensus.bootstrapped:
                 clustered = any(m.meta.role != "none" for m in members if m.id != self.node_id)
-                if (
-                    not clustered
-                    and time.monotonic() - self.started >= grace
-                    and self.node_id == min(alive | {self.node_id})
-                ):
+                if gate.ready(time.monotonic(), alive, clustered):
                     self.consensus.bootstrap_single()
                 continue
             self.consensus.autopilot(alive, dead)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from meshtui.client import call_sync
+from meshtui.client import ClientError, call_sync
 from meshtui.demo import LocalMesh
 
 pytestmark = pytest.mark.timeout(120)
@@ -183,3 +183,44 @@ def test_keys_install_reads_the_key_from_a_file(one_agent: LocalMesh, tmp_path: 
     neither = meshtui("keys", "install", "-t", sock)
     for bad, says in ((both, "not both"), (missing, "absent.key"), (neither, "--key-file")):
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and says in bad.stderr, bad.stderr
+
+
+def test_nodes_started_before_their_seed_form_one_cluster(tmp_path: Path) -> None:
+    """A deploy starts hosts in any order.  n2 and n3 (seeded with n1) come up
+    well past the bootstrap grace before n1 does: they must wait for it, not
+    found one-voter clusters of their own, which would never merge."""
+    from agent.crypto import generate_key
+
+    mesh = LocalMesh(3, base_dir=tmp_path)
+    seed = f"127.0.0.1:{mesh.node('n1').port}"
+    for name in ("n2", "n3"):  # as a deploy writes it: only the seed host, n1
+        argv = mesh.node(name).argv
+        joins = [i for i, arg in enumerate(argv) if arg == "--join"]
+        for i in reversed(joins):
+            del argv[i : i + 2]
+        argv += ["--join", seed]
+    mesh.base_dir.mkdir(parents=True, exist_ok=True)
+    mesh.key_file.write_text(generate_key() + "\n")
+    os.chmod(mesh.key_file, 0o600)
+    try:
+        for name in ("n2", "n3"):
+            mesh.node(name).start()
+        time.sleep(4.0)  # local profile grace: 1.5 s
+        for name in ("n2", "n3"):
+            cons = call_sync(mesh.node(name).socket_path, "status", {}, 5.0)["consensus"]
+            assert cons["voters"] == [] and cons["leader"] is None, (name, cons)
+        mesh.node("n1").start()
+
+        def one_cluster() -> bool:
+            try:
+                views = [call_sync(n.socket_path, "status", {}, 5.0)["consensus"] for n in mesh.nodes]
+            except ClientError:
+                return False  # n1 not listening yet
+            leaders = {v["leader"] for v in views}
+            return len(leaders) == 1 and None not in leaders and all(
+                sorted(v["voters"]) == ["n1", "n2", "n3"] for v in views)
+
+        assert wait_for(one_cluster, 30), [
+            call_sync(n.socket_path, "status", {}, 5.0)["consensus"] for n in mesh.nodes]
+    finally:
+        mesh.stop()
