@@ -54,7 +54,8 @@ class RaftConfig:
 
     snapshot_threshold: int = 10_000
     """Take an application snapshot once this many entries were applied since the
-    last one (default 10,000)."""
+    last one (default 10,000); a state larger than those entries defers it, up to
+    4x, until the log has grown by as many bytes (``RaftNode.should_snapshot``)."""
 
     snapshot_trailing: int = 1_000
     """Entries kept in the log behind a snapshot so slightly lagging followers catch

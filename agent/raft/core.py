@@ -40,7 +40,7 @@ from agent.raft.confchange import (
     check_conf_change,
 )
 from agent.raft.config import RaftConfig
-from agent.raft.log import RaftLog
+from agent.raft.log import ENTRY_OVERHEAD, RaftLog
 from agent.raft.messages import (
     AppendEntries,
     AppendResp,
@@ -73,6 +73,10 @@ __all__ = ["RaftNode", "bootstrap_state"]
 
 _FROM_LEADER = (AppendEntries, Heartbeat, InstallSnapshot)
 
+SNAPSHOT_STRETCH = 4
+"""How far past ``snapshot_threshold`` a large state may defer a snapshot
+(see ``RaftNode.should_snapshot``): bounds the log kept in memory."""
+
 
 class RaftNode:
     def __init__(self, config: RaftConfig, node_id: str, restored: RestoredState, rng: random.Random) -> None:
@@ -95,6 +99,8 @@ class RaftNode:
         self.pending_conf_index = 0
         self._ticks = 0
         self._quorum_seen: tuple[int, int, ConfState] | None = None
+        # (snapshot index, entries due after it): see should_snapshot.
+        self._snapshot_due: tuple[int, int] = (-1, 0)
         self.election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._randomized_timeout = config.election_ticks
@@ -227,8 +233,27 @@ class RaftNode:
         return snapshot
 
     def should_snapshot(self) -> bool:
-        base = self.log.snapshot.index if self.log.snapshot else 0
-        return self.log.applied - base >= self.config.snapshot_threshold
+        """At least ``snapshot_threshold`` entries applied since the last snapshot,
+        and (up to ``SNAPSHOT_STRETCH`` times that) as many log bytes as the last
+        snapshot holds.  A snapshot rewrites the whole state, so with a large state
+        and small entries a fixed count would spend more on snapshots than on the
+        log itself; matching bytes bounds that to the log's own volume, and a
+        restart still reads at most about twice the snapshot."""
+        snap = self.log.snapshot
+        base = snap.index if snap else 0
+        since = self.log.applied - base
+        threshold = self.config.snapshot_threshold
+        if since < threshold or snap is None:
+            return since >= threshold
+        due_base, due = self._snapshot_due
+        if due_base != base:
+            # Once per snapshot: the first threshold entries give the average size.
+            sample = self.log.slice(base + 1, base + threshold + 1)
+            size = sum(len(e.data) for e in sample) + ENTRY_OVERHEAD * len(sample)
+            want = len(snap.data) * len(sample) // max(1, size)
+            due = min(max(threshold, want), threshold * SNAPSHOT_STRETCH)
+            self._snapshot_due = (base, due)
+        return since >= due
 
     def first_index(self) -> int:
         return self.log.first_index()

@@ -437,3 +437,30 @@ def test_commit_advances_reach_each_follower_once_per_ready() -> None:
     assert sorted(m.to for m in sent) == ["b", "c"]
     assert all(m.commit == last + 1 and not m.entries for m in sent)
     assert not [m for m in drain_local(node) if isinstance(m, AppendEntries)]
+
+
+def test_a_large_state_defers_the_next_snapshot_until_the_log_matches_it() -> None:
+    net = RaftNet(8, ABC, compact=False)
+    raft = elected(net).raft
+    threshold = SIM_CONFIG.snapshot_threshold
+    put(net, raft.id, 6 * threshold)
+    net.run(100)
+    # A small state: the next snapshot is due after snapshot_threshold entries.
+    raft.compact(10, b"s")
+    assert raft.should_snapshot()
+    entries = raft.log.slice(11, 11 + threshold)
+    entry_bytes = sum(len(e.data) + 16 for e in entries) // len(entries)
+    # A state as large as 3x threshold entries: not due after 2x threshold + 5 ...
+    raft.compact(raft.applied_index - 2 * threshold - 5, b"s" * (3 * threshold * entry_bytes))
+    assert not raft.should_snapshot()
+    # ... one as large as 2x threshold entries is, after 2x threshold.
+    raft.compact(raft.applied_index - 2 * threshold, b"s" * (2 * threshold * entry_bytes))
+    assert raft.should_snapshot()
+    # However large the state, never more than SNAPSHOT_STRETCH x threshold.
+    put(net, raft.id, 5 * threshold)
+    net.run(100)
+    raft.compact(raft.applied_index - 4 * threshold + 1, b"s" * 10**7)
+    assert not raft.should_snapshot()
+    put(net, raft.id, 1)
+    net.run(50)
+    assert raft.should_snapshot()
