@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import signal
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -68,6 +69,7 @@ def mesh() -> Iterator[LabAgents]:
             yield agents
         finally:
             agents.stop_all()
+            shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

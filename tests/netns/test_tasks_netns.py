@@ -24,6 +24,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 from collections import defaultdict
@@ -127,6 +128,7 @@ def mesh() -> Iterator[LabAgents]:
             yield agents
         finally:
             agents.stop_all()
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def _voters(agents: LabAgents, host: int) -> int:
