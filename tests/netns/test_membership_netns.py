@@ -24,8 +24,8 @@ is measured on its own, with one host confined to its own CPU, by
 from __future__ import annotations
 
 import functools
-import signal
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator

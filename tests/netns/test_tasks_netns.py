@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import shutil
 import tempfile
 import time
 from collections import defaultdict
