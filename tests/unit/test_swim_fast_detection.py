@@ -69,13 +69,19 @@ def test_probe_hints_bound_their_queue_and_forget_old_entries() -> None:
     assert hints.add("a", 1.0, 1.0)
 
 
-def test_a_probe_ends_as_soon_as_every_helper_nacks() -> None:
-    a = make(1)
-    admit(a, [2, 3, 4, 5])
+def _unanswered_probe(a: SwimNode) -> tuple[Ping, list[str]]:
+    """Start a probe at 1.0 that gets no Ack: (the Ping, the indirect helpers' addresses)."""
     a.tick(1.0)
     (ping,) = _pings(drain(a)[0])
     a.tick(1.0 + CFG.probe_timeout)
     helpers = [o.to for o in drain(a)[0] if isinstance(o.msg, IndirectPingReq)]
+    return ping, helpers
+
+
+def test_a_probe_ends_as_soon_as_every_helper_nacks() -> None:
+    a = make(1)
+    admit(a, [2, 3, 4, 5])
+    ping, helpers = _unanswered_probe(a)
     assert len(helpers) == 3
     target = int(ping.target, 16)
     at = 1.0 + CFG.probe_timeout + 0.4
@@ -94,10 +100,7 @@ def test_a_probe_ends_as_soon_as_every_helper_nacks() -> None:
 def test_a_death_we_declare_is_gossiped_in_the_same_tick() -> None:
     a = make(1)
     admit(a, [2, 3, 4, 5])
-    a.tick(1.0)
-    (ping,) = _pings(drain(a)[0])
-    a.tick(1.0 + CFG.probe_timeout)
-    helpers = [o.to for o in drain(a)[0] if isinstance(o.msg, IndirectPingReq)]
+    ping, helpers = _unanswered_probe(a)
     for helper in helpers:
         a.step(1.9, helper, Nack(ping.seq, _helper_id(helper)))
     drain(a)
