@@ -376,15 +376,23 @@ class ConsensusDriver:
 
     async def propose(self, command: bytes, forward: Callable[[str, object], None]) -> ApplyResult:
         """Commit ``command`` and return its apply result (from any node)."""
-        if not self.node.has_quorum_contact():
-            raise NoQuorumError()
-        if not self.node.is_leader():
-            leader = self.node.leader_id
-            if not leader:
-                raise NoQuorumError("no leader known")
+        leader = self._forward_target()
+        if leader is not None:
             return await self._forward(leader, command, forward)
         result: ApplyResult = await self._propose_future(command, None)
         return result
+
+    def _forward_target(self) -> str | None:
+        """None when we lead; else the leader a write is forwarded to.  Without
+        quorum contact or a known leader: ``NoQuorumError``, at once."""
+        if not self.node.has_quorum_contact():
+            raise NoQuorumError()
+        if self.node.is_leader():
+            return None
+        leader = self.node.leader_id
+        if not leader:
+            raise NoQuorumError("no leader known")
+        return leader
 
     def submit(
         self,
@@ -399,12 +407,8 @@ class ConsensusDriver:
         On the leader the future is resolved straight from the apply loop: no task
         per write (the control server replies from the future's callback).  On a
         follower a task forwards the command and waits for the leader's answer."""
-        if not self.node.has_quorum_contact():
-            raise NoQuorumError()
-        if not self.node.is_leader():
-            leader = self.node.leader_id
-            if not leader:
-                raise NoQuorumError("no leader known")
+        leader = self._forward_target()
+        if leader is not None:
             return asyncio.ensure_future(self._forward_finish(leader, command, forward, finish))
         return self._propose_future(command, finish, decoded)
 
