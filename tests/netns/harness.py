@@ -148,6 +148,9 @@ def cleanup_stale(everything: bool = False) -> list[str]:
         for owner in OWNER_DIR.iterdir():
             if not _owner_alive(owner.name):
                 owner.unlink(missing_ok=True)
+                # The crashed lab's work directory (sshd configs, logs) goes too.
+                for workdir in Path(tempfile.gettempdir()).glob(f"mt-lab{owner.name}-*"):
+                    shutil.rmtree(workdir, ignore_errors=True)
     return removed
 
 

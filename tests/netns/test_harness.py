@@ -8,6 +8,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -265,9 +266,11 @@ def test_atexit_and_stale_cleanup() -> None:
     suffix = proc.stdout.strip()
     leftovers = [n for n in list_namespaces() if suffix in n]
     assert len(leftovers) == 3, (proc.stderr, leftovers)
+    assert list(Path(tempfile.gettempdir()).glob(f"mt-lab{suffix}-*"))  # its work dir, too
     with NetnsLab(1, clean_stale=False) as live:
         removed = cleanup_stale()
         assert set(leftovers) <= set(removed)
+        assert not list(Path(tempfile.gettempdir()).glob(f"mt-lab{suffix}-*"))
         assert live.lab_ns not in removed and live.lab_ns in list_namespaces()
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and [n for n in list_namespaces() if suffix in n]:
