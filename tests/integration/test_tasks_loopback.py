@@ -28,14 +28,20 @@ from meshtui.demo import LocalMesh
 pytestmark = pytest.mark.timeout(240)
 
 
-def heartbeat_task(log: Path, seconds: float) -> list[str]:
+def heartbeat_task(log: Path, seconds: float, burn: bool = False) -> list[str]:
+    """A run that appends ``task epoch pid time`` to ``log`` every 0.1 s for
+    ``seconds``, sleeping between beats, or with ``burn`` spinning a core."""
+    wait = "pass" if burn else "time.sleep(max(0.0, beat + 0.1 - time.time()))"
     code = (
         "import os, time\n"
         f"end = time.time() + {seconds}\n"
         f"log = open({str(log)!r}, 'a')\n"
         "tag = f\"{os.environ['MESH_TASK_ID']} {os.environ['MESH_TASK_EPOCH']} {os.getpid()}\"\n"
-        "while time.time() < end:\n"
-        "    log.write(f'{tag} {time.time()}\\n'); log.flush(); time.sleep(0.1)\n"
+        "beat = 0.0\n"
+        "while (now := time.time()) < end:\n"
+        "    if now - beat >= 0.1:\n"
+        "        log.write(f'{tag} {now}\\n'); log.flush(); beat = now\n"
+        f"    {wait}\n"
     )
     return [sys.executable, "-c", code]
 
@@ -197,21 +203,6 @@ def test_overlap_checker_detects_overlap(tmp_path: Path) -> None:
     assert overlaps(log) == []
 
 
-def burner_with_heartbeat(log: Path, seconds: float) -> list[str]:
-    """Burns a core and logs ``task epoch pid time`` every 0.1 s (for the overlap check)."""
-    code = (
-        "import os, time\n"
-        f"end = time.time() + {seconds}\n"
-        f"log = open({str(log)!r}, 'a')\n"
-        "tag = f\"{os.environ['MESH_TASK_ID']} {os.environ['MESH_TASK_EPOCH']} {os.getpid()}\"\n"
-        "beat = 0.0\n"
-        "while (now := time.time()) < end:\n"
-        "    if now - beat >= 0.1:\n"
-        "        log.write(f'{tag} {now}\\n'); log.flush(); beat = now\n"
-    )
-    return [sys.executable, "-c", code]
-
-
 def test_hot_host_moves_a_running_restartable_task_to_a_cold_one(
     mesh3: LocalMesh, tmp_path: Path
 ) -> None:
@@ -223,7 +214,7 @@ def test_hot_host_moves_a_running_restartable_task_to_a_cold_one(
     log = tmp_path / "beats.log"
     ids = []
     for i in range(2):
-        res = call(mesh3, "task.submit", argv=burner_with_heartbeat(log, 90.0), shell="", env={},
+        res = call(mesh3, "task.submit", argv=heartbeat_task(log, 90.0, burn=True), shell="", env={},
                    cwd="", caps=[], key="hot", strategy="hash", priority=0, retries=0,
                    timeout=120.0, restartable=True, rid=f"burner-{i}")
         ids.append(res["id"] if isinstance(res, dict) else res)
