@@ -18,6 +18,7 @@ selection touches only the items it considers, not the whole queue.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent.swim.messages import Alive, Dead, LoadReport, Piggyback, Suspect
 from agent.swim.sizing import value_size
@@ -26,13 +27,34 @@ BroadcastMsg = Alive | Suspect | Dead | LoadReport
 BroadcastKey = tuple[str, str]
 
 
+_ALIVE, _SUSPECT, _DEAD, _LOAD = range(4)
+
+MAX_MISSES = 16
+"""Items that did not fit the remaining budget after which a selection stops
+looking.  Without a bound, a datagram left with less room than any large item
+(an Alive carries its node's metadata) would scan the whole queue on every
+send: O(queue) per datagram, quadratic cluster-wide after a partition heals
+and every node refutes at once."""
+
+
 @dataclass(slots=True)
 class _Item:
     key: BroadcastKey
     msg: BroadcastMsg
+    kind: int  # which Piggyback tuple carries it
     size: int  # upper bound of its encoding inside a Piggyback tuple
     ident: int  # insertion order; higher is newer
     transmits: int = 0
+
+
+def _kind(msg: BroadcastMsg) -> int:
+    if isinstance(msg, Alive):
+        return _ALIVE
+    if isinstance(msg, Suspect):
+        return _SUSPECT
+    if isinstance(msg, Dead):
+        return _DEAD
+    return _LOAD
 
 
 @dataclass(slots=True)
@@ -80,7 +102,7 @@ class BroadcastQueue:
         if old is not None:
             self._unbucket(old)
         self._next_ident += 1
-        item = _Item(key, msg, value_size(msg), self._next_ident)
+        item = _Item(key, msg, _kind(msg), value_size(msg), self._next_ident)
         self._by_key[key] = item
         self._buckets.setdefault(0, {})[item.ident] = item
         if len(self._by_key) > self._max_items:
@@ -100,32 +122,33 @@ class BroadcastQueue:
             return chosen
         picked: list[_Item] = []
         remaining = budget
+        misses = 0
         for transmits in sorted(self._buckets):
-            bucket = self._buckets[transmits]
-            for item in reversed(bucket.values()):
+            for item in reversed(self._buckets[transmits].values()):
                 if item.size <= remaining:
                     picked.append(item)
                     remaining -= item.size
                     if remaining < 24:  # smaller than any broadcast: the datagram is full
                         break
-            if remaining < 24:
+                else:
+                    misses += 1
+                    if misses >= MAX_MISSES:
+                        break
+            if remaining < 24 or misses >= MAX_MISSES:
                 break
+        by_kind: tuple[list[Any], ...] = (chosen.alive, chosen.suspect, chosen.dead, chosen.loads)
+        buckets = self._buckets
         for item in picked:
             self._unbucket(item)
             item.transmits += 1
             if item.transmits >= transmit_limit:
                 del self._by_key[item.key]
             else:
-                self._buckets.setdefault(item.transmits, {})[item.ident] = item
-            msg = item.msg
-            if isinstance(msg, Alive):
-                chosen.alive.append(msg)
-            elif isinstance(msg, Suspect):
-                chosen.suspect.append(msg)
-            elif isinstance(msg, Dead):
-                chosen.dead.append(msg)
-            else:
-                chosen.loads.append(msg)
+                bucket = buckets.get(item.transmits)
+                if bucket is None:
+                    bucket = buckets[item.transmits] = {}
+                bucket[item.ident] = item
+            by_kind[item.kind].append(item.msg)
         chosen.size = budget - remaining
         return chosen
 

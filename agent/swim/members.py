@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.swim.messages import LoadReport, MemberState, NodeLoad, NodeMeta, PushPullState
 from agent.swim.suspicion import Suspicion
@@ -36,6 +36,8 @@ class Member:
     load: LoadReport | None = None
     rtt: float | None = None  # seconds, EWMA of direct probe round trips
     suspicion: Suspicion | None = None
+    # The last PushPullState built for this record (see push_pull_state).
+    wire_state: PushPullState | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +70,24 @@ def view_of(member: Member) -> MemberView:
 
 
 def push_pull_state(m: Member) -> PushPullState:
-    """A member as it travels in a PushPull."""
-    return PushPullState(m.node, m.addr, m.incarnation, m.state, m.meta, m.load)
+    """A member as it travels in a PushPull.
+
+    Reused while the record is unchanged: every PushPull (anti-entropy, reconnect,
+    replies) carries the whole table, and building a frozen dataclass per member
+    per exchange dominated a large cluster's healing.  The check compares the
+    fields the rules mutate in place, so a stale copy is never sent."""
+    cached = m.wire_state
+    if (
+        cached is not None
+        and cached.incarnation == m.incarnation
+        and cached.state == m.state
+        and cached.meta is m.meta
+        and cached.load is m.load
+        and cached.addr == m.addr
+    ):
+        return cached
+    cached = m.wire_state = PushPullState(m.node, m.addr, m.incarnation, m.state, m.meta, m.load)
+    return cached
 
 
 class MemberTable:

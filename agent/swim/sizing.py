@@ -21,6 +21,7 @@ messages).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 FLOAT_MAX_BYTES = 9
@@ -93,7 +94,18 @@ def value_size(value: Any) -> int:
         return container_header_size(len(value)) + sum(
             value_size(k) + value_size(v) for k, v in value.items()
         )
-    names = _field_names(tp)
+    return dataclass_size(value)
+
+
+@functools.lru_cache(maxsize=16384)
+def dataclass_size(value: Any) -> int:
+    """Upper bound of one nested (frozen, hashable) dataclass's encoding.
+
+    Memoised by value: the same broadcast (an Alive with its NodeMeta, a Suspect,
+    a LoadReport) is sized by every queue it passes through and every datagram
+    that carries a member's metadata, and sizing walks every field.  A hit costs
+    one hash and one equality check."""
+    names = _field_names(type(value))
     return container_header_size(len(names)) + sum(value_size(getattr(value, n)) for n in names)
 
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.swim.broadcast import BroadcastQueue
+from agent.swim.broadcast import MAX_MISSES, BroadcastQueue
 from agent.swim.messages import (
     Ack,
     Alive,
@@ -86,6 +86,27 @@ def test_queue_is_bounded_dropping_most_sent_oldest_first() -> None:
     assert q.dropped == 14
     kept = {a.node for a in q.select(100_000, transmit_limit=100).alive}
     assert kept == {node(i) for i in range(14, 30)}
+
+
+def test_a_selection_stops_after_max_misses_items_that_do_not_fit() -> None:
+    """A small budget does not scan a long queue of items that cannot fit: after
+    MAX_MISSES misses the selection gives up, even if a small item waits further on,
+    and the skipped items keep their place (none is counted as sent)."""
+    q = BroadcastQueue(1000)
+    q.queue(Suspect(0, node(0), node(1)))  # oldest: scanned last
+    for i in range(1, MAX_MISSES + 1):
+        q.queue(alive(i))
+    small = value_size(Suspect(0, node(0), node(1)))
+    assert q.select(small, transmit_limit=5).suspect == []
+    q.queue(alive(MAX_MISSES + 1, inc=1))  # unrelated news does not unblock it either
+    assert len(q.select(small, transmit_limit=5)) == 0
+    # With one miss fewer in front of it the small item is found.
+    q2 = BroadcastQueue(1000)
+    q2.queue(Suspect(0, node(0), node(1)))
+    for i in range(1, MAX_MISSES):
+        q2.queue(alive(i))
+    assert q2.select(small, transmit_limit=5).suspect == [Suspect(0, node(0), node(1))]
+    assert len(q2) == MAX_MISSES
 
 
 def test_zero_budget_selects_nothing() -> None:

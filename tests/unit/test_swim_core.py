@@ -452,3 +452,27 @@ def test_a_lone_node_leaves_at_once() -> None:
     a = make(1)
     a.leave(0.0)
     assert a.leave_complete
+
+
+def test_push_pull_state_is_reused_only_while_the_member_is_unchanged() -> None:
+    """PushPull states are cached per member record; every field the rules change
+    in place must invalidate the cache, or a PushPull would carry stale news."""
+    from agent.swim.members import Member, push_pull_state
+    from agent.swim.messages import LoadReport, NodeLoad, NodeMeta
+
+    meta = NodeMeta("n1", "198.18.0.1:7900", (), 1, "t", "none")
+    m = Member("a" * 32, "198.18.0.1:7900", meta, 0, MemberState.ALIVE, 0.0)
+    first = push_pull_state(m)
+    assert push_pull_state(m) is first
+    m.incarnation = 3
+    assert push_pull_state(m).incarnation == 3
+    m.state = MemberState.SUSPECT
+    assert push_pull_state(m).state == MemberState.SUSPECT
+    m.meta = NodeMeta("n1", "198.18.0.1:7900", ("gpu",), 1, "t", "none")
+    assert push_pull_state(m).meta.caps == ("gpu",)
+    m.load = LoadReport(m.node, 3, 1, NodeLoad(0.5, 0.1, 1, 2.0, 0, 0))
+    assert push_pull_state(m).load is m.load
+    m.addr = "198.18.0.9:7900"
+    current = push_pull_state(m)
+    assert current.addr == "198.18.0.9:7900"
+    assert current == type(current)(m.node, m.addr, 3, MemberState.SUSPECT, m.meta, m.load)
