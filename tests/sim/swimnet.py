@@ -202,7 +202,22 @@ class SwimNet:
 
     def run_until(self, t: float, stop: Callable[[], bool] | None = None, check_every: float = 0.05) -> bool:
         """Advance virtual time to ``t``; with ``stop``, return True as soon as it holds
-        (checked every ``check_every`` virtual seconds)."""
+        (checked every ``check_every`` virtual seconds).
+
+        The cyclic garbage collector is paused meanwhile: a run allocates millions
+        of short-lived, acyclic messages (reference counting frees them), and every
+        full collection rescanned the millions of long-lived member records, a
+        quarter of the wall time of a 1,000-node partition.  Whatever cycles a run
+        does leave are collected once it returns."""
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run_until(t, stop, check_every)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def _run_until(self, t: float, stop: Callable[[], bool] | None, check_every: float) -> bool:
         heap = self._heap
         next_check = self.now + check_every
         while heap and heap[0][0] <= t:

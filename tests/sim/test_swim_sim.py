@@ -7,44 +7,102 @@ says otherwise; time is virtual.
 
 from __future__ import annotations
 
-import math
+import multiprocessing
 import os
 import sys
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from swimnet import SimHost, SwimNet, replay_hint, sim_seed
+import swimruns
+from swimnet import SwimNet, replay_hint, sim_seed
 
 from agent.swim import MemberEvent, SwimConfig
 from agent.swim.messages import MemberState, NodeLoad
-from agent.swim.timing import epidemic_rounds, suspicion_timeout
+from agent.swim.timing import suspicion_timeout
 
 LAN = SwimConfig.lan()
 
 
-class FirstSeen:
-    """Records, per observer, when it first reported ``kind`` about ``subject``."""
+# The large runs (functions in swimruns.py), keyed by the test that checks each.
+# Started side by side in worker processes when the module's first test asks for
+# the ``large_runs`` fixture; longest first, so the longest starts at once.
+LARGE_RUNS: dict[str, tuple[Callable[..., str], int, tuple[object, ...]]] = {
+    "test_1000_nodes_30_70_partition_detected_on_both_sides_then_heals_to_one_membership": (
+        swimruns.partition_30_70,
+        3031,
+        (1000, 0.999, 150.0),
+    ),
+    "test_ten_percent_loss_no_false_death_over_10000_probe_rounds[1000-nodes-x-100-rounds]": (
+        swimruns.lossy_network,
+        2002,
+        (1000, 100),
+    ),
+    "test_ten_percent_loss_no_false_death_over_10000_probe_rounds[10-nodes-x-10000-rounds]": (
+        swimruns.lossy_network,
+        2002,
+        (10, 10_000),
+    ),
+    "test_1000_nodes_join_and_failure_reach_999_permille_within_epidemic_bound": (
+        swimruns.join_and_failure,
+        1001,
+        (1000,),
+    ),
+    "test_30_70_partition_of_200_nodes_every_view_marks_the_other_side_dead": (
+        swimruns.partition_30_70,
+        3003,
+        (200, 1.0, 120.0),
+    ),
+}
 
-    def __init__(self, kind: str, subject: str) -> None:
-        self.kind = kind
-        self.subject = subject
-        self.at: dict[str, float] = {}
 
-    def __call__(self, now: float, addr: str, ev: MemberEvent) -> None:
-        if ev.kind == self.kind and ev.member.id == self.subject and addr not in self.at:
-            self.at[addr] = now
+class SideBySide:
+    """The selected large runs, each in a worker process (``spawn``: nothing of
+    this pytest process is inherited but ``sys.path``).  The machine has two
+    cores and the rest of the module is idle while it waits, so this halves the
+    module's wall time without sharing a core with any timing-sensitive test."""
 
-    def reached(self, count: int) -> bool:
-        return len(self.at) >= count
+    def __init__(self, names: list[str]) -> None:
+        workers = max(1, min(len(names), os.cpu_count() or 1))
+        self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        self._runs: dict[str, tuple[int, Future[str]]] = {}
+        for name in names:
+            fn, default_seed, args = LARGE_RUNS[name]
+            seed = sim_seed(default_seed)
+            self._runs[name] = (seed, self._pool.submit(fn, seed, *args))
 
-    def time_to(self, count: int) -> float:
-        return sorted(self.at.values())[count - 1]
+    def report(self, request: pytest.FixtureRequest) -> str:
+        """Wait for the run of the asking test; re-raise its failure with its seed."""
+        seed, future = self._runs[request.node.name]
+        with replay_hint(seed):
+            text = future.result()
+        print(text)
+        return text
+
+    def close(self) -> None:
+        for _seed, future in self._runs.values():
+            future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(scope="module")
+def large_runs(request: pytest.FixtureRequest) -> Iterator[SideBySide]:
+    selected = [item.name for item in request.session.items if item.name in LARGE_RUNS]
+    runner = SideBySide(selected)
+    try:
+        yield runner
+    finally:
+        runner.close()
 
 
 @pytest.mark.slow
-def test_1000_nodes_join_and_failure_reach_999_permille_within_epidemic_bound() -> None:
+@pytest.mark.timeout(900)
+def test_1000_nodes_join_and_failure_reach_999_permille_within_epidemic_bound(
+    large_runs: SideBySide, request: pytest.FixtureRequest
+) -> None:
     """A join and a failure reach 99.9% of 1,000 nodes within the epidemic model's rounds.
 
     Model: mean-field push gossip (``timing.epidemic_rounds``): with I informed
@@ -57,167 +115,45 @@ def test_1000_nodes_join_and_failure_reach_999_permille_within_epidemic_bound() 
     crashed node dead (detection itself takes a probe round plus Lifeguard's
     suspicion timeout, checked separately below).
     """
-    seed = sim_seed(1001)
-    n = 1000
-    with replay_hint(seed):
-        net = SwimNet(seed, LAN)
-        net.size_check_every = 25  # every datagram is sized by construction; sample the check
-        hosts = net.add_nodes(n)
-        members, joiner = hosts[:-1], hosts[-1]
-        net.bootstrap(members)
-        net.run_for(2.0)
-
-        rounds = epidemic_rounds(n, LAN.gossip_nodes, 0.999)
-        bound = (rounds + 2) * LAN.gossip_interval
-        need = math.ceil(0.999 * len(members))
-
-        joined = FirstSeen("join", joiner.node.node_id)
-        net.on_event = joined
-        net.join(joiner, [members[0].addr])
-        assert net.run_for(10.0, lambda: joined.reached(need), check_every=0.02), (
-            f"join reached only {len(joined.at)}/{len(members)}"
-        )
-        born = min(joined.at.values())
-        spread = joined.time_to(need) - born
-        print(f"join: 99.9% after {spread:.2f} s (model {rounds} rounds, bound {bound:.2f} s)")
-        assert spread <= bound, f"join took {spread:.2f} s > bound {bound:.2f} s"
-        net.run_for(3.0)
-
-        victim = hosts[len(hosts) // 2]
-        survivors = [h for h in hosts if h is not victim]
-        died = FirstSeen("dead", victim.node.node_id)
-        net.on_event = died
-        crashed_at = net.now
-        net.crash(victim.addr)
-        need = math.ceil(0.999 * len(survivors))
-        lo = suspicion_timeout(LAN.suspicion_mult, n, LAN.probe_interval)
-        assert net.run_for(lo * 6 + 10.0, lambda: died.reached(need), check_every=0.02), (
-            f"death reached only {len(died.at)}/{len(survivors)}"
-        )
-        born = min(died.at.values())
-        spread = died.time_to(need) - born
-        detection = born - crashed_at
-        print(
-            f"failure: first dead after {detection:.2f} s (suspicion floor {lo:.1f} s), "
-            f"99.9% {spread:.2f} s later (bound {bound:.2f} s)"
-        )
-        assert spread <= bound, f"death took {spread:.2f} s > bound {bound:.2f} s"
-        # Detection: a probe round to notice, the suspicion floor once k confirmations
-        # are in (at most a few probe intervals more), never the ceiling.
-        assert detection <= lo + 4 * LAN.probe_interval, f"detection {detection:.2f} s"
+    large_runs.report(request)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("nodes", "rounds"),
-    [(100, 100), (10, 10_000)],
-    ids=["100-nodes-x-100-rounds", "10-nodes-x-10000-rounds"],
+    [(1000, 100), (10, 10_000)],
+    ids=["1000-nodes-x-100-rounds", "10-nodes-x-10000-rounds"],
 )
-def test_ten_percent_loss_no_false_death_over_10000_probe_rounds(nodes: int, rounds: int) -> None:
+@pytest.mark.timeout(900)
+def test_ten_percent_loss_no_false_death_over_10000_probe_rounds(
+    nodes: int, rounds: int, large_runs: SideBySide, request: pytest.FixtureRequest
+) -> None:
     """10% loss each way (UDP datagrams lost; TCP segments retransmitted after a
     200 ms RTO, doubling): no live node is ever declared dead.  Two readings of
-    "10,000 probe rounds": 100 nodes for 100 probe intervals (10,000 probes in
-    all), and 10 nodes that each probe 10,000 times (100,000 probes, where the
-    suspicion floor is shortest); there some probes fail on every path, so the
-    suspicion-then-refutation path is exercised, not just the happy one."""
-    seed = sim_seed(2002)
-    with replay_hint(seed):
-        net = SwimNet(
-            seed, LAN, loss=0.10, min_delay=0.001, max_delay=0.02, duplicate=0.01, tcp_rto=0.2
-        )
-        hosts = net.add_nodes(nodes)
-        net.bootstrap(hosts)
-        kinds: dict[str, int] = {}
-
-        def count(now: float, addr: str, ev: MemberEvent) -> None:
-            kinds[ev.kind] = kinds.get(ev.kind, 0) + 1
-
-        net.on_event = count
-        net.run_for(rounds * LAN.probe_interval)
-        probes = sum(h.node.stats["probes"] for h in hosts)
-        print(f"probes {probes}, events {kinds}, dropped {net.dropped}/{net.sent}")
-        assert probes >= 0.95 * nodes * rounds
-        if rounds >= 10_000:
-            assert kinds.get("suspect", 0) > 0, "no probe ever failed: the test shows nothing"
-        assert kinds.get("dead", 0) == 0, f"false deaths: {kinds}"
-        for h in hosts:
-            assert (
-                h.node.table.count(MemberState.ALIVE) + h.node.table.count(MemberState.SUSPECT)
-                == len(hosts) - 1
-            )
-            assert not h.node.partitioned
-
-
-def _partition_30_70(seed: int, n: int, cross_dead: float, detect_limit: float) -> None:
-    """Cut ``n`` nodes 30 | 70.  Detected: every minority node reports partitioned,
-    no majority node does, and at least ``cross_dead`` of the (observer, subject)
-    pairs across the cut hold the subject dead, on each side.  Then heal, with no
-    command: every node sees all ``n`` alive and nobody is partitioned (reconnect
-    PushPull to dead members, remote deaths merged as suspicions, refutation)."""
-    net = SwimNet(seed, LAN)
-    net.size_check_every = 25
-    hosts = net.add_nodes(n)
-    net.bootstrap(hosts)
-    net.run_for(5.0)
-    minority, majority = hosts[: n * 3 // 10], hosts[n * 3 // 10 :]
-    net.cut([h.addr for h in minority], [h.addr for h in majority])
-
-    def dead_fraction(observers: list[SimHost], subjects: list[SimHost]) -> float:
-        dead = sum(net.state_of(o, s) == MemberState.DEAD for o in observers for s in subjects)
-        return dead / (len(observers) * len(subjects))
-
-    def detected() -> bool:
-        return (
-            all(h.node.partitioned for h in minority)
-            and not any(h.node.partitioned for h in majority)
-            and dead_fraction(majority, minority) >= cross_dead
-            and dead_fraction(minority, majority) >= cross_dead
-        )
-
-    cut_at = net.now
-    assert net.run_for(60.0, lambda: all(h.node.partitioned for h in minority), check_every=0.5), (
-        "minority never reported partitioned"
-    )
-    flagged = net.now - cut_at
-    assert not any(h.node.partitioned for h in majority)
-    # Dead marks take Lifeguard's suspicion timeout: the floor where enough
-    # members confirm, up to the ceiling (6x) on the minority side.
-    assert net.run_for(detect_limit, detected, check_every=1.0), (
-        f"partition not detected: majority holds {dead_fraction(majority, minority):.4f} of the "
-        f"minority dead, minority {dead_fraction(minority, majority):.4f} of the majority"
-    )
-    print(
-        f"{n} nodes: minority flagged partitioned after {flagged:.1f} s; "
-        f"{cross_dead:.1%} of cross-cut views dead after {net.now - cut_at:.1f} s"
-    )
-    net.run_for(10.0)
-    assert not any(h.node.partitioned for h in majority)
-    net.heal()
-    healed_at = net.now
-
-    def one_membership() -> bool:
-        return all(not h.node.partitioned and h.node.table.count(MemberState.ALIVE) == n - 1 for h in hosts)
-
-    limit = 4 * LAN.reconnect_interval + 60.0
-    assert net.run_for(limit, one_membership, check_every=1.0), (
-        f"not healed after {limit:.0f} s: "
-        f"{sum(h.node.partitioned for h in hosts)} partitioned, alive counts "
-        f"{sorted({h.node.table.count(MemberState.ALIVE) for h in hosts})}"
-    )
-    print(f"healed to one membership {net.now - healed_at:.1f} s after the cut was lifted")
+    "1,000 nodes ... 10,000 probe rounds": 1,000 nodes for 100 probe intervals
+    (100,000 probes, longer than the largest suspicion timeout, 72 s at this size),
+    and 10 nodes that each probe 10,000 times (100,000 probes, where the
+    suspicion floor is shortest).  In both some probes fail on every path, so
+    the suspicion-then-refutation path is exercised, not just the happy one."""
+    assert LARGE_RUNS[request.node.name][2] == (nodes, rounds)
+    large_runs.report(request)
 
 
 @pytest.mark.slow
-def test_30_70_partition_of_200_nodes_every_view_marks_the_other_side_dead() -> None:
+@pytest.mark.timeout(900)
+def test_30_70_partition_of_200_nodes_every_view_marks_the_other_side_dead(
+    large_runs: SideBySide, request: pytest.FixtureRequest
+) -> None:
     """200 nodes cut 60 | 140: every node on each side marks every node on the other
     dead (all pairs), then the cut heals to one membership."""
-    seed = sim_seed(3003)
-    with replay_hint(seed):
-        _partition_30_70(seed, 200, cross_dead=1.0, detect_limit=120.0)
+    large_runs.report(request)
 
 
 @pytest.mark.slow
-def test_1000_nodes_30_70_partition_detected_on_both_sides_then_heals_to_one_membership() -> None:
+@pytest.mark.timeout(900)
+def test_1000_nodes_30_70_partition_detected_on_both_sides_then_heals_to_one_membership(
+    large_runs: SideBySide, request: pytest.FixtureRequest
+) -> None:
     """1,000 nodes cut 300 | 700: the minority reports partitioned, the majority does
     not, and 99.9% of the views across the cut hold the other side dead; then one
     membership again after healing.
@@ -228,9 +164,7 @@ def test_1000_nodes_30_70_partition_detected_on_both_sides_then_heals_to_one_mem
     by anti-entropy (every 180 s at this size, memberlist's scaled push-pull), so
     the last pair can take minutes.  99.9% is the issue's dissemination
     threshold; the 200-node run above holds every pair."""
-    seed = sim_seed(3031)
-    with replay_hint(seed):
-        _partition_30_70(seed, 1000, cross_dead=0.999, detect_limit=150.0)
+    large_runs.report(request)
 
 
 def test_sigstop_shorter_than_suspicion_is_suspected_then_refuted_never_dead() -> None:
