@@ -96,6 +96,11 @@ class MemberTable:
     def __init__(self, self_member: Member) -> None:
         self.self_member = self_member
         self._by_id: dict[str, Member] = {}
+        # ``get(node) -> Member | None``: the dict's own method, not a wrapper,
+        # because every piggybacked broadcast looks its subject up (the single
+        # most frequent call in a large cluster).  _by_id is only ever mutated
+        # in place, so the bound method stays valid.
+        self.get: Callable[[str], Member | None] = self._by_id.get
         self._ids: list[str] = []
         self._index: dict[str, int] = {}
         self._counts = dict.fromkeys(MemberState, 0)
@@ -109,9 +114,6 @@ class MemberTable:
 
     def __iter__(self) -> Iterator[Member]:
         return iter(self._by_id.values())
-
-    def get(self, node: str) -> Member | None:
-        return self._by_id.get(node)
 
     def ids(self) -> list[str]:
         """A copy of the member ids (for shuffling into a probe order)."""
