@@ -25,8 +25,9 @@ from agent.config import AgentConfig, load_or_create_node_id
 from agent.control.paths import default_socket_path
 from agent.control.server import ControlServer
 from agent.crypto import Keyring, load_keyring
+from agent.datadir import lock_data_dir
 from agent.discovery import Discovery
-from agent.errors import ConfigError, LocalError, ProtocolError
+from agent.errors import LocalError, ProtocolError
 from agent.raft import messages as raft_messages
 from agent.runtime import messages as runtime_messages
 from agent.runtime.bootstrap import BootstrapGate
@@ -85,10 +86,9 @@ def _advertise_host(config: AgentConfig) -> str:
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        try:
-            os.makedirs(config.data_dir, mode=0o750, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError("data_dir", f"cannot create {config.data_dir}: {exc.strerror}") from None
+        # First, before anything in the data dir is read: one process per dir
+        # (agent/datadir.py).  Held until stop(); the kernel drops it if we die.
+        self.data_lock = lock_data_dir(config.data_dir)
         self.node_id = load_or_create_node_id(config.data_dir)
         if config.insecure_no_key:
             log.warning(
@@ -201,6 +201,7 @@ class Agent:
         await self.membership.close()
         await self.consensus.close()
         await self.transport.close()
+        self.data_lock.release()
 
     def request_stop(self) -> None:
         self._stopping.set()
