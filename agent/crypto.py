@@ -56,6 +56,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from agent.errors import AuthError, ConfigError
+from agent.keyfile import read_key_text
 
 SEAL_VERSION = 1
 KEY_SIZE = 32
@@ -157,12 +158,13 @@ def decode_key(text: str, field: str = "key") -> bytes:
 
 
 def load_key_file(path: str | os.PathLike[str]) -> bytes:
-    """Read a key file written by ``mesh-agent keygen``."""
+    """Read a key file written by ``mesh-agent keygen -o``; one group or others
+    may access is refused (agent/keyfile.py).  Every error names the file."""
+    text = read_key_text(path, field="key_file")
     try:
-        text = Path(path).read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("key_file", f"cannot read {os.fspath(path)}: {exc}") from None
-    return decode_key(text, field="key_file")
+        return decode_key(text, field="key_file")
+    except ConfigError as exc:
+        raise ConfigError("key_file", f"{os.fspath(path)}: {exc.reason}") from None
 
 
 KEYRING_DIR = "keyring"
@@ -175,17 +177,14 @@ def load_keyring(key_file: str | os.PathLike[str]) -> Keyring:
     ``meshtui keys install -i`` writes each rotated-in key there (and ``use``
     keeps the old primary there until ``remove``), so an agent restarted in the
     middle of a rotation still opens what its peers seal.  An unreadable or
-    malformed file refuses the start, naming it.
+    malformed file, or one group or others may access, refuses the start, naming it.
     """
     primary = load_key_file(key_file)
     ring = Path(key_file).parent / KEYRING_DIR
     extra: list[bytes] = []
     if ring.is_dir():
         for path in sorted(ring.glob("*.key")):
-            try:
-                extra.append(load_key_file(path))
-            except ConfigError as exc:
-                raise ConfigError("key_file", f"{path}: {exc.reason}") from None
+            extra.append(load_key_file(path))  # its errors name the file
     try:
         return Keyring(extra, primary)
     except ConfigError as exc:

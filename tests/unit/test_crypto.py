@@ -27,6 +27,14 @@ def pair(key: bytes = KEY_A) -> tuple[Envelope, Envelope]:
 # --------------------------------------------------------------------------- keys
 
 
+def write_private(path: Path, content: str | bytes) -> None:
+    """A key file as meshtui writes them: mode 0600 (others' access is refused)."""
+    data = content.encode() if isinstance(content, str) else content
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
 def test_generated_keys_are_random_32_byte_base64() -> None:
     a, b = crypto.generate_key(), crypto.generate_key()
     assert a != b
@@ -42,7 +50,7 @@ def test_key_id_is_a_sha256_prefix_not_the_key() -> None:
 
 def test_load_key_file(tmp_path: Path) -> None:
     path = tmp_path / "cluster.key"
-    path.write_text(base64.b64encode(KEY_A).decode() + "\n")
+    write_private(path, base64.b64encode(KEY_A).decode() + "\n")
     assert crypto.load_key_file(path) == KEY_A
 
 
@@ -56,7 +64,7 @@ def test_load_key_file(tmp_path: Path) -> None:
 )
 def test_bad_key_files_are_config_errors(tmp_path: Path, content: str, match: str) -> None:
     path = tmp_path / "cluster.key"
-    path.write_text(content)
+    write_private(path, content)
     with pytest.raises(ConfigError, match=match) as info:
         crypto.load_key_file(path)
     assert info.value.field == "key_file"
@@ -68,12 +76,12 @@ def test_missing_key_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_load_keyring_takes_the_primary_and_every_keyring_file_beside_it(tmp_path: Path) -> None:
-    (tmp_path / "cluster.key").write_text(base64.b64encode(KEY_A).decode() + "\n")
+    write_private(tmp_path / "cluster.key", base64.b64encode(KEY_A).decode() + "\n")
     assert [k.primary for k in crypto.load_keyring(tmp_path / "cluster.key").list()] == [True]
     ring = tmp_path / "keyring"
     ring.mkdir()
-    (ring / f"{crypto.key_id(KEY_B).hex()}.key").write_text(base64.b64encode(KEY_B).decode())
-    (ring / f"{crypto.key_id(KEY_A).hex()}.key").write_text(base64.b64encode(KEY_A).decode())
+    write_private(ring / f"{crypto.key_id(KEY_B).hex()}.key", base64.b64encode(KEY_B).decode())
+    write_private(ring / f"{crypto.key_id(KEY_A).hex()}.key", base64.b64encode(KEY_A).decode())
     (ring / "notes.txt").write_text("not a key file: ignored")
     keyring = crypto.load_keyring(tmp_path / "cluster.key")
     assert keyring.primary_id == crypto.key_id(KEY_A).hex()
@@ -85,9 +93,9 @@ def test_load_keyring_takes_the_primary_and_every_keyring_file_beside_it(tmp_pat
 
 
 def test_a_bad_keyring_file_refuses_the_start_naming_it(tmp_path: Path) -> None:
-    (tmp_path / "cluster.key").write_text(base64.b64encode(KEY_A).decode() + "\n")
+    write_private(tmp_path / "cluster.key", base64.b64encode(KEY_A).decode() + "\n")
     (tmp_path / "keyring").mkdir()
-    (tmp_path / "keyring" / "broken.key").write_text("not base64 at all!!")
+    write_private(tmp_path / "keyring" / "broken.key", "not base64 at all!!")
     with pytest.raises(ConfigError, match=r"broken\.key") as info:
         crypto.load_keyring(tmp_path / "cluster.key")
     assert info.value.field == "key_file" and "\n" not in str(info.value)
@@ -95,7 +103,7 @@ def test_a_bad_keyring_file_refuses_the_start_naming_it(tmp_path: Path) -> None:
 
 def test_binary_key_file_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "cluster.key"
-    path.write_bytes(b"\xff\xfe" * 20)
+    write_private(path, b"\xff\xfe" * 20)
     with pytest.raises(ConfigError, match="cannot read"):
         crypto.load_key_file(path)
 
