@@ -22,7 +22,6 @@ class _ArgParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgParser(prog="mesh-agent", description="meshtui cluster agent")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,7 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
-    sub.add_parser("keygen", help="print a new base64 cluster key")
+    keygen = sub.add_parser("keygen", help="make a new base64 cluster key")
+    keygen.add_argument(
+        "-o", "--output", metavar="FILE",
+        help="write it to FILE, created with mode 0600 (an existing FILE is refused); "
+        "default: print it",
+    )
     return parser
 
 
@@ -81,13 +85,28 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def keygen(output: str | None) -> int:
+    """Print a new key, or write it to a new 0600 file (``mesh-agent keygen -o FILE``)."""
+    from agent.crypto import generate_key
+
+    key = generate_key()
+    if output is None:
+        print(key)
+        return 0
+    from agent.keyfile import write_key_file
+
+    try:
+        write_key_file(output, key, field="keygen")
+    except ConfigError as exc:
+        sys.stderr.write(f"mesh-agent: {exc}\n")
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "keygen":
-        from agent.crypto import generate_key
-
-        print(generate_key())
-        return 0
+        return keygen(args.output)
 
     from agent.config import load_config
 
@@ -100,10 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from agent.datadir import DataDirBusy
     from agent.runtime.agent import run_agent
 
     try:
         return run_agent(config)
+    except DataDirBusy as exc:
+        sys.stderr.write(f"mesh-agent: {exc}\n")
+        return 2
     except ConfigError as exc:
         sys.stderr.write(f"mesh-agent: config error: {exc}\n")
         return 2

@@ -13,7 +13,6 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from meshtui.targets import ResolvedTarget, Session, TargetError, resolve_target
@@ -332,10 +331,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
         if key_file and args.key:
             return _fail("keys install: give the key or --key-file, not both", EXIT_USAGE)
         if key_file:
-            try:
-                args.key = Path(key_file).read_text(encoding="ascii").strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                return _fail(f"keys install: cannot read --key-file {key_file}: {exc}", EXIT_USAGE)
+            from agent.errors import ConfigError
+            from agent.keyfile import read_key_text
+
+            try:  # refused, as the agent refuses it, if group or others may read it
+                args.key = read_key_text(key_file, field="--key-file").strip()
+            except ConfigError as exc:
+                return _fail(f"keys install: {exc}", EXIT_USAGE)
     if getattr(args, "inventory", None) and not getattr(args, "target", None):
         from inventory.cli import run_inventory_command
 

@@ -113,10 +113,10 @@ class LocalMesh:
 
     def start(self) -> None:
         from agent.crypto import generate_key
+        from agent.keyfile import write_key_file
 
         self.base_dir.mkdir(parents=True, exist_ok=True)
-        self.key_file.write_text(generate_key() + "\n")
-        os.chmod(self.key_file, 0o600)
+        write_key_file(self.key_file, generate_key(), overwrite=True)  # born 0600
         for node in self.nodes:
             node.start()
 

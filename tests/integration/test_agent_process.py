@@ -174,6 +174,7 @@ def test_keys_install_reads_the_key_from_a_file(one_agent: LocalMesh, tmp_path: 
     sock = one_agent.nodes[0].socket_path
     key = generate_key()
     key_file = tmp_path / "new.key"
+    key_file.touch(mode=0o600)  # a key file others can read is refused
     key_file.write_text(key + "\n")
     out = meshtui("keys", "install", "--key-file", str(key_file), "--json", "-t", sock)
     assert out.returncode == 0, out.stderr

@@ -43,13 +43,12 @@ LOG_TAIL_CHARS = 2500
 
 
 def keygen(path: Path) -> Path:
-    """Write a fresh cluster key to ``path`` (mode 0600) with ``mesh-agent keygen``."""
-    out = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "keygen"],
+    """Write a fresh cluster key to ``path`` (mode 0600) with ``mesh-agent keygen -o``."""
+    path.unlink(missing_ok=True)  # keygen -o never overwrites a key
+    subprocess.run(
+        [sys.executable, "-m", "agent.cli", "keygen", "-o", str(path)],
         capture_output=True, text=True, check=True, timeout=30,
     )
-    path.write_text(out.stdout)
-    path.chmod(0o600)
     return path
 
 
