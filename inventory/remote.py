@@ -128,7 +128,8 @@ class RemoteHost:
                     await sftp.makedirs(directory, exist_ok=True)
                     for path, data, mode in items:
                         tmp = f"{path}.meshtui-tmp"
-                        async with sftp.open(tmp, "wb") as fh:
+                        # Born with ``mode`` (a key must never sit readable before the chmod).
+                        async with sftp.open(tmp, "wb", asyncssh.SFTPAttrs(permissions=mode)) as fh:
                             await fh.write(data)
                         await sftp.chmod(tmp, mode)
                         await sftp.posix_rename(tmp, path)
