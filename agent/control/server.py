@@ -27,6 +27,13 @@ to a bounded queue per subscription.  When a queue is full its oldest event is
 dropped and counted; the writer then emits ``{"event": "overflow", "data":
 {"dropped": n}}`` in the gap, so a consumer knows it must re-read state.
 
+Idle clients: a client with no request running, no reply pending and no
+subscription that sends no complete request for ``idle_timeout`` seconds
+(``IDLE_TIMEOUT`` unless the server is built with another) gets a final
+``ErrorResponse(id=None, "unavailable", ...)`` and is closed, so clients that
+connect and go quiet cannot hold all ``MAX_CONNECTIONS`` slots and lock the
+operator out.  A subscriber is never idle: it is waiting for events.
+
 Errors: a handler's exception becomes an error reply with a code
 (``error_reply``); an unexpected one is logged with its traceback and answered
 ``internal``.  Bytes that do not parse get a final ``ErrorResponse(id=None)``
@@ -77,6 +84,14 @@ SUBSCRIBER_QUEUE: Final = 10_000
 """Events buffered per subscription before the oldest are dropped."""
 MAX_CONNECTIONS: Final = 256
 """Simultaneous control clients."""
+IDLE_TIMEOUT: Final = 60.0
+"""Seconds a client may stay connected with nothing to do (no complete request,
+none running, no reply pending, no subscription) before it is closed.  Why: a
+client that connects and goes quiet (a hung script, a dead SSH forward, a
+flood of them) would otherwise keep its slot forever, and ``MAX_CONNECTIONS``
+of them lock out ``meshtui``.  60 s is far beyond the gap between a CLI's
+connect and its request, yet a full table of idle clients drains within a
+minute.  Subscribers (the TUI, ``meshtui watch``) are never idle."""
 MAX_SUBSCRIPTIONS: Final = 32
 """Subscriptions one client may hold."""
 READ_CHUNK: Final = 64 * 1024
@@ -169,17 +184,56 @@ class _Peer:
         self.batch_bytes = 0
         self.batch_slots = 0
         self.flush_scheduled = False
+        # Idle clock (see IDLE_TIMEOUT): when the last complete request arrived,
+        # checked by one timer per client instead of a timeout on every read.
+        self.last_request = self.loop.time()
+        self.idle_timer: asyncio.TimerHandle | None = None
+
+    # -- idle clients
+    def _busy(self) -> bool:
+        """Running requests, unsent replies or a subscription: not idle."""
+        return bool(self.subs or self.replies or self.free_slots < MAX_IN_FLIGHT)
+
+    def _arm_idle_timer(self, delay: float) -> None:
+        self.idle_timer = self.loop.call_later(delay, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self.idle_timer = None
+        if self.closing:
+            return
+        timeout = self.server.idle_timeout
+        now = self.loop.time()
+        if self._busy():
+            # Work in progress counts as activity: the client gets a full
+            # timeout after it ends to send its next request.
+            self.last_request = now
+            self._arm_idle_timer(timeout)
+            return
+        idle = now - self.last_request
+        if idle < timeout:
+            self._arm_idle_timer(timeout - idle)
+            return
+        logger.debug("closing a control client idle for %.1f s", idle)
+        with contextlib.suppress(ProtocolError, ConnectionError, OSError):
+            farewell = ErrorResponse(
+                None, "unavailable", f"closed after {timeout:g} s without a request"
+            )
+            self.writer.write(self.conn.send(farewell))
+        # The transport flushes the farewell, then the reader sees end of stream.
+        self.writer.close()
 
     # -- reading and dispatch
     async def run(self) -> None:
         writer_task = asyncio.create_task(self._write_loop())
         flush = False  # True when there are replies worth delivering before hanging up
+        self._arm_idle_timer(self.server.idle_timeout)
         try:
             while True:
                 data = await self.reader.read(READ_CHUNK)
                 self.conn.receive_data(data)
                 while (message := self.conn.next_event()) is not NEED_DATA:
                     assert isinstance(message, Request)
+                    self.last_request = self.loop.time()
                     while not self.free_slots:
                         self.slot_waiter = self.loop.create_future()
                         await self.slot_waiter
@@ -203,6 +257,8 @@ class _Peer:
             pass
         finally:
             try:
+                if self.idle_timer is not None:
+                    self.idle_timer.cancel()
                 for task in self.handler_tasks:
                     task.cancel()
                 self.closing = True
@@ -453,10 +509,20 @@ class _Peer:
 class ControlServer:
     """Serve ``handlers`` and stream ``topics`` on the Unix socket at ``path``."""
 
-    def __init__(self, path: str, handlers: Mapping[str, Handler], topics: set[str]) -> None:
+    def __init__(
+        self,
+        path: str,
+        handlers: Mapping[str, Handler],
+        topics: set[str],
+        *,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ) -> None:
         clash = BUILTIN_METHODS & set(handlers)
         assert not clash, f"handlers may not override built-in methods {sorted(clash)}"
+        if not idle_timeout > 0:
+            raise ValueError(f"idle_timeout must be > 0 seconds, not {idle_timeout!r}")
         self.path = path
+        self.idle_timeout = idle_timeout
         self.handlers: Mapping[str, Handler] = handlers
         self.topics: frozenset[str] = frozenset(topics)
         self._server: asyncio.AbstractServer | None = None
