@@ -39,6 +39,10 @@ def apply_conf_change(conf: ConfState, change: ConfChange) -> ConfState:
         if node in learners:
             learners.discard(node)
             voters.add(node)
+    elif change.kind == ConfChangeKind.DEMOTE:
+        if node in voters and len(voters) > 1:
+            voters.discard(node)
+            learners.add(node)
     else:
         voters.discard(node)
         learners.discard(node)
@@ -58,6 +62,11 @@ def check_conf_change(conf: ConfState, change: ConfChange, max_voters: int) -> N
             raise LocalError(f"membership change: {node} is not a learner")
         if len(conf.voters) >= max_voters:
             raise LocalError(f"membership change: already {len(conf.voters)} voters (max)")
+    elif change.kind == ConfChangeKind.DEMOTE:
+        if node not in conf.voters:
+            raise LocalError(f"membership change: {node} is not a voter")
+        if conf.voters == (node,):
+            raise LocalError("membership change: cannot demote the last voter")
     else:
         if not conf.is_member(node):
             raise LocalError(f"membership change: {node} is not a member")

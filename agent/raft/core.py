@@ -32,7 +32,7 @@ from __future__ import annotations
 import random
 
 from agent.errors import LocalError, NoQuorumError, NotLeaderError
-from agent.raft import election, replication
+from agent.raft import election, repair, replication
 from agent.raft.confchange import (
     ConfHistory,
     apply_conf_change,
@@ -59,6 +59,8 @@ from agent.raft.messages import (
     ReadIndexResp,
     ReadState,
     Ready,
+    RepairGrant,
+    RepairRequest,
     RequestVote,
     RequestVoteResp,
     RestoredState,
@@ -111,6 +113,9 @@ class RaftNode:
         self._events: list[ConsensusEvent] = []
         self._append_pending = False
         self._unadvanced: Ready | None = None
+        self.damaged = restored.damaged
+        """Why this node's storage cannot be trusted (empty: it can); see repair.py."""
+        self._reset_pending = False
         self._apply_committed_conf()
         self._prev_hs = HardState(self.term, self.vote, self.log.committed)
         self._become_follower(self.term, "")
@@ -167,6 +172,11 @@ class RaftNode:
             return
         if isinstance(msg, RequestVote):
             election.handle_vote_request(self, msg)
+        elif isinstance(msg, RepairRequest):
+            if self.role == Role.LEADER:
+                repair.handle_request(self, msg)
+        elif isinstance(msg, RepairGrant):
+            repair.handle_grant(self, msg)
         elif self.role == Role.LEADER:
             replication.step_leader(self, msg)
         elif self.role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
@@ -301,9 +311,12 @@ class RaftNode:
             hs_changed or entries or snapshot or committed or self._msgs or self._read_states or self._events
         ):
             return None
+        reset = self._reset_pending
+        self._reset_pending = False
         must_sync = (
             bool(entries)
             or snapshot is not None
+            or reset
             or (hs.term != self._prev_hs.term or hs.vote != self._prev_hs.vote)
         )
         rd = Ready(
@@ -315,6 +328,7 @@ class RaftNode:
             read_states=self._read_states,
             events=self._events,
             must_sync=must_sync,
+            reset_storage=reset,
         )
         self._msgs, self._read_states, self._events = [], [], []
         self._unadvanced = rd
@@ -324,6 +338,7 @@ class RaftNode:
         log, prev = self.log, self._prev_hs
         return bool(
             self._msgs
+            or self._reset_pending
             or self._read_states
             or self._events
             or self._append_pending
@@ -355,7 +370,22 @@ class RaftNode:
     # ============================================================ roles
 
     def _promotable(self) -> bool:
-        return self.id in self.conf.voters
+        return self.id in self.conf.voters and not self.damaged
+
+    def wipe_for_repair(self, leader: str) -> None:
+        """Drop the log, snapshot and configuration (the runtime drops its storage
+        and state machine on the next Ready's ``reset_storage``); keep term and
+        vote.  We come back as a nobody that the leader feeds like a new learner."""
+        self.log = RaftLog(None, (), 0)
+        self.conf = ConfState(voters=())
+        self._conf_history = ConfHistory(0, self.conf)
+        self._conf_applied_to = 0
+        self.damaged = ""
+        self._reset_pending = True
+        self._prev_hs = HardState()  # the next Ready persists term and vote afresh
+        self._set_role(Role.LEARNER)
+        self._set_leader(leader)
+        self._emit("repair", "storage dropped; catching up from the leader")
 
     def _reset(self, term: int) -> None:
         if term != self.term:
@@ -432,6 +462,13 @@ class RaftNode:
                 self._become_follower(self.term, "")
 
     def _step_follower(self, m: RaftMessage) -> None:
+        if self.damaged:
+            if isinstance(m, _FROM_LEADER):
+                # Acknowledge nothing: ask the leader to take our vote away first.
+                self.election_elapsed = 0
+                self._set_leader(m.frm)
+                self._send(RepairRequest(self.id, m.frm, self.term, self.damaged))
+            return
         if isinstance(m, AppendEntries):
             self.election_elapsed = 0
             self._set_leader(m.frm)

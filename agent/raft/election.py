@@ -77,6 +77,13 @@ def poll(node: RaftNode, voter: str, granted: bool) -> str:
 
 
 def handle_vote_request(node: RaftNode, m: RequestVote) -> None:
+    if node.damaged:
+        # Our disk lost entries we acknowledged (repair.py): lending our log to an
+        # election could elect a leader that lacks committed entries.  Once the
+        # leader has committed our demotion, the voters that committed it hold
+        # everything before it, so a wiped node's vote no longer matters.
+        node._send(RequestVoteResp(node.id, m.frm, node.term, False, pre_vote=m.pre_vote))
+        return
     can_vote = (
         node.vote == m.frm
         or (node.vote == "" and node.leader_id == "")

@@ -76,6 +76,9 @@ class ConfChangeKind(IntEnum):
     ADD_LEARNER = 0
     PROMOTE = 1
     REMOVE = 2
+    DEMOTE = 3
+    """A voter becomes a learner: how a node whose disk lost acknowledged entries
+    stops counting towards quorums while it is repaired (see ``repair.py``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +212,27 @@ class ReadIndexResp:
     index: int
 
 
+@dataclass(frozen=True, slots=True)
+class RepairRequest:
+    """A node whose storage broke its promises (acknowledged entries lost) asks the
+    leader to take its vote away and send it the log again (``repair.py``)."""
+
+    frm: str
+    to: str
+    term: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RepairGrant:
+    """The leader's answer once the damaged node is no longer a voter: it may drop
+    its local log and catch up as a learner."""
+
+    frm: str
+    to: str
+    term: int
+
+
 RaftMessage = (
     AppendEntries
     | AppendResp
@@ -221,6 +245,8 @@ RaftMessage = (
     | TimeoutNow
     | ReadIndexReq
     | ReadIndexResp
+    | RepairRequest
+    | RepairGrant
 )
 
 WIRE_TYPES: dict[int, type] = {
@@ -235,6 +261,8 @@ WIRE_TYPES: dict[int, type] = {
     48: TimeoutNow,
     49: ReadIndexReq,
     50: ReadIndexResp,
+    51: RepairRequest,
+    52: RepairGrant,
 }
 
 
@@ -278,6 +306,10 @@ class RestoredState:
     snapshot: Snapshot | None
     entries: tuple[Entry, ...]
     """Contiguous entries with index > snapshot.index (or starting at 1)."""
+    damaged: str = ""
+    """Non-empty when storage lost what this node acknowledged (one line: the file,
+    the offset, what is missing): the node neither votes nor acknowledges until
+    repaired (``repair.py``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,3 +333,7 @@ class Ready:
     read_states: list[ReadState] = field(default_factory=list)
     events: list[ConsensusEvent] = field(default_factory=list)
     must_sync: bool = False
+    reset_storage: bool = False
+    """The leader granted a repair: drop the whole local log, snapshot and state
+    machine *before* persisting anything else in this Ready (the hard state it
+    carries is the one to keep)."""

@@ -55,6 +55,7 @@ class MemoryStorage:
         self.entries: list[Entry] = list(initial.entries) if initial else []
         self._unsynced: list[tuple[str, Any]] = []
         self.syncs = 0
+        self.damaged = ""
 
     def write_snapshot(self, snap: Snapshot) -> None:
         self._unsynced.append(("snapshot", snap))
@@ -92,10 +93,32 @@ class MemoryStorage:
     def crash(self) -> None:
         self._unsynced = []
 
+    def lie(self, lost: int) -> int:
+        """The disk drops the last ``lost`` synced entries (what a lying disk or a
+        zeroed WAL tail leaves); the separate acknowledgement record survives, so
+        the next start knows it is damaged.  Returns how many entries were lost."""
+        self._unsynced = []
+        lost = min(lost, len(self.entries))
+        if lost:
+            del self.entries[-lost:]
+            self.damaged = f"lost {lost} acknowledged entries"
+        return lost
+
+    def reset(self) -> None:
+        """A granted repair: everything goes but term and vote."""
+        self.hard_state = HardState(self.hard_state.term, self.hard_state.vote, 0)
+        self.snapshot = None
+        self.entries = []
+        self.damaged = ""
+
     def restored(self) -> RestoredState:
         offset = self.snapshot.index if self.snapshot else 0
         entries = tuple(e for e in self.entries if e.index > offset)
-        return RestoredState(self.hard_state, self.snapshot, entries)
+        hs = self.hard_state
+        last = entries[-1].index if entries else offset
+        if hs.commit > last:
+            hs = HardState(hs.term, hs.vote, last)
+        return RestoredState(hs, self.snapshot, entries, self.damaged)
 
 
 class KV:
@@ -169,6 +192,7 @@ class RaftNet:
         self.applied_by_index: dict[int, Entry] = {}
         self.max_committed = 0
         self.elections = 0
+        self.repairs = 0
         self.on_write_result: Any = None  # callable(node, index, term, result)
         self.on_read_state: Any = None  # callable(node, ctx, value_getter)
         for node_id in voters:
@@ -196,6 +220,12 @@ class RaftNet:
         node = self.nodes[node_id]
         assert not node.up
         self._start(node_id, node.storage)
+
+    def lie(self, node_id: str, lost: int) -> int:
+        """Crash ``node_id`` and have its disk lose its last ``lost`` synced entries."""
+        node = self.nodes[node_id]
+        node.up = False
+        return node.storage.lie(lost)
 
     # ------------------------------------------------------------ network
 
@@ -247,6 +277,10 @@ class RaftNet:
     def _drain(self, node: SimNode) -> None:
         raft = node.raft
         while node.up and (rd := raft.ready()) is not None:
+            if rd.reset_storage:
+                node.storage.reset()
+                node.kv = KV()
+                self.repairs += 1
             if rd.snapshot is not None:
                 node.storage.write_snapshot(rd.snapshot)
             node.storage.write(rd.entries, rd.hard_state)

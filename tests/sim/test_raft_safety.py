@@ -154,6 +154,7 @@ def run_schedule(seed: int) -> dict[str, int]:
     work = Workload(net, rng, clients=3)
     down_until: dict[str, int] = {}
     conf_changes = 0
+    lies = 0
     every = sorted(net.nodes)
     for _ in range(FAULT_STEPS):
         r = rng.random()
@@ -171,6 +172,8 @@ def run_schedule(seed: int) -> dict[str, int]:
                 down_until[victim] = net.now + rng.randint(5, 40)
         elif membership and r < 0.09:
             conf_changes += _random_conf_change(net, rng)
+        elif r < 0.094:
+            lies += _disk_lies(net, rng, down_until)
         for victim, until in list(down_until.items()):
             if net.now >= until or net.nodes[victim].up:
                 if not net.nodes[victim].up:
@@ -225,7 +228,29 @@ def run_schedule(seed: int) -> dict[str, int]:
         "acked": len(work.acked),
         "elections": net.elections,
         "conf": conf_changes,
+        "lies": lies,
+        "repairs": net.repairs,
     }
+
+
+def _disk_lies(net: RaftNet, rng: random.Random, down_until: dict[str, int]) -> int:
+    """The "disk lies" fault: a voter's disk drops its last few synced entries
+    (its acknowledgement record survives, so it restarts knowing it is damaged).
+    At most a minority of the voters is damaged at once, so the others can
+    commit its demotion and repair it."""
+    leader = net.leader()
+    if leader is None:
+        return 0
+    voters = leader.raft.conf.voters
+    damaged = [n for n in net.nodes.values() if n.storage.damaged or n.raft.damaged]
+    if len(voters) < 3 or len(damaged) + 1 > (len(voters) - 1) // 2:
+        return 0
+    victim = rng.choice(voters)
+    if not net.nodes[victim].up:
+        return 0
+    lost = net.lie(victim, rng.randint(1, 6))
+    down_until[victim] = net.now + rng.randint(5, 40)
+    return int(lost > 0)
 
 
 def _random_conf_change(net: RaftNet, rng: random.Random) -> int:
@@ -237,7 +262,9 @@ def _random_conf_change(net: RaftNet, rng: random.Random) -> int:
     options: list[ConfChange] = []
     options += [ConfChange(ConfChangeKind.ADD_LEARNER, n) for n in outsiders]
     options += [ConfChange(ConfChangeKind.PROMOTE, n) for n in conf.learners]
-    if len(conf.voters) > 2:
+    repairing = any(n.storage.damaged or n.raft.damaged for n in net.nodes.values())
+    if len(conf.voters) > 2 and not repairing:
+        # (while a node is damaged, the others must stay a healthy majority)
         options += [ConfChange(ConfChangeKind.REMOVE, n) for n in conf.voters]
     options += [ConfChange(ConfChangeKind.REMOVE, n) for n in conf.learners]
     if not options:

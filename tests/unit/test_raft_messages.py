@@ -20,6 +20,8 @@ from agent.raft.messages import (
     InstallSnapshotResp,
     ReadIndexReq,
     ReadIndexResp,
+    RepairGrant,
+    RepairRequest,
     RequestVote,
     RequestVoteResp,
     Snapshot,
@@ -38,6 +40,8 @@ SAMPLES = [
     TimeoutNow("a", "b", 3),
     ReadIndexReq("a", "b", 3, b"q"),
     ReadIndexResp("a", "b", 3, b"q", 7),
+    RepairRequest("a", "b", 3, "wal: lost 4 entries"),
+    RepairGrant("a", "b", 3),
 ]
 
 
