@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.67)
     p = sub.add_parser("vote", help="vote on a proposal")
     _common(p)
-    p.add_argument("proposal")
+    p.add_argument("proposal", type=int, help="the proposal id")
     p.add_argument("choice", choices=["yes", "no"])
     _common(sub.add_parser("proposals", help="list proposals"))
 

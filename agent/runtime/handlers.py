@@ -2,8 +2,10 @@
 
 Writes become state-machine commands committed through Raft (forwarded to
 the leader from followers); reads are linearizable unless ``stale`` is set.
-Parameter errors raise ``ValueError`` (→ ``bad_request``); unknown ids raise
-``TaskError`` (→ ``not_found``); no quorum raises ``NoQuorumError``.
+Every request's params are type-checked against ``METHOD_PARAMS`` before its
+handler runs (``stale: "yes"`` is a ``bad_request``, not true).  Parameter
+errors raise ``ProtocolError`` or ``ValueError`` (→ ``bad_request``); unknown
+ids raise ``TaskError`` (→ ``not_found``); no quorum raises ``NoQuorumError``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from agent.control.params import ListOf, MapOf, Schema, check_params
 from agent.crypto import decode_key
 from agent.errors import LocalError, TaskError
 from agent.runtime import views
@@ -25,6 +28,62 @@ if TYPE_CHECKING:
     from agent.runtime.agent import Agent
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+_RID: Schema = {"rid": str}
+_KV: Schema = {"ns": str, "key": str}
+_READ: Schema = {"stale": bool}
+_VALUE = (bytes, str)  # a str value is stored as its UTF-8 bytes
+
+METHOD_PARAMS: dict[str, Schema] = {
+    "status": {},
+    "members": {},
+    "report": {},
+    "kv.get": {**_KV, **_READ},
+    "kv.list": {"ns": str, "prefix": str, **_READ},
+    "kv.put": {**_KV, "value": _VALUE, **_RID},
+    "kv.delete": {**_KV, **_RID},
+    "kv.cas": {**_KV, "expected": _VALUE, "value": _VALUE, **_RID},
+    "proposal.create": {"title": str, "body": str, "threshold": float, **_RID},
+    "proposal.vote": {"id": int, "approve": bool, **_RID},
+    "proposal.list": _READ,
+    "node.drain": {"node": str, **_RID},
+    "node.undrain": {"node": str, **_RID},
+    "leader.transfer": {"to": str},
+    "keys.list": {},
+    "keys.install": {"key": str},
+    "keys.use": {"key_id": str},
+    "keys.remove": {"key_id": str},
+    "shutdown": {},
+    "task.submit": {
+        "argv": ListOf(str), "shell": str, "env": MapOf(str), "cwd": str, "caps": ListOf(str),
+        "key": str, "strategy": str, "priority": int, "retries": int, "timeout": float,
+        "restartable": bool, **_RID,
+    },
+    "task.list": _READ,
+    "task.get": {"id": str, **_READ},
+    "task.cancel": {"id": str, **_RID},
+    "task.logs": {"id": str, "stream": str, "offset": int},
+}
+"""Every control method's params and their kinds, in one place (see
+``agent.control.params.check_params``: strict, ``None`` is absent, params not
+named here are ignored).  A method added to the API must be added here."""
+
+
+def strict(method: str, handler: Handler) -> Handler:
+    """``handler`` behind a check of its params against ``METHOD_PARAMS[method]``.
+
+    Plain (not async) so a future-returning handler stays one: a bad param
+    raises straight out of the call, which the server answers ``bad_request``.
+    """
+    schema = METHOD_PARAMS.get(method)
+    if schema is None:
+        raise LookupError(f"control method {method!r} has no entry in METHOD_PARAMS")
+
+    def checked(params: dict[str, Any]) -> Awaitable[Any]:
+        check_params(method, params, schema)
+        return handler(params)
+
+    return checked
 
 
 def _str(params: dict[str, Any], name: str, default: str | None = None) -> str:
@@ -219,7 +278,7 @@ def build_handlers(agent: Agent) -> dict[str, Handler]:
         "shutdown": shutdown,
     }
     handlers.update(agent.tasks.handlers(commit, read))
-    return handlers
+    return {method: strict(method, handler) for method, handler in handlers.items()}
 
 
 def _resolve_node(agent: Agent, id_or_name: str) -> str:
