@@ -14,18 +14,33 @@ and a start for an epoch older than the one running is refused.
 Theory of operation
 -------------------
 * Each run is ``subprocess.Popen(start_new_session=True)``: the task leads its
-  own session and process group, so timeout, cancel and fencing signal the
-  whole group (``killpg``) including grandchildren.
+  own session and process group, so a graceful stop (timeout, cancel) sends
+  SIGTERM to that group.
+* Containment (``agent.containment``): nothing a task starts outlives it,
+  ``setsid`` children, double forks and daemons included.  As root with a
+  usable cgroup hierarchy each run gets its own cgroup(s) under
+  ``<hierarchy>/meshtui/<node id>/<task id>-<epoch>``, joined in the child
+  before exec; every hard kill (timeout and cancel after the grace, fencing,
+  shutdown, the leader's exit) goes through the cgroup (v2 ``cgroup.kill``;
+  v1 freeze, SIGKILL the members, thaw, repeat until empty) and the
+  directories are removed when the run is reaped; groups a previous run of
+  this node left behind are killed and removed when the executor starts.
+  Otherwise (not root, no usable hierarchy, or ``containment="subreaper"``)
+  the run's leader is a small per-task subreaper that adopts the task's
+  orphans and kills and reaps every descendant when the task ends or is
+  killed.  ``mem``/``pids`` limits need the cgroup controller: without it
+  ``start`` refuses the task (``check_limits`` says why), never running it
+  unlimited.
 * We do not let asyncio reap the child.  A pidfd (``os.pidfd_open``) becomes
   readable when the leader exits; while it is a zombie its pid still pins the
-  group id, so we SIGKILL the rest of the group first (a task's lingering
-  children never outlive it) and only then reap with ``os.wait4``, whose
-  rusage gives the exact CPU time of the leader and every descendant it
-  waited for.
-* Resource accounting: every 0.5 s ``load.tree_usage`` sums CPU and RSS over
-  the live process tree.  ``cpu_time`` is the larger of the polled figure and
-  wait4's; ``peak_rss`` is the largest polled tree sum (a run shorter than
-  one poll is sampled once, right after spawn).
+  group id, so we kill the rest of the task first (through its jail) and
+  only then reap with ``os.wait4``, whose rusage gives the exact CPU time of
+  the leader and every descendant it waited for.
+* Resource accounting: every 0.5 s CPU and RSS are summed over the run's
+  processes (its cgroup's members, or the subreaper's descendants).
+  ``cpu_time`` is the larger of the polled figure and wait4's; ``peak_rss``
+  is the largest polled sum (a run shorter than one poll is sampled once,
+  right after spawn).
 * Output: the child gets pipes, never our files.  The agent reads them and
   appends to ``<data_dir>/tasks/<task_id>/<epoch>.out|.err`` (dir 0700, files
   0600).  Each file keeps the *head*: the first ``output_limit`` bytes (8 MiB
@@ -33,8 +48,9 @@ Theory of operation
   blocks, and the dropped byte count is reported in the finished event.  The
   head was chosen over the tail because offsets then stay stable, which is
   what ``logs --follow`` (``read_output``) pages with.
-* Timeout: SIGTERM to the group, SIGKILL after ``kill_grace`` seconds.
-  ``cancel`` does the same; ``kill_stale`` and ``shutdown`` SIGKILL at once.
+* Timeout: SIGTERM to the group, a kill of the whole task after
+  ``kill_grace`` seconds.  ``cancel`` does the same; ``kill_stale`` and
+  ``shutdown`` kill at once.
 * As root with ``run_as`` set, the task runs as that user (``user=``,
   ``group=``, no supplementary groups) with HOME/USER/LOGNAME set; its default
   working directory is ``<data_dir>/tasks/<task_id>/work`` owned by it (the
@@ -52,21 +68,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
+import hashlib
+import logging
 import os
 import pwd
 import re
+import shutil
 import signal
 import subprocess
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from agent.containment import Containment, Jail, Mode, SubreaperJail, usage_pids
+from agent.containment.cgroups import CGROUP_ROOT
 from agent.errors import ConfigError, TaskError
-from agent.load import TreeUsage, tree_usage
+from agent.load import TreeUsage
+
+log = logging.getLogger(__name__)
 
 OUTPUT_LIMIT_BYTES = 8 * 1024 * 1024
 """Bytes of stdout (and separately stderr) kept per run."""
@@ -119,6 +141,11 @@ class ExecEvent:
     truncated_out: int = 0
     """Bytes of stdout dropped beyond the output limit."""
     truncated_err: int = 0
+    cgroups: tuple[str, ...] = ()
+    """``started`` only: the run's cgroup directories (empty without cgroups)."""
+    reaper: bool = False
+    """``started`` only: ``pid`` is the run's subreaper (kill it with its force signal,
+    not a group SIGKILL, so it can take the task's orphans with it)."""
 
 
 @dataclass(slots=True)
@@ -139,6 +166,9 @@ class _Run:
     pidfd: int
     started_mono: float
     captures: dict[str, _Capture]
+    jail: Jail
+    settled: bool = False
+    """The jail killed everything left and removed its cgroups."""
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Future[ExecEvent] | None = None
     reason: FinishReason = "exit"
@@ -165,7 +195,14 @@ class Executor:
         output_limit: int = OUTPUT_LIMIT_BYTES,
         kill_grace: float = KILL_GRACE_S,
         poll_interval: float = POLL_INTERVAL_S,
+        node_id: str | None = None,
+        containment: Mode = "auto",
+        cgroup_root: Path = CGROUP_ROOT,
     ) -> None:
+        """``node_id`` names this node's cgroup directory (default: derived from the
+        data dir, one agent per data dir); ``containment`` forces cgroups or the
+        subreaper ("auto": cgroups when root and usable); ``cgroup_root`` is where
+        cgroup mounts are looked for."""
         self.data_dir = Path(data_dir)
         self.slots = slots if slots else (os.cpu_count() or 1)
         if self.slots < 1:
@@ -184,6 +221,14 @@ class Executor:
         self._recent: OrderedDict[str, ExecEvent] = OrderedDict()
         self._start_lock = asyncio.Lock()
         self._tasks_dir = self.data_dir / "tasks"
+        if node_id is None:
+            digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()
+            node_id = f"dir-{digest[:16]}"
+        self.containment = Containment(node_id, containment, cgroup_root, warn=log.warning)
+        cleaned = self.containment.cleanup_stale()
+        if cleaned:
+            log.warning("killed and removed %d stale task cgroup(s) of node %s, e.g. %s",
+                        len(cleaned), node_id, cleaned[0])
 
     # ---- queries -------------------------------------------------------
 
@@ -194,6 +239,10 @@ class Executor:
     @property
     def free_slots(self) -> int:
         return max(0, self.slots - len(self._runs))
+
+    def check_limits(self, mem: int = 0, pids: int = 0) -> str | None:
+        """Why this host cannot enforce a memory (bytes) or pids limit, or None if it can."""
+        return self.containment.limit_refusal(mem, pids)
 
     def output_path(self, task_id: str, epoch: int, stream: Stream) -> Path:
         _check_id(task_id)
@@ -234,17 +283,21 @@ class Executor:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         timeout: float | None = None,
+        mem: int = 0,
+        pids: int = 0,
     ) -> None:
         """Spawn a run (see the module contract).  A string ``cmd`` runs under ``sh -c``.
 
+        ``mem`` (bytes) and ``pids`` limit the run's cgroup; 0 means no limit.
         Idempotent for a task already running at ``epoch``.  Raises TaskError
-        when no slot is free, the epoch is stale, or the command cannot start.
+        when no slot is free, the epoch is stale, a limit cannot be enforced
+        here, or the command cannot start.
         """
         _check_id(task_id)
         # Serialised: fencing awaits the old run's death, and a second start
         # must not slip in between that and the spawn.
         async with self._start_lock:
-            await self._start_locked(task_id, epoch, cmd, env, cwd, timeout)
+            await self._start_locked(task_id, epoch, cmd, env, cwd, timeout, mem, pids)
 
     async def _start_locked(
         self,
@@ -254,6 +307,8 @@ class Executor:
         env: Mapping[str, str] | None,
         cwd: str | None,
         timeout: float | None,
+        mem: int,
+        pids: int,
     ) -> None:
         current = self._runs.get(task_id)
         if current is not None:
@@ -269,7 +324,7 @@ class Executor:
         argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
         if not argv:
             raise TaskError("empty command")
-        run = self._spawn(task_id, epoch, argv, env, cwd)
+        run = self._spawn(task_id, epoch, argv, env, cwd, mem, pids)
         self._runs[task_id] = run
         loop = asyncio.get_running_loop()
         run.finished = loop.create_future()
@@ -279,9 +334,11 @@ class Executor:
         # listener cannot leave an unsupervised process behind.
         supervisor = loop.create_task(self._supervise(run), name=f"exec-{task_id}")
         supervisor.add_done_callback(_log_crash)
-        self.on_event(
-            ExecEvent("started", task_id, epoch, run.pid, None, 0.0, 0.0, 0, time.time())
-        )
+        jail = run.jail
+        self.on_event(ExecEvent(
+            "started", task_id, epoch, run.pid, None, 0.0, 0.0, 0, time.time(),
+            cgroups=jail.cgroup_dirs, reaper=jail.reaper,
+        ))
 
     async def cancel(self, task_id: str) -> ExecEvent | None:
         """Terminate a run's whole group (SIGTERM, SIGKILL after the grace)."""
@@ -331,6 +388,8 @@ class Executor:
         argv: list[str],
         env: Mapping[str, str] | None,
         cwd: str | None,
+        mem: int,
+        pids: int,
     ) -> _Run:
         task_dir = self._tasks_dir / task_id
         task_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -352,6 +411,11 @@ class Executor:
             if user is not None:
                 os.chown(work, user.pw_uid, user.pw_gid)
             cwd = str(work)
+        jail = self.containment.prepare(task_id, epoch, mem, pids)
+        if isinstance(jail, SubreaperJail) and not _findable(argv[0], child_env["PATH"], cwd):
+            # The subreaper always starts; a missing command would only show as exit 127.
+            raise TaskError(f"task {task_id}: cannot start {argv[0]!r}: command not found")
+        popen_argv, popen_extra = jail.popen_args(argv, user)
         captures: dict[str, _Capture] = {}
         pipes: list[int] = []
         try:
@@ -365,28 +429,30 @@ class Executor:
                 )
                 pipes.append(file_fd)
                 captures[stream] = _Capture(read_fd, file_fd, self.output_limit)
-            popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=pipes[1],
-                stderr=pipes[4],
-                cwd=cwd,
-                env=child_env,
-                start_new_session=True,
-                user=user.pw_uid if user else None,
-                group=user.pw_gid if user else None,
-                extra_groups=[] if user else None,
-                close_fds=True,
-            )
+            # The jail switches to ``user`` itself (after joining its cgroups,
+            # or in the subreaper's child), so Popen gets no user/group.
+            with _blocked(jail.blocked_signals):
+                popen = subprocess.Popen(
+                    popen_argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=pipes[1],
+                    stderr=pipes[4],
+                    cwd=cwd,
+                    env=child_env,
+                    start_new_session=True,
+                    close_fds=True,
+                    **popen_extra,
+                )
         except (OSError, subprocess.SubprocessError) as exc:
             for fd in pipes:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+            jail.settle_sync()
             raise TaskError(f"task {task_id}: cannot start {argv[0]!r}: {exc}") from exc
         os.close(pipes[1])
         os.close(pipes[4])
         pidfd = os.pidfd_open(popen.pid)
-        run = _Run(task_id, epoch, popen, pidfd, time.monotonic(), captures)
+        run = _Run(task_id, epoch, popen, pidfd, time.monotonic(), captures, jail)
         loop = asyncio.get_running_loop()
         loop.add_reader(pidfd, self._on_exit, run)
         for capture in captures.values():
@@ -423,8 +489,8 @@ class Executor:
     def _on_exit(self, run: _Run) -> None:
         asyncio.get_running_loop().remove_reader(run.pidfd)
         # The leader is a zombie: its pid still names the group, so this cannot
-        # hit an unrelated process.  Leftover children die with the task.
-        _killpg(run.pid, signal.SIGKILL)
+        # hit an unrelated process.  Everything else the task started dies now.
+        run.jail.after_exit(run.pid)
         run.exited.set()
 
     def _on_timeout(self, run: _Run) -> None:
@@ -435,16 +501,26 @@ class Executor:
     def _terminate(self, run: _Run, graceful: bool) -> None:
         if run.exited.is_set():
             return
+        loop = asyncio.get_running_loop()
         if graceful:
-            _killpg(run.pid, signal.SIGTERM)
-            loop = asyncio.get_running_loop()
+            run.jail.terminate(run.pid)
             run.timers.append(loop.call_later(self.kill_grace, self._force_kill, run))
         else:
-            _killpg(run.pid, signal.SIGKILL)
+            self._force_kill(run)
 
     def _force_kill(self, run: _Run) -> None:
         if not run.exited.is_set():
-            _killpg(run.pid, signal.SIGKILL)
+            run.jail.kill(run.pid)
+            loop = asyncio.get_running_loop()
+            run.timers.append(loop.call_later(self.kill_grace, self._last_resort, run))
+
+    def _last_resort(self, run: _Run) -> None:
+        # A subreaper that did not finish its kills in time (stopped, stuck):
+        # the run must still end.  Its leftover descendants would go to init.
+        if not run.exited.is_set():
+            log.warning("task %s: leader %d survived the kill; SIGKILL", run.task_id, run.pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(run.pid, signal.SIGKILL)
 
     async def _stop(self, run: _Run, reason: FinishReason, graceful: bool) -> ExecEvent:
         assert run.finished is not None
@@ -455,8 +531,9 @@ class Executor:
         return await asyncio.shield(run.finished)
 
     def _sample(self, run: _Run) -> None:
-        usage = tree_usage(run.pid)
-        if usage is not None:
+        summed = usage_pids(run.jail.members(run.pid))
+        if summed is not None:
+            usage = TreeUsage(cpu_time=summed[0], rss=summed[1], nprocs=summed[2])
             run.usage = usage
             run.cpu_time = max(run.cpu_time, usage.cpu_time)
             run.peak_rss = max(run.peak_rss, usage.rss)
@@ -472,14 +549,19 @@ class Executor:
                     self._sample(run)
             exit_code = self._reap(run)
             duration = time.monotonic() - run.started_mono
+            # Before the drain: an escaped process holding our pipes dies here.
+            await run.jail.settle()
+            run.settled = True
             await self._drain(run)
         except BaseException as exc:
             if not run.exited.is_set():
                 # Nobody will supervise this run any more (the loop is going
                 # away): it must not outlive its supervisor.
-                _killpg(run.pid, signal.SIGKILL)
+                run.jail.kill(run.pid)
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(run.pid, 0)
+            if not run.settled:
+                run.jail.settle_sync()
             if run.finished.done():
                 pass
             elif isinstance(exc, asyncio.CancelledError):
@@ -547,12 +629,26 @@ def _check_id(task_id: str) -> None:
         raise TaskError(f"invalid task id {task_id!r}")
 
 
-def _killpg(pgid: int, sig: signal.Signals) -> None:
+@contextlib.contextmanager
+def _blocked(signals: frozenset[signal.Signals]) -> Iterator[None]:
+    """Block ``signals`` in this thread around a spawn: the child inherits the mask,
+    so a signal sent before it has installed its handlers waits for them instead
+    of killing it with the default action."""
+    if not signals:
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     try:
-        os.killpg(pgid, sig)
-    except OSError as exc:
-        if exc.errno not in (errno.ESRCH, errno.EPERM):
-            raise
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _findable(command: str, path: str, cwd: str) -> bool:
+    """Would ``execvp`` find ``command`` (on ``path``, or relative to ``cwd``)?"""
+    if "/" in command:
+        return os.access(os.path.join(cwd, command), os.X_OK)
+    return shutil.which(command, path=path) is not None
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

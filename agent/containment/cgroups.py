@@ -1,0 +1,365 @@
+"""cgroup v1 and v2 as this agent uses them: discovery, per-task groups, limits, kill.
+
+Theory of operation
+-------------------
+* Discovery reads ``/proc/self/mountinfo`` and keeps the cgroup mounts below
+  the cgroup root (``/sys/fs/cgroup`` unless a test points it elsewhere): one
+  ``Hierarchy`` per v2 mount and per v1 mount carrying real controllers
+  (named hierarchies such as ``name=systemd`` belong to their owner).
+* Layout: ``<mount>/meshtui/<node id>/<task id>-<epoch>`` in every hierarchy
+  a task needs.  Agents sharing one kernel (the demo, the namespace tests)
+  each stay below their own node directory, so no agent touches another's
+  tasks.  The hierarchy root is used rather than the agent's own cgroup: the
+  v2 root is exempt from the "no internal processes" rule (controllers can be
+  enabled there), and a restarted agent finds its stale groups wherever it
+  now runs.
+* Kill: v2 writes ``1`` to ``cgroup.kill`` (one atomic SIGKILL to every
+  member, forking or not).  Without it the group is frozen (v2
+  ``cgroup.freeze``, v1 ``freezer.state``) so nobody can fork, every member is
+  SIGKILLed, and the group is thawed so the kills land; a hierarchy with
+  neither only SIGKILLs what ``cgroup.procs`` lists.  Rounds repeat until
+  the group and its sub-groups are empty, with a deadline.
+* Limits: v2 ``memory.max`` (and ``memory.swap.max`` 0, so swap is no way
+  around it) and ``pids.max``; v1 ``memory.limit_in_bytes`` (and
+  ``memory.memsw.limit_in_bytes`` where swap is accounted) and ``pids.max``.
+
+Only the standard library here: ``agent.watchdog`` imports this module to
+kill registered groups when the agent stops renewing its lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+"""Where cgroup hierarchies are looked for (only mounts below it are used)."""
+TOP_DIR = "meshtui"
+"""Directory every agent's node directories live under, in each hierarchy."""
+V1_CONTROLLERS = frozenset({
+    "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "blkio",
+    "perf_event", "net_prio", "hugetlb", "pids", "rdma", "misc",
+})  # fmt: skip
+KILL_TIMEOUT_S = 5.0
+"""Longest a kill-until-empty loop runs (a member stuck in D state can outlast it)."""
+KILL_ROUND_PAUSE_S = 0.005
+"""Pause between kill rounds: the kernel needs a moment to tear SIGKILLed members down."""
+FREEZE_WAIT_S = 0.05
+"""Longest one v1/v2 freeze waits to complete before the round kills anyway."""
+RMDIR_RETRIES = 100
+"""rmdir attempts (EBUSY while the last members exit) before a directory is left behind."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hierarchy:
+    """One mounted cgroup hierarchy."""
+
+    mount: Path
+    version: int
+    """1 (a v1 controller mount) or 2 (the unified hierarchy)."""
+    controllers: frozenset[str]
+    """v1: the controllers bound to this mount; v2: those in the root's ``cgroup.controllers``."""
+
+    def node_dir(self, node: str) -> Path:
+        return self.mount / TOP_DIR / node
+
+    def describe(self) -> str:
+        if self.version == 2:
+            return f"v2 {self.mount}"
+        return f"v1 {','.join(sorted(self.controllers))} {self.mount}"
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo octal.
+    out, i = [], 0
+    while i < len(field):
+        code = field[i + 1 : i + 4]
+        if field[i] == "\\" and len(code) == 3 and code.isdigit():
+            out.append(chr(int(code, 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def _under(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def discover(root: Path = CGROUP_ROOT, mountinfo: Path = Path("/proc/self/mountinfo")) -> list[Hierarchy]:
+    """The cgroup hierarchies mounted at or below ``root`` (none if it holds no cgroup mount)."""
+    try:
+        root = root.resolve()
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        return []
+    found: list[Hierarchy] = []
+    seen: set[tuple[int, frozenset[str]]] = set()
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields, super_fields = left.split(), right.split()
+        if not sep or len(fields) < 5 or len(super_fields) < 3:
+            continue
+        fstype, mount = super_fields[0], Path(_unescape(fields[4]))
+        if fstype not in ("cgroup", "cgroup2") or not _under(mount, root):
+            continue
+        if fstype == "cgroup2":
+            version, controllers = 2, frozenset(_read(mount / "cgroup.controllers").split())
+        else:
+            version = 1
+            controllers = frozenset(super_fields[2].split(",")) & V1_CONTROLLERS
+            if not controllers:
+                continue  # a named hierarchy (name=systemd): not ours to use
+        key = (version, controllers if version == 1 else frozenset())
+        if key not in seen:
+            seen.add(key)
+            found.append(Hierarchy(mount, version, controllers))
+    return found
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _write(path: Path, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def make_dirs(hierarchy: Hierarchy, node: str) -> Path:
+    """Create ``<mount>/meshtui/<node>`` (mode 0755, root-owned); returns it."""
+    node_dir = hierarchy.node_dir(node)
+    node_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    return node_dir
+
+
+def enable_v2_controller(hierarchy: Hierarchy, node: str, controller: str) -> bool:
+    """Enable ``controller`` for ``<mount>/meshtui/<node>``'s children (every level above
+    it delegates it down); False if the hierarchy will not (EBUSY below a populated
+    non-root cgroup, or the controller is bound to a v1 mount)."""
+    if hierarchy.version != 2 or controller not in hierarchy.controllers:
+        return False
+    level = hierarchy.mount
+    try:
+        for step in ("", TOP_DIR, node):
+            level = level / step if step else level
+            control = level / "cgroup.subtree_control"
+            if controller not in _read(control).split():
+                _write(control, f"+{controller}")
+    except OSError:
+        return False
+    return True
+
+
+def probe(hierarchy: Hierarchy, node: str) -> str | None:
+    """Can this agent create, use and remove task groups here?  None if so, else why not.
+
+    Leaves nothing behind that was not there before.
+    """
+    node_dir = hierarchy.node_dir(node)
+    created = not node_dir.exists()
+    try:
+        make_dirs(hierarchy, node)
+        if not (node_dir / "cgroup.procs").exists():
+            return f"{node_dir} is not a cgroup directory"
+    except OSError as exc:
+        return f"cannot create {node_dir}: {exc.strerror or exc}"
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                node_dir.rmdir()
+    return None
+
+
+# ---------------------------------------------------------------- task groups
+
+
+@dataclass(frozen=True, slots=True)
+class TaskGroup:
+    """One task run's cgroup directories: ``dirs[0]`` is the one kills go through."""
+
+    dirs: tuple[Path, ...]
+
+    @property
+    def kill_dir(self) -> Path:
+        return self.dirs[0]
+
+    @property
+    def procs_files(self) -> tuple[Path, ...]:
+        return tuple(d / "cgroup.procs" for d in self.dirs)
+
+
+def create_group(dirs: Iterable[Path]) -> TaskGroup:
+    """mkdir each task directory (a leftover of the same name is killed and reused)."""
+    made = []
+    try:
+        for directory in dirs:
+            with contextlib.suppress(FileExistsError):
+                directory.mkdir(mode=0o755)
+            made.append(directory)
+            if member_pids([directory]):
+                kill_until_empty(TaskGroup((directory,)))
+    except OSError:
+        remove_group(TaskGroup(tuple(made)))
+        raise
+    return TaskGroup(tuple(made))
+
+
+def set_memory_limit(directory: Path, version: int, limit: int) -> None:
+    if version == 2:
+        _write(directory / "memory.max", str(limit))
+        if (directory / "memory.swap.max").exists():
+            _write(directory / "memory.swap.max", "0")
+    else:
+        _write(directory / "memory.limit_in_bytes", str(limit))
+        if (directory / "memory.memsw.limit_in_bytes").exists():
+            _write(directory / "memory.memsw.limit_in_bytes", str(limit))
+
+
+def set_pids_limit(directory: Path, limit: int) -> None:
+    _write(directory / "pids.max", str(limit))
+
+
+def _tree(directory: Path) -> list[Path]:
+    """``directory`` and every cgroup below it (a root task may nest its own)."""
+    out = [directory]
+    with contextlib.suppress(OSError):
+        for dirpath, dirnames, _ in os.walk(directory):
+            out.extend(Path(dirpath) / name for name in dirnames)
+    return out
+
+
+def member_pids(dirs: Iterable[Path]) -> set[int]:
+    """Every process in ``dirs`` and their sub-groups."""
+    pids: set[int] = set()
+    for directory in dirs:
+        for group in _tree(directory):
+            for word in _read(group / "cgroup.procs").split():
+                if word.isdigit():
+                    pids.add(int(word))
+    return pids
+
+
+def _freeze(directory: Path, frozen: bool) -> bool:
+    """Freeze or thaw through v2 ``cgroup.freeze`` or v1 ``freezer.state``; False if neither."""
+    v2, v1 = directory / "cgroup.freeze", directory / "freezer.state"
+    try:
+        if v2.exists():
+            _write(v2, "1" if frozen else "0")
+            done = (lambda: "frozen 1" in _read(directory / "cgroup.events")) if frozen else None
+        elif v1.exists():
+            _write(v1, "FROZEN" if frozen else "THAWED")
+            done = (lambda: _read(v1).strip() == "FROZEN") if frozen else None
+        else:
+            return False
+    except OSError:
+        return False
+    deadline = time.monotonic() + FREEZE_WAIT_S
+    while done is not None and not done() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return True
+
+
+def kill_round(group: TaskGroup) -> bool:
+    """One kill pass over the group; True if it was already empty."""
+    pids = member_pids(group.dirs)
+    if not pids:
+        return True
+    kill_file = group.kill_dir / "cgroup.kill"
+    if kill_file.exists():
+        with contextlib.suppress(OSError):
+            _write(kill_file, "1")
+            return False
+    frozen = _freeze(group.kill_dir, True)
+    try:
+        for pid in member_pids(group.dirs) if frozen else pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    finally:
+        if frozen:
+            _freeze(group.kill_dir, False)
+    return False
+
+
+def kill_until_empty(group: TaskGroup, timeout: float = KILL_TIMEOUT_S) -> bool:
+    """Kill rounds until nothing is left (True) or ``timeout`` passes (False).  Blocking."""
+    deadline = time.monotonic() + timeout
+    while not kill_round(group):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(KILL_ROUND_PAUSE_S)
+    return True
+
+
+async def kill_until_empty_async(group: TaskGroup, timeout: float = KILL_TIMEOUT_S) -> bool:
+    """``kill_until_empty`` that yields to the event loop between rounds."""
+    deadline = time.monotonic() + timeout
+    while not kill_round(group):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(KILL_ROUND_PAUSE_S)
+    return True
+
+
+def remove_group(group: TaskGroup) -> list[Path]:
+    """rmdir the group's directories (sub-groups first); the ones left behind."""
+    left: list[Path] = []
+    for directory in group.dirs:
+        for sub in reversed(_tree(directory)):
+            if not _rmdir(sub):
+                left.append(sub)
+    return left
+
+
+def _rmdir(directory: Path) -> bool:
+    for _ in range(RMDIR_RETRIES):
+        try:
+            directory.rmdir()
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                return False
+            time.sleep(KILL_ROUND_PAUSE_S)  # the last members are still being torn down
+    return False
+
+
+def remove_node_dir_if_empty(hierarchy: Hierarchy, node: str) -> None:
+    """rmdir ``<mount>/meshtui/<node>`` once no task group is left in it (never ``meshtui``:
+    other agents on this kernel share it)."""
+    with contextlib.suppress(OSError):
+        hierarchy.node_dir(node).rmdir()
+
+
+def stale_groups(hierarchy: Hierarchy, node: str) -> list[Path]:
+    """Task group directories left under this node's directory (a previous run of the agent)."""
+    try:
+        return sorted(p for p in hierarchy.node_dir(node).iterdir() if p.is_dir())
+    except OSError:
+        return []
+
+
+def join(procs_files: Iterable[Path]) -> None:
+    """Move the calling process into each group (runs in the forked child before exec)."""
+    pid = str(os.getpid()).encode()
+    for path in procs_files:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, pid)
+        finally:
+            os.close(fd)

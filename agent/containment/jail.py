@@ -1,0 +1,335 @@
+"""Which containment this host gives its tasks, and one jail per task run.
+
+``Containment`` is decided once per executor: with root and a usable cgroup
+hierarchy, every run gets a ``CgroupJail`` (its own cgroup in the kill
+hierarchy plus the memory/pids groups its limits need); otherwise a
+``SubreaperJail`` (the run's leader is ``agent/containment/subreaper.py``).
+Kill hierarchy preference: v2 (``cgroup.kill``, else ``cgroup.freeze``), then
+a v1 ``freezer`` mount, then any v1 controller mount (kill loop without a
+freeze); limits use a v2 controller where the hierarchy enables it, else the
+v1 mount of that controller.  A limit no hierarchy can enforce refuses the
+task: ``limit_refusal`` says why in one line, never silently unlimited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import pwd
+import re
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from agent.containment import cgroups
+from agent.containment.cgroups import CGROUP_ROOT, Hierarchy, TaskGroup
+from agent.containment.subreaper import FORCE_SIGNAL, FORWARDED
+from agent.errors import ConfigError, TaskError
+
+Mode = Literal["auto", "cgroup", "subreaper"]
+SUBREAPER_SCRIPT = Path(__file__).with_name("subreaper.py")
+LIMITED = ("memory", "pids")
+_SAFE_NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def format_size(size: int) -> str:
+    """Bytes as the CLI takes them (``512M``, ``2G``); exact, never rounded."""
+    for unit, scale in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return f"{size}B"
+
+
+def _kill(pid: int, sig: int, group: bool) -> None:
+    try:
+        (os.killpg if group else os.kill)(pid, sig)
+    except OSError as exc:
+        if exc.errno not in (errno.ESRCH, errno.EPERM):
+            raise
+
+
+@dataclass(slots=True)
+class CgroupJail:
+    """A run inside its own cgroups: everything in them dies with the run."""
+
+    group: TaskGroup
+    owner: Containment
+    reaper: bool = False
+    blocked_signals: frozenset[signal.Signals] = frozenset()
+
+    @property
+    def cgroup_dirs(self) -> tuple[str, ...]:
+        return tuple(str(d) for d in self.group.dirs)
+
+    def popen_args(
+        self, argv: list[str], user: pwd.struct_passwd | None
+    ) -> tuple[list[str], dict[str, Any]]:
+        procs = self.group.procs_files
+
+        def enter() -> None:
+            # In the forked child, still root: join first (a dropped user may
+            # not write cgroup.procs), then drop to the task's user.  Only
+            # thin syscall wrappers run here, no lock another thread may hold.
+            cgroups.join(procs)
+            if user is not None:
+                os.setgroups([])
+                os.setgid(user.pw_gid)
+                os.setuid(user.pw_uid)
+
+        return argv, {"preexec_fn": enter}
+
+    def terminate(self, pid: int) -> None:
+        _kill(pid, signal.SIGTERM, group=True)
+
+    def kill(self, pid: int) -> None:
+        _kill(pid, signal.SIGKILL, group=True)
+        cgroups.kill_round(self.group)
+
+    def after_exit(self, pid: int) -> None:
+        # The leader is an unreaped zombie: its pid still names the group.
+        self.kill(pid)
+
+    def members(self, pid: int) -> list[int]:
+        return sorted(cgroups.member_pids(self.group.dirs))
+
+    async def settle(self) -> None:
+        if not await cgroups.kill_until_empty_async(self.group):
+            timeout = cgroups.KILL_TIMEOUT_S
+            self.owner.warn(f"processes of {self.group.kill_dir} outlived {timeout} s of kills")
+        self._remove()
+
+    def settle_sync(self) -> None:
+        cgroups.kill_until_empty(self.group)
+        self._remove()
+
+    def _remove(self) -> None:
+        left = cgroups.remove_group(self.group)
+        if left:
+            self.owner.warn(f"could not remove cgroup {left[0]}")
+        self.owner.release()
+
+
+@dataclass(slots=True)
+class SubreaperJail:
+    """A run whose leader is the per-task subreaper (see ``subreaper.py``)."""
+
+    reaper: bool = True
+    cgroup_dirs: tuple[str, ...] = ()
+    blocked_signals: frozenset[signal.Signals] = frozenset({*FORWARDED, FORCE_SIGNAL})
+    """Blocked while the subreaper starts; it unblocks them once its handlers are in."""
+
+    def popen_args(
+        self, argv: list[str], user: pwd.struct_passwd | None
+    ) -> tuple[list[str], dict[str, Any]]:
+        shim = [sys.executable, "-I", "-S", str(SUBREAPER_SCRIPT), "--parent", str(os.getpid())]
+        if user is not None:
+            shim += ["--uid", str(user.pw_uid), "--gid", str(user.pw_gid)]
+        return [*shim, "--", *argv], {}
+
+    def terminate(self, pid: int) -> None:
+        _kill(pid, signal.SIGTERM, group=False)  # the subreaper passes it to the task's group
+
+    def kill(self, pid: int) -> None:
+        _kill(pid, FORCE_SIGNAL, group=False)
+
+    def after_exit(self, pid: int) -> None:
+        pass  # the subreaper killed and reaped every descendant before it exited
+
+    def members(self, pid: int) -> list[int]:
+        from agent.containment.subreaper import descendants
+
+        return descendants(pid)
+
+    async def settle(self) -> None:
+        pass
+
+    def settle_sync(self) -> None:
+        pass
+
+
+Jail = CgroupJail | SubreaperJail
+
+
+@dataclass
+class Containment:
+    """This host's containment for one node's task runs (see the module docstring)."""
+
+    node: str
+    mode: Mode = "auto"
+    cgroup_root: Path = CGROUP_ROOT
+    warn: Callable[[str], None] = field(default=lambda _msg: None)
+    kill_hierarchy: Hierarchy | None = field(init=False, default=None)
+    limits: dict[str, Hierarchy] = field(init=False, default_factory=dict)
+    why_not_cgroups: str = field(init=False, default="")
+    _hierarchies: list[Hierarchy] = field(init=False, default_factory=list)
+    _live: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        if not _SAFE_NODE.match(self.node):
+            raise ConfigError("node", f"not usable as a cgroup directory name: {self.node!r}")
+        if self.mode not in ("auto", "cgroup", "subreaper"):
+            raise ConfigError("containment", f"must be auto, cgroup or subreaper, got {self.mode!r}")
+        if self.mode == "subreaper":
+            self.why_not_cgroups = "subreaper forced"
+            return
+        if os.geteuid() != 0:
+            self.why_not_cgroups = "the agent is not root"
+        else:
+            self._choose(cgroups.discover(self.cgroup_root))
+        if self.mode == "cgroup" and self.kill_hierarchy is None:
+            raise ConfigError("containment", f"cgroup containment unavailable: {self.why_not_cgroups}")
+
+    def _choose(self, found: list[Hierarchy]) -> None:
+        # Only the hierarchies this node would use are probed (a probe leaves a
+        # shared ``meshtui`` directory behind in each).
+        probed: dict[Path, str | None] = {}
+
+        def ok(h: Hierarchy) -> bool:
+            if h.mount not in probed:
+                probed[h.mount] = cgroups.probe(h, self.node)
+            return probed[h.mount] is None
+
+        def rank(h: Hierarchy) -> int:
+            if h.version == 2:
+                return 0
+            return 1 if "freezer" in h.controllers else 2
+
+        for h in sorted(found, key=rank):
+            if ok(h):
+                self.kill_hierarchy = h
+                break
+        for controller in LIMITED:
+            v2 = [h for h in found if h.version == 2 and controller in h.controllers]
+            v1 = [h for h in found if h.version == 1 and controller in h.controllers]
+            if v2 and ok(v2[0]) and self._v2_enables(v2[0], controller):
+                self.limits[controller] = v2[0]
+            elif v1 and ok(v1[0]):
+                self.limits[controller] = v1[0]
+        self._hierarchies = [h for h in found if probed.get(h.mount, "no") is None]
+        if not found:
+            self.why_not_cgroups = f"no cgroup hierarchy mounted under {self.cgroup_root}"
+        elif self.kill_hierarchy is None:
+            reason = next((r for r in probed.values() if r), "none probed")
+            self.why_not_cgroups = f"no usable cgroup hierarchy: {reason}"
+
+    def _v2_enables(self, hierarchy: Hierarchy, controller: str) -> bool:
+        try:
+            cgroups.make_dirs(hierarchy, self.node)
+        except OSError:
+            return False
+        try:
+            return cgroups.enable_v2_controller(hierarchy, self.node, controller)
+        finally:
+            cgroups.remove_node_dir_if_empty(hierarchy, self.node)
+
+    # ---- queries ----------------------------------------------------------
+
+    @property
+    def uses_cgroups(self) -> bool:
+        return self.kill_hierarchy is not None
+
+    def describe(self) -> str:
+        """One line for logs: what contains this node's tasks."""
+        if self.kill_hierarchy is None:
+            return f"per-task subreaper ({self.why_not_cgroups}); no memory or pids limits"
+        limits = ", ".join(f"{c} via {h.describe()}" for c, h in sorted(self.limits.items()))
+        return f"cgroup {self.kill_hierarchy.describe()}; limits: {limits or 'none available'}"
+
+    def limit_refusal(self, mem: int, pids: int) -> str | None:
+        """Why a task with these limits cannot run here (one line), or None if it can."""
+        for controller, value, shown in (
+            ("memory", mem, f"--mem {format_size(mem)}"),
+            ("pids", pids, f"--pids {pids}"),
+        ):
+            if value and controller not in self.limits:
+                where = self.why_not_cgroups or f"no usable {controller} hierarchy under {self.cgroup_root}"
+                return (
+                    f"{shown} needs the {controller} cgroup controller, which this host cannot "
+                    f"use ({where}); refusing to run the task unlimited"
+                )
+        return None
+
+    # ---- lifecycle --------------------------------------------------------
+
+    def prepare(self, task_id: str, epoch: int, mem: int = 0, pids: int = 0) -> Jail:
+        """The jail for one run; raises TaskError (one line) if it cannot be made."""
+        refusal = self.limit_refusal(mem, pids)
+        if refusal is not None:
+            raise TaskError(f"task {task_id}: {refusal}")
+        if self.kill_hierarchy is None:
+            return SubreaperJail()
+        wanted = [self.kill_hierarchy]
+        for controller, value in (("memory", mem), ("pids", pids)):
+            if value and self.limits[controller] not in wanted:
+                wanted.append(self.limits[controller])
+        name = f"{task_id}-{epoch}"
+        try:
+            for h in wanted:
+                cgroups.make_dirs(h, self.node)
+                if h.version == 2:
+                    for controller in LIMITED:
+                        if self.limits.get(controller) is h:
+                            cgroups.enable_v2_controller(h, self.node, controller)
+            group = cgroups.create_group(h.node_dir(self.node) / name for h in wanted)
+        except OSError as exc:
+            self._live += 1
+            self.release()
+            raise TaskError(f"task {task_id}: cannot create its cgroup: {exc}") from exc
+        self._live += 1
+        jail = CgroupJail(group, self)
+        try:
+            for h, directory in zip(wanted, group.dirs, strict=True):
+                if mem and self.limits["memory"] is h:
+                    cgroups.set_memory_limit(directory, h.version, mem)
+                if pids and self.limits["pids"] is h:
+                    cgroups.set_pids_limit(directory, pids)
+        except OSError as exc:
+            jail.settle_sync()
+            raise TaskError(f"task {task_id}: cannot set its limits: {exc}") from exc
+        return jail
+
+    def release(self) -> None:
+        """A run's groups are gone: drop this node's directories once none is left."""
+        self._live = max(0, self._live - 1)
+        if self._live == 0:
+            for h in self._hierarchies:
+                cgroups.remove_node_dir_if_empty(h, self.node)
+
+    def cleanup_stale(self) -> list[str]:
+        """Kill and remove task groups a previous run of this node left (agent start).
+
+        Returns the directories cleaned.  Only this node's directory is looked at.
+        """
+        cleaned: list[str] = []
+        for h in self._hierarchies:
+            for directory in cgroups.stale_groups(h, self.node):
+                group = TaskGroup((directory,))
+                if not cgroups.kill_until_empty(group):
+                    self.warn(f"stale cgroup {directory}: processes survived the kill")
+                if cgroups.remove_group(group):
+                    self.warn(f"could not remove stale cgroup {directory}")
+                cleaned.append(str(directory))
+            if self._live == 0:
+                cgroups.remove_node_dir_if_empty(h, self.node)
+        return cleaned
+
+
+def usage_pids(pids: Sequence[int]) -> tuple[float, int, int] | None:
+    """(CPU seconds, RSS bytes, process count) summed over ``pids``; None if none lives."""
+    import psutil
+
+    cpu, rss, count = 0.0, 0, 0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            with proc.oneshot():
+                times = proc.cpu_times()
+                mem = proc.memory_info()
+            cpu += times.user + times.system + times.children_user + times.children_system
+            rss += int(mem.rss)
+            count += 1
+    return (cpu, rss, count) if count else None
