@@ -148,7 +148,10 @@ def check_params(method: str, params: Mapping[str, Any], schema: Schema) -> None
     """
     for name, value in params.items():
         kind = schema.get(name)
-        if kind is None or value is None or type(value) is kind:
+        cls = type(value)
+        if cls is kind or kind is None or value is None:
+            continue
+        if kind.__class__ is tuple and cls in kind:  # exact type, one of several
             continue
         misfit = _misfit(value, kind)
         if misfit is not None:
