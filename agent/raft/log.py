@@ -17,6 +17,7 @@ compaction point.
 
 from __future__ import annotations
 
+from agent.errors import StorageError
 from agent.raft.messages import Entry, Snapshot
 
 ENTRY_OVERHEAD = 16
@@ -30,7 +31,13 @@ class RaftLog:
         self.offset_term = snapshot.term if snapshot else 0
         self.entries: list[Entry] = [e for e in entries if e.index > self.offset]
         for pos, entry in enumerate(self.entries):
-            assert entry.index == self.offset + 1 + pos, "restored log is not contiguous"
+            if entry.index != self.offset + 1 + pos:
+                # Storage checks this on open (a gap is damage); never an assert,
+                # which ``python -O`` would skip.
+                raise StorageError(
+                    f"restored log is not contiguous: index {entry.index} where"
+                    f" {self.offset + 1 + pos} was expected"
+                )
         self.stable = self.last_index()
         self.pending_snapshot: Snapshot | None = None
         # A restored commit index may not exceed what is durable.

@@ -2,51 +2,61 @@
 
 Theory of operation
 -------------------
-``<dir>/wal/`` holds segments named ``<seq>-<first index>.wal`` (16 hex digits
-each; ``seq`` orders them, the first index lets compaction skip reading them).
-A segment is a sequence of records::
+``<dir>/wal/`` holds segments in ``seq`` order; the format (v1 ``.wal`` and v2
+``.seg`` segments, records, ack slots, seals) is in ``walformat.py``.  Replay
+applies records in order with Raft's log semantics: an entry whose index is
+<= the last one truncates the log from there (a conflicting suffix), the last
+hard state wins, and a snapshot marker either drops the entries the snapshot
+covers (the log matches it: a local compaction) or the whole log (it does not:
+a snapshot received from the leader replaced our log).
 
-    length (u32 LE) | crc (u32 LE, zlib.crc32 of the payload) | payload (msgpack)
+``append()`` writes to the OS and ``sync()`` writes the next ack slot and
+fdatasyncs every touched segment once: group commit, one flush for everything
+appended since the last sync.  Segments are preallocated (``posix_fallocate``
+to ``segment_bytes`` of records plus the header block, made durable when
+created), so an append does not change the file size and ``fdatasync`` need
+not journal metadata.  A new segment starts when the current one is full (the
+old one is sealed and flushed first) and when an entry truncates below the
+current segment's first index; every segment begins with a copy of the hard
+state, so dropping old segments never loses it.  A write that fails (disk
+full) leaves nothing behind: the write offset rolls back and a segment that
+could not be created is removed, so the caller may retry the same write.
 
-Payloads: ``[1, term, index, kind, data]`` an entry, ``[2, term, vote, commit]``
-the hard state, ``[3, index, term]`` a snapshot marker.  Replay applies records
-in order with Raft's log semantics: an entry whose index is <= the last one
-truncates the log from there (a conflicting suffix), the last hard state wins,
-and a snapshot marker either drops the entries the snapshot covers (the log
-matches it: a local compaction) or the whole log (it does not: a snapshot
-received from the leader replaced our log).
+Recovery tells a torn write this node never acknowledged from damage below
+what it did acknowledge (protocol-aware recovery, ``walformat.py``):
 
-``append()`` writes to the OS and ``sync()`` fdatasyncs every touched segment
-once: group commit, one flush for everything appended since the last sync.
-Segments are preallocated (``posix_fallocate`` to ``segment_bytes``, zero-filled,
-made durable when created), so an append does not change the file size and
-``fdatasync`` need not journal metadata: about 2.5x faster per flush than
-``fsync`` on a growing file (ext4, this project's CI box).  A new segment starts
-when the current one is full (the old one is flushed first, so only the last
-segment can have a torn tail) and when an entry truncates below the current
-segment's first index; every segment begins with a copy of the hard state, so
-dropping old segments never loses it.
+====================================================  ==========================
+found on open                                         outcome
+====================================================  ==========================
+zeros after the last record                           the clean end
+garbage, no valid record after it, last segment       torn tail: zeroed, go on
+log ends inside the last ack slot's batch             torn tail: go on
+log ends below the last ack slot's batch              damaged
+bad record with valid records after it                damaged
+a sealed segment (not the last) without its seal      damaged
+a corrupt segment header                              damaged
+a snapshot marked in the WAL but missing/corrupt      damaged
+entries that do not follow the snapshot (a gap)       damaged
+====================================================  ==========================
 
-Recovery: the log of a segment ends at the first offset that does not hold a
-valid record.  If only zeros follow (preallocated space, a zero-filled tail),
-that is the clean end.  If other bytes follow but no valid record does (a
-partial write), it is a torn tail: zeroed, and the node continues.  A bad record
-with valid records after it, or garbage in any segment but the last, is
-corruption: ``StorageError`` naming the file and byte offset, and the agent
-refuses to start.
+A damaged store (``damage``: one line naming the file and byte offset) loads
+the valid prefix but writes nothing: the node neither votes nor acknowledges
+(``raft/repair.py``) until the leader grants a repair and ``reset()`` moves
+the whole WAL and snapshots aside to ``damaged-<time>/``, or the operator runs
+``mesh-agent recover --force-new-cluster``.
 
 Snapshots are ``<dir>/snap/<index>-<term>.snap`` (one record in the same
 framing), written to a ``.tmp`` file, fsynced, renamed, and the directory
 fsynced; then a marker goes into the WAL and older snapshot files are removed.
-A crash leaves either a ``.tmp`` (deleted on open) or a renamed snapshot whose
-marker is missing, which ``load()`` handles with the marker's rule.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-import struct
+import shutil
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -54,47 +64,16 @@ from typing import Any
 import msgpack
 
 from agent.errors import StorageError
+from agent.raft import walformat as fmt
 from agent.raft.messages import ConfState, Entry, EntryKind, HardState, RestoredState, Snapshot
+from agent.raft.walformat import HEADER, MAX_RECORD, AckSlot
+
+__all__ = ["HEADER", "MAX_RECORD", "SEGMENT_BYTES", "Storage"]
 
 SEGMENT_BYTES = 64 * 1024 * 1024
-"""Start a new WAL segment once the current one reaches this size (64 MiB)."""
-MAX_RECORD = 64 * 1024 * 1024
-"""No record is larger than this (entries are bounded by the 16 MiB frame limit)."""
-HEADER = struct.Struct("<II")
-REC_ENTRY, REC_HARD_STATE, REC_SNAPSHOT = 1, 2, 3
+"""Bytes of records per WAL segment (64 MiB; the Raft setting ``segment_bytes``)."""
 
-
-def _frame(payload: bytes) -> bytes:
-    return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
-
-
-def _parse_at(data: bytes | memoryview, off: int) -> tuple[list[Any], int] | None:
-    """The record at ``off`` and the offset after it, or None if it is not a valid record."""
-    if len(data) - off < HEADER.size:
-        return None
-    length, crc = HEADER.unpack_from(data, off)
-    end = off + HEADER.size + length
-    if length == 0 or length > MAX_RECORD or end > len(data):
-        return None
-    payload = bytes(data[off + HEADER.size : end])
-    if zlib.crc32(payload) != crc:
-        return None
-    try:
-        record = msgpack.unpackb(payload, raw=False)
-    except Exception:
-        return None
-    if not isinstance(record, list) or not record or record[0] not in (1, 2, 3):
-        return None
-    return record, end
-
-
-def _valid_record_after(data: bytes, start: int, end: int) -> bool:
-    """Does any valid record start in ``data[start:end]`` (``end``: last non-zero byte + 1)?"""
-    return any(_parse_at(data, p) is not None for p in range(start, end - HEADER.size))
-
-
-def _only_zeros_from(data: bytes, off: int) -> bool:
-    return data.count(0, off) == len(data) - off
+_NO_FALLOCATE = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -105,6 +84,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _Segment:
+    __slots__ = ("first", "path", "seq", "version")
+
+    def __init__(self, seq: int, first: int, path: Path, version: int) -> None:
+        self.seq, self.first, self.path, self.version = seq, first, path, version
+
+
 class Storage:
     """The WAL and snapshots of one node.  Not thread-safe: one owner (the runtime)."""
 
@@ -113,7 +99,7 @@ class Storage:
         self.wal_dir = directory / "wal"
         self.snap_dir = directory / "snap"
         self.segment_bytes = segment_bytes
-        self._segments: list[tuple[int, int, Path]] = []  # (seq, first index, path)
+        self._segments: list[_Segment] = []
         self._fd = -1
         self._size = 0
         self._dirty: set[int] = set()
@@ -122,6 +108,13 @@ class Storage:
         self._snapshot: Snapshot | None = None
         self._restored = RestoredState(HardState(), None, ())
         self._last_marker: tuple[int, int] | None = None
+        self._ack_gen = 0
+        self._synced_last = 0
+        """Last index durable as of the last completed sync."""
+        self._batch_min: int | None = None
+        """Lowest index written since the last sync (a truncation lowers it)."""
+        self.damage = ""
+        """Non-empty: what was lost, naming the file and byte offset (see the table)."""
 
     # ------------------------------------------------------------ opening
 
@@ -138,89 +131,164 @@ class Storage:
         """What the WAL and the newest snapshot hold (computed once, at open)."""
         return self._restored
 
+    def _list_segments(self) -> list[_Segment]:
+        found = []
+        for path in self.wal_dir.iterdir():
+            version = {".wal": 1, ".seg": 2}.get(path.suffix)
+            if version is None:
+                continue
+            seq_text, _, first_text = path.stem.partition("-")
+            try:
+                found.append(_Segment(int(seq_text, 16), int(first_text, 16), path, version))
+            except ValueError:
+                raise StorageError(f"{path}: not a WAL segment name") from None
+        return sorted(found, key=lambda s: s.seq)
+
     def _recover(self) -> None:
         for tmp in self.snap_dir.glob("*.tmp"):
             tmp.unlink()
-        self._snapshot = self._load_snapshot()
-        names = sorted(p.name for p in self.wal_dir.glob("*.wal"))
-        for name in names:
-            seq_text, _, first_text = name.removesuffix(".wal").partition("-")
-            self._segments.append((int(seq_text, 16), int(first_text, 16), self.wal_dir / name))
+        snap, damage = self._load_snapshot()
+        self._segments = self._list_segments()
         entries: list[Entry] = []
         hard_state = HardState()
         log_end = 0
-        for n, (_, _, path) in enumerate(self._segments):
-            data = path.read_bytes()
+        slot: AckSlot | None = None
+        marker_at = ""
+        for n, seg in enumerate(self._segments):
+            if damage:
+                break
+            data = seg.path.read_bytes()
             off = 0
+            if seg.version == 2:
+                reason = fmt.check_segment_header(data, seg.seq, seg.first)
+                if reason:
+                    damage = f"{seg.path}: {reason} at byte offset 0"
+                    break
+                found = fmt.read_slots(data)
+                if found is not None and (slot is None or found.generation > slot.generation):
+                    slot = found
+                off = fmt.RECORDS_START
+            sealed = False
             while off < len(data):
-                parsed = _parse_at(data, off)
+                parsed = fmt.parse_at(data, off)
                 if parsed is None:
-                    if _only_zeros_from(data, off):
+                    if fmt.only_zeros_from(data, off):
                         break  # the clean end: preallocated or zero-filled space
                     end = len(data.rstrip(b"\0"))
                     last_segment = n == len(self._segments) - 1
-                    if last_segment and not _valid_record_after(data, off + 1, end):
-                        self._zero_range(path, off, end)  # a torn tail
+                    if last_segment and not fmt.valid_record_after(data, off + 1, end):
+                        self._zero_range(seg.path, off, end)  # a torn tail
                         break
-                    raise StorageError(f"{path}: corrupt WAL record at byte offset {off}")
-                record, off = parsed
-                if record[0] == REC_SNAPSHOT:
+                    damage = f"{seg.path}: corrupt WAL record at byte offset {off}"
+                    break
+                record, after = parsed
+                kind = record[0]
+                if kind == fmt.REC_SEAL:
+                    sealed = record[1] == (entries[-1].index if entries else -1) or not entries
+                elif kind == fmt.REC_SNAPSHOT:
                     self._last_marker = (record[1], record[2])
-                hard_state = self._replay(record, entries, hard_state, path, off)
+                    marker_at = f"{seg.path} at byte offset {off}"
+                    sealed = False
+                elif kind == fmt.REC_HARD_STATE:
+                    _, term, vote, commit = record
+                    hard_state = HardState(term, vote, commit)
+                    sealed = False
+                else:
+                    sealed = False
+                gap = self._replay(record, entries)
+                if gap:
+                    damage = f"{seg.path}: {gap} at byte offset {off}"
+                    break
+                off = after
             log_end = off
-        snap = self._snapshot
-        if snap is not None:
-            entries = self._entries_after_snapshot(entries, snap)
+            if damage:
+                break
+            if seg.version == 2 and n < len(self._segments) - 1 and not sealed:
+                damage = (
+                    f"{seg.path}: sealed segment ends at byte offset {off} without its seal record"
+                    " (its tail was lost)"
+                )
+                break
+        if not damage and self._last_marker is not None:
+            index, term = self._last_marker
+            if snap is None or snap.index < index:
+                name = f"{index:016x}-{term:016x}.snap"
+                damage = f"{self.snap_dir}: snapshot {name} is missing (marked in {marker_at})"
+        entries, gap, replaced = self._entries_after_snapshot(entries, snap)
+        if gap and not damage:
+            damage = gap
+        last = entries[-1].index if entries else (snap.index if snap else 0)
+        # A leader's snapshot saved after the last slot (crash before its WAL
+        # marker) legitimately replaced an uncommitted tail we had acknowledged.
+        unmarked = snap is not None and self._last_marker != (snap.index, snap.term)
+        if not damage and slot is not None and last < slot.acknowledged and not (unmarked and replaced):
+            where = self._segments[-1].path if self._segments else self.wal_dir
+            damage = (
+                f"{where}: log ends at index {last} (byte offset {log_end}) but this node had"
+                f" acknowledged up to index {slot.acknowledged}: {slot.acknowledged - last} entries lost"
+            )
+        if slot is not None:
+            self._ack_gen = slot.generation
+            if (slot.term, bool(slot.vote)) > (hard_state.term, bool(hard_state.vote)):
+                # Believing we voted when the vote's sync may not have finished is safe.
+                hard_state = HardState(slot.term, slot.vote, hard_state.commit)
+        self._snapshot = snap
         self._hard_state = hard_state
-        self._last_index = entries[-1].index if entries else (snap.index if snap else 0)
-        self._restored = RestoredState(hard_state, snap, tuple(entries))
-        if self._segments:
-            _, _, path = self._segments[-1]
-            self._fd = os.open(path, os.O_WRONLY)
+        self._last_index = self._synced_last = last
+        self.damage = damage
+        self._restored = RestoredState(hard_state, snap, tuple(entries), damage)
+        if damage:
+            return  # write nothing: see the module doc
+        if self._segments and self._segments[-1].version == 2:
+            self._fd = os.open(self._segments[-1].path, os.O_WRONLY)
             self._size = log_end  # where the last segment's log ends; appends go here
+        # (a v1 last segment is left as it is: the next write starts a v2 one)
         if snap is not None and self._last_marker != (snap.index, snap.term):
             # Crashed between renaming the snapshot and marking the WAL: mark it now,
             # so entries appended from here on are not judged against the old log.
             self._mark_snapshot(snap)
 
     @staticmethod
-    def _replay(
-        record: list[Any], entries: list[Entry], hard_state: HardState, path: Path, off: int
-    ) -> HardState:
+    def _replay(record: list[Any], entries: list[Entry]) -> str:
+        """Apply one record to ``entries``; a non-empty result describes a gap."""
         kind = record[0]
-        if kind == REC_HARD_STATE:
-            _, term, vote, commit = record
-            return HardState(term, vote, commit)
-        if kind == REC_ENTRY:
+        if kind == fmt.REC_ENTRY:
             _, term, index, entry_kind, data = record
             if entries and index <= entries[-1].index:
                 del entries[max(0, index - entries[0].index) :]
             if entries and index != entries[-1].index + 1:
-                raise StorageError(f"{path}: WAL gap before index {index} (byte offset {off})")
+                return f"WAL gap before index {index}"
             entries.append(Entry(term, index, EntryKind(entry_kind), data))
-            return hard_state
-        _, index, term = record
-        matches = bool(entries) and entries[0].index <= index <= entries[-1].index
-        if matches and entries[index - entries[0].index].term == term:
-            del entries[: index - entries[0].index + 1]
-        else:
-            entries.clear()
-        return hard_state
+        elif kind == fmt.REC_SNAPSHOT:
+            _, index, term = record
+            matches = bool(entries) and entries[0].index <= index <= entries[-1].index
+            if matches and entries[index - entries[0].index].term == term:
+                del entries[: index - entries[0].index + 1]
+            else:
+                entries.clear()
+        return ""
 
-    @staticmethod
-    def _entries_after_snapshot(entries: list[Entry], snap: Snapshot) -> list[Entry]:
+    def _entries_after_snapshot(
+        self, entries: list[Entry], snap: Snapshot | None
+    ) -> tuple[list[Entry], str, bool]:
+        """The entries that follow ``snap`` (or index 0), a gap if they do not, and
+        whether the snapshot replaced a log that did not match it."""
         if not entries:
-            return []
+            return [], "", False
+        base = snap.index if snap else 0
         first, last = entries[0].index, entries[-1].index
-        if first <= snap.index <= last:
+        if snap is not None and first <= snap.index <= last:
             if entries[snap.index - first].term != snap.term:
-                return []  # written before a snapshot that replaced the log
-            return entries[snap.index - first + 1 :]
-        if last < snap.index:
-            return []
-        if first != snap.index + 1:
-            raise StorageError(f"WAL starts at {first}, after snapshot {snap.index} + 1")
-        return entries
+                return [], "", True  # written before a snapshot that replaced the log
+            return entries[snap.index - first + 1 :], "", False
+        if last <= base:
+            return [], "", False
+        if first != base + 1:
+            what = f"snapshot {base}" if snap else "no snapshot"
+            where = self._segments[0].path if self._segments else self.wal_dir
+            gap = f"WAL starts at index {first} after {what} (a snapshot is missing)"
+            return [], f"{where}: {gap} at byte offset 0", False
+        return entries, "", False
 
     @staticmethod
     def _zero_range(path: Path, start: int, end: int) -> None:
@@ -231,38 +299,42 @@ class Storage:
         finally:
             os.close(fd)
 
-    def _load_snapshot(self) -> Snapshot | None:
+    def _load_snapshot(self) -> tuple[Snapshot | None, str]:
         files = sorted(self.snap_dir.glob("*.snap"))
         if not files:
-            return None
+            return None, ""
         newest = files[-1]
         data = newest.read_bytes()
-        parsed = _parse_at(data, 0)
+        parsed = fmt.parse_at(data, 0)
         if parsed is None or parsed[1] != len(data):
-            raise StorageError(f"{newest}: corrupt snapshot at byte offset 0")
+            return None, f"{newest}: corrupt snapshot at byte offset 0"
         _, index, term, voters, learners, app_data = parsed[0]
         for old in files[:-1]:
             old.unlink()
-        return Snapshot(index, term, ConfState(tuple(voters), tuple(learners)), app_data)
+        return Snapshot(index, term, ConfState(tuple(voters), tuple(learners)), app_data), ""
 
     # ------------------------------------------------------------ writing
 
     def append(self, entries: list[Entry], hard_state: HardState | None = None) -> None:
         """Write entries (truncating a conflicting suffix) and the hard state; not durable
-        until ``sync()``."""
+        until ``sync()``.  A damaged store writes nothing (see the module doc)."""
+        if self.damage:
+            return
         buf = bytearray()
         # One packer for the batch (packb builds one per call), framed in place.
         pack, crc32 = msgpack.Packer().pack, zlib.crc32
         for entry in entries:
-            rotate = self._fd < 0 or self._size + len(buf) >= self.segment_bytes
-            if rotate or entry.index < self._segments[-1][1]:
+            rotate = self._fd < 0 or self._size - fmt.RECORDS_START + len(buf) >= self.segment_bytes
+            if rotate or entry.index < self._segments[-1].first:
                 self._write(buf)
                 buf = bytearray()
                 self._rotate(entry.index)
-            payload = pack([REC_ENTRY, entry.term, entry.index, int(entry.kind), entry.data])
+            payload = pack([fmt.REC_ENTRY, entry.term, entry.index, int(entry.kind), entry.data])
             buf += HEADER.pack(len(payload), crc32(payload))
             buf += payload
             self._last_index = entry.index
+            if self._batch_min is None or entry.index < self._batch_min:
+                self._batch_min = entry.index
         if hard_state is not None:
             self._hard_state = hard_state
             if self._fd < 0:
@@ -271,40 +343,81 @@ class Storage:
         self._write(buf)
 
     def sync(self) -> None:
-        """Make everything appended so far durable: one fdatasync per touched segment."""
+        """Make everything appended so far durable: the next ack slot, then one
+        fdatasync per touched segment (the slot shares the last segment's)."""
+        if not self._dirty:
+            return
+        if self._fd >= 0 and self._segments[-1].version == 2:
+            first = self._synced_last + 1
+            if self._batch_min is not None:
+                first = min(first, self._batch_min)
+            self._write_slot(first)
         for fd in sorted(self._dirty):
             os.fdatasync(fd)
         self._dirty.clear()
+        self._synced_last = self._last_index
+        self._batch_min = None
+
+    def _write_slot(self, batch_first: int) -> None:
+        hs = self._hard_state
+        gen = self._ack_gen + 1
+        slot = AckSlot(gen, batch_first, self._last_index, hs.term, hs.vote)
+        os.pwrite(self._fd, slot.encode(), fmt.slot_offset(gen))
+        self._ack_gen = gen
+        self._dirty.add(self._fd)
 
     def _hard_state_record(self) -> bytes:
         hs = self._hard_state
-        return _frame(msgpack.packb([REC_HARD_STATE, hs.term, hs.vote, hs.commit]))
+        return fmt.frame(fmt.hard_state_payload(hs.term, hs.vote, hs.commit))
 
     def _write(self, buf: bytes | bytearray) -> None:
         if not buf:
             return
+        start = self._size
         view = memoryview(buf)
-        while view:
-            written = os.pwrite(self._fd, view, self._size)
-            view = view[written:]
-            self._size += written
+        try:
+            while view:
+                written = os.pwrite(self._fd, view, self._size)
+                view = view[written:]
+                self._size += written
+        except OSError:
+            # Disk full (or worse): forget the partial bytes, so a retry of the
+            # same write overwrites them instead of leaving a torn record behind.
+            self._size = start
+            raise
         self._dirty.add(self._fd)
 
     def _rotate(self, first_index: int) -> None:
         if self._fd >= 0:
+            if self._segments[-1].version == 2:
+                # The seal: recovery knows a sealed segment lost nothing at its end.
+                self._write(fmt.frame(msgpack.packb([fmt.REC_SEAL, self._last_index])))
             if self._fd in self._dirty:
-                os.fdatasync(self._fd)  # only the last segment may ever have a torn tail
+                os.fdatasync(self._fd)
                 self._dirty.discard(self._fd)
             os.close(self._fd)
-        seq = self._segments[-1][0] + 1 if self._segments else 0
-        path = self.wal_dir / f"{seq:016x}-{first_index:016x}.wal"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with contextlib.suppress(OSError):  # no fallocate here: the segment grows as written
-            os.posix_fallocate(self._fd, 0, self.segment_bytes)
-        os.fsync(self._fd)  # the allocation (file size) is durable before any record
-        self._size = 0
-        self._segments.append((seq, first_index, path))
-        _fsync_dir(self.wal_dir)
+            self._fd = -1
+        seq = self._segments[-1].seq + 1 if self._segments else 0
+        path = self.wal_dir / f"{seq:016x}-{first_index:016x}.seg"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            try:
+                os.posix_fallocate(fd, 0, fmt.RECORDS_START + self.segment_bytes)
+            except OSError as exc:
+                if exc.errno not in _NO_FALLOCATE:
+                    raise  # disk full: refuse now rather than fail mid-record later
+            header = fmt.segment_header(seq, first_index)
+            os.pwrite(fd, header + bytes(fmt.RECORDS_START - len(header)), 0)
+            os.fsync(fd)  # the allocation (file size) and header are durable before any record
+            _fsync_dir(self.wal_dir)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        self._fd = fd
+        self._size = fmt.RECORDS_START
+        self._segments.append(_Segment(seq, first_index, path, 2))
         self._write(self._hard_state_record())
 
     # ------------------------------------------------------------ snapshots
@@ -312,11 +425,13 @@ class Storage:
     def save_snapshot(self, snap: Snapshot) -> None:
         """Durably store ``snap`` (temp → fsync → rename → fsync dir), then mark the WAL.
         A snapshot no newer than the current one is ignored."""
+        if self.damage:
+            return
         if self._snapshot is not None and snap.index <= self._snapshot.index:
             return
         payload = msgpack.packb(
             [
-                REC_SNAPSHOT,
+                fmt.REC_SNAPSHOT,
                 snap.index,
                 snap.term,
                 list(snap.conf.voters),
@@ -328,12 +443,16 @@ class Storage:
         tmp = final.with_name(final.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            data = memoryview(_frame(payload))
+            data = memoryview(fmt.frame(payload))
             while data:
                 data = data[os.write(fd, data) :]
             os.fsync(fd)
-        finally:
+        except OSError:
             os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        os.close(fd)
         os.rename(tmp, final)
         _fsync_dir(self.snap_dir)
         self._mark_snapshot(snap)
@@ -346,7 +465,13 @@ class Storage:
     def _mark_snapshot(self, snap: Snapshot) -> None:
         if self._fd < 0:
             self._rotate(snap.index + 1)
-        self._write(_frame(msgpack.packb([REC_SNAPSHOT, snap.index, snap.term])))
+        self._write(fmt.frame(msgpack.packb([fmt.REC_SNAPSHOT, snap.index, snap.term])))
+        # A snapshot from the leader may replace a longer log (its uncommitted
+        # tail is dropped on replay), so what this sync promises is measured from
+        # the snapshot: like a truncation, it lowers the batch's first index.
+        first = min(self._synced_last + 1, snap.index + 1)
+        self._batch_min = first if self._batch_min is None else min(self._batch_min, first)
+        self._last_index = max(self._last_index, snap.index)
         self.sync()
         self._last_marker = (snap.index, snap.term)
 
@@ -360,7 +485,7 @@ class Storage:
         suffix_min: list[int] = [0] * len(self._segments)
         for i in range(len(self._segments) - 1, -1, -1):
             suffix_min[i] = later_min if later_min is not None else -1
-            first = self._segments[i][1]
+            first = self._segments[i].first
             later_min = first if later_min is None else min(later_min, first)
         for i in range(len(self._segments) - 1):
             if 0 <= suffix_min[i] <= limit:
@@ -369,16 +494,57 @@ class Storage:
                 break
         if not drop:
             return
-        for _, _, path in self._segments[:drop]:
-            path.unlink()
+        for seg in self._segments[:drop]:
+            seg.path.unlink()
         del self._segments[:drop]
         _fsync_dir(self.wal_dir)
 
     def segment_paths(self) -> list[Path]:
-        return [path for _, _, path in self._segments]
+        return [seg.path for seg in self._segments]
+
+    # ------------------------------------------------------------ repair
+
+    def reset(self) -> Path | None:
+        """Drop the whole WAL and every snapshot (a granted repair, or a forced new
+        cluster): they are moved to ``damaged-<unix time>/`` beside them, where the
+        operator can inspect them (older such directories are removed).  Returns
+        that directory, or None if there was nothing to move."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._dirty.clear()
+        aside: Path | None = None
+        if any(self.wal_dir.iterdir()) or any(self.snap_dir.iterdir()):
+            aside = self.dir / f"damaged-{int(time.time())}"
+            for old in self.dir.glob("damaged-*"):
+                if old != aside:
+                    shutil.rmtree(old, ignore_errors=True)
+            aside.mkdir(exist_ok=True)
+            for sub in (self.wal_dir, self.snap_dir):
+                target = aside / sub.name
+                if target.exists():
+                    shutil.rmtree(target)
+                os.rename(sub, target)
+            self.wal_dir.mkdir()
+            self.snap_dir.mkdir()
+            _fsync_dir(self.dir)
+        self._segments = []
+        self._snapshot = None
+        self._last_marker = None
+        self._last_index = self._synced_last = 0
+        self._batch_min = None
+        self._hard_state = HardState(self._hard_state.term, self._hard_state.vote, 0)
+        self.damage = ""
+        self._restored = RestoredState(self._hard_state, None, ())
+        return aside
 
     def close(self) -> None:
         if self._fd >= 0:
             self.sync()
+            if self._segments[-1].version == 2:
+                # A clean stop: an empty batch, so any later loss reads as damage.
+                self._write_slot(self._last_index + 1)
+                os.fdatasync(self._fd)
+                self._dirty.clear()
             os.close(self._fd)
             self._fd = -1

@@ -11,9 +11,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from agent.errors import StorageError
 from agent.raft.messages import ConfState, Entry, EntryKind, HardState, Snapshot
 from agent.raft.storage import HEADER, Storage
+from agent.raft.walformat import RECORDS_START
 
 
 def ents(lo: int, hi: int, term: int = 1, size: int = 10) -> list[Entry]:
@@ -53,7 +53,7 @@ def test_append_truncates_a_conflicting_suffix(tmp_path: Path) -> None:
 
 
 def last_segment(path: Path) -> Path:
-    return sorted((path / "wal").glob("*.wal"))[-1]
+    return sorted((path / "wal").glob("*.seg"))[-1]
 
 
 def test_zeroed_tail_is_truncated(tmp_path: Path) -> None:
@@ -97,34 +97,32 @@ def test_partial_write_in_preallocated_space_is_a_torn_tail(tmp_path: Path) -> N
     assert [e.index for e in Storage.open(tmp_path).load().entries] == [1, 2, 3, 4, 5, 6]
 
 
-def test_flipped_bit_mid_log_refuses_to_start(tmp_path: Path) -> None:
+def test_flipped_bit_mid_log_is_damage(tmp_path: Path) -> None:
     write(tmp_path, ents(1, 20)).close()
     seg = last_segment(tmp_path)
     data = bytearray(seg.read_bytes())
     # Find the third entry record's payload and flip one bit in it.
-    off = 0
+    off = RECORDS_START
     for _ in range(3):  # hard state record, entry 1, entry 2
         length, _ = HEADER.unpack_from(data, off)
         off += HEADER.size + length
     target = off + HEADER.size + 3
     data[target] ^= 0x10
     seg.write_bytes(bytes(data))
-    with pytest.raises(StorageError) as err:
-        Storage.open(tmp_path)
-    assert str(seg) in str(err.value)
-    assert f"byte offset {off}" in str(err.value)
+    damage = Storage.open(tmp_path).load().damaged
+    assert str(seg) in damage
+    assert f"corrupt WAL record at byte offset {off}" in damage
 
 
 def test_corrupt_length_mid_log_is_not_mistaken_for_a_torn_tail(tmp_path: Path) -> None:
     write(tmp_path, ents(1, 20)).close()
     seg = last_segment(tmp_path)
     data = bytearray(seg.read_bytes())
-    length, _ = HEADER.unpack_from(data, 0)
-    off = HEADER.size + length  # first entry record
+    length, _ = HEADER.unpack_from(data, RECORDS_START)
+    off = RECORDS_START + HEADER.size + length  # first entry record
     data[off + 3] = 0x7F  # a huge length: looks torn, but valid records follow
     seg.write_bytes(bytes(data))
-    with pytest.raises(StorageError, match="byte offset"):
-        Storage.open(tmp_path)
+    assert f"byte offset {off}" in Storage.open(tmp_path).load().damaged
 
 
 def test_segment_rotation_and_compaction(tmp_path: Path) -> None:
@@ -238,7 +236,7 @@ def test_installed_snapshot_then_new_entries_survive_restart(tmp_path: Path) -> 
     assert [e.index for e in restored.entries] == [51, 52, 53]
 
 
-def test_corrupt_snapshot_refuses_to_start(tmp_path: Path) -> None:
+def test_corrupt_snapshot_is_damage(tmp_path: Path) -> None:
     store = write(tmp_path, ents(1, 5))
     store.save_snapshot(Snapshot(5, 1, ConfState(("a",)), b"x" * 100))
     store.close()
@@ -246,8 +244,7 @@ def test_corrupt_snapshot_refuses_to_start(tmp_path: Path) -> None:
     data = bytearray(snap.read_bytes())
     data[50] ^= 1
     snap.write_bytes(bytes(data))
-    with pytest.raises(StorageError, match=str(snap)):
-        Storage.open(tmp_path)
+    assert Storage.open(tmp_path).load().damaged == f"{snap}: corrupt snapshot at byte offset 0"
 
 
 def test_truncation_below_the_current_segment_starts_a_new_one(tmp_path: Path) -> None:
@@ -258,7 +255,7 @@ def test_truncation_below_the_current_segment_starts_a_new_one(tmp_path: Path) -
     store.append(ents(5, 7, term=2, size=20), HardState(2, "", 4))
     store.sync()
     assert len(store.segment_paths()) == before + 1
-    assert store.segment_paths()[-1].name.endswith("0000000000000005.wal")
+    assert store.segment_paths()[-1].name.endswith("0000000000000005.seg")
     store.save_snapshot(Snapshot(6, 2, ConfState(("a",)), b"s"))
     store.compact(6)  # segments behind the truncation point may go; entry 7 must stay
     store.close()
