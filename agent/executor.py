@@ -18,19 +18,14 @@ Theory of operation
   SIGTERM to that group.
 * Containment (``agent.containment``): nothing a task starts outlives it,
   ``setsid`` children, double forks and daemons included.  As root with a
-  usable cgroup hierarchy each run gets its own cgroup(s) under
-  ``<hierarchy>/meshtui/<node id>/<task id>-<epoch>``, joined in the child
-  before exec; every hard kill (timeout and cancel after the grace, fencing,
-  shutdown, the leader's exit) goes through the cgroup (v2 ``cgroup.kill``;
-  v1 freeze, SIGKILL the members, thaw, repeat until empty) and the
-  directories are removed when the run is reaped; groups a previous run of
-  this node left behind are killed and removed when the executor starts.
-  Otherwise (not root, no usable hierarchy, or ``containment="subreaper"``)
-  the run's leader is a small per-task subreaper that adopts the task's
-  orphans and kills and reaps every descendant when the task ends or is
-  killed.  ``mem``/``pids`` limits need the cgroup controller: without it
-  ``start`` refuses the task (``check_limits`` says why), never running it
-  unlimited.
+  usable cgroup hierarchy each run gets its own cgroup(s), joined in the
+  child before exec, and every hard kill (after the grace, fencing,
+  shutdown, the leader's exit) goes through them; their directories go when
+  the run is reaped, and a previous run's leftovers when the executor
+  starts.  Otherwise the run's leader is a per-task subreaper that adopts
+  the task's orphans and kills them all when the task ends or is killed.
+  ``mem``/``pids`` limits need the cgroup controller: without it ``start``
+  refuses the task (``check_limits`` says why), never running it unlimited.
 * We do not let asyncio reap the child.  A pidfd (``os.pidfd_open``) becomes
   readable when the leader exits; while it is a zombie its pid still pins the
   group id, so we kill the rest of the task first (through its jail) and
@@ -68,23 +63,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import pwd
 import re
-import shutil
 import signal
 import subprocess
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from agent.containment import Containment, Jail, Mode, SubreaperJail, usage_pids
 from agent.containment.cgroups import CGROUP_ROOT
+from agent.containment.jail import blocked, default_node, findable
 from agent.errors import ConfigError, TaskError
 from agent.load import TreeUsage
 
@@ -221,14 +215,10 @@ class Executor:
         self._recent: OrderedDict[str, ExecEvent] = OrderedDict()
         self._start_lock = asyncio.Lock()
         self._tasks_dir = self.data_dir / "tasks"
-        if node_id is None:
-            digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()
-            node_id = f"dir-{digest[:16]}"
-        self.containment = Containment(node_id, containment, cgroup_root, warn=log.warning)
-        cleaned = self.containment.cleanup_stale()
-        if cleaned:
-            log.warning("killed and removed %d stale task cgroup(s) of node %s, e.g. %s",
-                        len(cleaned), node_id, cleaned[0])
+        node = node_id or default_node(self.data_dir)
+        self.containment = Containment(node, containment, cgroup_root, warn=log.warning)
+        log.info("task containment: %s", self.containment.describe())
+        self.containment.cleanup_stale()
 
     # ---- queries -------------------------------------------------------
 
@@ -412,7 +402,7 @@ class Executor:
                 os.chown(work, user.pw_uid, user.pw_gid)
             cwd = str(work)
         jail = self.containment.prepare(task_id, epoch, mem, pids)
-        if isinstance(jail, SubreaperJail) and not _findable(argv[0], child_env["PATH"], cwd):
+        if isinstance(jail, SubreaperJail) and not findable(argv[0], child_env["PATH"], cwd):
             # The subreaper always starts; a missing command would only show as exit 127.
             raise TaskError(f"task {task_id}: cannot start {argv[0]!r}: command not found")
         popen_argv, popen_extra = jail.popen_args(argv, user)
@@ -431,7 +421,7 @@ class Executor:
                 captures[stream] = _Capture(read_fd, file_fd, self.output_limit)
             # The jail switches to ``user`` itself (after joining its cgroups,
             # or in the subreaper's child), so Popen gets no user/group.
-            with _blocked(jail.blocked_signals):
+            with blocked(jail.blocked_signals):
                 popen = subprocess.Popen(
                     popen_argv,
                     stdin=subprocess.DEVNULL,
@@ -627,28 +617,6 @@ def _check_id(task_id: str) -> None:
     # Task ids become path components: refuse anything that could escape the dir.
     if not _SAFE_ID.match(task_id):
         raise TaskError(f"invalid task id {task_id!r}")
-
-
-@contextlib.contextmanager
-def _blocked(signals: frozenset[signal.Signals]) -> Iterator[None]:
-    """Block ``signals`` in this thread around a spawn: the child inherits the mask,
-    so a signal sent before it has installed its handlers waits for them instead
-    of killing it with the default action."""
-    if not signals:
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def _findable(command: str, path: str, cwd: str) -> bool:
-    """Would ``execvp`` find ``command`` (on ``path``, or relative to ``cwd``)?"""
-    if "/" in command:
-        return os.access(os.path.join(cwd, command), os.X_OK)
-    return shutil.which(command, path=path) is not None
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

@@ -11,8 +11,13 @@ its tasks are killed at once.
 
 Protocol on stdin, one command per line:
 ``lease SECONDS`` sets the lease; ``beat`` renews it; ``add PGID`` /
-``del PGID`` register and forget a task's process group.  Bounded: at most
-``MAX_GROUPS`` groups are tracked.
+``del PGID`` register and forget a task's process group; ``cgroup PGID DIR``
+adds a cgroup directory of that run (killed through the cgroup, so a
+``setsid`` child dies too); ``reaper PGID`` says the group's leader is the
+run's subreaper (``agent.containment.subreaper``): it gets that module's
+force signal instead of a group SIGKILL, which would orphan its task's
+processes.  Bounded: at most ``MAX_GROUPS`` groups are tracked, each with at
+most ``MAX_CGROUPS_PER_GROUP`` directories.
 
 Run as ``python -m agent.watchdog``; the agent starts one per host.
 """
@@ -25,21 +30,47 @@ import select
 import signal
 import sys
 import time
+from pathlib import Path
+
+from agent.containment.cgroups import TaskGroup, kill_until_empty
+from agent.containment.subreaper import FORCE_SIGNAL
 
 MAX_GROUPS = 65536
+MAX_CGROUPS_PER_GROUP = 8
 DEFAULT_LEASE = 10.0
+CGROUP_KILL_TIMEOUT_S = 1.0
+"""Longest the watchdog spends emptying one cgroup (more waits are the agent's job)."""
 
 
-def kill_groups(groups: set[int]) -> None:
+def registration(pgid: int, cgroups: tuple[str, ...] = (), reaper: bool = False) -> list[str]:
+    """The lines that register one task run (the agent sends them on start)."""
+    lines = [f"add {pgid}", *(f"cgroup {pgid} {d}" for d in cgroups)]
+    return [*lines, f"reaper {pgid}"] if reaper else lines
+
+
+def kill_groups(
+    groups: set[int], cgroups: dict[int, list[str]] | None = None, reapers: set[int] | None = None
+) -> None:
+    cgroups = {} if cgroups is None else cgroups
+    reapers = set() if reapers is None else reapers
     for pgid in groups:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
+            if pgid in reapers:
+                os.kill(pgid, FORCE_SIGNAL)  # it kills and reaps its whole task, then exits
+            else:
+                os.killpg(pgid, signal.SIGKILL)
+        for directory in cgroups.get(pgid, ()):
+            kill_until_empty(TaskGroup((Path(directory),)), CGROUP_KILL_TIMEOUT_S)
     groups.clear()
+    cgroups.clear()
+    reapers.clear()
 
 
 def main() -> int:
     lease = DEFAULT_LEASE
     groups: set[int] = set()
+    cgroups: dict[int, list[str]] = {}
+    reapers: set[int] = set()
     last_beat = time.monotonic()
     buffer = b""
     fd = sys.stdin.fileno()
@@ -50,7 +81,7 @@ def main() -> int:
                 sys.stderr.write(
                     f"mesh-agent watchdog: lease expired, killing {len(groups)} task group(s)\n"
                 )
-            kill_groups(groups)
+            kill_groups(groups, cgroups, reapers)
             remaining = lease
             last_beat = time.monotonic()
         readable, _, _ = select.select([fd], [], [], remaining)
@@ -58,7 +89,7 @@ def main() -> int:
             continue
         chunk = os.read(fd, 65536)
         if not chunk:  # the agent is gone
-            kill_groups(groups)
+            kill_groups(groups, cgroups, reapers)
             return 0
         buffer += chunk
         *lines, buffer = buffer.split(b"\n")
@@ -77,6 +108,16 @@ def main() -> int:
                 groups.add(int(arg))
             elif word == "del" and arg.isdigit():
                 groups.discard(int(arg))
+                cgroups.pop(int(arg), None)
+                reapers.discard(int(arg))
+            elif word == "reaper" and arg.isdigit() and int(arg) in groups:
+                reapers.add(int(arg))
+            elif word == "cgroup":
+                pgid, _, directory = arg.partition(" ")
+                if pgid.isdigit() and int(pgid) in groups and directory.startswith("/"):
+                    dirs = cgroups.setdefault(int(pgid), [])
+                    if len(dirs) < MAX_CGROUPS_PER_GROUP:
+                        dirs.append(directory)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ nor zeroconf, so they start in well under 150 ms.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any, NoReturn
 
@@ -25,6 +26,31 @@ class _ArgParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"meshtui: {message}\n")
         raise SystemExit(EXIT_USAGE)
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:i?B)?|B)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``512M``, ``2G``, ``1.5G``, ``64MiB``, ``1048576`` -> bytes (units are powers of 1024)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected a size like 512M or 2G, got {text!r}")
+    size = int(float(match[1]) * _SIZE_UNITS[(match[2] or "").upper()])
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return size
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _common(p: argparse.ArgumentParser, json_flag: bool = True, nested: bool = False) -> None:
@@ -59,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--priority", type=int, default=0)
     p.add_argument("--env", action="append", default=[], metavar="K=V")
     p.add_argument("--cwd", default="")
+    p.add_argument("--mem", type=parse_size, default=0, metavar="SIZE",
+                   help="memory limit of the task's cgroup (512M, 2G); refused where unenforceable")
+    p.add_argument("--pids", type=_positive_int, default=0, metavar="N",
+                   help="process/thread limit of the task's cgroup; refused where unenforceable")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
 
     _common(sub.add_parser("tasks", help="list tasks"))

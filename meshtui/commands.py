@@ -150,6 +150,8 @@ def cmd_submit(args: argparse.Namespace, session: Session) -> int:
         retries=args.retries,
         timeout=float(args.timeout),
         restartable=bool(args.restartable),
+        mem=int(args.mem),
+        pids=int(args.pids),
         rid=_rid(),
     )
     if args.json:

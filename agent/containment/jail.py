@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import pwd
 import re
+import shutil
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +36,13 @@ Mode = Literal["auto", "cgroup", "subreaper"]
 SUBREAPER_SCRIPT = Path(__file__).with_name("subreaper.py")
 LIMITED = ("memory", "pids")
 _SAFE_NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def default_node(data_dir: Path) -> str:
+    """The node directory name of an executor given no node id: one per data dir
+    (which one agent holds), stable across restarts so stale groups are found."""
+    digest = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()
+    return f"dir-{digest[:16]}"
 
 
 def format_size(size: int) -> str:
@@ -315,6 +324,9 @@ class Containment:
                 cleaned.append(str(directory))
             if self._live == 0:
                 cgroups.remove_node_dir_if_empty(h, self.node)
+        if cleaned:
+            self.warn(f"killed and removed {len(cleaned)} stale task cgroup(s) of node "
+                      f"{self.node}, e.g. {cleaned[0]}")
         return cleaned
 
 
@@ -333,3 +345,25 @@ def usage_pids(pids: Sequence[int]) -> tuple[float, int, int] | None:
             rss += int(mem.rss)
             count += 1
     return (cpu, rss, count) if count else None
+
+
+@contextlib.contextmanager
+def blocked(signals: frozenset[signal.Signals]) -> Iterator[None]:
+    """Block ``signals`` in this thread around a spawn: the child inherits the mask,
+    so a signal sent before it has installed its handlers waits for them instead
+    of killing it with the default action."""
+    if not signals:
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def findable(command: str, path: str, cwd: str) -> bool:
+    """Would ``execvp`` find ``command`` (on ``path``, or relative to ``cwd``)?"""
+    if "/" in command:
+        return os.access(os.path.join(cwd, command), os.X_OK)
+    return shutil.which(command, path=path) is not None

@@ -57,7 +57,7 @@ METHOD_PARAMS: dict[str, Schema] = {
     "task.submit": {
         "argv": ListOf(str), "shell": str, "env": MapOf(str), "cwd": str, "caps": ListOf(str),
         "key": str, "strategy": str, "priority": int, "retries": int, "timeout": float,
-        "restartable": bool, **_RID,
+        "restartable": bool, "mem": int, "pids": int, **_RID,
     },
     "task.list": _READ,
     "task.get": {"id": str, **_READ},

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from agent import watchdog
 from agent.errors import MeshError, TaskError
 from agent.executor import ExecEvent, Executor
 from agent.runtime.output import TaskOutput
@@ -96,7 +98,8 @@ class TaskRuntime:
         data_dir = Path(agent.config.data_dir)
         run_as = agent.config.run_as if os.geteuid() == 0 else None
         self.executor = Executor(
-            data_dir, agent.config.effective_slots(), run_as or None, self._on_exec_event
+            data_dir, agent.config.effective_slots(), run_as or None, self._on_exec_event,
+            node_id=agent.node_id,
         )
         self.output = TaskOutput(agent, self.executor, data_dir / "replicas")
         self.heat = HeatState()
@@ -266,7 +269,8 @@ class TaskRuntime:
                 break
             cmd: list[str] | str = rec.argv if rec.argv else (rec.shell or "")
             try:
-                await self.executor.start(rec.id, rec.epoch, cmd, rec.env, rec.cwd, rec.timeout)
+                await self.executor.start(rec.id, rec.epoch, cmd, rec.env, rec.cwd, rec.timeout,
+                                          rec.mem, rec.pids)
             except TaskError as exc:
                 # A slot was free, so the command itself cannot start (missing
                 # binary, permission): report it as exit 127, as a shell would,
@@ -283,7 +287,8 @@ class TaskRuntime:
         if event.kind == "started":
             self._registered[event.task_id] = event.pid
             self._started[event.task_id] = event.epoch
-            self._watchdog_send(f"add {event.pid}")
+            for line in watchdog.registration(event.pid, event.cgroups, event.reaper):
+                self._watchdog_send(line)  # its group, cgroups, or subreaper
             cmd = builders.cmd_task_start(event.task_id, me, event.epoch, "", now)
             self._queue_report(_Report(event.task_id, event.epoch, "start", cmd))
         else:
@@ -545,6 +550,11 @@ class TaskRuntime:
             if (argv is None) == (shell is None):
                 raise ValueError("give exactly one of argv or shell")
             timeout = float(params.get("timeout") or 0.0) or None
+            mem, pids = int(params.get("mem") or 0), int(params.get("pids") or 0)
+            # One line when this host cannot enforce a limit (README: Task containment).
+            refusal = self.executor.check_limits(max(0, mem), max(0, pids))
+            if refusal is not None:
+                raise ValueError(f"{self.agent.config.name}: {refusal}")
             spec = builders.task_spec(
                 argv=list(argv) if argv else None, shell=shell,
                 env=dict(params.get("env") or {}), cwd=params.get("cwd") or None,
@@ -554,6 +564,7 @@ class TaskRuntime:
                 restartable=bool(params.get("restartable", False)),
                 submitter=self.agent.config.name,
             )
+            spec = dataclasses.replace(spec, mem=mem, pids=pids)
             rid = str(params.get("rid") or os.urandom(16).hex())
             return (await commit(builders.cmd_task_submit(spec, rid, time.time()))).value
 

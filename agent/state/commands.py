@@ -46,6 +46,12 @@ MAX_PRIORITY = 1000
 MAX_RETRIES = 100
 MAX_TIMEOUT = 30 * 24 * 3600.0
 MAX_REPLICAS = 16
+MIN_TASK_MEM = 1 << 20
+"""Smallest memory limit a task may ask for (bytes): below it nothing starts."""
+MAX_TASK_MEM = 1 << 60
+"""Largest memory limit (bytes); cgroup files take up to 2**63 - 1."""
+MAX_TASK_PIDS = 4 * 1024 * 1024
+"""Largest pids limit (the kernel's PID_MAX_LIMIT)."""
 STRATEGIES = ("auction", "capability", "hash")
 PROPOSAL_KINDS = ("text", "config")
 
@@ -136,6 +142,11 @@ class TaskSubmit:
     timeout: float | None = None
     restartable: bool = False
     submitter: str = ""
+    mem: int = 0
+    """Memory limit of the run's cgroup, bytes; 0 = none.  A host without the
+    memory controller refuses the task rather than run it unlimited."""
+    pids: int = 0
+    """Process (and thread) limit of the run's cgroup; 0 = none.  Same refusal."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,4 +440,8 @@ def _check_submit(s: TaskSubmit) -> str | None:
         return "timeout must be positive and at most 30 days"
     if len(s.submitter) > MAX_NAME_LEN or (s.cwd is not None and len(s.cwd) > 4096):
         return "submitter or cwd too long"
+    if s.mem != 0 and not MIN_TASK_MEM <= s.mem <= MAX_TASK_MEM:
+        return f"mem must be 0 (no limit) or {MIN_TASK_MEM} to {MAX_TASK_MEM} bytes"
+    if not 0 <= s.pids <= MAX_TASK_PIDS:
+        return f"pids must be 0 (no limit) to {MAX_TASK_PIDS}"
     return None

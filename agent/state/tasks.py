@@ -84,6 +84,11 @@ class TaskRecord:
     failures: int = 0
     """Failed runs and lost hosts so far; the task gives up when it exceeds ``retries``.
     (``attempts`` counts every run started, including restarts after a load move.)"""
+    mem: int = 0
+    """Memory limit of each run, bytes (0: none).  Fields are appended with
+    defaults so snapshot rows written before them still load."""
+    pids: int = 0
+    """Process limit of each run (0: none)."""
 
     @property
     def cmd(self) -> str:
@@ -163,6 +168,8 @@ class TaskTable:
             restartable=spec.restartable,
             submitter=spec.submitter,
             created_at=at,
+            mem=spec.mem,
+            pids=spec.pids,
         )
         self.tasks[task.id] = task
         return {"id": task.id}, [self._event("submitted", task)]
