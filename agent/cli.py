@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Any, NoReturn
 
-from agent.errors import ConfigError, MeshError
+from agent.errors import ConfigError, MeshError, StorageError
 
 
 class _ArgParser(argparse.ArgumentParser):
@@ -55,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU figure used for placement (default: system; local profile: tasks)",
     )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    recover = sub.add_parser("recover", help="operator recovery of a data dir (see --force-new-cluster)")
+    recover.add_argument("--data-dir", dest="data_dir", required=True, help="the node's state directory")
+    recover.add_argument(
+        "--force-new-cluster",
+        dest="force_new_cluster",
+        action="store_true",
+        help="start a new one-voter cluster from this node's state (loses what only others had)",
+    )
 
     keygen = sub.add_parser("keygen", help="make a new base64 cluster key")
     keygen.add_argument(
@@ -103,10 +112,28 @@ def keygen(output: str | None) -> int:
     return 0
 
 
+def recover(data_dir: str, force_new_cluster: bool) -> int:
+    """``mesh-agent recover --force-new-cluster --data-dir D`` (runtime/recovery.py)."""
+    if not force_new_cluster:
+        sys.stderr.write("mesh-agent: recover: say --force-new-cluster (the only recovery there is)\n")
+        return 2
+    from agent.runtime.recovery import force_new_cluster as force
+
+    try:
+        result = force(data_dir)
+    except MeshError as exc:
+        sys.stderr.write(f"mesh-agent: recover: {exc}\n")
+        return 2
+    print(result.summary())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "keygen":
         return keygen(args.output)
+    if args.command == "recover":
+        return recover(args.data_dir, args.force_new_cluster)
 
     from agent.config import load_config
 
@@ -129,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ConfigError as exc:
         sys.stderr.write(f"mesh-agent: config error: {exc}\n")
+        return 2
+    except StorageError as exc:
+        # Damaged storage this node cannot repair alone (runtime/recovery.py).
+        sys.stderr.write(f"mesh-agent: {exc}\n")
         return 2
     except MeshError as exc:
         sys.stderr.write(f"mesh-agent: {exc}\n")

@@ -61,6 +61,13 @@ class RaftConfig:
     """Entries kept in the log behind a snapshot so slightly lagging followers catch
     up with AppendEntries instead of a full InstallSnapshot (default 1,000)."""
 
+    repair_wait: float = 60.0
+    """Seconds a node whose storage lost acknowledged entries waits for a leader
+    backed by a healthy majority to repair it (``raft/repair.py``) before it
+    stops with one line naming the damage and ``mesh-agent recover
+    --force-new-cluster`` (default 60 s: longer than a LAN cluster takes to
+    restart and elect; ``local``: 20 s)."""
+
     @classmethod
     def lan(cls) -> RaftConfig:
         """Heartbeat 100 ms, election timeout randomised in [1 s, 2 s)."""
@@ -69,7 +76,7 @@ class RaftConfig:
     @classmethod
     def local(cls) -> RaftConfig:
         """Loopback: 50 ms ticks, heartbeat 50 ms, election timeout in [0.5 s, 1 s)."""
-        return cls(tick_interval=0.05, heartbeat_ticks=1, election_ticks=10)
+        return cls(tick_interval=0.05, heartbeat_ticks=1, election_ticks=10, repair_wait=20.0)
 
     @property
     def election_timeout(self) -> float:
@@ -100,6 +107,8 @@ class RaftConfig:
             )
         if self.snapshot_threshold < 1:
             raise ConfigError("raft.snapshot_threshold", f"must be >= 1, got {self.snapshot_threshold}")
+        if not 1.0 <= self.repair_wait <= 86_400.0:
+            raise ConfigError("raft.repair_wait", f"must be 1-86400 s, got {self.repair_wait}")
         if self.snapshot_trailing < 0:
             raise ConfigError("raft.snapshot_trailing", f"must be >= 0, got {self.snapshot_trailing}")
         return self

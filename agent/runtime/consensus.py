@@ -53,11 +53,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent import wire
-from agent.errors import LocalError, NoQuorumError, NotLeaderError
+from agent.errors import LocalError, NoQuorumError, NotLeaderError, StorageError
 from agent.raft.confchange import plan_voter_changes
 from agent.raft.core import RaftNode, bootstrap_state
 from agent.raft.messages import EntryKind, Ready, Role
 from agent.raft.storage import Storage
+from agent.runtime import recovery
 from agent.runtime.messages import ForwardPropose, ForwardResult
 from agent.runtime.storage_io import StorageIO
 from agent.state.commands import Command
@@ -129,6 +130,16 @@ class ConsensusDriver:
         if restored.snapshot is not None:
             self.state.restore(restored.snapshot.data)
         self.node = RaftNode(self.raft_config, node_id, restored, self._rng)
+        self.data_dir = data_dir
+        self.on_unrepairable: Callable[[str], None] | None = None
+        """Called with one line when damaged storage cannot be repaired (recovery.py)."""
+        if restored.damaged:
+            if self.node.conf.voters == (node_id,):
+                raise StorageError(recovery.only_voter_refusal(restored.damaged, data_dir))
+            log.error(
+                "storage damaged: %s; not voting or acknowledging until the leader repairs this node",
+                restored.damaged,
+            )
         self._pending: dict[int, _Pending] = {}
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -151,7 +162,8 @@ class ConsensusDriver:
 
     @property
     def bootstrapped(self) -> bool:
-        return bool(self.node.conf.voters) or self.node.commit_index > 0
+        # A damaged node never founds a cluster: it waits for the one it belonged to.
+        return bool(self.node.conf.voters) or self.node.commit_index > 0 or bool(self.node.damaged)
 
     def bootstrap_single(self) -> None:
         """Found a new cluster with this node as its only voter (see module doc)."""
@@ -198,6 +210,8 @@ class ConsensusDriver:
             await asyncio.sleep(interval)
             self.node.tick()
             self.wake()
+            if self.node.damaged and loop.time() - self.started_at > self.raft_config.repair_wait:
+                self._give_up_repair()
             self._expire_waiters(loop.time())
 
     def _expire_waiters(self, now: float) -> None:
@@ -237,7 +251,24 @@ class ConsensusDriver:
                     log.exception("fatal error in the Raft ready loop; stopping")
                     os._exit(70)
 
+    def _give_up_repair(self) -> None:
+        line = recovery.unrepaired_refusal(self.node.damaged, self.data_dir, self.raft_config.repair_wait)
+        if self.on_unrepairable is not None:
+            self.on_unrepairable(line)
+            self.on_unrepairable = None
+
+    def _reset_storage(self) -> None:
+        """A granted repair (raft/repair.py): the log, snapshots and state go."""
+        aside = self.storage.reset()
+        self.state.restore(StateMachine().snapshot())
+        log.warning(
+            "repair granted by the leader: old WAL and snapshots moved to %s; catching up as a learner",
+            aside,
+        )
+
     async def _handle_ready(self, rd: Ready) -> None:
+        if rd.reset_storage:
+            self._reset_storage()
         if rd.snapshot is not None:
             self.storage.save_snapshot(rd.snapshot)
             if rd.snapshot.index > self.state.applied_index:
@@ -355,6 +386,8 @@ class ConsensusDriver:
 
     def role_name(self) -> str:
         node = self.node
+        if node.damaged:
+            return "repairing"
         if node.role == Role.LEADER:
             return "leader"
         if node.conf.is_voter(self.node_id):
@@ -568,6 +601,7 @@ class ConsensusDriver:
             "voters": list(node.conf.voters),
             "learners": list(node.conf.learners),
             "quorum": node.has_quorum_contact(),
+            "storage_damage": node.damaged or None,
         }
 
 
