@@ -82,12 +82,16 @@ class DataDirLock:
         self.release()
 
 
-def lock_data_dir(data_dir: str) -> DataDirLock:
-    """Create ``data_dir`` if needed and lock it for this process.
+def lock_data_dir(data_dir: str, *, create: bool = True) -> DataDirLock:
+    """Lock ``data_dir`` for this process, creating it first if ``create``.
 
     Raises ``DataDirBusy`` naming the holder's pid if another process has it,
-    ``ConfigError("data_dir", ...)`` if the dir or the lock file cannot be made.
+    ``ConfigError("data_dir", ...)`` if the dir or the lock file cannot be made
+    (or, with ``create=False``, if the dir does not exist: offline tools such as
+    ``mesh-agent recover`` must not make an empty data dir out of a typo).
     """
+    if not create and not os.path.isdir(data_dir):
+        raise ConfigError("data_dir", f"{data_dir}: no such directory")
     try:
         os.makedirs(data_dir, mode=DATA_DIR_MODE, exist_ok=True)
     except OSError as exc:

@@ -46,6 +46,15 @@ def test_a_stale_pid_in_the_lock_file_does_not_block(tmp_path: Path) -> None:
         assert (tmp_path / LOCK_NAME).read_text() == f"{os.getpid()}\n"
 
 
+def test_create_false_refuses_a_missing_dir_and_makes_nothing(tmp_path: Path) -> None:
+    from agent.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no such directory"):
+        lock_data_dir(str(tmp_path / "typo"), create=False)
+    assert not (tmp_path / "typo").exists()
+    lock_data_dir(str(tmp_path), create=False).release()
+
+
 def test_the_lock_dies_with_its_holder(tmp_path: Path) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c",
