@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from agent.containment.cgroups import TaskGroup, kill_until_empty
+from agent.containment.cgroups import TaskGroup, kill_until_empty, remove_group
 from agent.containment.subreaper import FORCE_SIGNAL
 
 MAX_GROUPS = 65536
@@ -60,7 +60,11 @@ def kill_groups(
             else:
                 os.killpg(pgid, signal.SIGKILL)
         for directory in cgroups.get(pgid, ()):
-            kill_until_empty(TaskGroup((Path(directory),)), CGROUP_KILL_TIMEOUT_S)
+            group = TaskGroup((Path(directory),))
+            # Removed too, in case the agent is gone for good (if it lives on,
+            # it finds the directory gone, which is what it wanted anyway).
+            if kill_until_empty(group, CGROUP_KILL_TIMEOUT_S):
+                remove_group(group)
     groups.clear()
     cgroups.clear()
     reapers.clear()
