@@ -354,7 +354,7 @@ def stale_groups(hierarchy: Hierarchy, node: str) -> list[Path]:
         return []
 
 
-def join(procs_files: Iterable[Path]) -> None:
+def join(procs_files: Iterable[str | Path]) -> None:
     """Move the calling process into each group (runs in the forked child before exec)."""
     pid = str(os.getpid()).encode()
     for path in procs_files:

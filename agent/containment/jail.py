@@ -77,7 +77,7 @@ class CgroupJail:
     def popen_args(
         self, argv: list[str], user: pwd.struct_passwd | None
     ) -> tuple[list[str], dict[str, Any]]:
-        procs = self.group.procs_files
+        procs = tuple(str(path) for path in self.group.procs_files)  # no work left for the child
 
         def enter() -> None:
             # In the forked child, still root: join first (a dropped user may
