@@ -1,4 +1,4 @@
-"""Cluster keyring and sealed envelopes: AES-256-GCM, key rotation, replay protection.
+"""Cluster keyring and sealing: AES-256-GCM, key rotation.
 
 Theory of operation
 -------------------
@@ -24,20 +24,11 @@ of 2**36 packets each (40 days at 20k packets/s) gives about 2**-33.  A fresh
 random nonce per packet would give a similar bound but cost a urandom call
 per seal, and the counter also keeps one process from ever repeating itself.
 
-Envelope.  The sealed plaintext starts with a fixed 25-byte header::
-
-    channel (1) | sender (8) | incarnation (u64) | sequence (u64) | payload
-
-``sender`` is the first 8 bytes of SHA-256 of the sender's node id;
-``incarnation`` grows with every process start of the sender (the transport
-uses the start time in ns); ``sequence`` counts per channel from 1.  All of
-it is inside the ciphertext, so it is authenticated.  The receiver keeps an
-IPsec/WireGuard style sliding window per (sender, channel): a duplicate or a
-sequence more than ``window`` behind the highest seen is a replay; a higher
-incarnation (the sender restarted) resets the windows, a lower one is a
-replay.  The channel byte stops a datagram from being replayed as a stream
-frame and vice versa.  The window is checked only after the tag verifies, so
-forged packets cannot move it.
+Version.  The version byte names the whole format, the envelope inside the
+ciphertext included (:mod:`agent.envelope`: sender, boot id, cookie,
+sequence; replay protection).  Version 2 replaced version 1's sender-chosen
+incarnation with receiver cookies; a version 1 packet (an older release) is
+refused with reason ``version``: it cannot be checked for replays.
 """
 
 from __future__ import annotations
@@ -46,10 +37,8 @@ import base64
 import binascii
 import hashlib
 import os
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import IntEnum
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -58,7 +47,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from agent.errors import AuthError, ConfigError
 from agent.keyfile import read_key_text
 
-SEAL_VERSION = 1
+SEAL_VERSION = 2
 KEY_SIZE = 32
 KEY_ID_SIZE = 4
 NONCE_SIZE = 12
@@ -67,37 +56,20 @@ HEADER_SIZE = 1 + KEY_ID_SIZE
 SEAL_OVERHEAD = HEADER_SIZE + NONCE_SIZE + TAG_SIZE
 """Bytes sealing adds around a plaintext (33)."""
 
-_ENV = struct.Struct(">B8sQQ")
-ENVELOPE_HEADER_SIZE = _ENV.size
-"""Bytes of the authenticated envelope header inside the ciphertext (25)."""
-DATAGRAM_OVERHEAD = SEAL_OVERHEAD + ENVELOPE_HEADER_SIZE
-"""Total bytes a sealed datagram adds to its payload (58)."""
-
-REPLAY_WINDOW = 1024
-"""Sequences tracked behind the highest one seen, per sender and channel."""
-MAX_TRACKED_SENDERS = 4096
-"""Senders whose replay windows are kept (least recently heard evicted)."""
-
 _MASK64 = (1 << 64) - 1
-assert (SEAL_VERSION, HEADER_SIZE, SEAL_OVERHEAD) == (1, 5, 33)  # literals in Keyring.open
+assert (SEAL_VERSION, HEADER_SIZE, SEAL_OVERHEAD) == (2, 5, 33)  # literals in Keyring.open
 # First bytes of a msgpack array/map: what an unsealed wire message starts with.
 _PLAINTEXT_MARKERS = frozenset([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
 
 
 class SealError(AuthError):
     """A packet was refused.  ``reason`` is one of: short, version, plaintext,
-    unknown_key, tag, malformed, replay."""
+    unknown_key, tag, malformed, replay, cookie (a datagram without the
+    receiver's current cookie: see :mod:`agent.envelope`)."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"sealed packet refused: {reason}" + (f" ({detail})" if detail else ""))
         self.reason = reason
-
-
-class Channel(IntEnum):
-    """Which socket a sealed packet is meant for (authenticated)."""
-
-    DATAGRAM = 0
-    STREAM = 1
 
 
 @dataclass(slots=True)
@@ -111,6 +83,9 @@ class SealStats:
     dropped_replay: int = 0
     dropped_malformed: int = 0
     dropped_plaintext: int = 0
+    dropped_cookie: int = 0
+    """Authentic datagrams without the current cookie (first contact, a restart
+    on either side, or a replay): answered with a grant, not delivered."""
 
     def count(self, reason: str) -> None:
         """Count one drop for ``reason`` (a ``SealError.reason``)."""
@@ -122,6 +97,8 @@ class SealStats:
             self.dropped_replay += 1
         elif reason == "plaintext":
             self.dropped_plaintext += 1
+        elif reason == "cookie":
+            self.dropped_cookie += 1
         else:
             self.dropped_malformed += 1
 
@@ -251,9 +228,11 @@ class Keyring:
             packet = bytes(packet)
         if len(packet) < 33:  # SEAL_OVERHEAD; literals: this is the hot path
             raise SealError("short", f"{len(packet)} bytes")
-        if packet[0] != 1:  # SEAL_VERSION
+        if packet[0] != 2:  # SEAL_VERSION
             if packet[0] in _PLAINTEXT_MARKERS:
                 raise SealError("plaintext")
+            if packet[0] == 1:
+                raise SealError("version", "seal version 1: the peer runs an older release")
             raise SealError("version", f"seal version {packet[0]}")
         aead = self._aeads.get(packet[1:5])
         if aead is None:
@@ -302,131 +281,3 @@ class Keyring:
     @property
     def primary_id(self) -> str:
         return self._primary.hex()
-
-
-# --------------------------------------------------------------------------- replay
-
-
-class ReplayWindow:
-    """Sliding window over one sender's sequence numbers (RFC 6479 style).
-
-    Bit ``i`` of ``bitmap`` is set when ``top - i`` has been accepted."""
-
-    __slots__ = ("_mask", "bitmap", "size", "top")
-
-    def __init__(self, size: int = REPLAY_WINDOW) -> None:
-        assert size > 0
-        self.size = size
-        self._mask = (1 << size) - 1
-        self.top = 0
-        self.bitmap = 0
-
-    def accept(self, seq: int) -> bool:
-        """Accept ``seq`` once: False for a duplicate or one too old."""
-        top = self.top
-        if seq > top:
-            shift = seq - top
-            self.bitmap = 1 if shift >= self.size else ((self.bitmap << shift) | 1) & self._mask
-            self.top = seq
-            return True
-        behind = top - seq
-        if behind >= self.size or seq <= 0:
-            return False
-        bit = 1 << behind
-        if self.bitmap & bit:
-            return False
-        self.bitmap |= bit
-        return True
-
-
-class _Sender:
-    __slots__ = ("incarnation", "windows")
-
-    def __init__(self, incarnation: int, size: int) -> None:
-        self.incarnation = incarnation
-        self.windows = (ReplayWindow(size), ReplayWindow(size))
-
-
-class ReplayFilter:
-    """Replay windows for every sender, bounded to ``max_senders``.
-
-    When full, the sender heard of first is forgotten (no per-packet LRU
-    bookkeeping on the hot path).  Only key holders can add senders, and a LAN
-    cluster has far fewer members than the bound, so eviction is a backstop."""
-
-    __slots__ = ("_senders", "max_senders", "window")
-
-    def __init__(self, window: int = REPLAY_WINDOW, max_senders: int = MAX_TRACKED_SENDERS):
-        self.window = window
-        self.max_senders = max_senders
-        self._senders: dict[bytes, _Sender] = {}
-
-    def accept(self, sender: bytes, incarnation: int, channel: int, seq: int) -> bool:
-        state = self._senders.get(sender)
-        if state is None or incarnation > state.incarnation:
-            state = _Sender(incarnation, self.window)
-            if sender not in self._senders and len(self._senders) >= self.max_senders:
-                del self._senders[next(iter(self._senders))]
-            self._senders[sender] = state
-        elif incarnation < state.incarnation:
-            return False
-        return state.windows[channel].accept(seq)
-
-    def __len__(self) -> int:
-        return len(self._senders)
-
-
-# --------------------------------------------------------------------------- envelope
-
-
-def sender_digest(node_id: str) -> bytes:
-    """The 8-byte sender tag carried in envelopes."""
-    return hashlib.sha256(node_id.encode("utf-8")).digest()[:8]
-
-
-class Envelope:
-    """This node's sealing identity plus the replay filter for everyone else."""
-
-    __slots__ = ("_replay", "_sender", "_seq", "incarnation", "keyring", "stats")
-
-    def __init__(
-        self,
-        keyring: Keyring,
-        sender_id: str,
-        incarnation: int,
-        *,
-        stats: SealStats | None = None,
-        window: int = REPLAY_WINDOW,
-        max_senders: int = MAX_TRACKED_SENDERS,
-    ) -> None:
-        assert 0 <= incarnation <= _MASK64, incarnation
-        self.keyring = keyring
-        self.incarnation = incarnation
-        self.stats = stats if stats is not None else SealStats()
-        self._sender = sender_digest(sender_id)
-        self._seq = [0, 0]
-        self._replay = ReplayFilter(window, max_senders)
-
-    def seal(self, channel: Channel, payload: bytes) -> bytes:
-        seq = self._seq[channel] + 1
-        self._seq[channel] = seq
-        self.stats.sealed += 1
-        return self.keyring.seal(_ENV.pack(channel, self._sender, self.incarnation, seq) + payload)
-
-    def open(self, channel: Channel, packet: bytes) -> bytes:
-        """Payload of a packet sealed for ``channel``; counts and raises
-        ``SealError`` on anything else."""
-        try:
-            plain = self.keyring.open(packet)
-            if len(plain) < ENVELOPE_HEADER_SIZE:
-                raise SealError("malformed", "no envelope header")
-            ch, sender, incarnation, seq = _ENV.unpack_from(plain)
-            if ch != channel:
-                raise SealError("malformed", f"sealed for channel {ch}")
-            if not self._replay.accept(sender, incarnation, ch, seq):
-                raise SealError("replay", f"seq {seq}")
-        except SealError as exc:
-            self.stats.count(exc.reason)
-            raise
-        self.stats.opened += 1
-        return plain[ENVELOPE_HEADER_SIZE:]

@@ -74,7 +74,7 @@ MAX_PROTOCOL_VERSION = 1
 
 MAX_DATAGRAM_SIZE = 1400
 """Largest SWIM UDP payload in bytes *before* sealing.  Sealing adds
-``agent.crypto.DATAGRAM_OVERHEAD`` (58) bytes, giving at most 1458 bytes on the
+``agent.envelope.DATAGRAM_OVERHEAD`` (66) bytes, giving at most 1466 bytes on the
 wire: under the 1472-byte UDP payload of a 1500-byte Ethernet MTU, so SWIM
 packets are never fragmented."""
 

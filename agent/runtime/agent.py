@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
 import time
@@ -27,7 +26,7 @@ from agent.control.server import ControlServer
 from agent.crypto import Keyring, load_keyring
 from agent.datadir import lock_data_dir
 from agent.discovery import Discovery
-from agent.errors import LocalError, ProtocolError
+from agent.errors import ConfigError, LocalError, ProtocolError
 from agent.raft import messages as raft_messages
 from agent.runtime import messages as runtime_messages
 from agent.runtime.bootstrap import BootstrapGate
@@ -49,24 +48,6 @@ TOPICS = {"members", "consensus", "tasks", "migrations", "metrics"}
 BOOTSTRAP_GRACE = {"lan": 5.0, "local": 1.5}
 """Seconds the alive set must stay the same before a node with an empty log may
 found a cluster (see agent/runtime/bootstrap.py for the rules)."""
-
-
-def _next_incarnation(data_dir: str) -> int:
-    """A per-boot counter kept in the data dir: restarts get a fresh replay window."""
-    path = os.path.join(data_dir, "boot_count")
-    try:
-        with open(path) as fh:
-            count = int(fh.read().strip() or "0")
-    except (FileNotFoundError, ValueError):
-        count = 0
-    count += 1
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        fh.write(f"{count}\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return count
 
 
 def _advertise_host(config: AgentConfig) -> str:
@@ -98,13 +79,16 @@ class Agent:
             keyring = Keyring.from_key(INSECURE_KEY)
         else:
             keyring = load_keyring(config.key_file)
-        self.incarnation = _next_incarnation(config.data_dir)
+        # No incarnation from the data dir: the transport draws a random boot id,
+        # and peers' cookies prove freshness (agent/envelope.py), so a restart,
+        # a data dir restored from a copy or a clock change never matters.
+        self.refusal: ConfigError | None = None
+        """Why the agent stopped itself (a second live process with our node id)."""
         self.transport = Transport(
             config.bind,
             config.port,
             keyring,
             self.node_id,
-            self.incarnation,
             self._on_packet,
             self._on_packet,
             on_connection_lost=self._on_connection_lost,
@@ -149,6 +133,7 @@ class Agent:
             on_events=self._on_member_events,
             task_load=self.tasks.load_figures,
             use_task_cpu=self.config.load_source == "tasks",
+            on_conflict=self._on_identity_conflict,
         )
         self.consensus = ConsensusDriver(
             config=self.config,
@@ -297,6 +282,15 @@ class Agent:
                 self.tasks.on_member_down(event.member.id)
         self.consensus.wake()
 
+    def _on_identity_conflict(self, addr: str) -> None:
+        """SWIM found a live process at ``addr`` with our node id: refuse to run."""
+        self.refusal = ConfigError(
+            "data_dir",
+            f"node id {self.node_id} is already running at {addr}: {self.config.data_dir} is a "
+            "copy of a live node's data dir; start this host with an empty one",
+        )
+        self.request_stop()
+
     def _on_role_change(self, role: str) -> None:
         self.membership.update_meta(role=role)
 
@@ -345,6 +339,8 @@ def run_agent(config: AgentConfig) -> int:
             loop.add_signal_handler(sig, agent.request_stop)
         await agent.wait_stopped()
         await agent.stop()
+        if agent.refusal is not None:
+            raise agent.refusal
         return 0
 
     return asyncio.run(main())

@@ -2,11 +2,15 @@
 
 Theory of operation
 -------------------
-A peer connects to our listen port and sends sealed frames (``4-byte length |
-sealed packet``); each packet carries a batch ``(4-byte length | payload)*``
-(:func:`join_batch`).  The first batch must be a lone ``wire.Hello`` naming
-the peer's listen address, within ``hello_timeout`` seconds; every later
-message is delivered as coming from that address.
+A peer connects to our listen port; we write one CHALLENGE frame (8 random
+bytes, sealed) and nothing else, ever.  The peer sends sealed frames
+(``4-byte length | sealed packet``), each sealed with that challenge as its
+cookie and carrying a batch ``(4-byte length | payload)*`` (:func:`join_batch`).
+A frame with another cookie was recorded from another connection: it is
+refused as a replay, as is one whose sequence does not grow
+(``agent.envelope``, "Streams").  The first batch must be a lone
+``wire.Hello`` naming the peer's listen address, within ``hello_timeout``
+seconds; every later message is delivered as coming from that address.
 
 Everything happens in ``data_received``, in the event loop's own callback:
 frames are split, opened (tag, key and replay checks), unbatched and delivered
@@ -28,7 +32,8 @@ import struct
 from typing import TYPE_CHECKING
 
 from agent import wire
-from agent.crypto import Channel, SealError
+from agent.crypto import SealError
+from agent.envelope import StreamGate
 from agent.errors import ConfigError, ProtocolError
 
 if TYPE_CHECKING:
@@ -94,6 +99,7 @@ class InboundStream(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._hello_timer: asyncio.TimerHandle | None = None
         self._failures = 0
+        self._gate: StreamGate | None = None
         self.peer: str | None = None
         """The sender's listen address, once its Hello is in."""
 
@@ -108,6 +114,8 @@ class InboundStream(asyncio.Protocol):
             return
         self._transport = transport
         owner.stats.connections_in += 1
+        self._gate, challenge = owner.new_stream_gate()
+        transport.write(challenge)
         self._hello_timer = asyncio.get_running_loop().call_later(self._hello_timeout, self._no_hello)
 
     def data_received(self, data: bytes) -> None:
@@ -130,13 +138,14 @@ class InboundStream(asyncio.Protocol):
             owner.end_dispatch()
 
     def _handle_frames(self, frames: list[bytes]) -> None:
-        assert self._transport is not None
+        assert self._transport is not None and self._gate is not None
         owner = self._owner
         stats = owner.stats
-        open_ = owner.envelope.open
+        open_ = owner.envelope.open_stream
+        gate = self._gate
         for packet in frames:
             try:
-                payload = open_(Channel.STREAM, packet)
+                payload = open_(packet, gate)
             except SealError:
                 self._failures += 1
                 if self._failures >= MAX_CONSECUTIVE_FAILURES:

@@ -18,6 +18,12 @@ idle, and an agent on idle cores is not slowed by someone else's busy core.
 
 Re-joining never stops: candidates from seeds and mDNS that are not alive
 members are joined again with capped exponential backoff.
+
+A second live process with our node id (``agent.swim.identity``): when the
+core finds one, ``on_conflict(address)`` is called once and this driver goes
+silent (no more ticks or sends, and no leave: a leave would gossip our node
+id as gone, which is the *other* process's id too).  When another process is
+found checking us, we are the incumbent: a warning is logged and we go on.
 """
 
 from __future__ import annotations
@@ -118,6 +124,7 @@ class MembershipDriver:
         on_events: Callable[[list[MemberEvent]], None],
         task_load: Callable[[], tuple[float, int, int]],
         use_task_cpu: bool,
+        on_conflict: Callable[[str], None] | None = None,
     ) -> None:
         self.swim = SwimNode(config, node_id, meta, random.Random(), time.monotonic())
         self.candidates = CandidateSet()
@@ -129,6 +136,8 @@ class MembershipDriver:
         self._on_events = on_events
         self._task_load = task_load
         self._use_task_cpu = use_task_cpu
+        self._on_conflict = on_conflict
+        self._claimed_logged: str | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._rejoin_attempt = 0
@@ -148,11 +157,13 @@ class MembershipDriver:
         ]
 
     async def close(self, leave_timeout: float = 2.0) -> None:
-        """Leave gracefully (gossip our departure), then stop."""
-        self.swim.leave(time.monotonic())
-        self.flush()
+        """Leave gracefully (gossip our departure), then stop.  After a conflict
+        (our node id is alive elsewhere), stop without a word."""
+        if not self.silenced:
+            self.swim.leave(time.monotonic())
+            self.flush()
         deadline = time.monotonic() + leave_timeout
-        while not self.swim.leave_complete and time.monotonic() < deadline:
+        while not self.silenced and not self.swim.leave_complete and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
             self.swim.tick(time.monotonic())
             self.flush()
@@ -165,11 +176,28 @@ class MembershipDriver:
 
     # ------------------------------------------------------------ I/O
 
+    @property
+    def silenced(self) -> bool:
+        """True once another live process was found with our node id."""
+        return self.swim.identity.conflict is not None
+
     def on_message(self, from_addr: str, msg: object) -> None:
+        if self.silenced:
+            return
         self.swim.step(time.monotonic(), from_addr, msg)
         self.flush()
 
     def flush(self) -> None:
+        identity = self.swim.identity
+        if identity.conflict is not None:
+            if self._on_conflict is not None:
+                callback, self._on_conflict = self._on_conflict, None
+                callback(identity.conflict)
+            return
+        if identity.claimed_at is not None and identity.claimed_at != self._claimed_logged:
+            self._claimed_logged = identity.claimed_at
+            log.warning("a process at %s uses our node id %s (a copy of our data dir?); "
+                        "it should refuse to run", identity.claimed_at, self.swim.node_id)
         rd: SwimReady | None = self.swim.ready()
         if rd is None:
             return

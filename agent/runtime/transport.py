@@ -6,7 +6,10 @@ Datagrams (SWIM) are sealed with the cluster keyring and sent from the bound
 UDP socket, so their source address *is* the sender's listen address; the
 receiver opens them and calls ``on_datagram("host:port", payload)``.  A
 payload over ``wire.MAX_DATAGRAM_SIZE`` is dropped and counted, never
-fragmented.
+fragmented.  Each datagram echoes the cookie its receiver granted us
+(``agent.envelope``, "Datagrams"): one without it is refused and answered
+with a grant, and the first datagrams to a new peer are sent again once its
+grant is in (``agent.runtime.cookies``).
 
 Streams (Raft, state sync, task output) go over one pooled outbound TCP
 connection per destination address.  ``send_stream`` only appends to a
@@ -23,7 +26,10 @@ not held back by per-message sealing; a lone message is a batch of one.
 
 The writer also reads its connection, only to notice the peer closing it
 (the peer never answers on it: replies come back on the peer's own outbound
-connection to our listen address, which is what the Hello is for).
+connection to our listen address, which is what the Hello is for).  The one
+exception is the first frame: the acceptor writes a CHALLENGE, and every frame
+of the connection, the Hello first, is sealed with it as its cookie, so frames
+recorded from another connection are refused (``agent.envelope``, "Streams").
 
 Reconnection backs off exponentially with "equal jitter": before attempt n
 it waits uniformly in [d/2, d] with d = min(5 s, 50 ms * 2**n).  The attempt
@@ -53,13 +59,22 @@ import socket
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from agent import wire
-from agent.crypto import DATAGRAM_OVERHEAD, Channel, Envelope, Keyring, SealError, SealStats
+from agent.crypto import Keyring, SealError
 from agent.discovery import backoff_delay as capped_backoff
-from agent.errors import ConfigError
+from agent.envelope import (
+    DATAGRAM_OVERHEAD,
+    NO_COOKIE,
+    Channel,
+    CookieNeeded,
+    Envelope,
+    Grant,
+    StreamGate,
+)
+from agent.errors import ConfigError, ProtocolError
+from agent.runtime.cookies import CookieJar, GrantLimiter
 from agent.runtime.inbound import (
     MAX_BATCH_MESSAGES,
     MAX_CONSECUTIVE_FAILURES,
@@ -67,6 +82,7 @@ from agent.runtime.inbound import (
     join_batch,
     split_batch,
 )
+from agent.runtime.transport_stats import TransportStats
 
 __all__ = [  # the batch format and its limits live with the inbound side
     "MAX_BATCH_MESSAGES",
@@ -89,7 +105,9 @@ BACKOFF_CAP = 5.0
 STABLE_CONNECTION = 1.0
 """Seconds a connection must stay up before the backoff attempt count resets."""
 CONNECT_TIMEOUT = 3.0
-"""Seconds to wait for a TCP connect."""
+"""Seconds to wait for a TCP connect, and then for the peer's challenge frame."""
+MAX_CHALLENGE_FRAME = 1024
+"""Bytes a challenge frame may claim (a real one is 70): more is not a peer."""
 HELLO_TIMEOUT = 10.0
 """Seconds an inbound connection has to present a valid Hello."""
 MAX_PEER_QUEUE = 4096
@@ -132,38 +150,6 @@ def format_addr(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-@dataclass(slots=True)
-class TransportStats:
-    """Counters for ``meshtui report`` (mutable; bytes are on-the-wire bytes)."""
-
-    datagrams_in: int = 0
-    datagrams_out: int = 0
-    datagram_bytes_in: int = 0
-    datagram_bytes_out: int = 0
-    stream_msgs_in: int = 0
-    stream_msgs_out: int = 0
-    stream_frames_in: int = 0
-    stream_frames_out: int = 0
-    stream_bytes_in: int = 0
-    stream_bytes_out: int = 0
-    connects: int = 0
-    connect_failures: int = 0
-    connections_in: int = 0
-    dropped_oversize: int = 0
-    dropped_queue_full: int = 0
-    dropped_bad_addr: int = 0
-    dropped_send_error: int = 0
-    dropped_bad_frame: int = 0
-    dropped_no_hello: int = 0
-    dropped_too_many_connections: int = 0
-    closed_bad_peer: int = 0
-    callback_errors: int = 0
-    seal: SealStats = field(default_factory=SealStats)
-
-    def as_dict(self) -> dict[str, int | dict[str, int]]:
-        return asdict(self)
-
-
 class _UdpProtocol(asyncio.DatagramProtocol):
     def __init__(self, owner: Transport) -> None:
         self._owner = owner
@@ -179,7 +165,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 class _Peer:
     """Outbound state for one destination address."""
 
-    __slots__ = ("addr", "attempt", "broken", "burst", "host", "port", "queue",
+    __slots__ = ("addr", "attempt", "broken", "burst", "cookie", "host", "port", "queue",
                  "queued_bytes", "task", "wakeup", "writer")
 
     def __init__(self, addr: str, host: str, port: int) -> None:
@@ -192,6 +178,7 @@ class _Peer:
         self.broken = False
         self.burst = False  # a message went out directly in this event / loop iteration
         self.writer: asyncio.StreamWriter | None = None  # set while connected
+        self.cookie = NO_COOKIE  # the connection's challenge, while connected
         self.attempt = 0
         self.task: asyncio.Task[None] | None = None
 
@@ -202,12 +189,12 @@ class _Peer:
 class Transport:
     """Sealed UDP datagrams and TCP streams on one port (see module docstring).
 
-    ``incarnation`` must grow with every start of this node: receivers treat
-    a lower one as a replay of an old process.  ``time.time_ns()`` does, as long
-    as the clock is not stepped back across a restart; the agent should use
-    ``max(time.time_ns(), last_persisted + 1)``.  ``on_datagram`` and
-    ``on_stream_message`` are called synchronously with ``(from_addr,
-    payload)``; an exception in them is logged and counted, never propagated.
+    Replay protection needs nothing from the caller: each Transport draws a
+    random boot id, and freshness is proved with the receivers' cookies, so it
+    holds across restarts, data dirs restored from copies and clock changes.
+    ``on_datagram`` and ``on_stream_message`` are called synchronously with
+    ``(from_addr, payload)``; an exception in them is logged and counted,
+    never propagated.
     """
 
     def __init__(
@@ -216,7 +203,6 @@ class Transport:
         port: int,
         keyring: Keyring,
         node_id: str,
-        incarnation: int,
         on_datagram: Callback,
         on_stream_message: Callback,
         stats: TransportStats | None = None,
@@ -229,7 +215,9 @@ class Transport:
         self.port = port
         self.node_id = node_id
         self.stats = stats if stats is not None else TransportStats()
-        self.envelope = Envelope(keyring, node_id, incarnation, stats=self.stats.seal)
+        self.envelope = Envelope(keyring, node_id, stats=self.stats.seal)
+        self._cookies = CookieJar()
+        self._grants = GrantLimiter()
         self._advertise = advertise
         self._on_datagram = on_datagram
         self._on_stream = on_stream_message
@@ -326,7 +314,11 @@ class Transport:
         except ConfigError:
             self.stats.dropped_bad_addr += 1
             return False
-        packet = self.envelope.seal(Channel.DATAGRAM, payload)
+        envelope = self.envelope
+        cookie = self._cookies.cookie_for(addr)
+        packet = envelope.seal(Channel.DATAGRAM, payload, cookie or NO_COOKIE)
+        self._cookies.sent(addr, envelope.sequences[Channel.DATAGRAM], payload, cookie is None,
+                           time.monotonic())
         try:
             self._udp.sendto(packet, (host, port))
         except (OSError, ValueError):
@@ -341,9 +333,15 @@ class Transport:
             self.stats.dropped_oversize += 1
             return
         try:
-            payload = self.envelope.open(Channel.DATAGRAM, data)
+            payload = self.envelope.open_datagram(data)
+        except CookieNeeded as refused:
+            self._answer_refused(refused, addr)
+            return
         except SealError:
             return  # counted by the envelope
+        if isinstance(payload, Grant):
+            self._take_grant(payload, addr)
+            return
         self.stats.datagrams_in += 1
         self.stats.datagram_bytes_in += len(data)
         self.begin_dispatch()
@@ -351,6 +349,27 @@ class Transport:
             self._deliver(self._on_datagram, format_addr(str(addr[0]), int(addr[1])), payload)
         finally:
             self.end_dispatch()
+
+    def _answer_refused(self, refused: CookieNeeded, addr: tuple[Any, ...]) -> None:
+        """Grant the sender of a refused datagram its cookie (rate limited)."""
+        assert self._udp is not None
+        if self._closing or not self._grants.allow(f"{addr[0]}:{addr[1]}", time.monotonic()):
+            self.stats.grants_suppressed += 1
+            return
+        try:
+            self._udp.sendto(self.envelope.seal_grant(refused, self.listen_addr), addr)
+        except (OSError, ValueError):
+            self.stats.dropped_send_error += 1
+            return
+        self.stats.grants_out += 1
+
+    def _take_grant(self, grant: Grant, addr: tuple[Any, ...]) -> None:
+        """A peer granted us a cookie: file it, resend what it refused for want of one."""
+        self.stats.grants_in += 1
+        from_addr = format_addr(str(addr[0]), int(addr[1]))
+        for to, payload in self._cookies.learn(from_addr, grant, time.monotonic()):
+            if self.send_datagram(to, payload):
+                self.stats.datagrams_resent += 1
 
     def _deliver(self, callback: Callback, from_addr: str, payload: bytes) -> None:
         try:
@@ -395,7 +414,7 @@ class Transport:
                 self._burst_peers.append(peer)
             else:
                 asyncio.get_running_loop().call_soon(peer.end_burst)
-            self._write_batch(writer, [payload])
+            self._write_batch(writer, [payload], peer.cookie)
             return True
         queue.append(payload)
         peer.queued_bytes += len(payload)
@@ -437,7 +456,17 @@ class Transport:
             self.stats.connects += 1
             started = time.monotonic()
             try:
-                await self._pump(peer, reader, writer)
+                challenge = await asyncio.wait_for(self._read_challenge(reader), CONNECT_TIMEOUT)
+            except (OSError, ConnectionError, TimeoutError, ProtocolError, SealError):
+                self.stats.bad_challenges += 1
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+                await asyncio.sleep(backoff_delay(peer.attempt, self._rng))
+                peer.attempt += 1
+                continue
+            try:
+                await self._pump(peer, reader, writer, challenge)
             except Exception:
                 # A bug must not silently kill this peer's writer (its queue
                 # would never drain): log it and go round again, backing off.
@@ -449,14 +478,27 @@ class Transport:
                 await asyncio.sleep(backoff_delay(peer.attempt, self._rng))
                 peer.attempt += 1
 
+    async def _read_challenge(self, reader: asyncio.StreamReader) -> bytes:
+        """The cookie of the CHALLENGE frame an accepting peer writes first."""
+        decoder = wire.FrameDecoder(MAX_CHALLENGE_FRAME)
+        while True:
+            data = await reader.read(READ_CHUNK)
+            if not data:
+                raise ConnectionError("closed before its challenge")
+            frames = decoder.feed(data)
+            if frames:
+                return self.envelope.open_challenge(frames[0])
+
     async def _pump(self, peer: _Peer, reader: asyncio.StreamReader,
-                    writer: asyncio.StreamWriter) -> None:
-        """Write the queue to one connection until it breaks."""
+                    writer: asyncio.StreamWriter, cookie: bytes) -> None:
+        """Write the queue to one connection until it breaks; every frame is
+        sealed with the connection's challenge ``cookie``."""
         peer.broken = False
         watcher = asyncio.get_running_loop().create_task(self._watch_eof(peer, reader))
         try:
+            peer.cookie = cookie
             hello = wire.encode(wire.Hello(self.node_id, self.listen_addr))
-            writer.write(wire.frame(self.envelope.seal(Channel.STREAM, join_batch([hello]))))
+            writer.write(wire.frame(self.envelope.seal(Channel.STREAM, join_batch([hello]), cookie)))
             peer.writer = writer
             while not peer.broken:
                 queue = peer.queue
@@ -469,7 +511,7 @@ class Transport:
                         batch.append(payload)
                         size += len(payload)
                     peer.queued_bytes -= size
-                    self._write_batch(writer, batch)
+                    self._write_batch(writer, batch, cookie)
                     if writer.transport.get_write_buffer_size() > BATCH_BYTES:
                         await writer.drain()
                 await writer.drain()
@@ -488,9 +530,9 @@ class Transport:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await watcher
 
-    def _write_batch(self, writer: asyncio.StreamWriter, batch: list[bytes]) -> None:
+    def _write_batch(self, writer: asyncio.StreamWriter, batch: list[bytes], cookie: bytes) -> None:
         """Seal ``batch`` into one frame and hand it to the connection."""
-        data = wire.frame(self.envelope.seal(Channel.STREAM, join_batch(batch)))
+        data = wire.frame(self.envelope.seal(Channel.STREAM, join_batch(batch), cookie))
         writer.transport.write(data)  # what StreamWriter.write does, one call less
         stats = self.stats
         stats.stream_msgs_out += len(batch)
@@ -511,6 +553,11 @@ class Transport:
     @property
     def closing(self) -> bool:
         return self._closing
+
+    def new_stream_gate(self) -> tuple[StreamGate, bytes]:
+        """A fresh gate for an accepted connection and the challenge frame to write."""
+        gate = StreamGate()
+        return gate, wire.frame(self.envelope.seal_challenge(gate))
 
     def admit_inbound(self, stream: InboundStream) -> bool:
         """Register a new inbound connection; False when there are too many."""

@@ -59,6 +59,7 @@ from collections.abc import Sequence
 from agent.swim.awareness import Awareness
 from agent.swim.broadcast import BroadcastMsg, BroadcastQueue
 from agent.swim.config import SwimConfig
+from agent.swim.identity import IDENTITY_SEQ, IdentityChecks
 from agent.swim.members import Member, MemberTable, MemberView, view_of
 from agent.swim.messages import (
     EMPTY_PIGGYBACK,
@@ -127,6 +128,7 @@ class SwimNode(MembershipRules):
         self._last_load_broadcast: tuple[float, NodeLoad] | None = None
         self._unreachable_until: dict[str, float] = {}
         self._stranger_syncs: dict[str, float] = {}  # addr -> last PushPull offered
+        self.identity = IdentityChecks(config.probe_interval, rng)  # see agent.swim.identity
         # Spread periodic work over the interval so nodes started together do not
         # act in lockstep.
         self._next_probe_at = now + rng.random() * config.probe_interval
@@ -239,6 +241,8 @@ class SwimNode(MembershipRules):
         peer's source port is ephemeral): replies go to the address in the message."""
         self._now = now = max(self._now, now)
         self.stats["msgs_in"] += 1
+        if isinstance(msg, Ping | Ack) and msg.seq >= IDENTITY_SEQ and self._identity_message(msg):
+            return
         if isinstance(msg, Ping):
             self._apply_piggyback(now, msg.source, msg.gossip)
             self._on_ping(now, msg)
@@ -578,10 +582,6 @@ class SwimNode(MembershipRules):
 
     def _emit_partition_event(self, kind: str) -> None:
         self._emit(kind, self.table.self_member)
-
-    def _self_alive(self) -> Alive:
-        me = self.table.self_member
-        return Alive(me.incarnation, self.node_id, me.addr, me.meta)
 
     def _push_suspicion_deadline(self, deadline: float, node: str) -> None:
         heapq.heappush(self._suspicion_heap, (deadline, node))

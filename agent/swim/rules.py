@@ -23,6 +23,13 @@ is re-broadcast (that is the epidemic) and reported as a MemberEvent.
   halves of a healed partition).
 * Healing: dead members are kept (and offered a PushPull, one per reconnect
   interval) until ``reconnect_timeout``; a stranger probing us gets one too.
+* Identity: news that puts *our* node id at another address (a PushPull
+  state, Alive gossip, a PushPull reply from "ourselves") may mean a copy of
+  our data dir runs there; the core checks whether something answers there
+  as us (:meth:`SwimNode._check_identity`).  A joining PushPull from
+  "ourselves" is answered but not checked: its sender is the newcomer, and it
+  is the one that checks and refuses, so the member the cluster knows keeps
+  running.
 """
 
 from __future__ import annotations
@@ -33,11 +40,13 @@ from typing import TYPE_CHECKING
 
 from agent.swim.members import Member, MemberTable, push_pull_state
 from agent.swim.messages import (
+    Ack,
     Alive,
     Dead,
     LoadReport,
     MemberState,
     Piggyback,
+    Ping,
     PushPull,
     Suspect,
 )
@@ -48,6 +57,7 @@ if TYPE_CHECKING:
     from agent.swim.awareness import Awareness
     from agent.swim.broadcast import BroadcastMsg
     from agent.swim.config import SwimConfig
+    from agent.swim.identity import IdentityChecks
 
 
 class MembershipRules(abc.ABC):
@@ -62,6 +72,8 @@ class MembershipRules(abc.ABC):
     _leaving: bool
     _unreachable_until: dict[str, float]  # addr -> no reconnect attempts before
     _stranger_syncs: dict[str, float]  # addr -> last PushPull offered to a stranger
+    _now: float
+    identity: IdentityChecks
 
     @abc.abstractmethod
     def _queue(self, msg: BroadcastMsg) -> None:
@@ -74,6 +86,10 @@ class MembershipRules(abc.ABC):
     @abc.abstractmethod
     def _send(self, to: str, msg: object, reliable: bool) -> None:
         """Queue an outbound message."""
+
+    def _self_alive(self) -> Alive:
+        me = self.table.self_member
+        return Alive(me.incarnation, self.node_id, me.addr, me.meta)
 
     def _push_pull_msg(self, join: bool, reply: bool) -> PushPull:
         """Our full state."""
@@ -95,6 +111,7 @@ class MembershipRules(abc.ABC):
     @abc.abstractmethod
     def _note_new_member(self, node: str) -> None:
         """Fit a newly admitted member into the probe order."""
+
 
     # ------------------------------------------------------------------ entry points
 
@@ -123,13 +140,21 @@ class MembershipRules(abc.ABC):
 
     def _on_push_pull(self, now: float, pp: PushPull) -> None:
         if pp.source == self.node_id:
-            return  # we dialled our own address
+            if pp.source_addr != self.table.self_member.addr:
+                if pp.join and not pp.reply:
+                    # A newcomer with our node id: let it see who we are (it refuses).
+                    self._send(pp.source_addr, self._push_pull_msg(join=False, reply=True), True)
+                else:
+                    self._check_identity(pp.source_addr)
+            return  # otherwise we dialled our own address
         if not pp.reply:
             self._send(pp.source_addr, self._push_pull_msg(join=False, reply=True), True)
         # A fresh joiner learns a whole cluster that already knows itself:
         # re-broadcasting every member would only add load.
         fresh = len(self.table) == 0
         for st in pp.states:
+            if st.node == self.node_id and st.addr != self.table.self_member.addr:
+                self._check_identity(st.addr)
             if st.state == MemberState.ALIVE:
                 alive = Alive(st.incarnation, st.node, st.addr, st.meta)
                 self._on_alive(now, alive, admit=True, broadcast=not fresh)
@@ -145,6 +170,8 @@ class MembershipRules(abc.ABC):
     def _on_alive(self, now: float, a: Alive, admit: bool, broadcast: bool = True) -> None:
         if a.node == self.node_id:
             me = self.table.self_member
+            if a.addr != me.addr:
+                self._check_identity(a.addr)
             if self._leaving or a.incarnation < me.incarnation:
                 return
             if a.incarnation == me.incarnation and a.meta == me.meta and a.addr == me.addr:
@@ -256,6 +283,29 @@ class MembershipRules(abc.ABC):
             m.load = report
             if rebroadcast:
                 self._queue(report)
+
+    # ------------------------------------------------------------------ identity
+
+    def _check_identity(self, addr: str) -> None:
+        """News puts our node id at ``addr``: ping it as ourselves (UDP and TCP, no
+        piggyback) to learn whether a live process there has our node id."""
+        if self._leaving or not addr or addr == self.table.self_member.addr:
+            return
+        seq = self.identity.start(self._now, addr)
+        if seq is None:
+            return
+        me = self.table.self_member.addr
+        self._send(addr, Ping(seq, self.node_id, self.node_id, me), reliable=False)
+        self._send(addr, Ping(seq, self.node_id, self.node_id, me, via_stream=True), reliable=True)
+
+    def _identity_message(self, msg: Ping | Ack) -> bool:
+        """A Ping or Ack with an identity-check sequence; True if it was consumed
+        here (an Ack, or our own check reaching us under another address).  A
+        check from another process with our node id is answered as usual."""
+        if isinstance(msg, Ack):
+            self.identity.on_ack(msg.seq, msg.source == self.node_id and not msg.relay)
+            return True
+        return msg.source == self.node_id and self.identity.on_own_ping(msg.seq, msg.source_addr)
 
     # ------------------------------------------------------------------ healing
 

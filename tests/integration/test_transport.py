@@ -1,5 +1,6 @@
 """Two (or more) real Transports on loopback: sealed datagrams and streams,
-replies, garbage, replays, reconnection, queue bounds and key rotation."""
+replies, garbage, replays, reconnection, queue bounds and key rotation.
+(Replays across restarts and evictions: tests/unit/test_replay_restart.py.)"""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from agent import crypto, wire
-from agent.crypto import Channel, Envelope, Keyring
+from agent.crypto import Keyring
+from agent.envelope import DATAGRAM_OVERHEAD, Channel, Envelope
 from agent.errors import ConfigError
 from agent.runtime import transport as transport_mod
 from agent.runtime.transport import Transport, backoff_delay, parse_addr
@@ -35,7 +37,7 @@ class Node:
         self.datagrams: list[tuple[str, bytes]] = []
         self.streams: list[tuple[str, bytes]] = []
         self.lost: list[str] = []
-        self.t = Transport(HOST, port, keyring, name, time.time_ns(),
+        self.t = Transport(HOST, port, keyring, name,
                            self._on_datagram, self._on_stream, rng=random.Random(1),
                            on_connection_lost=self.lost.append)
         self.on_datagram_hook: Callable[[str, bytes], None] | None = None
@@ -161,8 +163,11 @@ async def test_datagram_size_limit(keyring: Callable[[], Keyring]) -> None:
         assert a.t.stats.dropped_oversize == 1
         assert a.t.send_datagram(b.addr, b"y" * wire.MAX_DATAGRAM_SIZE)
         await wait_until(lambda: len(b.datagrams) == 1)
-        assert a.t.stats.datagram_bytes_out == wire.MAX_DATAGRAM_SIZE + crypto.DATAGRAM_OVERHEAD
-        assert a.t.stats.datagram_bytes_out <= 1472  # no IP fragmentation on Ethernet
+        # The first datagram to b went without a cookie, was refused and went again.
+        assert a.t.stats.datagrams_resent == 1 and b.t.stats.seal.dropped_cookie == 1
+        largest = wire.MAX_DATAGRAM_SIZE + DATAGRAM_OVERHEAD
+        assert a.t.stats.datagram_bytes_out == 2 * largest
+        assert largest <= 1472  # no IP fragmentation on Ethernet
         assert not a.t.send_datagram("nonsense", b"z")
         assert a.t.stats.dropped_bad_addr == 1
 
@@ -200,27 +205,40 @@ async def test_garbage_on_both_ports_is_counted_and_harmless(
         udp.close()
 
         async def tcp_attack(data: bytes) -> bytes:
+            """What the server sent after its challenge frame, until it hung up."""
             reader, writer = await asyncio.open_connection(HOST, port)
             writer.write(data)
             await writer.drain()
-            rest = await asyncio.wait_for(reader.read(100), 5)  # the server must hang up
+            sent = await asyncio.wait_for(reader.read(), 5)  # the server must hang up
             writer.close()
-            return rest
+            (challenge,) = wire.FrameDecoder().feed(sent[: 4 + int.from_bytes(sent[:4])])
+            Envelope(keyring(), "x").open_challenge(challenge)
+            return sent[4 + len(challenge):]
 
         assert await tcp_attack(b"\xff\xff\xff\xff" + b"A" * 100) == b""  # 4 GB frame claim
         assert await tcp_attack(wire.frame(wire.encode(wire.Hello("x", "1.1.1.1:1")))) == b""
         assert await tcp_attack(b"".join(wire.frame(rng.randbytes(60)) for _ in range(20))) == b""
-        wrong = Envelope(Keyring.from_key(KEY_B), "eve", 1)
+        wrong = Envelope(Keyring.from_key(KEY_B), "eve")
         assert await tcp_attack(b"".join(
             wire.frame(wrong.seal(Channel.STREAM, b"hi")) for _ in range(20))) == b""
         assert await tcp_attack(b"") == b""  # silent: closed after HELLO_TIMEOUT
         # A key holder whose first message is not a Hello is refused, and so
-        # is one whose frame is not a well-formed batch.
-        rogue = Envelope(keyring(), "rogue", 1)
-        no_hello = rogue.seal(Channel.STREAM, transport_mod.join_batch([b"no hello"]))
-        assert await tcp_attack(wire.frame(no_hello)) == b""
-        bad_batch = rogue.seal(Channel.STREAM, b"\x00\x00\x00\x09short")
-        assert await tcp_attack(wire.frame(bad_batch)) == b""
+        # is one whose frame is not a well-formed batch (each answers the
+        # connection's challenge, so they are opened).
+        rogue = Envelope(keyring(), "rogue")
+
+        async def rogue_attack(batch: bytes) -> bytes:
+            reader, writer = await asyncio.open_connection(HOST, port)
+            header = await reader.readexactly(4)
+            frame = await reader.readexactly(int.from_bytes(header))
+            cookie = rogue.open_challenge(frame)
+            writer.write(wire.frame(rogue.seal(Channel.STREAM, batch, cookie)))
+            rest = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            return rest
+
+        assert await rogue_attack(transport_mod.join_batch([b"no hello"])) == b""
+        assert await rogue_attack(b"\x00\x00\x00\x09short") == b""
 
         a.t.send_datagram(b.addr, b"still alive")
         a.t.send_stream(b.addr, b"still streaming")
@@ -237,58 +255,76 @@ async def test_garbage_on_both_ports_is_counted_and_harmless(
         assert b.datagrams == [(a.addr, b"still alive")]
 
 
+class RecordingUdp:
+    """Wraps a transport's UDP endpoint: every datagram it sends is recorded."""
+
+    def __init__(self, inner: asyncio.DatagramTransport) -> None:
+        self.inner = inner
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.sent.append((data, addr))
+        self.inner.sendto(data, addr)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 async def test_recorded_traffic_replayed_is_dropped(keyring: Callable[[], Keyring]) -> None:
-    captured_tcp = bytearray()
-    frames: list[bytes] = []
-    messages: list[bytes] = []
-    got_all = asyncio.Event()
-    eavesdropper = Envelope(Keyring.from_key(KEY_A), "spy", 1)
+    """A relay between a and b records a's stream; a wrapper records a's
+    datagrams.  Both were delivered once; replayed to b, none is."""
+    recorded = bytearray()
 
-    async def recorder(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        decoder = wire.FrameDecoder()
-        while data := await reader.read(65536):
-            captured_tcp.extend(data)
-            for body in decoder.feed(data):
-                frames.append(body)
-                messages.extend(transport_mod.split_batch(
-                    eavesdropper.open(Channel.STREAM, body)))
-            if len(messages) == 4:  # the Hello and three messages
-                got_all.set()
-        writer.close()
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(HOST, b.t.port)
 
-    spy = await asyncio.start_server(recorder, HOST, 0)
-    spy_port = spy.sockets[0].getsockname()[1]
-    spy_udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    spy_udp.bind((HOST, 0))
-    spy_udp.setblocking(False)
-    try:
-        async with Node("a", keyring()) as a, Node("b", keyring()) as b:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                       record: bool) -> None:
+            while data := await src.read(65536):
+                if record:
+                    recorded.extend(data)
+                dst.write(data)
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False),
+                             return_exceptions=True)
+
+    async with Node("a", keyring()) as a, Node("b", keyring()) as b:
+        proxy = await asyncio.start_server(relay, HOST, 0)
+        try:
+            udp = RecordingUdp(a.t._udp)  # type: ignore[arg-type]
+            a.t._udp = udp  # type: ignore[assignment]
             for i in range(3):
-                a.t.send_stream(f"{HOST}:{spy_port}", b"msg-%d" % i)
-            a.t.send_datagram(f"{HOST}:{spy_udp.getsockname()[1]}", b"dgram")
-            await asyncio.wait_for(got_all.wait(), 5)
-            datagram = await asyncio.get_running_loop().sock_recv(spy_udp, 2048)
-
-            # First delivery of the recorded bytes is accepted...
-            for _ in range(2):
-                _reader, w = await asyncio.open_connection(HOST, b.t.port)
-                w.write(bytes(captured_tcp))
-                await w.drain()
-                await asyncio.sleep(0.2)
-                w.close()
-            # ...the replay on a new connection is not.
+                a.t.send_stream(f"{HOST}:{proxy.sockets[0].getsockname()[1]}", b"msg-%d" % i)
+            a.t.send_datagram(b.addr, b"dgram")
+            await wait_until(lambda: len(b.streams) == 3 and len(b.datagrams) == 1)
             assert [p for _, p in b.streams] == [b"msg-0", b"msg-1", b"msg-2"]
-            assert b.t.stats.seal.dropped_replay == len(frames)
+            frames = wire.FrameDecoder().feed(bytes(recorded))
+            assert len(frames) >= 2  # the Hello, then the messages
 
-            replay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            for _ in range(3):
-                replay.sendto(datagram, (HOST, b.t.port))
-            replay.close()
-            await wait_until(lambda: b.t.stats.seal.dropped_replay == len(frames) + 2)
+            # The recorded stream, written again on new connections, is refused:
+            # b challenged each with a new cookie.
+            for _ in range(2):
+                _reader, writer = await asyncio.open_connection(HOST, b.t.port)
+                writer.write(bytes(recorded))
+                await writer.drain()
+                await wait_until(lambda: b.t.stats.seal.dropped_replay > 0)
+                writer.close()
+            await wait_until(lambda: b.t.stats.seal.dropped_replay == 2 * len(frames))
+            assert len(b.streams) == 3
+
+            # a's first datagram (no cookie yet) was refused, then resent with b's.
+            sent = [data for data, _ in udp.sent]
+            assert len(sent) == 2 and a.t.stats.datagrams_resent == 1
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as replay:
+                for _ in range(3):
+                    for data in sent:
+                        replay.sendto(data, (HOST, b.t.port))
+            await wait_until(lambda: b.t.stats.seal.dropped_replay == 2 * len(frames) + 3)
+            await wait_until(lambda: b.t.stats.seal.dropped_cookie == 1 + 3)
             assert [p for _, p in b.datagrams] == [b"dgram"]
-    finally:
-        spy.close()
-        spy_udp.close()
+        finally:
+            proxy.close()
 
 
 # --------------------------------------------------------------------------- failures
