@@ -68,6 +68,15 @@ class RaftConfig:
     --force-new-cluster`` (default 60 s: longer than a LAN cluster takes to
     restart and elect; ``local``: 20 s)."""
 
+    segment_bytes: int = 64 * 1024 * 1024
+    """Bytes of records per WAL segment file (default 64 MiB).  Each segment is
+    preallocated to this size when it starts, so appends never grow the file and
+    ``fdatasync`` need not journal metadata; so a full disk shows up when a
+    segment starts (where the filesystem can preallocate), not mid-record.  Large
+    enough that starting one (allocate, write its header, fsync it and the
+    directory) is rare; small values (down to 64 KiB) are for tests that fill a
+    small tmpfs."""
+
     @classmethod
     def lan(cls) -> RaftConfig:
         """Heartbeat 100 ms, election timeout randomised in [1 s, 2 s)."""
@@ -111,4 +120,8 @@ class RaftConfig:
             raise ConfigError("raft.repair_wait", f"must be 1-86400 s, got {self.repair_wait}")
         if self.snapshot_trailing < 0:
             raise ConfigError("raft.snapshot_trailing", f"must be >= 0, got {self.snapshot_trailing}")
+        if not 64 * 1024 <= self.segment_bytes <= 1024**3:
+            raise ConfigError(
+                "raft.segment_bytes", f"must be 65536-1073741824 bytes, got {self.segment_bytes}"
+            )
         return self

@@ -66,6 +66,8 @@ from agent.raft.messages import (
     RestoredState,
     Role,
     Snapshot,
+    StartCheck,
+    StartCheckResp,
     TimeoutNow,
 )
 from agent.raft.progress import Inflights, Progress
@@ -116,6 +118,10 @@ class RaftNode:
         self.damaged = restored.damaged
         """Why this node's storage cannot be trusted (empty: it can); see repair.py."""
         self._reset_pending = False
+        self.fresh_start = bool(restored.entries or restored.snapshot) and not self.damaged
+        """Just started with a log: no votes until the leader answered our StartCheck or
+        one election timeout passed (repair.py: data dirs restored from a copy)."""
+        self._start_checked = False
         self._apply_committed_conf()
         self._prev_hs = HardState(self.term, self.vote, self.log.committed)
         self._become_follower(self.term, "")
@@ -136,6 +142,8 @@ class RaftNode:
 
     def tick(self) -> None:
         self._ticks += 1
+        if self.fresh_start and self._ticks >= self.config.election_ticks:
+            self.fresh_start = False  # no leader around to ask: behave as plain Raft
         if self.role == Role.LEADER:
             replication.tick_leader(self)
             return
@@ -149,7 +157,7 @@ class RaftNode:
             return
         if msg.term > self.term:
             if isinstance(msg, RequestVote):
-                in_lease = (
+                in_lease = self.fresh_start or (
                     self.config.check_quorum
                     and self.leader_id != ""
                     and self.election_elapsed < self.config.election_ticks
@@ -177,6 +185,11 @@ class RaftNode:
                 repair.handle_request(self, msg)
         elif isinstance(msg, RepairGrant):
             repair.handle_grant(self, msg)
+        elif isinstance(msg, StartCheck):
+            if self.role == Role.LEADER:
+                repair.handle_start_check(self, msg)
+        elif isinstance(msg, StartCheckResp):
+            repair.handle_start_check_resp(self, msg)
         elif self.role == Role.LEADER:
             replication.step_leader(self, msg)
         elif self.role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
@@ -469,6 +482,9 @@ class RaftNode:
                 self._set_leader(m.frm)
                 self._send(RepairRequest(self.id, m.frm, self.term, self.damaged))
             return
+        if isinstance(m, _FROM_LEADER) and not self._start_checked and self.fresh_start:
+            self._start_checked = True
+            self._send(StartCheck(self.id, m.frm, self.term, self.log.last_index()))
         if isinstance(m, AppendEntries):
             self.election_elapsed = 0
             self._set_leader(m.frm)

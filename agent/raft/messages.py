@@ -224,6 +224,27 @@ class RepairRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class StartCheck:
+    """A voter that just started tells the leader where its log ends, so a data
+    dir restored from an older copy is caught before it votes (``repair.py``)."""
+
+    frm: str
+    to: str
+    term: int
+    last_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartCheckResp:
+    """The leader's answer: the highest index it saw this node acknowledge."""
+
+    frm: str
+    to: str
+    term: int
+    acknowledged: int
+
+
+@dataclass(frozen=True, slots=True)
 class RepairGrant:
     """The leader's answer once the damaged node is no longer a voter: it may drop
     its local log and catch up as a learner."""
@@ -247,6 +268,8 @@ RaftMessage = (
     | ReadIndexResp
     | RepairRequest
     | RepairGrant
+    | StartCheck
+    | StartCheckResp
 )
 
 WIRE_TYPES: dict[int, type] = {
@@ -263,6 +286,8 @@ WIRE_TYPES: dict[int, type] = {
     50: ReadIndexResp,
     51: RepairRequest,
     52: RepairGrant,
+    53: StartCheck,
+    54: StartCheckResp,
 }
 
 

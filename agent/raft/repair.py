@@ -27,11 +27,22 @@ Rules (leader side):
 ============================  ===========================================
 RepairRequest from a voter    propose DEMOTE (once no change is pending)
 RepairRequest from non-voter  send RepairGrant, probe it from scratch
+StartCheck                    answer with the match index it acknowledged
 ============================  ===========================================
 
 (A leader could also notice a follower whose append reject hints below its
 ``match``; we tried it, and delayed or duplicated rejects from before the
 follower caught up look the same, so it demoted healthy nodes.  Not done.)
+
+**A data dir restored from an older copy** (a backup, a VM snapshot) is
+consistent with itself, so storage cannot tell.  Every voter therefore starts
+"fresh": for one election timeout, or until the leader has answered its
+``StartCheck``, it grants no votes (as if it were in a leader's lease), and
+on the first message from a leader it reports where its log ends.  If the
+leader saw it acknowledge more than that (``Progress.match``), the node
+marks itself damaged and goes through the repair above.  A restore that
+coincides with a change of leader is not caught this way (the new leader
+never saw the old acknowledgements): it then behaves as a node that was down.
 
 A damaged node grants no votes.  Once its demotion is committed, a majority
 of the old configuration that excludes it holds every entry before the
@@ -56,6 +67,8 @@ from agent.raft.messages import (
     ConfChangeKind,
     RepairGrant,
     RepairRequest,
+    StartCheck,
+    StartCheckResp,
 )
 
 if TYPE_CHECKING:
@@ -101,3 +114,22 @@ def handle_grant(node: RaftNode, m: RepairGrant) -> None:
     if not node.damaged:
         return
     node.wipe_for_repair(m.frm)
+
+
+def handle_start_check(node: RaftNode, m: StartCheck) -> None:
+    """Leader: a restarted voter says where its log ends; tell it what it acknowledged."""
+    pr = node.prs.get(m.frm)
+    node._send(StartCheckResp(node.id, m.frm, node.term, pr.match if pr is not None else 0))
+
+
+def handle_start_check_resp(node: RaftNode, m: StartCheckResp) -> None:
+    """Restarted voter: the leader's record of our acknowledgements against our log."""
+    node.fresh_start = False
+    last = node.log.last_index()
+    if m.acknowledged > last and not node.damaged:
+        node.damaged = (
+            f"leader {m.frm} saw this node acknowledge up to index {m.acknowledged} but its log ends"
+            f" at {last} (data dir restored from an older copy, or a disk that lost synced writes)"
+        )
+        node._emit("repair", node.damaged)
+        node._become_follower(node.term, m.frm)

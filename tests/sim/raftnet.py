@@ -56,6 +56,8 @@ class MemoryStorage:
         self._unsynced: list[tuple[str, Any]] = []
         self.syncs = 0
         self.damaged = ""
+        self.restored_from_copy = False
+        """Put back from a backup and not repaired since (fault bookkeeping only)."""
 
     def write_snapshot(self, snap: Snapshot) -> None:
         self._unsynced.append(("snapshot", snap))
@@ -104,12 +106,17 @@ class MemoryStorage:
             self.damaged = f"lost {lost} acknowledged entries"
         return lost
 
+    def copy(self) -> MemoryStorage:
+        """What a backup taken now would hold (synced state only)."""
+        return MemoryStorage(self.restored())
+
     def reset(self) -> None:
         """A granted repair: everything goes but term and vote."""
         self.hard_state = HardState(self.hard_state.term, self.hard_state.vote, 0)
         self.snapshot = None
         self.entries = []
         self.damaged = ""
+        self.restored_from_copy = False
 
     def restored(self) -> RestoredState:
         offset = self.snapshot.index if self.snapshot else 0
@@ -220,6 +227,13 @@ class RaftNet:
         node = self.nodes[node_id]
         assert not node.up
         self._start(node_id, node.storage)
+
+    def restore_copy(self, node_id: str, copy: MemoryStorage) -> None:
+        """Crash ``node_id`` and put back an older copy of its data dir."""
+        node = self.nodes[node_id]
+        node.up = False
+        node.storage = copy
+        copy.restored_from_copy = True
 
     def lie(self, node_id: str, lost: int) -> int:
         """Crash ``node_id`` and have its disk lose its last ``lost`` synced entries."""

@@ -27,7 +27,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from agent.raft.messages import ConfChange, ConfChangeKind, Entry, Role
 from tests.sim.linearizability import UNKNOWN, Operation, check_kv
-from tests.sim.raftnet import RaftNet, SimNode
+from tests.sim.raftnet import MemoryStorage, RaftNet, SimNode
 
 KEYS = ("x", "y")
 OP_TIMEOUT = 40
@@ -154,7 +154,8 @@ def run_schedule(seed: int) -> dict[str, int]:
     work = Workload(net, rng, clients=3)
     down_until: dict[str, int] = {}
     conf_changes = 0
-    lies = 0
+    lies = restores = 0
+    backups: dict[str, MemoryStorage] = {}
     every = sorted(net.nodes)
     for _ in range(FAULT_STEPS):
         r = rng.random()
@@ -174,6 +175,11 @@ def run_schedule(seed: int) -> dict[str, int]:
             conf_changes += _random_conf_change(net, rng)
         elif r < 0.094:
             lies += _disk_lies(net, rng, down_until)
+        elif r < 0.096:
+            backed_up = rng.choice(every)
+            backups[backed_up] = net.nodes[backed_up].storage.copy()
+        elif r < 0.100 and backups:
+            restores += _restore_backup(net, rng, backups, down_until)
         for victim, until in list(down_until.items()):
             if net.now >= until or net.nodes[victim].up:
                 if not net.nodes[victim].up:
@@ -229,8 +235,34 @@ def run_schedule(seed: int) -> dict[str, int]:
         "elections": net.elections,
         "conf": conf_changes,
         "lies": lies,
+        "restores": restores,
         "repairs": net.repairs,
     }
+
+
+def _unhealthy(node: SimNode) -> bool:
+    """Damaged, or restored from a copy and not yet repaired: at most a minority."""
+    return bool(node.storage.damaged or node.raft.damaged or node.storage.restored_from_copy)
+
+
+def _restore_backup(
+    net: RaftNet, rng: random.Random, backups: dict[str, MemoryStorage], down_until: dict[str, int]
+) -> int:
+    """A voter's data dir is put back from an older copy (its backup): only the
+    start check can tell, and only while the leader that saw it is still leading."""
+    leader = net.leader()
+    if leader is None:
+        return 0
+    voters = leader.raft.conf.voters
+    damaged = [n for n in net.nodes.values() if _unhealthy(n)]
+    candidates = [v for v in voters if v in backups and v != leader.node_id and net.nodes[v].up]
+    settling = leader.raft.pending_conf_index > leader.raft.commit_index  # voters may shrink
+    if settling or len(voters) < 3 or len(damaged) + 1 > (len(voters) - 1) // 2 or not candidates:
+        return 0
+    victim = rng.choice(candidates)
+    net.restore_copy(victim, backups.pop(victim))
+    down_until[victim] = net.now + rng.randint(1, 5)
+    return 1
 
 
 def _disk_lies(net: RaftNet, rng: random.Random, down_until: dict[str, int]) -> int:
@@ -242,8 +274,9 @@ def _disk_lies(net: RaftNet, rng: random.Random, down_until: dict[str, int]) -> 
     if leader is None:
         return 0
     voters = leader.raft.conf.voters
-    damaged = [n for n in net.nodes.values() if n.storage.damaged or n.raft.damaged]
-    if len(voters) < 3 or len(damaged) + 1 > (len(voters) - 1) // 2:
+    damaged = [n for n in net.nodes.values() if _unhealthy(n)]
+    settling = leader.raft.pending_conf_index > leader.raft.commit_index  # voters may shrink
+    if settling or len(voters) < 3 or len(damaged) + 1 > (len(voters) - 1) // 2:
         return 0
     victim = rng.choice(voters)
     if not net.nodes[victim].up:
@@ -262,7 +295,7 @@ def _random_conf_change(net: RaftNet, rng: random.Random) -> int:
     options: list[ConfChange] = []
     options += [ConfChange(ConfChangeKind.ADD_LEARNER, n) for n in outsiders]
     options += [ConfChange(ConfChangeKind.PROMOTE, n) for n in conf.learners]
-    repairing = any(n.storage.damaged or n.raft.damaged for n in net.nodes.values())
+    repairing = any(_unhealthy(n) for n in net.nodes.values())
     if len(conf.voters) > 2 and not repairing:
         # (while a node is damaged, the others must stay a healthy majority)
         options += [ConfChange(ConfChangeKind.REMOVE, n) for n in conf.voters]

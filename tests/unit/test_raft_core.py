@@ -395,6 +395,7 @@ def test_leader_never_commits_an_old_term_entry_by_counting() -> None:
 
 def test_votes_need_an_up_to_date_log_and_are_given_once_per_term() -> None:
     node = RaftNode(SIM_CONFIG, "a", bootstrap_state(ABC), random.Random(6))
+    node.fresh_start = False  # (a restarted voter first waits for its StartCheck: see test_raft_repair)
     drain_local(node)
     # b's log is behind (last term 0): refused.
     node.step(RequestVote("b", "a", 2, last_index=0, last_term=0))

@@ -25,6 +25,8 @@ from agent.raft.messages import (
     RequestVote,
     RequestVoteResp,
     Snapshot,
+    StartCheck,
+    StartCheckResp,
     TimeoutNow,
 )
 
@@ -42,6 +44,8 @@ SAMPLES = [
     ReadIndexResp("a", "b", 3, b"q", 7),
     RepairRequest("a", "b", 3, "wal: lost 4 entries"),
     RepairGrant("a", "b", 3),
+    StartCheck("a", "b", 3, 17),
+    StartCheckResp("a", "b", 3, 12),
 ]
 
 
