@@ -86,7 +86,12 @@ class LocalMesh:
     """Start, kill, restart and stop N loopback agents (also used by tests)."""
 
     def __init__(
-        self, nodes: int, base_dir: Path | None = None, slots: int = 2, run_as: str = ""
+        self,
+        nodes: int,
+        base_dir: Path | None = None,
+        slots: int = 2,
+        run_as: str = "",
+        extra_args: list[str] | None = None,
     ) -> None:
         self.base_dir = base_dir or Path(tempfile.mkdtemp(prefix="meshtui-demo-"))
         self._owns_dir = base_dir is None
@@ -105,6 +110,7 @@ class LocalMesh:
                 # The demo's tasks run as the user who started it (also as root:
                 # its interpreter and files may not be readable by "nobody").
                 "--run-as", run_as,
+                *(extra_args or []),
             ]
             for seed in seeds:
                 if seed != f"127.0.0.1:{port}":

@@ -88,7 +88,7 @@ class ForcedCluster:
 
 def force_new_cluster(data_dir: str) -> ForcedCluster:
     """See the module doc.  Takes the data dir's lock (no agent may run on it)."""
-    with lock_data_dir(data_dir):
+    with lock_data_dir(data_dir, create=False):
         if not os.path.exists(os.path.join(data_dir, "node_id")):
             raise LocalError(f"{data_dir} holds no node_id: not a mesh-agent data dir")
         node_id = load_or_create_node_id(data_dir)

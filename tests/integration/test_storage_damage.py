@@ -1,0 +1,195 @@
+"""Issue 11 against real agents: a voter whose disk lost acknowledged writes.
+
+* one voter of three loses its WAL tail (zeroed, as a disk that drops synced
+  writes leaves it) after a clean stop, or after SIGKILL (a lost fsync): it is
+  repaired by the others and no acknowledged write is lost;
+* the only voter loses its tail: it refuses to start with one line naming the
+  file, the offset and ``mesh-agent recover --force-new-cluster``, which then
+  brings it back as a new one-voter cluster;
+* a deleted snapshot: one line, no traceback.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agent.raft.walformat import HEADER, RECORDS_START
+from meshtui.client import ClientError, call_sync
+from meshtui.demo import DemoNode, LocalMesh
+
+pytestmark = pytest.mark.timeout(240)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_until(what: str, predicate: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def status(node: DemoNode) -> dict[str, object] | None:
+    try:
+        return dict(call_sync(node.socket_path, "status", {}, 2.0)["consensus"])
+    except ClientError:
+        return None
+
+
+def put_many(node: DemoNode, first: int, count: int) -> None:
+    for i in range(first, first + count):
+        call_sync(node.socket_path, "kv.put", {"ns": "d", "key": f"k{i}", "value": f"v{i}".encode()}, 10.0)
+
+
+def leader_and_follower(mesh: LocalMesh) -> tuple[DemoNode, DemoNode]:
+    leader = follower = None
+    for node in mesh.nodes:
+        cons = status(node)
+        if cons is not None and cons["role"] == "leader":
+            leader = node
+        elif cons is not None and cons["role"] == "voter":
+            follower = node
+    assert leader is not None and follower is not None
+    return leader, follower
+
+
+def records_end(seg: Path) -> int:
+    data = seg.read_bytes()
+    off = RECORDS_START
+    while off + HEADER.size <= len(data):
+        length, _ = HEADER.unpack_from(data, off)
+        if length == 0:
+            break
+        off += HEADER.size + length
+    return off
+
+
+def zero_wal_tail(data_dir: Path, size: int = 4096) -> Path:
+    """``dd if=/dev/zero conv=notrunc`` over the last ``size`` bytes of valid records."""
+    seg = sorted((data_dir / "raft" / "wal").glob("*.seg"))[-1]
+    end = records_end(seg)
+    start = max(RECORDS_START, end - size)
+    assert end - start > 200, f"too little in {seg} to zero ({end - start} bytes)"
+    with seg.open("r+b") as f:
+        f.seek(start)
+        f.write(bytes(end - start))
+    return seg
+
+
+def run_agent_once(node: DemoNode, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(node.argv, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def start_three(tmp_path: Path) -> LocalMesh:
+    mesh = LocalMesh(3, base_dir=tmp_path)
+    mesh.start()
+    assert mesh.wait_ready(30)
+    assert mesh.wait_voters(3, 40), "never reached 3 voters"
+    return mesh
+
+
+@pytest.mark.parametrize("stop", ["clean", "sigkill"])
+def test_a_voter_that_lost_its_wal_tail_is_repaired_and_no_acked_write_is_lost(
+    tmp_path: Path, stop: str
+) -> None:
+    mesh = start_three(tmp_path)
+    try:
+        leader, follower = leader_and_follower(mesh)
+        put_many(leader, 0, 150)
+        wait_until("the follower to apply every write",
+                   lambda: (status(follower) or {}).get("applied_index", 0)
+                   >= (status(leader) or {}).get("commit_index", 1), 20)
+        if stop == "clean":
+            mesh.kill(follower.name, signal.SIGTERM)
+            assert follower.proc is not None
+            follower.proc.wait(timeout=20)
+        else:
+            mesh.kill(follower.name, signal.SIGKILL)
+        zero_wal_tail(follower.data_dir)
+        mesh.restart(follower.name)
+        # Writes keep going while it is repaired: the other two are a healthy majority.
+        put_many(leader, 150, 30)
+        wait_until(
+            "the damaged voter to be repaired and promoted again",
+            lambda: (status(follower) or {}).get("role") == "voter"
+            and (status(follower) or {}).get("applied_index", 0)
+            >= (status(leader) or {}).get("commit_index", 1),
+            90,
+        )
+        log = follower.log_file.read_text()
+        if stop == "clean":
+            assert "storage damaged" in log and "acknowledged up to index" in log, log[-3000:]
+            assert "repair granted" in log, log[-3000:]
+        for i in range(180):
+            got = call_sync(follower.socket_path, "kv.get", {"ns": "d", "key": f"k{i}", "stale": True}, 5.0)
+            assert got["found"] and got["value"] == f"v{i}".encode(), f"k{i} lost on {follower.name}"
+        got = call_sync(follower.socket_path, "kv.get", {"ns": "d", "key": "k179"}, 10.0)
+        assert got["value"] == b"v179"
+    finally:
+        mesh.stop()
+
+
+def test_the_only_voter_refuses_with_one_line_and_recover_forces_a_new_cluster(tmp_path: Path) -> None:
+    mesh = LocalMesh(1, base_dir=tmp_path)
+    mesh.start()
+    node = mesh.nodes[0]
+    try:
+        assert mesh.wait_voters(1, 40)
+        put_many(node, 0, 120)
+        mesh.kill(node.name, signal.SIGTERM)
+        assert node.proc is not None
+        node.proc.wait(timeout=20)
+        seg = zero_wal_tail(node.data_dir)
+        refused = run_agent_once(node)
+        assert refused.returncode == 2, refused.stderr
+        lines = [ln for ln in refused.stderr.splitlines() if ln.startswith("mesh-agent:")]
+        assert len(lines) == 1 and "Traceback" not in refused.stderr, refused.stderr
+        assert str(seg) in lines[0] and "byte offset" in lines[0]
+        assert f"mesh-agent recover --force-new-cluster --data-dir {node.data_dir}" in lines[0]
+        argv = [sys.executable, "-m", "agent.cli", "recover", "--force-new-cluster"]
+        forced = subprocess.run(
+            [*argv, "--data-dir", str(node.data_dir)], capture_output=True, text=True, timeout=60, cwd=REPO
+        )
+        assert forced.returncode == 0, forced.stderr
+        assert "new one-voter cluster" in forced.stdout and "may be lost" in forced.stdout
+        mesh.restart(node.name)
+        assert mesh.wait_voters(1, 40)
+        got = call_sync(node.socket_path, "kv.get", {"ns": "d", "key": "k0"}, 10.0)
+        assert got["value"] == b"v0"
+        put_many(node, 1000, 5)
+    finally:
+        mesh.stop()
+
+
+def test_a_deleted_snapshot_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text("[raft]\nsnapshot_threshold = 30\nsnapshot_trailing = 5\n")
+    mesh = LocalMesh(1, base_dir=tmp_path / "mesh", extra_args=["--config", str(config)])
+    mesh.start()
+    node = mesh.nodes[0]
+    try:
+        assert mesh.wait_voters(1, 40)
+        put_many(node, 0, 100)
+        mesh.kill(node.name, signal.SIGTERM)
+        assert node.proc is not None
+        node.proc.wait(timeout=20)
+        snaps = list((node.data_dir / "raft" / "snap").glob("*.snap"))
+        assert snaps, "no snapshot was taken"
+        for snap in snaps:
+            snap.unlink()
+        refused = run_agent_once(node)
+        assert refused.returncode == 2, refused.stderr
+        assert "Traceback" not in refused.stderr and "AssertionError" not in refused.stderr
+        lines = [ln for ln in refused.stderr.splitlines() if ln.startswith("mesh-agent:")]
+        assert len(lines) == 1 and snaps[0].name in lines[0] and "is missing" in lines[0], refused.stderr
+    finally:
+        mesh.stop()
