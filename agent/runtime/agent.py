@@ -16,6 +16,7 @@ import contextlib
 import logging
 import signal
 import socket
+import sys
 import time
 from typing import Any
 
@@ -97,6 +98,8 @@ class Agent:
         self.started = time.monotonic()
         self.decode_errors = 0
         self._stopping = asyncio.Event()
+        self.exit_code = 0
+        self.exit_line = ""
         self._bg: list[asyncio.Task[None]] = []
         self._routes: dict[type, Any] = {}
         # Filled in by start(); typed here for readers.
@@ -145,6 +148,7 @@ class Agent:
             on_role_change=self._on_role_change,
             wants=lambda topic: self.control.has_subscribers(topic),
         )
+        self.consensus.on_unrepairable = self._stop_unrepairable
         self._build_routes()
         self.control = ControlServer(self.socket_path, build_handlers(self), TOPICS)
         await self.control.start()
@@ -190,6 +194,11 @@ class Agent:
 
     def request_stop(self) -> None:
         self._stopping.set()
+
+    def _stop_unrepairable(self, line: str) -> None:
+        """Damaged storage nobody repaired in time (runtime/recovery.py): stop, exit 2."""
+        self.exit_code, self.exit_line = 2, line
+        self.request_stop()
 
     async def wait_stopped(self) -> None:
         await self._stopping.wait()
@@ -341,6 +350,8 @@ def run_agent(config: AgentConfig) -> int:
         await agent.stop()
         if agent.refusal is not None:
             raise agent.refusal
-        return 0
+        if agent.exit_line:
+            sys.stderr.write(f"mesh-agent: {agent.exit_line}\n")
+        return agent.exit_code
 
     return asyncio.run(main())
