@@ -193,3 +193,28 @@ def test_a_deleted_snapshot_is_one_line(tmp_path: Path) -> None:
         assert len(lines) == 1 and snaps[0].name in lines[0] and "is missing" in lines[0], refused.stderr
     finally:
         mesh.stop()
+
+
+def test_a_damaged_voter_with_no_healthy_majority_stops_after_repair_wait(tmp_path: Path) -> None:
+    mesh = start_three(tmp_path / "mesh")
+    try:
+        leader, follower = leader_and_follower(mesh)
+        put_many(leader, 0, 150)
+        wait_until("the follower to apply every write",
+                   lambda: (status(follower) or {}).get("applied_index", 0)
+                   >= (status(leader) or {}).get("commit_index", 1), 20)
+    finally:
+        mesh.stop()
+    zero_wal_tail(follower.data_dir)
+    config = tmp_path / "agent.toml"
+    config.write_text("[raft]\nrepair_wait = 2.0\n")
+    started = time.monotonic()
+    alone = subprocess.run(
+        [*follower.argv, "--config", str(config)], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert alone.returncode == 2, alone.stderr[-2000:]
+    lines = [ln for ln in alone.stderr.splitlines() if ln.startswith("mesh-agent:")]
+    assert len(lines) == 1, alone.stderr[-2000:]
+    assert "no leader backed by a healthy majority repaired this node within 2 s" in lines[0]
+    assert "recover --force-new-cluster" in lines[0] and "byte offset" in lines[0]
+    assert time.monotonic() - started < 30
