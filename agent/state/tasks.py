@@ -1,4 +1,4 @@
-"""Tasks in the replicated state: the model and every transition, fenced by epoch.
+"""Tasks in the replicated state: the lifecycle table, the model and every transition.
 
 Theory of operation: a task is ``queued`` (on no host) until the leader
 commits ``task.assign`` to a host; the assignment carries epoch = old epoch + 1
@@ -9,10 +9,16 @@ host that was cut off and comes back holds a stale epoch: its ``task.start`` or
 epoch it kills its copy.  That fencing is what keeps a task from running twice
 at once.
 
-States: queued → assigned → running → succeeded | failed, plus cancelled and
-lost from any non-terminal state.  A failed run (non-zero exit or timeout) or
-losing its host while running counts one failure; while failures ≤ retries the
-task is queued again, otherwise it ends failed (exit) or lost (host).  Terminal tasks are kept up to
+The lifecycle is the table ``TRANSITIONS`` below (state → event → next state,
+as h11's ``_state.py``): every change of ``TaskRecord.state`` goes through
+``TaskTable._next``, which refuses an event the table does not list for the
+task's state.  Guards that depend on more than the state (epoch fencing, a
+draining target, a running task that is not restartable, the retry budget
+that picks ``retry`` or ``fail``) are checked by the transition methods.
+
+A failed run (non-zero exit or timeout) or losing its host while running
+counts one failure; while failures ≤ retries the task is queued again,
+otherwise it ends failed (exit) or lost (host).  Terminal tasks are kept up to
 ``MAX_TERMINAL_TASKS`` (oldest evicted first), so the state stays bounded.
 """
 
@@ -21,9 +27,10 @@ from __future__ import annotations
 import dataclasses
 import shlex
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import Any, Final
 
 from agent.errors import TaskError
 from agent.state.commands import (
@@ -35,11 +42,75 @@ from agent.state.commands import (
     TaskSubmit,
 )
 
+QUEUED: Final = "queued"
+"""On no host, waiting for the leader to place it (the state a submitted task starts in)."""
+ASSIGNED: Final = "assigned"
+"""Placed on ``node`` at ``epoch``; the host has not reported a start yet."""
+RUNNING: Final = "running"
+SUCCEEDED: Final = "succeeded"
+FAILED: Final = "failed"
+CANCELLED: Final = "cancelled"
+LOST: Final = "lost"
+
+
+class TaskEvent(StrEnum):
+    """What a committed command does to one task."""
+
+    ASSIGN = "assign"
+    """``task.assign``: the leader placed a queued task."""
+    START = "start"
+    """``task.start``: the host started its run."""
+    SUCCEED = "succeed"
+    """``task.finish`` with exit code 0, in time."""
+    RETRY = "retry"
+    """``task.finish`` of a failed run (exit code or timeout) with a retry left."""
+    FAIL = "fail"
+    """``task.finish`` of a failed run with no retry left."""
+    LATE_EXIT = "late_exit"
+    """``task.finish`` of a run killed by a cancel: its figures are kept, its state is not."""
+    CANCEL = "cancel"
+    """``task.cancel``."""
+    LOSE = "lose"
+    """``task.lost``, or ``task.fail_node`` on a running task with no retry left."""
+    MOVE = "move"
+    """``task.migrate``, or ``task.fail_node`` with a target: epoch + 1 on another host."""
+    REQUEUE = "requeue"
+    """``task.fail_node`` without a target: epoch + 1, back to the queue."""
+
+
+_E = TaskEvent
+TRANSITIONS: Final[Mapping[str, Mapping[TaskEvent, str]]] = {
+    QUEUED: {
+        _E.ASSIGN: ASSIGNED, _E.MOVE: ASSIGNED, _E.CANCEL: CANCELLED, _E.LOSE: LOST,
+    },
+    ASSIGNED: {
+        _E.START: RUNNING,
+        # A finish on an assigned task: the start was never committed, the run happened.
+        _E.SUCCEED: SUCCEEDED, _E.RETRY: QUEUED, _E.FAIL: FAILED,
+        _E.CANCEL: CANCELLED, _E.LOSE: LOST, _E.MOVE: ASSIGNED, _E.REQUEUE: QUEUED,
+    },
+    RUNNING: {
+        _E.SUCCEED: SUCCEEDED, _E.RETRY: QUEUED, _E.FAIL: FAILED,
+        _E.CANCEL: CANCELLED, _E.LOSE: LOST,
+        # task.migrate moves a running task only when it is restartable (guard);
+        # task.fail_node moves it regardless: its host is gone.
+        _E.MOVE: ASSIGNED, _E.REQUEUE: QUEUED,
+    },
+    CANCELLED: {_E.LATE_EXIT: CANCELLED},
+    SUCCEEDED: {},
+    FAILED: {},
+    LOST: {},
+}  # fmt: skip
+"""state → event → next state; an event missing from a state's row is refused."""
+
+_REFUSED_UNLESS: Final[Mapping[TaskEvent, str]] = {_E.ASSIGN: QUEUED, _E.START: ASSIGNED}
+"""Events refused with "is <state>, not <state>"; every other refusal reads "already <state>"."""
+
 MAX_TERMINAL_TASKS = 10_000
 """Finished (succeeded/failed/cancelled/lost) tasks kept; older ones are evicted."""
 MAX_SAMPLES = 10_000
 """Decision-latency and migration-time samples kept for metrics."""
-TERMINAL = frozenset({"succeeded", "failed", "cancelled", "lost"})
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, LOST})
 LOAD_REASONS = frozenset({"steal", "hot-cold", "rebalance"})
 """Migration reasons that count against a task's move limit."""
 
@@ -62,7 +133,7 @@ class TaskRecord:
     restartable: bool
     submitter: str
     created_at: float
-    state: str = "queued"
+    state: str = QUEUED
     node: str | None = None
     epoch: int = 0
     attempts: int = 0
@@ -176,13 +247,12 @@ class TaskTable:
 
     def assign(self, cmd: TaskAssign, at: float, draining: bool) -> tuple[Any, list[Event]]:
         task = self._live(cmd.task)
-        if task.state != "queued":
-            raise TaskError(f"task {task.id} is {task.state}, not queued")
+        state = self._next(task, TaskEvent.ASSIGN)
         if cmd.epoch != task.epoch + 1:
             raise TaskError("stale epoch")
         if draining:
             raise TaskError(f"node {self.name_of(cmd.node)} is draining")
-        task.state, task.node, task.epoch = "assigned", cmd.node, cmd.epoch
+        task.state, task.node, task.epoch = state, cmd.node, cmd.epoch
         if task.assigned_at is None:
             task.assigned_at = at
             self.latencies.append(at - task.created_at)
@@ -191,18 +261,17 @@ class TaskTable:
     def start(self, cmd: TaskStart, at: float) -> tuple[Any, list[Event]]:
         task = self.get(cmd.task)
         self._fence(task, cmd.node, cmd.epoch)
-        if task.state != "assigned":
-            raise TaskError(f"task {task.id} is {task.state}, not assigned")
-        task.state, task.started_at = "running", at
+        task.state, task.started_at = self._next(task, TaskEvent.START), at
         task.attempts += 1
         return {"task": task.id, "epoch": task.epoch}, [self._event("started", task)]
 
     def finish(self, cmd: TaskFinish, at: float) -> tuple[Any, list[Event]]:
         task = self.get(cmd.task)
         self._fence(task, cmd.node, cmd.epoch)
-        if task.state not in ("assigned", "running", "cancelled"):
-            raise TaskError(f"task {task.id} already {task.state}")
         stats = cmd.stats
+        ok = cmd.exit_code == 0 and not stats.timed_out
+        event = self._exit_event(task, ok)
+        state = self._next(task, event)
         task.exit_code, task.duration, task.timed_out = (
             cmd.exit_code,
             stats.duration,
@@ -210,42 +279,41 @@ class TaskTable:
         )
         task.cpu_time, task.peak_rss = stats.cpu_time, stats.peak_rss
         task.replicas = list(cmd.replicas)
-        if task.state == "cancelled":  # the executor killed it: keep the record, not the state
+        if event is TaskEvent.LATE_EXIT:  # the executor killed it: keep the record, not the state
             return {"task": task.id, "state": task.state}, []
-        if task.state == "assigned":  # the start entry was never committed; it did run
+        if task.state == ASSIGNED:  # the start entry was never committed; it did run
             task.attempts += 1
             task.started_at = at - stats.duration
-        ok = cmd.exit_code == 0 and not stats.timed_out
         history = self.node_stats.setdefault(cmd.node, [0, 0, 0.0])
         history[0] += 1
         history[1] += 1 if ok else 0
         history[2] += stats.duration
-        if ok:
-            self._end(task, "succeeded", at)
-        elif self._fail_once(task):
+        if event is not TaskEvent.SUCCEED:
+            task.failures += 1
+        if event is TaskEvent.RETRY:
             task.reason = "timed out" if stats.timed_out else f"exit code {cmd.exit_code}"
-            task.state, task.node = "queued", None
+            task.state, task.node = state, None
             return {"task": task.id, "state": task.state}, [self._event("requeued", task)]
-        else:
-            self._end(task, "failed", at)
+        self._end(task, state, at)
         return {"task": task.id, "state": task.state}, [self._event("finished", task)]
 
     def cancel(self, task_id: str, at: float) -> tuple[Any, list[Event]]:
         task = self._live(task_id)
-        self._end(task, "cancelled", at)
+        self._end(task, self._next(task, TaskEvent.CANCEL), at)
         return {}, [self._event("cancelled", task)]
 
     def lost(self, task_id: str, reason: str, at: float) -> tuple[Any, list[Event]]:
         task = self._live(task_id)
+        state = self._next(task, TaskEvent.LOSE)
         task.reason = reason
-        self._end(task, "lost", at)
+        self._end(task, state, at)
         return {"task": task.id}, [self._event("lost", task)]
 
     def migrate(self, cmd: TaskMigrate, at: float, draining: bool) -> tuple[Any, list[Event]]:
         task = self._live(cmd.task)
         if cmd.epoch is not None and cmd.epoch != task.epoch:
             raise TaskError("stale epoch")
-        if task.state == "running" and not task.restartable:
+        if task.state == RUNNING and not task.restartable:
             raise TaskError(f"task {task.id} is running and not restartable")
         if task.node == cmd.to:
             raise TaskError(f"task {task.id} is already on {self.name_of(cmd.to)}")
@@ -260,11 +328,11 @@ class TaskTable:
         moved = requeued = lost = 0
         events: list[Event] = []
         victims = [t for t in self.tasks.values()
-                   if t.node == cmd.node and t.state in ("assigned", "running")]  # fmt: skip
+                   if t.node == cmd.node and t.state in (ASSIGNED, RUNNING)]  # fmt: skip
         for task in victims:
-            if task.state == "running" and not self._fail_once(task):
+            if task.state == RUNNING and not self._fail_once(task):
                 task.reason = f"host {self.name_of(cmd.node)} failed; no attempts left"
-                self._end(task, "lost", at)
+                self._end(task, self._next(task, TaskEvent.LOSE), at)
                 events.append(self._event("lost", task))
                 lost += 1
                 continue
@@ -279,6 +347,26 @@ class TaskTable:
         return {"moved": moved, "requeued": requeued, "lost": lost}, events
 
     # ------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _next(task: TaskRecord, event: TaskEvent) -> str:
+        """The state ``event`` takes ``task`` to (``TRANSITIONS``); TaskError if it may not."""
+        state = TRANSITIONS[task.state].get(event)
+        if state is None:
+            expected = _REFUSED_UNLESS.get(event)
+            if expected is None:
+                raise TaskError(f"task {task.id} already {task.state}")
+            raise TaskError(f"task {task.id} is {task.state}, not {expected}")
+        return state
+
+    @staticmethod
+    def _exit_event(task: TaskRecord, ok: bool) -> TaskEvent:
+        """Which event a ``task.finish`` is for ``task`` (reads the retry budget, changes nothing)."""
+        if task.state == CANCELLED:
+            return TaskEvent.LATE_EXIT
+        if ok:
+            return TaskEvent.SUCCEED
+        return TaskEvent.RETRY if task.failures + 1 <= task.retries else TaskEvent.FAIL
 
     def _live(self, task_id: str) -> TaskRecord:
         task = self.get(task_id)
@@ -298,10 +386,11 @@ class TaskTable:
 
     def _move(self, task: TaskRecord, to: str | None, reason: str, at: float) -> list[Event]:
         """Epoch + 1 and a new home (``None``: back to the queue); records the migration."""
+        state = self._next(task, TaskEvent.MOVE if to is not None else TaskEvent.REQUEUE)
         src = task.node
         task.epoch += 1
         task.node = to
-        task.state = "assigned" if to is not None else "queued"
+        task.state = state
         events = [self._event("assigned" if to is not None else "requeued", task)]
         if to is not None and task.assigned_at is None:
             task.assigned_at = at
