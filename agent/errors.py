@@ -54,6 +54,19 @@ class NotLeaderError(LocalError):
         self.leader = leader
 
 
+class DiskFullError(LocalError):
+    """A write cannot be taken because a node's Raft disk is full and no healthy
+    majority could take it instead; control code ``disk_full``, CLI exit 5.
+
+    ``str()`` starts ``disk full on <node>: <dir>``; ``on()`` builds it.  A
+    message relayed from another node (a forwarded write) is kept verbatim."""
+
+    @classmethod
+    def on(cls, node: str, directory: str, detail: str = "") -> DiskFullError:
+        message = f"disk full on {node}: {directory}"
+        return cls(f"{message} ({detail})" if detail else message)
+
+
 class StorageError(LocalError):
     """The WAL or a snapshot is corrupt; the message names the file and offset."""
 

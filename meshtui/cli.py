@@ -1,7 +1,8 @@
 """``meshtui``: the operator CLI (scriptable commands) and the TUI entry point.
 
 Exit codes (docs/internals.md §4): 0 ok, 1 not found / task failed,
-2 usage or config error, 3 no quorum, 4 cannot connect.
+2 usage or config error, 3 no quorum, 4 cannot connect, 5 disk full (a node's
+Raft disk is full and no healthy majority could take the write).
 
 Only the ``attach`` and ``demo`` commands import Textual; ``status``, ``kv``,
 ``submit`` and friends against a local socket import neither textual, asyncssh
@@ -20,6 +21,7 @@ EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
 EXIT_NO_QUORUM = 3
 EXIT_CONNECT = 4
+EXIT_DISK_FULL = 5
 
 
 class _ArgParser(argparse.ArgumentParser):

@@ -18,6 +18,7 @@ from typing import Any
 from meshtui.targets import ResolvedTarget, Session, TargetError, resolve_target
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_NO_QUORUM, EXIT_CONNECT = 0, 1, 2, 3, 4
+EXIT_DISK_FULL = 5
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -101,6 +102,8 @@ def cmd_status(args: argparse.Namespace, session: Session) -> int:
     tasks = status.get("tasks", {})
     banner = "  READ-ONLY (no quorum)" if status.get("read_only") else ""
     print(f"node {status.get('node')}{banner}")
+    for alarm in status.get("alarms") or []:  # a full disk (agent/runtime/diskfull.py)
+        print(f"ALARM: {alarm.get('message')} ({alarm.get('error')}, {alarm.get('what')})")
     print(
         f"consensus {cons.get('engine')}: role={cons.get('role')} term={cons.get('term')} "
         f"leader={cons.get('leader')} commit={cons.get('commit_index')} "

@@ -23,6 +23,7 @@ what the screens show.  ``rtt_ms`` is milliseconds, timestamps Unix seconds.
 from __future__ import annotations
 
 import re
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -213,6 +214,8 @@ class MeshModel:
         self.task_counts: dict[str, int] = {}
         self.partitioned = False
         self.read_only = False
+        self.alarms: list[str] = []
+        """One line per alarm of the attached agent (``status.alarms``: a full disk)."""
         self.tasks: dict[str, dict[str, Any]] = {}
         self.log: deque[LogLine] = deque(maxlen=MAX_LOG_LINES)
         self.log_seq = 0
@@ -248,6 +251,7 @@ class MeshModel:
         if (partitioned, read_only) != (self.partitioned, self.read_only):
             self.partitioned, self.read_only = partitioned, read_only
             self._bump("banner")
+        self._set_alarms(status.get("alarms"))
         cons = status.get("consensus")
         if isinstance(cons, Mapping):
             self._apply_consensus_snapshot(cons)
@@ -419,6 +423,8 @@ class MeshModel:
             view.role = _as_str(data.get("role"))
         if kind == "leader" or (kind == "election" and "leader" in data):
             self._set_leader(_as_str(data.get("leader")) or None)
+        if kind == "alarm":
+            self._set_alarms(data.get("alarms"))
         self.log_seq += 1
         at = _as_float(data.get("at"))
         self.log.append(
@@ -470,6 +476,20 @@ class MeshModel:
         while len(self.tasks) > MAX_TASKS:
             del self.tasks[next(iter(self.tasks))]
 
+    def _set_alarms(self, rows: Any) -> None:
+        """Fold ``alarms`` (from ``status`` or an ``alarm`` event) into banner lines."""
+        lines = []
+        for row in rows if isinstance(rows, list) else []:
+            if isinstance(row, Mapping):
+                line = _as_str(row.get("message")) or _as_str(row.get("kind"))
+                since = _as_float(row.get("since"))
+                if since is not None:
+                    line += time.strftime(" since %H:%M:%S UTC", time.gmtime(since))
+                lines.append(line)
+        if lines != self.alarms:
+            self.alarms = lines
+            self._bump("banner")
+
     # --- derived ----------------------------------------------------------
     def banner(self) -> tuple[str, str] | None:
         """``(level, text)`` for the top banner, or None when all is well."""
@@ -480,6 +500,9 @@ class MeshModel:
             return ("error", f"disconnected — reconnecting in {retry}…{why}")
         if conn.state == "reconnecting":
             return ("error", f"disconnected — reconnecting now…{why}")
+        if self.alarms:
+            # Writes still go to a leader elsewhere; the operator must free space.
+            return ("error", "ALARM: " + "; ".join(self.alarms))
         if self.partitioned or self.read_only:
             return ("warning", "NO QUORUM — read-only here")
         if conn.state == "connecting":

@@ -39,6 +39,7 @@ EXIT_NOT_FOUND: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_NO_QUORUM: Final = 3
 EXIT_CONNECT: Final = 4
+EXIT_DISK_FULL: Final = 5
 
 _EXIT_CODES: Final[Mapping[str, int]] = {
     "not_found": EXIT_NOT_FOUND,
@@ -49,6 +50,8 @@ _EXIT_CODES: Final[Mapping[str, int]] = {
     "unavailable": EXIT_CONNECT,
     "timeout": EXIT_CONNECT,
     "internal": EXIT_NOT_FOUND,
+    # A node's disk is full and no healthy majority could take the write instead.
+    "disk_full": EXIT_DISK_FULL,
 }
 
 

@@ -65,7 +65,7 @@ SMALL_FRAME: Final = 64 * 1024
 """Frames up to this size are copied out of the buffer (cheaper than a memoryview)."""
 
 ERROR_CODES: Final = frozenset(
-    {"bad_request", "not_found", "no_quorum", "not_leader", "internal", "unavailable"}
+    {"bad_request", "not_found", "no_quorum", "not_leader", "internal", "unavailable", "disk_full"}
 )
 """Error codes a server sends (docs/internals.md section 4)."""
 

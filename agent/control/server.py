@@ -65,6 +65,7 @@ from agent.control.codec import (
 )
 from agent.errors import (
     ConfigError,
+    DiskFullError,
     LocalError,
     MeshError,
     NoQuorumError,
@@ -128,6 +129,8 @@ def error_reply(exc: BaseException) -> tuple[str, str]:
     """Map a handler's exception to ``(code, message)`` (docs/internals.md section 4)."""
     if isinstance(exc, ControlError):
         return exc.code, exc.message
+    if isinstance(exc, DiskFullError):
+        return "disk_full", str(exc)
     if isinstance(exc, NoQuorumError):
         return "no_quorum", str(exc)
     if isinstance(exc, NotLeaderError):

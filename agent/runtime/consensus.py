@@ -33,6 +33,10 @@ Reads: ``read_barrier`` runs ReadIndex (the core forwards it to the leader
 from followers) and waits until the local state machine has applied that
 index: a linearizable read from any node.
 
+Disk full: a Ready that does not fit on disk is kept and retried until it
+does, with Raft paused here meanwhile (no acks, no votes, a leader hands
+off, writes go to the leader elsewhere); see ``diskfull.py``.
+
 Bootstrap: a node with an empty log stays a non-voting nobody until either a
 leader adds it (as a learner) or, after ``bootstrap_grace`` seconds with no
 member advertising a Raft role, it is the smallest alive node id and founds a
@@ -48,17 +52,19 @@ import itertools
 import logging
 import os
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from agent import wire
-from agent.errors import LocalError, NoQuorumError, NotLeaderError, StorageError
+from agent.errors import DiskFullError, LocalError, NoQuorumError, NotLeaderError, StorageError
 from agent.raft.confchange import plan_voter_changes
 from agent.raft.core import RaftNode, bootstrap_state
-from agent.raft.messages import EntryKind, Ready, Role
+from agent.raft.messages import EntryKind, Ready, Role, Snapshot
 from agent.raft.storage import Storage
 from agent.runtime import recovery
+from agent.runtime.diskfull import RETRY_FIRST, RETRY_MAX, DiskFullMode, fatal_line, is_disk_full
 from agent.runtime.messages import ForwardPropose, ForwardResult
 from agent.runtime.storage_io import StorageIO
 from agent.state.commands import Command
@@ -115,7 +121,7 @@ class ConsensusDriver:
         self.config = config
         self.raft_config = config.raft
         self.node_id = node_id
-        self.storage = Storage.open(os.path.join(data_dir, "raft"))
+        self.storage = Storage.open(os.path.join(data_dir, "raft"), self.raft_config.segment_bytes)
         self._io = StorageIO(self.storage)
         self.state = StateMachine()
         self._send = send
@@ -157,6 +163,8 @@ class ConsensusDriver:
         self._durable_term_vote = (hs.term, hs.vote)
         self.early_sends = 0
         """Readies whose messages left before the local fsync (leader only)."""
+        self.disk_full = DiskFullMode(self)
+        """Disk-full alarms, and Raft paused while the WAL does not fit (diskfull.py)."""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -169,8 +177,15 @@ class ConsensusDriver:
         """Found a new cluster with this node as its only voter (see module doc)."""
         assert not self.bootstrapped
         restored = bootstrap_state([self.node_id])
-        self.storage.append(list(restored.entries), restored.hard_state)
-        self.storage.sync()
+        try:
+            self.storage.append(list(restored.entries), restored.hard_state)
+            self.storage.sync()
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            self.disk_full.raise_alarm("bootstrap", exc)  # the autopilot loop tries again
+            return
+        self.disk_full.clear_alarm("bootstrap")
         self._durable_term_vote = (restored.hard_state.term, restored.hard_state.vote)
         self.node = RaftNode(self.raft_config, self.node_id, restored, self._rng)
         log.info("bootstrapped a new cluster with %s as its first voter", self.node_id)
@@ -196,7 +211,10 @@ class ConsensusDriver:
         for forwarded in self._forwarded.values():
             if not forwarded.future.done():
                 forwarded.future.set_exception(NoQuorumError("agent is shutting down"))
-        self.storage.close()
+        try:
+            self.storage.close()
+        except OSError as exc:
+            log.error("closing the WAL: %s", fatal_line(exc, str(self.storage.dir)))
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -208,7 +226,8 @@ class ConsensusDriver:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
-            self.node.tick()
+            if not self.disk_full.paused:  # paused: the core stands still (diskfull.py)
+                self.node.tick()
             self.wake()
             if self.node.damaged and loop.time() - self.started_at > self.raft_config.repair_wait:
                 self._give_up_repair()
@@ -242,14 +261,18 @@ class ConsensusDriver:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while (rd := self.node.ready()) is not None:
-                try:
+            try:
+                unsaved = self.disk_full.snapshot_due(time.monotonic())
+                if unsaved is not None:
+                    await self._persist_snapshot(unsaved)
+                while (rd := self.node.ready()) is not None:
                     await self._handle_ready(rd)
-                except Exception:
-                    # A storage failure must stop the node: continuing could ack
-                    # writes that are not durable.
-                    log.exception("fatal error in the Raft ready loop; stopping")
-                    os._exit(70)
+            except Exception as exc:
+                # A storage failure other than a full disk must stop the node:
+                # continuing could ack writes that are not durable.
+                log.critical("%s", fatal_line(exc, str(self.storage.dir)))
+                log.debug("the failure in the Raft ready loop", exc_info=True)
+                os._exit(70)
 
     def _give_up_repair(self) -> None:
         line = recovery.unrepaired_refusal(self.node.damaged, self.data_dir, self.raft_config.repair_wait)
@@ -267,23 +290,12 @@ class ConsensusDriver:
         )
 
     async def _handle_ready(self, rd: Ready) -> None:
-        if rd.reset_storage:
-            self._reset_storage()
-        if rd.snapshot is not None:
-            self.storage.save_snapshot(rd.snapshot)
-            if rd.snapshot.index > self.state.applied_index:
-                self.state.restore(rd.snapshot.data)
-        if rd.entries or rd.hard_state is not None:
-            self.storage.append(list(rd.entries), rd.hard_state)
         send_first = rd.must_sync and self._may_send_before_sync(rd)
-        if send_first:
-            self.early_sends += 1
-            for msg in rd.messages:
-                self._send(msg.to, msg)
-        if rd.must_sync:
-            await self._io.sync()
-            if rd.hard_state is not None:
-                self._durable_term_vote = (rd.hard_state.term, rd.hard_state.vote)
+        await self._persist(rd, send_first)
+        if rd.snapshot is not None and rd.snapshot.index > self.state.applied_index:
+            self.state.restore(rd.snapshot.data)
+        if rd.must_sync and rd.hard_state is not None:
+            self._durable_term_vote = (rd.hard_state.term, rd.hard_state.vote)
         if not send_first:
             for msg in rd.messages:
                 self._send(msg.to, msg)
@@ -302,9 +314,52 @@ class ConsensusDriver:
         self._check_role()
         if self.node.should_snapshot():
             snap = self.node.compact(self.state.applied_index, self.state.snapshot())
-            # Megabytes to checksum, write and fsync: in a thread, so the loop
-            # keeps serving (storage_io).
+            await self._persist_snapshot(snap)
+
+    async def _persist(self, rd: Ready, send_first: bool) -> None:
+        """Make ``rd``'s snapshot, entries and hard state durable, sending its messages
+        after the append when ``send_first``.  A full disk pauses Raft and retries
+        the same writes (a failed write leaves nothing behind) until they fit."""
+        reset, sent, delay = rd.reset_storage, False, RETRY_FIRST
+        while True:
+            try:
+                if reset:
+                    self._reset_storage()
+                    reset = False
+                if rd.snapshot is not None:
+                    self.storage.save_snapshot(rd.snapshot)  # a retry skips a saved one
+                if rd.entries or rd.hard_state is not None:
+                    self.storage.append(list(rd.entries), rd.hard_state)
+                if send_first and not sent:
+                    sent = True
+                    self.early_sends += 1
+                    for msg in rd.messages:
+                        self._send(msg.to, msg)
+                if rd.must_sync:
+                    await self._io.sync()
+                break
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                # After a failed fsync the pages it covered may be lost (Linux marks
+                # them clean): the retry writes the records again, then syncs.
+                self.disk_full.pause(exc)
+            await asyncio.sleep(delay)
+            delay = min(RETRY_MAX, delay * 2)
+        self.disk_full.resume()
+
+    async def _persist_snapshot(self, snap: Snapshot) -> None:
+        """Save a snapshot of our own state and compact the WAL behind it.  Megabytes to
+        checksum, write and fsync: in a thread, so the loop keeps serving (storage_io).
+        A full disk leaves the WAL whole: an alarm, and a retry later (diskfull.py)."""
+        try:
             await self._io.persist_snapshot(snap)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            self.disk_full.snapshot_failed(exc, snap)
+        else:
+            self.disk_full.snapshot_saved()
 
     def _may_send_before_sync(self, rd: Ready) -> bool:
         """A leader's Ready that changes neither term nor vote and holds no snapshot:
@@ -379,7 +434,10 @@ class ConsensusDriver:
         )
 
     def _check_role(self) -> None:
-        role = self.role_name()
+        self.report_role(self.role_name())
+
+    def report_role(self, role: str) -> None:
+        """Advertise ``role`` (SWIM metadata) if it changed; a paused leader says "voter"."""
         if role != self._role:
             self._role = role
             self._on_role_change(role)
@@ -399,20 +457,28 @@ class ConsensusDriver:
     # ------------------------------------------------------------ peers
 
     def step(self, msg: Any) -> None:
+        if self.disk_full.paused:
+            self.disk_full.step(msg)  # learn who leads, drop the rest (diskfull.py)
+            return
         self.node.step(msg)
         self.wake()
 
     # ------------------------------------------------------------ writes
 
     def has_quorum(self) -> bool:
-        return self.node.has_quorum_contact()
+        # Paused on a full disk: this node cannot apply what the cluster decides,
+        # so its tasks are fenced like a cut-off host's (the lease lapses).
+        return self.node.has_quorum_contact() and not self.disk_full.paused
 
     async def propose(self, command: bytes, forward: Callable[[str, object], None]) -> ApplyResult:
         """Commit ``command`` and return its apply result (from any node)."""
+        if self.disk_full.paused:
+            result: ApplyResult = await self._submit_paused(command, forward, None)
+            return result
         leader = self._forward_target()
         if leader is not None:
             return await self._forward(leader, command, forward)
-        result: ApplyResult = await self._propose_future(command, None)
+        result = await self._propose_future(command, None)
         return result
 
     def _forward_target(self) -> str | None:
@@ -440,6 +506,8 @@ class ConsensusDriver:
         On the leader the future is resolved straight from the apply loop: no task
         per write (the control server replies from the future's callback).  On a
         follower a task forwards the command and waits for the leader's answer."""
+        if self.disk_full.paused:
+            return asyncio.ensure_future(self._submit_paused(command, forward, finish))
         leader = self._forward_target()
         if leader is not None:
             return asyncio.ensure_future(self._forward_finish(leader, command, forward, finish))
@@ -455,7 +523,21 @@ class ConsensusDriver:
         result = await self._forward(leader, command, forward)
         return result if finish is None else finish(result)
 
+    async def _submit_paused(
+        self,
+        command: bytes,
+        forward: Callable[[str, object], None],
+        finish: Callable[[ApplyResult], Any] | None,
+    ) -> Any:
+        """A write while paused: to the leader elsewhere, or ``DiskFullError``."""
+        leader = await self.disk_full.leader_elsewhere()
+        if leader is None:  # resumed meanwhile
+            return await self.submit(command, forward, finish)
+        return await self._forward_finish(leader, command, forward, finish)
+
     async def propose_local(self, command: bytes) -> ApplyResult:
+        if self.disk_full.paused:
+            raise self.disk_full.error("this node cannot append to its log")
         result: ApplyResult = await self._propose_future(command, None)
         return result
 
@@ -499,14 +581,24 @@ class ConsensusDriver:
             self._forwarded.pop(req_id, None)
         if res.error_code == "no_quorum":
             raise NoQuorumError(res.message)
+        if res.error_code == "disk_full":
+            raise DiskFullError(res.message)
         if res.error_code:
             raise LocalError(f"leader refused the write: {res.message}")
         ok, value, error = wire_unpack_result(res.value)
         return ApplyResult(ok, value, error)
 
     async def serve_forward(self, msg: ForwardPropose) -> ForwardResult:
-        """Leader side of ForwardPropose."""
+        """Leader side of ForwardPropose (paused: relayed to the leader elsewhere)."""
         try:
+            if self.disk_full.paused:
+                leader = await self.disk_full.leader_elsewhere()
+                if leader is not None:
+                    result = await self._forward(leader, msg.command, self._send)
+                    return ForwardResult(
+                        msg.request_id, "", "",
+                        wire_pack_result(result.ok, result.value, result.error),
+                    )
             if not self.node.is_leader():
                 raise NoQuorumError("forwarded to a node that is no longer the leader")
             if not self.node.has_quorum_contact():
@@ -516,6 +608,10 @@ class ConsensusDriver:
             return ForwardResult(msg.request_id, "no_quorum", str(exc), b"")
         except NotLeaderError as exc:
             return ForwardResult(msg.request_id, "no_quorum", str(exc), b"")
+        except DiskFullError as exc:
+            return ForwardResult(msg.request_id, "disk_full", str(exc), b"")
+        except LocalError as exc:  # a relayed write the leader elsewhere refused
+            return ForwardResult(msg.request_id, "refused", str(exc), b"")
         return ForwardResult(
             msg.request_id, "", "", wire_pack_result(result.ok, result.value, result.error)
         )
@@ -529,6 +625,8 @@ class ConsensusDriver:
 
     async def read_barrier(self) -> None:
         """Return once this node's state reflects every write committed before the call."""
+        if self.disk_full.paused and await self.disk_full.read_barrier(READ_TIMEOUT):
+            return
         if not self.node.has_quorum_contact():
             raise NoQuorumError()
         ctx = os.urandom(8)
@@ -568,7 +666,7 @@ class ConsensusDriver:
     def autopilot(self, alive: set[str], dead: set[str]) -> None:
         """Leader only: one membership change per call towards a healthy voter set."""
         node = self.node
-        if not node.is_leader() or node.pending_conf_index > node.commit_index:
+        if self.disk_full.paused or not node.is_leader() or node.pending_conf_index > node.commit_index:
             return
         last = node.log.last_index()
         caught_up = {
@@ -591,17 +689,27 @@ class ConsensusDriver:
 
     def status(self) -> dict[str, Any]:
         node = self.node
+        role = self.role_name() if node.role != Role.CANDIDATE else "candidate"
+        leader: str | None = node.leader_id or None
+        quorum = node.has_quorum_contact()
+        if self.disk_full.paused and not self.disk_full.sole_leader():
+            # The core stands still: say what the node still knows (diskfull.py).
+            role = "voter" if role == "leader" else role
+            leader = self.disk_full.live_leader()
+            quorum = leader is not None
         return {
             "engine": "raft",
-            "role": self.role_name() if node.role != Role.CANDIDATE else "candidate",
-            "term": node.term,
-            "leader_id": node.leader_id or None,
+            "role": role,
+            "term": max(node.term, self.disk_full.term) if self.disk_full.paused else node.term,
+            "leader_id": leader,
             "commit_index": node.commit_index,
             "applied_index": self.state.applied_index,
             "voters": list(node.conf.voters),
             "learners": list(node.conf.learners),
-            "quorum": node.has_quorum_contact(),
+            "quorum": quorum,
             "storage_damage": node.damaged or None,
+            "paused": self.disk_full.paused,
+            "alarms": self.disk_full.alarms(),
         }
 
 

@@ -20,6 +20,10 @@ executor -- has the storage to itself.
   in the thread.
 * Thread calls are shielded: a cancelled ready loop must not leave one running
   while the storage closes, so ``drain()`` waits for the last one.
+* A call that fails raises to the driver, from the thread as inline.  A full
+  disk (``ENOSPC``) is not fatal there: the driver retries the whole Ready,
+  writing its records again before the next sync, since pages a failed
+  fsync covered may already be marked clean (``runtime/diskfull.py``).
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 
 Units: ``cpu`` and ``mem`` are fractions 0..1 (``mem`` is memory in use),
 ``rtt_ms`` milliseconds, times in seconds.  ``leader`` is a member name or null.
+``alarms`` lists what needs an operator: today a full Raft disk, as
+``{kind: "disk_full", node, what, dir, since (unix time), error, retries,
+message}`` (``runtime/diskfull.py``); ``consensus.paused`` is true while the
+WAL does not fit and Raft is paused on this node.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ def status(agent: Agent) -> dict[str, Any]:
             "applied_index": cons["applied_index"],
             "voters": [name_of(agent, v) or v for v in cons["voters"]],
             "learners": [name_of(agent, v) or v for v in cons["learners"]],
+            "paused": cons["paused"],
         },
         "tasks": {
             "queued": counts.get("queued", 0),
@@ -85,6 +90,7 @@ def status(agent: Agent) -> dict[str, Any]:
         },
         "partitioned": swim.partitioned,
         "read_only": read_only,
+        "alarms": cons["alarms"],
         "health_score": swim.health_score,
         "cluster_avg_cpu": swim.cluster_avg_cpu,
         "uptime": round(time.monotonic() - agent.started, 1),
@@ -149,6 +155,7 @@ def report(agent: Agent) -> dict[str, Any]:
         "utilisation": round(used / slots, 4),
         "transport": stats.as_dict(),
         "wal": agent.consensus.wal_stats(),
+        "alarms": agent.consensus.disk_full.alarms(),
         "decode_errors": agent.decode_errors,
     }
 

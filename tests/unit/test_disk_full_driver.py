@@ -1,0 +1,155 @@
+"""The Raft driver on a full disk, in process: a single voter over real storage.
+
+The disk is "full" by making ``posix_fallocate`` (what starts a WAL segment)
+fail with ENOSPC on demand, below the storage under test; the root test
+``tests/integration/test_disk_full.py`` fills a real tmpfs instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import errno
+import logging
+import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from agent.errors import DiskFullError
+from agent.raft.config import RaftConfig
+from agent.raft.storage import Storage
+from agent.runtime import consensus as consensus_mod
+from agent.runtime.consensus import ConsensusDriver
+from agent.state.commands import KvPut, encode_command
+
+VALUE = b"v" * 16 * 1024
+
+
+class Disk:
+    """Turns ``posix_fallocate`` (and optionally ``fdatasync``) into failures."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.full = False
+        self.broken = False
+        real_fallocate, real_fdatasync = os.posix_fallocate, os.fdatasync
+
+        def fallocate(fd: int, offset: int, length: int) -> None:
+            if self.full:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            real_fallocate(fd, offset, length)
+
+        def fdatasync(fd: int) -> None:
+            if self.broken:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            real_fdatasync(fd)
+
+        monkeypatch.setattr(os, "posix_fallocate", fallocate)
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+
+
+def make_driver(data_dir: Path, events: list[dict[str, Any]]) -> ConsensusDriver:
+    raft = dataclasses.replace(RaftConfig.local(), segment_bytes=64 * 1024)
+    config = SimpleNamespace(raft=raft, max_voters=5, name="n1")
+    return ConsensusDriver(
+        config=config, node_id="a" * 32, data_dir=str(data_dir),
+        send=lambda _to, _msg: None, publish=lambda _topic, data: events.append(data),
+        on_applied=lambda _i, _r: None, on_role_change=lambda _role: None,
+    )
+
+
+def put(key: str) -> bytes:
+    return encode_command(KvPut("t", key, VALUE), key, time.time())
+
+
+async def until(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def no_forward(_to: str, _msg: object) -> None:
+    raise AssertionError("a single voter forwards nothing")
+
+
+def test_single_voter_pauses_refuses_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = Disk(monkeypatch)
+    events: list[dict[str, Any]] = []
+    acked: list[str] = []
+
+    async def run() -> None:
+        driver = make_driver(tmp_path, events)
+        driver.bootstrap_single()
+        driver.start()
+        try:
+            await until(lambda: driver.node.is_leader())
+            disk.full = True
+            refused: DiskFullError | None = None
+            for i in range(20):  # 64 KiB segments: a few 16 KiB values fill one
+                try:
+                    await driver.propose(put(f"k{i}"), no_forward)
+                except DiskFullError as exc:
+                    refused = exc
+                    break
+                acked.append(f"k{i}")
+            assert refused is not None and driver.disk_full.paused
+            assert str(refused).startswith(f"disk full on n1: {tmp_path / 'raft'}")
+            # Later writes fail at once; reads and status go on.
+            started = time.monotonic()
+            with pytest.raises(DiskFullError, match="no healthy majority elsewhere"):
+                await driver.propose(put("late"), no_forward)
+            assert time.monotonic() - started < 0.5
+            await driver.read_barrier()  # the only voter still leads
+            status = driver.status()
+            assert status["paused"] and status["role"] == "leader" and status["quorum"]
+            (alarm,) = status["alarms"]
+            assert alarm["what"] == "wal" and alarm["dir"] == str(tmp_path / "raft")
+            assert not driver.has_quorum()  # tasks are fenced meanwhile
+            assert any(e.get("kind") == "alarm" for e in events)
+            # Space is back: the paused Ready goes through, writes resume.
+            disk.full = False
+            await until(lambda: not driver.disk_full.paused)
+            await driver.propose(put("after"), no_forward)
+            acked.append("after")
+            assert driver.status()["alarms"] == []
+            for key in acked:
+                assert driver.state.kv_get("t", key) is not None, key
+        finally:
+            await driver.close()
+
+    asyncio.run(run())
+    restored = Storage.open(tmp_path / "raft", 64 * 1024).load()
+    assert not restored.damaged
+    assert len(restored.entries) >= len(acked)
+
+
+def test_other_storage_errors_stop_the_node_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    disk = Disk(monkeypatch)
+    exits: list[int] = []
+    monkeypatch.setattr(consensus_mod.os, "_exit", exits.append)
+
+    async def run() -> None:
+        driver = make_driver(tmp_path, [])
+        driver.bootstrap_single()
+        driver.start()
+        try:
+            await until(lambda: driver.node.is_leader())
+            disk.broken = True
+            driver.submit(put("k"), no_forward)
+            await until(lambda: bool(exits))
+        finally:
+            disk.broken = False
+            await driver.close()
+
+    with caplog.at_level(logging.INFO, logger="agent.runtime.consensus"):
+        asyncio.run(run())
+    assert exits == [70]
+    (line,) = [r for r in caplog.records if r.levelno >= logging.CRITICAL]
+    assert line.exc_info is None
+    assert line.getMessage().startswith(f"storage failure in {tmp_path / 'raft'}: Input/output error")
