@@ -141,11 +141,12 @@ def test_other_storage_errors_stop_the_node_with_one_line(
         try:
             await until(lambda: driver.node.is_leader())
             disk.broken = True
-            driver.submit(put("k"), no_forward)
+            write = driver.submit(put("k"), no_forward)
             await until(lambda: bool(exits))
         finally:
             disk.broken = False
             await driver.close()
+        assert write.done() and write.exception() is not None  # never acknowledged
 
     with caplog.at_level(logging.INFO, logger="agent.runtime.consensus"):
         asyncio.run(run())
@@ -153,3 +154,19 @@ def test_other_storage_errors_stop_the_node_with_one_line(
     (line,) = [r for r in caplog.records if r.levelno >= logging.CRITICAL]
     assert line.exc_info is None
     assert line.getMessage().startswith(f"storage failure in {tmp_path / 'raft'}: Input/output error")
+
+
+def test_disk_full_error_maps_to_its_code_exit_status_and_banner() -> None:
+    from agent.control.server import error_reply
+    from meshtui.model import MeshModel
+    from meshtui.rpc import ClientError
+
+    exc = DiskFullError.on("n1", "/var/lib/mesh-agent/raft")
+    assert error_reply(exc) == ("disk_full", "disk full on n1: /var/lib/mesh-agent/raft")
+    assert ClientError("disk_full", str(exc)).exit_code == 5
+    model = MeshModel()
+    alarm = {"kind": "disk_full", "message": str(exc), "since": 0.0}
+    model.apply_status({"node": "n1", "alarms": [alarm]})
+    assert model.banner() == ("error", "ALARM: disk full on n1: /var/lib/mesh-agent/raft since 00:00:00 UTC")
+    model.apply_event({"event": "consensus", "data": {"kind": "alarm", "alarms": []}}, 1.0)
+    assert model.alarms == [] and model.banner() == ("info", "connecting…")  # no alarm left
