@@ -211,6 +211,12 @@ class ConsensusDriver:
         for forwarded in self._forwarded.values():
             if not forwarded.future.done():
                 forwarded.future.set_exception(NoQuorumError("agent is shutting down"))
+        if self.disk_full.unwritten:
+            # A write that did not fit was never acknowledged; closing would write a
+            # clean-stop ack slot covering it (Storage counts it as appended), so
+            # recovery would report it lost.  The last sync's slot stands instead.
+            log.warning("stopping with the disk full: the WAL keeps what its last sync made durable")
+            return
         try:
             self.storage.close()
         except OSError as exc:

@@ -30,7 +30,7 @@ on the event loop, which the retry never blocks):
   forwarded to that leader (so are writes other nodes forwarded here while
   it led).  Linearizable reads ask it for a read index and
   are served when this node's (frozen) state is that recent; a single voter
-  that leads serves them at once (every write it acknowledged is applied);
+  that leads serves them at once once it has applied an entry of its term;
 * only when no other node leads within ``HANDOFF_ELECTIONS`` election
   timeouts (of the pause, or of last hearing a leader) does a write fail with
   ``DiskFullError``: ``disk full on n1: <dir>``, CLI exit 5;
@@ -180,6 +180,11 @@ class DiskFullMode:
         self._reads: dict[bytes, asyncio.Future[int]] = {}
 
     # ------------------------------------------------------------ alarms
+
+    @property
+    def unwritten(self) -> bool:
+        """A WAL append failed and was not yet retried successfully."""
+        return "wal" in self._alarms or "bootstrap" in self._alarms
 
     def alarms(self) -> list[dict[str, Any]]:
         return [alarm.view(self._name) for alarm in self._alarms.values()]
@@ -340,9 +345,14 @@ class DiskFullMode:
         False if Raft resumed meanwhile (take the normal path)."""
         d = self._d
         if self.sole_leader():
-            # The only voter still leads: nothing commits without it, and every
-            # write it acknowledged has been applied.
-            return True
+            # The only voter still leads: nothing commits without it.  Once it has
+            # applied an entry of its own term (its no-op, so everything acknowledged
+            # before the term), every acknowledged write is applied: writes of this
+            # term are acknowledged when applied.
+            if d.node.log.term(d.state.applied_index) == d.node.term:
+                return True
+            raise self.error("it has not applied an entry of its current term yet:"
+                             " read with --stale, or once space is freed")
         leader = await self.leader_elsewhere()
         if leader is None:
             return False

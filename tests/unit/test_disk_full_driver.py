@@ -34,8 +34,16 @@ class Disk:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.full = False
+        """No new segment fits (``posix_fallocate`` fails), as on a full tmpfs."""
+        self.no_writes = False
+        """Not even a write into a segment's preallocated space fits."""
         self.broken = False
-        real_fallocate, real_fdatasync = os.posix_fallocate, os.fdatasync
+        real_fallocate, real_fdatasync, real_pwrite = os.posix_fallocate, os.fdatasync, os.pwrite
+
+        def pwrite(fd: int, data: Any, offset: int) -> int:
+            if self.no_writes:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_pwrite(fd, data, offset)
 
         def fallocate(fd: int, offset: int, length: int) -> None:
             if self.full:
@@ -49,6 +57,7 @@ class Disk:
 
         monkeypatch.setattr(os, "posix_fallocate", fallocate)
         monkeypatch.setattr(os, "fdatasync", fdatasync)
+        monkeypatch.setattr(os, "pwrite", pwrite)
 
 
 def make_driver(data_dir: Path, events: list[dict[str, Any]]) -> ConsensusDriver:
@@ -125,6 +134,49 @@ def test_single_voter_pauses_refuses_and_resumes(tmp_path: Path, monkeypatch: py
     restored = Storage.open(tmp_path / "raft", 64 * 1024).load()
     assert not restored.damaged
     assert len(restored.entries) >= len(acked)
+
+
+def test_restarted_while_full_serves_stale_reads_until_its_term_is_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = Disk(monkeypatch)
+
+    async def fill_and_stop() -> None:
+        driver = make_driver(tmp_path, [])
+        driver.bootstrap_single()
+        driver.start()
+        try:
+            await until(lambda: driver.node.is_leader())
+            for i in range(3):
+                await driver.propose(put(f"k{i}"), no_forward)
+            disk.full = True
+            with pytest.raises(DiskFullError):
+                for i in range(20):
+                    await driver.propose(put(f"more{i}"), no_forward)
+        finally:
+            await driver.close()  # paused: no clean-stop ack slot for the unwritten write
+            if driver.storage._fd >= 0:  # (a failed rotation already closed it)
+                os.close(driver.storage._fd)
+
+    async def restart() -> None:
+        disk.no_writes = True  # not even the new term's no-op fits
+        driver = make_driver(tmp_path, [])
+        assert not driver.node.damaged
+        driver.start()
+        try:
+            await until(lambda: driver.disk_full.paused)
+            assert driver.node.is_leader() and driver.state.kv_get("t", "k2") is not None
+            with pytest.raises(DiskFullError, match="not applied an entry of its current term"):
+                await driver.read_barrier()
+            disk.no_writes = disk.full = False
+            await until(lambda: not driver.disk_full.paused)
+            await driver.read_barrier()
+            await driver.propose(put("after"), no_forward)
+        finally:
+            await driver.close()
+
+    asyncio.run(fill_and_stop())
+    asyncio.run(restart())
 
 
 def test_other_storage_errors_stop_the_node_with_one_line(
