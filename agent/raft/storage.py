@@ -113,6 +113,8 @@ class Storage:
         """Last index durable as of the last completed sync."""
         self._batch_min: int | None = None
         """Lowest index written since the last sync (a truncation lowers it)."""
+        self._synced_at = (-1, 0)
+        """(segment fd, write offset) as of the last completed sync."""
         self.damage = ""
         """Non-empty: what was lost, naming the file and byte offset (see the table)."""
 
@@ -242,6 +244,7 @@ class Storage:
         if self._segments and self._segments[-1].version == 2:
             self._fd = os.open(self._segments[-1].path, os.O_WRONLY)
             self._size = log_end  # where the last segment's log ends; appends go here
+            self._synced_at = (self._fd, log_end)
         # (a v1 last segment is left as it is: the next write starts a v2 one)
         if snap is not None and self._last_marker != (snap.index, snap.term):
             # Crashed between renaming the snapshot and marking the WAL: mark it now,
@@ -320,6 +323,16 @@ class Storage:
         until ``sync()``.  A damaged store writes nothing (see the module doc)."""
         if self.damage:
             return
+        before = (self._last_index, self._batch_min, self._hard_state)
+        try:
+            self._append(entries, hard_state)
+        except OSError:
+            # Nothing of this call counts as written: a clean stop's ack slot
+            # must not claim entries that never reached the file.
+            self._last_index, self._batch_min, self._hard_state = before
+            raise
+
+    def _append(self, entries: list[Entry], hard_state: HardState | None) -> None:
         buf = bytearray()
         # One packer for the batch (packb builds one per call), framed in place.
         pack, crc32 = msgpack.Packer().pack, zlib.crc32
@@ -352,10 +365,20 @@ class Storage:
             if self._batch_min is not None:
                 first = min(first, self._batch_min)
             self._write_slot(first)
-        for fd in sorted(self._dirty):
-            os.fdatasync(fd)
+        try:
+            for fd in sorted(self._dirty):
+                os.fdatasync(fd)
+        except OSError:
+            if self._synced_at[0] == self._fd:
+                # The kernel may have dropped the pages: the caller's retry must
+                # write the batch again at the same offsets, or zeros would be
+                # left before valid records (which recovery calls corruption).
+                self._size = self._synced_at[1]
+                self._last_index, self._batch_min = self._synced_last, None
+            raise
         self._dirty.clear()
         self._synced_last = self._last_index
+        self._synced_at = (self._fd, self._size)
         self._batch_min = None
 
     def _write_slot(self, batch_first: int) -> None:
@@ -417,6 +440,7 @@ class Storage:
             raise
         self._fd = fd
         self._size = fmt.RECORDS_START
+        self._synced_at = (-1, 0)  # (no rollback into a segment made since the last sync)
         self._segments.append(_Segment(seq, first_index, path, 2))
         self._write(self._hard_state_record())
 
@@ -513,6 +537,7 @@ class Storage:
             os.close(self._fd)
             self._fd = -1
         self._dirty.clear()
+        self._synced_at = (-1, 0)
         aside: Path | None = None
         if any(self.wal_dir.iterdir()) or any(self.snap_dir.iterdir()):
             aside = self.dir / f"damaged-{int(time.time())}"

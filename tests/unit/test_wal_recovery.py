@@ -186,3 +186,32 @@ def test_reset_moves_everything_aside(tmp_path: Path) -> None:
     store.close()
     restored = Storage.open(tmp_path).load()
     assert restored.entries == () and restored.hard_state == HardState(4, "c", 0)
+
+
+def test_a_sync_that_fails_is_retried_at_the_same_offsets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Storage.open(tmp_path)
+    store.append(ents(1, 5), HardState(1, "", 5))
+    store.sync()
+    end = store._size
+    real = os.fdatasync
+    fail = {"left": 1}
+
+    def flaky(fd: int) -> None:
+        if fail["left"]:
+            fail["left"] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", flaky)
+    store.append(ents(6, 8), HardState(1, "", 5))
+    with pytest.raises(OSError):
+        store.sync()
+    assert store._size == end
+    store.append(ents(6, 8), HardState(1, "", 5))  # the driver's retry of the same Ready
+    store.sync()
+    store.close()
+    restored = Storage.open(tmp_path).load()
+    assert restored.damaged == ""
+    assert [e.index for e in restored.entries] == list(range(1, 9))
