@@ -62,15 +62,21 @@ def leader_and_follower(mesh: LocalMesh) -> tuple[DemoNode, DemoNode]:
     return leader, follower
 
 
-def records_end(seg: Path) -> int:
+def record_offsets(seg: Path) -> list[int]:
+    """Where each record of a v2 segment starts, and (last) where the records end."""
     data = seg.read_bytes()
-    off = RECORDS_START
+    off, offsets = RECORDS_START, [RECORDS_START]
     while off + HEADER.size <= len(data):
         length, _ = HEADER.unpack_from(data, off)
         if length == 0:
             break
         off += HEADER.size + length
-    return off
+        offsets.append(off)
+    return offsets
+
+
+def records_end(seg: Path) -> int:
+    return record_offsets(seg)[-1]
 
 
 def zero_wal_tail(data_dir: Path, size: int = 4096) -> Path:
@@ -218,3 +224,43 @@ def test_a_damaged_voter_with_no_healthy_majority_stops_after_repair_wait(tmp_pa
     assert "no leader backed by a healthy majority repaired this node within 2 s" in lines[0]
     assert "recover --force-new-cluster" in lines[0] and "byte offset" in lines[0]
     assert time.monotonic() - started < 30
+
+
+def test_a_voter_whose_sealed_middle_segment_lost_its_end_is_repaired(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text("[raft]\nsegment_bytes = 65536\n")
+    mesh = LocalMesh(3, base_dir=tmp_path / "mesh", extra_args=["--config", str(config)])
+    mesh.start()
+    try:
+        assert mesh.wait_ready(30) and mesh.wait_voters(3, 40)
+        leader, follower = leader_and_follower(mesh)
+        put_many(leader, 0, 1200)
+        wait_until("the follower to apply every write",
+                   lambda: (status(follower) or {}).get("applied_index", 0)
+                   >= (status(leader) or {}).get("commit_index", 1), 30)
+        mesh.kill(follower.name, signal.SIGTERM)
+        assert follower.proc is not None
+        follower.proc.wait(timeout=20)
+        segments = sorted((follower.data_dir / "raft" / "wal").glob("*.seg"))
+        assert len(segments) >= 3, segments
+        middle = segments[len(segments) // 2 - 1]
+        offsets = record_offsets(middle)
+        start = max(o for o in offsets if o <= offsets[-1] - 4096)  # whole records, seal included
+        with middle.open("r+b") as f:
+            f.seek(start)
+            f.write(bytes(offsets[-1] - start))
+        mesh.restart(follower.name)
+        wait_until(
+            "the damaged voter to be repaired and promoted again",
+            lambda: (status(follower) or {}).get("role") == "voter"
+            and (status(follower) or {}).get("applied_index", 0)
+            >= (status(leader) or {}).get("commit_index", 1),
+            90,
+        )
+        log = follower.log_file.read_text()
+        assert f"{middle}: sealed segment ends at byte offset" in log, log[-3000:]
+        for i in range(0, 1200, 7):
+            got = call_sync(follower.socket_path, "kv.get", {"ns": "d", "key": f"k{i}", "stale": True}, 5.0)
+            assert got["found"] and got["value"] == f"v{i}".encode(), f"k{i} lost on {follower.name}"
+    finally:
+        mesh.stop()
