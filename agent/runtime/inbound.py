@@ -114,8 +114,8 @@ class InboundStream(asyncio.Protocol):
             return
         self._transport = transport
         owner.stats.connections_in += 1
-        self._gate, challenge = owner.new_stream_gate()
-        transport.write(challenge)
+        self._gate = StreamGate()
+        transport.write(wire.frame(owner.envelope.seal_challenge(self._gate)))
         self._hello_timer = asyncio.get_running_loop().call_later(self._hello_timeout, self._no_hello)
 
     def data_received(self, data: bytes) -> None:

@@ -71,7 +71,6 @@ from agent.envelope import (
     CookieNeeded,
     Envelope,
     Grant,
-    StreamGate,
 )
 from agent.errors import ConfigError, ProtocolError
 from agent.runtime.cookies import CookieJar, GrantLimiter
@@ -291,6 +290,9 @@ class Transport:
         for stream in list(self._inbound):
             stream.close()
         tasks = [p.task for p in self._peers.values() if p.task is not None]
+        for peer in self._peers.values():
+            peer.broken = True  # a writer that missed its cancellation still ends
+            peer.wakeup.set()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -446,8 +448,9 @@ class Transport:
                 peer.wakeup.clear()
                 await peer.wakeup.wait()
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(peer.host, peer.port), CONNECT_TIMEOUT)
+                # Not wait_for: on 3.11 it can swallow a cancellation (CPython gh-86296).
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    reader, writer = await asyncio.open_connection(peer.host, peer.port)
             except (OSError, TimeoutError):
                 self.stats.connect_failures += 1
                 await asyncio.sleep(backoff_delay(peer.attempt, self._rng))
@@ -456,7 +459,8 @@ class Transport:
             self.stats.connects += 1
             started = time.monotonic()
             try:
-                challenge = await asyncio.wait_for(self._read_challenge(reader), CONNECT_TIMEOUT)
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    challenge = await self._read_challenge(reader)
             except (OSError, ConnectionError, TimeoutError, ProtocolError, SealError):
                 self.stats.bad_challenges += 1
                 writer.close()
@@ -553,11 +557,6 @@ class Transport:
     @property
     def closing(self) -> bool:
         return self._closing
-
-    def new_stream_gate(self) -> tuple[StreamGate, bytes]:
-        """A fresh gate for an accepted connection and the challenge frame to write."""
-        gate = StreamGate()
-        return gate, wire.frame(self.envelope.seal_challenge(gate))
 
     def admit_inbound(self, stream: InboundStream) -> bool:
         """Register a new inbound connection; False when there are too many."""
