@@ -27,7 +27,7 @@ from agent.control.server import ControlServer
 from agent.crypto import Keyring, load_keyring
 from agent.datadir import lock_data_dir
 from agent.discovery import Discovery
-from agent.errors import ConfigError, LocalError, ProtocolError
+from agent.errors import LocalError, ProtocolError
 from agent.raft import messages as raft_messages
 from agent.runtime import messages as runtime_messages
 from agent.runtime.bootstrap import BootstrapGate
@@ -83,8 +83,6 @@ class Agent:
         # No incarnation from the data dir: the transport draws a random boot id,
         # and peers' cookies prove freshness (agent/envelope.py), so a restart,
         # a data dir restored from a copy or a clock change never matters.
-        self.refusal: ConfigError | None = None
-        """Why the agent stopped itself (a second live process with our node id)."""
         self.transport = Transport(
             config.bind,
             config.port,
@@ -292,12 +290,11 @@ class Agent:
         self.consensus.wake()
 
     def _on_identity_conflict(self, addr: str) -> None:
-        """SWIM found a live process at ``addr`` with our node id: refuse to run."""
-        self.refusal = ConfigError(
-            "data_dir",
+        """SWIM found a live process at ``addr`` with our node id (a copy of our
+        data dir runs there, agent/swim/identity.py): stop, exit 2."""
+        self.exit_code, self.exit_line = 2, (
             f"node id {self.node_id} is already running at {addr}: {self.config.data_dir} is a "
-            "copy of a live node's data dir; start this host with an empty one",
-        )
+            "copy of a live node's data dir; start this host with an empty one")
         self.request_stop()
 
     def _on_role_change(self, role: str) -> None:
@@ -348,8 +345,6 @@ def run_agent(config: AgentConfig) -> int:
             loop.add_signal_handler(sig, agent.request_stop)
         await agent.wait_stopped()
         await agent.stop()
-        if agent.refusal is not None:
-            raise agent.refusal
         if agent.exit_line:
             sys.stderr.write(f"mesh-agent: {agent.exit_line}\n")
         return agent.exit_code

@@ -140,7 +140,7 @@ def test_a_copy_of_a_live_node_refuses_to_run_and_the_original_keeps_running(
     assert out.returncode == 2, out.stderr[-3000:]
     refusals = [line for line in out.stderr.splitlines() if "already running" in line]
     assert refusals == [
-        f"mesh-agent: config error: data_dir: node id {node_id} is already running at "
+        f"mesh-agent: node id {node_id} is already running at "
         f"127.0.0.1:{n2.port}: {copy} is a copy of a live node's data dir; start this host "
         "with an empty one"
     ], out.stderr[-3000:]
