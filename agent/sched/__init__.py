@@ -1,7 +1,8 @@
 """Placement policies: pure functions over a ``ClusterSnapshot`` (no I/O, no clock).
 
-The leader's runtime builds the snapshot, calls these, and proposes every
-decision as a committed log entry (``agent.state``).
+The leader's runtime builds the snapshot, calls ``plan_round`` (which runs the
+policies below in order), and proposes every decision as a committed log entry
+(``agent.state``).
 """
 
 from agent.sched.balance import (
@@ -32,6 +33,17 @@ from agent.sched.placement import (
     run_auction,
 )
 from agent.sched.ring import HashRing, ring_hash
+from agent.sched.round import (
+    MAX_DECISIONS_PER_ROUND,
+    MAX_INFLIGHT_DECISIONS,
+    Assign,
+    Decision,
+    FailNode,
+    Migrate,
+    RoundPlan,
+    needs_bids,
+    plan_round,
+)
 from agent.sched.snapshot import (
     ClusterSnapshot,
     Move,
@@ -42,16 +54,23 @@ from agent.sched.snapshot import (
 )
 
 __all__ = [
+    "MAX_DECISIONS_PER_ROUND",
+    "MAX_INFLIGHT_DECISIONS",
     "WIRE_TYPES",
+    "Assign",
     "Bid",
     "BidRequest",
     "ClusterSnapshot",
+    "Decision",
+    "FailNode",
     "HashRing",
     "HeatState",
+    "Migrate",
     "Move",
     "MoveReason",
     "NodeView",
     "Placement",
+    "RoundPlan",
     "SchedConfig",
     "Strategy",
     "TaskView",
@@ -61,6 +80,7 @@ __all__ = [
     "eligible_nodes",
     "is_eligible",
     "may_move",
+    "needs_bids",
     "place",
     "place_by_capability",
     "place_by_hash",
@@ -68,6 +88,7 @@ __all__ = [
     "plan_drain",
     "plan_failover",
     "plan_rebalance",
+    "plan_round",
     "plan_steals",
     "preference_list",
     "ring_for",

@@ -1,0 +1,256 @@
+"""One scheduling round of the leader as a pure function: what it decides, given what it sees.
+
+Theory of operation: every ``sched_interval`` the leader's runtime
+(``agent/runtime/scheduler.py``) builds a ``ClusterSnapshot``, collects one
+bid per live host when there is something to place (``needs_bids``), calls
+``plan_round`` and proposes each decision of the returned ``RoundPlan`` as a
+committed command.  The round decides, in this order (the order decisions are
+proposed in, so the order the cap cuts):
+
+1. failover -- a host that is not alive gets ``dead_since`` (the leader's
+   clock when it first saw it dead); once it has been dead for ``lease``
+   seconds and still holds tasks, one ``FailNode`` sends each of them to the
+   host ``plan_failover`` picks, or back to the queue.  Waiting out the lease
+   means the dead host's watchdog has killed its copies before new ones start.
+2. placement -- queued tasks, highest priority then oldest, at most
+   ``max_decisions`` of them (a deep backlog costs a round O(cap), not
+   O(backlog)), each ``Assign``ed at epoch + 1 by its strategy; auction tasks
+   are scored with this round's ``bids`` where they arrived.
+3. moves -- the waiting tasks of draining live hosts, work steals, and
+   hot→cold rebalance (heat updated from the snapshot, then ``settle_heat``
+   after the moves); the first move planned for a task wins.
+
+``busy`` holds what has a decision proposed and not yet committed (task ids,
+and dead node ids for failover): rounds overlap while decisions are in the
+log, and a round leaves those alone.  At most ``min(max_decisions,
+max_inflight - len(busy))`` decisions come out; with no room at all nothing
+is planned and ``heat``/``dead_since`` come back unchanged.  ``backlog`` says
+the cap was reached, so the runtime runs the next round at once.
+
+Nothing here reads a clock, does I/O or changes its arguments: ``snapshot.now``
+is the time, and the new heat and death times are part of the plan.  The state
+machine fences every decision on the epoch it was planned against, so a plan
+made from a stale snapshot is refused, never applied twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from agent.sched.balance import (
+    HeatState,
+    plan_drain,
+    plan_failover,
+    plan_rebalance,
+    plan_steals,
+    settle_heat,
+    update_heat,
+)
+from agent.sched.config import SchedConfig
+from agent.sched.messages import Bid
+from agent.sched.placement import place_many
+from agent.sched.snapshot import ClusterSnapshot, Move, MoveReason, TaskView
+
+MAX_DECISIONS_PER_ROUND: Final = 1024
+"""Decisions one round may propose (default 1024).  Bounds a round's work and the
+burst it puts into the log; a round that reaches it is followed at once by the next."""
+MAX_INFLIGHT_DECISIONS: Final = 4096
+"""Decisions proposed and not yet committed, over all overlapping rounds (default
+4096).  When the log falls this far behind, rounds plan nothing until it catches up."""
+
+
+@dataclass(frozen=True, slots=True)
+class FailNode:
+    """A host dead past the lease: its tasks go to ``targets`` (task id → host), the
+    rest back to the queue (or lost when out of retries: the state machine decides)."""
+
+    node: str
+    targets: Mapping[str, str]
+
+    @property
+    def key(self) -> str:
+        """What the decision is about (held in ``busy`` until it commits)."""
+        return self.node
+
+
+@dataclass(frozen=True, slots=True)
+class Assign:
+    """A queued task placed on ``node`` at ``epoch`` (its epoch + 1)."""
+
+    task: str
+    node: str
+    epoch: int
+
+    @property
+    def key(self) -> str:
+        return self.task
+
+
+@dataclass(frozen=True, slots=True)
+class Migrate:
+    """A task moved to ``to``; ``epoch`` is the one it was planned against (fenced)."""
+
+    task: str
+    to: str
+    reason: MoveReason
+    epoch: int
+
+    @property
+    def key(self) -> str:
+        return self.task
+
+
+Decision = FailNode | Assign | Migrate
+
+
+@dataclass(frozen=True, slots=True)
+class RoundPlan:
+    """What one round decided, and the policy state to carry into the next."""
+
+    decisions: tuple[Decision, ...]
+    """To propose in this order (already capped)."""
+    heat: HeatState
+    dead_since: Mapping[str, float]
+    """Node id → when the leader first saw it dead; alive nodes are dropped."""
+    backlog: bool
+    """The cap was reached: run the next round without waiting."""
+
+
+def room_for(busy: Collection[str], max_inflight: int = MAX_INFLIGHT_DECISIONS) -> int:
+    """How many more decisions may be in flight."""
+    return max_inflight - len(busy)
+
+
+def needs_bids(
+    snapshot: ClusterSnapshot, busy: Collection[str], max_inflight: int = MAX_INFLIGHT_DECISIONS
+) -> bool:
+    """Will ``plan_round`` place anything (so bids are worth asking for)?"""
+    if room_for(busy, max_inflight) <= 0:
+        return False
+    return any(t.state == "queued" and t.id not in busy for t in snapshot.tasks)
+
+
+def plan_round(
+    snapshot: ClusterSnapshot,
+    heat: HeatState,
+    config: SchedConfig,
+    dead_since: Mapping[str, float],
+    busy: Collection[str],
+    lease: float,
+    bids: Mapping[str, Bid] | None,
+    *,
+    max_decisions: int = MAX_DECISIONS_PER_ROUND,
+    max_inflight: int = MAX_INFLIGHT_DECISIONS,
+) -> RoundPlan:
+    """One leader round (module docstring): failover, placement, then moves.
+
+    ``bids`` maps node id → its bid for this round (``None``: none asked; every
+    auction is scored from gossiped figures).  ``lease`` is in seconds.
+    """
+    room = room_for(busy, max_inflight)
+    if room <= 0:  # the log is behind: let earlier decisions commit first
+        return RoundPlan((), heat, dict(dead_since), False)
+    deaths = track_deaths(snapshot, dead_since)
+    decisions: list[Decision] = failovers(snapshot, config, deaths, busy, lease)
+    decisions.extend(placements(snapshot, config, busy, bids, max_decisions))
+    moves, heat = plan_moves(snapshot, heat, config)
+    decisions.extend(migrations(moves, busy))
+    limit = min(max_decisions, room)
+    # A full round of decisions means more may be waiting; a backlog that cannot
+    # be placed yields fewer, so an unplaceable queue does not spin.
+    return RoundPlan(tuple(decisions[:limit]), heat, deaths, len(decisions) >= limit)
+
+
+def track_deaths(snapshot: ClusterSnapshot, dead_since: Mapping[str, float]) -> dict[str, float]:
+    """``dead_since`` after this snapshot: alive nodes dropped, newly dead ones at ``now``.
+    Nodes the snapshot does not show (left the cluster) keep their entry."""
+    deaths = dict(dead_since)
+    for node in snapshot.nodes:
+        if node.alive:
+            deaths.pop(node.id, None)
+        else:
+            deaths.setdefault(node.id, snapshot.now)
+    return deaths
+
+
+def failovers(
+    snapshot: ClusterSnapshot,
+    config: SchedConfig,
+    deaths: Mapping[str, float],
+    busy: Collection[str],
+    lease: float,
+) -> list[Decision]:
+    """A ``FailNode`` per host dead for at least ``lease`` seconds that still holds tasks."""
+    out: list[Decision] = []
+    for node in snapshot.nodes:
+        if node.alive or node.id in busy:
+            continue
+        if snapshot.now - deaths[node.id] < lease or not snapshot.tasks_on(node.id):
+            continue
+        moves = plan_failover(snapshot, node.id, config)
+        out.append(FailNode(node.id, {mv.task: mv.to for mv in moves if mv.to is not None}))
+    return out
+
+
+def waiting_to_place(
+    snapshot: ClusterSnapshot, busy: Collection[str], cap: int
+) -> list[TaskView]:
+    """The queued tasks this round places: not busy, the first ``cap`` in ``place_many``'s
+    order (so a deep backlog is not sorted or scored past what can be proposed)."""
+    queued = [t for t in snapshot.tasks if t.state == "queued" and t.id not in busy]
+    if len(queued) > cap:
+        queued.sort(key=lambda t: (-t.priority, t.created_at, t.id))
+        queued = queued[:cap]
+    return queued
+
+
+def placements(
+    snapshot: ClusterSnapshot,
+    config: SchedConfig,
+    busy: Collection[str],
+    bids: Mapping[str, Bid] | None,
+    cap: int,
+) -> list[Decision]:
+    """An ``Assign`` for each placeable queued task (one with no eligible host waits)."""
+    queued = waiting_to_place(snapshot, busy, cap)
+    if not queued:
+        return []
+    by_id = {t.id: t for t in queued}
+    per_task = {t.id: bids for t in queued} if bids else None
+    return [
+        Assign(p.task, p.node, by_id[p.task].epoch + 1)
+        for p in place_many(queued, snapshot, config, per_task)
+        if p.node is not None
+    ]
+
+
+def plan_moves(
+    snapshot: ClusterSnapshot, heat: HeatState, config: SchedConfig
+) -> tuple[list[Move], HeatState]:
+    """Drain, steal and rebalance moves (in that order) and the heat state after them."""
+    moves: list[Move] = []
+    for node in snapshot.nodes:
+        if node.draining and node.alive:
+            moves.extend(plan_drain(snapshot, node.id, config))
+    moves.extend(plan_steals(snapshot, config))
+    heat = update_heat(heat, snapshot, config)
+    rebalance = plan_rebalance(snapshot, heat, config)
+    # A host that just gave up a running task must read hot for a whole window
+    # again before it gives up another (its CPU figure trails the move).
+    heat = settle_heat(heat, rebalance, snapshot)
+    moves.extend(rebalance)
+    return moves, heat
+
+
+def migrations(moves: list[Move], busy: Collection[str]) -> list[Decision]:
+    """A ``Migrate`` per move with a target, the first per task, none for busy tasks."""
+    seen: set[str] = set()
+    out: list[Decision] = []
+    for mv in moves:
+        if mv.task in seen or mv.to is None or mv.task in busy:
+            continue
+        seen.add(mv.task)
+        out.append(Migrate(mv.task, mv.to, mv.reason, mv.epoch))
+    return out
