@@ -1,32 +1,33 @@
-"""The policies and the state machine in a loop, the way the leader runs them:
-40 CPU-bound tasks keyed onto one host spread out through stealing and rebalance,
-no task moves more than twice, every task finishes exactly once, and stale
-executors are fenced.  A pure model: hosts run tasks for a fixed number of rounds."""
+"""The leader's round (``plan_round``) and the state machine in a loop: 40 CPU-bound
+tasks keyed onto one host spread out through stealing and rebalance, no task moves
+more than twice, every task finishes exactly once, and stale executors are fenced;
+a dead host's tasks run elsewhere only after the lease, a drained host starts nothing.
+Each round's decisions are committed with the commands the runtime proposes for them
+(``decision_command``).  A pure model: hosts run tasks for a fixed number of rounds."""
 
 from __future__ import annotations
 
+import itertools
 import statistics
+from collections.abc import Callable, Mapping
 
 import pytest
 
+from agent.runtime.scheduler import decision_command
 from agent.sched import (
     ClusterSnapshot,
     HeatState,
     NodeView,
     SchedConfig,
-    place_many,
-    plan_rebalance,
-    plan_steals,
+    plan_round,
     preference_list,
-    update_heat,
 )
 from agent.state import (
     StateMachine,
     TaskStats,
+    cmd_node_drain,
     cmd_node_register,
-    cmd_task_assign,
     cmd_task_finish,
-    cmd_task_migrate,
     cmd_task_start,
     cmd_task_submit,
     task_spec,
@@ -35,6 +36,9 @@ from agent.state import (
 HOSTS = [f"h{i}" for i in range(4)]
 SLOTS = 2
 ROUND = 5.0  # seconds between scheduling rounds
+LEASE = 10.0  # no host dies here: failover never triggers
+NO_LOAD_MOVES = SchedConfig(max_moves_per_task=0)
+"""Placement alone: no task may make a load-driven move (steal or hot-cold)."""
 
 
 class Mesh:
@@ -45,6 +49,9 @@ class Mesh:
         self.cpu = dict.fromkeys(HOSTS, 0.0)  # smoothed
         self.runs: dict[str, list[tuple[str, float, float | None]]] = {}
         self.remaining: dict[str, int] = {}  # task → rounds of work left in its current run
+        self.alive = dict.fromkeys(HOSTS, True)
+        """A dead host's executor does nothing (its watchdog killed its runs)."""
+        self.dead_since: Mapping[str, float] = {}
         for h in HOSTS:
             self.commit(cmd_node_register(h, h, "", 0.0))
 
@@ -55,7 +62,8 @@ class Mesh:
     def snapshot(self) -> ClusterSnapshot:
         load = self.sm.node_load()
         nodes = tuple(
-            NodeView(h, h, slots=SLOTS, running=load.get(h, {}).get("running", 0),
+            NodeView(h, h, alive=self.alive[h], draining=self.sm.is_draining(h), slots=SLOTS,
+                     running=load.get(h, {}).get("running", 0),
                      queued=load.get(h, {}).get("queued", 0), cpu=self.cpu[h])
             for h in HOSTS
         )  # fmt: skip
@@ -64,7 +72,7 @@ class Mesh:
     def executors(self) -> None:
         """Each host finishes due runs, then starts assigned tasks into free slots."""
         for task in list(self.sm.tasks):
-            if task.state == "running" and task.node is not None:
+            if task.state == "running" and task.node is not None and self.alive[task.node]:
                 self.remaining[task.id] -= 1
                 if self.remaining[task.id] == 0:
                     ok = self.commit(
@@ -75,7 +83,7 @@ class Mesh:
                     assert ok
                     host, start, _ = self.runs[task.id][-1]
                     self.runs[task.id][-1] = (host, start, self.now)
-        for h in HOSTS:
+        for h in (h for h in HOSTS if self.alive[h]):
             running = sum(1 for t in self.sm.tasks if t.node == h and t.state == "running")
             waiting = [t for t in self.sm.tasks if t.node == h and t.state == "assigned"]
             for task in waiting[: max(0, SLOTS - running)]:
@@ -87,29 +95,14 @@ class Mesh:
             self.cpu[h] = 0.5 * self.cpu[h] + 0.5 * min(1.0, running / SLOTS)
 
     def schedule(self, heat: HeatState, cfg: SchedConfig) -> HeatState:
-        self.place(cfg)
-        return self.balance(heat, cfg)
-
-    def place(self, cfg: SchedConfig) -> None:
-        snap = self.snapshot()
-        queued = [t for t in snap.tasks if t.state == "queued"]
-        for d in place_many(queued, snap, cfg):
-            task = next(t for t in queued if t.id == d.task)
-            assert d.node is not None
-            assert self.commit(
-                cmd_task_assign(task.id, d.node, task.epoch + 1, "placed", "", self.now)
-            )
-
-    def balance(self, heat: HeatState, cfg: SchedConfig) -> HeatState:
-        snap = self.snapshot()
-        heat = update_heat(heat, snap, cfg)
-        seen: set[str] = set()
-        for mv in [*plan_steals(snap, cfg), *plan_rebalance(snap, heat, cfg)]:
-            if mv.task in seen or mv.to is None:
-                continue
-            seen.add(mv.task)
-            self.commit(cmd_task_migrate(mv.task, mv.to, str(mv.reason), "", self.now, mv.epoch))
-        return heat
+        """One leader round, every decision committed before the next round (so
+        nothing is ever in flight); the heat state for the next round."""
+        plan = plan_round(self.snapshot(), heat, cfg, self.dead_since, frozenset(), LEASE, None)
+        assert not plan.backlog
+        self.dead_since = plan.dead_since
+        for decision in plan.decisions:
+            self.commit(decision_command(decision, self.now))
+        return plan.heat
 
     def cpu_spread(self) -> float:
         """Stddev of (smoothed) CPU load across hosts: the issue's balance measure."""
@@ -119,21 +112,18 @@ class Mesh:
 def run(seed: int, balance: bool) -> tuple[Mesh, float, float]:
     """Submit the burst, run until every task succeeded; (mesh, CPU stddev at 60 s, makespan)."""
     mesh = Mesh(seed)
-    cfg = SchedConfig(hot_window=10.0, min_move_interval=30.0)
+    cfg = SchedConfig(hot_window=10.0, min_move_interval=30.0) if balance else NO_LOAD_MOVES
     key = f"hot-key-{seed}"
     primary = preference_list(key, mesh.snapshot(), cfg)[0]
     for _ in range(40):
         assert mesh.commit(cmd_task_submit(task_spec(["burn"], key=key), "", 0.0))
-    mesh.place(cfg)
+    heat = mesh.schedule(HeatState(), cfg)
     assert mesh.sm.node_load() == {primary: {"queued": 40, "running": 0}}, f"seed {seed}"
-    heat = HeatState()
     spread_60 = -1.0
     for rnd in range(1, 1000):
         mesh.now = rnd * ROUND
         mesh.executors()
-        mesh.place(cfg)
-        if balance:
-            heat = mesh.balance(heat, cfg)
+        heat = mesh.schedule(heat, cfg)
         if mesh.now == 60.0:
             spread_60 = mesh.cpu_spread()
         if all(t.state == "succeeded" for t in mesh.sm.tasks):
@@ -155,3 +145,73 @@ def test_keyed_burst_spreads_and_every_task_runs_once(seed: int) -> None:
     for task in mesh.sm.tasks:
         assert len(task.migrations) <= cfg.max_moves_per_task, f"seed {seed}: {task.id}"
         assert task.attempts == 1 and len(mesh.runs[task.id]) == 1, f"seed {seed}: {task.id}"
+
+
+def run_until_done(mesh: Mesh, cfg: SchedConfig, each_round: Callable[[int], None]) -> None:
+    heat = mesh.schedule(HeatState(), cfg)
+    for rnd in range(1, 1000):
+        mesh.now = rnd * ROUND
+        each_round(rnd)
+        mesh.executors()
+        heat = mesh.schedule(heat, cfg)
+        if all(t.state == "succeeded" for t in mesh.sm.tasks):
+            return
+    raise AssertionError("tasks did not all finish")
+
+
+def finished_runs(mesh: Mesh, task_id: str) -> list[tuple[str, float, float | None]]:
+    return [run for run in mesh.runs[task_id] if run[2] is not None]
+
+
+def test_a_dead_hosts_tasks_run_elsewhere_only_after_the_lease() -> None:
+    mesh = Mesh(0)
+    for _ in range(12):
+        assert mesh.commit(cmd_task_submit(task_spec(["burn"]), "", 0.0))
+    victim, died_at = "h0", 2 * ROUND
+
+    def kill(rnd: int) -> None:
+        if mesh.now == died_at:
+            mesh.alive[victim] = False
+
+    run_until_done(mesh, SchedConfig(), kill)
+    failed_over = 0
+    for task in mesh.sm.tasks:
+        (host, _, end), = finished_runs(mesh, task.id)  # exactly one run completed
+        assert host != victim or (end is not None and end < died_at), task.id
+        for move in task.migrations:
+            if move["reason"] == "failover":
+                failed_over += 1
+                assert move["from"] == victim and move["at"] >= died_at + LEASE, task.id
+        # A run cut off on the dead host is followed by one elsewhere only after the lease.
+        runs = mesh.runs[task.id]
+        for (host, _, end), (_, next_start, _) in itertools.pairwise(runs):
+            assert host == victim and end is None and next_start >= died_at + LEASE, task.id
+    assert failed_over > 0
+    assert mesh.dead_since == {victim: died_at}
+
+
+def test_a_drained_host_starts_nothing_new_and_its_waiting_tasks_move() -> None:
+    mesh = Mesh(0)
+    cfg = SchedConfig()
+    key = "hot-key-0"
+    primary = preference_list(key, mesh.snapshot(), cfg)[0]
+    for _ in range(40):
+        assert mesh.commit(cmd_task_submit(task_spec(["burn"], key=key), "", 0.0))
+    drained_at = ROUND
+
+    def drain(rnd: int) -> None:
+        if mesh.now == drained_at:  # all 40 wait on the primary; its executor is next
+            assert mesh.commit(cmd_node_drain(primary, "", mesh.now))
+
+    run_until_done(mesh, cfg, drain)
+    # The executor still starts what was assigned to it before the leader's next
+    # round moves the rest; after that, nothing new starts on the drained host.
+    ran_on_primary = [t.id for t in mesh.sm.tasks if mesh.runs[t.id][0][0] == primary]
+    assert 0 < len(ran_on_primary) <= SLOTS
+    for task in mesh.sm.tasks:
+        (host, start, _), = finished_runs(mesh, task.id)
+        assert len(mesh.runs[task.id]) == 1, task.id
+        if host == primary:
+            assert start == drained_at and not task.migrations, task.id
+        else:
+            assert task.migrations[0]["reason"] == "drain", task.id

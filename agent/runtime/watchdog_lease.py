@@ -1,0 +1,98 @@
+"""This host's task lease: the watchdog process, renewed while a quorum is in reach.
+
+Theory of operation: the leader runs a dead host's tasks elsewhere only after
+``lease`` seconds (``agent.sched.round``).  Every host therefore starts one
+``python -m agent.watchdog`` (``agent/watchdog.py``) in its own session, tells
+it the lease, and sends ``beat`` every ``min(1 s, lease / 4)`` while consensus
+says this host reaches a quorum.  Each task run is registered with the
+watchdog when it starts (its process group, cgroups, or subreaper) and
+forgotten when it ends.  If the beats stop -- the host is cut off, or the
+agent's event loop hangs -- the watchdog, which the hang does not reach,
+kills every registered run as the lease runs out: the stale copy is dead
+before the leader starts a new one.  If the agent dies, the watchdog reads EOF
+and kills the runs at once.
+
+A watchdog that is gone (a write fails) is logged once and not restarted:
+tasks keep running, unfenced, which the log line says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import subprocess
+import sys
+from collections.abc import Callable
+
+from agent import watchdog
+
+log = logging.getLogger(__name__)
+
+BEAT_INTERVAL_MAX = 1.0
+"""Longest wait between two beats, seconds; shorter leases beat every lease / 4 so three
+beats can be lost before the watchdog fires."""
+STOP_WAIT = 2.0
+"""Seconds ``close`` waits for the watchdog to exit after its stdin closes."""
+
+
+class WatchdogLease:
+    """Owns the watchdog process and the beat loop; ``register``/``unregister`` each run."""
+
+    def __init__(self, lease: float, has_quorum: Callable[[], bool]) -> None:
+        self.lease = lease
+        """Seconds the runs survive without a beat."""
+        self._has_quorum = has_quorum
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._beats: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the watchdog and the beat loop (inside the running event loop)."""
+        # Its own session: a signal to the agent's process group (a kill of
+        # the agent and its helpers) must not take the watchdog with it.
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "agent.watchdog"], stdin=subprocess.PIPE, close_fds=True,
+            start_new_session=True,
+        )
+        self._send(f"lease {self.lease}")
+        self._beats = asyncio.create_task(self._beat_loop(), name="lease")
+
+    async def close(self) -> None:
+        """Stop beating; close the watchdog's stdin (it kills what is still registered)."""
+        await self.stop_beating()
+        if self._proc is not None and self._proc.stdin is not None:
+            self._proc.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=STOP_WAIT)
+
+    async def stop_beating(self) -> None:
+        if self._beats is None:
+            return
+        self._beats.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._beats
+        self._beats = None
+
+    def register(self, pid: int, cgroups: tuple[str, ...], reaper: bool) -> None:
+        """A run started: its group, cgroups, or subreaper are killed when the lease ends."""
+        for line in watchdog.registration(pid, cgroups, reaper):
+            self._send(line)
+
+    def unregister(self, pid: int) -> None:
+        self._send(f"del {pid}")
+
+    def _send(self, line: str) -> None:
+        if self._proc is None or self._proc.stdin is None:
+            return
+        try:
+            self._proc.stdin.write(line.encode() + b"\n")
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            log.error("task watchdog is gone; tasks are no longer lease-fenced")
+            self._proc = None
+
+    async def _beat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(BEAT_INTERVAL_MAX, self.lease / 4))
+            if self._has_quorum():
+                self._send("beat")
