@@ -30,12 +30,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from agent.errors import MeshError, TaskError
-from agent.executor import ExecEvent, Executor
+from agent.executor import ExecEvent
 from agent.runtime.task_cpu import TaskCpuSampler
 from agent.runtime.watchdog_lease import WatchdogLease
 from agent.state import builders
@@ -50,6 +50,25 @@ REPORT_RETRY_DELAY = 0.5
 """Seconds between attempts to commit reports that found no quorum (default 0.5)."""
 CANNOT_START_EXIT = 127
 """Exit code reported for a command that could not be started (a shell's "not found")."""
+
+
+class RunControl(Protocol):
+    """The executor (``agent.executor.Executor``), as the runner drives it."""
+
+    @property
+    def free_slots(self) -> int: ...
+
+    def running(self) -> dict[str, int]: ...
+
+    async def start(
+        self, task_id: str, epoch: int, cmd: Sequence[str] | str,
+        env: Mapping[str, str] | None = None, cwd: str | None = None,
+        timeout: float | None = None, mem: int = 0, pids: int = 0,
+    ) -> None: ...
+
+    async def cancel(self, task_id: str) -> object: ...
+
+    async def kill_stale(self, task_id: str, epoch: int) -> object: ...
 
 
 class TaskRecords(Protocol):
@@ -77,7 +96,7 @@ class LocalRunner:
         self,
         *,
         node_id: str,
-        executor: Executor,
+        executor: RunControl,
         records: Callable[[], TaskRecords],
         propose: Callable[[bytes], Awaitable[object]],
         replicate: Callable[[str, int], list[str]],
