@@ -11,22 +11,24 @@ A test can name extra tools it needs: ``@pytest.mark.root(tools=("sshd", "ssh"))
 The default set is ``ip``, ``nft`` and ``tc``.
 
 Other fixtures: ``tmp_data_dir`` (a fresh agent data directory, mode 0700),
-``free_port`` (a callable returning a free loopback TCP+UDP port) and
-``netns_lab`` (a factory: ``lab = netns_lab(5)`` builds a started NetnsLab,
-closed at teardown; it applies the root policy itself).  The namespace
-harness lives in ``tests/netns/harness.py`` (``from netns.harness import
-NetnsLab``: this directory is on ``sys.path`` because it holds the root
-conftest).
+``free_port`` (a callable returning a free loopback TCP+UDP port, the one
+``support.ports`` helper) and ``netns_lab`` (a factory: ``lab = netns_lab(5)``
+builds a started NetnsLab, closed at teardown; it applies the root policy
+itself).  The namespace harness lives in ``tests/netns/harness.py``.
+
+Shared test code is imported by its path below ``tests/`` (``from
+netns.harness import NetnsLab``, ``from support.wait import wait_until``):
+pytest's ``pythonpath = ["tests"]`` puts this directory on ``sys.path``.
 """
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from support import ports
 
 if TYPE_CHECKING:
     from netns.harness import NetnsLab
@@ -72,28 +74,10 @@ def tmp_data_dir(tmp_path: Path) -> Path:
     return data_dir
 
 
-def find_free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both TCP and UDP on ``host`` (agents use one port for both).
-
-    Bounded: tries at most 50 kernel-chosen ports.
-    """
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free TCP+UDP port found in 50 attempts")
-
-
 @pytest.fixture
 def free_port() -> Callable[[], int]:
     """``free_port()`` returns a loopback port free for TCP and UDP."""
-    return find_free_port
+    return ports.free_port
 
 
 @pytest.fixture

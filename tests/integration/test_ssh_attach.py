@@ -12,16 +12,13 @@ from __future__ import annotations
 import asyncio
 import pwd
 import shutil
-import socket
-import subprocess
 import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sshtools import SSHD, free_tcp_port, ssh_keygen
+from support.ports import free_port
+from support.sshd import LoopbackSshd, loopback_sshd, ssh_keygen
 
 from meshtui.ssh import SSHAttachError, Target, open_ssh_streams, parse_target
 
@@ -29,87 +26,36 @@ pytestmark = pytest.mark.root(tools=("sshd", "ssh-keygen"))
 
 UNPRIVILEGED = "nobody"
 
-
-@dataclass
-class SshdFixture:
-    root: Path
-    port: int
-    known_hosts: Path
-    client_key: Path
-    config: Path
-    ssh_config: Path
+STREAMLOCAL_CONFIG = (
+    "AllowStreamLocalForwarding yes",
+    # OpenSSH gates direct-streamlocal on AllowTcpForwarding too (local or yes).
+    "AllowTcpForwarding local",
+    "X11Forwarding no",
+    "LogLevel VERBOSE",
+)
+"""What ``meshtui attach`` needs from a host's sshd, on top of key-only root login."""
 
 
 @pytest.fixture(scope="module")
-def sshd() -> Iterator[SshdFixture]:
-    root = Path(tempfile.mkdtemp(prefix="mt-sshd-"))
-    root.chmod(0o755)  # the unprivileged user's sshd child must read authorized_keys
-    host_key = root / "host_ed25519"
-    client_key = root / "client_ed25519"
-    host_pub = ssh_keygen(host_key)
-    client_pub = ssh_keygen(client_key)
-    authorized = root / "authorized_keys"
-    authorized.write_text(client_pub + "\n")
-    authorized.chmod(0o644)
-    port = free_tcp_port()
-    known_hosts = root / "known_hosts"
-    known_hosts.write_text(f"[127.0.0.1]:{port} {host_pub}\n")
-    config = root / "sshd_config"
-    config.write_text(
-        "\n".join(
-            [
-                f"Port {port}",
-                "ListenAddress 127.0.0.1",
-                f"HostKey {host_key}",
-                f"PidFile {root}/sshd.pid",
-                f"AuthorizedKeysFile {authorized}",
-                "StrictModes no",
-                "PubkeyAuthentication yes",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "UsePAM no",
-                "PermitRootLogin prohibit-password",
-                "AllowStreamLocalForwarding yes",
-                # OpenSSH gates direct-streamlocal on AllowTcpForwarding too (local or yes).
-                "AllowTcpForwarding local",
-                "X11Forwarding no",
-                "LogLevel VERBOSE",
-                "",
-            ]
-        )
-    )
-    ssh_config = root / "ssh_config"
-    ssh_config.write_text(
-        f"Host meshbox\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {client_key}\n"
-    )
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
-    log = (root / "sshd.log").open("w")
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"sshd did not start: {(root / 'sshd.log').read_text()}") from None
-                time.sleep(0.05)
-        yield SshdFixture(root, port, known_hosts, client_key, config, ssh_config)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        print((root / "sshd.log").read_text())  # shown by pytest when a test failed
-        shutil.rmtree(root, ignore_errors=True)
+def sshd() -> Iterator[LoopbackSshd]:
+    # Readable by all: the unprivileged user's sshd child must read authorized_keys.
+    with loopback_sshd("mt-sshd-", STREAMLOCAL_CONFIG, readable_by_all=True) as server:
+        yield server
 
 
 @pytest.fixture
-async def echo_socket(sshd: SshdFixture) -> AsyncIterator[Path]:
+def ssh_config(sshd: LoopbackSshd) -> Path:
+    """An ssh_config naming the server ``meshbox`` (HostName, Port, User, IdentityFile)."""
+    path = sshd.root / "ssh_config"
+    path.write_text(
+        f"Host meshbox\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User root\n"
+        f"  IdentityFile {sshd.client_key}\n"
+    )
+    return path
+
+
+@pytest.fixture
+async def echo_socket(sshd: LoopbackSshd) -> AsyncIterator[Path]:
     """A Unix socket echoing every line back, upper-cased (so an echo is not a loopback)."""
     sock_dir = Path(tempfile.mkdtemp(prefix="mt-echo-", dir=sshd.root))
     sock_dir.chmod(0o755)
@@ -133,7 +79,7 @@ async def echo_socket(sshd: SshdFixture) -> AsyncIterator[Path]:
         shutil.rmtree(sock_dir, ignore_errors=True)
 
 
-def _target(sshd: SshdFixture, sock: Path, user: str = "root") -> Target:
+def _target(sshd: LoopbackSshd, sock: Path, user: str = "root") -> Target:
     return parse_target(f"ssh://{user}@127.0.0.1:{sshd.port}{sock}")
 
 
@@ -143,7 +89,7 @@ async def _round_trip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     return await asyncio.wait_for(reader.readline(), 10)
 
 
-async def test_round_trip_over_direct_streamlocal(sshd: SshdFixture, echo_socket: Path) -> None:
+async def test_round_trip_over_direct_streamlocal(sshd: LoopbackSshd, echo_socket: Path) -> None:
     reader, writer, conn = await open_ssh_streams(
         _target(sshd, echo_socket),
         known_hosts=str(sshd.known_hosts),
@@ -161,11 +107,13 @@ async def test_round_trip_over_direct_streamlocal(sshd: SshdFixture, echo_socket
         await conn.wait_closed()
 
 
-async def test_ssh_config_host_alias_is_honoured(sshd: SshdFixture, echo_socket: Path) -> None:
+async def test_ssh_config_host_alias_is_honoured(
+    sshd: LoopbackSshd, ssh_config: Path, echo_socket: Path
+) -> None:
     reader, writer, conn = await open_ssh_streams(
         parse_target(f"ssh://meshbox{echo_socket}"),
         known_hosts=str(sshd.known_hosts),
-        config=[str(sshd.ssh_config)],
+        config=[str(ssh_config)],
     )
     try:
         assert await _round_trip(reader, writer) == b"HELLO MESH\n"
@@ -174,7 +122,7 @@ async def test_ssh_config_host_alias_is_honoured(sshd: SshdFixture, echo_socket:
 
 
 async def test_wrong_host_key_is_refused_with_a_clear_error(
-    sshd: SshdFixture, echo_socket: Path, tmp_path: Path
+    sshd: LoopbackSshd, echo_socket: Path, tmp_path: Path
 ) -> None:
     other = tmp_path / "other_ed25519"
     other_pub = ssh_keygen(other)
@@ -193,7 +141,7 @@ async def test_wrong_host_key_is_refused_with_a_clear_error(
     assert "\n" not in message
 
 
-async def test_unknown_host_key_is_refused(sshd: SshdFixture, echo_socket: Path, tmp_path: Path) -> None:
+async def test_unknown_host_key_is_refused(sshd: LoopbackSshd, echo_socket: Path, tmp_path: Path) -> None:
     empty = tmp_path / "known_hosts"
     empty.write_text("")
     with pytest.raises(SSHAttachError, match=r"^host key for 127\.0\.0\.1 is not trusted"):
@@ -213,7 +161,7 @@ def _unprivileged_can_login() -> bool:
     return True
 
 
-async def test_socket_without_permission_gives_a_clear_error(sshd: SshdFixture, echo_socket: Path) -> None:
+async def test_socket_without_permission_gives_a_clear_error(sshd: LoopbackSshd, echo_socket: Path) -> None:
     if not _unprivileged_can_login():
         pytest.skip(f"no {UNPRIVILEGED!r} user to log in as")
     target = _target(sshd, echo_socket, user=UNPRIVILEGED)
@@ -237,7 +185,7 @@ async def test_socket_without_permission_gives_a_clear_error(sshd: SshdFixture, 
     assert "\n" not in message
 
 
-async def test_missing_socket_gives_a_clear_error(sshd: SshdFixture, tmp_path: Path) -> None:
+async def test_missing_socket_gives_a_clear_error(sshd: LoopbackSshd, tmp_path: Path) -> None:
     missing = sshd.root / "no-such-dir" / "agent.sock"
     with pytest.raises(SSHAttachError, match=rf"^cannot open {missing} on 127\.0\.0\.1: "):
         await open_ssh_streams(
@@ -249,7 +197,7 @@ async def test_missing_socket_gives_a_clear_error(sshd: SshdFixture, tmp_path: P
 
 
 async def test_nothing_listening_gives_a_clear_error(tmp_path: Path) -> None:
-    port = free_tcp_port()
+    port = free_port()
     with pytest.raises(SSHAttachError, match=rf"^cannot reach root@127\.0\.0\.1:{port}: "):
         await open_ssh_streams(
             parse_target(f"ssh://root@127.0.0.1:{port}"),
@@ -278,7 +226,7 @@ def test_parse_target_forms() -> None:
             parse_target(bad)
 
 
-async def test_control_rpc_and_events_over_ssh(sshd: SshdFixture, tmp_path: Path) -> None:
+async def test_control_rpc_and_events_over_ssh(sshd: LoopbackSshd, tmp_path: Path) -> None:
     """The real msgpack control stack (server + ControlClient) through the SSH channel."""
     from agent.control.server import ControlServer
     from meshtui.client import ControlClient

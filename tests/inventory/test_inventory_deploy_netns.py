@@ -30,7 +30,8 @@ from typing import Any
 
 import pytest
 from netns.harness import NetnsLab
-from sshtools import ssh_keygen
+from support.sshd import ssh_keygen
+from support.wait import wait_until
 
 from inventory.wheels import build_wheelhouse
 from meshtui.client import ClientError, call_sync
@@ -229,9 +230,14 @@ def test_deploy_upgrade_undeploy_on_three_namespace_hosts(base: Path) -> None:
             inv.write_text(inventory_text(lab, base, client_key, slots=3))
             (wheels / "zzmeshtuitestmarker-1.0-py3-none-any.whl").write_bytes(os.urandom(64))
             with Traffic(sockets) as traffic:
-                time.sleep(1.0)
+                # Writes flow before the upgrade starts and still flow after it ends.
+                wait_until("writes to succeed before the upgrade",
+                           lambda: traffic.writes_ok >= 5, 30, 0.1)
                 upgraded = meshtui("upgrade", "-i", str(inv), "--limit", "mesh", timeout=600)
-                time.sleep(1.0)
+                before_end = traffic.writes_ok
+                wait_until("writes to succeed after the upgrade",
+                           lambda: traffic.writes_ok >= before_end + 5, 30, 0.1,
+                           detail=lambda: traffic.write_failures[-5:])
             assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
             assert "upgrade: 3 hosts: 3 changed" in upgraded.stdout, upgraded.stdout
             assert traffic.write_failures == [], traffic.write_failures[:5]
@@ -249,7 +255,6 @@ def test_deploy_upgrade_undeploy_on_three_namespace_hosts(base: Path) -> None:
             # 4. undeploy leaves no agent process.
             gone = meshtui("undeploy", "-i", str(inv), "--limit", "mesh")
         assert gone.returncode == 0, gone.stdout + gone.stderr
-        deadline = time.monotonic() + 15
-        while processes_mentioning(str(base)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert processes_mentioning(str(base)) == []
+        wait_until(f"every process under {base} to exit",
+                   lambda: not processes_mentioning(str(base)), 15, 0.2,
+                   detail=lambda: processes_mentioning(str(base)))

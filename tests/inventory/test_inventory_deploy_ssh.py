@@ -14,17 +14,15 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sshtools import SSHD, free_tcp_port, ssh_keygen
+from support.ports import free_port
+from support.sshd import LoopbackSshd, loopback_sshd
+from support.wait import wait_until_async
 
 from inventory import agentfiles as files
 from inventory import load_inventory
@@ -41,67 +39,14 @@ from inventory.wheels import Wheelhouse, build_wheelhouse, file_sha256
 
 pytestmark = pytest.mark.root(tools=("sshd", "ssh-keygen"))
 
-
-
-@dataclass
-class Sshd:
-    root: Path
-    port: int
-    client_key: Path
+SFTP_CONFIG = ("MaxSessions 64", "Subsystem sftp internal-sftp")
+"""What the deploy steps need from a host's sshd: SFTP uploads, many channels at once."""
 
 
 @pytest.fixture(scope="module")
-def sshd() -> Iterator[Sshd]:
-    root = Path(tempfile.mkdtemp(prefix="mt-inv-sshd-"))
-    host_key, client_key = root / "host_ed25519", root / "client_ed25519"
-    ssh_keygen(host_key)
-    (root / "authorized_keys").write_text(ssh_keygen(client_key) + "\n")
-    port = free_tcp_port()
-    config = root / "sshd_config"
-    config.write_text(
-        "\n".join(
-            [
-                f"Port {port}",
-                "ListenAddress 127.0.0.1",
-                f"HostKey {host_key}",
-                f"PidFile {root}/sshd.pid",
-                f"AuthorizedKeysFile {root}/authorized_keys",
-                "StrictModes no",
-                "PubkeyAuthentication yes",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "UsePAM no",
-                "PermitRootLogin prohibit-password",
-                "MaxSessions 64",
-                "Subsystem sftp internal-sftp",
-                "",
-            ]
-        )
-    )
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    log = (root / "sshd.log").open("w")
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log_text = (root / "sshd.log").read_text()
-                    raise RuntimeError(f"sshd did not start: {log_text}") from None
-                time.sleep(0.05)
-        yield Sshd(root, port, client_key)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        shutil.rmtree(root, ignore_errors=True)
+def sshd() -> Iterator[LoopbackSshd]:
+    with loopback_sshd("mt-inv-sshd-", SFTP_CONFIG) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +67,7 @@ def host_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("host")
 
 
-def write_inventory(tmp_path: Path, sshd: Sshd, base: Path, ghost: bool = False) -> Inventory:
+def write_inventory(tmp_path: Path, sshd: LoopbackSshd, base: Path, ghost: bool = False) -> Inventory:
     lines = [
         "all:",
         "  vars:",
@@ -138,7 +83,7 @@ def write_inventory(tmp_path: Path, sshd: Sshd, base: Path, ghost: bool = False)
         "      ansible_host: 127.0.0.1",
         f"      ansible_port: {sshd.port}",
         "      mesh_seed: true",
-        f"      mesh_port: {free_tcp_port()}",
+        f"      mesh_port: {free_port()}",
         f"      mesh_prefix: {base}/opt",
         f"      mesh_config_dir: {base}/etc",
         f"      mesh_data_dir: {base}/data",
@@ -148,7 +93,7 @@ def write_inventory(tmp_path: Path, sshd: Sshd, base: Path, ghost: bool = False)
         lines += [
             "    ghost:",
             "      ansible_host: 127.0.0.1",
-            f"      ansible_port: {free_tcp_port()}",  # nothing listens there
+            f"      ansible_port: {free_port()}",  # nothing listens there
             f"      mesh_prefix: {base}/ghost",
         ]
     path = tmp_path / "inv.yml"
@@ -171,7 +116,7 @@ def processes_mentioning(text: str) -> list[str]:
 
 
 async def test_upload_venv_and_offline_install(
-    sshd: Sshd, wheelhouse: Wheelhouse, host_base: Path, tmp_path: Path
+    sshd: LoopbackSshd, wheelhouse: Wheelhouse, host_base: Path, tmp_path: Path
 ) -> None:
     inv = write_inventory(tmp_path, sshd, host_base)
     host = inv.host("local")
@@ -210,7 +155,8 @@ AGENT_READY = importlib.util.find_spec("agent.runtime.agent") is not None
 
 @pytest.mark.skipif(not AGENT_READY, reason="the agent runtime (agent.runtime.agent) is not in yet")
 async def test_full_deploy_keys_and_idempotent_redeploy(
-    sshd: Sshd, wheelhouse: Wheelhouse, host_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sshd: LoopbackSshd, wheelhouse: Wheelhouse, host_base: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     inv = write_inventory(tmp_path, sshd, host_base, ghost=True)
     host = inv.host("local")
@@ -306,7 +252,7 @@ def agent_key_ids(host: Host, primary_only: bool = False) -> list[str]:
 
 
 async def test_converge_then_undeploy_with_an_unreachable_host(
-    sshd: Sshd, wheelhouse: Wheelhouse, host_base: Path, tmp_path: Path
+    sshd: LoopbackSshd, wheelhouse: Wheelhouse, host_base: Path, tmp_path: Path
 ) -> None:
     inv = write_inventory(tmp_path, sshd, host_base, ghost=True)
     host = inv.host("local")
@@ -335,10 +281,11 @@ async def test_converge_then_undeploy_with_an_unreachable_host(
     assert ghost.status == FAILED
     assert ghost.detail.startswith(f"connect: 127.0.0.1:{inv.host('ghost').ssh_port}: ")
     assert "\n" not in ghost.detail
-    deadline = time.monotonic() + 10
-    while processes_mentioning(host.prefix) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    assert processes_mentioning(host.prefix) == []
+    await wait_until_async(
+        f"the processes under {host.prefix} to exit",
+        lambda: not processes_mentioning(host.prefix), 10, 0.1,
+        detail=lambda: processes_mentioning(host.prefix),
+    )
     assert not Path(host.venv).exists()
     assert not Path(host.config_path).exists()
     assert Path(host.data_dir).is_dir()  # kept without purge
@@ -349,14 +296,14 @@ async def test_converge_then_undeploy_with_an_unreachable_host(
 
 
 async def test_upgrade_stops_at_the_first_host_that_fails(
-    sshd: Sshd, wheelhouse: Wheelhouse, tmp_path: Path
+    sshd: LoopbackSshd, wheelhouse: Wheelhouse, tmp_path: Path
 ) -> None:
     path = tmp_path / "inv.yml"
     path.write_text(
         "all:\n"
         "  vars: {ansible_user: root, ansible_host_key_checking: false}\n"
         "  hosts:\n"
-        f"    ghost: {{ansible_host: 127.0.0.1, ansible_port: {free_tcp_port()}}}\n"
+        f"    ghost: {{ansible_host: 127.0.0.1, ansible_port: {free_port()}}}\n"
         f"    local: {{ansible_host: 127.0.0.1, ansible_port: {sshd.port},"
         f" ansible_ssh_private_key_file: {sshd.client_key},"
         f" mesh_prefix: {tmp_path}/opt, mesh_config_dir: {tmp_path}/etc}}\n"

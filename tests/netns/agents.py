@@ -32,8 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from support.wait import wait_until
+
 from meshtui.client import ClientError, ControlClient, call_sync
-from netns.harness import NetnsLab, wait_until
+from netns.harness import NetnsLab
 
 AGENT_PORT = 7900
 """The port every lab agent uses (each host has its own address, so no clash)."""
@@ -364,17 +366,15 @@ class LabAgents:
     def _wait(
         self, predicate: Callable[[], bool], timeout: float, what: str, detail: Callable[[], str]
     ) -> None:
-        if wait_until(predicate, timeout, interval=0.25):
-            return
-        dead = [
-            f"h{h} exited with {a.proc.returncode}"
-            for h, a in sorted(self.agents.items())
-            if a.proc is not None and a.proc.poll() is not None
-        ]
-        raise AssertionError(
-            f"timed out after {timeout:g}s waiting for {what}; {detail()}; "
-            f"exited: {dead or 'none'}\n{self.logs()}"
-        )
+        def everything() -> str:
+            dead = [
+                f"h{h} exited with {a.proc.returncode}"
+                for h, a in sorted(self.agents.items())
+                if a.proc is not None and a.proc.poll() is not None
+            ]
+            return f"{detail()}; exited: {dead or 'none'}\n{self.logs()}"
+
+        wait_until(what, predicate, timeout, 0.25, detail=everything)
 
     def expect_all(self, hosts: Iterable[int], state: str = "alive") -> dict[str, str]:
         """``{name: state}`` for ``hosts`` — the usual ``expect`` argument."""
@@ -422,10 +422,15 @@ class MemberEventRecorder:
         self._thread.start()
         if not ready.wait(5.0):
             raise AssertionError("event recorder loop did not start")
-        if not wait_until(lambda: self._subscribed >= set(self.hosts), timeout, 0.05):
+        try:
+            wait_until(
+                "a members subscription on every host",
+                lambda: self._subscribed >= set(self.hosts), timeout,
+                detail=lambda: f"not subscribed: {sorted(set(self.hosts) - self._subscribed)}",
+            )
+        except AssertionError:
             self.stop()
-            missing = set(self.hosts) - self._subscribed
-            raise AssertionError(f"could not subscribe to members on hosts {sorted(missing)}")
+            raise
         return self
 
     def stop(self) -> None:

@@ -26,7 +26,11 @@ Cleanup is guaranteed three ways: ``__exit__``, an ``atexit`` hook, and
 ``cleanup_stale()`` (run when a lab starts), which removes namespaces of labs
 whose owner process is dead.  Each lab records its owner pid in
 ``/run/mt-netns/<k>``; a live lab of a parallel run is never removed.  Every
-wait loop here is bounded in both count and time.
+wait here is bounded in time (``support.wait.wait_until``) and every retry loop
+in count.
+
+Stale labs of dead owners can be removed by hand, from ``tests/``:
+``python -m netns.harness --cleanup`` (``--all`` removes live labs too).
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
+from support.sshd import PRIVSEP_DIR, SSHD, ssh_keygen, sshd_config
+from support.wait import wait_until
 
 SUBNET = "198.18.0"
 FIRST_HOST_OCTET = 10
@@ -58,6 +64,14 @@ NETNS_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
 _LAB_NAME = re.compile(r"^mt-(?:lab|br)([0-9a-f]{6})$|^mt-h([0-9a-f]{6})-\d+$")
 RELAY_SCRIPT = Path(__file__).with_name("wire_relay.py")
+LAB_SSHD_CONFIG = (
+    "AllowStreamLocalForwarding yes",
+    "StreamLocalBindUnlink yes",
+    "AllowTcpForwarding yes",
+    "LogLevel VERBOSE",
+)
+"""What a lab host's sshd allows beyond key-only root login: ``meshtui attach``'s
+direct-streamlocal channels and TCP forwarding."""
 
 T = TypeVar("T")
 
@@ -95,18 +109,6 @@ def _owner_alive(suffix: str) -> bool:
         return repr(psutil.Process(pid).create_time()) == started
     except psutil.NoSuchProcess:
         return False
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll ``predicate`` until it holds; bounded by ``timeout`` and by a count."""
-    deadline = time.monotonic() + timeout
-    for _ in range(max(1, int(timeout / interval) + 1)):
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(interval)
-    return predicate()
 
 
 def _kill_namespace_processes(ns: str) -> None:
@@ -341,18 +343,14 @@ class NetnsLab:
         self._wait_links_up()
 
     def _wait_links_up(self) -> None:
-        deadline = time.monotonic() + 10
-        for _ in range(200):
-            pending = [
+        def pending() -> list[int]:
+            return [
                 h for h in self.hosts
                 if "LOWER_UP" not in sh(["ip", "-n", self.ns(h), "link", "show", "eth0"])
             ]
-            if not pending:
-                return
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        raise LabError("host links did not come up within 10 s")
+
+        wait_until("every host's eth0 to be LOWER_UP", lambda: not pending(), 10,
+                   detail=lambda: f"still down: {pending()}")
 
     def kill_all(self) -> None:
         """Kill every process started through the lab and every process in its namespaces."""
@@ -424,21 +422,19 @@ class NetnsLab:
 
     def wait_tcp(self, host: int, addr: str, port: int, timeout: float = 10.0) -> None:
         """Wait until ``addr:port`` accepts a TCP connection as seen from ``host``."""
-        deadline = time.monotonic() + timeout
-        for _ in range(int(timeout / 0.05) + 1):
+
+        def accepts() -> bool:
             sock = self.socket(host)
             try:
                 sock.settimeout(0.5)
                 sock.connect((addr, port))
-                return
             except OSError:
-                pass
+                return False
             finally:
                 sock.close()
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        raise LabError(f"{addr}:{port} not accepting from host {host} within {timeout} s")
+            return True
+
+        wait_until(f"{addr}:{port} to accept a connection from host {host}", accepts, timeout)
 
     # ---- faults: nft -----------------------------------------------------------
 
@@ -553,46 +549,25 @@ class NetnsLab:
         ``authorized_key`` is a public key line; ``host_key_dir`` holds (or gets)
         ``ssh_host_ed25519_key``.  Returns the port once sshd accepts connections.
         """
-        sshd = shutil.which("sshd", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
-        if sshd is None:
-            raise LabError("sshd not found")
         host_key_dir = Path(host_key_dir)
         host_key_dir.mkdir(parents=True, exist_ok=True)
         host_key = host_key_dir / "ssh_host_ed25519_key"
         if not host_key.exists():
-            sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)])
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
+            ssh_keygen(host_key)
+        PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
         conf_dir = self.workdir / f"sshd-{host}"
         conf_dir.mkdir(mode=0o700, exist_ok=True)
         keys = conf_dir / "authorized_keys"
         keys.write_text(authorized_key.strip() + "\n")
         keys.chmod(0o600)
         config = conf_dir / "sshd_config"
-        config.write_text(
-            "\n".join([
-                f"ListenAddress {self.addr(host)}:{port}",
-                f"HostKey {host_key}",
-                f"AuthorizedKeysFile {keys}",
-                "PidFile none",
-                "StrictModes no",
-                "UsePAM no",
-                "PermitRootLogin prohibit-password",
-                "PubkeyAuthentication yes",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "AllowStreamLocalForwarding yes",
-                "StreamLocalBindUnlink yes",
-                "AllowTcpForwarding yes",
-                "LogLevel VERBOSE",
-                "",
-            ])
-        )
+        config.write_text(sshd_config(f"{self.addr(host)}:{port}", host_key, keys, LAB_SSHD_CONFIG))
         log = (conf_dir / "sshd.log").open("w")
-        proc = self.popen(host, [sshd, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
+        proc = self.popen(host, [SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
         log.close()
         try:
             self.wait_tcp(host, self.addr(host), port)
-        except LabError:
+        except AssertionError:
             proc.kill()
             raise LabError(
                 f"sshd on host {host} did not start: {(conf_dir / 'sshd.log').read_text()}"

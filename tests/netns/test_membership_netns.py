@@ -32,9 +32,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.wait import wait_until
 
 from netns.agents import LabAgents, MemberEventRecorder, keygen
-from netns.harness import NetnsLab, wait_until
+from netns.harness import NetnsLab
 
 pytestmark = [pytest.mark.root]
 
@@ -137,13 +138,15 @@ def test_wrong_key_host_is_discovered_but_never_admitted(healthy_mesh: LabAgents
             return f"candidate {intruder_addr} via mdns" in mesh.agents[host].log_path.read_text()
 
         for host in CLUSTER:
-            assert wait_until(functools.partial(saw_intruder, host), 20, 0.25), mesh.logs(
-                [host, INTRUDER]
-            )
+            wait_until(f"h{host} to log the intruder as an mDNS candidate",
+                       functools.partial(saw_intruder, host), 20, 0.25,
+                       detail=functools.partial(mesh.logs, [host, INTRUDER]))
         # ... and its join packets reach us and are dropped and counted.
-        assert wait_until(
-            lambda: sum(_seal_drops(mesh, h) - drops_before[h] for h in CLUSTER) > 0, 20, 0.25
-        ), mesh.logs()
+        wait_until(
+            "the honest agents to drop the intruder's sealed packets",
+            lambda: sum(_seal_drops(mesh, h) - drops_before[h] for h in CLUSTER) > 0, 20, 0.25,
+            detail=mesh.logs,
+        )
         # Never admitted, on either side, over a window of several probe and
         # re-join rounds (re-joins back off 1 s -> 15 s).
         deadline = time.monotonic() + 8.0
@@ -194,6 +197,14 @@ def _incarnation(mesh: LabAgents, host: int, name: str) -> int:
     return int(rows[name]["incarnation"])
 
 
+def _pending_suspicions(recorder: MemberEventRecorder, name: str) -> list[int]:
+    """Hosts whose latest event about ``name`` left it suspect (a suspicion that may still expire)."""
+    latest: dict[int, str] = {}
+    for event in recorder.events(member=name):
+        latest[event.host] = event.state
+    return sorted(h for h, state in latest.items() if state == "suspect")
+
+
 STOP_SECONDS = 2.5
 """Shorter than the LAN suspicion floor (4 s after a suspicion with k=3
 confirmations, 24 s for a lone one), so a refutation must win."""
@@ -216,7 +227,11 @@ def test_sigstop_shorter_than_suspicion_is_refuted_never_dead(healthy_mesh: LabA
             mesh.wait_all_members(survivors, mesh.expect_all(CLUSTER), 20)
             if recorder.events(kinds=("suspect",), member=name):
                 break
-        time.sleep(3.0)  # past any suspicion that could still expire
+        # No suspicion may still be pending when deaths are counted: wait until
+        # each survivor's last suspicion of the victim was followed by a verdict.
+        wait_until(f"every suspicion of {name} to be refuted or confirmed",
+                   lambda: not _pending_suspicions(recorder, name), 30, 0.25,
+                   detail=lambda: _pending_suspicions(recorder, name))
         mesh.wait_all_members(CLUSTER, mesh.expect_all(CLUSTER), 20)
         suspects = recorder.events(kinds=("suspect",), member=name)
         refuted = recorder.events(kinds=("alive",), member=name)

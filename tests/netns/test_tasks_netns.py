@@ -34,10 +34,11 @@ from typing import Any
 
 import psutil
 import pytest
+from support.wait import wait_until
 
 from meshtui.client import ClientError
 from netns.agents import LabAgents, keygen
-from netns.harness import NetnsLab, wait_until
+from netns.harness import NetnsLab
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(420)]
 
@@ -149,8 +150,9 @@ def healthy(mesh: LabAgents, tmp_path: Path) -> LabAgents:
         if not agent.running:
             mesh.restart(host)
     mesh.wait_all_members(HOSTS, mesh.expect_all(HOSTS), CONVERGE_TIMEOUT)
-    assert wait_until(lambda: all(_voters(mesh, h) == len(HOSTS) for h in HOSTS),
-                      CONVERGE_TIMEOUT, 0.5), f"never 4 voters on every host\n{mesh.logs()}"
+    wait_until("4 voters on every host",
+               lambda: all(_voters(mesh, h) == len(HOSTS) for h in HOSTS),
+               CONVERGE_TIMEOUT, 0.5, detail=mesh.logs)
     return mesh
 
 
@@ -200,11 +202,11 @@ def wait_states(agents: LabAgents, ids: list[str], states: set[str], timeout: fl
             return False
         return all(last[0].get(i, {}).get("state") in states for i in ids)
 
-    assert wait_until(check, timeout, 0.5), (
-        f"tasks not all {states} within {timeout}s: "
-        f"{ {i: (r['state'], r['node'], r['epoch']) for i, r in last[0].items() if i in ids} }"
-        f"\n{agents.logs()}"
-    )
+    def seen() -> str:
+        rows = {i: (r["state"], r["node"], r["epoch"]) for i, r in last[0].items() if i in ids}
+        return f"last seen: {rows}\n{agents.logs()}"
+
+    wait_until(f"tasks {ids} to be {sorted(states)}", check, timeout, 0.5, detail=seen)
     return last[0]
 
 
@@ -347,10 +349,11 @@ def test_killed_host_tasks_finish_elsewhere_and_stopped_agent_is_fenced(
     survivors = [h for h in HOSTS if h != victim]
     agents.kill(victim, signal.SIGSTOP)  # the agent only: its tasks keep running
     try:
-        assert wait_until(
+        wait_until(
+            f"the survivors to reassign {on_victim} (epoch > 1)",
             lambda: all(task_rows(agents, survivors)[i]["epoch"] > 1 for i in on_victim),
-            60, 0.5,
-        ), task_rows(agents, survivors)
+            60, 0.5, detail=lambda: task_rows(agents, survivors),
+        )
         stale = {(t, pid) for t, runs in run_spans(log2).items() if t in on_victim
                  for _, _, epoch, pid in runs if epoch == 1}
         # Checked while the agent is still stopped: its watchdog alone killed them.
@@ -363,9 +366,29 @@ def test_killed_host_tasks_finish_elsewhere_and_stopped_agent_is_fenced(
     for task in on_victim:
         assert rows[task]["node"] != f"h{victim}", rows[task]
     assert overlaps(log2) == []
-    # Back from the stop, the host does not restart or keep anything it lost.
-    time.sleep(2.0)
+    # Back from the stop, the host does not restart or keep anything it lost:
+    # once its own view has caught up (every task succeeded there), no run of
+    # these tasks is alive anywhere, and no two runs of one task overlapped.
+    wait_states(agents, ids, {"succeeded"}, 30, [victim])
+    wait_until("no run of the tasks to be alive", lambda: not _live_runs(ids), 10, 0.2,
+               detail=lambda: _live_runs(ids))
     assert overlaps(log2) == []
+
+
+def _live_runs(tasks: list[str]) -> list[tuple[str, int]]:
+    """``(task, pid)`` of every live run of ``tasks`` on this machine (all namespaces)."""
+    wanted = set(tasks)
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            task = proc.environ().get("MESH_TASK_ID")
+        except psutil.Error:
+            continue
+        if task in wanted:
+            found.append((task, proc.pid))
+    return found
 
 
 def _live_run(pid: int, task: str) -> bool:
@@ -401,10 +424,11 @@ def test_minority_is_read_only_and_commits_its_result_after_heal(
         assert out.returncode == 3, (out.returncode, out.stdout, out.stderr)
         assert "no quorum: cluster is read-only here" in out.stderr
         # The run on the lone host completes while cut off.
-        assert wait_until(
+        wait_until(
+            f"the cut-off run of {task} to beat for more than 4.5 s",
             lambda: any(end - start > 4.5 for start, end, _, _ in run_spans(log).get(task, [])),
-            10, 0.2,
-        ), run_spans(log).get(task)
+            10, 0.2, detail=lambda: run_spans(log).get(task),
+        )
         assert time.monotonic() - cut_at < 10, "partition outlived the lease: test is invalid"
     finally:
         agents.lab.heal()

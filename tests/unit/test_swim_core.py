@@ -3,14 +3,13 @@ leave, health, datagram bounds."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.swim_nodes import CFG, addr, admit, drain, make, meta, nid, state
 
 from agent.errors import ConfigError
-from agent.swim import MemberEvent, Outbound, SwimConfig, SwimNode
+from agent.swim import Outbound, SwimConfig, SwimNode
 from agent.swim.messages import (
     Ack,
     Alive,
@@ -29,44 +28,6 @@ from agent.swim.messages import (
 )
 from agent.swim.sizing import message_size
 from agent.swim.timing import suspicion_bounds
-
-CFG = SwimConfig.lan()
-
-
-def nid(i: int) -> str:
-    return f"{i:032x}"
-
-
-def addr(i: int) -> str:
-    return f"198.18.0.{i}:7900"
-
-
-def meta(i: int, role: str = "none") -> NodeMeta:
-    return NodeMeta(f"n{i}", addr(i), (), 1, "test", role)
-
-
-def make(i: int, cfg: SwimConfig = CFG, now: float = 0.0) -> SwimNode:
-    return SwimNode(cfg, nid(i), meta(i), random.Random(i), now)
-
-
-def drain(node: SwimNode) -> tuple[list[Outbound], list[MemberEvent]]:
-    ready = node.ready()
-    if ready is None:
-        return [], []
-    node.advance(ready)
-    return ready.outbound, ready.events
-
-
-def admit(node: SwimNode, others: list[int], now: float = 0.0) -> None:
-    """Admit members ``others`` into ``node`` through a PushPull reply."""
-    states = tuple(PushPullState(nid(i), addr(i), 0, MemberState.ALIVE, meta(i)) for i in others)
-    node.step(now, addr(others[0]), PushPull(nid(others[0]), addr(others[0]), False, True, states))
-    drain(node)
-
-
-def state(node: SwimNode, i: int) -> MemberState | None:
-    m = node.table.get(nid(i))
-    return m.state if m is not None else None
 
 
 def test_join_sends_push_pull_and_admission_happens_only_on_the_exchange() -> None:
@@ -458,7 +419,7 @@ def test_push_pull_state_is_reused_only_while_the_member_is_unchanged() -> None:
     """PushPull states are cached per member record; every field the rules change
     in place must invalidate the cache, or a PushPull would carry stale news."""
     from agent.swim.members import Member, push_pull_state
-    from agent.swim.messages import LoadReport, NodeLoad, NodeMeta
+    from agent.swim.messages import LoadReport, NodeLoad
 
     meta = NodeMeta("n1", "198.18.0.1:7900", (), 1, "t", "none")
     m = Member("a" * 32, "198.18.0.1:7900", meta, 0, MemberState.ALIVE, 0.0)

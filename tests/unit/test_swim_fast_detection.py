@@ -5,11 +5,11 @@ ends at once, and a death we declare is gossiped in the same tick."""
 from __future__ import annotations
 
 import pytest
+from support.swim_nodes import CFG, addr, admit, drain, make, nid, state
 
 from agent.swim import Outbound, SwimNode
 from agent.swim.messages import Ack, Gossip, IndirectPingReq, MemberState, Nack, Ping
 from agent.swim.probe import ProbeHints
-from tests.unit.test_swim_core import CFG, addr, admit, drain, make, nid, state
 
 
 def _pings(out: list[Outbound]) -> list[Ping]:

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from wire_strategies import (
+from support.wire_strategies import (
     Colour,
     Containers,
     Outer,

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import msgpack
 import pytest
-import wire_strategies  # noqa: F401  (registers the test-only types)
+import support.wire_strategies  # noqa: F401  (registers the test-only types)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
