@@ -12,6 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import checkout_path  # noqa: F401  (this checkout and tests/ first on sys.path)
+
 from meshtui.demo import LocalMesh
 
 

@@ -18,36 +18,23 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import checkout_path  # noqa: F401  (this checkout and tests/ first on sys.path)
 import psutil
+from support.ports import free_port
+
+from meshtui.client import ClientError, call_sync
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from meshtui.client import ClientError, call_sync  # noqa: E402
+"""The checkout: agents run from it (``python -m agent.cli``)."""
 
 RSS_TARGET_MB = 60.0
 CPU_TARGET_PCT = 2.0
-
-
-def free_port() -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
 
 
 def alive_members(sock: str) -> int:

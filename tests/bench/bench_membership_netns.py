@@ -41,12 +41,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from netns.agents import LabAgents, MemberEventRecorder, keygen  # noqa: E402
-from netns.harness import NetnsLab, wait_until  # noqa: E402
+import checkout_path  # noqa: F401  (this checkout and tests/ first on sys.path)
+from netns.agents import LabAgents, MemberEventRecorder, keygen
+from netns.harness import NetnsLab
+from support.wait import wait_until
 
 HOSTS = list(range(5))
 BUSY_HOST = 4
@@ -108,9 +106,8 @@ def crash_to_everyone_knows(
                              surv: list[int] = survivors) -> bool:
                     return {e.host for e in rec.events(kinds=("dead",), member=vic)} >= set(surv)
 
-                if not wait_until(all_know, DEATH_TIMEOUT, 0.05):
-                    raise AssertionError(f"kill {k}: not every survivor saw {name} dead "
-                                         f"within {DEATH_TIMEOUT:.0f} s\n{agents.logs()}")
+                wait_until(f"every survivor to see {name} dead (kill {k})", all_know, DEATH_TIMEOUT,
+                           0.05, detail=agents.logs)
                 seen = recorder.events(kinds=("dead",), member=name)
                 per_host = {h: min(e.at for e in seen if e.host == h) - killed_at
                             for h in survivors}

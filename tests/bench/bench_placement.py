@@ -27,13 +27,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+import checkout_path  # noqa: F401  (this checkout and tests/ first on sys.path)
 
 from meshtui.client import ClientError, ControlClient, call_sync
 from meshtui.demo import LocalMesh

@@ -12,13 +12,11 @@ same loop with one proposal per Ready (no batching at all, the worst case).
 from __future__ import annotations
 
 import argparse
-import pathlib
 import random
-import sys
 import time
 from collections import deque
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+import checkout_path  # noqa: F401  (this checkout and tests/ first on sys.path)
 
 from agent.raft.config import RaftConfig
 from agent.raft.core import RaftNode, bootstrap_state

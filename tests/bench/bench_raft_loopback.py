@@ -43,7 +43,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+import checkout_path  # noqa: F401  (this checkout and tests/ first on sys.path)
 
 from meshtui.client import ClientError, ControlClient, call_sync
 from meshtui.demo import LocalMesh, free_port

@@ -18,6 +18,8 @@ import random
 import time
 from collections.abc import Callable
 
+import checkout_path  # noqa: F401  (this checkout and tests/ first on sys.path)
+
 from agent.sched import (
     Bid,
     ClusterSnapshot,

@@ -26,12 +26,10 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import checkout_path  # noqa: F401  (this checkout and tests/ first on sys.path)
 
 from agent import wire
 from agent.crypto import Keyring

@@ -35,13 +35,10 @@ import gc
 import math
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "sim"))
-
-from swimnet import SimHost, SwimNet
+import checkout_path  # noqa: F401  (this checkout and tests/ first on sys.path)
+from sim.swimnet import SimHost, SwimNet
 
 from agent.swim import MemberEvent, SwimConfig
 from agent.swim.members import Member

@@ -16,12 +16,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "sim"))
-
-from swimnet import SwimNet
+import checkout_path  # noqa: F401  (this checkout and tests/ first on sys.path)
+from sim.swimnet import SwimNet
 
 from agent.swim import SwimConfig
 from agent.swim.messages import MemberState

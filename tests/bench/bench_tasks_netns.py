@@ -23,17 +23,15 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-
+import checkout_path  # noqa: F401  (this checkout and tests/ first on sys.path)
 from netns.agents import LabAgents, keygen
-from netns.harness import NetnsLab, wait_until
+from netns.harness import NetnsLab
+from support.wait import wait_until
 
 from meshtui.client import ClientError, ControlClient
 
@@ -170,8 +168,7 @@ def main() -> None:
                 return status is not None and not status["read_only"] \
                     and len(status["consensus"]["voters"]) == HOSTS
 
-            if not wait_until(voters, 60, 0.5):
-                raise SystemExit("mesh never reached 4 voters")
+            wait_until(f"{HOSTS} voters", voters, 60, 0.5, detail=agents.logs)
             leader = agents.status(0)["consensus"]["leader"]
             sock = agents.socket(int(leader[1:]))
             ours, by_host = asyncio.run(run_ours(sock, args.tasks, 600.0))

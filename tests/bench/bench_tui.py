@@ -22,15 +22,12 @@ import random
 import resource
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
+import checkout_path  # noqa: F401  (this checkout and tests/ first on sys.path)
 import psutil
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tui"))
-
-from replay_client import ReplayClient
 from textual.pilot import Pilot
+from tui.replay_client import ReplayClient
 
 from meshtui.app import MeshApp
 

@@ -21,13 +21,11 @@ import asyncio
 import os
 import shutil
 import struct
-import sys
 import tempfile
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-
+import checkout_path  # noqa: F401  (this checkout and tests/ first on sys.path)
 import msgpack
 
 from agent.control.server import ControlServer

@@ -11,18 +11,16 @@ from __future__ import annotations
 import itertools
 import math
 import random
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from sim.linearizability import UNKNOWN, Operation, check_kv
+from support.wait import wait_until
 
 from meshtui.client import ClientError, call_sync
 from meshtui.demo import LocalMesh
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sim"))
-from linearizability import UNKNOWN, Operation, check_kv
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -44,10 +42,11 @@ def leader_of(mesh: LocalMesh) -> str | None:
     return None
 
 
-def wait_writable(mesh: LocalMesh, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
+def wait_writable(mesh: LocalMesh, timeout: float, what: str) -> None:
+    """Wait until a probe write through some running node commits."""
     probe = itertools.count()
-    while time.monotonic() < deadline:
+
+    def accepts_a_write() -> bool:
         for node in mesh.nodes:
             if not node.running:
                 continue
@@ -57,8 +56,9 @@ def wait_writable(mesh: LocalMesh, timeout: float) -> bool:
                 return True
             except ClientError:
                 continue
-        time.sleep(0.1)
-    return False
+        return False
+
+    wait_until(what, accepts_a_write, timeout, 0.1, detail=lambda: describe(mesh))
 
 
 def describe(mesh: LocalMesh) -> str:
@@ -140,7 +140,7 @@ def test_kill_leader_ten_times_no_acknowledged_write_lost(tmp_path: Path) -> Non
     try:
         assert mesh.wait_ready(20)
         assert mesh.wait_voters(3, 30), f"never reached 3 voters: {describe(mesh)}"
-        assert wait_writable(mesh, 30), "cluster never accepted a write"
+        wait_writable(mesh, 30, "the cluster to accept a write")
         for t in threads:
             t.start()
         kills = 0
@@ -151,13 +151,13 @@ def test_kill_leader_ten_times_no_acknowledged_write_lost(tmp_path: Path) -> Non
                 continue
             mesh.kill(leader)
             kills += 1
-            assert wait_writable(mesh, 20), f"no new leader after kill {kills}: {describe(mesh)}"
+            wait_writable(mesh, 20, f"a new leader to accept a write after kill {kills}")
             mesh.restart(leader)
         time.sleep(1.0)
         stop.set()
         for t in threads:
             t.join(timeout=10)
-        assert wait_writable(mesh, 20)
+        wait_writable(mesh, 20, "the cluster to accept a write after the last restart")
         assert mesh.wait_ready(20)  # the last restarted node answers again
         # Final linearizable reads from every node close the history.
         for node in mesh.nodes:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import math
 
-from swimnet import SimHost, SwimNet
-
 from agent.swim import MemberEvent, SwimConfig
 from agent.swim.messages import MemberState
 from agent.swim.timing import epidemic_rounds, suspicion_timeout
+from sim.swimnet import SimHost, SwimNet
 
 LAN = SwimConfig.lan()
 

@@ -16,18 +16,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import pathlib
 import random
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-
 from agent.raft.messages import ConfChange, ConfChangeKind, Entry, Role
-from tests.sim.linearizability import UNKNOWN, Operation, check_kv
-from tests.sim.raftnet import MemoryStorage, RaftNet, SimNode
+from sim.linearizability import UNKNOWN, Operation, check_kv
+from sim.raftnet import MemoryStorage, RaftNet, SimNode
 
 KEYS = ("x", "y")
 OP_TIMEOUT = 40

@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-import swimruns
-from swimnet import SwimNet, replay_hint, sim_seed
-
 from agent.swim import MemberEvent, SwimConfig
 from agent.swim.messages import MemberState, NodeLoad
 from agent.swim.timing import suspicion_timeout
+from sim import swimruns
+from sim.swimnet import SwimNet, replay_hint, sim_seed
 
 LAN = SwimConfig.lan()
 

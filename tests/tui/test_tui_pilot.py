@@ -6,15 +6,15 @@ import copy
 import json
 from typing import Any
 
-from replay_client import RECORDINGS, ReplayClient
 from textual.command import CommandPalette
 from textual.widgets import RichLog, Static
-from tui_helpers import cell, log_text, make_app, row_keys, static_text, wait_for
 
 from meshtui.screens.dialogs import HelpScreen, NodePicker
 from meshtui.widgets.bars import Banner, NavBar
 from meshtui.widgets.fasttable import FastTable
 from meshtui.widgets.logview import LogView
+from tui.replay_client import RECORDINGS, ReplayClient
+from tui.tui_helpers import cell, log_text, make_app, row_keys, static_text, wait_for
 
 SNAPSHOTS = json.loads((RECORDINGS / "mesh5" / "snapshots.json").read_text())
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from tui_helpers import cell, log_text, row_keys, wait_for
 
 from meshtui.app import MeshApp
 from meshtui.connect import client_factory_for
@@ -19,6 +18,7 @@ from meshtui.rpc import call_sync
 from meshtui.targets import ResolvedTarget
 from meshtui.widgets.fasttable import FastTable
 from meshtui.widgets.logview import LogView
+from tui.tui_helpers import cell, log_text, row_keys, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 

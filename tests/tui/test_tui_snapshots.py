@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from replay_client import ReplayClient
 from textual.pilot import Pilot
 from textual.widgets import RichLog
-from tui_helpers import log_text, make_app, row_keys, wait_for
 
 from meshtui.widgets.fasttable import FastTable
+from tui.replay_client import ReplayClient
+from tui.tui_helpers import log_text, make_app, row_keys, wait_for
 
 SIZE = (150, 42)
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 from collections.abc import Callable
 
-from replay_client import ReplayClient
 from rich.console import Console
 from rich.text import Text
+from support.wait import wait_until_async
 from textual.pilot import Pilot
 from textual.widgets import RichLog, Static
 
 from meshtui.app import MeshApp
 from meshtui.widgets.fasttable import FastTable
 from meshtui.widgets.logview import LogView
+from tui.replay_client import ReplayClient
 
 FIXED_NOW = 1_790_000_100.0
 
@@ -28,14 +30,23 @@ def make_app(rc: ReplayClient, **kwargs: object) -> MeshApp:
     return MeshApp(rc.factory, "replay://mesh5", **options)  # type: ignore[arg-type]
 
 
-async def wait_for(pilot: Pilot[None], cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Pause the pilot until ``cond()`` holds; fail with the condition's source otherwise."""
-    steps = int(timeout / 0.02)
-    for _ in range(steps):
-        if cond():
-            return
-        await pilot.pause(0.02)
-    assert cond(), f"condition not met within {timeout}s"
+async def wait_for(pilot: Pilot[None], cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Pause the pilot until ``cond()`` holds; fail naming the condition's source otherwise.
+
+    ``support.wait.wait_until_async`` with ``pilot.pause`` between looks, so
+    the app processes its messages and timers while the test waits.  The
+    deadline is wall-clock (the old helper counted pauses, which stretched
+    under load), so the default is 10 s: a bound for failing, not a speed test.
+    """
+    await wait_until_async(_source_of(cond), cond, timeout, 0.02, sleep=pilot.pause)
+
+
+def _source_of(cond: Callable[[], object]) -> str:
+    """The source text of ``cond`` (usually the test's ``wait_for(pilot, lambda: ...)`` line)."""
+    try:
+        return inspect.getsource(cond).strip()
+    except (OSError, TypeError):
+        return repr(cond)
 
 
 def cell(table: FastTable, row: str, column: str) -> str:

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import math
-import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-
-from tests.sim.linearizability import UNKNOWN, Operation, check_kv, check_register
+from sim.linearizability import UNKNOWN, Operation, check_kv, check_register
 
 
 def op(kind: str, args: tuple[object, ...], out: object, call: float, ret: float) -> Operation:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import random
-import sys
 
 import pytest
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+from sim.raftnet import SIM_CONFIG, MemoryStorage, RaftNet, SimNode
 
 from agent.errors import LocalError, NoQuorumError, NotLeaderError
 from agent.raft.confchange import plan_voter_changes
@@ -31,7 +29,6 @@ from agent.raft.messages import (
     Role,
 )
 from agent.raft.storage import Storage
-from tests.sim.raftnet import SIM_CONFIG, MemoryStorage, RaftNet, SimNode
 
 ABC = ["a", "b", "c"]
 

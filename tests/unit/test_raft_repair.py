@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+from sim.raftnet import SIM_CONFIG, RaftNet, SimNode
+
 from agent.raft.core import RaftNode, bootstrap_state
 from agent.raft.messages import (
     ConfChange,
@@ -13,7 +15,6 @@ from agent.raft.messages import (
     RequestVoteResp,
     RestoredState,
 )
-from tests.sim.raftnet import SIM_CONFIG, RaftNet, SimNode
 
 ABC = ["a", "b", "c"]
 

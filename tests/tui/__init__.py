@@ -1,0 +1,1 @@
+"""TUI tests and their helpers (``tui.replay_client``, ``tui.tui_helpers``)."""
