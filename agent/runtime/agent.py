@@ -1,12 +1,30 @@
-"""One ``mesh-agent`` process: the transport, the cores' drivers, the control socket.
+"""One ``mesh-agent`` process: the composition root.
 
-Start order: transport (so the port is known) → membership → consensus →
-tasks → control socket → discovery.  Stop order is the reverse, with a
-graceful SWIM leave so peers mark us ``left`` instead of ``dead``.
+``Agent.start(config)`` builds every component in order, each from what is
+built before it, inside one ``AsyncExitStack``; a component's ``close`` is
+registered as soon as it exists, so if a later step fails everything built
+so far is closed (in reverse) and nothing is left half-built:
 
-Every inbound packet is opened by the transport (sealed, replay-checked),
-decoded by ``agent.wire`` (``ProtocolError`` → dropped and counted, the agent
-stays up) and routed by message class to the core that owns it.
+1. the data-dir lock (first, before anything in the data dir is read), the
+   node id and the keyring;
+2. the peer router (``router.py``), which owns the sealed transport: bound
+   first, so the port -- and the address we advertise -- is known;
+3. the consensus driver (opens the WAL, restores the state);
+4. the membership driver (SWIM), which is also the router's directory;
+5. the task runtime;
+6. the control server, with the control handlers (``handlers/``) and the
+   status views (``views.py``) over narrow interfaces (``ports.py``).
+
+Then the listeners that point back to components built later are attached
+(consensus events to the control server, applied entries to the tasks, role
+changes to SWIM's metadata, member events to everyone) and the message
+routes registered, before anything starts: each component works without its
+listeners (events go nowhere), it is just not started yet.  Start order:
+control socket → membership → consensus → tasks → discovery (mDNS, seeds) →
+the autopilot and metrics loops.  Stop (``stop()``) unwinds the stack:
+background loops, discovery, control, tasks, membership (a graceful SWIM
+leave, so peers mark us ``left`` instead of ``dead``), consensus, the router,
+the lock.
 """
 
 from __future__ import annotations
@@ -18,22 +36,28 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from agent import __version__, wire
+from agent import __version__
 from agent.config import AgentConfig, load_or_create_node_id
 from agent.control.paths import default_socket_path
 from agent.control.server import ControlServer
 from agent.crypto import Keyring, load_keyring
 from agent.datadir import lock_data_dir
 from agent.discovery import Discovery
-from agent.errors import LocalError, ProtocolError
+from agent.errors import LocalError
 from agent.raft import messages as raft_messages
-from agent.runtime import messages as runtime_messages
 from agent.runtime.bootstrap import BootstrapGate
 from agent.runtime.consensus import ConsensusDriver
+from agent.runtime.handlers import ControlPorts, build_handlers
 from agent.runtime.membership import MembershipDriver
-from agent.runtime.transport import Transport
+from agent.runtime.messages import ForwardPropose, ForwardResult, OutputChunk, OutputRequest
+from agent.runtime.names import NodeNames
+from agent.runtime.router import PeerRouter
+from agent.runtime.tasks import TaskRuntime
+from agent.runtime.views import StatusSources, member_row, metrics_sample
+from agent.sched import messages as sched_messages
 from agent.swim import messages as swim_messages
 from agent.swim.messages import NodeMeta
 from agent.swim.ready import MemberEvent
@@ -65,240 +89,258 @@ def _advertise_host(config: AgentConfig) -> str:
             return "127.0.0.1"
 
 
-class Agent:
-    def __init__(self, config: AgentConfig) -> None:
-        self.config = config
-        # First, before anything in the data dir is read: one process per dir
-        # (agent/datadir.py).  Held until stop(); the kernel drops it if we die.
-        self.data_lock = lock_data_dir(config.data_dir)
-        self.node_id = load_or_create_node_id(config.data_dir)
-        if config.insecure_no_key:
-            log.warning(
-                "RUNNING WITHOUT A CLUSTER KEY (--insecure-no-key): anyone on the network "
-                "can join this mesh and command it"
-            )
-            keyring = Keyring.from_key(INSECURE_KEY)
-        else:
-            keyring = load_keyring(config.key_file)
-        # No incarnation from the data dir: the transport draws a random boot id,
-        # and peers' cookies prove freshness (agent/envelope.py), so a restart,
-        # a data dir restored from a copy or a clock change never matters.
-        self.transport = Transport(
-            config.bind,
-            config.port,
-            keyring,
-            self.node_id,
-            self._on_packet,
-            self._on_packet,
-            on_connection_lost=self._on_connection_lost,
+def _keyring(config: AgentConfig) -> Keyring:
+    if config.insecure_no_key:
+        log.warning(
+            "RUNNING WITHOUT A CLUSTER KEY (--insecure-no-key): anyone on the network "
+            "can join this mesh and command it"
         )
-        self.socket_path = config.socket or default_socket_path()
-        self.started = time.monotonic()
-        self.decode_errors = 0
-        self._stopping = asyncio.Event()
+        return Keyring.from_key(INSECURE_KEY)
+    return load_keyring(config.key_file)
+
+
+class StopSignal:
+    """Why and when the agent should stop: set by a signal, ``shutdown``, or a
+    component that cannot go on (its exit code and one line for stderr)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
         self.exit_code = 0
         self.exit_line = ""
-        self._bg: list[asyncio.Task[None]] = []
-        self._routes: dict[type, Any] = {}
-        # Filled in by start(); typed here for readers.
-        self.membership: MembershipDriver
-        self.consensus: ConsensusDriver
-        self.control: ControlServer
-        self.discovery: Discovery
-        self.tasks: Any
 
-    # ------------------------------------------------------------ lifecycle
+    def request(self) -> None:
+        self._event.set()
 
-    async def start(self) -> None:
-        from agent.runtime.handlers import build_handlers
-        from agent.runtime.tasks import TaskRuntime
+    def fail(self, code: int, line: str) -> None:
+        self.exit_code, self.exit_line = code, line
+        self._event.set()
 
-        await self.transport.start()
-        host = _advertise_host(self.config)
-        self.addr = f"{host}:{self.transport.port}"
-        self.transport.advertise = self.addr  # peers answer streams to this address
-        self.tasks = TaskRuntime(self)
-        meta = NodeMeta(
-            name=self.config.name,
-            addr=self.addr,
-            caps=tuple(self.config.caps),
-            slots=self.config.effective_slots(),
-            version=__version__,
-            role="none",
-        )
-        self.membership = MembershipDriver(
-            config=self.config.swim,
-            node_id=self.node_id,
-            meta=meta,
-            send=self._send_swim,
-            on_events=self._on_member_events,
-            task_load=self.tasks.load_figures,
-            use_task_cpu=self.config.load_source == "tasks",
-            on_conflict=self._on_identity_conflict,
-        )
-        self.consensus = ConsensusDriver(
-            config=self.config,
-            node_id=self.node_id,
-            data_dir=self.config.data_dir,
-            send=self.send_to_node,
-            publish=self.publish,
-            on_applied=self.tasks.on_applied,
-            on_role_change=self._on_role_change,
-            wants=lambda topic: self.control.has_subscribers(topic),
-        )
-        self.consensus.on_unrepairable = self._stop_unrepairable
-        self._build_routes()
-        self.control = ControlServer(self.socket_path, build_handlers(self), TOPICS)
-        await self.control.start()
-        self.membership.start([])
-        self.consensus.start()
-        self.tasks.start()
-        self.discovery = Discovery(
-            node_id=self.node_id,
-            cluster=self.config.cluster,
-            version=__version__,
-            advertise_host=host,
-            port=self.transport.port,
-            seeds=self.config.join,
-            use_mdns=self.config.mdns,
-            self_addrs={self.addr},
-            on_candidate=self.membership.add_candidate,
-        )
-        await self.discovery.start()
-        self._bg = [
-            asyncio.create_task(self._bootstrap_and_autopilot(), name="autopilot"),
-            asyncio.create_task(self._metrics_loop(), name="metrics"),
-        ]
-        log.info(
-            "mesh-agent %s (%s) listening on %s, control socket %s",
-            self.config.name, self.node_id[:12], self.addr, self.socket_path,
-        )
+    async def wait(self) -> None:
+        await self._event.wait()
 
-    async def stop(self) -> None:
-        log.info("stopping")
-        for task in self._bg:
-            task.cancel()
-        for task in self._bg:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        with contextlib.suppress(Exception):
-            await self.discovery.close()
-        await self.control.close()
-        await self.tasks.close()
-        await self.membership.close()
-        await self.consensus.close()
-        await self.transport.close()
-        self.data_lock.release()
 
-    def request_stop(self) -> None:
-        self._stopping.set()
+class Background:
+    """Short-lived and looping tasks the agent runs on the side; cancelled on stop."""
 
-    def _stop_unrepairable(self, line: str) -> None:
-        """Damaged storage nobody repaired in time (runtime/recovery.py): stop, exit 2."""
-        self.exit_code, self.exit_line = 2, line
-        self.request_stop()
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def wait_stopped(self) -> None:
-        await self._stopping.wait()
-
-    # ------------------------------------------------------------ packets
-
-    def _build_routes(self) -> None:
-        for cls in swim_messages.WIRE_TYPES.values():
-            self._routes[cls] = self.membership.on_message
-        for cls in raft_messages.WIRE_TYPES.values():
-            self._routes[cls] = lambda _addr, msg: self.consensus.step(msg)
-        self._routes[runtime_messages.ForwardPropose] = self._serve_forward
-        self._routes[runtime_messages.ForwardResult] = (
-            lambda _addr, msg: self.consensus.forward_result(msg)
-        )
-        for cls in (runtime_messages.OutputRequest, runtime_messages.OutputChunk):
-            self._routes[cls] = self.tasks.output.on_message
-        from agent.sched import messages as sched_messages
-
-        for cls in sched_messages.WIRE_TYPES.values():
-            self._routes[cls] = self.tasks.on_sched_message
-
-    def _on_packet(self, from_addr: str, payload: bytes) -> None:
-        try:
-            msg = wire.decode(payload)
-        except ProtocolError as exc:
-            self.decode_errors += 1
-            log.debug("dropped a malformed message from %s: %s", from_addr, exc)
-            return
-        route = self._routes.get(type(msg))
-        if route is None:
-            self.decode_errors += 1
-            return
-        try:
-            route(from_addr, msg)
-        except LocalError as exc:
-            log.warning("message from %s refused: %s", from_addr, exc)
-
-    def _on_connection_lost(self, addr: str) -> None:
-        membership = getattr(self, "membership", None)  # None before start()
-        if membership is not None:
-            membership.connection_lost(addr)
-
-    def _send_swim(self, addr: str, msg: object, reliable: bool) -> None:
-        data = wire.encode(msg)
-        if reliable:
-            self.transport.send_stream(addr, data)
-        else:
-            self.transport.send_datagram(addr, data)
-
-    def addr_of(self, node_id: str) -> str | None:
-        member = self.membership.swim.member(node_id)
-        return member.addr if member is not None else None
-
-    def send_to_node(self, node_id: str, msg: object) -> None:
-        addr = self.addr_of(node_id)
-        if addr is not None:
-            self.transport.send_stream(addr, wire.encode(msg))
-
-    def _serve_forward(self, from_addr: str, msg: runtime_messages.ForwardPropose) -> None:
-        async def serve() -> None:
-            result = await self.consensus.serve_forward(msg)
-            self.transport.send_stream(from_addr, wire.encode(result))
-
-        self.spawn(serve())
-
-    def spawn(self, coro: Any) -> None:
-        """Run a short-lived coroutine, keeping a reference until it ends."""
-        task = asyncio.create_task(coro)
-        self._bg.append(task)
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str | None = None) -> None:
+        """Run ``coro``, keeping a reference until it ends (failures are logged)."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
         task.add_done_callback(self._forget)
 
-    def _forget(self, task: asyncio.Task[Any]) -> None:
-        with contextlib.suppress(ValueError):
-            self._bg.remove(task)
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed: %s", task.exception())
 
-    # ------------------------------------------------------------ events
+    async def close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
-    def publish(self, topic: str, data: dict[str, Any]) -> None:
-        self.control.publish(topic, data)
 
-    def _on_member_events(self, events: list[MemberEvent]) -> None:
-        from agent.runtime.views import member_row
+def _member_events_listener(
+    sources: StatusSources,
+    publish: Callable[[str, dict[str, Any]], None],
+    on_member_down: Callable[[str], None],
+    wake_consensus: Callable[[], None],
+) -> Callable[[list[MemberEvent]], None]:
+    """Member changes: to control subscribers, to task failover, and to Raft's
+    autopilot (woken to reconsider the voter set)."""
 
+    def on_events(events: list[MemberEvent]) -> None:
         for event in events:
-            self.publish("members", {"kind": event.kind, "member": member_row(self, event.member)})
+            publish("members", {"kind": event.kind, "member": member_row(sources, event.member)})
             if event.kind in ("dead", "leave"):
-                self.tasks.on_member_down(event.member.id)
-        self.consensus.wake()
+                on_member_down(event.member.id)
+        wake_consensus()
 
-    def _on_identity_conflict(self, addr: str) -> None:
-        """SWIM found a live process at ``addr`` with our node id (a copy of our
-        data dir runs there, agent/swim/identity.py): stop, exit 2."""
-        self.exit_code, self.exit_line = 2, (
-            f"node id {self.node_id} is already running at {addr}: {self.config.data_dir} is a "
-            "copy of a live node's data dir; start this host with an empty one")
-        self.request_stop()
+    return on_events
 
-    def _on_role_change(self, role: str) -> None:
-        self.membership.update_meta(role=role)
+
+class Agent:
+    """A started agent: its components, the loops that tie them, and ``stop``."""
+
+    def __init__(
+        self,
+        *,
+        config: AgentConfig,
+        node_id: str,
+        started: float,
+        membership: MembershipDriver,
+        consensus: ConsensusDriver,
+        tasks: TaskRuntime,
+        control: ControlServer,
+        sources: StatusSources,
+        stop_signal: StopSignal,
+        stack: contextlib.AsyncExitStack,
+    ) -> None:
+        self.config = config
+        self.node_id = node_id
+        self.started = started
+        self._membership = membership
+        self._consensus = consensus
+        self._tasks = tasks
+        self._control = control
+        self._sources = sources
+        self._stop_signal = stop_signal
+        self._stack = stack
+
+    # ------------------------------------------------------------ lifecycle
+
+    @classmethod
+    async def start(cls, config: AgentConfig) -> Agent:
+        """Build and start every component (module doc); ``OSError`` if a port is taken."""
+        stack = contextlib.AsyncExitStack()
+        try:
+            return await cls._compose(config, stack)
+        except BaseException:
+            await stack.aclose()
+            raise
+
+    @classmethod
+    async def _compose(cls, config: AgentConfig, stack: contextlib.AsyncExitStack) -> Agent:
+        started = time.monotonic()
+        stop_signal = StopSignal()
+        # One process per data dir (agent/datadir.py); the kernel drops it if we die.
+        stack.enter_context(lock_data_dir(config.data_dir))
+        node_id = load_or_create_node_id(config.data_dir)
+        keyring = _keyring(config)
+
+        # No incarnation from the data dir: the transport draws a random boot id,
+        # and peers' cookies prove freshness (agent/envelope.py), so a restart,
+        # a data dir restored from a copy or a clock change never matters.
+        router = PeerRouter(bind=config.bind, port=config.port, keyring=keyring, node_id=node_id)
+        await router.start()
+        stack.push_async_callback(router.close)
+        host = _advertise_host(config)
+        addr = f"{host}:{router.port}"
+        router.advertise(addr)  # peers answer streams to this address
+
+        consensus = ConsensusDriver(
+            config=config, node_id=node_id, data_dir=config.data_dir, send=router.send_to_node,
+            # Damaged storage nobody repaired in time (runtime/recovery.py): exit 2.
+            on_unrepairable=lambda line: stop_signal.fail(2, line),
+        )
+        stack.push_async_callback(consensus.close)
+
+        def identity_conflict(at: str) -> None:
+            # A copy of our data dir runs at ``at`` (agent/swim/identity.py): exit 2.
+            stop_signal.fail(2, (
+                f"node id {node_id} is already running at {at}: {config.data_dir} is a "
+                "copy of a live node's data dir; start this host with an empty one"))
+
+        meta = NodeMeta(
+            name=config.name, addr=addr, caps=tuple(config.caps),
+            slots=config.effective_slots(), version=__version__, role="none",
+        )
+        membership = MembershipDriver(
+            config=config.swim, node_id=node_id, meta=meta, send=router.send_to_addr,
+            use_task_cpu=config.load_source == "tasks", on_conflict=identity_conflict,
+        )
+        stack.push_async_callback(membership.close)
+        router.use_directory(membership)
+
+        tasks = TaskRuntime(
+            config=config, node_id=node_id, consensus=consensus, members=membership, peers=router,
+        )
+        stack.push_async_callback(tasks.close)
+
+        names = NodeNames(membership, consensus.queries)
+        sources = StatusSources(
+            name=config.name, node_id=node_id, addr=addr, started=started,
+            members=membership, consensus=consensus, state=consensus.queries, names=names,
+            tasks=tasks, traffic=router.stats, decode_errors=lambda: router.decode_errors,
+        )
+        control = ControlServer(
+            config.socket or default_socket_path(),
+            build_handlers(ControlPorts(
+                consensus=consensus, state=consensus.queries, names=names, keyring=keyring,
+                sources=sources, tasks=tasks, node_id=node_id, node_name=config.name,
+                eligible_voters=lambda: sum(1 for m in membership.members() if m.state == "alive"),
+                stop=stop_signal.request,
+            )),
+            TOPICS,
+        )
+        stack.push_async_callback(control.close)
+
+        # Listeners pointing back at components built later, and the routes.
+        consensus.connect(
+            publish=control.publish, wants=control.has_subscribers,
+            on_applied=tasks.on_applied, on_role_change=membership.set_role,
+        )
+        membership.connect(
+            on_events=_member_events_listener(
+                sources, control.publish, tasks.on_member_down, consensus.wake),
+            task_load=tasks.load_figures,
+        )
+        background = Background()
+
+        def serve_forward(from_addr: str, msg: ForwardPropose) -> None:
+            background.spawn(_answer_forward(consensus, router, from_addr, msg))
+
+        router.route(swim_messages.WIRE_TYPES.values(), membership.on_message)
+        router.route(raft_messages.WIRE_TYPES.values(), consensus.on_message)
+        router.route([ForwardPropose], serve_forward)
+        router.route([ForwardResult], consensus.on_forward_result)
+        router.route([OutputRequest, OutputChunk], tasks.on_output_message)
+        router.route(sched_messages.WIRE_TYPES.values(), tasks.on_sched_message)
+
+        discovery = Discovery(
+            node_id=node_id, cluster=config.cluster, version=__version__, advertise_host=host,
+            port=router.port, seeds=config.join, use_mdns=config.mdns, self_addrs={addr},
+            on_candidate=membership.add_candidate,
+        )
+        stack.push_async_callback(_close_quietly, discovery)
+        stack.push_async_callback(background.close)
+
+        # Start, in order.
+        await control.start()
+        membership.start([])
+        consensus.start()
+        tasks.start()
+        await discovery.start()
+
+        agent = cls(
+            config=config, node_id=node_id, started=started, membership=membership,
+            consensus=consensus, tasks=tasks, control=control, sources=sources,
+            stop_signal=stop_signal, stack=stack,
+        )
+        background.spawn(agent._bootstrap_and_autopilot(), name="autopilot")
+        background.spawn(agent._metrics_loop(), name="metrics")
+        log.info(
+            "mesh-agent %s (%s) listening on %s, control socket %s",
+            config.name, node_id[:12], addr, control.path,
+        )
+        return agent
+
+    async def stop(self) -> None:
+        """Close every component, in the reverse of the order they were built."""
+        log.info("stopping")
+        await self._stack.aclose()
+
+    def request_stop(self) -> None:
+        self._stop_signal.request()
+
+    async def wait_stopped(self) -> None:
+        await self._stop_signal.wait()
+
+    @property
+    def exit_code(self) -> int:
+        return self._stop_signal.exit_code
+
+    @property
+    def exit_line(self) -> str:
+        """One line for stderr when a component stopped the agent (else "")."""
+        return self._stop_signal.exit_line
+
+    # ------------------------------------------------------------ loops
 
     async def _bootstrap_and_autopilot(self) -> None:
         gate = BootstrapGate(
@@ -309,33 +351,44 @@ class Agent:
         )
         while True:
             await asyncio.sleep(0.5)
-            members = self.membership.members()
+            members = self._membership.members()
             alive = {m.id for m in members if m.state == "alive"}
             dead = {m.id for m in members if m.state in ("dead", "left")}
-            if not self.consensus.bootstrapped:
+            if not self._consensus.bootstrapped:
                 clustered = any(m.meta.role != "none" for m in members if m.id != self.node_id)
                 if gate.ready(time.monotonic(), alive, clustered):
-                    self.consensus.bootstrap_single()
+                    self._consensus.bootstrap_single()
                 continue
-            self.consensus.autopilot(alive, dead)
-            await self.tasks.register_members(members)
+            self._consensus.autopilot(alive, dead)
+            await self._tasks.register_members(members)
 
     async def _metrics_loop(self) -> None:
-        from agent.runtime.views import metrics_sample
-
         while True:
             await asyncio.sleep(1.0)
-            if self.control.has_subscribers("metrics"):
-                self.publish("metrics", metrics_sample(self))
+            if self._control.has_subscribers("metrics"):
+                self._control.publish("metrics", metrics_sample(self._sources))
+
+
+async def _answer_forward(
+    consensus: ConsensusDriver, router: PeerRouter, from_addr: str, msg: ForwardPropose
+) -> None:
+    """A follower's forwarded write: commit it here, answer with the result."""
+    result = await consensus.serve_forward(msg)
+    router.send_to_addr(from_addr, result)
+
+
+async def _close_quietly(discovery: Discovery) -> None:
+    # mDNS teardown errors must not keep the rest from closing.
+    with contextlib.suppress(Exception):
+        await discovery.close()
 
 
 def run_agent(config: AgentConfig) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit code."""
 
     async def main() -> int:
-        agent = Agent(config)
         try:
-            await agent.start()
+            agent = await Agent.start(config)
         except OSError as exc:
             raise LocalError(
                 f"cannot listen on {config.bind}:{config.port}: {exc.strerror or exc}"

@@ -57,6 +57,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
+
 from agent import wire
 from agent.errors import DiskFullError, LocalError, NoQuorumError, NotLeaderError, StorageError
 from agent.raft.confchange import plan_voter_changes
@@ -66,6 +68,7 @@ from agent.raft.storage import Storage
 from agent.runtime import recovery
 from agent.runtime.diskfull import RETRY_FIRST, RETRY_MAX, DiskFullMode, fatal_line, is_disk_full
 from agent.runtime.messages import ForwardPropose, ForwardResult
+from agent.runtime.ports import StateQueries
 from agent.runtime.storage_io import StorageIO
 from agent.state.commands import Command
 from agent.state.machine import ApplyResult, StateMachine
@@ -83,6 +86,22 @@ AUTOPILOT_INTERVAL = 0.5
 
 CAUGHT_UP_LAG = 20
 """A learner within this many entries of the leader's last index may be promoted."""
+
+
+def _publish_nowhere(topic: str, data: dict[str, Any]) -> None:
+    """Events before ``connect``: nobody listens yet."""
+
+
+def _ignore_applied(index: int, result: ApplyResult) -> None:
+    """Applied entries before ``connect``."""
+
+
+def _ignore_role(role: str) -> None:
+    """Role changes before ``connect``."""
+
+
+def _wants_everything(topic: str) -> bool:
+    return True
 
 
 @dataclass(slots=True)
@@ -113,34 +132,34 @@ class ConsensusDriver:
         node_id: str,
         data_dir: str,
         send: Callable[[str, object], None],
-        publish: Callable[[str, dict[str, Any]], None],
-        on_applied: Callable[[int, ApplyResult], None],
-        on_role_change: Callable[[str], None],
-        wants: Callable[[str], bool] | None = None,
+        on_unrepairable: Callable[[str], None] | None = None,
     ) -> None:
+        """``send(node_id, msg)`` reaches a peer (the router); ``on_unrepairable(line)``
+        is called once if damaged storage is not repaired in time (recovery.py).
+        Opens the WAL and restores the state: ``close()`` even if never started."""
         self.config = config
         self.raft_config = config.raft
         self.node_id = node_id
-        self.storage = Storage.open(os.path.join(data_dir, "raft"), self.raft_config.segment_bytes)
-        self._io = StorageIO(self.storage)
-        self.state = StateMachine()
+        self._storage = Storage.open(os.path.join(data_dir, "raft"), self.raft_config.segment_bytes)
+        self._io = StorageIO(self._storage)
+        self._state = StateMachine()
         self._send = send
-        self._publish = publish
-        self._on_applied = on_applied
-        self._on_role_change = on_role_change
+        # Listeners (``connect``): the components they feed are built after this one.
+        self._publish: Callable[[str, dict[str, Any]], None] = _publish_nowhere
+        self._on_applied: Callable[[int, ApplyResult], None] = _ignore_applied
+        self._on_role_change: Callable[[str], None] = _ignore_role
         # Does anyone follow this event topic?  Lets the apply loop skip building
         # events (and the state machine its summaries) nobody will read.
-        self._wants: Callable[[str], bool] = wants or (lambda _topic: True)
+        self._wants: Callable[[str], bool] = _wants_everything
         self._rng = random.Random()
-        restored = self.storage.load()
+        restored = self._storage.load()
         if restored.snapshot is not None:
-            self.state.restore(restored.snapshot.data)
-        self.node = RaftNode(self.raft_config, node_id, restored, self._rng)
+            self._state.restore(restored.snapshot.data)
+        self._node = RaftNode(self.raft_config, node_id, restored, self._rng)
         self.data_dir = data_dir
-        self.on_unrepairable: Callable[[str], None] | None = None
-        """Called with one line when damaged storage cannot be repaired (recovery.py)."""
+        self._on_unrepairable = on_unrepairable
         if restored.damaged:
-            if self.node.conf.voters == (node_id,):
+            if self._node.conf.voters == (node_id,):
                 raise StorageError(recovery.only_voter_refusal(restored.damaged, data_dir))
             log.error(
                 "storage damaged: %s; not voting or acknowledging until the leader repairs this node",
@@ -156,30 +175,107 @@ class ConsensusDriver:
         self._role = ""
         self.elections = 0
         self.commit_latencies: list[float] = []
-        self.started_at = 0.0
+        self._started_at = 0.0
+        """Loop time of ``start()``: a damaged node gives up ``repair_wait`` after it."""
         hs = restored.hard_state
         # (term, vote) last fsynced: a leader may send before its fsync only
         # when its Ready does not change them.
         self._durable_term_vote = (hs.term, hs.vote)
-        self.early_sends = 0
-        """Readies whose messages left before the local fsync (leader only)."""
-        self.disk_full = DiskFullMode(self)
+        self.disk_full = DiskFullMode(
+            name=str(getattr(config, "name", "") or node_id),
+            node_id=node_id,
+            directory=str(self._storage.dir),
+            election_timeout=float(self.raft_config.election_timeout),
+            core=self._core,
+            send=send,
+            publish=self._publish_alarm,
+            role_name=self.role_name,
+            report_role=self.report_role,
+            fail_writes=self._fail_writes,
+            core_reads=self._reads,
+            applied_index=self._applied_index,
+        )
         """Disk-full alarms, and Raft paused while the WAL does not fit (diskfull.py)."""
+
+    def connect(
+        self,
+        *,
+        publish: Callable[[str, dict[str, Any]], None],
+        wants: Callable[[str], bool],
+        on_applied: Callable[[int, ApplyResult], None],
+        on_role_change: Callable[[str], None],
+    ) -> None:
+        """Attach the listeners, before ``start``: ``publish(topic, data)`` control
+        events (``wants(topic)``: does anyone follow it), ``on_applied(index,
+        result)`` after each applied entry, ``on_role_change(role)`` when this
+        node's Raft role changes.  Until then events go nowhere."""
+        self._publish = publish
+        self._wants = wants
+        self._on_applied = on_applied
+        self._on_role_change = on_role_change
+
+    # ------------------------------------------------------------ what others may ask
+
+    @property
+    def queries(self) -> StateQueries:
+        """The replicated state, read-only (stale unless after ``read_barrier``)."""
+        return self._state
+
+    def is_leader(self) -> bool:
+        return self._node.is_leader()
+
+    @property
+    def leader_id(self) -> str:
+        """The leader this node knows of ("" if none)."""
+        return self._node.leader_id
+
+    def voters(self) -> tuple[str, ...]:
+        return self._node.conf.voters
+
+    @property
+    def storage_damage(self) -> str:
+        """Why this node's storage cannot be trusted ("" if it can; raft/repair.py)."""
+        return self._node.damaged
+
+    def transfer_leadership(self, to: str) -> None:
+        """Leader only: hand leadership to voter ``to`` (``NotLeaderError``/``LocalError``)."""
+        self._node.transfer_leadership(to)
+        self.wake()
+
+    def alarms(self) -> list[dict[str, Any]]:
+        """Disk-full alarms on this node (diskfull.py)."""
+        return self.disk_full.alarms()
+
+    def _core(self) -> RaftNode:
+        return self._node
+
+    def _applied_index(self) -> int:
+        return self._state.applied_index
+
+    def _publish_alarm(self, data: dict[str, Any]) -> None:
+        self._publish("consensus", data)
+
+    def _fail_writes(self, error: Callable[[], BaseException]) -> None:
+        """Fail every write waiting for its commit with ``error()`` (disk full)."""
+        for entry in self._pending.values():
+            if not entry.future.done():
+                entry.future.set_exception(error())
+        self._pending.clear()
 
     # ------------------------------------------------------------ lifecycle
 
     @property
     def bootstrapped(self) -> bool:
         # A damaged node never founds a cluster: it waits for the one it belonged to.
-        return bool(self.node.conf.voters) or self.node.commit_index > 0 or bool(self.node.damaged)
+        return bool(self._node.conf.voters) or self._node.commit_index > 0 or bool(self._node.damaged)
 
     def bootstrap_single(self) -> None:
         """Found a new cluster with this node as its only voter (see module doc)."""
         assert not self.bootstrapped
         restored = bootstrap_state([self.node_id])
         try:
-            self.storage.append(list(restored.entries), restored.hard_state)
-            self.storage.sync()
+            self._storage.append(list(restored.entries), restored.hard_state)
+            self._storage.sync()
         except OSError as exc:
             if not is_disk_full(exc):
                 raise
@@ -187,12 +283,12 @@ class ConsensusDriver:
             return
         self.disk_full.clear_alarm("bootstrap")
         self._durable_term_vote = (restored.hard_state.term, restored.hard_state.vote)
-        self.node = RaftNode(self.raft_config, self.node_id, restored, self._rng)
+        self._node = RaftNode(self.raft_config, self.node_id, restored, self._rng)
         log.info("bootstrapped a new cluster with %s as its first voter", self.node_id)
         self.wake()
 
     def start(self) -> None:
-        self.started_at = asyncio.get_running_loop().time()
+        self._started_at = asyncio.get_running_loop().time()
         self._tasks = [
             asyncio.create_task(self._tick_loop(), name="raft-tick"),
             asyncio.create_task(self._ready_loop(), name="raft-ready"),
@@ -218,9 +314,9 @@ class ConsensusDriver:
             log.warning("stopping with the disk full: the WAL keeps what its last sync made durable")
             return
         try:
-            self.storage.close()
+            self._storage.close()
         except OSError as exc:
-            log.error("closing the WAL: %s", fatal_line(exc, str(self.storage.dir)))
+            log.error("closing the WAL: %s", fatal_line(exc, str(self._storage.dir)))
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -233,9 +329,9 @@ class ConsensusDriver:
         while True:
             await asyncio.sleep(interval)
             if not self.disk_full.paused:  # paused: the core stands still (diskfull.py)
-                self.node.tick()
+                self._node.tick()
             self.wake()
-            if self.node.damaged and loop.time() - self.started_at > self.raft_config.repair_wait:
+            if self._node.damaged and loop.time() - self._started_at > self.raft_config.repair_wait:
                 self._give_up_repair()
             self._expire_waiters(loop.time())
 
@@ -271,25 +367,25 @@ class ConsensusDriver:
                 unsaved = self.disk_full.snapshot_due(time.monotonic())
                 if unsaved is not None:
                     await self._persist_snapshot(unsaved)
-                while (rd := self.node.ready()) is not None:
+                while (rd := self._node.ready()) is not None:
                     await self._handle_ready(rd)
             except Exception as exc:
                 # A storage failure other than a full disk must stop the node:
                 # continuing could ack writes that are not durable.
-                log.critical("%s", fatal_line(exc, str(self.storage.dir)))
+                log.critical("%s", fatal_line(exc, str(self._storage.dir)))
                 log.debug("the failure in the Raft ready loop", exc_info=True)
                 os._exit(70)
 
     def _give_up_repair(self) -> None:
-        line = recovery.unrepaired_refusal(self.node.damaged, self.data_dir, self.raft_config.repair_wait)
-        if self.on_unrepairable is not None:
-            self.on_unrepairable(line)
-            self.on_unrepairable = None
+        line = recovery.unrepaired_refusal(self._node.damaged, self.data_dir, self.raft_config.repair_wait)
+        if self._on_unrepairable is not None:
+            self._on_unrepairable(line)
+            self._on_unrepairable = None
 
     def _reset_storage(self) -> None:
         """A granted repair (raft/repair.py): the log, snapshots and state go."""
-        aside = self.storage.reset()
-        self.state.restore(StateMachine().snapshot())
+        aside = self._storage.reset()
+        self._state.restore(StateMachine().snapshot())
         log.warning(
             "repair granted by the leader: old WAL and snapshots moved to %s; catching up as a learner",
             aside,
@@ -298,15 +394,15 @@ class ConsensusDriver:
     async def _handle_ready(self, rd: Ready) -> None:
         send_first = rd.must_sync and self._may_send_before_sync(rd)
         await self._persist(rd, send_first)
-        if rd.snapshot is not None and rd.snapshot.index > self.state.applied_index:
-            self.state.restore(rd.snapshot.data)
+        if rd.snapshot is not None and rd.snapshot.index > self._state.applied_index:
+            self._state.restore(rd.snapshot.data)
         if rd.must_sync and rd.hard_state is not None:
             self._durable_term_vote = (rd.hard_state.term, rd.hard_state.vote)
         if not send_first:
             for msg in rd.messages:
                 self._send(msg.to, msg)
         if rd.committed_entries:
-            self.state.summaries = self._wants("consensus")
+            self._state.summaries = self._wants("consensus")
         for entry in rd.committed_entries:
             self._apply(entry.index, entry.term, entry.kind, entry.data)
         for rs in rd.read_states:
@@ -315,11 +411,11 @@ class ConsensusDriver:
                 fut.set_result(rs.index)
         for event in rd.events:
             self._publish_event(event)
-        self.node.advance(rd)
+        self._node.advance(rd)
         self._release_apply_waiters()
         self._check_role()
-        if self.node.should_snapshot():
-            snap = self.node.compact(self.state.applied_index, self.state.snapshot())
+        if self._node.should_snapshot():
+            snap = self._node.compact(self._state.applied_index, self._state.snapshot())
             await self._persist_snapshot(snap)
 
     async def _persist(self, rd: Ready, send_first: bool) -> None:
@@ -333,12 +429,11 @@ class ConsensusDriver:
                     self._reset_storage()
                     reset = False
                 if rd.snapshot is not None:
-                    self.storage.save_snapshot(rd.snapshot)  # a retry skips a saved one
+                    self._storage.save_snapshot(rd.snapshot)  # a retry skips a saved one
                 if rd.entries or rd.hard_state is not None:
-                    self.storage.append(list(rd.entries), rd.hard_state)
+                    self._storage.append(list(rd.entries), rd.hard_state)
                 if send_first and not sent:
                     sent = True
-                    self.early_sends += 1
                     for msg in rd.messages:
                         self._send(msg.to, msg)
                 if rd.must_sync:
@@ -371,13 +466,13 @@ class ConsensusDriver:
         """A leader's Ready that changes neither term nor vote and holds no snapshot:
         its messages (appends, heartbeats, read answers) do not depend on the
         entries this Ready persists (see the module doc)."""
-        if self.node.role != Role.LEADER or rd.snapshot is not None:
+        if self._node.role != Role.LEADER or rd.snapshot is not None:
             return False
         hs = rd.hard_state
         return hs is None or (hs.term, hs.vote) == self._durable_term_vote
 
     def _apply(self, index: int, term: int, kind: EntryKind, data: bytes) -> None:
-        if index <= self.state.applied_index:
+        if index <= self._state.applied_index:
             return
         pending = self._pending.pop(index, None)
         if kind == EntryKind.NORMAL:
@@ -385,9 +480,9 @@ class ConsensusDriver:
             # the command we encoded, so its decoded form (if kept) can be used.
             ours = pending is not None and pending.term == term
             decoded = pending.decoded if pending is not None and ours else None
-            result = self.state.apply(index, data, decoded)
+            result = self._state.apply(index, data, decoded)
         else:
-            self.state.applied_index = index
+            self._state.applied_index = index
             summary = "no-op (new leader)" if kind == EntryKind.EMPTY else "membership change"
             event = {"topic": "consensus", "data": {"kind": "entry", "summary": summary}}
             result = ApplyResult(True, None, None, [event])
@@ -449,7 +544,7 @@ class ConsensusDriver:
             self._on_role_change(role)
 
     def role_name(self) -> str:
-        node = self.node
+        node = self._node
         if node.damaged:
             return "repairing"
         if node.role == Role.LEADER:
@@ -462,11 +557,15 @@ class ConsensusDriver:
 
     # ------------------------------------------------------------ peers
 
+    def on_message(self, from_addr: str, msg: Any) -> None:
+        """A Raft message from a peer (the router's route for ``raft.messages``)."""
+        self.step(msg)
+
     def step(self, msg: Any) -> None:
         if self.disk_full.paused:
             self.disk_full.step(msg)  # learn who leads, drop the rest (diskfull.py)
             return
-        self.node.step(msg)
+        self._node.step(msg)
         self.wake()
 
     # ------------------------------------------------------------ writes
@@ -474,10 +573,14 @@ class ConsensusDriver:
     def has_quorum(self) -> bool:
         # Paused on a full disk: this node cannot apply what the cluster decides,
         # so its tasks are fenced like a cut-off host's (the lease lapses).
-        return self.node.has_quorum_contact() and not self.disk_full.paused
+        return self._node.has_quorum_contact() and not self.disk_full.paused
 
-    async def propose(self, command: bytes, forward: Callable[[str, object], None]) -> ApplyResult:
-        """Commit ``command`` and return its apply result (from any node)."""
+    async def propose(
+        self, command: bytes, forward: Callable[[str, object], None] | None = None
+    ) -> ApplyResult:
+        """Commit ``command`` and return its apply result (from any node); a follower
+        sends it to the leader with ``forward`` (default: this driver's ``send``)."""
+        forward = forward or self._send
         if self.disk_full.paused:
             result: ApplyResult = await self._submit_paused(command, forward, None)
             return result
@@ -490,11 +593,11 @@ class ConsensusDriver:
     def _forward_target(self) -> str | None:
         """None when we lead; else the leader a write is forwarded to.  Without
         quorum contact or a known leader: ``NoQuorumError``, at once."""
-        if not self.node.has_quorum_contact():
+        if not self._node.has_quorum_contact():
             raise NoQuorumError()
-        if self.node.is_leader():
+        if self._node.is_leader():
             return None
-        leader = self.node.leader_id
+        leader = self._node.leader_id
         if not leader:
             raise NoQuorumError("no leader known")
         return leader
@@ -502,7 +605,7 @@ class ConsensusDriver:
     def submit(
         self,
         command: bytes,
-        forward: Callable[[str, object], None],
+        forward: Callable[[str, object], None] | None = None,
         finish: Callable[[ApplyResult], Any] | None = None,
         decoded: Command | None = None,
     ) -> asyncio.Future[Any]:
@@ -511,7 +614,9 @@ class ConsensusDriver:
 
         On the leader the future is resolved straight from the apply loop: no task
         per write (the control server replies from the future's callback).  On a
-        follower a task forwards the command and waits for the leader's answer."""
+        follower a task forwards the command (``forward``, default: this driver's
+        ``send``) and waits for the leader's answer."""
+        forward = forward or self._send
         if self.disk_full.paused:
             return asyncio.ensure_future(self._submit_paused(command, forward, finish))
         leader = self._forward_target()
@@ -555,7 +660,7 @@ class ConsensusDriver:
     ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         try:
-            index, term = self.node.propose(command)
+            index, term = self._node.propose(command)
         except NotLeaderError:
             raise
         except LocalError as exc:
@@ -605,9 +710,9 @@ class ConsensusDriver:
                         msg.request_id, "", "",
                         wire_pack_result(result.ok, result.value, result.error),
                     )
-            if not self.node.is_leader():
+            if not self._node.is_leader():
                 raise NoQuorumError("forwarded to a node that is no longer the leader")
-            if not self.node.has_quorum_contact():
+            if not self._node.has_quorum_contact():
                 raise NoQuorumError()
             result = await self.propose_local(msg.command)
         except NoQuorumError as exc:
@@ -622,6 +727,10 @@ class ConsensusDriver:
             msg.request_id, "", "", wire_pack_result(result.ok, result.value, result.error)
         )
 
+    def on_forward_result(self, from_addr: str, msg: ForwardResult) -> None:
+        """The leader's answer to a write we forwarded (the router's route)."""
+        self.forward_result(msg)
+
     def forward_result(self, msg: ForwardResult) -> None:
         forwarded = self._forwarded.get(msg.request_id)
         if forwarded is not None and not forwarded.future.done():
@@ -633,12 +742,12 @@ class ConsensusDriver:
         """Return once this node's state reflects every write committed before the call."""
         if self.disk_full.paused and await self.disk_full.read_barrier(READ_TIMEOUT):
             return
-        if not self.node.has_quorum_contact():
+        if not self._node.has_quorum_contact():
             raise NoQuorumError()
         ctx = os.urandom(8)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._reads[ctx] = fut
-        self.node.read_index(ctx)
+        self._node.read_index(ctx)
         self.wake()
         try:
             index = await asyncio.wait_for(fut, READ_TIMEOUT)
@@ -649,14 +758,14 @@ class ConsensusDriver:
         await self.wait_applied(index)
 
     async def wait_applied(self, index: int) -> None:
-        if self.state.applied_index >= index:
+        if self._state.applied_index >= index:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._apply_waiters.append((index, fut))
         await asyncio.wait_for(fut, READ_TIMEOUT)
 
     def _release_apply_waiters(self) -> None:
-        applied = self.state.applied_index
+        applied = self._state.applied_index
         keep = []
         for index, fut in self._apply_waiters:
             if fut.done():
@@ -671,7 +780,7 @@ class ConsensusDriver:
 
     def autopilot(self, alive: set[str], dead: set[str]) -> None:
         """Leader only: one membership change per call towards a healthy voter set."""
-        node = self.node
+        node = self._node
         if self.disk_full.paused or not node.is_leader() or node.pending_conf_index > node.commit_index:
             return
         last = node.log.last_index()
@@ -694,7 +803,7 @@ class ConsensusDriver:
         return self._io.stats()
 
     def status(self) -> dict[str, Any]:
-        node = self.node
+        node = self._node
         role = self.role_name() if node.role != Role.CANDIDATE else "candidate"
         leader: str | None = node.leader_id or None
         quorum = node.has_quorum_contact()
@@ -709,7 +818,7 @@ class ConsensusDriver:
             "term": max(node.term, self.disk_full.term) if self.disk_full.paused else node.term,
             "leader_id": leader,
             "commit_index": node.commit_index,
-            "applied_index": self.state.applied_index,
+            "applied_index": self._state.applied_index,
             "voters": list(node.conf.voters),
             "learners": list(node.conf.learners),
             "quorum": quorum,
@@ -720,14 +829,10 @@ class ConsensusDriver:
 
 
 def wire_pack_result(ok: bool, value: Any, error: str | None) -> bytes:
-    import msgpack
-
     return bytes(msgpack.packb([ok, value, error], use_bin_type=True))
 
 
 def wire_unpack_result(data: bytes) -> tuple[bool, Any, str | None]:
-    import msgpack
-
     try:
         ok, value, error = msgpack.unpackb(
             data, raw=False, max_bin_len=wire.MAX_BIN_LEN, max_str_len=wire.MAX_STR_LEN

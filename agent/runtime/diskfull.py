@@ -55,8 +55,9 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent.errors import DiskFullError, NoQuorumError
 from agent.raft.core import RaftNode
@@ -70,9 +71,6 @@ from agent.raft.messages import (
     Snapshot,
     TimeoutNow,
 )
-
-if TYPE_CHECKING:
-    from agent.runtime.consensus import ConsensusDriver
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +157,42 @@ def healthy_majority_without(node: RaftNode) -> bool:
 
 
 class DiskFullMode:
-    """The alarms of one ``ConsensusDriver`` and its behaviour while paused."""
+    """The alarms of one ``ConsensusDriver`` and its behaviour while paused.
 
-    def __init__(self, driver: ConsensusDriver) -> None:
-        self._d = driver
+    The driver hands over what this needs of it, and nothing else: its Raft
+    core (``core()``: replaced when the node founds a cluster), sending,
+    publishing alarms, its role, failing the writes it holds, the read index
+    requests the core answers (``core_reads``: ctx -> future, shared), and its
+    applied index."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        node_id: str,
+        directory: str,
+        election_timeout: float,
+        core: Callable[[], RaftNode],
+        send: Callable[[str, object], None],
+        publish: Callable[[dict[str, Any]], None],
+        role_name: Callable[[], str],
+        report_role: Callable[[str], None],
+        fail_writes: Callable[[Callable[[], BaseException]], None],
+        core_reads: dict[bytes, asyncio.Future[int]],
+        applied_index: Callable[[], int],
+    ) -> None:
+        self._name = name
+        self._node_id = node_id
+        self._directory = directory
+        self._election_timeout = election_timeout
+        self._core = core
+        self._send = send
+        self._publish_event = publish
+        self._role_name = role_name
+        self._report_role = report_role
+        self._fail_writes = fail_writes
+        self._core_reads = core_reads
+        self._applied_index = applied_index
         self._alarms: dict[str, DiskFullAlarm] = {}
         self.paused = False
         """The WAL alarm is up: Raft is paused here (module doc).  A plain attribute:
@@ -189,12 +219,8 @@ class DiskFullMode:
     def alarms(self) -> list[dict[str, Any]]:
         return [alarm.view(self._name) for alarm in self._alarms.values()]
 
-    @property
-    def _name(self) -> str:
-        return str(getattr(self._d.config, "name", "") or self._d.node_id)
-
     def error(self, detail: str = "") -> DiskFullError:
-        return DiskFullError.on(self._name, str(self._d.storage.dir), detail)
+        return DiskFullError.on(self._name, self._directory, detail)
 
     def raise_alarm(self, what: str, exc: OSError) -> bool:
         """Record a failed write; True if this is a new alarm (logged once)."""
@@ -204,7 +230,7 @@ class DiskFullMode:
             alarm.retries += 1
             alarm.error = reason
             return False
-        directory = str(self._d.storage.dir)
+        directory = self._directory
         self._alarms[what] = DiskFullAlarm(what, directory, reason, time.time())
         self.paused = "wal" in self._alarms
         consequence = {
@@ -228,9 +254,9 @@ class DiskFullMode:
             self._publish(f"disk space is back on {self._name}: {_WHAT[what]} written after {took:.1f} s")
 
     def _publish(self, summary: str) -> None:
-        node = self._d.node
-        self._d._publish("consensus", {
-            "kind": "alarm", "term": node.term, "role": self._d.role_name(),
+        node = self._core()
+        self._publish_event({
+            "kind": "alarm", "term": node.term, "role": self._role_name(),
             "leader": node.leader_id or None, "summary": summary, "alarms": self.alarms(),
         })
 
@@ -240,7 +266,7 @@ class DiskFullMode:
         """The WAL write of a Ready failed for lack of space (first time: pause)."""
         if not self.raise_alarm("wal", exc):
             return
-        d, node = self._d, self._d.node
+        node = self._core()
         now = time.monotonic()
         leading = node.role == Role.LEADER
         self.term = node.term
@@ -253,27 +279,22 @@ class DiskFullMode:
             target = handoff_target(node) if others else None
             if target is not None:
                 log.warning("handing leadership to %s: this node's disk is full", target)
-                d._send(target, TimeoutNow(d.node_id, target, node.term))
+                self._send(target, TimeoutNow(self._node_id, target, node.term))
             if not self.sole_leader():
-                d.report_role("voter")
+                self._report_role("voter")
         self._fail_pending(others)
 
     def _fail_pending(self, others_can_lead: bool) -> None:
         """Writes this leader accepted cannot commit while its core is paused."""
-        pending = self._d._pending
-        for entry in pending.values():
-            if entry.future.done():
-                continue
-            if others_can_lead:
-                entry.future.set_exception(NoQuorumError(
-                    f"leadership is moving off {self._name} (its disk is full) before the write"
-                    " committed; it may still commit: retry"
-                ))
-            else:
-                entry.future.set_exception(self.error(
-                    "the write is not durable yet: it commits if space is freed before the agent stops"
-                ))
-        pending.clear()
+        if others_can_lead:
+            self._fail_writes(lambda: NoQuorumError(
+                f"leadership is moving off {self._name} (its disk is full) before the write"
+                " committed; it may still commit: retry"
+            ))
+        else:
+            self._fail_writes(lambda: self.error(
+                "the write is not durable yet: it commits if space is freed before the agent stops"
+            ))
 
     def resume(self) -> None:
         """The paused Ready is durable: Raft goes on (module doc)."""
@@ -281,15 +302,15 @@ class DiskFullMode:
             return
         self.clear_alarm("wal")
         # Reads waiting on a read index: the core answers them from now on.
-        self._d._reads.update(self._reads)
+        self._core_reads.update(self._reads)
         self._reads.clear()
         heartbeat, self._heartbeat = self._heartbeat, None
         if heartbeat is not None:
-            self._d.node.step(heartbeat)
+            self._core().step(heartbeat)
         self._notify()  # writers waiting for a leader take the normal path now
 
     def _handoff_wait(self) -> float:
-        return float(HANDOFF_ELECTIONS * self._d.raft_config.election_timeout)
+        return float(HANDOFF_ELECTIONS * self._election_timeout)
 
     def _notify(self) -> None:
         self._changed.set()
@@ -304,7 +325,7 @@ class DiskFullMode:
             if fut is not None and not fut.done():
                 fut.set_result(msg.index)
             return
-        if isinstance(msg, _FROM_LEADER) and msg.frm != self._d.node_id and msg.term >= self.term:
+        if isinstance(msg, _FROM_LEADER) and msg.frm != self._node_id and msg.term >= self.term:
             changed = (msg.frm, msg.term) != (self.leader, self.term)
             self.leader, self.term = msg.frm, msg.term
             self.heard = time.monotonic()
@@ -315,14 +336,14 @@ class DiskFullMode:
 
     def live_leader(self) -> str | None:
         """Another node heard leading within an election timeout, if any."""
-        if self.leader and time.monotonic() - self.heard <= self._d.raft_config.election_timeout:
+        if self.leader and time.monotonic() - self.heard <= self._election_timeout:
             return self.leader
         return None
 
     def sole_leader(self) -> bool:
         """This node leads and is the only voter: nobody else can take over."""
-        node = self._d.node
-        return node.role == Role.LEADER and node.conf.voters == (self._d.node_id,)
+        node = self._core()
+        return node.role == Role.LEADER and node.conf.voters == (self._node_id,)
 
     async def leader_elsewhere(self) -> str | None:
         """The leader to forward to; None if Raft resumed meanwhile (take the normal
@@ -343,13 +364,13 @@ class DiskFullMode:
     async def read_barrier(self, timeout: float) -> bool:
         """A linearizable read while paused: True when the local state may serve it,
         False if Raft resumed meanwhile (take the normal path)."""
-        d = self._d
         if self.sole_leader():
             # The only voter still leads: nothing commits without it.  Once it has
             # applied an entry of its own term (its no-op, so everything acknowledged
             # before the term), every acknowledged write is applied: writes of this
             # term are acknowledged when applied.
-            if d.node.log.term(d.state.applied_index) == d.node.term:
+            node = self._core()
+            if node.log.term(self._applied_index()) == node.term:
                 return True
             raise self.error("it has not applied an entry of its current term yet:"
                              " read with --stale, or once space is freed")
@@ -359,15 +380,15 @@ class DiskFullMode:
         ctx = os.urandom(8)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._reads[ctx] = fut
-        d._send(leader, ReadIndexReq(d.node_id, leader, self.term, ctx))
+        self._send(leader, ReadIndexReq(self._node_id, leader, self.term, ctx))
         try:
             index = await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise NoQuorumError("read not confirmed by a quorum in time") from None
         finally:
             self._reads.pop(ctx, None)
-            d._reads.pop(ctx, None)  # handed to the core if Raft resumed meanwhile
-        applied = d.state.applied_index
+            self._core_reads.pop(ctx, None)  # handed to the core if Raft resumed meanwhile
+        applied = self._applied_index()
         if applied >= index:
             return True
         if not self.paused:

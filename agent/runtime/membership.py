@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -101,6 +102,15 @@ def affinity_cpu_reader() -> Callable[[], CpuCounters]:
     return read
 
 
+def _ignore_events(events: list[MemberEvent]) -> None:
+    """Member events before ``connect``."""
+
+
+def _no_task_load() -> tuple[float, int, int]:
+    """Task load before ``connect``: no tasks."""
+    return 0.0, 0, 0
+
+
 async def _wait_event(event: asyncio.Event, timeout: float) -> None:
     """Wait until ``event`` is set or ``timeout`` passes.
 
@@ -121,20 +131,21 @@ class MembershipDriver:
         node_id: str,
         meta: NodeMeta,
         send: Callable[[str, object, bool], None],
-        on_events: Callable[[list[MemberEvent]], None],
-        task_load: Callable[[], tuple[float, int, int]],
         use_task_cpu: bool,
         on_conflict: Callable[[str], None] | None = None,
     ) -> None:
-        self.swim = SwimNode(config, node_id, meta, random.Random(), time.monotonic())
+        """``send(addr, msg, reliable)`` reaches a peer (the router);
+        ``on_conflict(addr)`` is called once if our node id is alive elsewhere."""
+        self._swim = SwimNode(config, node_id, meta, random.Random(), time.monotonic())
         self.candidates = CandidateSet()
         self.sampler = LoadSampler(cpu_reader=affinity_cpu_reader())
         self.lag = LoopLagMonitor()
         self.latest_load: LoadSample | None = None
         self.cpu_now = 0.0
         self._send = send
-        self._on_events = on_events
-        self._task_load = task_load
+        # Listeners (``connect``): the components they feed are built after this one.
+        self._on_events: Callable[[list[MemberEvent]], None] = _ignore_events
+        self._task_load: Callable[[], tuple[float, int, int]] = _no_task_load
         self._use_task_cpu = use_task_cpu
         self._on_conflict = on_conflict
         self._claimed_logged: str | None = None
@@ -145,6 +156,18 @@ class MembershipDriver:
         self._partitioned_at: float | None = None
         self.last_recovery_s: float | None = None
         """Seconds from our last ``partitioned`` event to the following ``healed``."""
+
+    def connect(
+        self,
+        *,
+        on_events: Callable[[list[MemberEvent]], None],
+        task_load: Callable[[], tuple[float, int, int]],
+    ) -> None:
+        """Attach the listeners, before ``start``: ``on_events(events)`` for member
+        changes, ``task_load()`` -> (task CPU fraction, queued, running) for the
+        load this node gossips."""
+        self._on_events = on_events
+        self._task_load = task_load
 
     def start(self, seeds: list[str]) -> None:
         for seed in seeds:
@@ -158,14 +181,16 @@ class MembershipDriver:
 
     async def close(self, leave_timeout: float = 2.0) -> None:
         """Leave gracefully (gossip our departure), then stop.  After a conflict
-        (our node id is alive elsewhere), stop without a word."""
+        (our node id is alive elsewhere), or if never started, stop without a word."""
+        if not self._tasks:
+            return
         if not self.silenced:
-            self.swim.leave(time.monotonic())
+            self._swim.leave(time.monotonic())
             self.flush()
         deadline = time.monotonic() + leave_timeout
-        while not self.silenced and not self.swim.leave_complete and time.monotonic() < deadline:
+        while not self.silenced and not self._swim.leave_complete and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-            self.swim.tick(time.monotonic())
+            self._swim.tick(time.monotonic())
             self.flush()
         self.lag.stop()
         for task in self._tasks:
@@ -179,16 +204,16 @@ class MembershipDriver:
     @property
     def silenced(self) -> bool:
         """True once another live process was found with our node id."""
-        return self.swim.identity.conflict is not None
+        return self._swim.identity.conflict is not None
 
     def on_message(self, from_addr: str, msg: object) -> None:
         if self.silenced:
             return
-        self.swim.step(time.monotonic(), from_addr, msg)
+        self._swim.step(time.monotonic(), from_addr, msg)
         self.flush()
 
     def flush(self) -> None:
-        identity = self.swim.identity
+        identity = self._swim.identity
         if identity.conflict is not None:
             if self._on_conflict is not None:
                 callback, self._on_conflict = self._on_conflict, None
@@ -197,13 +222,13 @@ class MembershipDriver:
         if identity.claimed_at is not None and identity.claimed_at != self._claimed_logged:
             self._claimed_logged = identity.claimed_at
             log.warning("a process at %s uses our node id %s (a copy of our data dir?); "
-                        "it should refuse to run", identity.claimed_at, self.swim.node_id)
-        rd: SwimReady | None = self.swim.ready()
+                        "it should refuse to run", identity.claimed_at, self._swim.node_id)
+        rd: SwimReady | None = self._swim.ready()
         if rd is None:
             return
         for out in rd.outbound:
             self._send(out.to, out.msg, out.reliable)
-        self.swim.advance(rd)
+        self._swim.advance(rd)
         if rd.events:
             for event in rd.events:
                 if event.kind == "partitioned":
@@ -220,11 +245,11 @@ class MembershipDriver:
             self._rejoin_wake.set()
 
     def unreachable(self, addr: str) -> None:
-        self.swim.unreachable(time.monotonic(), addr)
+        self._swim.unreachable(time.monotonic(), addr)
 
     def connection_lost(self, addr: str) -> None:
         """A stream connection with ``addr`` ended: the core may probe it early."""
-        self.swim.connection_lost(time.monotonic(), addr)
+        self._swim.connection_lost(time.monotonic(), addr)
         self._wake.set()
 
     # ------------------------------------------------------------ loops
@@ -232,10 +257,10 @@ class MembershipDriver:
     async def _timer_loop(self) -> None:
         while True:
             now = time.monotonic()
-            self.swim.tick(now)
+            self._swim.tick(now)
             self.flush()
             self._wake.clear()
-            delay = max(MIN_SLEEP, self.swim.next_deadline() - time.monotonic())
+            delay = max(MIN_SLEEP, self._swim.next_deadline() - time.monotonic())
             await _wait_event(self._wake, delay)
 
     async def _load_loop(self) -> None:
@@ -250,7 +275,7 @@ class MembershipDriver:
             # this agent's own task processes is what tells them apart.
             cpu = task_cpu if self._use_task_cpu else sample.cpu_ewma
             self.cpu_now = cpu
-            self.swim.update_load(
+            self._swim.update_load(
                 now,
                 NodeLoad(
                     cpu=round(cpu, 4),
@@ -261,17 +286,17 @@ class MembershipDriver:
                     running=running,
                 ),
             )
-            self.swim.note_local_health(sample.cpu, self.lag.p99())
+            self._swim.note_local_health(sample.cpu, self.lag.p99())
             self.flush()
 
     async def _rejoin_loop(self) -> None:
         while True:
             alive_addrs = {
-                m.addr for m in self.swim.members() if m.state in ("alive", "suspect")
+                m.addr for m in self._swim.members() if m.state in ("alive", "suspect")
             }
             pending = self.candidates.pending(alive_addrs)
             if pending:
-                self.swim.join(time.monotonic(), pending)
+                self._swim.join(time.monotonic(), pending)
                 self.flush()
                 self._rejoin_attempt += 1
             else:
@@ -283,14 +308,40 @@ class MembershipDriver:
     # ------------------------------------------------------------ views
 
     def members(self) -> list[MemberView]:
-        return self.swim.members()
+        return self._swim.members()
+
+    def member(self, node_id: str) -> MemberView | None:
+        return self._swim.member(node_id)
+
+    def addr_of(self, node_id: str) -> str | None:
+        """Where ``node_id`` listens, if it is a member (the router's directory)."""
+        member = self._swim.member(node_id)
+        return member.addr if member is not None else None
+
+    @property
+    def partitioned(self) -> bool:
+        return self._swim.partitioned
+
+    @property
+    def health_score(self) -> int:
+        return self._swim.health_score
+
+    @property
+    def cluster_avg_cpu(self) -> float | None:
+        return self._swim.cluster_avg_cpu
+
+    def loop_lag_p99(self) -> float:
+        """The event loop's 99th-percentile lag over the monitor's window, seconds."""
+        return self.lag.p99()
+
+    def set_role(self, role: str) -> None:
+        """Advertise this node's Raft role (``none``/``learner``/``voter``/``leader``...)."""
+        self.update_meta(role=role)
 
     def update_meta(self, **changes: Any) -> None:
-        import dataclasses
-
-        me = self.swim.member(self.swim.node_id)
+        me = self._swim.member(self._swim.node_id)
         assert me is not None
         meta = dataclasses.replace(me.meta, **changes)
         if meta != me.meta:
-            self.swim.update_meta(meta)
+            self._swim.update_meta(meta)
             self.flush()

@@ -13,16 +13,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from agent import wire
 from agent.errors import SchedulingError, TaskError
 from agent.executor import Executor
 from agent.runtime.messages import OutputChunk, OutputRequest
+from agent.runtime.ports import PeerSender, TaskReads
 from agent.sched import ClusterSnapshot, preference_list
-
-if TYPE_CHECKING:
-    from agent.runtime.agent import Agent
 
 OUTPUT_TIMEOUT = 3.0
 """Seconds to wait for another host to return task output."""
@@ -30,13 +27,21 @@ REPLICA_CHUNK = 512 * 1024
 """Bytes per pushed output replica chunk."""
 
 
-def _encode(msg: object) -> bytes:
-    return wire.encode(msg)
-
-
 class TaskOutput:
-    def __init__(self, agent: Agent, executor: Executor, replica_dir: Path) -> None:
-        self.agent = agent
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        executor: Executor,
+        replica_dir: Path,
+        tasks: TaskReads,
+        peers: PeerSender,
+    ) -> None:
+        """``tasks``: the replicated task records (where a run is, its replicas);
+        ``peers``: sending to other hosts."""
+        self._node_id = node_id
+        self._tasks = tasks
+        self._peers = peers
         self.executor = executor
         self.replica_dir = replica_dir
         self._out_ids = itertools.count(1)
@@ -49,7 +54,7 @@ class TaskOutput:
         except (SchedulingError, ValueError):
             return []
         for node in replicas:
-            if node == self.agent.node_id:
+            if node == self._node_id:
                 continue
             for stream in ("out", "err"):
                 offset = 0
@@ -60,7 +65,7 @@ class TaskOutput:
                         )
                     except TaskError:
                         break
-                    self.agent.send_to_node(
+                    self._peers.send_to_node(
                         node, OutputChunk(0, task_id, epoch, stream, offset, data, eof, True)
                     )
                     offset = new_offset
@@ -73,7 +78,7 @@ class TaskOutput:
             chunk = self._read_local(msg.task_id, msg.epoch, msg.stream, msg.offset, msg.limit)
             reply = OutputChunk(msg.request_id, msg.task_id, msg.epoch, msg.stream,
                                 chunk[1], chunk[0], chunk[2], chunk[3])
-            self.agent.transport.send_stream(from_addr, _encode(reply))
+            self._peers.send_to_addr(from_addr, reply)
         elif isinstance(msg, OutputChunk):
             if msg.request_id == 0:
                 self._store_replica(msg)
@@ -120,7 +125,7 @@ class TaskOutput:
         return data, offset + len(data), offset + len(data) >= path.stat().st_size, True
 
     async def read(self, task_id: str, stream: str, offset: int) -> dict[str, Any]:
-        rec = self.agent.consensus.state.task_record(task_id)
+        rec = self._tasks.task_record(task_id)
         if rec is None:
             raise TaskError(f"no task {task_id}")
         if rec.epoch == 0 or (rec.node is None and not rec.replicas):
@@ -128,11 +133,11 @@ class TaskOutput:
         data, new_offset, eof, found = self._read_local(task_id, rec.epoch, stream, offset, 65536)
         if found:
             return {"data": data, "offset": new_offset, "eof": eof and not self._live(rec)}
-        for node in [n for n in [rec.node, *rec.replicas] if n and n != self.agent.node_id]:
+        for node in [n for n in [rec.node, *rec.replicas] if n and n != self._node_id]:
             request_id = next(self._out_ids)
             fut: asyncio.Future[OutputChunk] = asyncio.get_running_loop().create_future()
             self._out_waiters[request_id] = fut
-            self.agent.send_to_node(
+            self._peers.send_to_node(
                 node, OutputRequest(request_id, task_id, rec.epoch, stream, offset, 65536)
             )
             try:

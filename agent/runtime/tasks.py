@@ -13,11 +13,11 @@ Theory of operation: ``TaskRuntime`` builds and owns, for this host,
 * ``TaskCpuSampler`` (``task_cpu.py``) -- the CPU the runs use, for load;
 * the ``Executor`` (``agent/executor.py``) and ``TaskOutput`` (``output.py``).
 
-Each piece gets narrow inputs (callables into the agent's consensus,
-membership and transport, read when called: the agent builds those after this
-object) instead of the agent.  The agent, the control handlers and the status
-views use this class's small public surface; the ``task.*`` control methods
-are below.
+Each piece gets narrow inputs (callables into consensus, membership and the
+peer router, which this object receives as the small Protocols of
+``ports.py``) instead of the agent.  The agent, the control handlers and the
+status views use this class's small public surface; the ``task.*`` control
+methods are below.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from agent import wire
+from agent.config import AgentConfig
 from agent.errors import TaskError
 from agent.executor import ExecEvent, Executor
 from agent.runtime.output import TaskOutput
+from agent.runtime.ports import PeerSender, TaskConsensus, TaskMembers
 from agent.runtime.scheduler import LeaderScheduler, build_snapshot
 from agent.runtime.task_cpu import TaskCpuSampler
 from agent.runtime.task_runner import LocalRunner
@@ -41,9 +42,6 @@ from agent.sched import Bid, ClusterSnapshot
 from agent.state import builders
 from agent.state.machine import ApplyResult
 from agent.swim.members import MemberView
-
-if TYPE_CHECKING:
-    from agent.runtime.agent import Agent
 
 SCHED_INTERVAL = {"lan": 0.5, "local": 0.2}
 """Seconds between leader placement rounds."""
@@ -57,26 +55,40 @@ this long after a host is confirmed dead before running its tasks elsewhere."""
 class TaskRuntime:
     """This host's task machinery; the agent sees only the methods below."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-        profile = agent.config.profile
+    def __init__(
+        self,
+        *,
+        config: AgentConfig,
+        node_id: str,
+        consensus: TaskConsensus,
+        members: TaskMembers,
+        peers: PeerSender,
+    ) -> None:
+        self._consensus = consensus
+        self._members = members
+        self._node_id = node_id
+        self._name = config.name
+        profile = config.profile
         self.sched_interval = SCHED_INTERVAL.get(profile, 0.5)
         self.bid_timeout = BID_TIMEOUT.get(profile, 0.1)
         self.lease = TASK_LEASE.get(profile, 10.0)
-        data_dir = Path(agent.config.data_dir)
-        run_as = agent.config.run_as if os.geteuid() == 0 else None
+        data_dir = Path(config.data_dir)
+        run_as = config.run_as if os.geteuid() == 0 else None
         self.executor = Executor(
-            data_dir, agent.config.effective_slots(), run_as or None, self._on_exec_event,
-            node_id=agent.node_id,
+            data_dir, config.effective_slots(), run_as or None, self._on_exec_event,
+            node_id=node_id,
         )
-        self.output = TaskOutput(agent, self.executor, data_dir / "replicas")
+        self.output = TaskOutput(
+            node_id=node_id, executor=self.executor, replica_dir=data_dir / "replicas",
+            tasks=consensus.queries, peers=peers,
+        )
         self.cpu = TaskCpuSampler()
-        self.watchdog = WatchdogLease(self.lease, lambda: agent.consensus.has_quorum())
+        self.watchdog = WatchdogLease(self.lease, consensus.has_quorum)
         self.runner = LocalRunner(
-            node_id=agent.node_id,
+            node_id=node_id,
             executor=self.executor,
-            records=lambda: agent.consensus.state,
-            propose=lambda cmd: agent.consensus.propose(cmd, agent.send_to_node),
+            records=lambda: consensus.queries,
+            propose=consensus.propose,
             # After every run: a members-only snapshot keeps this O(members).
             replicate=lambda task, epoch: self.output.replicate(
                 task, epoch, self.snapshot(with_tasks=False)
@@ -84,20 +96,21 @@ class TaskRuntime:
             lease=self.watchdog,
             cpu=self.cpu,
         )
+        sched_base = config.sched
         self.scheduler = LeaderScheduler(
-            node_id=agent.node_id,
+            node_id=node_id,
             interval=self.sched_interval,
             bid_timeout=self.bid_timeout,
             lease=self.lease,
-            is_leader=lambda: agent.consensus.node.is_leader(),
-            has_quorum=lambda: agent.consensus.has_quorum(),
+            is_leader=consensus.is_leader,
+            has_quorum=consensus.has_quorum,
             snapshot=self.snapshot,
-            sched_config=lambda: agent.consensus.state.sched_config(agent.config.sched),
-            propose=lambda cmd: agent.consensus.propose_local(cmd),
-            send_to_node=lambda node, msg: agent.send_to_node(node, msg),
-            reply=lambda addr, msg: agent.transport.send_stream(addr, wire.encode(msg)),
+            sched_config=lambda: consensus.queries.sched_config(sched_base),
+            propose=consensus.propose_local,
+            send_to_node=peers.send_to_node,
+            reply=peers.send_to_addr,
             local_bid=self._my_bid,
-            registered_name=lambda node: agent.consensus.state.nodes.get(node, {}).get("name"),
+            registered_name=lambda node: consensus.queries.registered_name(node),
         )
 
     # ------------------------------------------------------------ lifecycle
@@ -126,6 +139,9 @@ class TaskRuntime:
     def on_sched_message(self, from_addr: str, msg: object) -> None:
         self.scheduler.on_sched_message(from_addr, msg)
 
+    def on_output_message(self, from_addr: str, msg: object) -> None:
+        self.output.on_message(from_addr, msg)
+
     async def register_members(self, members: list[MemberView]) -> None:
         await self.scheduler.register_members(members)
 
@@ -137,17 +153,17 @@ class TaskRuntime:
     def load_figures(self) -> tuple[float, int, int]:
         """(CPU used by our task processes as a fraction of all cores, queued, running)."""
         cpu = self.cpu.sample(self.executor.slots)
-        mine = self.agent.consensus.state.node_load().get(self.agent.node_id, {})
+        mine = self._consensus.queries.node_load().get(self._node_id, {})
         return cpu, int(mine.get("queued", 0)), len(self.executor.running())
 
     def decision_latencies(self) -> list[float]:
-        return self.agent.consensus.state.decision_latencies()
+        return self._consensus.queries.decision_latencies()
 
     def hotspots(self) -> list[str]:
         now = time.time()
         heat = self.scheduler.heat
         return [
-            self.agent.consensus.state.name_of(n)
+            self._consensus.queries.name_of(n)
             for n in sorted(heat.hot)
             if heat.hot_for(n, now) > 0
         ]
@@ -156,17 +172,17 @@ class TaskRuntime:
         """The scheduler's view; ``with_tasks=False`` skips the O(tasks) parts (task
         list and per-node counts) for callers that only need the members."""
         return build_snapshot(
-            self.agent.membership.members(), self.agent.consensus.state, with_tasks, time.time()
+            self._members.members(), self._consensus.queries, with_tasks, time.time()
         )
 
     def _my_bid(self, request_id: int, task: str, epoch: int) -> Bid:
-        state = self.agent.consensus.state
-        success, mean = state.node_perf(self.agent.node_id)
-        load = self.agent.membership.latest_load
+        state = self._consensus.queries
+        success, mean = state.node_perf(self._node_id)
+        load = self._members.latest_load
         mem_free = (load.mem_free_pct / 100.0) if load is not None else 1.0
-        counts = state.node_load().get(self.agent.node_id, {})
+        counts = state.node_load().get(self._node_id, {})
         return Bid(
-            request_id, task, self.agent.node_id, epoch, self.agent.membership.cpu_now,
+            request_id, task, self._node_id, epoch, self._members.cpu_now,
             mem_free, self.executor.slots, len(self.executor.running()),
             int(counts.get("queued", 0)), success, mean,
         )
@@ -178,7 +194,7 @@ class TaskRuntime:
         commit: Callable[[bytes], Awaitable[ApplyResult]],
         read: Callable[[dict[str, Any]], Awaitable[None]],
     ) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
-        state = self.agent.consensus.state
+        state = self._consensus.queries
 
         async def submit(params: dict[str, Any]) -> Any:
             argv = params.get("argv") or None
@@ -190,7 +206,7 @@ class TaskRuntime:
             # One line when this host cannot enforce a limit (README: Task containment).
             refusal = self.executor.check_limits(max(0, mem), max(0, pids))
             if refusal is not None:
-                raise ValueError(f"{self.agent.config.name}: {refusal}")
+                raise ValueError(f"{self._name}: {refusal}")
             spec = builders.task_spec(
                 argv=list(argv) if argv else None, shell=shell,
                 env=dict(params.get("env") or {}), cwd=params.get("cwd") or None,
@@ -198,7 +214,7 @@ class TaskRuntime:
                 strategy=params.get("strategy") or None, priority=int(params.get("priority", 0)),
                 retries=int(params.get("retries", 2)), timeout=timeout,
                 restartable=bool(params.get("restartable", False)),
-                submitter=self.agent.config.name,
+                submitter=self._name,
             )
             spec = dataclasses.replace(spec, mem=mem, pids=pids)
             rid = str(params.get("rid") or os.urandom(16).hex())

@@ -6,6 +6,9 @@ Units: ``cpu`` and ``mem`` are fractions 0..1 (``mem`` is memory in use),
 ``{kind: "disk_full", node, what, dir, since (unix time), error, retries,
 message}`` (``runtime/diskfull.py``); ``consensus.paused`` is true while the
 WAL does not fit and Raft is paused on this node.
+
+Every view reads one ``StatusSources``: the few read-only things a status,
+report or member row is made of, not the agent.
 """
 
 from __future__ import annotations
@@ -13,12 +16,40 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
+from agent.runtime.names import NodeNames
+from agent.runtime.ports import (
+    ConsensusStatus,
+    MembershipStatus,
+    StateQueries,
+    TaskFigures,
+    TrafficStats,
+)
 from agent.swim.members import MemberView
 
-if TYPE_CHECKING:
-    from agent.runtime.agent import Agent
+
+@dataclass(frozen=True, slots=True)
+class StatusSources:
+    """What ``status``, ``report``, metrics samples and member rows are made of."""
+
+    name: str
+    """This node's name (``config.name``)."""
+    node_id: str
+    addr: str
+    """The advertised "host:port"."""
+    started: float
+    """Monotonic time the agent started (for ``uptime``)."""
+    members: MembershipStatus
+    consensus: ConsensusStatus
+    state: StateQueries
+    names: NodeNames
+    tasks: TaskFigures
+    traffic: TrafficStats
+    decode_errors: Callable[[], int]
+    """Peer packets dropped as undecodable or unrouted (``PeerRouter``)."""
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -29,9 +60,9 @@ def _percentile(values: list[float], q: float) -> float | None:
     return ordered[rank]
 
 
-def member_row(agent: Agent, m: MemberView) -> dict[str, Any]:
+def member_row(src: StatusSources, m: MemberView) -> dict[str, Any]:
     load = m.load
-    counts = agent.consensus.state.node_load().get(m.id, {}) if hasattr(agent, "consensus") else {}
+    counts = src.state.node_load().get(m.id, {})
     return {
         "name": m.meta.name,
         "id": m.id,
@@ -48,38 +79,30 @@ def member_row(agent: Agent, m: MemberView) -> dict[str, Any]:
         "role": m.meta.role,
         "rtt_ms": round(m.rtt_ms, 3) if m.rtt_ms is not None else None,
         "version": m.meta.version,
-        "draining": agent.consensus.state.is_draining(m.id) if hasattr(agent, "consensus") else False,
+        "draining": src.state.is_draining(m.id),
     }
 
 
-def name_of(agent: Agent, node_id: str | None) -> str | None:
-    if not node_id:
-        return None
-    member = agent.membership.swim.member(node_id)
-    if member is not None:
-        return member.meta.name
-    return agent.consensus.state.name_of(node_id)
-
-
-def status(agent: Agent) -> dict[str, Any]:
-    cons = agent.consensus.status()
-    swim = agent.membership.swim
-    counts = agent.consensus.state.status_counts()
+def status(src: StatusSources) -> dict[str, Any]:
+    cons = src.consensus.status()
+    swim = src.members
+    counts = src.state.status_counts()
     read_only = not cons["quorum"]
+    name_of = src.names.name_of
     return {
-        "node": agent.config.name,
-        "id": agent.node_id,
-        "addr": agent.addr,
-        "members": [member_row(agent, m) for m in agent.membership.members()],
+        "node": src.name,
+        "id": src.node_id,
+        "addr": src.addr,
+        "members": [member_row(src, m) for m in src.members.members()],
         "consensus": {
             "engine": cons["engine"],
             "role": cons["role"],
-            "term": cons["term"] if agent.consensus.bootstrapped else None,
-            "leader": name_of(agent, cons["leader_id"]),
-            "commit_index": cons["commit_index"] if agent.consensus.bootstrapped else None,
+            "term": cons["term"] if src.consensus.bootstrapped else None,
+            "leader": name_of(cons["leader_id"]),
+            "commit_index": cons["commit_index"] if src.consensus.bootstrapped else None,
             "applied_index": cons["applied_index"],
-            "voters": [name_of(agent, v) or v for v in cons["voters"]],
-            "learners": [name_of(agent, v) or v for v in cons["learners"]],
+            "voters": [name_of(v) or v for v in cons["voters"]],
+            "learners": [name_of(v) or v for v in cons["learners"]],
             "paused": cons["paused"],
         },
         "tasks": {
@@ -93,42 +116,42 @@ def status(agent: Agent) -> dict[str, Any]:
         "alarms": cons["alarms"],
         "health_score": swim.health_score,
         "cluster_avg_cpu": swim.cluster_avg_cpu,
-        "uptime": round(time.monotonic() - agent.started, 1),
+        "uptime": round(time.monotonic() - src.started, 1),
     }
 
 
-def metrics_sample(agent: Agent) -> dict[str, Any]:
-    load = agent.membership.latest_load
-    members = agent.membership.members()
+def metrics_sample(src: StatusSources) -> dict[str, Any]:
+    load = src.members.latest_load
+    members = src.members.members()
     return {
-        "cpu": agent.membership.cpu_now,
+        "cpu": src.members.cpu_now,
         "host_cpu": load.cpu if load is not None else None,
         "mem": load.mem_used if load is not None else None,
         "load1": load.load1 if load is not None else None,
         "members_alive": sum(1 for m in members if m.state == "alive"),
-        "loop_lag_p99_ms": round(agent.membership.lag.p99() * 1000.0, 2),
+        "loop_lag_p99_ms": round(src.members.loop_lag_p99() * 1000.0, 2),
         "at": time.time(),
     }
 
 
-def report(agent: Agent) -> dict[str, Any]:
+def report(src: StatusSources) -> dict[str, Any]:
     """DESIGN.md's Metrics, from this agent's point of view."""
-    members = agent.membership.members()
+    members = src.members.members()
     known = [m for m in members if m.state != "left"]
     reachable = [m for m in known if m.state == "alive"]
     rtts = [m.rtt_ms for m in members if m.rtt_ms is not None]
     cpus = [m.load.cpu for m in reachable if m.load is not None]
-    stats = agent.transport.stats
-    uptime = max(1e-9, time.monotonic() - agent.started)
-    latencies = agent.tasks.decision_latencies()
-    n_voters = len(agent.consensus.node.conf.voters)
+    stats = src.traffic
+    uptime = max(1e-9, time.monotonic() - src.started)
+    latencies = src.tasks.decision_latencies()
+    n_voters = len(src.consensus.voters())
     voters_f = (n_voters - 1) // 2
-    migrations = agent.consensus.state.migration_times()
+    migrations = src.state.migration_times()
     now = time.time()
     recent_migrations = [t for t in migrations if now - t <= 60.0]
     used = sum(m.load.running for m in reachable if m.load is not None)
     slots = sum(m.meta.slots for m in reachable) or 1
-    commit = agent.consensus.commit_latencies
+    commit = src.consensus.commit_latencies
     return {
         "connectivity_pct": round(100.0 * len(reachable) / max(1, len(known)), 1),
         "latency_ms": {
@@ -139,24 +162,24 @@ def report(agent: Agent) -> dict[str, Any]:
         "throughput_msgs_per_s": round(
             (stats.datagrams_in + stats.stream_msgs_in) / uptime, 1
         ),
-        "partition_recovery_s": agent.membership.last_recovery_s,
+        "partition_recovery_s": src.members.last_recovery_s,
         "decision_latency_ms": {
             "p50": _ms(_percentile(latencies, 0.5)),
             "p99": _ms(_percentile(latencies, 0.99)),
         },
         "commit_latency_ms": {"p50": _ms(_percentile(commit, 0.5)), "p99": _ms(_percentile(commit, 0.99))},
-        "vote_participation": agent.consensus.state.vote_participation(),
+        "vote_participation": src.state.vote_participation(),
         "byzantine_tolerance_f": 0,
         "crash_tolerance_f": voters_f,
-        "leader_elections": agent.consensus.elections,
+        "leader_elections": src.consensus.elections,
         "load_variance_stddev": round(statistics.pstdev(cpus), 4) if len(cpus) > 1 else 0.0,
         "migrations_per_minute": len(recent_migrations),
-        "hotspots": agent.tasks.hotspots(),
+        "hotspots": src.tasks.hotspots(),
         "utilisation": round(used / slots, 4),
         "transport": stats.as_dict(),
-        "wal": agent.consensus.wal_stats(),
-        "alarms": agent.consensus.disk_full.alarms(),
-        "decode_errors": agent.decode_errors,
+        "wal": src.consensus.wal_stats(),
+        "alarms": src.consensus.alarms(),
+        "decode_errors": src.decode_errors(),
     }
 
 

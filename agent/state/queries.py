@@ -38,6 +38,11 @@ class Queries:
         entry = self.nodes.get(node_id)
         return str(entry["name"]) if entry and entry["name"] else node_id
 
+    def registered_name(self, node_id: str) -> str | None:
+        """The name the node registered with, None if it never registered."""
+        name: str | None = self.nodes.get(node_id, {}).get("name")
+        return name
+
     def resolve_node(self, id_or_name: str) -> str | None:
         """A node id from an id or a registered name (ids win; names are matched in id order)."""
         if id_or_name in self.nodes:

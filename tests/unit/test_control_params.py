@@ -14,7 +14,7 @@ import pytest
 from agent.control.params import ListOf, MapOf, Schema, check_params, param, param_list
 from agent.control.server import ControlServer, error_reply
 from agent.errors import ProtocolError
-from agent.runtime.handlers import METHOD_PARAMS, build_handlers, strict
+from agent.runtime.handlers import METHOD_PARAMS, ControlPorts, build_handlers, strict
 from agent.runtime.tasks import TaskRuntime
 
 
@@ -60,19 +60,22 @@ def test_bad_params_are_protocol_errors_answered_bad_request(call: object, messa
 # (agent.runtime.handlers.METHOD_PARAMS) before its handler runs.
 
 
-def fake_agent() -> Any:
-    """Just enough agent for ``build_handlers``: a state whose KV is empty."""
+def fake_ports() -> ControlPorts:
+    """Just enough for ``build_handlers``: a state whose KV is empty."""
     state = SimpleNamespace(kv_get=lambda ns, key: None, applied_index=7)
-    agent = SimpleNamespace(consensus=SimpleNamespace(state=state))
-    runtime = SimpleNamespace(agent=agent, output=None)
-    agent.tasks = SimpleNamespace(  # type: ignore[attr-defined]
+    runtime = SimpleNamespace(_consensus=SimpleNamespace(queries=state), output=None)
+    tasks = SimpleNamespace(
         handlers=lambda commit, read: TaskRuntime.handlers(runtime, commit, read)  # type: ignore[arg-type]
     )
-    return agent
+    return ControlPorts(
+        consensus=SimpleNamespace(), state=state, names=SimpleNamespace(),  # type: ignore[arg-type]
+        keyring=SimpleNamespace(), sources=SimpleNamespace(), tasks=tasks,  # type: ignore[arg-type]
+        node_id="n1", node_name="n1", eligible_voters=lambda: 1, stop=lambda: None,
+    )
 
 
 def test_every_method_has_a_schema() -> None:
-    handlers = build_handlers(fake_agent())  # raises LookupError naming a method without one
+    handlers = build_handlers(fake_ports())  # raises LookupError naming a method without one
     assert set(handlers) == set(METHOD_PARAMS)
     with pytest.raises(LookupError, match=r"'new\.method' has no entry in METHOD_PARAMS"):
         strict("new.method", handlers["status"])
@@ -139,7 +142,7 @@ async def test_kv_get_with_stale_yes_is_answered_bad_request_over_the_socket() -
     from meshtui.client import ClientError, ControlClient
 
     directory = tempfile.mkdtemp(prefix="mt-params-", dir="/tmp")
-    server = ControlServer(f"{directory}/agent.sock", build_handlers(fake_agent()), {"tasks"})
+    server = ControlServer(f"{directory}/agent.sock", build_handlers(fake_ports()), {"tasks"})
     await server.start()
     try:
         async with await ControlClient.connect_unix(server.path) as client:
