@@ -98,13 +98,13 @@ def build_snapshot(
 
 def decision_command(decision: Decision, at: float) -> bytes:
     """The command that carries out one decision of a round (proposed at ``at``)."""
-    match decision:
-        case FailNode():
-            return builders.cmd_task_fail_node(decision.node, decision.targets, "", at)
+    match decision:  # the most frequent first
         case Assign():
             return builders.cmd_task_assign(
                 decision.task, decision.node, decision.epoch, "placed", "", at
             )
+        case FailNode():
+            return builders.cmd_task_fail_node(decision.node, decision.targets, "", at)
         case Migrate():
             return builders.cmd_task_migrate(
                 decision.task, decision.to, str(decision.reason), "", at, decision.epoch

@@ -129,7 +129,9 @@ def needs_bids(
     """Will ``plan_round`` place anything (so bids are worth asking for)?"""
     if room_for(busy, max_inflight) <= 0:
         return False
-    return any(t.state == "queued" and t.id not in busy for t in snapshot.tasks)
+    # Newest first: the decisions in flight are for the oldest queued tasks, so
+    # under a backlog the first task looked at answers.
+    return any(t.state == "queued" and t.id not in busy for t in reversed(snapshot.tasks))
 
 
 def plan_round(
