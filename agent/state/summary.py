@@ -1,8 +1,9 @@
-"""One-line summaries of commands for the TUI's consensus log."""
+"""One-line summaries of commands for the TUI's consensus log, one formatter per op."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, Final
 
 from agent.state.commands import (
     Command,
@@ -29,37 +30,35 @@ MAX_SUMMARY = 120
 
 def summarize(cmd: Command, name_of: Callable[[str], str]) -> str:
     """E.g. ``kv.put app/db.url (12 B)`` or ``task.assign t3 → web2 (epoch 1)``."""
-    b = cmd.body
-    match b:
-        case KvPut():
-            text = f"kv.put {b.ns}/{b.key} ({len(b.value)} B)"
-        case KvDelete():
-            text = f"kv.delete {b.ns}/{b.key}"
-        case KvCas():
-            text = f"kv.cas {b.ns}/{b.key} ({len(b.value)} B)"
-        case ProposalCreate():
-            text = f"proposal.create {b.title!r} (threshold {b.threshold:g})"
-        case ProposalVote():
-            text = f"proposal.vote #{b.id} {'yes' if b.approve else 'no'} by {name_of(b.voter)}"
-        case NodeRegister():
-            text = f"node.register {b.name or b.node}"
-        case NodeDrain() | NodeUndrain():
-            text = f"{b.OP} {name_of(b.node)}"
-        case TaskSubmit():
-            shown = " ".join(b.argv) if b.argv is not None else b.shell or ""
-            text = f"task.submit {shown}"
-        case TaskAssign():
-            text = f"task.assign {b.task} → {name_of(b.node)} (epoch {b.epoch})"
-        case TaskStart():
-            text = f"task.start {b.task} on {name_of(b.node)} (epoch {b.epoch})"
-        case TaskFinish():
-            text = f"task.finish {b.task} exit {b.exit_code} on {name_of(b.node)}"
-        case TaskMigrate():
-            text = f"task.migrate {b.task} → {name_of(b.to)} ({b.reason})"
-        case TaskCancel():
-            text = f"task.cancel {b.task}"
-        case TaskLost():
-            text = f"task.lost {b.task}"
-        case TaskFailNode():
-            text = f"task.fail_node {name_of(b.node)} ({len(b.targets)} targets)"
+    text = _FORMATS[type(cmd.body)](cmd.body, name_of)
     return text if len(text) <= MAX_SUMMARY else text[: MAX_SUMMARY - 1] + "…"
+
+
+def _submitted(b: TaskSubmit) -> str:
+    shown = " ".join(b.argv) if b.argv is not None else b.shell or ""
+    return f"task.submit {shown}"
+
+
+_Format = Callable[[Any, Callable[[str], str]], str]
+_FORMATS: Final[dict[type[Any], _Format]] = {
+    # op class -> (body, name_of) -> one line
+    KvPut: lambda b, name: f"kv.put {b.ns}/{b.key} ({len(b.value)} B)",
+    KvDelete: lambda b, name: f"kv.delete {b.ns}/{b.key}",
+    KvCas: lambda b, name: f"kv.cas {b.ns}/{b.key} ({len(b.value)} B)",
+    ProposalCreate: lambda b, name: f"proposal.create {b.title!r} (threshold {b.threshold:g})",
+    ProposalVote: lambda b, name: (
+        f"proposal.vote #{b.id} {'yes' if b.approve else 'no'} by {name(b.voter)}"
+    ),
+    NodeRegister: lambda b, name: f"node.register {b.name or b.node}",
+    NodeDrain: lambda b, name: f"{b.OP} {name(b.node)}",
+    NodeUndrain: lambda b, name: f"{b.OP} {name(b.node)}",
+    TaskSubmit: lambda b, name: _submitted(b),
+    TaskAssign: lambda b, name: f"task.assign {b.task} → {name(b.node)} (epoch {b.epoch})",
+    TaskStart: lambda b, name: f"task.start {b.task} on {name(b.node)} (epoch {b.epoch})",
+    TaskFinish: lambda b, name: f"task.finish {b.task} exit {b.exit_code} on {name(b.node)}",
+    TaskMigrate: lambda b, name: f"task.migrate {b.task} → {name(b.to)} ({b.reason})",
+    TaskCancel: lambda b, name: f"task.cancel {b.task}",
+    TaskLost: lambda b, name: f"task.lost {b.task}",
+    TaskFailNode: lambda b, name: f"task.fail_node {name(b.node)} ({len(b.targets)} targets)",
+}
+"""One formatter per op (a table, not a 16-way match); every op has one."""
