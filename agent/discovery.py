@@ -90,8 +90,6 @@ class Discovery:
         self.self_addrs = set(self_addrs)
         self.on_candidate = on_candidate
         self.candidates = CandidateSet()
-        self.foreign_clusters_seen = 0
-        """mDNS adverts for other clusters (different cluster hash), ignored."""
         self._zc: Any = None
         self._info: Any = None
         self._browser: Any = None
@@ -206,8 +204,7 @@ class Discovery:
         if props.get("id") == self.node_id:
             return
         if props.get("cluster") != self.cluster_hash:
-            self.foreign_clusters_seen += 1
-            return
+            return  # another cluster's advert
         for ip in info.parsed_addresses():
             if _is_ipv4(ip):
                 self._propose(f"{ip}:{info.port}", "mdns")

@@ -108,15 +108,18 @@ MSG_RANGES: dict[str, tuple[int, int]] = {
     "agent.pbft.messages": (90, 109),
     "agent.runtime.messages": (110, 129),
 }
-"""Owner module -> inclusive range of message numbers it may register."""
+"""Owner module -> inclusive range of message numbers it may register.  The PBFT
+range is reserved: that core is not written yet, nothing registers there, and no
+other core may take those numbers."""
 
 _CORE_MODULES = (
     "agent.swim.messages",
     "agent.raft.messages",
     "agent.sched.messages",
-    "agent.pbft.messages",
     "agent.runtime.messages",
 )
+"""The modules :func:`registry_loaded` imports: every core that has messages.  A
+core is listed here once its ``messages`` module exists (with its range above)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,44 +275,11 @@ def _compile_type(tp: Any, depth: int) -> tuple[type | None, _Conv, _Conv | None
     if tp is float:
         return None, _conv_float, None
     if isinstance(tp, type) and issubclass(tp, enum.IntEnum):
-        enum_cls = tp
-
-        # A dict lookup, not ``enum_cls(v)``: the enum call costs a few times
-        # more, and followers decode one per log entry.
-        members = {int(m): m for m in enum_cls}
-
-        def conv_enum(v: Any) -> Any:
-            if type(v) is not int:
-                raise _Bad(f"expected {enum_cls.__name__}, got {type(v).__name__}")
-            member = members.get(v)
-            if member is None:
-                raise _Bad(f"{v} is not a {enum_cls.__name__}")
-            return member
-
-        return None, conv_enum, None
+        return None, _enum_conv(tp), None
     if _is_dataclass_type(tp):
-        comp = _compile_class(tp, depth + 1)
-
-        def conv_dc(v: Any) -> Any:
-            if type(v) is not tuple:
-                raise _Bad(f"expected {comp.cls.__name__} array, got {type(v).__name__}")
-            return comp.decode_nested(v)
-
-        return None, conv_dc, comp.to_list
+        return _compile_nested(tp, depth)
     if origin is typing.Union or origin is types.UnionType:
-        non_none = [a for a in args if a is not type(None)]
-        assert len(non_none) == 1 and len(args) == 2, f"only X | None unions are supported: {tp}"
-        exact, inner, enc = _compile_type(non_none[0], depth + 1)
-
-        def conv_opt(v: Any) -> Any:
-            if v is None:
-                return None
-            if exact is not None and type(v) is exact:
-                return v
-            return inner(v)
-
-        enc_opt = None if enc is None else (lambda v: None if v is None else enc(v))
-        return exact, conv_opt, enc_opt
+        return _compile_optional(tp, args, depth)
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
             return _compile_var_tuple(args[0], depth)
@@ -317,6 +287,53 @@ def _compile_type(tp: Any, depth: int) -> tuple[type | None, _Conv, _Conv | None
     if origin is dict:
         return _compile_dict(args, depth)
     raise AssertionError(f"unsupported wire field type: {tp!r}")
+
+
+def _enum_conv(enum_cls: type[enum.IntEnum]) -> _Conv:
+    # A dict lookup, not ``enum_cls(v)``: the enum call costs a few times
+    # more, and followers decode one per log entry.
+    members = {int(m): m for m in enum_cls}
+
+    def conv_enum(v: Any) -> Any:
+        if type(v) is not int:
+            raise _Bad(f"expected {enum_cls.__name__}, got {type(v).__name__}")
+        member = members.get(v)
+        if member is None:
+            raise _Bad(f"{v} is not a {enum_cls.__name__}")
+        return member
+
+    return conv_enum
+
+
+def _compile_nested(tp: type, depth: int) -> tuple[None, _Conv, _Conv | None]:
+    """A dataclass inside a message: an inline array of its fields."""
+    comp = _compile_class(tp, depth + 1)
+
+    def conv_dc(v: Any) -> Any:
+        if type(v) is not tuple:
+            raise _Bad(f"expected {comp.cls.__name__} array, got {type(v).__name__}")
+        return comp.decode_nested(v)
+
+    return None, conv_dc, comp.to_list
+
+
+def _compile_optional(
+    tp: Any, args: tuple[Any, ...], depth: int
+) -> tuple[type | None, _Conv, _Conv | None]:
+    """``X | None``: nil or X (the only unions the codec carries)."""
+    non_none = [a for a in args if a is not type(None)]
+    assert len(non_none) == 1 and len(args) == 2, f"only X | None unions are supported: {tp}"
+    exact, inner, enc = _compile_type(non_none[0], depth + 1)
+
+    def conv_opt(v: Any) -> Any:
+        if v is None:
+            return None
+        if exact is not None and type(v) is exact:
+            return v
+        return inner(v)
+
+    enc_opt = None if enc is None else (lambda v: None if v is None else enc(v))
+    return exact, conv_opt, enc_opt
 
 
 def _compile_var_tuple(item_tp: Any, depth: int) -> tuple[None, _Conv, _Conv | None]:
@@ -376,6 +393,30 @@ def _compile_dict(args: tuple[Any, ...], depth: int) -> tuple[None, _Conv, _Conv
     return None, conv_dict, enc_dict
 
 
+def _required_fields(cls: type, fields: tuple[dataclasses.Field[Any], ...]) -> int:
+    """How many leading fields have no default (none may follow a defaulted one)."""
+    required = 0
+    for i, f in enumerate(fields):
+        has_default = (f.default is not dataclasses.MISSING
+                       or f.default_factory is not dataclasses.MISSING)
+        if not has_default:
+            assert required == i, f"{cls.__name__}: field {f.name} without default after defaults"
+            required = i + 1
+    return required
+
+
+def _shared_field(names: tuple[str, ...], hints: dict[str, Any]) -> int:
+    """The first ``tuple[<dataclass>, ...]`` field whose packed form is worth
+    memoizing (see :func:`_encode_shared`), or -1."""
+    for i, name in enumerate(names):
+        tp = hints[name]
+        targs = typing.get_args(tp)
+        if (typing.get_origin(tp) is tuple and len(targs) == 2 and targs[1] is Ellipsis
+                and _is_dataclass_type(targs[0]) and len(names) + 2 <= _FIXARRAY_MAX):
+            return i
+    return -1
+
+
 def _compile_class(cls: type, depth: int = 0) -> _Compiled:
     cached = _compiled.get(cls)
     if cached is not None:
@@ -387,13 +428,6 @@ def _compile_class(cls: type, depth: int = 0) -> _Compiled:
     fields = dataclasses.fields(cls)
     assert all(f.init for f in fields), f"{cls.__name__}: init=False fields cannot travel"
     names = tuple(f.name for f in fields)
-    required = 0
-    for i, f in enumerate(fields):
-        has_default = (f.default is not dataclasses.MISSING
-                       or f.default_factory is not dataclasses.MISSING)
-        if not has_default:
-            assert required == i, f"{cls.__name__}: field {f.name} without default after defaults"
-            required = i + 1
     compiled = [_compile_type(hints[n], depth) for n in names]
     enc_convs = tuple(c[2] for c in compiled)
     getter: Callable[[Any], Any]
@@ -401,20 +435,16 @@ def _compile_class(cls: type, depth: int = 0) -> _Compiled:
     comp = _Compiled(
         cls=cls,
         names=names,
-        required=required,
+        required=_required_fields(cls, fields),
         exact=tuple(c[0] for c in compiled),
         convs=tuple(c[1] for c in compiled),
         getter=getter,
         enc_convs=enc_convs,
         needs_enc=any(e is not None for e in enc_convs),
     )
-    for i, name in enumerate(names):
-        tp = hints[name]
-        targs = typing.get_args(tp)
-        if (typing.get_origin(tp) is tuple and len(targs) == 2 and targs[1] is Ellipsis
-                and _is_dataclass_type(targs[0]) and len(names) + 2 <= _FIXARRAY_MAX):
-            comp.shared, comp.shared_enc = i, enc_convs[i]
-            break
+    shared = _shared_field(names, hints)
+    if shared >= 0:
+        comp.shared, comp.shared_enc = shared, enc_convs[shared]
     comp.decode_top = _generate_decoder(comp, 2)
     comp.decode_nested = _generate_decoder(comp, 0)
     _compiled[cls] = comp
@@ -449,20 +479,15 @@ def registered() -> dict[int, type]:
 
 
 def registry_loaded() -> dict[int, type]:
-    """Import every core's ``messages`` module that exists and register its
-    ``WIRE_TYPES``; idempotent and cheap once everything is loaded.  A module
-    that does not exist (yet) is skipped; one that exists but fails to import,
-    or registers numbers outside its range, raises."""
+    """Import every core's ``messages`` module (:data:`_CORE_MODULES`) and register
+    its ``WIRE_TYPES``; idempotent and cheap once everything is loaded.  A module
+    that is missing or fails to import, or registers numbers outside its range,
+    raises: the list names only cores that exist."""
     global _scanned
     for name in _CORE_MODULES:
         if name in _loaded_modules:
             continue
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and name.startswith(exc.name):
-                continue  # that core is not written (yet)
-            raise
+        module = importlib.import_module(name)
         wire_types = getattr(module, "WIRE_TYPES", None)
         assert isinstance(wire_types, dict), f"{name} must define WIRE_TYPES: dict[int, type]"
         lo, hi = MSG_RANGES[name]

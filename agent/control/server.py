@@ -366,14 +366,14 @@ class _Peer:
         sub_id = self.next_sub_id
         self.next_sub_id += 1
         self.subs[sub_id] = sub = _Subscription(sub_id, frozenset(topics))
-        self.server._count_topics(sub.topics, 1)
+        self.server.count_topics(sub.topics, 1)
         return sub_id
 
     def _unsubscribe(self, params: dict[str, Any]) -> None:
         sub_id = params.get("sub")
         if type(sub_id) is not int or sub_id not in self.subs:
             raise ProtocolError(f"no subscription {sub_id!r}")
-        self.server._count_topics(self.subs.pop(sub_id).topics, -1)
+        self.server.count_topics(self.subs.pop(sub_id).topics, -1)
 
     # -- writing
     def _reply_result(self, request_id: int, result: Any) -> None:
@@ -581,7 +581,8 @@ class ControlServer:
         """True if any client listens to ``topic`` (lets callers skip building events)."""
         return self._topic_subs.get(topic, 0) > 0
 
-    def _count_topics(self, topics: frozenset[str], delta: int) -> None:
+    def count_topics(self, topics: frozenset[str], delta: int) -> None:
+        """A client (un)subscribed ``topics`` (``delta`` +1/-1): keeps ``has_subscribers`` O(1)."""
         for topic in topics:
             self._topic_subs[topic] = self._topic_subs.get(topic, 0) + delta
 
@@ -614,7 +615,7 @@ class ControlServer:
         finally:
             self._peers.pop(peer, None)
             for sub in peer.subs.values():
-                self._count_topics(sub.topics, -1)
+                self.count_topics(sub.topics, -1)
             peer.subs.clear()
 
 

@@ -30,6 +30,8 @@ followers that fell behind the compaction point.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from typing import Any
 
 from agent.errors import LocalError, NoQuorumError, NotLeaderError
 from agent.raft import election, repair, replication
@@ -80,6 +82,14 @@ _FROM_LEADER = (AppendEntries, Heartbeat, InstallSnapshot)
 SNAPSHOT_STRETCH = 4
 """How far past ``snapshot_threshold`` a large state may defer a snapshot
 (see ``RaftNode.should_snapshot``): bounds the log kept in memory."""
+
+
+def _leader_only(handler: Callable[[RaftNode, Any], None]) -> Callable[[RaftNode, Any], None]:
+    def on_leader(node: RaftNode, msg: Any) -> None:
+        if node.role == Role.LEADER:
+            handler(node, msg)
+
+    return on_leader
 
 
 class RaftNode:
@@ -156,46 +166,49 @@ class RaftNode:
         if msg.to != self.id:
             return
         if msg.term > self.term:
-            if isinstance(msg, RequestVote):
-                in_lease = self.fresh_start or (
-                    self.config.check_quorum
-                    and self.leader_id != ""
-                    and self.election_elapsed < self.config.election_ticks
-                )
-                if in_lease and not msg.transfer:
-                    return
-            pre_vote_traffic = (isinstance(msg, RequestVote) and msg.pre_vote) or (
-                isinstance(msg, RequestVoteResp) and msg.pre_vote and msg.granted
-            )
-            if not pre_vote_traffic:
-                self._become_follower(msg.term, msg.frm if isinstance(msg, _FROM_LEADER) else "")
+            if not self._adopt_newer_term(msg):
+                return
         elif msg.term < self.term:
-            if isinstance(msg, AppendEntries | Heartbeat) and (
-                self.config.check_quorum or self.config.pre_vote
-            ):
-                # A stale leader cut off by a partition: tell it the term so it steps down.
-                self._send(AppendResp(self.id, msg.frm, self.term, index=0))
-            elif isinstance(msg, RequestVote) and msg.pre_vote:
-                self._send(RequestVoteResp(self.id, msg.frm, self.term, False, pre_vote=True))
+            self._answer_stale_term(msg)
             return
-        if isinstance(msg, RequestVote):
-            election.handle_vote_request(self, msg)
-        elif isinstance(msg, RepairRequest):
-            if self.role == Role.LEADER:
-                repair.handle_request(self, msg)
-        elif isinstance(msg, RepairGrant):
-            repair.handle_grant(self, msg)
-        elif isinstance(msg, StartCheck):
-            if self.role == Role.LEADER:
-                repair.handle_start_check(self, msg)
-        elif isinstance(msg, StartCheckResp):
-            repair.handle_start_check_resp(self, msg)
+        handler = _ANY_ROLE.get(type(msg))
+        if handler is not None:
+            handler(self, msg)
         elif self.role == Role.LEADER:
             replication.step_leader(self, msg)
         elif self.role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
             self._step_candidate(msg)
         else:
             self._step_follower(msg)
+
+    def _adopt_newer_term(self, msg: RaftMessage) -> bool:
+        """A message of a later term: become a follower in it (its sender leads if it
+        is leader traffic).  False: ignore the message -- a vote request while we
+        are in a leader's lease, or just started (repair.py), unless a transfer."""
+        if isinstance(msg, RequestVote):
+            in_lease = self.fresh_start or (
+                self.config.check_quorum
+                and self.leader_id != ""
+                and self.election_elapsed < self.config.election_ticks
+            )
+            if in_lease and not msg.transfer:
+                return False
+        pre_vote_traffic = (isinstance(msg, RequestVote) and msg.pre_vote) or (
+            isinstance(msg, RequestVoteResp) and msg.pre_vote and msg.granted
+        )
+        if not pre_vote_traffic:
+            self._become_follower(msg.term, msg.frm if isinstance(msg, _FROM_LEADER) else "")
+        return True
+
+    def _answer_stale_term(self, msg: RaftMessage) -> None:
+        """A message of an earlier term is dropped; some senders are told our term."""
+        if isinstance(msg, AppendEntries | Heartbeat) and (
+            self.config.check_quorum or self.config.pre_vote
+        ):
+            # A stale leader cut off by a partition: tell it the term so it steps down.
+            self._send(AppendResp(self.id, msg.frm, self.term, index=0))
+        elif isinstance(msg, RequestVote) and msg.pre_vote:
+            self._send(RequestVoteResp(self.id, msg.frm, self.term, False, pre_vote=True))
 
     def propose(self, data: bytes) -> tuple[int, int]:
         """Append a command; returns (index, term).  Raises NotLeaderError off the leader."""
@@ -622,3 +635,14 @@ class RaftNode:
                 summary=summary,
             )
         )
+
+
+_ANY_ROLE: dict[type, Callable[[RaftNode, Any], None]] = {
+    RequestVote: election.handle_vote_request,
+    RepairRequest: _leader_only(repair.handle_request),
+    RepairGrant: repair.handle_grant,
+    StartCheck: _leader_only(repair.handle_start_check),
+    StartCheckResp: repair.handle_start_check_resp,
+}
+"""Messages handled the same in every role (once the term checks passed); the
+rest go to the role's own step (leader, candidate, follower)."""

@@ -29,15 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from agent import wire
 from agent.crypto import SealError
-from agent.envelope import StreamGate
+from agent.envelope import Envelope, StreamGate
 from agent.errors import ConfigError, ProtocolError
-
-if TYPE_CHECKING:
-    from agent.runtime.transport import Transport
+from agent.runtime.peer_addr import parse_addr
+from agent.runtime.transport_stats import TransportStats
 
 MAX_BATCH_MESSAGES = 4096
 """Most messages in one sealed frame; the receiver refuses batches with more."""
@@ -74,8 +73,6 @@ def split_batch(data: bytes) -> list[bytes]:
 
 def accept_hello(payload: bytes) -> str | None:
     """The listen address a Hello names, or None if ``payload`` is not a usable one."""
-    from agent.runtime.transport import parse_addr
-
     try:
         hello = wire.decode(payload)
     except ProtocolError:
@@ -89,10 +86,33 @@ def accept_hello(payload: bytes) -> str | None:
     return hello.listen_addr
 
 
+class StreamOwner(Protocol):
+    """What an inbound stream uses of the transport that accepted it."""
+
+    @property
+    def closing(self) -> bool: ...
+
+    @property
+    def stats(self) -> TransportStats: ...
+
+    @property
+    def envelope(self) -> Envelope: ...
+
+    def admit_inbound(self, stream: InboundStream) -> bool: ...
+
+    def inbound_closed(self, stream: InboundStream) -> None: ...
+
+    def begin_dispatch(self) -> None: ...
+
+    def end_dispatch(self) -> None: ...
+
+    def deliver_stream(self, from_addr: str, payload: bytes) -> None: ...
+
+
 class InboundStream(asyncio.Protocol):
     """One accepted connection; registered in ``owner.inbound`` while it is open."""
 
-    def __init__(self, owner: Transport, hello_timeout: float) -> None:
+    def __init__(self, owner: StreamOwner, hello_timeout: float) -> None:
         self._owner = owner
         self._hello_timeout = hello_timeout
         self._decoder = wire.FrameDecoder(wire.MAX_FRAME_SIZE)

@@ -81,6 +81,7 @@ from agent.runtime.inbound import (
     join_batch,
     split_batch,
 )
+from agent.runtime.peer_addr import format_addr, parse_addr
 from agent.runtime.transport_stats import TransportStats
 
 __all__ = [  # the batch format and its limits live with the inbound side
@@ -135,26 +136,12 @@ def backoff_delay(attempt: int, rng: random.Random,
     return ceiling / 2 + rng.random() * ceiling / 2
 
 
-def parse_addr(addr: str) -> tuple[str, int]:
-    """``"host:port"`` or ``"[v6]:port"`` -> (host, port); ``ConfigError`` if malformed."""
-    host, sep, port_text = addr.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError("addr", f"{addr!r} is not host:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port_text)
-
-
-def format_addr(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 class _UdpProtocol(asyncio.DatagramProtocol):
     def __init__(self, owner: Transport) -> None:
         self._owner = owner
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self._owner._on_udp(data, addr)
+        self._owner.datagram_received(data, addr)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors from an earlier sendto (port unreachable, ...).
@@ -330,7 +317,8 @@ class Transport:
         self.stats.datagram_bytes_out += len(packet)
         return True
 
-    def _on_udp(self, data: bytes, addr: tuple[Any, ...]) -> None:
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        """A datagram on our UDP socket (from ``_UdpProtocol``): open, answer, deliver."""
         if len(data) > wire.MAX_DATAGRAM_SIZE + DATAGRAM_OVERHEAD:
             self.stats.dropped_oversize += 1
             return

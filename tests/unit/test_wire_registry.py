@@ -1,5 +1,5 @@
-"""registry_loaded(): lazy import of the cores' WIRE_TYPES, tolerance of
-missing modules, range checks."""
+"""registry_loaded(): lazy import of the cores' WIRE_TYPES, range checks; a listed
+core that is missing is an error, not silently skipped."""
 
 from __future__ import annotations
 
@@ -32,10 +32,17 @@ def use_modules(monkeypatch: pytest.MonkeyPatch, ranges: dict[str, tuple[int, in
     monkeypatch.setattr(wire, "MSG_RANGES", {**wire.MSG_RANGES, **ranges})
 
 
-def test_a_core_that_is_not_written_yet_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_listed_core_that_is_missing_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     use_modules(monkeypatch, {"agent.not_written_yet.messages": (200, 209)})
-    before = wire.registered()
-    assert wire.registry_loaded() == before
+    with pytest.raises(ModuleNotFoundError, match=r"agent\.not_written_yet"):
+        wire.registry_loaded()
+
+
+def test_the_pbft_range_is_reserved_but_nothing_imports_it() -> None:
+    assert wire.MSG_RANGES["agent.pbft.messages"] == (90, 109)
+    assert "agent.pbft.messages" not in wire._CORE_MODULES
+    assert not any(90 <= number <= 109 for number in wire.registry_loaded())
+    assert set(wire._CORE_MODULES) <= set(wire.MSG_RANGES)
 
 
 def test_a_core_whose_import_is_broken_raises(
