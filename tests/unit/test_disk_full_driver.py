@@ -63,11 +63,14 @@ class Disk:
 def make_driver(data_dir: Path, events: list[dict[str, Any]]) -> ConsensusDriver:
     raft = dataclasses.replace(RaftConfig.local(), segment_bytes=64 * 1024)
     config = SimpleNamespace(raft=raft, max_voters=5, name="n1")
-    return ConsensusDriver(
-        config=config, node_id="a" * 32, data_dir=str(data_dir),
-        send=lambda _to, _msg: None, publish=lambda _topic, data: events.append(data),
+    driver = ConsensusDriver(
+        config=config, node_id="a" * 32, data_dir=str(data_dir), send=lambda _to, _msg: None,
+    )
+    driver.connect(
+        publish=lambda _topic, data: events.append(data), wants=lambda _topic: True,
         on_applied=lambda _i, _r: None, on_role_change=lambda _role: None,
     )
+    return driver
 
 
 def put(key: str) -> bytes:
@@ -95,7 +98,7 @@ def test_single_voter_pauses_refuses_and_resumes(tmp_path: Path, monkeypatch: py
         driver.bootstrap_single()
         driver.start()
         try:
-            await until(lambda: driver.node.is_leader())
+            await until(lambda: driver.is_leader())
             disk.full = True
             refused: DiskFullError | None = None
             for i in range(20):  # 64 KiB segments: a few 16 KiB values fill one
@@ -126,7 +129,7 @@ def test_single_voter_pauses_refuses_and_resumes(tmp_path: Path, monkeypatch: py
             acked.append("after")
             assert driver.status()["alarms"] == []
             for key in acked:
-                assert driver.state.kv_get("t", key) is not None, key
+                assert driver.queries.kv_get("t", key) is not None, key
         finally:
             await driver.close()
 
@@ -146,7 +149,7 @@ def test_restarted_while_full_serves_stale_reads_until_its_term_is_applied(
         driver.bootstrap_single()
         driver.start()
         try:
-            await until(lambda: driver.node.is_leader())
+            await until(lambda: driver.is_leader())
             for i in range(3):
                 await driver.propose(put(f"k{i}"), no_forward)
             disk.full = True
@@ -155,17 +158,17 @@ def test_restarted_while_full_serves_stale_reads_until_its_term_is_applied(
                     await driver.propose(put(f"more{i}"), no_forward)
         finally:
             await driver.close()  # paused: no clean-stop ack slot for the unwritten write
-            if driver.storage._fd >= 0:  # (a failed rotation already closed it)
-                os.close(driver.storage._fd)
+            if driver._storage._fd >= 0:  # (a failed rotation already closed it)
+                os.close(driver._storage._fd)
 
     async def restart() -> None:
         disk.no_writes = True  # not even the new term's no-op fits
         driver = make_driver(tmp_path, [])
-        assert not driver.node.damaged
+        assert not driver.storage_damage
         driver.start()
         try:
             await until(lambda: driver.disk_full.paused)
-            assert driver.node.is_leader() and driver.state.kv_get("t", "k2") is not None
+            assert driver.is_leader() and driver.queries.kv_get("t", "k2") is not None
             with pytest.raises(DiskFullError, match="not applied an entry of its current term"):
                 await driver.read_barrier()
             disk.no_writes = disk.full = False
@@ -191,7 +194,7 @@ def test_other_storage_errors_stop_the_node_with_one_line(
         driver.bootstrap_single()
         driver.start()
         try:
-            await until(lambda: driver.node.is_leader())
+            await until(lambda: driver.is_leader())
             disk.broken = True
             write = driver.submit(put("k"), no_forward)
             await until(lambda: bool(exits))
