@@ -9,11 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.wait import wait_until
 
 from meshtui.client import ClientError, call_sync
 from meshtui.demo import LocalMesh
@@ -30,17 +30,6 @@ def one_agent(tmp_path: Path) -> Iterator[LocalMesh]:
         yield mesh
     finally:
         mesh.stop()
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.1):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    return last
 
 
 def meshtui(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -71,10 +60,11 @@ def test_status_json_shape(one_agent: LocalMesh) -> None:
 
 def test_single_agent_becomes_leader(one_agent: LocalMesh) -> None:
     path = one_agent.nodes[0].socket_path
-    status = wait_for(
-        lambda: (s := call_sync(path, "status", {}, 2.0))["consensus"]["leader"] and s, 15
+    status = wait_until(
+        "the single agent to elect a leader",
+        lambda: (s := call_sync(path, "status", {}, 2.0))["consensus"]["leader"] and s, 15, 0.1,
     )
-    assert status and status["consensus"]["leader"] == "n1"
+    assert status["consensus"]["leader"] == "n1"
     assert status["consensus"]["voters"] == ["n1"]
 
 
@@ -96,14 +86,17 @@ def test_survives_garbage_everywhere(one_agent: LocalMesh) -> None:
     with socket.create_connection(("127.0.0.1", node.port), timeout=2) as tcp:
         tcp.sendall(b"\x00\x00\x10\x00" + os.urandom(4096))
         tcp.sendall(b"\xff\xff\xff\xff")
-    time.sleep(0.5)
+
+    def dropped() -> int:
+        seal = call_sync(node.socket_path, "report", {}, 5.0)["transport"]["seal"]
+        return sum(v for k, v in seal.items() if k.startswith("dropped"))
+
+    # Every garbage datagram is refused and counted, and the agent is still there.
+    wait_until("the 50 garbage datagrams to be counted as dropped", lambda: dropped() >= 50, 10,
+               0.1, detail=dropped)
     assert node.running
     status = call_sync(node.socket_path, "status", {}, 5.0)
     assert status["node"] == "n1"
-    report = call_sync(node.socket_path, "report", {}, 5.0)
-    seal = report["transport"]["seal"]
-    dropped = sum(v for k, v in seal.items() if k.startswith("dropped"))
-    assert dropped >= 50  # every garbage datagram was refused and counted
 
 
 def test_sigterm_exits_cleanly_and_removes_socket(tmp_path: Path) -> None:
@@ -137,7 +130,8 @@ def test_agent_refuses_to_start_without_key(tmp_path: Path) -> None:
 def test_cli_does_not_import_heavy_modules(one_agent: LocalMesh) -> None:
     """status, kv and submit against a local socket import no textual/asyncssh/zeroconf."""
     path = one_agent.nodes[0].socket_path
-    wait_for(lambda: call_sync(path, "status", {}, 2.0)["consensus"]["leader"], 15)
+    wait_until("the agent to elect a leader",
+               lambda: call_sync(path, "status", {}, 2.0)["consensus"]["leader"], 15, 0.1)
     code = (
         "import sys, io, contextlib\n"
         "from meshtui.cli import main\n"
@@ -186,6 +180,11 @@ def test_keys_install_reads_the_key_from_a_file(one_agent: LocalMesh, tmp_path: 
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and says in bad.stderr, bad.stderr
 
 
+SEEDLESS_WATCH = 3.0
+"""Seconds of its own uptime each seed-less node is watched for: the local profile's
+1.5 s bootstrap grace plus three 0.5 s autopilot rounds."""
+
+
 def test_nodes_started_before_their_seed_form_one_cluster(tmp_path: Path) -> None:
     """A deploy starts hosts in any order.  n2 and n3 (seeded with n1) come up
     well past the bootstrap grace before n1 does: they must wait for it, not
@@ -206,10 +205,20 @@ def test_nodes_started_before_their_seed_form_one_cluster(tmp_path: Path) -> Non
     try:
         for name in ("n2", "n3"):
             mesh.node(name).start()
-        time.sleep(4.0)  # local profile grace: 1.5 s
-        for name in ("n2", "n3"):
-            cons = call_sync(mesh.node(name).socket_path, "status", {}, 5.0)["consensus"]
-            assert cons["voters"] == [] and cons["leader"] is None, (name, cons)
+        # Watched until each has run, by its own clock, past the local profile's
+        # 1.5 s bootstrap grace and three 0.5 s autopilot rounds: neither founds a
+        # cluster.  (A fixed sleep proved less when a loaded box started them late.)
+        def past_grace_without_a_cluster() -> bool:
+            try:
+                views = {n: call_sync(mesh.node(n).socket_path, "status", {}, 5.0) for n in ("n2", "n3")}
+            except ClientError:
+                return False  # not listening yet
+            for name, view in views.items():
+                cons = view["consensus"]
+                assert cons["voters"] == [] and cons["leader"] is None, (name, cons)
+            return all(view["uptime"] >= SEEDLESS_WATCH for view in views.values())
+
+        wait_until("n2 and n3 to run past the bootstrap grace", past_grace_without_a_cluster, 30, 0.2)
         mesh.node("n1").start()
 
         def one_cluster() -> bool:
@@ -221,7 +230,8 @@ def test_nodes_started_before_their_seed_form_one_cluster(tmp_path: Path) -> Non
             return len(leaders) == 1 and None not in leaders and all(
                 sorted(v["voters"]) == ["n1", "n2", "n3"] for v in views)
 
-        assert wait_for(one_cluster, 30), [
-            call_sync(n.socket_path, "status", {}, 5.0)["consensus"] for n in mesh.nodes]
+        wait_until("n1, n2 and n3 to form one cluster", one_cluster, 30, 0.1,
+                   detail=lambda: [call_sync(n.socket_path, "status", {}, 5.0)["consensus"]
+                                   for n in mesh.nodes])
     finally:
         mesh.stop()

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from support.wait import wait_until_async
 
 from agent.control.codec import CLIENT, ControlConnection, ErrorResponse
 from agent.control.server import MAX_CONNECTIONS, ControlServer
@@ -69,13 +70,6 @@ async def server(make_server: Callable[[float], Awaitable[ControlServer]]) -> Co
     return await make_server(IDLE)
 
 
-async def until(predicate: Callable[[], bool], what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + DEADLINE
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 async def farewell(reader: asyncio.StreamReader) -> ErrorResponse:
     """Everything the server sent until it hung up, as the one final error."""
     data = await asyncio.wait_for(reader.read(), DEADLINE)
@@ -99,12 +93,14 @@ async def test_a_full_table_of_idle_clients_drains_and_a_new_client_is_served(
     try:
         for _ in range(MAX_CONNECTIONS):
             streams.append(await asyncio.open_unix_connection(server.path))
-        await until(lambda: server.connection_count == MAX_CONNECTIONS, "the table to fill")
+        await wait_until_async("the table to fill",
+                               lambda: server.connection_count == MAX_CONNECTIONS, DEADLINE)
         with pytest.raises(ClientError) as info:
             await call(server, "status")  # locked out, as before the fix
         assert info.value.code == "unavailable"
 
-        await until(lambda: server.connection_count == 0, "idle clients to be closed")
+        await wait_until_async("idle clients to be closed", lambda: server.connection_count == 0,
+                               DEADLINE)
         assert await call(server, "status") == {"node": "n1"}
         bye = await farewell(streams[0][0])
         assert (bye.id, bye.code) == (None, "unavailable")
@@ -134,9 +130,17 @@ async def test_subscribers_and_slow_requests_are_not_idle(server: ControlServer)
             assert server.connection_count == 2
             # ... and a reply resets the clock: a request right after it is served.
             assert await asyncio.wait_for(waiting.call("status"), DEADLINE) == {"node": "n1"}
-        await until(lambda: server.connection_count == 1, "the second client to leave")
-        await asyncio.sleep(IDLE * 3)  # the subscriber sent nothing all this time
-        assert server.connection_count == 1
+        await wait_until_async("the second client to leave", lambda: server.connection_count == 1,
+                               DEADLINE)
+        # A quiet witness connected now is closed after one idle timeout (its
+        # farewell is the event); the subscriber, quiet at least as long, stays.
+        reader, writer = await asyncio.open_unix_connection(server.path)
+        try:
+            assert (await farewell(reader)).code == "unavailable"
+        finally:
+            writer.close()
+        await wait_until_async("the witness to be dropped", lambda: server.connection_count == 1,
+                               DEADLINE)
         server.publish("tasks", {"i": 1})
         got = await asyncio.wait_for(anext(events), DEADLINE)
         assert got == {"event": "tasks", "data": {"i": 1}}

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+from support.wait import wait_until_async
 
 from agent.control import server as server_module
 from agent.control.codec import (
@@ -225,11 +226,9 @@ async def test_in_flight_requests_are_bounded(make_server: Any) -> None:
     srv = await make_server({"slow": slow})
     raw = await RawClient.open(srv.path)
     raw.send(*(Request(i, "slow", {"n": i}) for i in range(100)))
-    for _ in range(50):
-        await asyncio.sleep(0.01)
-        if running == server_module.MAX_IN_FLIGHT:
-            break
-    await asyncio.sleep(0.05)
+    await wait_until_async(f"{server_module.MAX_IN_FLIGHT} requests to run at once",
+                           lambda: running == server_module.MAX_IN_FLIGHT, 10)
+    await asyncio.sleep(0.05)  # room for a server that ignored the limit to start more
     assert running == peak == server_module.MAX_IN_FLIGHT
     release.set()
     replies = await raw.receive(100)
@@ -369,8 +368,8 @@ async def test_async_for_subscribes_lazily(make_server: Any) -> None:
         stream = client.subscribe(["metrics"])
 
         async def publish_when_ready() -> None:
-            while not srv.has_subscribers("metrics"):
-                await asyncio.sleep(0.005)
+            await wait_until_async("the lazy subscription to reach the server",
+                                   lambda: srv.has_subscribers("metrics"), 10, 0.005)
             for i in range(3):
                 srv.publish("metrics", {"cpu": i})
 
@@ -420,6 +419,12 @@ async def test_slow_subscriber_overflows_and_never_blocks_the_agent(make_server:
     await raw.close()
 
 
+PUBLISH_NEVER_WAITS = 2.0
+"""Seconds 30 publishes into a stalled subscriber may take.  They take microseconds:
+publish only queues.  One that waited for the reader would never return; the
+bound leaves a loaded box room to deschedule the test (0.5 s was too tight for that)."""
+
+
 async def test_stalled_reader_with_full_socket_does_not_stall_publish(make_server: Any) -> None:
     srv = await make_server()
     raw = await RawClient.open(srv.path)
@@ -431,15 +436,12 @@ async def test_stalled_reader_with_full_socket_does_not_stall_publish(make_serve
         started = loop.time()
         for _ in range(30):
             srv.publish("metrics", {"blob": blob, "batch": batch})
-        assert loop.time() - started < 0.5
+        assert loop.time() - started < PUBLISH_NEVER_WAITS
         await asyncio.sleep(0)  # let the writer fill the socket and block in drain
     assert await asyncio.to_thread(call_sync, srv.path, "echo", {"ok": True}, 5) == {"ok": True}
     await raw.close()
-    for _ in range(200):
-        if srv.connection_count == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert srv.connection_count == 0
+    await wait_until_async("the stalled subscriber's connection to close",
+                           lambda: srv.connection_count == 0, 10)
 
 
 async def test_client_side_queue_overflow_keeps_server_counts(make_server: Any) -> None:
@@ -625,8 +627,8 @@ async def test_future_returning_handlers_reply_from_the_future(make_server: Any)
         with pytest.raises(ClientError) as refused:
             await client.call("deferred", refuse=True)
         assert refused.value.code == "bad_request"
-        while len(futures) < 60:
-            await asyncio.sleep(0.01)
+        await wait_until_async("60 deferred calls to reach the handler",
+                               lambda: len(futures) == 60, 10)
         # All resolved in one loop iteration: their replies share a write.
         for n, fut in enumerate(futures):
             if n == 7:

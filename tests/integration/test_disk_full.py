@@ -19,12 +19,13 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from rootpolicy import enforce_root_policy
+from support.wait import wait_until
 
 from meshtui.client import ClientError, call_sync
 from meshtui.demo import LocalMesh
@@ -32,7 +33,6 @@ from meshtui.demo import LocalMesh
 # Root (mount) is checked by the tmpfs fixture: the root marker would also demand ip, nft and tc.
 pytestmark = pytest.mark.timeout(120)
 
-T = TypeVar("T")
 TMPFS_SIZE = "24m"
 VALUE = b"v" * (100 * 1024)
 
@@ -107,15 +107,6 @@ def fill(directory: Path) -> Path:
         (directory / "probe").write_bytes(b"x" * 8192)
     assert raised.value.errno == errno.ENOSPC
     return filler
-
-
-def wait_for(predicate: Callable[[], T], timeout: float, interval: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    last = predicate()
-    while not last and time.monotonic() < deadline:
-        time.sleep(interval)
-        last = predicate()
-    return last
 
 
 def meshtui(sock: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -209,13 +200,17 @@ def test_single_voter_refuses_writes_while_full_and_resumes(tmpfs: Path, tmp_pat
         n1.start()
         assert mesh.wait_ready(20), log_tail(mesh)
         assert check_all(sock, acked, stale=True) == []
-        assert wait_for(lambda: not check_all(sock, acked), 15), check_all(sock, acked)
-        assert wait_for(lambda: put(sock, "refused-again") == "disk_full", 10), log_tail(mesh)
+        wait_until("every acknowledged write to read back", lambda: not check_all(sock, acked), 15,
+                   0.1, detail=lambda: check_all(sock, acked))
+        wait_until("a write to be refused with disk_full",
+                   lambda: put(sock, "refused-again") == "disk_full", 10, 0.1,
+                   detail=lambda: log_tail(mesh))
 
         # Free the space: the alarm clears and writes resume by themselves.
         filler.unlink()
         filler = None
-        assert wait_for(lambda: not alarms(sock), 10), log_tail(mesh)
+        wait_until("the disk-full alarm to clear", lambda: not alarms(sock), 10, 0.1,
+                   detail=lambda: log_tail(mesh))
         assert put(sock, "after", b"a") == ""
         acked["after"] = b"a"
         assert check_all(sock, acked) == []
@@ -224,7 +219,8 @@ def test_single_voter_refuses_writes_while_full_and_resumes(tmpfs: Path, tmp_pat
         mesh.stop()
         n1.start()
         assert mesh.wait_ready(20), log_tail(mesh)
-        assert wait_for(lambda: not check_all(sock, acked), 15), check_all(sock, acked)
+        wait_until("every acknowledged write to read back", lambda: not check_all(sock, acked), 15,
+                   0.1, detail=lambda: check_all(sock, acked))
         assert "Traceback" not in n1.log_file.read_text()
     finally:
         if filler is not None:
@@ -239,8 +235,10 @@ def make_leader(mesh: LocalMesh, name: str) -> None:
     if current != name:
         call_sync(mesh.node(current).socket_path, "leader.transfer", {"to": name}, 5.0)
     sock = mesh.node(name).socket_path
-    assert wait_for(lambda: status(sock)["consensus"]["role"] == "leader", 10), status(sock)
-    assert wait_for(lambda: status(s1)["consensus"]["leader"] == name, 10), status(s1)
+    wait_until(f"{name} to lead", lambda: status(sock)["consensus"]["role"] == "leader", 10, 0.1,
+               detail=lambda: status(sock))
+    wait_until(f"n1 to follow {name}", lambda: status(s1)["consensus"]["leader"] == name, 10, 0.1,
+               detail=lambda: status(s1))
 
 
 def test_full_leader_hands_off_and_writes_go_on(three: tuple[LocalMesh, Path]) -> None:
@@ -283,8 +281,10 @@ def test_full_leader_hands_off_and_writes_go_on(three: tuple[LocalMesh, Path]) -
 
         # Free the space: n1 resumes, catches up and serves every acknowledged write.
         filler.unlink()
-        assert wait_for(lambda: not alarms(s1), 10), log_tail(mesh)
-        assert wait_for(lambda: not check_all(s1, acked), 15), check_all(s1, acked)
+        wait_until("n1's disk-full alarm to clear", lambda: not alarms(s1), 10, 0.1,
+                   detail=lambda: log_tail(mesh))
+        wait_until("n1 to serve every acknowledged write", lambda: not check_all(s1, acked), 15,
+                   0.1, detail=lambda: check_all(s1, acked))
     assert check_all(s3, acked) == []
     assert put(s1, "lead-after", b"a") == ""
     assert all(n.running for n in mesh.nodes)
@@ -321,16 +321,23 @@ def test_full_follower_stops_acking_but_forwards(three: tuple[LocalMesh, Path]) 
         # healthy majority, and only then does a write through n1 say "disk full".
         mesh.kill(other.name)
         try:
-            assert wait_for(lambda: put(sl, "nq", b"x") == "no_quorum", 10)
-            out = wait_for(lambda: (r := meshtui(s1, "kv", "put", "-n", "df", "x", "y")).returncode == 5
-                           and r, 10)
-            assert out and out.stderr == f"meshtui: disk full on n1: {raft_dir} (no healthy majority" \
+            wait_until("the leader to lose its quorum", lambda: put(sl, "nq", b"x") == "no_quorum",
+                       10, 0.1)
+            out = wait_until(
+                "a write through n1 to exit 5",
+                lambda: (r := meshtui(s1, "kv", "put", "-n", "df", "x", "y")).returncode == 5 and r,
+                10, 0.1,
+            )
+            assert out.stderr == f"meshtui: disk full on n1: {raft_dir} (no healthy majority" \
                 " elsewhere can take the write; writes resume by themselves once space is freed)\n", out
         finally:
             mesh.restart(other.name)
         filler.unlink()
-        assert wait_for(lambda: not alarms(s1), 10), log_tail(mesh)
-    assert wait_for(lambda: put(s1, "follow-after", b"a") == "", 20), log_tail(mesh)
+        wait_until("n1's disk-full alarm to clear", lambda: not alarms(s1), 10, 0.1,
+                   detail=lambda: log_tail(mesh))
+    wait_until("a write through n1 to succeed", lambda: put(s1, "follow-after", b"a") == "", 20,
+               0.1, detail=lambda: log_tail(mesh))
     acked["follow-after"] = b"a"
-    assert wait_for(lambda: not check_all(s1, acked), 15), check_all(s1, acked)
+    wait_until("n1 to serve every acknowledged write", lambda: not check_all(s1, acked), 15, 0.1,
+               detail=lambda: check_all(s1, acked))
     assert "Traceback" not in mesh.nodes[0].log_file.read_text()

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.wait import wait_until
 
 from meshtui.client import ControlClient
 from meshtui.demo import LocalMesh
@@ -121,7 +122,9 @@ def test_minority_write_fails_fast_with_exit_3(tmp_path: Path) -> None:
         assert mesh.wait_voters(3, 30)
         mesh.kill("n2")
         mesh.kill("n3")
-        time.sleep(2.5)  # past an election timeout: no leader can be heard
+        # Past an election timeout no leader can be heard: n1 says it is read-only.
+        wait_until("n1 to see it has no quorum",
+                   lambda: call_sync(mesh.nodes[0].socket_path, "status", {}, 5)["read_only"], 15, 0.1)
         started = time.monotonic()
         out = cli(mesh.nodes[0].socket_path, "kv", "put", "k", "v")
         assert out.returncode == 3

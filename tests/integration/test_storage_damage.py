@@ -15,10 +15,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support.wait import wait_until
 
 from agent.raft.walformat import HEADER, RECORDS_START
 from meshtui.client import ClientError, call_sync
@@ -27,15 +27,6 @@ from meshtui.demo import DemoNode, LocalMesh
 pytestmark = pytest.mark.timeout(240)
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_until(what: str, predicate: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def status(node: DemoNode) -> dict[str, object] | None:

@@ -6,10 +6,10 @@ import io
 import os
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+from support.wait import wait_until
 
 from agent.config import load_config
 from agent.errors import ConfigError
@@ -160,15 +160,6 @@ def test_plain_progress_and_report() -> None:
     assert DeployReport("deploy", (HostOutcome("a", "unchanged"),)).exit_code == 0
 
 
-def _wait_for(predicate: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_supervisor_restarts_the_agent_and_stops_cleanly(tmp_path: Path) -> None:
     """The real supervisor script with a stand-in ``mesh-agent`` that exits on demand."""
     prefix = tmp_path / "prefix"
@@ -196,8 +187,9 @@ def test_supervisor_restarts_the_agent_and_stops_cleanly(tmp_path: Path) -> None
     assert not running()
     subprocess.run(["sh", "-c", files.supervisor_start(host)], check=True, timeout=10)
     try:
-        assert _wait_for(running)
-        assert _wait_for(lambda: starts.exists() and len(starts.read_text().splitlines()) >= 2)
+        wait_until("the supervisor to run", running, 10)
+        wait_until("the supervisor to restart the agent once",
+                   lambda: starts.exists() and len(starts.read_text().splitlines()) >= 2, 10)
         assert starts.read_text().splitlines()[0] == f"run --config {tmp_path}/agent.toml"
         agent_pid = int(Path(files.agent_pidfile(host)).read_text())
         os.kill(agent_pid, 0)
@@ -205,7 +197,7 @@ def test_supervisor_restarts_the_agent_and_stops_cleanly(tmp_path: Path) -> None
     finally:
         subprocess.run(["sh", "-c", files.supervisor_stop(host)], check=True, timeout=30)
     assert not running()
-    assert _wait_for(lambda: not _alive(agent_pid))
+    wait_until(f"the agent (pid {agent_pid}) to exit", lambda: not _alive(agent_pid), 10)
     assert not Path(files.supervisor_pidfile(host)).exists()
 
 

@@ -7,11 +7,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
+from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,26 +45,25 @@ def test_demo_in_tmux_shows_members_and_leader_then_cleans_up(tmp_path: Path) ->
     )
     screen = ""
     try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            screen = subprocess.run(
+        def capture() -> str:
+            return subprocess.run(
                 [tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True
             ).stdout
-            if "leader n" in screen and all(f"n{i}" in screen for i in (1, 2, 3)):
-                break
-            time.sleep(0.5)
-        assert "leader n" in screen, f"no leader on screen within 15 s:\n{screen}"
+
+        def leader_and_members() -> str:
+            shown = capture()
+            return shown if "leader n" in shown and all(f"n{i}" in shown for i in (1, 2, 3)) else ""
+
+        # 15 s is the demo's promise (issue 6), not just a bound for failing.
+        screen = wait_until("a leader and n1..n3 on screen", leader_and_members, 15, 0.5,
+                            detail=capture)
         assert "3 alive" in screen, screen
         assert _agents_under(scratch), "the demo's agents are not running"
         subprocess.run([tmux, "send-keys", "-t", session, "q"], check=True)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and _agents_under(scratch):
-            time.sleep(0.25)
-        assert _agents_under(scratch) == [], "agents still running after quitting the demo"
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(scratch.iterdir()):
-            time.sleep(0.25)
-        assert list(scratch.iterdir()) == [], "the demo left files behind"
+        wait_until("the demo's agents to exit after quitting", lambda: not _agents_under(scratch),
+                   20, 0.25, detail=lambda: _agents_under(scratch))
+        wait_until("the demo to remove its files", lambda: not any(scratch.iterdir()), 10, 0.25,
+                   detail=lambda: list(scratch.iterdir()))
     finally:
         subprocess.run([tmux, "kill-session", "-t", session], capture_output=True)
         for line in _agents_under(scratch):

@@ -12,11 +12,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.wait import wait_until
 
 from agent.datadir import LOCK_NAME, DataDirBusy, lock_data_dir
 
@@ -95,15 +95,15 @@ def agent_argv(data_dir: Path, sock: Path, key: Path) -> list[str]:
 def wait_serving(sock: Path, proc: subprocess.Popen[bytes], timeout: float) -> None:
     from meshtui.client import call_sync
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def serving() -> bool:
         assert proc.poll() is None, "the first agent exited"
         try:
             call_sync(str(sock), "status", {}, 1.0)
-            return
         except Exception:
-            time.sleep(0.1)
-    raise AssertionError(f"agent on {sock} not serving within {timeout} s")
+            return False
+        return True
+
+    wait_until(f"the agent on {sock} to serve", serving, timeout, 0.1)
 
 
 def small_files(data_dir: Path) -> dict[str, bytes]:

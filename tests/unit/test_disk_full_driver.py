@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from support.wait import wait_until_async
 
 from agent.errors import DiskFullError
 from agent.raft.config import RaftConfig
@@ -27,6 +28,12 @@ from agent.runtime.consensus import ConsensusDriver
 from agent.state.commands import KvPut, encode_command
 
 VALUE = b"v" * 16 * 1024
+WAIT = 5.0
+"""Seconds any wait on the driver's state may take."""
+FAILS_AT_ONCE = 2.0
+"""Seconds a write refused for a full disk may take.  It fails without waiting; one
+that waited would fail only at the 5 s commit timeout.  (0.5 s was tight on a
+loaded box.)"""
 
 
 class Disk:
@@ -77,13 +84,6 @@ def put(key: str) -> bytes:
     return encode_command(KvPut("t", key, VALUE), key, time.time())
 
 
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 def no_forward(_to: str, _msg: object) -> None:
     raise AssertionError("a single voter forwards nothing")
 
@@ -98,7 +98,7 @@ def test_single_voter_pauses_refuses_and_resumes(tmp_path: Path, monkeypatch: py
         driver.bootstrap_single()
         driver.start()
         try:
-            await until(lambda: driver.is_leader())
+            await wait_until_async("n1 to lead", lambda: driver.is_leader(), WAIT)
             disk.full = True
             refused: DiskFullError | None = None
             for i in range(20):  # 64 KiB segments: a few 16 KiB values fill one
@@ -114,7 +114,7 @@ def test_single_voter_pauses_refuses_and_resumes(tmp_path: Path, monkeypatch: py
             started = time.monotonic()
             with pytest.raises(DiskFullError, match="no healthy majority elsewhere"):
                 await driver.propose(put("late"), no_forward)
-            assert time.monotonic() - started < 0.5
+            assert time.monotonic() - started < FAILS_AT_ONCE
             await driver.read_barrier()  # the only voter still leads
             status = driver.status()
             assert status["paused"] and status["role"] == "leader" and status["quorum"]
@@ -124,7 +124,7 @@ def test_single_voter_pauses_refuses_and_resumes(tmp_path: Path, monkeypatch: py
             assert any(e.get("kind") == "alarm" for e in events)
             # Space is back: the paused Ready goes through, writes resume.
             disk.full = False
-            await until(lambda: not driver.disk_full.paused)
+            await wait_until_async("Raft to resume", lambda: not driver.disk_full.paused, WAIT)
             await driver.propose(put("after"), no_forward)
             acked.append("after")
             assert driver.status()["alarms"] == []
@@ -149,7 +149,7 @@ def test_restarted_while_full_serves_stale_reads_until_its_term_is_applied(
         driver.bootstrap_single()
         driver.start()
         try:
-            await until(lambda: driver.is_leader())
+            await wait_until_async("n1 to lead", lambda: driver.is_leader(), WAIT)
             for i in range(3):
                 await driver.propose(put(f"k{i}"), no_forward)
             disk.full = True
@@ -167,12 +167,12 @@ def test_restarted_while_full_serves_stale_reads_until_its_term_is_applied(
         assert not driver.storage_damage
         driver.start()
         try:
-            await until(lambda: driver.disk_full.paused)
+            await wait_until_async("Raft to pause", lambda: driver.disk_full.paused, WAIT)
             assert driver.is_leader() and driver.queries.kv_get("t", "k2") is not None
             with pytest.raises(DiskFullError, match="not applied an entry of its current term"):
                 await driver.read_barrier()
             disk.no_writes = disk.full = False
-            await until(lambda: not driver.disk_full.paused)
+            await wait_until_async("Raft to resume", lambda: not driver.disk_full.paused, WAIT)
             await driver.read_barrier()
             await driver.propose(put("after"), no_forward)
         finally:
@@ -194,10 +194,10 @@ def test_other_storage_errors_stop_the_node_with_one_line(
         driver.bootstrap_single()
         driver.start()
         try:
-            await until(lambda: driver.is_leader())
+            await wait_until_async("n1 to lead", lambda: driver.is_leader(), WAIT)
             disk.broken = True
             write = driver.submit(put("k"), no_forward)
-            await until(lambda: bool(exits))
+            await wait_until_async("the driver to ask to exit", lambda: bool(exits), WAIT)
         finally:
             disk.broken = False
             await driver.close()

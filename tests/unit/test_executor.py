@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from support.wait import wait_until, wait_until_async
 
 from agent.errors import ConfigError, TaskError
 from agent.executor import ExecEvent, Executor
@@ -21,27 +22,24 @@ from agent.executor import ExecEvent, Executor
 pytestmark = pytest.mark.timeout(60)
 
 
-def gone(pid: int, within: float = 3.0) -> bool:
+def _gone(pid: int) -> bool:
     """True once ``pid`` no longer runs (absent or a zombie awaiting init)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.02)
-    return False
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def assert_gone(pid: int, within: float = 3.0) -> None:
+    wait_until(f"pid {pid} to exit", lambda: _gone(pid), within, 0.02)
 
 
 async def read_pid_file(path: Path, within: float = 5.0) -> int:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
+    def written() -> str:
         text = path.read_text() if path.exists() else ""
-        if text.endswith("\n"):
-            return int(text)
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{path} was never written")
+        return text if text.endswith("\n") else ""
+
+    return int(await wait_until_async(f"{path} to be written", written, within))
 
 
 @pytest.fixture
@@ -123,8 +121,8 @@ async def test_timeout_kills_whole_group(executor: Executor, tmp_path: Path) -> 
     assert event.reason == "timeout"
     assert event.exit_code == -15
     assert time.monotonic() - start < 5
-    assert gone(event.pid)
-    assert gone(grandchild)
+    assert_gone(event.pid)
+    assert_gone(grandchild)
 
 
 async def test_timeout_escalates_to_sigkill(executor: Executor, tmp_path: Path) -> None:
@@ -138,7 +136,7 @@ async def test_timeout_escalates_to_sigkill(executor: Executor, tmp_path: Path) 
     assert event.reason == "timeout"
     assert event.exit_code == -9
     assert event.duration >= 0.3 + 0.5 - 0.05  # timeout + grace
-    assert gone(grandchild)
+    assert_gone(grandchild)
 
 
 async def test_cancel(executor: Executor, tmp_path: Path) -> None:
@@ -146,16 +144,15 @@ async def test_cancel(executor: Executor, tmp_path: Path) -> None:
     await executor.start("t", 1, f"sleep 300 & echo $! > {pidfile}; sleep 300")
     grandchild = await read_pid_file(pidfile)
     assert executor.running() == {"t": 1}
-    for _ in range(40):  # the tree is polled every 0.5 s
-        usage = executor.usage("t")
-        if usage is not None and usage.nprocs >= 3:
-            break
-        await asyncio.sleep(0.05)
-    assert usage is not None and usage.nprocs >= 3 and usage.rss > 0  # sh + 2 sleeps
+    usage = await wait_until_async(  # the tree is polled every 0.5 s
+        "the run's usage to count sh and its 2 sleeps",
+        lambda: (u := executor.usage("t")) is not None and u.nprocs >= 3 and u, 10, 0.05,
+    )
+    assert usage.rss > 0
     event = await executor.cancel("t")
     assert event is not None and event.reason == "cancelled"
     assert executor.running() == {} and executor.usage("t") is None
-    assert gone(grandchild)
+    assert_gone(grandchild)
     assert await executor.cancel("t") is None
 
 
@@ -163,7 +160,7 @@ async def test_leftover_children_die_with_the_leader(executor: Executor, tmp_pat
     pidfile = tmp_path / "bg.pid"
     event = await run_to_end(executor, "t", f"sleep 300 & echo $! > {pidfile}")
     assert event.exit_code == 0
-    assert gone(int(pidfile.read_text()))
+    assert_gone(int(pidfile.read_text()))
 
 
 async def test_output_is_bounded(tmp_data_dir: Path) -> None:
@@ -240,7 +237,7 @@ async def test_stale_epoch_fencing(executor: Executor, events: list[ExecEvent]) 
         ("finished", 1, "stale"),
         ("started", 2, None),
     ]
-    assert gone(first_pid, within=0.5)
+    assert_gone(first_pid)  # the events above already show it was fenced first
     with pytest.raises(TaskError, match="stale"):
         await executor.start("t", 1, "true")
     event = await executor.kill_stale("t", 3)
@@ -341,4 +338,5 @@ def test_run_dies_with_its_event_loop(tmp_data_dir: Path) -> None:
         await asyncio.sleep(0.1)  # the supervisor is running; asyncio.run then cancels it
 
     asyncio.run(start_and_leave())
-    assert pids and gone(pids[0], within=1.0)
+    assert pids
+    assert_gone(pids[0])

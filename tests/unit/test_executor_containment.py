@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from rootpolicy import enforce_root_policy, in_ci
+from support.wait import wait_until
 
 from agent.containment import Containment
 from agent.containment import cgroups as cg
@@ -79,17 +80,27 @@ def marked(marker: str) -> list[int]:
     return found
 
 
-def wait_count(marker: str, predicate: Callable[[int], bool], within: float) -> list[int]:
-    deadline = time.monotonic() + within
-    pids = marked(marker)
-    while not predicate(len(pids)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-        pids = marked(marker)
-    return pids
+GONE = 10.0
+"""Seconds for killed processes to leave /proc: at once on an idle box; the room is
+for a loaded one (a process that escaped would live for its whole ``sleep 300``)."""
 
 
-async def await_count(marker: str, predicate: Callable[[int], bool], within: float) -> list[int]:
-    return await asyncio.to_thread(wait_count, marker, predicate, within)
+def wait_count(marker: str, predicate: Callable[[int], bool], within: float, what: str) -> list[int]:
+    """The processes marked ``marker`` once ``predicate(their count)`` holds."""
+    seen: list[int] = []
+
+    def check() -> bool:
+        seen[:] = marked(marker)
+        return predicate(len(seen))
+
+    wait_until(what, check, within, 0.02, detail=lambda: f"{len(seen)} marked processes: {seen}")
+    return list(seen)
+
+
+async def await_count(
+    marker: str, predicate: Callable[[int], bool], within: float, what: str
+) -> list[int]:
+    return await asyncio.to_thread(wait_count, marker, predicate, within, what)
 
 
 @pytest.fixture
@@ -119,8 +130,9 @@ async def make_executor(tmp_path: Path) -> AsyncIterator[MakeExecutor]:
 
 async def start_escapers(executor: Executor, task_id: str, marker: str, tail: str) -> list[int]:
     await executor.start(task_id, 1, ESCAPERS + tail, env={"M": marker, "N": str(CHILDREN)})
-    pids = await await_count(marker, lambda n: n >= CHILDREN + 1, 15)
-    assert len(pids) == CHILDREN + 1, f"only {len(pids)} escapers started"
+    pids = await await_count(marker, lambda n: n >= CHILDREN + 1, 15,
+                             f"{CHILDREN + 1} escapers to start")
+    assert len(pids) == CHILDREN + 1, f"{len(pids)} escapers started"
     # Each left the task's session: a signal to the task's process group misses them.
     run_pid = _leader_pid(executor, task_id)
     assert all(os.getsid(pid) not in (run_pid, os.getsid(run_pid)) for pid in pids)
@@ -154,8 +166,8 @@ async def test_nothing_outlives_the_task(
     else:
         event = await asyncio.wait_for(executor.cancel("t"), 10)
         assert event is not None and event.reason == "cancelled"
-    left = await await_count(marker, lambda n: n == 0, 3)
-    assert left == [], f"{len(left)} of the task's processes outlived it ({mode}, {ending})"
+    await await_count(marker, lambda n: n == 0, GONE,
+                      f"every process of the task to die with it ({mode}, {ending})")
     assert executor.running() == {}
 
 
@@ -173,7 +185,7 @@ async def test_run_in_cgroup_is_killed_through_it_and_its_dirs_removed(
     usage = executor.usage("t")
     assert usage is not None and usage.nprocs >= 1
     await executor.start("t", 2, "true")  # fencing: the stale run dies through its cgroup first
-    assert await await_count(marker, lambda n: n == 0, 3) == []
+    await await_count(marker, lambda n: n == 0, GONE, "the stale run's processes to die")
     assert not any(d.exists() for d in dirs)
     await executor.wait("t")
 
@@ -203,7 +215,7 @@ async def test_stale_groups_are_killed_at_start_and_other_nodes_left_alone(
         data_dir = tmp_path / "restarted"
         data_dir.mkdir(mode=0o700)
         Executor(data_dir, containment="cgroup", node_id=executor.containment.node)
-        assert await await_count(marker, lambda n: n == 0, 3) == []
+        await await_count(marker, lambda n: n == 0, GONE, "the stale node's processes to die")
         assert len(marked(other_marker)) == CHILDREN + 1  # another node's tasks: untouched
         event = await asyncio.wait_for(executor.wait("t"), 10)
         assert event is not None and event.exit_code == -9
@@ -230,7 +242,8 @@ async def test_watchdog_kills_through_the_jail(
         lines = ["lease 0.2", *watchdog.registration(started.pid, started.cgroups, started.reaper)]
         proc.stdin.write("".join(f"{line}\n" for line in lines).encode())
         proc.stdin.flush()  # and no beat: the lease runs out
-        assert await await_count(marker, lambda n: n == 0, 5) == []
+        await await_count(marker, lambda n: n == 0, GONE,
+                          "the watchdog to kill the jail once the 0.2 s lease ran out")
         event = await asyncio.wait_for(executor.wait("t"), 10)
         assert event is not None and event.exit_code == -9
     finally:
@@ -256,10 +269,11 @@ def test_kill_until_empty_in_each_hierarchy(root: None, marker: str, kind: str) 
             ["/bin/sh", "-c", script], env={**os.environ, "M": marker, "N": str(CHILDREN)},
             preexec_fn=lambda: cg.join(group.procs_files), start_new_session=True,
         )
-        assert len(wait_count(marker, lambda n: n >= CHILDREN + 1, 15)) == CHILDREN + 1
+        pids = wait_count(marker, lambda n: n >= CHILDREN + 1, 15, f"{CHILDREN + 1} escapers to start")
+        assert len(pids) == CHILDREN + 1
         assert cg.kill_until_empty(group, timeout=5)
         assert proc.wait(5) == -9
-        assert wait_count(marker, lambda n: n == 0, 3) == []
+        wait_count(marker, lambda n: n == 0, GONE, "the group's processes to die")
     finally:
         cg.kill_until_empty(group, timeout=5)
         cg.remove_group(group)
@@ -374,22 +388,18 @@ def test_submit_limits_reach_the_run_through_raft(root: None, tmp_path: Path) ->
     try:
         assert mesh.wait_ready(20), mesh.nodes[0].log_file.read_text()[-2000:]
         sock = mesh.nodes[0].socket_path
-        deadline = time.monotonic() + 20
-        while not call_sync(sock, "status", {}, 2.0)["consensus"]["leader"]:
-            assert time.monotonic() < deadline, "no leader within 20 s"
-            time.sleep(0.1)
+        wait_until("the agent to elect a leader",
+                   lambda: call_sync(sock, "status", {}, 2.0)["consensus"]["leader"], 20, 0.1)
         cli = [sys.executable, "-m", "meshtui.cli", "submit", "-t", sock, "--mem", "96M",
                "--pids", "7", "--", sys.executable, "-c", LIMITS_PROBE]
         done = subprocess.run(cli, capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, done.stderr
         task_id = done.stdout.strip()
-        record: dict[str, object] = {}
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            record = call_sync(sock, "task.get", {"id": task_id})
-            if record.get("state") in ("succeeded", "failed", "lost"):
-                break
-            time.sleep(0.1)
+        record: dict[str, object] = wait_until(
+            f"{task_id} to end",
+            lambda: (r := call_sync(sock, "task.get", {"id": task_id})).get("state")
+            in ("succeeded", "failed", "lost") and r, 20, 0.1,
+        )
         assert (record.get("state"), record.get("mem"), record.get("pids")) == (
             "succeeded", 96 << 20, 7
         ), record

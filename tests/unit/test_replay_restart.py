@@ -18,6 +18,7 @@ import pytest
 from envelope_pairs import KEY_A, handshake
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.wait import wait_until_async
 
 from agent.crypto import Keyring, SealError
 from agent.envelope import Channel, CookieNeeded, Envelope, Grant, StreamGate
@@ -270,11 +271,8 @@ class Recorder:
         self.inner.close()
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
+async def wait_until(what: str, predicate: Callable[[], object]) -> None:
+    await wait_until_async(what, predicate, 5.0, 0.005)
 
 
 @pytest.mark.timeout(60)
@@ -289,7 +287,7 @@ async def test_transport_replays_across_a_receiver_restart_and_an_eviction(
     b_addr = f"{HOST}:{port}"
     try:
         a.t.send_datagram(b_addr, b"pay 1")
-        await wait_until(lambda: b.datagrams == [b"pay 1"])
+        await wait_until("b to receive pay 1", lambda: b.datagrams == [b"pay 1"])
         captured = list(recorder.sent)  # the cookieless first try and its resend
         assert len(captured) == 2
 
@@ -299,16 +297,16 @@ async def test_transport_replays_across_a_receiver_restart_and_an_eviction(
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as replayer:
             for i in range(REPLAYS):
                 replayer.sendto(captured[i % 2], (HOST, port))
-        await wait_until(lambda: b.t.stats.seal.dropped_cookie == REPLAYS)
-        await asyncio.sleep(0.05)
-        assert b.datagrams == []  # 0 of 100 accepted
+        # Every replay is accounted for as dropped: 0 of 100 accepted.
+        await wait_until("b to drop every replay", lambda: b.t.stats.seal.dropped_cookie == REPLAYS)
+        assert b.datagrams == []
 
         # a's own traffic resumes: its next datagram has a stale cookie and is
         # refused, the grant arrives, and the one after goes through.
         a.t.send_datagram(b_addr, b"stale")
-        await wait_until(lambda: a.t.stats.grants_in >= 2)
+        await wait_until("a to get a second grant", lambda: a.t.stats.grants_in >= 2)
         a.t.send_datagram(b_addr, b"pay 2")
-        await wait_until(lambda: b.datagrams == [b"pay 2"])
+        await wait_until("b to receive pay 2", lambda: b.datagrams == [b"pay 2"])
 
         # Evict a from b's full table, then replay everything a ever sent.
         b.t.envelope.replay.max_senders = 1
@@ -316,7 +314,7 @@ async def test_transport_replays_across_a_receiver_restart_and_an_eviction(
         await c.t.start()
         try:
             c.t.send_datagram(b_addr, b"from c")
-            await wait_until(lambda: b"from c" in b.datagrams)
+            await wait_until("b to receive c's datagram", lambda: b"from c" in b.datagrams)
         finally:
             await c.t.close()
         assert len(b.t.envelope.replay) == 1
@@ -324,9 +322,10 @@ async def test_transport_replays_across_a_receiver_restart_and_an_eviction(
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as replayer:
             for i in range(REPLAYS):
                 replayer.sendto(recorder.sent[i % len(recorder.sent)], (HOST, port))
-        await wait_until(lambda: b.t.stats.seal.dropped_cookie >= 2 * REPLAYS)
-        await asyncio.sleep(0.05)
-        assert b.datagrams == before  # none accepted after the eviction
+        # Every replay is accounted for as dropped: none accepted after the eviction.
+        await wait_until("b to drop every replay again",
+                         lambda: b.t.stats.seal.dropped_cookie >= 2 * REPLAYS)
+        assert b.datagrams == before
     finally:
         await a.t.close()
         await b.t.close()
@@ -340,8 +339,11 @@ async def test_transport_first_contact_is_delivered_once_after_one_round_trip() 
     try:
         for i in range(3):  # sent before any grant could arrive
             a.t.send_datagram(b.t.listen_addr, b"early %d" % i)
-        await wait_until(lambda: len(b.datagrams) == 3)
-        await asyncio.sleep(0.05)
+        # Every datagram a sent is accounted for once b has granted the three
+        # cookieless first tries and delivered the three resends: no duplicate.
+        await wait_until("b to grant 3 first tries and deliver 3 resends",
+                         lambda: len(b.datagrams) == 3
+                         and b.t.stats.grants_out + b.t.stats.grants_suppressed == 3)
         assert sorted(b.datagrams) == [b"early 0", b"early 1", b"early 2"]
         assert a.t.stats.datagrams_resent == 3
         assert b.t.stats.grants_out + b.t.stats.grants_suppressed == 3
