@@ -58,6 +58,7 @@ import os
 import shutil
 import time
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,26 @@ class _Segment:
 
     def __init__(self, seq: int, first: int, path: Path, version: int) -> None:
         self.seq, self.first, self.path, self.version = seq, first, path, version
+
+
+@dataclass(slots=True)
+class _Scan:
+    """What recovery has found so far, segment by segment."""
+
+    damage: str = ""
+    entries: list[Entry] = field(default_factory=list)
+    hard_state: HardState = field(default_factory=HardState)
+    log_end: int = 0
+    slot: AckSlot | None = None
+    marker_at: str = ""
+
+
+def _with_slot_vote(hard_state: HardState, slot: AckSlot) -> HardState:
+    """The ack slot's term and vote where they are newer than the WAL's: believing
+    we voted when the vote's sync may not have finished is safe."""
+    if (slot.term, bool(slot.vote)) > (hard_state.term, bool(hard_state.vote)):
+        return HardState(slot.term, slot.vote, hard_state.commit)
+    return hard_state
 
 
 class Storage:
@@ -151,105 +172,115 @@ class Storage:
             tmp.unlink()
         snap, damage = self._load_snapshot()
         self._segments = self._list_segments()
-        entries: list[Entry] = []
-        hard_state = HardState()
-        log_end = 0
-        slot: AckSlot | None = None
-        marker_at = ""
+        scan = _Scan(damage=damage)
         for n, seg in enumerate(self._segments):
-            if damage:
+            if scan.damage:
                 break
-            data = seg.path.read_bytes()
-            off = 0
-            if seg.version == 2:
-                reason = fmt.check_segment_header(data, seg.seq, seg.first)
-                if reason:
-                    damage = f"{seg.path}: {reason} at byte offset 0"
-                    break
-                found = fmt.read_slots(data)
-                if found is not None and (slot is None or found.generation > slot.generation):
-                    slot = found
-                off = fmt.RECORDS_START
-            sealed = False
-            while off < len(data):
-                parsed = fmt.parse_at(data, off)
-                if parsed is None:
-                    if fmt.only_zeros_from(data, off):
-                        break  # the clean end: preallocated or zero-filled space
-                    end = len(data.rstrip(b"\0"))
-                    last_segment = n == len(self._segments) - 1
-                    if last_segment and not fmt.valid_record_after(data, off + 1, end):
-                        self._zero_range(seg.path, off, end)  # a torn tail
-                        break
-                    damage = f"{seg.path}: corrupt WAL record at byte offset {off}"
-                    break
-                record, after = parsed
-                kind = record[0]
-                if kind == fmt.REC_SEAL:
-                    sealed = record[1] == (entries[-1].index if entries else -1) or not entries
-                elif kind == fmt.REC_SNAPSHOT:
-                    self._last_marker = (record[1], record[2])
-                    marker_at = f"{seg.path} at byte offset {off}"
-                    sealed = False
-                elif kind == fmt.REC_HARD_STATE:
-                    _, term, vote, commit = record
-                    hard_state = HardState(term, vote, commit)
-                    sealed = False
-                else:
-                    sealed = False
-                gap = self._replay(record, entries)
-                if gap:
-                    damage = f"{seg.path}: {gap} at byte offset {off}"
-                    break
-                off = after
-            log_end = off
-            if damage:
-                break
-            if seg.version == 2 and n < len(self._segments) - 1 and not sealed:
-                damage = (
-                    f"{seg.path}: sealed segment ends at byte offset {off} without its seal record"
-                    " (its tail was lost)"
-                )
-                break
-        if not damage and self._last_marker is not None:
-            index, term = self._last_marker
-            if snap is None or snap.index < index:
-                name = f"{index:016x}-{term:016x}.snap"
-                damage = f"{self.snap_dir}: snapshot {name} is missing (marked in {marker_at})"
-        entries, gap, replaced = self._entries_after_snapshot(entries, snap)
-        if gap and not damage:
-            damage = gap
+            self._scan_segment(seg, n == len(self._segments) - 1, scan)
+        if not scan.damage:
+            scan.damage = self._missing_snapshot(snap, scan.marker_at)
+        entries, gap, replaced = self._entries_after_snapshot(scan.entries, snap)
+        scan.damage = scan.damage or gap
         last = entries[-1].index if entries else (snap.index if snap else 0)
-        # A leader's snapshot saved after the last slot (crash before its WAL
-        # marker) legitimately replaced an uncommitted tail we had acknowledged.
-        unmarked = snap is not None and self._last_marker != (snap.index, snap.term)
-        if not damage and slot is not None and last < slot.acknowledged and not (unmarked and replaced):
-            where = self._segments[-1].path if self._segments else self.wal_dir
-            damage = (
-                f"{where}: log ends at index {last} (byte offset {log_end}) but this node had"
-                f" acknowledged up to index {slot.acknowledged}: {slot.acknowledged - last} entries lost"
-            )
-        if slot is not None:
-            self._ack_gen = slot.generation
-            if (slot.term, bool(slot.vote)) > (hard_state.term, bool(hard_state.vote)):
-                # Believing we voted when the vote's sync may not have finished is safe.
-                hard_state = HardState(slot.term, slot.vote, hard_state.commit)
+        if not scan.damage:
+            # A leader's snapshot saved after the last slot (crash before its WAL
+            # marker) legitimately replaced an uncommitted tail we had acknowledged.
+            unmarked = snap is not None and self._last_marker != (snap.index, snap.term)
+            if not (unmarked and replaced):
+                scan.damage = self._lost_acknowledged(last, scan)
+        hard_state = scan.hard_state
+        if scan.slot is not None:
+            self._ack_gen = scan.slot.generation
+            hard_state = _with_slot_vote(hard_state, scan.slot)
         self._snapshot = snap
         self._hard_state = hard_state
         self._last_index = self._synced_last = last
-        self.damage = damage
-        self._restored = RestoredState(hard_state, snap, tuple(entries), damage)
-        if damage:
+        self.damage = scan.damage
+        self._restored = RestoredState(hard_state, snap, tuple(entries), scan.damage)
+        if scan.damage:
             return  # write nothing: see the module doc
         if self._segments and self._segments[-1].version == 2:
             self._fd = os.open(self._segments[-1].path, os.O_WRONLY)
-            self._size = log_end  # where the last segment's log ends; appends go here
-            self._synced_at = (self._fd, log_end)
+            self._size = scan.log_end  # where the last segment's log ends; appends go here
+            self._synced_at = (self._fd, scan.log_end)
         # (a v1 last segment is left as it is: the next write starts a v2 one)
         if snap is not None and self._last_marker != (snap.index, snap.term):
             # Crashed between renaming the snapshot and marking the WAL: mark it now,
             # so entries appended from here on are not judged against the old log.
             self._mark_snapshot(snap)
+
+    def _scan_segment(self, seg: _Segment, is_last: bool, scan: _Scan) -> None:
+        """Replay one segment into ``scan``; damage stops the scan (see the table)."""
+        data = seg.path.read_bytes()
+        off = 0
+        if seg.version == 2:
+            reason = fmt.check_segment_header(data, seg.seq, seg.first)
+            if reason:
+                scan.damage = f"{seg.path}: {reason} at byte offset 0"
+                return
+            found = fmt.read_slots(data)
+            if found is not None and (scan.slot is None or found.generation > scan.slot.generation):
+                scan.slot = found
+            off = fmt.RECORDS_START
+        sealed = False
+        while off < len(data):
+            parsed = fmt.parse_at(data, off)
+            if parsed is None:
+                if fmt.only_zeros_from(data, off):
+                    break  # the clean end: preallocated or zero-filled space
+                end = len(data.rstrip(b"\0"))
+                if is_last and not fmt.valid_record_after(data, off + 1, end):
+                    self._zero_range(seg.path, off, end)  # a torn tail
+                    break
+                scan.damage = f"{seg.path}: corrupt WAL record at byte offset {off}"
+                return
+            record, after = parsed
+            sealed = self._scan_record(record, seg, off, scan)
+            if scan.damage:
+                return
+            off = after
+        scan.log_end = off
+        if seg.version == 2 and not is_last and not sealed:
+            scan.damage = (
+                f"{seg.path}: sealed segment ends at byte offset {off} without its seal record"
+                " (its tail was lost)"
+            )
+
+    def _scan_record(self, record: list[Any], seg: _Segment, off: int, scan: _Scan) -> bool:
+        """Apply one record; True if it is a seal matching the log so far."""
+        kind = record[0]
+        if kind == fmt.REC_SEAL:
+            entries = scan.entries
+            return not entries or record[1] == entries[-1].index
+        if kind == fmt.REC_SNAPSHOT:
+            self._last_marker = (record[1], record[2])
+            scan.marker_at = f"{seg.path} at byte offset {off}"
+        elif kind == fmt.REC_HARD_STATE:
+            _, term, vote, commit = record
+            scan.hard_state = HardState(term, vote, commit)
+        gap = self._replay(record, scan.entries)
+        if gap:
+            scan.damage = f"{seg.path}: {gap} at byte offset {off}"
+        return False
+
+    def _missing_snapshot(self, snap: Snapshot | None, marker_at: str) -> str:
+        if self._last_marker is None:
+            return ""
+        index, term = self._last_marker
+        if snap is not None and snap.index >= index:
+            return ""
+        name = f"{index:016x}-{term:016x}.snap"
+        return f"{self.snap_dir}: snapshot {name} is missing (marked in {marker_at})"
+
+    def _lost_acknowledged(self, last: int, scan: _Scan) -> str:
+        slot = scan.slot
+        if slot is None or last >= slot.acknowledged:
+            return ""
+        where = self._segments[-1].path if self._segments else self.wal_dir
+        return (
+            f"{where}: log ends at index {last} (byte offset {scan.log_end}) but this node had"
+            f" acknowledged up to index {slot.acknowledged}: {slot.acknowledged - last} entries lost"
+        )
 
     @staticmethod
     def _replay(record: list[Any], entries: list[Entry]) -> str:
