@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import random
@@ -57,9 +56,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-
-from agent import wire
 from agent.errors import DiskFullError, LocalError, NoQuorumError, NotLeaderError, StorageError
 from agent.raft.confchange import plan_voter_changes
 from agent.raft.core import RaftNode, bootstrap_state
@@ -67,6 +63,7 @@ from agent.raft.messages import EntryKind, Ready, Role, Snapshot
 from agent.raft.storage import Storage
 from agent.runtime import recovery
 from agent.runtime.diskfull import RETRY_FIRST, RETRY_MAX, DiskFullMode, fatal_line, is_disk_full
+from agent.runtime.forwarding import Forwarder, result_answer
 from agent.runtime.messages import ForwardPropose, ForwardResult
 from agent.runtime.ports import StateQueries
 from agent.runtime.storage_io import StorageIO
@@ -116,12 +113,6 @@ class _Pending:
     """What the proposed bytes decode to, if the proposer knew (spares the apply a decode)."""
 
 
-@dataclass(slots=True)
-class _Forwarded:
-    future: asyncio.Future[ForwardResult]
-    deadline: float
-
-
 class ConsensusDriver:
     """Drives one RaftNode over the runtime's transport; owns storage and the state machine."""
 
@@ -168,8 +159,7 @@ class ConsensusDriver:
         self._pending: dict[int, _Pending] = {}
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._forwarded: dict[int, _Forwarded] = {}
-        self._req_ids = itertools.count(1)
+        self._forwarder = Forwarder(answer_within=COMMIT_TIMEOUT + 1.0)
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._role = ""
@@ -304,9 +294,7 @@ class ConsensusDriver:
         for pending in self._pending.values():
             if not pending.future.done():
                 pending.future.set_exception(NoQuorumError("agent is shutting down"))
-        for forwarded in self._forwarded.values():
-            if not forwarded.future.done():
-                forwarded.future.set_exception(NoQuorumError("agent is shutting down"))
+        self._forwarder.fail_all(lambda: NoQuorumError("agent is shutting down"))
         if self.disk_full.unwritten:
             # A write that did not fit was never acknowledged; closing would write a
             # clean-stop ack slot covering it (Storage counts it as appended), so
@@ -338,7 +326,7 @@ class ConsensusDriver:
     def _expire_waiters(self, now: float) -> None:
         """Fail writes (local and forwarded) whose deadline passed.
 
-        Both dicts are in insertion order and every deadline is insertion time
+        ``_pending`` is in insertion order and every deadline is insertion time
         plus one constant, so the sweep stops at the first live one."""
         while self._pending:
             index, pending = next(iter(self._pending.items()))
@@ -349,15 +337,7 @@ class ConsensusDriver:
                 pending.future.set_exception(
                     NoQuorumError(f"write not committed within {COMMIT_TIMEOUT:.0f}s")
                 )
-        while self._forwarded:
-            req_id, forwarded = next(iter(self._forwarded.items()))
-            if forwarded.deadline > now and not forwarded.future.done():
-                break
-            del self._forwarded[req_id]
-            if not forwarded.future.done():
-                forwarded.future.set_exception(
-                    NoQuorumError("the leader did not answer in time")
-                )
+        self._forwarder.expire(now)
 
     async def _ready_loop(self) -> None:
         while True:
@@ -680,24 +660,7 @@ class ConsensusDriver:
     async def _forward(
         self, leader: str, command: bytes, forward: Callable[[str, object], None]
     ) -> ApplyResult:
-        req_id = next(self._req_ids)
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[ForwardResult] = loop.create_future()
-        self._forwarded[req_id] = _Forwarded(fut, loop.time() + COMMIT_TIMEOUT + 1.0)
-        forward(leader, ForwardPropose(req_id, command))
-        try:
-            # The tick sweep (_expire_waiters) fails the future after the deadline.
-            res = await fut
-        finally:
-            self._forwarded.pop(req_id, None)
-        if res.error_code == "no_quorum":
-            raise NoQuorumError(res.message)
-        if res.error_code == "disk_full":
-            raise DiskFullError(res.message)
-        if res.error_code:
-            raise LocalError(f"leader refused the write: {res.message}")
-        ok, value, error = wire_unpack_result(res.value)
-        return ApplyResult(ok, value, error)
+        return await self._forwarder.forward(leader, command, forward)
 
     async def serve_forward(self, msg: ForwardPropose) -> ForwardResult:
         """Leader side of ForwardPropose (paused: relayed to the leader elsewhere)."""
@@ -706,10 +669,7 @@ class ConsensusDriver:
                 leader = await self.disk_full.leader_elsewhere()
                 if leader is not None:
                     result = await self._forward(leader, msg.command, self._send)
-                    return ForwardResult(
-                        msg.request_id, "", "",
-                        wire_pack_result(result.ok, result.value, result.error),
-                    )
+                    return result_answer(msg.request_id, result)
             if not self._node.is_leader():
                 raise NoQuorumError("forwarded to a node that is no longer the leader")
             if not self._node.has_quorum_contact():
@@ -723,18 +683,14 @@ class ConsensusDriver:
             return ForwardResult(msg.request_id, "disk_full", str(exc), b"")
         except LocalError as exc:  # a relayed write the leader elsewhere refused
             return ForwardResult(msg.request_id, "refused", str(exc), b"")
-        return ForwardResult(
-            msg.request_id, "", "", wire_pack_result(result.ok, result.value, result.error)
-        )
+        return result_answer(msg.request_id, result)
 
     def on_forward_result(self, from_addr: str, msg: ForwardResult) -> None:
         """The leader's answer to a write we forwarded (the router's route)."""
         self.forward_result(msg)
 
     def forward_result(self, msg: ForwardResult) -> None:
-        forwarded = self._forwarded.get(msg.request_id)
-        if forwarded is not None and not forwarded.future.done():
-            forwarded.future.set_result(msg)
+        self._forwarder.answer(msg)
 
     # ------------------------------------------------------------ reads
 
@@ -826,17 +782,3 @@ class ConsensusDriver:
             "paused": self.disk_full.paused,
             "alarms": self.disk_full.alarms(),
         }
-
-
-def wire_pack_result(ok: bool, value: Any, error: str | None) -> bytes:
-    return bytes(msgpack.packb([ok, value, error], use_bin_type=True))
-
-
-def wire_unpack_result(data: bytes) -> tuple[bool, Any, str | None]:
-    try:
-        ok, value, error = msgpack.unpackb(
-            data, raw=False, max_bin_len=wire.MAX_BIN_LEN, max_str_len=wire.MAX_STR_LEN
-        )
-    except (ValueError, TypeError, msgpack.ExtraData) as exc:
-        raise LocalError(f"malformed forwarded result: {exc}") from None
-    return bool(ok), value, error
