@@ -70,30 +70,65 @@ def kill_groups(
     reapers.clear()
 
 
+class _Lease:
+    """What the watchdog holds: the lease, the task groups and how to kill them."""
+
+    def __init__(self) -> None:
+        self.lease = DEFAULT_LEASE
+        self.groups: set[int] = set()
+        self.cgroups: dict[int, list[str]] = {}
+        self.reapers: set[int] = set()
+        self.last_beat = time.monotonic()
+
+    def kill_all(self) -> None:
+        kill_groups(self.groups, self.cgroups, self.reapers)
+
+    def command(self, word: str, arg: str) -> None:
+        """One line of the agent's protocol (see the module doc); others are ignored."""
+        if word == "beat":
+            self.last_beat = time.monotonic()
+        elif word == "lease":
+            with contextlib.suppress(ValueError):
+                self.lease = max(0.1, float(arg))
+        elif word == "add" and arg.isdigit() and len(self.groups) < MAX_GROUPS:
+            self.groups.add(int(arg))
+        elif word == "del" and arg.isdigit():
+            self.groups.discard(int(arg))
+            self.cgroups.pop(int(arg), None)
+            self.reapers.discard(int(arg))
+        elif word == "reaper" and arg.isdigit() and int(arg) in self.groups:
+            self.reapers.add(int(arg))
+        elif word == "cgroup":
+            self._add_cgroup(arg)
+
+    def _add_cgroup(self, arg: str) -> None:
+        pgid, _, directory = arg.partition(" ")
+        if pgid.isdigit() and int(pgid) in self.groups and directory.startswith("/"):
+            dirs = self.cgroups.setdefault(int(pgid), [])
+            if len(dirs) < MAX_CGROUPS_PER_GROUP:
+                dirs.append(directory)
+
+
 def main() -> int:
-    lease = DEFAULT_LEASE
-    groups: set[int] = set()
-    cgroups: dict[int, list[str]] = {}
-    reapers: set[int] = set()
-    last_beat = time.monotonic()
+    state = _Lease()
     buffer = b""
     fd = sys.stdin.fileno()
     while True:
-        remaining = lease - (time.monotonic() - last_beat)
+        remaining = state.lease - (time.monotonic() - state.last_beat)
         if remaining <= 0:
-            if groups:
+            if state.groups:
                 sys.stderr.write(
-                    f"mesh-agent watchdog: lease expired, killing {len(groups)} task group(s)\n"
+                    f"mesh-agent watchdog: lease expired, killing {len(state.groups)} task group(s)\n"
                 )
-            kill_groups(groups, cgroups, reapers)
-            remaining = lease
-            last_beat = time.monotonic()
+            state.kill_all()
+            remaining = state.lease
+            state.last_beat = time.monotonic()
         readable, _, _ = select.select([fd], [], [], remaining)
         if not readable:
             continue
         chunk = os.read(fd, 65536)
         if not chunk:  # the agent is gone
-            kill_groups(groups, cgroups, reapers)
+            state.kill_all()
             return 0
         buffer += chunk
         *lines, buffer = buffer.split(b"\n")
@@ -101,27 +136,7 @@ def main() -> int:
             buffer = b""
         for raw in lines:
             word, _, arg = raw.decode("ascii", "replace").strip().partition(" ")
-            if word == "beat":
-                last_beat = time.monotonic()
-            elif word == "lease":
-                try:
-                    lease = max(0.1, float(arg))
-                except ValueError:
-                    continue
-            elif word == "add" and arg.isdigit() and len(groups) < MAX_GROUPS:
-                groups.add(int(arg))
-            elif word == "del" and arg.isdigit():
-                groups.discard(int(arg))
-                cgroups.pop(int(arg), None)
-                reapers.discard(int(arg))
-            elif word == "reaper" and arg.isdigit() and int(arg) in groups:
-                reapers.add(int(arg))
-            elif word == "cgroup":
-                pgid, _, directory = arg.partition(" ")
-                if pgid.isdigit() and int(pgid) in groups and directory.startswith("/"):
-                    dirs = cgroups.setdefault(int(pgid), [])
-                    if len(dirs) < MAX_CGROUPS_PER_GROUP:
-                        dirs.append(directory)
+            state.command(word, arg)
 
 
 if __name__ == "__main__":

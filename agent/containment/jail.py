@@ -212,18 +212,27 @@ class Containment:
                 self.kill_hierarchy = h
                 break
         for controller in LIMITED:
-            v2 = [h for h in found if h.version == 2 and controller in h.controllers]
-            v1 = [h for h in found if h.version == 1 and controller in h.controllers]
-            if v2 and ok(v2[0]) and self._v2_enables(v2[0], controller):
-                self.limits[controller] = v2[0]
-            elif v1 and ok(v1[0]):
-                self.limits[controller] = v1[0]
+            chosen = self._limit_hierarchy(found, controller, ok)
+            if chosen is not None:
+                self.limits[controller] = chosen
         self._hierarchies = [h for h in found if probed.get(h.mount, "no") is None]
         if not found:
             self.why_not_cgroups = f"no cgroup hierarchy mounted under {self.cgroup_root}"
         elif self.kill_hierarchy is None:
             reason = next((r for r in probed.values() if r), "none probed")
             self.why_not_cgroups = f"no usable cgroup hierarchy: {reason}"
+
+    def _limit_hierarchy(
+        self, found: list[Hierarchy], controller: str, ok: Callable[[Hierarchy], bool]
+    ) -> Hierarchy | None:
+        """Where ``controller``'s limits go: v2 if it can enable it there, else v1."""
+        v2 = [h for h in found if h.version == 2 and controller in h.controllers]
+        v1 = [h for h in found if h.version == 1 and controller in h.controllers]
+        if v2 and ok(v2[0]) and self._v2_enables(v2[0], controller):
+            return v2[0]
+        if v1 and ok(v1[0]):
+            return v1[0]
+        return None
 
     def _v2_enables(self, hierarchy: Hierarchy, controller: str) -> bool:
         try:
