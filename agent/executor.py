@@ -66,7 +66,6 @@ import contextlib
 import logging
 import os
 import pwd
-import re
 import signal
 import subprocess
 import time
@@ -81,6 +80,7 @@ from agent.containment.cgroups import CGROUP_ROOT
 from agent.containment.jail import blocked, default_node, findable
 from agent.errors import ConfigError, TaskError
 from agent.load import TreeUsage
+from agent.output_store import OutputStore, Stream, check_task_id
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,8 @@ READ_CHUNK = 64 * 1024
 READ_LIMIT_MAX = 4 * 1024 * 1024
 """Largest slice ``read_output`` returns at once."""
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
 
-Stream = Literal["out", "err"]
 _STREAMS: tuple[Stream, Stream] = ("out", "err")
 FinishReason = Literal["exit", "timeout", "cancelled", "stale", "shutdown"]
 
@@ -215,6 +213,7 @@ class Executor:
         self._recent: OrderedDict[str, ExecEvent] = OrderedDict()
         self._start_lock = asyncio.Lock()
         self._tasks_dir = self.data_dir / "tasks"
+        self._output = OutputStore(self._tasks_dir)
         node = node_id or default_node(self.data_dir)
         self.containment = Containment(node, containment, cgroup_root, warn=log.warning)
         log.info("task containment: %s", self.containment.describe())
@@ -235,10 +234,7 @@ class Executor:
         return self.containment.limit_refusal(mem, pids)
 
     def output_path(self, task_id: str, epoch: int, stream: Stream) -> Path:
-        _check_id(task_id)
-        if stream not in ("out", "err"):
-            raise TaskError(f"unknown stream {stream!r} (out or err)")
-        return self._tasks_dir / task_id / f"{epoch}.{stream}"
+        return self._output.path(task_id, epoch, stream)
 
     def read_output(
         self, task_id: str, epoch: int, stream: Stream, offset: int, limit: int = READ_LIMIT_MAX
@@ -247,20 +243,15 @@ class Executor:
 
         ``eof`` is True once the run has finished and everything was read.
         """
-        path = self.output_path(task_id, epoch, stream)
         limit = max(0, min(limit, READ_LIMIT_MAX))
         run = self._runs.get(task_id)
         live = run is not None and run.epoch == epoch
         try:
-            with path.open("rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                handle.seek(max(0, offset))
-                data = handle.read(limit)
+            data, new_offset, size = self._output.read(task_id, epoch, stream, offset, limit)
         except FileNotFoundError:
             if live:
                 return b"", offset, False
             raise TaskError(f"no output for task {task_id} epoch {epoch}") from None
-        new_offset = max(0, offset) + len(data)
         return data, new_offset, (not live) and new_offset >= size
 
     # ---- control -------------------------------------------------------
@@ -283,7 +274,7 @@ class Executor:
         when no slot is free, the epoch is stale, a limit cannot be enforced
         here, or the command cannot start.
         """
-        _check_id(task_id)
+        check_task_id(task_id)
         # Serialised: fencing awaits the old run's death, and a second start
         # must not slip in between that and the spawn.
         async with self._start_lock:
@@ -611,12 +602,6 @@ class Executor:
         for capture in run.captures.values():
             if not capture.closed.is_set():
                 self._on_readable(capture)
-
-
-def _check_id(task_id: str) -> None:
-    # Task ids become path components: refuse anything that could escape the dir.
-    if not _SAFE_ID.match(task_id):
-        raise TaskError(f"invalid task id {task_id!r}")
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

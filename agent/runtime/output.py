@@ -11,12 +11,14 @@ replica (``OutputRequest``), each within ``OUTPUT_TIMEOUT``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from pathlib import Path
 from typing import Any
 
 from agent.errors import SchedulingError, TaskError
 from agent.executor import Executor
+from agent.output_store import OutputStore
 from agent.runtime.messages import OutputChunk, OutputRequest
 from agent.runtime.ports import PeerSender, TaskReads
 from agent.sched import ClusterSnapshot, preference_list
@@ -44,6 +46,7 @@ class TaskOutput:
         self._peers = peers
         self.executor = executor
         self.replica_dir = replica_dir
+        self._replicas = OutputStore(replica_dir)
         self._out_ids = itertools.count(1)
         self._out_waiters: dict[int, asyncio.Future[OutputChunk]] = {}
 
@@ -87,21 +90,9 @@ class TaskOutput:
             if fut is not None and not fut.done():
                 fut.set_result(msg)
 
-    def _replica_path(self, task_id: str, epoch: int, stream: str) -> Path:
-        if "/" in task_id or task_id.startswith(".") or stream not in ("out", "err"):
-            raise TaskError(f"bad task id {task_id!r}")
-        return self.replica_dir / task_id / f"{epoch}.{stream}"
-
     def _store_replica(self, msg: OutputChunk) -> None:
-        try:
-            path = self._replica_path(msg.task_id, msg.epoch, msg.stream)
-        except TaskError:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        mode = "r+b" if path.exists() else "wb"
-        with open(path, mode) as fh:
-            fh.seek(msg.offset)
-            fh.write(msg.data)
+        with contextlib.suppress(TaskError, OSError):  # a bad id or a full disk: no copy
+            self._replicas.write_at(msg.task_id, msg.epoch, msg.stream, msg.offset, msg.data)
 
     def _read_local(
         self, task_id: str, epoch: int, stream: str, offset: int, limit: int
@@ -116,13 +107,10 @@ class TaskOutput:
         except TaskError:
             pass
         try:
-            path = self._replica_path(task_id, epoch, stream)
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                data = fh.read(limit)
+            data, new_offset, size = self._replicas.read(task_id, epoch, stream, offset, limit)
         except (OSError, TaskError):
             return b"", offset, True, False
-        return data, offset + len(data), offset + len(data) >= path.stat().st_size, True
+        return data, new_offset, new_offset >= size, True
 
     async def read(self, task_id: str, stream: str, offset: int) -> dict[str, Any]:
         rec = self._tasks.task_record(task_id)
