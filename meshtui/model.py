@@ -86,7 +86,7 @@ class DemoControls(Protocol):
 
 
 @dataclass(slots=True)
-class MemberView:
+class MemberState:
     """One member row as shown; mutable because polls and events refine it."""
 
     name: str
@@ -208,7 +208,7 @@ class MeshModel:
 
     def __init__(self) -> None:
         self.node: str = ""
-        self.members: dict[str, MemberView] = {}
+        self.members: dict[str, MemberState] = {}
         self.names_by_id: dict[str, str] = {}
         self.consensus = ConsensusView()
         self.task_counts: dict[str, int] = {}
@@ -334,13 +334,13 @@ class MeshModel:
             self.consensus.leader = leader
             self._bump("members")  # the member table and topology mark the leader
 
-    def _upsert_member(self, row: Mapping[str, Any]) -> MemberView | None:
+    def _upsert_member(self, row: Mapping[str, Any]) -> MemberState | None:
         name = _as_str(row.get("name"))
         if not name:
             return None
         member = self.members.get(name)
         if member is None:
-            member = self.members[name] = MemberView(name=name)
+            member = self.members[name] = MemberState(name=name)
         if "id" in row:
             member.id = _as_str(row["id"])
             if member.id:

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 ``ControlServer`` binds one Unix socket (mode 0660) and serves any number of
 clients (the TUI, the CLI, SSH-forwarded operators), up to
-``MAX_CONNECTIONS``.  Each client gets a ``_Peer`` with two coroutines:
+``MAX_CONNECTIONS``.  Each client gets a ``_ControlClient`` with two coroutines:
 
 * the *reader* feeds bytes into a sans-IO ``ControlConnection`` and dispatches
   each ``Request`` to its handler in its own task, so a slow ``kv.get`` never
@@ -154,7 +154,7 @@ class _Subscription:
     dropped: int = 0
 
 
-class _Peer:
+class _ControlClient:
     """One connected client: reader, writer, in-flight handlers, subscriptions."""
 
     def __init__(
@@ -530,7 +530,7 @@ class ControlServer:
         self.topics: frozenset[str] = frozenset(topics)
         self._server: asyncio.AbstractServer | None = None
         self._inode: tuple[int, int] | None = None
-        self._peers: dict[_Peer, asyncio.Task[Any]] = {}
+        self._peers: dict[_ControlClient, asyncio.Task[Any]] = {}
         # Subscriptions per topic, so publishing to a topic nobody follows (the
         # consensus log of every applied write, usually) costs one lookup.
         self._topic_subs: dict[str, int] = {}
@@ -591,7 +591,7 @@ class ControlServer:
         return len(self._peers)
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = _Peer(self, reader, writer)
+        peer = _ControlClient(self, reader, writer)
         if len(self._peers) >= MAX_CONNECTIONS:
             frame = peer.conn.send(
                 ErrorResponse(None, "unavailable", "too many control connections")

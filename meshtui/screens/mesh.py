@@ -9,7 +9,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widget import Widget
 from textual.widgets import Static
 
-from meshtui.model import MemberView, MeshModel, matches_filter
+from meshtui.model import MemberState, MeshModel, matches_filter
 from meshtui.screens.base import AreaScreen
 from meshtui.widgets.fasttable import FastTable, Row
 from meshtui.widgets.render import cpu_cell, opt, pct, rtt_text, state_text
@@ -29,7 +29,7 @@ MEMBER_COLUMNS = (
 )
 
 
-def member_row(member: MemberView, leader: str | None, local: str) -> Row:
+def member_row(member: MemberState, leader: str | None, local: str) -> Row:
     name = Text(member.name, style="bold" if member.name == local else "")
     if member.name == leader:
         name.append(" ★", style="bold yellow")
@@ -52,7 +52,7 @@ def member_row(member: MemberView, leader: str | None, local: str) -> Row:
     )
 
 
-def member_text(member: MemberView) -> str:
+def member_text(member: MemberState) -> str:
     """What the filter matches a member against."""
     return " ".join((member.name, member.addr, member.state, member.role, *member.caps))
 
