@@ -26,6 +26,7 @@ from typing import Any
 
 from agent.errors import ConfigError
 from agent.raft.config import RaftConfig
+from agent.runtime_config import RuntimeConfig
 from agent.sched.config import SchedConfig
 from agent.swim.config import SwimConfig
 
@@ -79,6 +80,7 @@ class AgentConfig:
     swim: SwimConfig = field(default_factory=SwimConfig.lan)
     raft: RaftConfig = field(default_factory=RaftConfig.lan)
     sched: SchedConfig = field(default_factory=SchedConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig.lan)
 
     def effective_slots(self) -> int:
         return self.slots or os.cpu_count() or 1
@@ -110,6 +112,7 @@ class AgentConfig:
         self.swim.validate()
         self.raft.validate()
         self.sched.validate()
+        self.runtime.validate()
         return self
 
 
@@ -149,10 +152,11 @@ def default_local() -> AgentConfig:
         mdns=False,
         swim=SwimConfig.local(),
         raft=RaftConfig.local(),
+        runtime=RuntimeConfig.local(),
     )
 
 
-_SECTIONS = {"swim", "raft", "sched"}
+_SECTIONS = {"swim", "raft", "sched", "runtime"}
 
 
 def _coerce(field_name: str, hint: Any, value: Any) -> Any:

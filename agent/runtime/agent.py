@@ -70,9 +70,6 @@ their format, but anyone can forge them."""
 
 TOPICS = {"members", "consensus", "tasks", "migrations", "metrics"}
 
-BOOTSTRAP_GRACE = {"lan": 5.0, "local": 1.5}
-"""Seconds the alive set must stay the same before a node with an empty log may
-found a cluster (see agent/runtime/bootstrap.py for the rules)."""
 
 
 def _advertise_host(config: AgentConfig) -> str:
@@ -267,6 +264,7 @@ class Agent:
                 stop=stop_signal.request,
             )),
             TOPICS,
+            idle_timeout=config.runtime.control_idle_timeout,
         )
         stack.push_async_callback(control.close)
 
@@ -345,7 +343,7 @@ class Agent:
     async def _bootstrap_and_autopilot(self) -> None:
         gate = BootstrapGate(
             self.node_id,
-            BOOTSTRAP_GRACE.get(self.config.profile, 5.0),
+            self.config.runtime.bootstrap_grace,
             has_seeds=bool(self.config.join),
             now=self.started,
         )

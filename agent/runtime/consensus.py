@@ -19,7 +19,7 @@ with a snapshot, and every Ready of a follower or candidate (append acks
 depend on the entries being on disk).  Apply always follows the fsync.
 
 Pending writes wait on a bare future; one sweep per tick fails those past
-``COMMIT_TIMEOUT`` instead of a timer (and a shield) per write, which cost
+``runtime.commit_timeout`` instead of a timer (and a shield) per write, which cost
 about a tenth of the leader's CPU at saturation.
 
 Writes: on the leader, ``propose`` appends and waits until the entry is
@@ -72,15 +72,6 @@ from agent.state.machine import ApplyResult, StateMachine
 
 log = logging.getLogger(__name__)
 
-COMMIT_TIMEOUT = 5.0
-"""Seconds a write waits for its entry to be applied before failing with no quorum."""
-
-READ_TIMEOUT = 3.0
-"""Seconds a linearizable read waits for the leader's confirmation."""
-
-AUTOPILOT_INTERVAL = 0.5
-"""Seconds between voter-set checks on the leader."""
-
 CAUGHT_UP_LAG = 20
 """A learner within this many entries of the leader's last index may be promoted."""
 
@@ -106,7 +97,7 @@ class _Pending:
     term: int
     future: asyncio.Future[Any]
     started: float
-    """Loop time of the proposal; the tick sweep fails the write ``COMMIT_TIMEOUT`` later."""
+    """Loop time of the proposal; the tick sweep fails the write ``commit_timeout`` later."""
     finish: Callable[[ApplyResult], Any] | None
     """Turns the apply result into the future's value (or raises); None: the result itself."""
     decoded: Command | None = None
@@ -129,6 +120,8 @@ class ConsensusDriver:
         is called once if damaged storage is not repaired in time (recovery.py).
         Opens the WAL and restores the state: ``close()`` even if never started."""
         self.config = config
+        self._commit_timeout = config.runtime.commit_timeout
+        self._read_timeout = config.runtime.read_timeout
         self.raft_config = config.raft
         self.node_id = node_id
         self._storage = Storage.open(os.path.join(data_dir, "raft"), self.raft_config.segment_bytes)
@@ -159,7 +152,7 @@ class ConsensusDriver:
         self._pending: dict[int, _Pending] = {}
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._forwarder = Forwarder(answer_within=COMMIT_TIMEOUT + 1.0)
+        self._forwarder = Forwarder(answer_within=self._commit_timeout + 1.0)
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._role = ""
@@ -330,12 +323,12 @@ class ConsensusDriver:
         plus one constant, so the sweep stops at the first live one."""
         while self._pending:
             index, pending = next(iter(self._pending.items()))
-            if pending.started + COMMIT_TIMEOUT > now and not pending.future.done():
+            if pending.started + self._commit_timeout > now and not pending.future.done():
                 break
             del self._pending[index]
             if not pending.future.done():
                 pending.future.set_exception(
-                    NoQuorumError(f"write not committed within {COMMIT_TIMEOUT:.0f}s")
+                    NoQuorumError(f"write not committed within {self._commit_timeout:.0f}s")
                 )
         self._forwarder.expire(now)
 
@@ -652,7 +645,7 @@ class ConsensusDriver:
             stale.future.set_exception(
                 NoQuorumError("leadership changed before the write committed; retry")
             )
-        # The tick sweep (_expire_waiters) fails the future after COMMIT_TIMEOUT.
+        # The tick sweep (_expire_waiters) fails the future after commit_timeout.
         self._pending[index] = _Pending(term, fut, loop.time(), finish, decoded)
         self.wake()
         return fut
@@ -696,7 +689,7 @@ class ConsensusDriver:
 
     async def read_barrier(self) -> None:
         """Return once this node's state reflects every write committed before the call."""
-        if self.disk_full.paused and await self.disk_full.read_barrier(READ_TIMEOUT):
+        if self.disk_full.paused and await self.disk_full.read_barrier(self._read_timeout):
             return
         if not self._node.has_quorum_contact():
             raise NoQuorumError()
@@ -706,7 +699,7 @@ class ConsensusDriver:
         self._node.read_index(ctx)
         self.wake()
         try:
-            index = await asyncio.wait_for(fut, READ_TIMEOUT)
+            index = await asyncio.wait_for(fut, self._read_timeout)
         except TimeoutError:
             raise NoQuorumError("read not confirmed by a quorum in time") from None
         finally:
@@ -718,7 +711,7 @@ class ConsensusDriver:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._apply_waiters.append((index, fut))
-        await asyncio.wait_for(fut, READ_TIMEOUT)
+        await asyncio.wait_for(fut, self._read_timeout)
 
     def _release_apply_waiters(self) -> None:
         applied = self._state.applied_index

@@ -5,7 +5,7 @@ request id 0) to the task's preference list on the hash ring — primary plus
 two successors — and the replicas are recorded in the committed finish, so a
 dead host's results can still be read.  ``read`` serves a slice from this
 host's executor or replica copy, else asks the executing host and then each
-replica (``OutputRequest``), each within ``OUTPUT_TIMEOUT``.
+replica (``OutputRequest``), each within ``runtime.output_timeout``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from agent.runtime.messages import OutputChunk, OutputRequest
 from agent.runtime.ports import PeerSender, TaskReads
 from agent.sched import ClusterSnapshot, preference_list
 
-OUTPUT_TIMEOUT = 3.0
-"""Seconds to wait for another host to return task output."""
 REPLICA_CHUNK = 512 * 1024
 """Bytes per pushed output replica chunk."""
 
@@ -38,10 +36,13 @@ class TaskOutput:
         replica_dir: Path,
         tasks: TaskReads,
         peers: PeerSender,
+        timeout: float = 3.0,
     ) -> None:
         """``tasks``: the replicated task records (where a run is, its replicas);
         ``peers``: sending to other hosts."""
         self._node_id = node_id
+        self._timeout = timeout
+        """Seconds to wait for each replica's chunk (runtime.output_timeout)."""
         self._tasks = tasks
         self._peers = peers
         self.executor = executor
@@ -129,7 +130,7 @@ class TaskOutput:
                 node, OutputRequest(request_id, task_id, rec.epoch, stream, offset, 65536)
             )
             try:
-                chunk = await asyncio.wait_for(fut, OUTPUT_TIMEOUT)
+                chunk = await asyncio.wait_for(fut, self._timeout)
             except TimeoutError:
                 continue
             finally:

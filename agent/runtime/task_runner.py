@@ -46,8 +46,6 @@ log = logging.getLogger(__name__)
 
 MAX_REPORTS_PER_BATCH = 256
 """Executor reports proposed at once (default 256): bounds one batch's burst into the log."""
-REPORT_RETRY_DELAY = 0.5
-"""Seconds between attempts to commit reports that found no quorum (default 0.5)."""
 CANNOT_START_EXIT = 127
 """Exit code reported for a command that could not be started (a shell's "not found")."""
 
@@ -102,11 +100,14 @@ class LocalRunner:
         replicate: Callable[[str, int], list[str]],
         lease: WatchdogLease,
         cpu: TaskCpuSampler,
+        retry_delay: float = 0.5,
     ) -> None:
         """``records()`` is the replicated state now; ``propose`` commits a command
         (forwarded to the leader); ``replicate(task, epoch)`` copies a finished run's
         output to other hosts and names them."""
         self.node_id = node_id
+        self._retry_delay = retry_delay
+        """Seconds before an uncommitted result is sent again (runtime.report_retry_delay)."""
         self.executor = executor
         self._records = records
         self._propose = propose
@@ -261,7 +262,7 @@ class LocalRunner:
                 if failed:
                     log.debug("%d task report(s) not committed yet; retrying", len(failed))
                     self._reports = failed + self._reports
-                    await asyncio.sleep(REPORT_RETRY_DELAY)
+                    await asyncio.sleep(self._retry_delay)
 
     async def _propose_batch(self, batch: list[Report]) -> list[Report]:
         """Propose every report of ``batch`` at once; the ones to retry."""

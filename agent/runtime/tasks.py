@@ -43,14 +43,6 @@ from agent.state import builders
 from agent.state.machine import ApplyResult
 from agent.swim.members import MemberView
 
-SCHED_INTERVAL = {"lan": 0.5, "local": 0.2}
-"""Seconds between leader placement rounds."""
-BID_TIMEOUT = {"lan": 0.1, "local": 0.05}
-"""Seconds the leader waits for bids before using gossiped load."""
-TASK_LEASE = {"lan": 10.0, "local": 3.0}
-"""Seconds a host's tasks survive without quorum contact; the leader waits at least
-this long after a host is confirmed dead before running its tasks elsewhere."""
-
 
 class TaskRuntime:
     """This host's task machinery; the agent sees only the methods below."""
@@ -68,10 +60,10 @@ class TaskRuntime:
         self._members = members
         self._node_id = node_id
         self._name = config.name
-        profile = config.profile
-        self.sched_interval = SCHED_INTERVAL.get(profile, 0.5)
-        self.bid_timeout = BID_TIMEOUT.get(profile, 0.1)
-        self.lease = TASK_LEASE.get(profile, 10.0)
+        timings = config.runtime
+        self.sched_interval = timings.sched_interval
+        self.bid_timeout = timings.bid_timeout
+        self.lease = timings.task_lease
         data_dir = Path(config.data_dir)
         run_as = config.run_as if os.geteuid() == 0 else None
         self.executor = Executor(
@@ -80,7 +72,7 @@ class TaskRuntime:
         )
         self.output = TaskOutput(
             node_id=node_id, executor=self.executor, replica_dir=data_dir / "replicas",
-            tasks=consensus.queries, peers=peers,
+            tasks=consensus.queries, peers=peers, timeout=timings.output_timeout,
         )
         self.cpu = TaskCpuSampler()
         self.watchdog = WatchdogLease(self.lease, consensus.has_quorum)
@@ -95,6 +87,7 @@ class TaskRuntime:
             ),
             lease=self.watchdog,
             cpu=self.cpu,
+            retry_delay=timings.report_retry_delay,
         )
         sched_base = config.sched
         self.scheduler = LeaderScheduler(

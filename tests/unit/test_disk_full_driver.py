@@ -25,6 +25,7 @@ from agent.raft.config import RaftConfig
 from agent.raft.storage import Storage
 from agent.runtime import consensus as consensus_mod
 from agent.runtime.consensus import ConsensusDriver
+from agent.runtime_config import RuntimeConfig
 from agent.state.commands import KvPut, encode_command
 
 VALUE = b"v" * 16 * 1024
@@ -69,7 +70,7 @@ class Disk:
 
 def make_driver(data_dir: Path, events: list[dict[str, Any]]) -> ConsensusDriver:
     raft = dataclasses.replace(RaftConfig.local(), segment_bytes=64 * 1024)
-    config = SimpleNamespace(raft=raft, max_voters=5, name="n1")
+    config = SimpleNamespace(raft=raft, max_voters=5, name="n1", runtime=RuntimeConfig.local())
     driver = ConsensusDriver(
         config=config, node_id="a" * 32, data_dir=str(data_dir), send=lambda _to, _msg: None,
     )
