@@ -1,9 +1,13 @@
 """Length-prefixed stream framing: ``4-byte big-endian length | body``.
 
-Used by the peer transport (bodies are sealed packets) and the control socket.
-``FrameDecoder`` is sans-IO: feed it bytes as they arrive, get whole frames
-back; a header announcing more than ``max_frame`` bytes fails at once, before
-any of the body is buffered.
+The one definition of the framing, for the peer transport (bodies are sealed
+packets) and the control socket (msgpack maps, ``agent/control/codec.py``):
+``frame()`` writes a frame and ``body_length()`` reads and bounds-checks a
+header.  ``FrameDecoder`` is the transport's sans-IO splitter: feed it bytes as
+they arrive, get whole frames back.  The control codec pulls one frame at a
+time from its own buffer (it decodes large bodies in place) with the same
+``body_length``.  A header announcing more than the limit fails at once,
+before any of the body is buffered.
 """
 
 from __future__ import annotations
@@ -20,10 +24,28 @@ _LEN = struct.Struct(">I")
 FRAME_HEADER_SIZE = _LEN.size
 
 
-def frame(payload: bytes) -> bytes:
-    """Prefix ``payload`` with its 4-byte big-endian length."""
-    assert len(payload) <= MAX_FRAME_SIZE, f"frame of {len(payload)} bytes > MAX_FRAME_SIZE"
+def frame(payload: bytes, max_frame: int = MAX_FRAME_SIZE) -> bytes:
+    """Prefix ``payload`` with its 4-byte big-endian length; ``ProtocolError`` if it
+    is longer than ``max_frame``."""
+    if len(payload) > max_frame:
+        raise ProtocolError(f"message of {len(payload)} bytes exceeds {max_frame}")
     return _LEN.pack(len(payload)) + payload
+
+
+def body_length(
+    buf: bytes | bytearray | memoryview, pos: int, max_frame: int, min_frame: int = 0
+) -> int:
+    """The body length announced by the header at ``buf[pos:]``, or -1 if the
+    header is not all there yet; ``ProtocolError`` if it is outside
+    ``min_frame..max_frame``."""
+    if len(buf) - pos < FRAME_HEADER_SIZE:
+        return -1
+    (length,) = _LEN.unpack_from(buf, pos)
+    if length > max_frame:
+        raise ProtocolError(f"frame of {length} bytes exceeds {max_frame}")
+    if length < min_frame:
+        raise ProtocolError(f"frame of {length} bytes is shorter than {min_frame}")
+    return int(length)
 
 
 class FrameDecoder:
@@ -61,13 +83,14 @@ class FrameDecoder:
         pos = 0
         while True:
             if self._need < 0:
-                if len(buf) - pos < FRAME_HEADER_SIZE:
-                    break
-                (length,) = _LEN.unpack_from(buf, pos)
-                if length > self._max:
+                try:
+                    length = body_length(buf, pos, self._max)
+                except ProtocolError:
                     self._broken = True
                     self._buf = bytearray()
-                    raise ProtocolError(f"frame of {length} bytes exceeds {self._max}")
+                    raise
+                if length < 0:
+                    break
                 pos += FRAME_HEADER_SIZE
                 self._need = length
             if len(buf) - pos < self._need:

@@ -33,7 +33,6 @@ each ``receive_data`` so the buffer stays within one frame plus one read.
 from __future__ import annotations
 
 import enum
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
@@ -41,6 +40,7 @@ from typing import Any, Final, Literal, TypeAlias
 import msgpack
 
 from agent.errors import ProtocolError
+from agent.framing import FRAME_HEADER_SIZE, body_length, frame
 
 # ---------------------------------------------------------------- limits
 MAX_CONTROL_FRAME: Final = 8 * 1024 * 1024
@@ -60,7 +60,6 @@ MAX_DEPTH: Final = 32
 MAX_NAME_LEN: Final = 128
 """Longest method, event topic or error code."""
 
-HEADER: Final = struct.Struct(">I")
 SMALL_FRAME: Final = 64 * 1024
 """Frames up to this size are copied out of the buffer (cheaper than a memoryview)."""
 
@@ -271,9 +270,7 @@ def encode_frame(obj: Mapping[str, Any]) -> bytes:
         body: bytes = msgpack.packb(obj, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"cannot encode message: {exc}") from exc
-    if len(body) > MAX_CONTROL_FRAME:
-        raise ProtocolError(f"message of {len(body)} bytes exceeds {MAX_CONTROL_FRAME}")
-    return HEADER.pack(len(body)) + body
+    return frame(body, MAX_CONTROL_FRAME)
 
 
 def _to_wire(message: Message) -> dict[str, Any]:
@@ -403,12 +400,10 @@ class ControlConnection:
 
     def _next_event(self) -> NextEvent:
         buf, pos = self._buffer, self._pos
-        if len(buf) - pos < HEADER.size:
+        length = body_length(buf, pos, MAX_CONTROL_FRAME, min_frame=1)
+        if length < 0:
             return self._starved()
-        (length,) = HEADER.unpack_from(buf, pos)
-        if length == 0 or length > MAX_CONTROL_FRAME:
-            raise ProtocolError(f"frame length {length} outside 1..{MAX_CONTROL_FRAME}")
-        start = pos + HEADER.size
+        start = pos + FRAME_HEADER_SIZE
         end = start + length
         if len(buf) < end:
             return self._starved()

@@ -165,5 +165,5 @@ def test_truncated_frame_waits_for_the_rest() -> None:
 
 
 def test_frame_refuses_oversized_payload_locally() -> None:
-    with pytest.raises(AssertionError):
+    with pytest.raises(ProtocolError, match="exceeds"):
         wire.frame(b"\x00" * (wire.MAX_FRAME_SIZE + 1))
