@@ -24,9 +24,20 @@ about a tenth of the leader's CPU at saturation.
 
 Writes: on the leader, ``propose`` appends and waits until the entry is
 applied; on a follower the encoded command is forwarded to the leader
-(``ForwardPropose``) and the leader answers with the apply result.  With no
-quorum contact a write fails at once with ``NoQuorumError`` (exit code 3 in
-the CLI), never hangs; a write whose commit is not seen within
+(``ForwardPropose``) and the leader answers with the apply result.
+
+Waiting for a leader (the request timeout, ``runtime.commit_timeout``): a
+write on a node that knows no working leader -- the cluster is forming, or
+electing after the leader died -- waits for one, woken by the leader change
+(``_leader_waiters``), instead of failing.  A write forwarded to a leader
+that is replaced (``leader_id`` names another node) is sent again to the new
+one; its command carries the client's ``rid``, so a copy the old leader got
+committed makes the second one a no-op (StateMachine's rid cache), and a
+command without a rid is never sent twice.  Only a real minority fails at
+once with ``NoQuorumError`` (exit code 3 in the CLI): a node that has heard
+from fewer than a majority of the voters (itself included; any Raft message
+counts: heartbeats, votes, pre-votes) within ``MINORITY_WINDOW`` election
+timeouts.  A write with no leader, or not committed, within
 ``commit_timeout`` fails the same way.
 
 Reads: ``read_barrier`` runs ReadIndex (the core forwards it to the leader
@@ -56,24 +67,37 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.errors import DiskFullError, LocalError, NoQuorumError, NotLeaderError, StorageError
+from agent.errors import (
+    DiskFullError,
+    LocalError,
+    NoQuorumError,
+    NotLeaderError,
+    ProtocolError,
+    StorageError,
+)
 from agent.raft.confchange import plan_voter_changes
 from agent.raft.core import RaftNode, bootstrap_state
 from agent.raft.messages import EntryKind, Ready, Role, Snapshot
 from agent.raft.storage import Storage
 from agent.runtime import recovery
 from agent.runtime.diskfull import RETRY_FIRST, RETRY_MAX, DiskFullMode, fatal_line, is_disk_full
-from agent.runtime.forwarding import Forwarder, result_answer
+from agent.runtime.forwarding import Forwarder, LeaderRefused, Retarget, result_answer
 from agent.runtime.messages import ForwardPropose, ForwardResult
 from agent.runtime.ports import StateQueries
 from agent.runtime.storage_io import StorageIO
-from agent.state.commands import Command
+from agent.state.commands import Command, decode_command
 from agent.state.machine import ApplyResult, StateMachine
 
 log = logging.getLogger(__name__)
 
 CAUGHT_UP_LAG = 20
 """A learner within this many entries of the leader's last index may be promoted."""
+
+MINORITY_WINDOW = 2
+"""Election timeouts (count) a voter must have been silent to not count towards this
+node's majority.  Two: a follower hears only the leader; when it dies, a candidate's
+(pre-)vote request reaches the others within one more (randomized) election timeout,
+so a node in the majority side never looks like a minority while the cluster elects."""
 
 
 def _publish_nowhere(topic: str, data: dict[str, Any]) -> None:
@@ -90,6 +114,14 @@ def _ignore_role(role: str) -> None:
 
 def _wants_everything(topic: str) -> bool:
     return True
+
+
+def _has_rid(command: bytes) -> bool:
+    """Does ``command`` carry a client rid (so the apply dedup makes a resend safe)?"""
+    try:
+        return bool(decode_command(command).rid)
+    except ProtocolError:
+        return False
 
 
 @dataclass(slots=True)
@@ -153,6 +185,12 @@ class ConsensusDriver:
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._forwarder = Forwarder(answer_within=self._commit_timeout + 1.0)
+        self._known_leader = ""
+        """The leader last seen in the core: a change wakes writes waiting for one."""
+        self._leader_waiters: list[asyncio.Future[None]] = []
+        self._heard: dict[str, int] = {}
+        """Peer id → tick count of its last Raft message (``_minority``)."""
+        self._ticks = 0
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._role = ""
@@ -309,6 +347,7 @@ class ConsensusDriver:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
+            self._ticks += 1
             if not self.disk_full.paused:  # paused: the core stands still (diskfull.py)
                 self._node.tick()
             self.wake()
@@ -342,6 +381,8 @@ class ConsensusDriver:
                     await self._persist_snapshot(unsaved)
                 while (rd := self._node.ready()) is not None:
                     await self._handle_ready(rd)
+                if self._node.leader_id != self._known_leader:
+                    self._leader_changed(self._node.leader_id)
             except Exception as exc:
                 # A storage failure other than a full disk must stop the node:
                 # continuing could ack writes that are not durable.
@@ -535,6 +576,7 @@ class ConsensusDriver:
         self.step(msg)
 
     def step(self, msg: Any) -> None:
+        self._heard[msg.frm] = self._ticks
         if self.disk_full.paused:
             self.disk_full.step(msg)  # learn who leads, drop the rest (diskfull.py)
             return
@@ -553,27 +595,8 @@ class ConsensusDriver:
     ) -> ApplyResult:
         """Commit ``command`` and return its apply result (from any node); a follower
         sends it to the leader with ``forward`` (default: this driver's ``send``)."""
-        forward = forward or self._send
-        if self.disk_full.paused:
-            result: ApplyResult = await self._submit_paused(command, forward, None)
-            return result
-        leader = self._forward_target()
-        if leader is not None:
-            return await self._forward(leader, command, forward)
-        result = await self._propose_future(command, None)
+        result: ApplyResult = await self.submit(command, forward)
         return result
-
-    def _forward_target(self) -> str | None:
-        """None when we lead; else the leader a write is forwarded to.  Without
-        quorum contact or a known leader: ``NoQuorumError``, at once."""
-        if not self._node.has_quorum_contact():
-            raise NoQuorumError()
-        if self._node.is_leader():
-            return None
-        leader = self._node.leader_id
-        if not leader:
-            raise NoQuorumError("no leader known")
-        return leader
 
     def submit(
         self,
@@ -588,14 +611,109 @@ class ConsensusDriver:
         On the leader the future is resolved straight from the apply loop: no task
         per write (the control server replies from the future's callback).  On a
         follower a task forwards the command (``forward``, default: this driver's
-        ``send``) and waits for the leader's answer."""
+        ``send``) and waits for the leader's answer, following leader changes; with
+        no leader known it waits for one (see the module doc).  A real minority:
+        ``NoQuorumError`` at once."""
         forward = forward or self._send
         if self.disk_full.paused:
             return asyncio.ensure_future(self._submit_paused(command, forward, finish))
-        leader = self._forward_target()
-        if leader is not None:
-            return asyncio.ensure_future(self._forward_finish(leader, command, forward, finish))
-        return self._propose_future(command, finish, decoded)
+        node = self._node
+        if node.is_leader():
+            if not node.has_quorum_contact():
+                raise NoQuorumError()
+            return self._propose_future(command, finish, decoded)
+        leader = node.leader_id if node.has_quorum_contact() else ""
+        if not leader and self._minority():
+            raise NoQuorumError("fewer than a majority of the voters heard from")
+        return asyncio.ensure_future(self._write_via_leader(leader, command, forward, finish, decoded))
+
+    async def _write_via_leader(
+        self,
+        leader: str,
+        command: bytes,
+        forward: Callable[[str, object], None],
+        finish: Callable[[ApplyResult], Any] | None,
+        decoded: Command | None,
+    ) -> Any:
+        """Forward ``command`` to ``leader`` ("": wait for one), following leader
+        changes until ``commit_timeout`` after the call (see the module doc)."""
+        deadline = asyncio.get_running_loop().time() + self._commit_timeout
+        refused = ""  # a node that answered it is not a working leader: wait for another
+        while True:
+            if not leader:
+                leader = await self._await_leader(deadline, refused)
+            if leader == self.node_id:
+                return await self._propose_future(command, finish, decoded)
+            try:
+                result = await self._forwarder.forward(leader, command, forward)
+            except Retarget:
+                if not _has_rid(command):
+                    raise NoQuorumError("the leader changed before answering; retry") from None
+                leader, refused = "", ""
+                continue
+            except LeaderRefused:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise
+                leader, refused = "", leader
+                continue
+            return result if finish is None else finish(result)
+
+    async def _await_leader(self, deadline: float, refused: str) -> str:
+        """The leader to send a write to (our own id when we lead), once one other
+        than ``refused`` is known with quorum contact.  ``NoQuorumError`` past
+        ``deadline`` or once this node is a real minority."""
+        loop = asyncio.get_running_loop()
+        recheck = self.raft_config.election_timeout
+        while True:
+            node = self._node
+            if node.is_leader() and node.has_quorum_contact():
+                return self.node_id
+            leader = node.leader_id
+            if leader and leader != refused and node.has_quorum_contact():
+                return leader
+            now = loop.time()
+            if now >= deadline:
+                raise NoQuorumError(f"no leader within {self._commit_timeout:g} s")
+            if self._minority():
+                raise NoQuorumError("fewer than a majority of the voters heard from")
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._leader_waiters.append(waiter)
+            try:  # woken by a leader change; rechecked every election timeout
+                await asyncio.wait_for(waiter, min(recheck, deadline - now))
+            except TimeoutError:
+                pass
+            finally:
+                if waiter in self._leader_waiters:
+                    self._leader_waiters.remove(waiter)
+
+    def _leader_changed(self, leader: str) -> None:
+        """The core names a new leader ("" while electing): wake the writes waiting
+        for one, and resend those forwarded to another node."""
+        self._known_leader = leader
+        if not leader:
+            return
+        waiters, self._leader_waiters = self._leader_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._forwarder.retarget(leader)
+
+    def _minority(self) -> bool:
+        """A real minority: fewer than a majority of the voters (us included) heard
+        from within ``MINORITY_WINDOW`` election timeouts.  Never while forming
+        (no voters known) or before this node could have heard from anyone."""
+        node = self._node
+        voters = node.conf.voters
+        if not voters or node.has_quorum_contact():
+            return False
+        window = MINORITY_WINDOW * self.raft_config.election_ticks
+        if self._ticks < window:
+            return False
+        recent = self._ticks - window
+        heard = sum(
+            1 for v in voters if v == self.node_id or self._heard.get(v, -window - 1) >= recent
+        )
+        return heard < len(voters) // 2 + 1
 
     async def _forward_finish(
         self,
@@ -653,7 +771,11 @@ class ConsensusDriver:
     async def _forward(
         self, leader: str, command: bytes, forward: Callable[[str, object], None]
     ) -> ApplyResult:
-        return await self._forwarder.forward(leader, command, forward)
+        """One forward, no following of leader changes (the disk-full relays)."""
+        try:
+            return await self._forwarder.forward(leader, command, forward)
+        except Retarget:
+            raise NoQuorumError("the leader changed before answering; retry") from None
 
     async def serve_forward(self, msg: ForwardPropose) -> ForwardResult:
         """Leader side of ForwardPropose (paused: relayed to the leader elsewhere)."""
@@ -692,7 +814,11 @@ class ConsensusDriver:
         if self.disk_full.paused and await self.disk_full.read_barrier(self._read_timeout):
             return
         if not self._node.has_quorum_contact():
-            raise NoQuorumError()
+            # Forming or electing: wait for a leader like a write does (module doc).
+            if self._minority():
+                raise NoQuorumError()
+            deadline = asyncio.get_running_loop().time() + self._commit_timeout
+            await self._await_leader(deadline, "")
         ctx = os.urandom(8)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._reads[ctx] = fut

@@ -7,6 +7,15 @@ leader (``ForwardPropose`` with a request id) and waits for a
 waits at most ``answer_within`` seconds; the driver's tick sweeps the late
 ones (``expire``), failing them with ``NoQuorumError`` -- one sweep per tick
 instead of a timer per write.
+
+Leader changes: every waiting request remembers the leader it went to.  When
+the driver learns of a new leader (``retarget``), the requests sent elsewhere
+fail with ``Retarget`` and the driver sends the same command -- the same
+state-machine ``rid`` inside it, so the apply dedup makes a second copy a
+no-op -- to the new leader under a fresh request id (a late answer from the
+old leader then finds nobody waiting and is dropped).  A ``no_quorum`` answer
+raises ``LeaderRefused``: the node asked is not (or no longer) a working
+leader, so the driver may wait for another one.
 """
 
 from __future__ import annotations
@@ -25,10 +34,20 @@ from agent.runtime.messages import ForwardPropose, ForwardResult
 from agent.state.machine import ApplyResult
 
 
+class Retarget(Exception):
+    """Internal: the leader a request went to was replaced; send it again."""
+
+
+class LeaderRefused(NoQuorumError):
+    """The node a write went to answered ``no_quorum`` (not the leader, or cut off)."""
+
+
 @dataclass(slots=True)
 class _Waiting:
     future: asyncio.Future[ForwardResult]
     deadline: float
+    leader: str
+    """The node this request went to: ``retarget`` resends the ones sent elsewhere."""
 
 
 class Forwarder:
@@ -47,14 +66,14 @@ class Forwarder:
         req_id = next(self._ids)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[ForwardResult] = loop.create_future()
-        self._waiting[req_id] = _Waiting(fut, loop.time() + self._answer_within)
+        self._waiting[req_id] = _Waiting(fut, loop.time() + self._answer_within, leader)
         send(leader, ForwardPropose(req_id, command))
         try:
             res = await fut  # ``expire`` fails it after the deadline
         finally:
             self._waiting.pop(req_id, None)
         if res.error_code == "no_quorum":
-            raise NoQuorumError(res.message)
+            raise LeaderRefused(res.message)
         if res.error_code == "disk_full":
             raise DiskFullError(res.message)
         if res.error_code:
@@ -67,6 +86,13 @@ class Forwarder:
         waiting = self._waiting.get(msg.request_id)
         if waiting is not None and not waiting.future.done():
             waiting.future.set_result(msg)
+
+    def retarget(self, leader: str) -> None:
+        """A new leader is known: the requests sent to another node fail with
+        ``Retarget`` (their senders resend them).  Rare: a scan is fine."""
+        for waiting in self._waiting.values():
+            if waiting.leader != leader and not waiting.future.done():
+                waiting.future.set_exception(Retarget())
 
     def expire(self, now: float) -> None:
         """Fail the requests whose deadline passed.  The dict is in insertion order
