@@ -56,7 +56,7 @@ def _positive_int(text: str) -> int:
 
 
 def _common(p: argparse.ArgumentParser, json_flag: bool = True, nested: bool = False) -> None:
-    """-t/-i/--json; on a nested parser (``kv put``) they may also come before the
+    """-t/-i/--json/--request-timeout; on a nested parser (``kv put``) they may also come before the
     verb (``kv -t X put``), so there they must not reset what the outer one parsed."""
     extra: dict[str, Any] = {"default": argparse.SUPPRESS} if nested else {}
     p.add_argument("-t", "--target", help="socket path, ssh://[user@]host[:port][/sock], or host",
@@ -64,6 +64,9 @@ def _common(p: argparse.ArgumentParser, json_flag: bool = True, nested: bool = F
     p.add_argument("-i", "--inventory", help="inventory file (for host-name targets)", **extra)
     if json_flag:
         p.add_argument("--json", action="store_true", help="print JSON", **extra)
+    p.add_argument("--request-timeout", type=float, metavar="SECONDS", **extra,
+                   help="how long a request may wait for a leader while the cluster forms"
+                   " or elects (default $MESHTUI_REQUEST_TIMEOUT, else 5)")
 
 
 def build_parser() -> argparse.ArgumentParser:

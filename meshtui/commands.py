@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 import time
 import uuid
@@ -37,10 +38,13 @@ def with_session(fn: Callable[[argparse.Namespace, Session], int]) -> Command:
 
         try:
             target = resolve_target(getattr(args, "target", None), getattr(args, "inventory", None))
+            wait = request_timeout(args)
         except TargetError as exc:
             return _fail(str(exc), EXIT_USAGE)
+        except ValueError as exc:  # a bad --request-timeout / MESHTUI_REQUEST_TIMEOUT
+            return _fail(str(exc), EXIT_USAGE)
         try:
-            with Session(target) as session:
+            with Session(target, request_timeout=wait) as session:
                 return fn(args, session)
         except ClientError as exc:
             return _fail(exc.message, exc.exit_code)
@@ -52,6 +56,30 @@ def with_session(fn: Callable[[argparse.Namespace, Session], int]) -> Command:
             return 130
 
     return wrapper
+
+
+DEFAULT_REQUEST_TIMEOUT = 5.0
+"""Seconds a request may wait for a leader while the cluster forms or elects (then
+exit 3): a few election timeouts on a LAN, short enough for a script to retry."""
+
+
+def request_timeout(args: argparse.Namespace) -> float:
+    """``--request-timeout``, else ``$MESHTUI_REQUEST_TIMEOUT``, else 5 s.
+    ``ValueError`` (one line) if not a number of seconds in (0, 300]."""
+    value = getattr(args, "request_timeout", None)
+    source = "--request-timeout"
+    if value is None:
+        raw = os.environ.get("MESHTUI_REQUEST_TIMEOUT", "").strip()
+        if not raw:
+            return DEFAULT_REQUEST_TIMEOUT
+        source = "MESHTUI_REQUEST_TIMEOUT"
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"{source}={raw!r}: not a number of seconds") from None
+    if not 0 < value <= 300:  # NaN fails this too
+        raise ValueError(f"{source} {value:g}: must be more than 0 and at most 300 seconds")
+    return float(value)
 
 
 def _connect_error(target: ResolvedTarget, exc: BaseException) -> str:

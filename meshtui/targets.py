@@ -114,12 +114,24 @@ def _from_inventory(name: str, inventory_path: str) -> ResolvedTarget:
     )
 
 
+REPLY_SLACK = 7.0
+"""Seconds a reply may take beyond the request timeout: the agent's commit timeout
+(default 5 s) for a write already forwarded when the wait ends, plus margin, so the
+agent's own answer (exit 3) arrives before the client gives up (exit 4)."""
+
+
 class Session:
     """One command's connection to an agent. Use as a context manager."""
 
-    def __init__(self, target: ResolvedTarget, timeout: float = 10.0) -> None:
+    def __init__(
+        self, target: ResolvedTarget, timeout: float = 10.0, request_timeout: float | None = None
+    ) -> None:
+        """``timeout``: seconds to wait for a reply.  ``request_timeout``: seconds the
+        agent may wait for a leader (sent with every call as ``request_timeout``); the
+        reply wait grows to cover it plus one commit (REPLY_SLACK)."""
         self.target = target
-        self.timeout = timeout
+        self.timeout = timeout if request_timeout is None else max(timeout, request_timeout + REPLY_SLACK)
+        self.request_timeout = request_timeout
         self._loop: Any = None
         self._client: Any = None
         self._conn: Any = None
@@ -133,6 +145,8 @@ class Session:
         self.close()
 
     def call(self, method: str, **params: Any) -> Any:
+        if self.request_timeout is not None:
+            params["request_timeout"] = self.request_timeout
         if self.target.kind == "unix":
             from meshtui.rpc import call_sync
 

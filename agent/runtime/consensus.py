@@ -26,19 +26,15 @@ Writes: on the leader, ``propose`` appends and waits until the entry is
 applied; on a follower the encoded command is forwarded to the leader
 (``ForwardPropose``) and the leader answers with the apply result.
 
-Waiting for a leader (the request timeout, ``runtime.commit_timeout``): a
-write on a node that knows no working leader -- the cluster is forming, or
-electing after the leader died -- waits for one, woken by the leader change
-(``_leader_waiters``), instead of failing.  A write forwarded to a leader
-that is replaced (``leader_id`` names another node) is sent again to the new
-one; its command carries the client's ``rid``, so a copy the old leader got
-committed makes the second one a no-op (StateMachine's rid cache), and a
-command without a rid is never sent twice.  Only a real minority fails at
-once with ``NoQuorumError`` (exit code 3 in the CLI): a node that has heard
-from fewer than a majority of the voters (itself included; any Raft message
-counts: heartbeats, votes, pre-votes) within ``MINORITY_WINDOW`` election
-timeouts.  A write with no leader, or not committed, within
-``commit_timeout`` fails the same way.
+A write on a node that knows no working leader -- the cluster is forming,
+or electing after the leader died -- waits for one up to the request timeout
+(``leader_wait.py``), instead of failing; only a real minority fails at once
+with ``NoQuorumError`` (exit code 3 in the CLI).  A write forwarded to a
+leader that is replaced (``leader_id`` names another node) is sent again to
+the new one; its command carries the client's ``rid``, so a copy the old
+leader got committed makes the second one a no-op (StateMachine's rid
+cache), and a command without a rid is never sent twice.  A write not
+committed within ``commit_timeout`` fails with ``NoQuorumError`` too.
 
 Reads: ``read_barrier`` runs ReadIndex (the core forwards it to the leader
 from followers) and waits until the local state machine has applied that
@@ -82,6 +78,7 @@ from agent.raft.storage import Storage
 from agent.runtime import recovery
 from agent.runtime.diskfull import RETRY_FIRST, RETRY_MAX, DiskFullMode, fatal_line, is_disk_full
 from agent.runtime.forwarding import Forwarder, LeaderRefused, Retarget, result_answer
+from agent.runtime.leader_wait import LeaderWait
 from agent.runtime.messages import ForwardPropose, ForwardResult
 from agent.runtime.ports import StateQueries
 from agent.runtime.storage_io import StorageIO
@@ -92,12 +89,6 @@ log = logging.getLogger(__name__)
 
 CAUGHT_UP_LAG = 20
 """A learner within this many entries of the leader's last index may be promoted."""
-
-MINORITY_WINDOW = 2
-"""Election timeouts (count) a voter must have been silent to not count towards this
-node's majority.  Two: a follower hears only the leader; when it dies, a candidate's
-(pre-)vote request reaches the others within one more (randomized) election timeout,
-so a node in the majority side never looks like a minority while the cluster elects."""
 
 
 def _publish_nowhere(topic: str, data: dict[str, Any]) -> None:
@@ -187,10 +178,11 @@ class ConsensusDriver:
         self._forwarder = Forwarder(answer_within=self._commit_timeout + 1.0)
         self._known_leader = ""
         """The leader last seen in the core: a change wakes writes waiting for one."""
-        self._leader_waiters: list[asyncio.Future[None]] = []
-        self._heard: dict[str, int] = {}
-        """Peer id → tick count of its last Raft message (``_minority``)."""
-        self._ticks = 0
+        self._leader_wait = LeaderWait(
+            node_id, self._core, self.raft_config.election_timeout,
+            self.raft_config.election_ticks, self._commit_timeout,
+        )
+        self._heard = self._leader_wait.heard
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._role = ""
@@ -347,7 +339,7 @@ class ConsensusDriver:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
-            self._ticks += 1
+            self._leader_wait.ticks += 1
             if not self.disk_full.paused:  # paused: the core stands still (diskfull.py)
                 self._node.tick()
             self.wake()
@@ -576,7 +568,7 @@ class ConsensusDriver:
         self.step(msg)
 
     def step(self, msg: Any) -> None:
-        self._heard[msg.frm] = self._ticks
+        self._heard[msg.frm] = self._leader_wait.ticks
         if self.disk_full.paused:
             self.disk_full.step(msg)  # learn who leads, drop the rest (diskfull.py)
             return
@@ -623,7 +615,7 @@ class ConsensusDriver:
                 raise NoQuorumError()
             return self._propose_future(command, finish, decoded)
         leader = node.leader_id if node.has_quorum_contact() else ""
-        if not leader and self._minority():
+        if not leader and self._leader_wait.minority():
             raise NoQuorumError("fewer than a majority of the voters heard from")
         return asyncio.ensure_future(self._write_via_leader(leader, command, forward, finish, decoded))
 
@@ -636,12 +628,12 @@ class ConsensusDriver:
         decoded: Command | None,
     ) -> Any:
         """Forward ``command`` to ``leader`` ("": wait for one), following leader
-        changes until ``commit_timeout`` after the call (see the module doc)."""
-        deadline = asyncio.get_running_loop().time() + self._commit_timeout
+        changes until the request timeout (see the module doc)."""
+        deadline = self._leader_wait.deadline()
         refused = ""  # a node that answered it is not a working leader: wait for another
         while True:
             if not leader:
-                leader = await self._await_leader(deadline, refused)
+                leader = await self._leader_wait.wait(deadline, refused)
             if leader == self.node_id:
                 return await self._propose_future(command, finish, decoded)
             try:
@@ -658,62 +650,13 @@ class ConsensusDriver:
                 continue
             return result if finish is None else finish(result)
 
-    async def _await_leader(self, deadline: float, refused: str) -> str:
-        """The leader to send a write to (our own id when we lead), once one other
-        than ``refused`` is known with quorum contact.  ``NoQuorumError`` past
-        ``deadline`` or once this node is a real minority."""
-        loop = asyncio.get_running_loop()
-        recheck = self.raft_config.election_timeout
-        while True:
-            node = self._node
-            if node.is_leader() and node.has_quorum_contact():
-                return self.node_id
-            leader = node.leader_id
-            if leader and leader != refused and node.has_quorum_contact():
-                return leader
-            now = loop.time()
-            if now >= deadline:
-                raise NoQuorumError(f"no leader within {self._commit_timeout:g} s")
-            if self._minority():
-                raise NoQuorumError("fewer than a majority of the voters heard from")
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._leader_waiters.append(waiter)
-            try:  # woken by a leader change; rechecked every election timeout
-                await asyncio.wait_for(waiter, min(recheck, deadline - now))
-            except TimeoutError:
-                pass
-            finally:
-                if waiter in self._leader_waiters:
-                    self._leader_waiters.remove(waiter)
-
     def _leader_changed(self, leader: str) -> None:
         """The core names a new leader ("" while electing): wake the writes waiting
         for one, and resend those forwarded to another node."""
         self._known_leader = leader
-        if not leader:
-            return
-        waiters, self._leader_waiters = self._leader_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._forwarder.retarget(leader)
-
-    def _minority(self) -> bool:
-        """A real minority: fewer than a majority of the voters (us included) heard
-        from within ``MINORITY_WINDOW`` election timeouts.  Never while forming
-        (no voters known) or before this node could have heard from anyone."""
-        node = self._node
-        voters = node.conf.voters
-        if not voters or node.has_quorum_contact():
-            return False
-        window = MINORITY_WINDOW * self.raft_config.election_ticks
-        if self._ticks < window:
-            return False
-        recent = self._ticks - window
-        heard = sum(
-            1 for v in voters if v == self.node_id or self._heard.get(v, -window - 1) >= recent
-        )
-        return heard < len(voters) // 2 + 1
+        if leader:
+            self._leader_wait.changed()
+            self._forwarder.retarget(leader)
 
     async def _forward_finish(
         self,
@@ -815,10 +758,9 @@ class ConsensusDriver:
             return
         if not self._node.has_quorum_contact():
             # Forming or electing: wait for a leader like a write does (module doc).
-            if self._minority():
+            if self._leader_wait.minority():
                 raise NoQuorumError()
-            deadline = asyncio.get_running_loop().time() + self._commit_timeout
-            await self._await_leader(deadline, "")
+            await self._leader_wait.wait(self._leader_wait.deadline())
         ctx = os.urandom(8)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._reads[ctx] = fut

@@ -15,13 +15,15 @@ ids raise ``TaskError`` (→ ``not_found``); no quorum raises ``NoQuorumError``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from agent.control.params import ListOf, MapOf, Schema, check_params
 from agent.runtime.handlers import keys, kv, nodes, proposals, status
 from agent.runtime.handlers.common import committer, reader
+from agent.runtime.leader_wait import REQUEST_TIMEOUT, request_timeout_param
 from agent.runtime.ports import (
     ControlConsensus,
     ControlReads,
@@ -86,9 +88,28 @@ def strict(method: str, handler: Handler) -> Handler:
 
     def checked(params: dict[str, Any]) -> Awaitable[Any]:
         check_params(method, params, schema)
-        return handler(params)
+        timeout = request_timeout_param(params.get("request_timeout"))
+        if timeout is None:
+            return handler(params)
+        # The client's request timeout reaches the Raft driver's leader wait
+        # (leader_wait.py): set around the call for a future-returning handler
+        # (its task copies the context), inside the coroutine for the others.
+        token = REQUEST_TIMEOUT.set(timeout)
+        try:
+            result = handler(params)
+        finally:
+            REQUEST_TIMEOUT.reset(token)
+        return _within(result, timeout) if inspect.iscoroutine(result) else result
 
     return checked
+
+
+async def _within(coro: Coroutine[Any, Any, Any], timeout: float) -> Any:
+    token = REQUEST_TIMEOUT.set(timeout)  # the running task's context, for this request
+    try:
+        return await coro
+    finally:
+        REQUEST_TIMEOUT.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
