@@ -25,9 +25,11 @@ from meshtui.demo import LocalMesh, free_port
 pytestmark = pytest.mark.timeout(120)
 
 PROBE_INTERVAL = SwimConfig.local().probe_interval  # the demo runs --profile local
-POLL_SLACK = 0.3
+POLL_SLACK = 0.8
 """Seconds allowed on top of one probe interval for the test's own polling
-(three status calls a round on a shared 2-core box)."""
+(three status calls a round) on a loaded 2-core CI box: the old behaviour it
+guards against is "dead for over a minute", and quiet runs see n2 alive within
+the interval itself."""
 KEEP_OUT = shutil.ignore_patterns("agent.sock", "agent.log")
 
 

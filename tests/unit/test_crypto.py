@@ -10,9 +10,9 @@ import random
 from pathlib import Path
 
 import pytest
-from envelope_pairs import handshake, pair
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.envelope_pairs import handshake, pair
 
 from agent import crypto, envelope
 from agent.crypto import Keyring, SealError

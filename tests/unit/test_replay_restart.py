@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 
 import pytest
-from envelope_pairs import KEY_A, handshake
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.envelope_pairs import KEY_A, handshake
 from support.wait import wait_until_async
 
 from agent.crypto import Keyring, SealError
