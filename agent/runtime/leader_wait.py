@@ -102,8 +102,8 @@ class LeaderWait:
         return leader if leader != refused else ""
 
     async def wait(self, deadline: float, refused: str = "") -> str:
-        """``leader(refused)`` once there is one; ``NoQuorumError`` past ``deadline``
-        or as soon as this node is a real minority."""
+        """``leader(refused)`` once there is one (any leader after a leader change);
+        ``NoQuorumError`` past ``deadline`` or as soon as this node is a real minority."""
         loop = asyncio.get_running_loop()
         while not (leader := self.leader(refused)):
             now = loop.time()
@@ -115,6 +115,7 @@ class LeaderWait:
             self._waiters.append(waiter)
             try:  # woken by a leader change; rechecked every election timeout
                 await asyncio.wait_for(waiter, min(self._recheck, deadline - now))
+                refused = ""  # a new election: the node that refused may lead now
             except TimeoutError:
                 pass
             finally:
