@@ -41,6 +41,21 @@ def put_many(node: DemoNode, first: int, count: int) -> None:
         call_sync(node.socket_path, "kv.put", {"ns": "d", "key": f"k{i}", "value": f"v{i}".encode()}, 10.0)
 
 
+def caught_up(follower: DemoNode, leader: DemoNode, role: str | None = None) -> bool:
+    """Has ``follower`` applied the leader's commit index (and, if given, got ``role``)?"""
+    mine, theirs = status(follower) or {}, status(leader) or {}
+    if role is not None and mine.get("role") != role:
+        return False
+    return bool(mine.get("applied_index", 0) >= theirs.get("commit_index", 1))  # type: ignore[operator]
+
+
+def stop_cleanly(mesh: LocalMesh, node: DemoNode) -> None:
+    """SIGTERM and wait for the exit: the WAL's clean close writes its last ack slot."""
+    mesh.kill(node.name, signal.SIGTERM)
+    assert node.proc is not None
+    node.proc.wait(timeout=20)
+
+
 def leader_and_follower(mesh: LocalMesh) -> tuple[DemoNode, DemoNode]:
     leader = follower = None
     for node in mesh.nodes:
@@ -102,13 +117,9 @@ def test_a_voter_that_lost_its_wal_tail_is_repaired_and_no_acked_write_is_lost(
     try:
         leader, follower = leader_and_follower(mesh)
         put_many(leader, 0, 150)
-        wait_until("the follower to apply every write",
-                   lambda: (status(follower) or {}).get("applied_index", 0)
-                   >= (status(leader) or {}).get("commit_index", 1), 20)
+        wait_until("the follower to apply every write", lambda: caught_up(follower, leader), 20)
         if stop == "clean":
-            mesh.kill(follower.name, signal.SIGTERM)
-            assert follower.proc is not None
-            follower.proc.wait(timeout=20)
+            stop_cleanly(mesh, follower)
         else:
             mesh.kill(follower.name, signal.SIGKILL)
         zero_wal_tail(follower.data_dir)
@@ -117,9 +128,7 @@ def test_a_voter_that_lost_its_wal_tail_is_repaired_and_no_acked_write_is_lost(
         put_many(leader, 150, 30)
         wait_until(
             "the damaged voter to be repaired and promoted again",
-            lambda: (status(follower) or {}).get("role") == "voter"
-            and (status(follower) or {}).get("applied_index", 0)
-            >= (status(leader) or {}).get("commit_index", 1),
+            lambda: caught_up(follower, leader, role="voter"),
             90,
         )
         log = follower.log_file.read_text()
@@ -142,9 +151,7 @@ def test_the_only_voter_refuses_with_one_line_and_recover_forces_a_new_cluster(t
     try:
         assert mesh.wait_voters(1, 40)
         put_many(node, 0, 120)
-        mesh.kill(node.name, signal.SIGTERM)
-        assert node.proc is not None
-        node.proc.wait(timeout=20)
+        stop_cleanly(mesh, node)
         seg = zero_wal_tail(node.data_dir)
         refused = run_agent_once(node)
         assert refused.returncode == 2, refused.stderr
@@ -176,9 +183,7 @@ def test_a_deleted_snapshot_is_one_line(tmp_path: Path) -> None:
     try:
         assert mesh.wait_voters(1, 40)
         put_many(node, 0, 100)
-        mesh.kill(node.name, signal.SIGTERM)
-        assert node.proc is not None
-        node.proc.wait(timeout=20)
+        stop_cleanly(mesh, node)
         snaps = list((node.data_dir / "raft" / "snap").glob("*.snap"))
         assert snaps, "no snapshot was taken"
         for snap in snaps:
@@ -197,9 +202,7 @@ def test_a_damaged_voter_with_no_healthy_majority_stops_after_repair_wait(tmp_pa
     try:
         leader, follower = leader_and_follower(mesh)
         put_many(leader, 0, 150)
-        wait_until("the follower to apply every write",
-                   lambda: (status(follower) or {}).get("applied_index", 0)
-                   >= (status(leader) or {}).get("commit_index", 1), 20)
+        wait_until("the follower to apply every write", lambda: caught_up(follower, leader), 20)
     finally:
         mesh.stop()
     zero_wal_tail(follower.data_dir)
@@ -226,12 +229,8 @@ def test_a_voter_whose_sealed_middle_segment_lost_its_end_is_repaired(tmp_path: 
         assert mesh.wait_ready(30) and mesh.wait_voters(3, 40)
         leader, follower = leader_and_follower(mesh)
         put_many(leader, 0, 1200)
-        wait_until("the follower to apply every write",
-                   lambda: (status(follower) or {}).get("applied_index", 0)
-                   >= (status(leader) or {}).get("commit_index", 1), 30)
-        mesh.kill(follower.name, signal.SIGTERM)
-        assert follower.proc is not None
-        follower.proc.wait(timeout=20)
+        wait_until("the follower to apply every write", lambda: caught_up(follower, leader), 30)
+        stop_cleanly(mesh, follower)
         segments = sorted((follower.data_dir / "raft" / "wal").glob("*.seg"))
         assert len(segments) >= 3, segments
         middle = segments[len(segments) // 2 - 1]
@@ -243,9 +242,7 @@ def test_a_voter_whose_sealed_middle_segment_lost_its_end_is_repaired(tmp_path: 
         mesh.restart(follower.name)
         wait_until(
             "the damaged voter to be repaired and promoted again",
-            lambda: (status(follower) or {}).get("role") == "voter"
-            and (status(follower) or {}).get("applied_index", 0)
-            >= (status(leader) or {}).get("commit_index", 1),
+            lambda: caught_up(follower, leader, role="voter"),
             90,
         )
         log = follower.log_file.read_text()
