@@ -24,6 +24,9 @@ class _ArgParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgParser(prog="mesh-agent", description="meshtui cluster agent")
+    from agent import __version__
+
+    parser.add_argument("--version", action="version", version=f"mesh-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the agent in the foreground")

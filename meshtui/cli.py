@@ -71,6 +71,9 @@ def _common(p: argparse.ArgumentParser, json_flag: bool = True, nested: bool = F
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgParser(prog="meshtui", description="operate a mesh-agent cluster")
+    from meshtui import __version__
+
+    parser.add_argument("--version", action="version", version=f"meshtui {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_ArgParser)
 
     p = sub.add_parser("attach", help="open the TUI (default command)")
