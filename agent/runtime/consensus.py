@@ -73,7 +73,7 @@ from agent.errors import (
 )
 from agent.raft.confchange import plan_voter_changes
 from agent.raft.core import RaftNode, bootstrap_state
-from agent.raft.messages import EntryKind, Ready, Role, Snapshot
+from agent.raft.messages import Entry, EntryKind, Ready, Role, Snapshot
 from agent.raft.storage import Storage
 from agent.runtime import recovery
 from agent.runtime.diskfull import RETRY_FIRST, RETRY_MAX, DiskFullMode, fatal_line, is_disk_full
@@ -258,6 +258,19 @@ class ConsensusDriver:
     def alarms(self) -> list[dict[str, Any]]:
         """Disk-full alarms on this node (diskfull.py)."""
         return self.disk_full.alarms()
+
+    def log_view(self, after: int, limit: int) -> tuple[dict[str, dict[str, object]], list[Entry]]:
+        """Read-only, for the TUI (handlers/raftlog.py): the leader's per-peer progress
+        (``{}`` off the leader; ``heard_ticks`` = ticks since that peer last answered,
+        counted from the freshest answer) and up to ``limit`` committed entries after
+        ``after`` that are still in the log (not compacted)."""
+        node = self._node
+        progress = node.progress_view() if node.is_leader() else {}
+        freshest = max((node.prs[p].last_heard for p in progress if p != self.node_id), default=0)
+        for peer, row in progress.items():
+            row["heard_ticks"] = 0 if peer == self.node_id else max(0, freshest - node.prs[peer].last_heard)
+        lo = max(after + 1, node.log.first_index(), node.log.committed - limit + 1)
+        return progress, node.log.slice(lo, node.log.committed + 1) if lo <= node.log.committed else []
 
     def _core(self) -> RaftNode:
         return self._node
