@@ -1,7 +1,8 @@
 """Control API method handlers (docs/internals.md §4), one module per area.
 
 ``status.py`` (status, members, report), ``kv.py``, ``proposals.py``,
-``nodes.py`` (drain, leader transfer, shutdown), ``keys.py``; the ``task.*``
+``nodes.py`` (drain, leader transfer, shutdown), ``keys.py``, ``raftlog.py`` (the
+Raft log and replication progress for the TUI); the ``task.*``
 methods are the task runtime's (``TaskRuntime.handlers``).  Each area takes
 the small Protocols of ``ports.py`` it uses, never the agent.
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.control.params import ListOf, MapOf, Schema, check_params
-from agent.runtime.handlers import keys, kv, nodes, proposals, status
+from agent.runtime.handlers import keys, kv, nodes, proposals, raftlog, status
 from agent.runtime.handlers.common import committer, reader
 from agent.runtime.leader_wait import REQUEST_TIMEOUT, request_timeout_param
 from agent.runtime.ports import (
@@ -56,6 +57,8 @@ METHOD_PARAMS: dict[str, Schema] = {
     "node.drain": {"node": str, **_RID},
     "node.undrain": {"node": str, **_RID},
     "leader.transfer": {"to": str},
+    "consensus.log": {"after": int, "limit": int},
+    "consensus.progress": {},
     "keys.list": {},
     "keys.install": {"key": str},
     "keys.use": {"key_id": str},
@@ -142,6 +145,7 @@ def build_handlers(ports: ControlPorts) -> dict[str, Handler]:
         ),
         **nodes.handlers(raft, raft, ports.names, node_id=ports.node_id, stop=ports.stop),
         **keys.handlers(ports.keyring),
+        **raftlog.handlers(raft, ports.names),
         **ports.tasks.handlers(committer(raft), reader(raft)),
     }
     return {method: strict(method, handler) for method, handler in handlers.items()}
