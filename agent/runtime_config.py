@@ -41,6 +41,14 @@ class RuntimeConfig:
     """Seconds a write waits to be applied before it fails with "no quorum"
     (default 5 s): several election timeouts, so a leader change does not fail it."""
 
+    forward_resend: float = 1.0
+    """Seconds a follower waits for the leader's answer to a forwarded write before
+    it sends the same command again, to the leader it knows then (default 1 s LAN,
+    0.5 s local).  Covers a frame lost with a broken connection or a relay that
+    failed while the leader stayed: the command's request id makes the copy a no-op
+    if the first one was applied, and a command without one is never resent.  Well
+    above a commit's round trip, so a slow but healthy leader is not flooded."""
+
     read_timeout: float = 3.0
     """Seconds a linearizable read waits for the leader's confirmation (default 3 s)."""
 
@@ -63,7 +71,9 @@ class RuntimeConfig:
 
     @classmethod
     def local(cls) -> RuntimeConfig:
-        return cls(task_lease=3.0, sched_interval=0.2, bid_timeout=0.05, bootstrap_grace=1.5)
+        return cls(
+            task_lease=3.0, sched_interval=0.2, bid_timeout=0.05, bootstrap_grace=1.5, forward_resend=0.5
+        )
 
     def validate(self) -> RuntimeConfig:
         """Return self, or raise ``ConfigError`` naming the first field out of range."""

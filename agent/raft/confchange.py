@@ -91,7 +91,11 @@ def plan_voter_changes(
        the operator shrinks ``max_voters`` by removing nodes);
     2. a dead voter, the voter set full, and a caught-up learner ready: remove the
        dead voter to make room (the learner is promoted by the next call);
-    3. fewer voters than ``max_voters``: promote a caught-up, alive learner;
+    3. fewer voters than ``max_voters``: promote a caught-up, alive learner --
+       but from one voter only when two learners are ready, so the second
+       promotion follows at once: two voters tolerate no failure, one voter plus a
+       learner at least survives the learner's (a cluster founded with one voter,
+       because only two hosts were up, waits at one until a third is ready);
     4. a dead voter with at least 3 voters left after removing it: remove it (a
        smaller set of live voters tolerates more failures than one carrying the dead);
     5. an alive node that is not a member (new, or back from the dead): add it as
@@ -108,7 +112,7 @@ def plan_voter_changes(
         return ConfChange(ConfChangeKind.REMOVE, dead_voters[0])
     if dead_voters and len(voters) >= max_voters and ready_learners:
         return ConfChange(ConfChangeKind.REMOVE, dead_voters[0])
-    if len(voters) < max_voters and ready_learners:
+    if len(voters) < max_voters and ready_learners and (len(voters) != 1 or len(ready_learners) >= 2):
         return ConfChange(ConfChangeKind.PROMOTE, ready_learners[0])
     if dead_voters and len(voters) - 1 >= 3:
         return ConfChange(ConfChangeKind.REMOVE, dead_voters[0])

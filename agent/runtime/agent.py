@@ -48,7 +48,7 @@ from agent.datadir import lock_data_dir
 from agent.discovery import Discovery
 from agent.errors import LocalError
 from agent.raft import messages as raft_messages
-from agent.runtime.bootstrap import BootstrapGate
+from agent.runtime.bootstrap import BootstrapGate, founding_voters
 from agent.runtime.consensus import ConsensusDriver
 from agent.runtime.handlers import ControlPorts, build_handlers
 from agent.runtime.membership import MembershipDriver
@@ -355,7 +355,9 @@ class Agent:
             if not self._consensus.bootstrapped:
                 clustered = any(m.meta.role != "none" for m in members if m.id != self.node_id)
                 if gate.ready(time.monotonic(), alive, clustered):
-                    self._consensus.bootstrap_single()
+                    self._consensus.bootstrap(
+                        founding_voters(self.node_id, alive, self._consensus.config.max_voters)
+                    )
                 continue
             self._consensus.autopilot(alive, dead)
             await self._tasks.register_members(members)

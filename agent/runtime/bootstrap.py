@@ -13,6 +13,13 @@ Rules, checked every autopilot round until the node has a Raft configuration:
    nodes joining one by one each see a different set for a moment, and only
    once the set is stable do they all agree on rule 4.
 4. Of the alive members, only the one with the smallest node id founds it.
+5. It founds it with as many of them as voters as it can while keeping the
+   count odd (``founding_voters``): three hosts started together form a
+   three-voter cluster at once, instead of growing 1 -> 2 -> 3 voters and
+   sitting at two, where either failure stops the cluster.  The others learn
+   that configuration from the founder's log (its first entries), like any later
+   membership change; until then they have no configuration and never campaign,
+   but they vote, so the founder's election needs a majority of the founders.
 """
 
 from __future__ import annotations
@@ -41,3 +48,13 @@ class BootstrapGate:
         if now - self._stable_since < self.grace:
             return False
         return self.node_id == min(seen)
+
+
+def founding_voters(node_id: str, alive: set[str], max_voters: int) -> list[str]:
+    """The voters a new cluster is founded with: the alive members in node-id
+    order (the founder, the smallest, first), at most ``max_voters`` of them and
+    an odd number (an even count tolerates no more failures than one fewer)."""
+    members = sorted(alive | {node_id})[: max(1, max_voters)]
+    if len(members) % 2 == 0:
+        members = members[:-1]
+    return members

@@ -46,9 +46,10 @@ off, writes go to the leader elsewhere); see ``diskfull.py``.
 
 Bootstrap: a node with an empty log stays a non-voting nobody until either a
 leader adds it (as a learner) or, after ``bootstrap_grace`` seconds with no
-member advertising a Raft role, it is the smallest alive node id and founds a
-one-voter cluster; the leader's autopilot then adds everyone else as learners
-and promotes caught-up learners up to ``max_voters``.
+member advertising a Raft role, it is the smallest alive node id and founds
+the cluster with an odd number of the alive members as voters
+(``bootstrap.founding_voters``: never two); the leader's autopilot then adds
+everyone else as learners and promotes caught-up learners up to ``max_voters``.
 """
 
 from __future__ import annotations
@@ -175,7 +176,9 @@ class ConsensusDriver:
         self._pending: dict[int, _Pending] = {}
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._forwarder = Forwarder(answer_within=self._commit_timeout + 1.0)
+        self._forwarder = Forwarder(
+            answer_within=self._commit_timeout + 1.0, resend_after=config.runtime.forward_resend
+        )
         self._known_leader = ""
         """The leader last seen in the core: a change wakes writes waiting for one."""
         self._leader_wait = LeaderWait(
@@ -295,10 +298,11 @@ class ConsensusDriver:
         # A damaged node never founds a cluster: it waits for the one it belonged to.
         return bool(self._node.conf.voters) or self._node.commit_index > 0 or bool(self._node.damaged)
 
-    def bootstrap_single(self) -> None:
-        """Found a new cluster with this node as its only voter (see module doc)."""
-        assert not self.bootstrapped
-        restored = bootstrap_state([self.node_id])
+    def bootstrap(self, voters: list[str]) -> None:
+        """Found a new cluster with ``voters`` (this node among them; see the
+        module doc and ``bootstrap.founding_voters``)."""
+        assert not self.bootstrapped and self.node_id in voters
+        restored = bootstrap_state(voters)
         try:
             self._storage.append(list(restored.entries), restored.hard_state)
             self._storage.sync()
@@ -310,7 +314,7 @@ class ConsensusDriver:
         self.disk_full.clear_alarm("bootstrap")
         self._durable_term_vote = (restored.hard_state.term, restored.hard_state.vote)
         self._node = RaftNode(self.raft_config, self.node_id, restored, self._rng)
-        log.info("bootstrapped a new cluster with %s as its first voter", self.node_id)
+        log.info("founded a new cluster with voters %s", ", ".join(sorted(voters)))
         self.wake()
 
     def start(self) -> None:
@@ -650,10 +654,14 @@ class ConsensusDriver:
             if leader == self.node_id:
                 return await self._propose_future(command, finish, decoded)
             try:
-                result = await self._forwarder.forward(leader, command, forward)
+                result = await self._forwarder.forward(
+                    leader, command, forward, resendable=_has_rid(command)
+                )
             except Retarget:
                 if not _has_rid(command):
                     raise NoQuorumError("the leader changed before answering; retry") from None
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise NoQuorumError("the leader did not answer within the request timeout") from None
                 leader, refused = "", ""
                 continue
             except LeaderRefused:

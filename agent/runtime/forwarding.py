@@ -13,7 +13,11 @@ the driver learns of a new leader (``retarget``), the requests sent elsewhere
 fail with ``Retarget`` and the driver sends the same command -- the same
 state-machine ``rid`` inside it, so the apply dedup makes a second copy a
 no-op -- to the new leader under a fresh request id (a late answer from the
-old leader then finds nobody waiting and is dropped).  A ``no_quorum`` answer
+old leader then finds nobody waiting and is dropped).  The same resend
+happens when the leader stays but its answer does not come within
+``resend_after`` (a frame lost with a broken connection or a failed relay):
+the request fails with ``Retarget`` and goes again, to whichever leader is
+known then -- only for commands that carry a ``rid`` (``resendable``).  A ``no_quorum`` answer
 raises ``LeaderRefused``: the node asked is not (or no longer) a working
 leader, so the driver may wait for another one.
 """
@@ -48,25 +52,36 @@ class _Waiting:
     deadline: float
     leader: str
     """The node this request went to: ``retarget`` resends the ones sent elsewhere."""
+    resend_at: float
+    """Loop time after which an unanswered resendable request is sent again (inf: never)."""
 
 
 class Forwarder:
     """Forwarded writes waiting for the leader's answer, by request id."""
 
-    def __init__(self, answer_within: float) -> None:
+    def __init__(self, answer_within: float, resend_after: float = float("inf")) -> None:
         self._answer_within = answer_within
+        self._resend_after = resend_after
         self._waiting: dict[int, _Waiting] = {}
         self._ids = itertools.count(1)
 
     async def forward(
-        self, leader: str, command: bytes, send: Callable[[str, object], None]
+        self,
+        leader: str,
+        command: bytes,
+        send: Callable[[str, object], None],
+        resendable: bool = False,
     ) -> ApplyResult:
         """Have ``leader`` commit ``command``; its apply result, or the error its
-        answer names (``NoQuorumError``, ``DiskFullError``, ``LocalError``)."""
+        answer names (``NoQuorumError``, ``DiskFullError``, ``LocalError``).
+        ``Retarget``: send it again (leader changed, or no answer in ``resend_after``
+        for a ``resendable`` command)."""
         req_id = next(self._ids)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[ForwardResult] = loop.create_future()
-        self._waiting[req_id] = _Waiting(fut, loop.time() + self._answer_within, leader)
+        now = loop.time()
+        resend_at = now + self._resend_after if resendable else float("inf")
+        self._waiting[req_id] = _Waiting(fut, now + self._answer_within, leader, resend_at)
         send(leader, ForwardPropose(req_id, command))
         try:
             res = await fut  # ``expire`` fails it after the deadline
@@ -95,16 +110,25 @@ class Forwarder:
                 waiting.future.set_exception(Retarget())
 
     def expire(self, now: float) -> None:
-        """Fail the requests whose deadline passed.  The dict is in insertion order
-        and every deadline is insertion time plus one constant, so the sweep stops
-        at the first live one."""
-        while self._waiting:
-            req_id, waiting = next(iter(self._waiting.items()))
-            if waiting.deadline > now and not waiting.future.done():
+        """Fail the requests whose deadline passed, and hand the resendable ones
+        unanswered for ``resend_after`` back to their senders (``Retarget``).  The
+        dict is in insertion order and every deadline and resend time is insertion
+        time plus one constant, so the sweep stops at the first request that is
+        due for neither (a non-resendable one is skipped, not a stop)."""
+        due: list[tuple[int, _Waiting]] = []
+        for req_id, waiting in self._waiting.items():
+            if waiting.future.done():
+                continue
+            if waiting.deadline <= now or waiting.resend_at <= now:
+                due.append((req_id, waiting))
+            elif waiting.resend_at != float("inf"):
                 break
+        for req_id, waiting in due:
             del self._waiting[req_id]
-            if not waiting.future.done():
+            if waiting.deadline <= now:
                 waiting.future.set_exception(NoQuorumError("the leader did not answer in time"))
+            else:
+                waiting.future.set_exception(Retarget())
 
     def fail_all(self, error: Callable[[], BaseException]) -> None:
         for waiting in self._waiting.values():

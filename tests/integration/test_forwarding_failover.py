@@ -124,3 +124,26 @@ def test_write_through_survivors_right_after_leader_sigkill(mesh: LocalMesh) -> 
     for n in survivors:  # exactly one apply: the value moved 0 -> 1 once
         got = call_sync(survivors[0].socket_path, "kv.get", {"ns": "c", "key": n.name}, 5.0)
         assert got["value"] == b"1", got
+
+
+def test_one_of_three_killed_as_the_leader_appears_leaves_a_working_pair(mesh: LocalMesh) -> None:
+    """Formation founds all three as voters at once (never two voters, which
+    tolerate no failure): a member SIGKILLed the moment a leader appears leaves
+    the other two committing writes."""
+    mesh.start()
+    wait_until("a socket on every node", lambda: all(
+        status_of(n.socket_path) is not None for n in mesh.nodes), 20, 0.05)
+    wait_until("any node to report a leader", lambda: any_leader(mesh) is not None, 30, 0.02,
+               detail=lambda: describe(mesh))
+    leader = any_leader(mesh)
+    victim = next(n for n in mesh.nodes if n.name != leader)
+    mesh.kill(victim.name)
+    founder = next(n for n in mesh.nodes if n.name == leader)
+    voters = (status_of(founder.socket_path) or {}).get("consensus", {}).get("voters", [])
+    assert len(voters) == 3, f"the cluster was founded with {voters}; {describe(mesh)}"
+    for n in mesh.nodes:
+        if n is victim:
+            continue
+        got = call_sync(n.socket_path, "kv.put",
+                        {"ns": "pair", "key": n.name, "value": b"v", "rid": uuid.uuid4().hex}, 10.0)
+        assert got is not None

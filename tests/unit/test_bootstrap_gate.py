@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from agent.runtime.bootstrap import BootstrapGate
+import pytest
+
+from agent.runtime.bootstrap import BootstrapGate, founding_voters
 
 GRACE = 1.5
 
@@ -37,3 +39,19 @@ def test_only_the_smallest_id_founds_and_never_when_a_cluster_exists() -> None:
     assert small.ready(2.0, {"z"}, clustered=False)
     assert not large.ready(2.0, {"a"}, clustered=False)
     assert not small.ready(5.0, {"z"}, clustered=True)  # z advertises a Raft role
+
+
+@pytest.mark.parametrize(
+    ("alive", "max_voters", "want"),
+    [
+        ("a", 5, "a"),
+        ("ab", 5, "a"),  # two would tolerate no failure: found with one, the other learns
+        ("abc", 5, "abc"),
+        ("abcd", 5, "abc"),
+        ("abcdef", 5, "abcde"),
+        ("abcdefg", 7, "abcdefg"),
+        ("abc", 1, "a"),
+    ],
+)
+def test_founding_voters_is_odd_and_smallest_first(alive: str, max_voters: int, want: str) -> None:
+    assert founding_voters("a", set(alive), max_voters) == list(want)

@@ -96,7 +96,7 @@ def test_single_voter_pauses_refuses_and_resumes(tmp_path: Path, monkeypatch: py
 
     async def run() -> None:
         driver = make_driver(tmp_path, events)
-        driver.bootstrap_single()
+        driver.bootstrap([driver.node_id])
         driver.start()
         try:
             await wait_until_async("n1 to lead", lambda: driver.is_leader(), WAIT)
@@ -147,7 +147,7 @@ def test_restarted_while_full_serves_stale_reads_until_its_term_is_applied(
 
     async def fill_and_stop() -> None:
         driver = make_driver(tmp_path, [])
-        driver.bootstrap_single()
+        driver.bootstrap([driver.node_id])
         driver.start()
         try:
             await wait_until_async("n1 to lead", lambda: driver.is_leader(), WAIT)
@@ -192,7 +192,7 @@ def test_other_storage_errors_stop_the_node_with_one_line(
 
     async def run() -> None:
         driver = make_driver(tmp_path, [])
-        driver.bootstrap_single()
+        driver.bootstrap([driver.node_id])
         driver.start()
         try:
             await wait_until_async("n1 to lead", lambda: driver.is_leader(), WAIT)

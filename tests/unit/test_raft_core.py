@@ -344,6 +344,11 @@ def test_restart_from_real_storage(tmp_path: pathlib.Path) -> None:
         ("abc", "x", "abc", "x", "", ("REMOVE", "x")),
         # a node back from the dead rejoins as a learner
         ("ab", "", "abc", "", "", ("ADD_LEARNER", "c")),
+        # one voter and one ready learner: stay at one voter (two tolerate no failure)
+        ("a", "b", "ab", "", "b", None),
+        # one voter and two ready learners: promote one, the other follows at once
+        ("a", "bc", "abc", "", "bc", ("PROMOTE", "b")),
+        ("ab", "c", "abc", "", "c", ("PROMOTE", "c")),
     ],
 )
 def test_plan_voter_changes(
