@@ -7,7 +7,8 @@ import pathlib
 import random
 
 import pytest
-from sim.raftnet import SIM_CONFIG, MemoryStorage, RaftNet, SimNode
+from sim.raftnet import SIM_CONFIG, MemoryStorage, RaftNet
+from support.raft_sim import elected, put
 
 from agent.errors import LocalError, NoQuorumError, NotLeaderError
 from agent.raft.confchange import plan_voter_changes
@@ -31,18 +32,6 @@ from agent.raft.messages import (
 from agent.raft.storage import Storage
 
 ABC = ["a", "b", "c"]
-
-
-def elected(net: RaftNet, steps: int = 200) -> SimNode:
-    assert net.wait_for(lambda: net.leader() is not None, steps), "no leader elected"
-    leader = net.leader()
-    assert leader is not None
-    return leader
-
-
-def put(net: RaftNet, node: str, n: int, key: str = "k") -> None:
-    for i in range(n):
-        assert net.propose(node, f'[0, {i}, "put", "{key}", "v{i}"]'.encode()) is not None
 
 
 def record_sends(net: RaftNet) -> list[RaftMessage]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 
-from sim.raftnet import SIM_CONFIG, RaftNet, SimNode
+from sim.raftnet import SIM_CONFIG, RaftNet
+from support.raft_sim import elected, put
 
 from agent.raft.core import RaftNode, bootstrap_state
 from agent.raft.messages import (
@@ -17,18 +18,6 @@ from agent.raft.messages import (
 )
 
 ABC = ["a", "b", "c"]
-
-
-def elected(net: RaftNet, steps: int = 300) -> SimNode:
-    assert net.wait_for(lambda: net.leader() is not None, steps), "no leader elected"
-    leader = net.leader()
-    assert leader is not None
-    return leader
-
-
-def put(net: RaftNet, node: str, first: int, n: int) -> None:
-    for i in range(first, first + n):
-        assert net.propose(node, f'[0, {i}, "put", "k{i}", "v{i}"]'.encode()) is not None
 
 
 def repaired(net: RaftNet, node_id: str) -> bool:
@@ -46,7 +35,7 @@ def repaired(net: RaftNet, node_id: str) -> bool:
 def test_a_node_whose_disk_lost_acknowledged_entries_is_demoted_wiped_and_caught_up() -> None:
     net = RaftNet(21, ABC)
     leader = elected(net)
-    put(net, leader.node_id, 0, 30)
+    put(net, leader.node_id, 30, first=0, key=None)
     net.run(20)
     victim = next(n for n in ABC if n != leader.node_id)
     assert net.lie(victim, 5) == 5
@@ -59,7 +48,7 @@ def test_a_node_whose_disk_lost_acknowledged_entries_is_demoted_wiped_and_caught
     # Promoted again (the runtime's autopilot does this once it caught up).
     assert net.propose_conf_change(ConfChange(ConfChangeKind.PROMOTE, victim))
     assert net.wait_for(lambda: victim in net.nodes[victim].raft.conf.voters, 100)
-    put(net, leader.node_id, 100, 5)
+    put(net, leader.node_id, 5, first=100, key=None)
     assert net.wait_for(lambda: repaired(net, victim), 100)
 
 
@@ -81,11 +70,11 @@ def test_a_damaged_node_grants_no_vote_and_never_campaigns() -> None:
 def test_a_data_dir_restored_from_an_older_copy_is_caught_by_the_start_check() -> None:
     net = RaftNet(22, ABC)
     leader = elected(net)
-    put(net, leader.node_id, 0, 10)
+    put(net, leader.node_id, 10, first=0, key=None)
     net.run(20)
     victim = next(n for n in ABC if n != leader.node_id)
     backup = net.nodes[victim].storage.copy()
-    put(net, leader.node_id, 10, 20)
+    put(net, leader.node_id, 20, first=10, key=None)
     net.run(20)
     assert net.nodes[victim].raft.applied_index > backup.restored().entries[-1].index
     net.restore_copy(victim, backup)
