@@ -1,6 +1,6 @@
 """``meshtui deploy`` and ``meshtui undeploy``: every selected host in parallel over SSH.
 
-Deploy, per host (bounded concurrency, default 16 at once):
+Deploy, per host (at most ``--forks`` at once, default 5 as in Ansible):
 
 1. connect (asyncssh; ``~/.ssh/config``, agent keys and ``known_hosts`` apply);
 2. check the remote Python/architecture against the wheels, and whether
@@ -46,8 +46,8 @@ from inventory.progress import (
 from inventory.remote import RemoteHost, connect
 from inventory.wheels import Wheelhouse, build_wheelhouse
 
-DEFAULT_PARALLEL = 16
-"""Hosts worked on at once."""
+DEFAULT_PARALLEL = 5
+"""Hosts worked on at once (``--forks``; Ansible's default)."""
 MEMBER_TIMEOUT = 120.0
 """Seconds a started agent has to become an alive member of a mesh with a leader."""
 
@@ -180,25 +180,8 @@ async def remove_host(remote: RemoteHost, purge: bool, progress: Progress) -> bo
     host = remote.host
     q = shlex.quote
     unit = files.unit_path(host)
-    targets = [
-        host.venv,
-        f"{host.prefix}/wheels",
-        files.supervisor_path(host),
-        f"{host.prefix}/run",
-        f"{host.prefix}/log",
-        host.config_path,
-        host.key_path,
-        f"{host.config_dir}/keyring",
-        unit,
-    ]
-    if purge:
-        targets.append(host.data_dir)
-    present = await remote.run(
-        "for p in " + " ".join(q(t) for t in targets) + '; do [ -e "$p" ] && echo "$p"; done; '
-        f"{files.supervisor_running_check(host)} && echo running; true",
-        "check host",
-    )
-    found = present.stdout.split()
+    targets = removal_targets(host, purge)
+    found = await present_targets(remote, targets)
     if not found:
         return False
     progress.step(host.name, "stopping the agent")
@@ -217,3 +200,32 @@ async def remove_host(remote: RemoteHost, purge: bool, progress: Progress) -> bo
         "remove files",
     )
     return True
+
+
+def removal_targets(host: Host, purge: bool) -> list[str]:
+    """Every path undeploy removes (the data dir only with ``purge``)."""
+    targets = [
+        host.venv,
+        f"{host.prefix}/wheels",
+        files.supervisor_path(host),
+        f"{host.prefix}/run",
+        f"{host.prefix}/log",
+        host.config_path,
+        host.key_path,
+        f"{host.config_dir}/keyring",
+        files.unit_path(host),
+    ]
+    if purge:
+        targets.append(host.data_dir)
+    return targets
+
+
+async def present_targets(remote: RemoteHost, targets: list[str]) -> list[str]:
+    """Those of ``targets`` that exist, plus ``running`` when the supervisor runs (read only)."""
+    q = shlex.quote
+    present = await remote.run(
+        "for p in " + " ".join(q(t) for t in targets) + '; do [ -e "$p" ] && echo "$p"; done; '
+        f"{files.supervisor_running_check(remote.host)} && echo running; true",
+        "check host",
+    )
+    return present.stdout.split()

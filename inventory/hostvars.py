@@ -9,10 +9,12 @@ both (``mesh_slots: 4`` and ``mesh_slots=4``; ``mesh_seed: yes`` and
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from inventory.become import METHODS, Become
 from inventory.model import Origin
+from inventory.sshargs import SshArgsError, SshOptions, parse_ssh_args
 
 DEFAULT_PREFIX = "/opt/meshtui"
 DEFAULT_DATA_DIR = "/var/lib/mesh-agent"
@@ -72,7 +74,13 @@ class Host:
     cluster_key_file: str | None
     """``mesh_cluster_key_file``: local file with the cluster key (else ``<inventory>.key``)."""
     vars: dict[str, Any]
-    """Every merged variable, for anything else a caller wants."""
+    """Every merged variable, for anything else a caller wants (passwords left out)."""
+    ssh: SshOptions = field(default_factory=SshOptions)
+    """``ansible_ssh_common_args`` + ``ansible_ssh_extra_args`` (see ``inventory.sshargs``)."""
+    password: str | None = field(default=None, repr=False)
+    """``ansible_password`` (or ``--ask-pass``): SSH password / keyboard-interactive."""
+    become: Become | None = None
+    """``ansible_become`` and friends; None = run as the login user."""
 
     @property
     def seed_address(self) -> str:
@@ -175,6 +183,51 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+_PASSWORD_VARS = ("ansible_password", "ansible_ssh_pass", "ansible_ssh_password")
+_BECOME_PASSWORD_VARS = ("ansible_become_password", "ansible_become_pass", "ansible_sudo_pass",
+                         "ansible_su_pass")
+
+SECRET_VARS = frozenset(_PASSWORD_VARS + _BECOME_PASSWORD_VARS)
+"""Kept out of ``Host.vars`` (and so out of any repr or log of it)."""
+
+
+def _first_secret(read: _Reader, names: tuple[str, ...]) -> str | None:
+    for name in names:
+        item = read.merged.get(name)
+        if item is not None and item[0] is not None:
+            return read.text(name, "")
+    return None
+
+
+def _ssh_options(name: str, read: _Reader, origin: Origin) -> SshOptions:
+    texts = []
+    for key in ("ansible_ssh_common_args", "ansible_ssh_extra_args"):
+        text = read.text(key, "")
+        try:
+            parse_ssh_args(text)  # alone first, to point at the variable's own line
+        except SshArgsError as exc:
+            raise read.merged[key][1].error(f"host {name!r}: {key}: {exc}") from None
+        texts.append(text)
+    try:
+        return parse_ssh_args(*texts)
+    except SshArgsError as exc:  # pragma: no cover - each text parsed alone above
+        raise origin.error(f"host {name!r}: {exc}") from None
+
+
+def _become(name: str, read: _Reader) -> Become | None:
+    if not read.boolean("ansible_become", False):
+        return None
+    method = read.text("ansible_become_method", "sudo")
+    if method not in METHODS:
+        raise read.merged["ansible_become_method"][1].error(
+            f"host {name!r}: ansible_become_method must be one of {', '.join(METHODS)}, got {method!r}"
+        )
+    user = read.text("ansible_become_user", "root")
+    if not user or any(c.isspace() for c in user):
+        raise read.merged["ansible_become_user"][1].error(f"host {name!r}: bad ansible_become_user {user!r}")
+    return Become(method, user, _first_secret(read, _BECOME_PASSWORD_VARS))
+
+
 def resolve_host(
     name: str, groups: tuple[str, ...], merged: dict[str, tuple[Any, Origin]], origin: Origin
 ) -> Host:
@@ -189,15 +242,20 @@ def resolve_host(
         raise merged["mesh_profile"][1].error(
             f"host {name!r}: mesh_profile must be 'lan' or 'local', got {profile!r}"
         )
+    ssh = _ssh_options(name, read, origin)
+    # ansible_port/ansible_user win over -o Port/-o User (Ansible puts them first on
+    # ssh's command line, and ssh keeps the first value of an option).
+    port_default = ssh.port or DEFAULT_SSH_PORT
     return Host(
         name=name,
         address=address,
         ssh_port=read.integer(
-            "ansible_port", read.integer("ansible_ssh_port", DEFAULT_SSH_PORT, 1, 65535), 1, 65535
+            "ansible_port", read.integer("ansible_ssh_port", port_default, 1, 65535), 1, 65535
         ),
-        user=read.optional_text("ansible_user") or read.optional_text("ansible_ssh_user"),
+        user=read.optional_text("ansible_user") or read.optional_text("ansible_ssh_user") or ssh.user,
         key_file=read.optional_text("ansible_ssh_private_key_file"),
-        host_key_checking=read.boolean("ansible_host_key_checking", True),
+        host_key_checking=read.boolean("ansible_host_key_checking", True)
+        and ssh.strict_host_key_checking is not False,
         groups=groups,
         capabilities=read.tags("mesh_capabilities"),
         slots=read.integer("mesh_slots", 0, 0, 4096),
@@ -214,5 +272,8 @@ def resolve_host(
         python=read.text("mesh_python", read.text("ansible_python_interpreter", "python3")),
         profile=profile,
         cluster_key_file=read.optional_text("mesh_cluster_key_file"),
-        vars={key: value for key, (value, _) in merged.items()},
+        vars={key: value for key, (value, _) in merged.items() if key not in SECRET_VARS},
+        ssh=ssh,
+        password=_first_secret(read, _PASSWORD_VARS),
+        become=_become(name, read),
     )

@@ -66,6 +66,8 @@ class HostOutcome:
     host: str
     status: str
     detail: str = ""
+    diff: str = ""
+    """``--check --diff``: unified diffs of the files that would change."""
 
     def line(self) -> str:
         return f"{self.host}: {self.status}" + (f": {self.detail}" if self.detail else "")
@@ -103,5 +105,9 @@ class DeployReport:
         return {
             "action": self.action,
             "exit_code": self.exit_code,
-            "hosts": [{"host": h.host, "status": h.status, "detail": h.detail} for h in self.hosts],
+            "hosts": [
+                {"host": h.host, "status": h.status, "detail": h.detail}
+                | ({"diff": h.diff} if h.diff else {})
+                for h in self.hosts
+            ],
         }

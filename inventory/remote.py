@@ -13,6 +13,7 @@ was being done, which deploy reports as ``host: failed: step: reason``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import posixpath
@@ -23,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import MeshError
+from inventory.become import BECOME_TIMEOUT, BecomeError, become_exec
 from inventory.hostvars import Host
+from inventory.sshargs import jump_hops
 
 CONNECT_TIMEOUT = 15.0
 """Seconds to establish SSH (TCP + key exchange + auth)."""
@@ -65,22 +68,44 @@ class RemoteHost:
         """None until tried; False when the server has no sftp subsystem (exec fallback)."""
 
     async def run(
-        self, command: str, step: str, *, check: bool = True, timeout: float = COMMAND_TIMEOUT
+        self,
+        command: str,
+        step: str,
+        *,
+        check: bool = True,
+        timeout: float = COMMAND_TIMEOUT,
+        input: bytes | None = None,
+        escalate: bool = True,
     ) -> Completed:
-        """Run ``command`` with ``sh -c``; non-zero exit raises ``StepError`` when ``check``."""
+        """Run ``command`` with ``sh -c``; non-zero exit raises ``StepError`` when ``check``.
+
+        With ``ansible_become`` the command runs as the become user (``escalate=False``:
+        as the login user); ``input`` is fed to its stdin.
+        """
         import asyncssh
 
         try:
-            result = await self.conn.run(f"sh -c {shlex.quote(command)}", check=False, timeout=timeout)
-        except asyncssh.TimeoutError:
+            if self.host.become is not None and escalate:
+                done = Completed(*await become_exec(self.conn, self.host.become, command, input, timeout))
+            else:
+                result = await self.conn.run(
+                    f"sh -c {shlex.quote(command)}",
+                    input=input,
+                    encoding=None,
+                    check=False,
+                    timeout=timeout,
+                )
+                done = Completed(
+                    int(result.exit_status if result.exit_status is not None else 255),
+                    bytes(result.stdout or b"").decode(errors="replace"),
+                    bytes(result.stderr or b"").decode(errors="replace"),
+                )
+        except (asyncssh.TimeoutError, TimeoutError):
             raise StepError(step, f"timed out after {timeout:.0f}s") from None
+        except BecomeError as exc:
+            raise StepError("become", str(exc)) from None
         except (OSError, asyncssh.Error) as exc:
             raise StepError(step, f"connection lost: {_one_line(exc)}") from None
-        done = Completed(
-            int(result.exit_status if result.exit_status is not None else 255),
-            str(result.stdout or ""),
-            str(result.stderr or ""),
-        )
         if check and done.exit_status != 0:
             detail = done.stderr.strip() or done.stdout.strip()
             tail = " / ".join(detail.splitlines()[-3:])
@@ -92,10 +117,38 @@ class RemoteHost:
         await self._put_bytes([(path, data, mode)], posixpath.dirname(path), step)
 
     async def upload(self, files: Iterable[Path], directory: str, step: str) -> None:
-        """Copy local ``files`` into remote ``directory`` (created if missing)."""
+        """Copy local ``files`` into remote ``directory`` (created if missing).
+
+        With become, the files go by SFTP as the login user into a private
+        staging directory first, then are copied into place as the become user
+        (so they are owned by it); that suits the wheels, which are not secret.
+        """
+        paths = list(files)
+        if self.host.become is None:
+            await self._upload_direct(paths, directory, step)
+            return
+        made = await self.run("mktemp -d", step, escalate=False)
+        stage = made.stdout.strip()
+        if not stage.startswith("/"):
+            raise StepError(step, f"mktemp -d printed {stage!r}")
+        q = shlex.quote
+        try:
+            # Readable by a become user other than root; only the login user can write.
+            await self.run(f"chmod 755 {q(stage)}", step, escalate=False)
+            await self._upload_direct(paths, stage, step)
+            names = " ".join(q(p.name) for p in paths)
+            await self.run(
+                f"mkdir -p {q(directory)} && cd {q(stage)} && for f in {names}; do "
+                f'cp "$f" {q(directory)}/."$f".part && chmod 644 {q(directory)}/."$f".part && '
+                f'mv -f {q(directory)}/."$f".part {q(directory)}/"$f" || exit 1; done',
+                step,
+            )
+        finally:
+            await self.run(f"rm -rf {q(stage)}", step, check=False, escalate=False)
+
+    async def _upload_direct(self, paths: list[Path], directory: str, step: str) -> None:
         import asyncssh
 
-        paths = list(files)
         if self.sftp_ok is not False:
             try:
                 async with self.conn.start_sftp_client() as sftp:
@@ -107,6 +160,7 @@ class RemoteHost:
                         async with gate:
                             tmp = f"{directory}/.{path.name}.part"
                             await sftp.put(str(path), tmp)
+                            await sftp.chmod(tmp, 0o644)
                             await sftp.posix_rename(tmp, f"{directory}/{path.name}")
 
                     await asyncio.gather(*(one(p) for p in paths))
@@ -116,12 +170,12 @@ class RemoteHost:
             except (OSError, asyncssh.Error) as exc:
                 raise StepError(step, f"upload to {directory} failed: {_one_line(exc)}") from None
         for path in paths:
-            await self._put_bytes([(f"{directory}/{path.name}", path.read_bytes(), 0o644)], directory, step)
+            await self._exec_write(f"{directory}/{path.name}", path.read_bytes(), 0o644, step, escalate=False)
 
     async def _put_bytes(self, items: list[tuple[str, bytes, int]], directory: str, step: str) -> None:
         import asyncssh
 
-        if self.sftp_ok is not False:
+        if self.sftp_ok is not False and self.host.become is None:
             try:
                 async with self.conn.start_sftp_client() as sftp:
                     self.sftp_ok = True
@@ -139,25 +193,31 @@ class RemoteHost:
             except (OSError, asyncssh.Error) as exc:
                 raise StepError(step, f"cannot write {items[0][0]}: {_one_line(exc)}") from None
         for path, data, mode in items:
-            q = shlex.quote
-            tmp = q(f"{path}.meshtui-tmp")
-            command = (
-                f"mkdir -p {q(directory)} && (umask 077; cat > {tmp}) && "
-                f"chmod {mode:o} {tmp} && mv -f {tmp} {q(path)}"
-            )
-            try:
-                result = await self.conn.run(
-                    f"sh -c {q(command)}",
-                    input=data,
-                    encoding=None,
-                    check=False,
-                    timeout=COMMAND_TIMEOUT,
-                )
-            except (OSError, asyncssh.Error) as exc:
-                raise StepError(step, f"cannot write {path}: {_one_line(exc)}") from None
-            if result.exit_status != 0:
-                err = bytes(result.stderr or b"").decode(errors="replace")
-                raise StepError(step, f"cannot write {path}: {err or result.exit_status}")
+            await self._exec_write(path, data, mode, step)
+
+    async def _exec_write(
+        self, path: str, data: bytes, mode: int, step: str, *, escalate: bool = True
+    ) -> None:
+        """Write ``data`` through a command's stdin (as the become user, when there is one)."""
+        q = shlex.quote
+        tmp = q(f"{path}.meshtui-tmp")
+        command = (
+            f"mkdir -p {q(posixpath.dirname(path))} && (umask 077; cat > {tmp}) && "
+            f"chmod {mode:o} {tmp} && mv -f {tmp} {q(path)}"
+        )
+        done = await self.run(command, step, check=False, input=data, escalate=escalate)
+        if done.exit_status != 0:
+            raise StepError(step, f"cannot write {path}: {done.stderr.strip() or done.exit_status}")
+
+    async def read_files(self, paths: Iterable[str], step: str) -> dict[str, bytes]:
+        """The content of each existing regular file among ``paths`` (as the become user)."""
+        found: dict[str, bytes] = {}
+        for path in paths:
+            q = shlex.quote(path)
+            done = await self.run(f"[ -f {q} ] && base64 < {q}", step, check=False)
+            if done.exit_status == 0:
+                found[path] = base64.b64decode("".join(done.stdout.split()))
+        return found
 
     async def file_hashes(self, paths: Iterable[str], step: str) -> dict[str, str]:
         """sha256 of each existing file among ``paths`` (missing files are absent)."""
@@ -178,28 +238,95 @@ def sha256_text(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@contextlib.asynccontextmanager
-async def connect(host: Host, timeout: float = CONNECT_TIMEOUT) -> AsyncIterator[RemoteHost]:
-    """Open an SSH connection; failure raises ``StepError("connect", reason)``."""
-    import asyncssh
+def client_options(host: Host, timeout: float = CONNECT_TIMEOUT) -> dict[str, Any]:
+    """asyncssh options for ``host`` (no secrets but the login password, if any).
 
-    options: dict[str, Any] = {"port": host.ssh_port, "connect_timeout": timeout}
+    ``ansible_port``/``ansible_user`` are already merged with ``-o Port``/``-o User``
+    in ``Host``; identity files add to each other; ``ansible_host_key_checking:
+    false`` or ``StrictHostKeyChecking=no`` turn checking off, else
+    ``UserKnownHostsFile`` replaces ``~/.ssh/known_hosts``.
+    """
+    options: dict[str, Any] = {
+        "port": host.ssh_port,
+        "connect_timeout": host.ssh.connect_timeout or timeout,
+    }
     if host.user:
         options["username"] = host.user
-    if host.key_file:
-        options["client_keys"] = [str(Path(host.key_file).expanduser())]
+    keys = [str(Path(k).expanduser()) for k in (host.key_file, *host.ssh.identity_files) if k]
+    if keys:
+        options["client_keys"] = keys
     if not host.host_key_checking:
         options["known_hosts"] = None
+    elif host.ssh.known_hosts_files:
+        options["known_hosts"] = [str(Path(k).expanduser()) for k in host.ssh.known_hosts_files]
+    if host.password is not None:
+        # Used for "password" and for "keyboard-interactive" password prompts alike.
+        options["password"] = host.password
+    return options
+
+
+async def _open_jumps(host: Host, options: dict[str, Any], stack: contextlib.AsyncExitStack) -> Any:
+    """Connect through each hop of the inventory's ProxyJump; returns the last (or None).
+
+    Each hop uses its own ``user@``/``:port`` when given, else ``~/.ssh/config``
+    for that name, and the host's identity files and host-key policy (the login
+    password is not offered to jump hosts).  ``ProxyJump=none`` returns None and
+    ``tunnel=None`` then also overrides a ProxyJump from ``~/.ssh/config``.
+    """
+    import asyncssh
+
+    spec = host.ssh.proxy_jump
+    if spec is None:
+        return ()  # asyncssh's default: ~/.ssh/config may name a ProxyJump
+    tunnel: Any = None
+    for user, name, port in jump_hops(spec):
+        hop = {k: v for k, v in options.items() if k in ("client_keys", "known_hosts", "connect_timeout")}
+        where = f"{name}:{port or 22}"
+        try:
+            tunnel = await stack.enter_async_context(
+                await asyncio.wait_for(
+                    asyncssh.connect(
+                        name, port or (), username=user or (), tunnel=tunnel or (), **hop
+                    ),
+                    options["connect_timeout"] + 5,
+                )
+            )
+        except TimeoutError:
+            raise StepError("connect", f"jump host {where}: timed out") from None
+        except (OSError, asyncssh.Error) as exc:
+            raise StepError("connect", f"jump host {where}: {_one_line(exc)}") from None
+    return tunnel
+
+
+@contextlib.asynccontextmanager
+async def connect(host: Host, timeout: float = CONNECT_TIMEOUT) -> AsyncIterator[RemoteHost]:
+    """Open an SSH connection; failure raises ``StepError("connect", reason)``.
+
+    With ``ansible_become`` the escalation is tried once right away, so a
+    refused become password is one ``become: ...`` line for the host before
+    anything is done there.
+    """
+    import asyncssh
+
+    options = client_options(host, timeout)
+    wait = options["connect_timeout"] + 5
     where = f"{host.address}:{host.ssh_port}"
-    try:
-        conn = await asyncio.wait_for(asyncssh.connect(host.address, **options), timeout + 5)
-    except TimeoutError:
-        raise StepError("connect", f"{where}: timed out after {timeout:.0f}s") from None
-    except (OSError, asyncssh.Error) as exc:
-        raise StepError("connect", f"{where}: {_one_line(exc)}") from None
-    try:
-        yield RemoteHost(host, conn)
-    finally:
-        conn.close()
-        with contextlib.suppress(TimeoutError, OSError):
-            await asyncio.wait_for(conn.wait_closed(), 5)
+    async with contextlib.AsyncExitStack() as stack:
+        tunnel = await _open_jumps(host, options, stack)
+        if host.ssh.proxy_jump and tunnel:
+            where += f" via {host.ssh.proxy_jump}"
+        try:
+            conn = await asyncio.wait_for(asyncssh.connect(host.address, tunnel=tunnel, **options), wait)
+        except TimeoutError:
+            raise StepError("connect", f"{where}: timed out after {wait - 5:.0f}s") from None
+        except (OSError, asyncssh.Error) as exc:
+            raise StepError("connect", f"{where}: {_one_line(exc)}") from None
+        try:
+            remote = RemoteHost(host, conn)
+            if host.become is not None:
+                await remote.run("true", "become", timeout=BECOME_TIMEOUT + 5)
+            yield remote
+        finally:
+            conn.close()
+            with contextlib.suppress(TimeoutError, OSError):
+                await asyncio.wait_for(conn.wait_closed(), 5)

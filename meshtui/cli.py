@@ -55,18 +55,32 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _common(p: argparse.ArgumentParser, json_flag: bool = True, nested: bool = False) -> None:
+def _common(
+    p: argparse.ArgumentParser, json_flag: bool = True, nested: bool = False, many: bool = False
+) -> None:
     """-t/-i/--json/--request-timeout; on a nested parser (``kv put``) they may also come before the
     verb (``kv -t X put``), so there they must not reset what the outer one parsed."""
     extra: dict[str, Any] = {"default": argparse.SUPPRESS} if nested else {}
-    p.add_argument("-t", "--target", help="socket path, ssh://[user@]host[:port][/sock], or host",
-                   **extra)
+    p.add_argument("-t", "--target", help="socket path, ssh://[user@]host[:port][/sock], or host"
+                   + ("; repeat for several clusters (x switches)" if many else ""),
+                   action="append" if many else "store", **extra)
     p.add_argument("-i", "--inventory", help="inventory file (for host-name targets)", **extra)
     if json_flag:
         p.add_argument("--json", action="store_true", help="print JSON", **extra)
     p.add_argument("--request-timeout", type=float, metavar="SECONDS", **extra,
                    help="how long a request may wait for a leader while the cluster forms"
                    " or elects (default $MESHTUI_REQUEST_TIMEOUT, else 5)")
+
+
+def _inventory_flags(p: argparse.ArgumentParser, nested: bool = False) -> None:
+    """Ansible's -f/-k/-K for the commands that work on an inventory's hosts over SSH."""
+    extra: dict[str, Any] = {"default": argparse.SUPPRESS} if nested else {}
+    p.add_argument("-f", "--forks", type=_positive_int, metavar="N", **extra,
+                   help="hosts worked on at once (default 5; upgrade goes one at a time)")
+    p.add_argument("-k", "--ask-pass", action="store_true", **extra,
+                   help="prompt once for the SSH password (ansible_password)")
+    p.add_argument("-K", "--ask-become-pass", action="store_true", **extra,
+                   help="prompt once for the become password (ansible_become_password)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"meshtui {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_ArgParser)
 
-    p = sub.add_parser("attach", help="open the TUI (default command)")
+    p = sub.add_parser("attach", help="open the TUI (default command); -t A -t B: x switches")
     p.add_argument("attach_target", nargs="?", metavar="TARGET")
-    _common(p, json_flag=False)
+    _common(p, json_flag=False, many=True)
 
     _common(sub.add_parser("status", help="members, consensus and task counts"))
 
@@ -97,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory limit of the task's cgroup (512M, 2G); refused where unenforceable")
     p.add_argument("--pids", type=_positive_int, default=0, metavar="N",
                    help="process/thread limit of the task's cgroup; refused where unenforceable")
+    p.add_argument("--artifact", dest="artifacts", action="append", default=[], metavar="PATH",
+                   help="a file (relative to the task's working directory) kept when it ends")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
 
     _common(sub.add_parser("tasks", help="list tasks"))
@@ -111,8 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "logs":
             p.add_argument("-f", "--follow", action="store_true")
             p.add_argument("--stderr", action="store_true")
+            p.add_argument("--attempt", type=int, default=None, metavar="N",
+                           help="the run under epoch N (default: the latest)")
         if name == "wait":
             p.add_argument("--timeout", type=float, default=0.0)
+    p = sub.add_parser("artifacts", help="list a task's artifacts, or fetch one")
+    _common(p)
+    p.add_argument("task")
+    p.add_argument("--get", metavar="NAME", help="the artifact to fetch (checksum verified)")
+    p.add_argument("-o", "--output", metavar="FILE", help="where --get writes (default: stdout)")
+    p.add_argument("--attempt", type=int, default=None, metavar="N")
+    p = sub.add_parser("prune", help="drop finished output and artifact copies on every host")
+    _common(p)
+    p.add_argument("--older-than", required=True, metavar="DURATION",
+                   help="e.g. 7d, 12h, 30m, 90s")
     for name in ("drain", "undrain"):
         p = sub.add_parser(name, help=f"{name} a node")
         _common(p)
@@ -126,11 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("put", "set a value"),
         ("del", "delete a key"),
         ("list", "list keys under a prefix"),
+        ("search", "list keys matching a glob (*, ?, [...]) or a prefix"),
     ):
         q = kv.add_parser(op, help=helptext)
         _common(q, nested=True)
         q.add_argument("--namespace", "-n", default="default")
-        if op in ("get", "list"):
+        if op in ("get", "list", "search"):
             q.add_argument("--stale", action="store_true", help="read locally, no leader round trip")
         if op == "list":
             q.add_argument("key", nargs="?", default="", metavar="PREFIX")
@@ -138,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("key")
         if op == "put":
             q.add_argument("value")
+            q.add_argument("--ttl", type=float, default=None, metavar="SECONDS",
+                           help="the key expires after this long (every node agrees when)")
 
     p = sub.add_parser("propose", help="create a proposal members vote on")
     _common(p)
@@ -161,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--limit", help="host pattern (Ansible syntax)")
         if name == "undeploy":
             p.add_argument("--purge", action="store_true", help="also remove the data dir")
+        _inventory_flags(p)
+        p.add_argument("-C", "--check", action="store_true",
+                       help="report per host what would change; change nothing")
+        p.add_argument("-D", "--diff", action="store_true",
+                       help="with --check: unified diffs of the files that would change")
     p = sub.add_parser("keys", help="cluster key rotation")
     _common(p)
     keys = p.add_subparsers(dest="op", required=True, parser_class=_ArgParser)
@@ -168,11 +204,37 @@ def build_parser() -> argparse.ArgumentParser:
         q = keys.add_parser(op, help=f"{op} cluster keys")
         _common(q, nested=True)
         q.add_argument("--limit", help="host pattern (with -i: rotate across the inventory)")
+        _inventory_flags(q, nested=True)
         if op == "install":
             q.add_argument("key", nargs="?", help="the base64 key (with -i: generated if omitted)")
             q.add_argument("--key-file", help="read the key from this file, keeping it out of argv")
         elif op != "list":
             q.add_argument("key", help="the key id")
+
+    p = sub.add_parser("events", help="user events: send to one node or all; list received")
+    _common(p)
+    ev = p.add_subparsers(dest="op", required=True, parser_class=_ArgParser)
+    q = ev.add_parser("send", help="send an event (to every node unless --to)")
+    _common(q, nested=True)
+    q.add_argument("name")
+    q.add_argument("payload", nargs="?", default="")
+    q.add_argument("--to", default="all", help="a node name or id, or 'all' (default)")
+    q.add_argument("--from", dest="sender", default="", help="who the event speaks for")
+    q.add_argument("--wait", type=float, default=3.0, metavar="SECONDS",
+                   help="wait this long for every node's acknowledgement (0: do not wait)")
+    q = ev.add_parser("list", help="events this node received, oldest first")
+    _common(q, nested=True)
+    q.add_argument("--since", type=int, default=0, metavar="SEQ", help="only after this seq")
+    q.add_argument("--name", default="", help="only events of this name")
+    q.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+
+    p = sub.add_parser("mcp", help="serve the MCP tools on stdio (pip install 'meshtui[mcp]')")
+    _common(p, json_flag=False)
+    p = sub.add_parser("serve", help="the TUI in a browser (pip install 'meshtui[web]')")
+    _common(p, json_flag=False)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default loopback; there is no authentication)")
+    p.add_argument("--port", type=int, default=8000)
 
     p = sub.add_parser("demo", help="a local mesh of real agents plus the TUI")
     p.add_argument("--nodes", type=int, default=5)
