@@ -49,6 +49,14 @@ class RuntimeConfig:
     if the first one was applied, and a command without one is never resent.  Well
     above a commit's round trip, so a slow but healthy leader is not flooded."""
 
+    leader_lost_spread: float = 0.3
+    """Seconds: a follower that finds its leader's port refusing connections (the
+    leader's process is gone; runtime/leader_loss.py) campaigns after a random
+    delay of up to this (default 0.3 s LAN, 0.15 s local) instead of a whole
+    election timeout.  Spread so that followers that saw the same death rarely
+    campaign in the same round trip and split the vote; short against the
+    election timeout (1-2 s LAN) it replaces."""
+
     read_timeout: float = 3.0
     """Seconds a linearizable read waits for the leader's confirmation (default 3 s)."""
 
@@ -72,7 +80,8 @@ class RuntimeConfig:
     @classmethod
     def local(cls) -> RuntimeConfig:
         return cls(
-            task_lease=3.0, sched_interval=0.2, bid_timeout=0.05, bootstrap_grace=1.5, forward_resend=0.5
+            task_lease=3.0, sched_interval=0.2, bid_timeout=0.05, bootstrap_grace=1.5, forward_resend=0.5,
+            leader_lost_spread=0.15,
         )
 
     def validate(self) -> RuntimeConfig:

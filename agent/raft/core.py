@@ -162,6 +162,31 @@ class RaftNode:
             self.election_elapsed = 0
             election.hup(self, transfer=False)
 
+    def leader_lost(self) -> None:
+        """The runtime's evidence that the leader's process is gone: its stream
+        closed and a new connection was refused, the kernel's word that nothing
+        listens on its port any more (a silent network gives no such word).
+
+        This follower forgets the leader, which ends the leader's lease here:
+        from now on it grants votes, and the runtime may ``campaign`` at once
+        instead of after a whole election timeout.  One node's word deposes no
+        one: a pre-vote wins only if a majority of the voters also lost the
+        leader, each by its own evidence or its own timeout; a follower whose one
+        link to a live leader was reset is turned down by the others, still in
+        the lease, and takes the leader back at its next heartbeat."""
+        if self.role != Role.FOLLOWER or self.leader_id in ("", self.id):
+            return
+        self._set_leader("")
+        self._emit("leader", "leader lost: its connection was refused")
+
+    def campaign(self) -> None:
+        """Start an election now (a pre-vote first) if this follower knows no
+        leader; the runtime calls it a short random delay after ``leader_lost``,
+        so followers that saw the same death rarely split the vote."""
+        if self.role == Role.FOLLOWER and not self.leader_id:
+            self.election_elapsed = 0
+            election.hup(self, transfer=False)
+
     def step(self, msg: RaftMessage) -> None:
         if msg.to != self.id:
             return

@@ -51,6 +51,7 @@ from agent.raft import messages as raft_messages
 from agent.runtime.bootstrap import BootstrapGate, founding_voters
 from agent.runtime.consensus import ConsensusDriver
 from agent.runtime.handlers import ControlPorts, build_handlers
+from agent.runtime.leader_loss import LeaderLossWatch
 from agent.runtime.membership import MembershipDriver
 from agent.runtime.messages import ForwardPropose, ForwardResult, OutputChunk, OutputRequest
 from agent.runtime.names import NodeNames
@@ -242,7 +243,11 @@ class Agent:
             use_task_cpu=config.load_source == "tasks", on_conflict=identity_conflict,
         )
         stack.push_async_callback(membership.close)
-        router.use_directory(membership)
+        # The router hears of lost connections; a leader whose port then refuses
+        # connections is gone, and followers need not wait out the election timeout.
+        leader_watch = LeaderLossWatch(membership, consensus)
+        stack.push_async_callback(leader_watch.close)
+        router.use_directory(leader_watch)
 
         tasks = TaskRuntime(
             config=config, node_id=node_id, consensus=consensus, members=membership, peers=router,

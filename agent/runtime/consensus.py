@@ -146,6 +146,7 @@ class ConsensusDriver:
         self.config = config
         self._commit_timeout = config.runtime.commit_timeout
         self._read_timeout = config.runtime.read_timeout
+        self._leader_lost_spread = config.runtime.leader_lost_spread
         self.raft_config = config.raft
         self.node_id = node_id
         self._storage = Storage.open(os.path.join(data_dir, "raft"), self.raft_config.segment_bytes)
@@ -256,6 +257,18 @@ class ConsensusDriver:
     def transfer_leadership(self, to: str) -> None:
         """Leader only: hand leadership to voter ``to`` (``NotLeaderError``/``LocalError``)."""
         self._node.transfer_leadership(to)
+        self.wake()
+
+    async def leader_gone(self, leader: str) -> None:
+        """``leader``'s port refuses connections (leader_loss.py): forget it, which
+        ends its lease here, and campaign after a random delay of up to
+        ``runtime.leader_lost_spread`` unless a leader appeared meanwhile."""
+        if self._node.leader_id != leader or self.disk_full.paused:
+            return
+        self._node.leader_lost()
+        self.wake()
+        await asyncio.sleep(self._rng.uniform(0.0, self._leader_lost_spread))
+        self._node.campaign()
         self.wake()
 
     def alarms(self) -> list[dict[str, Any]]:

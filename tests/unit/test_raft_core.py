@@ -456,3 +456,42 @@ def test_a_large_state_defers_the_next_snapshot_until_the_log_matches_it() -> No
     put(net, raft.id, 1)
     net.run(50)
     assert raft.should_snapshot()
+
+
+# ------------------------------------------------------------------ leader lost (issue 14)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_followers_that_lost_the_leader_elect_a_new_one_well_within_an_election_timeout(seed: int) -> None:
+    """Every follower saw the leader's connection refused and one campaigns: a new
+    leader in a few ticks, where the election timeout alone takes at least
+    ``election_ticks`` (the runtime spreads the followers' campaigns in time)."""
+    net = RaftNet(seed, list("abcde"))
+    old = elected(net)
+    net.run(3)
+    term = old.raft.term
+    net.crash(old.node_id)
+    net.run(3)  # what it sent before dying is delivered
+    survivors = [n for n in net.nodes.values() if n.up]
+    for node in survivors:
+        node.raft.leader_lost()
+    start = net.now
+    net.rng.choice(survivors).raft.campaign()
+    assert net.wait_for(lambda: (n := net.leader()) is not None and n.raft.term > term, 100)
+    assert net.now - start < SIM_CONFIG.election_ticks, f"{net.now - start} ticks"
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_one_follower_losing_its_link_to_a_live_leader_deposes_no_one(seed: int) -> None:
+    """A reset on one link (nft ``reject with tcp reset``): that follower's word
+    alone moves nobody, the others are in the lease."""
+    net = RaftNet(seed, ABC)
+    leader = elected(net)
+    net.run(3)
+    term = leader.raft.term
+    follower = next(n for n in net.nodes.values() if n is not leader)
+    net.cut.add(frozenset((leader.node_id, follower.node_id)))
+    follower.raft.leader_lost()
+    follower.raft.campaign()
+    net.run(4 * SIM_CONFIG.election_ticks)
+    assert leader.raft.role == Role.LEADER and leader.raft.term == term
