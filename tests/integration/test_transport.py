@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from support.wait import wait_until_async
 
 from agent import crypto, wire
 from agent.crypto import Keyring
@@ -65,13 +66,6 @@ class Node:
         await self.t.close()
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
-
-
 @pytest.fixture
 def keyring() -> Iterator[Callable[[], Keyring]]:
     yield lambda: Keyring.from_key(KEY_A)
@@ -112,14 +106,14 @@ async def test_datagrams_and_streams_both_ways_with_replies(
         b.on_stream_hook = lambda addr, p: b.t.send_stream(addr, b"re:" + p)
 
         assert a.t.send_datagram(b.addr, b"ping")
-        await wait_until(lambda: len(a.datagrams) == 1)
+        await wait_until_async("len(a.datagrams) == 1", lambda: len(a.datagrams) == 1, 5.0)
         assert b.datagrams == [(a.addr, b"ping")]
         assert a.datagrams == [(b.addr, b"re:ping")]
 
         sent = [b"m%d" % i + os.urandom(i % 50) for i in range(500)]
         for payload in sent:
             a.t.send_stream(b.addr, payload)
-        await wait_until(lambda: len(a.streams) == 500)
+        await wait_until_async("len(a.streams) == 500", lambda: len(a.streams) == 500, 5.0)
         # Ordered, complete, and attributed to the sender's listen address.
         assert b.streams == [(a.addr, p) for p in sent]
         assert a.streams == [(b.addr, b"re:" + p) for p in sent]
@@ -133,25 +127,27 @@ async def test_replies_to_one_inbound_read_are_sealed_as_one_batch(
     read sends to that peer waits and goes as one sealed frame (throughput)."""
     async with Node("a", keyring()) as a, Node("b", keyring()) as b:
         b.t.send_stream(a.addr, b"warm")  # b's connection to a is up before the test
-        await wait_until(lambda: len(a.streams) == 1)
-        await wait_until(lambda: b.t.outbound() == [(a.addr, True, 0)])
+        await wait_until_async("len(a.streams) == 1", lambda: len(a.streams) == 1, 5.0)
+        await wait_until_async(
+            "b.t.outbound() == [(a.addr, True, 0)]", lambda: b.t.outbound() == [(a.addr, True, 0)], 5.0
+        )
         frames = b.t.stats.stream_frames_out
         b.on_stream_hook = lambda addr, p: [b.t.send_stream(addr, b"%d" % i) for i in range(10)]
         a.t.send_stream(b.addr, b"fan out")
-        await wait_until(lambda: len(a.streams) == 11)
+        await wait_until_async("len(a.streams) == 11", lambda: len(a.streams) == 11, 5.0)
         assert [p for _, p in a.streams[1:]] == [b"%d" % i for i in range(10)]
         assert b.t.stats.stream_frames_out == frames + 2  # the first reply, then one batch of 9
         # A send outside any inbound handling (a timer, a client) still goes at once.
         b.t.send_stream(a.addr, b"later")
         assert b.t.stats.stream_frames_out == frames + 3
-        await wait_until(lambda: len(a.streams) == 12)
+        await wait_until_async("len(a.streams) == 12", lambda: len(a.streams) == 12, 5.0)
 
 
 async def test_large_stream_message(keyring: Callable[[], Keyring]) -> None:
     async with Node("a", keyring()) as a, Node("b", keyring()) as b:
         big = os.urandom(4 * 1024 * 1024)
         a.t.send_stream(b.addr, big)
-        await wait_until(lambda: len(b.streams) == 1)
+        await wait_until_async("len(b.streams) == 1", lambda: len(b.streams) == 1, 5.0)
         assert b.streams[0][1] == big
         assert not a.t.send_stream(b.addr, b"\x00" * (transport_mod.MAX_STREAM_PAYLOAD + 1))
         assert a.t.stats.dropped_oversize == 1
@@ -162,7 +158,7 @@ async def test_datagram_size_limit(keyring: Callable[[], Keyring]) -> None:
         assert not a.t.send_datagram(b.addr, b"x" * (wire.MAX_DATAGRAM_SIZE + 1))
         assert a.t.stats.dropped_oversize == 1
         assert a.t.send_datagram(b.addr, b"y" * wire.MAX_DATAGRAM_SIZE)
-        await wait_until(lambda: len(b.datagrams) == 1)
+        await wait_until_async("len(b.datagrams) == 1", lambda: len(b.datagrams) == 1, 5.0)
         # The first datagram to b went without a cookie, was refused and went again.
         assert a.t.stats.datagrams_resent == 1 and b.t.stats.seal.dropped_cookie == 1
         largest = wire.MAX_DATAGRAM_SIZE + DATAGRAM_OVERHEAD
@@ -183,7 +179,11 @@ async def test_callback_errors_are_contained(keyring: Callable[[], Keyring]) -> 
         for payload in (b"boom", b"after"):
             a.t.send_datagram(b.addr, payload)
             a.t.send_stream(b.addr, payload)
-        await wait_until(lambda: len(b.datagrams) == 2 and len(b.streams) == 2)
+        await wait_until_async(
+            "len(b.datagrams) == 2 and len(b.streams) == 2",
+            lambda: len(b.datagrams) == 2 and len(b.streams) == 2,
+            5.0,
+        )
         assert b.t.stats.callback_errors == 2
 
 
@@ -242,7 +242,11 @@ async def test_garbage_on_both_ports_is_counted_and_harmless(
 
         a.t.send_datagram(b.addr, b"still alive")
         a.t.send_stream(b.addr, b"still streaming")
-        await wait_until(lambda: len(b.datagrams) == 1 and len(b.streams) == 1)
+        await wait_until_async(
+            "len(b.datagrams) == 1 and len(b.streams) == 1",
+            lambda: len(b.datagrams) == 1 and len(b.streams) == 1,
+            5.0,
+        )
         s = b.t.stats
         assert s.dropped_bad_frame == 1
         assert s.closed_bad_peer == 2
@@ -297,7 +301,11 @@ async def test_recorded_traffic_replayed_is_dropped(keyring: Callable[[], Keyrin
             for i in range(3):
                 a.t.send_stream(f"{HOST}:{proxy.sockets[0].getsockname()[1]}", b"msg-%d" % i)
             a.t.send_datagram(b.addr, b"dgram")
-            await wait_until(lambda: len(b.streams) == 3 and len(b.datagrams) == 1)
+            await wait_until_async(
+                "len(b.streams) == 3 and len(b.datagrams) == 1",
+                lambda: len(b.streams) == 3 and len(b.datagrams) == 1,
+                5.0,
+            )
             assert [p for _, p in b.streams] == [b"msg-0", b"msg-1", b"msg-2"]
             frames = wire.FrameDecoder().feed(bytes(recorded))
             assert len(frames) >= 2  # the Hello, then the messages
@@ -308,9 +316,15 @@ async def test_recorded_traffic_replayed_is_dropped(keyring: Callable[[], Keyrin
                 _reader, writer = await asyncio.open_connection(HOST, b.t.port)
                 writer.write(bytes(recorded))
                 await writer.drain()
-                await wait_until(lambda: b.t.stats.seal.dropped_replay > 0)
+                await wait_until_async(
+                    "b.t.stats.seal.dropped_replay > 0", lambda: b.t.stats.seal.dropped_replay > 0, 5.0
+                )
                 writer.close()
-            await wait_until(lambda: b.t.stats.seal.dropped_replay == 2 * len(frames))
+            await wait_until_async(
+                "b.t.stats.seal.dropped_replay == 2 * len(frames)",
+                lambda: b.t.stats.seal.dropped_replay == 2 * len(frames),
+                5.0,
+            )
             assert len(b.streams) == 3
 
             # a's first datagram (no cookie yet) was refused, then resent with b's.
@@ -320,8 +334,14 @@ async def test_recorded_traffic_replayed_is_dropped(keyring: Callable[[], Keyrin
                 for _ in range(3):
                     for data in sent:
                         replay.sendto(data, (HOST, b.t.port))
-            await wait_until(lambda: b.t.stats.seal.dropped_replay == 2 * len(frames) + 3)
-            await wait_until(lambda: b.t.stats.seal.dropped_cookie == 1 + 3)
+            await wait_until_async(
+                "b.t.stats.seal.dropped_replay == 2 * len(frames) + 3",
+                lambda: b.t.stats.seal.dropped_replay == 2 * len(frames) + 3,
+                5.0,
+            )
+            await wait_until_async(
+                "b.t.stats.seal.dropped_cookie == 1 + 3", lambda: b.t.stats.seal.dropped_cookie == 1 + 3, 5.0
+            )
             assert [p for _, p in b.datagrams] == [b"dgram"]
         finally:
             proxy.close()
@@ -337,21 +357,27 @@ async def test_reconnects_with_backoff_after_peer_restarts(
         await b.t.start()
         port = b.t.port
         a.t.send_stream(b.addr, b"before")
-        await wait_until(lambda: len(b.streams) == 1)
+        await wait_until_async("len(b.streams) == 1", lambda: len(b.streams) == 1, 5.0)
         await b.t.close()
-        await wait_until(lambda: a.t.outbound() == [(b.addr, False, 0)])
+        await wait_until_async(
+            "a.t.outbound() == [(b.addr, False, 0)]", lambda: a.t.outbound() == [(b.addr, False, 0)], 5.0
+        )
 
         for i in range(20):
             a.t.send_stream(b.addr, b"while-down-%d" % i)
-        await wait_until(lambda: a.t.stats.connect_failures >= 3)
+        await wait_until_async(
+            "a.t.stats.connect_failures >= 3", lambda: a.t.stats.connect_failures >= 3, 5.0
+        )
 
         b2 = Node("b", keyring(), port=port)  # restarted: same address, new incarnation
         async with b2:
-            await wait_until(lambda: len(b2.streams) == 20, timeout=10)
+            await wait_until_async("len(b2.streams) == 20", lambda: len(b2.streams) == 20, 10)
             assert [p for _, p in b2.streams] == [b"while-down-%d" % i for i in range(20)]
             assert a.t.stats.connects == 2
             b2.t.send_stream(a.addr, b"back")
-            await wait_until(lambda: a.streams == [(b2.addr, b"back")])
+            await wait_until_async(
+                "a.streams == [(b2.addr, b'back')]", lambda: a.streams == [(b2.addr, b"back")], 5.0
+            )
 
 
 async def test_a_peer_that_goes_away_is_reported_by_its_listen_address(
@@ -364,10 +390,12 @@ async def test_a_peer_that_goes_away_is_reported_by_its_listen_address(
         await b.t.start()
         b.on_stream_hook = lambda addr, p: b.t.send_stream(addr, b"re:" + p)
         a.t.send_stream(b.addr, b"hello")
-        await wait_until(lambda: a.streams == [(b.addr, b"re:hello")])
+        await wait_until_async(
+            "a.streams == [(b.addr, b're:hello')]", lambda: a.streams == [(b.addr, b"re:hello")], 5.0
+        )
         assert a.lost == []
         await b.t.close()
-        await wait_until(lambda: len(a.lost) == 2)
+        await wait_until_async("len(a.lost) == 2", lambda: len(a.lost) == 2, 5.0)
         assert a.lost == [b.addr, b.addr]
         assert b.lost == []
     assert a.lost == [b.addr, b.addr]
@@ -385,7 +413,7 @@ async def test_outbound_queue_drops_oldest_when_full(
         assert a.t.stats.dropped_queue_full == 15
         assert a.t.outbound() == [(dest, False, 10)]
         async with Node("b", keyring(), port=port) as b:
-            await wait_until(lambda: len(b.streams) == 10, timeout=10)
+            await wait_until_async("len(b.streams) == 10", lambda: len(b.streams) == 10, 10)
             assert [p for _, p in b.streams] == [b"q%d" % i for i in range(15, 25)]
 
 
@@ -426,10 +454,14 @@ async def test_key_rotation_under_continuous_traffic_loses_nothing() -> None:
         await asyncio.sleep(0.15)
         running = False
         await pump
-        await wait_until(lambda: len(b.datagrams) == sent["a_dg"]
-                         and len(b.streams) == sent["a_st"]
-                         and len(a.datagrams) == sent["b_dg"]
-                         and len(a.streams) == sent["b_st"])
+        await wait_until_async(
+            "every packet sent during the rotation delivered",
+            lambda: len(b.datagrams) == sent["a_dg"]
+            and len(b.streams) == sent["a_st"]
+            and len(a.datagrams) == sent["b_dg"]
+            and len(a.streams) == sent["b_st"],
+            5.0,
+        )
         assert sent["a_dg"] > 200
         for node in (a, b):
             seal = node.t.stats.seal
@@ -466,7 +498,7 @@ async def test_advertise_can_be_set_after_start(keyring: Callable[[], Keyring]) 
     async with Node("a", keyring()) as a, Node("b", keyring()) as b:
         a.t.advertise = f"localhost:{a.t.port}"
         a.t.send_stream(b.addr, b"x")
-        await wait_until(lambda: len(b.streams) == 1)
+        await wait_until_async("len(b.streams) == 1", lambda: len(b.streams) == 1, 5.0)
         assert b.streams == [(f"localhost:{a.t.port}", b"x")]
         with pytest.raises(ConfigError):
             a.t.advertise = "no port"
