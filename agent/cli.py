@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--load-source", dest="load_source", choices=["system", "tasks"],
         help="CPU figure used for placement (default: system; local profile: tasks)",
     )
+    run.add_argument(
+        "--metrics-addr", dest="metrics_addr", metavar="HOST:PORT",
+        help="serve Prometheus /metrics on HOST:PORT (default: off; [metrics] addr)",
+    )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     recover = sub.add_parser("recover", help="operator recovery of a data dir (see --force-new-cluster)")
@@ -94,6 +98,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         out["join"] = list(args.join)
     if args.caps:
         out["caps"] = list(args.caps)
+    if getattr(args, "metrics_addr", None) is not None:
+        out["metrics"] = {"addr": args.metrics_addr}
     return out
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError
+from agent.metrics.config import MetricsConfig
 from agent.raft.config import RaftConfig
 from agent.runtime_config import RuntimeConfig
 from agent.sched.config import SchedConfig
@@ -81,6 +82,8 @@ class AgentConfig:
     raft: RaftConfig = field(default_factory=RaftConfig.lan)
     sched: SchedConfig = field(default_factory=SchedConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig.lan)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """``[metrics]``: the Prometheus endpoint (off by default) and the history."""
 
     def effective_slots(self) -> int:
         return self.slots or os.cpu_count() or 1
@@ -113,6 +116,7 @@ class AgentConfig:
         self.raft.validate()
         self.sched.validate()
         self.runtime.validate()
+        self.metrics.validate()
         return self
 
 
@@ -156,7 +160,7 @@ def default_local() -> AgentConfig:
     )
 
 
-_SECTIONS = {"swim", "raft", "sched", "runtime"}
+_SECTIONS = {"swim", "raft", "sched", "runtime", "metrics"}
 
 
 def _coerce(field_name: str, hint: Any, value: Any) -> Any:

@@ -47,8 +47,10 @@ from agent.crypto import Keyring, load_keyring
 from agent.datadir import lock_data_dir
 from agent.discovery import Discovery
 from agent.errors import LocalError
+from agent.metrics.service import MetricsService
 from agent.raft import messages as raft_messages
 from agent.runtime.bootstrap import BootstrapGate, founding_voters
+from agent.runtime import replica_messages
 from agent.runtime.consensus import ConsensusDriver
 from agent.runtime.handlers import ControlPorts, build_handlers
 from agent.runtime.leader_loss import LeaderLossWatch
@@ -254,11 +256,20 @@ class Agent:
         )
         stack.push_async_callback(tasks.close)
 
+        # Metrics (agent/metrics/): sampled from every component's narrow view, with
+        # a bounded history in the data dir and /metrics when [metrics] addr is set.
+        metrics = MetricsService(
+            config=config.metrics, data_dir=config.data_dir, node=config.name, node_id=node_id,
+            version=__version__, members=membership, consensus=consensus, state=consensus.queries,
+            traffic=router.stats, sched=config.sched,
+        )
+        stack.push_async_callback(metrics.close)
         names = NodeNames(membership, consensus.queries)
         sources = StatusSources(
             name=config.name, node_id=node_id, addr=addr, started=started,
             members=membership, consensus=consensus, state=consensus.queries, names=names,
             tasks=tasks, traffic=router.stats, decode_errors=lambda: router.decode_errors,
+            metrics=metrics,
         )
         control = ControlServer(
             config.socket or default_socket_path(),
@@ -266,7 +277,8 @@ class Agent:
                 consensus=consensus, state=consensus.queries, names=names, keyring=keyring,
                 sources=sources, tasks=tasks, node_id=node_id, node_name=config.name,
                 eligible_voters=lambda: sum(1 for m in membership.members() if m.state == "alive"),
-                stop=stop_signal.request,
+                stop=stop_signal.request, replicas=tasks.replicas,
+                events=user_events, topology=topology,
             )),
             TOPICS,
             idle_timeout=config.runtime.control_idle_timeout,
@@ -279,8 +291,9 @@ class Agent:
             on_applied=tasks.on_applied, on_role_change=membership.set_role,
         )
         membership.connect(
-            on_events=_member_events_listener(
-                sources, control.publish, tasks.on_member_down, consensus.wake),
+            on_events=metrics.tap(_member_events_listener(
+                sources, control.publish, tasks.on_member_down, consensus.wake)),
+            link_figures=router, under_replicated=tasks.replicas.under_replicated,
             task_load=tasks.load_figures,
         )
         background = Background()
@@ -309,11 +322,13 @@ class Agent:
         consensus.start()
         tasks.start()
         await discovery.start()
+        await metrics.start()
 
         agent = cls(
             config=config, node_id=node_id, started=started, membership=membership,
             consensus=consensus, tasks=tasks, control=control, sources=sources,
             stop_signal=stop_signal, stack=stack,
+        router.route(replica_messages.WIRE_TYPES.values(), tasks.on_replica_message)
         )
         background.spawn(agent._bootstrap_and_autopilot(), name="autopilot")
         background.spawn(agent._metrics_loop(), name="metrics")

@@ -72,6 +72,7 @@ from agent.errors import (
     ProtocolError,
     StorageError,
 )
+from agent.metrics.trackers import LeaderTerms
 from agent.raft.confchange import plan_voter_changes
 from agent.raft.core import RaftNode, bootstrap_state
 from agent.raft.messages import Entry, EntryKind, Ready, Role, Snapshot
@@ -192,6 +193,8 @@ class ConsensusDriver:
         self._role = ""
         self.elections = 0
         self.commit_latencies: list[float] = []
+        self.leader_terms = LeaderTerms()
+        """Term changes in the applied log: the cluster's leader changes (agent/metrics)."""
         self._started_at = 0.0
         """Loop time of ``start()``: a damaged node gives up ``repair_wait`` after it."""
         hs = restored.hard_state
@@ -510,6 +513,7 @@ class ConsensusDriver:
     def _apply(self, index: int, term: int, kind: EntryKind, data: bytes) -> None:
         if index <= self._state.applied_index:
             return
+        self.leader_terms.observe(index, term)
         pending = self._pending.pop(index, None)
         if kind == EntryKind.NORMAL:
             # Same index and term as our proposal: by Log Matching this entry is

@@ -13,13 +13,12 @@ report or member row is made of, not the agent.
 
 from __future__ import annotations
 
-import math
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agent.metrics.service import MetricsReport
 from agent.runtime.names import NodeNames
 from agent.runtime.ports import (
     ConsensusStatus,
@@ -50,14 +49,8 @@ class StatusSources:
     traffic: TrafficStats
     decode_errors: Callable[[], int]
     """Peer packets dropped as undecodable or unrouted (``PeerRouter``)."""
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
-    return ordered[rank]
+    metrics: MetricsReport | None = None
+    """The metrics of ``agent/metrics/catalog.py`` and their history (``MetricsService``)."""
 
 
 def member_row(src: StatusSources, m: MemberView) -> dict[str, Any]:
@@ -70,6 +63,12 @@ def member_row(src: StatusSources, m: MemberView) -> dict[str, Any]:
         "state": m.state,
         "incarnation": m.incarnation,
         "cpu": load.cpu if load is not None else None,
+    link_figures: LinkFigures | None = None
+    """Direct/relayed/down links and relay counters (``PeerRouter``)."""
+    under_replicated: Callable[[], list[dict[str, Any]]] | None = None
+    """Output/artifact items held here with fewer holders than targets (issue 17)."""
+    cluster: str = ""
+    """The cluster's name (``config.cluster``): the swarm id MCP clients see (issue 16)."""
         "mem": round(load.mem_percent / 100.0, 4) if load is not None else None,
         "load1": load.load1 if load is not None else None,
         "caps": list(m.meta.caps),
@@ -134,54 +133,48 @@ def metrics_sample(src: StatusSources) -> dict[str, Any]:
     }
 
 
-def report(src: StatusSources) -> dict[str, Any]:
-    """DESIGN.md's Metrics, from this agent's point of view."""
-    members = src.members.members()
-    known = [m for m in members if m.state != "left"]
-    reachable = [m for m in known if m.state == "alive"]
-    rtts = [m.rtt_ms for m in members if m.rtt_ms is not None]
-    cpus = [m.load.cpu for m in reachable if m.load is not None]
-    stats = src.traffic
-    uptime = max(1e-9, time.monotonic() - src.started)
-    latencies = src.tasks.decision_latencies()
-    n_voters = len(src.consensus.voters())
-    voters_f = (n_voters - 1) // 2
-    migrations = src.state.migration_times()
-    now = time.time()
-    recent_migrations = [t for t in migrations if now - t <= 60.0]
-    used = sum(m.load.running for m in reachable if m.load is not None)
-    slots = sum(m.meta.slots for m in reachable) or 1
-    commit = src.consensus.commit_latencies
+def report(src: StatusSources, timeframe: str | None = None) -> dict[str, Any]:
+    """The metrics of ``agent/metrics/catalog.py`` -- each defined there once and
+    computed by the metrics service the same way on every node -- then this node's
+    transport, WAL, alarms and the rest; with ``timeframe`` (``24h``, ``7d``,
+    ``30d``, ...) also ``history``: the bounded history summarised over it."""
+    figures = src.metrics.report(timeframe) if src.metrics is not None else {}
     return {
-        "connectivity_pct": round(100.0 * len(reachable) / max(1, len(known)), 1),
-        "latency_ms": {
-            "per_peer": {m.meta.name: round(m.rtt_ms, 3) for m in members if m.rtt_ms is not None},
-            "p50": _percentile(rtts, 0.5),
-            "p99": _percentile(rtts, 0.99),
-        },
-        "throughput_msgs_per_s": round(
-            (stats.datagrams_in + stats.stream_msgs_in) / uptime, 1
-        ),
-        "partition_recovery_s": src.members.last_recovery_s,
-        "decision_latency_ms": {
-            "p50": _ms(_percentile(latencies, 0.5)),
-            "p99": _ms(_percentile(latencies, 0.99)),
-        },
-        "commit_latency_ms": {"p50": _ms(_percentile(commit, 0.5)), "p99": _ms(_percentile(commit, 0.99))},
-        "vote_participation": src.state.vote_participation(),
-        "byzantine_tolerance_f": 0,
-        "crash_tolerance_f": voters_f,
-        "leader_elections": src.consensus.elections,
-        "load_variance_stddev": round(statistics.pstdev(cpus), 4) if len(cpus) > 1 else 0.0,
-        "migrations_per_minute": len(recent_migrations),
-        "hotspots": src.tasks.hotspots(),
-        "utilisation": round(used / slots, 4),
-        "transport": stats.as_dict(),
+        **figures,
+        "transport": src.traffic.as_dict(),
         "wal": src.consensus.wal_stats(),
         "alarms": src.consensus.alarms(),
         "decode_errors": src.decode_errors(),
     }
 
 
-def _ms(value: float | None) -> float | None:
-    return None if value is None else round(value * 1000.0, 3)
+        "links": link_counters(src),
+        **_replicas(src),
+def _replicas(src: StatusSources) -> dict[str, Any]:
+    """``under_replicated``: how many items this host holds lack a copy on a
+    target host, and the first 20 of them (``{task, epoch, item, holders, want}``)."""
+    items = src.under_replicated() if src.under_replicated is not None else []
+    return {"under_replicated": len(items), "under_replicated_items": items[:20]}
+
+
+def link_rows(src: StatusSources) -> list[dict[str, Any]]:
+    """``status.links``: every directed link known here, as
+    ``{from, to, state: direct|relayed|down, via, rtt_ms}`` with member names."""
+    if src.link_figures is None:
+        return []
+    name_of = src.names.name_of
+    return [{"from": name_of(p.a) or p.a, "to": name_of(p.b) or p.b, "state": p.state.label,
+             "via": (name_of(p.via) or p.via) if p.via else None, "rtt_ms": p.rtt_ms}
+            for p in src.link_figures.links()]
+
+
+def link_counters(src: StatusSources) -> dict[str, int]:
+    """``report.links``: relayed messages, broken links now, relay drops, and the
+    rest of the relay counters (``agent/runtime/relay.py`` ``RelayStats``)."""
+    if src.link_figures is None:
+        return {}
+    stats: dict[str, int] = src.link_figures.relay_stats.as_dict()
+    return {"relayed_messages": stats["relayed_out"], "broken_links": src.link_figures.broken_links(),
+            **stats}
+
+

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.control.params import ListOf, MapOf, Schema, check_params
-from agent.runtime.handlers import keys, kv, nodes, proposals, raftlog, status
+from agent.runtime.handlers import artifacts, events, keys, kv, nodes, proposals, raftlog, status
+from agent.runtime.handlers.artifacts import ReplicaPort
 from agent.runtime.handlers.common import committer, reader
 from agent.runtime.leader_wait import REQUEST_TIMEOUT, request_timeout_param
 from agent.runtime.ports import (
@@ -45,7 +46,8 @@ _VALUE = (bytes, str)  # a str value is stored as its UTF-8 bytes
 METHOD_PARAMS: dict[str, Schema] = {
     "status": {},
     "members": {},
-    "report": {},
+    "report": {"timeframe": str},
+    "metrics.history": {"timeframe": str, "points": int},
     "kv.get": {**_KV, **_READ},
     "kv.list": {"ns": str, "prefix": str, **_READ},
     "kv.put": {**_KV, "value": _VALUE, **_RID},
@@ -67,12 +69,15 @@ METHOD_PARAMS: dict[str, Schema] = {
     "task.submit": {
         "argv": ListOf(str), "shell": str, "env": MapOf(str), "cwd": str, "caps": ListOf(str),
         "key": str, "strategy": str, "priority": int, "retries": int, "timeout": float,
-        "restartable": bool, "mem": int, "pids": int, **_RID,
+        "restartable": bool, "mem": int, "pids": int, "artifacts": ListOf(str), **_RID,
     },
     "task.list": _READ,
     "task.get": {"id": str, **_READ},
     "task.cancel": {"id": str, **_RID},
-    "task.logs": {"id": str, "stream": str, "offset": int},
+    "task.logs": {"id": str, "stream": str, "offset": int, "attempt": int},
+    "artifact.list": {"id": str, "attempt": int},
+    "artifact.get": {"id": str, "name": str, "attempt": int, "offset": int},
+    "replicas.prune": {"older_than": float},
 }
 """Every control method's params and their kinds, in one place (see
 ``agent.control.params.check_params``: strict, ``None`` is absent, params not
@@ -138,6 +143,12 @@ def build_handlers(ports: ControlPorts) -> dict[str, Handler]:
     """Every control method, each behind its param check (``strict``)."""
     raft = ports.consensus
     handlers: dict[str, Handler] = {
+    replicas: ReplicaPort | None = None
+    """Output and artifact copies (``artifact.*``, ``replicas.prune``)."""
+    events: EventsPort | None = None
+    """User events (``runtime/events_driver.py``); None: the ``events.*`` methods refuse."""
+    topology: TopologyPort | None = None
+    """Leader placement by RTT (``runtime/topology.py``); None: ``topology.optimize`` refuses."""
         **status.handlers(ports.sources),
         **kv.handlers(raft, ports.state),
         **proposals.handlers(
@@ -149,3 +160,4 @@ def build_handlers(ports: ControlPorts) -> dict[str, Handler]:
         **ports.tasks.handlers(committer(raft), reader(raft)),
     }
     return {method: strict(method, handler) for method, handler in handlers.items()}
+        **(artifacts.handlers(ports.replicas) if ports.replicas is not None else {}),

@@ -1,4 +1,5 @@
-"""``status``, ``members`` and ``report``: read-only views of this agent (``views.py``)."""
+"""``status``, ``members``, ``report`` and ``metrics.history``: read-only views of
+this agent (``views.py``; the metrics and their history: ``agent/metrics/``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ def handlers(sources: StatusSources) -> dict[str, Handler]:
         return [views.member_row(sources, m) for m in sources.members.members()]
 
     async def report(params: dict[str, Any]) -> Any:
-        return views.report(sources)
+        return views.report(sources, params.get("timeframe") or None)
 
-    return {"status": status, "members": members, "report": report}
+    async def metrics_history(params: dict[str, Any]) -> Any:
+        if sources.metrics is None:
+            raise ValueError("this agent keeps no metrics history")
+        points = int(params.get("points") or 120)
+        return sources.metrics.history_view(params.get("timeframe") or "10m", points)
+
+    return {"status": status, "members": members, "report": report, "metrics.history": metrics_history}
