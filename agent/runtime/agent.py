@@ -50,7 +50,6 @@ from agent.errors import LocalError
 from agent.metrics.service import MetricsService
 from agent.raft import messages as raft_messages
 from agent.runtime.bootstrap import BootstrapGate, founding_voters
-from agent.runtime import replica_messages
 from agent.runtime.consensus import ConsensusDriver
 from agent.runtime.handlers import ControlPorts, build_handlers
 from agent.runtime.leader_loss import LeaderLossWatch
@@ -277,8 +276,7 @@ class Agent:
                 consensus=consensus, state=consensus.queries, names=names, keyring=keyring,
                 sources=sources, tasks=tasks, node_id=node_id, node_name=config.name,
                 eligible_voters=lambda: sum(1 for m in membership.members() if m.state == "alive"),
-                stop=stop_signal.request, replicas=tasks.replicas,
-                events=user_events, topology=topology,
+                stop=stop_signal.request,
             )),
             TOPICS,
             idle_timeout=config.runtime.control_idle_timeout,
@@ -293,7 +291,6 @@ class Agent:
         membership.connect(
             on_events=metrics.tap(_member_events_listener(
                 sources, control.publish, tasks.on_member_down, consensus.wake)),
-            link_figures=router, under_replicated=tasks.replicas.under_replicated,
             task_load=tasks.load_figures,
         )
         background = Background()
@@ -328,7 +325,6 @@ class Agent:
             config=config, node_id=node_id, started=started, membership=membership,
             consensus=consensus, tasks=tasks, control=control, sources=sources,
             stop_signal=stop_signal, stack=stack,
-        router.route(replica_messages.WIRE_TYPES.values(), tasks.on_replica_message)
         )
         background.spawn(agent._bootstrap_and_autopilot(), name="autopilot")
         background.spawn(agent._metrics_loop(), name="metrics")

@@ -63,12 +63,6 @@ def member_row(src: StatusSources, m: MemberView) -> dict[str, Any]:
         "state": m.state,
         "incarnation": m.incarnation,
         "cpu": load.cpu if load is not None else None,
-    link_figures: LinkFigures | None = None
-    """Direct/relayed/down links and relay counters (``PeerRouter``)."""
-    under_replicated: Callable[[], list[dict[str, Any]]] | None = None
-    """Output/artifact items held here with fewer holders than targets (issue 17)."""
-    cluster: str = ""
-    """The cluster's name (``config.cluster``): the swarm id MCP clients see (issue 16)."""
         "mem": round(load.mem_percent / 100.0, 4) if load is not None else None,
         "load1": load.load1 if load is not None else None,
         "caps": list(m.meta.caps),
@@ -146,35 +140,5 @@ def report(src: StatusSources, timeframe: str | None = None) -> dict[str, Any]:
         "alarms": src.consensus.alarms(),
         "decode_errors": src.decode_errors(),
     }
-
-
-        "links": link_counters(src),
-        **_replicas(src),
-def _replicas(src: StatusSources) -> dict[str, Any]:
-    """``under_replicated``: how many items this host holds lack a copy on a
-    target host, and the first 20 of them (``{task, epoch, item, holders, want}``)."""
-    items = src.under_replicated() if src.under_replicated is not None else []
-    return {"under_replicated": len(items), "under_replicated_items": items[:20]}
-
-
-def link_rows(src: StatusSources) -> list[dict[str, Any]]:
-    """``status.links``: every directed link known here, as
-    ``{from, to, state: direct|relayed|down, via, rtt_ms}`` with member names."""
-    if src.link_figures is None:
-        return []
-    name_of = src.names.name_of
-    return [{"from": name_of(p.a) or p.a, "to": name_of(p.b) or p.b, "state": p.state.label,
-             "via": (name_of(p.via) or p.via) if p.via else None, "rtt_ms": p.rtt_ms}
-            for p in src.link_figures.links()]
-
-
-def link_counters(src: StatusSources) -> dict[str, int]:
-    """``report.links``: relayed messages, broken links now, relay drops, and the
-    rest of the relay counters (``agent/runtime/relay.py`` ``RelayStats``)."""
-    if src.link_figures is None:
-        return {}
-    stats: dict[str, int] = src.link_figures.relay_stats.as_dict()
-    return {"relayed_messages": stats["relayed_out"], "broken_links": src.link_figures.broken_links(),
-            **stats}
 
 

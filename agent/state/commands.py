@@ -27,7 +27,6 @@ from typing import Any, ClassVar, Final
 import msgpack
 
 from agent.errors import ProtocolError
-from agent.output_store import artifact_refusal
 from agent.state.convert import DataclassConverter, bad_field, compile_converter, converter_for
 
 MAX_COMMAND_BYTES = 4 * 1024 * 1024
@@ -176,9 +175,6 @@ class TaskStats:
 
     duration: float = 0.0
     """Wall-clock seconds the process ran."""
-    artifacts: tuple[str, ...] = ()
-    """Files collected from the run's working directory when it ends (relative
-    paths; ``agent/output_store.py``'s ``artifact_refusal`` says what is refused)."""
     cpu_time: float = 0.0
     """User + system CPU seconds of the process group."""
     peak_rss: int = 0
@@ -503,9 +499,3 @@ _RULES: Final[dict[type[Any], Callable[[Any], str | None]]] = {
 """Each op's rule function; every class of ``OPS`` has one (checked at import)."""
 if set(_RULES) != set(OPS.values()):  # a new op without rules would pass unchecked
     raise RuntimeError(f"ops without bounds rules: {set(OPS.values()) - set(_RULES)}")
-    (lambda s: len(s.artifacts) > MAX_ARTIFACTS,
-     f"at most {MAX_ARTIFACTS} artifacts"),
-    for name in s.artifacts:
-        refusal = artifact_refusal(name)
-        if refusal is not None:
-            return refusal

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.control.params import ListOf, MapOf, Schema, check_params
-from agent.runtime.handlers import artifacts, events, keys, kv, nodes, proposals, raftlog, status
-from agent.runtime.handlers.artifacts import ReplicaPort
+from agent.runtime.handlers import keys, kv, nodes, proposals, raftlog, status
 from agent.runtime.handlers.common import committer, reader
 from agent.runtime.leader_wait import REQUEST_TIMEOUT, request_timeout_param
 from agent.runtime.ports import (
@@ -69,15 +68,12 @@ METHOD_PARAMS: dict[str, Schema] = {
     "task.submit": {
         "argv": ListOf(str), "shell": str, "env": MapOf(str), "cwd": str, "caps": ListOf(str),
         "key": str, "strategy": str, "priority": int, "retries": int, "timeout": float,
-        "restartable": bool, "mem": int, "pids": int, "artifacts": ListOf(str), **_RID,
+        "restartable": bool, "mem": int, "pids": int, **_RID,
     },
     "task.list": _READ,
     "task.get": {"id": str, **_READ},
     "task.cancel": {"id": str, **_RID},
-    "task.logs": {"id": str, "stream": str, "offset": int, "attempt": int},
-    "artifact.list": {"id": str, "attempt": int},
-    "artifact.get": {"id": str, "name": str, "attempt": int, "offset": int},
-    "replicas.prune": {"older_than": float},
+    "task.logs": {"id": str, "stream": str, "offset": int},
 }
 """Every control method's params and their kinds, in one place (see
 ``agent.control.params.check_params``: strict, ``None`` is absent, params not
@@ -143,12 +139,6 @@ def build_handlers(ports: ControlPorts) -> dict[str, Handler]:
     """Every control method, each behind its param check (``strict``)."""
     raft = ports.consensus
     handlers: dict[str, Handler] = {
-    replicas: ReplicaPort | None = None
-    """Output and artifact copies (``artifact.*``, ``replicas.prune``)."""
-    events: EventsPort | None = None
-    """User events (``runtime/events_driver.py``); None: the ``events.*`` methods refuse."""
-    topology: TopologyPort | None = None
-    """Leader placement by RTT (``runtime/topology.py``); None: ``topology.optimize`` refuses."""
         **status.handlers(ports.sources),
         **kv.handlers(raft, ports.state),
         **proposals.handlers(
@@ -160,4 +150,3 @@ def build_handlers(ports: ControlPorts) -> dict[str, Handler]:
         **ports.tasks.handlers(committer(raft), reader(raft)),
     }
     return {method: strict(method, handler) for method, handler in handlers.items()}
-        **(artifacts.handlers(ports.replicas) if ports.replicas is not None else {}),
