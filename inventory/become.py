@@ -171,7 +171,8 @@ async def _escalate(proc: Any, streams: _Streams, become: Become, wrapped: Wrapp
         if streams.done >= 2:
             text = bytes(streams.err or streams.out).decode(errors="replace")
             lines = [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
-            lines = [line for line in lines if wrapped.prompt.strip() not in line or not wrapped.prompt]
+            prompt_text = wrapped.prompt.strip() or "\0"
+            lines = [line for line in lines if prompt_text not in line and not looks_like_prompt(line)]
             reason = " / ".join(lines[-2:]) or "exited before running the command"
             raise BecomeError(f"{who} failed: {reason}")
         await streams.wait()
