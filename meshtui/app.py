@@ -3,14 +3,23 @@
 Theory of operation
 -------------------
 One worker owns the connection.  It calls ``client_factory()``, then ``status``
-(plus ``members``, ``task.list`` and ``proposal.list`` where the agent has
-them), then ``subscribe`` to every topic, and re-polls the snapshot methods
-every ``status_interval`` seconds while events stream.  Events are buffered and
+(plus ``members``, ``task.list``, ``proposal.list`` and ``consensus.progress``
+where the agent has them), then ``subscribe`` to every topic, then
+``consensus.log`` for the committed entries it has not shown yet (a bounded
+backfill: asked after subscribing, so the live stream continues it without a
+gap, and the model drops live entries the backfill already showed), and
+re-polls the snapshot methods every ``status_interval`` seconds while events
+stream.  Events are buffered and
 a single ``EventsArrived`` message is posted per batch, so a burst of hundreds
 of events costs one message; the handler folds the batch into ``MeshModel``
 and schedules a redraw of the visible screen at most every ``REDRAW_INTERVAL``.
 Any transport failure shows the banner and reconnects with capped exponential
 backoff (0.5 s → 10 s).  The UI thread never waits on the network.
+
+Several clusters (``meshtui attach -t A -t B``): one model per cluster and one
+connection at a time; ``x`` switches, as k9s switches contexts.  Operations
+(drain, undrain, transfer, cancel) are confirmed, sent, and then watched in the
+model (``meshtui.ops``) in the ops bar of every screen.
 """
 
 from __future__ import annotations
@@ -19,7 +28,8 @@ import asyncio
 import gc
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Mapping
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from textual.app import App
@@ -29,9 +39,10 @@ from textual.screen import Screen
 
 from agent.errors import MeshError, ProtocolError
 from meshtui.model import TOPICS, ClientLike, Connection, DemoControls, MeshModel
+from meshtui.ops import Operation
 from meshtui.screens.base import AreaScreen
 from meshtui.screens.consensus import ConsensusScreen
-from meshtui.screens.dialogs import HelpScreen, NodePicker
+from meshtui.screens.dialogs import ConfirmScreen, HelpScreen, NodePicker
 from meshtui.screens.mesh import MeshScreen
 from meshtui.screens.migrations import MigrationsScreen
 from meshtui.screens.palette import MeshCommands
@@ -45,6 +56,10 @@ REDRAW_INTERVAL = 0.1
 """Seconds between redraws of the visible screen while events arrive."""
 MAX_PENDING_EVENTS = 50_000
 """Events buffered between two folds; beyond this the oldest are dropped (and counted)."""
+BACKFILL_ENTRIES = 200
+"""Committed entries asked for on (re)attach (``consensus.log``; the agent caps it at 500)."""
+OPTIONAL_METHODS = ("members", "task.list", "proposal.list", "consensus.progress")
+"""Polled with ``status`` when the agent has them."""
 # Errors that end a connection attempt: reconnect.  An error *reply* to `status` counts
 # too (nothing can be shown without it); error replies to the optional methods do not.
 LINK_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, MeshError)
@@ -75,6 +90,12 @@ class EventsArrived(Message):
     """Posted once per batch; the events themselves wait in ``MeshApp._pending``."""
 
 
+class BackfillArrived(Message):
+    def __init__(self, reply: Any) -> None:
+        super().__init__()
+        self.reply = reply
+
+
 class MeshApp(App[None]):
     """The operator TUI.  ``client_factory`` opens a fresh connection on every (re)connect."""
 
@@ -99,6 +120,7 @@ class MeshApp(App[None]):
         Binding("colon", "command_palette", "Commands"),
         Binding("k", "demo_kill", "Kill node"),
         Binding("r", "demo_restart", "Restart node"),
+        Binding("x", "switch_cluster", "Cluster"),
         Binding("q", "quit", "Quit"),
     ]
 
@@ -112,13 +134,18 @@ class MeshApp(App[None]):
         status_interval: float = 2.0,
         backoff: tuple[float, float] = (0.5, 10.0),
         tune_gc: bool = False,
+        clusters: Sequence[tuple[str, ClientFactory]] = (),
     ) -> None:
         super().__init__()
         self._tune_gc = tune_gc
+        self.clusters: list[tuple[str, ClientFactory]] = [(target_label, client_factory), *clusters]
+        self.cluster_index = 0
         self.client_factory = client_factory
         self.target_label = target_label
         self.demo_controls = demo_controls
-        self.model = MeshModel()
+        self._models = [MeshModel() for _ in self.clusters]
+        self.model = self._models[0]
+        self.operations: list[Operation] = []
         self.client: ClientLike | None = None
         self._clock = clock
         self._status_interval = status_interval
@@ -131,9 +158,16 @@ class MeshApp(App[None]):
     def now(self) -> float:
         return self._clock()
 
+    @property
+    def cluster_labels(self) -> tuple[str, ...]:
+        return tuple(label for label, _ in self.clusters)
+
     def on_mount(self) -> None:
         if self._tune_gc:
             tune_gc_for_ui()
+        self._connect()
+
+    def _connect(self) -> None:
         self.run_worker(self._connection_loop(), name="connection", group="connection")
 
     # --- connection worker -------------------------------------------------
@@ -171,7 +205,7 @@ class MeshApp(App[None]):
     async def _snapshot(self, client: ClientLike) -> dict[str, Any]:
         """``status`` (required) plus the optional list methods; one dict for one message."""
         snap: dict[str, Any] = {"status": await client.call("status")}
-        for method in ("members", "task.list", "proposal.list"):
+        for method in OPTIONAL_METHODS:
             try:
                 snap[method] = await client.call(method)
             except MeshError as exc:
@@ -187,6 +221,7 @@ class MeshApp(App[None]):
             stream: Any = client.subscribe(list(TOPICS))
             if inspect.isawaitable(stream):
                 stream = await stream
+            await self._backfill(client)
             async for event in stream:
                 if event.get("event") == "overflow":
                     # The client dropped events: re-read state instead of trusting the gaps.
@@ -215,7 +250,20 @@ class MeshApp(App[None]):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def _backfill(self, client: ClientLike) -> None:
+        """After subscribing: the committed entries not shown yet (bounded), as one message."""
+        try:
+            reply = await client.call("consensus.log", after=self.model.entry_high, limit=BACKFILL_ENTRIES)
+        except MeshError as exc:
+            if is_link_error(exc):
+                raise
+            return  # an agent without consensus.log: the live stream only
+        self.post_message(BackfillArrived(reply))
+
     # --- folding -----------------------------------------------------------
+    def on_backfill_arrived(self, message: BackfillArrived) -> None:
+        self.model.apply_backfill(message.reply)
+        self._schedule_redraw()
     def on_connection_changed(self, message: ConnectionChanged) -> None:
         self.model.set_connection(message.conn)
         self._schedule_redraw()
@@ -225,7 +273,7 @@ class MeshApp(App[None]):
         members = snap.get("members")
         status = snap.get("status")
         if isinstance(status, Mapping):
-            self.model.apply_status(status, sample_cpu=not isinstance(members, list))
+            self.model.apply_status(status, sample_cpu=not isinstance(members, list), now=self.now())
         if isinstance(members, list):
             self.model.apply_members(members)
         tasks = snap.get("task.list")
@@ -234,6 +282,8 @@ class MeshApp(App[None]):
         proposals = snap.get("proposal.list")
         if isinstance(proposals, list):
             self.model.apply_proposals(proposals)
+        if "consensus.progress" in snap:
+            self.model.apply_progress(snap["consensus.progress"])
         self._schedule_redraw()
 
     def on_events_arrived(self, _message: EventsArrived) -> None:
@@ -259,8 +309,72 @@ class MeshApp(App[None]):
 
     # --- actions -----------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Demo keys exist (and show in the footer) only when the demo gave its controls."""
+        """Demo keys exist (and show in the footer) only when the demo gave its controls;
+        the cluster switch only with several clusters."""
+        if action == "switch_cluster":
+            return len(self.clusters) > 1
         return not (action in ("demo_kill", "demo_restart") and self.demo_controls is None)
+
+    # --- clusters ----------------------------------------------------------
+    def action_switch_cluster(self) -> None:
+        if len(self.clusters) < 2 or not isinstance(self.screen, AreaScreen):
+            return
+
+        def chosen(label: str | None) -> None:
+            if label is not None and label in self.cluster_labels:
+                self.use_cluster(self.cluster_labels.index(label))
+
+        self.push_screen(NodePicker("Switch to which cluster?", list(self.cluster_labels)), chosen)
+
+    def use_cluster(self, index: int) -> None:
+        """Drop the current connection and attach to cluster ``index`` (its model is kept)."""
+        if index == self.cluster_index:
+            return
+        self.workers.cancel_group(self, "connection")
+        self.cluster_index = index
+        self.target_label, self.client_factory = self.clusters[index]
+        self.model = self._models[index]
+        self.client = None
+        self._pending.clear()
+        self.operations = []
+        self._connect()
+        for screen in self.screen_stack:
+            if isinstance(screen, AreaScreen):
+                screen.forget_drawn()
+        if isinstance(self.screen, AreaScreen) and self.screen.is_attached:
+            self.screen.refresh_from(self.model, force=True)
+        self.notify(f"attached to {self.target_label}")
+
+    # --- operations --------------------------------------------------------
+    def start_operation(self, kind: str, target: str) -> None:
+        """Confirm, send and then watch one operation (``meshtui.ops``)."""
+        op = Operation.make(kind, target, self.model, self.now(), uuid.uuid4().hex)
+
+        async def answered(yes: bool | None) -> None:
+            if not yes:
+                return
+            self.operations.append(op)
+            self.operations = self.operations[-20:]
+            client = self.client
+            if client is None:
+                op.error = "not connected"
+            else:
+                try:
+                    await client.call(op.method, **op.params)
+                except Exception as exc:
+                    op.error = str(exc)
+                else:
+                    op.sent = True
+            self._schedule_redraw()
+            self._watch_operations()
+
+        self.push_screen(ConfirmScreen(op.question()), answered)
+
+    def _watch_operations(self) -> None:
+        """Redraw once a second while an operation is shown (its elapsed time moves)."""
+        if any(op.visible(self.now()) for op in self.operations):
+            self._schedule_redraw()
+            self.set_timer(1.0, self._watch_operations)
 
     def action_switch_area(self, area: str) -> None:
         if self.current_mode != area:
@@ -356,6 +470,7 @@ def run_app(
     client_factory: ClientFactory,
     target_label: str,
     demo_controls: DemoControls | None = None,
+    clusters: Sequence[tuple[str, ClientFactory]] = (),
 ) -> None:
-    """Run the TUI in the terminal until the operator quits."""
-    MeshApp(client_factory, target_label, demo_controls, tune_gc=True).run()
+    """Run the TUI in the terminal until the operator quits (``clusters``: more targets, ``x``)."""
+    MeshApp(client_factory, target_label, demo_controls, tune_gc=True, clusters=clusters).run()

@@ -398,15 +398,21 @@ def _keys_on_agent(args: argparse.Namespace, session: Session) -> int:
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    target_text = args.attach_target or args.target
+    # ``meshtui attach -t A -t B``: several clusters, ``x`` switches between them.
+    texts: list[str | None] = [args.attach_target] if args.attach_target else []
+    given = args.target if isinstance(args.target, list) else [args.target] if args.target else []
+    texts += given
     try:
-        target = resolve_target(target_text, args.inventory)
+        targets = [resolve_target(text, args.inventory) for text in texts or [None]]
     except TargetError as exc:
         return _fail(str(exc), EXIT_USAGE)
     from meshtui.app import run_app
     from meshtui.connect import client_factory_for
 
-    run_app(client_factory_for(target), target.label)
+    first, *more = targets
+    run_app(
+        client_factory_for(first), first.label, clusters=[(t.label, client_factory_for(t)) for t in more]
+    )
     return EXIT_OK
 
 

@@ -22,14 +22,51 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-WORKLOAD_INTERVAL = 1.5
-"""Seconds between submitted demo tasks."""
+DEMO_SLOTS = 1
+"""Task slots per demo agent.  One slot makes a host's task CPU (the load the
+scheduler compares, ``load_source = "tasks"``) read 1.0 when one burner gets a
+whole core, whatever the machine's core count: one busy task is decisively hot."""
 
-BURN_SECONDS = (2, 6)
-"""Each demo task burns one CPU for a duration in this range (seconds)."""
+CYCLE_SECONDS = 45.0
+"""The workload repeats every this many seconds (the first cycle starts at once)."""
+
+HOT_BURN_SECONDS = 35.0
+"""How long each cycle's burner keeps one core busy (an absolute deadline: a copy
+moved to another host burns only what is left, so it does not heat that host for
+long).  Well over the scheduler's 10 s hot window."""
+
+QUEUED_BEHIND = 3
+"""Short keyed tasks submitted behind the burner each cycle: they queue on the hot
+host, so idle hosts have work to steal (a steal needs the victim's queue to be
+2 longer than the thief's)."""
+
+QUEUED_SLEEP = 8
+"""Seconds each queued task runs (sleeping: stolen work must not heat the thief)."""
+
+BACKGROUND_INTERVAL = 5.0
+"""Seconds between background tasks (1-2 s sleeps placed by auction: activity on every host)."""
+
+DEMO_NOTE = (
+    "Demo workload: every 45 s a CPU burner (35 s) and 3 short tasks are pinned to one host by the "
+    "key 'hot' (hash ring); a 1-2 s task is auctioned every 5 s.  Watch: the queued tasks are "
+    "stolen by idle hosts (reason steal) within seconds; the burner's host reads ~100% CPU and, "
+    "after 10 s hot, the leader moves its work to a cold host (reason hot-cold).  Moves and their "
+    "reasons appear in recent changes here and on screen 4.  k kills a node (failover), r restarts it."
+)
+
+
+def burn_argv(until: float) -> list[str]:
+    """A Python busy loop until the wall-clock time ``until`` (a multi-line command, on purpose)."""
+    return [sys.executable, "-c", f"import time\nend = {until:.0f}\nwhile time.time() < end: pass"]
+
+
+def sleep_argv(seconds: float, label: str) -> list[str]:
+    return [sys.executable, "-c", f"import time\nprint('{label} start', flush=True)\n"
+            f"time.sleep({seconds})\nprint('{label} done')"]
 
 
 def free_port() -> int:
@@ -181,6 +218,21 @@ class LocalMesh:
             time.sleep(0.2)
         return False
 
+    def wait_leader(self, timeout: float = 30.0) -> bool:
+        """Until some running node names a Raft leader (bounded by ``timeout``)."""
+        from meshtui.client import ClientError, call_sync
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for node in self.nodes:
+                if not node.running:
+                    continue
+                with contextlib.suppress(ClientError):
+                    if call_sync(node.socket_path, "status", {}, 2.0)["consensus"]["leader"]:
+                        return True
+            time.sleep(0.2)
+        return False
+
     def stop(self) -> None:
         for node in self.nodes:
             if node.running and node.proc is not None:
@@ -201,43 +253,54 @@ class LocalMesh:
 
 
 class Workload(threading.Thread):
-    """Keeps submitting CPU-burning tasks through whichever node answers."""
+    """Submits the demo's workload (see ``DEMO_NOTE``) through whichever node answers."""
 
-    def __init__(self, mesh: LocalMesh) -> None:
+    def __init__(self, mesh: LocalMesh, clock: Callable[[], float] = time.time) -> None:
         super().__init__(name="demo-workload", daemon=True)
         self.mesh = mesh
+        self.clock = clock
         self.stopping = threading.Event()
         self.submitted = 0
 
     def run(self) -> None:
+        next_cycle = self.clock()
+        counter = 0
+        while not self.stopping.is_set():
+            now = self.clock()
+            if now >= next_cycle:
+                counter += 1
+                self._hot_cycle(now, counter)
+                next_cycle = now + CYCLE_SECONDS
+            else:
+                counter += 1
+                self._submit(sleep_argv(1 + counter % 2, f"bg{counter}"), key="", restartable=True)
+            self.stopping.wait(BACKGROUND_INTERVAL)
+
+    def _hot_cycle(self, now: float, counter: int) -> None:
+        """One burner and ``QUEUED_BEHIND`` short tasks keyed onto the same host."""
+        self._submit(burn_argv(now + HOT_BURN_SECONDS), key="hot", restartable=True)
+        for i in range(QUEUED_BEHIND):
+            self._submit(sleep_argv(QUEUED_SLEEP, f"queued{counter}.{i}"), key="hot", restartable=True)
+
+    def _submit(self, argv: list[str], key: str, restartable: bool) -> bool:
         from meshtui.client import call_sync
 
-        counter = 0
-        while not self.stopping.wait(WORKLOAD_INTERVAL):
-            counter += 1
-            seconds = BURN_SECONDS[0] + counter % (BURN_SECONDS[1] - BURN_SECONDS[0] + 1)
-            burn = [
-                sys.executable, "-c",
-                f"import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass",
-            ]
-            params = {
-                "argv": burn, "shell": "", "env": {}, "cwd": "", "caps": [],
-                # Every third task is keyed so the hash ring piles work on one
-                # host and work stealing / rebalance have something to do.
-                "key": "hot" if counter % 3 == 0 else "",
-                "strategy": "hash" if counter % 3 == 0 else "auction",
-                "priority": 0, "retries": 2, "timeout": 60.0, "restartable": True,
-                "rid": uuid.uuid4().hex,
-            }
-            for node in self.mesh.nodes:
-                if not node.running:
-                    continue
-                try:
-                    call_sync(node.socket_path, "task.submit", params, 3.0)
-                    self.submitted += 1
-                    break
-                except Exception:  # no quorum yet, node down: try the next node
-                    continue
+        params = {
+            "argv": argv, "shell": "", "env": {}, "cwd": "", "caps": [],
+            "key": key, "strategy": "hash" if key else "auction",
+            "priority": 0, "retries": 2, "timeout": 120.0, "restartable": restartable,
+            "rid": uuid.uuid4().hex,
+        }
+        for node in self.mesh.nodes:
+            if not node.running:
+                continue
+            try:
+                call_sync(node.socket_path, "task.submit", params, 5.0)
+            except Exception:  # no quorum yet, node down: try the next node
+                continue
+            self.submitted += 1
+            return True
+        return False
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -245,7 +308,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def run_demo(nodes: int, tui: bool = True, workload: bool = True) -> int:
-    mesh = LocalMesh(nodes)
+    mesh = LocalMesh(nodes, slots=DEMO_SLOTS)
     # A closed terminal (SIGHUP) or a kill (SIGTERM) still stops every agent.
     signal.signal(signal.SIGHUP, _raise_interrupt)
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -262,6 +325,7 @@ def run_demo(nodes: int, tui: bool = True, workload: bool = True) -> int:
                     sys.stderr.write(f"--- {node.name}\n{node.log_file.read_text()[-2000:]}\n")
             return 1
         if workload:
+            mesh.wait_leader(timeout=30.0)  # the first cycle's submits need a leader
             load.start()
         if tui:
             from meshtui.app import run_app

@@ -43,6 +43,8 @@ MAX_MIGRATIONS = 1_000
 MEMBER_STATES = ("alive", "suspect", "dead", "left")
 FINISHED_TASK_STATES = frozenset({"succeeded", "failed", "cancelled", "lost"})
 
+# What the changes feed says when a member enters a state.
+_CHANGE_TEXT = {"alive": "joined / alive", "suspect": "suspect", "dead": "dead", "left": "left"}
 # members-topic event kinds that imply a state when the row itself omits one.
 _KIND_TO_STATE = {
     "join": "alive",
@@ -115,6 +117,11 @@ class ConsensusView:
     commit_index: int = 0
     voters: tuple[str, ...] = ()
     learners: tuple[str, ...] = ()
+    progress: tuple[PeerProgress, ...] = ()
+    """The leader's replication view (empty when not attached to the leader)."""
+    progress_from: str | None = None
+    """Which leader ``progress`` came from; None when this agent could not say."""
+    last_index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +144,71 @@ class Migration:
     dst: str
     reason: str
     epoch: int
+
+
+LINK_STATES = ("direct", "relayed", "down")
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One host-to-host link from ``status.links`` (names, not ids)."""
+
+    src: str
+    dst: str
+    state: str
+    """``direct``, ``relayed`` (through ``via``) or ``down``."""
+    via: str = ""
+    rtt_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerProgress:
+    """One voter's or learner's replication, from the leader (``consensus.progress``)."""
+
+    name: str
+    match: int
+    lag: int
+    state: str
+    learner: bool
+    active: bool
+    last_contact_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderChange:
+    at: float
+    term: int
+    leader: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One line of the recent-changes feed (joins, deaths, elections, moves, drains)."""
+
+    seq: int
+    at: float
+    kind: str
+    text: str
+
+
+MAX_CHANGES = 500
+"""Recent-change lines kept."""
+MAX_LEADER_CHANGES = 50
+"""Leader changes kept for the Consensus screen's timeline."""
+_NUM = re.compile(r"(\d+)")
+
+
+def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key where digit runs compare as numbers: ``t2 < t10``."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part.lower()) for part in _NUM.split(text) if part)
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: newlines as ``⏎``, tabs as spaces, other control characters dropped."""
+    if text.isprintable():
+        return text
+    out = text.replace("\r\n", "⏎").replace("\n", "⏎").replace("\r", "⏎").replace("\t", " ")
+    return "".join(ch for ch in out if ch.isprintable())
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,8 +297,17 @@ class MeshModel:
         self.cluster_avg_cpu: float | None = None
         self.connection = Connection()
         self.events_seen = 0
+        self.links: tuple[Link, ...] | None = None
+        """``status.links``; None while the agent sends none (then no links are drawn)."""
+        self.entry_high = 0
+        """Highest committed index shown in the log: live entries at or below it are duplicates."""
+        self.leader_changes: deque[LeaderChange] = deque(maxlen=MAX_LEADER_CHANGES)
+        self.changes: deque[Change] = deque(maxlen=MAX_CHANGES)
+        self.change_seq = 0
+        self.last_now = 0.0
+        """The latest ``now`` a caller gave (the model never reads a clock)."""
         self.versions: dict[str, int] = dict.fromkeys(
-            ("members", "consensus", "tasks", "migrations", "banner", "proposals"), 0
+            ("members", "consensus", "tasks", "migrations", "banner", "proposals", "changes"), 0
         )
 
     def _bump(self, *areas: str) -> None:
@@ -240,8 +321,12 @@ class MeshModel:
             self._bump("banner")
 
     # --- snapshots --------------------------------------------------------
-    def apply_status(self, status: Mapping[str, Any], *, sample_cpu: bool = False) -> None:
+    def apply_status(
+        self, status: Mapping[str, Any], *, sample_cpu: bool = False, now: float | None = None
+    ) -> None:
         """Fold a ``status`` reply; members absent from it are dropped."""
+        if now is not None:
+            self.last_now = now
         node = _as_str(status.get("node")) or self.node
         if node != self.node:
             self.node = node
@@ -264,6 +349,86 @@ class MeshModel:
         rows = status.get("members")
         if isinstance(rows, list):
             self.apply_members(rows, sample_cpu=sample_cpu, authoritative=True)
+        self._apply_links(status.get("links"))
+
+    def _apply_links(self, rows: Any) -> None:
+        """Fold ``status.links`` (``[{from, to, state, via, rtt_ms}]``); malformed rows are skipped."""
+        if not isinstance(rows, list):
+            links = None
+        else:
+            parsed = []
+            for row in rows:
+                if not isinstance(row, Mapping):
+                    continue
+                src = self.display_name(_as_str(row.get("from")))
+                dst = self.display_name(_as_str(row.get("to")))
+                state = _as_str(row.get("state"))
+                if not src or not dst or src == dst or state not in LINK_STATES:
+                    continue
+                via = self.display_name(_as_str(row.get("via"))) if state == "relayed" else ""
+                parsed.append(Link(src, dst, state, via, _as_float(row.get("rtt_ms"))))
+            links = tuple(sorted(parsed, key=lambda link: (link.src, link.dst)))
+        if links != self.links:
+            self.links = links
+            self._bump("members")
+
+    def apply_backfill(self, reply: Any) -> None:
+        """Fold a ``consensus.log`` reply: committed entries before the live stream.
+
+        Entries at or below ``entry_high`` are already shown; a jump past it says
+        how many entries are not shown (compacted, or beyond the backfill bound).
+        """
+        if not isinstance(reply, Mapping):
+            return
+        rows = [r for r in reply.get("entries") or () if isinstance(r, Mapping)]
+        rows.sort(key=lambda r: _as_int(r.get("index")) or 0)
+        first = _as_int(reply.get("first_index"))
+        fresh = [r for r in rows if (_as_int(r.get("index")) or 0) > self.entry_high]
+        if fresh:
+            start = _as_int(fresh[0].get("index")) or 0
+            if start > self.entry_high + 1:
+                missing = start - self.entry_high - 1
+                since = "history" if self.entry_high == 0 else f"#{self.entry_high + 1}..#{start - 1}"
+                self._log_line(
+                    0.0, "backfill", None, None, f"… {missing} earlier entries not shown ({since})"
+                )
+        for row in fresh:
+            index = _as_int(row.get("index")) or 0
+            at = _as_float(row.get("at"))
+            term = _as_int(row.get("term"))
+            self._log_line(at or 0.0, "entry", term, index, self._names_in(_as_str(row.get("summary"))))
+            self.entry_high = index
+            self.consensus.commit_index = max(self.consensus.commit_index, index)
+        commit = _as_int(reply.get("commit_index"))
+        if commit is not None and first is not None and commit >= self.entry_high:
+            self.entry_high = commit
+        self._bump("consensus")
+
+    def apply_progress(self, reply: Any) -> None:
+        """Fold a ``consensus.progress`` reply (the leader's per-peer replication)."""
+        if not isinstance(reply, Mapping):
+            return
+        peers = []
+        for row in reply.get("peers") or ():
+            if not isinstance(row, Mapping):
+                continue
+            peers.append(
+                PeerProgress(
+                    name=self.display_name(_as_str(row.get("name"))),
+                    match=_as_int(row.get("match")) or 0,
+                    lag=_as_int(row.get("lag")) or 0,
+                    state=_as_str(row.get("state")),
+                    learner=bool(row.get("learner")),
+                    active=bool(row.get("active")),
+                    last_contact_s=_as_float(row.get("last_contact_s")),
+                )
+            )
+        view = self.consensus
+        view.progress = tuple(sorted(peers, key=lambda p: (p.learner, natural_key(p.name))))
+        leader = _as_str(reply.get("leader"))
+        view.progress_from = self.display_name(leader) if leader else None
+        view.last_index = _as_int(reply.get("last_index")) or view.last_index
+        self._bump("consensus")
 
     def apply_members(
         self,
@@ -331,8 +496,25 @@ class MeshModel:
         if leader is not None:
             leader = self.display_name(leader)
         if leader != self.consensus.leader:
+            previous = self.consensus.leader
             self.consensus.leader = leader
             self._bump("members")  # the member table and topology mark the leader
+            term = self.consensus.term
+            first = not self.leader_changes  # known on attach: not news for the feed
+            self.leader_changes.append(LeaderChange(self.last_now, term, leader))
+            if first:
+                pass
+            elif leader is not None:
+                was = f" (was {previous})" if previous else ""
+                self.add_change("election", f"{leader} leads term {term}{was}")
+            else:
+                self.add_change("election", f"no leader (term {term}, was {previous})")
+
+    def add_change(self, kind: str, text: str, at: float | None = None) -> None:
+        """One line for the recent-changes feed."""
+        self.change_seq += 1
+        self.changes.append(Change(self.change_seq, self.last_now if at is None else at, kind, text))
+        self._bump("changes")
 
     def _upsert_member(self, row: Mapping[str, Any]) -> MemberState | None:
         name = _as_str(row.get("name"))
@@ -379,6 +561,8 @@ class MeshModel:
         if not isinstance(data, Mapping):
             return
         self.events_seen += 1
+        stamp = _as_float(data.get("at"))  # the agent's (or a recording's) time, when it gives one
+        self.last_now = now if stamp is None else stamp
         if topic == "members":
             self._on_member_event(data)
         elif topic == "consensus":
@@ -403,11 +587,14 @@ class MeshModel:
         row = data.get("member")
         if not isinstance(row, Mapping):
             return
+        before = self.members[name].state if (name := _as_str(row.get("name"))) in self.members else None
         member = self._upsert_member(row)
         if member is None:
             return
         if kind in _KIND_TO_STATE and not row.get("state"):
             member.state = _KIND_TO_STATE[kind]
+        if member.state != before and member.state in _CHANGE_TEXT:
+            self.add_change(member.state, f"{member.name} {_CHANGE_TEXT[member.state]}")
         self._bump("members")
 
     def _on_consensus_event(self, data: Mapping[str, Any], now: float) -> None:
@@ -418,6 +605,9 @@ class MeshModel:
         if term is not None and term > view.term:
             view.term = term
         if kind == "entry" and index is not None:
+            if index <= self.entry_high:
+                return  # already shown by the backfill
+            self.entry_high = index
             view.commit_index = max(view.commit_index, index)
         if kind == "role" and data.get("role") is not None:
             view.role = _as_str(data.get("role"))
@@ -425,19 +615,25 @@ class MeshModel:
             self._set_leader(_as_str(data.get("leader")) or None)
         if kind == "alarm":
             self._set_alarms(data.get("alarms"))
-        self.log_seq += 1
         at = _as_float(data.get("at"))
+        text = self._names_in(format_consensus(data, view.leader))
+        self._log_line(now if at is None else at, kind, term, index, text)
+        if kind == "entry" and text.startswith(("node.drain", "node.undrain")):
+            self.add_change("drain", text, now if at is None else at)
+        self._bump("consensus")
+
+    def _log_line(self, at: float, kind: str, term: int | None, index: int | None, text: str) -> None:
+        self.log_seq += 1
         self.log.append(
             LogLine(
                 seq=self.log_seq,
-                at=now if at is None else at,
+                at=at,
                 kind=kind,
-                term=term if term is not None else view.term,
+                term=term if term is not None else self.consensus.term,
                 index=index,
-                text=self._names_in(format_consensus(data, view.leader)),
+                text=text,
             )
         )
-        self._bump("consensus")
 
     def _on_task_event(self, data: Mapping[str, Any]) -> None:
         row = data.get("task")
@@ -460,6 +656,7 @@ class MeshModel:
             epoch=_as_int(data.get("epoch")) or 0,
         )
         self.migrations.append(mig)
+        self.add_change("move", f"{mig.task[:12]} {mig.src or '?'} → {mig.dst or '?'} ({mig.reason})", mig.at)
         task = self.tasks.get(mig.task)
         if task is not None:
             task["node"] = mig.dst

@@ -19,7 +19,8 @@ from textual.widget import Widget
 from textual.widgets import Footer, Static
 
 from meshtui.model import ClientLike, DemoControls, MeshModel
-from meshtui.widgets.bars import Banner, NavBar
+from meshtui.ops import Operation
+from meshtui.widgets.bars import Banner, NavBar, OpsBar
 from meshtui.widgets.filterbar import FilterBar
 
 _UNSET = object()
@@ -32,8 +33,11 @@ class MeshAppLike(Protocol):
     client: ClientLike | None
     demo_controls: DemoControls | None
     target_label: str
+    operations: list[Operation]
 
     def now(self) -> float: ...
+
+    def start_operation(self, kind: str, target: str) -> None: ...
 
     def call_client(
         self,
@@ -67,6 +71,7 @@ class AreaScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield NavBar(self.AREA, self.mesh.target_label)
         yield Banner(id="banner")
+        yield OpsBar(id="ops")
         yield from self.compose_body()
         yield FilterBar()
         yield Footer()
@@ -75,7 +80,13 @@ class AreaScreen(Screen[None]):
         raise AssertionError("area screens override compose_body")
 
     def on_mount(self) -> None:
+        self.query_one(OpsBar).display = False
         self.refresh_from(self.mesh.model, force=True)
+
+    def forget_drawn(self) -> None:
+        """The model was replaced (another cluster): draw everything again."""
+        self._drawn.clear()
+        self._static_keys.clear()
 
     def on_screen_resume(self) -> None:
         self.refresh_from(self.mesh.model, force=True)
@@ -86,6 +97,9 @@ class AreaScreen(Screen[None]):
         if self.changed(model, "banner", force=force):
             self.query_one(NavBar).show(model)
             self.query_one(Banner).show(model)
+        ops = self.mesh.operations
+        if ops or self.query_one(OpsBar).display:
+            self.query_one(OpsBar).show(ops, model, self.mesh.now())
         self.draw(model, force)
 
     def set_static(self, selector: str, content: RenderableType, key: object = None) -> None:

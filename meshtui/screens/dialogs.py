@@ -20,6 +20,10 @@ HELP_KEYS: tuple[tuple[str, str], ...] = (
     (":", "command palette: submit, cancel, drain, undrain, transfer leadership"),
     ("↑ ↓ pgup pgdn", "move in a table; on Tasks the selected task's logs follow"),
     ("esc", "close a dialog, clear the filter"),
+    ("space · s / S", "Tasks: mark for the combined log tail · sort column / reverse"),
+    ("f · l · c", "Tasks: next failed task with its logs · logs full width · cancel"),
+    ("d · u · t", "Mesh: drain · undrain · transfer leadership to the selected node"),
+    ("x", "switch cluster (several -t targets)"),
     ("?", "this help"),
     ("q", "quit"),
 )
@@ -104,3 +108,26 @@ class NodePicker(ModalScreen[str | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """A yes/no question; dismisses with True on y/enter, False on n/esc."""
+
+    BINDINGS = [
+        Binding("y", "answer(True)", "Yes"),
+        Binding("enter", "answer(True)", "Yes", show=False),
+        Binding("n", "answer(False)", "No"),
+        Binding("escape", "answer(False)", "No", show=False),
+    ]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self._question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static(Text(self._question, style="bold"), classes="dialog-title")
+            yield Static(Text("y / enter: yes    n / esc: no", style="grey70"))
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)

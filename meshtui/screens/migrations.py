@@ -37,7 +37,14 @@ class MigrationsScreen(AreaScreen):
 
     def compose_body(self) -> Iterable[Widget]:
         yield Static(id="migration-summary")
+        yield Static(id="demo-note")
         yield FastTable(MIGRATION_COLUMNS, id="migrations")
+
+    def on_mount(self) -> None:
+        from meshtui.screens.mesh import show_demo_note
+
+        show_demo_note(self)
+        super().on_mount()
 
     def draw(self, model: MeshModel, force: bool) -> None:
         if not self.changed(model, "migrations", force=force):

@@ -7,6 +7,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from meshtui.model import MeshModel
+from meshtui.ops import Operation
 
 AREAS: tuple[tuple[str, str], ...] = (
     ("mesh", "Mesh"),
@@ -32,6 +33,9 @@ class NavBar(Static):
         self._target = target
 
     def show(self, model: MeshModel) -> None:
+        # The app's current cluster (``x`` switches between several ``-t`` targets).
+        self._target = str(getattr(self.app, "target_label", self._target))
+        clusters = getattr(self.app, "cluster_labels", ())
         text = Text()
         text.append(" meshtui ", style="bold black on #5fafff")
         text.append(" ")
@@ -43,6 +47,9 @@ class NavBar(Static):
         state = model.connection.state
         text.append("  │ ", style="grey50")
         text.append(self._target, style="bold")
+        if len(clusters) > 1:
+            index = list(clusters).index(self._target) + 1 if self._target in clusters else 0
+            text.append(f" [{index}/{len(clusters)} x:switch]", style="grey70")
         if model.node:
             text.append(f" ({model.node})", style="grey70")
         text.append(" ● ", style=_CONN_STYLE.get(state, "white"))
@@ -62,4 +69,45 @@ class Banner(Static):
         level, text = banner
         self.add_class(level)
         self.update(Text(f" {text} "))
+        self.display = True
+
+
+PROGRESS_CELLS = 12
+
+
+def progress_bar(fraction: float | None, width: int = PROGRESS_CELLS) -> Text:
+    """``▕██████░░░░░░▏``; an unknown fraction is drawn hollow."""
+    if fraction is None:
+        return Text("▕" + "·" * width + "▏", style="grey50")
+    filled = max(0, min(width, round(fraction * width)))
+    bar = Text("▕", style="grey50")
+    bar.append("█" * filled, style="green" if fraction >= 1.0 else "#5fafff")
+    bar.append("░" * (width - filled), style="grey35")
+    bar.append("▏", style="grey50")
+    return bar
+
+
+class OpsBar(Static):
+    """Operations started from the TUI and their progress, newest last; hidden when none."""
+
+    def show(self, ops: list[Operation], model: MeshModel, now: float) -> None:
+        lines = [op for op in ops if op.visible(now)][-3:]
+        if not lines:
+            self.display = False
+            return
+        out = Text(no_wrap=True, overflow="ellipsis")
+        for n, op in enumerate(lines):
+            text, fraction, finished = op.progress(model, now)
+            if n:
+                out.append("\n")
+            mark, style = ("✔", "green") if finished and not op.error else ("⟳", "#5fafff")
+            if op.error or (finished and fraction is None):
+                mark, style = "✘", "red"
+            out.append(f" {mark} ", style=f"bold {style}")
+            out.append(op.title(), style="bold")
+            out.append(" ")
+            out.append_text(progress_bar(fraction))
+            out.append(f" {text}", style=style if finished else "")
+            out.append(f"  {max(0.0, (op.done_at or now) - op.started):.0f}s", style="grey50")
+        self.update(out)
         self.display = True

@@ -102,6 +102,14 @@ class FastTable(ScrollView, can_focus=True):
             return None
         return self._rows[min(self.cursor_row, len(self._rows) - 1)][0]
 
+    def set_label(self, column: str, label: str) -> None:
+        """Rename a column's header (a sort arrow, say)."""
+        i = self._column_index[column]
+        if self.columns[i][1] != label:
+            self.columns[i] = (column, label)
+            self._widths[i] = max(self._widths[i], len(label))
+            self.refresh()
+
     def get_cell(self, key: str, column: str) -> Cell:
         return self._rows[self._index[key]][1][self._column_index[column]]
 
@@ -204,7 +212,7 @@ class FastTable(ScrollView, can_focus=True):
         return strip.crop_extend(int(scroll_x), int(scroll_x) + width, BASE_STYLE)
 
     def _header_strip(self) -> Strip:
-        key = ("header", tuple(self._widths))
+        key = ("header", tuple(self._widths), tuple(label for _, label in self.columns))
         strip = self._cache.get(key)
         if strip is None:
             cells = [Text(label) for _, label in self.columns]

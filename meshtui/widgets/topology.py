@@ -3,9 +3,15 @@
 ``BrailleCanvas`` is a pure character canvas: each terminal cell holds a 2x4
 grid of braille dots, so lines are drawn at twice the horizontal and four times
 the vertical resolution of the terminal.  Nodes and labels are then written on
-top as ordinary characters.  Only links the attached agent has measured are
-drawn (its SWIM probe RTT to each peer): the TUI shows what is known, it does
-not invent a full mesh.
+top as ordinary characters.
+
+Links are the agent's own link state (``status.links``: ``{from, to, state,
+via, rtt_ms}`` for each pair of hosts it knows about): a direct link is a solid
+line coloured by RTT, a link relayed through a third host a magenta dashed
+line, a down link a red dotted one.  Each pair is drawn once, in the worse of
+its two directions.  When the agent sends no ``links`` nothing is drawn between
+hosts: the TUI shows what is known, it does not invent a mesh.  The selected
+host's links are drawn last (on top) and listed with their RTT by the screen.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from rich.text import Text
 from textual.strip import Strip
 from textual.widget import Widget
 
-from meshtui.model import MeshModel
+from meshtui.model import Link, MeshModel
 from meshtui.widgets.render import STATE_STYLE, rtt_style
 
 DENSE_LINKS = 48
@@ -131,6 +137,40 @@ class TopoNode:
     local: bool
 
 
+@dataclass(frozen=True, slots=True)
+class TopoLink:
+    """One pair of hosts as drawn: names in order, the worse direction's state."""
+
+    a: str
+    b: str
+    state: str
+    rtt_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TopoView:
+    """Everything the topology draws, hashable (the render cache key)."""
+
+    nodes: tuple[TopoNode, ...] = ()
+    links: tuple[TopoLink, ...] | None = None
+    selected: str | None = None
+
+
+_LINK_RANK = {"direct": 0, "relayed": 1, "down": 2}
+
+
+def pair_links(links: tuple[Link, ...]) -> tuple[TopoLink, ...]:
+    """One ``TopoLink`` per unordered pair: the worse of its directions (down > relayed > direct)."""
+    pairs: dict[tuple[str, str], TopoLink] = {}
+    for link in links:
+        a, b = sorted((link.src, link.dst))
+        drawn = TopoLink(a, b, link.state, rtt_bucket(link.rtt_ms))
+        old = pairs.get((a, b))
+        if old is None or _LINK_RANK[drawn.state] > _LINK_RANK[old.state]:
+            pairs[(a, b)] = drawn
+    return tuple(pairs[k] for k in sorted(pairs))
+
+
 # One representative RTT per link colour, so polls that move RTT by a few
 # microseconds do not redraw the topology.
 _RTT_BUCKETS = ((1.0, 0.5), (10.0, 5.0), (50.0, 20.0))
@@ -145,18 +185,20 @@ def rtt_bucket(rtt_ms: float | None) -> float | None:
     return 80.0
 
 
-def snapshot(model: MeshModel) -> tuple[TopoNode, ...]:
+def snapshot(model: MeshModel, selected: str | None = None) -> TopoView:
     """What the topology draws, as a hashable value (cache key for rendering)."""
     leader = model.consensus.leader
-    return tuple(
+    nodes = tuple(
         TopoNode(m.name, m.state, rtt_bucket(m.rtt_ms), m.name == leader, m.name == model.node)
         for m in sorted(model.members.values(), key=lambda m: m.name)
     )
+    links = None if model.links is None else pair_links(model.links)
+    return TopoView(nodes, links, selected if selected in model.members else None)
 
 
-def draw(nodes: tuple[TopoNode, ...], width: int, height: int) -> Text:
-    """Lay ``nodes`` out on a circle in a width x height box and draw it (as Rich Text)."""
-    canvas = layout(nodes, width, height)
+def draw(view: TopoView, width: int, height: int) -> Text:
+    """Lay the nodes out on a circle in a width x height box and draw it (as Rich Text)."""
+    canvas = layout(view, width, height)
     out = canvas.render()
     if height > 6:
         out.append("\n")
@@ -164,9 +206,9 @@ def draw(nodes: tuple[TopoNode, ...], width: int, height: int) -> Text:
     return out
 
 
-def draw_strips(nodes: tuple[TopoNode, ...], width: int, height: int) -> list[Strip]:
+def draw_strips(view: TopoView, width: int, height: int) -> list[Strip]:
     """The same drawing as terminal lines, built without Rich's text layout (fast path)."""
-    canvas = layout(nodes, width, height)
+    canvas = layout(view, width, height)
     strips = []
     for row in canvas.cells():
         segments: list[Segment] = []
@@ -192,8 +234,18 @@ def _style(name: str) -> Style | None:
     return Style.parse(name) if name else None
 
 
-def layout(nodes: tuple[TopoNode, ...], width: int, height: int) -> BrailleCanvas:
-    """Nodes on a circle, links from the attached node, labels where they fit."""
+def link_style(link: TopoLink) -> tuple[str, bool]:
+    """(colour, dotted) for a drawn link."""
+    if link.state == "down":
+        return "red", True
+    if link.state == "relayed":
+        return "magenta", True
+    return rtt_style(link.rtt_ms), False
+
+
+def layout(view: TopoView, width: int, height: int) -> BrailleCanvas:
+    """Nodes on a circle, the links between them, labels where they fit."""
+    nodes = view.nodes
     legend_rows = 1 if height > 6 else 0
     canvas = BrailleCanvas(width, height - legend_rows)
     if not nodes:
@@ -208,20 +260,7 @@ def layout(nodes: tuple[TopoNode, ...], width: int, height: int) -> BrailleCanva
     for i in range(n):
         angle = 2 * math.pi * i / n - math.pi / 2
         pos.append((round(cx + radius * math.cos(angle)), round(cy + radius * math.sin(angle))))
-    local = next((i for i, node in enumerate(nodes) if node.local), None)
-    # Past DENSE_LINKS members a full star is a solid blob that costs a redraw
-    # budget: then only the links worth seeing (leader, suspect, dead) are drawn.
-    dense = n > DENSE_LINKS
-    if local is not None:
-        lx, ly = pos[local]
-        for i, node in enumerate(nodes):
-            if i == local or node.state == "left":
-                continue
-            if dense and node.state == "alive" and not node.leader:
-                continue
-            unreachable = node.state == "dead" or node.rtt_ms is None
-            style = "red" if node.state == "dead" else rtt_style(node.rtt_ms)
-            canvas.line(lx, ly, pos[i][0], pos[i][1], style, dotted=unreachable)
+    _draw_links(canvas, view, {node.name: pos[i] for i, node in enumerate(nodes)})
     show_labels = n <= 64
     # Leader and local node first so their labels win a crowded spot.
     order = sorted(range(n), key=lambda i: (not nodes[i].leader, not nodes[i].local, i))
@@ -242,20 +281,41 @@ def layout(nodes: tuple[TopoNode, ...], width: int, height: int) -> BrailleCanva
     return canvas
 
 
+def _draw_links(canvas: BrailleCanvas, view: TopoView, pos: dict[str, tuple[int, int]]) -> None:
+    """Every pair's link; past ``DENSE_LINKS`` hosts only the selected host's and the broken ones
+    (a full mesh of hundreds of lines is a solid blob).  The selected host's links go last, on top."""
+    if not view.links:
+        return
+    dense = len(view.nodes) > DENSE_LINKS
+    sel = view.selected
+    mine = [lk for lk in view.links if sel in (lk.a, lk.b)]
+    others = [lk for lk in view.links if sel not in (lk.a, lk.b) and not (dense and lk.state == "direct")]
+    for link in others + mine:
+        if link.a not in pos or link.b not in pos:
+            continue
+        style, dotted = link_style(link)
+        if sel is not None and link not in mine:
+            style = "grey30"  # the selected host's links stand out
+        (x0, y0), (x1, y1) = pos[link.a], pos[link.b]
+        canvas.line(x0, y0, x1, y1, style, dotted=dotted)
+
+
 def _legend(width: int) -> Text:
     legend = Text(no_wrap=True, overflow="crop")
     legend.append(" ★ leader ◉ here  rtt ", style="grey70")
     for label, rtt in (("<1", 0.5), ("<10", 5.0), ("<50", 20.0), ("≥50ms", 80.0)):
         legend.append("⣀⣀", style=rtt_style(rtt))
         legend.append(f"{label} ", style="grey70")
-    legend.append("⠤⠀⠤", style="grey42")
-    legend.append("none", style="grey70")
+    legend.append("⠤⠀⠤", style="magenta")
+    legend.append("relayed ", style="grey70")
+    legend.append("⠤⠀⠤", style="red")
+    legend.append("down", style="grey70")
     legend.truncate(width)
     return legend
 
 
 class Topology(Widget):
-    """Paints ``draw_strips(snapshot(model))`` line by line, cached by data and size."""
+    """Paints ``draw_strips(snapshot(model, selected))`` line by line, cached by data and size."""
 
     DEFAULT_CSS = """
     Topology { height: 1fr; }
@@ -263,14 +323,14 @@ class Topology(Widget):
 
     def __init__(self, **kwargs: str) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        self._topo_nodes: tuple[TopoNode, ...] = ()
+        self._topo_nodes = TopoView()
         self._strips: list[Strip] = []
-        self._drawn_for: tuple[tuple[TopoNode, ...], int, int] | None = None
+        self._drawn_for: tuple[TopoView, int, int] | None = None
 
-    def show(self, model: MeshModel) -> None:
-        nodes = snapshot(model)
-        if nodes != self._topo_nodes:
-            self._topo_nodes = nodes
+    def show(self, model: MeshModel, selected: str | None = None) -> None:
+        view = snapshot(model, selected)
+        if view != self._topo_nodes:
+            self._topo_nodes = view
             self.refresh()
 
     def render_line(self, y: int) -> Strip:

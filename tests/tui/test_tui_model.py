@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from meshtui.model import MAX_LOG_LINES, Connection, MeshModel, matches_filter
 from meshtui.widgets.render import sparkline
-from meshtui.widgets.topology import BrailleCanvas, TopoNode, draw
+from meshtui.widgets.topology import BrailleCanvas, TopoNode, TopoView, draw
 
 
 def status(leader: str = "n1", **extra: object) -> dict[str, object]:
@@ -168,9 +168,9 @@ def test_topology_marks_leader_and_states() -> None:
         TopoNode("b", "dead", None, True, False),
         TopoNode("c", "suspect", 3.0, False, False),
     )
-    out = draw(nodes, 50, 16).plain
+    out = draw(TopoView(nodes), 50, 16).plain
     assert "◉ a" in out and "★ b" in out and "c ●" in out  # labels sit outside the circle
-    assert draw((), 20, 5).plain.strip() == "no members yet"
+    assert draw(TopoView(), 20, 5).plain.strip() == "no members yet"
 
 
 def test_node_ids_in_events_are_shown_as_names() -> None:
