@@ -233,6 +233,15 @@ class Executor:
         """Why this host cannot enforce a memory (bytes) or pids limit, or None if it can."""
         return self.containment.limit_refusal(mem, pids)
 
+    def work_dir(self, task_id: str, cwd: str | None) -> Path:
+        """Where a run of ``task_id`` works: ``cwd``, or its default directory."""
+        return Path(cwd) if cwd else self._tasks_dir / task_id / "work"
+
+    @property
+    def run_user(self) -> tuple[int, int] | None:
+        """(uid, gid) tasks run as when the agent switches users, else None."""
+        return (self._user.pw_uid, self._user.pw_gid) if self._user is not None else None
+
     def output_path(self, task_id: str, epoch: int, stream: Stream) -> Path:
         return self._output.path(task_id, epoch, stream)
 

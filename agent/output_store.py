@@ -15,6 +15,7 @@ import os
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 from agent.errors import TaskError
 
@@ -69,3 +70,42 @@ class OutputStore:
             os.pwrite(fd, data, max(0, offset))
         finally:
             os.close(fd)
+
+
+# ---------------------------------------------------------------- artifacts
+
+MAX_ARTIFACT_NAME = 200
+"""Characters of an artifact path (relative to the task's working directory)."""
+
+
+def artifact_refusal(name: str) -> str | None:
+    """Why ``name`` cannot name an artifact (one line), or None if it can.
+
+    An artifact is a relative path below the task's working directory: not
+    empty, not absolute, no ``..`` or ``.`` component, no empty component, no
+    NUL or control character, at most ``MAX_ARTIFACT_NAME`` characters.  (A
+    symbolic link on the way is refused when the file is read: ``O_NOFOLLOW``.)
+    """
+    if not name or len(name) > MAX_ARTIFACT_NAME:
+        return f"artifact path must be 1-{MAX_ARTIFACT_NAME} characters"
+    if any(ord(c) < 32 or c == "\x7f" for c in name):
+        return f"artifact {name!r}: control characters are not allowed"
+    if name.startswith("/"):
+        return f"artifact {name!r} is absolute; give a path inside the task's working directory"
+    parts = name.split("/")
+    if ".." in parts:
+        return f"artifact {name!r} leaves the task's working directory"
+    if any(part in ("", ".") for part in parts):
+        return f"artifact {name!r}: empty or '.' path component"
+    return None
+
+
+def item_file(name: str) -> str:
+    """The file name that holds replicated item ``name`` below ``<task>/``'s epoch
+    directory: ``out``/``err`` as themselves, an artifact ``a:<path>`` with its
+    path quoted (``/`` -> ``%2F``), so every artifact is one flat file."""
+    if name in STREAMS:
+        return name
+    if not name.startswith("a:") or artifact_refusal(name[2:]) is not None:
+        raise TaskError(f"invalid replica item {name!r}")
+    return "a_" + quote(name[2:], safe="")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import os
 import sys
@@ -183,6 +184,7 @@ def cmd_submit(args: argparse.Namespace, session: Session) -> int:
         restartable=bool(args.restartable),
         mem=int(args.mem),
         pids=int(args.pids),
+        artifacts=list(args.artifacts),
         rid=_rid(),
     )
     if args.json:
@@ -211,11 +213,17 @@ _FINAL_STATES = {"succeeded", "failed", "cancelled", "lost"}
 
 @with_session
 def cmd_logs(args: argparse.Namespace, session: Session) -> int:
+    """Print one attempt's output; ``--follow`` stays with it through a replica when its
+    host dies, then goes on with the next attempt (a line on stderr marks the switch)."""
     stream = "stderr" if args.stderr else "stdout"
-    offset = 0
+    offset, attempt = 0, args.attempt
     out = sys.stdout.buffer
     while True:
-        chunk = session.call("task.logs", id=args.task, offset=offset, stream=stream)
+        params: dict[str, Any] = {"id": args.task, "offset": offset, "stream": stream}
+        if attempt is not None:
+            params["attempt"] = attempt
+        chunk = session.call("task.logs", **params)
+        attempt = chunk.get("epoch", attempt)
         data: bytes = chunk["data"]
         if data:
             out.write(data)
@@ -224,12 +232,86 @@ def cmd_logs(args: argparse.Namespace, session: Session) -> int:
         if chunk["eof"] and not data:
             if not args.follow:
                 return EXIT_OK
-            task = session.call("task.get", id=args.task)
-            if task["state"] in _FINAL_STATES:
+            latest = chunk.get("latest", attempt)
+            if attempt is not None and latest is not None and latest > attempt \
+                    and args.attempt is None:
+                print(f"meshtui: attempt {attempt} ended; following attempt {latest}",
+                      file=sys.stderr, flush=True)
+                offset, attempt = 0, latest
+                continue
+            state = chunk.get("state") or session.call("task.get", id=args.task)["state"]
+            if state in _FINAL_STATES:
                 return EXIT_OK
             time.sleep(0.25)
         elif not data:
             time.sleep(0.25)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90``, ``90s``, ``30m``, ``12h`` or ``7d`` (``ValueError`` otherwise)."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    text = text.strip().lower()
+    scale = units.get(text[-1:])
+    value = float(text[:-1] if scale is not None else text)
+    if value < 0 or value != value:
+        raise ValueError(text)
+    return value * (scale or 1.0)
+
+
+@with_session
+def cmd_artifacts(args: argparse.Namespace, session: Session) -> int:
+    """List a task's artifacts, or fetch one (``--get``) with its SHA-256 checked."""
+    extra: dict[str, Any] = {} if args.attempt is None else {"attempt": args.attempt}
+    if not args.get:
+        listing = session.call("artifact.list", id=args.task, **extra)
+        if args.json:
+            _print_json(listing)
+            return EXIT_OK
+        print_table(["name", "size", "sha256", "error"],
+                    [[i["name"], i["size"] if not i["error"] else "-",
+                      i["sha256"][:16] if not i["error"] else "-", i["error"]]
+                     for i in listing["items"]])
+        return EXIT_OK
+    digest, chunks, offset = hashlib.sha256(), [], 0
+    while True:
+        got = session.call("artifact.get", id=args.task, name=args.get, offset=offset, **extra)
+        extra["attempt"] = got["epoch"]
+        digest.update(got["data"])
+        chunks.append(got["data"])
+        offset = got["offset"]
+        if got["eof"]:
+            break
+    if digest.hexdigest() != got["sha256"]:
+        return _fail(f"artifacts: {args.get}: checksum mismatch (got {digest.hexdigest()}, "
+                     f"stored {got['sha256']})", EXIT_NOT_FOUND)
+    data = b"".join(chunks)
+    if args.output and args.output != "-":
+        tmp = f"{args.output}.part"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, args.output)
+        if not args.json:
+            print(f"{args.get}: {len(data)} bytes, sha256 {got['sha256']} -> {args.output}",
+                  file=sys.stderr)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    return EXIT_OK
+
+
+@with_session
+def cmd_prune(args: argparse.Namespace, session: Session) -> int:
+    try:
+        seconds = parse_duration(args.older_than)
+    except ValueError:
+        return _fail(f"prune: --older-than {args.older_than!r}: give e.g. 7d, 12h, 30m or 90s",
+                     EXIT_USAGE)
+    result = session.call("replicas.prune", older_than=seconds)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"pruned {result['removed']} item(s) here; every live host prunes its own")
+    return EXIT_OK
 
 
 @with_session

@@ -49,6 +49,7 @@ from agent.discovery import Discovery
 from agent.errors import LocalError
 from agent.metrics.service import MetricsService
 from agent.raft import messages as raft_messages
+from agent.runtime import replica_messages
 from agent.runtime.bootstrap import BootstrapGate, founding_voters
 from agent.runtime.consensus import ConsensusDriver
 from agent.runtime.handlers import ControlPorts, build_handlers
@@ -268,7 +269,7 @@ class Agent:
             name=config.name, node_id=node_id, addr=addr, started=started,
             members=membership, consensus=consensus, state=consensus.queries, names=names,
             tasks=tasks, traffic=router.stats, decode_errors=lambda: router.decode_errors,
-            metrics=metrics,
+            metrics=metrics, under_replicated=tasks.replicas.under_replicated,
         )
         control = ControlServer(
             config.socket or default_socket_path(),
@@ -276,7 +277,7 @@ class Agent:
                 consensus=consensus, state=consensus.queries, names=names, keyring=keyring,
                 sources=sources, tasks=tasks, node_id=node_id, node_name=config.name,
                 eligible_voters=lambda: sum(1 for m in membership.members() if m.state == "alive"),
-                stop=stop_signal.request,
+                stop=stop_signal.request, replicas=tasks.replicas,
             )),
             TOPICS,
             idle_timeout=config.runtime.control_idle_timeout,
@@ -303,6 +304,7 @@ class Agent:
         router.route([ForwardPropose], serve_forward)
         router.route([ForwardResult], consensus.on_forward_result)
         router.route([OutputRequest, OutputChunk], tasks.on_output_message)
+        router.route(replica_messages.WIRE_TYPES.values(), tasks.on_replica_message)
         router.route(sched_messages.WIRE_TYPES.values(), tasks.on_sched_message)
 
         discovery = Discovery(

@@ -101,6 +101,8 @@ class LocalRunner:
         lease: WatchdogLease,
         cpu: TaskCpuSampler,
         retry_delay: float = 0.5,
+        on_run: Callable[[ExecEvent], None] | None = None,
+        after_run: Callable[[ExecEvent], Awaitable[list[str]]] | None = None,
     ) -> None:
         """``records()`` is the replicated state now; ``propose`` commits a command
         (forwarded to the leader); ``replicate(task, epoch)`` copies a finished run's
@@ -112,6 +114,13 @@ class LocalRunner:
         self._records = records
         self._propose = propose
         self._replicate = replicate
+        self._on_run = on_run
+        """Told of every run that starts here (its output starts replicating)."""
+        self._after_run = after_run
+        """Awaited when a run ends, before its finish is reported (artifacts are
+        collected, output completed); its hosts replace ``replicate``'s."""
+        self._finishing: set[asyncio.Task[None]] = set()
+        self._closed = False
         self._lease = lease
         self._cpu = cpu
         self._reports: list[Report] = []
@@ -128,9 +137,10 @@ class LocalRunner:
         ]
 
     async def close(self) -> None:
-        for loop in self._loops:
+        self._closed = True
+        for loop in [*self._loops, *self._finishing]:
             loop.cancel()
-        for loop in self._loops:
+        for loop in [*self._loops, *self._finishing]:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
 
@@ -214,6 +224,8 @@ class LocalRunner:
         self._cpu.track(event.task_id, event.pid)
         self._started[event.task_id] = event.epoch
         self._lease.register(event.pid, event.cgroups, event.reaper)
+        if self._on_run is not None:
+            self._on_run(event)
         cmd = builders.cmd_task_start(event.task_id, self.node_id, event.epoch, "", time.time())
         self._queue(Report(event.task_id, event.epoch, "start", cmd))
 
@@ -222,10 +234,32 @@ class LocalRunner:
         pid = self._cpu.forget(event.task_id)
         if pid is not None:
             self._lease.unregister(pid)
+        if self._after_run is not None:
+            if self._closed:  # shutting down: nobody would report it
+                return
+            finishing = asyncio.create_task(self._finish_after(event, now))
+            self._finishing.add(finishing)
+            finishing.add_done_callback(self._finishing.discard)
+            return
         if event.reason == "stale":
             self._reconcile_needed.set()
             return
-        replicas = self._replicate(event.task_id, event.epoch)
+        self._report_finish(event, now, self._replicate(event.task_id, event.epoch))
+
+    async def _finish_after(self, event: ExecEvent, now: float) -> None:
+        if self._after_run is None:
+            return
+        try:
+            replicas = await self._after_run(event)
+        except Exception:
+            log.exception("task %s: replicating the run failed", event.task_id)
+            replicas = []
+        if event.reason == "stale":
+            self._reconcile_needed.set()
+            return
+        self._report_finish(event, now, replicas)
+
+    def _report_finish(self, event: ExecEvent, now: float, replicas: list[str]) -> None:
         stats = TaskStats(
             event.duration, event.cpu_time, event.peak_rss, event.reason == "timeout"
         )

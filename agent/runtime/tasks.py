@@ -32,6 +32,7 @@ from typing import Any
 from agent.config import AgentConfig
 from agent.errors import TaskError
 from agent.executor import ExecEvent, Executor
+from agent.runtime.artifacts import ReplicaService
 from agent.runtime.output import TaskOutput
 from agent.runtime.ports import PeerSender, TaskConsensus, TaskMembers
 from agent.runtime.scheduler import LeaderScheduler, build_snapshot
@@ -70,9 +71,15 @@ class TaskRuntime:
             data_dir, config.effective_slots(), run_as or None, self._on_exec_event,
             node_id=node_id,
         )
+        self.replicas = ReplicaService(
+            node_id=node_id, node_name=config.name, root=data_dir / "replicas",
+            members=members.members,
+            sched_config=lambda: consensus.queries.sched_config(config.sched),
+            send_to_node=peers.send_to_node, send_to_addr=peers.send_to_addr,
+            records=consensus.queries.task_record, timeout=timings.output_timeout,
+        )
         self.output = TaskOutput(
-            node_id=node_id, executor=self.executor, replica_dir=data_dir / "replicas",
-            tasks=consensus.queries, peers=peers, timeout=timings.output_timeout,
+            executor=self.executor, replicas=self.replicas, tasks=consensus.queries, peers=peers,
         )
         self.cpu = TaskCpuSampler()
         self.watchdog = WatchdogLease(self.lease, consensus.has_quorum)
@@ -81,13 +88,12 @@ class TaskRuntime:
             executor=self.executor,
             records=lambda: consensus.queries,
             propose=consensus.propose,
-            # After every run: a members-only snapshot keeps this O(members).
-            replicate=lambda task, epoch: self.output.replicate(
-                task, epoch, self.snapshot(with_tasks=False)
-            ),
+            replicate=lambda task, epoch: [],  # after_run replicates
             lease=self.watchdog,
             cpu=self.cpu,
             retry_delay=timings.report_retry_delay,
+            on_run=self._run_started,
+            after_run=self._run_finished,
         )
         sched_base = config.sched
         self.scheduler = LeaderScheduler(
@@ -112,10 +118,12 @@ class TaskRuntime:
         self.watchdog.start()
         self.scheduler.start()
         self.runner.start()
+        self.replicas.start()
 
     async def close(self) -> None:
         await self.scheduler.close()
         await self.runner.close()
+        await self.replicas.close()
         await self.watchdog.stop_beating()
         await self.executor.shutdown()  # its finish events unregister the runs first
         await self.watchdog.close()
@@ -135,11 +143,30 @@ class TaskRuntime:
     def on_output_message(self, from_addr: str, msg: object) -> None:
         self.output.on_message(from_addr, msg)
 
+    def on_replica_message(self, from_addr: str, msg: object) -> None:
+        self.replicas.on_message(from_addr, msg)
+
     async def register_members(self, members: list[MemberView]) -> None:
         await self.scheduler.register_members(members)
 
     def _on_exec_event(self, event: ExecEvent) -> None:
         self.runner.on_exec_event(event)
+
+    def _run_started(self, event: ExecEvent) -> None:
+        rec = self._consensus.queries.task_record(event.task_id)
+        if rec is not None:
+            self.replicas.run_started(
+                rec, event.epoch,
+                lambda stream: self.executor.output_path(event.task_id, event.epoch, stream),  # type: ignore[arg-type]
+            )
+
+    async def _run_finished(self, event: ExecEvent) -> list[str]:
+        """Complete the run's replicated output, collect its artifacts; the replica hosts."""
+        rec = self._consensus.queries.task_record(event.task_id)
+        workdir = self.executor.work_dir(event.task_id, rec.cwd) if rec is not None else None
+        return await self.replicas.run_finished(
+            rec, event.task_id, event.epoch, workdir, self.executor.run_user
+        )
 
     # ------------------------------------------------------------ figures
 
@@ -209,7 +236,8 @@ class TaskRuntime:
                 restartable=bool(params.get("restartable", False)),
                 submitter=self._name,
             )
-            spec = dataclasses.replace(spec, mem=mem, pids=pids)
+            spec = dataclasses.replace(spec, mem=mem, pids=pids,
+                                       artifacts=tuple(params.get("artifacts") or ()))
             rid = str(params.get("rid") or os.urandom(16).hex())
             return (await commit(builders.cmd_task_submit(spec, rid, time.time()))).value
 
@@ -236,7 +264,11 @@ class TaskRuntime:
             offset = int(params.get("offset", 0))
             if offset < 0:
                 raise ValueError("offset must be >= 0")
-            return await self.output.read(str(params.get("id", "")), stream, offset)
+            attempt = params.get("attempt")
+            return await self.output.read(
+                str(params.get("id", "")), stream, offset,
+                None if attempt is None else int(attempt),
+            )
 
         return {
             "task.submit": submit,

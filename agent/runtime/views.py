@@ -51,6 +51,8 @@ class StatusSources:
     """Peer packets dropped as undecodable or unrouted (``PeerRouter``)."""
     metrics: MetricsReport | None = None
     """The metrics of ``agent/metrics/catalog.py`` and their history (``MetricsService``)."""
+    under_replicated: Callable[[], list[dict[str, Any]]] | None = None
+    """Output/artifact items held here with fewer holders than targets (issue 17)."""
 
 
 def member_row(src: StatusSources, m: MemberView) -> dict[str, Any]:
@@ -139,6 +141,14 @@ def report(src: StatusSources, timeframe: str | None = None) -> dict[str, Any]:
         "wal": src.consensus.wal_stats(),
         "alarms": src.consensus.alarms(),
         "decode_errors": src.decode_errors(),
+        **_replicas(src),
     }
+
+
+def _replicas(src: StatusSources) -> dict[str, Any]:
+    """``under_replicated``: how many items this host holds lack a copy on a
+    target host, and the first 20 of them (``{task, epoch, item, holders, want}``)."""
+    items = src.under_replicated() if src.under_replicated is not None else []
+    return {"under_replicated": len(items), "under_replicated_items": items[:20]}
 
 

@@ -32,7 +32,7 @@ from agent.sched.placement import (
     ring_for,
     run_auction,
 )
-from agent.sched.ring import HashRing, ring_hash
+from agent.sched.ring import HashRing, replica_key, ring_hash
 from agent.sched.round import (
     MAX_DECISIONS_PER_ROUND,
     MAX_INFLIGHT_DECISIONS,
@@ -91,6 +91,7 @@ __all__ = [
     "plan_round",
     "plan_steals",
     "preference_list",
+    "replica_key",
     "ring_for",
     "ring_hash",
     "run_auction",

@@ -73,3 +73,9 @@ class HashRing:
         """The first acceptable node for ``key``, or None if there is none."""
         found = self.preference_list(key, 1, accept)
         return found[0] if found else None
+
+
+def replica_key(task_id: str, key: str | None, strategy: str) -> str:
+    """The ring key a task's output and artifacts replicate on: its ``--key`` for a
+    ``hash`` task (so they sit where the task runs), its id otherwise."""
+    return key if strategy == "hash" and key else task_id

@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Final
 import msgpack
 
 from agent.errors import ProtocolError
+from agent.output_store import artifact_refusal
 from agent.state.convert import DataclassConverter, bad_field, compile_converter, converter_for
 
 MAX_COMMAND_BYTES = 4 * 1024 * 1024
@@ -47,6 +48,8 @@ MAX_PRIORITY = 1000
 MAX_RETRIES = 100
 MAX_TIMEOUT = 30 * 24 * 3600.0
 MAX_REPLICAS = 16
+MAX_ARTIFACTS = 32
+"""Artifact paths one task may name."""
 MIN_TASK_MEM = 1 << 20
 """Smallest memory limit a task may ask for (bytes): below it nothing starts."""
 MAX_TASK_MEM = 1 << 60
@@ -148,6 +151,9 @@ class TaskSubmit:
     memory controller refuses the task rather than run it unlimited."""
     pids: int = 0
     """Process (and thread) limit of the run's cgroup; 0 = none.  Same refusal."""
+    artifacts: tuple[str, ...] = ()
+    """Files collected from the run's working directory when it ends (relative
+    paths; ``agent/output_store.py``'s ``artifact_refusal`` says what is refused)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,6 +474,8 @@ _SUBMIT_RULES: Final[tuple[tuple[Callable[[TaskSubmit], bool], str], ...]] = (
      f"mem must be 0 (no limit) or {MIN_TASK_MEM} to {MAX_TASK_MEM} bytes"),
     (lambda s: not 0 <= s.pids <= MAX_TASK_PIDS,
      f"pids must be 0 (no limit) to {MAX_TASK_PIDS}"),
+    (lambda s: len(s.artifacts) > MAX_ARTIFACTS,
+     f"at most {MAX_ARTIFACTS} artifacts"),
 )  # fmt: skip
 
 
@@ -475,6 +483,10 @@ def _check_submit(s: TaskSubmit) -> str | None:
     for broken, reason in _SUBMIT_RULES:
         if broken(s):
             return reason
+    for name in s.artifacts:
+        refusal = artifact_refusal(name)
+        if refusal is not None:
+            return refusal
     return None
 
 

@@ -160,6 +160,8 @@ class TaskRecord:
     defaults so snapshot rows written before them still load."""
     pids: int = 0
     """Process limit of each run (0: none)."""
+    artifacts: list[str] = field(default_factory=list)
+    """Files collected from the run's working directory when it ends."""
 
     @property
     def cmd(self) -> str:
@@ -241,6 +243,7 @@ class TaskTable:
             created_at=at,
             mem=spec.mem,
             pids=spec.pids,
+            artifacts=list(spec.artifacts),
         )
         self.tasks[task.id] = task
         return {"id": task.id}, [self._event("submitted", task)]

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.control.params import ListOf, MapOf, Schema, check_params
-from agent.runtime.handlers import keys, kv, nodes, proposals, raftlog, status
+from agent.runtime.handlers import artifacts, keys, kv, nodes, proposals, raftlog, status
+from agent.runtime.handlers.artifacts import ReplicaPort
 from agent.runtime.handlers.common import committer, reader
 from agent.runtime.leader_wait import REQUEST_TIMEOUT, request_timeout_param
 from agent.runtime.ports import (
@@ -68,12 +69,15 @@ METHOD_PARAMS: dict[str, Schema] = {
     "task.submit": {
         "argv": ListOf(str), "shell": str, "env": MapOf(str), "cwd": str, "caps": ListOf(str),
         "key": str, "strategy": str, "priority": int, "retries": int, "timeout": float,
-        "restartable": bool, "mem": int, "pids": int, **_RID,
+        "restartable": bool, "mem": int, "pids": int, "artifacts": ListOf(str), **_RID,
     },
     "task.list": _READ,
     "task.get": {"id": str, **_READ},
     "task.cancel": {"id": str, **_RID},
-    "task.logs": {"id": str, "stream": str, "offset": int},
+    "task.logs": {"id": str, "stream": str, "offset": int, "attempt": int},
+    "artifact.list": {"id": str, "attempt": int},
+    "artifact.get": {"id": str, "name": str, "attempt": int, "offset": int},
+    "replicas.prune": {"older_than": float},
 }
 """Every control method's params and their kinds, in one place (see
 ``agent.control.params.check_params``: strict, ``None`` is absent, params not
@@ -133,6 +137,8 @@ class ControlPorts:
     """How many members may vote on a proposal now (the alive ones)."""
     stop: Callable[[], None]
     """Ask the agent to shut down."""
+    replicas: ReplicaPort | None = None
+    """Output and artifact copies (``artifact.*``, ``replicas.prune``)."""
 
 
 def build_handlers(ports: ControlPorts) -> dict[str, Handler]:
@@ -148,5 +154,6 @@ def build_handlers(ports: ControlPorts) -> dict[str, Handler]:
         **keys.handlers(ports.keyring),
         **raftlog.handlers(raft, ports.names),
         **ports.tasks.handlers(committer(raft), reader(raft)),
+        **artifacts.handlers(ports.replicas),
     }
     return {method: strict(method, handler) for method, handler in handlers.items()}

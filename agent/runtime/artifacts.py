@@ -1,0 +1,279 @@
+"""Replicas at run time: the ``Replicator`` driven by a loop, reads through any host.
+
+Theory of operation (the protocol is ``replication.py``'s, the disk
+``replica_store.py``'s):
+
+* a run that starts here registers its stdout/stderr capture files as items,
+  so every ``TICK`` seconds what they grew by goes to the preference list of
+  the task's ring key (``sched.replica_key``) among the live members, with
+  ``sched.replication`` hosts (read from the replicated config each tick);
+* when the run ends (failed runs too) its streams are marked complete with
+  their SHA-256, its artifacts are collected from its working directory as
+  its user (``artifact_collect.py``, in a worker thread) and stored here as
+  items -- a refused artifact as an item holding its one-line error -- and
+  the hosts of the list are named in the committed finish;
+* a read (``logs``, ``artifacts``) is served from this host's copy, else
+  asked of every live host that may hold one (the run's host, the recorded
+  replicas, the key's preference list one host longer than the factor) at
+  once; the fullest answer within ``timeout`` wins;
+* ``prune`` drops finished items on this host and asks every live member to
+  do the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.runtime.artifact_collect import collect
+from agent.runtime.replica_messages import (
+    ReplicaAck,
+    ReplicaChunk,
+    ReplicaData,
+    ReplicaList,
+    ReplicaListRequest,
+    ReplicaPrune,
+    ReplicaRead,
+)
+from agent.runtime.replica_store import ReplicaRefused, ReplicaStore, StoredItem
+from agent.runtime.replication import Replicator
+from agent.sched import HashRing, SchedConfig, replica_key
+from agent.state.tasks import TaskRecord
+from agent.swim.members import MemberView
+
+log = logging.getLogger(__name__)
+
+TICK = 0.25
+"""Seconds between replication rounds (default 0.25 s): how far a replica of a
+running task's output lags behind it, at most, on an idle link."""
+STREAMS = ("out", "err")
+
+
+class ReplicaService:
+    """This host's replicas: pushing, serving, collecting, reading remote copies."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        node_name: str,
+        root: Path,
+        members: Callable[[], list[MemberView]],
+        sched_config: Callable[[], SchedConfig],
+        send_to_node: Callable[[str, object], None],
+        send_to_addr: Callable[[str, object], None],
+        records: Callable[[str], TaskRecord | None],
+        timeout: float = 3.0,
+        cap_bytes: int | None = None,
+        artifact_limit: int | None = None,
+    ) -> None:
+        """``timeout``: seconds a remote read waits (runtime.output_timeout)."""
+        limits: dict[str, int] = {}
+        if cap_bytes is not None:
+            limits["cap_bytes"] = cap_bytes
+        if artifact_limit is not None:
+            limits["artifact_limit"] = artifact_limit
+        self.store = ReplicaStore(root, node_name, **limits)
+        self.node_id = node_id
+        self._members = members
+        self._sched_config = sched_config
+        self._send_to_node = send_to_node
+        self._send_to_addr = send_to_addr
+        self._timeout = timeout
+        self.task_record = records
+        """The replicated task record of an id (None: no such task)."""
+        self._ring: HashRing | None = None
+        self._alive: frozenset[str] = frozenset()
+        self._factor = 3
+        self.refresh_view()
+        self.replicator = Replicator(
+            node_id=node_id, store=self.store, targets=self.targets, send=send_to_node
+        )
+        self._ids = itertools.count(1)
+        self._waiters: dict[int, tuple[int, list[object], asyncio.Event]] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ the ring
+
+    def refresh_view(self) -> None:
+        """Read the members and the factor once (for one tick's many lookups)."""
+        cfg = self._sched_config()
+        members = [m for m in self._members() if m.state != "left"]
+        ids = frozenset(m.id for m in members) | {self.node_id}
+        if self._ring is None or self._ring.nodes != ids or self._ring.vnodes != cfg.vnodes:
+            self._ring = HashRing(ids, cfg.vnodes)
+        self._alive = frozenset(m.id for m in members if m.state == "alive") | {self.node_id}
+        self._factor = cfg.replication
+
+    def targets(self, ring_key: str, extra: int = 0) -> list[str]:
+        """The first ``sched.replication`` (+ ``extra``) live hosts of ``ring_key``'s list."""
+        assert self._ring is not None
+        return self._ring.preference_list(ring_key, self._factor + extra,
+                                          self._alive.__contains__)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._loop(), name="replicas")
+
+    async def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                self.refresh_view()
+                self.replicator.tick(time.time())
+            except Exception:
+                log.exception("replication round failed")
+
+    # ------------------------------------------------------------ runs of this host
+
+    def run_started(self, rec: TaskRecord, epoch: int, path_of: Callable[[str], Path]) -> None:
+        key = replica_key(rec.id, rec.key, rec.strategy)
+        for stream in STREAMS:
+            self.replicator.add_source(rec.id, epoch, f"{stream}", path_of(stream), key)
+
+    async def run_finished(
+        self, rec: TaskRecord | None, task_id: str, epoch: int, workdir: Path | None,
+        user: tuple[int, int] | None,
+    ) -> list[str]:
+        """Complete the run's streams, collect its artifacts; the hosts that get them."""
+        now = time.time()
+        for stream in STREAMS:
+            self.replicator.finish_source(task_id, epoch, stream, now)
+        if rec is None:
+            return []
+        key = replica_key(rec.id, rec.key, rec.strategy)
+        if rec.artifacts and workdir is not None:
+            found = await asyncio.to_thread(
+                collect, workdir, list(rec.artifacts), self.store.artifact_limit, user
+            )
+            for got in found:
+                self._keep_artifact(StoredItem(task_id, epoch, f"a:{got.name}", key,
+                                               error=got.error, finished_at=now), got.data)
+        self.refresh_view()
+        return self.targets(key)
+
+    def _keep_artifact(self, item: StoredItem, data: bytes) -> None:
+        try:
+            self.replicator.put_local(item, data)
+        except ReplicaRefused as exc:
+            log.warning("task %s: %s", item.task_id, exc)
+            failed = StoredItem(item.task_id, item.epoch, item.name, item.ring_key,
+                                error=str(exc), finished_at=item.finished_at)
+            with contextlib.suppress(ReplicaRefused):
+                self.replicator.put_local(failed, b"")
+        if item.error:
+            log.warning("task %s: %s", item.task_id, item.error)
+
+    # ------------------------------------------------------------ peers
+
+    def on_message(self, from_addr: str, msg: object) -> None:
+        match msg:
+            case ReplicaChunk():
+                self._send_to_addr(from_addr, self.replicator.on_chunk(msg))
+            case ReplicaAck():
+                self.replicator.on_ack(msg, msg.node, time.time())
+            case ReplicaRead():
+                self._send_to_addr(from_addr, self.replicator.on_read(msg))
+            case ReplicaListRequest():
+                self._send_to_addr(from_addr, ReplicaList(
+                    msg.request_id, msg.task_id, self.replicator.infos(msg.task_id)))
+            case ReplicaData() | ReplicaList():
+                self._answer(msg.request_id, msg)
+            case ReplicaPrune():
+                removed = self.replicator.prune(msg.before)
+                log.info("pruned %d replica item(s) finished before %.0f", removed, msg.before)
+
+    def _answer(self, request_id: int, msg: object) -> None:
+        waiter = self._waiters.get(request_id)
+        if waiter is not None:
+            waiter[1].append(msg)
+            if len(waiter[1]) >= waiter[0]:
+                waiter[2].set()
+
+    async def _ask(self, nodes: list[str], make: Callable[[int], object]) -> list[object]:
+        """Send ``make(request id)`` to every node; the answers within the timeout."""
+        if not nodes:
+            return []
+        request_id = next(self._ids)
+        answers: list[object] = []
+        done = asyncio.Event()
+        self._waiters[request_id] = (len(nodes), answers, done)
+        try:
+            for node in nodes:
+                self._send_to_node(node, make(request_id))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), self._timeout)
+        finally:
+            self._waiters.pop(request_id, None)
+        return answers
+
+    def candidates(self, rec: TaskRecord) -> list[str]:
+        """Live hosts other than this one that may hold a copy of ``rec``'s items."""
+        self.refresh_view()
+        key = replica_key(rec.id, rec.key, rec.strategy)
+        nodes = [rec.node, *rec.replicas, *self.targets(key, extra=1)]
+        seen: list[str] = []
+        for node in nodes:
+            if node and node != self.node_id and node in self._alive and node not in seen:
+                seen.append(node)
+        return seen
+
+    # ------------------------------------------------------------ reads
+
+    async def read(
+        self, rec: TaskRecord, epoch: int, name: str, offset: int, limit: int
+    ) -> ReplicaData | None:
+        """A slice of one item from this host or the fullest remote copy (None: nowhere)."""
+        local = self.replicator.on_read(ReplicaRead(0, rec.id, epoch, name, offset, limit))
+        if local.found and (local.complete or local.live):
+            return local
+        answers = await self._ask(self.candidates(rec), lambda rid: ReplicaRead(
+            rid, rec.id, epoch, name, offset, limit))
+        found = [a for a in answers if isinstance(a, ReplicaData) and a.found]
+        if local.found:
+            found.append(local)
+        if not found:
+            return None
+        return max(found, key=lambda a: (a.live, a.complete, a.size))
+
+    async def listing(self, rec: TaskRecord) -> list[dict[str, Any]]:
+        """Every item any reachable holder has of ``rec`` (the most complete copy each)."""
+        best: dict[tuple[int, str], dict[str, Any]] = {}
+        infos = list(self.replicator.infos(rec.id))
+        answers = await self._ask(self.candidates(rec),
+                                  lambda rid: ReplicaListRequest(rid, rec.id))
+        for answer in answers:
+            if isinstance(answer, ReplicaList):
+                infos.extend(answer.items)
+        for info in infos:
+            row = {"epoch": info.epoch, "name": info.name, "size": info.size,
+                   "complete": info.complete, "sha256": info.sha256, "error": info.error}
+            old = best.get((info.epoch, info.name))
+            if old is None or (info.complete, info.size) > (old["complete"], old["size"]):
+                best[(info.epoch, info.name)] = row
+        return [best[k] for k in sorted(best)]
+
+    def prune(self, before: float) -> int:
+        """Prune here and ask every live member to; items removed here."""
+        self.refresh_view()
+        for node in self._alive:
+            if node != self.node_id:
+                self._send_to_node(node, ReplicaPrune(before))
+        return self.replicator.prune(before)
+
+    def under_replicated(self) -> list[dict[str, object]]:
+        self.refresh_view()
+        return self.replicator.under_replicated()

@@ -1,0 +1,287 @@
+"""This host's copies of other runs' output and of artifacts, on disk, bounded.
+
+Layout (below ``<data_dir>/replicas``, the ``OutputStore`` layout of
+``agent/output_store.py``): ``<task>/<epoch>.out|.err`` for output,
+``<task>/<epoch>.a_<quoted path>`` for an artifact (``.part`` while it is
+being received), and ``<task>/<epoch>.meta``: JSON of the epoch's items
+(size, complete, sha256, error, ring key, finished time).  A chunk is
+written only where it continues what is here (``offset <= size``), so a
+lost or repeated chunk never leaves a hole; an item becomes *complete* when
+its last byte is in and its SHA-256 matches the sender's, and a complete
+item is never written again.
+
+Bounds: an artifact larger than ``artifact_limit`` is refused; when a new
+chunk would take the store above ``cap_bytes`` the complete items whose
+run finished first are evicted (other tasks' first, never a run still going)
+until it fits, else the chunk is refused with one line.  A write that fails
+(a full disk) truncates the file back to what was acknowledged: what was
+stored stays stored.  Refusals raise ``ReplicaRefused`` with the line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import TaskError
+from agent.output_store import check_task_id, item_file
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_LIMIT_BYTES = 64 * 1024 * 1024
+"""Largest artifact kept (bytes, default 64 MiB): bigger files are refused with one
+line when collected; a replica refuses them too."""
+REPLICA_CAP_BYTES = 1024 * 1024 * 1024
+"""Bytes of replicas and artifacts one host keeps (default 1 GiB); above it the
+oldest finished items are evicted first."""
+HASH_BLOCK = 1024 * 1024
+
+
+class ReplicaRefused(Exception):
+    """A chunk or item this store will not take; the message is one line."""
+
+
+@dataclass(slots=True)
+class StoredItem:
+    """One item this host holds (a run's stream or an artifact)."""
+
+    task_id: str
+    epoch: int
+    name: str
+    ring_key: str
+    size: int = 0
+    complete: bool = False
+    sha256: str = ""
+    error: str = ""
+    finished_at: float | None = None
+    source: Path | None = None
+    """Set for a run of this host: the executor's capture file (not in the store)."""
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        return (self.task_id, self.epoch, self.name)
+
+
+def file_sha256(path: Path, limit: int | None = None) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        left = limit
+        while left is None or left > 0:
+            block = handle.read(HASH_BLOCK if left is None else min(HASH_BLOCK, left))
+            if not block:
+                break
+            digest.update(block)
+            if left is not None:
+                left -= len(block)
+    return digest.hexdigest()
+
+
+class ReplicaStore:
+    """Items below ``root`` (see the module doc)."""
+
+    def __init__(
+        self, root: Path, node_name: str, *, cap_bytes: int = REPLICA_CAP_BYTES,
+        artifact_limit: int = ARTIFACT_LIMIT_BYTES,
+    ) -> None:
+        self.root = root
+        self.node_name = node_name
+        self.cap_bytes = cap_bytes
+        self.artifact_limit = artifact_limit
+        self.items: dict[tuple[str, int, str], StoredItem] = {}
+        self.used = 0
+        """Bytes of the items held here (sources excluded)."""
+
+    # ------------------------------------------------------------ paths and loading
+
+    def path(self, item: StoredItem) -> Path:
+        if item.source is not None:
+            return item.source
+        check_task_id(item.task_id)
+        base = self.root / item.task_id / f"{int(item.epoch)}.{item_file(item.name)}"
+        if item.name.startswith("a:") and not item.complete:
+            return base.with_name(base.name + ".part")
+        return base
+
+    def _meta_path(self, task_id: str, epoch: int) -> Path:
+        check_task_id(task_id)
+        return self.root / task_id / f"{int(epoch)}.meta"
+
+    def load(self) -> list[StoredItem]:
+        """Every item the metas below ``root`` describe (sizes from the files)."""
+        found: list[StoredItem] = []
+        if not self.root.is_dir():
+            return found
+        for meta in sorted(self.root.glob("*/*.meta")):
+            try:
+                epoch = int(meta.name.split(".")[0])
+                rows = json.loads(meta.read_text())
+                for name, row in rows.items():
+                    item = StoredItem(meta.parent.name, epoch, name, str(row["ring_key"]),
+                                      0, bool(row["complete"]), str(row["sha256"]),
+                                      str(row["error"]), row["finished_at"])
+                    item.size = self._size_on_disk(item)
+                    self.items[item.key] = item
+                    self.used += item.size
+                    found.append(item)
+            except (OSError, ValueError, KeyError, TypeError, TaskError) as exc:
+                log.warning("replica metadata %s unreadable, skipped: %s", meta, exc)
+        return found
+
+    def _size_on_disk(self, item: StoredItem) -> int:
+        try:
+            return self.path(item).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _save_meta(self, task_id: str, epoch: int) -> None:
+        rows = {
+            i.name: {"ring_key": i.ring_key, "complete": i.complete, "sha256": i.sha256,
+                     "error": i.error, "finished_at": i.finished_at}
+            for i in self.items.values()
+            if i.task_id == task_id and i.epoch == epoch and i.source is None
+        }
+        path = self._meta_path(task_id, epoch)
+        if not rows:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(rows))
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------ writes
+
+    def item(self, task_id: str, epoch: int, name: str, ring_key: str) -> StoredItem:
+        """The item, created empty (not yet on disk) if new; ``TaskError`` on a bad name."""
+        key = (task_id, epoch, name)
+        found = self.items.get(key)
+        if found is None:
+            found = StoredItem(task_id, epoch, name, ring_key)
+            self.path(found)  # checks the id and the name
+        return found
+
+    def write_chunk(
+        self, item: StoredItem, offset: int, data: bytes, total: int, sha256: str,
+        finished_at: float | None, error: str,
+    ) -> None:
+        """Take a pushed chunk (see the module doc); ``ReplicaRefused`` with one line."""
+        if item.complete or offset > item.size:
+            return
+        end = offset + len(data)
+        if item.name.startswith("a:") and max(end, total) > self.artifact_limit:
+            raise ReplicaRefused(
+                f"{item.name[2:]}: {max(end, total)} bytes is over the per-artifact limit "
+                f"of {self.artifact_limit} bytes on {self.node_name}"
+            )
+        growth = max(0, end - item.size)
+        self._make_room(growth, item)
+        known = item.key in self.items
+        self.items[item.key] = item
+        item.finished_at, item.error = finished_at, error
+        if growth or not known:
+            self._write(item, offset, data)
+            self.used += growth
+            item.size = max(item.size, end)
+        if total >= 0 and item.size >= total:
+            self._complete(item, total, sha256)
+        elif not known:
+            self._save_meta(item.task_id, item.epoch)
+
+    def _write(self, item: StoredItem, offset: int, data: bytes) -> None:
+        path = self.path(item)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.pwrite(fd, data, offset)
+            except OSError:
+                os.ftruncate(fd, item.size)  # nothing half-written is kept
+                raise
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise ReplicaRefused(
+                f"cannot store {item.task_id} {item.name} on {self.node_name}: "
+                f"{exc.strerror or exc} ({self.root})"
+            ) from None
+
+    def _complete(self, item: StoredItem, total: int, sha256: str) -> None:
+        path = self.path(item)
+        digest = file_sha256(path, total) if path.exists() else hashlib.sha256().hexdigest()
+        if sha256 and digest != sha256:
+            self._drop_bytes(item)
+            raise ReplicaRefused(f"{item.task_id} {item.name}: checksum mismatch, copy discarded")
+        if path.exists():
+            with open(path, "r+b") as handle:
+                handle.truncate(total)
+                handle.flush()
+                os.fsync(handle.fileno())
+        item.complete, item.sha256 = True, digest
+        final = self.path(item)
+        if final != path and path.exists():
+            os.replace(path, final)
+        self._save_meta(item.task_id, item.epoch)
+
+    def put(self, item: StoredItem, data: bytes) -> None:
+        """Store a whole item collected here (an artifact, or its one-line error)."""
+        self.write_chunk(item, 0, data, len(data), hashlib.sha256(data).hexdigest(),
+                         item.finished_at, item.error)
+
+    def _drop_bytes(self, item: StoredItem) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(item).unlink()
+        self.used -= item.size
+        item.size = 0
+
+    def _make_room(self, growth: int, keep: StoredItem) -> None:
+        if self.used + growth <= self.cap_bytes:
+            return
+        victims = sorted(
+            (i for i in self.items.values()
+             if i.complete and i.finished_at is not None and i.source is None
+             and i.task_id != keep.task_id),
+            key=lambda i: i.finished_at or 0.0,
+        )
+        if self.used - sum(v.size for v in victims) + growth > self.cap_bytes:
+            raise ReplicaRefused(
+                f"replica store on {self.node_name} is full ({self.used} of {self.cap_bytes} "
+                f"bytes, held by runs not yet finished)"
+            )
+        for victim in victims:
+            if self.used + growth <= self.cap_bytes:
+                break
+            log.info("replica cap: evicting %s epoch %d %s", victim.task_id, victim.epoch,
+                     victim.name)
+            self.remove(victim)
+
+    def remove(self, item: StoredItem) -> None:
+        if item.source is None:
+            self._drop_bytes(item)
+        self.items.pop(item.key, None)
+        if item.source is None:
+            self._save_meta(item.task_id, item.epoch)
+            with contextlib.suppress(OSError):
+                (self.root / item.task_id).rmdir()  # only once empty
+
+    def prune(self, before: float) -> int:
+        """Remove finished items whose run finished before ``before``; how many."""
+        old = [i for i in self.items.values()
+               if i.source is None and i.finished_at is not None and i.finished_at < before]
+        for item in old:
+            self.remove(item)
+        return len(old)
+
+    # ------------------------------------------------------------ reads
+
+    def read(self, item: StoredItem, offset: int, limit: int) -> bytes:
+        try:
+            with self.path(item).open("rb") as handle:
+                handle.seek(max(0, offset))
+                return handle.read(max(0, limit))
+        except FileNotFoundError:
+            return b""

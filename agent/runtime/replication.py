@@ -1,0 +1,266 @@
+"""Replicating task output and artifacts to the hash ring's preference list.
+
+Theory of operation.  An *item* is one run's stdout or stderr, or one
+artifact: ``(task id, epoch, name)``.  Its *ring key* is the task's ``--key``
+for a ``--strategy hash`` task, else the task id; its *targets* are the first
+``sched.replication`` live hosts of that key's preference list
+(``agent/sched/ring.py``, dead hosts skipped).  Every host that holds an item
+-- the host that ran it (its capture file is the *source*) and every replica
+-- pushes it to each target it does not know to hold all of it:
+
+* a target nobody has heard from gets a *probe* (an empty ``ReplicaChunk``);
+  its ``ReplicaAck`` says how many bytes it holds and whether its copy is
+  complete (the sender's SHA-256 matched);
+* then chunks of ``CHUNK_BYTES`` follow from the acknowledged size, one in
+  flight per target, the next sent as soon as the previous is acknowledged,
+  so a running task's output reaches its replicas while it runs; a chunk not
+  acknowledged within ``RESEND_AFTER`` is sent again (the transport drops
+  rather than blocks), a refusal (a full disk, the cap) waits ``RETRY_AFTER``;
+* when a target dies or leaves, the list of live hosts moves on to the next
+  host, which gets probed and filled by every surviving holder: the count
+  returns to the factor without anybody coordinating.  Writes are positional
+  and idempotent, so two holders filling one target do no harm.
+
+An item is *under-replicated* on this host while fewer of its targets are
+known to hold it (this host counts when it is a target) than there are
+targets -- ``report``'s ``under_replicated``.
+
+Sans-IO: time is an argument, sending a callable, the disk the
+``ReplicaStore``; ``agent/runtime/artifacts.py`` drives it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.errors import TaskError
+from agent.runtime.replica_messages import (
+    ReplicaAck,
+    ReplicaChunk,
+    ReplicaData,
+    ReplicaItemInfo,
+    ReplicaRead,
+)
+from agent.runtime.replica_store import ReplicaRefused, ReplicaStore, StoredItem, file_sha256
+
+CHUNK_BYTES = 256 * 1024
+"""Bytes per pushed chunk (default 256 KiB): well under the transport's frame limit,
+small enough that one slow target does not hold a big frame."""
+RESEND_AFTER = 2.0
+"""Seconds before an unacknowledged chunk or probe is sent again (default 2 s)."""
+RETRY_AFTER = 5.0
+"""Seconds before a target that refused a chunk (full disk, cap) is tried again."""
+MAX_TICK_BYTES = 8 * 1024 * 1024
+"""Bytes one tick may start sending (default 8 MiB); the rest waits for acks."""
+READ_LIMIT = 1024 * 1024
+"""Largest slice one ``ReplicaRead`` returns."""
+
+ItemKey = tuple[str, int, str]
+
+
+@dataclass(slots=True)
+class _Peer:
+    """What this host knows of one target's copy of one item."""
+
+    size: int = -1
+    """Bytes the target acknowledged (-1: not heard from)."""
+    complete: bool = False
+    error: str = ""
+    sent_at: float | None = None
+    """When the chunk in flight left (None: nothing in flight)."""
+    retry_at: float = 0.0
+
+
+@dataclass(slots=True)
+class _Tracked:
+    item: StoredItem
+    peers: dict[str, _Peer] = field(default_factory=dict)
+
+
+class Replicator:
+    """Who holds what, and what to send next (see the module doc)."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        store: ReplicaStore,
+        targets: Callable[[str], list[str]],
+        send: Callable[[str, object], None],
+    ) -> None:
+        """``targets(ring_key)``: the live preference list now; ``send(node, msg)``."""
+        self.node_id = node_id
+        self.store = store
+        self._targets = targets
+        self._send = send
+        self._tracked: dict[ItemKey, _Tracked] = {}
+        for item in store.load():
+            self._tracked[item.key] = _Tracked(item)
+
+    # ------------------------------------------------------------ local items
+
+    def add_source(self, task_id: str, epoch: int, name: str, path: Path, ring_key: str) -> None:
+        """A run of this host writes ``path``: replicate it while it grows."""
+        item = StoredItem(task_id, epoch, name, ring_key, source=path)
+        self.store.items[item.key] = item
+        self._tracked[item.key] = _Tracked(item)
+
+    def finish_source(self, task_id: str, epoch: int, name: str, finished_at: float) -> None:
+        tracked = self._tracked.get((task_id, epoch, name))
+        if tracked is None or tracked.item.source is None:
+            return
+        item = tracked.item
+        try:
+            item.size = item.source.stat().st_size if item.source else 0
+            item.sha256 = file_sha256(item.source, item.size) if item.source else ""
+        except OSError:
+            item.size, item.sha256 = 0, hashlib.sha256().hexdigest()
+        item.complete, item.finished_at = True, finished_at
+
+    def put_local(self, item: StoredItem, data: bytes) -> None:
+        """Store a whole item collected here (``ReplicaRefused`` with one line)."""
+        self.store.put(item, data)
+        self._tracked[item.key] = _Tracked(item)
+
+    def item(self, task_id: str, epoch: int, name: str) -> StoredItem | None:
+        tracked = self._tracked.get((task_id, epoch, name))
+        return tracked.item if tracked is not None else None
+
+    def items_of(self, task_id: str) -> list[StoredItem]:
+        return [t.item for t in self._tracked.values() if t.item.task_id == task_id]
+
+    def prune(self, before: float) -> int:
+        removed = self.store.prune(before)
+        self._tracked = {k: t for k, t in self._tracked.items() if k in self.store.items}
+        return removed
+
+    # ------------------------------------------------------------ pushing
+
+    def tick(self, now: float) -> None:
+        """Send what each target lacks (bounded by ``MAX_TICK_BYTES``)."""
+        budget = MAX_TICK_BYTES
+        for key in list(self._tracked):
+            tracked = self._tracked.get(key)
+            if tracked is None or key not in self.store.items:
+                self._tracked.pop(key, None)
+                continue
+            item = tracked.item
+            if item.source is not None and not item.complete:
+                try:
+                    item.size = item.source.stat().st_size
+                except OSError:
+                    continue
+            for node in self._targets(item.ring_key):
+                if node != self.node_id:
+                    budget -= self._maybe_send(tracked, node, now)
+            if budget <= 0:
+                return
+
+    def _maybe_send(self, tracked: _Tracked, node: str, now: float) -> int:
+        peer = tracked.peers.setdefault(node, _Peer())
+        if peer.sent_at is not None and now - peer.sent_at < RESEND_AFTER:
+            return 0
+        if peer.error and now < peer.retry_at:
+            return 0
+        item = tracked.item
+        if peer.size >= 0 and peer.size >= item.size and (peer.complete or not item.complete):
+            return 0
+        return self._send_chunk(tracked, node, peer, now)
+
+    def _send_chunk(self, tracked: _Tracked, node: str, peer: _Peer, now: float) -> int:
+        item = tracked.item
+        offset = max(0, peer.size)
+        data = b"" if peer.size < 0 else self.store.read(item, offset, CHUNK_BYTES)
+        done = item.complete and offset + len(data) >= item.size
+        self._send(node, ReplicaChunk(
+            item.task_id, item.epoch, item.name, offset, data,
+            item.size if done else -1, item.sha256 if done else "", item.ring_key,
+            item.finished_at or 0.0, item.error,
+        ))
+        peer.sent_at = now
+        return len(data)
+
+    def on_ack(self, msg: ReplicaAck, node: str, now: float) -> None:
+        tracked = self._tracked.get((msg.task_id, msg.epoch, msg.name))
+        if tracked is None:
+            return
+        peer = tracked.peers.setdefault(node, _Peer())
+        peer.size, peer.complete, peer.error = msg.size, msg.complete, msg.error
+        peer.sent_at = None
+        if msg.error:
+            peer.retry_at = now + RETRY_AFTER
+            return
+        if node in self._targets(tracked.item.ring_key):
+            self._maybe_send(tracked, node, now)  # stream on without waiting for a tick
+
+    # ------------------------------------------------------------ receiving
+
+    def on_chunk(self, msg: ReplicaChunk) -> ReplicaAck:
+        """Store a pushed chunk; the ack to send back."""
+        try:
+            item = self.store.item(msg.task_id, msg.epoch, msg.name, msg.ring_key)
+        except TaskError as exc:
+            return ReplicaAck(msg.task_id, msg.epoch, msg.name, 0, False, str(exc), self.node_id)
+        error = ""
+        if item.source is None:
+            try:
+                self.store.write_chunk(
+                    item, msg.offset, msg.data, msg.total, msg.sha256,
+                    msg.finished_at or None, msg.error,
+                )
+            except ReplicaRefused as exc:
+                error = str(exc)
+            if item.key in self.store.items and item.key not in self._tracked:
+                self._tracked[item.key] = _Tracked(item)
+        return ReplicaAck(msg.task_id, msg.epoch, msg.name, item.size, item.complete, error,
+                          self.node_id)
+
+    def on_read(self, msg: ReplicaRead) -> ReplicaData:
+        item = self.item(msg.task_id, msg.epoch, msg.name)
+        if item is None:
+            return ReplicaData(msg.request_id, msg.task_id, msg.epoch, msg.name, msg.offset,
+                               b"", 0, False, False, "", "", False)
+        data = self.store.read(item, msg.offset, max(0, min(msg.limit, READ_LIMIT)))
+        size = item.size
+        if item.source is not None and not item.complete:
+            size = max(size, msg.offset + len(data))
+        return ReplicaData(msg.request_id, msg.task_id, msg.epoch, msg.name, msg.offset, data,
+                           size, item.complete, True, item.sha256, item.error,
+                           item.source is not None and not item.complete)
+
+    def infos(self, task_id: str) -> tuple[ReplicaItemInfo, ...]:
+        return tuple(
+            ReplicaItemInfo(i.epoch, i.name, i.size, i.complete, i.sha256, i.error)
+            for i in self.items_of(task_id)
+        )
+
+    # ------------------------------------------------------------ figures
+
+    def holders(self, key: ItemKey) -> tuple[list[str], list[str]]:
+        """(targets, the targets known to hold the item) of one item held here."""
+        tracked = self._tracked[key]
+        item = tracked.item
+        targets = self._targets(item.ring_key)
+        have = []
+        for node in targets:
+            if node == self.node_id:
+                have.append(node)
+                continue
+            peer = tracked.peers.get(node)
+            if peer is not None and peer.size >= item.size and (peer.complete or not item.complete):
+                have.append(node)
+        return targets, have
+
+    def under_replicated(self) -> list[dict[str, object]]:
+        """Items held here with fewer known holders than targets."""
+        out: list[dict[str, object]] = []
+        for key in list(self._tracked):
+            targets, have = self.holders(key)
+            if len(have) < len(targets):
+                task_id, epoch, name = key
+                out.append({"task": task_id, "epoch": epoch, "item": name,
+                            "holders": len(have), "want": len(targets)})
+        return out
