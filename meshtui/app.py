@@ -74,13 +74,19 @@ def is_link_error(exc: BaseException) -> bool:
     return getattr(exc, "code", None) in LINK_ERROR_CODES
 
 
-class ConnectionChanged(Message):
+class FromConnection(Message):
+    """A message from a connection worker; ``gen`` says which (stale after a cluster switch)."""
+
+    gen = 0
+
+
+class ConnectionChanged(FromConnection):
     def __init__(self, conn: Connection) -> None:
         super().__init__()
         self.conn = conn
 
 
-class SnapshotArrived(Message):
+class SnapshotArrived(FromConnection):
     def __init__(self, snapshot: dict[str, Any]) -> None:
         super().__init__()
         self.snapshot = snapshot
@@ -90,7 +96,7 @@ class EventsArrived(Message):
     """Posted once per batch; the events themselves wait in ``MeshApp._pending``."""
 
 
-class BackfillArrived(Message):
+class BackfillArrived(FromConnection):
     def __init__(self, reply: Any) -> None:
         super().__init__()
         self.reply = reply
@@ -146,6 +152,8 @@ class MeshApp(App[None]):
         self._models = [MeshModel() for _ in self.clusters]
         self.model = self._models[0]
         self.operations: list[Operation] = []
+        self._generation = 0
+        """Bumped on each cluster switch: messages of an older connection are dropped."""
         self.client: ClientLike | None = None
         self._clock = clock
         self._status_interval = status_interval
@@ -168,10 +176,17 @@ class MeshApp(App[None]):
         self._connect()
 
     def _connect(self) -> None:
+        self._generation += 1
         self.run_worker(self._connection_loop(), name="connection", group="connection")
 
     # --- connection worker -------------------------------------------------
     async def _connection_loop(self) -> None:
+        gen, factory = self._generation, self.client_factory
+
+        def post(message: FromConnection) -> None:
+            message.gen = gen  # a message of a replaced connection is dropped on arrival
+            self.post_message(message)
+
         delay = self._backoff[0]
         reason = ""
         while True:
@@ -179,24 +194,26 @@ class MeshApp(App[None]):
             try:
                 # After a failure keep saying so (no flicker back to "connecting").
                 state = Connection("reconnecting", None, reason) if reason else Connection()
-                self.post_message(ConnectionChanged(state))
-                client = await self.client_factory()
-                self.post_message(SnapshotArrived(await self._snapshot(client)))
-                self.client = client
-                self.post_message(ConnectionChanged(Connection("connected")))
+                post(ConnectionChanged(state))
+                client = await factory()
+                post(SnapshotArrived(await self._snapshot(client)))
+                if gen == self._generation:
+                    self.client = client
+                post(ConnectionChanged(Connection("connected")))
                 delay = self._backoff[0]
                 reason = ""
-                await self._stream(client)
+                await self._stream(client, post, gen)
                 raise ConnectionError("event stream ended")
             except LINK_ERRORS as exc:
                 reason = str(exc) or type(exc).__name__
-                self.post_message(ConnectionChanged(Connection("disconnected", delay, reason)))
+                post(ConnectionChanged(Connection("disconnected", delay, reason)))
             except Exception as exc:
                 # Not a link error, but the UI must stay up: show it and retry.
                 reason = f"{type(exc).__name__}: {exc}"
-                self.post_message(ConnectionChanged(Connection("disconnected", delay, reason)))
+                post(ConnectionChanged(Connection("disconnected", delay, reason)))
             finally:
-                self.client = None
+                if self.client is client:
+                    self.client = None
                 if client is not None:
                     await _close_quietly(client)
             await asyncio.sleep(delay)
@@ -214,19 +231,21 @@ class MeshApp(App[None]):
                 # An agent without this method (or refusing it): show what status gives.
         return snap
 
-    async def _stream(self, client: ClientLike) -> None:
+    async def _stream(self, client: ClientLike, post: Callable[[FromConnection], None], gen: int) -> None:
         """Read events and re-poll the snapshot until either fails."""
 
         async def events() -> None:
             stream: Any = client.subscribe(list(TOPICS))
             if inspect.isawaitable(stream):
                 stream = await stream
-            await self._backfill(client)
+            await self._backfill(client, post)
             async for event in stream:
                 if event.get("event") == "overflow":
                     # The client dropped events: re-read state instead of trusting the gaps.
-                    self.post_message(SnapshotArrived(await self._snapshot(client)))
+                    post(SnapshotArrived(await self._snapshot(client)))
                     continue
+                if gen != self._generation:
+                    return  # another cluster took over
                 if len(self._pending) >= MAX_PENDING_EVENTS:
                     del self._pending[0]
                     self.dropped_events += 1
@@ -238,7 +257,7 @@ class MeshApp(App[None]):
         async def poll() -> None:
             while True:
                 await asyncio.sleep(self._status_interval)
-                self.post_message(SnapshotArrived(await self._snapshot(client)))
+                post(SnapshotArrived(await self._snapshot(client)))
 
         tasks = [asyncio.create_task(events()), asyncio.create_task(poll())]
         try:
@@ -250,7 +269,7 @@ class MeshApp(App[None]):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _backfill(self, client: ClientLike) -> None:
+    async def _backfill(self, client: ClientLike, post: Callable[[FromConnection], None]) -> None:
         """After subscribing: the committed entries not shown yet (bounded), as one message."""
         try:
             reply = await client.call("consensus.log", after=self.model.entry_high, limit=BACKFILL_ENTRIES)
@@ -258,17 +277,23 @@ class MeshApp(App[None]):
             if is_link_error(exc):
                 raise
             return  # an agent without consensus.log: the live stream only
-        self.post_message(BackfillArrived(reply))
+        post(BackfillArrived(reply))
 
     # --- folding -----------------------------------------------------------
     def on_backfill_arrived(self, message: BackfillArrived) -> None:
+        if message.gen != self._generation:
+            return
         self.model.apply_backfill(message.reply)
         self._schedule_redraw()
     def on_connection_changed(self, message: ConnectionChanged) -> None:
+        if message.gen != self._generation:
+            return
         self.model.set_connection(message.conn)
         self._schedule_redraw()
 
     def on_snapshot_arrived(self, message: SnapshotArrived) -> None:
+        if message.gen != self._generation:
+            return
         snap = message.snapshot
         members = snap.get("members")
         status = snap.get("status")

@@ -152,7 +152,9 @@ def _contact(seconds: float | None) -> Text:
 def replication_table(view: ConsensusView) -> Table | Text:
     """Each voter's and learner's match index, lag, last contact and a bar (the leader's view)."""
     if not view.progress:
-        if view.leader and view.role != "leader":
+        if view.role == "leader":
+            return Text("replication: this agent does not report it (consensus.progress)", style="grey50")
+        if view.leader:
             return Text(f"replication: the leader's view — attach to {view.leader} to see it", style="grey50")
         return Text("replication: no leader", style="grey50")
     table = Table(box=None, padding=(0, 1), header_style="bold #87afd7", expand=True)
