@@ -44,6 +44,7 @@ from meshtui.screens.base import AreaScreen
 from meshtui.screens.consensus import ConsensusScreen
 from meshtui.screens.dialogs import ConfirmScreen, HelpScreen, NodePicker
 from meshtui.screens.mesh import MeshScreen
+from meshtui.screens.metrics import MetricsScreen
 from meshtui.screens.migrations import MigrationsScreen
 from meshtui.screens.palette import MeshCommands
 from meshtui.screens.tasks import TasksScreen
@@ -112,6 +113,7 @@ class MeshApp(App[None]):
         "consensus": ConsensusScreen,
         "tasks": TasksScreen,
         "migrations": MigrationsScreen,
+        "metrics": MetricsScreen,
     }
     DEFAULT_MODE = "mesh"
     COMMANDS = App.COMMANDS | {MeshCommands}
@@ -122,6 +124,7 @@ class MeshApp(App[None]):
         Binding("2", "switch_area('consensus')", "Consensus", show=False),
         Binding("3", "switch_area('tasks')", "Tasks", show=False),
         Binding("4", "switch_area('migrations')", "Migrations", show=False),
+        Binding("5", "switch_area('metrics')", "Metrics", show=False),
         Binding("question_mark", "help", "Help"),
         Binding("colon", "command_palette", "Commands"),
         Binding("k", "demo_kill", "Kill node"),

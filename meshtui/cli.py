@@ -181,7 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("choice", choices=["yes", "no"])
     _common(sub.add_parser("proposals", help="list proposals"))
 
-    _common(sub.add_parser("report", help="cluster metrics"))
+    p = sub.add_parser("report", help="cluster metrics")
+    _common(p)
+    p.add_argument("--timeframe", choices=["10m", "1h", "24h", "7d", "30d"],
+                   help="also summarise the agent's metrics history over this timeframe")
     p = sub.add_parser("transfer-leader", help="move Raft leadership")
     _common(p)
     p.add_argument("to", nargs="?")

@@ -422,13 +422,29 @@ def cmd_proposals(args: argparse.Namespace, session: Session) -> int:
 
 @with_session
 def cmd_report(args: argparse.Namespace, session: Session) -> int:
-    report = session.call("report")
+    timeframe = getattr(args, "timeframe", None)
+    report = session.call("report", **({"timeframe": timeframe} if timeframe else {}))
     if args.json:
         _print_json(report)
         return EXIT_OK
+    history = report.pop("history", None)
     for key, value in report.items():
         print(f"{key:28} {json.dumps(value, default=_json_default)}")
+    if isinstance(history, dict):
+        _print_history(history)
     return EXIT_OK
+
+
+def _print_history(history: dict[str, Any]) -> None:
+    """``report --timeframe``: one line per series of the agent's history."""
+    print(f"\nhistory over {history.get('timeframe', 0) / 3600:g} h "
+          f"(slots of {history.get('step')} s): min / mean / max / last")
+    for name, row in history.get("series", {}).items():
+        if not row.get("slots"):
+            print(f"  {name:24} no samples")
+            continue
+        print(f"  {name:24} {row['min']:g} / {row['mean']:g} / {row['max']:g} / {row['last']:g}"
+              f"  ({row['slots']} slots)")
 
 
 @with_session

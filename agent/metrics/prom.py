@@ -21,7 +21,7 @@ member, state, quantile, direction) is a label, never part of the name.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,10 +31,13 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     InfoMetricFamily,
     Metric,
+    SummaryMetricFamily,
 )
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
+from agent.metrics.windows import percentile
 from agent.swim.members import MemberView
 
 PREFIX = "meshtui"
@@ -61,6 +64,9 @@ class ScrapeView:
     messages_in: int
     traffic: Mapping[str, Any] = field(default_factory=dict)
     history_bytes: int = 0
+    latencies: Mapping[str, Sequence[float]] = field(default_factory=dict)
+    """Seconds: ``commit`` (this node's writes) and ``decision`` (committed), the
+    windows the report's p50/p99 are taken over."""
 
 
 def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
@@ -69,10 +75,6 @@ def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFami
 
 def _counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> CounterMetricFamily:
     return CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=list(labels))
-
-
-def _seconds(ms: float | None) -> float | None:
-    return None if ms is None else ms / 1000.0
 
 
 class MeshCollector(Collector):
@@ -154,14 +156,18 @@ class MeshCollector(Collector):
         tolerance.add_metric(["byzantine"], float(fig["byzantine_tolerance_f"]))
         yield tolerance
         for key, name, doc in (
-            ("commit_latency_ms", "commit_latency_seconds", "Proposal to apply on this node."),
-            ("decision_latency_ms", "decision_latency_seconds", "Submit to first committed assignment."),
+            ("commit", "commit_latency_seconds", "Proposal to apply on this node"),
+            ("decision", "decision_latency_seconds", "Submit to first committed assignment"),
         ):
-            fam = _gauge(name, doc + " Nearest-rank quantiles.", ("quantile",))
-            for q in ("p50", "p99"):
-                value = _seconds(fig[key][q])
+            values = v.latencies.get(key, ())
+            fam = SummaryMetricFamily(
+                f"{PREFIX}_{name}", f"{doc} (nearest-rank quantiles over the kept window).",
+                count_value=len(values), sum_value=float(sum(values)),
+            )
+            for q in (0.5, 0.99):
+                value = percentile(values, q)
                 if value is not None:
-                    fam.add_metric(["0." + q[1:]], value)
+                    fam.samples.append(Sample(fam.name, {"quantile": str(q)}, value, None))
             yield fam
         votes = _gauge("vote_participation_ratio", "Votes cast / eligible, per proposal.", ("proposal",))
         for pid, share in fig["vote_participation_by_proposal"].items():

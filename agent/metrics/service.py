@@ -272,6 +272,7 @@ class MetricsService:
             members=tuple(inputs.members), hot=frozenset(self.engine.hotspots.hot()),
             figures=self.engine.figures(time.time(), inputs), messages_in=inputs.messages_in,
             traffic=self._traffic.as_dict(), history_bytes=self.history.nbytes,
+            latencies={"commit": inputs.commit_latencies, "decision": inputs.decision_latencies},
         )
 
 
