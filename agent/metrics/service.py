@@ -10,8 +10,9 @@ feed the rate windows and trackers, and adds the returned values to the
 ``History``.  SWIM's member events reach it through ``on_member_events`` (the
 partition-recovery tracker needs their exact times, not a 1 s poll).
 
-The history is loaded from ``<data_dir>/metrics/history.bin`` at start (a
-damaged file is logged and set aside, never fatal) and saved at most every
+The history is loaded from ``<data_dir>/metrics/history.bin`` when the service
+is built, before consensus starts replaying its log (a damaged file is logged
+and set aside, never fatal) and saved at most every
 ``metrics.persist_interval`` seconds and on stop: the image is built on the
 loop (a copy of the buffers, compressed: a few ms) and written and fsynced in
 a worker thread.  The leader-change count's checkpoint rides along
@@ -123,12 +124,15 @@ class MetricsService:
         self._saving: asyncio.Task[None] | None = None
         self._last_save = time.monotonic()
         self._http: MetricsHTTPServer | None = None
+        # Before consensus starts: the leader-change checkpoint must be in place
+        # before the log replay reaches it (trackers.LeaderTerms).
+        self._load()
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Load the history, start sampling, and serve ``/metrics`` if configured."""
-        self._load()
+        """Start sampling, and serve ``/metrics`` if configured (the history was
+        loaded when this was built)."""
         self._task = asyncio.create_task(self._loop(), name="metrics")
         if self.config.addr:
             host, _, port = self.config.addr.rpartition(":")

@@ -268,7 +268,7 @@ def test_prometheus_scrapes_three_agents_and_sees_leader_changes(cluster: Cluste
 
         before = wait_until("every node to agree on leader_changes", agreed, 10, 0.1)
         base = next(iter(before.values()))
-        assert base is not None and base >= 1
+        assert base is not None
         seen_by_prometheus = base
 
         def prometheus_max() -> float:

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from support.wait import wait_until_async
+from textual.widgets import Static
+from tui.tui_helpers import static_text
 
 from meshtui.app import MeshApp
 from meshtui.screens.metrics import MetricsScreen
@@ -79,7 +81,7 @@ async def test_metrics_view_draws_the_history_and_the_report() -> None:
         assert isinstance(screen, MetricsScreen)
         await wait_until_async("history drawn", lambda: screen.query_one("#spark-members_alive", Sparkline)
                                .values == [3.0, 3.0, 2.0, None, 3.0], 10, 0.02, sleep=pilot.pause)
-        figures = str(screen.query_one("#metrics-figures").render())
+        figures = static_text(screen.query_one("#metrics-figures", Static))
         assert "leader changes 4" in figures and "n2" in figures and "1.25" in figures
         history_calls = [p for m, p in agent.calls if m == "metrics.history"]
         assert history_calls and history_calls[-1]["timeframe"] == "10m"
