@@ -99,7 +99,7 @@ class LeaderLossWatch:
         try:
             if await refuses_connections(addr):
                 self.refusals += 1
-                log.info("leader %s at %s refuses connections: its process is gone", leader, addr)
+                log.warning("leader %s at %s refuses connections: its process is gone", leader, addr)
                 await self._consensus.leader_gone(leader)
         finally:
             self._checking.discard(addr)

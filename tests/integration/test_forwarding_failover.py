@@ -124,6 +124,9 @@ def test_write_through_survivors_right_after_leader_sigkill(mesh: LocalMesh) -> 
     for n in survivors:  # exactly one apply: the value moved 0 -> 1 once
         got = call_sync(survivors[0].socket_path, "kv.get", {"ns": "c", "key": n.name}, 5.0)
         assert got["value"] == b"1", got
+    # The survivors knew from the refused port, not from an election timeout.
+    assert any("refuses connections: its process is gone" in n.log_file.read_text()
+               for n in survivors), [n.log_file.read_text()[-1500:] for n in survivors]
 
 
 def test_one_of_three_killed_as_the_leader_appears_leaves_a_working_pair(mesh: LocalMesh) -> None:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.wait import wait_until
 
 from agent.swim.config import SwimConfig
 from meshtui.client import ClientError, call_sync
@@ -42,13 +43,9 @@ def members(node_socket: str) -> dict[str, dict[str, Any]]:
     return {m["name"]: m for m in status["members"]}
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
+def n2_state_on(peers: list[Any]) -> set[str | None]:
+    """The states n2 has in ``peers``' views (one element when they agree)."""
+    return {members(p.socket_path).get("n2", {}).get("state") for p in peers}
 
 
 def all_alive(mesh: LocalMesh) -> bool:
@@ -66,7 +63,7 @@ def mesh(tmp_path: Path) -> Iterator[LocalMesh]:
     mesh.start()
     try:
         assert mesh.wait_ready(30), mesh.nodes[0].log_file.read_text()[-3000:]
-        assert wait_for(lambda: all_alive(mesh), 30, 0.2)
+        wait_until("every member alive on every node", lambda: all_alive(mesh), 30, 0.2)
         yield mesh
     finally:
         mesh.stop()
@@ -90,11 +87,11 @@ def test_a_node_restored_from_an_older_copy_is_alive_within_one_probe_interval(
     shutil.copytree(n2.data_dir, backup, ignore=KEEP_OUT)
     for _ in range(2):
         n2.start()
-        assert wait_for(lambda: all(members(p.socket_path).get("n2", {}).get("state") == "alive"
-                                    for p in peers), 30)
+        wait_until("the peers to see n2 alive", lambda: n2_state_on(peers) == {"alive"}, 30,
+                   detail=lambda: n2_state_on(peers))
         stop(mesh, "n2")
-        assert wait_for(lambda: all(members(p.socket_path).get("n2", {}).get("state") == "left"
-                                    for p in peers), 10)
+        wait_until("the peers to see n2 left", lambda: n2_state_on(peers) == {"left"}, 10,
+                   detail=lambda: n2_state_on(peers))
     # Restore the older copy over n2's data dir and start it.
     for entry in n2.data_dir.iterdir():
         if entry.name != "agent.log":
@@ -106,12 +103,13 @@ def test_a_node_restored_from_an_older_copy_is_alive_within_one_probe_interval(
         view = members(n2.socket_path)
         return all(view.get(p.name, {}).get("state") == "alive" for p in peers)
 
-    assert wait_for(n2_joined, 30), n2.log_file.read_text()[-3000:]
+    wait_until("n2 to see its peers alive", n2_joined, 30,
+               detail=lambda: n2.log_file.read_text()[-3000:])
     joined = time.monotonic()
-    assert wait_for(lambda: all(members(p.socket_path).get("n2", {}).get("state") == "alive"
-                                for p in peers), PROBE_INTERVAL + POLL_SLACK, 0.005), (
-        f"peers still do not see n2 alive {time.monotonic() - joined:.2f} s after it joined",
-        [members(p.socket_path).get("n2") for p in peers])
+    wait_until("the peers to see n2 alive within one probe interval of its joining",
+               lambda: n2_state_on(peers) == {"alive"}, PROBE_INTERVAL + POLL_SLACK, 0.005,
+               detail=lambda: (f"{time.monotonic() - joined:.2f} s after it joined",
+                               [members(p.socket_path).get("n2") for p in peers]))
     # And it stays alive: its traffic is not being dropped as replays.
     time.sleep(10 * PROBE_INTERVAL)
     for peer in peers:
