@@ -60,6 +60,21 @@ recorded from any other connection, before or after any restart, carry
 another challenge.  It costs one round trip per new connection and keeps no
 state per sender, so there is nothing to evict or to lose on a restart.
 
+Relayed frames (issue 20): a reliable message to a peer whose direct path is
+broken is sealed by its origin for its destination, on channel RELAY, and
+carried over one relay as opaque bytes (``agent.runtime.relay``); the relay
+cannot read or alter it unnoticed (an altered frame fails the tag at the
+destination).  There is no connection to hold a challenge, so freshness works
+as for datagrams, with a second :class:`ReplayFilter` of its own: the
+destination grants a cookie per sender boot (channel RELAY_GRANT, sent back
+over a relay), and takes each sequence once within a sliding window.  The
+window, not a strictly growing sequence, is the point: frames of one origin
+reach a destination over two relays, or over a relay and then again directly,
+in any order, and none of them is a replay; the same frame delivered twice
+is.  RELAY sequences are a channel of their own, so they never interleave
+with a stream connection's strictly growing ones, and a STREAM or DATAGRAM
+packet wrapped into a relay frame is refused by its channel.
+
 Cost per packet: one header pack or unpack, two 8-byte compares and a window
 update, as in version 1; a keyed hash only when a datagram is refused.
 """
@@ -105,6 +120,10 @@ class Channel(IntEnum):
     """UDP: a receiver's cookie for the sender of a datagram it refused."""
     CHALLENGE = 3
     """TCP: the accepting side's per-connection cookie, its only frame."""
+    RELAY = 4
+    """A payload sealed end to end for a destination reached over a relay."""
+    RELAY_GRANT = 5
+    """Over a relay: the destination's cookie for a RELAY sender it refused."""
 
 
 class CookieNeeded(SealError):
@@ -254,7 +273,7 @@ class Envelope:
     """This node's sealing identity (sender tag, boot id, sequences) plus the
     datagram replay state for everyone else.  Nothing here reads a clock."""
 
-    __slots__ = ("_sender", "boot", "keyring", "replay", "sequences", "stats")
+    __slots__ = ("_sender", "boot", "keyring", "relay_replay", "replay", "sequences", "stats")
 
     def __init__(
         self,
@@ -275,6 +294,8 @@ class Envelope:
         self.sequences = [0] * len(Channel)
         """The last sequence sealed, per channel."""
         self.replay = ReplayFilter(window, max_senders)
+        self.relay_replay = ReplayFilter(window, max_senders)
+        """RELAY freshness per sender (its own cookies and windows)."""
 
     @property
     def sender(self) -> bytes:
@@ -295,6 +316,13 @@ class Envelope:
         self.stats.sealed += 1
         header = _ENV.pack(Channel.GRANT, self._sender, self.boot, cookie, refused.seq)
         return self.keyring.seal(header + refused.boot + listen_addr.encode("utf-8"))
+
+    def seal_relay_grant(self, refused: CookieNeeded, node_id: str) -> bytes:
+        """The RELAY_GRANT answering a refused RELAY frame; names our ``node_id``."""
+        cookie = self.relay_replay.grant(refused.sender, refused.boot)
+        self.stats.sealed += 1
+        header = _ENV.pack(Channel.RELAY_GRANT, self._sender, self.boot, cookie, refused.seq)
+        return self.keyring.seal(header + refused.boot + node_id.encode("utf-8"))
 
     def seal_challenge(self, gate: StreamGate) -> bytes:
         """The CHALLENGE frame an accepted connection starts with."""
@@ -339,6 +367,34 @@ class Envelope:
         except UnicodeDecodeError:
             raise SealError("malformed", "grant address is not UTF-8") from None
         return Grant(cookie, echo_seq, listen_addr)
+
+    def open_relay(self, packet: bytes) -> tuple[bytes, bytes] | Grant:
+        """A relayed packet addressed to us: ``(sender tag, payload)`` of a fresh
+        RELAY frame, or the :class:`Grant` of a RELAY_GRANT (``listen_addr`` is
+        then the granting node's id).  Raises ``CookieNeeded`` (answer it with
+        :meth:`seal_relay_grant`) or another ``SealError``; every refusal is counted."""
+        stats = self.stats
+        try:
+            plain = self.keyring.open(packet)
+            if len(plain) < _H:
+                raise SealError("malformed", "no envelope header")
+            channel, sender, boot, cookie, seq = _ENV.unpack_from(plain)
+            if channel == Channel.RELAY:
+                fresh = self.relay_replay.accept(sender, boot, cookie, seq)
+                if fresh:
+                    stats.opened += 1
+                    return bytes(sender), plain[_H:]
+                if fresh is None:
+                    raise CookieNeeded(sender, boot, seq)
+                raise SealError("replay", f"relayed seq {seq}")
+            if channel == Channel.RELAY_GRANT:
+                grant = self._grant_from(plain, cookie, seq)
+                stats.opened += 1
+                return grant
+            raise SealError("malformed", f"channel {channel} in a relay frame")
+        except SealError as exc:
+            stats.count(exc.reason)
+            raise
 
     def open_challenge(self, packet: bytes) -> bytes:
         """The cookie a CHALLENGE frame carries; ``SealError`` if it is not one."""

@@ -52,6 +52,7 @@ from agent.swim.config import SwimConfig
 from agent.swim.core import SwimNode
 from agent.swim.members import MemberView
 from agent.swim.messages import NodeLoad, NodeMeta
+from agent.swim.probe import HelperScore, ProbeObserver
 from agent.swim.ready import MemberEvent, SwimReady
 
 log = logging.getLogger(__name__)
@@ -333,6 +334,12 @@ class MembershipDriver:
     def loop_lag_p99(self) -> float:
         """The event loop's 99th-percentile lag over the monitor's window, seconds."""
         return self.lag.p99()
+
+    def use_links(self, score: HelperScore, observer: ProbeObserver) -> None:
+        """Rank indirect-probe helpers by ``score`` and report probe Ack paths to
+        ``observer`` (the router's link state, issue 20)."""
+        self._swim.helper_score = score
+        self._swim.probe_observer = observer
 
     def set_role(self, role: str) -> None:
         """Advertise this node's Raft role (``none``/``learner``/``voter``/``leader``...)."""

@@ -151,8 +151,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 class _Peer:
     """Outbound state for one destination address."""
 
-    __slots__ = ("addr", "attempt", "broken", "burst", "cookie", "host", "port", "queue",
-                 "queued_bytes", "task", "wakeup", "writer")
+    __slots__ = ("addr", "attempt", "broken", "burst", "cookie", "host", "last_used", "port",
+                 "queue", "queued_bytes", "task", "wakeup", "writer")
 
     def __init__(self, addr: str, host: str, port: int) -> None:
         self.addr = addr
@@ -167,6 +167,7 @@ class _Peer:
         self.cookie = NO_COOKIE  # the connection's challenge, while connected
         self.attempt = 0
         self.task: asyncio.Task[None] | None = None
+        self.last_used = time.monotonic()
 
     def end_burst(self) -> None:
         self.burst = False
@@ -196,6 +197,7 @@ class Transport:
         advertise: str | None = None,
         rng: random.Random | None = None,
         on_connection_lost: Callable[[str], None] | None = None,
+        on_connect_failed: Callable[[str], None] | None = None,
     ) -> None:
         self.bind_host = bind_host
         self.port = port
@@ -208,6 +210,9 @@ class Transport:
         self._on_datagram = on_datagram
         self._on_stream = on_stream_message
         self._on_connection_lost = on_connection_lost
+        self._on_connect_failed = on_connect_failed
+        self._stream_cap = MAX_OUTBOUND_PEERS
+        self._cap_exempt: Callable[[str], bool] = lambda _addr: False
         self._rng = rng if rng is not None else random.Random()
         self._server: asyncio.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
@@ -390,6 +395,7 @@ class Transport:
             peer = self._add_peer(addr, host, port)
         else:
             self._peers.move_to_end(addr)
+        peer.last_used = time.monotonic()
         queue = peer.queue
         writer = peer.writer
         if (not queue and not peer.burst and writer is not None and not peer.broken
@@ -415,16 +421,51 @@ class Transport:
         return True
 
     def _add_peer(self, addr: str, host: str, port: int) -> _Peer:
+        capped = [a for a in self._peers if not self._cap_exempt(a)] if (
+            len(self._peers) >= self._stream_cap) else []
+        if len(capped) >= self._stream_cap:
+            self.stats.streams_evicted += 1
+            self.drop_peer(capped[0])  # least recently used first
         if len(self._peers) >= MAX_OUTBOUND_PEERS:
-            _, evicted = self._peers.popitem(last=False)
-            self.stats.dropped_queue_full += len(evicted.queue)
-            if evicted.task is not None:
-                evicted.task.cancel()
+            self.drop_peer(next(iter(self._peers)))
         peer = _Peer(addr, host, port)
         peer.task = asyncio.get_running_loop().create_task(
             self._run_peer(peer), name=f"transport-out-{addr}")
         self._peers[addr] = peer
         return peer
+
+    def set_stream_cap(self, cap: int, exempt: Callable[[str], bool]) -> None:
+        """Keep at most ``cap`` outbound streams to addresses ``exempt`` does not
+        name (the leader's replication streams are exempt); the least recently
+        used one is closed to make room."""
+        self._stream_cap = max(1, cap)
+        self._cap_exempt = exempt
+
+    def drop_peer(self, addr: str) -> None:
+        """Close the pooled stream to ``addr`` and drop what is queued for it
+        (counted); the next message to ``addr`` opens a new connection."""
+        peer = self._peers.pop(addr, None)
+        if peer is None:
+            return
+        self.stats.dropped_queue_full += len(peer.queue)
+        peer.queue.clear()
+        peer.broken = True
+        peer.wakeup.set()
+        if peer.task is not None:
+            peer.task.cancel()
+
+    def close_idle(self, now: float, idle: float) -> int:
+        """Close outbound streams unused for ``idle`` seconds; how many were closed."""
+        stale = [a for a, p in self._peers.items() if now - p.last_used >= idle and not p.queue]
+        for addr in stale:
+            self.drop_peer(addr)
+        self.stats.streams_idle_closed += len(stale)
+        return len(stale)
+
+    def queued(self, addr: str) -> int:
+        """Messages waiting in the outbound queue to ``addr``."""
+        peer = self._peers.get(addr)
+        return len(peer.queue) if peer is not None else 0
 
     def outbound(self) -> list[tuple[str, bool, int]]:
         """(address, connected, queued messages) per pooled destination."""
@@ -441,6 +482,8 @@ class Transport:
                     reader, writer = await asyncio.open_connection(peer.host, peer.port)
             except (OSError, TimeoutError):
                 self.stats.connect_failures += 1
+                if self._on_connect_failed is not None:
+                    self._on_connect_failed(peer.addr)
                 await asyncio.sleep(backoff_delay(peer.attempt, self._rng))
                 peer.attempt += 1
                 continue

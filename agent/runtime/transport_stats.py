@@ -42,6 +42,10 @@ class TransportStats:
     datagrams_resent: int = 0
     """First-contact datagrams sent again once the receiver's grant came."""
     callback_errors: int = 0
+    streams_evicted: int = 0
+    """Outbound streams closed to stay within the stream cap (least recently used)."""
+    streams_idle_closed: int = 0
+    """Outbound streams closed after the idle time (agent/links/config.py idle_close)."""
     seal: SealStats = field(default_factory=SealStats)
 
     def as_dict(self) -> dict[str, int | dict[str, int]]:

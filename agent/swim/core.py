@@ -79,7 +79,7 @@ from agent.swim.messages import (
     Suspect,
 )
 from agent.swim.partition import PartitionDetector
-from agent.swim.probe import PendingProbe, ProbeHints, RelayTable
+from agent.swim.probe import HelperScore, PendingProbe, ProbeHints, ProbeObserver, RelayTable, rank_helpers
 from agent.swim.pushsum import PushSumAggregator
 from agent.swim.ready import MemberEvent, Outbound, SwimReady
 from agent.swim.rules import MembershipRules
@@ -138,6 +138,8 @@ class SwimNode(MembershipRules):
         self._next_pushsum_at = now + rng.random() * max(config.pushsum_interval, 1e-3)
         counters = ("msgs_in", "msgs_out", "probes", "probe_failures", "refutes", "ignored")
         self.stats: dict[str, int] = dict.fromkeys(counters, 0)
+        self.helper_score: HelperScore | None = None  # ranks indirect-probe helpers
+        self.probe_observer: ProbeObserver | None = None  # hears each probe's Ack path
 
     # ------------------------------------------------------------------ API
 
@@ -434,12 +436,10 @@ class SwimNode(MembershipRules):
     def _probe_indirect(self, probe: PendingProbe) -> None:
         probe.indirect_sent = True
         me = self.table.self_member
-        helpers = self.table.sample(
-            self._rng,
-            self.config.indirect_checks,
-            lambda m: m.state == MemberState.ALIVE,
-            exclude=probe.target,
-        )
+        k = self.config.indirect_checks
+        pool = self.table.sample(self._rng, k if self.helper_score is None else len(self.table),
+                                 lambda m: m.state == MemberState.ALIVE, exclude=probe.target)
+        helpers = rank_helpers(pool, k, lambda m: m.node, probe.target, self.helper_score)
         probe.expected_nacks = len(helpers)
         for helper in helpers:
             req = IndirectPingReq(probe.seq, probe.target, probe.addr, self.node_id, me.addr)
@@ -484,8 +484,11 @@ class SwimNode(MembershipRules):
         self._partition.record_probe(True)
         self._apply_load(ack.load, rebroadcast=False)
         target = self.table.get(probe.target)
-        if target is not None and not ack.relay and not probe.indirect_sent:
+        direct = not ack.relay and not probe.indirect_sent
+        if target is not None and direct:
             target.rtt = ewma(target.rtt, now - probe.started, self.config.rtt_smoothing)
+        if self.probe_observer is not None and (direct or ack.relay):
+            self.probe_observer(probe.target, ack.relay, now - probe.started if direct else None)
 
     def _on_ping(self, now: float, ping: Ping) -> None:
         if ping.target and ping.target != self.node_id:

@@ -10,7 +10,27 @@ a missing Nack), so a flood of requests cannot grow our memory.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+N = TypeVar("N")
+
+HelperScore = Callable[[str, str], float]
+"""``(helper, target) -> score``: how likely a helper reaches the target (the
+link-state reputation, ``agent.links.state.LinkTable.relay_score``)."""
+ProbeObserver = Callable[[str, str, float | None], None]
+"""``(target, helper, rtt)``: a probe's Ack came directly (helper "", with its
+RTT) or only through ``helper`` -- link-state observations for the runtime."""
+
+
+def rank_helpers(candidates: Sequence[N], k: int, node_of: Callable[[N], str],
+                 target: str, score: HelperScore | None) -> list[N]:
+    """The ``k`` best indirect-probe helpers for ``target``: by ``score`` (the
+    order of ``candidates``, random, breaks ties), or the first ``k`` without one."""
+    if score is None:
+        return list(candidates[:k])
+    return sorted(candidates, key=lambda c: -score(node_of(c), target))[:k]
 
 
 @dataclass(slots=True)

@@ -1,0 +1,122 @@
+"""Link-state and relay tunables: every field with its unit, LAN default and why.
+
+``LinkConfig.lan()`` suits hosts on one LAN (round trips well under a
+millisecond, SWIM probing once a second); ``LinkConfig.local()`` is the
+loopback profile of the demo and the integration tests (about 4x faster,
+as ``SwimConfig.local()``).  The agent picks the profile named by its
+``profile`` setting; there is no TOML table for these yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class LinkConfig:
+    """Settings of :class:`agent.links.state.LinkTable` and the relay around it."""
+
+    probe_interval: float = 0.5
+    """Seconds between two direct-path probes (a ``LinkPing`` datagram) to one
+    tracked peer.  Half of SWIM's probe interval, so a healed link is back on
+    the direct path within one SWIM probe interval, and a cut one is seen as
+    broken after ``broken_after`` probes (about 1-1.5 s).  LAN 0.5 s."""
+
+    probe_timeout: float = 0.4
+    """Seconds a ``LinkPing`` waits for its ``LinkPong`` before it counts as a
+    failed direct probe.  Above any LAN round trip, even on a loaded host; below
+    ``probe_interval`` so one probe is out at a time.  LAN 0.4 s."""
+
+    broken_after: int = 2
+    """Consecutive failed direct probes before the direct path counts as broken
+    and reliable traffic goes over a relay.  2: one lost datagram never moves
+    traffic, two in a row on a LAN mean the path is gone.  LAN 2."""
+
+    window: int = 20
+    """Probe outcomes kept per peer for its success rate (the reputation's
+    first half; the other is the RTT).  20 probes = 10 s at LAN timings."""
+
+    rtt_smoothing: float = 0.3
+    """Weight of a new RTT sample in the per-peer moving average.  LAN 0.3."""
+
+    rtt_scale: float = 0.005
+    """Seconds: a leg of RTT ``r`` scores ``rtt_scale / (rtt_scale + r)`` of its
+    success rate, so a 5 ms leg counts half of a perfect one; LAN round trips
+    (0.1-1 ms) barely matter, a congested or remote one does.  LAN 5 ms."""
+
+    track_all_limit: int = 16
+    """Clusters with at most this many live members probe every member's direct
+    path (so every pair's state is known and any member can be a relay); larger
+    ones probe only the peers they exchange reliable messages with.  LAN 16."""
+
+    active_ttl: float = 30.0
+    """Seconds a peer stays tracked after the last reliable message to or from
+    it, in clusters above ``track_all_limit``.  LAN 30 s."""
+
+    summary_interval: float = 1.0
+    """Seconds between two link summaries (``LinkSummary`` datagrams) sent to
+    every tracked peer: how each node learns which pairs are broken.  LAN 1 s."""
+
+    summary_ttl: float = 4.0
+    """Seconds a peer's summary is believed without a newer one; after that its
+    links count as unknown.  About four summary intervals.  LAN 4 s."""
+
+    max_summary_entries: int = 12
+    """Links one summary carries (broken ones first, then the best known): about
+    80 bytes each, so a summary fits a 1400-byte datagram.  LAN 12."""
+
+    relay_retry: float = 5.0
+    """Seconds a relay that failed us for a destination (it said it cannot reach
+    it, or our leg to it broke) is not chosen again for that destination.  LAN 5 s."""
+
+    relay_queue: int = 256
+    """Messages a relay lets wait on its stream to one destination before it
+    refuses further frames for it (dropped, counted in ``relay_drops``, and
+    answered with a RelayNack so the origin picks another relay).  LAN 256."""
+
+    resend_window: float = 2.0
+    """Seconds of reliable messages kept per peer and sent again over a relay
+    when that peer's direct path is found broken (what was in flight on the dead
+    path; Raft and forwarded writes are idempotent).  LAN 2 s."""
+
+    resend_max: int = 64
+    """Messages kept per peer for that resend.  LAN 64."""
+
+    idle_close: float = 60.0
+    """Seconds without a message after which an outbound peer stream is closed
+    (the next message opens it again, one round trip).  LAN 60 s."""
+
+    max_streams: int = 64
+    """Outbound peer streams kept open for gossip, forwarding and relaying; the
+    least recently used is closed when a new one would pass it.  The leader's
+    replication streams to voters and learners are not counted.  LAN 64: at
+    1,000 hosts a host holds at most 64 such streams, not 999."""
+
+    @classmethod
+    def lan(cls) -> LinkConfig:
+        """The LAN profile (the defaults above)."""
+        return cls()
+
+    @classmethod
+    def local(cls) -> LinkConfig:
+        """Loopback profile: probes and summaries about 4x faster than LAN."""
+        return cls(probe_interval=0.125, probe_timeout=0.1, summary_interval=0.25,
+                   summary_ttl=1.0, relay_retry=2.0, resend_window=1.0)
+
+    def validate(self) -> LinkConfig:
+        """Return ``self`` if every field is in range, else raise ``ConfigError``."""
+        for name in ("probe_interval", "probe_timeout", "rtt_scale", "summary_interval",
+                     "summary_ttl", "relay_retry", "active_ttl", "idle_close"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"links.{name}", "must be positive")
+        for name in ("broken_after", "window", "max_summary_entries", "relay_queue",
+                     "resend_max", "max_streams", "track_all_limit"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"links.{name}", "must be at least 1")
+        if self.probe_timeout >= self.probe_interval:
+            raise ConfigError("links.probe_timeout", "must be below links.probe_interval")
+        if not 0.0 < self.rtt_smoothing <= 1.0:
+            raise ConfigError("links.rtt_smoothing", "must be in (0, 1]")
+        return self
