@@ -11,9 +11,11 @@ its last byte is in and its SHA-256 matches the sender's, and a complete
 item is never written again.
 
 Bounds: an artifact larger than ``artifact_limit`` is refused; when a new
-chunk would take the store above ``cap_bytes`` the complete items whose
-run finished first are evicted (other tasks' first, never a run still going)
-until it fits, else the chunk is refused with one line.  A write that fails
+chunk would take the store above ``cap_bytes`` the copies of other tasks
+whose run ended first are evicted until it fits -- never a copy still being
+written (an incomplete copy whose run's host died counts as ended at its last
+write once ``STALE_AFTER`` has passed) -- and if even that cannot make room the
+chunk is refused with one line and nothing is evicted.  A write that fails
 (a full disk) truncates the file back to what was acknowledged: what was
 stored stays stored.  Refusals raise ``ReplicaRefused`` with the line.
 """
@@ -25,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +42,9 @@ line when collected; a replica refuses them too."""
 REPLICA_CAP_BYTES = 1024 * 1024 * 1024
 """Bytes of replicas and artifacts one host keeps (default 1 GiB); above it the
 oldest finished items are evicted first."""
+STALE_AFTER = 600.0
+"""Seconds without a write after which an incomplete copy (its run's host died
+before it ended) counts as finished at its last write, for eviction and pruning."""
 HASH_BLOCK = 1024 * 1024
 
 
@@ -241,12 +247,9 @@ class ReplicaStore:
     def _make_room(self, growth: int, keep: StoredItem) -> None:
         if self.used + growth <= self.cap_bytes:
             return
-        victims = sorted(
-            (i for i in self.items.values()
-             if i.complete and i.finished_at is not None and i.source is None
-             and i.task_id != keep.task_id),
-            key=lambda i: i.finished_at or 0.0,
-        )
+        ended = {i.key: at for i in self.items.values()
+                 if i.task_id != keep.task_id and (at := self.ended_at(i)) is not None}
+        victims = sorted((self.items[k] for k in ended), key=lambda i: ended[i.key])
         if self.used - sum(v.size for v in victims) + growth > self.cap_bytes:
             raise ReplicaRefused(
                 f"replica store on {self.node_name} is full ({self.used} of {self.cap_bytes} "
@@ -258,6 +261,20 @@ class ReplicaStore:
             log.info("replica cap: evicting %s epoch %d %s", victim.task_id, victim.epoch,
                      victim.name)
             self.remove(victim)
+
+    def ended_at(self, item: StoredItem) -> float | None:
+        """When a copy held here stopped changing: its run's finish, or for an
+        incomplete copy untouched for ``STALE_AFTER`` its last write; None for a
+        run's own capture and for a copy still being written."""
+        if item.source is not None:
+            return None
+        if item.complete:
+            return item.finished_at if item.finished_at is not None else 0.0
+        try:
+            mtime = self.path(item).stat().st_mtime
+        except OSError:
+            return 0.0
+        return mtime if time.time() - mtime > STALE_AFTER else None
 
     def remove(self, item: StoredItem) -> None:
         if item.source is None:
@@ -271,7 +288,7 @@ class ReplicaStore:
     def prune(self, before: float) -> int:
         """Remove finished items whose run finished before ``before``; how many."""
         old = [i for i in self.items.values()
-               if i.source is None and i.finished_at is not None and i.finished_at < before]
+               if (at := self.ended_at(i)) is not None and at < before]
         for item in old:
             self.remove(item)
         return len(old)

@@ -55,6 +55,10 @@ RETRY_AFTER = 5.0
 """Seconds before a target that refused a chunk (full disk, cap) is tried again."""
 MAX_TICK_BYTES = 8 * 1024 * 1024
 """Bytes one tick may start sending (default 8 MiB); the rest waits for acks."""
+REPROBE_AFTER = 600.0
+"""Seconds after which a target known to hold an item is probed again (default
+10 min): a copy lost on its disk is noticed and refilled, at one small message per
+item and target per period."""
 READ_LIMIT = 1024 * 1024
 """Largest slice one ``ReplicaRead`` returns."""
 
@@ -72,6 +76,7 @@ class _Peer:
     sent_at: float | None = None
     """When the chunk in flight left (None: nothing in flight)."""
     retry_at: float = 0.0
+    acked_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -167,7 +172,9 @@ class Replicator:
             return 0
         item = tracked.item
         if peer.size >= 0 and peer.size >= item.size and (peer.complete or not item.complete):
-            return 0
+            if now - peer.acked_at < REPROBE_AFTER:
+                return 0
+            peer.size = -1  # probe again: the copy may be gone
         return self._send_chunk(tracked, node, peer, now)
 
     def _send_chunk(self, tracked: _Tracked, node: str, peer: _Peer, now: float) -> int:
@@ -189,7 +196,7 @@ class Replicator:
             return
         peer = tracked.peers.setdefault(node, _Peer())
         peer.size, peer.complete, peer.error = msg.size, msg.complete, msg.error
-        peer.sent_at = None
+        peer.sent_at, peer.acked_at = None, now
         if msg.error:
             peer.retry_at = now + RETRY_AFTER
             return

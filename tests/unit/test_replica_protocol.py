@@ -225,3 +225,33 @@ def test_reads_serve_a_slice_and_say_whether_it_is_complete(tmp_path: Path) -> N
     assert (got.request_id, got.data, got.size, got.complete, got.found) == (7, b"456", 10, True, True)
     missing = net.nodes["a"].on_read(ReplicaRead(8, "t1", 2, "out", 0, 3))
     assert not missing.found
+
+
+def test_an_incomplete_copy_whose_run_died_is_pruned_once_stale(tmp_path: Path) -> None:
+    from agent.runtime import replica_store
+
+    store = ReplicaStore(tmp_path, "a")
+    growing = StoredItem("t1", 1, "out", "k")
+    store.write_chunk(growing, 0, b"partial", -1, "", None, "")
+    assert store.ended_at(growing) is None and store.prune(1e12) == 0  # still being written
+    old = store.path(growing).stat().st_mtime - replica_store.STALE_AFTER - 1
+    os.utime(store.path(growing), (old, old))
+    assert store.ended_at(growing) == old
+    assert store.prune(old + 1) == 1 and not store.items
+
+
+def test_a_copy_lost_on_a_targets_disk_is_noticed_and_refilled(tmp_path: Path) -> None:
+    from agent.runtime.replication import REPROBE_AFTER
+
+    net = Net(tmp_path)
+    ring_key = key_whose_list_starts(net, "a")
+    net.nodes["a"].put_local(StoredItem("t1", 1, "a:f", ring_key, finished_at=1.0), b"data")
+    net.run(now=1.0, ticks=3)  # every holder has heard from every target
+    victim = net.targets(ring_key)[1]
+    store = net.nodes[victim].store
+    item = store.items[("t1", 1, "a:f")]
+    store.remove(item)  # as if its disk lost it
+    net.run(now=2.0)
+    assert victim not in net.holders(("t1", 1, "a:f"))  # nobody knows yet
+    net.run(now=2.0 + REPROBE_AFTER, ticks=2)
+    assert victim in net.holders(("t1", 1, "a:f"))

@@ -11,8 +11,18 @@ NODES = [f"node{i:02d}" for i in range(8)]
 KEYS = [f"key-{i}" for i in range(200)] + [f"t{i}" for i in range(1, 201)]
 
 
+_RINGS: dict[frozenset[str], HashRing] = {}
+
+
+def ring_of(nodes: list[str]) -> HashRing:
+    key = frozenset(nodes)
+    if key not in _RINGS:
+        _RINGS[key] = HashRing(nodes, 64)
+    return _RINGS[key]
+
+
 def live_list(nodes: list[str], alive: set[str], key: str, n: int) -> list[str]:
-    return HashRing(nodes, 64).preference_list(key, n, alive.__contains__)
+    return ring_of(nodes).preference_list(key, n, alive.__contains__)
 
 
 @pytest.mark.parametrize("factor", [1, 3, 5])
@@ -32,7 +42,7 @@ def test_skipping_dead_hosts_is_the_ring_of_the_live_members(factor: int) -> Non
     live members only: the liveness filter is exactly "the ring of the live members"."""
     alive = set(NODES) - {"node01", "node04", "node06"}
     for key in KEYS:
-        assert live_list(NODES, alive, key, factor) == HashRing(sorted(alive), 64) \
+        assert live_list(NODES, alive, key, factor) == ring_of(sorted(alive)) \
             .preference_list(key, factor)
 
 
@@ -52,8 +62,8 @@ def test_a_joining_host_moves_only_the_keys_whose_arc_it_takes() -> None:
     small = NODES[:6]
     moved = 0
     for key in KEYS:
-        before = HashRing(small, 64).preference_list(key, 3)
-        after = HashRing([*small, "node99"], 64).preference_list(key, 3)
+        before = ring_of(small).preference_list(key, 3)
+        after = ring_of([*small, "node99"]).preference_list(key, 3)
         if after != before:
             moved += 1
             # the newcomer slots in; the others keep their relative order
