@@ -47,6 +47,7 @@ from agent.crypto import Keyring, load_keyring
 from agent.datadir import lock_data_dir
 from agent.discovery import Discovery
 from agent.errors import LocalError
+from agent.links.config import LinkConfig
 from agent.metrics.service import MetricsService
 from agent.raft import messages as raft_messages
 from agent.runtime import replica_messages
@@ -216,7 +217,9 @@ class Agent:
         # No incarnation from the data dir: the transport draws a random boot id,
         # and peers' cookies prove freshness (agent/envelope.py), so a restart,
         # a data dir restored from a copy or a clock change never matters.
-        router = PeerRouter(bind=config.bind, port=config.port, keyring=keyring, node_id=node_id)
+        links = LinkConfig.local() if config.profile == "local" else LinkConfig.lan()
+        router = PeerRouter(bind=config.bind, port=config.port, keyring=keyring, node_id=node_id,
+                            links=links)
         await router.start()
         stack.push_async_callback(router.close)
         host = _advertise_host(config)
@@ -250,6 +253,14 @@ class Agent:
         leader_watch = LeaderLossWatch(membership, consensus)
         stack.push_async_callback(leader_watch.close)
         router.use_directory(leader_watch)
+        # Link state and relays (issue 20): the live members, SWIM's helper ranking and
+        # probe paths; the leader's replication streams (every member is a voter or a
+        # learner today) are outside the stream cap.
+        router.use_members(
+            lambda: [(m.id, m.addr) for m in membership.members()
+                     if m.state == "alive" and m.id != node_id],
+            max_streams=links.max_streams, replicating=lambda _node: consensus.is_leader())
+        membership.use_links(router.relay_score, router.observe_probe)
 
         tasks = TaskRuntime(
             config=config, node_id=node_id, consensus=consensus, members=membership, peers=router,
@@ -269,7 +280,8 @@ class Agent:
             name=config.name, node_id=node_id, addr=addr, started=started,
             members=membership, consensus=consensus, state=consensus.queries, names=names,
             tasks=tasks, traffic=router.stats, decode_errors=lambda: router.decode_errors,
-            metrics=metrics, under_replicated=tasks.replicas.under_replicated,
+            metrics=metrics,
+            link_figures=router, under_replicated=tasks.replicas.under_replicated,
         )
         control = ControlServer(
             config.socket or default_socket_path(),

@@ -16,8 +16,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from agent.links.state import PairView
 from agent.metrics.service import MetricsReport
 from agent.runtime.names import NodeNames
 from agent.runtime.ports import (
@@ -28,6 +29,17 @@ from agent.runtime.ports import (
     TrafficStats,
 )
 from agent.swim.members import MemberView
+
+
+class LinkFigures(Protocol):
+    """Link state and relay counters (``PeerRouter``; issue 20)."""
+
+    def links(self) -> list[PairView]: ...
+
+    def broken_links(self) -> int: ...
+
+    @property
+    def relay_stats(self) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +63,8 @@ class StatusSources:
     """Peer packets dropped as undecodable or unrouted (``PeerRouter``)."""
     metrics: MetricsReport | None = None
     """The metrics of ``agent/metrics/catalog.py`` and their history (``MetricsService``)."""
+    link_figures: LinkFigures | None = None
+    """Direct/relayed/down links and relay counters (``PeerRouter``)."""
     under_replicated: Callable[[], list[dict[str, Any]]] | None = None
     """Output/artifact items held here with fewer holders than targets (issue 17)."""
 
@@ -111,6 +125,7 @@ def status(src: StatusSources) -> dict[str, Any]:
         "alarms": cons["alarms"],
         "health_score": swim.health_score,
         "cluster_avg_cpu": swim.cluster_avg_cpu,
+        "links": link_rows(src),
         "uptime": round(time.monotonic() - src.started, 1),
     }
 
@@ -141,6 +156,7 @@ def report(src: StatusSources, timeframe: str | None = None) -> dict[str, Any]:
         "wal": src.consensus.wal_stats(),
         "alarms": src.consensus.alarms(),
         "decode_errors": src.decode_errors(),
+        "links": link_counters(src),
         **_replicas(src),
     }
 
@@ -150,5 +166,26 @@ def _replicas(src: StatusSources) -> dict[str, Any]:
     target host, and the first 20 of them (``{task, epoch, item, holders, want}``)."""
     items = src.under_replicated() if src.under_replicated is not None else []
     return {"under_replicated": len(items), "under_replicated_items": items[:20]}
+
+
+def link_rows(src: StatusSources) -> list[dict[str, Any]]:
+    """``status.links``: every directed link known here, as
+    ``{from, to, state: direct|relayed|down, via, rtt_ms}`` with member names."""
+    if src.link_figures is None:
+        return []
+    name_of = src.names.name_of
+    return [{"from": name_of(p.a) or p.a, "to": name_of(p.b) or p.b, "state": p.state.label,
+             "via": (name_of(p.via) or p.via) if p.via else None, "rtt_ms": p.rtt_ms}
+            for p in src.link_figures.links()]
+
+
+def link_counters(src: StatusSources) -> dict[str, int]:
+    """``report.links``: relayed messages, broken links now, relay drops, and the
+    rest of the relay counters (``agent/runtime/relay.py`` ``RelayStats``)."""
+    if src.link_figures is None:
+        return {}
+    stats: dict[str, int] = src.link_figures.relay_stats.as_dict()
+    return {"relayed_messages": stats["relayed_out"], "broken_links": src.link_figures.broken_links(),
+            **stats}
 
 
