@@ -25,7 +25,6 @@ import os
 import shutil
 import sys
 import tempfile
-import tomllib
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -101,18 +100,7 @@ def source_digest(root: Path) -> str:
 
 
 def requirements() -> list[str]:
-    """meshtui's runtime requirements (no extras).
-
-    From the source tree's ``pyproject.toml`` when the wheel is built from one
-    (an editable install's metadata lags behind a dependency added since), else
-    from the installed metadata.
-    """
-    root = source_root()
-    if root is not None:
-        with open(root / "pyproject.toml", "rb") as fh:
-            deps = tomllib.load(fh).get("project", {}).get("dependencies")
-        if isinstance(deps, list) and all(isinstance(d, str) for d in deps):
-            return list(deps)
+    """meshtui's runtime requirements (no extras) from its installed metadata."""
     try:
         reqs = metadata.requires(PROJECT) or []
     except metadata.PackageNotFoundError:

@@ -126,7 +126,7 @@ class MetricsEngine:
         members = inputs.members
         known = [m for m in members if m.state != "left"]
         alive = [m for m in known if m.state == "alive"]
-        rtts = [m.rtt_ms for m in members if m.rtt_ms is not None]
+        rtts = [m.rtt_ms for m in known if m.rtt_ms is not None]
         cpus = [m.load.cpu for m in alive if m.load is not None]
         used = sum(m.load.running for m in alive if m.load is not None)
         slots = sum(max(0, m.meta.slots) for m in alive)
@@ -136,7 +136,7 @@ class MetricsEngine:
             "connectivity_pct": round(100.0 * len(alive) / max(1, len(known)), 1),
             "members": member_states(members),
             "latency_ms": {
-                "per_peer": {m.meta.name: round(m.rtt_ms, 3) for m in members if m.rtt_ms is not None},
+                "per_peer": {m.meta.name: round(m.rtt_ms, 3) for m in known if m.rtt_ms is not None},
                 "p50": percentile(rtts, 0.5),
                 "p99": percentile(rtts, 0.99),
             },

@@ -23,8 +23,6 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT = 30.0
@@ -33,6 +31,10 @@ scrape interval is 15 s or 60 s; it reconnects if we close)."""
 
 MAX_HEAD = 16 << 10
 """Bytes of request line and headers accepted; a longer head is answered 431."""
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""The classic text format ``prometheus_client.generate_latest`` writes (every
+Prometheus 2.x reads it; newer clients default their constant to 1.0.0)."""
 
 _INDEX = b'<html><body><a href="/metrics">/metrics</a></body></html>\n'
 
@@ -113,7 +115,7 @@ class MetricsHTTPServer:
                 status, body, ctype = 405, b"method not allowed\n", "text/plain"
             elif target == "/metrics":
                 self.scrapes += 1
-                status, body, ctype = 200, self._render(), CONTENT_TYPE_LATEST
+                status, body, ctype = 200, self._render(), CONTENT_TYPE
             elif target == "/":
                 status, body, ctype = 200, _INDEX, "text/html"
             else:

@@ -126,10 +126,10 @@ class MeshCollector(Collector):
         slots = _gauge("member_slots", "Each alive member's task slots.", ("member",))
         for m in v.members:
             name = m.meta.name or m.id
-            if m.rtt_ms is not None:
-                rtt.add_metric([name], m.rtt_ms / 1000.0)
             if m.state == "left":
                 continue
+            if m.rtt_ms is not None:
+                rtt.add_metric([name], m.rtt_ms / 1000.0)
             if m.load is not None:
                 cpu.add_metric([name], float(m.load.cpu))
             hot.add_metric([name], 1.0 if m.id in v.hot else 0.0)

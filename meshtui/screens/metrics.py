@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from rich.text import Text
+from textual import work
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.widget import Widget
@@ -102,10 +103,10 @@ class MetricsScreen(AreaScreen):
         self.fetch()
 
     def fetch(self) -> None:
-        if not self.is_current:
-            return
-        self.run_worker(self._fetch(), group="metrics", exclusive=True)
+        if self.is_current:
+            self._fetch()
 
+    @work(group="metrics", exclusive=True)
     async def _fetch(self) -> None:
         client = self.mesh.client
         if client is None:

@@ -69,6 +69,7 @@ async def test_a_known_message_rate_reads_back_within_20_percent(short_dir: Path
         # The truth: what was sent in the 10 s before now (the agent sampled in the last second).
         end = time.monotonic()
         truth = sum(1 for t in sent_at if end - 11.0 <= t <= end - 1.0) / 10.0
+        print(f"sent {truth:.1f} msgs/s over the last 10 s; the agent reports {reported}")
         assert reported is not None and abs(reported - truth) <= 0.2 * truth, (reported, truth)
         assert abs(report["throughput_msgs_per_s"]["1m"] - len(sent_at) / SEND_S) <= 0.2 * RATE
 

@@ -30,31 +30,43 @@ def test_memory_bound_is_what_the_module_doc_says() -> None:
     assert History().nbytes == MEMORY_BOUND_BYTES
 
 
+def buffers(history: History) -> list[tuple[int, int]]:
+    """(address, length) of every ring buffer: a buffer that grew would move or lengthen."""
+    return [a.buffer_info() for t in history.tiers for a in (t.slots, t.means, t.counts)]
+
+
+def feed(history: History, start: float, end: float, step: float) -> float:
+    t, i = start, 0
+    while t < end:
+        history.add(t, {"cpu": (i % 100) / 100.0, "members_alive": 3.0, "leader_changes": float(i // 2880)})
+        t += step
+        i += 1
+    return t
+
+
 def test_thirty_days_of_samples_stay_within_the_bound() -> None:
     history = History()
+    allocated = buffers(history)
+    # 30 days: one sample every 30 s (86,400 samples), every tier wrapping (the
+    # 1 s and 10 s rings many times over).
+    end = feed(history, T0, T0 + 30 * DAY, 30.0)
+    assert history.samples == 86_400
+    assert buffers(history) == allocated and history.nbytes == MEMORY_BOUND_BYTES  # nothing grew
+    # And one more day under tracemalloc: feeding it allocates nothing that stays.
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    # 30 days: one sample every 30 s (86,400 samples), every tier wrapping (the
-    # 1 s and 10 s rings many times over).
-    t = T0
-    end = T0 + 30 * DAY
-    i = 0
-    while t < end:
-        history.add(t, {"cpu": (i % 100) / 100.0, "members_alive": 3.0, "leader_changes": float(i // 2880)})
-        t += 30.0
-        i += 1
+    end = feed(history, end, end + DAY, 60.0)
     gc.collect()
     grown = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    assert history.samples == i == 86_400
-    assert history.nbytes == MEMORY_BOUND_BYTES  # nothing grew
-    assert grown < 64 << 10, f"history allocated {grown} bytes while fed 30 days"
+    assert grown < 16 << 10, f"history kept {grown} more bytes after another day of samples"
+    assert buffers(history) == allocated
     # The long tier covers the whole 30 days; the fine one only the last 10 minutes.
     _, long_points = history.points(30 * DAY, end)
     _, fine_points = history.points(600.0, end)
     assert 8600 <= len(long_points) <= 8640
-    assert 19 <= len(fine_points) <= 20  # 10 min at one sample per 30 s
+    assert 9 <= len(fine_points) <= 10  # the last day's 10 minutes at one sample per 60 s
 
 
 def test_downsampling_keeps_the_mean_of_each_step() -> None:

@@ -27,7 +27,8 @@ def test_sparkline_scales_resamples_and_shows_gaps() -> None:
     assert sparkline([0, 1, 2, 3, 4, 5, 6, 7], 8) == BLOCKS
     assert sparkline([], 4) == "    "
     assert sparkline([None, 2.0, None, 2.0], 4) == " " + BLOCKS[-1] + " " + BLOCKS[-1]
-    assert sparkline([3.0] * 10, 5) == BLOCKS[len(BLOCKS) // 2] * 5  # flat, not zero
+    assert sparkline([3.0] * 10, 5) == BLOCKS[-1] * 5  # flat, scaled from zero
+    assert sparkline([3.0] * 10, 5, zero_based=False) == BLOCKS[len(BLOCKS) // 2] * 5
     assert sparkline([0.0] * 3, 3) == BLOCKS[0] * 3
     assert len(sparkline(list(range(1000)), 40)) == 40  # resampled to the width
     assert sparkline([-1.0, 1.0], 2) == BLOCKS[0] + BLOCKS[-1]  # negative: min..max
