@@ -107,6 +107,7 @@ MSG_RANGES: dict[str, tuple[int, int]] = {
     "agent.sched.messages": (70, 89),
     "agent.pbft.messages": (90, 109),
     "agent.runtime.messages": (110, 129),
+    "agent.runtime.event_messages": (130, 139),
     "agent.runtime.replica_messages": (140, 149),
 }
 """Owner module -> inclusive range of message numbers it may register.  The PBFT
@@ -118,6 +119,7 @@ _CORE_MODULES = (
     "agent.raft.messages",
     "agent.sched.messages",
     "agent.runtime.messages",
+    "agent.runtime.event_messages",
     "agent.runtime.replica_messages",
 )
 """The modules :func:`registry_loaded` imports: every core that has messages.  A

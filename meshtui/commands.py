@@ -367,13 +367,20 @@ def cmd_kv(args: argparse.Namespace, session: Session) -> int:
             sys.stdout.buffer.write(got["value"] + b"\n")
         return EXIT_OK
     if args.op == "put":
-        res = session.call("kv.put", ns=ns, key=args.key, value=args.value.encode(), rid=_rid())
+        ttl = {} if args.ttl is None else {"ttl": float(args.ttl)}
+        if args.ttl is not None and not 0 < args.ttl <= 365 * 86400:
+            return _fail("kv put: --ttl must be more than 0 and at most a year", EXIT_USAGE)
+        res = session.call(
+            "kv.put", ns=ns, key=args.key, value=args.value.encode(), rid=_rid(), **ttl)
     elif args.op == "del":
         res = session.call("kv.delete", ns=ns, key=args.key, rid=_rid())
         if not res.get("deleted", True):
             return _fail(f"kv del: {ns}/{args.key}: not found", EXIT_NOT_FOUND)
     else:
-        res = session.call("kv.list", ns=ns, prefix=args.key, stale=args.stale)
+        if args.op == "search":
+            res = session.call("kv.search", ns=ns, pattern=args.key, stale=args.stale)
+        else:
+            res = session.call("kv.list", ns=ns, prefix=args.key, stale=args.stale)
         if not args.json:
             for key, value in res["items"]:
                 print(f"{key}\t{value.decode('utf-8', 'replace')}")
@@ -512,6 +519,57 @@ def cmd_attach(args: argparse.Namespace) -> int:
         client_factory_for(first), first.label, clusters=[(t.label, client_factory_for(t)) for t in more]
     )
     return EXIT_OK
+
+
+@with_session
+def cmd_events(args: argparse.Namespace, session: Session) -> int:
+    """``events send``: publish and report who acknowledged it; ``events list``: what
+    this node received (``--follow`` keeps polling)."""
+    if args.op == "send":
+        res = session.call("events.send", name=args.name, payload=args.payload.encode(),
+                           to=args.to, **{"from": args.sender}, wait=float(args.wait))
+        if args.json:
+            _print_json(res)
+        else:
+            print(f"{res['id']} to {res['to']}: delivered {len(res['delivered'])}"
+                  f"/{len(res['expected'])} ({', '.join(res['delivered'])})"
+                  + (f", pending {', '.join(res['pending'])}" if res["pending"] else ""))
+        return EXIT_OK if not res["pending"] or not args.wait else EXIT_NOT_FOUND
+    since = args.since
+    while True:
+        res = session.call("events.list", since=since, name=args.name)
+        for row in res["events"]:
+            if args.json:
+                print(json.dumps(row, default=_json_default), flush=True)
+            else:
+                payload = row["payload"].decode("utf-8", "replace")
+                print(f"{row['seq']}\t{row['name']}\tfrom={row['from']} via={row['origin']}"
+                      f" to={row['to']}\t{payload}", flush=True)
+            since = row["seq"]
+        if not args.follow:
+            return EXIT_OK
+        time.sleep(0.5)
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    """The MCP tools on stdio (``meshtui/mcp/``; needs the ``mcp`` extra)."""
+    try:
+        target = resolve_target(args.target, args.inventory)
+    except TargetError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    try:
+        from meshtui.mcp.server import run_stdio
+    except ImportError as exc:
+        return _fail(f"mcp: the MCP SDK is not installed ({exc.name}): "
+                     "pip install 'meshtui[mcp]'", EXIT_USAGE)
+    return run_stdio(target)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The TUI in a browser through textual-serve (``meshtui/serve.py``; ``web`` extra)."""
+    from meshtui.serve import serve
+
+    return serve(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

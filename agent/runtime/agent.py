@@ -53,13 +53,19 @@ from agent.raft import messages as raft_messages
 from agent.runtime import replica_messages
 from agent.runtime.bootstrap import BootstrapGate, founding_voters
 from agent.runtime.consensus import ConsensusDriver
+from agent.runtime.event_messages import WIRE_TYPES as EVENT_WIRE_TYPES
+from agent.runtime.event_messages import EventAck, UserEvent
+from agent.runtime.events_driver import UserEventsDriver
 from agent.runtime.handlers import ControlPorts, build_handlers
+from agent.runtime.kv_expiry import KvExpiry
 from agent.runtime.leader_loss import LeaderLossWatch
 from agent.runtime.membership import MembershipDriver
 from agent.runtime.messages import ForwardPropose, ForwardResult, OutputChunk, OutputRequest
 from agent.runtime.names import NodeNames
 from agent.runtime.router import PeerRouter
 from agent.runtime.tasks import TaskRuntime
+from agent.runtime.topology import Topology
+from agent.runtime.user_events import UserEvents
 from agent.runtime.views import StatusSources, member_row, metrics_sample
 from agent.sched import messages as sched_messages
 from agent.swim import messages as swim_messages
@@ -276,7 +282,12 @@ class Agent:
         )
         stack.push_async_callback(metrics.close)
         names = NodeNames(membership, consensus.queries)
+        # User events and leader placement by RTT (issue 16): both over the peer router.
+        user_events = UserEventsDriver(
+            UserEvents(node_id, config.name), router.send_to_node, membership, names)
+        topology = Topology(node_id, router.send_to_node, membership, consensus, names)
         sources = StatusSources(
+            cluster=config.cluster,
             name=config.name, node_id=node_id, addr=addr, started=started,
             members=membership, consensus=consensus, state=consensus.queries, names=names,
             tasks=tasks, traffic=router.stats, decode_errors=lambda: router.decode_errors,
@@ -289,7 +300,7 @@ class Agent:
                 consensus=consensus, state=consensus.queries, names=names, keyring=keyring,
                 sources=sources, tasks=tasks, node_id=node_id, node_name=config.name,
                 eligible_voters=lambda: sum(1 for m in membership.members() if m.state == "alive"),
-                stop=stop_signal.request, replicas=tasks.replicas,
+                stop=stop_signal.request, events=user_events, topology=topology, replicas=tasks.replicas,
             )),
             TOPICS,
             idle_timeout=config.runtime.control_idle_timeout,
@@ -318,6 +329,10 @@ class Agent:
         router.route([OutputRequest, OutputChunk], tasks.on_output_message)
         router.route(replica_messages.WIRE_TYPES.values(), tasks.on_replica_message)
         router.route(sched_messages.WIRE_TYPES.values(), tasks.on_sched_message)
+        router.route([UserEvent, EventAck], user_events.on_message)
+        router.route(
+            [c for c in EVENT_WIRE_TYPES.values() if c not in (UserEvent, EventAck)],
+            topology.on_message)
 
         discovery = Discovery(
             node_id=node_id, cluster=config.cluster, version=__version__, advertise_host=host,
@@ -342,6 +357,8 @@ class Agent:
         )
         background.spawn(agent._bootstrap_and_autopilot(), name="autopilot")
         background.spawn(agent._metrics_loop(), name="metrics")
+        background.spawn(user_events.run(), name="user-events")
+        background.spawn(KvExpiry(consensus, consensus.queries).run(), name="kv-expiry")
         log.info(
             "mesh-agent %s (%s) listening on %s, control socket %s",
             config.name, node_id[:12], addr, control.path,

@@ -67,6 +67,8 @@ class StatusSources:
     """Direct/relayed/down links and relay counters (``PeerRouter``)."""
     under_replicated: Callable[[], list[dict[str, Any]]] | None = None
     """Output/artifact items held here with fewer holders than targets (issue 17)."""
+    cluster: str = ""
+    """The cluster's name (``config.cluster``): the swarm id MCP clients see (issue 16)."""
 
 
 def member_row(src: StatusSources, m: MemberView) -> dict[str, Any]:
@@ -101,6 +103,7 @@ def status(src: StatusSources) -> dict[str, Any]:
     return {
         "node": src.name,
         "id": src.node_id,
+        "cluster": src.cluster,
         "addr": src.addr,
         "members": [member_row(src, m) for m in src.members.members()],
         "consensus": {

@@ -9,6 +9,8 @@ per op -- the control API returns them as they are:
 kv.put            ``{index}``
 kv.delete         ``{index, deleted}``
 kv.cas            ``{index, ok}``
+kv.put_ttl        ``{index, expires_at}`` (the command's ``at`` + ``ttl_ms``)
+kv.expire         ``{index, expired}`` (the named keys still due at its ``at``)
 proposal.create   ``{id}`` (int; refused if ``validate_proposal`` objects)
 proposal.vote     ``{tally: {yes, no, eligible, voters, participation, state}}``
 node.register     ``{}``;  node.drain / node.undrain (id or name): ``{node}``

@@ -56,6 +56,10 @@ MAX_TASK_MEM = 1 << 60
 """Largest memory limit (bytes); cgroup files take up to 2**63 - 1."""
 MAX_TASK_PIDS = 4 * 1024 * 1024
 """Largest pids limit (the kernel's PID_MAX_LIMIT)."""
+MAX_TTL_MS = 365 * 24 * 3600 * 1000
+"""Longest KV TTL (milliseconds): a year; longer lived keys need no TTL."""
+MAX_EXPIRE_KEYS = 1000
+"""Keys one ``kv.expire`` entry may remove (the leader batches what is due)."""
 STRATEGIES = ("auction", "capability", "hash")
 PROPOSAL_KINDS = ("text", "config")
 
@@ -84,6 +88,27 @@ class KvCas:
     key: str
     expected: bytes | None
     value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class KvPutTtl:
+    """Set ``value`` that expires ``ttl_ms`` after the command's ``at`` (the proposer's
+    clock, the same instant on every replica); the leader commits a ``KvExpire`` then."""
+
+    OP: ClassVar[str] = "kv.put_ttl"
+    ns: str
+    key: str
+    value: bytes
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class KvExpire:
+    """The leader's clock passed these keys' expiry: remove those still due at ``at``."""
+
+    OP: ClassVar[str] = "kv.expire"
+    ns: str
+    keys: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +277,8 @@ Op = (
     | TaskMigrate
     | TaskLost
     | TaskFailNode
+    | KvPutTtl
+    | KvExpire
 )
 
 OPS: dict[str, type[Any]] = {
@@ -259,7 +286,7 @@ OPS: dict[str, type[Any]] = {
     for cls in (
         KvPut, KvDelete, KvCas, ProposalCreate, ProposalVote, NodeRegister, NodeDrain,
         NodeUndrain, TaskSubmit, TaskAssign, TaskStart, TaskFinish, TaskCancel, TaskMigrate,
-        TaskLost, TaskFailNode,
+        TaskLost, TaskFailNode, KvPutTtl, KvExpire,
     )
 }  # fmt: skip
 
@@ -390,6 +417,22 @@ def _check_kv(body: KvPut | KvDelete | KvCas) -> str | None:
     return None
 
 
+def _check_kv_ttl(body: KvPutTtl) -> str | None:
+    if not 0 < body.ttl_ms <= MAX_TTL_MS:
+        return f"ttl must be 1 ms to {MAX_TTL_MS // 86_400_000} days"
+    return _check_kv(KvPut(body.ns, body.key, body.value))
+
+
+def _check_kv_expire(body: KvExpire) -> str | None:
+    if not _name_ok(body.ns):
+        return f"namespace must be 1-{MAX_NAME_LEN} characters"
+    if not 0 < len(body.keys) <= MAX_EXPIRE_KEYS:
+        return f"1-{MAX_EXPIRE_KEYS} keys per expire"
+    if not all(0 < len(k) <= MAX_KEY_LEN for k in body.keys):
+        return f"key must be 1-{MAX_KEY_LEN} characters"
+    return None
+
+
 def _check_proposal_create(body: ProposalCreate) -> str | None:
     if not 0.0 < body.threshold <= 1.0:
         return "threshold must be in (0, 1]"
@@ -507,6 +550,8 @@ _RULES: Final[dict[type[Any], Callable[[Any], str | None]]] = {
     TaskFinish: _check_task_move,
     TaskMigrate: _check_task_move,
     TaskFailNode: _check_fail_node,
+    KvPutTtl: _check_kv_ttl,
+    KvExpire: _check_kv_expire,
 }
 """Each op's rule function; every class of ``OPS`` has one (checked at import)."""
 if set(_RULES) != set(OPS.values()):  # a new op without rules would pass unchecked

@@ -31,7 +31,9 @@ from agent.state.commands import (
     Command,
     KvCas,
     KvDelete,
+    KvExpire,
     KvPut,
+    KvPutTtl,
     NodeDrain,
     NodeRegister,
     NodeUndrain,
@@ -142,6 +144,8 @@ class StateMachine(Queries):
             case KvCas():
                 ok = self.kv.cas(body.ns, body.key, body.expected, body.value, index)
                 return {"index": index, "ok": ok}, []
+            case KvPutTtl() | KvExpire():
+                return self._kv_ttl(body, index, at), []
             case ProposalCreate():
                 return self._propose(body, at), []
             case ProposalVote():
@@ -173,6 +177,15 @@ class StateMachine(Queries):
             case TaskFailNode():
                 return self.tasks.fail_node(body, at)
         raise AssertionError(f"unhandled op {cmd.op}")
+
+    def _kv_ttl(self, body: KvPutTtl | KvExpire, index: int, at: float) -> dict[str, Any]:
+        """A write with a TTL (it expires ``ttl_ms`` after the command's ``at``), or the
+        leader's expiry of keys (only those still due at its ``at``)."""
+        if isinstance(body, KvPutTtl):
+            expires_at = at + body.ttl_ms / 1000.0
+            self.kv.put_ttl(body.ns, body.key, body.value, index, expires_at)
+            return {"index": index, "expires_at": expires_at}
+        return {"index": index, "expired": self.kv.expire(body.ns, body.keys, at)}
 
     def _propose(self, body: ProposalCreate, at: float) -> dict[str, Any]:
         proposal = Proposal(

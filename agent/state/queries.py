@@ -64,14 +64,25 @@ class Queries:
 
     # ------------------------------------------------------------ kv
 
-    def kv_get(self, ns: str, key: str) -> KvEntry | None:
-        return self.kv.get(ns, key)
+    def kv_get(self, ns: str, key: str, now: float | None = None) -> KvEntry | None:
+        """The entry; with ``now`` (the reader's clock), None once its TTL has passed."""
+        return self.kv.get(ns, key, now)
 
     def kv_list(
-        self, ns: str, prefix: str = "", limit: int = DEFAULT_LIST_LIMIT
+        self, ns: str, prefix: str = "", limit: int = DEFAULT_LIST_LIMIT, now: float | None = None
     ) -> list[list[Any]]:
         """``[[key, value], ...]`` sorted by key, as ``kv.list`` returns it."""
-        return [[k, v] for k, v in self.kv.scan(ns, prefix, limit)]
+        return [[k, v] for k, v in self.kv.scan(ns, prefix, limit, now)]
+
+    def kv_search(
+        self, ns: str, pattern: str, now: float | None = None, limit: int = DEFAULT_LIST_LIMIT
+    ) -> list[list[Any]]:
+        """``[[key, value], ...]`` of the keys matching a glob or prefix (``KvStore.search``)."""
+        return [[k, v] for k, v in self.kv.search(ns, pattern, limit, now)]
+
+    def kv_due(self, now: float, limit: int) -> dict[str, list[str]]:
+        """Keys whose TTL has passed at ``now``, by namespace (the leader expires them)."""
+        return self.kv.due(now, limit)
 
     # ------------------------------------------------------------ proposals
 

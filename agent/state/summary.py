@@ -9,7 +9,9 @@ from agent.state.commands import (
     Command,
     KvCas,
     KvDelete,
+    KvExpire,
     KvPut,
+    KvPutTtl,
     NodeDrain,
     NodeRegister,
     NodeUndrain,
@@ -45,6 +47,8 @@ _FORMATS: Final[dict[type[Any], _Format]] = {
     KvPut: lambda b, name: f"kv.put {b.ns}/{b.key} ({len(b.value)} B)",
     KvDelete: lambda b, name: f"kv.delete {b.ns}/{b.key}",
     KvCas: lambda b, name: f"kv.cas {b.ns}/{b.key} ({len(b.value)} B)",
+    KvPutTtl: lambda b, name: f"kv.put {b.ns}/{b.key} ({len(b.value)} B, ttl {b.ttl_ms / 1000:g} s)",
+    KvExpire: lambda b, name: f"kv.expire {b.ns}/{','.join(b.keys)}",
     ProposalCreate: lambda b, name: f"proposal.create {b.title!r} (threshold {b.threshold:g})",
     ProposalVote: lambda b, name: (
         f"proposal.vote #{b.id} {'yes' if b.approve else 'no'} by {name(b.voter)}"

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.control.params import ListOf, MapOf, Schema, check_params
-from agent.runtime.handlers import artifacts, keys, kv, nodes, proposals, raftlog, status
+from agent.runtime.handlers import artifacts, events, keys, kv, nodes, proposals, raftlog, status
 from agent.runtime.handlers.artifacts import ReplicaPort
 from agent.runtime.handlers.common import committer, reader
+from agent.runtime.handlers.events import EventsPort, TopologyPort
 from agent.runtime.leader_wait import REQUEST_TIMEOUT, request_timeout_param
 from agent.runtime.ports import (
     ControlConsensus,
@@ -50,7 +51,8 @@ METHOD_PARAMS: dict[str, Schema] = {
     "metrics.history": {"timeframe": str, "points": int},
     "kv.get": {**_KV, **_READ},
     "kv.list": {"ns": str, "prefix": str, **_READ},
-    "kv.put": {**_KV, "value": _VALUE, **_RID},
+    "kv.put": {**_KV, "value": _VALUE, "ttl": float, **_RID},
+    "kv.search": {"ns": str, "pattern": str, **_READ},
     "kv.delete": {**_KV, **_RID},
     "kv.cas": {**_KV, "expected": _VALUE, "value": _VALUE, **_RID},
     "proposal.create": {"title": str, "body": str, "threshold": float, **_RID},
@@ -66,6 +68,10 @@ METHOD_PARAMS: dict[str, Schema] = {
     "keys.use": {"key_id": str},
     "keys.remove": {"key_id": str},
     "shutdown": {},
+    "events.send": {"name": str, "payload": _VALUE, "to": str, "from": str, "wait": float},
+    "events.list": {"since": int, "name": str, "limit": int},
+    "events.status": {"id": str},
+    "topology.optimize": {"apply": bool, "avoid": str},
     "task.submit": {
         "argv": ListOf(str), "shell": str, "env": MapOf(str), "cwd": str, "caps": ListOf(str),
         "key": str, "strategy": str, "priority": int, "retries": int, "timeout": float,
@@ -139,6 +145,10 @@ class ControlPorts:
     """Ask the agent to shut down."""
     replicas: ReplicaPort | None = None
     """Output and artifact copies (``artifact.*``, ``replicas.prune``)."""
+    events: EventsPort | None = None
+    """User events (``runtime/events_driver.py``); None: the ``events.*`` methods refuse."""
+    topology: TopologyPort | None = None
+    """Leader placement by RTT (``runtime/topology.py``); None: ``topology.optimize`` refuses."""
 
 
 def build_handlers(ports: ControlPorts) -> dict[str, Handler]:
@@ -152,6 +162,7 @@ def build_handlers(ports: ControlPorts) -> dict[str, Handler]:
         ),
         **nodes.handlers(raft, raft, ports.names, node_id=ports.node_id, stop=ports.stop),
         **keys.handlers(ports.keyring),
+        **events.handlers(ports.events, ports.topology),
         **raftlog.handlers(raft, ports.names),
         **ports.tasks.handlers(committer(raft), reader(raft)),
         **artifacts.handlers(ports.replicas),

@@ -1,8 +1,15 @@
-"""``kv.*``: the replicated key-value namespaces."""
+"""``kv.*``: the replicated key-value namespaces.
+
+A ``kv.put`` with ``ttl`` (seconds) commits ``kv.put_ttl``: the key expires
+``ttl`` after the command's time, the leader commits its removal
+(``runtime/kv_expiry.py``), and reads here never show it past its expiry.
+``kv.search`` takes a glob (``*``, ``?``, ``[...]``) or a prefix.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any
 
@@ -14,13 +21,13 @@ from agent.runtime.handlers.common import (
     request_id,
 )
 from agent.runtime.ports import Handler, KvReads, Proposer
-from agent.state.commands import KvCas, KvDelete, KvPut, encode_command_decoded
+from agent.state.commands import KvCas, KvDelete, KvPut, KvPutTtl, encode_command_decoded
 
 
 def handlers(raft: Proposer, state: KvReads) -> dict[str, Handler]:
     read = reader(raft)
 
-    def commit_value(body: KvPut | KvDelete | KvCas, rid: str) -> asyncio.Future[Any]:
+    def commit_value(body: KvPut | KvPutTtl | KvDelete | KvCas, rid: str) -> asyncio.Future[Any]:
         # The KV writes' path: a future resolved from the apply loop to the
         # result's value, no coroutine or task per write (see ControlServer);
         # the leader applies the decoded command it keeps instead of decoding.
@@ -29,19 +36,32 @@ def handlers(raft: Proposer, state: KvReads) -> dict[str, Handler]:
 
     async def kv_get(params: dict[str, Any]) -> Any:
         await read(params)
-        entry = state.kv_get(param_str(params, "ns", "default"), param_str(params, "key"))
-        if entry is None:
+        ns, key = param_str(params, "ns", "default"), param_str(params, "key")
+        entry = state.kv_get(ns, key)
+        if entry is None or (entry.expires_at is not None and entry.expires_at <= time.time()):
             return {"value": None, "found": False, "index": state.applied_index}
-        return {"value": entry.value, "found": True, "index": entry.mod_index}
+        found = {"value": entry.value, "found": True, "index": entry.mod_index}
+        return found if entry.expires_at is None else {**found, "expires_at": entry.expires_at}
 
     async def kv_list(params: dict[str, Any]) -> Any:
         await read(params)
         ns, prefix = param_str(params, "ns", "default"), param_str(params, "prefix", "")
-        return {"items": state.kv_list(ns, prefix)}
+        return {"items": state.kv_list(ns, prefix, now=time.time())}
+
+    async def kv_search(params: dict[str, Any]) -> Any:
+        await read(params)
+        ns, pattern = param_str(params, "ns", "default"), param_str(params, "pattern", "")
+        return {"items": state.kv_search(ns, pattern, time.time())}
 
     def kv_put(params: dict[str, Any]) -> asyncio.Future[Any]:
         ns, key = param_str(params, "ns", "default"), param_str(params, "key")
-        return commit_value(KvPut(ns, key, param_bytes(params, "value")), request_id(params))
+        value, ttl = param_bytes(params, "value"), params.get("ttl")
+        if ttl is None or ttl == 0:
+            return commit_value(KvPut(ns, key, value), request_id(params))
+        ttl_ms = round(float(ttl) * 1000) if math.isfinite(float(ttl)) else 0
+        if ttl_ms < 1:
+            raise ValueError("parameter 'ttl' must be a positive number of seconds")
+        return commit_value(KvPutTtl(ns, key, value, ttl_ms), request_id(params))
 
     def kv_delete(params: dict[str, Any]) -> asyncio.Future[Any]:
         ns, key = param_str(params, "ns", "default"), param_str(params, "key")
@@ -62,4 +82,5 @@ def handlers(raft: Proposer, state: KvReads) -> dict[str, Handler]:
         "kv.delete": kv_delete,
         "kv.cas": kv_cas,
         "kv.list": kv_list,
+        "kv.search": kv_search,
     }
