@@ -110,14 +110,13 @@ MSG_RANGES: dict[str, tuple[int, int]] = {
     "agent.runtime.event_messages": (130, 139),
     "agent.runtime.replica_messages": (140, 149),
 }
-"""Owner module -> inclusive range of message numbers it may register.  The PBFT
-range is reserved: that core is not written yet, nothing registers there, and no
-other core may take those numbers."""
+"""Owner module -> inclusive range of message numbers it may register."""
 
 _CORE_MODULES = (
     "agent.swim.messages",
     "agent.raft.messages",
     "agent.sched.messages",
+    "agent.pbft.messages",
     "agent.runtime.messages",
     "agent.runtime.event_messages",
     "agent.runtime.replica_messages",

@@ -1,0 +1,113 @@
+"""PBFT checkpoints, garbage collection and state transfer (rules of ``PbftReplica``).
+
+Every K executed sequence numbers the application hands back its state
+(``checkpoint``); the replica signs CHECKPOINT(seq, sha256(state)) and
+broadcasts it.  2f+1 matching CHECKPOINTs make it *stable*: the low watermark
+moves to seq, and the log, older checkpoints and older snapshots are dropped
+(``Ready.stable`` lets storage do the same).  A replica that sees a stable
+checkpoint above what it executed is behind: it asks one of the signers for
+the snapshot (STATE-REQUEST, trying the next signer on every resend), checks
+it against the 2f+1 signed digests, and resets the application to it
+(``Ready.reset_to``).
+"""
+
+from __future__ import annotations
+
+from agent.pbft import viewchange
+from agent.pbft.messages import (
+    Checkpoint,
+    Outbound,
+    PbftEvent,
+    StableCheckpoint,
+    StateReply,
+    StateRequest,
+)
+from agent.pbft.signing import state_digest
+from agent.pbft.state import ReplicaState
+
+
+class CheckpointRules(ReplicaState):
+    def checkpoint(self, seq: int, snapshot: bytes) -> None:
+        """The application state after executing ``seq`` (``Ready.checkpoint_due``)."""
+        if seq != self._checkpoint_wait:
+            return
+        self._checkpoint_wait = 0
+        digest = state_digest(snapshot)
+        self._snapshots[seq] = (digest, snapshot)
+        cp = self._sign(Checkpoint(self.id, seq, digest))
+        self._records.append(cp)
+        self._broadcast(cp)
+        self._on_checkpoint(cp)
+        self._execute()
+
+    def _on_checkpoint(self, cp: Checkpoint) -> None:
+        if cp.frm not in self.group.replicas or cp.seq <= self.low:
+            return
+        if cp.seq % self.config.checkpoint_interval:
+            self.dropped += 1
+            return
+        proof = self._checkpoints.add(cp, self.group.quorum)
+        if proof is not None:
+            self._on_stable_proof(cp.seq, cp.state_digest, proof)
+
+    def _on_stable_proof(self, seq: int, digest: bytes, proof: tuple[Checkpoint, ...]) -> None:
+        if seq <= self.low:
+            return
+        mine = self._snapshots.get(seq)
+        if mine is not None and mine[0] == digest:
+            self._make_stable(StableCheckpoint(seq, digest, mine[1], proof))
+        elif self.executed < seq and (self._fetch is None or self._fetch[0] < seq):
+            self._fetch = (seq, tuple(cp.frm for cp in proof if cp.frm != self.id), 0)
+            self._request_state()
+
+    def _make_stable(self, stable: StableCheckpoint) -> None:
+        self._stable = stable
+        self.low = stable.seq
+        self._stable_out = stable
+        self.log.collect(self.low)
+        self._checkpoints.collect(self.low)
+        self._snapshots = {s: v for s, v in self._snapshots.items() if s >= self.low}
+        self._signed = {k: v for k, v in self._signed.items() if k[2] > self.low}
+        self._seq = max(self._seq, self.low)
+        self._events.append(PbftEvent("stable", self.view, f"checkpoint {stable.seq} stable"))
+        if self._fetch is not None and self._fetch[0] <= self.low:
+            self._fetch = None
+        if self.is_primary():
+            self._propose()
+
+    def _request_state(self) -> None:
+        if self._fetch is None:
+            return
+        seq, signers, attempt = self._fetch
+        if not signers:
+            return
+        self._msgs.append(Outbound(signers[attempt % len(signers)], self._sign(StateRequest(self.id, seq))))
+        self._fetch = (seq, signers, attempt + 1)
+
+    def _on_state_request(self, msg: StateRequest) -> None:
+        stable = self._stable
+        known = msg.frm in self.group.replicas or msg.frm in self.observers
+        if not known or msg.frm == self.id or stable.seq < msg.seq or stable.seq == 0:
+            return
+        reply = StateReply(self.id, stable.seq, stable.digest, stable.snapshot, stable.proof)
+        self._msgs.append(Outbound(msg.frm, self._sign(reply)))
+
+    def _on_state_reply(self, msg: StateReply) -> None:
+        if msg.seq <= self.executed or msg.seq <= self.low:
+            return
+        if state_digest(msg.snapshot) != msg.state_digest:
+            self.dropped += 1
+            return
+        if not viewchange.valid_proof(self.checker, self.group, msg.seq, msg.state_digest, msg.proof):
+            self.dropped += 1
+            return
+        stable = StableCheckpoint(msg.seq, msg.state_digest, msg.snapshot, msg.proof)
+        self.executed = msg.seq
+        self._checkpoint_wait = 0
+        self._snapshots[msg.seq] = (msg.state_digest, msg.snapshot)
+        self._reset_to = stable
+        self._committed = []  # the snapshot covers them
+        self._events.append(PbftEvent("state-transfer", self.view, f"state at {msg.seq} from {msg.frm}"))
+        self._make_stable(stable)
+        self._execute()
+        self._maybe_new_view()

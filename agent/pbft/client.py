@@ -1,0 +1,180 @@
+"""The two non-replica roles of PBFT, sans-IO: a client and a follower.
+
+``PbftClient`` signs requests and sends each to the primary it believes in;
+a request with no result after ``retry_ticks`` is broadcast to every replica
+(the backups forward it to the primary and start their view-change timers, so
+a silent primary is replaced).  A result is accepted once f+1 replicas sent
+the same signed REPLY: at least one of them is correct, and correct replicas
+execute the same requests in the same order.
+
+``PbftFollower`` is a host outside the replica set.  It accepts a batch at a
+sequence number once f+1 replicas signed the same EXECUTED for it, and hands
+batches out in order; behind (a gap it cannot fill), it asks a replica for the
+last stable checkpoint, which it checks against its 2f+1 signatures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agent.pbft.messages import (
+    CommittedBatch,
+    Executed,
+    Outbound,
+    Reply,
+    Request,
+    StableCheckpoint,
+    StateReply,
+    StateRequest,
+)
+from agent.pbft.signing import CheckedVerifier, Signer, Verifier, sign, state_digest
+from agent.pbft.viewchange import Group, valid_proof
+
+
+@dataclass(slots=True)
+class _Outstanding:
+    request: Request
+    sent_at: int
+    votes: dict[str, bytes] = field(default_factory=dict)
+
+
+class PbftClient:
+    def __init__(
+        self, signer: Signer, verifier: Verifier, replicas: tuple[str, ...], retry_ticks: int = 10
+    ) -> None:
+        self.id = signer.node_id
+        self._signer = signer
+        self.checker = CheckedVerifier(verifier)
+        self.group = Group(tuple(replicas))
+        self.retry_ticks = retry_ticks
+        self.view = 0
+        self._rid = 0
+        self._ticks = 0
+        self._outstanding: dict[int, _Outstanding] = {}
+        self._msgs: list[Outbound] = []
+        self._results: list[tuple[int, bytes]] = []
+
+    def submit(self, op: bytes, rid: int | None = None) -> Request:
+        """Sign and send ``op``; its result comes out of ``take_results`` as (rid, result)."""
+        if rid is None:
+            self._rid += 1
+            rid = self._rid
+        request = sign(self._signer, Request(self.id, rid, op))
+        self._outstanding[rid] = _Outstanding(request, self._ticks)
+        self._msgs.append(Outbound(self.group.primary(self.view), request))
+        return request
+
+    def abandon(self, rid: int) -> None:
+        self._outstanding.pop(rid, None)
+
+    def step(self, msg: Reply) -> None:
+        if not isinstance(msg, Reply) or msg.client != self.id or msg.frm not in self.group.replicas:
+            return
+        pending = self._outstanding.get(msg.rid)
+        if pending is None or not self.checker.check(msg):
+            return
+        pending.votes[msg.frm] = msg.result
+        self.view = max(self.view, msg.view)
+        if sum(1 for r in pending.votes.values() if r == msg.result) >= self.group.f + 1:
+            del self._outstanding[msg.rid]
+            self._results.append((msg.rid, msg.result))
+
+    def tick(self) -> None:
+        self._ticks += 1
+        for pending in self._outstanding.values():
+            if self._ticks - pending.sent_at >= self.retry_ticks:
+                pending.sent_at = self._ticks
+                for replica in self.group.replicas:
+                    self._msgs.append(Outbound(replica, pending.request))
+
+    def take_messages(self) -> list[Outbound]:
+        msgs, self._msgs = self._msgs, []
+        return msgs
+
+    def take_results(self) -> list[tuple[int, bytes]]:
+        results, self._results = self._results, []
+        return results
+
+
+class PbftFollower:
+    """Follows committed batches from outside the replica set (f+1 signed EXECUTEDs)."""
+
+    def __init__(
+        self,
+        signer: Signer,
+        verifier: Verifier,
+        replicas: tuple[str, ...],
+        window: int,
+        stall_ticks: int = 20,
+    ) -> None:
+        self.id = signer.node_id
+        self._signer = signer
+        self.checker = CheckedVerifier(verifier)
+        self.group = Group(tuple(replicas))
+        self.window = window
+        self.stall_ticks = stall_ticks
+        self.applied = 0
+        self._votes: dict[int, dict[str, Executed]] = {}
+        self._ticks = 0
+        self._progress_at = 0
+        self._asked = 0
+        self._msgs: list[Outbound] = []
+        self._batches: list[CommittedBatch] = []
+        self._reset: StableCheckpoint | None = None
+
+    def step(self, msg: Executed | StateReply) -> None:
+        if msg.frm not in self.group.replicas or not self.checker.check(msg):
+            return
+        if isinstance(msg, StateReply):
+            self._on_state(msg)
+            return
+        if not self.applied < msg.seq <= self.applied + self.window:
+            return
+        self._votes.setdefault(msg.seq, {})[msg.frm] = msg
+        self._drain()
+
+    def _drain(self) -> None:
+        while (votes := self._votes.get(self.applied + 1)) is not None:
+            digests = [m.digest for m in votes.values()]
+            best = max(set(digests), key=digests.count)
+            if digests.count(best) < self.group.f + 1:
+                return
+            chosen = next(m for m in votes.values() if m.digest == best)
+            if not all(self.checker.check(r) for r in chosen.requests):
+                return
+            del self._votes[self.applied + 1]
+            self.applied += 1
+            self._progress_at = self._ticks
+            self._batches.append(CommittedBatch(chosen.seq, chosen.view, chosen.digest, chosen.requests))
+
+    def _on_state(self, msg: StateReply) -> None:
+        if msg.seq <= self.applied or state_digest(msg.snapshot) != msg.state_digest:
+            return
+        if not valid_proof(self.checker, self.group, msg.seq, msg.state_digest, msg.proof):
+            return
+        self._reset = StableCheckpoint(msg.seq, msg.state_digest, msg.snapshot, msg.proof)
+        self._batches = []
+        self.applied = msg.seq
+        self._votes = {s: v for s, v in self._votes.items() if s > msg.seq}
+        self._progress_at = self._ticks
+        self._drain()
+
+    def tick(self) -> None:
+        """Behind with nothing arriving for ``stall_ticks``: ask a replica for its state."""
+        self._ticks += 1
+        ahead = any(s > self.applied + 1 for s in self._votes)
+        if ahead and self._ticks - self._progress_at >= self.stall_ticks:
+            self._progress_at = self._ticks
+            self._asked += 1
+            to = self.group.replicas[self._asked % self.group.n]
+            self._msgs.append(Outbound(to, sign(self._signer, StateRequest(self.id, self.applied + 1))))
+
+    def take_messages(self) -> list[Outbound]:
+        msgs, self._msgs = self._msgs, []
+        return msgs
+
+    def take(self) -> tuple[StableCheckpoint | None, list[CommittedBatch]]:
+        """(a state to restore first, or None; then batches to apply in order)."""
+        reset, batches = self._reset, self._batches
+        self._reset, self._batches = None, []
+        return reset, batches

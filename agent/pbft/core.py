@@ -1,0 +1,468 @@
+"""The sans-IO PBFT replica (Castro & Liskov, signature variant), shaped like ``raft/core.py``.
+
+Theory of operation
+-------------------
+``PbftReplica`` is a synchronous object.  The runtime feeds it ``tick()`` every
+``config.tick_interval`` seconds and ``step(msg)`` for every peer message, and
+drains ``ready()``: persist (records, hard state, stable checkpoint) → send →
+execute ``committed`` (calling ``reply`` per request and ``checkpoint`` when
+due) → ``advance(ready)``.  No sockets, no clock, no asyncio, no msgpack.
+
+Every message a replica accepts is signed by its sender (``signing.py``); what
+fails verification is dropped and counted.  The rules, by message:
+
+==============  ================  ==========================================================
+message         accepted when     then
+==============  ================  ==========================================================
+Request         client signed     executed: resend the stored reply; else remember it;
+                                  primary: assign it a seq (batch); backup: forward it to
+                                  the primary and start the view-change timer
+PrePrepare      view == ours,     backup: log it, sign and broadcast PREPARE; a second
+                active, from the  one with another digest for the view and seq is
+                primary, seq in   evidence: shown to every replica, and the view changes.
+                window, digest    (Resent copies travel via any replica: the primary's
+                binds requests    signature is what counts.)
+Prepare         from a backup,    logged (a second digest from one sender is evidence,
+                view == ours,     kept beside the first); 2f matching + the pre-prepare = prepared:
+                seq in window     keep the certificate, sign and broadcast COMMIT
+Commit          view == ours,     logged (as Prepare); the pre-prepare + 2f+1 matching
+                seq in window     (a commit certificate) = committed; execute in order
+Checkpoint      seq > low,        2f+1 matching = stable: low := seq, collect the log;
+                seq % K == 0      behind it: state transfer from one of the signers
+ViewChange      view > ours, or   kept (the newest per sender); f+1 for views above ours:
+                == ours and       join the lowest of them; primary of the view with 2f+1
+                waiting           for it: NEW-VIEW (``viewchange.plan_new_view``)
+NewView         view >= ours,     enter the view; every planned pre-prepare is logged and
+                not yet active    PREPAREd; behind its checkpoint: state transfer
+                in it; checks
+StateRequest    from a replica    answer with the stable snapshot and its 2f+1 proof
+StateReply      proof and digest  reset the application to it (``Ready.reset_to``)
+                verify, ahead
+Status          from a replica    behind us: resend the pre-prepares and our COMMITs of
+                                  slots we executed, our NEW-VIEW, our checkpoint proof
+==============  ================  ==========================================================
+
+Timers (in ticks): a backup that knows of a request not yet executed runs the
+view-change timer; when it fires it sends VIEW-CHANGE(v+1).  Waiting for the
+NEW-VIEW runs the same timer once 2f+1 replicas asked for the view; each
+consecutive view change doubles it (up to ``max_backoff``), and executing a
+request in an active view resets it.  Every
+``resend_ticks`` a replica broadcasts a signed STATUS and resends what it
+signed for slots it has not executed (or its VIEW-CHANGE while waiting):
+progress over a lossy network comes from retransmission.
+
+Durability: a replica never signs two different digests for one (kind, view,
+seq), even across a restart: what it signs and the certificates it prepares
+are ``Ready.records``, persisted before the messages leave (``Restored``
+brings them back).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.pbft.checkpointing import CheckpointRules
+from agent.pbft.config import PbftConfig
+from agent.pbft.messages import (
+    Checkpoint,
+    Commit,
+    CommittedBatch,
+    Evidence,
+    Executed,
+    HardState,
+    NewView,
+    Outbound,
+    PbftMessage,
+    PersistRecord,
+    Prepare,
+    PreparedCert,
+    PrePrepare,
+    Ready,
+    Reply,
+    Request,
+    Restored,
+    StateReply,
+    StateRequest,
+    Status,
+    ViewChange,
+)
+from agent.pbft.signing import (
+    Signer,
+    Verifier,
+    batch_digest,
+    request_digest,
+)
+from agent.pbft.viewchange_rules import ViewChangeRules
+
+__all__ = ["PbftReplica"]
+
+
+class PbftReplica(CheckpointRules, ViewChangeRules):
+    def __init__(
+        self,
+        config: PbftConfig,
+        signer: Signer,
+        verifier: Verifier,
+        replicas: tuple[str, ...],
+        restored: Restored | None = None,
+        observers: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(config, signer, verifier, replicas, observers)
+        self._restore(restored or Restored())
+
+    # ============================================================ public API
+
+    def tick(self) -> None:
+        self._ticks += 1
+        if self._ticks % self.config.resend_ticks == 0:
+            self._resend()
+        if self._timer is None and self.active and self._pending and self.primary != self.id:
+            self._arm_timer()
+        if self._timer is not None and self._ticks >= self._timer:
+            self._timer = None
+            self._on_timeout()
+
+    def step(self, msg: PbftMessage) -> None:
+        rule = _RULES.get(type(msg))
+        if rule is None:
+            self.dropped += 1
+            return
+        if not self.checker.check(msg):
+            return
+        getattr(self, rule)(msg)
+
+    def propose(self, request: Request) -> None:
+        """A signed request from a local client (same path as one from the network)."""
+        self.step(request)
+
+    def request_view_change(self) -> None:
+        """Ask the group to move to the next view (``transfer-leader``)."""
+        self._start_view_change(self.view + 1)
+
+    def reply(self, request: Request, result: bytes) -> None:
+        """The application executed ``request``: sign the result for its client."""
+        msg = self._sign(Reply(self.id, self.view, request.client, request.rid, result))
+        self._replies[(request.client, request.rid)] = msg
+        while len(self._replies) > self.config.max_replies:
+            self._replies.popitem(last=False)
+        if request.client != self.id:
+            self._msgs.append(Outbound(request.client, msg))
+
+    def ready(self) -> Ready | None:
+        if self._unadvanced:
+            return None
+        hs = HardState(self.view, self.active)
+        hs_out = hs if hs != self._hs else None
+        if not (
+            hs_out
+            or self._msgs
+            or self._records
+            or self._committed
+            or self._events
+            or self._new_evidence
+            or self._stable_out
+            or self._reset_to
+        ):
+            return None
+        rd = Ready(
+            hard_state=hs_out,
+            records=self._records,
+            stable=self._stable_out,
+            reset_to=self._reset_to,
+            messages=self._msgs,
+            committed=self._committed,
+            checkpoint_due=self._checkpoint_wait if self._committed else 0,
+            evidence=self._new_evidence,
+            events=self._events,
+        )
+        self._hs = hs
+        self._msgs, self._records, self._committed, self._events, self._new_evidence = [], [], [], [], []
+        self._stable_out = self._reset_to = None
+        self._unadvanced = True
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        self._unadvanced = False
+
+    def window_phases(self) -> list[tuple[int, str]]:
+        """(seq, phase) for every slot in the window: pre-prepared, prepared,
+        committed, executed (for the TUI)."""
+        rows = []
+        for seq, slot in sorted(self.log.slots.items()):
+            if seq <= self.executed:
+                phase = "executed"
+            elif slot.committed is not None:
+                phase = "committed"
+            elif slot.cert is not None and slot.cert.preprepare.view == self.view:
+                phase = "prepared"
+            elif slot.pp is not None:
+                phase = "pre-prepared"
+            else:
+                phase = "voting"
+            rows.append((seq, phase))
+        return rows
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "engine": "pbft",
+            "view": self.view,
+            "active": self.active,
+            "primary": self.primary,
+            "n": self.group.n,
+            "f": self.f,
+            "low": self.low,
+            "high": self.high,
+            "executed": self.executed,
+            "pending": len(self._pending),
+            "view_changes": self.view_changes,
+            "evidence": len(self.evidence),
+            "rejected_signatures": self.checker.rejected,
+            "dropped": self.dropped,
+        }
+
+    # ============================================================ restore
+
+    def _restore(self, restored: Restored) -> None:
+        stable = restored.stable
+        if stable is not None and stable.seq > 0:
+            self._stable = stable
+            self.low = self.executed = self._seq = stable.seq
+            self._snapshots[stable.seq] = (stable.digest, stable.snapshot)
+        self.view = restored.hard_state.view
+        self.active = restored.hard_state.active
+        self._hs = restored.hard_state
+        for record in restored.records:
+            self._restore_record(record)
+
+    def _restore_record(self, record: PersistRecord) -> None:
+        if isinstance(record, PreparedCert):
+            pp = record.preprepare
+            if pp.seq > self.low:
+                slot = self.log.slot(pp.seq)
+                if slot.cert is None or slot.cert.preprepare.view <= pp.view:
+                    slot.cert = record
+            return
+        if isinstance(record, ViewChange):
+            if record.view == self.view and not self.active:
+                self._my_vc = record
+                self._view_changes[self.id] = record
+            return
+        if isinstance(record, Checkpoint):
+            return
+        if record.seq <= self.low:
+            return
+        self._signed[(type(record).__name__, record.view, record.seq)] = record.digest
+        if record.view == self.view:
+            slot = self.log.slot(record.seq)
+            slot.mine.append(record)
+            if isinstance(record, PrePrepare):
+                slot.pp = record
+                self._seq = max(self._seq, record.seq)
+            elif isinstance(record, Prepare):
+                self.log.add_prepare(record)
+            else:
+                self.log.add_commit(record)
+
+    # ============================================================ requests
+
+    def _on_request(self, req: Request) -> None:
+        digest = request_digest(req)
+        stored = self._replies.get((req.client, req.rid))
+        if stored is not None:
+            if req.client != self.id:
+                self._msgs.append(Outbound(req.client, stored))
+            return
+        if digest in self._done:
+            return
+        if digest in self._pending:
+            self._forward(req)
+            return
+        if len(self._pending) >= self.config.max_pending:
+            self.dropped += 1
+            return
+        self._pending[digest] = req
+        self._forward(req)
+        if self.is_primary():
+            self._propose()
+        elif self.active:
+            self._arm_timer()
+
+    def _forward(self, req: Request) -> None:
+        if self.active and self.primary != self.id:
+            self._msgs.append(Outbound(self.primary, req))
+
+    def _propose(self) -> None:
+        """Primary: give pending requests sequence numbers while the window allows."""
+        while self._seq < self.high:
+            batch = tuple(r for d, r in self._pending.items() if d not in self._assigned)[
+                : self.config.max_batch
+            ]
+            if not batch:
+                return
+            self._seq += 1
+            pp = self._vote(PrePrepare(self.id, self.view, self._seq, batch_digest(batch), batch))
+            if pp is None:
+                continue
+            self._assigned.update(request_digest(r) for r in batch)
+            self.log.accept_preprepare(pp)
+            self._broadcast(pp)
+            self._check_slot(pp.seq)
+
+    # ============================================================ normal case
+
+    def _on_preprepare(self, pp: PrePrepare) -> None:
+        if not self.active or pp.view != self.view or pp.frm != self.primary:
+            self.dropped += 1
+            return
+        if not self._in_window(pp.seq) or not self.checker.check_batch(pp):
+            return
+        accepted, evidence = self.log.accept_preprepare(pp)
+        if evidence is not None:
+            self._depose(evidence)
+        if not accepted:
+            return
+        for r in pp.requests:
+            self._pending.setdefault(request_digest(r), r)
+        if pp.frm != self.id:
+            prepare = self._vote(Prepare(self.id, pp.view, pp.seq, pp.digest))
+            if prepare is not None:
+                self.log.add_prepare(prepare)
+                self._broadcast(prepare)
+        self._check_slot(pp.seq)
+
+    def _depose(self, evidence: Evidence) -> None:
+        """The primary signed two pre-prepares for one seq: report it, show both to
+        every replica (each then holds the evidence itself) and change the view."""
+        self._report(evidence)
+        self._broadcast(evidence.first)
+        self._broadcast(evidence.second)
+        self._start_view_change(self.view + 1)
+
+    def _on_prepare(self, msg: Prepare) -> None:
+        if not self._from_replica(msg.frm) or msg.frm == self.group.primary(msg.view):
+            return
+        if msg.view != self.view or not self._in_window(msg.seq):
+            return
+        added, evidence = self.log.add_prepare(msg)
+        self._report(evidence)
+        if added and self.active:
+            self._check_slot(msg.seq)
+
+    def _on_commit(self, msg: Commit) -> None:
+        if not self._from_replica(msg.frm) or msg.view != self.view or not self._in_window(msg.seq):
+            return
+        added, evidence = self.log.add_commit(msg)
+        self._report(evidence)
+        if added and self.active:
+            self._check_slot(msg.seq)
+
+    def _check_slot(self, seq: int) -> None:
+        slot = self.log.slot(seq)
+        pp = slot.pp
+        if pp is None or pp.view != self.view:
+            return
+        if slot.prepared(self.view, self.f, self.primary):
+            if slot.cert is None or slot.cert.preprepare.view < self.view:
+                slot.cert = slot.make_cert(self.view, self.primary)
+                self._records.append(slot.cert)
+            if not slot.has_commit(self.view, self.id, pp.digest):
+                commit = self._vote(Commit(self.id, self.view, seq, pp.digest))
+                if commit is not None:
+                    self.log.add_commit(commit)
+                    self._broadcast(commit)
+        # 2f+1 COMMITs are a commit certificate even if we missed the PREPAREs:
+        # f+1 correct replicas prepared it, so every later view keeps it.
+        if slot.committed is None and slot.commit_quorum(self.view, pp.digest, self.f):
+            slot.committed = CommittedBatch(seq, self.view, pp.digest, pp.requests)
+            self._execute()
+
+    def _execute(self) -> None:
+        """Hand committed batches to the application in sequence order, stopping
+        after a checkpoint's seq until its snapshot came back (``checkpoint``)."""
+        ran = False
+        while not self._checkpoint_wait:
+            slot = self.log.slots.get(self.executed + 1)
+            if slot is None or slot.committed is None:
+                break
+            batch = slot.committed
+            self.executed = batch.seq
+            self._committed.append(batch)
+            ran = True
+            for r in batch.requests:
+                d = request_digest(r)
+                self._pending.pop(d, None)
+                self._assigned.discard(d)
+                self._done[d] = None
+            self._tell_observers(batch)
+            if batch.seq % self.config.checkpoint_interval == 0:
+                self._checkpoint_wait = batch.seq
+        while len(self._done) > 2 * self.config.max_pending:
+            self._done.popitem(last=False)
+        if ran and self.active:
+            self._backoff = 1
+            self._timer = None
+            if self._pending and self.primary != self.id:
+                self._arm_timer()
+        if ran and self.is_primary():
+            self._propose()
+
+    def _tell_observers(self, batch: CommittedBatch) -> None:
+        if not self.observers:
+            return
+        msg = self._sign(Executed(self.id, batch.view, batch.seq, batch.digest, batch.requests))
+        for observer in self.observers:
+            self._msgs.append(Outbound(observer, msg))
+
+    # ============================================================ retransmission
+
+    def _resend(self) -> None:
+        self._broadcast(self._sign(Status(self.id, self.view, self.active, self.low, self.executed)))
+        if not self.active:
+            if self._my_vc is not None:
+                self._broadcast(self._my_vc)
+            if self._fetch is not None:
+                self._request_state()
+            return
+        for seq, slot in sorted(self.log.slots.items()):
+            if seq > self.executed:
+                for msg in slot.mine:
+                    self._broadcast(msg)
+                if slot.pp is not None and slot.pp.frm != self.id:
+                    self._broadcast(slot.pp)
+        if self._fetch is not None:
+            self._request_state()
+
+    def _on_status(self, st: Status) -> None:
+        if not self._from_replica(st.frm):
+            return
+        behind_view = st.view < self.view or (st.view == self.view and not st.active)
+        if behind_view and self.active and self._new_view is not None:
+            self._msgs.append(Outbound(st.frm, self._new_view))
+        if st.low < self.low:
+            for cp in self._stable.proof:
+                self._msgs.append(Outbound(st.frm, cp))
+        if st.view != self.view or not (self.active and st.active):
+            return
+        for seq in range(max(st.executed, self.low) + 1, self.executed + 1):
+            slot = self.log.slots.get(seq)
+            if slot is None or slot.pp is None:
+                continue
+            self._msgs.append(Outbound(st.frm, slot.pp))
+            for msg in slot.mine:
+                self._msgs.append(Outbound(st.frm, msg))
+
+
+_RULES: dict[type, str] = {
+    Request: "_on_request",
+    PrePrepare: "_on_preprepare",
+    Prepare: "_on_prepare",
+    Commit: "_on_commit",
+    Checkpoint: "_on_checkpoint",
+    ViewChange: "_on_view_change",
+    NewView: "_on_new_view",
+    StateRequest: "_on_state_request",
+    StateReply: "_on_state_reply",
+    Status: "_on_status",
+}
+"""Message type -> the method holding its rule (the table in the module doc).
+Replies and EXECUTEDs are for clients and followers: a replica drops them."""
