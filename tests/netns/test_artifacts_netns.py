@@ -174,6 +174,13 @@ def test_output_and_artifact_outlive_their_host(mesh: LabAgents) -> None:
                        if m["name"] == f"n{a}"),
                60, 0.5, detail=mesh.logs)
     print(f"re-replicated after A's death in {time.monotonic() - started:.1f} s")
+    by_host = ids(mesh)
+    first_list = HashRing(by_host.values(), 64).preference_list(key, 3)
+    [fourth] = [h for h in HOSTS if by_host[h] not in first_list]
+    copies = list((Path(mesh.base_dir) / mesh.name(fourth)).glob(f"**/replicas/{task}/1.*"))
+    assert {c.name for c in copies} >= {"1.out", "1.a_result.bin", "1.a_missing.txt"}, copies
+    assert hashlib.sha256((Path(copies[0].parent) / "1.a_result.bin").read_bytes()).hexdigest() \
+        == hashlib.sha256(ARTIFACT).hexdigest()
     mesh.restart(a)
     mesh.wait_all_members(HOSTS, mesh.expect_all(HOSTS), CONVERGE_TIMEOUT)
 
