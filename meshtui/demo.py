@@ -263,6 +263,7 @@ class Workload(threading.Thread):
         self.submitted = 0
 
     def run(self) -> None:
+        self.mesh.wait_leader(timeout=30.0)  # the first cycle's submits need a leader
         next_cycle = self.clock()
         counter = 0
         while not self.stopping.is_set():
@@ -325,7 +326,6 @@ def run_demo(nodes: int, tui: bool = True, workload: bool = True) -> int:
                     sys.stderr.write(f"--- {node.name}\n{node.log_file.read_text()[-2000:]}\n")
             return 1
         if workload:
-            mesh.wait_leader(timeout=30.0)  # the first cycle's submits need a leader
             load.start()
         if tui:
             from meshtui.app import run_app

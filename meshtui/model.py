@@ -439,11 +439,16 @@ class MeshModel:
     ) -> None:
         """Fold member rows (``members`` or ``status`` reply)."""
         seen: set[str] = set()
+        known = bool(self.members)  # the first fill is not news for the changes feed
         for row in rows:
             if isinstance(row, Mapping):
+                name = _as_str(row.get("name"))
+                before = self.members[name].state if name in self.members else None
                 member = self._upsert_member(row)
                 if member is None:
                     continue
+                if known:
+                    self._note_state(member, before)
                 seen.add(member.name)
                 if sample_cpu and member.cpu is not None:
                     member.cpu_history.append(member.cpu)
@@ -458,10 +463,17 @@ class MeshModel:
         for row in rows:
             if isinstance(row, Mapping) and row.get("id") is not None:
                 tid = _as_str(row["id"])
-                fresh[tid] = {**self.tasks.get(tid, {}), **row, "id": tid}
+                fresh[tid] = self._named({**self.tasks.get(tid, {}), **row, "id": tid})
         self.tasks = fresh
         self._evict_tasks()
         self._bump("tasks")
+
+    def _named(self, task: dict[str, Any]) -> dict[str, Any]:
+        """A task row with its host as a member name (some events carry the node id)."""
+        node = task.get("node")
+        if isinstance(node, str) and node in self.names_by_id:
+            task["node"] = self.names_by_id[node]
+        return task
 
     def apply_proposals(self, rows: Iterable[Any]) -> None:
         self.proposals = [dict(r) for r in rows if isinstance(r, Mapping)]
@@ -593,9 +605,13 @@ class MeshModel:
             return
         if kind in _KIND_TO_STATE and not row.get("state"):
             member.state = _KIND_TO_STATE[kind]
+        self._note_state(member, before)
+        self._bump("members")
+
+    def _note_state(self, member: MemberState, before: str | None) -> None:
+        """A member entering a state (from an event or a poll) goes to the changes feed."""
         if member.state != before and member.state in _CHANGE_TEXT:
             self.add_change(member.state, f"{member.name} {_CHANGE_TEXT[member.state]}")
-        self._bump("members")
 
     def _on_consensus_event(self, data: Mapping[str, Any], now: float) -> None:
         kind = _as_str(data.get("kind"))
@@ -640,7 +656,7 @@ class MeshModel:
         if not isinstance(row, Mapping) or row.get("id") is None:
             return
         tid = _as_str(row["id"])
-        merged = {**self.tasks.pop(tid, {}), **row, "id": tid}
+        merged = self._named({**self.tasks.pop(tid, {}), **row, "id": tid})
         self.tasks[tid] = merged  # re-insert: most recently changed last
         self._evict_tasks()
         self._bump("tasks")

@@ -356,6 +356,8 @@ class TasksScreen(AreaScreen):
                     log.write(Text(f"── {short_id(tid)} ended ──", style="grey50"))
             if not progressed and not all(t.finished for t in tails.values()):
                 await asyncio.sleep(LOG_POLL_IDLE)
+        if all(t.gone for t in tails.values()):
+            return  # nothing to follow: the reason is already written
         log.write(Text("── end of output ──", style="grey50"))
         if not combined:
             await self._fetch_record(tids[0])

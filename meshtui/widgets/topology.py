@@ -302,13 +302,13 @@ def _draw_links(canvas: BrailleCanvas, view: TopoView, pos: dict[str, tuple[int,
 
 def _legend(width: int) -> Text:
     legend = Text(no_wrap=True, overflow="crop")
-    legend.append(" ★ leader ◉ here  rtt ", style="grey70")
+    legend.append(" ★lead ◉here ", style="grey70")
     for label, rtt in (("<1", 0.5), ("<10", 5.0), ("<50", 20.0), ("≥50ms", 80.0)):
-        legend.append("⣀⣀", style=rtt_style(rtt))
+        legend.append("⣀", style=rtt_style(rtt))
         legend.append(f"{label} ", style="grey70")
-    legend.append("⠤⠀⠤", style="magenta")
-    legend.append("relayed ", style="grey70")
-    legend.append("⠤⠀⠤", style="red")
+    legend.append("⠤", style="magenta")
+    legend.append("relay ", style="grey70")
+    legend.append("⠤", style="red")
     legend.append("down", style="grey70")
     legend.truncate(width)
     return legend

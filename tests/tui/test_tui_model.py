@@ -85,7 +85,7 @@ def test_consensus_events_log_lines_and_track_leader() -> None:
 def test_log_is_bounded() -> None:
     m = MeshModel()
     for i in range(MAX_LOG_LINES + 5):
-        m.apply_event({"event": "consensus", "data": {"kind": "entry", "term": 1, "index": i}}, 0)
+        m.apply_event({"event": "consensus", "data": {"kind": "entry", "term": 1, "index": i + 1}}, 0)
     assert len(m.log) == MAX_LOG_LINES
     assert m.log[0].seq == 6
 
