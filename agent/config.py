@@ -26,6 +26,7 @@ from typing import Any
 
 from agent.errors import ConfigError
 from agent.metrics.config import MetricsConfig
+from agent.pbft.config import PbftConfig
 from agent.raft.config import RaftConfig
 from agent.runtime_config import RuntimeConfig
 from agent.sched.config import SchedConfig
@@ -73,6 +74,14 @@ class AgentConfig:
     """``lan`` (memberlist LAN timings) or ``local`` (loopback demo and tests)."""
     max_voters: int = 5
     """Raft voters; every other member is a non-voting learner."""
+    consensus: str = "raft"
+    """The engine a new cluster is formed with: ``raft`` (crash faults) or ``pbft``
+    (Byzantine faults, issue 13; needs a data dir made for it: node ids derive from
+    each node's key, ``agent/identity_key.py``)."""
+    replicas: int = 4
+    """PBFT only: the replica count n = 3f+1 (4 tolerates one lying or failed
+    replica, 7 two); the first hosts that form the cluster are its replicas, the
+    others follow.  Fewer than 4 cannot tolerate any Byzantine replica."""
     load_source: str = "system"
     """What ``cpu`` means for placement: ``system`` (psutil CPU of the whole host) or
     ``tasks`` (CPU used by this agent's own task processes, via psutil). Use ``tasks``
@@ -84,6 +93,8 @@ class AgentConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig.lan)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     """``[metrics]``: the Prometheus endpoint (off by default) and the history."""
+    pbft: PbftConfig = field(default_factory=PbftConfig.lan)
+    """``[pbft]``: PBFT's checkpoint interval, window and timeouts (``agent/pbft/config.py``)."""
 
     def effective_slots(self) -> int:
         return self.slots or os.cpu_count() or 1
@@ -101,6 +112,12 @@ class AgentConfig:
             raise ConfigError("profile", f"must be 'lan' or 'local', got {self.profile!r}")
         if not 1 <= self.max_voters <= 9 or self.max_voters % 2 == 0:
             raise ConfigError("max_voters", f"must be odd and 1-9, got {self.max_voters}")
+        if self.consensus not in ("raft", "pbft"):
+            raise ConfigError("consensus", f"must be 'raft' or 'pbft', got {self.consensus!r}")
+        if self.consensus == "pbft" and self.replicas not in (4, 7):
+            raise ConfigError(
+                "replicas", f"PBFT needs 4 or 7 replicas (n = 3f+1, f >= 1), got {self.replicas}"
+            )
         if self.load_source not in ("system", "tasks"):
             raise ConfigError("load_source", f"must be 'system' or 'tasks', got {self.load_source!r}")
         if not self.key_file and not self.insecure_no_key:
@@ -117,6 +134,7 @@ class AgentConfig:
         self.sched.validate()
         self.runtime.validate()
         self.metrics.validate()
+        self.pbft.validate()
         return self
 
 
@@ -157,10 +175,11 @@ def default_local() -> AgentConfig:
         swim=SwimConfig.local(),
         raft=RaftConfig.local(),
         runtime=RuntimeConfig.local(),
+        pbft=PbftConfig.local(),
     )
 
 
-_SECTIONS = {"swim", "raft", "sched", "runtime", "metrics"}
+_SECTIONS = {"swim", "raft", "sched", "runtime", "metrics", "pbft"}
 
 
 def _coerce(field_name: str, hint: Any, value: Any) -> Any:
