@@ -320,11 +320,11 @@ def filled(cluster: Cluster, name: str) -> int:
 
 def test_the_history_survives_a_restart(cluster: Cluster) -> None:
     node = cluster.mesh.node("n2")
-    kept = wait_until("n2 to have some history", lambda: filled(cluster, "n2") >= 10 or None, 20, 0.2)
-    assert kept is True or kept
+    wait_until("n2 to have some history", lambda: filled(cluster, "n2") >= 10, 20, 0.2)
     before = filled(cluster, "n2")
     summary = cluster.report("n2", timeframe="24h")["history"]
-    assert summary["step"] == 10 and summary["series"]["members_alive"]["max"] == 3.0
+    alive = summary["series"]["members_alive"]  # 10 s slot means: a kill above shows as a dip
+    assert summary["step"] == 10 and 2.0 <= alive["max"] <= 3.0 and alive["slots"] >= 2
     cluster.mesh.kill("n2", signal.SIGTERM)  # a clean stop saves the history
     assert node.proc is not None
     node.proc.wait(timeout=15)
