@@ -525,7 +525,8 @@ class MeshModel:
     def add_change(self, kind: str, text: str, at: float | None = None) -> None:
         """One line for the recent-changes feed."""
         self.change_seq += 1
-        self.changes.append(Change(self.change_seq, self.last_now if at is None else at, kind, text))
+        stamp = self.last_now if at is None else at
+        self.changes.append(Change(self.change_seq, stamp, kind, one_line(text)))
         self._bump("changes")
 
     def _upsert_member(self, row: Mapping[str, Any]) -> MemberState | None:
@@ -647,7 +648,7 @@ class MeshModel:
                 kind=kind,
                 term=term if term is not None else self.consensus.term,
                 index=index,
-                text=text,
+                text=one_line(text),  # a summary may quote a multi-line command
             )
         )
 

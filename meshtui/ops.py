@@ -116,7 +116,9 @@ class Operation:
         if not left and (marked or member is None):
             text = f"drained: {len(moved)} of {len(self.baseline)} tasks moved or finished, none left"
             return text, 1.0, True
-        fraction = len(moved) / total if total else (1.0 if marked else 0.5)
+        if not left and not marked:
+            return f"asked; waiting for the mesh to mark {self.target} draining", 0.5, False
+        fraction = len(moved) / total if total else 1.0
         where = ", ".join(
             f"{tid[:8]}→{model.tasks[tid].get('node') or '?'}" for tid in moved[-3:] if tid in model.tasks
         )

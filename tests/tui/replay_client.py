@@ -11,6 +11,12 @@ Each ``status`` call advances to the next snapshot; after the last one the
 client repeats it, starts over (``cycle=True``), or (``hold_last=True``, for
 deterministic screenshots) holds the call open forever so the app's poll stops
 adding samples.
+
+A recorded snapshot may say where it sat in the stream (``_events_before``: the
+events seen before it, written by ``record_mesh.py``).  Then the stream is
+gated: while the app holds snapshot k it gets only the events recorded before
+snapshot k+1, and ``status`` hands out snapshot k+1 only after those were
+delivered, so snapshots and events arrive in the order they were recorded.
 """
 
 from __future__ import annotations
@@ -65,6 +71,10 @@ class ReplayClient:
         self.fail_connects = 0
         self.delivered = 0
         self.subscribed = asyncio.Event()
+        marks = [s.get("_events_before") for s in snapshots]
+        gated = all(isinstance(m, int) for m in marks)
+        self.marks: list[int] | None = [int(m) for m in marks] if gated else None
+        self._progress = asyncio.Event()
 
     @classmethod
     def load(cls, name: str, **kwargs: Any) -> ReplayClient:
@@ -88,7 +98,12 @@ class ReplayClient:
         self.calls.append((method, params))
         if method == "status":
             if self.cursor + 1 < len(self.snapshots):
+                if self.marks is not None:
+                    while self.delivered < self.marks[self.cursor + 1]:
+                        self._progress.clear()
+                        await self._progress.wait()
                 self.cursor += 1
+                self._progress.set()
             elif self.cycle:
                 self.cursor = 0
             elif self.hold_last and self.cursor >= 0:
@@ -126,13 +141,25 @@ class ReplayClient:
         self.subscribed.set()
         interval = 1.0 / self.events_per_second if self.events_per_second else 0.0
         while True:
+            while self.marks is not None and not self._released():
+                self._progress.clear()
+                await self._progress.wait()
             item = await self.queue.get()
             if isinstance(item, BaseException):
                 raise item
             self.delivered += 1
+            self._progress.set()
             yield item
             if interval:
                 await asyncio.sleep(interval)
+
+    def _released(self) -> bool:
+        """Gated stream: may the next event go out while the app holds snapshot ``cursor``?"""
+        assert self.marks is not None
+        if self.cursor < 0:
+            return False  # not even the first snapshot yet
+        following = self.cursor + 1
+        return following >= len(self.marks) or self.delivered < self.marks[following]
 
     async def close(self) -> None:
         self.closed += 1
