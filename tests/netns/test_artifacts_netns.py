@@ -181,8 +181,28 @@ def test_output_and_artifact_outlive_their_host(mesh: LabAgents) -> None:
     assert {c.name for c in copies} >= {"1.out", "1.a_result.bin", "1.a_missing.txt"}, copies
     assert hashlib.sha256((Path(copies[0].parent) / "1.a_result.bin").read_bytes()).hexdigest() \
         == hashlib.sha256(ARTIFACT).hexdigest()
+    # the CLI, through a survivor: list, fetch with the digest checked, refuse, prune
+    target = mesh.socket(others[1])
+    listed = cli("artifacts", task, "-t", target)
+    assert "result.bin" in listed.stdout and "missing.txt" in listed.stdout
+    fetched = Path(mesh.base_dir) / "fetched.bin"
+    got = cli("artifacts", task, "--get", "result.bin", "-o", str(fetched), "-t", target)
+    assert got.returncode == 0 and fetched.read_bytes() == ARTIFACT, got.stderr
+    refused = cli("artifacts", task, "--get", "missing.txt", "-t", target)
+    assert refused.returncode == 1 and refused.stderr.strip().count("\n") == 0
+    assert "no such file in the task's working directory" in refused.stderr
+    escape = cli("submit", "--artifact", "../x", "-t", target, "--", "true")
+    assert escape.returncode == 2 and "leaves the task's working directory" in escape.stderr
+    assert cli("prune", "--older-than", "0s", "-t", target).returncode == 0
+    wait_until("pruned everywhere", lambda: not call(mesh, others[0], "artifact.list",
+                                                     {"id": task})["items"], 10, 0.25)
     mesh.restart(a)
     mesh.wait_all_members(HOSTS, mesh.expect_all(HOSTS), CONVERGE_TIMEOUT)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "meshtui.cli", *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=60)
 
 
 def test_logs_follow_goes_on_through_a_replica_when_the_host_dies(mesh: LabAgents) -> None:
