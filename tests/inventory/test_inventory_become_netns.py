@@ -9,12 +9,14 @@ One lab for the module (namespaces share one filesystem, users and sudoers):
                   sudo with a password                        } bastion
     ns4 host c    login mt19c<k> by password; su to mt19s<k> (who owns c's paths)
 
-plus ``bad``: host b's login with a wrong become password.  The login and
-become passwords of b come from ``--ask-pass``/``--ask-become-pass`` (fed on
-stdin: the process has no terminal); a's need none; c's are inventory
-variables.  While deploy and upgrade run, a thread scans every process's
-``/proc/<pid>/cmdline`` for any of the passwords; afterwards the meshtui
-output, the sshd logs and the agent logs are searched for them too.
+plus ``bad``: host b's login with a wrong become password.  b's login
+password comes from ``--ask-pass`` and its become password (sudo asks for the
+login user's own) from an empty ``--ask-become-pass`` answer, which means "the
+SSH password" (both fed on stdin: the process has no terminal); a needs none;
+c's are inventory variables (su asks for the target user's password).  While
+deploy and upgrade run, a thread scans every process's ``/proc/<pid>/cmdline``
+for any of the passwords; afterwards the meshtui output, the sshd logs and the
+agent logs are searched for them too.
 
 Sequence (each step relies on the one before): deploy through ProxyJump from
 ``ansible_ssh_common_args`` -> ``--check --diff`` after changing one
@@ -65,7 +67,7 @@ class Fleet:
     users: dict[str, str]
     """role (a, b, c, s) -> user name."""
     passwords: dict[str, str]
-    """what -> password: b-login, b-become, c-login, s-become, bad-become."""
+    """what -> password: a-login, b-login, c-login, s-become (mt19s's), bad-become (wrong)."""
     outputs: list[str] = field(default_factory=list)
     ssh_logs: list[Path] = field(default_factory=list)
 
@@ -78,8 +80,9 @@ class Fleet:
         return done
 
     def prompted(self) -> str:
-        """stdin for ``-k -K``: b's login password, then b's become password."""
-        return f"{self.passwords['b-login']}\n{self.passwords['b-become']}\n"
+        """stdin for ``-k -K``: b's login password, then an empty become password, which
+        (Ansible's rule) means the SSH password: sudo asks for the login user's own."""
+        return f"{self.passwords['b-login']}\n\n"
 
     def path(self, host: str, *parts: str) -> Path:
         return self.base.joinpath(host, *parts)
@@ -182,7 +185,7 @@ def fleet() -> Iterator[Fleet]:
     base.chmod(0o755)
     users = {role: f"mt19{role}{k}" for role in ("a", "b", "c", "s")}
     passwords = {what: f"Pw-{what}-{secrets.token_hex(8)}"
-                 for what in ("a-login", "b-login", "b-become", "c-login", "s-become", "bad-become")}
+                 for what in ("a-login", "b-login", "c-login", "s-become")}
     passwords["bad-become"] = "wrong-" + secrets.token_hex(6)
     sudoers = Path(f"/etc/sudoers.d/mt19-{k}")
     made: list[str] = []
@@ -326,6 +329,11 @@ def test_check_diff_shows_exactly_the_changed_variable(fleet: Fleet) -> None:
         assert f"--- {host}:{fleet.path(host, 'etc', 'agent.toml')}" in done.stdout
         assert re.search(rf"^{host} .*CHANGED: would write {fleet.path(host, 'etc', 'agent.toml')};"
                          " restart the agent$", done.stdout, re.M), done.stdout
+    # undeploy --check (as su's target user on c) names what it would stop and remove.
+    gone = fleet.meshtui("undeploy", "-i", str(fleet.inv), "--limit", "c", "--check")
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert re.search(rf"^c .*REMOVED: would stop the agent and remove {fleet.path('c', 'opt', 'venv')}, ",
+                     gone.stdout, re.M), gone.stdout
     assert agent_pids(fleet) == pids
     assert tree_hashes(fleet) == hashes
 
