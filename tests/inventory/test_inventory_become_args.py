@@ -211,3 +211,19 @@ def test_file_diff_shows_changes_and_hides_secrets() -> None:
     assert new.startswith("--- /dev/null\n+++ h1:/etc/a.toml\n")
     secret = file_diff("h1", "/etc/cluster.key", b"old\n", b"new-key\n", 0o600)
     assert "new-key" not in secret and "old" not in secret and "secret" in secret
+
+
+async def test_an_unreachable_jump_host_is_one_connect_line(tmp_path: Path) -> None:
+    from support.ports import free_port
+
+    from inventory.remote import StepError, connect
+
+    closed = free_port()  # nothing listens there
+    h = host_from(tmp_path / "j.yml", f"a: {{ansible_host: 10.255.255.1, ansible_ssh_common_args:"
+                  f" '-J nobody@127.0.0.1:{closed} -o ConnectTimeout=5'}}")
+    with pytest.raises(StepError) as caught:
+        async with connect(h):
+            pass
+    text = str(caught.value)
+    assert text.startswith(f"connect: jump host 127.0.0.1:{closed}: "), text
+    assert "\n" not in text
