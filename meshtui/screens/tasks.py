@@ -132,6 +132,8 @@ class _Tail:
     partial: dict[str, str] = field(default_factory=lambda: dict.fromkeys(STREAMS, ""))
     eof: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(STREAMS, False))
     gone: bool = False
+    host: str = ""
+    """The host shown in the prefix: the model's, else the task record's (``task.get``)."""
 
     @property
     def finished(self) -> bool:
@@ -362,6 +364,15 @@ class TasksScreen(AreaScreen):
         if not combined:
             await self._fetch_record(tids[0])
 
+    async def _learn_host(self, client: Any, tid: str, tail: _Tail) -> None:
+        """Where ``tid`` runs, for the combined tail's prefix (the row may not say yet)."""
+        model = self.mesh.model
+        node = model.tasks.get(tid, {}).get("node")
+        if not node:
+            node = await _host_of(client, tid)
+        if node:
+            tail.host = model.display_name(str(node))
+
     async def _poll_task(self, client: Any, tid: str, tail: _Tail, log: RichLog, combined: bool) -> bool:
         """One ``task.logs`` round for ``tid``'s open streams; True if it got bytes."""
         got = False
@@ -381,7 +392,9 @@ class TasksScreen(AreaScreen):
                 tail.gone = True
                 return got
             lines = tail.feed(stream, reply)
-            host = opt(self.mesh.model.tasks.get(tid, {}).get("node"))
+            if combined and lines:
+                await self._learn_host(client, tid, tail)
+            host = tail.host or "-"
             style = "red" if stream == "stderr" else ""
             for line in lines:
                 if combined:
@@ -394,6 +407,14 @@ class TasksScreen(AreaScreen):
                 log.write(text)
             got = got or bool(reply.get("data"))
         return got
+
+
+async def _host_of(client: Any, tid: str) -> str:
+    try:
+        record = await client.call("task.get", id=tid)
+    except Exception:
+        return ""
+    return str(record.get("node") or "") if isinstance(record, Mapping) else ""
 
 
 def _detail_value(name: str, value: Any) -> str | None:

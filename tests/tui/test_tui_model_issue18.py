@@ -169,3 +169,11 @@ def test_versions_are_printed() -> None:
     for module, prog in (("meshtui.cli", "meshtui"), ("agent.cli", "mesh-agent")):
         out = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True)
         assert out.returncode == 0 and out.stdout.startswith(f"{prog} 0."), out
+
+
+def test_attach_takes_several_targets() -> None:
+    from meshtui.cli import build_parser
+
+    args = build_parser().parse_args(["attach", "-t", "/run/a.sock", "-t", "ssh://root@b"])
+    assert args.target == ["/run/a.sock", "ssh://root@b"]
+    assert build_parser().parse_args(["status", "-t", "/run/a.sock"]).target == "/run/a.sock"
