@@ -150,25 +150,40 @@ class Queries:
         return succeeded / finished, seconds / finished
 
     def sched_tasks(self) -> tuple[TaskView, ...]:
-        """Non-terminal tasks as the scheduler sees them (for ``ClusterSnapshot.tasks``)."""
-        return tuple(
-            TaskView(
-                id=t.id,
-                state=t.state,
-                node=t.node,
-                caps=frozenset(t.caps),
-                key=t.key,
-                strategy=Strategy(t.strategy),
-                priority=t.priority,
-                restartable=t.restartable,
-                epoch=t.epoch,
-                load_moves=t.load_moves,
-                last_move_at=t.last_move_at,
-                created_at=t.created_at,
-            )
-            for t in self.tasks
-            if not t.terminal
-        )
+        """Non-terminal tasks as the scheduler sees them (for ``ClusterSnapshot.tasks``).
+
+        The leader asks every scheduling round, over every queued and running
+        task; a task's view is rebuilt only when the fields that change after
+        submit do (state, node, epoch, moves), or its record was replaced."""
+        previous: dict[str, tuple[Any, ...]] = getattr(self, "_sched_views", {})
+        views: dict[str, tuple[Any, ...]] = {}
+        out: list[TaskView] = []
+        for t in self.tasks:
+            if t.terminal:
+                continue
+            dynamic = (t.state, t.node, t.epoch, t.load_moves, t.last_move_at)
+            cached = previous.get(t.id)
+            if cached is not None and cached[0] is t and cached[1] == dynamic:
+                view: TaskView = cached[2]
+            else:
+                view = TaskView(
+                    id=t.id,
+                    state=t.state,
+                    node=t.node,
+                    caps=frozenset(t.caps),
+                    key=t.key,
+                    strategy=Strategy(t.strategy),
+                    priority=t.priority,
+                    restartable=t.restartable,
+                    epoch=t.epoch,
+                    load_moves=t.load_moves,
+                    last_move_at=t.last_move_at,
+                    created_at=t.created_at,
+                )
+            views[t.id] = (t, dynamic, view)
+            out.append(view)
+        self._sched_views = views
+        return tuple(out)
 
     def decision_latencies(self) -> list[float]:
         """Seconds from submit to first committed assignment, most recent last (bounded)."""
