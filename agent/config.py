@@ -99,6 +99,14 @@ class AgentConfig:
     def effective_slots(self) -> int:
         return self.slots or os.cpu_count() or 1
 
+    def _validate_engine(self) -> None:
+        if self.consensus not in ("raft", "pbft"):
+            raise ConfigError("consensus", f"must be 'raft' or 'pbft', got {self.consensus!r}")
+        if self.consensus == "pbft" and self.replicas not in (4, 7):
+            raise ConfigError(
+                "replicas", f"PBFT needs 4 or 7 replicas (n = 3f+1, f >= 1), got {self.replicas}"
+            )
+
     def validate(self) -> AgentConfig:
         if not self.name or len(self.name) > 63 or any(c.isspace() for c in self.name):
             raise ConfigError("name", f"must be 1-63 characters without spaces, got {self.name!r}")
@@ -112,12 +120,7 @@ class AgentConfig:
             raise ConfigError("profile", f"must be 'lan' or 'local', got {self.profile!r}")
         if not 1 <= self.max_voters <= 9 or self.max_voters % 2 == 0:
             raise ConfigError("max_voters", f"must be odd and 1-9, got {self.max_voters}")
-        if self.consensus not in ("raft", "pbft"):
-            raise ConfigError("consensus", f"must be 'raft' or 'pbft', got {self.consensus!r}")
-        if self.consensus == "pbft" and self.replicas not in (4, 7):
-            raise ConfigError(
-                "replicas", f"PBFT needs 4 or 7 replicas (n = 3f+1, f >= 1), got {self.replicas}"
-            )
+        self._validate_engine()
         if self.load_source not in ("system", "tasks"):
             raise ConfigError("load_source", f"must be 'system' or 'tasks', got {self.load_source!r}")
         if not self.key_file and not self.insecure_no_key:
