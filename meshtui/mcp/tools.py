@@ -345,28 +345,49 @@ async def memory_usage(cluster: Cluster, args: dict[str, Any]) -> dict[str, Any]
 
 
 SUMMARY_FIELDS = (
-    "connectivity_pct", "latency_ms", "throughput_msgs_per_s", "decision_latency_ms",
-    "leader_elections", "vote_participation", "crash_tolerance_f", "load_variance_stddev",
+    "connectivity_pct", "members", "latency_ms", "throughput_msgs_per_s", "partition_recovery_s",
+    "decision_latency_ms", "commit_latency_ms", "leader_changes", "leader_elections",
+    "vote_participation", "byzantine_tolerance_f", "crash_tolerance_f", "load_variance_stddev",
     "migrations_per_minute", "hotspots", "utilisation", "alarms",
 )
+"""The report's figures a summary shows (those the agent has; the rest are in ``detailed``)."""
+
+
+def _coverage(report: dict[str, Any], timeframe: str, uptime: float) -> str:
+    """What span of time the history in ``report`` really covers, in one line."""
+    history = report.get("history")
+    if not isinstance(history, dict):
+        return (f"no metrics history on this agent: figures are current, over its uptime "
+                f"({uptime:.0f} s), not {timeframe}")
+    step = float(history.get("step") or 0)
+    slots = max((int(v.get("slots") or 0) for v in (history.get("series") or {}).values()),
+                default=0)
+    covered = slots * step
+    part = "" if covered >= float(history.get("timeframe") or 0) else \
+        f" (the agent has history for {covered:.0f} s of it)"
+    return f"history over {timeframe} in {step:g} s buckets{part}"
 
 
 async def performance_report(cluster: Cluster, args: dict[str, Any]) -> dict[str, Any]:
     timeframe, form = args.get("timeframe", "24h"), args.get("format", "summary")
     report = await cluster.call("report", timeframe=timeframe)
     status = await cluster.call("status")
-    # The metrics history (issue 15) answers for the timeframe when the agent has one;
-    # until then the figures cover the agent's uptime, and the answer says so.
-    covered = report.get("timeframe") or report.get("history_window")
-    coverage = (f"history for {covered}" if covered else
-                f"no metrics history on this agent: figures cover its uptime "
-                f"({status.get('uptime', 0):.0f} s), not {timeframe}")
-    head = {"timeframe": timeframe, "coverage": coverage, "node": status["node"]}
+    # The metrics history (issue 15: min/mean/max/last per series over the timeframe)
+    # comes with the report when the agent keeps one; the answer says what it covers.
+    head = {"timeframe": timeframe, "node": status["node"],
+            "coverage": _coverage(report, timeframe, float(status.get("uptime") or 0))}
     if form == "json":
         return {**head, "report": report}
     if form == "detailed":
         return {**head, "report": report, "consensus": status["consensus"], "tasks": status["tasks"]}
-    return {**head, **{k: report.get(k) for k in SUMMARY_FIELDS}}
+    summary = {k: report[k] for k in SUMMARY_FIELDS if k in report}
+    history = report.get("history")
+    if isinstance(history, dict):
+        summary["history"] = {
+            name: {k: row.get(k) for k in ("min", "mean", "max", "last")}
+            for name, row in (history.get("series") or {}).items()
+        }
+    return {**head, **summary}
 
 
 async def topology_optimize(cluster: Cluster, args: dict[str, Any]) -> dict[str, Any]:

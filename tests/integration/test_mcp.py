@@ -120,7 +120,9 @@ async def test_swarm_tools_describe_the_real_cluster(mesh: LocalMesh) -> None:
         assert all(sample["alive"] == ["n1", "n2", "n3"] for sample in monitor["samples"])
         report = await ok(s, "performance_report", timeframe="7d")
         assert report["connectivity_pct"] == 100.0 and report["timeframe"] == "7d"
-        assert "coverage" in report
+        # The agent's metrics history (issue 15), summarised over the timeframe.
+        assert report["coverage"].startswith("history over 7d"), report["coverage"]
+        assert report["history"] and all("mean" in row for row in report["history"].values())
         full = await ok(s, "performance_report", format="json")
         assert "latency_ms" in full["report"]
         assert "is not one of" in await error(s, "performance_report", timeframe="1y")
@@ -167,6 +169,10 @@ async def test_a_ttl_key_disappears_on_every_node_through_the_log(mesh: LocalMes
             got = call_sync(sock(mesh, n), "kv.get", {"ns": "default", "key": "ephemeral", "stale": True}, 5)
             assert not got["found"]
         assert cli(sock(mesh, "n1"), "kv", "get", "ephemeral").returncode == 1
+        put = cli(sock(mesh, "n3"), "kv", "put", "--ttl", "60", "later", "v")
+        assert put.returncode == 0, put.stderr
+        got = json.loads(cli(sock(mesh, "n1"), "kv", "get", "--json", "later").stdout)
+        assert got["found"] and 50 < got["expires_at"] - time.time() <= 60
     finally:
         for c in clients:
             await c.close()
@@ -211,6 +217,10 @@ async def test_a_message_reaches_every_node_once(mesh: LocalMesh) -> None:
         assert sum(r["id"] == one["id"] for r in rows) == (1 if n == "n2" else 0)
     out = cli(sock(mesh, "n1"), "events", "list", "--name", "daa_communication")
     assert out.returncode == 0 and '"shard":7' in out.stdout
+    sent = cli(sock(mesh, "n1"), "events", "send", "ping", "hello", "--to", "n3")
+    assert sent.returncode == 0 and "delivered 1/1 (n3)" in sent.stdout, sent.stdout + sent.stderr
+    got = cli(sock(mesh, "n3"), "events", "list", "--name", "ping")
+    assert got.stdout.count("\tping\t") == 1 and got.stdout.rstrip().endswith("hello"), got.stdout
 
 
 async def test_failover_drains_the_node_and_it_gets_no_new_tasks(mesh: LocalMesh) -> None:
