@@ -23,7 +23,7 @@ from typing import Any
 from agent.metrics import catalog
 from agent.metrics.catalog import MIGRATION_WINDOW_S, RATE_WINDOWS
 from agent.metrics.trackers import HotspotTracker, RecoveryTracker
-from agent.metrics.windows import CounterRate, count_within, percentile, pstdev
+from agent.metrics.windows import CounterRate, count_within, percentiles, pstdev
 from agent.sched.config import SchedConfig
 from agent.swim.members import MemberView
 
@@ -57,6 +57,11 @@ class Inputs:
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+def _p50_p99_ms(values: Sequence[float]) -> dict[str, float | None]:
+    p50, p99 = percentiles(values, 0.5, 0.99)
+    return {"p50": _ms(p50), "p99": _ms(p99)}
 
 
 def member_states(members: Sequence[MemberView]) -> dict[str, int]:
@@ -137,8 +142,7 @@ class MetricsEngine:
             "members": member_states(members),
             "latency_ms": {
                 "per_peer": {m.meta.name: round(m.rtt_ms, 3) for m in known if m.rtt_ms is not None},
-                "p50": percentile(rtts, 0.5),
-                "p99": percentile(rtts, 0.99),
+                **dict(zip(("p50", "p99"), percentiles(rtts, 0.5, 0.99), strict=True)),
             },
             "throughput_msgs_per_s": self.rates(),
             "partition_recovery_s": recovery.seconds if recovery is not None else None,
@@ -148,14 +152,8 @@ class MetricsEngine:
                 "lost": recovery.lost,
                 "recoveries": self.recovery.recoveries,
             },
-            "decision_latency_ms": {
-                "p50": _ms(percentile(inputs.decision_latencies, 0.5)),
-                "p99": _ms(percentile(inputs.decision_latencies, 0.99)),
-            },
-            "commit_latency_ms": {
-                "p50": _ms(percentile(inputs.commit_latencies, 0.5)),
-                "p99": _ms(percentile(inputs.commit_latencies, 0.99)),
-            },
+            "decision_latency_ms": _p50_p99_ms(inputs.decision_latencies),
+            "commit_latency_ms": _p50_p99_ms(inputs.commit_latencies),
             "vote_participation": (
                 round(sum(participation.values()) / len(participation), 4) if participation else None
             ),

@@ -39,6 +39,15 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[rank - 1]
 
 
+def percentiles(values: Sequence[float], *qs: float) -> list[float | None]:
+    """``percentile`` for each of ``qs``, sorting ``values`` once."""
+    if not values:
+        return [None] * len(qs)
+    ordered = sorted(values)
+    n = len(ordered)
+    return [ordered[min(n, max(1, math.ceil(q * n))) - 1] for q in qs]
+
+
 def count_within(times: Iterable[float], now: float, window: float) -> int:
     """How many of ``times`` fall in ``(now - window, now]``."""
     start = now - window

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from agent.metrics.windows import MAX_RATE_SAMPLES, CounterRate, count_within, percentile, pstdev
+from agent.metrics.windows import (
+    MAX_RATE_SAMPLES,
+    CounterRate,
+    count_within,
+    percentile,
+    percentiles,
+    pstdev,
+)
 
 
 @pytest.mark.parametrize(
@@ -21,6 +28,12 @@ from agent.metrics.windows import MAX_RATE_SAMPLES, CounterRate, count_within, p
 )
 def test_nearest_rank_percentile(values: list[float], q: float, expected: float | None) -> None:
     assert percentile(values, q) == expected
+
+
+def test_percentiles_sort_once_and_agree_with_percentile() -> None:
+    values = [5.0, 1.0, 4.0, 2.0, 3.0]
+    assert percentiles(values, 0.5, 0.99) == [percentile(values, 0.5), percentile(values, 0.99)]
+    assert percentiles([], 0.5, 0.99) == [None, None]
 
 
 def test_count_within_is_a_half_open_trailing_window() -> None:
