@@ -276,7 +276,22 @@ async def _first_ack_after(sockets: list[str], kill_at: float, limit: float) -> 
             await c.close()
 
 
-def failover(base: Path, profile: str, kills: int) -> list[float]:
+def _first_cli_put_after(sockets: list[str], kill_at: float, limit: float) -> float:
+    """The public CLI's view: ``meshtui kv put`` to one survivor, retried at once
+    until it exits 0; seconds from the kill to that exit (as an operator sees it)."""
+    sock = sockets[0]
+    while time.monotonic() - kill_at < limit:
+        out = subprocess.run(
+            [sys.executable, "-m", "meshtui.cli", "kv", "put", "-t", sock, "--namespace", "failover",
+             "cli", "x"],
+            capture_output=True, timeout=limit,
+        )
+        if out.returncode == 0:
+            return time.monotonic() - kill_at
+    return float("inf")
+
+
+def failover(base: Path, profile: str, kills: int, cli: bool = False) -> list[float]:
     mesh = Mesh(base / f"failover-{profile}", profile)
     mesh.start()
     times: list[float] = []
@@ -292,7 +307,10 @@ def failover(base: Path, profile: str, kills: int) -> list[float]:
             survivors = [mesh.socket(n.name) for n in mesh.mesh.nodes if n.name != leader]
             kill_at = time.monotonic()
             mesh.mesh.kill(leader)
-            took = asyncio.run(_first_ack_after(survivors, kill_at, 30.0))
+            if cli:
+                took = _first_cli_put_after(survivors, kill_at, 30.0)
+            else:
+                took = asyncio.run(_first_ack_after(survivors, kill_at, 30.0))
             times.append(took)
             mesh.mesh.restart(leader)
         return times
@@ -352,6 +370,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per figure")
     parser.add_argument("--kills", type=int, default=50, help="SIGKILLs for the LAN failover")
     parser.add_argument("--local-kills", type=int, default=20, help="SIGKILLs on the local profile")
+    parser.add_argument("--cli-kills", type=int, default=12,
+                        help="SIGKILLs on the LAN profile timed through `meshtui kv put`")
     parser.add_argument("--procs", type=int, default=2, help="client processes")
     parser.add_argument("--connections", type=int, default=4, help="connections per socket per process")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each throughput figure")
@@ -407,16 +427,21 @@ def main() -> int:
                 mesh.stop()
         if "failover" in only:
             print("\n3. leader failover: SIGKILL the leader, time until a new leader commits a write")
-            for profile, kills in (("lan", args.kills), ("local", args.local_kills)):
+            runs = (("lan", args.kills, False), ("lan", args.cli_kills, True),
+                    ("local", args.local_kills, False))
+            for profile, kills, cli in runs:
                 if kills <= 0:
                     continue
-                times = failover(base, profile, kills)
-                finite = [t for t in times if t != float("inf")]
-                print(f"   {profile:5} profile, {len(times)} kills: median "
+                times = failover(base, profile, kills, cli)
+                finite = [t for t in times if t != float("inf")] or [float("inf")]
+                how = "meshtui kv put" if cli else "bench client  "
+                print(f"   {profile:5} profile, {how}, {len(times)} kills: median "
                       f"{statistics.median(finite):.3f} s  p90 {percentile(finite, 0.9):.3f} s  "
                       f"min {min(finite):.3f} s  max {max(finite):.3f} s  "
                       f"unrecovered {len(times) - len(finite)}  ({loadavg()})")
-            print("   target: median <= 1.5 s on the LAN profile (election timeout 1-2 s)")
+            print("   target (issue 14): median <= 0.5 s, p90 <= 1.0 s on the LAN profile, both ways"
+                  " (election timeout 1-2 s; etcd 3.4 via etcdctl measured here on 2026-12-06:"
+                  " median 1.64 s retrying every 0.5 s)")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0
