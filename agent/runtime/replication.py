@@ -262,12 +262,16 @@ class Replicator:
         return targets, have
 
     def under_replicated(self) -> list[dict[str, object]]:
-        """Items held here with fewer known holders than targets."""
+        """Items held here with fewer known holders than targets; ``error`` is the
+        last refusal a target sent for it (one line, "" if none)."""
         out: list[dict[str, object]] = []
         for key in list(self._tracked):
             targets, have = self.holders(key)
             if len(have) < len(targets):
                 task_id, epoch, name = key
+                peers = self._tracked[key].peers
+                error = next((peers[n].error for n in targets
+                              if n in peers and peers[n].error), "")
                 out.append({"task": task_id, "epoch": epoch, "item": name,
-                            "holders": len(have), "want": len(targets)})
+                            "holders": len(have), "want": len(targets), "error": error})
         return out

@@ -117,6 +117,14 @@ def under_replicated(agents: LabAgents, hosts: list[int]) -> int:
     return total
 
 
+def artifact_script(agents: LabAgents) -> Path:
+    """A task body: 2000 lines of output, then ``result.bin`` (ARTIFACT) in its cwd."""
+    script = Path(agents.base_dir) / "artifact_task.py"
+    script.write_text(f"import sys\nsys.stdout.write('out %d\\n' * 2000 % tuple(range(2000)))\n"
+                      f"open('result.bin', 'wb').write(bytes.fromhex({ARTIFACT.hex()!r}))\n")
+    return script
+
+
 def fetch(agents: LabAgents, host: int, task: str, name: str) -> tuple[bytes, str]:
     data, offset = b"", 0
     while True:
@@ -141,10 +149,7 @@ def logs(agents: LabAgents, host: int, task: str) -> bytes:
 def test_output_and_artifact_outlive_their_host(mesh: LabAgents) -> None:
     a = 1
     key = key_on(mesh, a, set(HOSTS), "done")
-    body = (f"import sys\nsys.stdout.write('out %d\\n' * 2000 % tuple(range(2000)))\n"
-            f"open('result.bin', 'wb').write(bytes.fromhex({ARTIFACT.hex()!r}))\n")
-    script = Path(mesh.base_dir) / "artifact_task.py"
-    script.write_text(body)
+    script = artifact_script(mesh)
     task = call(mesh, 0, "task.submit", {
         "argv": [sys.executable, str(script)], "key": key, "strategy": "hash",
         "artifacts": ["result.bin", "missing.txt"], "retries": 0, "rid": "art-1"})["id"]
@@ -171,7 +176,7 @@ def test_output_and_artifact_outlive_their_host(mesh: LabAgents) -> None:
     wait_until("no under-replicated items on the survivors",
                lambda: under_replicated(mesh, others) == 0
                and all(m["state"] != "alive" for m in mesh.status(others[0])["members"]
-                       if m["name"] == f"n{a}"),
+                       if m["name"] == mesh.name(a)),
                60, 0.5, detail=mesh.logs)
     print(f"re-replicated after A's death in {time.monotonic() - started:.1f} s")
     by_host = ids(mesh)
@@ -240,3 +245,52 @@ def test_logs_follow_goes_on_through_a_replica_when_the_host_dies(mesh: LabAgent
     old = call(mesh, reader, "task.logs", {"id": task, "offset": 0, "attempt": 1})
     assert old["data"].decode().splitlines()[0] == "1 line 0"
     mesh.restart(a)
+
+
+def test_a_full_disk_on_a_replica_is_one_line_and_loses_nothing(mesh: LabAgents) -> None:
+    """A tmpfs of 16 KiB mounted (in the agent's mount namespace) where one replica would
+    store a new task's copies: the holder's report names the item with the replica's
+    one-line refusal, the replica's earlier copy stays intact, and once the disk has
+    room again the copy is made and the count is back to zero."""
+    by_host = ids(mesh)
+    ring = HashRing(by_host.values(), 64)
+    key = next(k for k in (f"disk-{i}" for i in range(10_000))
+               if ring.preference_list(k, 3)[0] == by_host[3])
+    replica = next(h for h in HOSTS if by_host[h] == ring.preference_list(key, 3)[1])
+    earlier = call(mesh, 3, "task.submit", {
+        "shell": "printf kept > kept.txt", "key": key, "strategy": "hash",
+        "artifacts": ["kept.txt"], "retries": 0, "rid": "disk-0"})["id"]
+    wait_task(mesh, 3, earlier, {"succeeded"}, 30)
+    wait_until("replicated", lambda: under_replicated(mesh, list(HOSTS)) == 0, 30, 0.5)
+    next_id = f"t{max(int(r['id'][1:]) for r in call(mesh, 3, 'task.list', {})) + 1}"
+    where = Path(mesh.base_dir) / mesh.name(replica) / "data" / "replicas" / next_id
+    where.mkdir(parents=True)
+    proc = mesh.agents[replica].proc
+    assert proc is not None
+    pid = str(proc.pid)
+    nsenter = ["nsenter", "--target", pid, "--mount", "--"]
+    subprocess.run([*nsenter, "mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(where)],
+                   check=True)
+    try:
+        script = artifact_script(mesh)
+        task = call(mesh, 3, "task.submit", {
+            "argv": [sys.executable, str(script)], "key": key, "strategy": "hash",
+            "artifacts": ["result.bin"], "retries": 0, "rid": "disk-1"})["id"]
+        assert task == next_id
+        wait_task(mesh, 3, task, {"succeeded"}, 60)
+        items: list[dict[str, Any]] = []
+
+        def refused() -> bool:
+            items[:] = call(mesh, 3, "report", {})["under_replicated_items"]
+            return any("No space left on device" in i["error"] for i in items)
+
+        wait_until("the holder reports the replica's refusal", refused, 30, 0.5,
+                   detail=lambda: f"{items}")
+        line = next(i["error"] for i in items if "No space" in i["error"])
+        assert "\n" not in line and f"on {mesh.name(replica)}:" in line, line
+        kept = call(mesh, replica, "artifact.get", {"id": earlier, "name": "kept.txt"})
+        assert kept["data"] == b"kept" and kept["sha256"] == hashlib.sha256(b"kept").hexdigest()
+    finally:
+        subprocess.run([*nsenter, "umount", "-l", str(where)], check=False)
+    wait_until("the copy is made once there is room", lambda: under_replicated(
+        mesh, list(HOSTS)) == 0, 30, 0.5, detail=mesh.logs)

@@ -181,7 +181,8 @@ def test_a_full_disk_on_a_replica_is_one_line_and_loses_nothing(
     old = net.nodes[replica].item("t5", 1, "a:old")
     assert old is not None and old.complete
     assert net.nodes[replica].store.read(old, 0, 10) == b"kept"
-    assert any(u["task"] == "t6" for u in net.nodes["a"].under_replicated())
+    assert any(u["task"] == "t6" and "No space left on device" in str(u["error"])
+               for u in net.nodes["a"].under_replicated())
     monkeypatch.setattr(os, "pwrite", real_pwrite)
     net.run(now=10.0, ticks=2)  # after RETRY_AFTER the copy is made
     assert replica in net.holders(("t6", 1, "a:new"))
