@@ -166,7 +166,8 @@ def report(src: StatusSources, timeframe: str | None = None) -> dict[str, Any]:
 
 def _replicas(src: StatusSources) -> dict[str, Any]:
     """``under_replicated``: how many items this host holds lack a copy on a
-    target host, and the first 20 of them (``{task, epoch, item, holders, want}``)."""
+    target host, and the first 20 of them (``{task, epoch, item, holders, want, error}``,
+    ``error`` the last one-line refusal a target sent)."""
     items = src.under_replicated() if src.under_replicated is not None else []
     return {"under_replicated": len(items), "under_replicated_items": items[:20]}
 
