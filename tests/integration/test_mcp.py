@@ -257,6 +257,24 @@ async def test_topology_optimize_reports_what_it_did(mesh: LocalMesh) -> None:
         assert res["action"] == "none"
 
 
+async def test_failover_of_the_leader_moves_leadership_off_it(mesh: LocalMesh) -> None:
+    """Asked of a follower, the move reaches the leader as a LeaderMove (wire 134-135)."""
+    leader = call_sync(sock(mesh, "n1"), "status", {}, 5)["consensus"]["leader"]
+    follower = next(n for n in mesh.names() if n != leader)
+    try:
+        async with mcp_session(sock(mesh, follower)) as s:
+            done = await ok(s, "daa_fault_tolerance", agentId=leader, strategy="failover_recovery")
+        assert any("leadership" in a and "transfer started" in a for a in done["actions"]), done
+
+        def new_leader() -> str | None:
+            now = call_sync(sock(mesh, follower), "status", {}, 5)["consensus"]["leader"]
+            return now if now not in (None, leader) else None
+
+        wait_until("leadership off the failed-over node", new_leader, 15)
+    finally:
+        call_sync(sock(mesh, follower), "node.undrain", {"node": leader}, 10)
+
+
 async def test_no_agent_and_no_quorum_are_tool_errors(mesh: LocalMesh, tmp_path: Any) -> None:
     async with mcp_session(str(tmp_path / "nothing.sock")) as s:
         assert "no mesh-agent reachable" in await error(s, "swarm_init", topology="mesh")
@@ -268,3 +286,4 @@ async def test_no_agent_and_no_quorum_are_tool_errors(mesh: LocalMesh, tmp_path:
     async with mcp_session(sock(mesh, survivor)) as s:
         message = await error(s, "memory_usage", action="store", key="k", value="v")
     assert "no quorum" in message
+
