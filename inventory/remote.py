@@ -258,11 +258,45 @@ def client_options(host: Host, timeout: float = CONNECT_TIMEOUT) -> dict[str, An
     if not host.host_key_checking:
         options["known_hosts"] = None
     elif host.ssh.known_hosts_files:
-        options["known_hosts"] = [str(Path(k).expanduser()) for k in host.ssh.known_hosts_files]
+        # A missing file lists no host, as with ssh (asyncssh would fail reading it).
+        files = [Path(k).expanduser() for k in host.ssh.known_hosts_files]
+        present = [str(f) for f in files if f.is_file()]
+        options["known_hosts"] = present or ([], [], [])
     if host.password is not None:
         # Used for "password" and for "keyboard-interactive" password prompts alike.
         options["password"] = host.password
+    if host.host_key_checking and host.ssh.accept_new:
+        options["client_factory"] = _accept_new_factory(host)
     return options
+
+
+def known_hosts_file(host: Host) -> Path:
+    """Where ``accept-new`` records keys: the first UserKnownHostsFile, else ~/.ssh/known_hosts."""
+    files = host.ssh.known_hosts_files
+    return Path(files[0]).expanduser() if files else Path("~/.ssh/known_hosts").expanduser()
+
+
+def _accept_new_factory(host: Host) -> Any:
+    """``StrictHostKeyChecking=accept-new``: trust (and record) the key of a host that
+    known_hosts does not list at all; a host listed with other keys is still refused."""
+    import asyncssh
+
+    path = known_hosts_file(host)
+
+    class AcceptNew(asyncssh.SSHClient):  # type: ignore[misc]
+        def validate_host_public_key(self, name: str, addr: str, port: int, key: Any) -> bool:
+            lookup = None if port == 22 else port
+            known: Any = str(path) if path.is_file() else b""
+            if any(asyncssh.match_known_hosts(known, name, addr, lookup)[:3]):
+                return False  # listed with other keys (or revoked): a changed key
+            pattern = name if port == 22 else f"[{name}]:{port}"
+            line = f"{pattern} {key.export_public_key().decode().strip()}\n"
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with open(path, "a", encoding="ascii") as fh:
+                fh.write(line)
+            return True
+
+    return AcceptNew
 
 
 async def _open_jumps(host: Host, options: dict[str, Any], stack: contextlib.AsyncExitStack) -> Any:
@@ -280,7 +314,8 @@ async def _open_jumps(host: Host, options: dict[str, Any], stack: contextlib.Asy
         return ()  # asyncssh's default: ~/.ssh/config may name a ProxyJump
     tunnel: Any = None
     for user, name, port in jump_hops(spec):
-        hop = {k: v for k, v in options.items() if k in ("client_keys", "known_hosts", "connect_timeout")}
+        shared = ("client_keys", "known_hosts", "connect_timeout", "client_factory")
+        hop = {k: v for k, v in options.items() if k in shared}
         where = f"{name}:{port or 22}"
         try:
             tunnel = await stack.enter_async_context(

@@ -9,7 +9,9 @@ asyncssh's connection options:
 ``-o Port=N`` / ``-p N``       SSH port (``ansible_port`` wins when set)
 ``-o User=U`` / ``-l U``       login user (``ansible_user`` wins when set)
 ``-o IdentityFile=F`` / ``-i F``  another client key (repeatable)
-``-o StrictHostKeyChecking=``  ``yes``/``no`` (``off``, ``false`` mean no);
+``-o StrictHostKeyChecking=``  ``yes``/``no`` (``off``, ``false`` mean no) or
+                               ``accept-new`` (an unknown host's key is trusted and
+                               added to known_hosts; a changed key is refused);
                                ``ansible_host_key_checking: false`` wins
 ``-o UserKnownHostsFile=F``    known_hosts file(s) instead of ``~/.ssh/known_hosts``
 ``-o ConnectTimeout=S``        seconds to establish the connection
@@ -50,6 +52,8 @@ class SshOptions:
     user: str | None = None
     identity_files: tuple[str, ...] = ()
     strict_host_key_checking: bool | None = None
+    accept_new: bool = False
+    """``StrictHostKeyChecking=accept-new``: learn unknown hosts' keys, refuse changed ones."""
     known_hosts_files: tuple[str, ...] = ()
     connect_timeout: float | None = None
 
@@ -77,9 +81,12 @@ def _value(key: str, value: str, found: dict[str, object]) -> None:
             raise SshArgsError(f"ssh option ConnectTimeout={value!r}: expected a positive number of seconds")
         found[key] = seconds
     elif key == "StrictHostKeyChecking":
+        if value.lower() == "accept-new":
+            found[key] = "accept-new"
+            return
         if value.lower() not in _STRICT:
             raise SshArgsError(
-                f"ssh option StrictHostKeyChecking={value!r} is not supported (use yes or no)"
+                f"ssh option StrictHostKeyChecking={value!r} is not supported (use yes, no or accept-new)"
             )
         found[key] = _STRICT[value.lower()]
     elif key == "ProxyJump":
@@ -161,6 +168,7 @@ def parse_ssh_args(*texts: str) -> SshOptions:
         user=str(found["User"]) if "User" in found else None,
         identity_files=tuple(str(i) for i in ids),
         strict_host_key_checking=strict if isinstance(strict, bool) else None,
+        accept_new=strict == "accept-new",
         known_hosts_files=known if isinstance(known, tuple) else (),
         connect_timeout=timeout if isinstance(timeout, float) else None,
     )

@@ -42,6 +42,8 @@ def test_short_flags_and_first_value_wins() -> None:
     opts = parse_ssh_args("-J a@j1,j2:2022 -p 2201 -l bob", "-o ProxyJump=other -o Port=1 -o User=x")
     assert (opts.proxy_jump, opts.port, opts.user) == ("a@j1,j2:2022", 2201, "bob")
     assert parse_ssh_args("-oStrictHostKeyChecking=yes").strict_host_key_checking is True
+    learn = parse_ssh_args("-o StrictHostKeyChecking=accept-new")
+    assert learn.accept_new and learn.strict_host_key_checking is None
     assert parse_ssh_args("").proxy_jump is None
     assert parse_ssh_args("-o ProxyJump=none").proxy_jump == "none"
 
@@ -57,7 +59,7 @@ def test_short_flags_and_first_value_wins() -> None:
         ("bastion", "'bastion'"),
         ("-o Port=99999", "Port='99999'"),
         ("-o ConnectTimeout=soon", "ConnectTimeout='soon'"),
-        ("-o StrictHostKeyChecking=accept-new", "StrictHostKeyChecking='accept-new'"),
+        ("-o StrictHostKeyChecking=ask", "StrictHostKeyChecking='ask'"),
         ("-o ProxyJump=ssh://b", "ProxyJump='ssh://b'"),
         ("-o", "-o needs a value"),
         ("-o User=", "-o User has no value"),
@@ -136,7 +138,7 @@ def test_client_options(tmp_path: Path) -> None:
         "port": 22,
         "connect_timeout": 4.0,
         "client_keys": ["/k/main", "/k/more"],
-        "known_hosts": ["/k/kh"],
+        "known_hosts": ([], [], []),  # /k/kh does not exist: no host listed
         "password": "pw",
     }
     off = client_options(host_from(tmp_path / "two.yml", "a: {ansible_host_key_checking: false}"))
@@ -227,3 +229,35 @@ async def test_an_unreachable_jump_host_is_one_connect_line(tmp_path: Path) -> N
     text = str(caught.value)
     assert text.startswith(f"connect: jump host 127.0.0.1:{closed}: "), text
     assert "\n" not in text
+
+
+@pytest.mark.root(tools=("sshd", "ssh-keygen"))
+async def test_accept_new_learns_an_unknown_host_and_refuses_a_changed_key(tmp_path: Path) -> None:
+    from support.sshd import loopback_sshd
+
+    from inventory.remote import StepError, connect
+
+    known = tmp_path / "known_hosts"
+    with loopback_sshd("mt-inv-acceptnew-") as sshd:
+        h = host_from(tmp_path / "k.yml", f"a: {{ansible_host: 127.0.0.1, ansible_port: {sshd.port},"
+                      f" ansible_user: root, ansible_ssh_private_key_file: {sshd.client_key},"
+                      f" ansible_ssh_common_args: '-o StrictHostKeyChecking=accept-new"
+                      f" -o UserKnownHostsFile={known}'}}")
+        for _ in range(2):  # learnt once, then known
+            async with connect(h) as remote:
+                assert (await remote.run("echo ok", "echo")).stdout == "ok\n"
+        real = sshd.known_hosts.read_text().split()[1:3]
+        assert known.read_text().split() == [f"[127.0.0.1]:{sshd.port}", *real]
+        other = ssh_keygen_pub(tmp_path / "other")
+        known.write_text(f"[127.0.0.1]:{sshd.port} {other}\n")
+        with pytest.raises(StepError) as caught:
+            async with connect(h):
+                pass
+        assert "connect: 127.0.0.1:" in str(caught.value)
+        assert known.read_text() == f"[127.0.0.1]:{sshd.port} {other}\n"  # not overwritten
+
+
+def ssh_keygen_pub(path: Path) -> str:
+    from support.sshd import ssh_keygen
+
+    return " ".join(ssh_keygen(path).split()[:2])
