@@ -121,6 +121,22 @@ def _pct(value: Any) -> str:
     return "-" if value is None else f"{float(value) * 100:.0f}%"
 
 
+def _print_pbft(pbft: Any) -> None:
+    """PBFT's lines of ``meshtui status`` (issue 13): view, watermarks, keys, evidence."""
+    if not isinstance(pbft, dict):
+        return
+    print(
+        f"pbft: view={pbft.get('view')} primary={pbft.get('primary')} "
+        f"active={pbft.get('active')} n={pbft.get('n')} f={pbft.get('f')} "
+        f"watermarks={pbft.get('low')}..{pbft.get('high')} executed={pbft.get('executed')} "
+        f"view_changes={pbft.get('view_changes')}"
+    )
+    for name, fp in sorted((pbft.get("fingerprints") or {}).items()):
+        print(f"  key {name}: {fp}")
+    for ev in pbft.get("evidence") or []:
+        print(f"EVIDENCE: {ev.get('summary')}")
+
+
 @with_session
 def cmd_status(args: argparse.Namespace, session: Session) -> int:
     status = session.call("status")
@@ -138,6 +154,7 @@ def cmd_status(args: argparse.Namespace, session: Session) -> int:
         f"leader={cons.get('leader')} commit={cons.get('commit_index')} "
         f"voters={','.join(cons.get('voters') or [])}"
     )
+    _print_pbft(cons.get("pbft"))
     print(
         "tasks: " + " ".join(f"{k}={tasks.get(k, 0)}" for k in ("queued", "running", "done", "failed"))
     )

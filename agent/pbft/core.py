@@ -23,22 +23,24 @@ PrePrepare      view == ours,     backup: log it, sign and broadcast PREPARE; a 
                 window, digest    (Resent copies travel via any replica: the primary's
                 binds requests    signature is what counts.)
 Prepare         from a backup,    logged (a second digest from one sender is evidence,
-                view == ours,     kept beside the first); 2f matching + the pre-prepare = prepared:
-                seq in window     keep the certificate, sign and broadcast COMMIT
+                view == ours,     kept beside the first); another digest than our
+                seq in window     pre-prepare's: show the sender our pre-prepare; 2f
+                                  matching + the pre-prepare = prepared: keep the
+                                  certificate, sign and broadcast COMMIT
 Commit          view == ours,     logged (as Prepare); the pre-prepare + 2f+1 matching
                 seq in window     (a commit certificate) = committed; execute in order
 Checkpoint      seq > low,        2f+1 matching = stable: low := seq, collect the log;
                 seq % K == 0      behind it: state transfer from one of the signers
-ViewChange      view > ours, or   kept (the newest per sender); f+1 for views above ours:
-                == ours and       join the lowest of them; primary of the view with 2f+1
-                waiting           for it: NEW-VIEW (``viewchange.plan_new_view``)
+ViewChange      view > ours, or   kept (the newest per sender); f+1 for views above ours,
+                == ours and       or our primary asking for the next: join it; primary of
+                waiting           the view with 2f+1 for it: NEW-VIEW (``plan_new_view``)
 NewView         view >= ours,     enter the view; every planned pre-prepare is logged and
                 not yet active    PREPAREd; behind its checkpoint: state transfer
                 in it; checks
 StateRequest    from a replica    answer with the stable snapshot and its 2f+1 proof
 StateReply      proof and digest  reset the application to it (``Ready.reset_to``)
                 verify, ahead
-Status          from a replica    behind us: resend the pre-prepares and our COMMITs of
+Status          from a replica    behind us: resend the pre-prepares and our votes for
                                   slots we executed, our NEW-VIEW, our checkpoint proof
 ==============  ================  ==========================================================
 
@@ -145,8 +147,7 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
         self._replies[(request.client, request.rid)] = msg
         while len(self._replies) > self.config.max_replies:
             self._replies.popitem(last=False)
-        if request.client != self.id:
-            self._msgs.append(Outbound(request.client, msg))
+        self._msgs.append(Outbound(request.client, msg))  # (to ourselves too: our client)
 
     def ready(self) -> Ready | None:
         if self._unadvanced:
@@ -269,8 +270,7 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
         digest = request_digest(req)
         stored = self._replies.get((req.client, req.rid))
         if stored is not None:
-            if req.client != self.id:
-                self._msgs.append(Outbound(req.client, stored))
+            self._msgs.append(Outbound(req.client, stored))
             return
         if digest in self._done:
             return
@@ -345,6 +345,12 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
             return
         added, evidence = self.log.add_prepare(msg)
         self._report(evidence)
+        pp = self.log.slots[msg.seq].pp
+        if added and pp is not None and pp.view == msg.view and pp.digest != msg.digest:
+            # It prepared another digest: either it lies or the primary equivocated.
+            # Show it our pre-prepare; if the primary signed both, it now holds the
+            # evidence (and shows both to everyone, ``_depose``).
+            self._msgs.append(Outbound(msg.frm, pp))
         if added and self.active:
             self._check_slot(msg.seq)
 

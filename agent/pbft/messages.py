@@ -169,6 +169,26 @@ class Executed:
     sig: bytes = b""
 
 
+@dataclass(frozen=True, slots=True)
+class KeyAnnounce:
+    """``frm``'s Ed25519 public key, signed by that key.  Believed only if ``frm``
+    is the id the key derives (``agent/identity_key.py``)."""
+
+    frm: str
+    public: bytes
+    sig: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Genesis:
+    """The replica set a PBFT cluster was formed with, and each replica's public key."""
+
+    frm: str
+    replicas: tuple[str, ...]
+    keys: tuple[bytes, ...]
+    sig: bytes = b""
+
+
 PbftMessage = (
     Request
     | PrePrepare
@@ -197,6 +217,8 @@ WIRE_TYPES: dict[int, type] = {
     99: StateReply,
     100: Status,
     101: Executed,
+    102: KeyAnnounce,
+    103: Genesis,
 }
 """Append-only message numbers (PBFT's range is 90-109)."""
 

@@ -2,10 +2,12 @@
 
 A backup whose view-change timer fires moves to view v+1 and sends
 VIEW-CHANGE; a replica that sees f+1 replicas ask for views above its own
-joins the lowest of them.  The primary of the view, once it holds 2f+1 valid
-VIEW-CHANGEs, sends NEW-VIEW with the planned pre-prepares (behind the plan's
-checkpoint it first fetches that state); a backup checks NEW-VIEW against its
-VIEW-CHANGEs, enters the view and PREPAREs every planned pre-prepare.
+joins the lowest of them, and one that sees its primary ask for the next
+view joins it (a primary stepping down: ``transfer-leader``).  The primary of
+the view, once it holds 2f+1 valid VIEW-CHANGEs, sends NEW-VIEW with the
+planned pre-prepares (behind the plan's checkpoint it first fetches that
+state); a backup checks NEW-VIEW against its VIEW-CHANGEs, enters the view
+and PREPAREs every planned pre-prepare.
 """
 
 from __future__ import annotations
@@ -86,6 +88,10 @@ class ViewChangeRules(ReplicaState):
         above = sorted(m.view for s, m in self._view_changes.items() if m.view > self.view and s != self.id)
         if len(above) >= self.f + 1:
             self._start_view_change(above[0])
+        elif self.active and vc.view == self.view + 1 and vc.frm == self.primary:
+            # The primary steps down (``transfer-leader``): only liveness is at stake,
+            # and a primary can stall the view anyway.
+            self._start_view_change(vc.view)
         self._maybe_new_view()
 
     def _maybe_new_view(self) -> None:

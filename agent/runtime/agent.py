@@ -47,8 +47,10 @@ from agent.crypto import Keyring, load_keyring
 from agent.datadir import lock_data_dir
 from agent.discovery import Discovery
 from agent.errors import LocalError
+from agent.identity_key import load_or_create_key, pbft_node_id
 from agent.links.config import LinkConfig
 from agent.metrics.service import MetricsService
+from agent.pbft import messages as pbft_messages
 from agent.raft import messages as raft_messages
 from agent.runtime import replica_messages
 from agent.runtime.bootstrap import BootstrapGate, founding_voters
@@ -62,6 +64,7 @@ from agent.runtime.leader_loss import LeaderLossWatch
 from agent.runtime.membership import MembershipDriver
 from agent.runtime.messages import ForwardPropose, ForwardResult, OutputChunk, OutputRequest
 from agent.runtime.names import NodeNames
+from agent.runtime.pbft_driver import PbftDriver
 from agent.runtime.router import PeerRouter
 from agent.runtime.tasks import TaskRuntime
 from agent.runtime.topology import Topology
@@ -181,7 +184,7 @@ class Agent:
         node_id: str,
         started: float,
         membership: MembershipDriver,
-        consensus: ConsensusDriver,
+        consensus: ConsensusDriver | PbftDriver,
         tasks: TaskRuntime,
         control: ControlServer,
         sources: StatusSources,
@@ -217,7 +220,11 @@ class Agent:
         stop_signal = StopSignal()
         # One process per data dir (agent/datadir.py); the kernel drops it if we die.
         stack.enter_context(lock_data_dir(config.data_dir))
-        node_id = load_or_create_node_id(config.data_dir)
+        # The node's Ed25519 key (status shows its fingerprint); a PBFT node's id is
+        # derived from it (agent/identity_key.py), a Raft data dir keeps its id.
+        identity = load_or_create_key(config.data_dir)
+        pbft = config.consensus == "pbft"
+        node_id = pbft_node_id(config.data_dir, identity) if pbft else load_or_create_node_id(config.data_dir)
         keyring = _keyring(config)
 
         # No incarnation from the data dir: the transport draws a random boot id,
@@ -232,11 +239,16 @@ class Agent:
         addr = f"{host}:{router.port}"
         router.advertise(addr)  # peers answer streams to this address
 
-        consensus = ConsensusDriver(
-            config=config, node_id=node_id, data_dir=config.data_dir, send=router.send_to_node,
-            # Damaged storage nobody repaired in time (runtime/recovery.py): exit 2.
-            on_unrepairable=lambda line: stop_signal.fail(2, line),
-        )
+        consensus: ConsensusDriver | PbftDriver
+        if pbft:  # issue 13: the Byzantine-tolerant engine (agent/runtime/pbft_driver.py)
+            consensus = PbftDriver(config=config, node_id=node_id, key=identity,
+                                   data_dir=config.data_dir, send=router.send_to_node)
+        else:
+            consensus = ConsensusDriver(
+                config=config, node_id=node_id, data_dir=config.data_dir, send=router.send_to_node,
+                # Damaged storage nobody repaired in time (runtime/recovery.py): exit 2.
+                on_unrepairable=lambda line: stop_signal.fail(2, line),
+            )
         stack.push_async_callback(consensus.close)
 
         def identity_conflict(at: str) -> None:
@@ -319,13 +331,20 @@ class Agent:
         )
         background = Background()
 
-        def serve_forward(from_addr: str, msg: ForwardPropose) -> None:
-            background.spawn(_answer_forward(consensus, router, from_addr, msg))
-
         router.route(swim_messages.WIRE_TYPES.values(), membership.on_message)
-        router.route(raft_messages.WIRE_TYPES.values(), consensus.on_message)
-        router.route([ForwardPropose], serve_forward)
-        router.route([ForwardResult], consensus.on_forward_result)
+        if isinstance(consensus, PbftDriver):
+            consensus.use_members(
+                lambda: [m.id for m in membership.members() if m.state == "alive"])
+            router.route(pbft_messages.WIRE_TYPES.values(), consensus.on_message)
+        else:
+            raft = consensus
+
+            def serve_forward(from_addr: str, msg: ForwardPropose) -> None:
+                background.spawn(_answer_forward(raft, router, from_addr, msg))
+
+            router.route(raft_messages.WIRE_TYPES.values(), consensus.on_message)
+            router.route([ForwardPropose], serve_forward)
+            router.route([ForwardResult], consensus.on_forward_result)
         router.route([OutputRequest, OutputChunk], tasks.on_output_message)
         router.route(replica_messages.WIRE_TYPES.values(), tasks.on_replica_message)
         router.route(sched_messages.WIRE_TYPES.values(), tasks.on_sched_message)

@@ -116,6 +116,7 @@ def status(src: StatusSources) -> dict[str, Any]:
             "voters": [name_of(v) or v for v in cons["voters"]],
             "learners": [name_of(v) or v for v in cons["learners"]],
             "paused": cons["paused"],
+            "pbft": _pbft_status(src, cons),
         },
         "tasks": {
             "queued": counts.get("queued", 0),
@@ -130,6 +131,38 @@ def status(src: StatusSources) -> dict[str, Any]:
         "cluster_avg_cpu": swim.cluster_avg_cpu,
         "links": link_rows(src),
         "uptime": round(time.monotonic() - src.started, 1),
+    }
+
+
+def _pbft_status(src: StatusSources, cons: dict[str, Any]) -> dict[str, Any] | None:
+    """PBFT's view, watermarks, window phases, evidence and the replicas' key
+    fingerprints by name (issue 13); None under Raft."""
+    pbft = cons.get("pbft")
+    if not isinstance(pbft, dict):
+        return None
+    prints = pbft.get("fingerprints") or {}
+    return {
+        **pbft,
+        "primary": src.names.name_of(pbft.get("primary")) or pbft.get("primary"),
+        "fingerprints": {src.names.name_of(n) or n: fp for n, fp in prints.items()},
+    }
+
+
+def _pbft_report(src: StatusSources) -> dict[str, Any]:
+    """``report``'s PBFT figures: view changes, checkpoint lag, evidence (issue 13)."""
+    pbft = src.consensus.status().get("pbft")
+    if not isinstance(pbft, dict):
+        return {}
+    return {
+        "pbft": {
+            "view": pbft.get("view"),
+            "view_changes": pbft.get("view_changes"),
+            "checkpoint_lag": pbft.get("checkpoint_lag"),
+            "low_watermark": pbft.get("low"),
+            "executed": pbft.get("executed"),
+            "evidence": len(pbft.get("evidence") or []),
+            "rejected_signatures": pbft.get("rejected_signatures"),
+        }
     }
 
 
@@ -161,6 +194,7 @@ def report(src: StatusSources, timeframe: str | None = None) -> dict[str, Any]:
         "decode_errors": src.decode_errors(),
         "links": link_counters(src),
         **_replicas(src),
+        **_pbft_report(src),
     }
 
 

@@ -21,6 +21,7 @@ from meshtui.model import MAX_LOG_LINES, ConsensusView, LogLine, MeshModel, matc
 from meshtui.screens.base import AreaScreen
 from meshtui.widgets.bars import progress_bar
 from meshtui.widgets.logview import LogView
+from meshtui.widgets.pbft_view import PbftView
 from meshtui.widgets.render import CONSENSUS_KIND_STYLE, clock
 
 REPLICATION_BAR = 10
@@ -80,6 +81,8 @@ class ConsensusScreen(AreaScreen):
         )
         self.set_static("#leader-timeline", leader_timeline(model), key=tuple(model.leader_changes))
         slot = self.query_one("#pbft-slot")
+        if view.engine == "pbft" and not slot.children:
+            slot.mount(PbftView(self.mesh.call_client))
         slot.set_class(bool(slot.children), "shown")
         log = self.query_one("#consensus-log", LogView)
         query = self.query_text

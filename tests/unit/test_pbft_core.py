@@ -195,3 +195,13 @@ def test_config_documents_and_validates() -> None:
     with pytest.raises(ConfigError, match="window_factor"):
         PbftConfig(window_factor=1).validate()
     assert [fault_bound(n) for n in (4, 5, 6, 7, 10)] == [1, 1, 1, 2, 3]
+
+
+def test_a_primary_that_steps_down_hands_over_to_the_next_view() -> None:
+    net = PbftNet(6)
+    got = _results(net)
+    net.replicas["r0"].core.request_view_change()
+    assert net.wait_for(lambda: all(r.core.view == 1 and r.core.active for r in net.replicas.values()), 200)
+    assert {r.core.primary for r in net.replicas.values()} == {"r1"}
+    _put(net, "c0", "x", "after")
+    assert net.wait_for(lambda: len(got) == 1, 100)

@@ -1,0 +1,149 @@
+"""Issue 13 on loopback: 4 real agents with ``consensus = "pbft"``.
+
+They form a 4-replica PBFT cluster from key-derived ids; writes and
+linearizable reads go through the protocol from any host; status and report
+carry the view, watermarks, f and the replicas' key fingerprints; SIGKILL of
+the primary is followed by a view change and writes resume, and the killed
+host rejoins from its data dir.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.wait import wait_until
+
+from meshtui.client import ClientError, call_sync
+from meshtui.demo import LocalMesh
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _status(node: Any) -> dict[str, Any] | None:
+    try:
+        return dict(call_sync(node.socket_path, "status", {}, 2.0))
+    except ClientError:
+        return None
+
+
+def _formed(mesh: LocalMesh) -> bool:
+    views = [_status(n) for n in mesh.nodes if n.running]
+    return all(v and v["consensus"]["role"] in ("primary", "replica") for v in views)
+
+
+def _primary(mesh: LocalMesh) -> str | None:
+    for node in mesh.nodes:
+        st = _status(node) if node.running else None
+        if st and st["consensus"]["pbft"] and st["consensus"]["pbft"]["active"]:
+            return str(st["consensus"]["pbft"]["primary"])
+    return None
+
+
+def _describe(mesh: LocalMesh) -> str:
+    out = []
+    for node in mesh.nodes:
+        st = _status(node) if node.running else None
+        out.append(f"{node.name}: {st['consensus'] if st else 'down'}")
+    return "; ".join(out)
+
+
+def _writes(mesh: LocalMesh, counter: itertools.count[int]) -> bool:
+    for node in mesh.nodes:
+        if not node.running:
+            continue
+        try:
+            call_sync(node.socket_path, "kv.put",
+                      {"ns": "t", "key": "probe", "value": str(next(counter)).encode()}, 3.0)
+            return True
+        except ClientError:
+            continue
+    return False
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    base = tmp_path_factory.mktemp("pbft")
+    cfg = base / "pbft.toml"
+    cfg.write_text('consensus = "pbft"\nreplicas = 4\n')
+    mesh = LocalMesh(4, base_dir=base, extra_args=["--config", str(cfg)])
+    mesh.start()
+    try:
+        assert mesh.wait_ready(30)
+        wait_until("a 4-replica PBFT cluster", lambda: _formed(mesh), 60, 0.3,
+                   detail=lambda: _describe(mesh))
+        yield mesh
+    finally:
+        mesh.stop()
+
+
+def test_writes_and_linearizable_reads_go_through_pbft(mesh: LocalMesh) -> None:
+    first, other = mesh.nodes[0], mesh.nodes[3]
+    call_sync(first.socket_path, "kv.put", {"ns": "t", "key": "a", "value": b"1"}, 5.0)
+    got = call_sync(other.socket_path, "kv.get", {"ns": "t", "key": "a"}, 5.0)
+    assert got["value"] == b"1" and got["found"]
+    cas = call_sync(other.socket_path, "kv.cas",
+                    {"ns": "t", "key": "a", "expected": b"1", "value": b"2"}, 5.0)
+    assert cas["ok"]
+    assert call_sync(first.socket_path, "kv.get", {"ns": "t", "key": "a"}, 5.0)["value"] == b"2"
+    st = _status(first)
+    assert st is not None
+    pbft = st["consensus"]["pbft"]
+    assert st["consensus"]["engine"] == "pbft" and pbft["n"] == 4 and pbft["f"] == 1
+    assert len(pbft["fingerprints"]) == 4
+    assert all(fp.startswith("SHA256:") for fp in pbft["fingerprints"].values())
+    assert pbft["high"] - pbft["low"] == 2 * 32  # local profile: K = 32, L = 2K
+    report = call_sync(first.socket_path, "report", {}, 5.0)
+    assert report["byzantine_tolerance_f"] == 1
+    assert report["pbft"]["checkpoint_lag"] is not None
+
+
+def test_meshtui_status_shows_the_key_fingerprints(mesh: LocalMesh) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "meshtui.cli", "status", "--target", mesh.nodes[1].socket_path],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout
+    assert "pbft: view=" in out and out.count("key n") == 4 and "SHA256:" in out
+
+
+def test_sigkill_of_the_primary_changes_the_view_and_writes_resume(mesh: LocalMesh) -> None:
+    counter = itertools.count()
+    primary = wait_until("a primary", lambda: _primary(mesh), 30, 0.3)
+    before = _status(mesh.node(primary))
+    assert before is not None
+    view = before["consensus"]["pbft"]["view"]
+    mesh.kill(primary, signal.SIGKILL)
+    wait_until("a write after the primary's SIGKILL", lambda: _writes(mesh, counter), 60, 0.3,
+               detail=lambda: _describe(mesh))
+    new = wait_until("a new primary", lambda: _primary(mesh), 30, 0.3)
+    assert new != primary
+    live = [_status(n) for n in mesh.nodes if n.running]
+    assert all(s and s["consensus"]["pbft"]["view"] > view for s in live)
+    mesh.restart(primary)
+    wait_until("the killed host back as a replica", lambda: _formed(mesh), 60, 0.3,
+               detail=lambda: _describe(mesh))
+    assert _writes(mesh, counter)
+
+
+def test_a_pbft_data_dir_refuses_a_raft_id(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "node_id").write_text("0" * 32 + "\n")
+    key = tmp_path / "k"
+    subprocess.run([sys.executable, "-m", "agent.cli", "keygen", str(key)], check=False,
+                   capture_output=True, timeout=30)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('consensus = "pbft"\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "run", "--profile", "local", "--config", str(cfg),
+         "--name", "x", "--data-dir", str(data), "--port", "0", "--insecure-no-key",
+         "--socket", str(tmp_path / "s.sock"), "--no-mdns"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "key-derived ids" in proc.stderr and len(proc.stderr.strip().splitlines()) <= 3
