@@ -325,6 +325,10 @@ def test_the_history_survives_a_restart(cluster: Cluster) -> None:
     summary = cluster.report("n2", timeframe="24h")["history"]
     alive = summary["series"]["members_alive"]  # 10 s slot means: a kill above shows as a dip
     assert summary["step"] == 10 and 2.0 <= alive["max"] <= 3.0 and alive["slots"] >= 2
+    out = subprocess.run([sys.executable, "-m", "meshtui.cli", "report", "-t", node.socket_path,
+                          "--timeframe", "7d"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "history over 168 h (slots of 300 s)" in out.stdout and "members_alive" in out.stdout
     cluster.mesh.kill("n2", signal.SIGTERM)  # a clean stop saves the history
     assert node.proc is not None
     node.proc.wait(timeout=15)
