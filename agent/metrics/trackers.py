@@ -77,16 +77,15 @@ class LeaderTerms:
     def observe(self, index: int, term: int) -> None:
         """The applied entry ``index`` has ``term``."""
         ckpt = self._resume
-        if ckpt is not None:
+        if ckpt is not None and index >= ckpt[0]:
             c_index, c_term, c_changes = ckpt
-            if index == c_index and term == c_term:
-                self.changes, self._resume = c_changes, None
-            elif index > c_index:
-                # The replay started past the checkpoint (a compacted log), or the
-                # checkpoint's entry was replaced: go on from its count.
-                self._resume = None
-                self.changes = max(self.changes, c_changes + (term != c_term))
-        if self.term and term != self.term:
+            self._resume = None
+            # The replay reached the checkpoint's entry: its count includes this
+            # entry.  Past it (a compacted log, or the entry was replaced): go on
+            # from its count, this entry compared with the checkpoint's term.
+            exact = index == c_index and term == c_term
+            self.changes = c_changes if exact else c_changes + (term != c_term)
+        elif self.term and term != self.term:
             self.changes += 1
         self.index, self.term = index, term
 

@@ -69,9 +69,10 @@ async def test_samples_report_and_save_on_stop(tmp_path: Path) -> None:
     for index, term in enumerate([1, 2, 2, 3], start=1):
         fakes.leader_terms.observe(index, term)
     svc = service(tmp_path, fakes, persist_interval=3600.0)
+    start = time.time() - 12.0
     for second in range(12):
         fakes.datagrams_in = 100 * second
-        svc.sample(float(second), 1_780_000_000.0 + second)
+        svc.sample(float(second), start + second)
     report = svc.report("24h")
     assert report["throughput_msgs_per_s"]["10s"] == 100.0
     assert report["leader_changes"] == 2 and report["vote_participation_by_proposal"] == {"3": 0.6667}

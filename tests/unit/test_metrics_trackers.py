@@ -37,6 +37,13 @@ def test_a_restart_replaying_from_a_snapshot_resumes_the_saved_count() -> None:
     assert again.changes == 4
 
 
+def test_a_checkpoint_at_a_new_leaders_entry_is_not_counted_twice() -> None:
+    again = LeaderTerms()
+    again.resume(4, 3, 2)  # entry 4 is the no-op of the leader of term 3
+    apply_log(again, [1, 2, 2, 3, 3, 5])
+    assert again.changes == 3
+
+
 def test_a_compacted_replay_that_starts_past_the_checkpoint_goes_on_from_it() -> None:
     again = LeaderTerms()
     again.resume(8, 4, 3)
