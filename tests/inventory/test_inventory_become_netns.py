@@ -329,6 +329,10 @@ def test_check_diff_shows_exactly_the_changed_variable(fleet: Fleet) -> None:
         assert f"--- {host}:{fleet.path(host, 'etc', 'agent.toml')}" in done.stdout
         assert re.search(rf"^{host} .*CHANGED: would write {fleet.path(host, 'etc', 'agent.toml')};"
                          " restart the agent$", done.stdout, re.M), done.stdout
+    rolled = fleet.meshtui("upgrade", "-i", str(fleet.inv), "--limit", "a", "--check")
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    assert re.search(rf"^a .*CHANGED: would write {fleet.path('a', 'etc', 'agent.toml')};"
+                     " drain, restart and undrain the agent$", rolled.stdout, re.M), rolled.stdout
     # undeploy --check (as su's target user on c) names what it would stop and remove.
     gone = fleet.meshtui("undeploy", "-i", str(fleet.inv), "--limit", "c", "--check")
     assert gone.returncode == 0, gone.stdout + gone.stderr
