@@ -13,10 +13,11 @@ deterministic screenshots) holds the call open forever so the app's poll stops
 adding samples.
 
 A recorded snapshot may say where it sat in the stream (``_events_before``: the
-events seen before it, written by ``record_mesh.py``).  Then the stream is
-gated: while the app holds snapshot k it gets only the events recorded before
-snapshot k+1, and ``status`` hands out snapshot k+1 only after those were
-delivered, so snapshots and events arrive in the order they were recorded.
+events seen before it, written by ``record_mesh.py``).  With ``ordered=True``
+(screenshots: the app must poll fast) the stream is then gated: while the
+app holds snapshot k it gets only the events recorded before snapshot k+1,
+and ``status`` hands out snapshot k+1 only after those were delivered, so
+snapshots and events arrive in the order they were recorded.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class ReplayClient:
         cycle: bool = False,
         events_per_second: float | None = None,
         log_chunk: int = 64,
+        ordered: bool = False,
     ) -> None:
         assert snapshots, "a recording needs at least one snapshot"
         self.snapshots = snapshots
@@ -72,7 +74,7 @@ class ReplayClient:
         self.delivered = 0
         self.subscribed = asyncio.Event()
         marks = [s.get("_events_before") for s in snapshots]
-        gated = all(isinstance(m, int) for m in marks)
+        gated = ordered and all(isinstance(m, int) for m in marks)
         self.marks: list[int] | None = [int(m) for m in marks] if gated else None
         self._progress = asyncio.Event()
 

@@ -12,6 +12,7 @@ from typing import Any
 from textual.pilot import Pilot
 from textual.widgets import RichLog
 
+from meshtui.screens.dialogs import HelpScreen
 from meshtui.widgets.fasttable import FastTable
 from tui.replay_client import ReplayClient
 from tui.tui_helpers import log_text, make_app, row_keys, wait_for
@@ -31,7 +32,7 @@ async def quiet(pilot: Pilot[None], app: Any) -> None:
 
 def settled_app() -> tuple[Any, Callable[[Pilot[None]], Awaitable[None]]]:
     """An app on the full recording, and a run_before that waits for it to settle."""
-    rc = ReplayClient.load("mesh5", hold_last=True)
+    rc = ReplayClient.load("mesh5", hold_last=True, ordered=True)
     app = make_app(rc, status_interval=0.001)
 
     async def settle(pilot: Pilot[None]) -> None:
@@ -92,7 +93,8 @@ def test_help_screen(snap_compare: Any) -> None:
     async def run_before(pilot: Pilot[None]) -> None:
         await settle(pilot)
         await pilot.press("question_mark")
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        await quiet(pilot, app)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
 

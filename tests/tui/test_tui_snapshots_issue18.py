@@ -75,7 +75,7 @@ def settled(rc: ReplayClient, **kwargs: Any) -> tuple[Any, Callable[[Pilot[None]
 
 def recorded(**kwargs: Any) -> ReplayClient:
     return ReplayClient(with_additions(SNAPSHOTS), copy.deepcopy(EVENTS), copy.deepcopy(LOGS),
-                        hold_last=True, **kwargs)
+                        hold_last=True, ordered=True, **kwargs)
 
 
 def test_mesh_dead_leader_has_no_role_and_links_show_relayed(snap_compare: Any) -> None:

@@ -225,7 +225,9 @@ def main() -> None:
             "read_only": False,
             "cluster_avg_cpu": round(sum(r["cpu"] for r in rows) / len(rows), 4),
         }
-        snap: dict[str, Any] = {"status": status, "members": rows}
+        # The 29 polls before the stream, the last one after it (ReplayClient ``ordered``).
+        snap: dict[str, Any] = {"_events_before": len(events) if last else 0}
+        snap.update(status=status, members=rows)
         if last:
             snap["task.list"] = list(tasks.values())
             snap["proposal.list"] = [
