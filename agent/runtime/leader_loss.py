@@ -38,6 +38,13 @@ REFUSAL_PROBE_TIMEOUT = 0.5
 one round trip; a connect that neither succeeds nor is refused in this time is
 not evidence of anything (the normal timeouts decide)."""
 
+REFUSAL_PROBE_DELAYS = (0.0, 0.02, 0.05, 0.1)
+"""Seconds before each connect of one check.  A killed process's sockets are
+closed one by one as it is torn down: the stream that told us may close a
+millisecond before the listening socket does, and a connect in between is still
+accepted.  A refusal on any attempt is the evidence; a live leader accepts all
+four (four connects per lost connection to a live leader, rare)."""
+
 
 class LeaderSource(Protocol):
     """What the watch needs of the consensus driver."""
@@ -69,6 +76,15 @@ async def refuses_connections(addr: str, timeout: float = REFUSAL_PROBE_TIMEOUT)
     return False
 
 
+async def _refused_soon(addr: str) -> bool:
+    """``refuses_connections`` on any of the attempts ``REFUSAL_PROBE_DELAYS`` apart."""
+    for delay in REFUSAL_PROBE_DELAYS:
+        await asyncio.sleep(delay)
+        if await refuses_connections(addr):
+            return True
+    return False
+
+
 class LeaderLossWatch:
     """The router's ``PeerDirectory``: membership's, plus the leader-loss check."""
 
@@ -97,12 +113,16 @@ class LeaderLossWatch:
 
     async def _check(self, leader: str, addr: str) -> None:
         try:
-            if await refuses_connections(addr):
+            if await _refused_soon(addr):
                 self.refusals += 1
                 log.warning("leader %s at %s refuses connections: its process is gone", leader, addr)
                 await self._consensus.leader_gone(leader)
         finally:
             self._checking.discard(addr)
+
+    async def checked(self) -> None:
+        """Wait until every check under way has finished (tests, shutdown)."""
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def close(self) -> None:
         for task in list(self._tasks):
