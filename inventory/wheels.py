@@ -25,6 +25,7 @@ import os
 import shutil
 import sys
 import tempfile
+import tomllib
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -100,7 +101,18 @@ def source_digest(root: Path) -> str:
 
 
 def requirements() -> list[str]:
-    """meshtui's runtime requirements (no extras) from its installed metadata."""
+    """meshtui's runtime requirements (no extras).
+
+    From the source tree's ``pyproject.toml`` when the wheel is built from one
+    (an editable install's metadata lags behind a dependency added since), else
+    from the installed metadata.
+    """
+    root = source_root()
+    if root is not None:
+        with open(root / "pyproject.toml", "rb") as fh:
+            deps = tomllib.load(fh).get("project", {}).get("dependencies")
+        if isinstance(deps, list) and all(isinstance(d, str) for d in deps):
+            return list(deps)
     try:
         reqs = metadata.requires(PROJECT) or []
     except metadata.PackageNotFoundError:
