@@ -94,9 +94,10 @@ async def plan_host(
                or have.get(p) != sha256_text(data)]
     changes.extend(f"write {p}" for p in written)
     running = await steps.service_running(remote, facts.systemd)
-    if action == "upgrade" and changes:
-        changes.append("drain, restart and undrain the agent" if running
-                       else "fail: the agent is not running (deploy it first)")
+    if action == "upgrade":  # upgrade leaves an up-to-date host alone, running or not
+        if changes:
+            changes.append("drain, restart and undrain the agent" if running
+                           else "fail: the agent is not running (deploy it first)")
     elif changes or not running:
         changes.append("restart the agent" if running else "start the agent")
     text = ""
