@@ -6,6 +6,12 @@ and ``known_hosts`` like ``ssh`` does; ``ansible_host_key_checking: false``
 turns host key checking off for that host (test labs), and
 ``ansible_ssh_private_key_file`` adds a client key.
 
+Further connection settings (``inventory.sshargs``, README "Reaching hosts"):
+jump hosts from ``-o ProxyJump``/``-J`` are opened here and chained with
+asyncssh's ``tunnel=`` (a ``ProxyJump`` in ``~/.ssh/config`` is asyncssh's
+own), ``ansible_password`` serves password and keyboard-interactive auth, and
+with ``ansible_become`` every command runs through ``inventory.become``.
+
 Every failure surfaces as ``StepError(step, reason)``: one line naming what
 was being done, which deploy reports as ``host: failed: step: reason``.
 """
@@ -119,9 +125,10 @@ class RemoteHost:
     async def upload(self, files: Iterable[Path], directory: str, step: str) -> None:
         """Copy local ``files`` into remote ``directory`` (created if missing).
 
-        With become, the files go by SFTP as the login user into a private
-        staging directory first, then are copied into place as the become user
-        (so they are owned by it); that suits the wheels, which are not secret.
+        With become, the files go by SFTP as the login user into a ``mktemp -d``
+        staging directory (0755: only the login user writes there, a non-root
+        become user can read), then are copied into place as the become user (so
+        they are owned by it); that suits the wheels, which are not secret.
         """
         paths = list(files)
         if self.host.become is None:
