@@ -294,8 +294,8 @@ def _draw_links(canvas: BrailleCanvas, view: TopoView, pos: dict[str, tuple[int,
         if link.a not in pos or link.b not in pos:
             continue
         style, dotted = link_style(link)
-        if sel is not None and link not in mine:
-            style = "grey30"  # the selected host's links stand out
+        if sel is not None and link not in mine and link.state == "direct":
+            style = "grey30"  # the selected host's links stand out; broken ones always do
         (x0, y0), (x1, y1) = pos[link.a], pos[link.b]
         canvas.line(x0, y0, x1, y1, style, dotted=dotted)
 
