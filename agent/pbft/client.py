@@ -118,6 +118,8 @@ class PbftFollower:
         self._ticks = 0
         self._progress_at = 0
         self._asked = 0
+        self._highest = 0
+        """The highest seq any replica said it executed (even beyond our window)."""
         self._msgs: list[Outbound] = []
         self._batches: list[CommittedBatch] = []
         self._reset: StableCheckpoint | None = None
@@ -128,6 +130,7 @@ class PbftFollower:
         if isinstance(msg, StateReply):
             self._on_state(msg)
             return
+        self._highest = max(self._highest, msg.seq)
         if not self.applied < msg.seq <= self.applied + self.window:
             return
         self._votes.setdefault(msg.seq, {})[msg.frm] = msg
@@ -162,8 +165,7 @@ class PbftFollower:
     def tick(self) -> None:
         """Behind with nothing arriving for ``stall_ticks``: ask a replica for its state."""
         self._ticks += 1
-        ahead = any(s > self.applied + 1 for s in self._votes)
-        if ahead and self._ticks - self._progress_at >= self.stall_ticks:
+        if self._highest > self.applied and self._ticks - self._progress_at >= self.stall_ticks:
             self._progress_at = self._ticks
             self._asked += 1
             to = self.group.replicas[self._asked % self.group.n]

@@ -17,8 +17,9 @@ metrics the same narrow interface ``ConsensusDriver`` offers for Raft
   every replica; ``checkpoint_due`` hands the state machine's snapshot back.
 
 The loop: ``tick`` every ``pbft.tick_interval``, ``step`` per message, then
-``_drain``: persist (records, hard state, stable checkpoint: ``pbft_storage``,
-fsynced) → send → execute → checkpoint → advance, as docs/internals.md §2.
+``_drain``: persist (records, hard state, stable checkpoint: ``pbft_storage``)
+→ execute → checkpoint → advance for every Ready there is, then one fdatasync
+for all of them, then send their messages (group commit; docs/internals.md §2).
 Formation (keys, genesis) is ``pbft_cluster.py``.
 """
 
@@ -60,6 +61,10 @@ log = logging.getLogger("agent.pbft")
 
 BARRIER = b""
 """The null command a linearizable read orders (the state machine applies it as a no-op)."""
+
+
+def replicas_of(genesis: Genesis | None) -> tuple[str, ...]:
+    return genesis.replicas if genesis is not None else ()
 
 
 def encode_result(result: ApplyResult) -> bytes:
@@ -293,12 +298,14 @@ class PbftDriver:
 
     def _drain(self) -> None:
         replica = self._replica
+        held: list[Outbound] = []
+        # Group commit: every Ready of this turn is written, then one fdatasync,
+        # then their messages leave (nothing is sent before what it depends on is
+        # durable; executing before the sync is fine: the state is rebuilt from
+        # the stable checkpoint after a crash).
         while replica is not None and (rd := replica.ready()) is not None:
             self._persist(rd)
-            local = [o for o in rd.messages if o.to == self.node_id]
-            for out in rd.messages:
-                if out.to != self.node_id:
-                    self._send(out.to, out.msg)
+            held.extend(rd.messages)
             if rd.reset_to is not None:
                 self._state.restore(rd.reset_to.snapshot)
             for batch in rd.committed:
@@ -310,8 +317,10 @@ class PbftDriver:
             for event in rd.events:
                 self._publish("consensus", {"kind": event.kind, "term": event.view, "summary": event.summary})
             replica.advance(rd)
-            for out in local:
-                self.step(out.msg)
+        if held:
+            self._storage.sync()
+            for out in held:
+                self._dispatch(out)
         if self._follower is not None:
             reset, batches = self._follower.take()
             if reset is not None:
@@ -328,7 +337,7 @@ class PbftDriver:
         self._report_role()
 
     def _persist(self, rd: Ready) -> None:
-        self._storage.append(rd.records, rd.hard_state)
+        self._storage.write(rd.records, rd.hard_state)
         for stable in (rd.reset_to, rd.stable):
             if stable is not None:
                 self._storage.save_stable(stable)
@@ -457,10 +466,41 @@ class PbftDriver:
 
     # ------------------------------------------------------------ status
 
+    def _follower_status(self, replicas: tuple[str, ...]) -> dict[str, Any]:
+        """A host outside the replica set: what it follows (no log, no watermarks)."""
+        n = len(replicas)
+        if self._follower is None:  # not formed yet
+            return {
+                "engine": "pbft",
+                "view": 0,
+                "active": False,
+                "primary": None,
+                "n": n,
+                "f": 0,
+                "low": None,
+                "high": None,
+                "executed": 0,
+                "forming": True,
+            }
+        return {
+            "engine": "pbft",
+            "view": self._view(),
+            "active": True,
+            "primary": self.leader_id,
+            "n": n,
+            "f": (n - 1) // 3,
+            "low": None,
+            "high": None,
+            "follower": True,
+            "executed": self._follower.applied,
+            "view_changes": 0,
+            "rejected_signatures": self._follower.checker.rejected,
+        }
+
     def status(self) -> dict[str, Any]:
         replica = self._replica
         genesis = self._cluster.genesis
-        core = replica.status() if replica is not None else {}
+        core = replica.status() if replica is not None else self._follower_status(replicas_of(genesis))
         replicas = list(genesis.replicas) if genesis else []
         return {
             "engine": "pbft",
@@ -478,7 +518,7 @@ class PbftDriver:
             "byzantine_f": (len(replicas) - 1) // 3 if replicas else 0,
             "pbft": {
                 **core,
-                "checkpoint_lag": core.get("executed", 0) - core.get("low", 0) if core else None,
+                "checkpoint_lag": core["executed"] - core["low"] if core.get("low") is not None else None,
                 "window": replica.window_phases() if replica is not None else [],
                 "evidence": list(self.evidence),
                 "fingerprints": {n: self._cluster.fingerprint(n) for n in replicas},

@@ -81,6 +81,7 @@ class PbftStorage:
         self._log_path = self.dir / "log"
         self._records: list[PersistRecord] = []
         self._fd = -1
+        self._dirty = False
 
     # ------------------------------------------------------------ load
 
@@ -148,13 +149,24 @@ class PbftStorage:
 
     def append(self, records: list[PersistRecord], hard: HardState | None) -> None:
         """Append and sync (before the Ready's messages are sent)."""
+        self.write(records, hard)
+        self.sync()
+
+    def write(self, records: list[PersistRecord], hard: HardState | None) -> None:
+        """Append without syncing (group commit: ``sync`` once for several Readys).
+        The hard state is small and rare: it is replaced and synced at once."""
         if records:
             blob = b"".join(frame(_encode_record(r)) for r in records)
             os.write(self._fd, blob)
-            os.fdatasync(self._fd)
             self._records.extend(records)
+            self._dirty = True
         if hard is not None:
             self._replace("hard", bytes(msgpack.packb([hard.view, hard.active])))
+
+    def sync(self) -> None:
+        if self._dirty:
+            os.fdatasync(self._fd)
+            self._dirty = False
 
     def save_stable(self, stable: StableCheckpoint) -> None:
         """A stable checkpoint: keep it, and drop the records at or below it."""

@@ -1,10 +1,11 @@
-"""Issue 13 on loopback: 4 real agents with ``consensus = "pbft"``.
+"""Issue 13 on loopback: 5 real agents with ``consensus = "pbft"``, ``replicas = 4``.
 
-They form a 4-replica PBFT cluster from key-derived ids; writes and
-linearizable reads go through the protocol from any host; status and report
-carry the view, watermarks, f and the replicas' key fingerprints; SIGKILL of
-the primary is followed by a view change and writes resume, and the killed
-host rejoins from its data dir.
+They form a 4-replica PBFT cluster from key-derived ids (the fifth host
+follows committed batches on f+1 signatures); writes and linearizable reads go
+through the protocol from any host; status and report carry the view,
+watermarks, f and the replicas' key fingerprints; SIGKILL of the primary is
+followed by a view change and writes resume, and the killed host rejoins from
+its data dir.
 """
 
 from __future__ import annotations
@@ -34,13 +35,16 @@ def _status(node: Any) -> dict[str, Any] | None:
 
 def _formed(mesh: LocalMesh) -> bool:
     views = [_status(n) for n in mesh.nodes if n.running]
-    return all(v and v["consensus"]["role"] in ("primary", "replica") for v in views)
+    roles = [v["consensus"]["role"] if v else None for v in views]
+    replicas = sum(1 for r in roles if r in ("primary", "replica"))
+    return all(r in ("primary", "replica", "follower") for r in roles) and replicas >= len(roles) - 1
 
 
 def _primary(mesh: LocalMesh) -> str | None:
     for node in mesh.nodes:
         st = _status(node) if node.running else None
-        if st and st["consensus"]["pbft"] and st["consensus"]["pbft"]["active"]:
+        pbft = st["consensus"]["pbft"] if st else None
+        if pbft and pbft.get("active") and pbft.get("primary") and not pbft.get("follower"):
             return str(st["consensus"]["pbft"]["primary"])
     return None
 
@@ -71,7 +75,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
     base = tmp_path_factory.mktemp("pbft")
     cfg = base / "pbft.toml"
     cfg.write_text('consensus = "pbft"\nreplicas = 4\n')
-    mesh = LocalMesh(4, base_dir=base, extra_args=["--config", str(cfg)])
+    mesh = LocalMesh(5, base_dir=base, extra_args=["--config", str(cfg)])
     mesh.start()
     try:
         assert mesh.wait_ready(30)
@@ -103,6 +107,17 @@ def test_writes_and_linearizable_reads_go_through_pbft(mesh: LocalMesh) -> None:
     assert report["pbft"]["checkpoint_lag"] is not None
 
 
+def test_the_fifth_host_follows_and_reads_through_the_protocol(mesh: LocalMesh) -> None:
+    follower = next(n for n in mesh.nodes if (st := _status(n)) and st["consensus"]["role"] == "follower")
+    writer = next(n for n in mesh.nodes if n is not follower)
+    for i in range(40):  # past a checkpoint (K = 32): a follower that missed some catches up
+        call_sync(writer.socket_path, "kv.put", {"ns": "f", "key": "k", "value": str(i).encode()}, 5.0)
+    got = call_sync(follower.socket_path, "kv.get", {"ns": "f", "key": "k"}, 10.0)
+    assert got["value"] == b"39"
+    call_sync(follower.socket_path, "kv.put", {"ns": "f", "key": "k", "value": b"from-follower"}, 5.0)
+    assert call_sync(writer.socket_path, "kv.get", {"ns": "f", "key": "k"}, 5.0)["value"] == b"from-follower"
+
+
 def test_meshtui_status_shows_the_key_fingerprints(mesh: LocalMesh) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "meshtui.cli", "status", "--target", mesh.nodes[1].socket_path],
@@ -122,8 +137,8 @@ def test_sigkill_of_the_primary_changes_the_view_and_writes_resume(mesh: LocalMe
                detail=lambda: _describe(mesh))
     new = wait_until("a new primary", lambda: _primary(mesh), 30, 0.3)
     assert new != primary
-    live = [_status(n) for n in mesh.nodes if n.running]
-    assert all(s and s["consensus"]["pbft"]["view"] > view for s in live)
+    live = [s["consensus"]["pbft"] for n in mesh.nodes if n.running and (s := _status(n))]
+    assert all(p["view"] > view for p in live if not p.get("follower"))
     mesh.restart(primary)
     wait_until("the killed host back as a replica", lambda: _formed(mesh), 60, 0.3,
                detail=lambda: _describe(mesh))

@@ -76,13 +76,13 @@ def pbft(agents: LabAgents, host: int) -> dict[str, Any] | None:
 
 def formed(agents: LabAgents, hosts: Any = HOSTS) -> bool:
     views = [pbft(agents, h) for h in hosts]
-    return all(v is not None and v["active"] for v in views) and len({v["view"] for v in views if v}) == 1
+    return all(v is not None and v.get("active") for v in views) and len({v["view"] for v in views if v}) == 1
 
 
 def primary_host(agents: LabAgents) -> int:
     for host in agents.running_hosts:
         view = pbft(agents, host)
-        if view and view["active"]:
+        if view and view.get("active") and view.get("primary"):
             return int(str(view["primary"]).removeprefix("h"))
     raise AssertionError("no active primary")
 
