@@ -94,3 +94,12 @@ def test_a_healed_3_2_split_reports_recovery_on_both_sides(lab_agents: LabAgents
     errors = {h: round(abs(float(got[h] or 0.0) - truth[h]), 3) for h in HOSTS}
     print(f"recovery truth {({h: round(t, 2) for h, t in truth.items()})}, reported {got}, errors {errors}")
     assert all(e <= TOLERANCE_S for e in errors.values()), (truth, got)
+    # The node saw the split and the heal when they happened: from its first loss to
+    # its first member back is the split's length (10 s) within the same tolerance,
+    # and this was one recovery of the 2 or 3 members across the cut.
+    details = {h: agents.call(h, "report")["partition_recovery"] for h in HOSTS}
+    for host in HOSTS:
+        detail = details[host]
+        assert abs(detail["split_to_heal_s"] - (healed - split_at)) <= TOLERANCE_S, (host, detail)
+        assert detail["recoveries"] == 1, (host, detail)
+        assert detail["lost"] == (len(MINORITY) if host in MAJORITY else len(MAJORITY)), (host, detail)
