@@ -36,7 +36,7 @@ EXIT_USAGE = 2
 
 def run_inventory_command(name: str, args: argparse.Namespace) -> int:
     try:
-        inv = load_inventory(args.inventory)
+        inv = load_inventory(args.inventory, become_defaults(args))
         limit = getattr(args, "limit", None)
         hosts = [h.name for h in inv.select(limit)]
     except InventoryError as exc:
@@ -137,3 +137,15 @@ def with_credentials(inv: Inventory, password: str | None, become: str | None) -
             host = dataclasses.replace(host, become=dataclasses.replace(host.become, password=become))
         hosts[name] = host
     return dataclasses.replace(inv, hosts=hosts)
+
+
+def become_defaults(args: argparse.Namespace) -> dict[str, object]:
+    """``-b``, ``--become-method``, ``--become-user`` as variables an inventory may override."""
+    found: dict[str, object] = {}
+    if getattr(args, "become", False):
+        found["ansible_become"] = True
+    if getattr(args, "become_method", None):
+        found["ansible_become_method"] = args.become_method
+    if getattr(args, "become_user", None):
+        found["ansible_become_user"] = args.become_user
+    return found

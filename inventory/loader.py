@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from inventory.errors import InventoryError
 from inventory.hostvars import Host, resolve_host
@@ -56,7 +57,10 @@ class Inventory:
         return self.path + ".key"
 
 
-def load_inventory(path: str | os.PathLike[str]) -> Inventory:
+def load_inventory(path: str | os.PathLike[str], defaults: dict[str, Any] | None = None) -> Inventory:
+    """Parse and resolve ``path``; ``defaults`` are variables below every group's
+    (the command line's ``-b``/``--become-user``/``--become-method``: as in
+    Ansible, a host or group that sets the variable wins)."""
     file = Path(path)
     shown = str(path)
     try:
@@ -76,13 +80,22 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
         name: resolve_host(
             name,
             tuple(decls.host_groups[name]),
-            merged_vars(decls, name),
+            _with_defaults(merged_vars(decls, name), defaults),
             decls.hosts[name].origin,
         )
         for name in decls.hosts
     }
     groups = {group: tuple(h for h in decls.hosts if group in decls.host_groups[h]) for group in decls.groups}
     return Inventory(shown, hosts, groups)
+
+
+def _with_defaults(
+    merged: dict[str, tuple[Any, Origin]], defaults: dict[str, Any] | None
+) -> dict[str, tuple[Any, Origin]]:
+    if not defaults:
+        return merged
+    origin = Origin("<command line>", 0)
+    return {**{key: (value, origin) for key, value in defaults.items()}, **merged}
 
 
 def _is_yaml(file: Path, text: str, shown: str) -> bool:

@@ -73,7 +73,7 @@ def _common(
 
 
 def _inventory_flags(p: argparse.ArgumentParser, nested: bool = False) -> None:
-    """Ansible's -f/-k/-K for the commands that work on an inventory's hosts over SSH."""
+    """Ansible's -f/-k/-K/-b for the commands that work on an inventory's hosts over SSH."""
     extra: dict[str, Any] = {"default": argparse.SUPPRESS} if nested else {}
     p.add_argument("-f", "--forks", type=_positive_int, metavar="N", **extra,
                    help="hosts worked on at once (default 5; upgrade goes one at a time)")
@@ -81,6 +81,12 @@ def _inventory_flags(p: argparse.ArgumentParser, nested: bool = False) -> None:
                    help="prompt once for the SSH password (ansible_password)")
     p.add_argument("-K", "--ask-become-pass", action="store_true", **extra,
                    help="prompt once for the become password (ansible_become_password)")
+    p.add_argument("-b", "--become", action="store_true", **extra,
+                   help="run as --become-user on the hosts (ansible_become; the inventory's wins)")
+    p.add_argument("--become-method", choices=("sudo", "su"), **extra,
+                   help="sudo (default) or su (ansible_become_method)")
+    p.add_argument("--become-user", metavar="USER", **extra,
+                   help="the user to become (default root; ansible_become_user)")
 
 
 def build_parser() -> argparse.ArgumentParser:

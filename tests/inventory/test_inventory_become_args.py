@@ -261,3 +261,28 @@ def ssh_keygen_pub(path: Path) -> str:
     from support.sshd import ssh_keygen
 
     return " ".join(ssh_keygen(path).split()[:2])
+
+
+def test_command_line_become_is_a_default_the_inventory_overrides(tmp_path: Path) -> None:
+    from inventory.cli import become_defaults
+    from meshtui.cli import build_parser
+
+    path = write(tmp_path, """\
+all:
+  hosts:
+    a: {}
+    b: {ansible_become: false}
+    c: {ansible_become_user: mesh, ansible_become_password: pw}
+""")
+    args = build_parser().parse_args(
+        ["deploy", "-i", str(path), "-b", "--become-method", "su", "--become-user", "ops"]
+    )
+    inv = load_inventory(path, become_defaults(args))
+    assert inv.host("a").become == Become("su", "ops", None)
+    assert inv.host("b").become is None
+    assert inv.host("c").become == Become("su", "mesh", "pw")
+    plain = build_parser().parse_args(["upgrade", "-i", str(path)])
+    assert become_defaults(plain) == {}
+    assert load_inventory(path, become_defaults(plain)).host("a").become is None
+    keys = build_parser().parse_args(["keys", "install", "-i", str(path), "-b", "-K", "-f", "2"])
+    assert become_defaults(keys) == {"ansible_become": True}
