@@ -292,8 +292,10 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
             self._msgs.append(Outbound(self.primary, req))
 
     def _propose(self) -> None:
-        """Primary: give pending requests sequence numbers while the window allows."""
-        while self._seq < self.high:
+        """Primary: give pending requests sequence numbers while the window allows
+        and fewer than ``max_inflight`` are unexecuted; what arrives meanwhile waits
+        and goes out as one batch."""
+        while self._seq < self.high and self._seq - self.executed < self.config.max_inflight:
             batch = tuple(r for d, r in self._pending.items() if d not in self._assigned)[
                 : self.config.max_batch
             ]
