@@ -1,4 +1,5 @@
-"""A leader whose process died: noticed from the kernel's word, not a timeout.
+"""A peer whose process died -- the leader above all: noticed from the kernel's
+word, not a timeout.
 
 When a process is killed its sockets close at once: every peer's stream to it
 ends, and a new connection to its port is refused (RST), because nothing
@@ -7,10 +8,13 @@ gives no such word and is left to the normal election timeout.
 
 ``LeaderLossWatch`` stands between the peer router and the membership driver
 (it is the router's ``PeerDirectory``): it passes every call on to membership
-and, when the connection that ended was with the Raft leader, tries one TCP
-connect to the leader's port.  Refused: the consensus driver is told
-(``ConsensusDriver.leader_gone``), which forgets the leader -- ending its lease
-here, so this node grants votes -- and campaigns after a short random delay.
+and, when a connection ends, tries a TCP connect to that peer's port (a few
+attempts in 0.17 s).  Refused: membership is told (``refused``: SWIM counts it
+towards a suspicion that a failed probe started, and a majority of refusers
+declares the member dead at once, swim/rules.py "Refused"); and if the peer
+was the Raft leader, the consensus driver too (``leader_gone``), which forgets
+the leader -- ending its lease here, so this node grants votes -- and
+campaigns after a short random delay.
 
 One node's word deposes no one (issue 14's rule): the campaign starts with a
 pre-vote, which wins only if a majority of the voters also lost the leader,
@@ -44,6 +48,12 @@ closed one by one as it is torn down: the stream that told us may close a
 millisecond before the listening socket does, and a connect in between is still
 accepted.  A refusal on any attempt is the evidence; a live leader accepts all
 four (four connects per lost connection to a live leader, rare)."""
+
+
+MAX_CHECKS = 64
+"""Checks under way at once (one per lost connection's address): a burst of
+lost connections (our own restart of the network) cannot open hundreds of
+probe connections."""
 
 
 class LeaderSource(Protocol):
@@ -101,11 +111,11 @@ class LeaderLossWatch:
 
     def connection_lost(self, addr: str) -> None:
         self._directory.connection_lost(addr)
+        if addr in self._checking or len(self._checking) >= MAX_CHECKS:
+            return
         leader = self._consensus.leader_id
-        if not leader or self._consensus.is_leader() or addr in self._checking:
-            return
-        if self._directory.addr_of(leader) != addr:
-            return
+        if not leader or self._consensus.is_leader() or self._directory.addr_of(leader) != addr:
+            leader = ""
         self._checking.add(addr)
         task = asyncio.get_running_loop().create_task(self._check(leader, addr))
         self._tasks.add(task)
@@ -113,8 +123,11 @@ class LeaderLossWatch:
 
     async def _check(self, leader: str, addr: str) -> None:
         try:
-            if await _refused_soon(addr):
-                self.refusals += 1
+            if not await _refused_soon(addr):
+                return
+            self.refusals += 1
+            self._directory.refused(addr)  # SWIM counts it towards a suspicion
+            if leader:
                 log.warning("leader %s at %s refuses connections: its process is gone", leader, addr)
                 await self._consensus.leader_gone(leader)
         finally:

@@ -253,6 +253,12 @@ class MembershipDriver:
         self._swim.connection_lost(time.monotonic(), addr)
         self._wake.set()
 
+    def refused(self, addr: str) -> None:
+        """A connect to ``addr`` was refused: the core may count it towards a
+        running suspicion (swim/rules.py, "Refused")."""
+        self._swim.refused(time.monotonic(), addr)
+        self._wake.set()
+
     # ------------------------------------------------------------ loops
 
     async def _timer_loop(self) -> None:

@@ -265,6 +265,10 @@ class PeerDirectory(Protocol):
 
     def connection_lost(self, addr: str) -> None: ...
 
+    def refused(self, addr: str) -> None:
+        """A connect to ``addr`` was refused after its connection ended."""
+        ...
+
 
 class TrafficStats(Protocol):
     """The transport's counters, as the report shows them."""

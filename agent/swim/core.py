@@ -136,7 +136,9 @@ class SwimNode(MembershipRules):
         self._next_push_pull_at = now + config.push_pull_interval * (0.5 + rng.random())
         self._next_reconnect_at = now + config.reconnect_interval * (0.5 + rng.random())
         self._next_pushsum_at = now + rng.random() * max(config.pushsum_interval, 1e-3)
-        counters = ("msgs_in", "msgs_out", "probes", "probe_failures", "refutes", "ignored")
+        counters = ("msgs_in", "msgs_out", "probes", "probe_failures", "refutes", "ignored",
+                    "refused_deaths")
+        self._refused: dict[str, int] = {}  # node -> incarnation its port refused us at
         self.stats: dict[str, int] = dict.fromkeys(counters, 0)
         self.helper_score: HelperScore | None = None  # ranks indirect-probe helpers
         self.probe_observer: ProbeObserver | None = None  # hears each probe's Ack path
@@ -459,7 +461,8 @@ class SwimNode(MembershipRules):
         if target is None or target.state not in _LIVE:
             return
         self._partition.record_probe(False)
-        self._on_suspect(now, Suspect(target.incarnation, target.node, self.node_id))
+        refused = self._refused.get(target.node) == target.incarnation
+        self._on_suspect(now, Suspect(target.incarnation, target.node, self.node_id, refused))
         # Each helper that Nacked failed to reach the target on its own: that is an
         # independent confirmation (the k indirect probes are the quorum), so the
         # suspicion starts as short as Lifeguard allows for that evidence.

@@ -73,11 +73,14 @@ class Alive:
 
 @dataclass(frozen=True, slots=True)
 class Suspect:
-    """``from_node`` suspects ``node`` at ``incarnation``."""
+    """``from_node`` suspects ``node`` at ``incarnation``; ``refused``: and its own
+    connect to ``node``'s port was refused (the kernel's word that nothing listens
+    there; see rules.py, "Refused")."""
 
     incarnation: int
     node: str
     from_node: str
+    refused: bool = False
 
 
 @dataclass(frozen=True, slots=True)

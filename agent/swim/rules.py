@@ -16,6 +16,14 @@ is re-broadcast (that is the epidemic) and reported as a MemberEvent.
 * Suspect: starts a Lifeguard suspicion timer, or confirms a running one (an
   accuser not counted before shortens it, and the confirmation is re-broadcast
   so others shorten theirs).
+* Refused (issue 14): a Suspect may say its accuser's own TCP connect to the
+  suspect's port was refused, the kernel's word that the process is gone.
+  Such news never starts a suspicion by itself (a single link's word suspects
+  no one: a probe must have failed first, ours or another member's); it
+  counts once per accuser on a running suspicion, and when a majority of the
+  other live members (ourselves included) have found the port refused, the
+  suspect is declared dead at once instead of at the end of its timer.  A
+  one-link reset gives one refuser; a process that died gives every survivor.
 * Dead: final for this incarnation; ``from_node == node`` means the node left.
 * PushPull merge: remote alive -> Alive; remote left -> Left; remote suspect
   *or dead* -> only a suspicion (a remote death is not trusted as a death:
@@ -74,6 +82,7 @@ class MembershipRules(abc.ABC):
     _stranger_syncs: dict[str, float]  # addr -> last PushPull offered to a stranger
     _now: float
     identity: IdentityChecks
+    _refused: dict[str, int]  # node -> incarnation its port refused our connect at
 
     @abc.abstractmethod
     def _queue(self, msg: BroadcastMsg) -> None:
@@ -229,6 +238,10 @@ class MembershipRules(abc.ABC):
             if susp is not None and susp.confirm(s.from_node):
                 self._push_suspicion_deadline(susp.deadline, m.node)
                 self._queue(s)
+            elif (s.refused and susp is not None and s.incarnation == susp.incarnation
+                  and susp.refuse(s.from_node)):
+                self._queue(s)  # a new refuser: others count it too
+            self._count_refusal(now, m, s)
             return
         if m.state != MemberState.ALIVE:
             return
@@ -246,6 +259,38 @@ class MembershipRules(abc.ABC):
         self._push_suspicion_deadline(m.suspicion.deadline, m.node)
         self._queue(s)
         self._emit("suspect", m)
+        self._count_refusal(now, m, s)
+
+    def refused(self, now: float, addr: str) -> None:
+        """The runtime's connect to ``addr`` was refused (runtime/leader_loss.py).
+        Remembered for this member's incarnation: our own suspicion of it, if a
+        probe fails, says so; a suspicion already running is confirmed with it.
+        Never a suspicion by itself (see "Refused" above)."""
+        m = next((x for x in self.table if x.addr == addr), None)
+        if m is None or m.state not in (MemberState.ALIVE, MemberState.SUSPECT):
+            return
+        if len(self._refused) >= 4096:
+            self._refused.clear()
+        self._refused[m.node] = m.incarnation
+        if m.state == MemberState.SUSPECT:
+            self._on_suspect(now, Suspect(m.incarnation, m.node, self.node_id, True))
+
+    def _count_refusal(self, now: float, m: Member, s: Suspect) -> None:
+        """``s`` says its accuser's connect to ``m`` was refused: once a majority of
+        the other live members (ourselves included) say so, ``m`` is dead now."""
+        susp = m.suspicion
+        if not s.refused or susp is None or m.state != MemberState.SUSPECT:
+            return
+        if s.incarnation != susp.incarnation:
+            return
+        susp.refuse(s.from_node)
+        others = 1 + sum(
+            1 for o in self.table
+            if o.node != m.node and o.state in (MemberState.ALIVE, MemberState.SUSPECT)
+        )
+        if susp.refusals >= others // 2 + 1:
+            self.stats["refused_deaths"] += 1
+            self._on_dead(now, Dead(m.incarnation, m.node, self.node_id))
 
     def _on_dead(self, now: float, d: Dead) -> None:
         if d.node == self.node_id:

@@ -14,10 +14,11 @@ from agent.swim.timing import suspicion_total
 class Suspicion:
     """Timer state for one suspected member."""
 
-    __slots__ = ("_accusers", "confirmations", "hi", "incarnation", "k", "lo", "started")
+    __slots__ = ("_accusers", "_refusers", "confirmations", "hi", "incarnation", "k", "lo", "started")
 
     def __init__(self, accuser: str, incarnation: int, k: int, lo: float, hi: float, now: float) -> None:
         self._accusers = {accuser}
+        self._refusers: set[str] = set()
         self.confirmations = 0
         self.incarnation = incarnation
         self.k = k
@@ -38,3 +39,15 @@ class Suspicion:
         self._accusers.add(accuser)
         self.confirmations += 1
         return True
+
+    def refuse(self, accuser: str) -> bool:
+        """Count a member whose connect to the suspect's port was refused; True if new."""
+        if accuser in self._refusers:
+            return False
+        self._refusers.add(accuser)
+        return True
+
+    @property
+    def refusals(self) -> int:
+        """Distinct members that found the suspect's port refusing connections."""
+        return len(self._refusers)

@@ -102,6 +102,9 @@ class Directory:
     def connection_lost(self, addr: str) -> None:
         self.lost.append(addr)
 
+    def refused(self, addr: str) -> None:
+        pass
+
 
 async def test_the_router_routes_by_class_and_counts_what_it_drops(
     caplog: pytest.LogCaptureFixture,

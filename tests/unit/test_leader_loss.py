@@ -1,6 +1,6 @@
-"""LeaderLossWatch (agent/runtime/leader_loss.py): a lost connection with the
-leader, then a refused connect to its port, is told to the consensus driver;
-a live leader (its port accepts) or a lost connection with anyone else is not."""
+"""LeaderLossWatch (agent/runtime/leader_loss.py): a lost connection, then a
+refused connect to that port, is told to membership (SWIM) and, for the leader,
+to the consensus driver; a live peer (its port accepts) to neither."""
 
 from __future__ import annotations
 
@@ -16,12 +16,16 @@ class Directory:
     def __init__(self, addrs: dict[str, str]) -> None:
         self.addrs = addrs
         self.lost: list[str] = []
+        self.refusals: list[str] = []
 
     def addr_of(self, node_id: str) -> str | None:
         return self.addrs.get(node_id)
 
     def connection_lost(self, addr: str) -> None:
         self.lost.append(addr)
+
+    def refused(self, addr: str) -> None:
+        self.refusals.append(addr)
 
 
 class Consensus:
@@ -50,20 +54,20 @@ async def test_a_refused_leader_port_is_told_to_the_driver() -> None:
     watch = LeaderLossWatch(directory, consensus)
     watch.connection_lost(dead)
     await wait_until_async("the driver told", lambda: consensus.gone == ["L"], 5.0)
-    assert directory.lost == [dead] and watch.refusals == 1
+    assert directory.lost == [dead] and directory.refusals == [dead] and watch.refusals == 1
     await watch.close()
 
 
-async def test_a_live_leader_or_another_peer_is_not_reported() -> None:
+async def test_a_live_leader_is_not_reported_and_another_dead_peer_only_to_membership() -> None:
     server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
     live = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
     other = closed_port()
     directory, consensus = Directory({"L": live, "F": other}), Consensus("L")
     watch = LeaderLossWatch(directory, consensus)
     watch.connection_lost(live)  # the leader's port still accepts: its process is alive
-    watch.connection_lost(other)  # not the leader: membership's business only
+    watch.connection_lost(other)  # not the leader: SWIM's business only
     await watch.checked()  # every attempt of the leader check made
     await watch.close()
     server.close()
-    assert consensus.gone == [] and watch.refusals == 0
+    assert consensus.gone == [] and directory.refusals == [other] and watch.refusals == 1
     assert directory.lost == [live, other]

@@ -8,7 +8,7 @@ import pytest
 from support.swim_nodes import CFG, addr, admit, drain, make, nid, state
 
 from agent.swim import Outbound, SwimNode
-from agent.swim.messages import Ack, Gossip, IndirectPingReq, MemberState, Nack, Ping
+from agent.swim.messages import Ack, Gossip, IndirectPingReq, MemberState, Nack, Ping, Suspect
 from agent.swim.probe import ProbeHints
 
 
@@ -116,3 +116,56 @@ def test_a_death_we_declare_is_gossiped_in_the_same_tick() -> None:
     assert state(a, int(ping.target, 16)) == MemberState.DEAD
     gossip = [o.msg for o in out if isinstance(o.msg, Gossip)]
     assert gossip and all(any(d.node == ping.target for d in g.gossip.dead) for g in gossip)
+
+
+# ---------------------------------------------------------------- refused ports (issue 14)
+
+
+def test_a_refused_port_alone_suspects_no_one() -> None:
+    """One link's word (nft ``reject with tcp reset``): no suspicion, no broadcast."""
+    a = make(1)
+    admit(a, [2, 3, 4, 5])
+    a.refused(1.0, addr(2))
+    assert state(a, 2) == MemberState.ALIVE
+    assert [o for o in drain(a)[0] if isinstance(o.msg, Gossip)] == []
+
+
+def test_a_majority_of_refusers_makes_a_suspect_dead_at_once() -> None:
+    """Node 5's process died: its port refuses everyone.  Our suspicion (a failed
+    probe) plus refusals from two other members (3 of the 4 others, ourselves
+    included) make it dead now, long before the suspicion timer."""
+    a = make(1)
+    admit(a, [2, 3, 4, 5])
+    a.refused(1.0, addr(5))  # our own connect was refused ...
+    a.step(1.0, addr(2), Suspect(0, nid(5), nid(2)))  # ... and node 2's probe failed
+    assert state(a, 5) == MemberState.SUSPECT
+    a.refused(1.0, addr(5))  # a running suspicion: confirmed with our refusal
+    a.step(1.1, addr(2), Suspect(0, nid(5), nid(2), refused=True))
+    assert state(a, 5) == MemberState.SUSPECT  # 2 of the 3 needed
+    a.step(1.2, addr(3), Suspect(0, nid(5), nid(3), refused=True))
+    assert state(a, 5) == MemberState.DEAD
+    assert a.stats["refused_deaths"] == 1
+
+
+def test_refusals_from_a_minority_leave_the_timer_to_decide() -> None:
+    """Two members reset by nft (a bridge cut with reject) are not a majority of four."""
+    a = make(1)
+    admit(a, [2, 3, 4, 5])
+    a.step(1.0, addr(2), Suspect(0, nid(5), nid(2), refused=True))
+    a.step(1.1, addr(3), Suspect(0, nid(5), nid(3), refused=True))
+    assert state(a, 5) == MemberState.SUSPECT
+    a.step(1.2, addr(4), Suspect(0, nid(5), nid(4)))  # a plain confirmation counts for nothing here
+    assert state(a, 5) == MemberState.SUSPECT
+
+
+def test_our_failed_probe_carries_our_refusal() -> None:
+    a = make(1)
+    admit(a, [2, 3, 4, 5])
+    ping, _ = _unanswered_probe(a)
+    target = next(i for i in (2, 3, 4, 5) if nid(i) == ping.target)
+    a.refused(1.1, addr(target))
+    assert state(a, target) == MemberState.ALIVE
+    a.tick(1.0 + CFG.probe_interval)  # the probe ends unanswered: we suspect it, refused
+    member = a.table.get(nid(target))
+    assert member is not None and member.state == MemberState.SUSPECT
+    assert member.suspicion is not None and member.suspicion.refusals == 1
