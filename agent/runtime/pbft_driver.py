@@ -195,7 +195,15 @@ class PbftDriver:
         self.wake()
 
     async def leader_gone(self, leader: str) -> None:
-        """A primary that refuses connections is replaced by the view-change timer."""
+        """The primary's port refuses connections (leader_loss.py): ask for the next
+        view now instead of waiting out the view-change timer.  Safe whoever asks
+        (a view change never loses a committed request); the view changes once f+1
+        replicas ask.  A probe refused on one link only takes this replica ahead
+        alone, where the others find it at their next view change."""
+        replica = self._replica
+        if replica is not None and replica.active and replica.primary == leader != self.node_id:
+            replica.request_view_change()
+            self.wake()
 
     def has_quorum(self) -> bool:
         return self.bootstrapped and (self._replica is None or self._replica.active)
