@@ -40,8 +40,9 @@ NewView         view >= ours,     enter the view; every planned pre-prepare is l
 StateRequest    from a replica    answer with the stable snapshot and its 2f+1 proof
 StateReply      proof and digest  reset the application to it (``Ready.reset_to``)
                 verify, ahead
-Status          from a replica    behind us: resend the pre-prepares and our votes for
-                                  slots we executed, our NEW-VIEW, our checkpoint proof
+Status          from a replica    behind us: resend the pre-prepares and the commit
+                                  certificates of slots we executed, our NEW-VIEW, our
+                                  checkpoint proof
 ==============  ================  ==========================================================
 
 Timers (in ticks): a backup that knows of a request not yet executed runs the
@@ -247,6 +248,10 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
             if record.view == self.view and not self.active:
                 self._my_vc = record
                 self._view_changes[self.id] = record
+            return
+        if isinstance(record, NewView):
+            if record.view == self.view and self.active:
+                self._new_view = record
             return
         if isinstance(record, Checkpoint):
             return
@@ -455,9 +460,13 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
             slot = self.log.slots.get(seq)
             if slot is None or slot.pp is None:
                 continue
+            # The pre-prepare and the whole commit certificate we hold (each COMMIT
+            # carries its sender's signature): enough to execute without us.
             self._msgs.append(Outbound(st.frm, slot.pp))
-            for msg in slot.mine:
-                self._msgs.append(Outbound(st.frm, msg))
+            digest = slot.pp.digest
+            for (_, d), vote in slot.commits.get(self.view, {}).items():
+                if d == digest:
+                    self._msgs.append(Outbound(st.frm, vote))
 
 
 _RULES: dict[type, str] = {

@@ -283,9 +283,10 @@ class HardState:
     active: bool = True
 
 
-PersistRecord = PrePrepare | Prepare | Commit | Checkpoint | ViewChange | PreparedCert
+PersistRecord = PrePrepare | Prepare | Commit | Checkpoint | ViewChange | NewView | PreparedCert
 """What the durable log holds: what this replica signed (so a restart never signs a
-conflicting message) and the certificates it prepared (so its VIEW-CHANGEs keep them)."""
+conflicting message), the certificates it prepared (so its VIEW-CHANGEs keep them) and
+the NEW-VIEW of its view (so it can resend it to a replica that missed it)."""
 
 
 @dataclass(frozen=True, slots=True)

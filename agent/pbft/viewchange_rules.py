@@ -68,7 +68,8 @@ class ViewChangeRules(ReplicaState):
         one view ahead instead of climbing through views nobody else is in."""
         if self.active or self._timer is not None:
             return
-        asking = sum(1 for m in self._view_changes.values() if m.view == self.view)
+        # A VIEW-CHANGE for a later view counts too: its sender left this one as well.
+        asking = sum(1 for m in self._view_changes.values() if m.view >= self.view)
         if asking >= self.group.quorum:
             self._arm_timer()
 
@@ -133,6 +134,7 @@ class ViewChangeRules(ReplicaState):
     def _enter_view(self, nv: NewView, plan: viewchange.Plan) -> None:
         self.active = True
         self._new_view = nv
+        self._records.append(nv)  # resent to whoever missed it, after a restart too
         self._my_vc = None
         self.view_changes += 1
         self._timer = None

@@ -34,6 +34,7 @@ from agent.pbft.messages import (
     Commit,
     Genesis,
     HardState,
+    NewView,
     PersistRecord,
     Prepare,
     PreparedCert,
@@ -47,9 +48,25 @@ from agent.pbft.messages import (
 def _record_seq(record: PersistRecord) -> int:
     if isinstance(record, PreparedCert):
         return record.preprepare.seq
-    if isinstance(record, ViewChange):
-        return 1 << 62  # a VIEW-CHANGE is kept: the view matters after a restart
+    if isinstance(record, ViewChange | NewView):
+        return 1 << 62  # kept (the newest only, ``keep_records``): the view matters after a restart
     return record.seq
+
+
+def keep_records(records: list[PersistRecord], low: int) -> list[PersistRecord]:
+    """The records above the stable checkpoint, and the newest VIEW-CHANGE and NEW-VIEW."""
+    newest = {
+        kind: max((r.view for r in records if isinstance(r, kind)), default=-1)
+        for kind in (ViewChange, NewView)
+    }
+    out: list[PersistRecord] = []
+    for r in records:
+        if isinstance(r, ViewChange | NewView):
+            if r.view == newest[type(r)]:
+                out.append(r)
+        elif _record_seq(r) > low:
+            out.append(r)
+    return out
 
 
 def _encode_record(record: PersistRecord) -> bytes:
@@ -69,7 +86,7 @@ def _decode_record(data: bytes) -> PersistRecord:
             raise ProtocolError("not a prepared certificate")
         return PreparedCert(pp, prepares)  # type: ignore[arg-type]
     record = wire.decode(body[1])
-    if not isinstance(record, PrePrepare | Prepare | Commit | Checkpoint | ViewChange):
+    if not isinstance(record, PrePrepare | Prepare | Commit | Checkpoint | ViewChange | NewView):
         raise ProtocolError(f"{type(record).__name__} is not a PBFT log record")
     return record
 
@@ -110,7 +127,7 @@ class PbftStorage:
             stable = StableCheckpoint(seq, digest, snapshot, checkpoints)  # type: ignore[arg-type]
         self._records = self._read_log()
         low = stable.seq if stable else 0
-        self._records = [r for r in self._records if _record_seq(r) > low]
+        self._records = keep_records(self._records, low)
         self._fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         return Restored(hard, stable, tuple(self._records))
 
@@ -173,7 +190,7 @@ class PbftStorage:
         proof = [wire.encode(cp) for cp in stable.proof]
         body = [stable.seq, stable.digest, stable.snapshot, proof]
         self._replace("stable", bytes(msgpack.packb(body, use_bin_type=True)))
-        self._records = [r for r in self._records if _record_seq(r) > stable.seq]
+        self._records = keep_records(self._records, stable.seq)
         blob = b"".join(frame(_encode_record(r)) for r in self._records)
         self._replace("log", blob)
         os.close(self._fd)

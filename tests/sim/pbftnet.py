@@ -41,12 +41,10 @@ from agent.pbft.messages import (
     HardState,
     Outbound,
     PersistRecord,
-    PreparedCert,
     Ready,
     Request,
     Restored,
     StableCheckpoint,
-    ViewChange,
 )
 from agent.pbft.signing import (
     Ed25519Signer,
@@ -57,6 +55,7 @@ from agent.pbft.signing import (
     Verifier,
     state_digest,
 )
+from agent.runtime.pbft_storage import keep_records
 
 SIM_CONFIG = PbftConfig(
     tick_interval=0.1,
@@ -92,8 +91,7 @@ class MemoryStorage:
             if stable is not None and (self.stable is None or stable.seq > self.stable.seq):
                 self.stable = stable
         if self.stable is not None:
-            low = self.stable.seq
-            self.records = [r for r in self.records if _record_seq(r) > low]
+            self.records = keep_records(self.records, self.stable.seq)
 
     def crash(self) -> None:
         self._unsynced = None
@@ -102,12 +100,6 @@ class MemoryStorage:
         return Restored(self.hard_state, self.stable, tuple(self.records))
 
 
-def _record_seq(record: PersistRecord) -> int:
-    if isinstance(record, PreparedCert):
-        return record.preprepare.seq
-    if isinstance(record, ViewChange):
-        return 1 << 62  # kept: the newest view matters after a restart
-    return record.seq
 
 
 class KV:
