@@ -5,7 +5,8 @@ One lab of 5 hosts for the module, LAN profile, 5 voters, joined through host 0
 ``CUT_S`` seconds (10 in CI; ``tests/bench/bench_relay_netns.py`` runs 30):
 
 * a single link, the leader <-> a follower, dropped by nft;
-* the bridge: {h0, h1} and {h3, h4} cut from each other, h2 reaching both;
+* the bridge: {h0, h1} and {h3, h4} cut from each other, h2 reaching both (the
+  hosts renamed so that the leader is on a side, not the bridge);
 * the same single link *refused* (nft ``reject with tcp reset``, ICMP for the rest).
 
 During each, every host is sent one write a second (``kv.put`` on its control
@@ -159,6 +160,16 @@ def relayed(agents: LabAgents, host: int) -> int:
     return int(counters["relayed_messages"])
 
 
+def bridge_groups(lead: int) -> tuple[list[int], list[int], int]:
+    """The bridge with the leader on one side, never the bridge itself (that would
+    relay nothing): h2 bridges {h0,h1} and {h3,h4} -- the issue's shape -- unless h2
+    leads; then h1 bridges {h2,h3} and {h0,h4}."""
+    bridge = 2 if lead != 2 else 1
+    rest = [h for h in HOSTS if h not in (lead, bridge)]
+    partner = min(rest, key=lambda h: abs(h - lead))
+    return sorted([lead, partner]), [h for h in rest if h != partner], bridge
+
+
 def leader_and_follower(agents: LabAgents) -> tuple[int, int]:
     leader = agents.status(0)["consensus"]["leader"]
     lead = int(leader[1:])
@@ -254,13 +265,16 @@ def test_one_link_cut_leader_to_follower_every_host_served(healthy: LabAgents) -
 @pytest.mark.timeout(120)
 def test_bridge_every_host_served(healthy: LabAgents) -> None:
     agents = healthy
+    lead, _follower = leader_and_follower(agents)
+    left, right, bridge = bridge_groups(lead)
     writes = Writes(agents)
     with MemberEventRecorder(agents, HOSTS).start() as recorder, Terms(agents) as terms:
-        agents.lab.partition([[0, 1], [3, 4]])  # h2 reaches both sides
+        agents.lab.partition([left, right])  # the bridge host reaches both sides
         writes.run()
-        took = heal_and_check_direct(agents, 0, 3)
-    print(f"bridge: {writes.summary()}; direct again {took:.2f} s after healing; "
-          f"terms {sorted(terms.seen)}")
+        assert link_state(agents, right[0], lead) in ("relayed", "down")
+        took = heal_and_check_direct(agents, right[0], lead)
+    print(f"bridge {left} | {right} over h{bridge}, leader h{lead}: {writes.summary()}; "
+          f"direct again {took:.2f} s after healing; terms {sorted(terms.seen)}")
     assert deaths(recorder) == []
     assert terms.changes <= 1, sorted(terms.seen)
     for host in HOSTS:
