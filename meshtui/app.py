@@ -28,7 +28,6 @@ import asyncio
 import gc
 import inspect
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -39,10 +38,11 @@ from textual.screen import Screen
 
 from agent.errors import MeshError, ProtocolError
 from meshtui.model import TOPICS, ClientLike, Connection, DemoControls, MeshModel
+from meshtui.operator import Operator
 from meshtui.ops import Operation
 from meshtui.screens.base import AreaScreen
 from meshtui.screens.consensus import ConsensusScreen
-from meshtui.screens.dialogs import ConfirmScreen, HelpScreen, NodePicker
+from meshtui.screens.dialogs import HelpScreen, NodePicker
 from meshtui.screens.mesh import MeshScreen
 from meshtui.screens.metrics import MetricsScreen
 from meshtui.screens.migrations import MigrationsScreen
@@ -154,7 +154,7 @@ class MeshApp(App[None]):
         self.demo_controls = demo_controls
         self._models = [MeshModel() for _ in self.clusters]
         self.model = self._models[0]
-        self.operations: list[Operation] = []
+        self.operator = Operator(self, self)
         self._generation = 0
         """Bumped on each cluster switch: messages of an older connection are dropped."""
         self.client: ClientLike | None = None
@@ -364,7 +364,7 @@ class MeshApp(App[None]):
         self.model = self._models[index]
         self.client = None
         self._pending.clear()
-        self.operations = []
+        self.operator.operations.clear()
         self._connect()
         for screen in self.screen_stack:
             if isinstance(screen, AreaScreen):
@@ -373,36 +373,16 @@ class MeshApp(App[None]):
             self.screen.refresh_from(self.model, force=True)
         self.notify(f"attached to {self.target_label}")
 
-    # --- operations --------------------------------------------------------
+    # --- operations (meshtui.operator) -------------------------------------
+    @property
+    def operations(self) -> list[Operation]:
+        return self.operator.operations
+
     def start_operation(self, kind: str, target: str) -> None:
-        """Confirm, send and then watch one operation (``meshtui.ops``)."""
-        op = Operation.make(kind, target, self.model, self.now(), uuid.uuid4().hex)
+        self.operator.start(kind, target)
 
-        async def answered(yes: bool | None) -> None:
-            if not yes:
-                return
-            self.operations.append(op)
-            self.operations = self.operations[-20:]
-            client = self.client
-            if client is None:
-                op.error = "not connected"
-            else:
-                try:
-                    await client.call(op.method, **op.params)
-                except Exception as exc:
-                    op.error = str(exc)
-                else:
-                    op.sent = True
-            self._schedule_redraw()
-            self._watch_operations()
-
-        self.push_screen(ConfirmScreen(op.question()), answered)
-
-    def _watch_operations(self) -> None:
-        """Redraw once a second while an operation is shown (its elapsed time moves)."""
-        if any(op.visible(self.now()) for op in self.operations):
-            self._schedule_redraw()
-            self.set_timer(1.0, self._watch_operations)
+    def request_redraw(self) -> None:
+        self._schedule_redraw()
 
     def action_switch_area(self, area: str) -> None:
         if self.current_mode != area:

@@ -33,7 +33,9 @@ class MeshAppLike(Protocol):
     client: ClientLike | None
     demo_controls: DemoControls | None
     target_label: str
-    operations: list[Operation]
+
+    @property
+    def operations(self) -> list[Operation]: ...
 
     def now(self) -> float: ...
 

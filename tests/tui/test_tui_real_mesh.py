@@ -98,7 +98,10 @@ async def test_killed_agent_turns_suspect_then_dead(mesh: LocalMesh) -> None:
             return "dead" in seen
 
         await wait_for(pilot, dead, 30)
-        assert "suspect" in seen, seen
+        # With a refused port seen by a majority, dead follows suspect within a few ms
+        # (issue 14), faster than the table's 4 redraws a second: the feed keeps both.
+        feed = [c.text for c in app.model.changes if c.text.startswith("n3 ")]
+        assert feed[-2:] == ["n3 suspect", "n3 dead"], (seen, feed)
         assert cell(table, "n2", "state") == "alive"
 
 
