@@ -21,6 +21,9 @@ Rules, per peer P (our direct path to P):
 event                                         from        to
 ============================================  ==========  =====================
 LinkPong (or SWIM direct Ack) from P          any         DIRECT (failures = 0)
+next probe of P, a reliable message with P    any         in probe_interval
+  within idle_after, or P failing/broken
+next probe of P otherwise (an idle pair)      DIRECT      in idle_probe_interval
 probe of P unanswered after probe_timeout,    DIRECT      DIRECT (failures + 1)
   failures + 1 < broken_after
 probe unanswered, failures + 1 >= broken_after DIRECT      BROKEN
@@ -203,7 +206,9 @@ class LinkTable:
         for node, peer in self._peers.items():
             if now < peer.next_probe:
                 continue
-            peer.next_probe = now + self.config.probe_interval
+            cfg = self.config
+            busy = peer.failures or peer.broken or now - peer.active_at <= cfg.idle_after
+            peer.next_probe = now + (cfg.probe_interval if busy else cfg.idle_probe_interval)
             self._seq += 1
             if len(peer.pending) >= MAX_PENDING_PROBES:
                 del peer.pending[next(iter(peer.pending))]

@@ -79,7 +79,7 @@ from agent.swim.messages import (
     Suspect,
 )
 from agent.swim.partition import PartitionDetector
-from agent.swim.probe import HelperScore, PendingProbe, ProbeHints, ProbeObserver, RelayTable, rank_helpers
+from agent.swim.probe import HelperScore, PendingProbe, ProbeHints, ProbeObserver, RelayTable, pick_helpers
 from agent.swim.pushsum import PushSumAggregator
 from agent.swim.ready import MemberEvent, Outbound, SwimReady
 from agent.swim.rules import MembershipRules
@@ -438,10 +438,8 @@ class SwimNode(MembershipRules):
     def _probe_indirect(self, probe: PendingProbe) -> None:
         probe.indirect_sent = True
         me = self.table.self_member
-        k = self.config.indirect_checks
-        pool = self.table.sample(self._rng, k if self.helper_score is None else len(self.table),
-                                 lambda m: m.state == MemberState.ALIVE, exclude=probe.target)
-        helpers = rank_helpers(pool, k, lambda m: m.node, probe.target, self.helper_score)
+        helpers = pick_helpers(self.table, self._rng, self.config.indirect_checks, probe.target,
+                               self.helper_score)
         probe.expected_nacks = len(helpers)
         for helper in helpers:
             req = IndirectPingReq(probe.seq, probe.target, probe.addr, self.node_id, me.addr)

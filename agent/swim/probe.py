@@ -10,9 +10,13 @@ a missing Nack), so a flood of requests cannot grow our memory.
 from __future__ import annotations
 
 import heapq
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
+
+from agent.swim.members import Member, MemberTable
+from agent.swim.messages import MemberState
 
 N = TypeVar("N")
 
@@ -31,6 +35,18 @@ def rank_helpers(candidates: Sequence[N], k: int, node_of: Callable[[N], str],
     if score is None:
         return list(candidates[:k])
     return sorted(candidates, key=lambda c: -score(node_of(c), target))[:k]
+
+
+def pick_helpers(table: MemberTable, rng: random.Random, k: int, target: str,
+                 score: HelperScore | None) -> list[Member]:
+    """The indirect-probe helpers for ``target``: ``k`` random live members, or,
+    with a ``score``, the ``k`` best of *all* live members (a random sample could
+    miss the one member that still reaches the target across a partial partition)."""
+    if score is None:
+        return table.sample(rng, k, lambda m: m.state == MemberState.ALIVE, exclude=target)
+    pool = [m for m in table if m.state == MemberState.ALIVE and m.node != target]
+    rng.shuffle(pool)
+    return rank_helpers(pool, k, lambda m: m.node, target, score)
 
 
 @dataclass(slots=True)

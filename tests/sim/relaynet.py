@@ -42,7 +42,8 @@ from agent.swim.messages import MemberState
 from sim.raftnet import KV, SIM_CONFIG, MemoryStorage, RaftNet
 from sim.swimnet import SimHost, SwimNet
 
-SIM_LINKS = dataclasses.replace(LinkConfig.lan(), probe_interval=0.5, probe_timeout=0.45)
+SIM_LINKS = dataclasses.replace(LinkConfig.lan(), probe_interval=0.5, probe_timeout=0.45,
+                                idle_probe_interval=1.0)
 """LAN link timings, but probes every 0.5 s with a 0.45 s timeout: the sim's one-way
 hops take 0.1-0.2 s (a step or two), far slower than a LAN's."""
 TICK = SIM_CONFIG.tick_interval
@@ -161,6 +162,7 @@ class LinkNet(RaftNet):
             if route.broken:
                 self.direct_while_broken += 1
             self._push(kind, src, dst, payload)
+            table.note_active(dst, self.now * TICK)  # as RelayService.send does
             recent = self._recent.get((src, dst))
             if recent is None:
                 recent = self._recent[(src, dst)] = deque(maxlen=SIM_LINKS.resend_max)
