@@ -8,13 +8,15 @@ is the primary of view 0 (the smallest id).
   killed host restarts from its data dir and is a replica again.
 * An equivocating replica: the current primary is restarted under
   ``tests/netns/pbft_equivocator.py`` (a fault injector that exists only in the
-  test harness) and signs two versions of everything it sends.  The three
+  test harness), made primary again with ``leader.transfer``, and signs two
+  versions of everything it sends.  The three
   correct hosts keep one history (same values on every host), report the
   evidence naming it (``status``), and writes still commit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import signal
 import tempfile
@@ -79,12 +81,19 @@ def formed(agents: LabAgents, hosts: Any = HOSTS) -> bool:
     return all(v is not None and v.get("active") for v in views) and len({v["view"] for v in views if v}) == 1
 
 
-def primary_host(agents: LabAgents) -> int:
+def current_primary(agents: LabAgents) -> int | None:
     for host in agents.running_hosts:
         view = pbft(agents, host)
         if view and view.get("active") and view.get("primary"):
             return int(str(view["primary"]).removeprefix("h"))
-    raise AssertionError("no active primary")
+    return None
+
+
+def primary_host(agents: LabAgents) -> int:
+    host = current_primary(agents)
+    if host is None:
+        raise AssertionError("no active primary")
+    return host
 
 
 def write(agents: LabAgents, counter: itertools.count[int], hosts: Any = None) -> bool:
@@ -133,6 +142,18 @@ def test_an_equivocating_replica_is_reported_and_the_others_stay_consistent(mesh
     mesh.restart(liar)
     mesh.wait_ready([liar], 30)
     honest = [h for h in HOSTS if h != liar]
+    # Its port refused connections while it was down, so the others may have moved
+    # to the next view: hand the view on (transfer-leader) until it leads again.
+    for _ in range(len(HOSTS)):
+        wait_until("one view on every host", lambda: formed(mesh), 60, 0.3, detail=mesh.logs)
+        lead = primary_host(mesh)
+        if lead == liar:
+            break
+        with contextlib.suppress(ClientError):
+            mesh.call(lead, "leader.transfer", {}, 5.0)
+        wait_until("the next view", lambda was=lead: current_primary(mesh) not in (None, was), 60, 0.3,
+                   detail=mesh.logs)
+    assert primary_host(mesh) == liar
     for _ in range(5):
         wait_until("writes commit with an equivocating replica", lambda: write(mesh, counter, honest),
                    90, 0.3, detail=mesh.logs)
