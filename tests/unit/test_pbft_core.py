@@ -205,3 +205,33 @@ def test_a_primary_that_steps_down_hands_over_to_the_next_view() -> None:
     assert {r.core.primary for r in net.replicas.values()} == {"r1"}
     _put(net, "c0", "x", "after")
     assert net.wait_for(lambda: len(got) == 1, 100)
+
+
+def test_a_follower_applies_batches_that_f_plus_1_replicas_signed() -> None:
+    import random
+
+    from agent.pbft.client import PbftFollower
+    from agent.pbft.messages import Outbound
+
+    net = PbftNet(7)
+    signers, _ = make_keys(["o1"], random.Random(1), real=False)
+    follower = PbftFollower(signers["o1"], net.verifier, net.replica_ids, SIM_CONFIG.window)
+    for r in net.replicas.values():
+        r.core.observers = ("o1",)
+    delivered = net._deliver
+
+    def deliver(frm: str, out: Outbound) -> None:
+        if out.to == "o1":
+            follower.step(out.msg)  # type: ignore[arg-type]
+        else:
+            delivered(frm, out)
+
+    net._deliver = deliver  # type: ignore[method-assign]
+    got = _results(net)
+    for i in range(5):
+        _put(net, "c0", "x", str(i))
+        assert net.wait_for(lambda i=i: len(got) == i + 1, 80)
+    net.run(5)
+    reset, batches = follower.take()
+    assert reset is None and [b.seq for b in batches] == list(range(1, 6))
+    assert follower.applied == net.replicas["r0"].core.executed
