@@ -253,13 +253,18 @@ class LeaderScheduler:
     # ------------------------------------------------------------ membership
 
     async def register_members(self, members: list[MemberView]) -> None:
-        """Leader: record names of nodes the state machine does not know yet (one per call)."""
+        """Leader: record the names of the alive nodes the state machine does not
+        know yet, all of them at once (a cluster formed with every host as a voter
+        is ready in a few seconds, and ``drain NODE`` needs the node registered)."""
         if not self._is_leader():
             return
-        for m in members:
-            if m.state == "alive" and self._registered_name(m.id) != m.meta.name:
-                with contextlib.suppress(MeshError):
-                    await self._propose(
-                        builders.cmd_node_register(m.id, m.meta.name, "", time.time())
-                    )
-                return
+        now = time.time()
+        missing = [
+            builders.cmd_node_register(m.id, m.meta.name, "", now)
+            for m in members
+            if m.state == "alive" and self._registered_name(m.id) != m.meta.name
+        ]
+        results = await asyncio.gather(*(self._propose(c) for c in missing), return_exceptions=True)
+        for res in results:
+            if isinstance(res, BaseException) and not isinstance(res, MeshError):
+                raise res
