@@ -56,7 +56,9 @@ class UserEventsDriver:
             self._send(node_id, msg)
 
     def _alive(self) -> list[str]:
-        return [m.id for m in self._members.members() if m.state == "alive"]
+        """The members an event is for: alive or merely suspected (a suspect member is
+        usually a slow one; only dead or departed members are left out, as Serf does)."""
+        return [m.id for m in self._members.members() if m.state in ("alive", "suspect")]
 
     async def run(self) -> None:
         """Resend unacknowledged events until cancelled."""

@@ -32,6 +32,8 @@ MESSAGE_WAIT = 5.0
 EVENT_NAME = "daa_communication"
 """The user-event name ``daa_communication`` messages carry (``meshtui events list --name``)."""
 DEFAULT_THRESHOLD = 0.67
+RETRY_PAUSE = 1.0
+"""Seconds before failover asks once more for leadership to move off a node."""
 REQUEST_TIMEOUT = 5.0
 """Seconds the agent may wait for a leader on each call (``meshtui --request-timeout``);
 past it a write is a "no quorum" tool error."""
@@ -292,8 +294,13 @@ async def daa_fault_tolerance(cluster: Cluster, args: dict[str, Any]) -> dict[st
     actions.append(f"drained {name}: no new tasks are placed there and its queued tasks move")
     if name == leader:
         moved = await cluster.call("topology.optimize", apply=True, avoid=name)
+        if not moved["changed"]:  # the leader was busy or changing: one more try
+            await asyncio.sleep(RETRY_PAUSE)
+            moved = await cluster.call("topology.optimize", apply=True, avoid=name)
         actions.append(moved["action"] if moved["changed"] else f"leadership stays: {moved['reason']}")
-    tasks = await cluster.call("task.list")
+    # Read locally: leadership may be moving this very moment (a linearizable read
+    # would wait for the new leader); the list only says what is still there.
+    tasks = await cluster.call("task.list", stale=True)
     still = [t["id"] for t in tasks if t["node"] == name and t["state"] in ("assigned", "running")]
     if still:
         actions.append(f"{len(still)} task(s) still on {name}: running tasks finish there unless "
