@@ -31,7 +31,7 @@ from meshtui.client import ControlClient
 from meshtui.demo import LocalMesh
 from meshtui.mcp.schemas import TOOL_NAMES
 from meshtui.mcp.server import server_for
-from meshtui.rpc import call_sync
+from meshtui.rpc import ClientError, call_sync
 from meshtui.targets import ResolvedTarget
 
 pytestmark = pytest.mark.timeout(240)
@@ -237,7 +237,11 @@ async def test_failover_drains_the_node_and_it_gets_no_new_tasks(mesh: LocalMesh
                          {"shell": "true", "rid": f"mcp-drain-{i}"}, 10)["id"] for i in range(6)]
 
         def placed() -> list[dict[str, Any]] | None:
-            rows = [r for r in call_sync(sock(mesh, "n1"), "task.list", {}, 5) if r["id"] in ids]
+            try:  # a leadership move (the failover may have made one) fails a read for a moment
+                listed = call_sync(sock(mesh, "n1"), "task.list", {}, 5)
+            except ClientError:
+                return None
+            rows = [r for r in listed if r["id"] in ids]
             return rows if all(r["node"] for r in rows) else None
 
         rows = wait_until("all six tasks placed", placed, 30)
