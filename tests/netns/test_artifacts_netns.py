@@ -252,6 +252,7 @@ def test_a_full_disk_on_a_replica_is_one_line_and_loses_nothing(mesh: LabAgents)
     store a new task's copies: the holder's report names the item with the replica's
     one-line refusal, the replica's earlier copy stays intact, and once the disk has
     room again the copy is made and the count is back to zero."""
+    mesh.wait_all_members(HOSTS, mesh.expect_all(HOSTS), CONVERGE_TIMEOUT)  # after a restart
     by_host = ids(mesh)
     ring = HashRing(by_host.values(), 64)
     key = next(k for k in (f"disk-{i}" for i in range(10_000))
@@ -261,7 +262,9 @@ def test_a_full_disk_on_a_replica_is_one_line_and_loses_nothing(mesh: LabAgents)
         "shell": "printf kept > kept.txt", "key": key, "strategy": "hash",
         "artifacts": ["kept.txt"], "retries": 0, "rid": "disk-0"})["id"]
     wait_task(mesh, 3, earlier, {"succeeded"}, 30)
-    wait_until("replicated", lambda: under_replicated(mesh, list(HOSTS)) == 0, 30, 0.5)
+    wait_until("replicated", lambda: under_replicated(mesh, list(HOSTS)) == 0, 60, 0.5,
+               detail=lambda: str([call(mesh, h, "report", {})["under_replicated_items"]
+                                   for h in HOSTS]))
     next_id = f"t{max(int(r['id'][1:]) for r in call(mesh, 3, 'task.list', {})) + 1}"
     where = Path(mesh.base_dir) / mesh.name(replica) / "data" / "replicas" / next_id
     where.mkdir(parents=True)
@@ -293,4 +296,6 @@ def test_a_full_disk_on_a_replica_is_one_line_and_loses_nothing(mesh: LabAgents)
     finally:
         subprocess.run([*nsenter, "umount", "-l", str(where)], check=False)
     wait_until("the copy is made once there is room", lambda: under_replicated(
-        mesh, list(HOSTS)) == 0, 30, 0.5, detail=mesh.logs)
+        mesh, list(HOSTS)) == 0, 60, 0.5,
+        detail=lambda: str([call(mesh, h, "report", {})["under_replicated_items"]
+                            for h in HOSTS]))
