@@ -109,6 +109,9 @@ class LeaderLossWatch:
     def addr_of(self, node_id: str) -> str | None:
         return self._directory.addr_of(node_id)
 
+    def refused(self, addr: str) -> None:
+        self._directory.refused(addr)
+
     def connection_lost(self, addr: str) -> None:
         self._directory.connection_lost(addr)
         if addr in self._checking or len(self._checking) >= MAX_CHECKS:
