@@ -159,7 +159,7 @@ class LinkTable:
         """The live members (SWIM): small clusters track every one of them."""
         self._members = set(alive) - {self.self_id}
         track_all = len(self._members) <= self.config.track_all_limit
-        for node in self._members:
+        for node in sorted(self._members):  # sorted: a simulation replays exactly
             if track_all:
                 self._peer(node, now)
         for node in [n for n in self._peers if n not in self._members]:

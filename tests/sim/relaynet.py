@@ -40,7 +40,7 @@ from agent.raft.messages import Entry, EntryKind, RaftMessage, Role
 from agent.swim.config import SwimConfig
 from agent.swim.messages import MemberState
 from sim.raftnet import KV, SIM_CONFIG, MemoryStorage, RaftNet
-from sim.swimnet import SimHost, SwimNet
+from sim.swimnet import _DELIVER, _TICK, _UNREACHABLE, SimHost, SwimNet
 
 SIM_LINKS = dataclasses.replace(LinkConfig.lan(), probe_interval=0.5, probe_timeout=0.45,
                                 idle_probe_interval=1.0)
@@ -76,6 +76,49 @@ class DedupKV(KV):
         self.applied, self.data, self.results = json.loads(data)
 
 
+class RelaySwimNet(SwimNet):
+    """SwimNet whose reliable messages (push-pull, the fallback TCP ping and its Ack)
+    also arrive over a relay while their direct path is broken, as ``PeerRouter``
+    sends every reliable message; datagrams never do."""
+
+    relayable: Callable[[str, str], bool] = staticmethod(lambda _a, _b: False)
+
+    def _run_until(self, t: float, stop: Callable[[], bool] | None, check_every: float) -> bool:
+        # SwimNet._run_until with one change: a reliable delivery is also made when
+        # ``relayable(src, dst)`` holds.
+        heap = self._heap
+        next_check = self.now + check_every
+        while heap and heap[0][0] <= t:
+            when, _seq, kind, addr, payload = heapq.heappop(heap)
+            self.now = when
+            if stop is not None and when >= next_check:
+                next_check = when + check_every
+                if stop():
+                    return True
+            host = self.hosts[addr]
+            if kind == _DELIVER:
+                src, msg, reliable = payload  # type: ignore[misc]
+                reachable = self.connected(src, addr) or (reliable and self.relayable(src, addr))
+                if not host.running or not reachable:
+                    self.dropped += 1
+                    if reliable:
+                        self._push(when + self.tcp_delay, _UNREACHABLE, src, addr)
+                    continue
+                host.node.step(when, src, msg)
+            elif not host.running:
+                continue
+            elif kind == _TICK:
+                if host.scheduled != when:
+                    continue
+                host.scheduled = None
+                host.node.tick(when)
+            else:
+                host.node.unreachable(when, payload)  # type: ignore[arg-type]
+            self._flush(host)
+        self.now = max(self.now, t)
+        return stop() if stop is not None else False
+
+
 class LinkNet(RaftNet):
     """``n`` voters ``n1``..``nN`` with directed link faults and relays (see module doc)."""
 
@@ -100,7 +143,7 @@ class LinkNet(RaftNet):
         self._broken: dict[str, set[str]] = {i: set() for i in ids}
         self._leader = ""
         # SWIM beside it, same links.
-        self.swim = SwimNet(seed, SwimConfig.lan())
+        self.swim = RelaySwimNet(seed, SwimConfig.lan())
         hosts = self.swim.add_nodes(n)
         self.swim.bootstrap(hosts)
         self.host = dict(zip(ids, hosts, strict=True))
@@ -110,6 +153,7 @@ class LinkNet(RaftNet):
             table = self.tables[i]
             h.node.helper_score = self._helper_score(table)
         self.swim.connected = self._swim_connected  # type: ignore[method-assign]
+        self.swim.relayable = self._swim_relayable  # type: ignore[method-assign]
 
     def _start(self, node_id: str, storage: MemoryStorage) -> None:
         super()._start(node_id, storage)
@@ -138,6 +182,15 @@ class LinkNet(RaftNet):
     def _swim_connected(self, a: str, b: str) -> bool:
         ia, ib = self._addr_to_id.get(a), self._addr_to_id.get(b)
         return ia is None or ib is None or (ia, ib) not in self.down
+
+    def _swim_relayable(self, a: str, b: str) -> bool:
+        """A reliable SWIM message from ``a`` to ``b`` crosses ``a``'s relay now."""
+        ia, ib = self._addr_to_id.get(a), self._addr_to_id.get(b)
+        if ia is None or ib is None:
+            return False
+        via = self.tables[ia].route(ib, self.now * TICK).via
+        return bool(via) and self.connected(ia, via) and self.connected(via, ib) and (
+            self.tables[via].direct_ok(ib))
 
     def _helper_score(self, table: LinkTable) -> Callable[[str, str], float]:
         def score(helper: str, target: str) -> float:
@@ -225,7 +278,7 @@ class LinkNet(RaftNet):
                 continue
             table.tick(t)
             broken = set(table.broken_peers())
-            for peer in broken - self._broken[node_id]:
+            for peer in sorted(broken - self._broken[node_id]):
                 for sent, kind, payload in self._recent.pop((node_id, peer), ()):
                     if self.now - sent <= RESEND_STEPS:
                         self.resent += 1
