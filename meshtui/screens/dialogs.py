@@ -14,7 +14,7 @@ from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
 HELP_KEYS: tuple[tuple[str, str], ...] = (
-    ("1 2 3 4", "Mesh · Consensus · Tasks · Migrations"),
+    ("1 2 3 4 5", "Mesh · Consensus · Tasks · Migrations · Metrics"),
     ("tab / shift+tab", "next / previous screen"),
     ("/", "filter the current screen (words, all must match)"),
     (":", "command palette: submit, cancel, drain, undrain, transfer leadership"),

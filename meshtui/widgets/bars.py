@@ -14,6 +14,7 @@ AREAS: tuple[tuple[str, str], ...] = (
     ("consensus", "Consensus"),
     ("tasks", "Tasks"),
     ("migrations", "Migrations"),
+    ("metrics", "Metrics"),
 )
 
 _CONN_STYLE = {

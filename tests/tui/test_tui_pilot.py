@@ -234,6 +234,8 @@ async def test_tab_and_number_keys_switch_screens() -> None:
         await pilot.press("tab")
         assert app.current_mode == "consensus"
         await pilot.press("shift+tab", "shift+tab")
+        assert app.current_mode == "metrics"
+        await pilot.press("shift+tab")
         assert app.current_mode == "migrations"
         await pilot.press("3")
         assert app.current_mode == "tasks"
