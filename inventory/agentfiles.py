@@ -61,6 +61,8 @@ def render_agent_config(host: Host, all_hosts: Sequence[Host], inventory_path: s
         f"slots = {host.slots}",
         f"profile = {toml_str(host.profile)}",
     ]
+    if host.consensus != "raft":  # Raft hosts' files stay as they were
+        lines += [f"consensus = {toml_str(host.consensus)}", f"replicas = {host.replicas}"]
     if host.socket:
         lines.append(f"socket = {toml_str(host.socket)}")
     return "\n".join(lines) + "\n"

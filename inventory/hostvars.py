@@ -75,6 +75,10 @@ class Host:
     """``mesh_cluster_key_file``: local file with the cluster key (else ``<inventory>.key``)."""
     vars: dict[str, Any]
     """Every merged variable, for anything else a caller wants (passwords left out)."""
+    consensus: str = "raft"
+    """``mesh_consensus``: ``raft`` (default) or ``pbft`` (issue 13; the agent's ``consensus``)."""
+    replicas: int = 4
+    """``mesh_replicas``: PBFT replicas, 4 or 7 (the agent's ``replicas``; PBFT only)."""
     ssh: SshOptions = field(default_factory=SshOptions)
     """``ansible_ssh_common_args`` + ``ansible_ssh_extra_args`` (see ``inventory.sshargs``)."""
     password: str | None = field(default=None, repr=False)
@@ -242,6 +246,16 @@ def resolve_host(
         raise merged["mesh_profile"][1].error(
             f"host {name!r}: mesh_profile must be 'lan' or 'local', got {profile!r}"
         )
+    consensus = read.text("mesh_consensus", "raft")
+    if consensus not in ("raft", "pbft"):
+        raise merged["mesh_consensus"][1].error(
+            f"host {name!r}: mesh_consensus must be 'raft' or 'pbft', got {consensus!r}"
+        )
+    replicas = read.integer("mesh_replicas", 4, 4, 7)
+    if replicas not in (4, 7):
+        raise merged["mesh_replicas"][1].error(
+            f"host {name!r}: mesh_replicas must be 4 or 7 (n = 3f + 1), got {replicas}"
+        )
     ssh = _ssh_options(name, read, origin)
     # ansible_port/ansible_user win over -o Port/-o User (Ansible puts them first on
     # ssh's command line, and ssh keeps the first value of an option).
@@ -271,6 +285,8 @@ def resolve_host(
         mdns=read.boolean("mesh_mdns", True),
         python=read.text("mesh_python", read.text("ansible_python_interpreter", "python3")),
         profile=profile,
+        consensus=consensus,
+        replicas=replicas,
         cluster_key_file=read.optional_text("mesh_cluster_key_file"),
         vars={key: value for key, (value, _) in merged.items() if key not in SECRET_VARS},
         ssh=ssh,

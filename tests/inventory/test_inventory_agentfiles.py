@@ -70,6 +70,22 @@ def test_agent_config_is_valid_toml_for_the_agent(tmp_path: Path) -> None:
     assert d1.mdns is False
 
 
+def test_mesh_consensus_pbft_reaches_the_agent_config_and_bad_values_are_one_line(tmp_path: Path) -> None:
+    inv = make_inventory(tmp_path, "all:\n  vars: {mesh_consensus: pbft, mesh_replicas: 7}\n"
+                                   "  hosts:\n    a: {ansible_host: 10.0.0.1}\n")
+    (host,) = inv.hosts.values()
+    path = tmp_path / "a.toml"
+    path.write_text(files.render_agent_config(host, [host], inv.path))
+    cfg = load_config(str(path), {}, None)
+    assert (cfg.consensus, cfg.replicas) == ("pbft", 7)
+    raft = make_inventory(tmp_path, "all:\n  hosts:\n    a: {ansible_host: 10.0.0.1}\n")
+    assert "\nconsensus =" not in files.render_agent_config(*raft.hosts.values(), [], raft.path)
+    for bad, says in (("mesh_consensus: paxos", "mesh_consensus must be 'raft' or 'pbft'"),
+                      ("mesh_replicas: 5", "mesh_replicas must be 4 or 7")):
+        with pytest.raises(Exception, match=says):
+            make_inventory(tmp_path, f"all:\n  hosts:\n    a: {{{bad}}}\n")
+
+
 def test_first_host_is_the_seed_when_none_is_marked(tmp_path: Path) -> None:
     inv = make_inventory(tmp_path, "all:\n  hosts:\n    a: {ansible_host: 10.0.0.1}\n    b:\n")
     hosts = list(inv.hosts.values())
