@@ -61,15 +61,11 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from agent.errors import (
-    DiskFullError,
     LocalError,
     NoQuorumError,
-    NotLeaderError,
-    ProtocolError,
     StorageError,
 )
 from agent.metrics.trackers import LeaderTerms
@@ -78,13 +74,12 @@ from agent.raft.core import RaftNode, bootstrap_state
 from agent.raft.messages import Entry, EntryKind, Ready, Role, Snapshot
 from agent.raft.storage import Storage
 from agent.runtime import recovery
+from agent.runtime.consensus_requests import ClientRequests, PendingWrite
 from agent.runtime.diskfull import RETRY_FIRST, RETRY_MAX, DiskFullMode, fatal_line, is_disk_full
-from agent.runtime.forwarding import Forwarder, LeaderRefused, Retarget, result_answer
+from agent.runtime.forwarding import Forwarder
 from agent.runtime.leader_wait import LeaderWait
-from agent.runtime.messages import ForwardPropose, ForwardResult
 from agent.runtime.ports import StateQueries
 from agent.runtime.storage_io import StorageIO
-from agent.state.commands import Command, decode_command
 from agent.state.machine import ApplyResult, StateMachine
 
 log = logging.getLogger(__name__)
@@ -109,27 +104,7 @@ def _wants_everything(topic: str) -> bool:
     return True
 
 
-def _has_rid(command: bytes) -> bool:
-    """Does ``command`` carry a client rid (so the apply dedup makes a resend safe)?"""
-    try:
-        return bool(decode_command(command).rid)
-    except ProtocolError:
-        return False
-
-
-@dataclass(slots=True)
-class _Pending:
-    term: int
-    future: asyncio.Future[Any]
-    started: float
-    """Loop time of the proposal; the tick sweep fails the write ``commit_timeout`` later."""
-    finish: Callable[[ApplyResult], Any] | None
-    """Turns the apply result into the future's value (or raises); None: the result itself."""
-    decoded: Command | None = None
-    """What the proposed bytes decode to, if the proposer knew (spares the apply a decode)."""
-
-
-class ConsensusDriver:
+class ConsensusDriver(ClientRequests):
     """Drives one RaftNode over the runtime's transport; owns storage and the state machine."""
 
     def __init__(
@@ -175,7 +150,7 @@ class ConsensusDriver:
                 "storage damaged: %s; not voting or acknowledging until the leader repairs this node",
                 restored.damaged,
             )
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, PendingWrite] = {}
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._forwarder = Forwarder(
@@ -545,7 +520,7 @@ class ConsensusDriver:
                 data_out.update(index=index, term=term)
             self._publish(topic, data_out)
 
-    def _resolve(self, pending: _Pending, result: ApplyResult) -> None:
+    def _resolve(self, pending: PendingWrite, result: ApplyResult) -> None:
         latencies = self.commit_latencies
         latencies.append(asyncio.get_running_loop().time() - pending.started)
         if len(latencies) > 10_000:
@@ -608,228 +583,6 @@ class ConsensusDriver:
             return
         self._node.step(msg)
         self.wake()
-
-    # ------------------------------------------------------------ writes
-
-    def has_quorum(self) -> bool:
-        # Paused on a full disk: this node cannot apply what the cluster decides,
-        # so its tasks are fenced like a cut-off host's (the lease lapses).
-        return self._node.has_quorum_contact() and not self.disk_full.paused
-
-    async def propose(
-        self, command: bytes, forward: Callable[[str, object], None] | None = None
-    ) -> ApplyResult:
-        """Commit ``command`` and return its apply result (from any node); a follower
-        sends it to the leader with ``forward`` (default: this driver's ``send``)."""
-        result: ApplyResult = await self.submit(command, forward)
-        return result
-
-    def submit(
-        self,
-        command: bytes,
-        forward: Callable[[str, object], None] | None = None,
-        finish: Callable[[ApplyResult], Any] | None = None,
-        decoded: Command | None = None,
-    ) -> asyncio.Future[Any]:
-        """Start committing ``command``; the future resolves once it is applied, to
-        ``finish(result)`` (or what ``finish`` raises), or fails with ``NoQuorumError``.
-
-        On the leader the future is resolved straight from the apply loop: no task
-        per write (the control server replies from the future's callback).  On a
-        follower a task forwards the command (``forward``, default: this driver's
-        ``send``) and waits for the leader's answer, following leader changes; with
-        no leader known it waits for one (see the module doc).  A real minority:
-        ``NoQuorumError`` at once."""
-        forward = forward or self._send
-        if self.disk_full.paused:
-            return asyncio.ensure_future(self._submit_paused(command, forward, finish))
-        node = self._node
-        if node.is_leader():
-            if not node.has_quorum_contact():
-                raise NoQuorumError()
-            return self._propose_future(command, finish, decoded)
-        leader = node.leader_id if node.has_quorum_contact() else ""
-        if not leader and self._leader_wait.minority():
-            raise NoQuorumError("fewer than a majority of the voters heard from")
-        return asyncio.ensure_future(self._write_via_leader(leader, command, forward, finish, decoded))
-
-    async def _write_via_leader(
-        self,
-        leader: str,
-        command: bytes,
-        forward: Callable[[str, object], None],
-        finish: Callable[[ApplyResult], Any] | None,
-        decoded: Command | None,
-    ) -> Any:
-        """Forward ``command`` to ``leader`` ("": wait for one), following leader
-        changes until the request timeout (see the module doc)."""
-        deadline = self._leader_wait.deadline()
-        refused = ""  # a node that answered it is not a working leader: wait for another
-        while True:
-            if not leader:
-                leader = await self._leader_wait.wait(deadline, refused)
-            if leader == self.node_id:
-                return await self._propose_future(command, finish, decoded)
-            try:
-                result = await self._forwarder.forward(
-                    leader, command, forward, resendable=_has_rid(command)
-                )
-            except Retarget:
-                if not _has_rid(command):
-                    raise NoQuorumError("the leader changed before answering; retry") from None
-                if asyncio.get_running_loop().time() >= deadline:
-                    raise NoQuorumError("the leader did not answer within the request timeout") from None
-                leader, refused = "", ""
-                continue
-            except LeaderRefused:
-                if asyncio.get_running_loop().time() >= deadline:
-                    raise
-                leader, refused = "", leader
-                continue
-            return result if finish is None else finish(result)
-
-    def _leader_changed(self, leader: str) -> None:
-        """The core names a new leader ("" while electing): wake the writes waiting
-        for one, and resend those forwarded to another node."""
-        self._known_leader = leader
-        if leader:
-            self._leader_wait.changed()
-            self._forwarder.retarget(leader)
-
-    async def _forward_finish(
-        self,
-        leader: str,
-        command: bytes,
-        forward: Callable[[str, object], None],
-        finish: Callable[[ApplyResult], Any] | None,
-    ) -> Any:
-        result = await self._forward(leader, command, forward)
-        return result if finish is None else finish(result)
-
-    async def _submit_paused(
-        self,
-        command: bytes,
-        forward: Callable[[str, object], None],
-        finish: Callable[[ApplyResult], Any] | None,
-    ) -> Any:
-        """A write while paused: to the leader elsewhere, or ``DiskFullError``."""
-        leader = await self.disk_full.leader_elsewhere()
-        if leader is None:  # resumed meanwhile
-            return await self.submit(command, forward, finish)
-        return await self._forward_finish(leader, command, forward, finish)
-
-    async def propose_local(self, command: bytes) -> ApplyResult:
-        if self.disk_full.paused:
-            raise self.disk_full.error("this node cannot append to its log")
-        result: ApplyResult = await self._propose_future(command, None)
-        return result
-
-    def _propose_future(
-        self,
-        command: bytes,
-        finish: Callable[[ApplyResult], Any] | None,
-        decoded: Command | None = None,
-    ) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        try:
-            index, term = self._node.propose(command)
-        except NotLeaderError:
-            raise
-        except LocalError as exc:
-            raise NoQuorumError(str(exc)) from None
-        fut: asyncio.Future[Any] = loop.create_future()
-        stale = self._pending.pop(index, None)
-        if stale is not None and not stale.future.done():
-            # A new term reused this index: the old entry was overwritten.
-            stale.future.set_exception(
-                NoQuorumError("leadership changed before the write committed; retry")
-            )
-        # The tick sweep (_expire_waiters) fails the future after commit_timeout.
-        self._pending[index] = _Pending(term, fut, loop.time(), finish, decoded)
-        self.wake()
-        return fut
-
-    async def _forward(
-        self, leader: str, command: bytes, forward: Callable[[str, object], None]
-    ) -> ApplyResult:
-        """One forward, no following of leader changes (the disk-full relays)."""
-        try:
-            return await self._forwarder.forward(leader, command, forward)
-        except Retarget:
-            raise NoQuorumError("the leader changed before answering; retry") from None
-
-    async def serve_forward(self, msg: ForwardPropose) -> ForwardResult:
-        """Leader side of ForwardPropose (paused: relayed to the leader elsewhere)."""
-        try:
-            if self.disk_full.paused:
-                leader = await self.disk_full.leader_elsewhere()
-                if leader is not None:
-                    result = await self._forward(leader, msg.command, self._send)
-                    return result_answer(msg.request_id, result)
-            if not self._node.is_leader():
-                raise NoQuorumError("forwarded to a node that is no longer the leader")
-            if not self._node.has_quorum_contact():
-                raise NoQuorumError()
-            result = await self.propose_local(msg.command)
-        except NoQuorumError as exc:
-            return ForwardResult(msg.request_id, "no_quorum", str(exc), b"")
-        except NotLeaderError as exc:
-            return ForwardResult(msg.request_id, "no_quorum", str(exc), b"")
-        except DiskFullError as exc:
-            return ForwardResult(msg.request_id, "disk_full", str(exc), b"")
-        except LocalError as exc:  # a relayed write the leader elsewhere refused
-            return ForwardResult(msg.request_id, "refused", str(exc), b"")
-        return result_answer(msg.request_id, result)
-
-    def on_forward_result(self, from_addr: str, msg: ForwardResult) -> None:
-        """The leader's answer to a write we forwarded (the router's route)."""
-        self.forward_result(msg)
-
-    def forward_result(self, msg: ForwardResult) -> None:
-        self._forwarder.answer(msg)
-
-    # ------------------------------------------------------------ reads
-
-    async def read_barrier(self) -> None:
-        """Return once this node's state reflects every write committed before the call."""
-        if self.disk_full.paused and await self.disk_full.read_barrier(self._read_timeout):
-            return
-        if not self._node.has_quorum_contact():
-            # Forming or electing: wait for a leader like a write does (module doc).
-            if self._leader_wait.minority():
-                raise NoQuorumError()
-            await self._leader_wait.wait(self._leader_wait.deadline())
-        ctx = os.urandom(8)
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._reads[ctx] = fut
-        self._node.read_index(ctx)
-        self.wake()
-        try:
-            index = await asyncio.wait_for(fut, self._read_timeout)
-        except TimeoutError:
-            raise NoQuorumError("read not confirmed by a quorum in time") from None
-        finally:
-            self._reads.pop(ctx, None)
-        await self.wait_applied(index)
-
-    async def wait_applied(self, index: int) -> None:
-        if self._state.applied_index >= index:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._apply_waiters.append((index, fut))
-        await asyncio.wait_for(fut, self._read_timeout)
-
-    def _release_apply_waiters(self) -> None:
-        applied = self._state.applied_index
-        keep = []
-        for index, fut in self._apply_waiters:
-            if fut.done():
-                continue
-            if applied >= index:
-                fut.set_result(None)
-            else:
-                keep.append((index, fut))
-        self._apply_waiters = keep
 
     # ------------------------------------------------------------ autopilot
 
