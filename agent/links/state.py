@@ -280,6 +280,17 @@ class LinkTable:
         peer = self._peers.get(node)
         return peer is None or not peer.broken
 
+    def reachable(self, node: str, now: float) -> bool:
+        """Known to be reachable now: our last probe of ``node`` was answered, or its
+        path is broken and a relay to it is in use.  Unknown peers are not (the Raft
+        driver's minority rule counts only what it knows; leader_wait.py)."""
+        peer = self._peers.get(node)
+        if peer is None:
+            return False
+        if not peer.broken:
+            return bool(peer.outcomes) and peer.outcomes[-1]
+        return self.route(node, now).via != ""
+
     def broken_peers(self) -> list[str]:
         return [n for n, p in self._peers.items() if p.broken]
 

@@ -271,6 +271,8 @@ class Agent:
         leader_watch = LeaderLossWatch(membership, consensus)
         stack.push_async_callback(leader_watch.close)
         router.use_directory(leader_watch)
+        if isinstance(consensus, ConsensusDriver):  # Raft's minority rule (leader_wait.py)
+            consensus.use_reachability(router.reachable)
         # Link state and relays (issue 20): the live members, SWIM's helper ranking and
         # probe paths; the leader's replication streams (every member is a voter or a
         # learner today) are outside the stream cap.

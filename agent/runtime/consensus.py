@@ -237,6 +237,11 @@ class ConsensusDriver(ClientRequests):
         self._node.transfer_leadership(to)
         self.wake()
 
+    def use_reachability(self, reachable: Callable[[str], bool]) -> None:
+        """The link layer's "do we reach this voter now" for the minority rule
+        (leader_wait.py); the composition root passes the router's."""
+        self._leader_wait.reachable = reachable
+
     async def leader_gone(self, leader: str) -> None:
         """``leader``'s port refuses connections (leader_loss.py): forget it, which
         ends its lease here, and campaign after a random delay of up to

@@ -8,11 +8,15 @@ timeout, and bounded by the request's timeout.
 
 Only a real minority fails at once (``NoQuorumError``, exit code 3 in the
 CLI): a node that has heard from fewer than a majority of the voters (itself
-included) within ``MINORITY_WINDOW`` election timeouts.  Any Raft message
-counts -- heartbeats, appends, votes, pre-votes -- so the followers of a dead
-leader, which hear each other's (pre-)vote requests, are not a minority while
-they elect, and a node cut off with fewer than a majority is one within two
-election timeouts.
+included) within ``MINORITY_WINDOW`` election timeouts, and whose link layer
+does not reach them either.  Any Raft message counts -- heartbeats, appends,
+votes, pre-votes -- so the followers of a dead leader, which hear each
+other's (pre-)vote requests, are not a minority while they elect; and a voter
+the link layer reaches now, directly or over a relay (``reachable``, the
+router's link state), counts too: a follower hears only its leader over
+Raft, so when that one link is cut it would otherwise look like a minority
+while it still reaches the others.  A node cut off with fewer than a
+majority is one within two election timeouts.
 
 The request timeout: ``request_timeout`` in a control request's params (the
 CLI's ``--request-timeout`` / ``MESHTUI_REQUEST_TIMEOUT``) rides to the
@@ -56,6 +60,11 @@ def request_timeout_param(value: object) -> float | None:
     return float(value)
 
 
+def _unknown(node_id: str) -> bool:
+    """No link layer attached: reachability unknown, only Raft traffic counts."""
+    return False
+
+
 class LeaderWait:
     """Leader waiters and the per-voter "last heard" ticks of one Raft driver."""
 
@@ -72,6 +81,9 @@ class LeaderWait:
         """Driver ticks so far (the clock of ``heard``)."""
         self.heard: dict[str, int] = {}
         """Peer id → ``ticks`` at its last Raft message (the driver's ``step`` writes it)."""
+        self.reachable: Callable[[str], bool] = _unknown
+        """Does the link layer reach this voter now (directly or over a relay)?  Set by
+        the composition root to the router's; a voter it reaches counts too."""
         self._waiters: list[asyncio.Future[None]] = []
 
     def deadline(self) -> float:
@@ -88,7 +100,11 @@ class LeaderWait:
             return False
         recent = self.ticks - self._window
         heard = self.heard
-        count = sum(1 for v in voters if v == self._node_id or heard.get(v, -1) >= recent)
+        reachable = self.reachable
+        count = sum(
+            1 for v in voters
+            if v == self._node_id or heard.get(v, -1) >= recent or reachable(v)
+        )
         return count < len(voters) // 2 + 1
 
     def leader(self, refused: str = "") -> str:

@@ -111,6 +111,10 @@ class PeerRouter:
         """Peers whose direct path is broken now, as this node sees them."""
         return len(self._relay.table.broken_peers())
 
+    def reachable(self, node: str) -> bool:
+        """The link layer reaches ``node`` now, directly or over a relay (LinkTable)."""
+        return self._relay.table.reachable(node, time.monotonic())
+
     def relay_score(self, relay: str, dest: str) -> float:
         """The relay reputation of ``relay`` for ``dest`` (ranks SWIM's helpers too)."""
         return self._relay.table.relay_score(relay, dest)

@@ -65,6 +65,44 @@ def test_minority_counts_voters_heard_within_two_election_timeouts() -> None:
     assert not lw.minority()
 
 
+def test_voters_the_link_layer_reaches_count_towards_the_majority() -> None:
+    """A follower of 5 hears only its leader over Raft: with that one link cut it
+    still reaches two others (directly or relayed), so it is no minority; cut off
+    from all but one, it is."""
+    core = _Core(_Conf(("a", "b", "c", "d", "e")))
+    lw = _wait(core)
+    lw.ticks = 100
+    reach: set[str] = {"c", "d"}
+    lw.reachable = lambda v: v in reach
+    assert not lw.minority()  # a + c + d: 3 of 5
+    reach = {"c"}
+    assert lw.minority()  # a + c: 2 of 5
+    reach = set()
+    lw.heard["b"] = 95
+    lw.heard["c"] = 95
+    assert not lw.minority()  # Raft traffic still counts as before
+
+
+def test_link_state_reachability_is_a_recent_answer_or_a_relay_in_use() -> None:
+    from agent.links.config import LinkConfig
+    from agent.links.state import LinkTable
+
+    table = LinkTable(LinkConfig.lan(), "a")
+    table.set_members({"a", "b", "c"}, 0.0)
+    assert not table.reachable("b", 0.0)  # never probed: unknown, not counted
+    table.observe_direct("b", 0.1, 0.001)
+    assert table.reachable("b", 0.1)
+    table.observe_failure("b", 0.2)
+    assert not table.reachable("b", 0.2)  # the last probe went unanswered
+    table.observe_direct("c", 0.3, 0.001)
+    table.observe_failure("b", 0.3)  # broken now: relayed through c, which we reach
+    assert table.reachable("b", 0.3)
+    for at in (0.4, 0.5):  # cut from c too (a real minority): no relay, nobody reached
+        table.observe_failure("c", at)
+    assert not table.reachable("b", 0.5) and not table.reachable("c", 0.5)
+    assert not table.reachable("zz", 0.5)
+
+
 async def test_wait_is_woken_by_a_leader_change() -> None:
     core = _Core(_Conf(("a", "b", "c")))
     lw = _wait(core)
