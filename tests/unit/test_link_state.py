@@ -208,3 +208,15 @@ def test_config_refuses_values_out_of_range(field: str, value: float) -> None:
 
 def test_profiles_validate() -> None:
     assert LinkConfig.local().validate().probe_interval < CFG.probe_interval
+
+
+def test_swim_ranks_its_indirect_probe_helpers_by_the_relay_score() -> None:
+    from agent.swim.probe import rank_helpers
+
+    t = table()
+    run(t, 0.0, 2, {A, B, C, D})
+    t.on_summary(summary(B, 1, d=0), 1.0)
+    t.on_summary(summary(C, 1, d=2), 1.0)
+    pool = [C, A, B]  # SWIM's random sample
+    assert rank_helpers(pool, 2, str, D, t.relay_score) == [B, A]
+    assert rank_helpers(pool, 2, str, D, None) == [C, A]  # no link state: the random order
