@@ -136,7 +136,7 @@ def member(node_id: str, name: str, state: str = "alive", cpu: float = 0.5) -> M
     return MemberView(node_id, meta.addr, meta, load, state, 1, None, 0.0)
 
 
-async def test_the_leader_registers_one_unknown_member_name_per_call() -> None:
+async def test_the_leader_registers_every_unknown_alive_member_at_once() -> None:
     leader = Leader(IDLE)
     leader.commit.set()
     leader.names["n1"] = "one"
@@ -144,7 +144,9 @@ async def test_the_leader_registers_one_unknown_member_name_per_call() -> None:
         [member("n1", "one"), member("n2", "two", "dead"), member("n3", "three"),
          member("n4", "four")]
     )  # fmt: skip
-    assert [(b.OP, b.node, b.name) for b in leader.proposed] == [("node.register", "n3", "three")]
+    assert [(b.OP, b.node, b.name) for b in leader.proposed] == [
+        ("node.register", "n3", "three"), ("node.register", "n4", "four")
+    ]
 
 
 def test_the_snapshot_joins_gossip_with_the_replicated_state() -> None:
