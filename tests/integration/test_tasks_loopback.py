@@ -157,8 +157,10 @@ def test_stopped_agent_is_fenced_and_kills_stale_copy(mesh3: LocalMesh, tmp_path
     log = tmp_path / "runs.log"
     ids = [call(mesh3, "task.submit", argv=heartbeat_task(log, 8.0), retries=2, rid=f"s{i}")["id"]
            for i in range(3)]
+    names = set(mesh3.names())  # rows name a host by its id until its name is registered
     rows = wait_until(f"{ids} to run", lambda: (r := task_rows(mesh3)) and all(
-        r[i]["state"] == "running" for i in ids) and r, 20, 0.2, detail=lambda: task_rows(mesh3))
+        r[i]["state"] == "running" and r[i]["node"] in names for i in ids) and r, 20, 0.2,
+        detail=lambda: task_rows(mesh3))
     victim_name = next(r["node"] for r in rows.values() if r["node"] != "n1")
     victim = mesh3.node(victim_name)
     assert victim.proc is not None
