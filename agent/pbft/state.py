@@ -9,6 +9,7 @@ methods declared at the bottom of ``ReplicaState``.
 
 from __future__ import annotations
 
+import abc
 from collections import OrderedDict
 from typing import Any
 
@@ -35,7 +36,7 @@ from agent.pbft.signing import CheckedVerifier, Signer, Verifier, sign
 from agent.pbft.viewchange import Group
 
 
-class ReplicaState:
+class ReplicaState(abc.ABC):
     def __init__(
         self,
         config: PbftConfig,
@@ -159,18 +160,25 @@ class ReplicaState:
         self._timer = self._ticks + self.config.view_change_ticks * self._backoff
 
     # ============================================================ rules used across modules
+    # Implemented by the rule modules mixed into ``PbftReplica`` (core.py,
+    # checkpointing.py, viewchange_rules.py); declared here so each can call the others.
 
+    @abc.abstractmethod
     def _check_slot(self, seq: int) -> None:
-        raise NotImplementedError
+        """Move slot ``seq`` on (prepared, committed) if its certificates are complete."""
 
+    @abc.abstractmethod
     def _execute(self) -> None:
-        raise NotImplementedError
+        """Execute committed slots in sequence order."""
 
+    @abc.abstractmethod
     def _propose(self) -> None:
-        raise NotImplementedError
+        """Primary: pre-prepare what is queued, within the watermarks."""
 
+    @abc.abstractmethod
     def _on_stable_proof(self, seq: int, digest: bytes, proof: tuple[Any, ...]) -> None:
-        raise NotImplementedError
+        """A checkpoint at ``seq`` is stable with ``proof``: move the low watermark."""
 
+    @abc.abstractmethod
     def _maybe_new_view(self) -> None:
-        raise NotImplementedError
+        """The next primary: send NEW-VIEW once it holds enough VIEW-CHANGEs."""
