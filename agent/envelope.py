@@ -334,28 +334,8 @@ class Envelope:
         """The payload of a fresh datagram, or a :class:`Grant` addressed to this
         boot.  Raises ``CookieNeeded`` (answer it) or another ``SealError``;
         every refusal is counted."""
-        stats = self.stats
-        try:
-            plain = self.keyring.open(packet)
-            if len(plain) < 33:  # _H
-                raise SealError("malformed", "no envelope header")
-            channel, sender, boot, cookie, seq = _ENV.unpack_from(plain)
-            if channel == 0:  # Channel.DATAGRAM
-                fresh = self.replay.accept(sender, boot, cookie, seq)
-                if fresh:
-                    stats.opened += 1
-                    return plain[33:]
-                if fresh is None:
-                    raise CookieNeeded(sender, boot, seq)
-                raise SealError("replay", f"seq {seq}")
-            if channel == Channel.GRANT:
-                grant = self._grant_from(plain, cookie, seq)
-                stats.opened += 1
-                return grant
-            raise SealError("malformed", f"channel {channel} on the datagram socket")
-        except SealError as exc:
-            stats.count(exc.reason)
-            raise
+        opened = self._open_fresh(packet, Channel.DATAGRAM, Channel.GRANT, self.replay)
+        return opened if isinstance(opened, Grant) else opened[1]
 
     def _grant_from(self, plain: bytes, cookie: bytes, echo_seq: int) -> Grant:
         if len(plain) < _H + BOOT_SIZE or cookie == NO_COOKIE:
@@ -373,25 +353,33 @@ class Envelope:
         RELAY frame, or the :class:`Grant` of a RELAY_GRANT (``listen_addr`` is
         then the granting node's id).  Raises ``CookieNeeded`` (answer it with
         :meth:`seal_relay_grant`) or another ``SealError``; every refusal is counted."""
+        return self._open_fresh(packet, Channel.RELAY, Channel.RELAY_GRANT, self.relay_replay)
+
+    def _open_fresh(
+        self, packet: bytes, data: Channel, grant: Channel, replay: ReplayFilter
+    ) -> tuple[bytes, bytes] | Grant:
+        """One opening rule for the direct and the relayed socket: a fresh frame on
+        ``data`` gives ``(sender tag, payload)``, a ``grant`` frame its Grant; the
+        two sockets differ only in their channels and their replay windows."""
         stats = self.stats
         try:
             plain = self.keyring.open(packet)
             if len(plain) < _H:
                 raise SealError("malformed", "no envelope header")
             channel, sender, boot, cookie, seq = _ENV.unpack_from(plain)
-            if channel == Channel.RELAY:
-                fresh = self.relay_replay.accept(sender, boot, cookie, seq)
+            if channel == data:
+                fresh = replay.accept(sender, boot, cookie, seq)
                 if fresh:
                     stats.opened += 1
                     return bytes(sender), plain[_H:]
                 if fresh is None:
                     raise CookieNeeded(sender, boot, seq)
-                raise SealError("replay", f"relayed seq {seq}")
-            if channel == Channel.RELAY_GRANT:
-                grant = self._grant_from(plain, cookie, seq)
+                raise SealError("replay", f"seq {seq}")
+            if channel == grant:
+                opened = self._grant_from(plain, cookie, seq)
                 stats.opened += 1
-                return grant
-            raise SealError("malformed", f"channel {channel} in a relay frame")
+                return opened
+            raise SealError("malformed", f"channel {channel} on the {data.name.lower()} socket")
         except SealError as exc:
             stats.count(exc.reason)
             raise
