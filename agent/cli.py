@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-addr", dest="metrics_addr", metavar="HOST:PORT",
         help="serve Prometheus /metrics on HOST:PORT (default: off; [metrics] addr)",
     )
+    run.add_argument(
+        "--event-loop", dest="event_loop", choices=["auto", "asyncio", "uvloop"],
+        help="auto (default: uvloop if installed), asyncio or uvloop ([event_loop])",
+    )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     recover = sub.add_parser("recover", help="operator recovery of a data dir (see --force-new-cluster)")
@@ -84,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 _FLAG_FIELDS = (
     "name", "data_dir", "bind", "advertise", "port", "mdns", "key_file", "insecure_no_key",
     "socket", "cluster", "slots", "run_as", "max_voters", "profile", "load_source",
+    "event_loop",
 )
 
 

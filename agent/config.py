@@ -28,6 +28,7 @@ from agent.errors import ConfigError
 from agent.metrics.config import MetricsConfig
 from agent.pbft.config import PbftConfig
 from agent.raft.config import RaftConfig
+from agent.runtime.event_loop import validate_event_loop
 from agent.runtime_config import RuntimeConfig
 from agent.sched.config import SchedConfig
 from agent.swim.config import SwimConfig
@@ -82,6 +83,15 @@ class AgentConfig:
     """PBFT only: the replica count n = 3f+1 (4 tolerates one lying or failed
     replica, 7 two); the first hosts that form the cluster are its replicas, the
     others follow.  Fewer than 4 cannot tolerate any Byzantine replica."""
+    event_loop: str = "auto"
+    """The event loop the agent runs on: ``auto`` (default: uvloop when installed,
+    ``pip install 'meshtui[fast]'``, else the standard asyncio loop; the
+    ``MESH_EVENT_LOOP`` environment variable, when set, decides instead),
+    ``asyncio`` or ``uvloop`` (a config error if not installed).  Why auto:
+    uvloop cuts the CPU each socket read, write and callback costs, which is most
+    of a busy leader's CPU per committed write (issue 14); installing the extra
+    is the opt-in, and the agent behaves the same on either loop
+    (``agent/runtime/event_loop.py``)."""
     load_source: str = "system"
     """What ``cpu`` means for placement: ``system`` (psutil CPU of the whole host) or
     ``tasks`` (CPU used by this agent's own task processes, via psutil). Use ``tasks``
@@ -121,6 +131,7 @@ class AgentConfig:
         if not 1 <= self.max_voters <= 9 or self.max_voters % 2 == 0:
             raise ConfigError("max_voters", f"must be odd and 1-9, got {self.max_voters}")
         self._validate_engine()
+        validate_event_loop(self.event_loop)
         if self.load_source not in ("system", "tasks"):
             raise ConfigError("load_source", f"must be 'system' or 'tasks', got {self.load_source!r}")
         if not self.key_file and not self.insecure_no_key:

@@ -23,6 +23,7 @@ pytest's ``pythonpath = ["tests"]`` puts this directory on ``sys.path``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,12 @@ __all__ = [
     "is_root",
     "missing_tools",
 ]
+
+# Agents the suite starts run on the standard asyncio loop even where uvloop is
+# installed (agent/runtime/event_loop.py: MESH_EVENT_LOOP decides what the default
+# event_loop = "auto" means); tests/integration/test_raft_uvloop.py runs a mesh on
+# uvloop.  Export MESH_EVENT_LOOP=uvloop to run the whole suite's agents on uvloop.
+os.environ.setdefault("MESH_EVENT_LOOP", "asyncio")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

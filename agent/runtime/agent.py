@@ -52,7 +52,7 @@ from agent.links.config import LinkConfig
 from agent.metrics.service import MetricsService
 from agent.pbft import messages as pbft_messages
 from agent.raft import messages as raft_messages
-from agent.runtime import replica_messages
+from agent.runtime import event_loop, replica_messages
 from agent.runtime.bootstrap import BootstrapGate, founding_voters
 from agent.runtime.consensus import ConsensusDriver
 from agent.runtime.event_messages import WIRE_TYPES as EVENT_WIRE_TYPES
@@ -452,7 +452,9 @@ async def _close_quietly(discovery: Discovery) -> None:
 
 
 def run_agent(config: AgentConfig) -> int:
-    """Run until SIGTERM/SIGINT; returns the process exit code."""
+    """Run until SIGTERM/SIGINT on the configured event loop (``event_loop.py``;
+    ``ConfigError`` if uvloop is asked for and not installed); returns the exit code."""
+    choice = event_loop.resolve_event_loop(config.event_loop)
 
     async def main() -> int:
         try:
@@ -461,6 +463,7 @@ def run_agent(config: AgentConfig) -> int:
             raise LocalError(
                 f"cannot listen on {config.bind}:{config.port}: {exc.strerror or exc}"
             ) from None
+        log.info("event loop: %s", event_loop.describe(choice))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, agent.request_stop)
@@ -470,4 +473,4 @@ def run_agent(config: AgentConfig) -> int:
             sys.stderr.write(f"mesh-agent: {agent.exit_line}\n")
         return agent.exit_code
 
-    return asyncio.run(main())
+    return event_loop.run(main(), choice)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from typing import Protocol
+from typing import Protocol, cast
 
 from agent import wire
 from agent.crypto import SealError
@@ -127,7 +127,9 @@ class InboundStream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         owner = self._owner
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport; not an isinstance check: uvloop's TCPTransport
+        # implements asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
         if owner.closing or not owner.admit_inbound(self):
             owner.stats.dropped_too_many_connections += 1
             transport.close()

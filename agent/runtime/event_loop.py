@@ -1,0 +1,101 @@
+"""Which event loop runs the agent: the standard asyncio loop, or uvloop.
+
+uvloop (libuv under asyncio's API, a well-kept drop-in) makes each socket
+read, write, timer and callback cheaper; on a busy leader that is a large share
+of its CPU per committed write (issue 14).  It is an optional dependency
+(``pip install 'meshtui[fast]'``): the agent never needs it, and everything it
+does works the same on the standard loop.
+
+The knob is ``event_loop`` in the agent config (``--event-loop``):
+
+* ``auto`` (default): uvloop if it is importable, else the standard loop.
+  Installing the ``fast`` extra is the opt-in; the environment variable
+  ``MESH_EVENT_LOOP`` (``asyncio`` or ``uvloop``), when set, decides instead,
+  so a test suite (``tests/conftest.py`` pins ``asyncio``) or an operator can
+  choose for every agent it starts without a config file each;
+* ``asyncio``: always the standard loop;
+* ``uvloop``: uvloop, and a config error (exit code 2) if it is not installed,
+  rather than silently running slower than asked.
+
+An explicit ``asyncio``/``uvloop`` in the config or on the command line wins
+over the environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+from collections.abc import Callable, Coroutine
+from typing import Any, Final, TypeVar
+
+from agent.errors import ConfigError
+
+EVENT_LOOPS: Final = ("auto", "asyncio", "uvloop")
+"""The values ``event_loop`` accepts."""
+
+ENV_VAR: Final = "MESH_EVENT_LOOP"
+"""Environment variable that decides what ``auto`` means (``asyncio`` or ``uvloop``)."""
+
+T = TypeVar("T")
+
+
+def uvloop_available() -> bool:
+    """Is uvloop importable here (without importing it)?"""
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def validate_event_loop(value: str) -> None:
+    """``ConfigError("event_loop", ...)`` unless ``value`` is one of ``EVENT_LOOPS``."""
+    if value not in EVENT_LOOPS:
+        raise ConfigError("event_loop", f"must be one of {', '.join(EVENT_LOOPS)}, got {value!r}")
+
+
+def resolve_event_loop(configured: str, environ: dict[str, str] | None = None) -> str:
+    """The loop ``configured`` means here: ``"asyncio"`` or ``"uvloop"`` (module doc).
+
+    ``ConfigError`` for an unknown value, for ``uvloop`` when it is not installed,
+    and for a bad ``MESH_EVENT_LOOP``."""
+    validate_event_loop(configured)
+    env = os.environ if environ is None else environ
+    choice = configured
+    if choice == "auto":
+        pinned = env.get(ENV_VAR, "")
+        if pinned:
+            if pinned not in ("asyncio", "uvloop"):
+                raise ConfigError(
+                    "event_loop", f"{ENV_VAR} must be 'asyncio' or 'uvloop', got {pinned!r}"
+                )
+            choice = pinned
+        else:
+            choice = "uvloop" if uvloop_available() else "asyncio"
+    if choice == "uvloop" and not uvloop_available():
+        raise ConfigError(
+            "event_loop", "uvloop is not installed (pip install 'meshtui[fast]'), or say asyncio"
+        )
+    return choice
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The factory for ``asyncio.Runner`` (None: the standard loop)."""
+    if choice != "uvloop":
+        return None
+    import uvloop
+
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run(main: Coroutine[Any, Any, T], choice: str) -> T:
+    """``asyncio.run(main)`` on the loop ``choice`` (``"asyncio"`` or ``"uvloop"``)."""
+    with asyncio.Runner(loop_factory=loop_factory(choice)) as runner:
+        return runner.run(main)
+
+
+def describe(choice: str) -> str:
+    """For the log: ``"uvloop 0.23.0"`` or ``"asyncio"``."""
+    if choice != "uvloop":
+        return "asyncio"
+    import uvloop
+
+    return f"uvloop {getattr(uvloop, '__version__', '?')}"
