@@ -13,6 +13,10 @@ in flight (``throughput``) or one at a time (``latency``), counts the callbacks
 that report success during ``--seconds`` after a warm-up, prints one JSON line
 and then stays up until its stdin closes, so the other nodes can finish.
 
+In throughput mode the driving node first prints ``{"load": true}`` as its
+load starts (the benchmark samples the nodes' CPU times then and at the result
+line; ``ok_all`` in the result counts every success since, warm-up included).
+
 With ``--journal`` the node uses ``SyncObjConf(journalFile=...)``: PySyncObj's
 file journal is an mmap'd file written on every append and never msync'd or
 fsync'd while running, so it is durable against a process kill, not against a
@@ -68,6 +72,17 @@ def drive_throughput(store: BenchStore, seconds: float, payload: bytes, window: 
             with lock:
                 counts["ok" if error == FAIL_REASON.SUCCESS else "failed"] += 1
 
+    # The benchmark samples every node's CPU time when this line arrives and again
+    # at the result line, for CPU seconds per write (``ok_all`` counts them all).
+    print(json.dumps({"load": True}), flush=True)
+    total = [0]
+
+    def done_all(result: object, error: int) -> None:
+        if error == FAIL_REASON.SUCCESS:
+            with lock:
+                total[0] += 1
+        done(result, error)
+
     start = time.monotonic()
     measure_from = start + WARMUP
     end = measure_from + seconds
@@ -82,11 +97,11 @@ def drive_throughput(store: BenchStore, seconds: float, payload: bytes, window: 
         if not slots.acquire(timeout=0.5):
             continue
         i += 1
-        store.put(f"k{i % 1000}", payload, callback=done)
+        store.put(f"k{i % 1000}", payload, callback=done_all)
     elapsed = time.monotonic() - measure_from
     counting.clear()
     return {"ok": counts["ok"], "failed": counts["failed"], "seconds": elapsed,
-            "per_s": counts["ok"] / elapsed}
+            "per_s": counts["ok"] / elapsed, "ok_all": total[0]}
 
 
 def drive_latency(store: BenchStore, seconds: float, payload: bytes) -> dict[str, float]:
