@@ -136,7 +136,7 @@ class SwimNode(MembershipRules):
         self._next_push_pull_at = now + config.push_pull_interval * (0.5 + rng.random())
         self._next_reconnect_at = now + config.reconnect_interval * (0.5 + rng.random())
         self._next_pushsum_at = now + rng.random() * max(config.pushsum_interval, 1e-3)
-        counters = ("msgs_in", "msgs_out", "probes", "probe_failures", "refutes", "ignored",
+        counters = ("msgs_in", "msgs_out", "probes", "probe_failures", "refutes", "refutes_told", "ignored",
                     "refused_deaths")
         self._refused: dict[str, int] = {}  # node -> incarnation its port refused us at
         self.stats: dict[str, int] = dict.fromkeys(counters, 0)
@@ -433,7 +433,13 @@ class SwimNode(MembershipRules):
         )
         self.stats["probes"] += 1
         ping = Ping(self._seq, target.node, self.node_id, self.table.self_member.addr, load=self._self_load)
-        self._send_udp(target.addr, ping)
+        accused = None
+        if target.state == MemberState.SUSPECT:
+            # Tell the accused: our suspicion rides on our probe of it outside the
+            # retransmit budget, which gossip may have spent on members that cannot
+            # reach it (a bridge); hearing it is what lets a live node refute.
+            accused = Suspect(target.incarnation, target.node, self.node_id)
+        self._send_udp(target.addr, ping, accused)
 
     def _probe_indirect(self, probe: PendingProbe) -> None:
         probe.indirect_sent = True
@@ -460,7 +466,12 @@ class SwimNode(MembershipRules):
             return
         self._partition.record_probe(False)
         refused = self._refused.get(target.node) == target.incarnation
-        self._on_suspect(now, Suspect(target.incarnation, target.node, self.node_id, refused))
+        accusation = Suspect(target.incarnation, target.node, self.node_id, refused)
+        self._on_suspect(now, accusation)
+        if target.state == MemberState.SUSPECT:
+            # Tell the accused over a stream too (the runtime relays it around a
+            # broken link): a live node that hears it refutes at once, and tells us.
+            self._send(target.addr, accusation, reliable=True)
         # Each helper that Nacked failed to reach the target on its own: that is an
         # independent confirmation (the k indirect probes are the quorum), so the
         # suspicion starts as short as Lifeguard allows for that evidence.
@@ -553,16 +564,22 @@ class SwimNode(MembershipRules):
         self.stats["msgs_out"] += 1
         self._outbound.append(Outbound(to, msg, reliable))
 
-    def _send_udp(self, to: str, msg: Ping | Ack | IndirectPingReq | Nack | Gossip) -> None:
+    def _send_udp(
+        self, to: str, msg: Ping | Ack | IndirectPingReq | Nack | Gossip, accused: Suspect | None = None
+    ) -> None:
         """Send a datagram, filling its piggyback from the broadcast queues up to the
-        payload bound.  A Gossip with nothing to carry is not sent."""
+        payload bound (``accused`` first, if given).  A Gossip with nothing to carry
+        is not sent."""
         # Each of the Piggyback's four tuples may outgrow its one-byte header.
         overhead = message_size(msg) + 4 * TUPLE_GROWTH_BYTES
-        budget = self.config.max_datagram_payload - overhead
+        extra = message_size(accused) if accused is not None else 0
+        budget = self.config.max_datagram_payload - overhead - extra
         n = len(self.table) + 1
         limit = retransmit_limit(self.config.retransmit_mult, n)
         chosen = self.broadcasts.select(budget, limit)
         loads = self.load_broadcasts.select(budget - chosen.size, limit)
+        if accused is not None and not _mentions(chosen.alive, chosen.suspect, chosen.dead, accused.node):
+            chosen.suspect.append(accused)
         if len(chosen) or len(loads):
             chosen.loads.extend(loads.loads)
             msg = dataclasses.replace(msg, gossip=chosen.piggyback())
@@ -602,3 +619,10 @@ class SwimNode(MembershipRules):
             self._on_dead(now, Dead(member.incarnation, node, self.node_id))
             # Gossip our verdict in this tick, not at the next slot of the grid.
             self._next_gossip_at = min(self._next_gossip_at, now)
+
+
+def _mentions(
+    alive: Sequence[Alive], suspect: Sequence[Suspect], dead: Sequence[Dead], node: str
+) -> bool:
+    """Whether a piggyback already carries an item about ``node`` (one per node)."""
+    return any(m.node == node for group in (alive, suspect, dead) for m in group)

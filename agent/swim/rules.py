@@ -16,6 +16,13 @@ is re-broadcast (that is the epidemic) and reported as a MemberEvent.
 * Suspect: starts a Lifeguard suspicion timer, or confirms a running one (an
   accuser not counted before shortens it, and the confirmation is re-broadcast
   so others shorten theirs).
+* Telling (a bridge's lesson): the member whose probe fails sends its Suspect
+  to the accused over a stream as well (the runtime relays streams around a
+  broken link), and its probes of a member it suspects carry the suspicion
+  outside gossip's retransmit budget; the accused sends its refuting Alive
+  straight back to the accuser the same way.  Gossip alone may spend its few
+  retransmissions on members that cannot reach the accused, and the suspicion
+  runs out before the refutation crosses the bridge.
 * Refused (issue 14): a Suspect may say its accuser's own TCP connect to the
   suspect's port was refused, the kernel's word that the process is gone.
   Such news never starts a suspicion by itself (a single link's word suspects
@@ -229,6 +236,7 @@ class MembershipRules(abc.ABC):
         if s.node == self.node_id:
             if not self._leaving and s.incarnation >= self.table.self_member.incarnation:
                 self._refute(s.incarnation)
+                self._tell_accuser(s.from_node)
             return
         m = self.table.get(s.node)
         if m is None or s.incarnation < m.incarnation:
@@ -316,6 +324,18 @@ class MembershipRules(abc.ABC):
         self.stats["refutes"] += 1
         self.awareness.apply_delta(1)
         self._queue(Alive(me.incarnation, self.node_id, me.addr, me.meta))
+
+    def _tell_accuser(self, accuser: str) -> None:
+        """Send our refutation straight to the member that suspects us, reliably
+        (a stream, which the runtime relays around a broken link), beside the
+        gossip: across a bridge, gossip's retransmit budget may be spent on members
+        that cannot reach the accuser before the suspicion runs out."""
+        m = self.table.get(accuser)
+        if m is None or accuser == self.node_id or m.state not in (MemberState.ALIVE, MemberState.SUSPECT):
+            return
+        me = self.table.self_member
+        self.stats["refutes_told"] += 1
+        self._send(m.addr, Alive(me.incarnation, self.node_id, me.addr, me.meta), True)
 
     def _apply_load(self, report: LoadReport | None, rebroadcast: bool) -> None:
         if report is None or report.node == self.node_id:

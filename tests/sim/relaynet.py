@@ -32,7 +32,7 @@ import heapq
 import json
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from agent.links.config import LinkConfig
 from agent.links.state import LinkTable
@@ -82,6 +82,10 @@ class RelaySwimNet(SwimNet):
     sends every reliable message; datagrams never do."""
 
     relayable: Callable[[str, str], bool] = staticmethod(lambda _a, _b: False)
+    resend_window: float = SIM_LINKS.resend_window
+    """As ``RelayService`` does, a reliable message that found its direct path cut is
+    sent again over the relay once the path is found broken, if it was sent in the
+    last ``resend_window`` seconds: here, retried each step for that long."""
 
     def _run_until(self, t: float, stop: Callable[[], bool] | None, check_every: float) -> bool:
         # SwimNet._run_until with one change: a reliable delivery is also made when
@@ -97,9 +101,11 @@ class RelaySwimNet(SwimNet):
                     return True
             host = self.hosts[addr]
             if kind == _DELIVER:
-                src, msg, reliable = payload  # type: ignore[misc]
+                src, msg, reliable, *_first = cast(tuple[Any, ...], payload)
                 reachable = self.connected(src, addr) or (reliable and self.relayable(src, addr))
                 if not host.running or not reachable:
+                    if reliable and host.running and self._retry(when, addr, (src, msg, reliable, *_first)):
+                        continue
                     self.dropped += 1
                     if reliable:
                         self._push(when + self.tcp_delay, _UNREACHABLE, src, addr)
@@ -117,6 +123,16 @@ class RelaySwimNet(SwimNet):
             self._flush(host)
         self.now = max(self.now, t)
         return stop() if stop is not None else False
+
+    def _retry(self, when: float, addr: str, payload: tuple[Any, ...]) -> bool:
+        """Deliver ``payload`` again a step later while it is within the resend
+        window of its first try (carried as a fourth item); False once it is over."""
+        src, msg, reliable, *first = payload
+        started = first[0] if first else when
+        if when - started >= self.resend_window:
+            return False
+        self._push(when + TICK, _DELIVER, addr, (src, msg, reliable, started))
+        return True
 
 
 class LinkNet(RaftNet):

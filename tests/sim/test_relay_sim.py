@@ -291,7 +291,7 @@ def check(seed: int, n: int) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.parametrize("n,default_seed", [(5, 20), (5, 21), (7, 70)])
+@pytest.mark.parametrize("n,default_seed", [(5, 20), (5, 21), (7, 70), (7, 75), (7, 76)])
 def test_partial_partitions_keep_every_node_served(n: int, default_seed: int) -> None:
     seed = sim_seed(default_seed)
     with replay_hint(seed):

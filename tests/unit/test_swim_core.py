@@ -200,6 +200,48 @@ def test_failed_probe_goes_indirect_with_tcp_fallback_then_suspects() -> None:
     assert susp is not None and susp.confirmations == 1  # the Nacker confirms independently
 
 
+def test_the_accused_is_told_reliably_and_the_accuser_gets_the_refutation() -> None:
+    """Across a bridge, gossip may never carry a suspicion to the accused (its retransmit
+    budget spent on members that cannot reach it): the accuser tells the accused over a
+    stream (which the runtime relays), and the accused answers the accuser the same way."""
+    a, b = make(1), make(2)
+    admit(a, [2, 3, 4])
+    admit(b, [1, 3, 4])
+    a.step(0.0, addr(3), Gossip(nid(3), Piggyback()))
+    while True:  # probe until a's round-robin reaches b, then let it fail
+        ping, to = _probe_of(a, a._now + CFG.probe_interval)
+        if to == addr(2):
+            break
+        a.step(a._now, to, Ack(ping.seq, nid(int(to.split(".")[3].split(":")[0]))))
+    a.tick(a._now + CFG.probe_interval)
+    out, _ = drain(a)
+    told = [o for o in out if isinstance(o.msg, Suspect) and o.reliable]
+    assert state(a, 2) == MemberState.SUSPECT
+    assert len(told) == 1 and told[0].to == addr(2) and told[0].msg.node == nid(2)
+    b.step(a._now, addr(1), told[0].msg)
+    out_b, _ = drain(b)
+    answer = [o for o in out_b if isinstance(o.msg, Alive) and o.reliable]
+    assert b.incarnation == 1 and b.stats["refutes_told"] == 1
+    assert len(answer) == 1 and answer[0].to == addr(1) and answer[0].msg.incarnation == 1
+    a.step(a._now, addr(2), answer[0].msg)
+    assert state(a, 2) == MemberState.ALIVE
+    # Our probes of a member we suspect carry the suspicion, outside gossip's budget.
+    c = make(5)
+    admit(c, [6, 7])
+    c.step(0.0, addr(7), Gossip(nid(7), Piggyback(suspect=(Suspect(0, nid(6), nid(7)),))))
+    carried = []
+    for _ in range(8):
+        c.tick(c._now + CFG.probe_interval)
+        spent = c.broadcasts.pending_about(("m", nid(6))) is None
+        out_c, _ = drain(c)
+        for o in out_c:
+            if isinstance(o.msg, Ping):
+                if o.to == addr(6) and spent and state(c, 6) == MemberState.SUSPECT:
+                    carried.append(o.msg.gossip.suspect)
+                c.step(c._now, o.to, Ack(o.msg.seq, o.msg.target))
+    assert carried and all([x.node for x in sus] == [nid(6)] for sus in carried)
+
+
 def test_relay_nacks_within_eighty_percent_of_the_probe_timeout() -> None:
     c = make(3)
     admit(c, [1, 2])
