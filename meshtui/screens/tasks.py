@@ -25,6 +25,7 @@ from rich.text import Text
 from textual import work
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.widget import Widget
 from textual.widgets import RichLog, Static
 
@@ -252,7 +253,10 @@ class TasksScreen(AreaScreen):
             self._records[tid] = {k: v for k, v in record.items() if k != "node"}
             if len(self._records) > 256:
                 self._records.pop(next(iter(self._records)))
-            self._show_detail(self.mesh.model, self.table.selected_key)
+            try:
+                self._show_detail(self.mesh.model, self.table.selected_key)
+            except NoMatches:
+                return  # the answer came after the screen was torn down (the app quit)
 
     # --- keys --------------------------------------------------------------
     def on_fast_table_row_highlighted(self, event: FastTable.RowHighlighted) -> None:
