@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("transfer-leader", help="move Raft leadership")
     _common(p)
     p.add_argument("to", nargs="?")
+    from meshtui import replicas_cmd  # PBFT's replica group (issue 13)
+
+    replicas_cmd.add_parser(sub, _common)
 
     for name in ("deploy", "undeploy", "upgrade"):
         p = sub.add_parser(name, help=f"{name} agents over SSH from an inventory")
@@ -261,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         args.inventory = None
     from meshtui import commands
 
+    if command == "replicas":
+        from meshtui.replicas_cmd import cmd_replicas
+
+        return cmd_replicas(args)
     handler: Any = getattr(commands, "cmd_" + command.replace("-", "_"))
     return int(handler(args))
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 from agent.pbft import viewchange
 from agent.pbft.messages import (
     Checkpoint,
+    Executed,
     Outbound,
     PbftEvent,
     StableCheckpoint,
     StateReply,
     StateRequest,
 )
+from agent.pbft.reconfig import split_snapshot, wrap_snapshot
 from agent.pbft.signing import state_digest
 from agent.pbft.state import ReplicaState
 
@@ -32,6 +34,8 @@ class CheckpointRules(ReplicaState):
         if seq != self._checkpoint_wait:
             return
         self._checkpoint_wait = 0
+        # The state names the group for what follows it (a replacement's boundary: reconfig.py).
+        snapshot = wrap_snapshot(self.membership.group_after(seq), snapshot)
         digest = state_digest(snapshot)
         self._snapshots[seq] = (digest, snapshot)
         cp = self._sign(Checkpoint(self.id, seq, digest))
@@ -41,12 +45,13 @@ class CheckpointRules(ReplicaState):
         self._execute()
 
     def _on_checkpoint(self, cp: Checkpoint) -> None:
-        if cp.frm not in self.group.replicas or cp.seq <= self.low:
+        signers = self.membership.signers(cp.seq)
+        if cp.frm not in signers.replicas or cp.seq <= self.low:
             return
         if cp.seq % self.config.checkpoint_interval:
             self.dropped += 1
             return
-        proof = self._checkpoints.add(cp, self.group.quorum)
+        proof = self._checkpoints.add(cp, signers.quorum)
         if proof is not None:
             self._on_stable_proof(cp.seq, cp.state_digest, proof)
 
@@ -57,7 +62,11 @@ class CheckpointRules(ReplicaState):
         if mine is not None and mine[0] == digest:
             self._make_stable(StableCheckpoint(seq, digest, mine[1], proof))
         elif self.executed < seq and (self._fetch is None or self._fetch[0] < seq):
-            self._fetch = (seq, tuple(cp.frm for cp in proof if cp.frm != self.id), 0)
+            # Ask the current replicas first (a replaced one signed but no longer answers).
+            signers = sorted(
+                (cp.frm for cp in proof if cp.frm != self.id), key=lambda s: s not in self.group.replicas
+            )
+            self._fetch = (seq, tuple(signers), 0)
             self._request_state()
 
     def _make_stable(self, stable: StableCheckpoint) -> None:
@@ -72,8 +81,33 @@ class CheckpointRules(ReplicaState):
         self._events.append(PbftEvent("stable", self.view, f"checkpoint {stable.seq} stable"))
         if self._fetch is not None and self._fetch[0] <= self.low:
             self._fetch = None
-        if self.is_primary():
+        info, _ = split_snapshot(stable.snapshot)
+        if self.membership.adopt(info, stable.seq):
+            self._switch_group(stable.seq)
+        elif self.is_primary():
             self._propose()
+
+    def _switch_group(self, seq: int) -> None:
+        """The checkpoint at ``seq`` is stable and names a new group: what was ordered
+        above it under the old one is dropped (nothing executed it: the fence), the
+        replaced replica becomes an observer and the new group starts the next view."""
+        for s in [s for s in self.log.slots if s > seq]:
+            del self.log.slots[s]
+        self._seq = self.low
+        self._assigned.clear()
+        old = self.membership.previous[0].replicas if self.membership.previous else ()
+        self.observers = tuple(
+            sorted({*self.observers, *old} - set(self.group.replicas))
+        )
+        self._view_changes = {s: m for s, m in self._view_changes.items() if s in self.group.replicas}
+        self._events.append(
+            PbftEvent("group", self.view, f"replicas {','.join(self.group.replicas)} from {seq} on")
+        )
+        if self.retired:
+            self._timer = None
+            self._fetch = None
+            return
+        self._start_view_change(self.view + 1)
 
     def _request_state(self) -> None:
         if self._fetch is None:
@@ -87,10 +121,20 @@ class CheckpointRules(ReplicaState):
     def _on_state_request(self, msg: StateRequest) -> None:
         stable = self._stable
         known = msg.frm in self.group.replicas or msg.frm in self.observers
-        if not known or msg.frm == self.id or stable.seq < msg.seq or stable.seq == 0:
+        if not known or msg.frm == self.id:
             return
-        reply = StateReply(self.id, stable.seq, stable.digest, stable.snapshot, stable.proof)
-        self._msgs.append(Outbound(msg.frm, self._sign(reply)))
+        if stable.seq >= msg.seq and stable.seq > 0:
+            reply = StateReply(self.id, stable.seq, stable.digest, stable.snapshot, stable.proof)
+            self._msgs.append(Outbound(msg.frm, self._sign(reply)))
+        elif msg.frm in self.observers:
+            # A follower missed EXECUTEDs above the stable checkpoint: send them again
+            # (it asks every replica, and takes a batch on f+1 matching ones).
+            for seq in range(max(msg.seq, self.low + 1), self.executed + 1):
+                slot = self.log.slots.get(seq)
+                batch = slot.committed if slot is not None else None
+                if batch is not None:
+                    executed = Executed(self.id, batch.view, seq, batch.digest, batch.requests)
+                    self._msgs.append(Outbound(msg.frm, self._sign(executed)))
 
     def _on_state_reply(self, msg: StateReply) -> None:
         if msg.seq <= self.executed or msg.seq <= self.low:
@@ -98,7 +142,8 @@ class CheckpointRules(ReplicaState):
         if state_digest(msg.snapshot) != msg.state_digest:
             self.dropped += 1
             return
-        if not viewchange.valid_proof(self.checker, self.group, msg.seq, msg.state_digest, msg.proof):
+        signers = self.membership.signers(msg.seq)
+        if not viewchange.valid_proof(self.checker, signers, msg.seq, msg.state_digest, msg.proof):
             self.dropped += 1
             return
         stable = StableCheckpoint(msg.seq, msg.state_digest, msg.snapshot, msg.proof)

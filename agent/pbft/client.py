@@ -27,6 +27,7 @@ from agent.pbft.messages import (
     StateReply,
     StateRequest,
 )
+from agent.pbft.reconfig import Membership, is_replace, split_snapshot
 from agent.pbft.signing import CheckedVerifier, Signer, Verifier, sign, state_digest
 from agent.pbft.viewchange import Group, valid_proof
 
@@ -106,14 +107,23 @@ class PbftFollower:
         replicas: tuple[str, ...],
         window: int,
         stall_ticks: int = 20,
+        *,
+        interval: int = 0,
+        applied: int = 0,
+        previous: tuple[tuple[str, ...], int] | None = None,
     ) -> None:
+        """``interval``: K (default window // 2); ``applied``: where the local state is
+        (a replaced replica follows from its last executed seq); ``previous``: the
+        group before the last replacement and its last checkpoint."""
         self.id = signer.node_id
         self._signer = signer
         self.checker = CheckedVerifier(verifier)
-        self.group = Group(tuple(replicas))
+        self.membership = Membership(tuple(replicas), interval or max(1, window // 2))
+        if previous is not None:
+            self.membership.previous = (Group(previous[0]), previous[1])
         self.window = window
         self.stall_ticks = stall_ticks
-        self.applied = 0
+        self.applied = applied
         self._votes: dict[int, dict[str, Executed]] = {}
         self._ticks = 0
         self._progress_at = 0
@@ -124,8 +134,14 @@ class PbftFollower:
         self._batches: list[CommittedBatch] = []
         self._reset: StableCheckpoint | None = None
 
+    @property
+    def group(self) -> Group:
+        return self.membership.group
+
     def step(self, msg: Executed | StateReply) -> None:
-        if msg.frm not in self.group.replicas or not self.checker.check(msg):
+        pending = self.membership.pending
+        known = msg.frm in self.group.replicas or (pending is not None and msg.frm in pending[0].replicas)
+        if not known or not self.checker.check(msg):
             return
         if isinstance(msg, StateReply):
             self._on_state(msg)
@@ -138,7 +154,10 @@ class PbftFollower:
 
     def _drain(self) -> None:
         while (votes := self._votes.get(self.applied + 1)) is not None:
-            digests = [m.digest for m in votes.values()]
+            # Only the group that ordered this seq counts (a replacement's boundary may lie behind).
+            digests = [m.digest for s, m in votes.items() if s in self.group.replicas]
+            if not digests:
+                return
             best = max(set(digests), key=digests.count)
             if digests.count(best) < self.group.f + 1:
                 return
@@ -149,12 +168,18 @@ class PbftFollower:
             self.applied += 1
             self._progress_at = self._ticks
             self._batches.append(CommittedBatch(chosen.seq, chosen.view, chosen.digest, chosen.requests))
+            for r in chosen.requests:
+                if is_replace(r.op):
+                    self.membership.decide(chosen.seq, r.op)
+            self.membership.reach(chosen.seq)
 
     def _on_state(self, msg: StateReply) -> None:
         if msg.seq <= self.applied or state_digest(msg.snapshot) != msg.state_digest:
             return
-        if not valid_proof(self.checker, self.group, msg.seq, msg.state_digest, msg.proof):
+        signers = self.membership.signers(msg.seq)
+        if not valid_proof(self.checker, signers, msg.seq, msg.state_digest, msg.proof):
             return
+        self.membership.adopt(split_snapshot(msg.snapshot)[0], msg.seq)
         self._reset = StableCheckpoint(msg.seq, msg.state_digest, msg.snapshot, msg.proof)
         self._batches = []
         self.applied = msg.seq
@@ -163,13 +188,16 @@ class PbftFollower:
         self._drain()
 
     def tick(self) -> None:
-        """Behind with nothing arriving for ``stall_ticks``: ask a replica for its state."""
+        """Behind with nothing arriving for ``stall_ticks``: ask every replica for what
+        follows ``applied`` -- the stable state if it lies beyond, else the EXECUTEDs
+        again (f+1 matching ones are needed, so one replica's answer is not enough)."""
         self._ticks += 1
         if self._highest > self.applied and self._ticks - self._progress_at >= self.stall_ticks:
             self._progress_at = self._ticks
             self._asked += 1
-            to = self.group.replicas[self._asked % self.group.n]
-            self._msgs.append(Outbound(to, sign(self._signer, StateRequest(self.id, self.applied + 1))))
+            request = sign(self._signer, StateRequest(self.id, self.applied + 1))
+            for to in self.group.replicas:
+                self._msgs.append(Outbound(to, request))
 
     def take_messages(self) -> list[Outbound]:
         msgs, self._msgs = self._msgs, []

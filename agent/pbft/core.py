@@ -62,6 +62,7 @@ brings them back).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from agent.pbft.checkpointing import CheckpointRules
@@ -75,6 +76,7 @@ from agent.pbft.messages import (
     HardState,
     NewView,
     Outbound,
+    PbftEvent,
     PbftMessage,
     PersistRecord,
     Prepare,
@@ -89,6 +91,7 @@ from agent.pbft.messages import (
     Status,
     ViewChange,
 )
+from agent.pbft.reconfig import is_replace, split_snapshot
 from agent.pbft.signing import (
     Signer,
     Verifier,
@@ -109,14 +112,19 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
         replicas: tuple[str, ...],
         restored: Restored | None = None,
         observers: tuple[str, ...] = (),
+        previous: tuple[tuple[str, ...], int] | None = None,
     ) -> None:
-        super().__init__(config, signer, verifier, replicas, observers)
+        super().__init__(config, signer, verifier, replicas, observers, previous)
+        self._replace_outcomes: OrderedDict[bytes, tuple[bool, str, int]] = OrderedDict()
+        self._last_executed: Executed | None = None
         self._restore(restored or Restored())
 
     # ============================================================ public API
 
     def tick(self) -> None:
         self._ticks += 1
+        if self.retired:
+            return
         if self._ticks % self.config.resend_ticks == 0:
             self._resend()
         if self._timer is None and self.active and self._pending and self.primary != self.id:
@@ -127,7 +135,7 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
 
     def step(self, msg: PbftMessage) -> None:
         rule = _RULES.get(type(msg))
-        if rule is None:
+        if rule is None or self.retired:
             self.dropped += 1
             return
         if not self.checker.check(msg):
@@ -210,6 +218,9 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
             "view": self.view,
             "active": self.active,
             "primary": self.primary,
+            "replicas": list(self.group.replicas),
+            "replace_pending": self._pending_status(),
+            "retired": self.retired,
             "n": self.group.n,
             "f": self.f,
             "low": self.low,
@@ -222,11 +233,19 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
             "dropped": self.dropped,
         }
 
+    def _pending_status(self) -> dict[str, Any] | None:
+        pending = self.membership.pending
+        if pending is None:
+            return None
+        return {"replicas": list(pending[0].replicas), "at": pending[1]}
+
     # ============================================================ restore
 
     def _restore(self, restored: Restored) -> None:
         stable = restored.stable
         if stable is not None and stable.seq > 0:
+            info, _ = split_snapshot(stable.snapshot)
+            self.membership.adopt(info, stable.seq)
             self._stable = stable
             self.low = self.executed = self._seq = stable.seq
             self._snapshots[stable.seq] = (stable.digest, stable.snapshot)
@@ -299,12 +318,15 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
     def _propose(self) -> None:
         """Primary: give pending requests sequence numbers while the window allows
         and fewer than ``max_inflight`` are unexecuted; what arrives meanwhile waits
-        and goes out as one batch."""
-        while self._seq < self.high and self._seq - self.executed < self.config.max_inflight:
+        and goes out as one batch.  With a replacement pending nothing goes above its
+        checkpoint, and null requests fill the gap to it (so it takes effect at once)."""
+        fence = self.membership.fence
+        limit = self.high if fence is None else min(self.high, fence)
+        while self._seq < limit and self._seq - self.executed < self.config.max_inflight:
             batch = tuple(r for d, r in self._pending.items() if d not in self._assigned)[
                 : self.config.max_batch
             ]
-            if not batch:
+            if not batch and fence is None:
                 return
             self._seq += 1
             pp = self._vote(PrePrepare(self.id, self.view, self._seq, batch_digest(batch), batch))
@@ -322,6 +344,10 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
             self.dropped += 1
             return
         if not self._in_window(pp.seq) or not self.checker.check_batch(pp):
+            return
+        fence = self.membership.fence
+        if fence is not None and pp.seq > fence:
+            self.dropped += 1  # ordered under a group that ends at the fence
             return
         accepted, evidence = self.log.accept_preprepare(pp)
         if evidence is not None:
@@ -362,7 +388,15 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
             self._check_slot(msg.seq)
 
     def _on_commit(self, msg: Commit) -> None:
-        if not self._from_replica(msg.frm) or msg.view != self.view or not self._in_window(msg.seq):
+        if msg.view > self.view or not self._in_window(msg.seq):
+            return
+        if msg.view < self.view and msg.frm in self.group.replicas:  # (our own vote among them)
+            # Resent from a commit certificate of an earlier view: 2f+1 of them commit
+            # the slot as well (f+1 correct replicas prepared it; every later view keeps it).
+            if self.log.add_old_commit(msg, self.view):
+                self._check_old_certificate(msg.seq, msg.view, msg.digest)
+            return
+        if not self._from_replica(msg.frm) or msg.view != self.view:
             return
         added, evidence = self.log.add_commit(msg)
         self._report(evidence)
@@ -387,6 +421,15 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
         # f+1 correct replicas prepared it, so every later view keeps it.
         if slot.committed is None and slot.commit_quorum(self.view, pp.digest, self.f):
             slot.committed = CommittedBatch(seq, self.view, pp.digest, pp.requests)
+            slot.proof = slot.commit_votes(self.view, pp.digest)
+            self._execute()
+
+    def _check_old_certificate(self, seq: int, view: int, digest: bytes) -> None:
+        slot = self.log.slot(seq)
+        batch = slot.batch_for(digest)
+        if slot.committed is None and batch is not None and slot.commit_quorum(view, digest, self.f):
+            slot.committed = CommittedBatch(seq, view, digest, batch[1])
+            slot.proof = slot.commit_votes(view, digest)
             self._execute()
 
     def _execute(self) -> None:
@@ -394,6 +437,9 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
         after a checkpoint's seq until its snapshot came back (``checkpoint``)."""
         ran = False
         while not self._checkpoint_wait:
+            fence = self.membership.fence
+            if fence is not None and self.executed >= fence:
+                break  # the new group takes over once the checkpoint at the fence is stable
             slot = self.log.slots.get(self.executed + 1)
             if slot is None or slot.committed is None:
                 break
@@ -406,6 +452,8 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
                 self._pending.pop(d, None)
                 self._assigned.discard(d)
                 self._done[d] = None
+                if is_replace(r.op):
+                    self._decide_replace(batch.seq, r, d)
             self._tell_observers(batch)
             if batch.seq % self.config.checkpoint_interval == 0:
                 self._checkpoint_wait = batch.seq
@@ -419,10 +467,27 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
         if ran and self.is_primary():
             self._propose()
 
+    def _decide_replace(self, seq: int, request: Request, digest: bytes) -> None:
+        ok, why, at = self.membership.decide(seq, request.op)
+        self._replace_outcomes[digest] = (ok, why, at)
+        while len(self._replace_outcomes) > 64:
+            self._replace_outcomes.popitem(last=False)
+        if ok:
+            new = self.membership.pending[0].replicas if self.membership.pending else ()
+            self._events.append(
+                PbftEvent("replace", self.view, f"replicas {','.join(new)} from checkpoint {at} on")
+            )
+
+    def replace_outcome(self, request: Request) -> tuple[bool, str, int] | None:
+        """How the replace ``request`` (executed here) was decided: (accepted, why not,
+        the checkpoint it takes effect after)."""
+        return self._replace_outcomes.get(request_digest(request))
+
     def _tell_observers(self, batch: CommittedBatch) -> None:
         if not self.observers:
             return
         msg = self._sign(Executed(self.id, batch.view, batch.seq, batch.digest, batch.requests))
+        self._last_executed = msg
         for observer in self.observers:
             self._msgs.append(Outbound(observer, msg))
 
@@ -430,6 +495,12 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
 
     def _resend(self) -> None:
         self._broadcast(self._sign(Status(self.id, self.view, self.active, self.low, self.executed)))
+        last = self._last_executed
+        if last is not None and last.seq == self.executed:
+            # Followers learn how far we are even if every EXECUTED of the last batch was
+            # lost (behind, they ask for what they miss: ``PbftFollower.tick``).
+            for observer in self.observers:
+                self._msgs.append(Outbound(observer, last))
         if not self.active:
             if self._my_vc is not None:
                 self._broadcast(self._my_vc)
@@ -446,6 +517,11 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
             self._request_state()
 
     def _on_status(self, st: Status) -> None:
+        if st.frm in self.observers and st.low < self.low:
+            # A replaced replica still behind the switch: the proof lets it switch too.
+            for cp in self._stable.proof:
+                self._msgs.append(Outbound(st.frm, cp))
+            return
         if not self._from_replica(st.frm):
             return
         behind_view = st.view < self.view or (st.view == self.view and not st.active)
@@ -454,18 +530,22 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
         if st.low < self.low:
             for cp in self._stable.proof:
                 self._msgs.append(Outbound(st.frm, cp))
-        if st.view != self.view or not (self.active and st.active):
-            return
+        self._resend_executed(st)
+
+    def _resend_executed(self, st: Status) -> None:
+        """``st.frm`` is behind us in execution: what lets it catch up."""
+        same_view = st.view == self.view and self.active and st.active
         for seq in range(max(st.executed, self.low) + 1, self.executed + 1):
             slot = self.log.slots.get(seq)
-            if slot is None or slot.pp is None:
+            if slot is None:
                 continue
-            # The pre-prepare and the whole commit certificate we hold (each COMMIT
-            # carries its sender's signature): enough to execute without us.
-            self._msgs.append(Outbound(st.frm, slot.pp))
-            digest = slot.pp.digest
-            for (_, d), vote in slot.commits.get(self.view, {}).items():
-                if d == digest:
+            # The pre-prepare (in our common view) and the commit certificate that
+            # committed the slot here, of whichever view (each COMMIT carries its
+            # sender's signature): enough to execute without us.
+            if same_view and slot.pp is not None:
+                self._msgs.append(Outbound(st.frm, slot.pp))
+            if same_view or st.view >= self.view:
+                for vote in slot.proof:
                     self._msgs.append(Outbound(st.frm, vote))
 
 

@@ -36,10 +36,13 @@ from agent.pbft.messages import (
     Prepare,
     PreparedCert,
     PrePrepare,
+    Request,
 )
 
 CHECKPOINTS_PER_SENDER = 4
 """Newest checkpoints kept per sender above the low watermark."""
+OLD_VIEWS = 2
+"""Older views whose resent COMMITs a slot keeps (to complete a commit certificate)."""
 DIGESTS_PER_SENDER = 4
 """Votes kept per sender, view and slot (only an equivocating sender has more than one)."""
 
@@ -57,6 +60,9 @@ class Slot:
     cert: PreparedCert | None = None
     """The highest-view certificate this replica prepared (VIEW-CHANGE carries it)."""
     committed: CommittedBatch | None = None
+    proof: tuple[Prepare | Commit, ...] = ()
+    """The 2f+1 matching COMMITs (of one view) that committed it: sent to a replica
+    that missed them, whatever view it is in now."""
     mine: list[PrePrepare | Prepare | Commit] = field(default_factory=list)
     """What this replica signed for the current view (resent until executed)."""
 
@@ -69,6 +75,16 @@ class Slot:
 
     def commit_quorum(self, view: int, digest: bytes, f: int) -> bool:
         return sum(1 for _, d in self.commits.get(view, {}) if d == digest) >= 2 * f + 1
+
+    def commit_votes(self, view: int, digest: bytes) -> tuple[Prepare | Commit, ...]:
+        return tuple(v for (_, d), v in sorted(self.commits.get(view, {}).items()) if d == digest)
+
+    def batch_for(self, digest: bytes) -> tuple[int, tuple[Request, ...]] | None:
+        """(view, requests) of a pre-prepare this slot holds with ``digest``, if any."""
+        for pp in (self.pp, self.cert.preprepare if self.cert is not None else None):
+            if pp is not None and pp.digest == digest:
+                return pp.view, pp.requests
+        return None
 
     def has_commit(self, view: int, sender: str, digest: bytes) -> bool:
         return (sender, digest) in self.commits.get(view, {})
@@ -123,6 +139,18 @@ class MessageLog:
     def add_commit(self, msg: Commit) -> tuple[bool, Evidence | None]:
         slot = self.slot(msg.seq)
         return self._add_vote(slot, slot.commits.setdefault(msg.view, {}), msg, "commit")
+
+    def add_old_commit(self, msg: Commit, current: int) -> bool:
+        """A COMMIT of a view before ``current`` for a slot not committed here: part of
+        a commit certificate someone resent.  At most ``OLD_VIEWS`` older views are kept."""
+        slot = self.slot(msg.seq)
+        if slot.committed is not None:
+            return False
+        added, _ = self._add_vote(slot, slot.commits.setdefault(msg.view, {}), msg, "commit")
+        old = sorted(v for v in slot.commits if v < current)
+        for view in old[: max(0, len(old) - OLD_VIEWS)]:
+            del slot.commits[view]
+        return added
 
     def _add_vote(
         self, slot: Slot, votes: Votes, msg: Prepare | Commit, kind: str

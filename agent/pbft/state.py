@@ -32,6 +32,7 @@ from agent.pbft.messages import (
     StableCheckpoint,
     ViewChange,
 )
+from agent.pbft.reconfig import Membership
 from agent.pbft.signing import CheckedVerifier, Signer, Verifier, sign
 from agent.pbft.viewchange import Group
 
@@ -44,12 +45,19 @@ class ReplicaState(abc.ABC):
         verifier: Verifier,
         replicas: tuple[str, ...],
         observers: tuple[str, ...] = (),
+        previous: tuple[tuple[str, ...], int] | None = None,
     ) -> None:
         assert len(set(replicas)) == len(replicas) >= 4, "PBFT needs n >= 4 distinct replicas"
         self.config = config
         self.id = signer.node_id
-        self.group = Group(tuple(replicas))
-        self.observers = tuple(o for o in observers if o not in replicas)
+        self.membership = Membership(tuple(replicas), config.checkpoint_interval)
+        """The replica group, a pending replacement and the group before the last one
+        (``reconfig.py``); ``previous``: (that group, its last checkpoint) for a replica
+        that joined by a replacement."""
+        if previous is not None:
+            self.membership.previous = (Group(previous[0]), previous[1])
+            observers = (*observers, *previous[0])  # the replaced replica follows
+        self.observers = tuple(sorted({o for o in observers if o not in replicas}))
         self._signer = signer
         self.checker = CheckedVerifier(verifier)
         self.view = 0
@@ -89,6 +97,15 @@ class ReplicaState(abc.ABC):
         self._reset_to: StableCheckpoint | None = None
         self._hs = HardState()
         self._unadvanced = False
+
+    @property
+    def group(self) -> Group:
+        return self.membership.group
+
+    @property
+    def retired(self) -> bool:
+        """Replaced (``replicas replace``): this host no longer votes; it follows."""
+        return self.id not in self.membership.group.replicas
 
     @property
     def f(self) -> int:
@@ -178,6 +195,10 @@ class ReplicaState(abc.ABC):
     @abc.abstractmethod
     def _on_stable_proof(self, seq: int, digest: bytes, proof: tuple[Any, ...]) -> None:
         """A checkpoint at ``seq`` is stable with ``proof``: move the low watermark."""
+
+    @abc.abstractmethod
+    def _start_view_change(self, view: int) -> None:
+        """Leave the current view for ``view`` (VIEW-CHANGE)."""
 
     @abc.abstractmethod
     def _maybe_new_view(self) -> None:

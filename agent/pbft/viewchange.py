@@ -24,6 +24,7 @@ Everything here is a pure function over signed messages and a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.pbft.messages import Checkpoint, NewView, PreparedCert, PrePrepare, ViewChange
@@ -104,10 +105,17 @@ def valid_cert(
     )
 
 
-def valid_view_change(checker: CheckedVerifier, group: Group, vc: ViewChange, window: int) -> bool:
+Signers = Callable[[int], Group]
+"""The group whose CHECKPOINTs prove a checkpoint at a seq (``reconfig.Membership.signers``)."""
+
+
+def valid_view_change(
+    checker: CheckedVerifier, group: Group, vc: ViewChange, window: int, signers: Signers | None = None
+) -> bool:
     if vc.frm not in group.replicas or not checker.check(vc):
         return False
-    if not valid_proof(checker, group, vc.stable_seq, vc.stable_digest, vc.proof):
+    proof_group = signers(vc.stable_seq) if signers is not None else group
+    if not valid_proof(checker, proof_group, vc.stable_seq, vc.stable_digest, vc.proof):
         return False
     seqs = [c.preprepare.seq for c in vc.prepared]
     if len(set(seqs)) != len(seqs):
@@ -134,7 +142,9 @@ def plan_new_view(view_changes: tuple[ViewChange, ...]) -> Plan:
     return Plan(min_s, base.stable_digest, base.proof, slots)
 
 
-def check_new_view(checker: CheckedVerifier, group: Group, nv: NewView, window: int) -> Plan | None:
+def check_new_view(
+    checker: CheckedVerifier, group: Group, nv: NewView, window: int, signers: Signers | None = None
+) -> Plan | None:
     """The plan of a valid NEW-VIEW, or None: signed by the view's primary, 2f+1
     valid VIEW-CHANGEs for that view from distinct replicas, and pre-prepares
     that are exactly their plan, each signed by the primary."""
@@ -144,7 +154,7 @@ def check_new_view(checker: CheckedVerifier, group: Group, nv: NewView, window: 
     if len(senders) != len(nv.view_changes) or len(senders) < group.quorum:
         return None
     for vc in nv.view_changes:
-        if vc.view != nv.view or not valid_view_change(checker, group, vc, window):
+        if vc.view != nv.view or not valid_view_change(checker, group, vc, window, signers):
             return None
     plan = plan_new_view(nv.view_changes)
     if len(plan.slots) != len(nv.preprepares):

@@ -81,7 +81,9 @@ class ViewChangeRules(ReplicaState):
         held = self._view_changes.get(vc.frm)
         if held is not None and held.view >= vc.view:
             return
-        if not viewchange.valid_view_change(self.checker, self.group, vc, self.config.window):
+        if not viewchange.valid_view_change(
+            self.checker, self.group, vc, self.config.window, self.membership.signers
+        ):
             self.dropped += 1
             return
         self._view_changes[vc.frm] = vc
@@ -121,7 +123,9 @@ class ViewChangeRules(ReplicaState):
     def _on_new_view(self, nv: NewView) -> None:
         if nv.view < self.view or (nv.view == self.view and self.active):
             return
-        plan = viewchange.check_new_view(self.checker, self.group, nv, self.config.window)
+        plan = viewchange.check_new_view(
+            self.checker, self.group, nv, self.config.window, self.membership.signers
+        )
         if plan is None:
             self.dropped += 1
             return

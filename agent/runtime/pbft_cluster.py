@@ -54,6 +54,14 @@ class PbftCluster:
             self.keys[node] = public
             self.verifier.add(node, public)
 
+    def learn(self, node: str, public: bytes) -> bool:
+        """A key named by a replace request the replicas ordered: believed only for the
+        id it derives (as an announce)."""
+        if node in self.keys or not id_matches_key(node, public):
+            return False
+        self._learn(node, public)
+        return True
+
     def on_announce(self, msg: KeyAnnounce) -> bool:
         """A peer's key: True if it is new and checks out."""
         if msg.frm in self.keys or not id_matches_key(msg.frm, msg.public):

@@ -51,7 +51,9 @@ from agent.pbft.messages import (
     Request,
     StateReply,
 )
+from agent.pbft.reconfig import app_snapshot, is_replace
 from agent.runtime.pbft_cluster import ANNOUNCE_EVERY, PbftCluster
+from agent.runtime.pbft_roles import PbftRoles
 from agent.runtime.pbft_storage import PbftStorage
 from agent.runtime.ports import StateQueries
 from agent.state.commands import Command
@@ -61,10 +63,6 @@ log = logging.getLogger("agent.pbft")
 
 BARRIER = b""
 """The null command a linearizable read orders (the state machine applies it as a no-op)."""
-
-
-def replicas_of(genesis: Genesis | None) -> tuple[str, ...]:
-    return genesis.replicas if genesis is not None else ()
 
 
 def encode_result(result: ApplyResult) -> bytes:
@@ -77,7 +75,7 @@ def decode_result(data: bytes) -> ApplyResult:
     return ApplyResult(bool(ok), value, error)
 
 
-class PbftDriver:
+class PbftDriver(PbftRoles):
     def __init__(
         self,
         *,
@@ -128,24 +126,6 @@ class PbftDriver:
         """Who is alive (SWIM): where keys and the genesis are announced."""
         self._alive = alive
 
-    # ------------------------------------------------------------ building
-
-    def _build(self, genesis: Genesis) -> None:
-        replicas = genesis.replicas
-        cluster = self._cluster
-        if self.node_id in replicas:
-            restored = self._storage.load()
-            if restored.stable is not None:
-                self._state.restore(restored.stable.snapshot)
-            self._replica = PbftReplica(
-                self.pbft_config, cluster.signer, cluster.verifier, replicas, restored
-            )
-        else:
-            self._follower = PbftFollower(cluster.signer, cluster.verifier, replicas, self.pbft_config.window)
-        retry = max(1, self.pbft_config.view_change_ticks // 2)
-        self._client = PbftClient(cluster.signer, cluster.verifier, replicas, retry_ticks=retry)
-        self._report_role()
-
     # ------------------------------------------------------------ what others may ask
 
     @property
@@ -167,19 +147,19 @@ class PbftDriver:
     def leader_id(self) -> str:
         if self._replica is not None:
             return self._replica.primary if self._replica.active else ""
-        genesis = self._cluster.genesis
-        if genesis is None or self._client is None:
+        group = self.group()
+        if not group or self._client is None:
             return ""
-        return genesis.replicas[self._client.view % len(genesis.replicas)]
+        return group[self._client.view % len(group)]
 
     def voters(self) -> tuple[str, ...]:
         """The replicas, starting with the next view's primary (so ``leader.transfer``
         without ``to`` names the host that will lead)."""
-        genesis = self._cluster.genesis
-        if genesis is None:
+        group = self.group()
+        if not group:
             return ()
-        at = (self._view() + 1) % len(genesis.replicas)
-        return genesis.replicas[at:] + genesis.replicas[:at]
+        at = (self._view() + 1) % len(group)
+        return group[at:] + group[:at]
 
     def transfer_leadership(self, to: str) -> None:
         """``transfer-leader``: the primary steps down (VIEW-CHANGE for the next view,
@@ -315,7 +295,7 @@ class PbftDriver:
             self._persist(rd)
             held.extend(rd.messages)
             if rd.reset_to is not None:
-                self._state.restore(rd.reset_to.snapshot)
+                self._state.restore(app_snapshot(rd.reset_to.snapshot))
             for batch in rd.committed:
                 self._execute(batch)
             if rd.checkpoint_due:
@@ -332,7 +312,7 @@ class PbftDriver:
         if self._follower is not None:
             reset, batches = self._follower.take()
             if reset is not None:
-                self._state.restore(reset.snapshot)
+                self._state.restore(app_snapshot(reset.snapshot))
             for batch in batches:
                 self._execute(batch)
             for out in self._follower.take_messages():
@@ -342,6 +322,7 @@ class PbftDriver:
                 self._dispatch(out)
             for rid, result in self._client.take_results():
                 self._resolve(rid, decode_result(result))
+        self._check_roles()
         self._report_role()
 
     def _persist(self, rd: Ready) -> None:
@@ -353,7 +334,13 @@ class PbftDriver:
     def _execute(self, batch: CommittedBatch) -> None:
         self.leader_terms.observe(self._state.applied_index + 1, batch.view)
         for request in batch.requests:
-            result = self._apply(request)
+            if is_replace(request.op):  # the replica group's business (pbft_roles.py)
+                self._apply(Request(request.client, request.rid, BARRIER))
+                result = self._replace_result(request)
+                if self._replica is None:
+                    self.learn_replace_key(request)
+            else:
+                result = self._apply(request)
             if self._replica is not None:
                 self._replica.reply(request, encode_result(result))
             if request.client == self.node_id:
@@ -507,9 +494,9 @@ class PbftDriver:
 
     def status(self) -> dict[str, Any]:
         replica = self._replica
-        genesis = self._cluster.genesis
-        core = replica.status() if replica is not None else self._follower_status(replicas_of(genesis))
-        replicas = list(genesis.replicas) if genesis else []
+        group = self.group()
+        core = replica.status() if replica is not None else self._follower_status(group)
+        replicas = list(group)
         return {
             "engine": "pbft",
             "role": self._role or "none",

@@ -7,6 +7,8 @@ directory fsynced):
 * ``hard``: the view and whether it was entered (msgpack ``[view, active]``);
 * ``stable``: the last stable checkpoint: seq, state digest, the application
   snapshot and the 2f+1 signed CHECKPOINTs (msgpack);
+* ``group``: the replica group after the last replacement, if any (msgpack
+  ``[replicas, previous, switched_at]``; ``agent/pbft/reconfig.py``);
 * ``log``: length-prefixed records (``agent/framing.py``): what this replica
   signed and the certificates it prepared (``PersistRecord``), appended and
   fdatasynced before any message that depends on them leaves.  When a
@@ -43,6 +45,7 @@ from agent.pbft.messages import (
     StableCheckpoint,
     ViewChange,
 )
+from agent.pbft.reconfig import GroupInfo
 
 
 def _record_seq(record: PersistRecord) -> int:
@@ -211,6 +214,28 @@ class PbftStorage:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+    def save_group(self, info: GroupInfo) -> None:
+        """The replica group after a replacement (``agent/pbft/reconfig.py``), so a host
+        that follows, or joined, restarts knowing it."""
+        body = [list(info.replicas), list(info.previous), info.switched_at]
+        self._replace("group", bytes(msgpack.packb(body, use_bin_type=True)))
+
+    def load_group(self) -> GroupInfo | None:
+        raw = self._read("group")
+        if raw is None:
+            return None
+        replicas, previous, switched_at = msgpack.unpackb(raw, raw=False)
+        return GroupInfo(tuple(replicas), tuple(previous), int(switched_at))
+
+    def reset(self) -> None:
+        """Forget the replica state of an earlier membership (a host replaced out and,
+        later, in again starts from state transfer; its old views are long past)."""
+        self.close()
+        for name in ("hard", "stable", "log"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / name).unlink()
+        self._records = []
 
     def stats(self) -> dict[str, Any]:
         return {"records": len(self._records), "dir": str(self.dir)}

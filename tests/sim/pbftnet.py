@@ -32,12 +32,13 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from agent.pbft.client import PbftClient
+from agent.pbft.client import PbftClient, PbftFollower
 from agent.pbft.config import PbftConfig
 from agent.pbft.core import PbftReplica
 from agent.pbft.messages import (
     CommittedBatch,
     Evidence,
+    Executed,
     HardState,
     Outbound,
     PersistRecord,
@@ -45,7 +46,9 @@ from agent.pbft.messages import (
     Request,
     Restored,
     StableCheckpoint,
+    StateReply,
 )
+from agent.pbft.reconfig import app_snapshot, is_replace
 from agent.pbft.signing import (
     Ed25519Signer,
     Ed25519Verifier,
@@ -55,6 +58,7 @@ from agent.pbft.signing import (
     Verifier,
     state_digest,
 )
+from agent.pbft.viewchange import Group
 from agent.runtime.pbft_storage import keep_records
 
 SIM_CONFIG = PbftConfig(
@@ -146,6 +150,24 @@ class SimReplica:
     executed: list[tuple[int, bytes]] = field(default_factory=list)
 
 
+@dataclass
+class SimFollower:
+    """A host outside the replica set following committed batches (f+1 EXECUTEDs)."""
+
+    follower: PbftFollower
+    kv: KV
+
+    def step(self, msg: Executed | StateReply) -> None:
+        self.follower.step(msg)
+        reset, batches = self.follower.take()
+        if reset is not None:
+            self.kv.restore(app_snapshot(reset.snapshot))
+        for batch in batches:
+            for request in batch.requests:
+                if not is_replace(request.op):
+                    self.kv.apply(request)
+
+
 class InvariantViolation(AssertionError):
     pass
 
@@ -172,15 +194,19 @@ class PbftNet:
         clients: int = 3,
         config: PbftConfig = SIM_CONFIG,
         real_signatures: bool = False,
+        spares: int = 0,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.config = config
         self.replica_ids = tuple(f"r{i}" for i in range(n))
         self.client_ids = [f"c{i}" for i in range(clients)]
+        self.spare_ids = [f"r{i}" for i in range(n, n + spares)]
+        """Hosts with keys but no replica yet (``admit`` makes one a replica)."""
         self.signers, self.verifier = make_keys(
-            [*self.replica_ids, *self.client_ids], self.rng, real_signatures
+            [*self.replica_ids, *self.client_ids, *self.spare_ids], self.rng, real_signatures
         )
+        self.followers: dict[str, SimFollower] = {}
         self.now = 0
         self.replicas: dict[str, SimReplica] = {}
         self.clients: dict[str, PbftClient] = {
@@ -207,16 +233,43 @@ class PbftNet:
 
     # ------------------------------------------------------------ lifecycle
 
-    def _start(self, node_id: str, storage: MemoryStorage, byzantine: Any = None) -> None:
+    def _start(
+        self,
+        node_id: str,
+        storage: MemoryStorage,
+        byzantine: Any = None,
+        replicas: tuple[str, ...] | None = None,
+        previous: tuple[tuple[str, ...], int] | None = None,
+    ) -> None:
         restored = storage.restored()
-        core = PbftReplica(self.config, self.signers[node_id], self.verifier, self.replica_ids, restored)
+        core = PbftReplica(
+            self.config, self.signers[node_id], self.verifier, replicas or self.replica_ids, restored,
+            previous=previous,
+        )
         kv = KV()
         if restored.stable is not None:
-            kv.restore(restored.stable.snapshot)
+            kv.restore(app_snapshot(restored.stable.snapshot))
         old = self.replicas.get(node_id)
         self.replicas[node_id] = SimReplica(
             node_id, storage, core, kv, byzantine=byzantine or (old.byzantine if old else None)
         )
+
+    def admit(self, node_id: str, replicas: tuple[str, ...], previous: tuple[tuple[str, ...], int]) -> None:
+        """``node_id`` joins as a replica of ``replicas`` (after a replacement), with
+        nothing but the group: it catches up by state transfer."""
+        self._start(node_id, MemoryStorage(), replicas=replicas, previous=previous)
+        for client in self.clients.values():
+            client.group = Group(replicas)
+
+    def follow(self, node_id: str, kv: KV, core: PbftReplica) -> None:
+        """The replaced replica ``node_id`` follows from where its core stopped."""
+        prev = core.membership.previous
+        follower = PbftFollower(
+            self.signers[node_id], self.verifier, core.group.replicas, self.config.window,
+            stall_ticks=12, interval=self.config.checkpoint_interval, applied=core.executed,
+            previous=(prev[0].replicas, prev[1]) if prev else None,
+        )
+        self.followers[node_id] = SimFollower(follower, kv)
 
     def make_byzantine(self, node_id: str, behaviour: Any) -> None:
         self.replicas[node_id].byzantine = behaviour
@@ -268,6 +321,10 @@ class PbftNet:
         for cid, client in self.clients.items():
             client.tick()
             self._client_out(cid)
+        for fid, sim_follower in self.followers.items():
+            sim_follower.follower.tick()
+            for out in sim_follower.follower.take_messages():
+                self.send(fid, out)
         while self._queue and self._queue[0][0] <= self.now:
             _, _, out, frm = heapq.heappop(self._queue)
             self._deliver(frm, out)
@@ -300,6 +357,11 @@ class PbftNet:
                 if self.on_result is not None:
                     self.on_result(out.to, rid, result)
             return
+        sim_follower = self.followers.get(out.to)
+        if sim_follower is not None:
+            if isinstance(out.msg, Executed | StateReply):
+                sim_follower.step(out.msg)
+            return
         node = self.replicas.get(out.to)
         if node is None or not node.up:
             return
@@ -320,8 +382,9 @@ class PbftNet:
             self._send_all(node, rd.messages)
             if rd.reset_to is not None:
                 self.state_transfers += 1
-                node.kv.restore(rd.reset_to.snapshot)
-                self._check_state(node, rd.reset_to.seq, rd.reset_to.digest)
+                app = app_snapshot(rd.reset_to.snapshot)
+                node.kv.restore(app)
+                self._check_state(node, rd.reset_to.seq, state_digest(app))
             for batch in rd.committed:
                 self._execute(node, batch)
             if rd.checkpoint_due:
@@ -348,9 +411,15 @@ class PbftNet:
                     f"{node.node_id} executed {batch.digest.hex()[:8]} at seq {batch.seq}, "
                     f"{known[1]} executed {known[0].hex()[:8]}"
                 )
+        fence = node.core.membership.fence
+        if fence is not None and batch.seq > fence and self.check_invariants:
+            self.fail(f"{node.node_id} executed {batch.seq} above a pending replacement's fence {fence}")
         node.executed.append((batch.seq, batch.digest))
         for request in batch.requests:
-            node.core.reply(request, node.kv.apply(request))
+            if is_replace(request.op):
+                node.core.reply(request, json.dumps(node.core.replace_outcome(request)).encode())
+            else:
+                node.core.reply(request, node.kv.apply(request))
 
     # ------------------------------------------------------------ invariants
 

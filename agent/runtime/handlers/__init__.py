@@ -1,7 +1,8 @@
 """Control API method handlers (docs/internals.md §4), one module per area.
 
 ``status.py`` (status, members, report), ``kv.py``, ``proposals.py``,
-``nodes.py`` (drain, leader transfer, shutdown), ``keys.py``, ``raftlog.py`` (the
+``nodes.py`` (drain, leader transfer, shutdown), ``keys.py``, ``replicas.py``
+(PBFT's replica group), ``raftlog.py`` (the
 Raft log and replication progress for the TUI); the ``task.*``
 methods are the task runtime's (``TaskRuntime.handlers``).  Each area takes
 the small Protocols of ``ports.py`` it uses, never the agent.
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.control.params import ListOf, MapOf, Schema, check_params
-from agent.runtime.handlers import artifacts, events, keys, kv, nodes, proposals, raftlog, status
+from agent.runtime.handlers import artifacts, events, keys, kv, nodes, proposals, raftlog, replicas, status
 from agent.runtime.handlers.artifacts import ReplicaPort
 from agent.runtime.handlers.common import committer, reader
 from agent.runtime.handlers.events import EventsPort, TopologyPort
@@ -84,6 +85,8 @@ METHOD_PARAMS: dict[str, Schema] = {
     "artifact.list": {"id": str, "attempt": int},
     "artifact.get": {"id": str, "name": str, "attempt": int, "offset": int},
     "replicas.prune": {"older_than": float},
+    "replicas.list": {},
+    "replicas.replace": {"old": str, "new": str},
 }
 """Every control method's params and their kinds, in one place (see
 ``agent.control.params.check_params``: strict, ``None`` is absent, params not
@@ -166,5 +169,6 @@ def build_handlers(ports: ControlPorts) -> dict[str, Handler]:
         **raftlog.handlers(raft, ports.names),
         **ports.tasks.handlers(committer(raft), reader(raft)),
         **artifacts.handlers(ports.replicas),
+        **replicas.handlers(raft if isinstance(raft, replicas.ReplicaSetPort) else None, ports.names),
     }
     return {method: strict(method, handler) for method, handler in handlers.items()}

@@ -1,0 +1,181 @@
+"""Replacing a PBFT replica through the protocol (``meshtui replicas replace OLD NEW``).
+
+Theory of operation
+-------------------
+The replica set changes only by a request ordered like any other: its ``op``
+is ``encode_replace(old, new, key)``.  Every correct replica executes it at
+the same sequence number s and decides the same way (``decide``): refused
+while another replacement is pending, when OLD is not a replica or NEW
+already is one; otherwise the change is *pending* and takes effect at the
+boundary c, the first checkpoint at or after s (c = ceil(s / K) * K).
+
+* Nothing above c is executed under the old group: a replica with a pending
+  change stops executing at c, the primary assigns nothing above c and a
+  backup accepts no pre-prepare above c.
+* The checkpoint at c is signed by the old group, and its snapshot (the
+  application's, wrapped by ``wrap_snapshot``) names the group for the
+  sequence numbers after it, with the group before it.  So a replica that
+  reaches c by state transfer learns the group from the state itself.
+* Once c is stable a replica switches (``PbftReplica._make_stable``): it
+  drops every slot above c (ordered under the old group, so never executed
+  anywhere), and the new group starts the next view (a view change), whose
+  primary is computed from the new group.  The removed replica stops voting
+  (``retired``) and follows; the new one catches up by state transfer.
+* A checkpoint proof at seq x is checked against the group that signed it:
+  the group before the last switch for x <= its boundary, else the current
+  one (``Membership.signers``).
+
+A replacement is 1-for-1 (NEW takes OLD's position), so n stays 3f+1 and the
+two groups share n-1 >= 2f+1 replicas.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from agent.pbft.viewchange import Group
+
+REPLACE_MAGIC = b"\x00pbft.replace\x00"
+"""Prefix of a replace request's op (no state-machine command starts with a zero byte)."""
+
+GROUP_MAGIC = b"\x00pbft.group\x00"
+"""Prefix of a checkpoint snapshot that names its replica group (``wrap_snapshot``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Replace:
+    old: str
+    new: str
+    key: bytes
+    """NEW's public key (the runtime learns it if NEW's id derives from it)."""
+
+
+def encode_replace(old: str, new: str, key: bytes = b"") -> bytes:
+    return REPLACE_MAGIC + json.dumps([old, new, key.hex()]).encode()
+
+
+def decode_replace(op: bytes) -> Replace | None:
+    """The replacement ``op`` asks for, or None if it is not one (or malformed)."""
+    if not op.startswith(REPLACE_MAGIC):
+        return None
+    try:
+        old, new, key = json.loads(op[len(REPLACE_MAGIC) :])
+        return Replace(str(old), str(new), bytes.fromhex(str(key)))
+    except (ValueError, TypeError):
+        return None
+
+
+def is_replace(op: bytes) -> bool:
+    return op.startswith(REPLACE_MAGIC)
+
+
+def boundary(seq: int, interval: int) -> int:
+    """The first checkpoint at or after ``seq``."""
+    return -(-seq // interval) * interval
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """What a checkpoint snapshot says about the group: the replicas for the
+    sequence numbers after it, and the group before the last switch with that
+    switch's checkpoint (so its proof can be checked)."""
+
+    replicas: tuple[str, ...]
+    previous: tuple[str, ...] = ()
+    switched_at: int = 0
+
+
+def wrap_snapshot(info: GroupInfo, app: bytes) -> bytes:
+    head = json.dumps([list(info.replicas), list(info.previous), info.switched_at]).encode()
+    return GROUP_MAGIC + head + b"\n" + app
+
+
+def split_snapshot(snapshot: bytes) -> tuple[GroupInfo | None, bytes]:
+    """(the group the snapshot names, or None for a bare one; the application's snapshot)."""
+    if not snapshot.startswith(GROUP_MAGIC):
+        return None, snapshot
+    head, _, app = snapshot[len(GROUP_MAGIC) :].partition(b"\n")
+    try:
+        replicas, previous, switched_at = json.loads(head)
+        return GroupInfo(tuple(map(str, replicas)), tuple(map(str, previous)), int(switched_at)), app
+    except (ValueError, TypeError):
+        return None, snapshot
+
+
+def app_snapshot(snapshot: bytes) -> bytes:
+    """The application's part of a (possibly wrapped) checkpoint snapshot."""
+    return split_snapshot(snapshot)[1]
+
+
+class Membership:
+    """The replica group over time: current, pending (decided, not yet in
+    effect) and the one before the last switch.  Shared by replicas and followers,
+    so both decide every replace request the same way."""
+
+    def __init__(self, replicas: tuple[str, ...], interval: int) -> None:
+        self.group = Group(tuple(replicas))
+        self.interval = interval
+        self.pending: tuple[Group, int] | None = None
+        """(the new group, the checkpoint it takes effect after)."""
+        self.previous: tuple[Group, int] | None = None
+        """(the group before the last switch, the checkpoint it ended at)."""
+
+    @property
+    def fence(self) -> int | None:
+        """Nothing above this seq runs under the current group (a change is pending)."""
+        return self.pending[1] if self.pending is not None else None
+
+    def decide(self, seq: int, op: bytes) -> tuple[bool, str, int]:
+        """A replace request executed at ``seq``: (accepted, why not, the boundary)."""
+        r = decode_replace(op)
+        if r is None:
+            return False, "malformed replace request", 0
+        if self.pending is not None:
+            return False, f"a replacement is already pending (effective after {self.pending[1]})", 0
+        replicas = self.group.replicas
+        if r.old not in replicas:
+            return False, f"{r.old} is not a replica", 0
+        if r.new in replicas:
+            return False, f"{r.new} is already a replica", 0
+        at = boundary(seq, self.interval)
+        self.pending = (Group(tuple(r.new if x == r.old else x for x in replicas)), at)
+        return True, "", at
+
+    def group_after(self, seq: int) -> GroupInfo:
+        """What the checkpoint snapshot at ``seq`` records."""
+        if self.pending is not None and self.pending[1] == seq:
+            return GroupInfo(self.pending[0].replicas, self.group.replicas, seq)
+        if self.previous is not None:
+            return GroupInfo(self.group.replicas, self.previous[0].replicas, self.previous[1])
+        return GroupInfo(self.group.replicas)
+
+    def reach(self, seq: int) -> bool:
+        """A follower applied ``seq``: switch if it is the pending boundary."""
+        if self.pending is None or self.pending[1] != seq:
+            return False
+        self.previous = (self.group, seq)
+        self.group, self.pending = self.pending[0], None
+        return True
+
+    def adopt(self, info: GroupInfo | None, seq: int) -> bool:
+        """A stable checkpoint at ``seq`` names ``info``: True if the group changed."""
+        self.pending = None if self.pending is None or self.pending[1] <= seq else self.pending
+        if info is None:
+            return False
+        if info.previous and info.switched_at:
+            self.previous = (Group(info.previous), info.switched_at)
+        if info.replicas == self.group.replicas:
+            return False
+        if not info.previous:
+            self.previous = (self.group, seq)
+        self.group = Group(info.replicas)
+        return True
+
+    def signers(self, seq: int) -> Group:
+        """The group whose 2f+1 CHECKPOINTs prove a checkpoint at ``seq``."""
+        if self.pending is not None and seq > self.pending[1]:
+            return self.pending[0]
+        if self.previous is not None and seq <= self.previous[1]:
+            return self.previous[0]
+        return self.group
