@@ -1,7 +1,8 @@
 """The leader's scheduler at run time: snapshot, bids, ``plan_round``, propose.
 
-Theory of operation: every ``interval`` seconds, while this node leads with a
-quorum, one round runs:
+Theory of operation: every ``interval`` seconds, or at once when an applied
+entry may have made something placeable (``wake``: a submit, a requeue, an
+undrained or new node), while this node leads with a quorum, one round runs:
 
 1. ``snapshot()`` -- the ``ClusterSnapshot`` (``build_snapshot``: SWIM's
    members with their gossiped load and metadata, the replicated tasks, drain
@@ -11,8 +12,10 @@ quorum, one round runs:
    the round goes on with what arrived (gossiped figures stand in for the rest);
 3. ``plan_round`` (``agent/sched/round.py``, pure) decides failover, placement
    and moves, and carries the heat state and death times to the next round;
-4. each decision becomes a command (``decision_command``) and is proposed
-   without waiting for the commit.
+4. the decisions become commands (``round_commands``) and are proposed
+   without waiting for the commit: the round's placements together in one
+   ``task.place`` entry (each item fenced as a ``task.assign`` of its own
+   would be), failovers and moves one entry each.
 
 Rounds overlap: the next round may run while earlier decisions are still in
 the log.  What they decide about (task ids, dead node ids) is ``busy`` until
@@ -51,6 +54,7 @@ from agent.sched import (
     plan_round,
 )
 from agent.state import builders
+from agent.state.commands import MAX_PLACEMENTS
 from agent.swim.members import MemberView
 
 log = logging.getLogger(__name__)
@@ -94,6 +98,26 @@ def build_snapshot(
         )
     tasks = state.sched_tasks() if with_tasks else ()
     return ClusterSnapshot(tuple(nodes), tasks, now)
+
+
+def round_commands(decisions: Iterable[Decision], at: float) -> list[bytes]:
+    """The commands that carry out a round's decisions, in order: every ``Assign`` in
+    ``task.place`` entries of up to ``MAX_PLACEMENTS`` (where the first one stood),
+    the other decisions one command each."""
+    out: list[bytes] = []
+    placements: list[tuple[str, str, int]] = []
+    slot = -1
+    for decision in decisions:
+        if isinstance(decision, Assign):
+            slot = len(out) if slot < 0 else slot
+            placements.append((decision.task, decision.node, decision.epoch))
+        else:
+            out.append(decision_command(decision, at))
+    out[slot:slot] = [
+        builders.cmd_task_place(placements[i : i + MAX_PLACEMENTS], "", at)
+        for i in range(0, len(placements), MAX_PLACEMENTS)
+    ]
+    return out
 
 
 def decision_command(decision: Decision, at: float) -> bytes:
@@ -153,10 +177,15 @@ class LeaderScheduler:
         """Node id -> when this node first saw it dead (wall clock, seconds)."""
         self._inflight: set[str] = set()
         """Task ids (and dead node ids) with a decision proposed, not yet committed."""
+        self._placing: dict[str, str] = {}
+        """Task id -> node of the placements among them (counted by the next rounds)."""
         self._proposals: set[asyncio.Task[None]] = set()
         self._bids: dict[int, dict[str, Bid]] = {}
+        self._bid_waits: dict[int, tuple[set[str], asyncio.Event]] = {}
+        """Request id -> (hosts asked that have not answered, set when none is left)."""
         self._bid_ids = itertools.count(1)
         self._loop: asyncio.Task[None] | None = None
+        self._woken = asyncio.Event()
 
     def start(self) -> None:
         self._loop = asyncio.create_task(self._leader_loop(), name="sched")
@@ -174,11 +203,23 @@ class LeaderScheduler:
 
     # ------------------------------------------------------------ rounds
 
+    def wake(self) -> None:
+        """Something new may be placeable (``ApplyResult.placeable``): run a round now
+        instead of at the next ``interval``.  Wakes during a round make one more round
+        after it, so a stream of submits costs a round per round's time, not per submit."""
+        if self._is_leader():
+            self._woken.set()
+
     async def _leader_loop(self) -> None:
         backlog = False
         while True:
             # A round that hit the proposal cap left work queued: go again at once.
-            await asyncio.sleep(0 if backlog else self.interval)
+            if backlog:
+                await asyncio.sleep(0)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._woken.wait(), self.interval)
+            self._woken.clear()
             backlog = False
             if not self._is_leader() or not self._has_quorum():
                 continue
@@ -196,7 +237,10 @@ class LeaderScheduler:
         busy = frozenset(self._inflight)
         dead_before = dict(self.dead_since)
         bids = await self.collect_bids(snap) if needs_bids(snap, busy) else None
-        plan = plan_round(snap, self.heat, cfg, dead_before, busy, self.lease, bids)
+        placing = {t: n for t, n in self._placing.items() if t in busy}
+        plan = plan_round(
+            snap, self.heat, cfg, dead_before, busy, self.lease, bids, placing=placing
+        )
         self.heat = plan.heat
         # A death noted while the bids were out (on_member_down) is kept.
         noted = {n: t for n, t in self.dead_since.items() if n not in dead_before}
@@ -208,9 +252,10 @@ class LeaderScheduler:
         """Propose a round's decisions without waiting for them to commit."""
         if not decisions:
             return
-        commands = [decision_command(d, at) for d in decisions]
+        commands = round_commands(decisions, at)
         keys = [d.key for d in decisions]
         self._inflight.update(keys)
+        self._placing.update((d.task, d.node) for d in decisions if isinstance(d, Assign))
         # Kept in self._proposals until done (and cancelled by close()).
         proposal = asyncio.create_task(self._propose_all(commands, keys))
         self._proposals.add(proposal)
@@ -223,6 +268,8 @@ class LeaderScheduler:
             )
         finally:
             self._inflight.difference_update(keys)
+            for key in keys:
+                self._placing.pop(key, None)
         for res in results:
             if isinstance(res, BaseException) and not isinstance(res, MeshError):
                 log.error("placement proposal failed: %r", res)
@@ -230,15 +277,25 @@ class LeaderScheduler:
     # ------------------------------------------------------------ bids
 
     async def collect_bids(self, snap: ClusterSnapshot) -> dict[str, Bid]:
-        """One bid per live host for this round (ours at once, the others' until
-        ``bid_timeout``)."""
+        """One bid per live host for this round: ours at once, the others' until each
+        asked host has answered or ``bid_timeout`` has passed, whichever is first (the
+        timeout is for the hosts that do not answer; waiting it out when all did
+        only delayed the round)."""
         request_id = next(self._bid_ids)
-        self._bids[request_id] = {}
-        for node in snap.nodes:
-            if node.alive and node.id != self.node_id:
-                self._send_to_node(node.id, BidRequest(request_id, "", (), 0))
-        self._bids[request_id][self.node_id] = self._local_bid(request_id, "", 0)
-        await asyncio.sleep(self.bid_timeout)
+        bucket: dict[str, Bid] = {}
+        self._bids[request_id] = bucket
+        asked = [n.id for n in snap.nodes if n.alive and n.id != self.node_id]
+        for node_id in asked:
+            self._send_to_node(node_id, BidRequest(request_id, "", (), 0))
+        bucket[self.node_id] = self._local_bid(request_id, "", 0)
+        if asked:
+            answered = self._bid_waits[request_id] = (set(asked), asyncio.Event())
+            try:
+                await asyncio.wait_for(answered[1].wait(), self.bid_timeout)
+            except TimeoutError:
+                pass
+            finally:
+                self._bid_waits.pop(request_id, None)
         return self._bids.pop(request_id, {})
 
     def on_sched_message(self, from_addr: str, msg: object) -> None:
@@ -249,6 +306,11 @@ class LeaderScheduler:
             bucket = self._bids.get(msg.request_id)
             if bucket is not None:
                 bucket[msg.node] = msg
+            wait = self._bid_waits.get(msg.request_id)
+            if wait is not None:
+                wait[0].discard(msg.node)
+                if not wait[0]:
+                    wait[1].set()
 
     # ------------------------------------------------------------ membership
 

@@ -62,6 +62,8 @@ def plan_steals(snapshot: ClusterSnapshot, cfg: SchedConfig | None = None) -> li
     """Moves that let idle hosts take waiting work from the busiest host."""
     cfg = cfg or SchedConfig()
     nodes = {n.id: n for n in snapshot.nodes}
+    if not any(_may_steal(n, cfg) for n in nodes.values()):
+        return []  # no thief: spare the O(tasks) queues (only a move makes a new one)
     queues = _waiting_queues(snapshot)
     moves: list[Move] = []
     while len(moves) < cfg.max_moves_per_round:
@@ -75,16 +77,16 @@ def plan_steals(snapshot: ClusterSnapshot, cfg: SchedConfig | None = None) -> li
     return moves
 
 
+def _may_steal(node: NodeView, cfg: SchedConfig) -> bool:
+    """A thief: schedulable, a free slot, CPU below ``steal_cpu_below``."""
+    return node.schedulable and node.free_slots > 0 and node.cpu < cfg.steal_cpu_below
+
+
 def _one_steal(
     nodes: dict[str, NodeView], queues: dict[str, list[TaskView]], now: float, cfg: SchedConfig
 ) -> Move | None:
     thieves = sorted(
-        (
-            n
-            for n in nodes.values()
-            if n.schedulable and n.free_slots > 0 and n.cpu < cfg.steal_cpu_below
-        ),
-        key=lambda n: (n.queued, n.cpu, n.id),
+        (n for n in nodes.values() if _may_steal(n, cfg)), key=lambda n: (n.queued, n.cpu, n.id)
     )
     victims = sorted((n for n in nodes.values() if n.alive), key=lambda n: (-n.queued, n.id))
     for thief in thieves:

@@ -16,6 +16,7 @@ answer on any replica.  With no eligible host a ``SchedulingError`` says why.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
@@ -124,23 +125,36 @@ class AuctionBoard:
 
     score = w_cap·match(task) + base(host), base = w_cpu·(1 - cpu) + w_perf·performance +
     w_res·availability.  Only the capability match depends on the task, so one board
-    serves a whole burst of decisions; ``bump`` updates one host after a decision.
+    serves a whole burst of decisions; ``bump`` counts a decision on one host (its base
+    recomputed from the counts, no new ``NodeView`` per decision).
     """
 
-    __slots__ = ("_added", "_base", "_schedulable", "cfg", "fastest", "nodes")
+    __slots__ = ("_added", "_base", "_bumped", "_schedulable", "_views", "cfg", "fastest")
 
     def __init__(self, nodes: Iterable[NodeView], cfg: SchedConfig) -> None:
         self.cfg = cfg
-        self.nodes = {n.id: n for n in nodes}
-        self._schedulable = [(n.id, n.caps) for n in self.nodes.values() if n.schedulable]
+        self._views = {n.id: n for n in nodes}
+        self._schedulable = [(n.id, n.caps) for n in self._views.values() if n.schedulable]
         # Speed is relative to the fastest host with history anywhere in the mesh.
-        self.fastest = _fastest(self.nodes.values())
-        self._base = {n.id: self._base_of(n, self.fastest) for n in self.nodes.values()}
+        self.fastest = _fastest(self._views.values())
+        self._base = {n.id: self._base_of(n, self.fastest) for n in self._views.values()}
         self._added: dict[str, int] = {}  # decisions made on this board, per host
+        self._bumped: dict[str, NodeView] | None = None
 
-    def _base_of(self, node: NodeView, fastest: float | None) -> float:
+    @property
+    def nodes(self) -> dict[str, NodeView]:
+        """Every host's view with this board's decisions counted in its queue (built
+        when first asked for, then kept up to date by ``bump``)."""
+        if self._bumped is None:
+            self._bumped = {
+                node_id: bump_queued(node, self._added[node_id]) if node_id in self._added else node
+                for node_id, node in self._views.items()
+            }
+        return self._bumped
+
+    def _base_of(self, node: NodeView, fastest: float | None, added: int = 0) -> float:
         return self._base_from(
-            node.cpu, node.mem_free, node.slots, node.running + node.queued,
+            node.cpu, node.mem_free, node.slots, node.running + node.queued + added,
             node.success_rate, node.mean_duration, fastest,
         )  # fmt: skip
 
@@ -164,17 +178,19 @@ class AuctionBoard:
 
     def bump(self, node_id: str, queued: int = 1) -> None:
         """Count ``queued`` more tasks on ``node_id`` (a decision just landed there)."""
-        node = self.nodes[node_id] = bump_queued(self.nodes[node_id], queued)
-        self._base[node_id] = self._base_of(node, self.fastest)
-        # Bids were sampled before these decisions: count them on top of bid figures too.
-        self._added[node_id] = self._added.get(node_id, 0) + queued
+        # Bids were sampled before these decisions: counted on top of bid figures too.
+        added = self._added[node_id] = self._added.get(node_id, 0) + queued
+        view = self._views[node_id]
+        self._base[node_id] = self._base_of(view, self.fastest, added)
+        if self._bumped is not None:
+            self._bumped[node_id] = bump_queued(view, added)
 
     def scores(self, task: TaskView, bids: Mapping[str, Bid] | None = None) -> dict[str, float]:
         """Score of every eligible host; a bid replaces gossip only for this task and epoch."""
         cfg = self.cfg
         fresh: dict[str, Bid] = {}
         for node_id, bid in (bids or {}).items():
-            if node_id in self.nodes and bid_applies(bid, task):
+            if node_id in self._views and bid_applies(bid, task):
                 fresh[node_id] = bid
         fastest = self.fastest
         bid_means = [b.mean_duration for b in fresh.values() if b.mean_duration]
@@ -200,7 +216,7 @@ class AuctionBoard:
             elif reuse:
                 base = self._base[node_id]
             else:
-                base = self._base_of(self.nodes[node_id], fastest)
+                base = self._base_of(self._views[node_id], fastest, self._added.get(node_id, 0))
             scores[node_id] = round(weight_cap * match + base, SCORE_DIGITS)
         return scores
 
@@ -267,7 +283,14 @@ def _pick_by_capability(task: TaskView, nodes: Iterable[NodeView], cfg: SchedCon
 
 def ring_for(snapshot: ClusterSnapshot, cfg: SchedConfig) -> HashRing:
     """The ring over every known member (liveness is applied when walking it)."""
-    return HashRing((n.id for n in snapshot.nodes), cfg.vnodes)
+    return _ring(frozenset(n.id for n in snapshot.nodes), cfg.vnodes)
+
+
+@functools.lru_cache(maxsize=8)
+def _ring(nodes: frozenset[str], vnodes: int) -> HashRing:
+    # Immutable and the same for the same members: built once, not every round
+    # (``vnodes`` blake2b hashes per host and a sort).
+    return HashRing(nodes, vnodes)
 
 
 def preference_list(

@@ -36,7 +36,7 @@ made from a stale snapshot is refused, never applied twice.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from agent.sched.balance import (
@@ -51,7 +51,7 @@ from agent.sched.balance import (
 from agent.sched.config import SchedConfig
 from agent.sched.messages import Bid
 from agent.sched.placement import place_many
-from agent.sched.snapshot import ClusterSnapshot, Move, MoveReason, TaskView
+from agent.sched.snapshot import ClusterSnapshot, Move, MoveReason, TaskView, bump_queued
 
 MAX_DECISIONS_PER_ROUND: Final = 1024
 """Decisions one round may propose (default 1024).  Bounds a round's work and the
@@ -143,6 +143,7 @@ def plan_round(
     lease: float,
     bids: Mapping[str, Bid] | None,
     *,
+    placing: Mapping[str, str] | None = None,
     max_decisions: int = MAX_DECISIONS_PER_ROUND,
     max_inflight: int = MAX_INFLIGHT_DECISIONS,
 ) -> RoundPlan:
@@ -150,10 +151,14 @@ def plan_round(
 
     ``bids`` maps node id → its bid for this round (``None``: none asked; every
     auction is scored from gossiped figures).  ``lease`` is in seconds.
+    ``placing`` maps task id → node of placements proposed and not yet committed
+    (``count_placing``).
     """
     room = room_for(busy, max_inflight)
     if room <= 0:  # the log is behind: let earlier decisions commit first
         return RoundPlan((), heat, dict(dead_since), False)
+    if placing:
+        snapshot, bids = count_placing(snapshot, bids, placing)
     deaths = track_deaths(snapshot, dead_since)
     decisions: list[Decision] = failovers(snapshot, config, deaths, busy, lease)
     decisions.extend(placements(snapshot, config, busy, bids, max_decisions))
@@ -163,6 +168,30 @@ def plan_round(
     # A full round of decisions means more may be waiting; a backlog that cannot
     # be placed yields fewer, so an unplaceable queue does not spin.
     return RoundPlan(tuple(decisions[:limit]), heat, deaths, len(decisions) >= limit)
+
+
+def count_placing(
+    snapshot: ClusterSnapshot, bids: Mapping[str, Bid] | None, placing: Mapping[str, str]
+) -> tuple[ClusterSnapshot, Mapping[str, Bid] | None]:
+    """The snapshot and bids with the placements still in flight counted in their hosts'
+    queues: a round that runs before an earlier round's ``task.place`` is applied (a
+    submit wakes one at once) would otherwise see those hosts emptier than they are
+    and pile new tasks onto them.  A placement counts only while the snapshot still
+    shows its task queued (once applied, the state and the hosts' bids count it)."""
+    extra: dict[str, int] = {}
+    for task in snapshot.tasks:
+        node = placing.get(task.id)
+        if node is not None and task.state == "queued":
+            extra[node] = extra.get(node, 0) + 1
+    if not extra:
+        return snapshot, bids
+    nodes = [bump_queued(n, extra[n.id]) if n.id in extra else n for n in snapshot.nodes]
+    if bids:
+        bids = {
+            node: replace(bid, queued=bid.queued + extra[node]) if node in extra else bid
+            for node, bid in bids.items()
+        }
+    return snapshot.with_nodes(nodes), bids
 
 
 def track_deaths(snapshot: ClusterSnapshot, dead_since: Mapping[str, float]) -> dict[str, float]:

@@ -16,6 +16,8 @@ proposal.vote     ``{tally: {yes, no, eligible, voters, participation, state}}``
 node.register     ``{}``;  node.drain / node.undrain (id or name): ``{node}``
 task.submit       ``{id}`` ("t1", "t2", ...)
 task.assign       ``{task, epoch}`` -- epoch must be the task's epoch + 1
+task.place        ``{placed, refused: [[task, reason], ...]}`` -- a round's
+                  assignments in one entry, each fenced as ``task.assign``
 task.start        ``{task, epoch}``;  task.finish: ``{task, state}``
 task.migrate      ``{task, epoch}`` (the new epoch)
 task.cancel       ``{}``;  task.lost: ``{task}``
@@ -44,6 +46,7 @@ from agent.state.builders import (
     cmd_task_finish,
     cmd_task_lost,
     cmd_task_migrate,
+    cmd_task_place,
     cmd_task_start,
     cmd_task_submit,
     task_spec,
@@ -79,6 +82,7 @@ __all__ = [
     "cmd_task_finish",
     "cmd_task_lost",
     "cmd_task_migrate",
+    "cmd_task_place",
     "cmd_task_start",
     "cmd_task_submit",
     "decode_command",

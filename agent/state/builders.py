@@ -24,6 +24,7 @@ from agent.state.commands import (
     TaskFinish,
     TaskLost,
     TaskMigrate,
+    TaskPlace,
     TaskStart,
     TaskStats,
     TaskSubmit,
@@ -114,6 +115,20 @@ def task_spec(
 
 def cmd_task_assign(task: str, node: str, epoch: int, reason: str, rid: str, at: float) -> bytes:
     return encode_command(TaskAssign(task, node, epoch, reason), rid, at)
+
+
+def cmd_task_place(placements: Sequence[tuple[str, str, int]], rid: str, at: float) -> bytes:
+    """One ``task.place`` entry for ``(task, node, epoch)`` placements (node ids written once)."""
+    hosts: dict[str, int] = {}
+    for _, node, _ in placements:
+        hosts.setdefault(node, len(hosts))
+    body = TaskPlace(
+        tuple(hosts),
+        tuple(task for task, _, _ in placements),
+        tuple(hosts[node] for _, node, _ in placements),
+        tuple(epoch for _, _, epoch in placements),
+    )
+    return encode_command(body, rid, at)
 
 
 def cmd_task_start(task: str, node: str, epoch: int, rid: str, at: float) -> bytes:

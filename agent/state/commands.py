@@ -44,6 +44,9 @@ MAX_ARG_LEN = 128 * 1024
 MAX_ENV = 512
 MAX_CAPS = 64
 MAX_TARGETS = 100_000
+MAX_PLACEMENTS = 4096
+"""Placements one ``task.place`` entry may carry (a scheduling round proposes at
+most ``MAX_DECISIONS_PER_ROUND``, 1024, of them)."""
 MAX_PRIORITY = 1000
 MAX_RETRIES = 100
 MAX_TIMEOUT = 30 * 24 * 3600.0
@@ -193,6 +196,23 @@ class TaskAssign:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskPlace:
+    """A scheduling round's placements in one entry: ``tasks[i]`` goes to
+    ``nodes[hosts[i]]`` at epoch ``epochs[i]``.  Each item is applied as a
+    ``task.assign`` of its own would be (fenced on the task's epoch + 1, refused
+    for a draining host); a refused item leaves the others applied.  One entry
+    instead of one per decision: one Raft append, one fsync share, one decode
+    and one apply pass for the whole round, and the node ids written once."""
+
+    OP: ClassVar[str] = "task.place"
+    nodes: tuple[str, ...]
+    tasks: tuple[str, ...]
+    hosts: tuple[int, ...]
+    """Index into ``nodes``, per task."""
+    epochs: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class TaskStart:
     OP: ClassVar[str] = "task.start"
     task: str
@@ -271,6 +291,7 @@ Op = (
     | NodeUndrain
     | TaskSubmit
     | TaskAssign
+    | TaskPlace
     | TaskStart
     | TaskFinish
     | TaskCancel
@@ -286,7 +307,7 @@ OPS: dict[str, type[Any]] = {
     for cls in (
         KvPut, KvDelete, KvCas, ProposalCreate, ProposalVote, NodeRegister, NodeDrain,
         NodeUndrain, TaskSubmit, TaskAssign, TaskStart, TaskFinish, TaskCancel, TaskMigrate,
-        TaskLost, TaskFailNode, KvPutTtl, KvExpire,
+        TaskLost, TaskFailNode, KvPutTtl, KvExpire, TaskPlace,
     )
 }  # fmt: skip
 
@@ -481,6 +502,19 @@ def _check_task_move(body: TaskAssign | TaskStart | TaskFinish | TaskMigrate) ->
     return None
 
 
+def _check_place(body: TaskPlace) -> str | None:
+    count, nodes = len(body.tasks), len(body.nodes)
+    if not 0 < count <= MAX_PLACEMENTS or len(body.hosts) != count or len(body.epochs) != count:
+        return f"1-{MAX_PLACEMENTS} placements, as many hosts and epochs as tasks"
+    if not 0 < nodes <= MAX_TARGETS or not all(_name_ok(n) for n in body.nodes):
+        return "node ids must be 1-256 characters"
+    if not all(_name_ok(t) for t in body.tasks):
+        return "task ids must be 1-256 characters"
+    if min(body.hosts) < 0 or max(body.hosts) >= nodes or min(body.epochs) < 0:
+        return "host indexes must name a node; epochs must be >= 0"
+    return None
+
+
 def _check_fail_node(body: TaskFailNode) -> str | None:
     if not _name_ok(body.node) or len(body.targets) > MAX_TARGETS:
         return "node id must be non-empty; targets bounded"
@@ -546,6 +580,7 @@ _RULES: Final[dict[type[Any], Callable[[Any], str | None]]] = {
     TaskLost: _check_one_id,
     TaskSubmit: _check_submit,
     TaskAssign: _check_task_move,
+    TaskPlace: _check_place,
     TaskStart: _check_task_move,
     TaskFinish: _check_task_move,
     TaskMigrate: _check_task_move,

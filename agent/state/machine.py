@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 
@@ -45,6 +45,7 @@ from agent.state.commands import (
     TaskFinish,
     TaskLost,
     TaskMigrate,
+    TaskPlace,
     TaskStart,
     TaskSubmit,
     decode_command,
@@ -70,6 +71,24 @@ class ApplyResult:
     value: Any = None
     error: str | None = None
     events: list[Event] = field(default_factory=list)
+    placeable: bool = False
+    """The entry may have given the leader's scheduler something new to place (a task
+    submitted or requeued, a node undrained or registered): it need not wait for
+    its next timed round."""
+
+
+_MAY_PLACE: Final = (TaskSubmit, NodeUndrain, NodeRegister)
+"""Ops whose success may make a queued task placeable."""
+_MAY_REQUEUE: Final = (TaskFinish, TaskFailNode)
+"""Ops that may send a task back to the queue (a ``requeued`` event says so)."""
+
+
+def _placeable(body: Any, events: list[Event]) -> bool:
+    if isinstance(body, _MAY_PLACE):
+        return True
+    return isinstance(body, _MAY_REQUEUE) and any(
+        e["topic"] == "tasks" and e["data"]["kind"] == "requeued" for e in events
+    )
 
 
 class StateMachine(Queries):
@@ -120,7 +139,10 @@ class StateMachine(Queries):
             return ApplyResult(ok, value, error, self._entries(index, f"{summary} (retry)"))
         try:
             value, events = self._dispatch(cmd, index)
-            result = ApplyResult(True, value, None, [*events, *self._entries(index, summary)])
+            result = ApplyResult(
+                True, value, None, [*events, *self._entries(index, summary)],
+                _placeable(cmd.body, events),
+            )  # fmt: skip
         except MeshError as exc:
             result = ApplyResult(False, None, str(exc), self._entries(index, f"{summary}: {exc}"))
         if cmd.rid:
@@ -162,6 +184,8 @@ class StateMachine(Queries):
                 return {"node": node_id}, []
             case TaskSubmit():
                 return self.tasks.submit(body, at)
+            case TaskPlace():
+                return self.tasks.place(body, at, self.is_draining)
             case TaskAssign():
                 return self.tasks.assign(body, at, self.is_draining(body.node))
             case TaskStart():

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.sched.snapshot import Strategy, TaskView
+from agent.sched.snapshot import TaskView
 from agent.state.kv import DEFAULT_LIST_LIMIT, KvEntry, KvStore
 from agent.state.proposals import Proposal
+from agent.state.sched_views import SchedViews
 from agent.state.tasks import TERMINAL, TaskRecord, TaskTable
 
 STATUS_GROUPS = {
@@ -126,12 +127,7 @@ class Queries:
 
     def node_load(self) -> dict[str, dict[str, int]]:
         """Per node id: ``queued`` (assigned, not started) and ``running`` task counts."""
-        load: dict[str, dict[str, int]] = {}
-        for t in self.tasks:
-            if t.node is not None and t.state in ("assigned", "running"):
-                row = load.setdefault(t.node, {"queued": 0, "running": 0})
-                row["queued" if t.state == "assigned" else "running"] += 1
-        return load
+        return self._views().node_load(self.tasks)
 
     def tasks_for_node(self, node_id: str) -> list[TaskRecord]:
         """What a host's executor must act on: its assigned and running tasks, and
@@ -150,40 +146,16 @@ class Queries:
         return succeeded / finished, seconds / finished
 
     def sched_tasks(self) -> tuple[TaskView, ...]:
-        """Non-terminal tasks as the scheduler sees them (for ``ClusterSnapshot.tasks``).
+        """Non-terminal tasks as the scheduler sees them (for ``ClusterSnapshot.tasks``),
+        in submit order.  The leader asks every scheduling round; only the views of
+        tasks touched since the last call are rebuilt (``sched_views.py``)."""
+        return self._views().tasks(self.tasks)
 
-        The leader asks every scheduling round, over every queued and running
-        task; a task's view is rebuilt only when the fields that change after
-        submit do (state, node, epoch, moves), or its record was replaced."""
-        previous: dict[str, tuple[Any, ...]] = getattr(self, "_sched_views", {})
-        views: dict[str, tuple[Any, ...]] = {}
-        out: list[TaskView] = []
-        for t in self.tasks:
-            if t.terminal:
-                continue
-            dynamic = (t.state, t.node, t.epoch, t.load_moves, t.last_move_at)
-            cached = previous.get(t.id)
-            if cached is not None and cached[0] is t and cached[1] == dynamic:
-                view: TaskView = cached[2]
-            else:
-                view = TaskView(
-                    id=t.id,
-                    state=t.state,
-                    node=t.node,
-                    caps=frozenset(t.caps),
-                    key=t.key,
-                    strategy=Strategy(t.strategy),
-                    priority=t.priority,
-                    restartable=t.restartable,
-                    epoch=t.epoch,
-                    load_moves=t.load_moves,
-                    last_move_at=t.last_move_at,
-                    created_at=t.created_at,
-                )
-            views[t.id] = (t, dynamic, view)
-            out.append(view)
-        self._sched_views = views
-        return tuple(out)
+    def _views(self) -> SchedViews:
+        views: SchedViews | None = getattr(self, "_sched_views", None)
+        if views is None:
+            views = self._sched_views = SchedViews()
+        return views
 
     def decision_latencies(self) -> list[float]:
         """Seconds from submit to first committed assignment, most recent last (bounded)."""

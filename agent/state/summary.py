@@ -23,6 +23,7 @@ from agent.state.commands import (
     TaskFinish,
     TaskLost,
     TaskMigrate,
+    TaskPlace,
     TaskStart,
     TaskSubmit,
 )
@@ -34,6 +35,13 @@ def summarize(cmd: Command, name_of: Callable[[str], str]) -> str:
     """E.g. ``kv.put app/db.url (12 B)`` or ``task.assign t3 → web2 (epoch 1)``."""
     text = _FORMATS[type(cmd.body)](cmd.body, name_of)
     return text if len(text) <= MAX_SUMMARY else text[: MAX_SUMMARY - 1] + "…"
+
+
+def _placed(b: TaskPlace, name_of: Callable[[str], str]) -> str:
+    if len(b.tasks) == 1:
+        return f"task.place {b.tasks[0]} → {name_of(b.nodes[b.hosts[0]])} (epoch {b.epochs[0]})"
+    hosts = ", ".join(name_of(n) for n in b.nodes)
+    return f"task.place {len(b.tasks)} tasks ({b.tasks[0]}…{b.tasks[-1]}) on {hosts}"
 
 
 def _submitted(b: TaskSubmit) -> str:
@@ -58,6 +66,7 @@ _FORMATS: Final[dict[type[Any], _Format]] = {
     NodeUndrain: lambda b, name: f"{b.OP} {name(b.node)}",
     TaskSubmit: lambda b, name: _submitted(b),
     TaskAssign: lambda b, name: f"task.assign {b.task} → {name(b.node)} (epoch {b.epoch})",
+    TaskPlace: _placed,
     TaskStart: lambda b, name: f"task.start {b.task} on {name(b.node)} (epoch {b.epoch})",
     TaskFinish: lambda b, name: f"task.finish {b.task} exit {b.exit_code} on {name(b.node)}",
     TaskMigrate: lambda b, name: f"task.migrate {b.task} → {name(b.to)} ({b.reason})",

@@ -38,6 +38,7 @@ from agent.state.commands import (
     TaskFailNode,
     TaskFinish,
     TaskMigrate,
+    TaskPlace,
     TaskStart,
     TaskSubmit,
 )
@@ -106,6 +107,9 @@ TRANSITIONS: Final[Mapping[str, Mapping[TaskEvent, str]]] = {
 _REFUSED_UNLESS: Final[Mapping[TaskEvent, str]] = {_E.ASSIGN: QUEUED, _E.START: ASSIGNED}
 """Events refused with "is <state>, not <state>"; every other refusal reads "already <state>"."""
 
+MAX_CHANGES = 65_536
+"""Touched task ids kept for the scheduler's views (``SchedViews``); past it they are
+dropped and the next reader rebuilds everything (a follower never reads them)."""
 MAX_TERMINAL_TASKS = 10_000
 """Finished (succeeded/failed/cancelled/lost) tasks kept; older ones are evicted."""
 MAX_SAMPLES = 10_000
@@ -190,8 +194,28 @@ class TaskTable:
         self.node_stats: dict[str, list[Any]] = {}  # node → [finished, succeeded, seconds]
         self.latencies: deque[float] = deque(maxlen=MAX_SAMPLES)
         self.migration_times: deque[float] = deque(maxlen=MAX_SAMPLES)
+        self._changes: dict[str, None] | None = {}
+        """Ids of the tasks touched since ``take_changes`` (ordered: first touch first);
+        None once more than ``MAX_CHANGES``."""
+        self._cmds: dict[str, str] = {}
+        """Task id -> its ``cmd`` line (``shlex.join`` of a list that never changes),
+        joined once for the many event rows of its life; evicted with the task."""
 
     # ------------------------------------------------------------ queries
+
+    def touch(self, task_id: str) -> None:
+        """``task_id``'s record may have changed (or it was added or evicted)."""
+        changes = self._changes
+        if changes is not None:
+            changes[task_id] = None
+            if len(changes) > MAX_CHANGES:
+                self._changes = None
+
+    def take_changes(self) -> dict[str, None] | None:
+        """The ids touched since the last call, in first-touch order; None when too many
+        were (rebuild from the whole table)."""
+        changes, self._changes = self._changes, {}
+        return changes
 
     def get(self, task_id: str) -> TaskRecord:
         task = self.tasks.get(task_id)
@@ -212,8 +236,14 @@ class TaskTable:
             "attempts": t.attempts,
             "migrations": len(t.migrations),
             "exit_code": t.exit_code,
-            "cmd": t.cmd,
+            "cmd": self._cmd(t),
         }
+
+    def _cmd(self, t: TaskRecord) -> str:
+        cmd = self._cmds.get(t.id)
+        if cmd is None:
+            cmd = self._cmds[t.id] = t.cmd
+        return cmd
 
     def record(self, t: TaskRecord) -> dict[str, Any]:
         """Everything about one task (``task.get``); ``node`` stays an id here."""
@@ -246,25 +276,51 @@ class TaskTable:
             artifacts=list(spec.artifacts),
         )
         self.tasks[task.id] = task
+        self.touch(task.id)
         return {"id": task.id}, [self._event("submitted", task)]
 
     def assign(self, cmd: TaskAssign, at: float, draining: bool) -> tuple[Any, list[Event]]:
-        task = self._live(cmd.task)
+        task = self._assign(cmd.task, cmd.node, cmd.epoch, at, draining)
+        return {"task": task.id, "epoch": task.epoch}, [self._event("assigned", task)]
+
+    def place(
+        self, cmd: TaskPlace, at: float, draining: Callable[[str], bool]
+    ) -> tuple[Any, list[Event]]:
+        """A round's placements: each item as ``assign``; the refused ones are listed
+        (``[task, reason]``) and leave the others applied."""
+        events: list[Event] = []
+        refused: list[list[str]] = []
+        nodes = cmd.nodes
+        drained = [draining(n) for n in nodes]
+        for task_id, host, epoch in zip(cmd.tasks, cmd.hosts, cmd.epochs, strict=True):
+            try:
+                task = self._assign(task_id, nodes[host], epoch, at, drained[host])
+            except TaskError as exc:
+                refused.append([task_id, str(exc)])
+                continue
+            events.append(self._event("assigned", task))
+        return {"placed": len(events), "refused": refused}, events
+
+    def _assign(self, task_id: str, node: str, epoch: int, at: float, draining: bool) -> TaskRecord:
+        """A queued task to ``node`` at ``epoch`` (its epoch + 1); ``TaskError`` if refused."""
+        task = self._live(task_id)
         state = self._next(task, TaskEvent.ASSIGN)
-        if cmd.epoch != task.epoch + 1:
+        if epoch != task.epoch + 1:
             raise TaskError("stale epoch")
         if draining:
-            raise TaskError(f"node {self.name_of(cmd.node)} is draining")
-        task.state, task.node, task.epoch = state, cmd.node, cmd.epoch
+            raise TaskError(f"node {self.name_of(node)} is draining")
+        task.state, task.node, task.epoch = state, node, epoch
+        self.touch(task_id)
         if task.assigned_at is None:
             task.assigned_at = at
             self.latencies.append(at - task.created_at)
-        return {"task": task.id, "epoch": task.epoch}, [self._event("assigned", task)]
+        return task
 
     def start(self, cmd: TaskStart, at: float) -> tuple[Any, list[Event]]:
         task = self.get(cmd.task)
         self._fence(task, cmd.node, cmd.epoch)
         task.state, task.started_at = self._next(task, TaskEvent.START), at
+        self.touch(task.id)
         task.attempts += 1
         return {"task": task.id, "epoch": task.epoch}, [self._event("started", task)]
 
@@ -275,6 +331,7 @@ class TaskTable:
         ok = cmd.exit_code == 0 and not stats.timed_out
         event = self._exit_event(task, ok)
         state = self._next(task, event)
+        self.touch(task.id)
         task.exit_code, task.duration, task.timed_out = (
             cmd.exit_code,
             stats.duration,
@@ -322,6 +379,7 @@ class TaskTable:
             raise TaskError(f"task {task.id} is already on {self.name_of(cmd.to)}")
         if draining:
             raise TaskError(f"node {self.name_of(cmd.to)} is draining")
+        self.touch(task.id)
         if cmd.reason in LOAD_REASONS:
             task.load_moves += 1
             task.last_move_at = at
@@ -391,6 +449,7 @@ class TaskTable:
         """Epoch + 1 and a new home (``None``: back to the queue); records the migration."""
         state = self._next(task, TaskEvent.MOVE if to is not None else TaskEvent.REQUEUE)
         src = task.node
+        self.touch(task.id)
         task.epoch += 1
         task.node = to
         task.state = state
@@ -408,9 +467,13 @@ class TaskTable:
 
     def _end(self, task: TaskRecord, state: str, at: float) -> None:
         task.state, task.finished_at = state, at
+        self.touch(task.id)
         self.terminal_order.append(task.id)
         while len(self.terminal_order) > MAX_TERMINAL_TASKS:
-            self.tasks.pop(self.terminal_order.popleft(), None)
+            evicted = self.terminal_order.popleft()
+            self.tasks.pop(evicted, None)
+            self._cmds.pop(evicted, None)
+            self.touch(evicted)
 
     def _event(self, kind: str, task: TaskRecord) -> Event:
         return {"topic": "tasks", "data": {"kind": kind, "task": self.row(task)}}
@@ -430,6 +493,8 @@ class TaskTable:
     def load(self, data: dict[str, Any]) -> None:
         self.seq = int(data["seq"])
         self.tasks = {row[0]: TaskRecord.load(row) for row in data["tasks"]}
+        self._cmds = {}
+        self._changes = None  # every view is rebuilt
         self.terminal_order = deque(data["terminal_order"])
         self.node_stats = {k: list(v) for k, v in data["node_stats"].items()}
         self.latencies = deque(data["latencies"], maxlen=MAX_SAMPLES)

@@ -1,25 +1,29 @@
-"""Placement decisions committed per second on 3 loopback agents (issue 5; target ≥ 2,000/s).
+"""Placement decisions committed per second on 3 loopback agents (issues 5 and 14).
 
-Run: ``.venv/bin/python tests/bench/bench_placement.py [--tasks N] [--inflight K]``.
+Run: ``.venv/bin/python tests/bench/bench_placement.py [--tasks N] [--inflight K] [--runs R]``.
 
 ``meshtui.demo.LocalMesh(3)`` starts three real ``mesh-agent`` processes
 (``--profile local``, 2 slots each).  One ``ControlClient`` submits N
 ``sleep 600`` tasks with K calls in flight.  Each host can run only 2 of them,
 so after the first 6 the rest stay ``assigned`` (waiting on their host):
-execution does not compete with placement, and every task still needs exactly
-one committed ``task.assign`` entry from the leader's placement loop.
+execution does not compete with placement, and every task still needs its
+placement committed by the leader's placement loop (a round's placements go
+in one ``task.place`` entry; each is fenced as a ``task.assign`` would be).
 
 A subscriber on a follower's ``tasks`` stream counts ``assigned`` events (each
-is one applied ``task.assign`` entry) and notes when the count reaches its
-goal.  Printed, from one run:
+is one applied placement) and notes when the count reaches its goal.  Printed,
+per run (each on a fresh mesh) and as ranges over the runs, with the load
+average:
 
 * anchor: the submit rate alone (committed ``task.submit`` entries per second
   over the same Raft log and client);
 * pipelined: N tasks submitted and placed, from the first submit to the last
-  assignment seen (bounded by the submit rate);
+  assignment seen (bounded by the submit rate); issue 14's target >= 5,000/s;
 * placement of a backlog: every host drained, N more tasks submitted (they stay
   ``queued``: no host is eligible), then all undrained; N / (time from the
-  undrain to the last assignment seen).  This is the figure the target is for.
+  undrain to the last assignment seen).  Issue 5's target >= 2,000/s, issue
+  14's >= 10,000/s.  (For scale: HashiCorp's Nomad C1M run placed about
+  3,750/s, a published figure, not measured here.)
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ import checkout_path  # noqa: F401  (this checkout and tests/ first on sys.path)
 from meshtui.client import ClientError, ControlClient, call_sync
 from meshtui.demo import LocalMesh
 
-TARGET = 2000.0
-"""Placement decisions per second the issue asks for."""
+TARGET_BACKLOG = 10_000.0
+"""Placements of a backlog per second issue 14 asks for (issue 5 asked 2,000/s)."""
+TARGET_PIPELINED = 5_000.0
+"""Tasks submitted and placed per second, end to end, issue 14 asks for."""
 
 
 def wait_voters(mesh: LocalMesh, count: int, timeout: float) -> None:
@@ -172,12 +178,11 @@ async def measure(
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=4000)
-    parser.add_argument("--inflight", type=int, default=64)
-    args = parser.parse_args()
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
+
+def one_run(tasks: int, inflight: int) -> dict[str, float]:
     import tempfile
 
     base = Path(tempfile.mkdtemp(prefix="mt-bench-placement-"))
@@ -190,16 +195,44 @@ def main() -> None:
         sock = leader_socket(mesh)
         follower = next(n.socket_path for n in mesh.nodes if n.socket_path != sock)
         names = [n.name for n in mesh.nodes]
-        figures = asyncio.run(measure(sock, follower, names, args.tasks, args.inflight))
+        return asyncio.run(measure(sock, follower, names, tasks, inflight))
     finally:
         mesh.stop()
+
+
+def verdict(values: list[float], target: float) -> str:
+    met = sum(v >= target for v in values)
+    return f"target >= {target:,.0f}/s: met in {met} of {len(values)} runs"
+
+
+def span(values: list[float]) -> str:
+    ordered = sorted(values)
+    return f"{ordered[0]:,.0f}-{ordered[-1]:,.0f}/s (median {ordered[len(ordered) // 2]:,.0f}/s)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=4000)
+    parser.add_argument("--inflight", type=int, default=64)
+    parser.add_argument("--runs", type=int, default=1, help="runs, each on a fresh mesh")
+    args = parser.parse_args()
+
     print(f"placement on 3 loopback agents, {args.tasks} tasks, {args.inflight} submits in flight")
-    print(f"  anchor: submit alone       {figures['submit_rate']:8.0f} task.submit commits/s")
-    print(f"  submit + place pipelined   {figures['pipelined']:8.0f} tasks placed/s from first submit")
-    print(f"  placement of a backlog     {figures['place_rate']:8.0f} task.assign commits/s "
-          f"({args.tasks} in {figures['place_s']:.2f} s)")
-    verdict = "meets" if figures["place_rate"] >= TARGET else "misses"
-    print(f"  target >= {TARGET:.0f}/s: {verdict}")
+    runs: list[dict[str, float]] = []
+    for i in range(args.runs):
+        figures = one_run(args.tasks, args.inflight)
+        runs.append(figures)
+        print(f"run {i + 1}: load average {load_average()}")
+        print(f"  anchor: submit alone       {figures['submit_rate']:8.0f} task.submit commits/s")
+        print(f"  submit + place pipelined   {figures['pipelined']:8.0f} tasks placed/s from first submit")
+        print(f"  placement of a backlog     {figures['place_rate']:8.0f} placements committed/s "
+              f"({args.tasks} in {figures['place_s']:.2f} s)")  # fmt: skip
+    pipelined = [r["pipelined"] for r in runs]
+    backlog = [r["place_rate"] for r in runs]
+    print(f"over {len(runs)} run(s), load average at the end {load_average()}:")
+    print(f"  anchor: submit alone       {span([r['submit_rate'] for r in runs])}")
+    print(f"  submit + place pipelined   {span(pipelined)}; {verdict(pipelined, TARGET_PIPELINED)}")
+    print(f"  placement of a backlog     {span(backlog)}; {verdict(backlog, TARGET_BACKLOG)}")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,13 @@ def bid(node: str, cpu: float, running: int, request_id: int = 1) -> Bid:
 class Leader:
     """A scheduler on node "a" whose snapshot, proposals and messages are recorded."""
 
-    def __init__(self, nodes: tuple[NodeView, ...], tasks: tuple[TaskView, ...] = ()) -> None:
+    def __init__(
+        self,
+        nodes: tuple[NodeView, ...],
+        tasks: tuple[TaskView, ...] = (),
+        bid_timeout: float = 0.05,
+        interval: float = 0.01,
+    ) -> None:
         self.snap = ClusterSnapshot(nodes, tasks, NOW)
         self.proposed: list[Any] = []
         self.settled = 0
@@ -52,7 +58,7 @@ class Leader:
         """Proposals stay in flight until this is set."""
         self.names: dict[str, str] = {}
         self.sched = LeaderScheduler(
-            node_id="a", interval=0.01, bid_timeout=0.05, lease=10.0,
+            node_id="a", interval=interval, bid_timeout=bid_timeout, lease=10.0,
             is_leader=lambda: True, has_quorum=lambda: True, snapshot=lambda: self.snap,
             sched_config=SchedConfig, propose=self.propose,
             send_to_node=lambda node, msg: self.sent.append((node, msg)),
@@ -74,8 +80,8 @@ async def test_a_round_proposes_its_decisions_and_leaves_them_alone_until_commit
     leader = Leader(IDLE, (TaskView("q1"),))
     assert await leader.sched.run_round() is False
     await run_ready_callbacks()
-    (assign,) = leader.proposed
-    assert (assign.OP, assign.task, assign.epoch) == ("task.assign", "q1", 1)
+    (place,) = leader.proposed
+    assert (place.OP, place.tasks, place.nodes, place.epochs) == ("task.place", ("q1",), ("b",), (1,))
     leader.sent.clear()
     await leader.sched.run_round()  # q1 is in flight: not placed twice, no bids asked
     await run_ready_callbacks()
@@ -100,9 +106,36 @@ async def test_bids_are_asked_of_live_peers_and_late_ones_ignored() -> None:
     leader.sched.on_sched_message("b:1", bid("b", 0.0, 0, request.request_id))
     await round_
     await run_ready_callbacks()
-    (assign,) = leader.proposed
-    assert assign.node == "b"
+    (place,) = leader.proposed
+    assert place.nodes == ("b",)
     leader.sched.on_sched_message("b:1", bid("b", 0.0, 0, request.request_id))  # too late
+    await leader.sched.close()
+
+
+async def test_the_round_goes_on_once_every_asked_host_has_bid() -> None:
+    # A bid timeout no test would wait out: the round may end only because b answered.
+    leader = Leader(IDLE, (TaskView("q1"),), bid_timeout=600.0)
+    leader.commit.set()
+    round_ = asyncio.create_task(leader.sched.run_round())
+    await eventually("a bid request is sent", lambda: bool(leader.sent))
+    ((_, request),) = leader.sent
+    leader.sched.on_sched_message("x:1", bid("x", 0.0, 0, request.request_id))  # not asked
+    await run_ready_callbacks()
+    assert not round_.done()
+    leader.sched.on_sched_message("b:1", bid("b", 0.0, 0, request.request_id))
+    await asyncio.wait_for(round_, 5.0)
+    await leader.sched.close()
+
+
+async def test_a_wake_runs_a_round_without_waiting_for_the_interval() -> None:
+    leader = Leader(IDLE, bid_timeout=0.01, interval=600.0)
+    leader.commit.set()
+    leader.sched.start()
+    await asyncio.sleep(0.05)  # the loop waits out its first (long) interval
+    leader.snap = ClusterSnapshot(IDLE, (TaskView("q1"),), NOW)  # a submit was applied
+    leader.sched.wake()
+    await eventually("the woken round places q1", lambda: bool(leader.proposed))
+    assert leader.proposed[0].tasks == ("q1",)
     await leader.sched.close()
 
 

@@ -284,3 +284,31 @@ def test_the_cap_keeps_the_best_tasks_of_a_deep_backlog() -> None:
     snap = ClusterSnapshot((node("a", slots=100),), tasks, NOW)
     plan = plan_round(snap, HeatState(), CFG, {}, set(), LEASE, None, max_decisions=3)
     assert [d.key for d in plan.decisions] == ["urgent", "q0", "q1"] and plan.backlog
+
+
+@pytest.mark.parametrize("with_bids", [False, True])
+def test_placements_in_flight_count_on_their_hosts_until_the_snapshot_shows_them(
+    with_bids: bool,
+) -> None:
+    # q1 and q2 were placed on a by an earlier round, not yet applied: a is as busy as
+    # if they were there, so q3 goes to b (without them, a wins the tie by id).
+    nodes = (node("a"), node("b"))
+    bids = {"a": bid("a", 0.0, 0), "b": bid("b", 0.0, 0)} if with_bids else None
+    tasks = (queued("q1"), queued("q2"), queued("q3"))
+    busy = frozenset({"q1", "q2"})
+    plain = plan_round(ClusterSnapshot(nodes, tasks, NOW), HeatState(), CFG, {}, busy, LEASE, bids)
+    assert plain.decisions == (Assign("q3", "a", 1),)
+    placing = {"q1": "a", "q2": "a"}
+    counted = plan_round(
+        ClusterSnapshot(nodes, tasks, NOW), HeatState(), CFG, {}, busy, LEASE, bids, placing=placing
+    )
+    assert counted.decisions == (Assign("q3", "b", 1),)
+    # Once applied (the snapshot shows q1 and q2 assigned on a), the state counts them,
+    # and only the state: a (2 waiting) still beats b (3 waiting).
+    applied = (on("a", "q1"), on("a", "q2"), queued("q3"))
+    nodes_after = (node("a", queued=2), node("b", queued=3))
+    after = plan_round(
+        ClusterSnapshot(nodes_after, applied, NOW), HeatState(), SchedConfig(max_moves_per_task=0),
+        {}, busy, LEASE, None, placing=placing,
+    )  # fmt: skip
+    assert after.decisions == (Assign("q3", "a", 1),)

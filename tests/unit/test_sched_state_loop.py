@@ -3,7 +3,8 @@ tasks keyed onto one host spread out through stealing and rebalance, no task mov
 more than twice, every task finishes exactly once, and stale executors are fenced;
 a dead host's tasks run elsewhere only after the lease, a drained host starts nothing.
 Each round's decisions are committed with the commands the runtime proposes for them
-(``decision_command``).  A pure model: hosts run tasks for a fixed number of rounds."""
+(``round_commands``: the placements in one ``task.place`` entry).  A pure model: hosts
+run tasks for a fixed number of rounds."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections.abc import Callable, Mapping
 
 import pytest
 
-from agent.runtime.scheduler import decision_command
+from agent.runtime.scheduler import round_commands
 from agent.sched import (
     ClusterSnapshot,
     HeatState,
@@ -100,8 +101,8 @@ class Mesh:
         plan = plan_round(self.snapshot(), heat, cfg, self.dead_since, frozenset(), LEASE, None)
         assert not plan.backlog
         self.dead_since = plan.dead_since
-        for decision in plan.decisions:
-            self.commit(decision_command(decision, self.now))
+        for command in round_commands(plan.decisions, self.now):
+            self.commit(command)
         return plan.heat
 
     def cpu_spread(self) -> float:

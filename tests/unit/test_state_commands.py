@@ -26,6 +26,7 @@ from agent.state import (
     cmd_task_finish,
     cmd_task_lost,
     cmd_task_migrate,
+    cmd_task_place,
     cmd_task_start,
     cmd_task_submit,
     decode_command,
@@ -43,6 +44,7 @@ VALID = {
     "node.undrain": cmd_node_undrain("n1", "r", 1.0),
     "task.submit": cmd_task_submit(task_spec(["true"]), "r", 1.0),
     "task.assign": cmd_task_assign("t1", "n1", 1, "auction", "r", 1.0),
+    "task.place": cmd_task_place([("t1", "n1", 1), ("t2", "n2", 3), ("t3", "n1", 1)], "r", 1.0),
     "task.start": cmd_task_start("t1", "n1", 1, "r", 1.0),
     "task.finish": cmd_task_finish("t1", "n1", 1, 0, TaskStats(1.0, 0.5, 10), "r", 1.0, ["n2"]),
     "task.cancel": cmd_task_cancel("t1", "r", 1.0),
@@ -131,6 +133,17 @@ BAD = [
     ("task.assign", {"epoch": -1}, "epoch"),
     ("task.assign", {"epoch": 1.5}, "epoch"),
     ("task.assign", {"node": ""}, "ids"),
+    ("task.place", {"tasks": []}, "placements"),
+    ("task.place", {"hosts": [0, 1]}, "placements"),
+    ("task.place", {"epochs": [1, 1, 1, 1]}, "placements"),
+    ("task.place", {"hosts": [0, 2, 0]}, "host indexes"),
+    ("task.place", {"hosts": [0, -1, 0]}, "host indexes"),
+    ("task.place", {"epochs": [1, -1, 1]}, "epochs"),
+    ("task.place", {"nodes": ["n1", ""]}, "node ids"),
+    ("task.place", {"tasks": ["t1", "", "t3"]}, "task ids"),
+    ("task.place", {"tasks": ["t1"] * 4097, "hosts": [0] * 4097, "epochs": [1] * 4097},
+     "placements"),
+    ("task.place", {"hosts": [0, "1", 0]}, "hosts"),
     ("task.start", {"task": DELETE}, "missing"),
     ("task.finish", {"exit_code": "0"}, "exit_code"),
     ("task.finish", {"stats": {"duration": -1.0}}, ">= 0"),
@@ -213,3 +226,8 @@ def test_encoding_is_plain_msgpack_in_field_order() -> None:
         "replicas": ["n2"],
     }
     assert list(raw(VALID["kv.put"])) == ["op", "rid", "at", "ns", "key", "value"]
+    # A round's placements: each node id written once, tasks point at it by index.
+    assert raw(VALID["task.place"]) == {
+        "op": "task.place", "rid": "r", "at": 1.0, "nodes": ["n1", "n2"],
+        "tasks": ["t1", "t2", "t3"], "hosts": [0, 1, 0], "epochs": [1, 3, 1],
+    }

@@ -13,12 +13,14 @@ from agent.state import (
     TaskStats,
     cmd_node_drain,
     cmd_node_register,
+    cmd_node_undrain,
     cmd_task_assign,
     cmd_task_cancel,
     cmd_task_fail_node,
     cmd_task_finish,
     cmd_task_lost,
     cmd_task_migrate,
+    cmd_task_place,
     cmd_task_start,
     cmd_task_submit,
     task_spec,
@@ -127,6 +129,57 @@ def test_assign_requires_next_epoch_so_racing_plans_fence() -> None:
     c.ok(cmd_task_assign(tid, "id2", 3, "a", "", 3.0))
     second = c(cmd_task_assign(tid, "id3", 3, "a", "", 3.0))  # same plan proposed twice
     assert not second.ok
+
+
+def test_place_applies_each_item_as_an_assign_would_and_lists_the_refused() -> None:
+    c = Cluster()
+    t1, t2, t3, t4 = (c.submit() for _ in range(4))
+    c.ok(cmd_task_assign(t2, "id1", 1, "a", "", 1.0))  # t2 is already placed
+    c.ok(cmd_node_drain("id3", "", 1.0))
+    placed = c.ok(cmd_task_place(
+        [(t1, "id2", 1), (t2, "id2", 2), (t3, "id3", 1), (t4, "id1", 2), ("t99", "id1", 1),
+         (t4, "id1", 1)], "", 2.0,
+    ))  # fmt: skip
+    assert placed.value == {"placed": 2, "refused": [
+        [t2, f"task {t2} is assigned, not queued"], [t3, "node n3 is draining"],
+        [t4, "stale epoch"], ["t99", "unknown task t99"],
+    ]}  # fmt: skip
+    assert [(e["data"]["kind"], e["data"]["task"]["id"], e["data"]["task"]["node"])
+            for e in placed.events if e["topic"] == "tasks"] == [
+        ("assigned", t1, "n2"), ("assigned", t4, "n1")]  # fmt: skip
+    assert (c.state(t1)["node"], c.state(t1)["epoch"], c.state(t3)["state"]) == ("id2", 1, "queued")
+    assert c.sm.decision_latencies() == [1.0 - 100.0, 2.0 - 100.0, 2.0 - 100.0]
+    # The same round proposed twice (a leader's retry) places nothing twice.
+    again = c.ok(cmd_task_place([(t1, "id2", 1)], "", 3.0))
+    assert again.value["placed"] == 0 and c.state(t1)["epoch"] == 1
+
+
+def test_place_equals_the_same_assigns_one_by_one() -> None:
+    one, many = Cluster(), Cluster()
+    for c in (one, many):
+        for _ in range(5):
+            c.submit()
+    items = [(f"t{i}", f"id{i % 3 + 1}", 1) for i in range(1, 6)]
+    for task, node, epoch in items:
+        one.ok(cmd_task_assign(task, node, epoch, "", "", 2.0))
+    many.ok(cmd_task_place(items, "", 2.0))
+    assert [one.state(t) for t, _, _ in items] == [many.state(t) for t, _, _ in items]
+    assert one.sm.node_load() == many.sm.node_load()
+
+
+def test_results_say_when_the_scheduler_may_have_something_new_to_place() -> None:
+    c = Cluster()
+    assert c(cmd_task_submit(task_spec(["true"]), "", 1.0)).placeable
+    assert not c.ok(cmd_task_place([("t1", "id1", 1)], "", 1.0)).placeable
+    assert c.ok(cmd_node_undrain("n1", "", 1.0)).placeable
+    assert not c.ok(cmd_node_drain("n1", "", 1.0)).placeable
+    assert not c.ok(cmd_task_finish("t1", "id1", 1, 0, stats(), "", 2.0)).placeable
+    t2 = c.submit(retries=1)
+    c.ok(cmd_task_assign(t2, "id2", 1, "", "", 3.0))
+    assert c.ok(cmd_task_finish(t2, "id2", 1, 1, stats(), "", 4.0)).placeable  # requeued
+    c.ok(cmd_task_assign(t2, "id2", 2, "", "", 5.0))
+    assert c.ok(cmd_task_fail_node("id2", {}, "", 6.0)).placeable  # requeued
+    assert not c(cmd_node_undrain("nobody", "", 7.0)).placeable  # refused
 
 
 def test_failed_run_retries_then_fails() -> None:
