@@ -133,6 +133,8 @@ class TaskRuntime:
     def on_applied(self, index: int, result: ApplyResult) -> None:
         if any(e.get("topic") in ("tasks", "migrations") for e in result.events):
             self.runner.wake()
+        if result.placeable:  # a submit, requeue or undrain: the leader places now
+            self.scheduler.wake()
 
     def on_member_down(self, node_id: str) -> None:
         self.scheduler.on_member_down(node_id)
