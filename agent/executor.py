@@ -75,7 +75,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from agent.containment import Containment, Jail, Mode, SubreaperJail, usage_pids
+from agent.containment import Containment, Jail, Mode, usage_pids
 from agent.containment.cgroups import CGROUP_ROOT
 from agent.containment.jail import blocked, default_node, findable
 from agent.errors import ConfigError, TaskError
@@ -402,10 +402,12 @@ class Executor:
                 os.chown(work, user.pw_uid, user.pw_gid)
             cwd = str(work)
         jail = self.containment.prepare(task_id, epoch, mem, pids)
-        if isinstance(jail, SubreaperJail) and not findable(argv[0], child_env["PATH"], cwd):
-            # The subreaper always starts; a missing command would only show as exit 127.
-            raise TaskError(f"task {task_id}: cannot start {argv[0]!r}: command not found")
         popen_argv, popen_extra = jail.popen_args(argv, user)
+        if popen_argv is not argv and not findable(argv[0], child_env["PATH"], cwd):
+            # A shim (the subreaper, the cgroup join) always starts; a missing command
+            # would only show as its exit 127.
+            jail.settle_sync()
+            raise TaskError(f"task {task_id}: cannot start {argv[0]!r}: command not found")
         captures: dict[str, _Capture] = {}
         pipes: list[int] = []
         try:
@@ -521,7 +523,10 @@ class Executor:
         return await asyncio.shield(run.finished)
 
     def _sample(self, run: _Run) -> None:
-        summed = usage_pids(run.jail.members(run.pid))
+        # Right after spawn a cgroup run's leader may not have joined its group yet
+        # (the join shim runs first): the leader alone is the run then.
+        pids = run.jail.members(run.pid) or ([] if run.exited.is_set() else [run.pid])
+        summed = usage_pids(pids)
         if summed is not None:
             usage = TreeUsage(cpu_time=summed[0], rss=summed[1], nprocs=summed[2])
             run.usage = usage

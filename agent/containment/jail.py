@@ -33,6 +33,13 @@ from agent.containment.subreaper import FORCE_SIGNAL, FORWARDED
 from agent.errors import ConfigError, TaskError
 
 Mode = Literal["auto", "cgroup", "subreaper"]
+JOIN_SCRIPT = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 127; shift; done; shift; exec "$@"'
+"""``sh -c JOIN_SCRIPT mesh-join PROCS... -- ARGV...``: write this shell's pid (the run's,
+kept across ``exec``) into each ``cgroup.procs``, then exec ``ARGV``; a failed join
+ends the run with 127 before anything of the task runs."""
+SETPRIV = shutil.which("setpriv", path="/usr/bin:/bin:/usr/sbin:/sbin")
+"""util-linux ``setpriv``: drops to the task's user after the join (without it a
+``run_as`` task is spawned the slow way, a fork with a ``preexec_fn``)."""
 SUBREAPER_SCRIPT = Path(__file__).with_name("subreaper.py")
 LIMITED = ("memory", "pids")
 _SAFE_NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -78,6 +85,18 @@ class CgroupJail:
         self, argv: list[str], user: pwd.struct_passwd | None
     ) -> tuple[list[str], dict[str, Any]]:
         procs = tuple(str(path) for path in self.group.procs_files)  # no work left for the child
+        setpriv = SETPRIV
+        if user is None or setpriv is not None:
+            # The fast path: no preexec_fn, so Popen can vfork (about 1.5 ms of the
+            # agent's CPU less per spawn than a fork of the whole agent, measured on a
+            # 60 MB process).  The first thing the child execs is a shell that joins
+            # the groups (still root, nothing of the task has run) and then execs the
+            # task, through setpriv when it drops to the task's user.
+            drop = [] if user is None else [
+                str(setpriv), f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
+                "--",
+            ]
+            return ["/bin/sh", "-c", JOIN_SCRIPT, "mesh-join", *procs, "--", *drop, *argv], {}
 
         def enter() -> None:
             # In the forked child, still root: join first (a dropped user may

@@ -190,6 +190,47 @@ async def test_run_in_cgroup_is_killed_through_it_and_its_dirs_removed(
     await executor.wait("t")
 
 
+@pytest.mark.parametrize("run_as", ["", "nobody"])
+async def test_cgroup_run_is_in_its_group_from_its_first_instruction(
+    root: None, make_executor: MakeExecutor, run_as: str
+) -> None:
+    # The fast spawn path (no preexec_fn, so Popen can vfork): a shell joins the
+    # groups, then execs the task, through setpriv for another user.  The task's
+    # own first look at /proc/self already finds it inside, as its user.
+    from agent.containment import jail
+
+    executor = make_executor("cgroup", run_as=run_as or None)
+    group = executor.containment.prepare("probe", 1)
+    try:
+        argv, extra = group.popen_args(["true"], pwd.getpwnam(run_as) if run_as else None)
+        assert "preexec_fn" not in extra and argv[:3] == ["/bin/sh", "-c", jail.JOIN_SCRIPT]
+    finally:
+        group.settle_sync()
+    await executor.start("t", 1, ["sh", "-c", "cat /proc/$$/cgroup; id -u; id -G"])
+    event = await asyncio.wait_for(executor.wait("t"), 10)
+    assert event is not None and event.exit_code == 0
+    out = executor.read_output("t", 1, "out", 0)[0].decode()
+    kill_dir = executor.containment.kill_hierarchy
+    assert kill_dir is not None
+    assert f"/meshtui/{executor.containment.node}/t-1" in out
+    uid = pwd.getpwnam(run_as).pw_uid if run_as else 0
+    lines = out.splitlines()
+    assert lines[-2] == str(uid)
+    if run_as:
+        assert lines[-1] == str(pwd.getpwnam(run_as).pw_gid)  # no supplementary groups
+
+
+async def test_a_missing_command_in_a_cgroup_is_refused_and_leaves_no_group(
+    root: None, make_executor: MakeExecutor
+) -> None:
+    executor = make_executor("cgroup")
+    with pytest.raises(TaskError, match="command not found"):
+        await executor.start("t", 1, ["no-such-command-here"])
+    assert executor.running() == {}
+    kill = executor.containment.kill_hierarchy
+    assert kill is not None and not (kill.node_dir(executor.containment.node) / "t-1").exists()
+
+
 async def test_subreaper_run_reports_the_task_status(root: None, make_executor: MakeExecutor) -> None:
     events: list[ExecEvent] = []
     executor = make_executor("subreaper", on_event=events.append)
