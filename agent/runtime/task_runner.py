@@ -234,6 +234,9 @@ class LocalRunner:
         pid = self._cpu.forget(event.task_id)
         if pid is not None:
             self._lease.unregister(pid)
+        # Its slot is free now: the next task assigned here starts without waiting
+        # for this run's output and report (``_started`` keeps it from running again).
+        self._reconcile_needed.set()
         if self._after_run is not None:
             if self._closed:  # shutting down: nobody would report it
                 return

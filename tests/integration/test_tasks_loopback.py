@@ -137,8 +137,10 @@ def test_killed_host_tasks_finish_elsewhere_without_overlap(mesh3: LocalMesh, tm
         call(mesh3, "task.submit", argv=heartbeat_task(log, 5.0), retries=2, rid=f"k{i}")["id"]
         for i in range(4)
     ]
+    names = set(mesh3.names())  # rows name a host by its id until its name is registered
     rows = wait_until(f"{ids} to run", lambda: (r := task_rows(mesh3)) and all(
-        r[i]["state"] == "running" for i in ids) and r, 20, 0.2, detail=lambda: task_rows(mesh3))
+        r[i]["state"] == "running" and r[i]["node"] in names for i in ids) and r, 20, 0.2,
+        detail=lambda: task_rows(mesh3))
     victim = next(r["node"] for r in rows.values() if r["node"] != "n1")
     mesh3.kill(victim)
     wait_until(
