@@ -50,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,20 @@ from meshtui.client import ClientError, ControlClient
 HOSTS = 4
 SLOTS = 2
 INFLIGHT = 128
+CGROUP_MOUNT = 'mount -t cgroup2 mesh-cgroup /sys/fs/cgroup && exec "$@"'
+"""``ip netns exec`` gives each agent a fresh sysfs on /sys, which hides the host's
+cgroup mounts: an agent would fall back to the per-task Python subreaper there.  A
+root agent on a real host finds the cgroup hierarchy, so (unless ``--no-cgroups``)
+each agent mounts the cgroup2 hierarchy in its own mount namespace first."""
+
+
+class CgroupLabAgents(LabAgents):
+    """Lab agents that see the cgroup2 hierarchy, as a root agent on a host does."""
+
+    def argv(self, host: int, extra_args: Sequence[str] = (),
+             key_file: Path | None = None) -> list[str]:
+        return ["sh", "-c", CGROUP_MOUNT, "mesh-cgroup",
+                *super().argv(host, extra_args, key_file)]
 
 
 def loadavg() -> str:
@@ -280,8 +295,9 @@ def run_once(args: argparse.Namespace, run: int, with_parallel: bool) -> dict[st
     key = keygen(workdir / "cluster.key")
     figures: dict[str, float] = {}
     with NetnsLab(HOSTS) as lab:
-        agents = LabAgents(lab, key, workdir, mdns=False, seeds=[0], profile=args.profile,
-                           common_args=["--slots", str(SLOTS), "--run-as", ""])
+        kind = LabAgents if args.no_cgroups else CgroupLabAgents
+        agents = kind(lab, key, workdir, mdns=False, seeds=[0], profile=args.profile,
+                      common_args=["--slots", str(SLOTS), "--run-as", ""])
         try:
             for host in range(HOSTS):
                 agents.start(host)
@@ -316,8 +332,11 @@ def run_once(args: argparse.Namespace, run: int, with_parallel: bool) -> dict[st
         finally:
             agents.stop_all()
         figures["ours"] = ours.makespan
+        log_text = agents.agents[leader].log_path.read_text(errors="replace")
+        containment = next((line.split("task containment: ", 1)[1] for line in log_text.splitlines()
+                            if "task containment: " in line), "unknown")
         print(f"run {run}: {args.tasks} `true` tasks, {HOSTS} namespace hosts x {SLOTS} slots "
-              f"(agents: --profile {args.profile}; leader h{leader})")
+              f"(agents: --profile {args.profile}; leader h{leader})\n  containment: {containment}")
         print(f"  meshtui:                   {ours.makespan:8.2f} s makespan "
               f"({args.tasks / ours.makespan:.0f} tasks/s; per host "
               f"{dict(sorted(ours.by_host.items()))}) ({load_before} before, {loadavg()} after)")
@@ -353,6 +372,8 @@ def main() -> None:
     parser.add_argument("--profile", choices=["lan", "local"], default="lan")
     parser.add_argument("--skip-parallel", action="store_true",
                         help="no GNU parallel anchor (the slow part; else after the last run)")
+    parser.add_argument("--no-cgroups", action="store_true",
+                        help="agents without the cgroup mount: the per-task subreaper")
     parser.add_argument("--breakdown", action="store_true",
                         help="per-task latency breakdown from the task records")
     parser.add_argument("--py-spy", default="", metavar="DIR",
