@@ -99,6 +99,8 @@ class ReplicaStore:
         self.cap_bytes = cap_bytes
         self.artifact_limit = artifact_limit
         self.items: dict[tuple[str, int, str], StoredItem] = {}
+        self._names: dict[tuple[str, int], set[str]] = {}
+        """(task id, epoch) -> names of the items this store added for that run."""
         self.used = 0
         """Bytes of the items held here (sources excluded)."""
 
@@ -132,6 +134,7 @@ class ReplicaStore:
                                       str(row["error"]), row["finished_at"])
                     item.size = self._size_on_disk(item)
                     self.items[item.key] = item
+                    self._names.setdefault((item.task_id, item.epoch), set()).add(name)
                     self.used += item.size
                     found.append(item)
             except (OSError, ValueError, KeyError, TypeError, TaskError) as exc:
@@ -145,11 +148,18 @@ class ReplicaStore:
             return 0
 
     def _save_meta(self, task_id: str, epoch: int) -> None:
+        # The run's names from the index, not a scan of every item held (a scan per
+        # chunk made a host's replica work grow with everything it held).
+        names = self._names.get((task_id, epoch), set())
+        found = [i for n in sorted(names) if (i := self.items.get((task_id, epoch, n)))]
+        names.intersection_update(i.name for i in found)
+        if not names:
+            self._names.pop((task_id, epoch), None)
         rows = {
             i.name: {"ring_key": i.ring_key, "complete": i.complete, "sha256": i.sha256,
                      "error": i.error, "finished_at": i.finished_at}
-            for i in self.items.values()
-            if i.task_id == task_id and i.epoch == epoch and i.source is None
+            for i in found
+            if i.source is None
         }
         path = self._meta_path(task_id, epoch)
         if not rows:
@@ -188,6 +198,7 @@ class ReplicaStore:
         self._make_room(growth, item)
         known = item.key in self.items
         self.items[item.key] = item
+        self._names.setdefault((item.task_id, item.epoch), set()).add(item.name)
         item.finished_at, item.error = finished_at, error
         if growth or not known:
             self._write(item, offset, data)
@@ -226,7 +237,8 @@ class ReplicaStore:
             with open(path, "r+b") as handle:
                 handle.truncate(total)
                 handle.flush()
-                os.fsync(handle.fileno())
+                if total:  # an empty copy has no data to make durable (its meta is not fsynced)
+                    os.fsync(handle.fileno())
         item.complete, item.sha256 = True, digest
         final = self.path(item)
         if final != path and path.exists():
