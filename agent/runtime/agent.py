@@ -455,6 +455,7 @@ def run_agent(config: AgentConfig) -> int:
     """Run until SIGTERM/SIGINT on the configured event loop (``event_loop.py``;
     ``ConfigError`` if uvloop is asked for and not installed); returns the exit code."""
     choice = event_loop.resolve_event_loop(config.event_loop)
+    event_loop.tune_gc()
 
     async def main() -> int:
         try:
@@ -464,6 +465,7 @@ def run_agent(config: AgentConfig) -> int:
                 f"cannot listen on {config.bind}:{config.port}: {exc.strerror or exc}"
             ) from None
         log.info("event loop: %s", event_loop.describe(choice))
+        event_loop.freeze_startup_heap()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, agent.request_stop)

@@ -1,4 +1,5 @@
-"""Which event loop runs the agent: the standard asyncio loop, or uvloop.
+"""How the agent's process runs: which event loop (asyncio's or uvloop), and
+how the garbage collector is tuned for a busy loop.
 
 uvloop (libuv under asyncio's API, a well-kept drop-in) makes each socket
 read, write, timer and callback cheaper; on a busy leader that is a large share
@@ -19,11 +20,24 @@ The knob is ``event_loop`` in the agent config (``--event-loop``):
 
 An explicit ``asyncio``/``uvloop`` in the config or on the command line wins
 over the environment.
+
+The garbage collector (``tune_gc``, on either loop): CPython's default
+collects its youngest generation every 700 net new container objects, and a
+leader under load (requests, futures, log entries, KV rows) crossed that
+hundreds of times a second, with middle and full collections walking the whole
+log and state now and then: 0.47 s of a leader's ~2.8 CPU seconds in a 6 s
+bench run (issue 14).  ``GC_THRESHOLDS`` collects young objects 28 times less
+often (each collection costs about the same per object), and ``gc.freeze()``
+after start-up moves everything built until then (modules, config, the
+restored state) out of the collector's sight for good.  Nothing relies on the
+collector for prompt cleanup (files and sockets are closed explicitly); the
+cost is at most ``GC_THRESHOLDS[0]`` cyclic objects waiting a little longer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import os
 from collections.abc import Callable, Coroutine
@@ -37,7 +51,22 @@ EVENT_LOOPS: Final = ("auto", "asyncio", "uvloop")
 ENV_VAR: Final = "MESH_EVENT_LOOP"
 """Environment variable that decides what ``auto`` means (``asyncio`` or ``uvloop``)."""
 
+GC_THRESHOLDS: Final = (20_000, 20, 10)
+"""``gc.set_threshold`` for the agent (default 700, 10, 10): young collections
+every 20,000 net new container objects instead of 700 (see the module doc)."""
+
 T = TypeVar("T")
+
+
+def tune_gc() -> None:
+    """Raise the collector's thresholds (``GC_THRESHOLDS``); call before start-up."""
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+def freeze_startup_heap() -> None:
+    """Once started: collect, then keep what start-up built out of later collections."""
+    gc.collect()
+    gc.freeze()
 
 
 def uvloop_available() -> bool:
