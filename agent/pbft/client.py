@@ -41,15 +41,24 @@ class _Outstanding:
 
 class PbftClient:
     def __init__(
-        self, signer: Signer, verifier: Verifier, replicas: tuple[str, ...], retry_ticks: int = 10
+        self,
+        signer: Signer,
+        verifier: Verifier,
+        replicas: tuple[str, ...],
+        retry_ticks: int = 10,
+        first_rid: int = 0,
     ) -> None:
+        """``first_rid``: request ids continue after it.  Replicas keep each client's
+        replies by (client, rid) and answer a known rid with the stored reply, so a
+        client that restarts must not reuse rids: the runtime passes the wall clock
+        in microseconds (a client sends far fewer than 10^6 requests a second)."""
         self.id = signer.node_id
         self._signer = signer
         self.checker = CheckedVerifier(verifier)
         self.group = Group(tuple(replicas))
         self.retry_ticks = retry_ticks
         self.view = 0
-        self._rid = 0
+        self._rid = first_rid
         self._ticks = 0
         self._outstanding: dict[int, _Outstanding] = {}
         self._msgs: list[Outbound] = []

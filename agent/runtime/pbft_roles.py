@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -89,7 +90,12 @@ class PbftRoles:
             self._become_follower(info.replicas, previous, applied=0)
         retry = max(1, self.pbft_config.view_change_ticks // 2)
         cluster = self._cluster
-        self._client = PbftClient(cluster.signer, cluster.verifier, info.replicas, retry_ticks=retry)
+        # Request ids unique across restarts (replicas answer a known (client, rid) with
+        # the reply they stored for it): the wall clock in microseconds.
+        first_rid = time.time_ns() // 1000
+        self._client = PbftClient(
+            cluster.signer, cluster.verifier, info.replicas, retry_ticks=retry, first_rid=first_rid
+        )
         self._check_roles()
         self._report_role()
 

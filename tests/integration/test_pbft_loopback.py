@@ -177,6 +177,14 @@ def test_replicas_replace_swaps_a_replica_for_the_follower_through_the_protocol(
     assert f"replica  {follower.name} " in after and f"follower {old.name} " in after
     status = _meshtui("status", "--target", old.socket_path).stdout
     assert "role=follower" in status and follower.name in status.split("voters=")[1].splitlines()[0]
+    # Both keep their roles across a SIGKILL and restart (<data_dir>/pbft/group, the
+    # new replica's stable checkpoint), and the old host catches up as a follower.
+    for node in (old, follower):
+        mesh.kill(node.name, signal.SIGKILL)
+        mesh.restart(node.name)
+    wait_until("the swapped roles after a restart", swapped, 60, 0.3, detail=lambda: _describe(mesh))
+    call_sync(follower.socket_path, "kv.put", {"ns": "r", "key": "k", "value": b"again"}, 10.0)
+    assert call_sync(old.socket_path, "kv.get", {"ns": "r", "key": "k"}, 10.0)["value"] == b"again"
 
 
 def test_meshtui_status_shows_the_key_fingerprints(mesh: LocalMesh) -> None:
