@@ -5,9 +5,9 @@ round, and a round may run after every applied submit (``ApplyResult.placeable``
 Rebuilding the ``TaskView`` of every live task and recounting every host's queue
 each round cost O(tasks) -- milliseconds with a few thousand tasks waiting, most
 of a busy leader's scheduling time.  Instead ``TaskTable`` notes the id of every
-task a command touches (``TaskTable.touch``), and ``SchedViews.refresh`` rebuilds
-only those views, adjusting the per-host counts by each view's old and new
-state.  The views keep the table's order (submit order: a new task is added at
+task a command touches (``TaskTable.touch``); ``SchedViews`` adjusts the per-host
+counts by each touched task's old and new state and rebuilds only those views,
+when the views are next asked for.  The views keep the table's order (submit order: a new task is added at
 the end, a changed one keeps its place, a finished one leaves), so the result
 equals a rebuild from scratch; ``tests/unit/test_state_sched_views.py`` checks
 that over random command sequences.  A replaced table (a restored snapshot) or
@@ -41,18 +41,41 @@ def task_view(t: TaskRecord) -> TaskView:
 
 
 class SchedViews:
-    """Non-terminal tasks as ``TaskView``s, in table order, and per-host counts."""
+    """Non-terminal tasks as ``TaskView``s, in table order, and per-host counts.
 
-    __slots__ = ("_counts", "_table", "_tuple", "_views")
+    The counts are kept from the records themselves (every host asks for its own
+    count to bid, each round); the views are rebuilt only when asked for (the
+    leader's rounds), so a follower never builds one."""
+
+    __slots__ = ("_counted", "_counts", "_stale", "_table", "_tuple", "_views")
 
     def __init__(self) -> None:
         self._table: TaskTable | None = None
         self._views: dict[str, TaskView] = {}
-        self._counts: dict[str, dict[str, int]] = {}
         self._tuple: tuple[TaskView, ...] = ()
+        self._stale: dict[str, None] | None = None
+        """Ids whose view may be out of date (ordered: first change first); None: all."""
+        self._counts: dict[str, dict[str, int]] = {}
+        self._counted: dict[str, tuple[str, str]] = {}
+        """Task id -> (count, node) it is counted in now."""
 
     def tasks(self, table: TaskTable) -> tuple[TaskView, ...]:
         self._refresh(table)
+        stale = self._stale
+        if stale is None:
+            self._views = {t.id: task_view(t) for t in table if not t.terminal}
+        elif stale:
+            views, records = self._views, table.tasks
+            for task_id in stale:
+                t = records.get(task_id)
+                if t is None or t.terminal:
+                    views.pop(task_id, None)
+                else:
+                    views[task_id] = task_view(t)  # a new id goes last: table order
+        else:
+            return self._tuple
+        self._stale = {}
+        self._tuple = tuple(self._views.values())
         return self._tuple
 
     def node_load(self, table: TaskTable) -> dict[str, dict[str, int]]:
@@ -64,32 +87,28 @@ class SchedViews:
     def _refresh(self, table: TaskTable) -> None:
         changed = table.take_changes()
         if table is not self._table or changed is None:
-            self._rebuild(table)
-        elif changed:
-            for task_id in changed:
-                self._update(task_id, table.tasks.get(task_id))
-            self._tuple = tuple(self._views.values())
-
-    def _rebuild(self, table: TaskTable) -> None:
-        self._table = table
-        self._views = {}
-        self._counts = {}
-        for t in table:
-            self._update(t.id, t)
-        self._tuple = tuple(self._views.values())
-
-    def _update(self, task_id: str, t: TaskRecord | None) -> None:
-        old = self._views.get(task_id)
-        if old is not None:
-            self._count(old, -1)
-        if t is None or t.terminal:
-            self._views.pop(task_id, None)
+            self._table = table
+            self._counts, self._counted, self._stale = {}, {}, None
+            for t in table:
+                self._count(t.id, t)
             return
-        view = self._views[task_id] = task_view(t)  # a new id goes last: table order
-        self._count(view, 1)
+        if not changed:
+            return
+        records = table.tasks
+        for task_id in changed:
+            self._count(task_id, records.get(task_id))
+        stale = self._stale
+        if stale is not None:
+            stale.update(changed)
+            if len(stale) > len(records):  # nobody reads the views here: stop keeping ids
+                self._stale = None
 
-    def _count(self, view: TaskView, delta: int) -> None:
-        field = _COUNTED.get(view.state)
-        if field is not None and view.node is not None:
-            row = self._counts.setdefault(view.node, {"queued": 0, "running": 0})
-            row[field] += delta
+    def _count(self, task_id: str, t: TaskRecord | None) -> None:
+        old = self._counted.pop(task_id, None)
+        if old is not None:
+            self._counts[old[1]][old[0]] -= 1
+        field = _COUNTED.get(t.state) if t is not None else None
+        if field is not None and t is not None and t.node is not None:
+            row = self._counts.setdefault(t.node, {"queued": 0, "running": 0})
+            row[field] += 1
+            self._counted[task_id] = (field, t.node)
