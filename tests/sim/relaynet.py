@@ -32,7 +32,7 @@ import heapq
 import json
 from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from agent.links.config import LinkConfig
 from agent.links.state import LinkTable
@@ -40,7 +40,7 @@ from agent.raft.messages import Entry, EntryKind, RaftMessage, Role
 from agent.swim.config import SwimConfig
 from agent.swim.messages import MemberState
 from sim.raftnet import KV, SIM_CONFIG, MemoryStorage, RaftNet
-from sim.swimnet import _DELIVER, _TICK, _UNREACHABLE, SimHost, SwimNet
+from sim.swimnet import _DELIVER, SimHost, SwimNet
 
 SIM_LINKS = dataclasses.replace(LinkConfig.lan(), probe_interval=0.5, probe_timeout=0.45,
                                 idle_probe_interval=1.0)
@@ -87,51 +87,17 @@ class RelaySwimNet(SwimNet):
     sent again over the relay once the path is found broken, if it was sent in the
     last ``resend_window`` seconds: here, retried each step for that long."""
 
-    def _run_until(self, t: float, stop: Callable[[], bool] | None, check_every: float) -> bool:
-        # SwimNet._run_until with one change: a reliable delivery is also made when
-        # ``relayable(src, dst)`` holds.
-        heap = self._heap
-        next_check = self.now + check_every
-        while heap and heap[0][0] <= t:
-            when, _seq, kind, addr, payload = heapq.heappop(heap)
-            self.now = when
-            if stop is not None and when >= next_check:
-                next_check = when + check_every
-                if stop():
-                    return True
-            host = self.hosts[addr]
-            if kind == _DELIVER:
-                src, msg, reliable, *_first = cast(tuple[Any, ...], payload)
-                reachable = self.connected(src, addr) or (reliable and self.relayable(src, addr))
-                if not host.running or not reachable:
-                    if reliable and host.running and self._retry(when, addr, (src, msg, reliable, *_first)):
-                        continue
-                    self.dropped += 1
-                    if reliable:
-                        self._push(when + self.tcp_delay, _UNREACHABLE, src, addr)
-                    continue
-                host.node.step(when, src, msg)
-            elif not host.running:
-                continue
-            elif kind == _TICK:
-                if host.scheduled != when:
-                    continue
-                host.scheduled = None
-                host.node.tick(when)
-            else:
-                host.node.unreachable(when, payload)  # type: ignore[arg-type]
-            self._flush(host)
-        self.now = max(self.now, t)
-        return stop() if stop is not None else False
+    def _reachable(self, src: str, dst: str, reliable: bool) -> bool:
+        return self.connected(src, dst) or (reliable and self.relayable(src, dst))
 
-    def _retry(self, when: float, addr: str, payload: tuple[Any, ...]) -> bool:
+    def _redeliver(self, when: float, dst: str, payload: tuple[Any, ...]) -> bool:
         """Deliver ``payload`` again a step later while it is within the resend
         window of its first try (carried as a fourth item); False once it is over."""
         src, msg, reliable, *first = payload
         started = first[0] if first else when
         if when - started >= self.resend_window:
             return False
-        self._push(when + TICK, _DELIVER, addr, (src, msg, reliable, started))
+        self._push(when + TICK, _DELIVER, dst, (src, msg, reliable, started))
         return True
 
 

@@ -38,6 +38,7 @@ import random
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent.swim import MemberEvent, SwimConfig, SwimNode
 from agent.swim.messages import MemberState, NodeMeta, PushPull, PushPullState
@@ -229,8 +230,11 @@ class SwimNet:
                     return True
             host = self.hosts[addr]
             if kind == _DELIVER:
-                src, msg, reliable = payload  # type: ignore[misc]
-                if not host.running or not self.connected(src, addr):
+                delivery: tuple[Any, ...] = payload  # type: ignore[assignment]
+                src, msg, reliable = delivery[0], delivery[1], delivery[2]
+                if not host.running or not self._reachable(src, addr, reliable):
+                    if reliable and host.running and self._redeliver(when, addr, delivery):
+                        continue
                     self.dropped += 1
                     if reliable:
                         self._push(when + self.tcp_delay, _UNREACHABLE, src, addr)
@@ -253,6 +257,16 @@ class SwimNet:
             self._flush(host)
         self.now = max(self.now, t)
         return stop() if stop is not None else False
+
+    def _reachable(self, src: str, dst: str, reliable: bool) -> bool:
+        """Whether a message from ``src`` arrives at ``dst`` now (a subclass may let
+        reliable ones take another path)."""
+        return self.connected(src, dst)
+
+    def _redeliver(self, when: float, dst: str, payload: tuple[Any, ...]) -> bool:
+        """An undeliverable reliable message: True if it was queued again instead of
+        being dropped (here never)."""
+        return False
 
     def run_for(self, dt: float, stop: Callable[[], bool] | None = None, check_every: float = 0.05) -> bool:
         return self.run_until(self.now + dt, stop, check_every)
