@@ -39,6 +39,7 @@ class CheckpointRules(ReplicaState):
         digest = state_digest(snapshot)
         self._snapshots[seq] = (digest, snapshot)
         cp = self._sign(Checkpoint(self.id, seq, digest))
+        self._my_checkpoint = cp
         self._records.append(cp)
         self._broadcast(cp)
         self._on_checkpoint(cp)

@@ -495,6 +495,10 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
 
     def _resend(self) -> None:
         self._broadcast(self._sign(Status(self.id, self.view, self.active, self.low, self.executed)))
+        mine = self._my_checkpoint
+        if mine is not None and mine.seq > self.low:
+            # Not stable yet: peers may have lost it (a pending replacement waits on it).
+            self._broadcast(mine)
         last = self._last_executed
         if last is not None and last.seq == self.executed:
             # Followers learn how far we are even if every EXECUTED of the last batch was

@@ -16,6 +16,7 @@ from typing import Any
 from agent.pbft.config import PbftConfig
 from agent.pbft.log import CheckpointTable, MessageLog
 from agent.pbft.messages import (
+    Checkpoint,
     Commit,
     CommittedBatch,
     Evidence,
@@ -79,6 +80,8 @@ class ReplicaState(abc.ABC):
         self._new_view: NewView | None = None
         self._fetch: tuple[int, tuple[str, ...], int] | None = None
         self._checkpoint_wait = 0
+        self._my_checkpoint: Checkpoint | None = None
+        """The last CHECKPOINT this replica signed (resent until it is stable)."""
         self._ticks = 0
         self._timer: int | None = None
         self._backoff = 1
