@@ -4,13 +4,13 @@ One schedule: a few writes, then a client's replace request (OLD -> NEW, OLD
 sometimes the primary) ordered like any request; every correct replica decides
 it at the same seq and switches at the same checkpoint (nothing above it runs
 under the old group); NEW, admitted with nothing but the group, catches up by
-state transfer; with one of the remaining old replicas crashed, a later write
+state transfer; with f of the remaining old replicas crashed, a later write
 still commits (NEW's votes are needed for 2f+1); the replaced replica stops
 voting and follows the new group's batches.  ``PbftNet`` asserts safety (one
 batch per seq, one state per checkpoint) on every Ready throughout.
 
 Seeded: ``MESH_SEED=n`` replays one schedule; a failure names its seed.  24 schedules
-with the stand-in signer, 3 with Ed25519.
+with the stand-in signer (n = 4), 3 with Ed25519, 4 with n = 7.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ STEPS = 3000
 
 
 class Scenario:
-    def __init__(self, seed: int, lossy: bool, real: bool = False) -> None:
+    def __init__(self, seed: int, lossy: bool, real: bool = False, n: int = 4) -> None:
         self.seed = seed
-        self.net = net = PbftNet(seed, n=4, clients=2, spares=1, real_signatures=real)
+        self.net = net = PbftNet(seed, n=n, clients=2, spares=1, real_signatures=real)
         self.rng = random.Random(seed * 7919)
         self.results: dict[tuple[str, int], Any] = {}
         net.on_result = lambda client, rid, result: self.results.setdefault(
@@ -97,16 +97,17 @@ class Scenario:
             if prev is None or prev[1] != at:
                 self.fail(f"{rid} switched at {prev and prev[1]}, the boundary is {at}")
         new_group = net.replicas[correct[0]].core.group.replicas
-        if self.new not in new_group or self.old in new_group or len(new_group) != 4:
+        if self.new not in new_group or self.old in new_group or len(new_group) != len(net.replica_ids):
             self.fail(f"new group {new_group}")
         newcomer = net.replicas[self.new].core
         if not self.wait(lambda: newcomer.executed >= at and newcomer.active, STEPS):
             self.fail(f"{self.new} did not catch up (executed {newcomer.executed}, boundary {at})")
         if newcomer.stable_checkpoint.seq < at:  # it started empty: only a state transfer gets it there
             self.fail(f"{self.new} executed {newcomer.executed} without the state at {at}")
-        # One of the remaining old replicas crashes: 2f+1 = 3 now needs NEW's votes.
-        down = self.rng.choice(correct)
-        net.crash(down)
+        # f of the remaining old replicas crash: 2f+1 now needs NEW's votes.
+        downs = self.rng.sample(correct, net.replicas[correct[0]].core.f)
+        for down in downs:
+            net.crash(down)
         got = self.call("c0", ["put", "x", "after"])
         if got is not None:
             self.fail(f"the write after the replacement returned {got}")
@@ -116,7 +117,7 @@ class Scenario:
         if not old_core.retired or old_core.status()["retired"] is not True:
             self.fail(f"{self.old} still votes")
         follower = net.followers[self.old]
-        target = max(net.replicas[r].core.executed for r in correct if r != down)
+        target = max(net.replicas[r].core.executed for r in correct if r not in downs)
         if not self.wait(lambda: follower.follower.applied >= target, STEPS):
             self.fail(f"{self.old} did not follow: applied {follower.follower.applied} of {target}")
         if follower.kv.data.get("x") != "after":
@@ -144,6 +145,11 @@ def test_replacements_under_message_loss_keep_safety_and_liveness() -> None:
 def test_replacements_with_ed25519() -> None:
     for seed in _seeds(3, 45_000):
         Scenario(seed, lossy=True, real=True).run()
+
+
+def test_replacements_with_seven_replicas() -> None:
+    for seed in _seeds(4, 47_000):
+        Scenario(seed, lossy=True, n=7).run()  # f = 2 of the remaining old ones crash after
 
 
 def test_a_replace_is_refused_for_a_non_replica_or_a_replica() -> None:
