@@ -533,15 +533,25 @@ class Executor:
             run.cpu_time = max(run.cpu_time, usage.cpu_time)
             run.peak_rss = max(run.peak_rss, usage.rss)
 
+    def _poll(self, run: _Run) -> None:
+        """The sampling timer: sample the run, then again after ``poll_interval``."""
+        if run.exited.is_set():
+            return
+        self._sample(run)
+        loop = asyncio.get_running_loop()
+        run.timers[:] = [t for t in run.timers if not t.cancelled() and t.when() > loop.time()]
+        run.timers.append(loop.call_later(self.poll_interval, self._poll, run))
+
     async def _supervise(self, run: _Run) -> None:
         assert run.finished is not None
         try:
             self._sample(run)
-            while not run.exited.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(run.exited.wait(), self.poll_interval)
-                if not run.exited.is_set():
-                    self._sample(run)
+            if not run.exited.is_set():
+                # Sampled from a timer while it runs; the exit wakes this coroutine
+                # directly (no wait_for task and timer per poll, one hop less at the end).
+                loop = asyncio.get_running_loop()
+                run.timers.append(loop.call_later(self.poll_interval, self._poll, run))
+                await run.exited.wait()
             exit_code = self._reap(run)
             duration = time.monotonic() - run.started_mono
             # Before the drain: an escaped process holding our pipes dies here.
@@ -609,6 +619,8 @@ class Executor:
         return exit_code
 
     async def _drain(self, run: _Run) -> None:
+        if all(capture.closed.is_set() for capture in run.captures.values()):
+            return  # both pipes already at EOF (the usual case once the group is dead)
         waits = [capture.closed.wait() for capture in run.captures.values()]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*waits), PIPE_DRAIN_S)

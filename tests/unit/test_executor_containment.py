@@ -134,8 +134,14 @@ async def start_escapers(executor: Executor, task_id: str, marker: str, tail: st
                              f"{CHILDREN + 1} escapers to start")
     assert len(pids) == CHILDREN + 1, f"{len(pids)} escapers started"
     # Each left the task's session: a signal to the task's process group misses them.
+    # A `setsid sleep` is marked from its fork, before it calls setsid(): wait for that.
     run_pid = _leader_pid(executor, task_id)
-    assert all(os.getsid(pid) not in (run_pid, os.getsid(run_pid)) for pid in pids)
+    own = (run_pid, os.getsid(run_pid))
+    await asyncio.to_thread(
+        wait_until, "the escapers to leave the task's session",
+        lambda: all(os.getsid(pid) not in own for pid in pids), 10, 0.02,
+        detail=lambda: f"sessions {[os.getsid(p) for p in pids]}, the task's {own}",
+    )
     return pids
 
 
