@@ -172,6 +172,10 @@ class ConsensusDriver(ClientRequests):
         """Term changes in the applied log: the cluster's leader changes (agent/metrics)."""
         self._started_at = 0.0
         """Loop time of ``start()``: a damaged node gives up ``repair_wait`` after it."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The running loop, once started (spares a lookup per write)."""
+        self._applied_at = 0.0
+        """Loop time when the current Ready's entries are applied (commit latencies)."""
         hs = restored.hard_state
         # (term, vote) last fsynced: a leader may send before its fsync only
         # when its Ready does not change them.
@@ -314,7 +318,8 @@ class ConsensusDriver(ClientRequests):
         self.wake()
 
     def start(self) -> None:
-        self._started_at = asyncio.get_running_loop().time()
+        self._loop = asyncio.get_running_loop()
+        self._started_at = self._loop.time()
         self._tasks = [
             asyncio.create_task(self._tick_loop(), name="raft-tick"),
             asyncio.create_task(self._ready_loop(), name="raft-ready"),
@@ -422,6 +427,7 @@ class ConsensusDriver(ClientRequests):
                 self._send(msg.to, msg)
         if rd.committed_entries:
             self._state.summaries = self._wants("consensus")
+            self._applied_at = asyncio.get_running_loop().time()
         for entry in rd.committed_entries:
             self._apply(entry.index, entry.term, entry.kind, entry.data)
         for rs in rd.read_states:
@@ -527,7 +533,7 @@ class ConsensusDriver(ClientRequests):
 
     def _resolve(self, pending: PendingWrite, result: ApplyResult) -> None:
         latencies = self.commit_latencies
-        latencies.append(asyncio.get_running_loop().time() - pending.started)
+        latencies.append(self._applied_at - pending.started)
         if len(latencies) > 10_000:
             del latencies[:5_000]
         if pending.finish is None:

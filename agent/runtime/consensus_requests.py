@@ -64,6 +64,7 @@ class ClientRequests(abc.ABC):
     _reads: dict[bytes, asyncio.Future[int]]
     _apply_waiters: list[tuple[int, asyncio.Future[None]]]
     _read_timeout: float
+    _loop: asyncio.AbstractEventLoop | None
 
     @abc.abstractmethod
     def wake(self) -> None:
@@ -190,7 +191,7 @@ class ClientRequests(abc.ABC):
         finish: Callable[[ApplyResult], Any] | None,
         decoded: Command | None = None,
     ) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         try:
             index, term = self._node.propose(command)
         except NotLeaderError:
