@@ -190,7 +190,7 @@ class PbftRoles:
             "replicas": list(group),
             "followers": sorted(alive - set(group)),
             "n": len(group),
-            "f": (len(group) - 1) // 3,
+            "f": max(0, (len(group) - 1) // 3),
             "pending": change,
             "fingerprints": {n: self._cluster.fingerprint(n) for n in group},
         }

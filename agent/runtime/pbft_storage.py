@@ -115,6 +115,7 @@ class PbftStorage:
         return msg
 
     def load(self) -> Restored:
+        self.close()  # (a host replaced out and in again loads a second time)
         hard = HardState()
         raw = self._read("hard")
         if raw is not None:
