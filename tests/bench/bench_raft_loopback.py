@@ -15,7 +15,13 @@ beside each so a busy box shows:
    nodes so followers forward).  Beside it: 3 PySyncObj processes on loopback
    with ``journalFile`` and in memory, load generated inside the leader with a
    window of commands in flight (how PySyncObj's own benchmark drives it; it
-   has no client protocol, so it pays no client or socket cost).
+   has no client protocol, so it pays no client or socket cost).  Beside each
+   figure, CPU seconds per committed write from psutil (the 3 agents, the leader
+   alone, the client processes; PySyncObj's 3 nodes and its leader, whose load
+   generation is included), a cost the box's other load moves less than
+   writes/s.  Each run starts a fresh mesh per event loop (``--event-loop both``:
+   asyncio, then uvloop when installed) and then PySyncObj, and prints the
+   ratio against issue 14's target (>= 2x PySyncObj with its journal).
 2. Commit latency p50/p99 with one client doing sequential puts to the leader
    (and through a follower), beside PySyncObj's sequential in-process latency.
 3. Leader failover: SIGKILL the leader N times (restarting it each time); the
