@@ -18,6 +18,8 @@ task.submit       ``{id}`` ("t1", "t2", ...)
 task.assign       ``{task, epoch}`` -- epoch must be the task's epoch + 1
 task.place        ``{placed, refused: [[task, reason], ...]}`` -- a round's
                   assignments in one entry, each fenced as ``task.assign``
+batch             ``[[ok, value, error], ...]`` -- each command applied as its own
+                  entry would be (rid, result, events)
 task.start        ``{task, epoch}``;  task.finish: ``{task, state}``
 task.migrate      ``{task, epoch}`` (the new epoch)
 task.cancel       ``{}``;  task.lost: ``{task}``
@@ -32,6 +34,7 @@ after a failed run or a lost host).
 """
 
 from agent.state.builders import (
+    cmd_batch,
     cmd_kv_cas,
     cmd_kv_delete,
     cmd_kv_put,
@@ -68,6 +71,7 @@ __all__ = [
     "TaskRecord",
     "TaskStats",
     "TaskSubmit",
+    "cmd_batch",
     "cmd_kv_cas",
     "cmd_kv_delete",
     "cmd_kv_put",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from agent.state.commands import (
+    Batch,
     KvCas,
     KvDelete,
     KvPut,
@@ -115,6 +116,11 @@ def task_spec(
 
 def cmd_task_assign(task: str, node: str, epoch: int, reason: str, rid: str, at: float) -> bytes:
     return encode_command(TaskAssign(task, node, epoch, reason), rid, at)
+
+
+def cmd_batch(commands: Sequence[bytes], rid: str, at: float) -> bytes:
+    """One ``batch`` entry carrying already encoded ``commands``, applied one by one."""
+    return encode_command(Batch(tuple(commands)), rid, at)
 
 
 def cmd_task_place(placements: Sequence[tuple[str, str, int]], rid: str, at: float) -> bytes:

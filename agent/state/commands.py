@@ -44,6 +44,8 @@ MAX_ARG_LEN = 128 * 1024
 MAX_ENV = 512
 MAX_CAPS = 64
 MAX_TARGETS = 100_000
+MAX_BATCH = 1024
+"""Commands one ``batch`` entry may carry."""
 MAX_PLACEMENTS = 4096
 """Placements one ``task.place`` entry may carry (a scheduling round proposes at
 most ``MAX_DECISIONS_PER_ROUND``, 1024, of them)."""
@@ -213,6 +215,18 @@ class TaskPlace:
 
 
 @dataclass(frozen=True, slots=True)
+class Batch:
+    """Several encoded commands in one entry (the control API's task writes that
+    arrive together, ``runtime/sched_submit.py``): each is applied exactly as an
+    entry of its own would be -- its own rid, result and events -- in order; one
+    Raft append, fsync share and replication message for all of them.  A batch
+    inside a batch is refused (as that item's result)."""
+
+    OP: ClassVar[str] = "batch"
+    cmds: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class TaskStart:
     OP: ClassVar[str] = "task.start"
     task: str
@@ -292,6 +306,7 @@ Op = (
     | TaskSubmit
     | TaskAssign
     | TaskPlace
+    | Batch
     | TaskStart
     | TaskFinish
     | TaskCancel
@@ -307,7 +322,7 @@ OPS: dict[str, type[Any]] = {
     for cls in (
         KvPut, KvDelete, KvCas, ProposalCreate, ProposalVote, NodeRegister, NodeDrain,
         NodeUndrain, TaskSubmit, TaskAssign, TaskStart, TaskFinish, TaskCancel, TaskMigrate,
-        TaskLost, TaskFailNode, KvPutTtl, KvExpire, TaskPlace,
+        TaskLost, TaskFailNode, KvPutTtl, KvExpire, TaskPlace, Batch,
     )
 }  # fmt: skip
 
@@ -515,6 +530,12 @@ def _check_place(body: TaskPlace) -> str | None:
     return None
 
 
+def _check_batch(body: Batch) -> str | None:
+    if not 0 < len(body.cmds) <= MAX_BATCH:
+        return f"1-{MAX_BATCH} commands per batch"
+    return None
+
+
 def _check_fail_node(body: TaskFailNode) -> str | None:
     if not _name_ok(body.node) or len(body.targets) > MAX_TARGETS:
         return "node id must be non-empty; targets bounded"
@@ -581,6 +602,7 @@ _RULES: Final[dict[type[Any], Callable[[Any], str | None]]] = {
     TaskSubmit: _check_submit,
     TaskAssign: _check_task_move,
     TaskPlace: _check_place,
+    Batch: _check_batch,
     TaskStart: _check_task_move,
     TaskFinish: _check_task_move,
     TaskMigrate: _check_task_move,

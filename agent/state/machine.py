@@ -28,6 +28,7 @@ import msgpack
 from agent.errors import ConfigError, MeshError, ProtocolError, StorageError
 from agent.sched.config import SchedConfig
 from agent.state.commands import (
+    Batch,
     Command,
     KvCas,
     KvDelete,
@@ -130,6 +131,33 @@ class StateMachine(Queries):
                 cmd = decode_command(data)
             except ProtocolError as exc:
                 return ApplyResult(False, None, str(exc), [_entry(index, "invalid command")])
+        if type(cmd.body) is Batch:
+            return self._apply_batch(index, cmd.body)
+        return self._apply_command(index, cmd)
+
+    def _apply_batch(self, index: int, batch: Batch) -> ApplyResult:
+        """Each command of ``batch`` as if it were an entry of its own, in order; the
+        value is ``[[ok, value, error], ...]``, one row per command (the batch's own rid
+        is not used: each command carries its own)."""
+        rows: list[list[Any]] = []
+        events: list[Event] = []
+        placeable = False
+        for data in batch.cmds:
+            try:
+                cmd = decode_command(data)
+            except ProtocolError as exc:
+                rows.append([False, None, str(exc)])
+                continue
+            if type(cmd.body) is Batch:
+                rows.append([False, None, "a batch inside a batch"])
+                continue
+            result = self._apply_command(index, cmd)
+            rows.append([result.ok, result.value, result.error])
+            events += result.events
+            placeable = placeable or result.placeable
+        return ApplyResult(True, rows, None, events, placeable)
+
+    def _apply_command(self, index: int, cmd: Command) -> ApplyResult:
         # The consensus-log summary is only for subscribers: skip it when nobody
         # follows that topic (``summaries``; results and state do not depend on it).
         summary = summarize(cmd, self.name_of) if self.summaries else ""

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from agent.state.commands import (
+    Batch,
     Command,
     KvCas,
     KvDelete,
@@ -67,6 +68,7 @@ _FORMATS: Final[dict[type[Any], _Format]] = {
     TaskSubmit: lambda b, name: _submitted(b),
     TaskAssign: lambda b, name: f"task.assign {b.task} → {name(b.node)} (epoch {b.epoch})",
     TaskPlace: _placed,
+    Batch: lambda b, name: f"batch of {len(b.cmds)} commands",
     TaskStart: lambda b, name: f"task.start {b.task} on {name(b.node)} (epoch {b.epoch})",
     TaskFinish: lambda b, name: f"task.finish {b.task} exit {b.exit_code} on {name(b.node)}",
     TaskMigrate: lambda b, name: f"task.migrate {b.task} → {name(b.to)} ({b.reason})",

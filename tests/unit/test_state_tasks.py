@@ -182,6 +182,31 @@ def test_results_say_when_the_scheduler_may_have_something_new_to_place() -> Non
     assert not c(cmd_node_undrain("nobody", "", 7.0)).placeable  # refused
 
 
+def test_a_batch_applies_each_command_as_its_own_entry_would() -> None:
+    from agent.state import cmd_batch
+
+    one, many = Cluster(), Cluster()
+    cmds = [
+        cmd_task_submit(task_spec(["true"]), "r1", 1.0),
+        cmd_task_submit(task_spec(["false"], retries=0), "r2", 1.0),
+        cmd_task_submit(task_spec(["true"]), "r1", 1.0),  # a retry: applied once
+        cmd_task_assign("t1", "id1", 1, "", "", 2.0),
+        cmd_task_assign("t1", "id2", 1, "", "", 2.0),  # refused: stale epoch
+        b"\xc1",
+    ]
+    singles = [one(c) for c in cmds]
+    batch = many.ok(cmd_batch(cmds, "", 3.0))
+    assert batch.value == [[r.ok, r.value, r.error] for r in singles]
+    def task_events(events: list[dict[str, object]]) -> list[dict[str, object]]:
+        return [e for e in events if e["topic"] != "consensus"]
+
+    assert batch.placeable
+    assert task_events(batch.events) == task_events([e for r in singles for e in r.events])
+    assert [one.state(t) for t in ("t1", "t2")] == [many.state(t) for t in ("t1", "t2")]
+    nested = many.ok(cmd_batch([cmd_batch(cmds[:1], "", 3.0)], "", 3.0))
+    assert nested.value == [[False, None, "a batch inside a batch"]]
+
+
 def test_failed_run_retries_then_fails() -> None:
     c = Cluster()
     tid = c.submit(retries=1)

@@ -1,0 +1,98 @@
+"""Task writes from the control API coalesced into ``batch`` entries.
+
+Theory of operation: a client with many submits in flight (``meshtui submit`` in
+a loop, a workflow engine, the placement benchmark's 64) sends them down one
+socket; the control server reads several requests per wake-up and runs their
+handlers one after another.  Each ``task.*`` write handler hands its encoded
+command to ``CommitBatcher.commit``, which queues it and schedules one flush for
+the end of that pass of the event loop (``call_soon``): every write queued by
+then goes to Raft as one ``batch`` entry (``agent/state/commands.py``), in
+arrival order, at most ``MAX_COALESCED`` per entry.  A lone write is proposed
+as itself.  No timer is involved: nothing waits for company, so a single write
+is as quick as before, and a burst costs one Raft append, one share of an
+fsync, one replication message and one apply pass instead of one each.
+
+The state machine applies each command of a batch exactly as its own entry --
+its rid (a retried submit is still applied once), its result, its events --
+and each caller gets its own command's result, refusals raised as
+``handlers.common.committer`` raises them (``check``).  If the batch itself fails (no
+quorum, leader change), every caller gets that error and retries on its own,
+rid and all (a batch carries no rid of its own, so it is never resent whole).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from agent.state.builders import cmd_batch
+from agent.state.machine import ApplyResult
+
+MAX_COALESCED: Final = 256
+"""Commands one ``batch`` entry carries at most (default 256): bounds an entry's size
+(a submit is a few hundred bytes) and one apply pass; a client's in-flight window is
+usually well below it."""
+
+
+class CommitBatcher:
+    """``commit(command)`` as ``handlers.common.committer`` has it, coalescing the
+    commands queued in one pass of the event loop into ``batch`` entries."""
+
+    def __init__(
+        self,
+        propose: Callable[[bytes], Awaitable[ApplyResult]],
+        check: Callable[[ApplyResult], None] = lambda result: None,
+    ) -> None:
+        """``propose`` commits one command (``Proposer.propose``); ``check`` raises what
+        a refused result means (the handlers pass ``common.check_applied``)."""
+        self._propose = propose
+        self._check = check
+        self._queued: list[tuple[bytes, asyncio.Future[ApplyResult]]] = []
+        self._flush_due = False
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def commit(self, command: bytes) -> ApplyResult:
+        """Commit ``command``; its own apply result, after ``check``."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[ApplyResult] = loop.create_future()
+        self._queued.append((command, fut))
+        if not self._flush_due:
+            self._flush_due = True
+            loop.call_soon(self._flush)
+        result = await fut
+        self._check(result)
+        return result
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        queued, self._queued = self._queued, []
+        for start in range(0, len(queued), MAX_COALESCED):
+            task = asyncio.create_task(self._commit(queued[start : start + MAX_COALESCED]))
+            self._running.add(task)  # kept until done
+            task.add_done_callback(self._running.discard)
+
+    async def _commit(self, chunk: list[tuple[bytes, asyncio.Future[ApplyResult]]]) -> None:
+        try:
+            if len(chunk) == 1:
+                results = [await self._propose(chunk[0][0])]
+            else:
+                batch = await self._propose(cmd_batch([c for c, _ in chunk], "", time.time()))
+                results = split(batch, len(chunk))
+        except Exception as exc:  # the batch as a whole failed: every caller hears why
+            for _, fut in chunk:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for (_, fut), result in zip(chunk, results, strict=True):
+            if not fut.done():  # a caller that gave up (cancelled) is skipped
+                fut.set_result(result)
+
+
+def split(batch: ApplyResult, count: int) -> list[ApplyResult]:
+    """Each command's result from a batch's (``[[ok, value, error], ...]``); a refused
+    batch refuses every command with its error."""
+    if not batch.ok or not isinstance(batch.value, list) or len(batch.value) != count:
+        return [ApplyResult(False, None, batch.error or "batch refused")] * count
+    return [ApplyResult(bool(ok), value, error) for ok, value, error in batch.value]
