@@ -25,7 +25,7 @@ from typing import Any
 from agent.control.params import ListOf, MapOf, Schema, check_params
 from agent.runtime.handlers import artifacts, events, keys, kv, nodes, proposals, raftlog, replicas, status
 from agent.runtime.handlers.artifacts import ReplicaPort
-from agent.runtime.handlers.common import committer, reader
+from agent.runtime.handlers.common import check_applied, reader
 from agent.runtime.handlers.events import EventsPort, TopologyPort
 from agent.runtime.leader_wait import REQUEST_TIMEOUT, request_timeout_param
 from agent.runtime.ports import (
@@ -36,6 +36,7 @@ from agent.runtime.ports import (
     NodeNamer,
     TaskHandlers,
 )
+from agent.runtime.sched_submit import CommitBatcher
 from agent.runtime.views import StatusSources
 
 __all__ = ["METHOD_PARAMS", "ControlPorts", "Handler", "build_handlers", "strict"]
@@ -167,7 +168,10 @@ def build_handlers(ports: ControlPorts) -> dict[str, Handler]:
         **keys.handlers(ports.keyring),
         **events.handlers(ports.events, ports.topology),
         **raftlog.handlers(raft, ports.names),
-        **ports.tasks.handlers(committer(raft), reader(raft)),
+        # A client's task writes that arrive together commit as one batch entry.
+        **ports.tasks.handlers(
+            CommitBatcher(lambda cmd: raft.propose(cmd), check_applied).commit, reader(raft)
+        ),
         **artifacts.handlers(ports.replicas),
         **replicas.handlers(raft if isinstance(raft, replicas.ReplicaSetPort) else None, ports.names),
     }
