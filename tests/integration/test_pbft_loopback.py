@@ -70,6 +70,15 @@ def _writes(mesh: LocalMesh, counter: itertools.count[int]) -> bool:
     return False
 
 
+def _log_tails(mesh: LocalMesh) -> str:
+    """What each agent logged last (why a host did not start or join)."""
+    tails = []
+    for node in mesh.nodes:
+        text = node.log_file.read_text(errors="replace") if node.log_file.exists() else ""
+        tails.append(f"\n--- {node.name} (running={node.running})\n" + "\n".join(text.splitlines()[-8:]))
+    return "".join(tails)
+
+
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
     base = tmp_path_factory.mktemp("pbft")
@@ -78,9 +87,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
     mesh = LocalMesh(5, base_dir=base, extra_args=["--config", str(cfg)])
     mesh.start()
     try:
-        assert mesh.wait_ready(30)
+        assert mesh.wait_ready(30), _log_tails(mesh)
         wait_until("a 4-replica PBFT cluster", lambda: _formed(mesh), 60, 0.3,
-                   detail=lambda: _describe(mesh))
+                   detail=lambda: _describe(mesh) + _log_tails(mesh))
         yield mesh
     finally:
         mesh.stop()
