@@ -151,6 +151,7 @@ class ConsensusDriver(ClientRequests):
                 restored.damaged,
             )
         self._pending: dict[int, PendingWrite] = {}
+        self._queued_writes = []  # client writes for this pass's group commit
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._forwarder = Forwarder(
@@ -332,6 +333,10 @@ class ConsensusDriver(ClientRequests):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._io.drain()
+        for *_, queued in self._queued_writes:
+            if not queued.done():
+                queued.set_exception(NoQuorumError("agent is shutting down"))
+        self._queued_writes.clear()
         for pending in self._pending.values():
             if not pending.future.done():
                 pending.future.set_exception(NoQuorumError("agent is shutting down"))

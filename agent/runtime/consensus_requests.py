@@ -8,13 +8,27 @@ its answer comes back (see ``consensus.py``'s module doc for the rules: waiting
 for a leader up to the request timeout, following leader changes, resending a
 forwarded write whose answer does not come, "no quorum" only for a real
 minority).
+
+Group commit of client writes: the writes a leader is handed in one pass of the
+event loop (the control server dispatches every request of a read before it
+yields) are proposed together at the end of that pass (``call_soon``, no timer:
+a lone write goes as itself, as quick as before) as one ``batch`` entry of at
+most ``MAX_COALESCED`` commands (``agent/state/commands.py``: each is applied
+exactly as an entry of its own, with its own rid, result and events).  One log
+entry, WAL record, replicated entry and apply step then serve the whole burst
+instead of one per write -- on the followers too.  Each caller's future
+resolves to its own command's result; if the batch entry fails (leadership
+changed, commit timeout) every caller gets that error and may retry on its own
+(each command keeps its rid, so a retry is applied at most once).
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import functools
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +39,16 @@ from agent.runtime.diskfull import DiskFullMode
 from agent.runtime.forwarding import Forwarder, LeaderRefused, Retarget, result_answer
 from agent.runtime.leader_wait import LeaderWait
 from agent.runtime.messages import ForwardPropose, ForwardResult
+from agent.state.builders import cmd_batch
 from agent.state.commands import Command, decode_command
 from agent.state.machine import ApplyResult, StateMachine
+
+MAX_COALESCED = 256
+"""Client writes one ``batch`` entry carries at most (default 256): bounds an entry
+(a KV write is ~150 bytes) and one apply step; more queued writes go as further
+batches in the same pass."""
+
+_Queued = tuple[bytes, "Callable[[ApplyResult], Any] | None", "Command | None", "asyncio.Future[Any]"]
 
 
 def has_rid(command: bytes) -> bool:
@@ -65,6 +87,7 @@ class ClientRequests(abc.ABC):
     _apply_waiters: list[tuple[int, asyncio.Future[None]]]
     _read_timeout: float
     _loop: asyncio.AbstractEventLoop | None
+    _queued_writes: list[_Queued]
 
     @abc.abstractmethod
     def wake(self) -> None:
@@ -108,7 +131,7 @@ class ClientRequests(abc.ABC):
         if node.is_leader():
             if not node.has_quorum_contact():
                 raise NoQuorumError()
-            return self._propose_future(command, finish, decoded)
+            return self._queue_write(command, finish, decoded)
         leader = node.leader_id if node.has_quorum_contact() else ""
         if not leader and self._leader_wait.minority():
             raise NoQuorumError("fewer than a majority of the voters heard from")
@@ -190,7 +213,9 @@ class ClientRequests(abc.ABC):
         command: bytes,
         finish: Callable[[ApplyResult], Any] | None,
         decoded: Command | None = None,
+        fut: asyncio.Future[Any] | None = None,
     ) -> asyncio.Future[Any]:
+        """Append ``command``; ``fut`` (a new future if None) resolves once it is applied."""
         loop = self._loop or asyncio.get_running_loop()
         try:
             index, term = self._node.propose(command)
@@ -198,7 +223,8 @@ class ClientRequests(abc.ABC):
             raise
         except LocalError as exc:
             raise NoQuorumError(str(exc)) from None
-        fut: asyncio.Future[Any] = loop.create_future()
+        if fut is None:
+            fut = loop.create_future()
         stale = self._pending.pop(index, None)
         if stale is not None and not stale.future.done():
             # A new term reused this index: the old entry was overwritten.
@@ -209,6 +235,36 @@ class ClientRequests(abc.ABC):
         self._pending[index] = PendingWrite(term, fut, loop.time(), finish, decoded)
         self.wake()
         return fut
+
+    def _queue_write(
+        self, command: bytes, finish: Callable[[ApplyResult], Any] | None, decoded: Command | None
+    ) -> asyncio.Future[Any]:
+        """Queue a leader's client write for this pass's group commit (module doc)."""
+        loop = self._loop or asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        if not self._queued_writes:
+            loop.call_soon(self._flush_writes)
+        self._queued_writes.append((command, finish, decoded, fut))
+        return fut
+
+    def _flush_writes(self) -> None:
+        queued, self._queued_writes = self._queued_writes, []
+        for start in range(0, len(queued), MAX_COALESCED):
+            chunk = queued[start : start + MAX_COALESCED]
+            try:
+                if len(chunk) == 1:
+                    command, finish, decoded, fut = chunk[0]
+                    if not fut.done():  # the caller's own future waits for the entry
+                        self._propose_future(command, finish, decoded, fut)
+                    continue
+                data = cmd_batch([c for c, _, _, _ in chunk], "", time.time())
+                batch = self._propose_future(data, None)
+            except (NoQuorumError, NotLeaderError) as exc:
+                for _, _, _, waiting in chunk:
+                    if not waiting.done():
+                        waiting.set_exception(exc)
+                continue
+            batch.add_done_callback(functools.partial(_split_batch, chunk))
 
     async def _forward(
         self, leader: str, command: bytes, forward: Callable[[str, object], None]
@@ -291,3 +347,31 @@ class ClientRequests(abc.ABC):
             else:
                 keep.append((index, fut))
         self._apply_waiters = keep
+
+
+def _split_batch(chunk: list[_Queued], done: asyncio.Future[Any]) -> None:
+    """A batch entry was applied (or failed): each caller gets its own command's
+    result through its ``finish``, or the batch's error."""
+    cancelled = done.cancelled()
+    error = NoQuorumError("the write was cancelled") if cancelled else done.exception()
+    if error is None:
+        batch: ApplyResult = done.result()
+        rows = batch.value if batch.ok and isinstance(batch.value, list) else None
+        if rows is None or len(rows) != len(chunk):
+            refused = ApplyResult(False, None, batch.error or "batch refused")
+            rows = [[refused.ok, refused.value, refused.error]] * len(chunk)
+        for (_, finish, _, fut), (ok, value, err) in zip(chunk, rows, strict=True):
+            if fut.done():
+                continue
+            result = ApplyResult(bool(ok), value, err)
+            if finish is None:
+                fut.set_result(result)
+                continue
+            try:
+                fut.set_result(finish(result))
+            except Exception as exc:
+                fut.set_exception(exc)
+        return
+    for _, _, _, fut in chunk:
+        if not fut.done():
+            fut.set_exception(error)
