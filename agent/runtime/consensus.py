@@ -152,6 +152,7 @@ class ConsensusDriver(ClientRequests):
             )
         self._pending: dict[int, PendingWrite] = {}
         self._queued_writes = []  # client writes for this pass's group commit
+        self._batches_allowed: Callable[[], bool] = lambda: True  # see use_batch_gate
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._forwarder = Forwarder(
@@ -246,6 +247,12 @@ class ConsensusDriver(ClientRequests):
         """The link layer's "do we reach this voter now" for the minority rule
         (leader_wait.py); the composition root passes the router's."""
         self._leader_wait.reachable = reachable
+
+    def use_batch_gate(self, allowed: Callable[[], bool]) -> None:
+        """Whether every member applies ``batch`` entries now (``runtime/compat.py``:
+        during a rolling upgrade from a release without them, the group commit
+        proposes each write as itself)."""
+        self._batches_allowed = allowed
 
     async def leader_gone(self, leader: str) -> None:
         """``leader``'s port refuses connections (leader_loss.py): forget it, which

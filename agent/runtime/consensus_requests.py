@@ -35,6 +35,7 @@ from typing import Any
 
 from agent.errors import DiskFullError, LocalError, NoQuorumError, NotLeaderError, ProtocolError
 from agent.raft.core import RaftNode
+from agent.runtime.compat import is_batch
 from agent.runtime.diskfull import DiskFullMode
 from agent.runtime.forwarding import Forwarder, LeaderRefused, Retarget, result_answer
 from agent.runtime.leader_wait import LeaderWait
@@ -88,6 +89,7 @@ class ClientRequests(abc.ABC):
     _read_timeout: float
     _loop: asyncio.AbstractEventLoop | None
     _queued_writes: list[_Queued]
+    _batches_allowed: Callable[[], bool]
 
     @abc.abstractmethod
     def wake(self) -> None:
@@ -249,8 +251,7 @@ class ClientRequests(abc.ABC):
 
     def _flush_writes(self) -> None:
         queued, self._queued_writes = self._queued_writes, []
-        for start in range(0, len(queued), MAX_COALESCED):
-            chunk = queued[start : start + MAX_COALESCED]
+        for chunk in _group(queued, self._batches_allowed()):
             try:
                 if len(chunk) == 1:
                     command, finish, decoded, fut = chunk[0]
@@ -347,6 +348,29 @@ class ClientRequests(abc.ABC):
             else:
                 keep.append((index, fut))
         self._apply_waiters = keep
+
+
+def _group(queued: list[_Queued], batches: bool) -> list[list[_Queued]]:
+    """A pass's writes as the entries to propose, in order: runs of up to
+    ``MAX_COALESCED`` writes (one batch entry each), but a write that is itself a
+    batch (``runtime/sched_submit.py``'s) goes alone, as does every write while
+    ``batches`` is False (a member that does not apply them: ``runtime/compat.py``)."""
+    chunks: list[list[_Queued]] = []
+    run: list[_Queued] = []
+    for item in queued:
+        if batches and not is_batch(item[0]):
+            run.append(item)
+            if len(run) == MAX_COALESCED:
+                chunks.append(run)
+                run = []
+            continue
+        if run:
+            chunks.append(run)
+            run = []
+        chunks.append([item])
+    if run:
+        chunks.append(run)
+    return chunks
 
 
 def _split_batch(chunk: list[_Queued], done: asyncio.Future[Any]) -> None:

@@ -308,6 +308,13 @@ class TaskFigures(Protocol):
 class TaskHandlers(Protocol):
     """The ``task.*`` control methods (``TaskRuntime.handlers``)."""
 
+    def compatible(
+        self, propose: Callable[[bytes], Awaitable[ApplyResult]]
+    ) -> Callable[[bytes], Awaitable[ApplyResult]]:
+        """``propose`` that writes newer command kinds in older ones while the
+        cluster runs mixed releases (``runtime/compat.py``)."""
+        ...
+
     def handlers(
         self,
         commit: Callable[[bytes], Awaitable[ApplyResult]],

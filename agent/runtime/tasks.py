@@ -33,6 +33,7 @@ from agent.config import AgentConfig
 from agent.errors import TaskError
 from agent.executor import ExecEvent, Executor
 from agent.runtime.artifacts import ReplicaService
+from agent.runtime.compat import CompatProposer, Propose
 from agent.runtime.output import TaskOutput
 from agent.runtime.ports import PeerSender, TaskConsensus, TaskMembers
 from agent.runtime.scheduler import LeaderScheduler, build_snapshot
@@ -87,7 +88,7 @@ class TaskRuntime:
             node_id=node_id,
             executor=self.executor,
             records=lambda: consensus.queries,
-            propose=consensus.propose,
+            propose=self.compatible(consensus.propose),
             replicate=lambda task, epoch: [],  # after_run replicates
             lease=self.watchdog,
             cpu=self.cpu,
@@ -105,7 +106,7 @@ class TaskRuntime:
             has_quorum=consensus.has_quorum,
             snapshot=self.snapshot,
             sched_config=lambda: consensus.queries.sched_config(sched_base),
-            propose=consensus.propose_local,
+            propose=self.compatible(consensus.propose_local),
             send_to_node=peers.send_to_node,
             reply=peers.send_to_addr,
             local_bid=self._my_bid,
@@ -210,6 +211,15 @@ class TaskRuntime:
         )
 
     # ------------------------------------------------------------ control API
+
+    def compatible(self, propose: Propose) -> CompatProposer:
+        """``propose`` writing ``batch`` and ``task.place`` in the older commands while
+        a member of the cluster runs a release that does not apply them
+        (``runtime/compat.py``: a rolling upgrade)."""
+        return CompatProposer(propose, self._member_versions)
+
+    def _member_versions(self) -> list[str | None]:
+        return [m.meta.version for m in self._members.members()]
 
     def handlers(
         self,

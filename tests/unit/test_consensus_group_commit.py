@@ -15,9 +15,11 @@ from typing import Any
 from support.wait import wait_until_async
 
 from agent.raft.config import RaftConfig
+from agent.runtime.compat import is_batch
 from agent.runtime.consensus import ConsensusDriver
 from agent.runtime.consensus_requests import MAX_COALESCED
 from agent.runtime_config import RuntimeConfig
+from agent.state.builders import cmd_batch
 from agent.state.commands import KvCas, KvPut, encode_command
 
 WAIT = 5.0
@@ -95,6 +97,35 @@ def test_a_retried_command_in_a_batch_is_applied_once(tmp_path: Path) -> None:
             first, second = driver.submit(same), driver.submit(same)  # one batch, one rid
             a, b = await asyncio.wait_for(asyncio.gather(first, second), WAIT)
             assert a.ok and b.ok and a.value == b.value
+        finally:
+            await driver.close()
+
+    asyncio.run(run())
+
+
+def test_a_batch_goes_alone_and_nothing_is_batched_for_an_older_member(tmp_path: Path) -> None:
+    """A command that is itself a batch (the control API's task writes) is never put
+    inside another (the state machine refuses that); while a member runs a release
+    without batch entries (runtime/compat.py) every write is an entry of its own."""
+
+    async def run() -> None:
+        driver = await leading(tmp_path)
+        try:
+            inner = cmd_batch([put("b1", b"v"), put("b2", b"v")], "", time.time())
+            assert is_batch(inner) and not is_batch(put("x", b"v"))
+            before = driver.status()["commit_index"]
+            futures = [driver.submit(put("p1", b"v")), driver.submit(inner), driver.submit(put("p2", b"v")),
+                       driver.submit(put("p3", b"v"))]
+            first, batch, *_rest = await asyncio.wait_for(asyncio.gather(*futures), WAIT)
+            assert first.ok and batch.ok and [row[0] for row in batch.value] == [True, True]
+            # p1 | the batch | p2 + p3: three entries, in the order they came.
+            assert driver.status()["commit_index"] - before == 3
+            assert driver.queries.kv_get("t", "b2") is not None
+            driver.use_batch_gate(lambda: False)
+            before = driver.status()["commit_index"]
+            writes = [driver.submit(put(f"o{i}", b"v")) for i in range(4)]
+            done = await asyncio.wait_for(asyncio.gather(*writes), WAIT)
+            assert all(r.ok for r in done) and driver.status()["commit_index"] - before == 4
         finally:
             await driver.close()
 

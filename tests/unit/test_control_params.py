@@ -65,7 +65,8 @@ def fake_ports() -> ControlPorts:
     state = SimpleNamespace(kv_get=lambda ns, key: None, applied_index=7)
     runtime = SimpleNamespace(_consensus=SimpleNamespace(queries=state), output=None)
     tasks = SimpleNamespace(
-        handlers=lambda commit, read: TaskRuntime.handlers(runtime, commit, read)  # type: ignore[arg-type]
+        handlers=lambda commit, read: TaskRuntime.handlers(runtime, commit, read),  # type: ignore[arg-type]
+        compatible=lambda propose: propose,
     )
     return ControlPorts(
         consensus=SimpleNamespace(), state=state, names=SimpleNamespace(),  # type: ignore[arg-type]

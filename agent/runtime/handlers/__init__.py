@@ -170,7 +170,8 @@ def build_handlers(ports: ControlPorts) -> dict[str, Handler]:
         **raftlog.handlers(raft, ports.names),
         # A client's task writes that arrive together commit as one batch entry.
         **ports.tasks.handlers(
-            CommitBatcher(lambda cmd: raft.propose(cmd), check_applied).commit, reader(raft)
+            CommitBatcher(ports.tasks.compatible(lambda cmd: raft.propose(cmd)), check_applied).commit,
+            reader(raft),
         ),
         **artifacts.handlers(ports.replicas),
         **replicas.handlers(raft if isinstance(raft, replicas.ReplicaSetPort) else None, ports.names),
