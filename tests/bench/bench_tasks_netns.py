@@ -45,6 +45,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -379,6 +380,9 @@ def main() -> None:
     parser.add_argument("--py-spy", default="", metavar="DIR",
                         help="py-spy raw profiles of the leader and one host per run")
     args = parser.parse_args()
+    # A SIGTERM (timeout, kill) unwinds through the labs' finally blocks: namespaces
+    # and agents are removed, as on any other failure.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces)")
     if not args.skip_parallel and shutil.which("parallel") is None:
