@@ -107,17 +107,28 @@ def bid_applies(bid: Bid, task: TaskView) -> bool:
 
 
 def apply_bid(node: NodeView, bid: Bid) -> NodeView:
-    """The node's view with the figures from its own (fresher) bid."""
+    """The node's view with the figures from its own (fresher) bid; its task counts
+    never below the leader's (``bid_load``)."""
+    extra = max(0, node.running + node.queued - bid.running - bid.queued)
     return replace(
         node,
         cpu=bid.cpu,
         mem_free=bid.mem_free,
         slots=bid.slots,
         running=bid.running,
-        queued=bid.queued,
+        queued=bid.queued + extra,
         success_rate=bid.success_rate,
         mean_duration=bid.mean_duration,
     )
+
+
+def bid_load(node: NodeView, bid: Bid) -> int:
+    """A host's tasks (running + queued) for scoring: its bid's count, but never fewer
+    than the leader's committed state gives it.  A host answers from the state it has
+    applied, which may not hold the placements the leader has just committed to it
+    yet (rounds woken by each submit run back to back): a count from before them
+    would pile the next tasks onto that host."""
+    return max(bid.running + bid.queued, node.running + node.queued)
 
 
 class AuctionBoard:
@@ -210,7 +221,7 @@ class AuctionBoard:
             if offered is not None:
                 base = self._base_from(
                     offered.cpu, offered.mem_free, offered.slots,
-                    offered.running + offered.queued + self._added.get(node_id, 0),
+                    bid_load(self._views[node_id], offered) + self._added.get(node_id, 0),
                     offered.success_rate, offered.mean_duration, fastest,
                 )  # fmt: skip
             elif reuse:

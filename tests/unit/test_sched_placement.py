@@ -351,3 +351,14 @@ def test_a_burst_spreads_over_full_hosts() -> None:
         assert p.node is not None
         per_node[p.node] = per_node.get(p.node, 0) + 1
     assert len(per_node) == 4 and max(per_node.values()) <= 20, per_node
+
+
+def test_a_bid_that_lags_the_leaders_state_does_not_pile_tasks_on_its_host() -> None:
+    """A host bids from the state it has applied; the leader may already have committed
+    placements to it (rounds woken by each submit run back to back).  Its count is
+    never taken below the leader's, so the next task goes to the emptier host."""
+    nodes = (NodeView("a", slots=2, running=2), NodeView("b", slots=2, running=1))
+    snap = ClusterSnapshot(nodes)
+    stale = {"a": Bid(7, "", "a", 0, 0.0, 1.0, 2, 0, 0, 1.0, None),  # has not applied its 2
+             "b": Bid(7, "", "b", 0, 0.0, 1.0, 2, 1, 0, 1.0, None)}
+    assert run_auction(TaskView("t9", epoch=0), snap, stale) == "b"
