@@ -22,6 +22,7 @@ group, switches between them when a replacement takes effect, and offers the
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import time
@@ -47,7 +48,10 @@ Previous = tuple[tuple[str, ...], int] | None
 """The group before the last replacement and the checkpoint it ended at."""
 
 
-class PbftRoles:
+class PbftRoles(abc.ABC):
+    """Replica/follower roles and the replica group; :class:`PbftDriver` provides the
+    state below and the two hooks."""
+
     node_id: str
     pbft_config: PbftConfig
     _cluster: PbftCluster
@@ -58,17 +62,19 @@ class PbftRoles:
     _follower: PbftFollower | None
     _alive: Callable[[], list[str]]
 
-    def _report_role(self) -> None:  # PbftDriver's
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _report_role(self) -> None:
+        """Tell the runtime this host's role (replica, follower) after a change."""
 
+    @abc.abstractmethod
     def submit(
         self,
         command: bytes,
         forward: Callable[[str, object], None] | None = None,
         finish: Callable[[ApplyResult], Any] | None = None,
         decoded: Command | None = None,
-    ) -> asyncio.Future[Any]:  # PbftDriver's
-        raise NotImplementedError
+    ) -> asyncio.Future[Any]:
+        """Send ``command`` as a signed request (used here for ``replicas.replace``)."""
 
     # ------------------------------------------------------------ the group
 
