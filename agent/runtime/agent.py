@@ -54,7 +54,7 @@ from agent.pbft import messages as pbft_messages
 from agent.raft import messages as raft_messages
 from agent.runtime import event_loop, replica_messages
 from agent.runtime.bootstrap import BootstrapGate, founding_voters
-from agent.runtime.compat import BATCH_RELEASE, cluster_applies
+from agent.runtime.compat import batches_applied
 from agent.runtime.consensus import ConsensusDriver
 from agent.runtime.event_messages import WIRE_TYPES as EVENT_WIRE_TYPES
 from agent.runtime.event_messages import EventAck, UserEvent
@@ -276,8 +276,7 @@ class Agent:
             consensus.use_reachability(router.reachable)
             # Group commit only once every member applies batch entries (a rolling
             # upgrade runs older releases beside this one: runtime/compat.py).
-            consensus.use_batch_gate(lambda: cluster_applies(
-                (m.meta.version for m in membership.members()), BATCH_RELEASE))
+            consensus.use_batch_gate(batches_applied(membership.members))
         # Link state and relays (issue 20): the live members, SWIM's helper ranking and
         # probe paths; the leader's replication streams (every member is a voter or a
         # learner today) are outside the stream cap.

@@ -41,6 +41,7 @@ import msgpack
 from agent.state import builders
 from agent.state.commands import Batch, TaskPlace, decode_command
 from agent.state.machine import ApplyResult
+from agent.swim.members import MemberView
 
 BATCH_RELEASE: Final = (0, 2, 0)
 """The first release whose state machine applies ``batch`` and ``task.place``."""
@@ -50,6 +51,8 @@ _VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 _BATCH_MARK: Final[bytes] = msgpack.packb("op") + msgpack.packb(Batch.OP)
 """How an encoded ``batch`` command goes on after its map header: ``encode_command``
 writes ``op`` first."""
+_PLACE_MARK: Final[bytes] = msgpack.packb("op") + msgpack.packb(TaskPlace.OP)
+"""The same for ``task.place``."""
 
 Propose = Callable[[bytes], Awaitable[ApplyResult]]
 
@@ -58,6 +61,12 @@ def is_batch(command: bytes) -> bool:
     """Whether encoded ``command`` is a ``batch`` (without decoding it; a batch
     must not go inside another: the state machine refuses that)."""
     return command[1 : 1 + len(_BATCH_MARK)] == _BATCH_MARK
+
+
+def _is_newer_kind(command: bytes) -> bool:
+    """Whether encoded ``command`` is of a kind the gate applies to (module doc)."""
+    after_header = command[1 : 1 + max(len(_BATCH_MARK), len(_PLACE_MARK))]
+    return after_header.startswith(_BATCH_MARK) or after_header.startswith(_PLACE_MARK)
 
 
 def release_of(version: str) -> tuple[int, int, int] | None:
@@ -78,23 +87,29 @@ def cluster_applies(versions: Iterable[str | None], release: tuple[int, int, int
     return True
 
 
+def batches_applied(members: Callable[[], Iterable[MemberView]]) -> Callable[[], bool]:
+    """The gate for ``batch`` and ``task.place``: every member in ``members()`` (SWIM's
+    list, whatever their state) gossips ``BATCH_RELEASE`` or later."""
+    return lambda: cluster_applies((m.meta.version for m in members()), BATCH_RELEASE)
+
+
 class CompatProposer:
     """``propose`` for the state machine's newer command kinds (module doc): passes a
     command through while the cluster applies its kind, writes it in the older
     commands while it does not."""
 
-    def __init__(self, propose: Propose, versions: Callable[[], Iterable[str | None]]) -> None:
-        """``versions()``: the release of every member of the cluster (None: unknown)."""
+    def __init__(self, propose: Propose, allowed: Callable[[], bool]) -> None:
+        """``allowed()``: whether the cluster applies the newer kinds now
+        (``batches_applied``)."""
         self._propose = propose
-        self._versions = versions
+        self._allowed = allowed
         self.downgraded = 0
         """Commands written in the older form (a counter for tests and reports)."""
 
-    def batches_allowed(self) -> bool:
-        return cluster_applies(self._versions(), BATCH_RELEASE)
-
     async def __call__(self, command: bytes) -> ApplyResult:
-        if self.batches_allowed():
+        # Only the newer kinds ask about the cluster: every other command (a report,
+        # a single submit) goes straight through.
+        if not _is_newer_kind(command) or self._allowed():
             return await self._propose(command)
         decoded = decode_command(command)
         body = decoded.body

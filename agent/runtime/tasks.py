@@ -33,7 +33,7 @@ from agent.config import AgentConfig
 from agent.errors import TaskError
 from agent.executor import ExecEvent, Executor
 from agent.runtime.artifacts import ReplicaService
-from agent.runtime.compat import CompatProposer, Propose
+from agent.runtime.compat import CompatProposer, Propose, batches_applied
 from agent.runtime.output import TaskOutput
 from agent.runtime.ports import PeerSender, TaskConsensus, TaskMembers
 from agent.runtime.scheduler import LeaderScheduler, build_snapshot
@@ -216,10 +216,7 @@ class TaskRuntime:
         """``propose`` writing ``batch`` and ``task.place`` in the older commands while
         a member of the cluster runs a release that does not apply them
         (``runtime/compat.py``: a rolling upgrade)."""
-        return CompatProposer(propose, self._member_versions)
-
-    def _member_versions(self) -> list[str | None]:
-        return [m.meta.version for m in self._members.members()]
+        return CompatProposer(propose, batches_applied(self._members.members))
 
     def handlers(
         self,

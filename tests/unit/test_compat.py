@@ -5,14 +5,28 @@ release applies, with the same effect on the state and the same result shape."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from types import SimpleNamespace
 
 from test_state_tasks import Cluster
 
 from agent import __version__
-from agent.runtime.compat import BATCH_RELEASE, CompatProposer, cluster_applies, release_of
+from agent.runtime.compat import (
+    BATCH_RELEASE,
+    CompatProposer,
+    batches_applied,
+    cluster_applies,
+    release_of,
+)
 from agent.state.builders import cmd_batch, cmd_kv_put, cmd_task_place, cmd_task_submit, task_spec
 from agent.state.commands import decode_command
 from agent.state.machine import ApplyResult
+
+
+def gate(*versions: str | None) -> Callable[[], bool]:
+    """The gate as the agent builds it, over members gossiping ``versions``."""
+    members = [SimpleNamespace(meta=SimpleNamespace(version=v)) for v in versions]
+    return batches_applied(lambda: members)  # type: ignore[arg-type,return-value]
 
 
 class Log:
@@ -52,8 +66,8 @@ def test_a_place_for_an_older_cluster_is_one_assign_each_with_the_same_effect() 
     upgraded = Log(new)
     mixed = Log(old)
     place = cmd_task_place(items, "", 2.0)
-    direct = asyncio.run(CompatProposer(upgraded, lambda: ["0.2.0", "0.2.0"])(place))
-    written = CompatProposer(mixed, lambda: ["0.2.0", "0.1.0"])
+    direct = asyncio.run(CompatProposer(upgraded, gate("0.2.0", "0.2.0"))(place))
+    written = CompatProposer(mixed, gate("0.2.0", "0.1.0"))
     downgraded = asyncio.run(written(place))
     assert upgraded.ops == ["task.place"] and mixed.ops == ["task.assign"] * 4
     assert written.downgraded == 1
@@ -68,8 +82,8 @@ def test_a_batch_for_an_older_cluster_is_its_commands_in_order() -> None:
     cmds.append(cmds[0])  # a retried submit (same rid) is applied once either way
     batch = cmd_batch(cmds, "", 1.0)
     upgraded, mixed = Log(new), Log(old)
-    direct = asyncio.run(CompatProposer(upgraded, lambda: ["0.2.0"])(batch))
-    downgraded = asyncio.run(CompatProposer(mixed, lambda: ["0.2.0", "0.1.9"])(batch))
+    direct = asyncio.run(CompatProposer(upgraded, gate("0.2.0"))(batch))
+    downgraded = asyncio.run(CompatProposer(mixed, gate("0.2.0", "0.1.9"))(batch))
     assert upgraded.ops == ["batch"] and mixed.ops == ["task.submit"] * 4
     assert direct.ok and downgraded.ok and direct.value == downgraded.value
     assert new.sm.task_rows() == old.sm.task_rows() and len(new.sm.task_rows()) == 3
@@ -78,5 +92,5 @@ def test_a_batch_for_an_older_cluster_is_its_commands_in_order() -> None:
 def test_other_commands_pass_through_whatever_the_cluster_runs() -> None:
     c = Cluster()
     log = Log(c)
-    result = asyncio.run(CompatProposer(log, lambda: ["0.1.0"])(cmd_kv_put("default", "k", b"v", "", 1.0)))
+    result = asyncio.run(CompatProposer(log, gate("0.1.0"))(cmd_kv_put("default", "k", b"v", "", 1.0)))
     assert result.ok and log.ops == ["kv.put"]
