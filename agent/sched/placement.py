@@ -109,14 +109,13 @@ def bid_applies(bid: Bid, task: TaskView) -> bool:
 def apply_bid(node: NodeView, bid: Bid) -> NodeView:
     """The node's view with the figures from its own (fresher) bid; its task counts
     never below the leader's (``bid_load``)."""
-    extra = max(0, node.running + node.queued - bid.running - bid.queued)
     return replace(
         node,
         cpu=bid.cpu,
         mem_free=bid.mem_free,
         slots=bid.slots,
         running=bid.running,
-        queued=bid.queued + extra,
+        queued=bid_load(node, bid) - bid.running,
         success_rate=bid.success_rate,
         mean_duration=bid.mean_duration,
     )
