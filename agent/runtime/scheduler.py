@@ -235,9 +235,11 @@ class LeaderScheduler:
         # What is in flight and who is dead as of the snapshot: the plan is made
         # against that instant, even though the bids take a moment to arrive.
         busy = frozenset(self._inflight)
+        # Taken with the snapshot too: a placement that commits while the bids are out
+        # is not in the snapshot's counts, and must still count on its host.
+        placing = {t: n for t, n in self._placing.items() if t in busy}
         dead_before = dict(self.dead_since)
         bids = await self.collect_bids(snap) if needs_bids(snap, busy) else None
-        placing = {t: n for t, n in self._placing.items() if t in busy}
         plan = plan_round(
             snap, self.heat, cfg, dead_before, busy, self.lease, bids, placing=placing
         )

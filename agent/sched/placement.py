@@ -4,9 +4,16 @@ Theory of operation: a host is *eligible* for a task when it is alive, not
 draining, and has at least ``min_capability_match`` (0.7) of the task's
 required capabilities (1.0 when none are required).  Among eligible hosts:
 
-* auction -- score = 0.4·match + 0.3·(1 - cpu) + 0.2·performance +
-  0.1·availability, from each host's fresh ``Bid`` when it arrived in time and
-  from gossiped state otherwise; the highest score wins;
+* auction -- a host with a free slot always beats a host without one
+  (``queue_wait``: 0 while a slot is free, else the tasks ahead of one more per
+  slot; the least wait wins among full hosts).  Among hosts of equal wait, score
+  = 0.4·match + 0.3·(1 - cpu) + 0.2·performance + 0.1·availability, from each
+  host's fresh ``Bid`` when it arrived in time and from gossiped state
+  otherwise; the highest score wins.  A host's tasks are its running and
+  queued ones as the leader's committed state counts them (never fewer than
+  its bid says), plus the placements proposed and not yet applied, plus this
+  round's decisions: CPU is a reading that trails a burst (a just-started host
+  reads 0 until its tasks run), so it must never outweigh a full queue;
 * capability -- the best match wins, then the least loaded host;
 * hash -- the first eligible host of the key's preference list on the ring.
 
@@ -68,10 +75,23 @@ def availability(node: NodeView) -> float:
     """Resource availability, 0..1: half slot headroom, half free memory.
 
     Slot headroom is ``slots / (slots + busy)`` (busy = running + queued): 1 when
-    idle, 0.5 when full, and still falling as a full host's queue grows, so a
-    burst of submissions spreads instead of piling onto the host whose other
-    terms happen to be best (a plain free-slot fraction stops at 0 when full)."""
+    idle, 0.5 when full, and still falling as a full host's queue grows.  It weighs
+    little (0.1 of the score, half of it the queue) beside CPU (0.3), so it orders
+    hosts only among those with the same ``queue_wait``; the wait, ranked before the
+    score, is what keeps a burst from piling onto the host whose CPU reads lowest."""
     return _availability(node.slots, node.running + node.queued, node.mem_free)
+
+
+def queue_wait(slots: int, busy: int) -> float:
+    """How long a task placed on a host would wait, in slots' worth of tasks: 0 while
+    the host has a free slot (``busy < slots``), else the tasks ahead of it per slot,
+    ``(busy + 1 - slots) / slots``.  The auction's first key: a host with a free slot
+    never loses to one without, and among full hosts the shortest queue per slot wins
+    (so a burst larger than the mesh's slots spreads evenly, whatever the CPU terms)."""
+    slots = max(1, slots)
+    if busy < slots:
+        return 0.0
+    return round((busy + 1 - slots) / slots, SCORE_DIGITS)
 
 
 def _performance(success_rate: float, mean_duration: float | None, fastest: float | None) -> float:
@@ -139,7 +159,9 @@ class AuctionBoard:
     recomputed from the counts, no new ``NodeView`` per decision).
     """
 
-    __slots__ = ("_added", "_base", "_bumped", "_schedulable", "_views", "cfg", "fastest")
+    __slots__ = (
+        "_added", "_base", "_bumped", "_schedulable", "_views", "_wait", "cfg", "fastest",
+    )  # fmt: skip
 
     def __init__(self, nodes: Iterable[NodeView], cfg: SchedConfig) -> None:
         self.cfg = cfg
@@ -148,6 +170,7 @@ class AuctionBoard:
         # Speed is relative to the fastest host with history anywhere in the mesh.
         self.fastest = _fastest(self._views.values())
         self._base = {n.id: self._base_of(n, self.fastest) for n in self._views.values()}
+        self._wait = {n.id: queue_wait(n.slots, n.running + n.queued) for n in self._views.values()}
         self._added: dict[str, int] = {}  # decisions made on this board, per host
         self._bumped: dict[str, NodeView] | None = None
 
@@ -192,11 +215,18 @@ class AuctionBoard:
         added = self._added[node_id] = self._added.get(node_id, 0) + queued
         view = self._views[node_id]
         self._base[node_id] = self._base_of(view, self.fastest, added)
+        self._wait[node_id] = queue_wait(view.slots, view.running + view.queued + added)
         if self._bumped is not None:
             self._bumped[node_id] = bump_queued(view, added)
 
     def scores(self, task: TaskView, bids: Mapping[str, Bid] | None = None) -> dict[str, float]:
         """Score of every eligible host; a bid replaces gossip only for this task and epoch."""
+        return {node_id: score for node_id, (_, score) in self.ranks(task, bids).items()}
+
+    def ranks(
+        self, task: TaskView, bids: Mapping[str, Bid] | None = None
+    ) -> dict[str, tuple[float, float]]:
+        """``(queue_wait, score)`` of every eligible host (the wait first: lower wins)."""
         cfg = self.cfg
         fresh: dict[str, Bid] = {}
         for node_id, bid in (bids or {}).items():
@@ -211,31 +241,35 @@ class AuctionBoard:
         required = task.caps
         need = len(required)
         weight_cap, min_match = cfg.weight_capability, cfg.min_capability_match
-        scores: dict[str, float] = {}
+        ranks: dict[str, tuple[float, float]] = {}
         for node_id, caps in self._schedulable:
             match = len(required & caps) / need if need else 1.0
             if match < min_match:
                 continue
             offered = fresh.get(node_id) if fresh else None
             if offered is not None:
+                busy = bid_load(self._views[node_id], offered) + self._added.get(node_id, 0)
+                wait = queue_wait(offered.slots, busy)
                 base = self._base_from(
-                    offered.cpu, offered.mem_free, offered.slots,
-                    bid_load(self._views[node_id], offered) + self._added.get(node_id, 0),
+                    offered.cpu, offered.mem_free, offered.slots, busy,
                     offered.success_rate, offered.mean_duration, fastest,
                 )  # fmt: skip
-            elif reuse:
-                base = self._base[node_id]
             else:
-                base = self._base_of(self._views[node_id], fastest, self._added.get(node_id, 0))
-            scores[node_id] = round(weight_cap * match + base, SCORE_DIGITS)
-        return scores
+                wait = self._wait[node_id]
+                base = (
+                    self._base[node_id] if reuse
+                    else self._base_of(self._views[node_id], fastest, self._added.get(node_id, 0))
+                )  # fmt: skip
+            ranks[node_id] = (wait, round(weight_cap * match + base, SCORE_DIGITS))
+        return ranks
 
     def winner(self, task: TaskView, bids: Mapping[str, Bid] | None = None) -> str:
-        """Highest score, ties to the smallest node id; ``SchedulingError`` if none."""
-        scores = self.scores(task, bids)
-        if not scores:
+        """The least ``queue_wait``, then the highest score, then the smallest node id;
+        ``SchedulingError`` if no host is eligible."""
+        ranks = self.ranks(task, bids)
+        if not ranks:
             raise no_host_error(task, self.nodes.values())
-        return min(scores, key=lambda node_id: (-scores[node_id], node_id))
+        return min(ranks, key=lambda node_id: (ranks[node_id][0], -ranks[node_id][1], node_id))
 
 
 def _fastest(nodes: Iterable[NodeView]) -> float | None:
