@@ -218,9 +218,10 @@ def test_hot_host_moves_a_running_restartable_task_to_a_cold_one(
                    cwd="", caps=[], key="hot", strategy="hash", priority=0, retries=0,
                    timeout=120.0, restartable=True, rid=f"burner-{i}")
         ids.append(res["id"] if isinstance(res, dict) else res)
+    names = set(mesh3.names())  # rows name a host by its id until its name is registered
     rows = wait_until("both burners to run", lambda: (r := task_rows(mesh3)) and all(
-        r.get(i, {}).get("state") == "running" for i in ids) and r, 30, 0.2,
-        detail=lambda: task_rows(mesh3))
+        r.get(i, {}).get("state") == "running" and r[i]["node"] in names for i in ids) and r,
+        30, 0.2, detail=lambda: task_rows(mesh3))
     hot = {rows[i]["node"] for i in ids}
     assert len(hot) == 1, f"the key did not put both on one host: {rows}"
 
@@ -241,7 +242,8 @@ def test_hot_host_moves_a_running_restartable_task_to_a_cold_one(
         rows = wait_until(
             "the moved burner to run on a cold host",
             lambda: (r := task_rows(mesh3)) and r[record["id"]]["state"] == "running"
-            and r[record["id"]]["node"] not in hot and r, 30, 0.2, detail=lambda: task_rows(mesh3),
+            and r[record["id"]]["node"] in names - hot and r, 30, 0.2,
+            detail=lambda: task_rows(mesh3),
         )
         assert rows[record["id"]]["epoch"] > 1
 
@@ -259,7 +261,7 @@ def test_hot_host_moves_a_running_restartable_task_to_a_cold_one(
             return all(cpu.get(h) is not None and cpu[h] < HOT_EXIT for h in hot)
 
         wait_until("the hot host's reading to fall below the hot exit", settled, 30, 0.5,
-                   detail=lambda: readings[-8:])
+                   detail=lambda: f"hot host {sorted(hot)}; readings {readings[-8:]}")
         assert overlaps(log) == [], overlaps(log)
     finally:
         for i in ids:
