@@ -18,6 +18,14 @@ and each caller gets its own command's result, refusals raised as
 ``handlers.common.committer`` raises them (``check``).  If the batch itself fails (no
 quorum, leader change), every caller gets that error and retries on its own,
 rid and all (a batch carries no rid of its own, so it is never resent whole).
+
+``task.submit_many`` (``submit_many``) carries many tasks in one control
+request: each is checked and committed exactly as its own ``task.submit``
+(its params, its rid, its own command inside the batch entry), and the request
+is answered once every one of them is committed.  It spares a client that
+submits thousands of tasks the per-request costs -- a frame each way, a
+handler run, a reply -- on both ends of the socket; the log sees the same
+batch entries as for the same tasks sent one request each.
 """
 
 from __future__ import annotations
@@ -25,8 +33,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Any, Final
 
+from agent.control.params import Schema, check_params
+from agent.control.server import error_reply
 from agent.state.builders import cmd_batch
 from agent.state.machine import ApplyResult
 
@@ -34,6 +44,52 @@ MAX_COALESCED: Final = 256
 """Commands one ``batch`` entry carries at most (default 256): bounds an entry's size
 (a submit is a few hundred bytes) and one apply pass; a client's in-flight window is
 usually well below it."""
+
+
+MAX_SUBMIT_MANY: Final = 1024
+"""Tasks one ``task.submit_many`` request may carry (default 1024): bounds the request
+(a task's params are about 100 bytes) and what one request puts into the log at once
+(4 batch entries of ``MAX_COALESCED``); a client with more sends several requests."""
+
+REFUSALS: Final = frozenset({"bad_request", "not_found"})
+"""Error codes that refuse one task of a ``task.submit_many`` (its params, a limit this
+host cannot enforce, the state machine's word) and leave the others; any other error
+(no quorum, leader change, full disk) fails the whole request."""
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+def submit_many(submit: Handler, schema: Schema) -> Handler:
+    """The ``task.submit_many`` handler over ``task.submit``'s (``submit``, whose params
+    are checked against ``schema`` here, item by item).
+
+    ``{tasks: [params of task.submit, ...]}`` -> one row per task, in order: what
+    ``task.submit`` answers (``{id}``), or ``{error, message}`` for a task refused
+    on its own (``REFUSALS``).  Every task's handler runs in the same pass of the
+    loop, so ``CommitBatcher`` puts their commands into batch entries together.
+    Any other failure fails the request: retried whole with the same rids, a task
+    already committed is not submitted twice (the apply's rid dedup)."""
+
+    async def handler(params: dict[str, Any]) -> list[Any]:
+        tasks = params.get("tasks") or []
+        if len(tasks) > MAX_SUBMIT_MANY:
+            raise ValueError(f"at most {MAX_SUBMIT_MANY} tasks per request, got {len(tasks)}")
+        for i, item in enumerate(tasks):
+            if type(item) is not dict:
+                raise ValueError(f"tasks[{i}] must be a map of task.submit params")
+            check_params(f"task.submit_many: tasks[{i}]", item, schema)
+        results = await asyncio.gather(*(submit(item) for item in tasks), return_exceptions=True)
+        rows: list[Any] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                code, message = error_reply(result)
+                if code not in REFUSALS:
+                    raise result
+                result = {"error": code, "message": message}
+            rows.append(result)
+        return rows
+
+    return handler
 
 
 class CommitBatcher:

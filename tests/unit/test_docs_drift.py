@@ -30,7 +30,7 @@ def _documented_methods() -> dict[str, set[str]]:
     """method -> the param names its row lists."""
     out: dict[str, set[str]] = {}
     for cells in _table_rows("| method |"):
-        names = re.findall(r"`([a-z.]+)`", cells[0])
+        names = re.findall(r"`([a-z._]+)`", cells[0])
         params = set(re.findall(r"([a-z_]+)\??(?=[:,}])", cells[1]))
         for name in names:
             out[name] = params

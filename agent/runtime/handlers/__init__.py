@@ -36,7 +36,7 @@ from agent.runtime.ports import (
     NodeNamer,
     TaskHandlers,
 )
-from agent.runtime.sched_submit import CommitBatcher
+from agent.runtime.sched_submit import CommitBatcher, submit_many
 from agent.runtime.views import StatusSources
 
 __all__ = ["METHOD_PARAMS", "ControlPorts", "Handler", "build_handlers", "strict"]
@@ -79,6 +79,7 @@ METHOD_PARAMS: dict[str, Schema] = {
         "key": str, "strategy": str, "priority": int, "retries": int, "timeout": float,
         "restartable": bool, "mem": int, "pids": int, "artifacts": ListOf(str), **_RID,
     },
+    "task.submit_many": {"tasks": ListOf(dict)},
     "task.list": _READ,
     "task.get": {"id": str, **_READ},
     "task.cancel": {"id": str, **_RID},
@@ -176,4 +177,6 @@ def build_handlers(ports: ControlPorts) -> dict[str, Handler]:
         **artifacts.handlers(ports.replicas),
         **replicas.handlers(raft if isinstance(raft, replicas.ReplicaSetPort) else None, ports.names),
     }
+    # Many tasks in one request, each checked and committed as its own task.submit.
+    handlers["task.submit_many"] = submit_many(handlers["task.submit"], METHOD_PARAMS["task.submit"])
     return {method: strict(method, handler) for method, handler in handlers.items()}
