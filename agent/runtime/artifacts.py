@@ -91,10 +91,15 @@ class ReplicaService:
         self._ring: HashRing | None = None
         self._alive: frozenset[str] = frozenset()
         self._factor = 3
+        self._view = 0
+        """Bumped whenever the ring, the live hosts or the factor change."""
         self.refresh_view()
         self.replicator = Replicator(
-            node_id=node_id, store=self.store, targets=self.targets, send=send_to_node
+            node_id=node_id, store=self.store, targets=self.targets, send=send_to_node,
+            view=lambda: self._view,
         )
+        self._acks: list[tuple[str, ReplicaAck]] = []
+        """Acks of this event-loop pass's chunks, sent once their .meta are written."""
         self._ids = itertools.count(1)
         self._waiters: dict[int, tuple[int, list[object], asyncio.Event]] = {}
         self._loop_task: asyncio.Task[None] | None = None
@@ -108,8 +113,11 @@ class ReplicaService:
         ids = frozenset(m.id for m in members) | {self.node_id}
         if self._ring is None or self._ring.nodes != ids or self._ring.vnodes != cfg.vnodes:
             self._ring = HashRing(ids, cfg.vnodes)
-        self._alive = frozenset(m.id for m in members if m.state == "alive") | {self.node_id}
-        self._factor = cfg.replication
+            self._view += 1
+        alive = frozenset(m.id for m in members if m.state == "alive") | {self.node_id}
+        if alive != self._alive or cfg.replication != self._factor:
+            self._view += 1
+        self._alive, self._factor = alive, cfg.replication
 
     def targets(self, ring_key: str, extra: int = 0) -> list[str]:
         """The first ``sched.replication`` (+ ``extra``) live hosts of ``ring_key``'s list."""
@@ -182,7 +190,7 @@ class ReplicaService:
     def on_message(self, from_addr: str, msg: object) -> None:
         match msg:
             case ReplicaChunk():
-                self._send_to_addr(from_addr, self.replicator.on_chunk(msg))
+                self._on_chunk(from_addr, msg)
             case ReplicaAck():
                 self.replicator.on_ack(msg, msg.node, time.time())
             case ReplicaRead():
@@ -195,6 +203,30 @@ class ReplicaService:
             case ReplicaPrune():
                 removed = self.replicator.prune(msg.before)
                 log.info("pruned %d replica item(s) finished before %.0f", removed, msg.before)
+
+    def _on_chunk(self, from_addr: str, msg: ReplicaChunk) -> None:
+        """Store a chunk; its ack goes at the end of this pass of the event loop, after
+        the .meta files of the pass's chunks are written (one per run)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None and not self._acks:
+            self.store.defer_meta = True
+            loop.call_soon(self._send_acks)
+        ack = self.replicator.on_chunk(msg, time.time())
+        if loop is None:
+            self._send_to_addr(from_addr, ack)
+        else:
+            self._acks.append((from_addr, ack))
+
+    def _send_acks(self) -> None:
+        acks, self._acks = self._acks, []
+        self.store.defer_meta = False
+        failed = self.store.flush_meta()
+        for addr, ack in acks:
+            if (ack.task_id, ack.epoch) not in failed:  # unacked: the holder sends again
+                self._send_to_addr(addr, ack)
 
     def _answer(self, request_id: int, msg: object) -> None:
         waiter = self._waiters.get(request_id)

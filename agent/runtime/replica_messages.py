@@ -34,6 +34,9 @@ class ReplicaChunk:
     ring_key: str
     finished_at: float
     error: str
+    node: str = ""
+    """The sender's node id ("" from an older agent): a chunk with ``total`` set
+    comes from a holder of the whole item, so the receiver need not probe it."""
 
 
 @dataclass(frozen=True, slots=True)

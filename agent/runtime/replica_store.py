@@ -18,6 +18,15 @@ write once ``STALE_AFTER`` has passed) -- and if even that cannot make room the
 chunk is refused with one line and nothing is evicted.  A write that fails
 (a full disk) truncates the file back to what was acknowledged: what was
 stored stays stored.  Refusals raise ``ReplicaRefused`` with the line.
+
+Cheap cases (issue 14: most task output is empty): an item that arrives
+complete and empty in its first chunk is only a row of its ``.meta`` (no data
+file: a read of a missing file is empty; nothing to hash, truncate or fsync).
+While ``defer_meta`` is set, ``.meta`` writes are only noted, and
+``flush_meta`` writes each run's once: the driver sets it for the chunks of one
+event-loop pass and flushes before it sends their acks, so a run's ``out`` and
+``err`` cost one ``.meta`` write, and nothing is acknowledged before its
+``.meta`` is written (as before).
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ STALE_AFTER = 600.0
 """Seconds without a write after which an incomplete copy (its run's host died
 before it ended) counts as finished at its last write, for eviction and pruning."""
 HASH_BLOCK = 1024 * 1024
+EMPTY_SHA256 = hashlib.sha256().hexdigest()
 
 
 class ReplicaRefused(Exception):
@@ -103,6 +113,9 @@ class ReplicaStore:
         """(task id, epoch) -> names of the items this store added for that run."""
         self.used = 0
         """Bytes of the items held here (sources excluded)."""
+        self.defer_meta = False
+        """While True, ``.meta`` writes wait for ``flush_meta`` (see the module doc)."""
+        self._dirty: set[tuple[str, int]] = set()
 
     # ------------------------------------------------------------ paths and loading
 
@@ -148,6 +161,26 @@ class ReplicaStore:
             return 0
 
     def _save_meta(self, task_id: str, epoch: int) -> None:
+        if self.defer_meta:
+            self._dirty.add((task_id, epoch))
+            return
+        self._write_meta(task_id, epoch)
+
+    def flush_meta(self) -> set[tuple[str, int]]:
+        """Write every ``.meta`` noted while ``defer_meta`` was set; the runs whose
+        write failed (logged)."""
+        dirty, self._dirty = self._dirty, set()
+        failed: set[tuple[str, int]] = set()
+        for task_id, epoch in dirty:
+            try:
+                self._write_meta(task_id, epoch)
+            except OSError as exc:
+                log.warning("replica metadata of %s epoch %d not written: %s", task_id, epoch,
+                            exc)
+                failed.add((task_id, epoch))
+        return failed
+
+    def _write_meta(self, task_id: str, epoch: int) -> None:
         # The run's names from the index, not a scan of every item held (a scan per
         # chunk made a host's replica work grow with everything it held).
         names = self._names.get((task_id, epoch), set())
@@ -166,8 +199,15 @@ class ReplicaStore:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             return
+        data = json.dumps(rows).encode()
+        try:  # a run's first .meta: written in place (a torn one is skipped on load,
+            # as a missing one would be)
+            _write_file(path, data, os.O_EXCL)
+            return
+        except FileExistsError:
+            pass
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(rows))
+        _write_file(tmp, data, os.O_TRUNC)
         os.replace(tmp, path)
 
     # ------------------------------------------------------------ writes
@@ -200,6 +240,9 @@ class ReplicaStore:
         self.items[item.key] = item
         self._names.setdefault((item.task_id, item.epoch), set()).add(item.name)
         item.finished_at, item.error = finished_at, error
+        if not known and total == 0 and item.size == 0:  # complete and empty: a .meta row
+            self._complete(item, 0, sha256, on_disk=False)
+            return
         if growth or not known:
             self._write(item, offset, data)
             self.used += growth
@@ -212,8 +255,11 @@ class ReplicaStore:
     def _write(self, item: StoredItem, offset: int, data: bytes) -> None:
         path = self.path(item)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 os.pwrite(fd, data, offset)
             except OSError:
@@ -227,13 +273,14 @@ class ReplicaStore:
                 f"{exc.strerror or exc} ({self.root})"
             ) from None
 
-    def _complete(self, item: StoredItem, total: int, sha256: str) -> None:
+    def _complete(self, item: StoredItem, total: int, sha256: str, on_disk: bool = True) -> None:
         path = self.path(item)
-        digest = file_sha256(path, total) if path.exists() else hashlib.sha256().hexdigest()
+        on_disk = on_disk and path.exists()
+        digest = file_sha256(path, total) if on_disk else EMPTY_SHA256
         if sha256 and digest != sha256:
             self._drop_bytes(item)
             raise ReplicaRefused(f"{item.task_id} {item.name}: checksum mismatch, copy discarded")
-        if path.exists():
+        if on_disk:
             with open(path, "r+b") as handle:
                 handle.truncate(total)
                 handle.flush()
@@ -241,7 +288,7 @@ class ReplicaStore:
                     os.fsync(handle.fileno())
         item.complete, item.sha256 = True, digest
         final = self.path(item)
-        if final != path and path.exists():
+        if on_disk and final != path:
             os.replace(path, final)
         self._save_meta(item.task_id, item.epoch)
 
@@ -314,3 +361,20 @@ class ReplicaStore:
                 return handle.read(max(0, limit))
         except FileNotFoundError:
             return b""
+
+
+def _write_file(path: Path, data: bytes, flag: int) -> None:
+    """Write ``data`` to a new (``O_EXCL``) or truncated (``O_TRUNC``) file, creating
+    its directory when missing."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flag
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, flags, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)

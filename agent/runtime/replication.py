@@ -21,6 +21,15 @@ for a ``--strategy hash`` task, else the task id; its *targets* are the first
   returns to the factor without anybody coordinating.  Writes are positional
   and idempotent, so two holders filling one target do no harm.
 
+What a holder knows of a target comes from the target's acks, and from the
+target's own chunks: a chunk that carries the item's ``total`` comes from a
+holder of the whole item (its ``node``), so two replicas of a finished item
+do not probe each other, nor the host that ran it, once they have heard from
+it.  A round looks only at the items that may still need a send (*active*):
+an item whose every target is known to hold all of it rests until its next
+re-probe or until the list of live hosts changes (``view``), so a round's cost
+follows what is moving, not everything held.
+
 An item is *under-replicated* on this host while fewer of its targets are
 known to hold it (this host counts when it is a target) than there are
 targets -- ``report``'s ``under_replicated``.
@@ -32,6 +41,7 @@ Sans-IO: time is an argument, sending a callable, the disk the
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,15 +105,38 @@ class Replicator:
         store: ReplicaStore,
         targets: Callable[[str], list[str]],
         send: Callable[[str, object], None],
+        view: Callable[[], object] | None = None,
     ) -> None:
-        """``targets(ring_key)``: the live preference list now; ``send(node, msg)``."""
+        """``targets(ring_key)``: the live preference list now; ``send(node, msg)``;
+        ``view()``: a value that changes whenever ``targets`` may answer differently
+        (None: unknown, so every round looks at every item)."""
         self.node_id = node_id
         self.store = store
         self._targets = targets
         self._send = send
+        self._view = view
+        self._view_seen: object = object()
+        self._targets_cache: dict[str, list[str]] = {}
         self._tracked: dict[ItemKey, _Tracked] = {}
+        self._active: dict[ItemKey, None] = {}
+        """Items a round looks at (insertion-ordered)."""
+        self._resting: list[tuple[float, ItemKey]] = []
+        """Heap of (when to look again, item) for items every target holds."""
         for item in store.load():
-            self._tracked[item.key] = _Tracked(item)
+            self._track(item)
+
+    def _track(self, item: StoredItem) -> _Tracked:
+        tracked = self._tracked[item.key] = _Tracked(item)
+        self._active[item.key] = None
+        return tracked
+
+    def _targets_of(self, ring_key: str) -> list[str]:
+        if self._view is None:
+            return self._targets(ring_key)
+        found = self._targets_cache.get(ring_key)
+        if found is None:
+            found = self._targets_cache[ring_key] = self._targets(ring_key)
+        return found
 
     # ------------------------------------------------------------ local items
 
@@ -111,7 +144,7 @@ class Replicator:
         """A run of this host writes ``path``: replicate it while it grows."""
         item = StoredItem(task_id, epoch, name, ring_key, source=path)
         self.store.items[item.key] = item
-        self._tracked[item.key] = _Tracked(item)
+        self._track(item)
 
     def finish_source(self, task_id: str, epoch: int, name: str, finished_at: float) -> None:
         tracked = self._tracked.get((task_id, epoch, name))
@@ -124,18 +157,22 @@ class Replicator:
         except OSError:
             item.size, item.sha256 = 0, hashlib.sha256().hexdigest()
         item.complete, item.finished_at = True, finished_at
+        self._active[item.key] = None
 
     def put_local(self, item: StoredItem, data: bytes) -> None:
         """Store a whole item collected here (``ReplicaRefused`` with one line)."""
         self.store.put(item, data)
-        self._tracked[item.key] = _Tracked(item)
+        self._track(item)
 
     def item(self, task_id: str, epoch: int, name: str) -> StoredItem | None:
         tracked = self._tracked.get((task_id, epoch, name))
-        return tracked.item if tracked is not None else None
+        # (an item the store dropped, e.g. evicted, is forgotten at its next round)
+        return tracked.item if tracked is not None and tracked.item.key in self.store.items \
+            else None
 
     def items_of(self, task_id: str) -> list[StoredItem]:
-        return [t.item for t in self._tracked.values() if t.item.task_id == task_id]
+        return [t.item for k, t in self._tracked.items()
+                if t.item.task_id == task_id and k in self.store.items]
 
     def prune(self, before: float) -> int:
         removed = self.store.prune(before)
@@ -146,11 +183,13 @@ class Replicator:
 
     def tick(self, now: float) -> None:
         """Send what each target lacks (bounded by ``MAX_TICK_BYTES``)."""
+        self._wake(now)
         budget = MAX_TICK_BYTES
-        for key in list(self._tracked):
+        for key in list(self._active):
             tracked = self._tracked.get(key)
             if tracked is None or key not in self.store.items:
                 self._tracked.pop(key, None)
+                self._active.pop(key, None)
                 continue
             item = tracked.item
             if item.source is not None and not item.complete:
@@ -158,11 +197,43 @@ class Replicator:
                     item.size = item.source.stat().st_size
                 except OSError:
                     continue
-            for node in self._targets(item.ring_key):
+            targets = self._targets_of(item.ring_key)
+            for node in targets:
                 if node != self.node_id:
                     budget -= self._maybe_send(tracked, node, now)
+            self._maybe_rest(tracked, targets)
             if budget <= 0:
                 return
+
+    def _wake(self, now: float) -> None:
+        """Make active what is due for a re-probe, or everything when the view moved."""
+        view = self._view() if self._view is not None else object()
+        if view != self._view_seen:
+            self._view_seen = view
+            self._targets_cache.clear()
+            self._active.update(dict.fromkeys(self._tracked))
+            self._resting.clear()
+        while self._resting and self._resting[0][0] <= now:
+            _, key = heapq.heappop(self._resting)
+            if key in self._tracked:
+                self._active[key] = None
+
+    def _maybe_rest(self, tracked: _Tracked, targets: list[str]) -> None:
+        """Leave the active set when every target holds the whole item."""
+        item = tracked.item
+        if not item.complete:
+            return
+        acked = []
+        for node in targets:
+            if node == self.node_id:
+                continue
+            peer = tracked.peers.get(node)
+            if peer is None or peer.sent_at is not None or peer.error or not peer.complete \
+                    or peer.size < item.size:
+                return
+            acked.append(peer.acked_at)
+        del self._active[item.key]
+        heapq.heappush(self._resting, (min(acked, default=0.0) + REPROBE_AFTER, item.key))
 
     def _maybe_send(self, tracked: _Tracked, node: str, now: float) -> int:
         peer = tracked.peers.setdefault(node, _Peer())
@@ -185,7 +256,7 @@ class Replicator:
         self._send(node, ReplicaChunk(
             item.task_id, item.epoch, item.name, offset, data,
             item.size if done else -1, item.sha256 if done else "", item.ring_key,
-            item.finished_at or 0.0, item.error,
+            item.finished_at or 0.0, item.error, self.node_id,
         ))
         peer.sent_at = now
         return len(data)
@@ -197,16 +268,18 @@ class Replicator:
         peer = tracked.peers.setdefault(node, _Peer())
         peer.size, peer.complete, peer.error = msg.size, msg.complete, msg.error
         peer.sent_at, peer.acked_at = None, now
+        self._active[tracked.item.key] = None
         if msg.error:
             peer.retry_at = now + RETRY_AFTER
             return
-        if node in self._targets(tracked.item.ring_key):
+        if node in self._targets_of(tracked.item.ring_key):
             self._maybe_send(tracked, node, now)  # stream on without waiting for a tick
 
     # ------------------------------------------------------------ receiving
 
-    def on_chunk(self, msg: ReplicaChunk) -> ReplicaAck:
-        """Store a pushed chunk; the ack to send back."""
+    def on_chunk(self, msg: ReplicaChunk, now: float | None = None) -> ReplicaAck:
+        """Store a pushed chunk; the ack to send back.  With ``now``, a chunk that
+        names its sender and the item's total tells that the sender holds it all."""
         try:
             item = self.store.item(msg.task_id, msg.epoch, msg.name, msg.ring_key)
         except TaskError as exc:
@@ -221,7 +294,12 @@ class Replicator:
             except ReplicaRefused as exc:
                 error = str(exc)
             if item.key in self.store.items and item.key not in self._tracked:
-                self._tracked[item.key] = _Tracked(item)
+                self._track(item)
+        tracked = self._tracked.get(item.key)
+        if tracked is not None:
+            self._active[item.key] = None
+            if now is not None and msg.node and msg.node != self.node_id and msg.total >= 0:
+                tracked.peers[msg.node] = _Peer(size=msg.total, complete=True, acked_at=now)
         return ReplicaAck(msg.task_id, msg.epoch, msg.name, item.size, item.complete, error,
                           self.node_id)
 
@@ -266,6 +344,8 @@ class Replicator:
         last refusal a target sent for it (one line, "" if none)."""
         out: list[dict[str, object]] = []
         for key in list(self._tracked):
+            if key not in self.store.items:
+                continue
             targets, have = self.holders(key)
             if len(have) < len(targets):
                 task_id, epoch, name = key

@@ -35,6 +35,7 @@ class Net:
             n: Replicator(
                 node_id=n, store=ReplicaStore(tmp / n, n, **limits),
                 targets=self.targets, send=self.sender(n),
+                view=lambda: (frozenset(self.alive), self.factor),
             )
             for n in NODES
         }
@@ -57,7 +58,7 @@ class Net:
                     continue
                 node = self.nodes[to]
                 if isinstance(msg, ReplicaChunk):
-                    self.queue.append((to, sender, node.on_chunk(msg)))
+                    self.queue.append((to, sender, node.on_chunk(msg, now)))
                 elif isinstance(msg, ReplicaAck):
                     node.on_ack(msg, msg.node, now)
 
