@@ -132,10 +132,7 @@ class Queries:
     def tasks_for_node(self, node_id: str) -> list[TaskRecord]:
         """What a host's executor must act on: its assigned and running tasks, and
         cancelled ones it may still be running (to kill)."""
-        return [
-            t for t in self.tasks
-            if t.node == node_id and t.state in ("assigned", "running", "cancelled")
-        ]  # fmt: skip
+        return self.tasks.for_node(node_id)
 
     def node_perf(self, node_id: str) -> tuple[float, float | None]:
         """``(success_rate, mean_duration)`` of tasks finished on the host: (1.0, None) without

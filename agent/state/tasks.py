@@ -52,6 +52,8 @@ SUCCEEDED: Final = "succeeded"
 FAILED: Final = "failed"
 CANCELLED: Final = "cancelled"
 LOST: Final = "lost"
+NODE_STATES: Final = frozenset({ASSIGNED, RUNNING, CANCELLED})
+"""States in which a task's host acts on it (``TaskTable.for_node``)."""
 
 
 class TaskEvent(StrEnum):
@@ -200,6 +202,13 @@ class TaskTable:
         self._cmds: dict[str, str] = {}
         """Task id -> its ``cmd`` line (``shlex.join`` of a list that never changes),
         joined once for the many event rows of its life; evicted with the task."""
+        self._by_node: dict[str, dict[str, None]] = {}
+        """Node id -> ids of its tasks a host acts on (``for_node``), in the order they
+        came to it; brought up to date from ``_unindexed`` when read."""
+        self._indexed_at: dict[str, str] = {}
+        """Task id -> the node ``_by_node`` lists it under."""
+        self._unindexed: dict[str, None] | None = {}
+        """Ids touched since the index was last brought up to date (None: rebuild)."""
 
     # ------------------------------------------------------------ queries
 
@@ -210,6 +219,38 @@ class TaskTable:
             changes[task_id] = None
             if len(changes) > MAX_CHANGES:
                 self._changes = None
+        unindexed = self._unindexed
+        if unindexed is not None:
+            unindexed[task_id] = None
+            if len(unindexed) > MAX_CHANGES:  # nobody reads the index here: rebuild if asked
+                self._unindexed = None
+
+    def for_node(self, node_id: str) -> list[TaskRecord]:
+        """What a host's executor must act on: its assigned and running tasks, and
+        cancelled ones it may still be running (to kill) -- from an index kept up to
+        date with ``touch`` (each read costs what changed since, not every task)."""
+        unindexed, self._unindexed = self._unindexed, {}
+        if unindexed is None:
+            self._by_node.clear()
+            self._indexed_at.clear()
+            unindexed = dict.fromkeys(self.tasks)
+        for task_id in unindexed:
+            self._reindex(task_id)
+        ids = self._by_node.get(node_id)
+        return [self.tasks[i] for i in ids] if ids else []
+
+    def _reindex(self, task_id: str) -> None:
+        task = self.tasks.get(task_id)
+        node = task.node if task is not None and task.state in NODE_STATES else None
+        old = self._indexed_at.get(task_id)
+        if old == node:
+            return
+        if old is not None:
+            del self._by_node[old][task_id]
+            del self._indexed_at[task_id]
+        if node is not None:
+            self._by_node.setdefault(node, {})[task_id] = None
+            self._indexed_at[task_id] = node
 
     def take_changes(self) -> dict[str, None] | None:
         """The ids touched since the last call, in first-touch order; None when too many
@@ -495,6 +536,7 @@ class TaskTable:
         self.tasks = {row[0]: TaskRecord.load(row) for row in data["tasks"]}
         self._cmds = {}
         self._changes = None  # every view is rebuilt
+        self._unindexed = None
         self.terminal_order = deque(data["terminal_order"])
         self.node_stats = {k: list(v) for k, v in data["node_stats"].items()}
         self.latencies = deque(data["latencies"], maxlen=MAX_SAMPLES)

@@ -368,3 +368,52 @@ def test_load_restarts_do_not_use_up_retries() -> None:
     assert res.value["state"] == "queued"  # first failure, one retry left
     rec = c.state(tid)
     assert rec["attempts"] == 2 and rec["failures"] == 1
+
+
+def test_tasks_for_node_index_matches_a_scan_through_every_transition(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 14: ``tasks_for_node`` reads an index kept up to date from the touched
+    ids instead of scanning every task; it must answer what the scan answers after
+    any mix of assign, start, finish, migrate, cancel, failover, eviction and restore."""
+    import random
+
+    monkeypatch.setattr(tasks_mod, "MAX_TERMINAL_TASKS", 15)
+    c = Cluster()
+    rng = random.Random(7)
+    nodes = ["id1", "id2", "id3"]
+
+    def check(sm: StateMachine) -> None:
+        for node in nodes:
+            scan = [t.id for t in sm.tasks
+                    if t.node == node and t.state in ("assigned", "running", "cancelled")]
+            assert sorted(t.id for t in sm.tasks_for_node(node)) == sorted(scan)
+
+    ids = [c.submit(retries=3) for _ in range(30)]
+    for step in range(400):
+        tid = rng.choice(ids)
+        rec = c.sm.task_record(tid)
+        if rec is None:
+            continue
+        op = rng.randrange(7)
+        node, epoch = rec.node or "id1", rec.epoch
+        if op == 0 and rec.state == "queued":
+            c(cmd_task_assign(tid, rng.choice(nodes), epoch + 1, "auction", "", c.now))
+        elif op == 1:
+            c(cmd_task_start(tid, node, epoch, "", c.now))
+        elif op == 2:
+            c(cmd_task_finish(tid, node, epoch, rng.choice([0, 1]), stats(), "", c.now))
+        elif op == 3:
+            c(cmd_task_migrate(tid, rng.choice(nodes), "steal", "", c.now, epoch=epoch))
+        elif op == 4 and rng.random() < 0.3:
+            c(cmd_task_cancel(tid, "", c.now))
+        elif op == 5 and rng.random() < 0.1:
+            c(cmd_task_fail_node(rng.choice(nodes), {}, "", c.now))
+        elif op == 6 and rng.random() < 0.2:
+            ids.append(c.submit(retries=3))
+        if step % 3 == 0:  # read at times, as a host's reconcile does
+            check(c.sm)
+    check(c.sm)
+    again = StateMachine()
+    again.restore(c.sm.snapshot())
+    check(again)
