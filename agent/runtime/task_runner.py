@@ -17,7 +17,8 @@ Theory of operation, on every host (leader or not):
   only asks for another reconcile).  A queued start that has not been sent is
   dropped when its finish arrives: a finish on an ``assigned`` task records
   the run itself, one commit instead of two for short tasks.
-* Reports.  Everything queued is proposed at once (one round trip per batch);
+* Reports.  Everything queued is proposed at once, as one ``batch`` entry
+  (one forward and one Raft append per batch, not per report);
   a report that cannot be committed (no quorum, leader change) is retried,
   ahead of anything queued after it, until it is -- so results from a
   minority are committed after the partition heals.  A report refused for
@@ -36,10 +37,12 @@ from typing import Protocol
 
 from agent.errors import MeshError, TaskError
 from agent.executor import ExecEvent
+from agent.runtime.sched_submit import split
 from agent.runtime.task_cpu import TaskCpuSampler
 from agent.runtime.watchdog_lease import WatchdogLease
 from agent.state import builders
 from agent.state.commands import TaskStats
+from agent.state.machine import ApplyResult
 from agent.state.tasks import TaskRecord
 
 log = logging.getLogger(__name__)
@@ -302,14 +305,23 @@ class LocalRunner:
                     await asyncio.sleep(self._retry_delay)
 
     async def _propose_batch(self, batch: list[Report]) -> list[Report]:
-        """Propose every report of ``batch`` at once; the ones to retry."""
-        results = await asyncio.gather(
-            *(self._propose(r.cmd) for r in batch), return_exceptions=True
-        )
-        failed = []
-        for report, res in zip(batch, results, strict=True):
-            if isinstance(res, MeshError):
-                failed.append(report)
-            elif isinstance(res, BaseException):  # a bug, not the cluster: drop it
-                log.error("task report %s %s failed: %r", report.kind, report.task, res)
-        return failed
+        """Propose every report of ``batch`` in one ``batch`` entry (one forward to the
+        leader, one Raft append, one apply pass; each report is applied, fenced and
+        answered as its own entry would be); the ones to retry -- all of them when the
+        entry could not be committed."""
+        if len(batch) == 1:
+            command = batch[0].cmd
+        else:
+            command = builders.cmd_batch([r.cmd for r in batch], "", time.time())
+        try:
+            result = await self._propose(command)
+        except MeshError:
+            return batch
+        except Exception as exc:  # a bug, not the cluster: drop them
+            log.error("%d task report(s) failed: %r", len(batch), exc)
+            return []
+        if len(batch) > 1 and isinstance(result, ApplyResult):
+            for report, res in zip(batch, split(result, len(batch)), strict=True):
+                if not res.ok:  # refused (a stale epoch, a finished task): nothing to retry
+                    log.debug("task report %s %s refused: %s", report.kind, report.task, res.error)
+        return []

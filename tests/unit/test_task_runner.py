@@ -27,6 +27,8 @@ from agent.state import (
     decode_command,
     task_spec,
 )
+from agent.state.commands import Batch
+from agent.state.machine import ApplyResult
 
 ME, OTHER = "me", "other"
 
@@ -72,6 +74,7 @@ class Host:
         self.index = 0
         self.executor = FakeExecutor(slots)
         self.proposed: list[tuple[str, str]] = []  # (op, task) in commit order
+        self.batches: list[int] = []  # reports per batch entry
         self.refuse = refuse
         """Proposals to fail with no quorum before accepting."""
         self.runner = LocalRunner(
@@ -92,6 +95,12 @@ class Host:
             self.refuse -= 1
             raise NoQuorumError()
         body = decode_command(data).body
+        if isinstance(body, Batch):  # the reports of one pass, in order
+            self.batches.append(len(body.cmds))
+            for cmd in body.cmds:
+                item = decode_command(cmd).body
+                self.proposed.append((item.OP, item.task))  # type: ignore[union-attr]
+            return ApplyResult(True, [[True, None, None]] * len(body.cmds))
         self.proposed.append((body.OP, body.task))  # type: ignore[union-attr]
         return None
 
@@ -173,9 +182,10 @@ async def test_a_finish_replaces_an_unsent_start_and_reports_survive_a_lost_quor
         await wait_proposed(host, 2)
     finally:
         await host.runner.close()
-    # One commit for the short run, not two.  A batch is proposed at once: the
-    # refused report (the first) went again after the other one committed.
-    assert host.proposed == [("task.start", later), ("task.finish", tid)]
+    # One commit for the short run, not two.  The queued reports go as one batch
+    # entry; refused whole (no quorum), the batch goes again, in the same order.
+    assert host.proposed == [("task.finish", tid), ("task.start", later)]
+    assert host.batches == [2]
 
 
 async def test_a_stale_kill_asks_for_a_reconcile_and_reports_nothing() -> None:
