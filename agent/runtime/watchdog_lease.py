@@ -12,6 +12,12 @@ kills every registered run as the lease runs out: the stale copy is dead
 before the leader starts a new one.  If the agent dies, the watchdog reads EOF
 and kills the runs at once.
 
+The lines of one pass of the event loop (the registrations and removals of
+the runs that started and ended in it) go in one write at the end of the
+pass: one system call, and one wake-up of the watchdog, for a burst.  A
+registration so waits at most for the pass its run started in, which the
+agent itself is in (it is sent before the agent can beat, or hang, again).
+
 A watchdog that is gone (a write fails) is logged once and not restarted:
 tasks keep running, unfenced, which the log line says.
 """
@@ -45,6 +51,8 @@ class WatchdogLease:
         self._has_quorum = has_quorum
         self._proc: subprocess.Popen[bytes] | None = None
         self._beats: asyncio.Task[None] | None = None
+        self._pending: list[bytes] = []
+        """Lines waiting for the end of this pass of the event loop."""
 
     def start(self) -> None:
         """Start the watchdog and the beat loop (inside the running event loop)."""
@@ -60,6 +68,7 @@ class WatchdogLease:
     async def close(self) -> None:
         """Stop beating; close the watchdog's stdin (it kills what is still registered)."""
         await self.stop_beating()
+        self._flush()
         if self._proc is not None and self._proc.stdin is not None:
             self._proc.stdin.close()
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -84,10 +93,22 @@ class WatchdogLease:
     def _send(self, line: str) -> None:
         if self._proc is None or self._proc.stdin is None:
             return
+        self._pending.append(line.encode() + b"\n")
+        if len(self._pending) > 1:
+            return
         try:
-            self._proc.stdin.write(line.encode() + b"\n")
+            asyncio.get_running_loop().call_soon(self._flush)
+        except RuntimeError:  # no loop (start, close): at once
+            self._flush()
+
+    def _flush(self) -> None:
+        data, self._pending = b"".join(self._pending), []
+        if not data or self._proc is None or self._proc.stdin is None:
+            return
+        try:
+            self._proc.stdin.write(data)
             self._proc.stdin.flush()
-        except (BrokenPipeError, OSError):
+        except (BrokenPipeError, OSError, ValueError):
             log.error("task watchdog is gone; tasks are no longer lease-fenced")
             self._proc = None
 
