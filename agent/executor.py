@@ -71,14 +71,23 @@ import subprocess
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-from agent.containment import Containment, Jail, Mode, usage_pids
+from agent.containment import Containment, Mode, usage_pids
 from agent.containment.cgroups import CGROUP_ROOT
 from agent.containment.jail import blocked, default_node, findable
 from agent.errors import ConfigError, TaskError
+from agent.executor_runs import (
+    Capture,
+    FinishReason,
+    Run,
+    close_capture,
+    drain,
+    read_capture,
+)
+from agent.executor_runs import (
+    ExecEvent as ExecEvent,  # re-exported: the runner's and the tests' import
+)
 from agent.load import TreeUsage
 from agent.output_store import OutputStore, Stream, check_task_id
 
@@ -92,86 +101,22 @@ KILL_GRACE_S = 5.0
 
 POLL_INTERVAL_S = 0.5
 """How often a run's process tree is sampled for CPU and RSS."""
-
-PIPE_DRAIN_S = 2.0
-"""After the group is killed, how long we wait for pipe EOF (an escaped
-``setsid`` grandchild may hold a pipe open forever)."""
+FIRST_SAMPLE_S = 0.02
+"""Seconds after the spawn of a run's first sample (default 20 ms, at most the poll
+interval): a sample at the spawn itself would see the join shim, not the task, and
+cost a cgroup walk and a /proc read per run; a run that ends sooner reports its CPU
+from its reaped rusage and no peak RSS (0: not sampled)."""
 
 RECENT_RESULTS = 1024
 """Finished events remembered for ``wait``/``last_result`` after a run ends."""
 
-READ_CHUNK = 64 * 1024
 READ_LIMIT_MAX = 4 * 1024 * 1024
 """Largest slice ``read_output`` returns at once."""
 
 _PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
 
 _STREAMS: tuple[Stream, Stream] = ("out", "err")
-FinishReason = Literal["exit", "timeout", "cancelled", "stale", "shutdown"]
 
-
-@dataclass(frozen=True, slots=True)
-class ExecEvent:
-    """A run started or finished.  ``at`` is wall-clock seconds (time.time())."""
-
-    kind: Literal["started", "finished"]
-    task_id: str
-    epoch: int
-    pid: int
-    exit_code: int | None
-    """Exit status; ``-N`` when killed by signal N; None for ``started`` (or if
-    another reaper collected the status first)."""
-    duration: float
-    """Seconds from spawn to exit (0 for ``started``)."""
-    cpu_time: float
-    """User + system CPU seconds of the whole tree."""
-    peak_rss: int
-    """Peak resident memory of the tree, bytes."""
-    at: float
-    reason: FinishReason | None = None
-    """Why it ended: exit, timeout, cancelled, stale (fenced) or shutdown."""
-    truncated_out: int = 0
-    """Bytes of stdout dropped beyond the output limit."""
-    truncated_err: int = 0
-    cgroups: tuple[str, ...] = ()
-    """``started`` only: the run's cgroup directories (empty without cgroups)."""
-    reaper: bool = False
-    """``started`` only: ``pid`` is the run's subreaper (kill it with its force signal,
-    not a group SIGKILL, so it can take the task's orphans with it)."""
-
-
-@dataclass(slots=True)
-class _Capture:
-    fd: int
-    file_fd: int
-    limit: int
-    written: int = 0
-    dropped: int = 0
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-@dataclass(slots=True)
-class _Run:
-    task_id: str
-    epoch: int
-    popen: subprocess.Popen[bytes]
-    pidfd: int
-    started_mono: float
-    captures: dict[str, _Capture]
-    jail: Jail
-    settled: bool = False
-    """The jail killed everything left and removed its cgroups."""
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
-    finished: asyncio.Future[ExecEvent] | None = None
-    reason: FinishReason = "exit"
-    cpu_time: float = 0.0
-    peak_rss: int = 0
-    usage: TreeUsage | None = None
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
 
 
 class Executor:
@@ -209,7 +154,7 @@ class Executor:
                 self._user = pwd.getpwnam(run_as)
             except KeyError:
                 raise ConfigError("run_as", f"no such user {run_as!r}") from None
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, Run] = {}
         self._recent: OrderedDict[str, ExecEvent] = OrderedDict()
         self._start_lock = asyncio.Lock()
         self._tasks_dir = self.data_dir / "tasks"
@@ -380,10 +325,15 @@ class Executor:
         cwd: str | None,
         mem: int,
         pids: int,
-    ) -> _Run:
+    ) -> Run:
         task_dir = self._tasks_dir / task_id
-        task_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(task_dir, 0o700)
+        try:
+            os.mkdir(task_dir, 0o700)  # (0o700 survives any umask)
+        except FileExistsError:
+            os.chmod(task_dir, 0o700)
+        except FileNotFoundError:
+            task_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(task_dir, 0o700)
         child_env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
         child_env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         user = self._user
@@ -408,7 +358,7 @@ class Executor:
             # would only show as its exit 127.
             jail.settle_sync()
             raise TaskError(f"task {task_id}: cannot start {argv[0]!r}: command not found")
-        captures: dict[str, _Capture] = {}
+        captures: dict[str, Capture] = {}
         pipes: list[int] = []
         try:
             for stream in _STREAMS:
@@ -420,7 +370,7 @@ class Executor:
                     0o600,
                 )
                 pipes.append(file_fd)
-                captures[stream] = _Capture(read_fd, file_fd, self.output_limit)
+                captures[stream] = Capture(read_fd, file_fd, self.output_limit)
             # The jail switches to ``user`` itself (after joining its cgroups,
             # or in the subreaper's child), so Popen gets no user/group.
             with blocked(jail.blocked_signals):
@@ -444,53 +394,27 @@ class Executor:
         os.close(pipes[1])
         os.close(pipes[4])
         pidfd = os.pidfd_open(popen.pid)
-        run = _Run(task_id, epoch, popen, pidfd, time.monotonic(), captures, jail)
+        run = Run(task_id, epoch, popen, pidfd, time.monotonic(), captures, jail)
         loop = asyncio.get_running_loop()
         loop.add_reader(pidfd, self._on_exit, run)
         for capture in captures.values():
             os.set_blocking(capture.fd, False)
-            loop.add_reader(capture.fd, self._on_readable, capture)
+            loop.add_reader(capture.fd, read_capture, capture)
         return run
 
-    def _on_readable(self, capture: _Capture) -> None:
-        try:
-            chunk = os.read(capture.fd, READ_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self._close_capture(capture)
-            return
-        room = capture.limit - capture.written
-        kept = chunk[: max(0, room)]
-        if kept:
-            os.write(capture.file_fd, kept)
-            capture.written += len(kept)
-        capture.dropped += len(chunk) - len(kept)
-
-    def _close_capture(self, capture: _Capture) -> None:
-        if capture.closed.is_set():
-            return
-        asyncio.get_running_loop().remove_reader(capture.fd)
-        for fd in (capture.fd, capture.file_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        capture.closed.set()
-
-    def _on_exit(self, run: _Run) -> None:
+    def _on_exit(self, run: Run) -> None:
         asyncio.get_running_loop().remove_reader(run.pidfd)
         # The leader is a zombie: its pid still names the group, so this cannot
         # hit an unrelated process.  Everything else the task started dies now.
         run.jail.after_exit(run.pid)
         run.exited.set()
 
-    def _on_timeout(self, run: _Run) -> None:
+    def _on_timeout(self, run: Run) -> None:
         if self._runs.get(run.task_id) is run and not run.exited.is_set():
             run.reason = "timeout"
             self._terminate(run, graceful=True)
 
-    def _terminate(self, run: _Run, graceful: bool) -> None:
+    def _terminate(self, run: Run, graceful: bool) -> None:
         if run.exited.is_set():
             return
         loop = asyncio.get_running_loop()
@@ -500,13 +424,13 @@ class Executor:
         else:
             self._force_kill(run)
 
-    def _force_kill(self, run: _Run) -> None:
+    def _force_kill(self, run: Run) -> None:
         if not run.exited.is_set():
             run.jail.kill(run.pid)
             loop = asyncio.get_running_loop()
             run.timers.append(loop.call_later(self.kill_grace, self._last_resort, run))
 
-    def _last_resort(self, run: _Run) -> None:
+    def _last_resort(self, run: Run) -> None:
         # A subreaper that did not finish its kills in time (stopped, stuck):
         # the run must still end.  Its leftover descendants would go to init.
         if not run.exited.is_set():
@@ -514,7 +438,7 @@ class Executor:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(run.pid, signal.SIGKILL)
 
-    async def _stop(self, run: _Run, reason: FinishReason, graceful: bool) -> ExecEvent:
+    async def _stop(self, run: Run, reason: FinishReason, graceful: bool) -> ExecEvent:
         assert run.finished is not None
         if not run.exited.is_set():
             if run.reason == "exit" or not graceful:
@@ -522,7 +446,7 @@ class Executor:
             self._terminate(run, graceful)
         return await asyncio.shield(run.finished)
 
-    def _sample(self, run: _Run) -> None:
+    def _sample(self, run: Run) -> None:
         # Right after spawn a cgroup run's leader may not have joined its group yet
         # (the join shim runs first): the leader alone is the run then.
         pids = run.jail.members(run.pid) or ([] if run.exited.is_set() else [run.pid])
@@ -533,7 +457,7 @@ class Executor:
             run.cpu_time = max(run.cpu_time, usage.cpu_time)
             run.peak_rss = max(run.peak_rss, usage.rss)
 
-    def _poll(self, run: _Run) -> None:
+    def _poll(self, run: Run) -> None:
         """The sampling timer: sample the run, then again after ``poll_interval``."""
         if run.exited.is_set():
             return
@@ -542,22 +466,22 @@ class Executor:
         run.timers[:] = [t for t in run.timers if not t.cancelled() and t.when() > loop.time()]
         run.timers.append(loop.call_later(self.poll_interval, self._poll, run))
 
-    async def _supervise(self, run: _Run) -> None:
+    async def _supervise(self, run: Run) -> None:
         assert run.finished is not None
         try:
-            self._sample(run)
             if not run.exited.is_set():
                 # Sampled from a timer while it runs; the exit wakes this coroutine
                 # directly (no wait_for task and timer per poll, one hop less at the end).
                 loop = asyncio.get_running_loop()
-                run.timers.append(loop.call_later(self.poll_interval, self._poll, run))
+                first = min(FIRST_SAMPLE_S, self.poll_interval)
+                run.timers.append(loop.call_later(first, self._poll, run))
                 await run.exited.wait()
             exit_code = self._reap(run)
             duration = time.monotonic() - run.started_mono
             # Before the drain: an escaped process holding our pipes dies here.
             await run.jail.settle()
             run.settled = True
-            await self._drain(run)
+            await drain(run)
         except BaseException as exc:
             if not run.exited.is_set():
                 # Nobody will supervise this run any more (the loop is going
@@ -580,7 +504,7 @@ class Executor:
             asyncio.get_running_loop().remove_reader(run.pidfd)
             os.close(run.pidfd)
             for capture in run.captures.values():
-                self._close_capture(capture)
+                close_capture(capture)
             if self._runs.get(run.task_id) is run:
                 del self._runs[run.task_id]
         event = ExecEvent(
@@ -604,7 +528,7 @@ class Executor:
         run.finished.set_result(event)
         self.on_event(event)
 
-    def _reap(self, run: _Run) -> int | None:
+    def _reap(self, run: Run) -> int | None:
         """Collect the leader's status and rusage (None if another reaper took it)."""
         try:
             _, status, rusage = os.wait4(run.pid, 0)
@@ -618,16 +542,6 @@ class Executor:
         # mark into the child, so it reports the agent's size, not the task's.
         return exit_code
 
-    async def _drain(self, run: _Run) -> None:
-        if all(capture.closed.is_set() for capture in run.captures.values()):
-            return  # both pipes already at EOF (the usual case once the group is dead)
-        waits = [capture.closed.wait() for capture in run.captures.values()]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*waits), PIPE_DRAIN_S)
-        # Whatever is still buffered in a pipe held by an escaped process: take it.
-        for capture in run.captures.values():
-            if not capture.closed.is_set():
-                self._on_readable(capture)
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

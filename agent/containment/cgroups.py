@@ -127,9 +127,18 @@ def discover(root: Path = CGROUP_ROOT, mountinfo: Path = Path("/proc/self/mounti
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return ""
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks).decode()
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 def _write(path: Path, value: str) -> None:
@@ -208,11 +217,13 @@ def create_group(dirs: Iterable[Path]) -> TaskGroup:
     made = []
     try:
         for directory in dirs:
-            with contextlib.suppress(FileExistsError):
+            try:
                 directory.mkdir(mode=0o755)
-            made.append(directory)
-            if member_pids([directory]):
-                kill_until_empty(TaskGroup((directory,)))
+                made.append(directory)  # new: nothing in it
+            except FileExistsError:
+                made.append(directory)
+                if member_pids([directory]):
+                    kill_until_empty(TaskGroup((directory,)))
     except OSError:
         remove_group(TaskGroup(tuple(made)))
         raise
@@ -274,8 +285,19 @@ def _freeze(directory: Path, frozen: bool) -> bool:
     return True
 
 
+def populated(directory: Path) -> bool | None:
+    """Whether a v2 cgroup or any below it holds a live process (its ``cgroup.events``;
+    a zombie does not count); None where there is no such file (v1)."""
+    for line in _read(directory / "cgroup.events").splitlines():
+        if line.startswith("populated "):
+            return line != "populated 0"
+    return None
+
+
 def kill_round(group: TaskGroup) -> bool:
     """One kill pass over the group; True if it was already empty."""
+    if len(group.dirs) == 1 and populated(group.kill_dir) is False:
+        return True  # one read, not a walk and a read per cgroup
     pids = member_pids(group.dirs)
     if not pids:
         return True

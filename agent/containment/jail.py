@@ -305,7 +305,8 @@ class Containment:
                 wanted.append(self.limits[controller])
         name = f"{task_id}-{epoch}"
         try:
-            for h in wanted:
+            # (while a run is live its node directories exist: ``release`` keeps them)
+            for h in wanted if self._live == 0 or len(wanted) > 1 else ():
                 cgroups.make_dirs(h, self.node)
                 if h.version == 2:
                     for controller in LIMITED:

@@ -1,0 +1,139 @@
+"""A task run as the executor holds it (``agent/executor.py``): the events it reports,
+its two output captures and their reading, and the drain at its end.
+
+A capture is a pipe from the run's stdout or stderr, read when readable (never
+blocking the loop) into the run's capture file up to the output limit; what
+goes beyond is counted, not kept.  At the end of a run, once its group is
+killed, the pipes normally are at EOF at once; a pipe an escaped process still
+holds open is waited for at most ``PIPE_DRAIN_S`` and then read once more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+from dataclasses import dataclass, field
+from typing import Literal
+
+from agent.containment import Jail
+from agent.load import TreeUsage
+
+PIPE_DRAIN_S = 2.0
+"""After the group is killed, how long we wait for pipe EOF (an escaped
+``setsid`` grandchild may hold a pipe open forever)."""
+
+READ_CHUNK = 64 * 1024
+
+FinishReason = Literal["exit", "timeout", "cancelled", "stale", "shutdown"]
+
+
+@dataclass(frozen=True, slots=True)
+class ExecEvent:
+    """A run started or finished.  ``at`` is wall-clock seconds (time.time())."""
+
+    kind: Literal["started", "finished"]
+    task_id: str
+    epoch: int
+    pid: int
+    exit_code: int | None
+    """Exit status; ``-N`` when killed by signal N; None for ``started`` (or if
+    another reaper collected the status first)."""
+    duration: float
+    """Seconds from spawn to exit (0 for ``started``)."""
+    cpu_time: float
+    """User + system CPU seconds of the whole tree."""
+    peak_rss: int
+    """Peak resident memory of the tree, bytes."""
+    at: float
+    reason: FinishReason | None = None
+    """Why it ended: exit, timeout, cancelled, stale (fenced) or shutdown."""
+    truncated_out: int = 0
+    """Bytes of stdout dropped beyond the output limit."""
+    truncated_err: int = 0
+    cgroups: tuple[str, ...] = ()
+    """``started`` only: the run's cgroup directories (empty without cgroups)."""
+    reaper: bool = False
+    """``started`` only: ``pid`` is the run's subreaper (kill it with its force signal,
+    not a group SIGKILL, so it can take the task's orphans with it)."""
+
+
+@dataclass(slots=True)
+class Capture:
+    """One stream of a run: its pipe, the capture file, what was kept and dropped."""
+
+    fd: int
+    file_fd: int
+    limit: int
+    written: int = 0
+    dropped: int = 0
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(slots=True)
+class Run:
+    """One live run (its leader, pidfd, captures and jail) as the executor holds it."""
+
+    task_id: str
+    epoch: int
+    popen: subprocess.Popen[bytes]
+    pidfd: int
+    started_mono: float
+    captures: dict[str, Capture]
+    jail: Jail
+    settled: bool = False
+    """The jail killed everything left and removed its cgroups."""
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Future[ExecEvent] | None = None
+    reason: FinishReason = "exit"
+    cpu_time: float = 0.0
+    peak_rss: int = 0
+    usage: TreeUsage | None = None
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+def read_capture(capture: Capture) -> None:
+    """The pipe is readable: keep what fits under the limit, count the rest."""
+    try:
+        chunk = os.read(capture.fd, READ_CHUNK)
+    except BlockingIOError:
+        return
+    except OSError:
+        chunk = b""
+    if not chunk:
+        close_capture(capture)
+        return
+    room = capture.limit - capture.written
+    kept = chunk[: max(0, room)]
+    if kept:
+        os.write(capture.file_fd, kept)
+        capture.written += len(kept)
+    capture.dropped += len(chunk) - len(kept)
+
+
+def close_capture(capture: Capture) -> None:
+    if capture.closed.is_set():
+        return
+    asyncio.get_running_loop().remove_reader(capture.fd)
+    for fd in (capture.fd, capture.file_fd):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    capture.closed.set()
+
+
+async def drain(run: Run) -> None:
+    """Wait (at most ``PIPE_DRAIN_S``) for both pipes' EOF, then take what is buffered."""
+    if all(capture.closed.is_set() for capture in run.captures.values()):
+        return  # both pipes already at EOF (the usual case once the group is dead)
+    waits = [capture.closed.wait() for capture in run.captures.values()]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*waits), PIPE_DRAIN_S)
+    # Whatever is still buffered in a pipe held by an escaped process: take it.
+    for capture in run.captures.values():
+        if not capture.closed.is_set():
+            read_capture(capture)
