@@ -341,6 +341,9 @@ def remove_group(group: TaskGroup) -> list[Path]:
     """rmdir the group's directories (sub-groups first); the ones left behind."""
     left: list[Path] = []
     for directory in group.dirs:
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # the usual case: no sub-group, nothing left in it
+            continue
         for sub in reversed(_tree(directory)):
             if not _rmdir(sub):
                 left.append(sub)

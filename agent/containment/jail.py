@@ -22,6 +22,7 @@ import re
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -391,8 +392,25 @@ def blocked(signals: frozenset[signal.Signals]) -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def findable(command: str, path: str, cwd: str) -> bool:
+FOUND_FOR_S = 1.0
+"""Seconds a command name found on a PATH is taken as found again without a search
+(default 1 s): a burst of runs of one command searches once.  A command removed in
+that second starts its join shim, which exits 127 as a missing command's run does."""
+_found: dict[tuple[str, str], float] = {}
+
+
+def findable(command: str, path: str, cwd: str, now: float | None = None) -> bool:
     """Would ``execvp`` find ``command`` (on ``path``, or relative to ``cwd``)?"""
     if "/" in command:
         return os.access(os.path.join(cwd, command), os.X_OK)
-    return shutil.which(command, path=path) is not None
+    now = time.monotonic() if now is None else now
+    key = (command, path)
+    if now - _found.get(key, -FOUND_FOR_S) < FOUND_FOR_S:
+        return True
+    if shutil.which(command, path=path) is None:
+        _found.pop(key, None)
+        return False
+    if len(_found) >= 256:
+        _found.clear()
+    _found[key] = now
+    return True

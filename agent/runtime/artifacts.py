@@ -214,11 +214,11 @@ class ReplicaService:
         if loop is not None and not self._acks:
             self.store.defer_meta = True
             loop.call_soon(self._send_acks)
-        ack = self.replicator.on_chunk(msg, time.time())
-        if loop is None:
-            self._send_to_addr(from_addr, ack)
-        else:
-            self._acks.append((from_addr, ack))
+        for ack in self.replicator.on_chunks(msg, time.time()):
+            if loop is None:
+                self._send_to_addr(from_addr, ack)
+            else:
+                self._acks.append((from_addr, ack))
 
     def _send_acks(self) -> None:
         acks, self._acks = self._acks, []

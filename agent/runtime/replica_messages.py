@@ -37,6 +37,10 @@ class ReplicaChunk:
     node: str = ""
     """The sender's node id ("" from an older agent): a chunk with ``total`` set
     comes from a holder of the whole item, so the receiver need not probe it."""
+    more: tuple[str, ...] = ()
+    """Names of other items of the same run, each complete and empty with no error,
+    sent with this one (a short run's ``out`` and ``err`` in one message; an older
+    agent ignores them and gets them one by one when they are sent again)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,8 @@ class ReplicaAck:
     error: str
     node: str
     """The replica's node id."""
+    more: tuple[str, ...] = ()
+    """Items of the chunk's ``more`` this replica now holds complete (size 0)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,11 @@ an item whose every target is known to hold all of it rests until its next
 re-probe or until the list of live hosts changes (``view``), so a round's cost
 follows what is moving, not everything held.
 
+A short run's streams are mostly complete and empty before anything of them is
+sent: the first probe of one names the run's other such items (``more``), so
+one chunk and one ack carry them all to a target; an older agent ignores
+``more`` and gets the others one by one when they are sent again.
+
 An item is *under-replicated* on this host while fewer of its targets are
 known to hold it (this host counts when it is a target) than there are
 targets -- ``report``'s ``under_replicated``.
@@ -40,6 +45,7 @@ Sans-IO: time is an argument, sending a callable, the disk the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 from collections.abc import Callable
@@ -54,7 +60,13 @@ from agent.runtime.replica_messages import (
     ReplicaItemInfo,
     ReplicaRead,
 )
-from agent.runtime.replica_store import ReplicaRefused, ReplicaStore, StoredItem, file_sha256
+from agent.runtime.replica_store import (
+    EMPTY_SHA256,
+    ReplicaRefused,
+    ReplicaStore,
+    StoredItem,
+    file_sha256,
+)
 
 CHUNK_BYTES = 256 * 1024
 """Bytes per pushed chunk (default 256 KiB): well under the transport's frame limit,
@@ -73,6 +85,12 @@ READ_LIMIT = 1024 * 1024
 """Largest slice one ``ReplicaRead`` returns."""
 
 ItemKey = tuple[str, int, str]
+FOLDED = ("out", "err")
+"""Item names whose first probes go together when complete and empty (a run's streams)."""
+
+
+def _empty_done(item: StoredItem) -> bool:
+    return item.complete and item.size == 0 and not item.error and item.sha256 == EMPTY_SHA256
 
 
 @dataclass(slots=True)
@@ -153,7 +171,8 @@ class Replicator:
         item = tracked.item
         try:
             item.size = item.source.stat().st_size if item.source else 0
-            item.sha256 = file_sha256(item.source, item.size) if item.source else ""
+            item.sha256 = file_sha256(item.source, item.size) if item.source and item.size \
+                else EMPTY_SHA256 if item.source else ""
         except OSError:
             item.size, item.sha256 = 0, hashlib.sha256().hexdigest()
         item.complete, item.finished_at = True, finished_at
@@ -253,15 +272,36 @@ class Replicator:
         offset = max(0, peer.size)
         data = b"" if peer.size < 0 else self.store.read(item, offset, CHUNK_BYTES)
         done = item.complete and offset + len(data) >= item.size
+        more = self._fold(tracked, node, peer, now)
         self._send(node, ReplicaChunk(
             item.task_id, item.epoch, item.name, offset, data,
             item.size if done else -1, item.sha256 if done else "", item.ring_key,
-            item.finished_at or 0.0, item.error, self.node_id,
+            item.finished_at or 0.0, item.error, self.node_id, more,
         ))
         peer.sent_at = now
         return len(data)
 
+    def _fold(self, tracked: _Tracked, node: str, peer: _Peer, now: float) -> tuple[str, ...]:
+        """The run's other streams that go with this first probe to ``node`` (each
+        complete, empty, error-free and never sent there); marked sent."""
+        if peer.size >= 0 or peer.sent_at is not None or not _empty_done(tracked.item):
+            return ()
+        more = []
+        item = tracked.item
+        for name in FOLDED:
+            other = self._tracked.get((item.task_id, item.epoch, name))
+            if other is None or other is tracked or not _empty_done(other.item):
+                continue
+            their = other.peers.setdefault(node, _Peer())
+            if their.size < 0 and their.sent_at is None and not their.error:
+                their.sent_at = now
+                more.append(name)
+        return tuple(more)
+
     def on_ack(self, msg: ReplicaAck, node: str, now: float) -> None:
+        for name in msg.more:
+            self.on_ack(ReplicaAck(msg.task_id, msg.epoch, name, 0, True, "", msg.node),
+                        node, now)
         tracked = self._tracked.get((msg.task_id, msg.epoch, msg.name))
         if tracked is None:
             return
@@ -302,6 +342,22 @@ class Replicator:
                 tracked.peers[msg.node] = _Peer(size=msg.total, complete=True, acked_at=now)
         return ReplicaAck(msg.task_id, msg.epoch, msg.name, item.size, item.complete, error,
                           self.node_id)
+
+    def on_chunks(self, msg: ReplicaChunk, now: float) -> list[ReplicaAck]:
+        """``on_chunk`` for the chunk and each item of its ``more``: the acks to send
+        (the folded items that are now held complete ride on the first)."""
+        ack = self.on_chunk(msg, now)
+        if not msg.more:
+            return [ack]
+        held, others = [], []
+        for name in msg.more:
+            one = self.on_chunk(dataclasses.replace(msg, name=name, offset=0, data=b"", total=0,
+                                                    sha256=EMPTY_SHA256, error="", more=()), now)
+            if one.complete and not one.error and one.size == 0:
+                held.append(name)
+            else:
+                others.append(one)
+        return [dataclasses.replace(ack, more=tuple(held)), *others]
 
     def on_read(self, msg: ReplicaRead) -> ReplicaData:
         item = self.item(msg.task_id, msg.epoch, msg.name)

@@ -17,7 +17,7 @@ from test_replica_protocol import Net, key_whose_list_starts
 from agent.runtime.artifacts import ReplicaService
 from agent.runtime.replica_messages import ReplicaAck, ReplicaChunk
 from agent.runtime.replica_store import EMPTY_SHA256, ReplicaStore, StoredItem
-from agent.runtime.replication import Replicator
+from agent.runtime.replication import RESEND_AFTER, Replicator
 from agent.sched import SchedConfig
 from agent.swim.members import MemberView
 
@@ -89,11 +89,12 @@ def test_replicas_do_not_probe_a_holder_they_heard_from(tmp_path: Path) -> None:
         net.nodes[sender]._send = counting
     net.run(now=1.0, ticks=3)
     assert all(t in net.holders(("t1", 1, "out")) for t in targets)
-    # "a" sends each item to the two others; the replicas, which heard from "a",
-    # probe only each other (here in the same round; 12 chunks before issue 14).
-    assert sum(1 for s, _ in sent if s == "a") == 4
+    # "a" sends both (empty) items in one chunk to each of the two others; the
+    # replicas, which heard from "a", probe only each other (here in the same round;
+    # 12 chunks before issue 14).
+    assert sum(1 for s, _ in sent if s == "a") == 2
     assert not any(to == "a" for _, to in sent)
-    assert len(sent) == 8
+    assert len(sent) == 4
 
 
 def test_a_round_looks_only_at_items_that_still_need_a_send(tmp_path: Path) -> None:
@@ -121,3 +122,38 @@ def test_service_view_changes_only_when_members_do(tmp_path: Path) -> None:
     members[0] = SimpleNamespace(id="x", state="dead")
     service.refresh_view()
     assert service._view != first
+
+
+def test_a_runs_empty_streams_go_in_one_chunk_and_an_older_agent_gets_them_later(
+    tmp_path: Path,
+) -> None:
+    net = Net(tmp_path)
+    ring_key = key_whose_list_starts(net, "a")
+    replica = net.targets(ring_key)[1]
+    old = net.nodes[replica]
+
+    def older_agent(msg: ReplicaChunk, now: float | None = None) -> list[ReplicaAck]:
+        return [old.on_chunk(msg, now)]  # knows nothing of ``more``
+
+    old.on_chunks = older_agent  # type: ignore[assignment, method-assign]
+    for name in ("out", "err"):
+        net.nodes["a"].put_local(StoredItem("t1", 1, name, ring_key, finished_at=1.0), b"")
+    chunks: list[ReplicaChunk] = []
+    real = net.nodes["a"]._send
+
+    def recording(to: str, msg: object) -> None:
+        if isinstance(msg, ReplicaChunk) and to == replica:
+            chunks.append(msg)
+        real(to, msg)
+
+    net.nodes["a"]._send = recording
+    net.run(now=1.0)
+    assert [c.more for c in chunks] == [("err",)] or [c.more for c in chunks] == [("out",)]
+    first = chunks[0].name
+    assert old.item("t1", 1, first) is not None
+    second = "err" if first == "out" else "out"
+    assert old.item("t1", 1, second) is None  # ignored by the older agent
+    net.run(now=1.0 + RESEND_AFTER + 0.1, ticks=2)  # sent again, alone
+    assert chunks[-1].name == second and chunks[-1].more == ()
+    got = old.item("t1", 1, second)
+    assert got is not None and got.complete

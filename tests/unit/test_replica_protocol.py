@@ -58,7 +58,8 @@ class Net:
                     continue
                 node = self.nodes[to]
                 if isinstance(msg, ReplicaChunk):
-                    self.queue.append((to, sender, node.on_chunk(msg, now)))
+                    for ack in node.on_chunks(msg, now):
+                        self.queue.append((to, sender, ack))
                 elif isinstance(msg, ReplicaAck):
                     node.on_ack(msg, msg.node, now)
 
