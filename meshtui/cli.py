@@ -262,13 +262,14 @@ def main(argv: list[str] | None = None) -> int:
         args.attach_target = None
         args.target = None
         args.inventory = None
-    from meshtui import commands
+    from meshtui import commands, task_commands
 
     if command == "replicas":
         from meshtui.replicas_cmd import cmd_replicas
 
         return cmd_replicas(args)
-    handler: Any = getattr(commands, "cmd_" + command.replace("-", "_"))
+    name = "cmd_" + command.replace("-", "_")
+    handler: Any = getattr(commands, name, None) or getattr(task_commands, name)
     return int(handler(args))
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import json
 import os
 import sys
@@ -25,7 +24,7 @@ EXIT_DISK_FULL = 5
 Command = Callable[[argparse.Namespace], int]
 
 
-def _fail(message: str, code: int) -> int:
+def fail(message: str, code: int) -> int:
     sys.stderr.write(f"meshtui: {message}\n")
     return code
 
@@ -41,18 +40,18 @@ def with_session(fn: Callable[[argparse.Namespace, Session], int]) -> Command:
             target = resolve_target(getattr(args, "target", None), getattr(args, "inventory", None))
             wait = request_timeout(args)
         except TargetError as exc:
-            return _fail(str(exc), EXIT_USAGE)
+            return fail(str(exc), EXIT_USAGE)
         except ValueError as exc:  # a bad --request-timeout / MESHTUI_REQUEST_TIMEOUT
-            return _fail(str(exc), EXIT_USAGE)
+            return fail(str(exc), EXIT_USAGE)
         try:
             with Session(target, request_timeout=wait) as session:
                 return fn(args, session)
         except ClientError as exc:
-            return _fail(exc.message, exc.exit_code)
+            return fail(exc.message, exc.exit_code)
         except BrokenPipeError:  # our stdout was closed (``| head``): not an agent problem
             return EXIT_OK
         except (ConnectionError, FileNotFoundError, OSError) as exc:
-            return _fail(_connect_error(target, exc), EXIT_CONNECT)
+            return fail(_connect_error(target, exc), EXIT_CONNECT)
         except KeyboardInterrupt:
             return 130
 
@@ -90,7 +89,7 @@ def _connect_error(target: ResolvedTarget, exc: BaseException) -> str:
     return f"cannot connect to {target.label}: {reason}"
 
 
-def _print_json(value: Any) -> None:
+def print_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=2, sort_keys=False, default=_json_default)
     sys.stdout.write("\n")
 
@@ -112,7 +111,7 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
-def _rid() -> str:
+def new_rid() -> str:
     """Idempotency id: a retried request with the same rid applies once."""
     return uuid.uuid4().hex
 
@@ -141,7 +140,7 @@ def _print_pbft(pbft: Any) -> None:
 def cmd_status(args: argparse.Namespace, session: Session) -> int:
     status = session.call("status")
     if args.json:
-        _print_json(status)
+        print_json(status)
         return EXIT_OK
     cons = status.get("consensus", {})
     tasks = status.get("tasks", {})
@@ -168,198 +167,10 @@ def cmd_status(args: argparse.Namespace, session: Session) -> int:
     return EXIT_OK
 
 
-@with_session
-def cmd_submit(args: argparse.Namespace, session: Session) -> int:
-    cmd = list(args.cmd)
-    if cmd and cmd[0] == "--":
-        cmd = cmd[1:]
-    if not cmd:
-        return _fail("submit: no command given (usage: meshtui submit [opts] -- CMD...)", EXIT_USAGE)
-    env: dict[str, str] = {}
-    for item in args.env:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            return _fail(f"submit: --env expects K=V, got {item!r}", EXIT_USAGE)
-        env[key] = value
-    if args.retries < 0 or args.timeout < 0:
-        return _fail("submit: --retries and --timeout must be >= 0", EXIT_USAGE)
-    strategy = args.strategy or ("hash" if args.key else "auction")
-    if strategy == "hash" and not args.key:
-        return _fail("submit: --strategy hash needs --key", EXIT_USAGE)
-    result = session.call(
-        "task.submit",
-        argv=cmd if len(cmd) > 1 else [],
-        shell=cmd[0] if len(cmd) == 1 else "",
-        env=env,
-        cwd=args.cwd,
-        caps=list(args.caps),
-        key=args.key or "",
-        strategy=strategy,
-        priority=args.priority,
-        retries=args.retries,
-        timeout=float(args.timeout),
-        restartable=bool(args.restartable),
-        mem=int(args.mem),
-        pids=int(args.pids),
-        artifacts=list(args.artifacts),
-        rid=_rid(),
-    )
-    if args.json:
-        _print_json(result)
-    else:
-        print(result["id"])
-    return EXIT_OK
-
-
-@with_session
-def cmd_tasks(args: argparse.Namespace, session: Session) -> int:
-    rows = session.call("task.list")
-    if args.json:
-        _print_json(rows)
-        return EXIT_OK
-    print_table(
-        ["id", "state", "node", "epoch", "attempts", "migrations", "exit", "cmd"],
-        [[t["id"], t["state"], t["node"], t["epoch"], t["attempts"], t["migrations"],
-          t["exit_code"], t["cmd"][:60]] for t in rows],
-    )
-    return EXIT_OK
-
-
-_FINAL_STATES = {"succeeded", "failed", "cancelled", "lost"}
-
-
-@with_session
-def cmd_logs(args: argparse.Namespace, session: Session) -> int:
-    """Print one attempt's output; ``--follow`` stays with it through a replica when its
-    host dies, then goes on with the next attempt (a line on stderr marks the switch)."""
-    stream = "stderr" if args.stderr else "stdout"
-    offset, attempt = 0, args.attempt
-    out = sys.stdout.buffer
-    while True:
-        params: dict[str, Any] = {"id": args.task, "offset": offset, "stream": stream}
-        if attempt is not None:
-            params["attempt"] = attempt
-        chunk = session.call("task.logs", **params)
-        attempt = chunk.get("epoch", attempt)
-        data: bytes = chunk["data"]
-        if data:
-            out.write(data)
-            out.flush()
-        offset = chunk["offset"]
-        if chunk["eof"] and not data:
-            if not args.follow:
-                return EXIT_OK
-            latest = chunk.get("latest", attempt)
-            if attempt is not None and latest is not None and latest > attempt \
-                    and args.attempt is None:
-                print(f"meshtui: attempt {attempt} ended; following attempt {latest}",
-                      file=sys.stderr, flush=True)
-                offset, attempt = 0, latest
-                continue
-            state = chunk.get("state") or session.call("task.get", id=args.task)["state"]
-            if state in _FINAL_STATES:
-                return EXIT_OK
-            time.sleep(0.25)
-        elif not data:
-            time.sleep(0.25)
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``90``, ``90s``, ``30m``, ``12h`` or ``7d`` (``ValueError`` otherwise)."""
-    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-    text = text.strip().lower()
-    scale = units.get(text[-1:])
-    value = float(text[:-1] if scale is not None else text)
-    if value < 0 or value != value:
-        raise ValueError(text)
-    return value * (scale or 1.0)
-
-
-@with_session
-def cmd_artifacts(args: argparse.Namespace, session: Session) -> int:
-    """List a task's artifacts, or fetch one (``--get``) with its SHA-256 checked."""
-    extra: dict[str, Any] = {} if args.attempt is None else {"attempt": args.attempt}
-    if not args.get:
-        listing = session.call("artifact.list", id=args.task, **extra)
-        if args.json:
-            _print_json(listing)
-            return EXIT_OK
-        print_table(["name", "size", "sha256", "error"],
-                    [[i["name"], i["size"] if not i["error"] else "-",
-                      i["sha256"][:16] if not i["error"] else "-", i["error"]]
-                     for i in listing["items"]])
-        return EXIT_OK
-    digest, chunks, offset = hashlib.sha256(), [], 0
-    while True:
-        got = session.call("artifact.get", id=args.task, name=args.get, offset=offset, **extra)
-        extra["attempt"] = got["epoch"]
-        digest.update(got["data"])
-        chunks.append(got["data"])
-        offset = got["offset"]
-        if got["eof"]:
-            break
-    if digest.hexdigest() != got["sha256"]:
-        return _fail(f"artifacts: {args.get}: checksum mismatch (got {digest.hexdigest()}, "
-                     f"stored {got['sha256']})", EXIT_NOT_FOUND)
-    data = b"".join(chunks)
-    if args.output and args.output != "-":
-        tmp = f"{args.output}.part"
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, args.output)
-        if not args.json:
-            print(f"{args.get}: {len(data)} bytes, sha256 {got['sha256']} -> {args.output}",
-                  file=sys.stderr)
-    else:
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-    return EXIT_OK
-
-
-@with_session
-def cmd_prune(args: argparse.Namespace, session: Session) -> int:
-    try:
-        seconds = parse_duration(args.older_than)
-    except ValueError:
-        return _fail(f"prune: --older-than {args.older_than!r}: give e.g. 7d, 12h, 30m or 90s",
-                     EXIT_USAGE)
-    result = session.call("replicas.prune", older_than=seconds)
-    if args.json:
-        _print_json(result)
-    else:
-        print(f"pruned {result['removed']} item(s) here; every live host prunes its own")
-    return EXIT_OK
-
-
-@with_session
-def cmd_cancel(args: argparse.Namespace, session: Session) -> int:
-    session.call("task.cancel", id=args.task, rid=_rid())
-    if not args.json:
-        print(f"cancelled {args.task}")
-    return EXIT_OK
-
-
-@with_session
-def cmd_wait(args: argparse.Namespace, session: Session) -> int:
-    deadline = time.monotonic() + args.timeout if args.timeout else None
-    while True:
-        task = session.call("task.get", id=args.task)
-        if task["state"] in _FINAL_STATES:
-            break
-        if deadline is not None and time.monotonic() > deadline:
-            return _fail(f"wait: task {args.task} still {task['state']} after {args.timeout}s", 1)
-        time.sleep(0.2)
-    if args.json:
-        _print_json(task)
-    else:
-        print(f"{task['id']} {task['state']} exit={task.get('exit_code')} node={task.get('node')}")
-    return EXIT_OK if task["state"] == "succeeded" else EXIT_NOT_FOUND
-
-
 def _node_command(method: str) -> Command:
     @with_session
     def run(args: argparse.Namespace, session: Session) -> int:
-        session.call(method, node=args.node, rid=_rid())
+        session.call(method, node=args.node, rid=new_rid())
         if not args.json:
             print(f"{method.split('.')[1]}ed {args.node}")
         return EXIT_OK
@@ -377,22 +188,22 @@ def cmd_kv(args: argparse.Namespace, session: Session) -> int:
     if args.op == "get":
         got = session.call("kv.get", ns=ns, key=args.key, stale=args.stale)
         if not got["found"]:
-            return _fail(f"kv get: {ns}/{args.key}: not found", EXIT_NOT_FOUND)
+            return fail(f"kv get: {ns}/{args.key}: not found", EXIT_NOT_FOUND)
         if args.json:
-            _print_json(got)
+            print_json(got)
         else:
             sys.stdout.buffer.write(got["value"] + b"\n")
         return EXIT_OK
     if args.op == "put":
         ttl = {} if args.ttl is None else {"ttl": float(args.ttl)}
         if args.ttl is not None and not 0 < args.ttl <= 365 * 86400:
-            return _fail("kv put: --ttl must be more than 0 and at most a year", EXIT_USAGE)
+            return fail("kv put: --ttl must be more than 0 and at most a year", EXIT_USAGE)
         res = session.call(
-            "kv.put", ns=ns, key=args.key, value=args.value.encode(), rid=_rid(), **ttl)
+            "kv.put", ns=ns, key=args.key, value=args.value.encode(), rid=new_rid(), **ttl)
     elif args.op == "del":
-        res = session.call("kv.delete", ns=ns, key=args.key, rid=_rid())
+        res = session.call("kv.delete", ns=ns, key=args.key, rid=new_rid())
         if not res.get("deleted", True):
-            return _fail(f"kv del: {ns}/{args.key}: not found", EXIT_NOT_FOUND)
+            return fail(f"kv del: {ns}/{args.key}: not found", EXIT_NOT_FOUND)
     else:
         if args.op == "search":
             res = session.call("kv.search", ns=ns, pattern=args.key, stale=args.stale)
@@ -403,19 +214,19 @@ def cmd_kv(args: argparse.Namespace, session: Session) -> int:
                 print(f"{key}\t{value.decode('utf-8', 'replace')}")
             return EXIT_OK
     if args.json:
-        _print_json(res)
+        print_json(res)
     return EXIT_OK
 
 
 @with_session
 def cmd_propose(args: argparse.Namespace, session: Session) -> int:
     if not 0 < args.threshold <= 1:
-        return _fail("propose: --threshold must be in (0, 1]", EXIT_USAGE)
+        return fail("propose: --threshold must be in (0, 1]", EXIT_USAGE)
     res = session.call(
-        "proposal.create", title=args.title, body=args.body, threshold=args.threshold, rid=_rid()
+        "proposal.create", title=args.title, body=args.body, threshold=args.threshold, rid=new_rid()
     )
     if args.json:
-        _print_json(res)
+        print_json(res)
     else:
         print(res["id"])
     return EXIT_OK
@@ -423,9 +234,9 @@ def cmd_propose(args: argparse.Namespace, session: Session) -> int:
 
 @with_session
 def cmd_vote(args: argparse.Namespace, session: Session) -> int:
-    res = session.call("proposal.vote", id=args.proposal, approve=args.choice == "yes", rid=_rid())
+    res = session.call("proposal.vote", id=args.proposal, approve=args.choice == "yes", rid=new_rid())
     if args.json:
-        _print_json(res)
+        print_json(res)
     else:
         print(json.dumps(res.get("tally", res), default=_json_default))
     return EXIT_OK
@@ -435,7 +246,7 @@ def cmd_vote(args: argparse.Namespace, session: Session) -> int:
 def cmd_proposals(args: argparse.Namespace, session: Session) -> int:
     rows = session.call("proposal.list")
     if args.json:
-        _print_json(rows)
+        print_json(rows)
         return EXIT_OK
     print_table(
         ["id", "title", "state", "yes", "no", "threshold"],
@@ -449,7 +260,7 @@ def cmd_report(args: argparse.Namespace, session: Session) -> int:
     timeframe = getattr(args, "timeframe", None)
     report = session.call("report", **({"timeframe": timeframe} if timeframe else {}))
     if args.json:
-        _print_json(report)
+        print_json(report)
         return EXIT_OK
     history = report.pop("history", None)
     for key, value in report.items():
@@ -484,7 +295,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     if args.op == "install":
         key_file = getattr(args, "key_file", None)
         if key_file and args.key:
-            return _fail("keys install: give the key or --key-file, not both", EXIT_USAGE)
+            return fail("keys install: give the key or --key-file, not both", EXIT_USAGE)
         if key_file:
             from agent.errors import ConfigError
             from agent.keyfile import read_key_text
@@ -492,13 +303,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
             try:  # refused, as the agent refuses it, if group or others may read it
                 args.key = read_key_text(key_file, field="--key-file").strip()
             except ConfigError as exc:
-                return _fail(f"keys install: {exc}", EXIT_USAGE)
+                return fail(f"keys install: {exc}", EXIT_USAGE)
     if getattr(args, "inventory", None) and not getattr(args, "target", None):
         from inventory.cli import run_inventory_command
 
         return run_inventory_command("keys", args)
     if args.op == "install" and not args.key:
-        return _fail("keys install: give the key or --key-file FILE", EXIT_USAGE)
+        return fail("keys install: give the key or --key-file FILE", EXIT_USAGE)
     return _keys_on_agent(args)
 
 
@@ -511,7 +322,7 @@ def _keys_on_agent(args: argparse.Namespace, session: Session) -> int:
         params["key_id"] = args.key
     res = session.call(f"keys.{args.op}", **params)
     if args.json:
-        _print_json(res)
+        print_json(res)
     else:
         for key in res.get("keys", []):
             mark = "*" if key.get("primary") else " "
@@ -527,7 +338,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
     try:
         targets = [resolve_target(text, args.inventory) for text in texts or [None]]
     except TargetError as exc:
-        return _fail(str(exc), EXIT_USAGE)
+        return fail(str(exc), EXIT_USAGE)
     from meshtui.app import run_app
     from meshtui.connect import client_factory_for
 
@@ -546,7 +357,7 @@ def cmd_events(args: argparse.Namespace, session: Session) -> int:
         res = session.call("events.send", name=args.name, payload=args.payload.encode(),
                            to=args.to, **{"from": args.sender}, wait=float(args.wait))
         if args.json:
-            _print_json(res)
+            print_json(res)
         else:
             print(f"{res['id']} to {res['to']}: delivered {len(res['delivered'])}"
                   f"/{len(res['expected'])} ({', '.join(res['delivered'])})"
@@ -573,11 +384,11 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     try:
         target = resolve_target(args.target, args.inventory)
     except TargetError as exc:
-        return _fail(str(exc), EXIT_USAGE)
+        return fail(str(exc), EXIT_USAGE)
     try:
         from meshtui.mcp.server import run_stdio
     except ImportError as exc:
-        return _fail(f"mcp: the MCP SDK is not installed ({exc.name}): "
+        return fail(f"mcp: the MCP SDK is not installed ({exc.name}): "
                      "pip install 'meshtui[mcp]'", EXIT_USAGE)
     return run_stdio(target)
 
@@ -591,7 +402,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     if not 1 <= args.nodes <= 15:
-        return _fail("demo: --nodes must be 1-15", EXIT_USAGE)
+        return fail("demo: --nodes must be 1-15", EXIT_USAGE)
     from meshtui.demo import run_demo
 
     return run_demo(args.nodes, tui=not args.no_tui, workload=not args.no_workload)

@@ -43,7 +43,7 @@ def test_the_cli_and_the_agent_never_import_the_extras() -> None:
     """The CLI imports the SDK lazily: ``meshtui status`` and friends never load it."""
     import subprocess
 
-    code = ("import sys, meshtui.cli, meshtui.commands; "
+    code = ("import sys, meshtui.cli, meshtui.commands, meshtui.task_commands; "
             "assert 'mcp' not in sys.modules and 'textual_serve' not in sys.modules; "
             "import agent.runtime.agent; assert 'mcp' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
