@@ -516,9 +516,10 @@ class ConsensusDriver(ClientRequests):
         if kind == EntryKind.NORMAL:
             # Same index and term as our proposal: by Log Matching this entry is
             # the command we encoded, so its decoded form (if kept) can be used.
-            ours = pending is not None and pending.term == term
-            decoded = pending.decoded if pending is not None and ours else None
-            result = self._state.apply(index, data, decoded)
+            if pending is not None and pending.term == term:
+                result = self._state.apply(index, data, pending.decoded, pending.parts)
+            else:
+                result = self._state.apply(index, data)
         else:
             self._state.applied_index = index
             summary = "no-op (new leader)" if kind == EntryKind.EMPTY else "membership change"

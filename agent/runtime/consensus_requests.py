@@ -70,6 +70,9 @@ class PendingWrite:
     """Turns the apply result into the future's value (or raises); None: the result itself."""
     decoded: Command | None = None
     """What the proposed bytes decode to, if the proposer knew (spares the apply a decode)."""
+    parts: list[Command | None] | None = None
+    """For a group-commit batch: what each of its commands decodes to, by position
+    (the handlers' ``decoded``), so the leader applies them without decoding."""
 
 
 class ClientRequests(abc.ABC):
@@ -216,8 +219,10 @@ class ClientRequests(abc.ABC):
         finish: Callable[[ApplyResult], Any] | None,
         decoded: Command | None = None,
         fut: asyncio.Future[Any] | None = None,
+        parts: list[Command | None] | None = None,
     ) -> asyncio.Future[Any]:
-        """Append ``command``; ``fut`` (a new future if None) resolves once it is applied."""
+        """Append ``command``; ``fut`` (a new future if None) resolves once it is applied
+        (``parts``: see ``PendingWrite``)."""
         loop = self._loop or asyncio.get_running_loop()
         try:
             index, term = self._node.propose(command)
@@ -234,7 +239,7 @@ class ClientRequests(abc.ABC):
                 NoQuorumError("leadership changed before the write committed; retry")
             )
         # The tick sweep (_expire_waiters) fails the future after commit_timeout.
-        self._pending[index] = PendingWrite(term, fut, loop.time(), finish, decoded)
+        self._pending[index] = PendingWrite(term, fut, loop.time(), finish, decoded, parts)
         self.wake()
         return fut
 
@@ -259,7 +264,8 @@ class ClientRequests(abc.ABC):
                         self._propose_future(command, finish, decoded, fut)
                     continue
                 data = cmd_batch([c for c, _, _, _ in chunk], "", time.time())
-                batch = self._propose_future(data, None)
+                parts = [d for _, _, d, _ in chunk]
+                batch = self._propose_future(data, None, parts=parts if any(parts) else None)
             except (NoQuorumError, NotLeaderError) as exc:
                 for _, _, _, waiting in chunk:
                     if not waiting.done():

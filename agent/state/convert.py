@@ -131,10 +131,15 @@ def compile_converter(name: str, hint: Any) -> Converter:
     raise TypeError(f"unsupported hint {hint!r} for command field {name}")
 
 
+_PLAIN: tuple[type[Any], ...] = (str, bytes, int, bool)
+"""Field types checked by exact type alone (``_scalar``'s rule)."""
+_MISSING = object()
+
+
 class DataclassConverter:
     """One dataclass, compiled: build from a plain map, validate, turn into a plain map."""
 
-    __slots__ = ("cls", "fields", "names", "nested", "prefix")
+    __slots__ = ("cls", "fields", "names", "nested", "plain", "prefix")
 
     def __init__(self, cls: type[Any], prefix: str) -> None:
         hints = {
@@ -153,6 +158,15 @@ class DataclassConverter:
             for f in dataclasses.fields(cls)
         )
         self.names = frozenset(hints)
+        # Every field a required plain scalar (the KV writes): ``build`` and
+        # ``validate`` check each value's exact type inline, without a converter
+        # call per field (this runs for every write on every node).
+        plain = tuple((name, hints[name]) for name, _, required in self.fields if required)
+        self.plain: tuple[tuple[str, type[Any]], ...] | None = (
+            plain
+            if len(plain) == len(self.fields) and all(kind in _PLAIN for _, kind in plain)
+            else None
+        )
         # Fields holding a nested dataclass must become maps before packing.
         self.nested: tuple[tuple[str, DataclassConverter], ...] = tuple(
             (name, converter_for(typing.cast(type[Any], hint), f"{prefix}{name}."))
@@ -162,6 +176,16 @@ class DataclassConverter:
 
     def build(self, mapping: dict[Any, Any]) -> Any:
         """An instance from a decoded map; ``ProtocolError`` naming the first bad field."""
+        plain = self.plain
+        if plain is not None and len(mapping) == len(plain):
+            args: list[Any] = []
+            for name, kind in plain:
+                value = mapping.get(name, _MISSING)
+                if type(value) is not kind:
+                    break  # missing, unknown or mistyped: the full path says which
+                args.append(value)
+            else:
+                return self.cls(*args)
         if len(mapping) == len(self.fields):
             # The usual case, every field present (so none unknown): positional.
             try:
@@ -181,6 +205,13 @@ class DataclassConverter:
 
     def validate(self, obj: Any) -> None:
         """Raise ``ProtocolError`` if ``obj``'s fields would not decode back."""
+        plain = self.plain
+        if plain is not None:
+            for name, kind in plain:
+                if type(getattr(obj, name)) is not kind:
+                    break  # the converters below name the field and the reason
+            else:
+                return
         for name, convert, _ in self.fields:
             convert(getattr(obj, name))
 

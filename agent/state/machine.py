@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -115,11 +116,19 @@ class StateMachine(Queries):
 
     # ------------------------------------------------------------ apply
 
-    def apply(self, index: int, data: bytes, decoded: Command | None = None) -> ApplyResult:
+    def apply(
+        self,
+        index: int,
+        data: bytes,
+        decoded: Command | None = None,
+        parts: Sequence[Command | None] | None = None,
+    ) -> ApplyResult:
         """Apply committed entry ``index``; entries must arrive in increasing index order.
 
         ``decoded``: what ``data`` decodes to, when the caller knows (the leader
-        that encoded it, see ``encode_command_decoded``); saves decoding it again."""
+        that encoded it, see ``encode_command_decoded``); saves decoding it again.
+        ``parts``: for a ``batch`` entry the leader built, what each of its
+        commands decodes to (None where it did not keep one), by position."""
         assert index > self.applied_index, f"entry {index} after {self.applied_index}"
         self.applied_index = index
         if not data:  # a leader's empty entry at the start of its term
@@ -132,53 +141,66 @@ class StateMachine(Queries):
             except ProtocolError as exc:
                 return ApplyResult(False, None, str(exc), [_entry(index, "invalid command")])
         if type(cmd.body) is Batch:
-            return self._apply_batch(index, cmd.body)
-        return self._apply_command(index, cmd)
+            return self._apply_batch(index, cmd.body, parts)
+        ok, value, error, events, placeable = self._run(index, cmd)
+        return ApplyResult(ok, value, error, events, placeable)
 
-    def _apply_batch(self, index: int, batch: Batch) -> ApplyResult:
+    def _apply_batch(
+        self, index: int, batch: Batch, parts: Sequence[Command | None] | None
+    ) -> ApplyResult:
         """Each command of ``batch`` as if it were an entry of its own, in order; the
         value is ``[[ok, value, error], ...]``, one row per command (the batch's own rid
-        is not used: each command carries its own)."""
+        is not used: each command carries its own).  ``parts`` (see ``apply``) must
+        have one item per command when given."""
         rows: list[list[Any]] = []
         events: list[Event] = []
         placeable = False
-        for data in batch.cmds:
-            try:
-                cmd = decode_command(data)
-            except ProtocolError as exc:
-                rows.append([False, None, str(exc)])
-                continue
+        if parts is not None and len(parts) != len(batch.cmds):
+            parts = None
+        for i, data in enumerate(batch.cmds):
+            cmd = parts[i] if parts is not None else None
+            if cmd is None:
+                try:
+                    cmd = decode_command(data)
+                except ProtocolError as exc:
+                    rows.append([False, None, str(exc)])
+                    continue
             if type(cmd.body) is Batch:
                 rows.append([False, None, "a batch inside a batch"])
                 continue
-            result = self._apply_command(index, cmd)
-            rows.append([result.ok, result.value, result.error])
-            events += result.events
-            placeable = placeable or result.placeable
+            ok, value, error, more, may_place = self._run(index, cmd)
+            rows.append([ok, value, error])
+            if more:
+                events += more
+            placeable = placeable or may_place
         return ApplyResult(True, rows, None, events, placeable)
 
-    def _apply_command(self, index: int, cmd: Command) -> ApplyResult:
+    def _run(self, index: int, cmd: Command) -> tuple[bool, Any, str | None, list[Event], bool]:
+        """One command: ``(ok, value, error, events, placeable)``, an ``ApplyResult``'s
+        fields (a batch makes rows of them, not a result object per command)."""
         # The consensus-log summary is only for subscribers: skip it when nobody
         # follows that topic (``summaries``; results and state do not depend on it).
         summary = summarize(cmd, self.name_of) if self.summaries else ""
-        cached = self.rids.get(cmd.rid) if cmd.rid else None
+        rid = cmd.rid
+        cached = self.rids.get(rid) if rid else None
         if cached is not None:
             _, ok, value, error = _unpack_row(cached)
-            return ApplyResult(ok, value, error, self._entries(index, f"{summary} (retry)"))
+            return ok, value, error, self._entries(index, f"{summary} (retry)"), False
         try:
             value, events = self._dispatch(cmd, index)
-            result = ApplyResult(
-                True, value, None, [*events, *self._entries(index, summary)],
-                _placeable(cmd.body, events),
-            )  # fmt: skip
+            ok, error = True, None
+            placeable = _placeable(cmd.body, events) if events or type(cmd.body) in _MAY_PLACE else False
+            if self.summaries:
+                events = [*events, _entry(index, summary)]
         except MeshError as exc:
-            result = ApplyResult(False, None, str(exc), self._entries(index, f"{summary}: {exc}"))
-        if cmd.rid:
-            self.rids[cmd.rid] = self._packer.pack([cmd.rid, result.ok, result.value, result.error])
-            self.rid_order.append(cmd.rid)
+            ok, value, error, placeable = False, None, str(exc), False
+            events = self._entries(index, f"{summary}: {exc}")
+        if rid:
+            self.rids[rid] = self._packer.pack([rid, ok, value, error])
+            self.rid_order.append(rid)
             while len(self.rids) > MAX_RIDS:
                 del self.rids[self.rid_order.popleft()]
-        return result
+        return ok, value, error, events, placeable
 
     def _entries(self, index: int, summary: str) -> list[Event]:
         return [_entry(index, summary)] if self.summaries else []
