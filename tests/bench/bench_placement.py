@@ -1,6 +1,7 @@
 """Placement decisions committed per second on 3 loopback agents (issues 5 and 14).
 
-Run: ``.venv/bin/python tests/bench/bench_placement.py [--tasks N] [--inflight K] [--runs R]``.
+Run: ``.venv/bin/python tests/bench/bench_placement.py [--tasks N] [--inflight K] [--runs R]
+[--ways single,many] [--per-request M] [--many-inflight J]``.
 
 ``meshtui.demo.LocalMesh(3)`` starts three real ``mesh-agent`` processes
 (``--profile local``, 2 slots each).  One ``ControlClient`` submits N
@@ -15,10 +16,14 @@ is one applied placement) and notes when the count reaches its goal.  Printed,
 per run (each on a fresh mesh) and as ranges over the runs, with the load
 average:
 
-* anchor: the submit rate alone (committed ``task.submit`` entries per second
-  over the same Raft log and client);
+* anchor: the submit rate alone (tasks committed per second over the same Raft
+  log and client, from the first submit to the last acknowledgement);
 * pipelined: N tasks submitted and placed, from the first submit to the last
   assignment seen (bounded by the submit rate); issue 14's target >= 5,000/s;
+  measured both ways a client can submit: one ``task.submit`` request per task
+  (K in flight), and ``task.submit_many`` requests of ``--per-request`` tasks
+  (``--many-inflight`` in flight), each on a fresh mesh.  Either way every task
+  is its own committed command with its own rid, acknowledged once committed;
 * placement of a backlog: every host drained, N more tasks submitted (they stay
   ``queued``: no host is eligible), then all undrained; N / (time from the
   undrain to the last assignment seen).  Issue 5's target >= 2,000/s, issue
@@ -32,6 +37,7 @@ import argparse
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +101,33 @@ async def submit_all(sock: str, count: int, inflight: int, tag: str) -> tuple[fl
     return started, time.monotonic()
 
 
+async def submit_many_all(
+    sock: str, count: int, per_request: int, inflight: int, tag: str
+) -> tuple[float, float]:
+    """Submit ``count`` tasks in ``task.submit_many`` requests of ``per_request``,
+    ``inflight`` requests in flight; (first sent, last acked)."""
+    client = await ControlClient.connect_unix(sock)
+    gate = asyncio.Semaphore(inflight)
+
+    async def one(start: int) -> None:
+        tasks = [
+            {"argv": ["sleep", "600"], "rid": f"{tag}-{i}", "retries": 0}
+            for i in range(start, min(count, start + per_request))
+        ]
+        async with gate:
+            rows = await call_retry(client, "task.submit_many", {"tasks": tasks})
+        refused = [row for row in rows if "error" in row]
+        if refused:
+            raise SystemExit(f"task.submit_many refused {len(refused)} tasks: {refused[0]}")
+
+    started = time.monotonic()
+    try:
+        await asyncio.gather(*(one(i) for i in range(0, count, per_request)))
+    finally:
+        await client.close()
+    return started, time.monotonic()
+
+
 async def watch_assignments(sock: str, goal: int, stop_after: float) -> list[tuple[float, int]]:
     """(time, tasks assigned so far) per ``assigned`` event on ``sock`` until ``goal``.
 
@@ -147,13 +180,17 @@ async def set_drain(sock: str, names: list[str], drain: bool) -> None:
         await client.close()
 
 
+Submitter = Callable[[str, int, str], Awaitable[tuple[float, float]]]
+"""(socket, count, rid tag) -> (first sent, last acked)."""
+
+
 async def measure(
-    sock: str, watch_sock: str, names: list[str], count: int, inflight: int
+    sock: str, watch_sock: str, names: list[str], count: int, submit: Submitter
 ) -> dict[str, float]:
     # Pipelined: submissions and placements interleave on one Raft log.
     watcher = asyncio.create_task(watch_assignments(watch_sock, count, 300.0))
     await asyncio.sleep(0.2)  # subscribed before the first submit
-    first_submit, last_ack = await submit_all(sock, count, inflight, "a")
+    first_submit, last_ack = await submit(sock, count, "a")
     trace = await watcher
     if trace[-1][1] < count:
         raise SystemExit(f"only {trace[-1][1]} of {count} tasks placed within 300 s")
@@ -162,7 +199,7 @@ async def measure(
     # Placement alone: a backlog of queued tasks (every host drained, so none
     # is eligible), then undrain and time the leader's loop draining it.
     await set_drain(sock, names, True)
-    await submit_all(sock, count, inflight, "b")
+    await submit(sock, count, "b")
     watcher = asyncio.create_task(watch_assignments(watch_sock, count, 300.0))
     await asyncio.sleep(0.2)
     released = time.monotonic()
@@ -182,7 +219,7 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def one_run(tasks: int, inflight: int) -> dict[str, float]:
+def one_run(tasks: int, submit: Submitter) -> dict[str, float]:
     import tempfile
 
     base = Path(tempfile.mkdtemp(prefix="mt-bench-placement-"))
@@ -195,7 +232,7 @@ def one_run(tasks: int, inflight: int) -> dict[str, float]:
         sock = leader_socket(mesh)
         follower = next(n.socket_path for n in mesh.nodes if n.socket_path != sock)
         names = [n.name for n in mesh.nodes]
-        return asyncio.run(measure(sock, follower, names, tasks, inflight))
+        return asyncio.run(measure(sock, follower, names, tasks, submit))
     finally:
         mesh.stop()
 
@@ -213,26 +250,45 @@ def span(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=4000)
-    parser.add_argument("--inflight", type=int, default=64)
-    parser.add_argument("--runs", type=int, default=1, help="runs, each on a fresh mesh")
+    parser.add_argument("--inflight", type=int, default=64, help="task.submit calls in flight")
+    parser.add_argument("--per-request", type=int, default=256, help="tasks per task.submit_many")
+    parser.add_argument("--many-inflight", type=int, default=4, help="task.submit_many in flight")
+    parser.add_argument("--runs", type=int, default=1, help="runs, each on a fresh mesh per way")
+    parser.add_argument("--ways", default="single,many", help="comma-separated: single, many (default both)")
     args = parser.parse_args()
 
-    print(f"placement on 3 loopback agents, {args.tasks} tasks, {args.inflight} submits in flight")
-    runs: list[dict[str, float]] = []
+    submitters: dict[str, tuple[str, Submitter]] = {
+        "single": (
+            f"task.submit, {args.inflight} in flight",
+            lambda sock, n, tag: submit_all(sock, n, args.inflight, tag),
+        ),
+        "many": (
+            f"task.submit_many, {args.per_request} tasks a request, {args.many_inflight} in flight",
+            lambda sock, n, tag: submit_many_all(sock, n, args.per_request, args.many_inflight, tag),
+        ),
+    }
+    ways = [w for w in args.ways.split(",") if w]
+    print(f"placement on 3 loopback agents, {args.tasks} tasks per phase")
+    runs: dict[str, list[dict[str, float]]] = {w: [] for w in ways}
     for i in range(args.runs):
-        figures = one_run(args.tasks, args.inflight)
-        runs.append(figures)
-        print(f"run {i + 1}: load average {load_average()}")
-        print(f"  anchor: submit alone       {figures['submit_rate']:8.0f} task.submit commits/s")
-        print(f"  submit + place pipelined   {figures['pipelined']:8.0f} tasks placed/s from first submit")
-        print(f"  placement of a backlog     {figures['place_rate']:8.0f} placements committed/s "
-              f"({args.tasks} in {figures['place_s']:.2f} s)")  # fmt: skip
-    pipelined = [r["pipelined"] for r in runs]
-    backlog = [r["place_rate"] for r in runs]
-    print(f"over {len(runs)} run(s), load average at the end {load_average()}:")
-    print(f"  anchor: submit alone       {span([r['submit_rate'] for r in runs])}")
-    print(f"  submit + place pipelined   {span(pipelined)}; {verdict(pipelined, TARGET_PIPELINED)}")
-    print(f"  placement of a backlog     {span(backlog)}; {verdict(backlog, TARGET_BACKLOG)}")
+        for way in ways:
+            label, submit = submitters[way]
+            figures = one_run(args.tasks, submit)
+            runs[way].append(figures)
+            print(f"run {i + 1}, {label}: load average {load_average()}")
+            print(f"  anchor: submit alone       {figures['submit_rate']:8.0f} tasks committed/s")
+            print(f"  submit + place pipelined   {figures['pipelined']:8.0f} tasks placed/s "
+                  "from first submit")  # fmt: skip
+            print(f"  placement of a backlog     {figures['place_rate']:8.0f} placements committed/s "
+                  f"({args.tasks} in {figures['place_s']:.2f} s)")  # fmt: skip
+    print(f"over {args.runs} run(s), load average at the end {load_average()}:")
+    for way in ways:
+        print(f"  {submitters[way][0]}:")
+        pipelined = [r["pipelined"] for r in runs[way]]
+        backlog = [r["place_rate"] for r in runs[way]]
+        print(f"    anchor: submit alone       {span([r['submit_rate'] for r in runs[way]])}")
+        print(f"    submit + place pipelined   {span(pipelined)}; {verdict(pipelined, TARGET_PIPELINED)}")
+        print(f"    placement of a backlog     {span(backlog)}; {verdict(backlog, TARGET_BACKLOG)}")
 
 
 if __name__ == "__main__":
