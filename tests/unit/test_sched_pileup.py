@@ -12,8 +12,11 @@ commits while the round's bids are out."""
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import Counter
 from dataclasses import replace
+
+import pytest
 
 from agent.runtime.scheduler import LeaderScheduler
 from agent.sched import (
@@ -28,7 +31,7 @@ from agent.sched import (
     run_auction,
 )
 from agent.sched.balance import HeatState
-from agent.sched.placement import queue_wait
+from agent.sched.placement import is_eligible, queue_wait
 from agent.state import decode_command
 from agent.state.commands import TaskPlace
 
@@ -167,3 +170,37 @@ async def test_a_placement_that_commits_while_bids_are_out_still_counts() -> Non
         await asyncio.sleep(0)
     assert placed(proposed[1]) == [("q002", "b")]
     await sched.close()
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_no_decision_goes_to_a_full_host_while_an_eligible_host_has_a_free_slot(seed: int) -> None:
+    """Random hosts (CPU, memory, history, counts, capabilities) and a random burst:
+    every auction decision lands on a host with a free slot whenever an eligible host
+    has one at that moment, and otherwise on one with the shortest queue per slot."""
+    rng = random.Random(seed)
+    nodes = {
+        f"n{i}": NodeView(
+            f"n{i}", caps=frozenset(rng.sample(["gpu", "ssd"], rng.randint(0, 2))),
+            slots=rng.randint(1, 4), running=rng.randint(0, 3), queued=rng.randint(0, 2),
+            cpu=rng.random(), mem_free=rng.random(), success_rate=rng.random(),
+            mean_duration=rng.choice([None, rng.uniform(1, 9)]),
+        )
+        for i in range(rng.randint(2, 6))
+    }
+    tasks = [
+        TaskView(f"t{i:03}", caps=frozenset(rng.sample(["gpu"], rng.randint(0, 1))),
+                 created_at=float(i))
+        for i in range(rng.randint(1, 40))
+    ]  # fmt: skip
+    busy = {n.id: n.running + n.queued for n in nodes.values()}
+    by_id = {t.id: t for t in tasks}
+    for decision in place_many(tasks, ClusterSnapshot(tuple(nodes.values()))):
+        task = by_id[decision.task]
+        eligible = [n for n in nodes.values() if is_eligible(task, n, CFG)]
+        if not eligible:
+            assert decision.node is None
+            continue
+        assert decision.node is not None
+        waits = {n.id: queue_wait(n.slots, busy[n.id]) for n in eligible}
+        assert waits[decision.node] == min(waits.values()), (seed, decision, waits)
+        busy[decision.node] += 1
