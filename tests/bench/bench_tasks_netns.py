@@ -257,6 +257,27 @@ class CpuMeter:
         return out
 
 
+def settle(pids: dict[str, int], quiet: float = 0.1, window: float = 0.5,
+           timeout: float = 15.0) -> float:
+    """Wait until the agents together use less than ``quiet`` of a core over ``window``
+    seconds (their start-up work is done: a formed cluster still gossips its
+    metadata, starts each watchdog, writes its first snapshot); the seconds waited.
+    Dask's cluster gets a warm-up call too; without this the first second of the
+    agents' own start-up was charged to the tasks."""
+    procs = [psutil.Process(pid) for pid in pids.values()]
+
+    def total() -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = total()
+        time.sleep(window)
+        if (total() - before) / window < quiet:
+            break
+    return time.monotonic() - started
+
+
 def start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
     spy = Path(sys.executable).with_name("py-spy")
     return subprocess.Popen([str(spy), "record", "--pid", str(pid), "--format", "raw",
@@ -322,6 +343,7 @@ def run_once(args: argparse.Namespace, run: int, with_parallel: bool) -> dict[st
                 spies = [start_py_spy(pids[agents.name(leader)], outdir / f"run{run}-leader.txt"),
                          start_py_spy(pids[agents.name(other)], outdir / f"run{run}-host.txt")]
                 time.sleep(1.0)
+            settled = settle(pids)
             meter = CpuMeter(pids)
             load_before = loadavg()
             ours = asyncio.run(run_ours(sock, args.tasks, 600.0, args.breakdown))
@@ -337,7 +359,8 @@ def run_once(args: argparse.Namespace, run: int, with_parallel: bool) -> dict[st
         containment = next((line.split("task containment: ", 1)[1] for line in log_text.splitlines()
                             if "task containment: " in line), "unknown")
         print(f"run {run}: {args.tasks} `true` tasks, {HOSTS} namespace hosts x {SLOTS} slots "
-              f"(agents: --profile {args.profile}; leader h{leader})\n  containment: {containment}")
+              f"(agents: --profile {args.profile}; leader h{leader}; idle after "
+              f"{settled:.1f} s)\n  containment: {containment}")
         print(f"  meshtui:                   {ours.makespan:8.2f} s makespan "
               f"({args.tasks / ours.makespan:.0f} tasks/s; per host "
               f"{dict(sorted(ours.by_host.items()))}) ({load_before} before, {loadavg()} after)")
