@@ -33,6 +33,7 @@ each ``receive_data`` so the buffer stays within one frame plus one read.
 from __future__ import annotations
 
 import enum
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
@@ -263,11 +264,27 @@ def _unpack_counted(body: bytes | memoryview, size: int) -> Any:
     )
 
 
+_PACKER: Final = msgpack.Packer(use_bin_type=True)
+_PACKER_THREAD: Final = threading.get_ident()
+
+
+def _pack(obj: Any) -> bytes:
+    """``msgpack.packb(obj, use_bin_type=True)``: on the thread that imported this
+    module (the event loop's) through one kept ``Packer``, sparing the Packer
+    ``packb`` builds per call (~0.4 us, on every request and reply); a Packer
+    resets its buffer when a pack fails.  Other threads pack on their own."""
+    if threading.get_ident() == _PACKER_THREAD:
+        data: bytes = _PACKER.pack(obj)
+        return data
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
+
+
 def encode_frame(obj: Mapping[str, Any]) -> bytes:
     """Length prefix + msgpack body for one map; ``ProtocolError`` if it cannot be sent."""
     check_value(obj)
     try:
-        body: bytes = msgpack.packb(obj, use_bin_type=True)
+        body: bytes = _pack(obj)
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"cannot encode message: {exc}") from exc
     return frame(body, MAX_CONTROL_FRAME)

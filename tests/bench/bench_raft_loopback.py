@@ -206,8 +206,12 @@ async def _client_load(sockets: list[str], connections: int, seconds: float) -> 
 
 def _client_process(sockets: list[str], connections: int, seconds: float,
                     out: multiprocessing.Queue[dict[str, Any]], loop: str = "asyncio") -> None:
-    from agent.runtime.event_loop import run
+    from agent.runtime.event_loop import run, tune_gc
 
+    # The agent's GC thresholds (event_loop.tune_gc) in the client processes too:
+    # a client keeping 256 calls in flight crosses CPython's default young-
+    # generation threshold (700 objects) thousands of times a second.
+    tune_gc()
     out.put(run(_client_load(sockets, connections, seconds), loop))
 
 
