@@ -120,6 +120,22 @@ def _pct(value: Any) -> str:
     return "-" if value is None else f"{float(value) * 100:.0f}%"
 
 
+def pbft_group_lines(pbft: Any) -> list[str]:
+    """The replica group, a replacement decided and not yet in effect, and whether
+    this host has left the group (PBFT's ``status``); the CLI and the TUI print these."""
+    lines: list[str] = []
+    if pbft.get("replicas"):
+        lines.append("replicas: " + " ".join(str(r) for r in pbft["replicas"]))
+    pending = pbft.get("replace_pending")
+    if isinstance(pending, dict):
+        lines.append("replacement pending: replicas become " +
+                     " ".join(str(r) for r in pending.get("replicas") or []) +
+                     f" after checkpoint {pending.get('at')}")
+    if pbft.get("retired"):
+        lines.append("retired: this host was replaced and no longer takes part")
+    return lines
+
+
 def _print_pbft(pbft: Any) -> None:
     """PBFT's lines of ``meshtui status`` (issue 13): view, watermarks, keys, evidence."""
     if not isinstance(pbft, dict):
@@ -130,6 +146,8 @@ def _print_pbft(pbft: Any) -> None:
         f"watermarks={pbft.get('low')}..{pbft.get('high')} executed={pbft.get('executed')} "
         f"view_changes={pbft.get('view_changes')}"
     )
+    for line in pbft_group_lines(pbft):
+        print(line)
     for name, fp in sorted((pbft.get("fingerprints") or {}).items()):
         print(f"  key {name}: {fp}")
     for ev in pbft.get("evidence") or []:

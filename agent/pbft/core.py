@@ -219,7 +219,7 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
             "active": self.active,
             "primary": self.primary,
             "replicas": list(self.group.replicas),
-            "replace_pending": self._pending_status(),
+            "replace_pending": self.membership.pending_status(),
             "retired": self.retired,
             "n": self.group.n,
             "f": self.f,
@@ -233,11 +233,6 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
             "dropped": self.dropped,
         }
 
-    def _pending_status(self) -> dict[str, Any] | None:
-        pending = self.membership.pending
-        if pending is None:
-            return None
-        return {"replicas": list(pending[0].replicas), "at": pending[1]}
 
     # ============================================================ restore
 

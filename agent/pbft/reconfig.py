@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from agent.pbft.viewchange import Group
 
@@ -125,6 +126,13 @@ class Membership:
     def fence(self) -> int | None:
         """Nothing above this seq runs under the current group (a change is pending)."""
         return self.pending[1] if self.pending is not None else None
+
+    def pending_status(self) -> dict[str, Any] | None:
+        """The pending replacement as ``status`` shows it: the new group and the
+        checkpoint it takes effect after, or None."""
+        if self.pending is None:
+            return None
+        return {"replicas": list(self.pending[0].replicas), "at": self.pending[1]}
 
     def decide(self, seq: int, op: bytes) -> tuple[bool, str, int]:
         """A replace request executed at ``seq``: (accepted, why not, the boundary)."""

@@ -490,6 +490,8 @@ class PbftDriver(PbftRoles):
             "executed": self._follower.applied,
             "view_changes": 0,
             "rejected_signatures": self._follower.checker.rejected,
+            "replicas": list(replicas),
+            "replace_pending": self._follower.membership.pending_status(),
         }
 
     def status(self) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from rich.console import Group
 from rich.text import Text
 from textual.widgets import Static
 
+from meshtui.commands import pbft_group_lines
+
 PHASE_STYLE = {
     "executed": ("█", "green"),
     "committed": ("▓", "cyan"),
@@ -53,6 +55,8 @@ def render_pbft(pbft: Mapping[str, Any] | None) -> Group | Text:
         strip.append("(empty)", style="grey50")
     legend = Text("  " + "  ".join(f"{g} {p}" for p, (g, _) in PHASE_STYLE.items()), style="grey50")
     lines: list[Text] = [head, strip + legend]
+    lines += [Text(line, style="yellow" if not line.startswith("replicas") else "")
+              for line in pbft_group_lines(pbft)]
     for ev in pbft.get("evidence") or []:
         lines.append(Text(f"EVIDENCE {ev.get('summary')}", style="bold red"))
     return Group(*lines)

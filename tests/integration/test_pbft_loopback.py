@@ -202,6 +202,7 @@ def test_meshtui_status_shows_the_key_fingerprints(mesh: LocalMesh) -> None:
         capture_output=True, text=True, timeout=30, check=True,
     ).stdout
     assert "pbft: view=" in out and out.count("key n") == 4 and "SHA256:" in out
+    assert "\nreplicas: " in out, out  # the group; a pending replacement gets a line too
 
 
 def test_sigkill_of_the_primary_changes_the_view_and_writes_resume(mesh: LocalMesh) -> None:

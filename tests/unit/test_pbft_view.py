@@ -28,3 +28,18 @@ def test_render_shows_the_view_the_watermarks_and_each_phase() -> None:
 
 def test_render_without_status_says_so() -> None:
     assert "no status yet" in _text(render_pbft(None))
+
+
+def test_render_and_status_show_the_group_and_a_pending_replacement() -> None:
+    from meshtui.commands import pbft_group_lines
+
+    pbft = {
+        "view": 1, "primary": "n1", "active": True, "n": 4, "f": 1, "low": 0, "high": 64,
+        "executed": 40, "replicas": ["n1", "n2", "n3", "n4"],
+        "replace_pending": {"replicas": ["n1", "n2", "n3", "n5"], "at": 64},
+    }
+    out = _text(render_pbft(pbft))
+    assert "replicas: n1 n2 n3 n4" in out
+    assert "replacement pending: replicas become n1 n2 n3 n5 after checkpoint 64" in out
+    assert pbft_group_lines({**pbft, "replace_pending": None, "retired": True}) == [
+        "replicas: n1 n2 n3 n4", "retired: this host was replaced and no longer takes part"]
