@@ -468,7 +468,8 @@ def throughput(base: Path, args: argparse.Namespace, loops: list[str]) -> None:
     then PySyncObj, so every ratio compares figures of one run (one box load)."""
     print(f"\n1. committed writes/s, 3 nodes, WAL fsync'd ({args.procs} client procs x "
           f"{args.connections} conns x {IN_FLIGHT_PER_CONNECTION} in flight per socket; "
-          f"clients on {'the agents' if args.client_loop == 'same' else 'the asyncio'} loop)")
+          f"clients on {'the agents' if args.client_loop == 'same' else 'the asyncio'} loop with the "
+          f"agent's GC thresholds; each write a kv.put call acknowledged over the control socket)")
     best: dict[str, list[float]] = {loop: [] for loop in loops}
     for r in range(args.repeat):
         lead: dict[str, Throughput] = {}
