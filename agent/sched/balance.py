@@ -183,12 +183,11 @@ def settle_heat(heat: HeatState, moves: list[Move], snapshot: ClusterSnapshot) -
     still reads hot and would lose its next running task too, overshooting from
     hot to idle (queued moves do not change CPU now, so they do not settle it).
     """
+    hot_cold = [m for m in moves if m.src is not None and m.reason is MoveReason.HOT_COLD]
+    if not hot_cold:  # the usual round: no pass over every task
+        return heat
     running = {t.id for t in snapshot.tasks if t.state == "running"}
-    settled = {
-        m.src
-        for m in moves
-        if m.src is not None and m.reason is MoveReason.HOT_COLD and m.task in running
-    }
+    settled = {m.src for m in hot_cold if m.src is not None and m.task in running}
     if not settled:
         return heat
     since = {n: t for n, t in heat.since.items() if n not in settled}

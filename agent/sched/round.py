@@ -179,9 +179,9 @@ def count_placing(
     and pile new tasks onto them.  A placement counts only while the snapshot still
     shows its task queued (once applied, the state and the hosts' bids count it)."""
     extra: dict[str, int] = {}
-    for task in snapshot.tasks:
+    for task in snapshot.queued():
         node = placing.get(task.id)
-        if node is not None and task.state == "queued":
+        if node is not None:
             extra[node] = extra.get(node, 0) + 1
     if not extra:
         return snapshot, bids
@@ -230,7 +230,7 @@ def waiting_to_place(
 ) -> list[TaskView]:
     """The queued tasks this round places: not busy, the first ``cap`` in ``place_many``'s
     order (so a deep backlog is not sorted or scored past what can be proposed)."""
-    queued = [t for t in snapshot.tasks if t.state == "queued" and t.id not in busy]
+    queued = [t for t in snapshot.queued() if t.id not in busy]
     if len(queued) > cap:
         queued.sort(key=lambda t: (-t.priority, t.created_at, t.id))
         queued = queued[:cap]

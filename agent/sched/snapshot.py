@@ -127,8 +127,25 @@ class ClusterSnapshot:
     def tasks_on(self, node_id: str) -> list[TaskView]:
         return [t for t in self.tasks if t.node == node_id]
 
+    def queued(self) -> tuple[TaskView, ...]:
+        """The tasks in the global queue (state ``queued``), in snapshot order: found
+        once per snapshot (one pass over every task) and kept in ``cache``, so a round's
+        placement steps look at the few queued tasks, not at every task again."""
+        found = self.cache.get(_QUEUED)
+        if not isinstance(found, tuple):
+            found = self.cache[_QUEUED] = tuple(t for t in self.tasks if t.state == "queued")
+        return found
+
     def with_nodes(self, nodes: Iterable[NodeView]) -> ClusterSnapshot:
-        return ClusterSnapshot(tuple(nodes), self.tasks, self.now)
+        """The same tasks and time with other node views (derived task data kept)."""
+        snapshot = ClusterSnapshot(tuple(nodes), self.tasks, self.now)
+        if _QUEUED in self.cache:
+            snapshot.cache[_QUEUED] = self.cache[_QUEUED]
+        return snapshot
+
+
+_QUEUED = "queued"
+"""``ClusterSnapshot.cache`` key of the queued tasks (they depend on the tasks only)."""
 
 
 def bump_queued(node: NodeView, delta: int) -> NodeView:
