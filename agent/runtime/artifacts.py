@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import time
@@ -225,8 +226,12 @@ class ReplicaService:
         self.store.defer_meta = False
         failed = self.store.flush_meta()
         for addr, ack in acks:
-            if (ack.task_id, ack.epoch) not in failed:  # unacked: the holder sends again
-                self._send_to_addr(addr, ack)
+            if (ack.task_id, ack.epoch) in failed:  # unacked: the holder sends again
+                continue
+            if failed and ack.others:
+                ack = dataclasses.replace(ack, others=tuple(
+                    r for r in ack.others if (r.task_id, r.epoch) not in failed))
+            self._send_to_addr(addr, ack)
 
     def _answer(self, request_id: int, msg: object) -> None:
         waiter = self._waiters.get(request_id)

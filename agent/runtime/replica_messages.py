@@ -17,6 +17,26 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
+class EmptyItem:
+    """An item, complete and empty with no error, carried by another's chunk."""
+
+    task_id: str
+    epoch: int
+    name: str
+    ring_key: str
+    finished_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRef:
+    """An item named in an ack."""
+
+    task_id: str
+    epoch: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class ReplicaChunk:
     """Holder -> replica: ``data`` at ``offset`` of an item (empty ``data``: a probe).
 
@@ -41,6 +61,10 @@ class ReplicaChunk:
     """Names of other items of the same run, each complete and empty with no error,
     sent with this one (a short run's ``out`` and ``err`` in one message; an older
     agent ignores them and gets them one by one when they are sent again)."""
+    others: tuple[EmptyItem, ...] = ()
+    """Other runs' complete, empty items for this target, sent in the same round
+    (one message per target and round for a burst of short runs; as ``more``,
+    an older agent ignores them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +82,8 @@ class ReplicaAck:
     """The replica's node id."""
     more: tuple[str, ...] = ()
     """Items of the chunk's ``more`` this replica now holds complete (size 0)."""
+    others: tuple[ItemRef, ...] = ()
+    """Items of the chunk's ``others`` this replica now holds complete (size 0)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,9 +31,10 @@ re-probe or until the list of live hosts changes (``view``), so a round's cost
 follows what is moving, not everything held.
 
 A short run's streams are mostly complete and empty before anything of them is
-sent: the first probe of one names the run's other such items (``more``), so
-one chunk and one ack carry them all to a target; an older agent ignores
-``more`` and gets the others one by one when they are sent again.
+sent: the first probes of such items that one round sends to a target go as
+one chunk (the first item; the run's other streams in ``more``, other runs'
+items in ``others``) and come back as one ack; an older agent ignores the
+extra fields and gets those items one by one when they are sent again.
 
 An item is *under-replicated* on this host while fewer of its targets are
 known to hold it (this host counts when it is a target) than there are
@@ -54,6 +55,8 @@ from pathlib import Path
 
 from agent.errors import TaskError
 from agent.runtime.replica_messages import (
+    EmptyItem,
+    ItemRef,
     ReplicaAck,
     ReplicaChunk,
     ReplicaData,
@@ -83,6 +86,10 @@ REPROBE_AFTER = 600.0
 item and target per period."""
 READ_LIMIT = 1024 * 1024
 """Largest slice one ``ReplicaRead`` returns."""
+BATCH_ITEMS = 512
+"""Complete, empty items one chunk carries at most (default 512, about 40 KB with
+task ids of 36 characters): a bigger burst goes as several chunks, each far under
+the transport's frame limit."""
 
 ItemKey = tuple[str, int, str]
 FOLDED = ("out", "err")
@@ -140,6 +147,9 @@ class Replicator:
         """Items a round looks at (insertion-ordered)."""
         self._resting: list[tuple[float, ItemKey]] = []
         """Heap of (when to look again, item) for items every target holds."""
+        self._round: dict[str, list[StoredItem]] | None = None
+        """During a round: target -> complete, empty items whose first probe waits
+        for the round's end (one chunk per target)."""
         for item in store.load():
             self._track(item)
 
@@ -203,6 +213,16 @@ class Replicator:
     def tick(self, now: float) -> None:
         """Send what each target lacks (bounded by ``MAX_TICK_BYTES``)."""
         self._wake(now)
+        self._round = {}
+        try:
+            self._tick(now)
+        finally:
+            batches, self._round = self._round, None
+            for node, items in batches.items():
+                for start in range(0, len(items), BATCH_ITEMS):
+                    self._send_batch(node, items[start:start + BATCH_ITEMS])
+
+    def _tick(self, now: float) -> None:
         budget = MAX_TICK_BYTES
         for key in list(self._active):
             tracked = self._tracked.get(key)
@@ -270,6 +290,11 @@ class Replicator:
     def _send_chunk(self, tracked: _Tracked, node: str, peer: _Peer, now: float) -> int:
         item = tracked.item
         offset = max(0, peer.size)
+        if self._round is not None and peer.size < 0 and peer.sent_at is None \
+                and _empty_done(item):
+            self._round.setdefault(node, []).append(item)  # goes at the round's end
+            peer.sent_at = now
+            return 0
         data = b"" if peer.size < 0 else self.store.read(item, offset, CHUNK_BYTES)
         done = item.complete and offset + len(data) >= item.size
         more = self._fold(tracked, node, peer, now)
@@ -280,6 +305,18 @@ class Replicator:
         ))
         peer.sent_at = now
         return len(data)
+
+    def _send_batch(self, node: str, items: list[StoredItem]) -> None:
+        """One chunk for a round's first probes of complete, empty items to ``node``."""
+        first, rest = items[0], items[1:]
+        more = tuple(i.name for i in rest
+                     if (i.task_id, i.epoch) == (first.task_id, first.epoch))
+        others = tuple(EmptyItem(i.task_id, i.epoch, i.name, i.ring_key, i.finished_at or 0.0)
+                       for i in rest if (i.task_id, i.epoch) != (first.task_id, first.epoch))
+        self._send(node, ReplicaChunk(
+            first.task_id, first.epoch, first.name, 0, b"", 0, first.sha256, first.ring_key,
+            first.finished_at or 0.0, "", self.node_id, more, others,
+        ))
 
     def _fold(self, tracked: _Tracked, node: str, peer: _Peer, now: float) -> tuple[str, ...]:
         """The run's other streams that go with this first probe to ``node`` (each
@@ -301,6 +338,9 @@ class Replicator:
     def on_ack(self, msg: ReplicaAck, node: str, now: float) -> None:
         for name in msg.more:
             self.on_ack(ReplicaAck(msg.task_id, msg.epoch, name, 0, True, "", msg.node),
+                        node, now)
+        for ref in msg.others:
+            self.on_ack(ReplicaAck(ref.task_id, ref.epoch, ref.name, 0, True, "", msg.node),
                         node, now)
         tracked = self._tracked.get((msg.task_id, msg.epoch, msg.name))
         if tracked is None:
@@ -347,17 +387,26 @@ class Replicator:
         """``on_chunk`` for the chunk and each item of its ``more``: the acks to send
         (the folded items that are now held complete ride on the first)."""
         ack = self.on_chunk(msg, now)
-        if not msg.more:
+        if not msg.more and not msg.others:
             return [ack]
-        held, others = [], []
+        held, refs, separate = [], [], []
+        empty = dataclasses.replace(msg, offset=0, data=b"", total=0, sha256=EMPTY_SHA256,
+                                    error="", more=(), others=())
         for name in msg.more:
-            one = self.on_chunk(dataclasses.replace(msg, name=name, offset=0, data=b"", total=0,
-                                                    sha256=EMPTY_SHA256, error="", more=()), now)
+            one = self.on_chunk(dataclasses.replace(empty, name=name), now)
             if one.complete and not one.error and one.size == 0:
                 held.append(name)
             else:
-                others.append(one)
-        return [dataclasses.replace(ack, more=tuple(held)), *others]
+                separate.append(one)
+        for item in msg.others:
+            one = self.on_chunk(dataclasses.replace(
+                empty, task_id=item.task_id, epoch=item.epoch, name=item.name,
+                ring_key=item.ring_key, finished_at=item.finished_at), now)
+            if one.complete and not one.error and one.size == 0:
+                refs.append(ItemRef(item.task_id, item.epoch, item.name))
+            else:
+                separate.append(one)
+        return [dataclasses.replace(ack, more=tuple(held), others=tuple(refs)), *separate]
 
     def on_read(self, msg: ReplicaRead) -> ReplicaData:
         item = self.item(msg.task_id, msg.epoch, msg.name)

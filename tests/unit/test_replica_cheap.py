@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
 
+import pytest
 from test_replica_protocol import Net, key_whose_list_starts
 
 from agent.runtime.artifacts import ReplicaService
@@ -157,3 +158,80 @@ def test_a_runs_empty_streams_go_in_one_chunk_and_an_older_agent_gets_them_later
     assert chunks[-1].name == second and chunks[-1].more == ()
     got = old.item("t1", 1, second)
     assert got is not None and got.complete
+
+
+def test_a_rounds_short_runs_go_to_each_target_in_one_chunk(tmp_path: Path) -> None:
+    net = Net(tmp_path)
+    ring_key = key_whose_list_starts(net, "a")
+    targets = net.targets(ring_key)
+    runs = [f"t{i}" for i in range(5)]
+    for task in runs:
+        for name in ("out", "err"):
+            net.nodes["a"].put_local(StoredItem(task, 1, name, ring_key, finished_at=1.0), b"")
+    sent: list[tuple[str, ReplicaChunk]] = []
+    acks: list[ReplicaAck] = []
+    real_send, real_ack = net.nodes["a"]._send, net.nodes["a"].on_ack
+
+    def recording(to: str, msg: object) -> None:
+        if isinstance(msg, ReplicaChunk):
+            sent.append((to, msg))
+        real_send(to, msg)
+
+    def ack_recording(msg: ReplicaAck, node: str, now: float) -> None:
+        acks.append(msg)
+        real_ack(msg, node, now)
+
+    net.nodes["a"]._send = recording
+    net.nodes["a"].on_ack = ack_recording  # type: ignore[method-assign]
+    net.run(now=1.0, ticks=2)
+    assert sorted(to for to, _ in sent) == sorted(t for t in targets if t != "a")
+    # one ack per chunk, naming everything it held (the rest are its items, handled in turn)
+    carrying = [a for a in acks if a.others]
+    assert len(carrying) == len(sent)
+    assert all(1 + len(a.more) + len(a.others) == 2 * len(runs) for a in carrying)
+    for _, chunk in sent:
+        assert 1 + len(chunk.more) + len(chunk.others) == 2 * len(runs)
+    for task in runs:
+        for name in ("out", "err"):
+            assert set(targets) <= net.holders((task, 1, name))
+    assert not net.nodes["a"].under_replicated()
+
+
+def test_an_older_agent_gets_a_rounds_other_runs_later(tmp_path: Path) -> None:
+    net = Net(tmp_path)
+    ring_key = key_whose_list_starts(net, "a")
+    replica = net.targets(ring_key)[1]
+    old = net.nodes[replica]
+
+    def older_agent(msg: ReplicaChunk, now: float | None = None) -> list[ReplicaAck]:
+        return [old.on_chunk(msg, now)]  # knows nothing of ``more`` or ``others``
+
+    old.on_chunks = older_agent  # type: ignore[assignment, method-assign]
+    for task in ("t1", "t2", "t3"):
+        net.nodes["a"].put_local(StoredItem(task, 1, "out", ring_key, finished_at=1.0), b"")
+    net.run(now=1.0)
+    assert sum(old.item(t, 1, "out") is not None for t in ("t1", "t2", "t3")) == 1
+    net.run(now=1.0 + RESEND_AFTER + 0.1, ticks=2)  # the others, sent again one by one
+    assert all(replica in net.holders((t, 1, "out")) for t in ("t1", "t2", "t3"))
+
+
+def test_a_big_burst_goes_in_bounded_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.runtime import replication
+
+    monkeypatch.setattr(replication, "BATCH_ITEMS", 4)
+    net = Net(tmp_path)
+    ring_key = key_whose_list_starts(net, "a")
+    for i in range(10):
+        net.nodes["a"].put_local(StoredItem(f"t{i}", 1, "out", ring_key, finished_at=1.0), b"")
+    sizes: list[int] = []
+    real = net.nodes["a"]._send
+
+    def recording(to: str, msg: object) -> None:
+        if isinstance(msg, ReplicaChunk):
+            sizes.append(1 + len(msg.more) + len(msg.others))
+        real(to, msg)
+
+    net.nodes["a"]._send = recording
+    net.run(now=1.0, ticks=2)
+    assert max(sizes) == 4 and sum(sizes) == 10 * 2  # two remote targets
+    assert all(set(net.targets(ring_key)) <= net.holders((f"t{i}", 1, "out")) for i in range(10))
