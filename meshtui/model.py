@@ -22,257 +22,78 @@ what the screens show.  ``rtt_ms`` is milliseconds, timestamps Unix seconds.
 
 from __future__ import annotations
 
-import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-TOPICS: tuple[str, ...] = ("members", "consensus", "tasks", "migrations", "metrics")
+from meshtui.model_types import (
+    CHANGE_TEXT,
+    CPU_HISTORY,
+    FINISHED_TASK_STATES,
+    KIND_TO_STATE,
+    LINK_STATES,
+    MAX_CHANGES,
+    MAX_LEADER_CHANGES,
+    MAX_LOG_LINES,
+    MAX_MIGRATIONS,
+    MAX_TASKS,
+    MEMBER_STATES,
+    NODE_ID_RE,
+    TOPICS,
+    Change,
+    ClientLike,
+    Connection,
+    ConsensusView,
+    DemoControls,
+    LeaderChange,
+    Link,
+    LogLine,
+    MemberState,
+    Migration,
+    PeerProgress,
+    as_float,
+    as_int,
+    as_str,
+    format_consensus,
+    matches_filter,
+    natural_key,
+    one_line,
+)
 
-CPU_HISTORY = 30
-"""Samples kept per member for the CPU sparkline."""
-MAX_LOG_LINES = 10_000
-"""Consensus log lines kept (oldest dropped first)."""
-MAX_TASKS = 5_000
-"""Task rows kept; the oldest finished tasks are evicted first."""
-MAX_MIGRATIONS = 1_000
-"""Migration records kept."""
-
-MEMBER_STATES = ("alive", "suspect", "dead", "left")
-FINISHED_TASK_STATES = frozenset({"succeeded", "failed", "cancelled", "lost"})
-
-# What the changes feed says when a member enters a state.
-_CHANGE_TEXT = {"alive": "joined / alive", "suspect": "suspect", "dead": "dead", "left": "left"}
-# members-topic event kinds that imply a state when the row itself omits one.
-_KIND_TO_STATE = {
-    "join": "alive",
-    "alive": "alive",
-    "suspect": "suspect",
-    "dead": "dead",
-    "leave": "left",
-}
-
-
-class ClientLike(Protocol):
-    """What the TUI needs from a control client (the real one is ``meshtui.client``)."""
-
-    async def call(self, method: str, **params: Any) -> Any:
-        """One RPC; raises on transport loss or an error reply."""
-        ...
-
-    def subscribe(self, topics: list[str]) -> AsyncIterator[dict[str, Any]]:
-        """Stream of ``{"event": topic, "data": {...}}`` until the connection drops."""
-        ...
-
-    async def close(self) -> None:
-        """Release the connection."""
-        ...
-
-
-class DemoControls(Protocol):
-    """Hooks ``meshtui demo`` gives the TUI to kill and restart its local agents."""
-
-    def names(self) -> Sequence[str]:
-        """Names of the agents the demo started."""
-        ...
-
-    def kill(self, name: str) -> Awaitable[None] | None:
-        """Kill agent ``name`` (SIGKILL)."""
-        ...
-
-    def restart(self, name: str) -> Awaitable[None] | None:
-        """Start agent ``name`` again with its old data dir."""
-        ...
-
-
-@dataclass(slots=True)
-class MemberState:
-    """One member row as shown; mutable because polls and events refine it."""
-
-    name: str
-    id: str = ""
-    addr: str = ""
-    state: str = "alive"
-    role: str = ""
-    cpu: float | None = None
-    mem: float | None = None
-    load1: float | None = None
-    slots: int | None = None
-    tasks: int | None = None
-    caps: tuple[str, ...] = ()
-    rtt_ms: float | None = None
-    version: str = ""
-    draining: bool = False
-    cpu_history: deque[float] = field(default_factory=lambda: deque(maxlen=CPU_HISTORY))
-
-
-@dataclass(slots=True)
-class ConsensusView:
-    engine: str = ""
-    role: str = ""
-    term: int = 0
-    leader: str | None = None
-    commit_index: int = 0
-    voters: tuple[str, ...] = ()
-    learners: tuple[str, ...] = ()
-    progress: tuple[PeerProgress, ...] = ()
-    """The leader's replication view (empty when not attached to the leader)."""
-    progress_from: str | None = None
-    """Which leader ``progress`` came from; None when this agent could not say."""
-    last_index: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class LogLine:
-    """One consensus-log line; ``seq`` increases by one per line ever added."""
-
-    seq: int
-    at: float
-    kind: str
-    term: int
-    index: int | None
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    at: float
-    task: str
-    src: str
-    dst: str
-    reason: str
-    epoch: int
-
-
-LINK_STATES = ("direct", "relayed", "down")
-
-
-@dataclass(frozen=True, slots=True)
-class Link:
-    """One host-to-host link from ``status.links`` (names, not ids)."""
-
-    src: str
-    dst: str
-    state: str
-    """``direct``, ``relayed`` (through ``via``) or ``down``."""
-    via: str = ""
-    rtt_ms: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PeerProgress:
-    """One voter's or learner's replication, from the leader (``consensus.progress``)."""
-
-    name: str
-    match: int
-    lag: int
-    state: str
-    learner: bool
-    active: bool
-    last_contact_s: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class LeaderChange:
-    at: float
-    term: int
-    leader: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One line of the recent-changes feed (joins, deaths, elections, moves, drains)."""
-
-    seq: int
-    at: float
-    kind: str
-    text: str
-
-
-MAX_CHANGES = 500
-"""Recent-change lines kept."""
-MAX_LEADER_CHANGES = 50
-"""Leader changes kept for the Consensus screen's timeline."""
-_NUM = re.compile(r"(\d+)")
-
-
-def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
-    """Sort key where digit runs compare as numbers: ``t2 < t10``."""
-    return tuple((0, int(part)) if part.isdigit() else (1, part.lower()) for part in _NUM.split(text) if part)
-
-
-def one_line(text: str) -> str:
-    """``text`` on one line: newlines as ``⏎``, tabs as spaces, other control characters dropped."""
-    if text.isprintable():
-        return text
-    out = text.replace("\r\n", "⏎").replace("\n", "⏎").replace("\r", "⏎").replace("\t", " ")
-    return "".join(ch for ch in out if ch.isprintable())
-
-
-@dataclass(frozen=True, slots=True)
-class Connection:
-    """Where the link to the agent stands: connecting, connected, disconnected, reconnecting."""
-
-    state: str = "connecting"
-    retry_in: float | None = None
-    error: str = ""
-
-
-def _as_float(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return int(value)
-
-
-def _as_str(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
-
-
-def format_consensus(data: Mapping[str, Any], leader: str | None = None) -> str:
-    """One human line for a ``consensus`` event (without term/index prefix).
-
-    The agent's ``summary`` is used when it has one; ``leader`` is the leader's
-    display name (the event carries a node id).
-    """
-    kind = _as_str(data.get("kind"))
-    summary = _as_str(data.get("summary"))
-    if kind == "leader":
-        raw = _as_str(data.get("leader"))
-        if summary and raw and raw in summary:
-            return summary
-        line = f"leader is {leader or raw or 'none'}"
-        return f"{line} ({summary})" if summary else line
-    if summary:
-        return summary
-    if kind == "role":
-        return f"role → {_as_str(data.get('role'))}"
-    if kind == "term":
-        return f"term → {_as_int(data.get('term')) or 0}"
-    return kind
-
-
-NODE_ID_RE = re.compile(r"\b[0-9a-f]{32}\b")
-"""A node id (16 random bytes, hex) inside agent-written text."""
-
-
-def matches_filter(text: str, query: str) -> bool:
-    """Case-insensitive; every space-separated word of ``query`` must occur in ``text``."""
-    if not query:
-        return True
-    low = text.lower()
-    return all(word in low for word in query.lower().split())
+__all__ = [  # the display types live in model_types; screens import them from here
+    "CHANGE_TEXT",
+    "CPU_HISTORY",
+    "FINISHED_TASK_STATES",
+    "KIND_TO_STATE",
+    "LINK_STATES",
+    "MAX_CHANGES",
+    "MAX_LEADER_CHANGES",
+    "MAX_LOG_LINES",
+    "MAX_MIGRATIONS",
+    "MAX_TASKS",
+    "MEMBER_STATES",
+    "NODE_ID_RE",
+    "TOPICS",
+    "Change",
+    "ClientLike",
+    "Connection",
+    "ConsensusView",
+    "DemoControls",
+    "LeaderChange",
+    "Link",
+    "LogLine",
+    "MemberState",
+    "Migration",
+    "PeerProgress",
+    "as_float",
+    "as_int",
+    "as_str",
+    "format_consensus",
+    "matches_filter",
+    "natural_key",
+    "one_line",
+]
 
 
 class MeshModel:
@@ -327,7 +148,7 @@ class MeshModel:
         """Fold a ``status`` reply; members absent from it are dropped."""
         if now is not None:
             self.last_now = now
-        node = _as_str(status.get("node")) or self.node
+        node = as_str(status.get("node")) or self.node
         if node != self.node:
             self.node = node
             self._bump("banner", "members")
@@ -340,11 +161,11 @@ class MeshModel:
         cons = status.get("consensus")
         if isinstance(cons, Mapping):
             self._apply_consensus_snapshot(cons)
-        avg = _as_float(status.get("cluster_avg_cpu"))
+        avg = as_float(status.get("cluster_avg_cpu"))
         self.cluster_avg_cpu = None if avg is None else avg * 100.0
         counts = status.get("tasks")
         if isinstance(counts, Mapping):
-            self.task_counts = {str(k): _as_int(v) or 0 for k, v in counts.items()}
+            self.task_counts = {str(k): as_int(v) or 0 for k, v in counts.items()}
             self._bump("tasks")
         rows = status.get("members")
         if isinstance(rows, list):
@@ -360,13 +181,13 @@ class MeshModel:
             for row in rows:
                 if not isinstance(row, Mapping):
                     continue
-                src = self.display_name(_as_str(row.get("from")))
-                dst = self.display_name(_as_str(row.get("to")))
-                state = _as_str(row.get("state"))
+                src = self.display_name(as_str(row.get("from")))
+                dst = self.display_name(as_str(row.get("to")))
+                state = as_str(row.get("state"))
                 if not src or not dst or src == dst or state not in LINK_STATES:
                     continue
-                via = self.display_name(_as_str(row.get("via"))) if state == "relayed" else ""
-                parsed.append(Link(src, dst, state, via, _as_float(row.get("rtt_ms"))))
+                via = self.display_name(as_str(row.get("via"))) if state == "relayed" else ""
+                parsed.append(Link(src, dst, state, via, as_float(row.get("rtt_ms"))))
             links = tuple(sorted(parsed, key=lambda link: (link.src, link.dst)))
         if links != self.links:
             self.links = links
@@ -381,11 +202,11 @@ class MeshModel:
         if not isinstance(reply, Mapping):
             return
         rows = [r for r in reply.get("entries") or () if isinstance(r, Mapping)]
-        rows.sort(key=lambda r: _as_int(r.get("index")) or 0)
-        first = _as_int(reply.get("first_index"))
-        fresh = [r for r in rows if (_as_int(r.get("index")) or 0) > self.entry_high]
+        rows.sort(key=lambda r: as_int(r.get("index")) or 0)
+        first = as_int(reply.get("first_index"))
+        fresh = [r for r in rows if (as_int(r.get("index")) or 0) > self.entry_high]
         if fresh:
-            start = _as_int(fresh[0].get("index")) or 0
+            start = as_int(fresh[0].get("index")) or 0
             if start > self.entry_high + 1:
                 missing = start - self.entry_high - 1
                 since = "history" if self.entry_high == 0 else f"#{self.entry_high + 1}..#{start - 1}"
@@ -393,13 +214,13 @@ class MeshModel:
                     0.0, "backfill", None, None, f"… {missing} earlier entries not shown ({since})"
                 )
         for row in fresh:
-            index = _as_int(row.get("index")) or 0
-            at = _as_float(row.get("at"))
-            term = _as_int(row.get("term"))
-            self._log_line(at or 0.0, "entry", term, index, self._names_in(_as_str(row.get("summary"))))
+            index = as_int(row.get("index")) or 0
+            at = as_float(row.get("at"))
+            term = as_int(row.get("term"))
+            self._log_line(at or 0.0, "entry", term, index, self._names_in(as_str(row.get("summary"))))
             self.entry_high = index
             self.consensus.commit_index = max(self.consensus.commit_index, index)
-        commit = _as_int(reply.get("commit_index"))
+        commit = as_int(reply.get("commit_index"))
         if commit is not None and first is not None and commit >= self.entry_high:
             self.entry_high = commit
         self._bump("consensus")
@@ -414,20 +235,20 @@ class MeshModel:
                 continue
             peers.append(
                 PeerProgress(
-                    name=self.display_name(_as_str(row.get("name"))),
-                    match=_as_int(row.get("match")) or 0,
-                    lag=_as_int(row.get("lag")) or 0,
-                    state=_as_str(row.get("state")),
+                    name=self.display_name(as_str(row.get("name"))),
+                    match=as_int(row.get("match")) or 0,
+                    lag=as_int(row.get("lag")) or 0,
+                    state=as_str(row.get("state")),
                     learner=bool(row.get("learner")),
                     active=bool(row.get("active")),
-                    last_contact_s=_as_float(row.get("last_contact_s")),
+                    last_contact_s=as_float(row.get("last_contact_s")),
                 )
             )
         view = self.consensus
         view.progress = tuple(sorted(peers, key=lambda p: (p.learner, natural_key(p.name))))
-        leader = _as_str(reply.get("leader"))
+        leader = as_str(reply.get("leader"))
         view.progress_from = self.display_name(leader) if leader else None
-        view.last_index = _as_int(reply.get("last_index")) or view.last_index
+        view.last_index = as_int(reply.get("last_index")) or view.last_index
         self._bump("consensus")
 
     def apply_members(
@@ -442,7 +263,7 @@ class MeshModel:
         known = bool(self.members)  # the first fill is not news for the changes feed
         for row in rows:
             if isinstance(row, Mapping):
-                name = _as_str(row.get("name"))
+                name = as_str(row.get("name"))
                 before = self.members[name].state if name in self.members else None
                 member = self._upsert_member(row)
                 if member is None:
@@ -462,7 +283,7 @@ class MeshModel:
         fresh: dict[str, dict[str, Any]] = {}
         for row in rows:
             if isinstance(row, Mapping) and row.get("id") is not None:
-                tid = _as_str(row["id"])
+                tid = as_str(row["id"])
                 fresh[tid] = self._named({**self.tasks.get(tid, {}), **row, "id": tid})
         self.tasks = fresh
         self._evict_tasks()
@@ -481,18 +302,18 @@ class MeshModel:
 
     def _apply_consensus_snapshot(self, cons: Mapping[str, Any]) -> None:
         view = self.consensus
-        view.engine = _as_str(cons.get("engine")) or view.engine
-        view.role = _as_str(cons.get("role")) or view.role
-        view.term = _as_int(cons.get("term")) or view.term
+        view.engine = as_str(cons.get("engine")) or view.engine
+        view.role = as_str(cons.get("role")) or view.role
+        view.term = as_int(cons.get("term")) or view.term
         if "leader" in cons:
-            self._set_leader(_as_str(cons["leader"]) or None)
-        view.commit_index = max(view.commit_index, _as_int(cons.get("commit_index")) or 0)
+            self._set_leader(as_str(cons["leader"]) or None)
+        view.commit_index = max(view.commit_index, as_int(cons.get("commit_index")) or 0)
         voters = cons.get("voters")
         if isinstance(voters, list | tuple):
-            view.voters = tuple(self.display_name(_as_str(v)) for v in voters)
+            view.voters = tuple(self.display_name(as_str(v)) for v in voters)
         learners = cons.get("learners")
         if isinstance(learners, list | tuple):
-            view.learners = tuple(self.display_name(_as_str(v)) for v in learners)
+            view.learners = tuple(self.display_name(as_str(v)) for v in learners)
         self._bump("consensus")
 
     def display_name(self, node: str) -> str:
@@ -530,38 +351,38 @@ class MeshModel:
         self._bump("changes")
 
     def _upsert_member(self, row: Mapping[str, Any]) -> MemberState | None:
-        name = _as_str(row.get("name"))
+        name = as_str(row.get("name"))
         if not name:
             return None
         member = self.members.get(name)
         if member is None:
             member = self.members[name] = MemberState(name=name)
         if "id" in row:
-            member.id = _as_str(row["id"])
+            member.id = as_str(row["id"])
             if member.id:
                 self.names_by_id[member.id] = name
         if "addr" in row:
-            member.addr = _as_str(row["addr"])
-        state = _as_str(row.get("state"))
+            member.addr = as_str(row["addr"])
+        state = as_str(row.get("state"))
         if state:
             member.state = state
         if "role" in row:
-            member.role = _as_str(row["role"])
+            member.role = as_str(row["role"])
         for attr in ("cpu", "mem"):
             if attr in row:
-                fraction = _as_float(row[attr])
+                fraction = as_float(row[attr])
                 setattr(member, attr, None if fraction is None else fraction * 100.0)
         for attr in ("load1", "rtt_ms"):
             if attr in row:
-                setattr(member, attr, _as_float(row[attr]))
+                setattr(member, attr, as_float(row[attr]))
         for attr in ("slots", "tasks"):
             if attr in row:
-                setattr(member, attr, _as_int(row[attr]))
+                setattr(member, attr, as_int(row[attr]))
         caps = row.get("caps")
         if isinstance(caps, list | tuple):
-            member.caps = tuple(_as_str(c) for c in caps)
+            member.caps = tuple(as_str(c) for c in caps)
         if "version" in row:
-            member.version = _as_str(row["version"])
+            member.version = as_str(row["version"])
         if "draining" in row:
             member.draining = bool(row["draining"])
         return member
@@ -574,7 +395,7 @@ class MeshModel:
         if not isinstance(data, Mapping):
             return
         self.events_seen += 1
-        stamp = _as_float(data.get("at"))  # the agent's (or a recording's) time, when it gives one
+        stamp = as_float(data.get("at"))  # the agent's (or a recording's) time, when it gives one
         self.last_now = now if stamp is None else stamp
         if topic == "members":
             self._on_member_event(data)
@@ -588,7 +409,7 @@ class MeshModel:
             self.metrics = dict(data)
 
     def _on_member_event(self, data: Mapping[str, Any]) -> None:
-        kind = _as_str(data.get("kind"))
+        kind = as_str(data.get("kind"))
         if kind in ("partitioned", "healed"):
             partitioned = kind == "partitioned"
             if partitioned != self.partitioned:
@@ -600,25 +421,25 @@ class MeshModel:
         row = data.get("member")
         if not isinstance(row, Mapping):
             return
-        before = self.members[name].state if (name := _as_str(row.get("name"))) in self.members else None
+        before = self.members[name].state if (name := as_str(row.get("name"))) in self.members else None
         member = self._upsert_member(row)
         if member is None:
             return
-        if kind in _KIND_TO_STATE and not row.get("state"):
-            member.state = _KIND_TO_STATE[kind]
+        if kind in KIND_TO_STATE and not row.get("state"):
+            member.state = KIND_TO_STATE[kind]
         self._note_state(member, before)
         self._bump("members")
 
     def _note_state(self, member: MemberState, before: str | None) -> None:
         """A member entering a state (from an event or a poll) goes to the changes feed."""
-        if member.state != before and member.state in _CHANGE_TEXT:
-            self.add_change(member.state, f"{member.name} {_CHANGE_TEXT[member.state]}")
+        if member.state != before and member.state in CHANGE_TEXT:
+            self.add_change(member.state, f"{member.name} {CHANGE_TEXT[member.state]}")
 
     def _on_consensus_event(self, data: Mapping[str, Any], now: float) -> None:
-        kind = _as_str(data.get("kind"))
+        kind = as_str(data.get("kind"))
         view = self.consensus
-        term = _as_int(data.get("term"))
-        index = _as_int(data.get("index"))
+        term = as_int(data.get("term"))
+        index = as_int(data.get("index"))
         if term is not None and term > view.term:
             view.term = term
         if kind == "entry" and index is not None:
@@ -627,12 +448,12 @@ class MeshModel:
             self.entry_high = index
             view.commit_index = max(view.commit_index, index)
         if kind == "role" and data.get("role") is not None:
-            view.role = _as_str(data.get("role"))
+            view.role = as_str(data.get("role"))
         if kind == "leader" or (kind == "election" and "leader" in data):
-            self._set_leader(_as_str(data.get("leader")) or None)
+            self._set_leader(as_str(data.get("leader")) or None)
         if kind == "alarm":
             self._set_alarms(data.get("alarms"))
-        at = _as_float(data.get("at"))
+        at = as_float(data.get("at"))
         text = self._names_in(format_consensus(data, view.leader))
         self._log_line(now if at is None else at, kind, term, index, text)
         if kind == "entry" and text.startswith(("node.drain", "node.undrain")):
@@ -656,28 +477,28 @@ class MeshModel:
         row = data.get("task")
         if not isinstance(row, Mapping) or row.get("id") is None:
             return
-        tid = _as_str(row["id"])
+        tid = as_str(row["id"])
         merged = self._named({**self.tasks.pop(tid, {}), **row, "id": tid})
         self.tasks[tid] = merged  # re-insert: most recently changed last
         self._evict_tasks()
         self._bump("tasks")
 
     def _on_migration_event(self, data: Mapping[str, Any], now: float) -> None:
-        at = _as_float(data.get("at"))
+        at = as_float(data.get("at"))
         mig = Migration(
             at=now if at is None else at,
-            task=_as_str(data.get("task")),
-            src=self.display_name(_as_str(data.get("from"))),
-            dst=self.display_name(_as_str(data.get("to"))),
-            reason=_as_str(data.get("reason")),
-            epoch=_as_int(data.get("epoch")) or 0,
+            task=as_str(data.get("task")),
+            src=self.display_name(as_str(data.get("from"))),
+            dst=self.display_name(as_str(data.get("to"))),
+            reason=as_str(data.get("reason")),
+            epoch=as_int(data.get("epoch")) or 0,
         )
         self.migrations.append(mig)
         self.add_change("move", f"{mig.task[:12]} {mig.src or '?'} → {mig.dst or '?'} ({mig.reason})", mig.at)
         task = self.tasks.get(mig.task)
         if task is not None:
             task["node"] = mig.dst
-            task["epoch"] = max(_as_int(task.get("epoch")) or 0, mig.epoch)
+            task["epoch"] = max(as_int(task.get("epoch")) or 0, mig.epoch)
             self._bump("tasks")
         self._bump("migrations")
 
@@ -695,8 +516,8 @@ class MeshModel:
         lines = []
         for row in rows if isinstance(rows, list) else []:
             if isinstance(row, Mapping):
-                line = _as_str(row.get("message")) or _as_str(row.get("kind"))
-                since = _as_float(row.get("since"))
+                line = as_str(row.get("message")) or as_str(row.get("kind"))
+                since = as_float(row.get("since"))
                 if since is not None:
                     line += time.strftime(" since %H:%M:%S UTC", time.gmtime(since))
                 lines.append(line)
