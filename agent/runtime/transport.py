@@ -31,7 +31,8 @@ exception is the first frame: the acceptor writes a CHALLENGE, and every frame
 of the connection, the Hello first, is sealed with it as its cookie, so frames
 recorded from another connection are refused (``agent.envelope``, "Streams").
 
-Reconnection backs off exponentially with "equal jitter": before attempt n
+The writer and its reconnection live in ``agent.runtime.outbound``
+(``OutboundPeer``).  Reconnection backs off exponentially with "equal jitter": before attempt n
 it waits uniformly in [d/2, d] with d = min(5 s, 50 ms * 2**n).  The attempt
 count resets once a connection has stayed up for a second, so a peer that
 accepts and immediately drops us is retried with growing delays too.  The
@@ -57,13 +58,12 @@ import logging
 import random
 import socket
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from agent import wire
 from agent.crypto import Keyring, SealError
-from agent.discovery import backoff_delay as capped_backoff
 from agent.envelope import (
     DATAGRAM_OVERHEAD,
     NO_COOKIE,
@@ -72,7 +72,7 @@ from agent.envelope import (
     Envelope,
     Grant,
 )
-from agent.errors import ConfigError, ProtocolError
+from agent.errors import ConfigError
 from agent.runtime.cookies import CookieJar, GrantLimiter
 from agent.runtime.inbound import (
     MAX_BATCH_MESSAGES,
@@ -80,6 +80,12 @@ from agent.runtime.inbound import (
     InboundStream,
     join_batch,
     split_batch,
+)
+from agent.runtime.outbound import (
+    BATCH_BYTES,
+    OutboundPeer,
+    backoff_delay,
+    write_batch,
 )
 from agent.runtime.peer_addr import format_addr, parse_addr
 from agent.runtime.transport_stats import TransportStats
@@ -89,7 +95,7 @@ __all__ = [  # the batch format and its limits live with the inbound side
     "MAX_CONSECUTIVE_FAILURES",
     "Transport",
     "TransportStats",
-    "backoff_delay",
+    "backoff_delay",  # the reconnection backoff lives with the writer (outbound.py)
     "format_addr",
     "join_batch",
     "parse_addr",
@@ -98,16 +104,6 @@ __all__ = [  # the batch format and its limits live with the inbound side
 
 log = logging.getLogger(__name__)
 
-BACKOFF_BASE = 0.05
-"""Seconds: reconnection delay scale (first retry waits 25-50 ms)."""
-BACKOFF_CAP = 5.0
-"""Seconds: longest reconnection delay."""
-STABLE_CONNECTION = 1.0
-"""Seconds a connection must stay up before the backoff attempt count resets."""
-CONNECT_TIMEOUT = 3.0
-"""Seconds to wait for a TCP connect, and then for the peer's challenge frame."""
-MAX_CHALLENGE_FRAME = 1024
-"""Bytes a challenge frame may claim (a real one is 70): more is not a peer."""
 HELLO_TIMEOUT = 10.0
 """Seconds an inbound connection has to present a valid Hello."""
 MAX_PEER_QUEUE = 4096
@@ -120,20 +116,9 @@ MAX_INBOUND_CONNECTIONS = 1024
 """Inbound TCP connections served at once; more are closed on accept."""
 MAX_STREAM_PAYLOAD = wire.MAX_FRAME_SIZE - DATAGRAM_OVERHEAD - 4
 """Largest payload ``send_stream`` accepts (a batch of one must fit in a frame)."""
-BATCH_BYTES = 256 * 1024
-"""Bytes of queued messages sealed together in one frame (a larger message goes alone)."""
-READ_CHUNK = 256 * 1024
 UDP_RECEIVE_BUFFER = 1024 * 1024
 
 Callback = Callable[[str, bytes], None]
-
-
-def backoff_delay(attempt: int, rng: random.Random,
-                  base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
-    """Seconds to wait before reconnection ``attempt`` (0-based): equal jitter
-    under the capped exponential ceiling discovery's re-joins use too."""
-    ceiling = capped_backoff(attempt, base, cap)
-    return ceiling / 2 + rng.random() * ceiling / 2
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
@@ -146,31 +131,6 @@ class _UdpProtocol(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         # ICMP errors from an earlier sendto (port unreachable, ...).
         self._owner.stats.dropped_send_error += 1
-
-
-class _Peer:
-    """Outbound state for one destination address."""
-
-    __slots__ = ("addr", "attempt", "broken", "burst", "cookie", "host", "last_used", "port",
-                 "queue", "queued_bytes", "task", "wakeup", "writer")
-
-    def __init__(self, addr: str, host: str, port: int) -> None:
-        self.addr = addr
-        self.host = host
-        self.port = port
-        self.queue: deque[bytes] = deque()
-        self.queued_bytes = 0
-        self.wakeup = asyncio.Event()
-        self.broken = False
-        self.burst = False  # a message went out directly in this event / loop iteration
-        self.writer: asyncio.StreamWriter | None = None  # set while connected
-        self.cookie = NO_COOKIE  # the connection's challenge, while connected
-        self.attempt = 0
-        self.task: asyncio.Task[None] | None = None
-        self.last_used = time.monotonic()
-
-    def end_burst(self) -> None:
-        self.burst = False
 
 
 class Transport:
@@ -216,10 +176,10 @@ class Transport:
         self._rng = rng if rng is not None else random.Random()
         self._server: asyncio.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
-        self._peers: OrderedDict[str, _Peer] = OrderedDict()
+        self._peers: OrderedDict[str, OutboundPeer] = OrderedDict()
         self._inbound: set[InboundStream] = set()
         self._dispatching = False  # inside begin_dispatch() .. end_dispatch()
-        self._burst_peers: list[_Peer] = []
+        self._burst_peers: list[OutboundPeer] = []
         self._closing = False
 
     @property
@@ -410,7 +370,7 @@ class Transport:
                 self._burst_peers.append(peer)
             else:
                 asyncio.get_running_loop().call_soon(peer.end_burst)
-            self._write_batch(writer, [payload], peer.cookie)
+            write_batch(self, writer, [payload], peer.cookie)
             return True
         queue.append(payload)
         peer.queued_bytes += len(payload)
@@ -420,7 +380,7 @@ class Transport:
         peer.wakeup.set()
         return True
 
-    def _add_peer(self, addr: str, host: str, port: int) -> _Peer:
+    def _add_peer(self, addr: str, host: str, port: int) -> OutboundPeer:
         capped = [a for a in self._peers if not self._cap_exempt(a)] if (
             len(self._peers) >= self._stream_cap) else []
         if len(capped) >= self._stream_cap:
@@ -428,9 +388,9 @@ class Transport:
             self.drop_peer(capped[0])  # least recently used first
         if len(self._peers) >= MAX_OUTBOUND_PEERS:
             self.drop_peer(next(iter(self._peers)))
-        peer = _Peer(addr, host, port)
+        peer = OutboundPeer(addr, host, port)
         peer.task = asyncio.get_running_loop().create_task(
-            self._run_peer(peer), name=f"transport-out-{addr}")
+            peer.run(self, self._rng), name=f"transport-out-{addr}")
         self._peers[addr] = peer
         return peer
 
@@ -471,117 +431,6 @@ class Transport:
         """(address, connected, queued messages) per pooled destination."""
         return [(p.addr, p.writer is not None, len(p.queue)) for p in self._peers.values()]
 
-    async def _run_peer(self, peer: _Peer) -> None:
-        while not self._closing:
-            while not peer.queue:
-                peer.wakeup.clear()
-                await peer.wakeup.wait()
-            try:
-                # Not wait_for: on 3.11 it can swallow a cancellation (CPython gh-86296).
-                async with asyncio.timeout(CONNECT_TIMEOUT):
-                    reader, writer = await asyncio.open_connection(peer.host, peer.port)
-            except (OSError, TimeoutError):
-                self.stats.connect_failures += 1
-                if self._on_connect_failed is not None:
-                    self._on_connect_failed(peer.addr)
-                await asyncio.sleep(backoff_delay(peer.attempt, self._rng))
-                peer.attempt += 1
-                continue
-            self.stats.connects += 1
-            started = time.monotonic()
-            try:
-                async with asyncio.timeout(CONNECT_TIMEOUT):
-                    challenge = await self._read_challenge(reader)
-            except (OSError, ConnectionError, TimeoutError, ProtocolError, SealError):
-                self.stats.bad_challenges += 1
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
-                await asyncio.sleep(backoff_delay(peer.attempt, self._rng))
-                peer.attempt += 1
-                continue
-            try:
-                await self._pump(peer, reader, writer, challenge)
-            except Exception:
-                # A bug must not silently kill this peer's writer (its queue
-                # would never drain): log it and go round again, backing off.
-                log.exception("stream writer to %s failed", peer.addr)
-                started = float("inf")  # always back off after a failure
-            if time.monotonic() - started >= STABLE_CONNECTION:
-                peer.attempt = 0
-            else:
-                await asyncio.sleep(backoff_delay(peer.attempt, self._rng))
-                peer.attempt += 1
-
-    async def _read_challenge(self, reader: asyncio.StreamReader) -> bytes:
-        """The cookie of the CHALLENGE frame an accepting peer writes first."""
-        decoder = wire.FrameDecoder(MAX_CHALLENGE_FRAME)
-        while True:
-            data = await reader.read(READ_CHUNK)
-            if not data:
-                raise ConnectionError("closed before its challenge")
-            frames = decoder.feed(data)
-            if frames:
-                return self.envelope.open_challenge(frames[0])
-
-    async def _pump(self, peer: _Peer, reader: asyncio.StreamReader,
-                    writer: asyncio.StreamWriter, cookie: bytes) -> None:
-        """Write the queue to one connection until it breaks; every frame is
-        sealed with the connection's challenge ``cookie``."""
-        peer.broken = False
-        watcher = asyncio.get_running_loop().create_task(self._watch_eof(peer, reader))
-        try:
-            peer.cookie = cookie
-            hello = wire.encode(wire.Hello(self.node_id, self.listen_addr))
-            writer.write(wire.frame(self.envelope.seal(Channel.STREAM, join_batch([hello]), cookie)))
-            peer.writer = writer
-            while not peer.broken:
-                queue = peer.queue
-                while queue and not peer.broken:
-                    batch = [queue.popleft()]
-                    size = len(batch[0])
-                    while (queue and size + len(queue[0]) <= BATCH_BYTES
-                           and len(batch) < MAX_BATCH_MESSAGES):
-                        payload = queue.popleft()
-                        batch.append(payload)
-                        size += len(payload)
-                    peer.queued_bytes -= size
-                    self._write_batch(writer, batch, cookie)
-                    if writer.transport.get_write_buffer_size() > BATCH_BYTES:
-                        await writer.drain()
-                await writer.drain()
-                if not queue and not peer.broken:
-                    peer.wakeup.clear()
-                    await peer.wakeup.wait()
-        except (OSError, ConnectionError):
-            pass
-        finally:
-            peer.writer = None
-            self._connection_lost(peer.addr)
-            watcher.cancel()
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await watcher
-
-    def _write_batch(self, writer: asyncio.StreamWriter, batch: list[bytes], cookie: bytes) -> None:
-        """Seal ``batch`` into one frame and hand it to the connection."""
-        data = wire.frame(self.envelope.seal(Channel.STREAM, join_batch(batch), cookie))
-        writer.transport.write(data)  # what StreamWriter.write does, one call less
-        stats = self.stats
-        stats.stream_msgs_out += len(batch)
-        stats.stream_frames_out += 1
-        stats.stream_bytes_out += len(data)
-
-    async def _watch_eof(self, peer: _Peer, reader: asyncio.StreamReader) -> None:
-        """The peer never writes on our outbound connection: any read end means it is gone."""
-        with contextlib.suppress(OSError, ConnectionError):
-            while await reader.read(READ_CHUNK):
-                pass
-        peer.broken = True
-        peer.wakeup.set()
-
     # ------------------------------------------------------------------ inbound streams
     # (the protocol itself is agent.runtime.inbound.InboundStream)
 
@@ -599,7 +448,7 @@ class Transport:
     def inbound_closed(self, stream: InboundStream) -> None:
         self._inbound.discard(stream)
         if stream.peer is not None:
-            self._connection_lost(stream.peer)
+            self.connection_lost(stream.peer)
 
     def begin_dispatch(self) -> None:
         """Inbound messages are being handed to the owner: what they make us send
@@ -615,7 +464,12 @@ class Transport:
     def deliver_stream(self, from_addr: str, payload: bytes) -> None:
         self._deliver(self._on_stream, from_addr, payload)
 
-    def _connection_lost(self, addr: str) -> None:
+    def connect_failed(self, addr: str) -> None:
+        """Tell the owner a connect to ``addr`` failed (the writer backs off and retries)."""
+        if self._on_connect_failed is not None:
+            self._on_connect_failed(addr)
+
+    def connection_lost(self, addr: str) -> None:
         """Tell the owner a connection with ``addr`` ended (not when we are closing)."""
         if self._closing or self._on_connection_lost is None:
             return
