@@ -21,7 +21,7 @@ import contextlib
 import heapq
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Generator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Generator, Mapping
 from typing import Any, Protocol
 
 from agent.control.codec import (
@@ -229,7 +229,7 @@ class ControlClient:
     def closed(self) -> bool:
         return self._lost is not None
 
-    async def call(
+    def call(
         self,
         method: str,
         params: Mapping[str, Any] | None = None,
@@ -237,15 +237,18 @@ class ControlClient:
         *,
         timeout: float | None = DEFAULT_CALL_TIMEOUT,
         **kwparams: Any,
-    ) -> Any:
-        """Call ``method`` and return its result; ``ClientError`` on an error reply.
+    ) -> Coroutine[Any, Any, Any]:
+        """Call ``method``; await the result (``ClientError`` on an error reply).
 
         Params come from ``params`` and keyword arguments (keywords win).  A
         method whose params include ``timeout`` (``task.submit``) must pass it
         in the ``params`` mapping: the keyword is this call's own deadline.
+        A plain function returning the request's coroutine: one coroutine per
+        call instead of a chain of them (the client's cost per request counts
+        on a box whose cores the agents share).
         """
         merged = {**(params or {}), **kwparams}
-        return await self._request(method, merged, timeout)
+        return self._request(method, merged, timeout)
 
     async def _request(
         self,
@@ -261,7 +264,37 @@ class ControlClient:
         else:
             await self._wait_for_slot(method, timeout)
         try:
-            return await self._send_and_wait(method, params, timeout, sub)
+            request_id = next(self._ids)
+            try:
+                frame = self._conn.send_request(request_id, method, params)
+            except ProtocolError as exc:
+                raise ClientError("bad_request", str(exc)) from exc
+            if self._lost is not None:
+                raise self._lost
+            future: asyncio.Future[Any] = self._loop.create_future()
+            self._pending[request_id] = future
+            if sub is not None:
+                self._subscribing[request_id] = sub
+            if timeout is not None:
+                self._add_deadline(future, method, timeout)
+            try:
+                self._out.append(frame)
+                if not self._flush_scheduled:
+                    self._flush_scheduled = True
+                    self._loop.call_soon(self._flush)
+                if self._must_drain():
+                    async with asyncio.timeout(timeout), self._write_lock:
+                        self._flush()
+                        await self._writer.drain()
+                return await future
+            except (ConnectionError, OSError) as exc:
+                self._connection_lost(ConnectionLost(f"write failed: {exc}"))
+                raise self._lost or ConnectionLost() from exc
+            except TimeoutError as exc:
+                raise ClientError("timeout", f"{method}: no reply within {timeout:g}s") from exc
+            finally:
+                self._pending.pop(request_id, None)
+                self._subscribing.pop(request_id, None)
         finally:
             self._release_slot()
 
@@ -287,41 +320,6 @@ class ControlClient:
                 waiter.set_result(None)  # the slot passes straight to the waiter
                 return
         self._free_slots += 1
-
-    async def _send_and_wait(
-        self, method: str, params: dict[str, Any], timeout: float | None, sub: Subscription | None
-    ) -> Any:
-        request_id = next(self._ids)
-        try:
-            frame = self._conn.send_request(request_id, method, params)
-        except ProtocolError as exc:
-            raise ClientError("bad_request", str(exc)) from exc
-        if self._lost is not None:
-            raise self._lost
-        future: asyncio.Future[Any] = self._loop.create_future()
-        self._pending[request_id] = future
-        if sub is not None:
-            self._subscribing[request_id] = sub
-        if timeout is not None:
-            self._add_deadline(future, method, timeout)
-        try:
-            self._out.append(frame)
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                self._loop.call_soon(self._flush)
-            if self._must_drain():
-                async with asyncio.timeout(timeout), self._write_lock:
-                    self._flush()
-                    await self._writer.drain()
-            return await future
-        except (ConnectionError, OSError) as exc:
-            self._connection_lost(ConnectionLost(f"write failed: {exc}"))
-            raise self._lost or ConnectionLost() from exc
-        except TimeoutError as exc:
-            raise ClientError("timeout", f"{method}: no reply within {timeout:g}s") from exc
-        finally:
-            self._pending.pop(request_id, None)
-            self._subscribing.pop(request_id, None)
 
     # -- reply deadlines: one heap and one timer for all calls, instead of an
     # asyncio.timeout scope (a context, a task lookup, a timer) per call.
