@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.errors import LocalError, NoQuorumError, NotLeaderError
-from agent.raft import election, repair, replication
+from agent.raft import election, follower, repair, replication
 from agent.raft.confchange import (
     ConfHistory,
     apply_conf_change,
@@ -53,12 +53,8 @@ from agent.raft.messages import (
     EntryKind,
     HardState,
     Heartbeat,
-    HeartbeatResp,
-    InstallSnapshot,
-    InstallSnapshotResp,
     RaftMessage,
     ReadIndexReq,
-    ReadIndexResp,
     ReadState,
     Ready,
     RepairGrant,
@@ -76,8 +72,6 @@ from agent.raft.progress import Inflights, Progress
 from agent.raft.readonly import ReadOnly
 
 __all__ = ["RaftNode", "bootstrap_state"]
-
-_FROM_LEADER = (AppendEntries, Heartbeat, InstallSnapshot)
 
 SNAPSHOT_STRETCH = 4
 """How far past ``snapshot_threshold`` a large state may defer a snapshot
@@ -202,9 +196,9 @@ class RaftNode:
         elif self.role == Role.LEADER:
             replication.step_leader(self, msg)
         elif self.role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
-            self._step_candidate(msg)
+            follower.step_candidate(self, msg)
         else:
-            self._step_follower(msg)
+            follower.step_follower(self, msg)
 
     def _adopt_newer_term(self, msg: RaftMessage) -> bool:
         """A message of a later term: become a follower in it (its sender leads if it
@@ -222,7 +216,7 @@ class RaftNode:
             isinstance(msg, RequestVoteResp) and msg.pre_vote and msg.granted
         )
         if not pre_vote_traffic:
-            self._become_follower(msg.term, msg.frm if isinstance(msg, _FROM_LEADER) else "")
+            self._become_follower(msg.term, msg.frm if isinstance(msg, follower.FROM_LEADER) else "")
         return True
 
     def _answer_stale_term(self, msg: RaftMessage) -> None:
@@ -492,96 +486,6 @@ class RaftNode:
         pr.last_heard = self._ticks  # a fresh leader gives everyone one timeout of grace
         pr.is_learner = peer not in self.conf.voters
         return pr
-
-    # ============================================================ per-role steps
-
-    def _step_candidate(self, m: RaftMessage) -> None:
-        if isinstance(m, _FROM_LEADER):
-            self._become_follower(m.term, m.frm)
-            self._step_follower(m)
-        elif isinstance(m, RequestVoteResp):
-            if m.pre_vote != (self.role == Role.PRE_CANDIDATE):
-                return
-            result = election.poll(self, m.frm, m.granted)
-            if result == "won":
-                if self.role == Role.PRE_CANDIDATE:
-                    election.campaign(self, pre=False)
-                else:
-                    self._become_leader()
-                    replication.bcast_append(self)
-            elif result == "lost":
-                self._become_follower(self.term, "")
-
-    def _step_follower(self, m: RaftMessage) -> None:
-        if self.damaged:
-            if isinstance(m, _FROM_LEADER):
-                # Acknowledge nothing: ask the leader to take our vote away first.
-                self.election_elapsed = 0
-                self._set_leader(m.frm)
-                self._send(RepairRequest(self.id, m.frm, self.term, self.damaged))
-            return
-        if isinstance(m, _FROM_LEADER) and not self._start_checked and self.fresh_start:
-            self._start_checked = True
-            self._send(StartCheck(self.id, m.frm, self.term, self.log.last_index()))
-        if isinstance(m, AppendEntries):
-            self.election_elapsed = 0
-            self._set_leader(m.frm)
-            self._handle_append(m)
-        elif isinstance(m, Heartbeat):
-            self.election_elapsed = 0
-            self._set_leader(m.frm)
-            if self.log.commit_to(min(m.commit, self.log.last_index())):
-                self._apply_committed_conf()
-            self._send(HeartbeatResp(self.id, m.frm, self.term, m.ctx))
-        elif isinstance(m, InstallSnapshot):
-            self.election_elapsed = 0
-            self._set_leader(m.frm)
-            self._handle_snapshot(m)
-        elif isinstance(m, TimeoutNow):
-            election.hup(self, transfer=True)
-        elif isinstance(m, ReadIndexResp):
-            self._read_states.append(ReadState(m.index, m.ctx))
-
-    def _handle_append(self, m: AppendEntries) -> None:
-        if m.prev_index < self.log.committed:
-            self._send(AppendResp(self.id, m.frm, self.term, index=self.log.committed))
-            return
-        last_new = self.log.maybe_append(m.prev_index, m.prev_term, m.commit, m.entries)
-        if last_new is not None:
-            self._apply_committed_conf()
-            self._send(AppendResp(self.id, m.frm, self.term, index=last_new))
-            return
-        hint = self.log.find_conflict_by_term(min(m.prev_index, self.log.last_index()), m.prev_term)
-        self._send(
-            AppendResp(
-                self.id,
-                m.frm,
-                self.term,
-                index=m.prev_index,
-                reject=True,
-                hint_index=hint,
-                hint_term=self.log.term(hint) or 0,
-            )
-        )
-
-    def _handle_snapshot(self, m: InstallSnapshot) -> None:
-        snap = m.snapshot
-        if snap.index <= self.log.committed:
-            self._send(InstallSnapshotResp(self.id, m.frm, self.term, self.log.committed))
-            return
-        if self.log.match_term(snap.index, snap.term):
-            # We already hold the snapshot's entries: just fast-forward the commit.
-            self.log.commit_to(snap.index)
-            self._apply_committed_conf()
-            self._send(InstallSnapshotResp(self.id, m.frm, self.term, self.log.last_index()))
-            return
-        self.log.restore(snap)
-        self.conf = snap.conf
-        self._conf_history = ConfHistory(snap.index, snap.conf)
-        self._conf_applied_to = snap.index
-        self._set_role(Role.FOLLOWER if self._promotable() else Role.LEARNER)
-        self._emit("conf", f"installed snapshot at {snap.index}")
-        self._send(InstallSnapshotResp(self.id, m.frm, self.term, snap.index))
 
     # ============================================================ leader
 
