@@ -71,14 +71,15 @@ from agent.errors import (
 from agent.metrics.trackers import LeaderTerms
 from agent.raft.confchange import plan_voter_changes
 from agent.raft.core import RaftNode, bootstrap_state
-from agent.raft.messages import Entry, EntryKind, Ready, Role, Snapshot
+from agent.raft.messages import Entry, EntryKind, Ready, Role
 from agent.raft.storage import Storage
 from agent.runtime import recovery
 from agent.runtime.consensus_requests import ClientRequests, PendingWrite
-from agent.runtime.diskfull import RETRY_FIRST, RETRY_MAX, DiskFullMode, fatal_line, is_disk_full
+from agent.runtime.diskfull import DiskFullMode, fatal_line, is_disk_full
 from agent.runtime.forwarding import Forwarder
 from agent.runtime.leader_wait import LeaderWait
 from agent.runtime.ports import StateQueries
+from agent.runtime.ready_writer import ReadyWriter
 from agent.runtime.storage_io import StorageIO
 from agent.state.machine import ApplyResult, StateMachine
 
@@ -197,6 +198,8 @@ class ConsensusDriver(ClientRequests):
             applied_index=self._applied_index,
         )
         """Disk-full alarms, and Raft paused while the WAL does not fit (diskfull.py)."""
+        self._writer = ReadyWriter(self._storage, self._io, self.disk_full, send, self._state)
+        """Makes each Ready durable (ready_writer.py)."""
 
     def connect(
         self,
@@ -400,7 +403,7 @@ class ConsensusDriver(ClientRequests):
             try:
                 unsaved = self.disk_full.snapshot_due(time.monotonic())
                 if unsaved is not None:
-                    await self._persist_snapshot(unsaved)
+                    await self._writer.persist_snapshot(unsaved)
                 while (rd := self._node.ready()) is not None:
                     await self._handle_ready(rd)
                 if self._node.leader_id != self._known_leader:
@@ -418,18 +421,9 @@ class ConsensusDriver(ClientRequests):
             self._on_unrepairable(line)
             self._on_unrepairable = None
 
-    def _reset_storage(self) -> None:
-        """A granted repair (raft/repair.py): the log, snapshots and state go."""
-        aside = self._storage.reset()
-        self._state.restore(StateMachine().snapshot())
-        log.warning(
-            "repair granted by the leader: old WAL and snapshots moved to %s; catching up as a learner",
-            aside,
-        )
-
     async def _handle_ready(self, rd: Ready) -> None:
         send_first = rd.must_sync and self._may_send_before_sync(rd)
-        await self._persist(rd, send_first)
+        await self._writer.persist(rd, send_first)
         if rd.snapshot is not None and rd.snapshot.index > self._state.applied_index:
             self._state.restore(rd.snapshot.data)
         if rd.must_sync and rd.hard_state is not None:
@@ -453,51 +447,7 @@ class ConsensusDriver(ClientRequests):
         self._check_role()
         if self._node.should_snapshot():
             snap = self._node.compact(self._state.applied_index, self._state.snapshot())
-            await self._persist_snapshot(snap)
-
-    async def _persist(self, rd: Ready, send_first: bool) -> None:
-        """Make ``rd``'s snapshot, entries and hard state durable, sending its messages
-        after the append when ``send_first``.  A full disk pauses Raft and retries
-        the same writes (a failed write leaves nothing behind) until they fit."""
-        reset, sent, delay = rd.reset_storage, False, RETRY_FIRST
-        while True:
-            try:
-                if reset:
-                    self._reset_storage()
-                    reset = False
-                if rd.snapshot is not None:
-                    self._storage.save_snapshot(rd.snapshot)  # a retry skips a saved one
-                if rd.entries or rd.hard_state is not None:
-                    self._storage.append(list(rd.entries), rd.hard_state)
-                if send_first and not sent:
-                    sent = True
-                    for msg in rd.messages:
-                        self._send(msg.to, msg)
-                if rd.must_sync:
-                    await self._io.sync()
-                break
-            except OSError as exc:
-                if not is_disk_full(exc):
-                    raise
-                # After a failed fsync the pages it covered may be lost (Linux marks
-                # them clean): the retry writes the records again, then syncs.
-                self.disk_full.pause(exc)
-            await asyncio.sleep(delay)
-            delay = min(RETRY_MAX, delay * 2)
-        self.disk_full.resume()
-
-    async def _persist_snapshot(self, snap: Snapshot) -> None:
-        """Save a snapshot of our own state and compact the WAL behind it.  Megabytes to
-        checksum, write and fsync: in a thread, so the loop keeps serving (storage_io).
-        A full disk leaves the WAL whole: an alarm, and a retry later (diskfull.py)."""
-        try:
-            await self._io.persist_snapshot(snap)
-        except OSError as exc:
-            if not is_disk_full(exc):
-                raise
-            self.disk_full.snapshot_failed(exc, snap)
-        else:
-            self.disk_full.snapshot_saved()
+            await self._writer.persist_snapshot(snap)
 
     def _may_send_before_sync(self, rd: Ready) -> bool:
         """A leader's Ready that changes neither term nor vote and holds no snapshot:
@@ -543,21 +493,6 @@ class ConsensusDriver(ClientRequests):
                 data_out.setdefault("kind", "entry")
                 data_out.update(index=index, term=term)
             self._publish(topic, data_out)
-
-    def _resolve(self, pending: PendingWrite, result: ApplyResult) -> None:
-        latencies = self.commit_latencies
-        latencies.append(self._applied_at - pending.started)
-        if len(latencies) > 10_000:
-            del latencies[:5_000]
-        if pending.finish is None:
-            pending.future.set_result(result)
-            return
-        try:
-            value = pending.finish(result)
-        except Exception as exc:
-            pending.future.set_exception(exc)
-        else:
-            pending.future.set_result(value)
 
     def _publish_event(self, event: Any) -> None:
         if event.kind == "election":

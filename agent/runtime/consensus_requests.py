@@ -93,6 +93,8 @@ class ClientRequests(abc.ABC):
     _loop: asyncio.AbstractEventLoop | None
     _queued_writes: list[_Queued]
     _batches_allowed: Callable[[], bool]
+    _applied_at: float
+    commit_latencies: list[float]
 
     @abc.abstractmethod
     def wake(self) -> None:
@@ -342,6 +344,23 @@ class ClientRequests(abc.ABC):
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._apply_waiters.append((index, fut))
         await asyncio.wait_for(fut, self._read_timeout)
+
+    def _resolve(self, pending: PendingWrite, result: ApplyResult) -> None:
+        """Answer a write whose entry was applied: its latency counted, its future
+        given the result (or what ``finish`` makes of it)."""
+        latencies = self.commit_latencies
+        latencies.append(self._applied_at - pending.started)
+        if len(latencies) > 10_000:
+            del latencies[:5_000]
+        if pending.finish is None:
+            pending.future.set_result(result)
+            return
+        try:
+            value = pending.finish(result)
+        except Exception as exc:
+            pending.future.set_exception(exc)
+        else:
+            pending.future.set_result(value)
 
     def _release_apply_waiters(self) -> None:
         applied = self._state.applied_index
