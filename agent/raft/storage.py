@@ -58,16 +58,23 @@ import os
 import shutil
 import time
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
-from agent.errors import StorageError
 from agent.raft import walformat as fmt
-from agent.raft.messages import ConfState, Entry, EntryKind, HardState, RestoredState, Snapshot
+from agent.raft.messages import ConfState, Entry, HardState, RestoredState, Snapshot
 from agent.raft.walformat import HEADER, MAX_RECORD, AckSlot
+from agent.raft.walscan import (
+    Scan,
+    Segment,
+    entries_after_snapshot,
+    list_segments,
+    replay,
+    with_slot_vote,
+    zero_range,
+)
 
 __all__ = ["HEADER", "MAX_RECORD", "SEGMENT_BYTES", "Storage"]
 
@@ -85,33 +92,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class _Segment:
-    __slots__ = ("first", "path", "seq", "version")
-
-    def __init__(self, seq: int, first: int, path: Path, version: int) -> None:
-        self.seq, self.first, self.path, self.version = seq, first, path, version
-
-
-@dataclass(slots=True)
-class _Scan:
-    """What recovery has found so far, segment by segment."""
-
-    damage: str = ""
-    entries: list[Entry] = field(default_factory=list)
-    hard_state: HardState = field(default_factory=HardState)
-    log_end: int = 0
-    slot: AckSlot | None = None
-    marker_at: str = ""
-
-
-def _with_slot_vote(hard_state: HardState, slot: AckSlot) -> HardState:
-    """The ack slot's term and vote where they are newer than the WAL's: believing
-    we voted when the vote's sync may not have finished is safe."""
-    if (slot.term, bool(slot.vote)) > (hard_state.term, bool(hard_state.vote)):
-        return HardState(slot.term, slot.vote, hard_state.commit)
-    return hard_state
-
-
 class Storage:
     """The WAL and snapshots of one node.  Not thread-safe: one owner (the runtime)."""
 
@@ -120,7 +100,7 @@ class Storage:
         self.wal_dir = directory / "wal"
         self.snap_dir = directory / "snap"
         self.segment_bytes = segment_bytes
-        self._segments: list[_Segment] = []
+        self._segments: list[Segment] = []
         self._fd = -1
         self._size = 0
         self._dirty: set[int] = set()
@@ -154,32 +134,20 @@ class Storage:
         """What the WAL and the newest snapshot hold (computed once, at open)."""
         return self._restored
 
-    def _list_segments(self) -> list[_Segment]:
-        found = []
-        for path in self.wal_dir.iterdir():
-            version = {".wal": 1, ".seg": 2}.get(path.suffix)
-            if version is None:
-                continue
-            seq_text, _, first_text = path.stem.partition("-")
-            try:
-                found.append(_Segment(int(seq_text, 16), int(first_text, 16), path, version))
-            except ValueError:
-                raise StorageError(f"{path}: not a WAL segment name") from None
-        return sorted(found, key=lambda s: s.seq)
-
     def _recover(self) -> None:
         for tmp in self.snap_dir.glob("*.tmp"):
             tmp.unlink()
         snap, damage = self._load_snapshot()
-        self._segments = self._list_segments()
-        scan = _Scan(damage=damage)
+        self._segments = list_segments(self.wal_dir)
+        scan = Scan(damage=damage)
         for n, seg in enumerate(self._segments):
             if scan.damage:
                 break
             self._scan_segment(seg, n == len(self._segments) - 1, scan)
         if not scan.damage:
             scan.damage = self._missing_snapshot(snap, scan.marker_at)
-        entries, gap, replaced = self._entries_after_snapshot(scan.entries, snap)
+        where = self._segments[0].path if self._segments else self.wal_dir
+        entries, gap, replaced = entries_after_snapshot(scan.entries, snap, where)
         scan.damage = scan.damage or gap
         last = entries[-1].index if entries else (snap.index if snap else 0)
         if not scan.damage:
@@ -191,7 +159,7 @@ class Storage:
         hard_state = scan.hard_state
         if scan.slot is not None:
             self._ack_gen = scan.slot.generation
-            hard_state = _with_slot_vote(hard_state, scan.slot)
+            hard_state = with_slot_vote(hard_state, scan.slot)
         self._snapshot = snap
         self._hard_state = hard_state
         self._last_index = self._synced_last = last
@@ -209,7 +177,7 @@ class Storage:
             # so entries appended from here on are not judged against the old log.
             self._mark_snapshot(snap)
 
-    def _scan_segment(self, seg: _Segment, is_last: bool, scan: _Scan) -> None:
+    def _scan_segment(self, seg: Segment, is_last: bool, scan: Scan) -> None:
         """Replay one segment into ``scan``; damage stops the scan (see the table)."""
         data = seg.path.read_bytes()
         off = 0
@@ -230,7 +198,7 @@ class Storage:
                     break  # the clean end: preallocated or zero-filled space
                 end = len(data.rstrip(b"\0"))
                 if is_last and not fmt.valid_record_after(data, off + 1, end):
-                    self._zero_range(seg.path, off, end)  # a torn tail
+                    zero_range(seg.path, off, end)  # a torn tail
                     break
                 scan.damage = f"{seg.path}: corrupt WAL record at byte offset {off}"
                 return
@@ -246,7 +214,7 @@ class Storage:
                 " (its tail was lost)"
             )
 
-    def _scan_record(self, record: list[Any], seg: _Segment, off: int, scan: _Scan) -> bool:
+    def _scan_record(self, record: list[Any], seg: Segment, off: int, scan: Scan) -> bool:
         """Apply one record; True if it is a seal matching the log so far."""
         kind = record[0]
         if kind == fmt.REC_SEAL:
@@ -258,7 +226,7 @@ class Storage:
         elif kind == fmt.REC_HARD_STATE:
             _, term, vote, commit = record
             scan.hard_state = HardState(term, vote, commit)
-        gap = self._replay(record, scan.entries)
+        gap = replay(record, scan.entries)
         if gap:
             scan.damage = f"{seg.path}: {gap} at byte offset {off}"
         return False
@@ -272,7 +240,7 @@ class Storage:
         name = f"{index:016x}-{term:016x}.snap"
         return f"{self.snap_dir}: snapshot {name} is missing (marked in {marker_at})"
 
-    def _lost_acknowledged(self, last: int, scan: _Scan) -> str:
+    def _lost_acknowledged(self, last: int, scan: Scan) -> str:
         slot = scan.slot
         if slot is None or last >= slot.acknowledged:
             return ""
@@ -281,57 +249,6 @@ class Storage:
             f"{where}: log ends at index {last} (byte offset {scan.log_end}) but this node had"
             f" acknowledged up to index {slot.acknowledged}: {slot.acknowledged - last} entries lost"
         )
-
-    @staticmethod
-    def _replay(record: list[Any], entries: list[Entry]) -> str:
-        """Apply one record to ``entries``; a non-empty result describes a gap."""
-        kind = record[0]
-        if kind == fmt.REC_ENTRY:
-            _, term, index, entry_kind, data = record
-            if entries and index <= entries[-1].index:
-                del entries[max(0, index - entries[0].index) :]
-            if entries and index != entries[-1].index + 1:
-                return f"WAL gap before index {index}"
-            entries.append(Entry(term, index, EntryKind(entry_kind), data))
-        elif kind == fmt.REC_SNAPSHOT:
-            _, index, term = record
-            matches = bool(entries) and entries[0].index <= index <= entries[-1].index
-            if matches and entries[index - entries[0].index].term == term:
-                del entries[: index - entries[0].index + 1]
-            else:
-                entries.clear()
-        return ""
-
-    def _entries_after_snapshot(
-        self, entries: list[Entry], snap: Snapshot | None
-    ) -> tuple[list[Entry], str, bool]:
-        """The entries that follow ``snap`` (or index 0), a gap if they do not, and
-        whether the snapshot replaced a log that did not match it."""
-        if not entries:
-            return [], "", False
-        base = snap.index if snap else 0
-        first, last = entries[0].index, entries[-1].index
-        if snap is not None and first <= snap.index <= last:
-            if entries[snap.index - first].term != snap.term:
-                return [], "", True  # written before a snapshot that replaced the log
-            return entries[snap.index - first + 1 :], "", False
-        if last <= base:
-            return [], "", False
-        if first != base + 1:
-            what = f"snapshot {base}" if snap else "no snapshot"
-            where = self._segments[0].path if self._segments else self.wal_dir
-            gap = f"WAL starts at index {first} after {what} (a snapshot is missing)"
-            return [], f"{where}: {gap} at byte offset 0", False
-        return entries, "", False
-
-    @staticmethod
-    def _zero_range(path: Path, start: int, end: int) -> None:
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.pwrite(fd, bytes(end - start), start)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def _load_snapshot(self) -> tuple[Snapshot | None, str]:
         files = sorted(self.snap_dir.glob("*.snap"))
@@ -472,7 +389,7 @@ class Storage:
         self._fd = fd
         self._size = fmt.RECORDS_START
         self._synced_at = (-1, 0)  # (no rollback into a segment made since the last sync)
-        self._segments.append(_Segment(seq, first_index, path, 2))
+        self._segments.append(Segment(seq, first_index, path, 2))
         self._write(self._hard_state_record())
 
     # ------------------------------------------------------------ snapshots
