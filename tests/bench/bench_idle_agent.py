@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,6 +128,7 @@ def main() -> int:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
                 p.wait(timeout=5)
+        shutil.rmtree(base, ignore_errors=True)  # 11 data dirs, 64 MiB of WAL each
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import math
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -242,15 +243,19 @@ def main() -> int:
         print("needs root (network namespaces)")
         return 2
     base = Path(tempfile.mkdtemp(prefix="bench-membership-"))
-    key = keygen(base / "cluster.key")
-    print(box_load(), flush=True)
-    with NetnsLab(len(HOSTS)) as lab:
-        if not args.skip_kills:
-            for mode in args.kill_modes.split(","):
-                crash_to_everyone_knows(lab, key, base / f"kills-{mode}", args.kills,
-                                        mode.strip() == "on")
-        if not args.skip_busy:
-            busy_host_comparison(lab, key, base, args.minutes, args.busy_loops, args.busy_nice)
+    try:
+        key = keygen(base / "cluster.key")
+        print(box_load(), flush=True)
+        with NetnsLab(len(HOSTS)) as lab:
+            if not args.skip_kills:
+                for mode in args.kill_modes.split(","):
+                    crash_to_everyone_knows(lab, key, base / f"kills-{mode}", args.kills,
+                                            mode.strip() == "on")
+            if not args.skip_busy:
+                busy_host_comparison(lab, key, base, args.minutes, args.busy_loops,
+                                     args.busy_nice)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)  # the hosts' data dirs and logs
     return 0
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -235,6 +236,7 @@ def one_run(tasks: int, submit: Submitter) -> dict[str, float]:
         return asyncio.run(measure(sock, follower, names, tasks, submit))
     finally:
         mesh.stop()
+        shutil.rmtree(base, ignore_errors=True)  # 3 data dirs, 64 MiB of WAL each
 
 
 def verdict(values: list[float], target: float) -> str:
