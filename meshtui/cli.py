@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="process/thread limit of the task's cgroup; refused where unenforceable")
     p.add_argument("--artifact", dest="artifacts", action="append", default=[], metavar="PATH",
                    help="a file (relative to the task's working directory) kept when it ends")
+    p.add_argument("--count", type=_positive_int, default=1, metavar="N",
+                   help="submit N copies (task.submit_many, up to 1024 a request); prints N ids")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
 
     _common(sub.add_parser("tasks", help="list tasks"))

@@ -44,29 +44,56 @@ def cmd_submit(args: argparse.Namespace, session: Session) -> int:
     strategy = args.strategy or ("hash" if args.key else "auction")
     if strategy == "hash" and not args.key:
         return fail("submit: --strategy hash needs --key", EXIT_USAGE)
-    result = session.call(
-        "task.submit",
-        argv=cmd if len(cmd) > 1 else [],
-        shell=cmd[0] if len(cmd) == 1 else "",
-        env=env,
-        cwd=args.cwd,
-        caps=list(args.caps),
-        key=args.key or "",
-        strategy=strategy,
-        priority=args.priority,
-        retries=args.retries,
-        timeout=float(args.timeout),
-        restartable=bool(args.restartable),
-        mem=int(args.mem),
-        pids=int(args.pids),
-        artifacts=list(args.artifacts),
-        rid=new_rid(),
-    )
+    spec: dict[str, Any] = {
+        "argv": cmd if len(cmd) > 1 else [],
+        "shell": cmd[0] if len(cmd) == 1 else "",
+        "env": env,
+        "cwd": args.cwd,
+        "caps": list(args.caps),
+        "key": args.key or "",
+        "strategy": strategy,
+        "priority": args.priority,
+        "retries": args.retries,
+        "timeout": float(args.timeout),
+        "restartable": bool(args.restartable),
+        "mem": int(args.mem),
+        "pids": int(args.pids),
+        "artifacts": list(args.artifacts),
+    }
+    count = getattr(args, "count", 1)
+    if count > 1:
+        return _submit_copies(session, spec, count, args.json)
+    result = session.call("task.submit", **spec, rid=new_rid())
     if args.json:
         print_json(result)
     else:
         print(result["id"])
     return EXIT_OK
+
+
+SUBMIT_MANY_CHUNK = 1024
+"""Tasks per ``task.submit_many`` request (the agent's ``MAX_SUBMIT_MANY``)."""
+
+
+def _submit_copies(session: Session, spec: dict[str, Any], count: int, as_json: bool) -> int:
+    """``--count N``: N copies in requests of up to 1,024, each its own task with its
+    own rid (a retried request is applied once); one id per line, in order, printed as
+    each request commits.  A copy refused on its own is a line on stderr and exit 2;
+    the others stand."""
+    rows: list[Any] = []
+    for start in range(0, count, SUBMIT_MANY_CHUNK):
+        chunk = [{**spec, "rid": new_rid()} for _ in range(min(SUBMIT_MANY_CHUNK, count - start))]
+        got = session.call("task.submit_many", tasks=chunk)
+        rows += got
+        ids = [row["id"] for row in got if "id" in row]
+        if ids and not as_json:  # a later request that fails leaves these ids printed
+            print("\n".join(ids), flush=True)
+    refused = [row for row in rows if "id" not in row]
+    if as_json:
+        print_json(rows)
+    for row in refused[:1]:
+        print(f"submit: {len(refused)} of {count} refused: {row.get('message')}", file=sys.stderr)
+    return EXIT_USAGE if refused else EXIT_OK
 
 
 @with_session

@@ -142,6 +142,16 @@ def test_submit_wait_logs_cancel_via_cli(mesh3: LocalMesh) -> None:
                10, 0.2)
     assert meshtui(sock, "logs", "no-such-task").returncode == 1
 
+    # --count N: N tasks through task.submit_many, one id per line, each its own task.
+    copies = meshtui(sock, "submit", "--count", "5", "--", "true")
+    assert copies.returncode == 0, copies.stderr
+    ids = copies.stdout.split()
+    assert len(ids) == len(set(ids)) == 5, copies.stdout
+    for copy in ids:
+        assert meshtui(sock, "wait", copy).returncode == 0
+    refused = meshtui(sock, "submit", "--count", "2", "--mem", "1K", "--", "true")
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused
+
 
 def test_killed_host_tasks_finish_elsewhere_without_overlap(mesh3: LocalMesh, tmp_path: Path) -> None:
     log = tmp_path / "runs.log"
