@@ -6,31 +6,16 @@ before anything is committed.  The Raft side is a fake over a real ``StateMachin
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
+from support.applying_log import Log
 
 from agent.errors import NoQuorumError, ProtocolError
 from agent.runtime.handlers import METHOD_PARAMS, strict
 from agent.runtime.handlers.common import check_applied
 from agent.runtime.sched_submit import MAX_SUBMIT_MANY, CommitBatcher, submit_many
-from agent.state import StateMachine, cmd_task_submit, decode_command, task_spec
-from agent.state.machine import ApplyResult
-
-
-class Log:
-    def __init__(self) -> None:
-        self.sm = StateMachine()
-        self.entries: list[str] = []
-        self.fail: Exception | None = None
-
-    async def propose(self, data: bytes) -> ApplyResult:
-        await asyncio.sleep(0)
-        if self.fail is not None:
-            raise self.fail
-        self.entries.append(decode_command(data).op)
-        return self.sm.apply(len(self.entries), data)
+from agent.state import cmd_task_submit, task_spec
 
 
 def handler_over(log: Log) -> Any:
