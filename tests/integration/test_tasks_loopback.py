@@ -77,15 +77,8 @@ def overlaps(log: Path) -> list[str]:
     return bad
 
 
-@pytest.fixture
-def mesh3(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalMesh]:
-    extra: list[str] = []
-    if "hot_host" in request.node.name:
-        cfg = tmp_path / "hot.toml"
-        cfg.write_text(f"[sched]\nhot_above = {HOT_ABOVE}\nhot_exit_below = {HOT_EXIT}\n"
-                       f"hot_window = {HOT_WINDOW}\n")
-        extra = ["--config", str(cfg)]
-    mesh = LocalMesh(3, base_dir=tmp_path / "mesh", extra_args=extra)
+def _running_mesh(base: Path, extra_args: list[str] | None = None) -> Iterator[LocalMesh]:
+    mesh = LocalMesh(3, base_dir=base, extra_args=extra_args)
     mesh.start()
     try:
         assert mesh.wait_ready(20)
@@ -93,6 +86,20 @@ def mesh3(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalMesh]
         yield mesh
     finally:
         mesh.stop()
+
+
+@pytest.fixture
+def mesh3(tmp_path: Path) -> Iterator[LocalMesh]:
+    yield from _running_mesh(tmp_path / "mesh")
+
+
+@pytest.fixture
+def hot_mesh3(tmp_path: Path) -> Iterator[LocalMesh]:
+    """``mesh3`` with the hot test's thresholds (``HOT_ABOVE``, ``HOT_EXIT``, ``HOT_WINDOW``)."""
+    cfg = tmp_path / "hot.toml"
+    cfg.write_text(f"[sched]\nhot_above = {HOT_ABOVE}\nhot_exit_below = {HOT_EXIT}\n"
+                   f"hot_window = {HOT_WINDOW}\n")
+    yield from _running_mesh(tmp_path / "mesh", ["--config", str(cfg)])
 
 
 def call(mesh: LocalMesh, method: str, node: int = 0, **params: Any) -> Any:
@@ -226,13 +233,14 @@ def test_overlap_checker_detects_overlap(tmp_path: Path) -> None:
 
 
 def test_hot_host_moves_a_running_restartable_task_to_a_cold_one(
-    mesh3: LocalMesh, tmp_path: Path
+    hot_mesh3: LocalMesh, tmp_path: Path
 ) -> None:
     """Two CPU burners keyed onto one 2-slot host (nothing queued, so stealing has
     nothing to take): once that host has read hot (task CPU > HOT_ABOVE) for the hot
     window, rebalance stops one burner and restarts it on a cold host, with reason
     ``hot-cold``; the two copies never overlap, and with one burner per host
     nothing is hot any more, so nothing moves again."""
+    mesh3 = hot_mesh3
     log = tmp_path / "beats.log"
     ids = []
     for i in range(2):
