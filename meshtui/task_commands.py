@@ -60,9 +60,8 @@ def cmd_submit(args: argparse.Namespace, session: Session) -> int:
         "pids": int(args.pids),
         "artifacts": list(args.artifacts),
     }
-    count = getattr(args, "count", 1)
-    if count > 1:
-        return _submit_copies(session, spec, count, args.json)
+    if args.count > 1:
+        return _submit_copies(session, spec, args.count, args.json)
     result = session.call("task.submit", **spec, rid=new_rid())
     if args.json:
         print_json(result)
