@@ -185,6 +185,14 @@ def hotspots(cluster: Cluster) -> dict[str, list[str] | None]:
     return out
 
 
+def burn_ended(cluster: Cluster, record: dict[str, Any]) -> str:
+    """The burn task's record and the tail of n3's log: why a run ended early (the
+    watchdog's lease, a kill, an exit code) is written there and nowhere else."""
+    log = cluster.mesh.node("n3").log_file
+    tail = log.read_text(errors="replace").splitlines()[-40:] if log.exists() else []
+    return f"task record: {record}\n--- n3's agent.log (last 40 lines)\n" + "\n".join(tail)
+
+
 def test_a_hot_host_is_a_hotspot_on_every_node_and_none_after_it_cools(cluster: Cluster) -> None:
     loop = f"{sys.executable} -c 'while 1: pass'"
     submitted = call_sync(cluster.sock("n1"), "task.submit", {
@@ -196,18 +204,26 @@ def test_a_hot_host_is_a_hotspot_on_every_node_and_none_after_it_cools(cluster: 
     try:
         n3 = {"n3", call_sync(cluster.sock("n3"), "status", {}, 5.0)["id"]}
 
-        def running_on_n3() -> bool:
-            record = call_sync(cluster.sock("n1"), "task.get", {"id": task}, 5.0)
-            return record["state"] == "running" and record["node"] in n3
+        def record() -> dict[str, Any]:
+            got: dict[str, Any] = call_sync(cluster.sock("n1"), "task.get", {"id": task}, 5.0)
+            return got
 
-        wait_until("the burn task to run on n3", running_on_n3, 20, 0.1)
+        def running_on_n3() -> bool:
+            now = record()
+            assert now["state"] in ("queued", "assigned", "running"), burn_ended(cluster, now)
+            return now["state"] == "running" and now["node"] in n3
+
+        wait_until("the burn task to run on n3", running_on_n3, 20, 0.1,
+                   detail=lambda: burn_ended(cluster, record()))
         started = time.monotonic()
         wait_until(f"every node to list n3 as a hotspot within {HOT_WITHIN:.0f} s",
                    lambda: all(h == ["n3"] for h in hotspots(cluster).values()), HOT_WITHIN, 0.2,
-                   detail=lambda: hotspots(cluster))
+                   detail=lambda: (hotspots(cluster), burn_ended(cluster, record())))
         hot_after = time.monotonic() - started
     finally:
-        call_sync(cluster.sock("n1"), "task.cancel", {"id": task, "rid": uuid.uuid4().hex}, 5.0)
+        # A burn that already ended is not cancelled: the failure above says why it ended.
+        with contextlib.suppress(ClientError):
+            call_sync(cluster.sock("n1"), "task.cancel", {"id": task, "rid": uuid.uuid4().hex}, 5.0)
     cooled_at = time.monotonic()
     wait_until(f"no node to list a hotspot within {COOL_WITHIN:.0f} s of cooling",
                lambda: all(h == [] for h in hotspots(cluster).values()), COOL_WITHIN, 0.2,
