@@ -3,8 +3,11 @@
 Layout (below ``<data_dir>/replicas``, the ``OutputStore`` layout of
 ``agent/output_store.py``): ``<task>/<epoch>.out|.err`` for output,
 ``<task>/<epoch>.a_<quoted path>`` for an artifact (``.part`` while it is
-being received), and ``<task>/<epoch>.meta``: JSON of the epoch's items
-(size, complete, sha256, error, ring key, finished time).  A chunk is
+being received), and each run's metadata -- its items' complete flag, sha256,
+error, ring key and finished time; sizes come from the files -- as one record
+in the host's journal ``.meta-journal`` (``replica_journal.py``).  Runs stored
+by an agent before the journal have ``<task>/<epoch>.meta`` files instead:
+they load as before, and their next write moves them to the journal.  A chunk is
 written only where it continues what is here (``offset <= size``), so a
 lost or repeated chunk never leaves a hole; an item becomes *complete* when
 its last byte is in and its SHA-256 matches the sender's, and a complete
@@ -20,13 +23,13 @@ chunk is refused with one line and nothing is evicted.  A write that fails
 stored stays stored.  Refusals raise ``ReplicaRefused`` with the line.
 
 Cheap cases (issue 14: most task output is empty): an item that arrives
-complete and empty in its first chunk is only a row of its ``.meta`` (no data
-file: a read of a missing file is empty; nothing to hash, truncate or fsync).
-While ``defer_meta`` is set, ``.meta`` writes are only noted, and
-``flush_meta`` writes each run's once: the driver sets it for the chunks of one
-event-loop pass and flushes before it sends their acks, so a run's ``out`` and
-``err`` cost one ``.meta`` write, and nothing is acknowledged before its
-``.meta`` is written (as before).
+complete and empty in its first chunk is only a row of its run's record (no
+data file or directory: a read of a missing file is empty; nothing to hash,
+truncate or fsync).  While ``defer_meta`` is set, metadata writes are only
+noted, and ``flush_meta`` appends one record per run, all in one write: the
+driver sets it for the chunks of one event-loop pass and flushes before it
+sends their acks, so a pass's runs cost one ``write``, and nothing is
+acknowledged before its row is written (as before).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from pathlib import Path
 
 from agent.errors import TaskError
 from agent.output_store import check_task_id, item_file
+from agent.runtime.replica_journal import MetaJournal, Rows, RunKey
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +120,11 @@ class ReplicaStore:
         self.defer_meta = False
         """While True, ``.meta`` writes wait for ``flush_meta`` (see the module doc)."""
         self._dirty: set[tuple[str, int]] = set()
+        self._journal = MetaJournal(root)
+        self._journaled: set[RunKey] = set()
+        """Runs with a live (non-empty) record in the journal."""
+        self._legacy: set[RunKey] = set()
+        """Runs loaded from a ``.meta`` file (an agent before the journal)."""
 
     # ------------------------------------------------------------ paths and loading
 
@@ -133,16 +142,30 @@ class ReplicaStore:
         return self.root / task_id / f"{int(epoch)}.meta"
 
     def load(self) -> list[StoredItem]:
-        """Every item the metas below ``root`` describe (sizes from the files)."""
-        found: list[StoredItem] = []
+        """Every item the journal and the legacy ``.meta`` files below ``root`` describe
+        (sizes from the files); a run in both is the journal's (its newer write)."""
         if not self.root.is_dir():
-            return found
+            return []
+        runs: dict[RunKey, Rows] = {}
         for meta in sorted(self.root.glob("*/*.meta")):
             try:
-                epoch = int(meta.name.split(".")[0])
-                rows = json.loads(meta.read_text())
+                key = (meta.parent.name, int(meta.name.split(".")[0]))
+                runs[key] = json.loads(meta.read_text())
+                self._legacy.add(key)
+            except (OSError, ValueError) as exc:
+                log.warning("replica metadata %s unreadable, skipped: %s", meta, exc)
+        try:
+            journaled = self._journal.replay()
+        except OSError as exc:
+            log.warning("replica journal %s unreadable, skipped: %s", self._journal.path, exc)
+            journaled = {}
+        runs.update(journaled)
+        self._journaled.update(journaled)
+        found: list[StoredItem] = []
+        for (task_id, epoch), rows in runs.items():
+            try:
                 for name, row in rows.items():
-                    item = StoredItem(meta.parent.name, epoch, name, str(row["ring_key"]),
+                    item = StoredItem(task_id, epoch, name, str(row["ring_key"]),
                                       0, bool(row["complete"]), str(row["sha256"]),
                                       str(row["error"]), row["finished_at"])
                     item.size = self._size_on_disk(item)
@@ -150,8 +173,9 @@ class ReplicaStore:
                     self._names.setdefault((item.task_id, item.epoch), set()).add(name)
                     self.used += item.size
                     found.append(item)
-            except (OSError, ValueError, KeyError, TypeError, TaskError) as exc:
-                log.warning("replica metadata %s unreadable, skipped: %s", meta, exc)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, TaskError) as exc:
+                log.warning("replica metadata of %s epoch %s unreadable, skipped: %s",
+                            task_id, epoch, exc)
         return found
 
     def _size_on_disk(self, item: StoredItem) -> int:
@@ -164,51 +188,59 @@ class ReplicaStore:
         if self.defer_meta:
             self._dirty.add((task_id, epoch))
             return
-        self._write_meta(task_id, epoch)
+        self._write_meta((task_id, epoch))
 
     def flush_meta(self) -> set[tuple[str, int]]:
-        """Write every ``.meta`` noted while ``defer_meta`` was set; the runs whose
-        write failed (logged)."""
+        """Write the metadata of every run noted while ``defer_meta`` was set, in one
+        journal write; the runs whose write failed (logged): all of them, or none.
+        Failed runs stay noted: the next flush (the holder's resend of a chunk, whose
+        item is already complete here) writes them again before anything is acked."""
         dirty, self._dirty = self._dirty, set()
-        failed: set[tuple[str, int]] = set()
-        for task_id, epoch in dirty:
-            try:
-                self._write_meta(task_id, epoch)
-            except OSError as exc:
-                log.warning("replica metadata of %s epoch %d not written: %s", task_id, epoch,
-                            exc)
-                failed.add((task_id, epoch))
-        return failed
+        try:
+            self._write_meta(*dirty)
+        except OSError as exc:
+            log.warning("replica metadata of %d run(s) not written: %s", len(dirty), exc)
+            self._dirty = dirty
+            return set(dirty)
+        return set()
 
-    def _write_meta(self, task_id: str, epoch: int) -> None:
+    def _rows(self, key: RunKey) -> Rows:
         # The run's names from the index, not a scan of every item held (a scan per
         # chunk made a host's replica work grow with everything it held).
-        names = self._names.get((task_id, epoch), set())
-        found = [i for n in sorted(names) if (i := self.items.get((task_id, epoch, n)))]
+        names = self._names.get(key, set())
+        found = [i for n in sorted(names) if (i := self.items.get((*key, n)))]
         names.intersection_update(i.name for i in found)
         if not names:
-            self._names.pop((task_id, epoch), None)
-        rows = {
+            self._names.pop(key, None)
+        return {
             i.name: {"ring_key": i.ring_key, "complete": i.complete, "sha256": i.sha256,
                      "error": i.error, "finished_at": i.finished_at}
             for i in found
             if i.source is None
         }
-        path = self._meta_path(task_id, epoch)
-        if not rows:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            return
-        data = json.dumps(rows).encode()
-        try:  # a run's first .meta: written in place (a torn one is skipped on load,
-            # as a missing one would be)
-            _write_file(path, data, os.O_EXCL)
-            return
-        except FileExistsError:
-            pass
-        tmp = path.with_name(path.name + ".tmp")
-        _write_file(tmp, data, os.O_TRUNC)
-        os.replace(tmp, path)
+
+    def _write_meta(self, *runs: RunKey) -> None:
+        """Append the records of ``runs`` to the journal in one write (``OSError``)."""
+        records = []
+        for key in runs:
+            rows = self._rows(key)
+            if rows or key in self._journaled:  # (an empty record drops the run)
+                records.append((key, rows))
+        self._journal.append(records)
+        for key, rows in records:
+            if rows:
+                self._journaled.add(key)
+            else:
+                self._journaled.discard(key)
+        for key in self._legacy.intersection(runs):  # the journal holds it now
+            self._legacy.discard(key)
+            with contextlib.suppress(OSError):
+                self._meta_path(*key).unlink()
+        if self._journal.wants_compaction(len(self._journaled)):
+            try:
+                self._journal.compact([(key, self._rows(key)) for key in self._journaled])
+            except OSError as exc:  # the journal as it was still holds everything
+                log.warning("replica journal not compacted: %s", exc)
 
     # ------------------------------------------------------------ writes
 
@@ -362,19 +394,3 @@ class ReplicaStore:
         except FileNotFoundError:
             return b""
 
-
-def _write_file(path: Path, data: bytes, flag: int) -> None:
-    """Write ``data`` to a new (``O_EXCL``) or truncated (``O_TRUNC``) file, creating
-    its directory when missing."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flag
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, flags, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)

@@ -16,7 +16,6 @@ A keyed task is placed on a chosen host A by picking a key whose preference list
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import signal
 import subprocess
@@ -30,6 +29,7 @@ from typing import Any
 import pytest
 from support.wait import wait_until
 
+from agent.runtime.replica_store import ReplicaStore
 from agent.sched import HashRing
 from meshtui.client import ClientError
 from netns.agents import LabAgents, keygen
@@ -184,11 +184,12 @@ def test_output_and_artifact_outlive_their_host(mesh: LabAgents) -> None:
     first_list = HashRing(by_host.values(), 64).preference_list(key, 3)
     [fourth] = [h for h in HOSTS if by_host[h] not in first_list]
     copies = list((Path(mesh.base_dir) / mesh.name(fourth)).glob(f"**/replicas/{task}/1.*"))
-    assert {c.name for c in copies} >= {"1.out", "1.a_result.bin", "1.meta"}, copies
-    # an empty item (here the refused artifact's one-line error) is a row of the
-    # run's .meta only, no data file (issue 14)
-    meta = json.loads((copies[0].parent / "1.meta").read_text())
-    assert meta["a:missing.txt"]["complete"] and "no such file" in meta["a:missing.txt"]["error"]
+    assert {c.name for c in copies} >= {"1.out", "1.a_result.bin"}, copies
+    # an empty item (here the refused artifact's one-line error) is a row of the run's
+    # record in the host's metadata journal only, no data file (issue 14)
+    held = {i.name: i for i in ReplicaStore(copies[0].parent.parent, "check").load()
+            if i.task_id == task}
+    assert held["a:missing.txt"].complete and "no such file" in held["a:missing.txt"].error
     assert hashlib.sha256((Path(copies[0].parent) / "1.a_result.bin").read_bytes()).hexdigest() \
         == hashlib.sha256(ARTIFACT).hexdigest()
     # the CLI, through a survivor: list, fetch with the digest checked, refuse, prune

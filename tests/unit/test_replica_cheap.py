@@ -1,6 +1,7 @@
 """Issue 14: what replicating a short task's (mostly empty) output costs -- an empty
-finished item is only a .meta row on a replica (no data file, reloads, reads empty),
-a pass's .meta writes are one per run and happen before the acks, replicas that heard
+finished item is only a row of its run's journal record on a replica (no data file or
+directory, reloads, reads empty), a pass's runs are one journal write, made before the
+acks, replicas that heard
 from a holder of the whole item do not probe it, and a round looks only at items
 that still need a send (a changed view looks at all again)."""
 
@@ -34,7 +35,8 @@ def test_an_empty_finished_item_is_a_meta_row_only(tmp_path: Path) -> None:
     ack = replicator.on_chunk(empty_chunk("out"), 1.0)
     assert (ack.size, ack.complete, ack.error) == (0, True, "")
     item = store.items[("t1", 1, "out")]
-    assert not store.path(item).exists() and (tmp_path / "t1" / "1.meta").exists()
+    assert not store.path(item).exists() and not (tmp_path / "t1").exists()
+    assert (tmp_path / ".meta-journal").exists()
     assert store.read(item, 0, 10) == b""
     again = {i.key: i for i in ReplicaStore(tmp_path, "b").load()}
     assert again[("t1", 1, "out")].complete and again[("t1", 1, "out")].size == 0
@@ -50,23 +52,23 @@ def test_deferred_meta_is_written_once_per_run_before_acks(tmp_path: Path) -> No
         sched_config=SchedConfig, send_to_node=lambda n, m: None,
         send_to_addr=lambda a, m: acks.append((a, m)), records=lambda _id: None,
     )
-    writes: list[tuple[str, int]] = []
+    writes: list[tuple[tuple[str, int], ...]] = []
     real = service.store._write_meta
 
-    def counting(task_id: str, epoch: int) -> None:
-        writes.append((task_id, epoch))
-        real(task_id, epoch)
+    def counting(*runs: tuple[str, int]) -> None:
+        writes.append(runs)
+        real(*runs)
 
     service.store._write_meta = counting  # type: ignore[method-assign]
 
     async def deliver() -> None:
         service.on_message("h0", empty_chunk("out"))
         service.on_message("h0", empty_chunk("err"))
-        assert not acks and not writes  # nothing acknowledged before the .meta is written
+        assert not acks and not writes  # nothing acknowledged before its row is written
         await asyncio.sleep(0)
 
     asyncio.run(deliver())
-    assert writes == [("t1", 1)]
+    assert writes == [(("t1", 1),)]
     assert [(a, type(m)) for a, m in acks] == [("h0", ReplicaAck)] * 2
     rows = {i.name for i in ReplicaStore(tmp_path / "replicas", "n2").load()}
     assert rows == {"out", "err"}
