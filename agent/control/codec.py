@@ -33,6 +33,7 @@ each ``receive_data`` so the buffer stays within one frame plus one read.
 from __future__ import annotations
 
 import enum
+import struct
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,6 +61,10 @@ MAX_DEPTH: Final = 32
 """Deepest nesting of containers; the top-level map is depth 1."""
 MAX_NAME_LEN: Final = 128
 """Longest method, event topic or error code."""
+
+_HEADER: Final = struct.Struct(">I")
+"""``agent.framing``'s header (4-byte big-endian body length), read inline on the
+hot path; ``body_length`` still words every refusal."""
 
 SMALL_FRAME: Final = 64 * 1024
 """Frames up to this size are copied out of the buffer (cheaper than a memoryview)."""
@@ -144,6 +149,9 @@ def _is_int(value: object) -> bool:
 
 _CONTAINERS: Final = (dict, list, tuple)
 """Built once: ``dict | list | tuple`` in an isinstance call builds a union per call."""
+_SCALARS: Final = frozenset({str, bytes, int, float, bool, type(None)})
+"""Exact types that are never containers: one set lookup instead of an isinstance
+of three classes for every value of every request and reply."""
 
 
 def check_value(value: object, *, depth_limit: int = MAX_DEPTH) -> None:
@@ -154,7 +162,7 @@ def check_value(value: object, *, depth_limit: int = MAX_DEPTH) -> None:
     with an error: hostile input cannot exhaust the Python stack.  A deeper
     limit uses an explicit stack.
     """
-    if not isinstance(value, _CONTAINERS):
+    if type(value) in _SCALARS or not isinstance(value, _CONTAINERS):
         return
     if depth_limit > _RECURSION_LIMIT:
         _check_iteratively(value, depth_limit)
@@ -172,13 +180,13 @@ def _check_nested(item: object, depth: int, limit: int) -> None:
         raise ProtocolError(f"nesting deeper than {limit}")
     if isinstance(item, dict):
         for key, child in item.items():
-            if not isinstance(key, str):
+            if type(key) is not str and not isinstance(key, str):
                 raise ProtocolError(f"map key must be str, not {type(key).__name__}")
-            if isinstance(child, _CONTAINERS):
+            if type(child) not in _SCALARS and isinstance(child, _CONTAINERS):
                 _check_nested(child, depth + 1, limit)
     else:
         for child in item:  # type: ignore[attr-defined]
-            if isinstance(child, _CONTAINERS):
+            if type(child) not in _SCALARS and isinstance(child, _CONTAINERS):
                 _check_nested(child, depth + 1, limit)
 
 
@@ -209,7 +217,7 @@ def _check_name(kind: str, value: object) -> str:
     return value
 
 
-def decode_body(body: bytes | memoryview) -> dict[str, Any]:
+def decode_body(body: bytes | bytearray | memoryview) -> dict[str, Any]:
     """Decode one frame body to a map, enforcing every named limit."""
     size = len(body)
     try:
@@ -225,8 +233,10 @@ def decode_body(body: bytes | memoryview) -> dict[str, Any]:
                 max_ext_len=0,
                 max_str_len=size,  # MAX_STR_LEN and MAX_BIN_LEN are larger
                 max_bin_len=size,
-                max_array_len=min(MAX_ARRAY_LEN, size),
-                max_map_len=min(MAX_MAP_LEN, size // 2),
+                # min(MAX_ARRAY_LEN, size), min(MAX_MAP_LEN, size // 2): a small
+                # frame is below both caps (no min() calls per request).
+                max_array_len=size if size <= MAX_ARRAY_LEN else MAX_ARRAY_LEN,
+                max_map_len=size // 2 if size // 2 <= MAX_MAP_LEN else MAX_MAP_LEN,
             )
         else:
             obj = _unpack_counted(body, size)
@@ -240,7 +250,7 @@ def decode_body(body: bytes | memoryview) -> dict[str, Any]:
     return obj
 
 
-def _unpack_counted(body: bytes | memoryview, size: int) -> Any:
+def _unpack_counted(body: bytes | bytearray | memoryview, size: int) -> Any:
     budget = [MAX_CONTAINERS]
 
     def count_container(obj: Any) -> Any:
@@ -331,12 +341,12 @@ def _parse_request(obj: dict[str, Any]) -> Request:
     if "method" not in obj:
         raise ProtocolError("request without method")
     req_id, method, params = obj.get("id"), obj["method"], obj.get("params")
-    if not _is_int(req_id):
+    if type(req_id) is not int:  # _is_int, inline: once per request
         raise ProtocolError("request id must be an int")
-    _check_name("method", method)
+    if type(method) is not str or not 0 < len(method) <= MAX_NAME_LEN:
+        _check_name("method", method)
     if not isinstance(params, dict):
         raise ProtocolError("request params must be a map")
-    assert isinstance(req_id, int)
     return Request(req_id, method, params)
 
 
@@ -357,7 +367,7 @@ def _parse_to_client(obj: dict[str, Any]) -> Response | ErrorResponse | Event:
     if has_result == has_error:
         raise ProtocolError("response needs exactly one of result and error")
     if has_result:
-        if not _is_int(msg_id):
+        if type(msg_id) is not int:  # _is_int, inline: once per reply
             raise ProtocolError("response id must be an int")
         return Response(msg_id, obj["result"])
     if msg_id is not None and not _is_int(msg_id):
@@ -417,15 +427,17 @@ class ControlConnection:
 
     def _next_event(self) -> NextEvent:
         buf, pos = self._buffer, self._pos
-        length = body_length(buf, pos, MAX_CONTROL_FRAME, min_frame=1)
-        if length < 0:
+        if len(buf) - pos < FRAME_HEADER_SIZE:
             return self._starved()
+        (length,) = _HEADER.unpack_from(buf, pos)
+        if not 0 < length <= MAX_CONTROL_FRAME:
+            body_length(buf, pos, MAX_CONTROL_FRAME, min_frame=1)  # raises, saying why
         start = pos + FRAME_HEADER_SIZE
         end = start + length
         if len(buf) < end:
             return self._starved()
         if length <= SMALL_FRAME:
-            obj = decode_body(bytes(buf[start:end]))
+            obj = decode_body(buf[start:end])  # msgpack reads the bytearray copy as is
         else:
             # Decode in place: a memoryview avoids copying a frame of up to 8 MiB.
             with memoryview(buf) as view, view[start:end] as body:

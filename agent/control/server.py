@@ -9,10 +9,11 @@ clients (the TUI, the CLI, SSH-forwarded operators), up to
 * the *reader* feeds bytes into a sans-IO ``ControlConnection`` and dispatches
   each ``Request`` to its handler in its own task, so a slow ``kv.get`` never
   holds up a ``status``.  A handler may instead be a plain function that
-  checks its params, starts the work and returns an ``asyncio.Future`` (the
-  KV writes do: a commit is a future the Raft driver resolves); its reply is
-  sent from the future's done-callback, saving a task and its two steps per
-  request.  At most ``MAX_IN_FLIGHT`` requests per client run at
+  checks its params, starts the work and returns an ``asyncio.Future`` or a
+  ``Pending`` (``pending.py``; the KV writes do: the Raft leader resolves it
+  from its apply loop and calls the session back directly); its reply is
+  queued from the done-callback, saving a task and its two steps per
+  request (and, for a ``Pending``, a loop handle).  At most ``MAX_IN_FLIGHT`` requests per client run at
   once: a slot is taken before dispatch and given back only once the reply is
   written, so a client that sends without reading stops being read (TCP-style
   back-pressure) instead of growing our memory;

@@ -32,6 +32,7 @@ from agent.control.codec import (
     Response,
     State,
 )
+from agent.control.pending import Pending, as_future
 from agent.errors import (
     ConfigError,
     DiskFullError,
@@ -143,8 +144,9 @@ class ControlSession:
         self.free_slots = MAX_IN_FLIGHT
         self.slot_waiter: asyncio.Future[None] | None = None
         self.handler_tasks: set[asyncio.Task[None]] = set()
-        # Requests answered by a future (see ``ControlServer``), not by a task.
-        self.handler_futures: set[asyncio.Future[Any]] = set()
+        # Requests answered by a future or a ``Pending`` (see ``ControlServer``),
+        # not by a task.
+        self.handler_futures: set[asyncio.Future[Any] | Pending[Any]] = set()
         # (frame, holds_slot): a reply frees its request's slot once written.
         self.replies: deque[tuple[bytes, bool]] = deque()
         self.subs: dict[int, _Subscription] = {}
@@ -207,20 +209,23 @@ class ControlSession:
             while True:
                 data = await self.reader.read(READ_CHUNK)
                 self.conn.receive_data(data)
+                complete = False  # a read ending a request restarts the idle clock
                 while (message := self.conn.next_event()) is not NEED_DATA:
                     assert isinstance(message, Request)
-                    self.last_request = self.loop.time()
+                    complete = True
                     while not self.free_slots:
                         self.slot_waiter = self.loop.create_future()
                         await self.slot_waiter
                     self.free_slots -= 1
                     self._dispatch(message)
+                if complete:  # once per read, not per request
+                    self.last_request = self.loop.time()
                 if not data:
                     break
             # End of stream: the client may only have half-closed (a script
             # piping one request), so let in-flight requests answer first.
             flush = True
-            running = self.handler_tasks | self.handler_futures
+            running = {*self.handler_tasks, *map(_waitable, self.handler_futures)}
             if running:
                 await asyncio.wait(running, timeout=EOF_GRACE)
         except ProtocolError as exc:
@@ -274,6 +279,12 @@ class ControlSession:
         except Exception as exc:
             self._reply_error(request, exc)
             return
+        if type(awaitable) is Pending:
+            # Resolved by a direct call (a leader's write from its apply loop):
+            # the reply is queued in that same pass, no loop handle per request.
+            self.handler_futures.add(awaitable)
+            awaitable.then(self._future_done, request)
+            return
         if isinstance(awaitable, asyncio.Future):
             self.handler_futures.add(awaitable)
             awaitable.add_done_callback(lambda fut: self._future_done(request, fut))
@@ -293,7 +304,7 @@ class ControlSession:
             return
         self._reply_result(request.id, result)
 
-    def _future_done(self, request: Request, fut: asyncio.Future[Any]) -> None:
+    def _future_done(self, request: Request, fut: asyncio.Future[Any] | Pending[Any]) -> None:
         self.handler_futures.discard(fut)
         if self.closing:
             self._release_slots()
@@ -480,3 +491,8 @@ class ControlSession:
             for sub in self.subs.values():
                 sub.queue.clear()
             self.writer.transport.abort()
+
+
+def _waitable(item: asyncio.Future[Any] | Pending[Any]) -> asyncio.Future[Any]:
+    """A loop future for ``asyncio.wait`` (a ``Pending`` is not one)."""
+    return as_future(item) if isinstance(item, Pending) else item

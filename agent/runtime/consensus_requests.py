@@ -20,19 +20,24 @@ instead of one per write -- on the followers too.  Each caller's future
 resolves to its own command's result; if the batch entry fails (leadership
 changed, commit timeout) every caller gets that error and may retry on its own
 (each command keeps its rid, so a retry is applied at most once).
+
+A leader's write is answered by callback: ``submit`` returns a ``Pending``
+(``agent/control/pending.py``) that the apply loop resolves directly, so the
+control session queues the reply in the same pass, with no event-loop handle
+per write; a follower's write is a task (it forwards and waits).
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-import functools
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agent.control.pending import Pending
 from agent.errors import DiskFullError, LocalError, NoQuorumError, NotLeaderError, ProtocolError
 from agent.raft.core import RaftNode
 from agent.runtime.compat import is_batch
@@ -49,7 +54,7 @@ MAX_COALESCED = 256
 (a KV write is ~150 bytes) and one apply step; more queued writes go as further
 batches in the same pass."""
 
-_Queued = tuple[bytes, "Callable[[ApplyResult], Any] | None", "Command | None", "asyncio.Future[Any]"]
+_Queued = tuple[bytes, "Callable[[ApplyResult], Any] | None", "Command | None", "Pending[Any]"]
 
 
 def has_rid(command: bytes) -> bool:
@@ -63,7 +68,7 @@ def has_rid(command: bytes) -> bool:
 @dataclass(slots=True)
 class PendingWrite:
     term: int
-    future: asyncio.Future[Any]
+    future: Pending[Any]
     started: float
     """Loop time of the proposal; the tick sweep fails the write ``commit_timeout`` later."""
     finish: Callable[[ApplyResult], Any] | None
@@ -121,12 +126,13 @@ class ClientRequests(abc.ABC):
         forward: Callable[[str, object], None] | None = None,
         finish: Callable[[ApplyResult], Any] | None = None,
         decoded: Command | None = None,
-    ) -> asyncio.Future[Any]:
-        """Start committing ``command``; the future resolves once it is applied, to
-        ``finish(result)`` (or what ``finish`` raises), or fails with ``NoQuorumError``.
+    ) -> Pending[Any] | asyncio.Future[Any]:
+        """Start committing ``command``; what it returns resolves once it is applied,
+        to ``finish(result)`` (or what ``finish`` raises), or fails with ``NoQuorumError``.
 
-        On the leader the future is resolved straight from the apply loop: no task
-        per write (the control server replies from the future's callback).  On a
+        On the leader a ``Pending`` resolved straight from the apply loop, whose
+        callbacks run there: no task or loop handle per write (the control server
+        queues the reply from its callback).  On a
         follower a task forwards the command (``forward``, default: this driver's
         ``send``) and waits for the leader's answer, following leader changes; with
         no leader known it waits for one (see the module doc).  A real minority:
@@ -220,9 +226,9 @@ class ClientRequests(abc.ABC):
         command: bytes,
         finish: Callable[[ApplyResult], Any] | None,
         decoded: Command | None = None,
-        fut: asyncio.Future[Any] | None = None,
+        fut: Pending[Any] | None = None,
         parts: list[Command | None] | None = None,
-    ) -> asyncio.Future[Any]:
+    ) -> Pending[Any]:
         """Append ``command``; ``fut`` (a new future if None) resolves once it is applied
         (``parts``: see ``PendingWrite``)."""
         loop = self._loop or asyncio.get_running_loop()
@@ -233,7 +239,7 @@ class ClientRequests(abc.ABC):
         except LocalError as exc:
             raise NoQuorumError(str(exc)) from None
         if fut is None:
-            fut = loop.create_future()
+            fut = Pending()
         stale = self._pending.pop(index, None)
         if stale is not None and not stale.future.done():
             # A new term reused this index: the old entry was overwritten.
@@ -247,11 +253,11 @@ class ClientRequests(abc.ABC):
 
     def _queue_write(
         self, command: bytes, finish: Callable[[ApplyResult], Any] | None, decoded: Command | None
-    ) -> asyncio.Future[Any]:
+    ) -> Pending[Any]:
         """Queue a leader's client write for this pass's group commit (module doc)."""
-        loop = self._loop or asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
+        fut: Pending[Any] = Pending()
         if not self._queued_writes:
+            loop = self._loop or asyncio.get_running_loop()
             loop.call_soon(self._flush_writes)
         self._queued_writes.append((command, finish, decoded, fut))
         return fut
@@ -273,7 +279,7 @@ class ClientRequests(abc.ABC):
                     if not waiting.done():
                         waiting.set_exception(exc)
                 continue
-            batch.add_done_callback(functools.partial(_split_batch, chunk))
+            batch.then(_split_batch, chunk)
 
     async def _forward(
         self, leader: str, command: bytes, forward: Callable[[str, object], None]
@@ -398,11 +404,10 @@ def _group(queued: list[_Queued], batches: bool) -> list[list[_Queued]]:
     return chunks
 
 
-def _split_batch(chunk: list[_Queued], done: asyncio.Future[Any]) -> None:
+def _split_batch(chunk: list[_Queued], done: Pending[Any]) -> None:
     """A batch entry was applied (or failed): each caller gets its own command's
     result through its ``finish``, or the batch's error."""
-    cancelled = done.cancelled()
-    error = NoQuorumError("the write was cancelled") if cancelled else done.exception()
+    error = done.exception()
     if error is None:
         batch: ApplyResult = done.result()
         rows = batch.value if batch.ok and isinstance(batch.value, list) else None

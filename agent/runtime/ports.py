@@ -16,6 +16,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from agent.control.pending import Pending
 from agent.crypto import KeyInfo
 from agent.load import LoadSample
 from agent.sched import SchedConfig, TaskView
@@ -124,8 +125,13 @@ class Proposer(Protocol):
         *,
         finish: Callable[[ApplyResult], Any] | None = None,
         decoded: Command | None = None,
-    ) -> asyncio.Future[Any]:
-        """Start committing ``command``; the future resolves to ``finish(result)``."""
+    ) -> Pending[Any] | asyncio.Future[Any]:
+        """Start committing ``command``; what it returns resolves to ``finish(result)``.
+
+        A ``Pending`` (``agent/control/pending.py``) calls its callbacks directly
+        when resolved -- the Raft leader's writes, answered from its apply loop
+        with no loop handle per write; a future (a forwarded write's task, a
+        PBFT request) through the event loop.  Either may be awaited."""
         ...
 
     async def read_barrier(self) -> None:

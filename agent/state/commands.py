@@ -184,7 +184,8 @@ def encode_command(body: Op, rid: str, at: float) -> bytes:
     if conv is None:
         raise ProtocolError(f"not a command: {type(body).__name__}")
     _check_rid(rid)
-    at = _AT(float(at))
+    if type(at) is not float or not _isfinite(at):  # the usual float needs no converter call
+        at = _AT(float(at))
     conv.validate(body)
     reason = check(body)
     if reason is not None:

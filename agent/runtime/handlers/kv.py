@@ -13,6 +13,7 @@ import math
 import time
 from typing import Any
 
+from agent.control.pending import Pending
 from agent.runtime.handlers.common import (
     applied_value,
     param_bytes,
@@ -27,9 +28,12 @@ from agent.state.commands import KvCas, KvDelete, KvPut, KvPutTtl, encode_comman
 def handlers(raft: Proposer, state: KvReads) -> dict[str, Handler]:
     read = reader(raft)
 
-    def commit_value(body: KvPut | KvPutTtl | KvDelete | KvCas, rid: str) -> asyncio.Future[Any]:
-        # The KV writes' path: a future resolved from the apply loop to the
-        # result's value, no coroutine or task per write (see ControlServer);
+    def commit_value(
+        body: KvPut | KvPutTtl | KvDelete | KvCas, rid: str
+    ) -> Pending[Any] | asyncio.Future[Any]:
+        # The KV writes' path: a Pending the leader resolves from its apply loop to
+        # the result's value, no coroutine, task or loop handle per write (see
+        # ControlServer; a follower's is the task forwarding it);
         # the leader applies the decoded command it keeps instead of decoding.
         data, decoded = encode_command_decoded(body, rid, time.time())
         return raft.submit(data, finish=applied_value, decoded=decoded)
@@ -53,7 +57,7 @@ def handlers(raft: Proposer, state: KvReads) -> dict[str, Handler]:
         ns, pattern = param_str(params, "ns", "default"), param_str(params, "pattern", "")
         return {"items": state.kv_search(ns, pattern, time.time())}
 
-    def kv_put(params: dict[str, Any]) -> asyncio.Future[Any]:
+    def kv_put(params: dict[str, Any]) -> Pending[Any] | asyncio.Future[Any]:
         ns, key = param_str(params, "ns", "default"), param_str(params, "key")
         value, ttl = param_bytes(params, "value"), params.get("ttl")
         if ttl is None or ttl == 0:
@@ -63,11 +67,11 @@ def handlers(raft: Proposer, state: KvReads) -> dict[str, Handler]:
             raise ValueError("parameter 'ttl' must be a positive number of seconds")
         return commit_value(KvPutTtl(ns, key, value, ttl_ms), request_id(params))
 
-    def kv_delete(params: dict[str, Any]) -> asyncio.Future[Any]:
+    def kv_delete(params: dict[str, Any]) -> Pending[Any] | asyncio.Future[Any]:
         ns, key = param_str(params, "ns", "default"), param_str(params, "key")
         return commit_value(KvDelete(ns, key), request_id(params))
 
-    def kv_cas(params: dict[str, Any]) -> asyncio.Future[Any]:
+    def kv_cas(params: dict[str, Any]) -> Pending[Any] | asyncio.Future[Any]:
         expected = params.get("expected")
         body = KvCas(
             param_str(params, "ns", "default"), param_str(params, "key"),
