@@ -38,7 +38,10 @@ Theory of operation
   right after spawn).
 * Output: the child gets pipes, never our files.  The agent reads them and
   appends to ``<data_dir>/tasks/<task_id>/<epoch>.out|.err`` (dir 0700, files
-  0600).  Each file keeps the *head*: the first ``output_limit`` bytes (8 MiB
+  0600), each created at its stream's first byte: a stream that printed
+  nothing has no file, and is noted in ``tasks/.empty-output`` when the run
+  ends, so reading it gives empty output (``executor_runs.EmptyOutputs``).
+  Each file keeps the *head*: the first ``output_limit`` bytes (8 MiB
   by default); beyond that the pipe is still drained so the task never
   blocks, and the dropped byte count is reported in the finished event.  The
   head was chosen over the tail because offsets then stay stable, which is
@@ -79,6 +82,7 @@ from agent.containment.jail import blocked, default_node, findable
 from agent.errors import ConfigError, TaskError
 from agent.executor_runs import (
     Capture,
+    EmptyOutputs,
     FinishReason,
     Run,
     close_capture,
@@ -159,6 +163,7 @@ class Executor:
         self._start_lock = asyncio.Lock()
         self._tasks_dir = self.data_dir / "tasks"
         self._output = OutputStore(self._tasks_dir)
+        self._empty = EmptyOutputs(self._tasks_dir)
         node = node_id or default_node(self.data_dir)
         self.containment = Containment(node, containment, cgroup_root, warn=log.warning)
         log.info("task containment: %s", self.containment.describe())
@@ -205,6 +210,8 @@ class Executor:
         except FileNotFoundError:
             if live:
                 return b"", offset, False
+            if self._empty.has(task_id, epoch, stream):
+                return b"", offset, True
             raise TaskError(f"no output for task {task_id} epoch {epoch}") from None
         return data, new_offset, (not live) and new_offset >= size
 
@@ -331,6 +338,9 @@ class Executor:
             os.mkdir(task_dir, 0o700)  # (0o700 survives any umask)
         except FileExistsError:
             os.chmod(task_dir, 0o700)
+            for stream in _STREAMS:  # an earlier run of this epoch (before a restart)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.output_path(task_id, epoch, stream))
         except FileNotFoundError:
             task_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chmod(task_dir, 0o700)
@@ -364,13 +374,8 @@ class Executor:
             for stream in _STREAMS:
                 read_fd, write_fd = os.pipe()
                 pipes += [read_fd, write_fd]
-                file_fd = os.open(
-                    self.output_path(task_id, epoch, stream),
-                    os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                    0o600,
-                )
-                pipes.append(file_fd)
-                captures[stream] = Capture(read_fd, file_fd, self.output_limit)
+                path = self.output_path(task_id, epoch, stream)
+                captures[stream] = Capture(read_fd, path, self.output_limit)
             # The jail switches to ``user`` itself (after joining its cgroups,
             # or in the subreaper's child), so Popen gets no user/group.
             with blocked(jail.blocked_signals):
@@ -378,7 +383,7 @@ class Executor:
                     popen_argv,
                     stdin=subprocess.DEVNULL,
                     stdout=pipes[1],
-                    stderr=pipes[4],
+                    stderr=pipes[3],
                     cwd=cwd,
                     env=child_env,
                     start_new_session=True,
@@ -392,7 +397,7 @@ class Executor:
             jail.settle_sync()
             raise TaskError(f"task {task_id}: cannot start {argv[0]!r}: {exc}") from exc
         os.close(pipes[1])
-        os.close(pipes[4])
+        os.close(pipes[3])
         pidfd = os.pidfd_open(popen.pid)
         run = Run(task_id, epoch, popen, pidfd, time.monotonic(), captures, jail)
         loop = asyncio.get_running_loop()
@@ -507,6 +512,9 @@ class Executor:
                 close_capture(capture)
             if self._runs.get(run.task_id) is run:
                 del self._runs[run.task_id]
+        # (before anyone hears of the end: a read of a stream without a file is empty)
+        self._empty.add(run.task_id, run.epoch,
+                        [s for s, c in run.captures.items() if c.file_fd < 0])
         event = ExecEvent(
             "finished",
             run.task_id,

@@ -3,7 +3,11 @@ its two output captures and their reading, and the drain at its end.
 
 A capture is a pipe from the run's stdout or stderr, read when readable (never
 blocking the loop) into the run's capture file up to the output limit; what
-goes beyond is counted, not kept.  At the end of a run, once its group is
+goes beyond is counted, not kept.  The capture file is created at the stream's
+first byte (issue 14): most short tasks print nothing, and two file creations
+per run were a large part of a run host's work.  A finished run's stream that
+got no file is listed in ``EmptyOutputs`` instead (one appended line), so a
+read of it is empty rather than "no output", after a restart too.  At the end of a run, once its group is
 killed, the pipes normally are at EOF at once; a pipe an escaped process still
 holds open is waited for at most ``PIPE_DRAIN_S`` and then read once more.
 """
@@ -12,9 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from agent.containment import Jail
@@ -25,6 +32,12 @@ PIPE_DRAIN_S = 2.0
 ``setsid`` grandchild may hold a pipe open forever)."""
 
 READ_CHUNK = 64 * 1024
+EMPTY_LOG = ".empty-output"
+"""The executor's list of finished runs' streams that printed nothing (below its tasks
+directory; the leading dot keeps it apart from every task id)."""
+_CAPTURE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+
+log = logging.getLogger(__name__)
 
 FinishReason = Literal["exit", "timeout", "cancelled", "stale", "shutdown"]
 
@@ -64,8 +77,10 @@ class Capture:
     """One stream of a run: its pipe, the capture file, what was kept and dropped."""
 
     fd: int
-    file_fd: int
+    path: Path
     limit: int
+    file_fd: int = -1
+    """The capture file, opened (0600) at the stream's first byte; -1 until then."""
     written: int = 0
     dropped: int = 0
     closed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -110,6 +125,13 @@ def read_capture(capture: Capture) -> None:
         return
     room = capture.limit - capture.written
     kept = chunk[: max(0, room)]
+    if kept and capture.file_fd < 0:
+        try:
+            capture.file_fd = os.open(capture.path, _CAPTURE_FLAGS, 0o600)
+        except OSError as exc:  # kept nowhere: counted as dropped from here on
+            log.warning("cannot create the capture file %s: %s", capture.path, exc)
+            capture.limit = capture.written
+            kept = b""
     if kept:
         os.write(capture.file_fd, kept)
         capture.written += len(kept)
@@ -121,8 +143,9 @@ def close_capture(capture: Capture) -> None:
         return
     asyncio.get_running_loop().remove_reader(capture.fd)
     for fd in (capture.fd, capture.file_fd):
-        with contextlib.suppress(OSError):
-            os.close(fd)
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
     capture.closed.set()
 
 
@@ -137,3 +160,36 @@ async def drain(run: Run) -> None:
     for capture in run.captures.values():
         if not capture.closed.is_set():
             read_capture(capture)
+
+
+class EmptyOutputs:
+    """Finished runs' streams that printed nothing (no capture file): one line each,
+    ``<task id> <epoch> <stream>``, appended to ``<tasks dir>/.empty-output`` (not
+    fsync'd, as the capture files are not).  Read into memory at the first lookup."""
+
+    def __init__(self, tasks_dir: Path) -> None:
+        self.path = tasks_dir / EMPTY_LOG
+        self._known: set[str] | None = None
+
+    def add(self, task_id: str, epoch: int, streams: Iterable[str]) -> None:
+        lines = [f"{task_id} {int(epoch)} {stream}" for stream in streams]
+        if not lines:
+            return
+        if self._known is not None:
+            self._known.update(lines)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, ("\n".join(lines) + "\n").encode())
+            finally:
+                os.close(fd)
+        except OSError as exc:  # this process still knows; a restarted one says "no output"
+            log.warning("cannot note empty output of %s epoch %d: %s", task_id, epoch, exc)
+
+    def has(self, task_id: str, epoch: int, stream: str) -> bool:
+        if self._known is None:
+            try:
+                self._known = set(self.path.read_text(errors="replace").splitlines())
+            except OSError:
+                self._known = set()
+        return f"{task_id} {int(epoch)} {stream}" in self._known
