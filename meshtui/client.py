@@ -247,7 +247,8 @@ class ControlClient:
         call instead of a chain of them (the client's cost per request counts
         on a box whose cores the agents share).
         """
-        merged = {**(params or {}), **kwparams}
+        # ``kwparams`` is this call's own dict: used as is when there is no mapping.
+        merged = {**params, **kwparams} if params else kwparams
         return self._request(method, merged, timeout)
 
     async def _request(
@@ -414,6 +415,11 @@ class ControlClient:
             self._connection_lost(exc)
 
     def _route(self, message: Response | ErrorResponse | Event | Request) -> None:
+        if type(message) is Response:  # the usual reply: the checks below in short
+            future = self._pending.get(message.id)
+            if future is not None and not future.done() and message.id not in self._subscribing:
+                future.set_result(message.result)
+                return
         if isinstance(message, Event):
             target = self._subs.get(message.sub)
             if target is not None:

@@ -38,13 +38,16 @@ _WAITING, _RESULT, _ERROR = 0, 1, 2
 class Pending(Generic[T]):
     """A result, or an exception, delivered once by calling its callbacks directly."""
 
-    __slots__ = ("_callbacks", "_error", "_state", "_value")
+    __slots__ = ("_arg", "_callback", "_error", "_more", "_state", "_value")
 
     def __init__(self) -> None:
         self._state = _WAITING
         self._value: Any = None
         self._error: BaseException | None = None
-        self._callbacks: list[tuple[Callable[[Any, Pending[T]], object], Any]] | None = None
+        # The first callback in two slots (the usual case: one waiter), any others listed.
+        self._callback: Callable[[Any, Pending[T]], object] | None = None
+        self._arg: Any = None
+        self._more: list[tuple[Callable[[Any, Pending[T]], object], Any]] | None = None
 
     def done(self) -> bool:
         return self._state != _WAITING
@@ -73,7 +76,7 @@ class Pending(Generic[T]):
             raise asyncio.InvalidStateError("already resolved")
         self._state = _RESULT
         self._value = value
-        if self._callbacks is not None:
+        if self._callback is not None:
             self._run_callbacks()
 
     def set_exception(self, error: BaseException) -> None:
@@ -81,7 +84,7 @@ class Pending(Generic[T]):
             raise asyncio.InvalidStateError("already resolved")
         self._state = _ERROR
         self._error = error
-        if self._callbacks is not None:
+        if self._callback is not None:
             self._run_callbacks()
 
     def then(self, callback: Callable[[A, Pending[T]], object], arg: A) -> None:
@@ -89,18 +92,23 @@ class Pending(Generic[T]):
         if self._state != _WAITING:
             _call(callback, arg, self)
             return
-        if self._callbacks is None:
-            self._callbacks = [(callback, arg)]
+        if self._callback is None:
+            self._callback, self._arg = callback, arg
+        elif self._more is None:
+            self._more = [(callback, arg)]
         else:
-            self._callbacks.append((callback, arg))
+            self._more.append((callback, arg))
 
     def add_done_callback(self, callback: Callable[[Pending[T]], object]) -> None:
         """``Future.add_done_callback``, but called directly (see the module doc)."""
         self.then(_call_one, callback)
 
     def _run_callbacks(self) -> None:
-        callbacks, self._callbacks = self._callbacks, None
-        for callback, arg in callbacks or ():
+        callback, arg, more = self._callback, self._arg, self._more
+        self._callback = self._arg = self._more = None
+        if callback is not None:
+            _call(callback, arg, self)
+        for callback, arg in more or ():
             _call(callback, arg, self)
 
     def __await__(self) -> Generator[Any, None, T]:

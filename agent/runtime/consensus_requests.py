@@ -45,8 +45,7 @@ from agent.runtime.diskfull import DiskFullMode
 from agent.runtime.forwarding import Forwarder, LeaderRefused, Retarget, result_answer
 from agent.runtime.leader_wait import LeaderWait
 from agent.runtime.messages import ForwardPropose, ForwardResult
-from agent.state.builders import cmd_batch
-from agent.state.commands import Command, decode_command
+from agent.state.commands import Batch, Command, decode_command, encode_command_decoded
 from agent.state.machine import ApplyResult, StateMachine
 
 MAX_COALESCED = 256
@@ -271,9 +270,12 @@ class ClientRequests(abc.ABC):
                     if not fut.done():  # the caller's own future waits for the entry
                         self._propose_future(command, finish, decoded, fut)
                     continue
-                data = cmd_batch([c for c, _, _, _ in chunk], "", time.time())
+                # Its decoded form too: the leader applies the batch without decoding it.
+                data, whole = encode_command_decoded(
+                    Batch(tuple([c for c, _, _, _ in chunk])), "", time.time()
+                )
                 parts = [d for _, _, d, _ in chunk]
-                batch = self._propose_future(data, None, parts=parts if any(parts) else None)
+                batch = self._propose_future(data, None, whole, parts=parts if any(parts) else None)
             except (NoQuorumError, NotLeaderError) as exc:
                 for _, _, _, waiting in chunk:
                     if not waiting.done():

@@ -214,10 +214,12 @@ _EXACT: Final = frozenset(cls for cls in OPS.values() if _decodes_to_itself(cls)
 
 def encode_command_decoded(body: Op, rid: str, at: float) -> tuple[bytes, Command | None]:
     """``encode_command`` plus, for ops whose fields decode to themselves (the KV
-    writes), the ``Command`` its bytes decode to: the proposing leader applies
-    that instead of decoding the entry it just encoded."""
+    writes, and a ``batch`` whose ``cmds`` is a tuple: its list decodes to an equal
+    tuple of the same bytes), the ``Command`` its bytes decode to: the proposing
+    leader applies that instead of decoding the entry it just encoded."""
     data = encode_command(body, rid, at)
-    return data, Command(body, rid, float(at)) if type(body) in _EXACT else None
+    exact = type(body) in _EXACT or (type(body) is Batch and type(body.cmds) is tuple)
+    return data, Command(body, rid, float(at)) if exact else None
 
 
 # ---------------------------------------------------------------- decoding

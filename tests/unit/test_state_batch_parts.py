@@ -13,6 +13,7 @@ import pytest
 from agent.errors import ProtocolError
 from agent.state.builders import cmd_batch
 from agent.state.commands import (
+    Batch,
     Command,
     KvCas,
     KvDelete,
@@ -97,3 +98,16 @@ def test_plain_fast_path_validates_before_encoding() -> None:
         encode_command(KvPut("n", "k", "text"), "", AT)  # type: ignore[arg-type]
     data = encode_command(KvPut("n", "k", b"v"), "r", AT)
     assert decode_command(data) == Command(KvPut("n", "k", b"v"), "r", AT)
+
+
+def test_a_batch_encoded_with_its_decoded_form_decodes_to_it() -> None:
+    cmds = tuple(data for data, _ in _writes())
+    data, decoded = encode_command_decoded(Batch(cmds), "", AT)
+    assert decoded is not None and decoded == decode_command(data)
+    assert data == cmd_batch(list(cmds), "", AT)  # the same bytes as before
+    leader, follower = StateMachine(), StateMachine()
+    parts = [d for _, d in _writes()]
+    assert leader.apply(1, data, decoded, parts) == follower.apply(1, data)
+    assert leader.snapshot() == follower.snapshot()
+    # A list of commands is no tuple: no decoded form claimed for it.
+    assert encode_command_decoded(Batch(list(cmds)), "", AT)[1] is None  # type: ignore[arg-type]
