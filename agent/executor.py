@@ -46,6 +46,14 @@ Theory of operation
   blocks, and the dropped byte count is reported in the finished event.  The
   head was chosen over the tail because offsets then stay stable, which is
   what ``logs --follow`` (``read_output``) pages with.
+* Directories: a run with the default working directory gets
+  ``tasks/<task_id>/`` and its ``work/`` -- two mkdirs, which on ext4 cost
+  more than the rest of a short run's spawn.  So when the runtime is done with
+  a finished run (``done_with``: its artifacts are collected) that printed
+  nothing and left ``work/`` empty, its directory pair is kept as a spare
+  (at most ``executor_runs.SPARE_DIRS``), and the next such run takes it over with one
+  ``rename``; the quiet run's directory is gone then (its reads are still
+  empty, through ``tasks/.empty-output``).
 * Timeout: SIGTERM to the group, a kill of the whole task after
   ``kill_grace`` seconds.  ``cancel`` does the same; ``kill_stale`` and
   ``shutdown`` kill at once.
@@ -85,6 +93,7 @@ from agent.executor_runs import (
     EmptyOutputs,
     FinishReason,
     Run,
+    RunDirs,
     close_capture,
     drain,
     read_capture,
@@ -164,6 +173,7 @@ class Executor:
         self._tasks_dir = self.data_dir / "tasks"
         self._output = OutputStore(self._tasks_dir)
         self._empty = EmptyOutputs(self._tasks_dir)
+        self._dirs = RunDirs(self._tasks_dir)
         node = node_id or default_node(self.data_dir)
         self.containment = Containment(node, containment, cgroup_root, warn=log.warning)
         log.info("task containment: %s", self.containment.describe())
@@ -282,6 +292,12 @@ class Executor:
             cgroups=jail.cgroup_dirs, reaper=jail.reaper,
         ))
 
+    def done_with(self, task_id: str, epoch: int) -> None:
+        """The runtime is done with this finished run (artifacts collected, output
+        replicated): if it printed nothing and left its default working directory
+        empty, a later run takes its directories over (see the module doc)."""
+        self._dirs.done_with(task_id, epoch, live=task_id in self._runs)
+
     async def cancel(self, task_id: str) -> ExecEvent | None:
         """Terminate a run's whole group (SIGTERM, SIGKILL after the grace)."""
         run = self._runs.get(task_id)
@@ -333,17 +349,7 @@ class Executor:
         mem: int,
         pids: int,
     ) -> Run:
-        task_dir = self._tasks_dir / task_id
-        try:
-            os.mkdir(task_dir, 0o700)  # (0o700 survives any umask)
-        except FileExistsError:
-            os.chmod(task_dir, 0o700)
-            for stream in _STREAMS:  # an earlier run of this epoch (before a restart)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.output_path(task_id, epoch, stream))
-        except FileNotFoundError:
-            task_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.chmod(task_dir, 0o700)
+        task_dir = self._dirs.make(task_id, epoch, default_cwd=cwd is None)
         child_env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
         child_env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         user = self._user
@@ -355,9 +361,11 @@ class Executor:
                 child_env["HOME"] = home
         child_env.update(MESH_TASK_ID=task_id, MESH_TASK_EPOCH=str(epoch))
         child_env.update(env or {})
+        own_dir = cwd is None
         if cwd is None:
             work = task_dir / "work"
-            work.mkdir(exist_ok=True, mode=0o700)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(work, 0o700)
             if user is not None:
                 os.chown(work, user.pw_uid, user.pw_gid)
             cwd = str(work)
@@ -400,6 +408,7 @@ class Executor:
         os.close(pipes[3])
         pidfd = os.pidfd_open(popen.pid)
         run = Run(task_id, epoch, popen, pidfd, time.monotonic(), captures, jail)
+        run.own_dir = own_dir
         loop = asyncio.get_running_loop()
         loop.add_reader(pidfd, self._on_exit, run)
         for capture in captures.values():
@@ -513,8 +522,10 @@ class Executor:
             if self._runs.get(run.task_id) is run:
                 del self._runs[run.task_id]
         # (before anyone hears of the end: a read of a stream without a file is empty)
-        self._empty.add(run.task_id, run.epoch,
-                        [s for s, c in run.captures.items() if c.file_fd < 0])
+        silent = [s for s, c in run.captures.items() if c.file_fd < 0]
+        self._empty.add(run.task_id, run.epoch, silent)
+        if run.own_dir and len(silent) == len(run.captures):
+            self._dirs.quiet(run.task_id, run.epoch)
         event = ExecEvent(
             "finished",
             run.task_id,

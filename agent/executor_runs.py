@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import subprocess
@@ -32,6 +33,9 @@ PIPE_DRAIN_S = 2.0
 ``setsid`` grandchild may hold a pipe open forever)."""
 
 READ_CHUNK = 64 * 1024
+SPARE_DIRS = 16
+"""Directory pairs of quiet finished runs kept for the next runs to take over (default 16:
+more than a host's slots, so a burst of short runs seldom makes a directory)."""
 EMPTY_LOG = ".empty-output"
 """The executor's list of finished runs' streams that printed nothing (below its tasks
 directory; the leading dot keeps it apart from every task id)."""
@@ -99,6 +103,8 @@ class Run:
     jail: Jail
     settled: bool = False
     """The jail killed everything left and removed its cgroups."""
+    own_dir: bool = False
+    """It works in its default working directory (``tasks/<id>/work``)."""
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Future[ExecEvent] | None = None
     reason: FinishReason = "exit"
@@ -193,3 +199,68 @@ class EmptyOutputs:
             except OSError:
                 self._known = set()
         return f"{task_id} {int(epoch)} {stream}" in self._known
+
+
+class RunDirs:
+    """``<tasks dir>/<task id>/`` and its ``work/`` for each run, and the spares: the
+    pairs of quiet finished runs (nothing printed, ``work/`` left empty, the runtime
+    done with them), which the next runs with a default working directory take over
+    with one ``rename`` instead of two mkdirs (see ``agent/executor.py``)."""
+
+    def __init__(self, tasks_dir: Path) -> None:
+        self.root = tasks_dir
+        self._quiet: set[tuple[str, int]] = set()
+        """Finished runs that printed nothing in their default working directory."""
+        self._spare: list[Path] = []
+        """Task directories holding only an empty ``work/``, free to take over."""
+
+    def make(self, task_id: str, epoch: int, default_cwd: bool) -> Path:
+        """The run's task directory (mode 0700): a spare renamed to it, or made."""
+        task_dir = self.root / task_id
+        if default_cwd and self._take_spare(task_dir):
+            return task_dir  # it holds only its empty work directory
+        try:
+            os.mkdir(task_dir, 0o700)  # (0o700 survives any umask)
+        except FileExistsError:
+            os.chmod(task_dir, 0o700)
+            for stream in ("out", "err"):  # an earlier run of this epoch (before a restart)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(task_dir / f"{int(epoch)}.{stream}")
+        except FileNotFoundError:
+            task_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(task_dir, 0o700)
+        return task_dir
+
+    def _take_spare(self, task_dir: Path) -> bool:
+        while self._spare:
+            spare = self._spare.pop()
+            try:
+                os.rename(spare, task_dir)  # (over an empty task_dir; never a full one)
+                return True
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    self._spare.append(spare)  # task_dir is taken: the spare stays one
+                    return False
+        return False
+
+    def quiet(self, task_id: str, epoch: int) -> None:
+        """A run in its default working directory ended without printing anything."""
+        if len(self._quiet) >= 4096:  # ``done_with`` never came for these
+            self._quiet.clear()
+        self._quiet.add((task_id, epoch))
+
+    def done_with(self, task_id: str, epoch: int, live: bool) -> None:
+        """The runtime is done with a finished run: a quiet one whose ``work/`` is empty
+        (and whose task directory holds nothing else) becomes a spare."""
+        if (task_id, epoch) not in self._quiet:
+            return
+        self._quiet.discard((task_id, epoch))
+        if live or len(self._spare) >= SPARE_DIRS:
+            return
+        task_dir = self.root / task_id
+        try:
+            if os.listdir(task_dir) != ["work"] or os.listdir(task_dir / "work"):
+                return
+        except OSError:
+            return
+        self._spare.append(task_dir)

@@ -71,6 +71,8 @@ class RunControl(Protocol):
 
     async def kill_stale(self, task_id: str, epoch: int) -> object: ...
 
+    def done_with(self, task_id: str, epoch: int) -> None: ...
+
 
 class TaskRecords(Protocol):
     """The replicated task state, as the runner reads it."""
@@ -247,6 +249,7 @@ class LocalRunner:
             self._finishing.add(finishing)
             finishing.add_done_callback(self._finishing.discard)
             return
+        self.executor.done_with(event.task_id, event.epoch)
         if event.reason == "stale":
             self._reconcile_needed.set()
             return
@@ -260,6 +263,8 @@ class LocalRunner:
         except Exception:
             log.exception("task %s: replicating the run failed", event.task_id)
             replicas = []
+        # (its artifacts are collected: a quiet run's directories may go to the next run)
+        self.executor.done_with(event.task_id, event.epoch)
         if event.reason == "stale":
             self._reconcile_needed.set()
             return

@@ -57,3 +57,24 @@ async def test_a_live_run_without_output_yet_reads_empty_not_ended(tmp_data_dir:
     assert executor.read_output("t", 1, "out", 0) == (b"", 0, False)
     await executor.cancel("t")
     assert executor.read_output("t", 1, "out", 0) == (b"", 0, True)
+
+
+async def test_a_quiet_run_leaves_its_directories_to_the_next_run(tmp_data_dir: Path) -> None:
+    executor = Executor(tmp_data_dir, slots=1)
+    tasks = tmp_data_dir / "tasks"
+    await run(executor, "a", "true")
+    inode = (tasks / "a" / "work").stat().st_ino
+    executor.done_with("a", 1)  # the runtime is done with it (its artifacts collected)
+    await run(executor, "b", "pwd")
+    assert not (tasks / "a").exists()
+    assert (tasks / "b" / "work").stat().st_ino == inode
+    assert executor.read_output("b", 1, "out", 0)[0] == f"{tasks / 'b' / 'work'}\n".encode()
+    assert executor.read_output("a", 1, "out", 0) == (b"", 0, True)  # still empty, not "no output"
+    # not taken over: a run that printed (b), left a file (c), or was not released (d)
+    executor.done_with("b", 1)
+    await run(executor, "c", "touch left")
+    executor.done_with("c", 1)
+    await run(executor, "d", "true")
+    await run(executor, "e", "true")
+    assert {p.name for p in tasks.iterdir() if p.is_dir()} == {"b", "c", "d", "e"}
+    assert (tasks / "c" / "work" / "left").exists()

@@ -67,6 +67,9 @@ class FakeExecutor:
         self.calls.append(("kill_stale", task_id, epoch))
         self.runs.pop(task_id, None)
 
+    def done_with(self, task_id: str, epoch: int) -> None:
+        pass
+
 
 class Host:
     def __init__(self, slots: int = 2, refuse: int = 0) -> None:
