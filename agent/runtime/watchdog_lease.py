@@ -17,6 +17,10 @@ the runs that started and ended in it) go in one write at the end of the
 pass: one system call, and one wake-up of the watchdog, for a burst.  A
 registration so waits at most for the pass its run started in, which the
 agent itself is in (it is sent before the agent can beat, or hang, again).
+A removal is not urgent -- until it arrives the watchdog would only kill a
+run that has already ended (its group gone, its cgroup removed) -- so it
+waits for the next write (a registration or a beat, at most one beat
+interval): a short run costs the watchdog one wake-up, not two.
 
 A watchdog that is gone (a write fails) is logged once and not restarted:
 tasks keep running, unfenced, which the log line says.
@@ -53,6 +57,8 @@ class WatchdogLease:
         self._beats: asyncio.Task[None] | None = None
         self._pending: list[bytes] = []
         """Lines waiting for the end of this pass of the event loop."""
+        self._later: list[bytes] = []
+        """Removals waiting for the next write (see the module doc)."""
 
     def start(self) -> None:
         """Start the watchdog and the beat loop (inside the running event loop)."""
@@ -68,7 +74,7 @@ class WatchdogLease:
     async def close(self) -> None:
         """Stop beating; close the watchdog's stdin (it kills what is still registered)."""
         await self.stop_beating()
-        self._flush()
+        self._flush(removals=True)
         if self._proc is not None and self._proc.stdin is not None:
             self._proc.stdin.close()
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -83,12 +89,24 @@ class WatchdogLease:
         self._beats = None
 
     def register(self, pid: int, cgroups: tuple[str, ...], reaper: bool) -> None:
-        """A run started: its group, cgroups, or subreaper are killed when the lease ends."""
+        """A run started: its group, cgroups, or subreaper are killed when the lease ends.
+
+        With quorum contact now, a beat goes first, in the same write.  The beat loop
+        samples the contact once per interval, so the last beat may be up to one
+        interval old -- or, right after the cluster formed, not sent yet -- and the
+        watchdog's lease, running since then, killed a run that had just started on a
+        committed assignment (issue 14: a test's burner "failed" with -9 before it was
+        ever seen running; the watchdog logged "lease expired")."""
+        if self._has_quorum():
+            self._send("beat")
         for line in watchdog.registration(pid, cgroups, reaper):
             self._send(line)
 
     def unregister(self, pid: int) -> None:
-        self._send(f"del {pid}")
+        if self._proc is None:
+            return
+        # (with a write due this pass it rides along: lines keep their order)
+        (self._pending if self._pending else self._later).append(f"del {pid}\n".encode())
 
     def _send(self, line: str) -> None:
         if self._proc is None or self._proc.stdin is None:
@@ -101,8 +119,12 @@ class WatchdogLease:
         except RuntimeError:  # no loop (start, close): at once
             self._flush()
 
-    def _flush(self) -> None:
-        data, self._pending = b"".join(self._pending), []
+    def _flush(self, removals: bool = False) -> None:
+        """Write the pending lines, and the removals before them; with ``removals``,
+        the removals even when nothing else is pending."""
+        if not self._pending and not removals:
+            return
+        data, self._pending, self._later = b"".join(self._later + self._pending), [], []
         if not data or self._proc is None or self._proc.stdin is None:
             return
         try:
@@ -117,3 +139,5 @@ class WatchdogLease:
             await asyncio.sleep(min(BEAT_INTERVAL_MAX, self.lease / 4))
             if self._has_quorum():
                 self._send("beat")
+            else:  # no beats: removals must not wait for one (a group id is reused
+                self._flush(removals=True)  # in time, and the watchdog would kill it)
