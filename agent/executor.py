@@ -349,7 +349,7 @@ class Executor:
         mem: int,
         pids: int,
     ) -> Run:
-        task_dir = self._dirs.make(task_id, epoch, default_cwd=cwd is None)
+        task_dir, fresh = self._dirs.make(task_id, epoch, default_cwd=cwd is None)
         child_env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
         child_env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         user = self._user
@@ -361,7 +361,7 @@ class Executor:
                 child_env["HOME"] = home
         child_env.update(MESH_TASK_ID=task_id, MESH_TASK_EPOCH=str(epoch))
         child_env.update(env or {})
-        own_dir = cwd is None
+        own_dir = cwd is None and fresh
         if cwd is None:
             work = task_dir / "work"
             with contextlib.suppress(FileExistsError):

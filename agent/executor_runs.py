@@ -104,7 +104,8 @@ class Run:
     settled: bool = False
     """The jail killed everything left and removed its cgroups."""
     own_dir: bool = False
-    """It works in its default working directory (``tasks/<id>/work``)."""
+    """It works in its default working directory (``tasks/<id>/work``), in a task
+    directory made (or taken over) for it."""
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Future[ExecEvent] | None = None
     reason: FinishReason = "exit"
@@ -214,11 +215,12 @@ class RunDirs:
         self._spare: list[Path] = []
         """Task directories holding only an empty ``work/``, free to take over."""
 
-    def make(self, task_id: str, epoch: int, default_cwd: bool) -> Path:
-        """The run's task directory (mode 0700): a spare renamed to it, or made."""
+    def make(self, task_id: str, epoch: int, default_cwd: bool) -> tuple[Path, bool]:
+        """The run's task directory (mode 0700): a spare renamed to it, or made; and
+        whether it is fresh (nothing of an earlier run in it)."""
         task_dir = self.root / task_id
         if default_cwd and self._take_spare(task_dir):
-            return task_dir  # it holds only its empty work directory
+            return task_dir, True  # it holds only its empty work directory
         try:
             os.mkdir(task_dir, 0o700)  # (0o700 survives any umask)
         except FileExistsError:
@@ -226,10 +228,11 @@ class RunDirs:
             for stream in ("out", "err"):  # an earlier run of this epoch (before a restart)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(task_dir / f"{int(epoch)}.{stream}")
+            return task_dir, False
         except FileNotFoundError:
             task_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chmod(task_dir, 0o700)
-        return task_dir
+        return task_dir, True
 
     def _take_spare(self, task_dir: Path) -> bool:
         while self._spare:
@@ -244,14 +247,15 @@ class RunDirs:
         return False
 
     def quiet(self, task_id: str, epoch: int) -> None:
-        """A run in its default working directory ended without printing anything."""
+        """A run in its default working directory, in a fresh task directory, ended
+        without printing anything: its task directory holds only ``work/``."""
         if len(self._quiet) >= 4096:  # ``done_with`` never came for these
             self._quiet.clear()
         self._quiet.add((task_id, epoch))
 
     def done_with(self, task_id: str, epoch: int, live: bool) -> None:
         """The runtime is done with a finished run: a quiet one whose ``work/`` is empty
-        (and whose task directory holds nothing else) becomes a spare."""
+        becomes a spare."""
         if (task_id, epoch) not in self._quiet:
             return
         self._quiet.discard((task_id, epoch))
@@ -259,7 +263,7 @@ class RunDirs:
             return
         task_dir = self.root / task_id
         try:
-            if os.listdir(task_dir) != ["work"] or os.listdir(task_dir / "work"):
+            if os.listdir(task_dir / "work"):
                 return
         except OSError:
             return

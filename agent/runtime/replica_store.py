@@ -250,7 +250,8 @@ class ReplicaStore:
         found = self.items.get(key)
         if found is None:
             found = StoredItem(task_id, epoch, name, ring_key)
-            self.path(found)  # checks the id and the name
+            check_task_id(task_id)  # (what ``path`` checks, without building it)
+            item_file(name)
         return found
 
     def write_chunk(

@@ -78,3 +78,16 @@ async def test_a_quiet_run_leaves_its_directories_to_the_next_run(tmp_data_dir: 
     await run(executor, "e", "true")
     assert {p.name for p in tasks.iterdir() if p.is_dir()} == {"b", "c", "d", "e"}
     assert (tasks / "c" / "work" / "left").exists()
+
+
+async def test_a_task_directory_holding_an_earlier_run_is_never_a_spare(
+    tmp_data_dir: Path,
+) -> None:
+    executor = Executor(tmp_data_dir, slots=1)
+    await run(executor, "t", "echo first")  # epoch 1 printed: its capture stays
+    await executor.start("t", 2, "true")
+    assert (await executor.wait("t")) is not None
+    executor.done_with("t", 2)
+    await run(executor, "u", "true")
+    assert (tmp_data_dir / "tasks" / "t" / "1.out").read_bytes() == b"first\n"
+    assert executor.read_output("t", 1, "out", 0)[0] == b"first\n"
