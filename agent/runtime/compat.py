@@ -20,6 +20,10 @@ command         since      written for an older cluster as
                            batch's apply would (``[[ok, value, error], ...]``)
 ``task.place``  0.2.0      one ``task.assign`` per placement, in order; the
                            result is the place's (``{placed, refused}``)
+``kv.puts``     0.3.0      the ``batch`` of its puts' own commands (the group
+                           commit, ``runtime/consensus_requests.py``, picks
+                           the form per entry: it never reaches
+                           ``CompatProposer``)
 ==============  =========  ==================================================
 
 A member's release is the ``version`` its SWIM metadata gossips.  Every member
@@ -45,6 +49,9 @@ from agent.swim.members import MemberView
 
 BATCH_RELEASE: Final = (0, 2, 0)
 """The first release whose state machine applies ``batch`` and ``task.place``."""
+
+COMPACT_RELEASE: Final = (0, 3, 0)
+"""The first release whose state machine applies ``kv.puts``."""
 
 _VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 
@@ -87,10 +94,24 @@ def cluster_applies(versions: Iterable[str | None], release: tuple[int, int, int
     return True
 
 
-def batches_applied(members: Callable[[], Iterable[MemberView]]) -> Callable[[], bool]:
-    """The gate for ``batch`` and ``task.place``: every member in ``members()`` (SWIM's
-    list, whatever their state) gossips ``BATCH_RELEASE`` or later."""
-    return lambda: cluster_applies((m.meta.version for m in members()), BATCH_RELEASE)
+class ReleaseGate:
+    """The gate for ``batch`` and ``task.place`` (called) and for ``kv.puts``
+    (``compact()``): every member in ``members()`` (SWIM's list, whatever their
+    state) gossips ``BATCH_RELEASE`` (``COMPACT_RELEASE``) or later."""
+
+    def __init__(self, members: Callable[[], Iterable[MemberView]]) -> None:
+        self._members = members
+
+    def __call__(self) -> bool:
+        return cluster_applies((m.meta.version for m in self._members()), BATCH_RELEASE)
+
+    def compact(self) -> bool:
+        return cluster_applies((m.meta.version for m in self._members()), COMPACT_RELEASE)
+
+
+def batches_applied(members: Callable[[], Iterable[MemberView]]) -> ReleaseGate:
+    """The gate of the newer command kinds over ``members()`` (``ReleaseGate``)."""
+    return ReleaseGate(members)
 
 
 class CompatProposer:

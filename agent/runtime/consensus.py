@@ -74,6 +74,7 @@ from agent.raft.core import RaftNode, bootstrap_state
 from agent.raft.messages import Entry, EntryKind, Ready, Role
 from agent.raft.storage import Storage
 from agent.runtime import recovery
+from agent.runtime.compat import ReleaseGate
 from agent.runtime.consensus_requests import ClientRequests, PendingWrite
 from agent.runtime.diskfull import DiskFullMode, fatal_line, is_disk_full
 from agent.runtime.forwarding import Forwarder
@@ -99,6 +100,10 @@ def _ignore_applied(index: int, result: ApplyResult) -> None:
 
 def _ignore_role(role: str) -> None:
     """Role changes before ``connect``."""
+
+
+def _never() -> bool:
+    return False
 
 
 def _wants_everything(topic: str) -> bool:
@@ -154,6 +159,7 @@ class ConsensusDriver(ClientRequests):
         self._pending: dict[int, PendingWrite] = {}
         self._queued_writes = []  # client writes for this pass's group commit
         self._batches_allowed: Callable[[], bool] = lambda: True  # see use_batch_gate
+        self._compact_allowed: Callable[[], bool] = lambda: True
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._forwarder = Forwarder(
@@ -254,8 +260,10 @@ class ConsensusDriver(ClientRequests):
     def use_batch_gate(self, allowed: Callable[[], bool]) -> None:
         """Whether every member applies ``batch`` entries now (``runtime/compat.py``:
         during a rolling upgrade from a release without them, the group commit
-        proposes each write as itself)."""
+        proposes each write as itself).  A ``ReleaseGate`` also says when they
+        apply ``kv.puts`` (its ``compact``); any other gate means they may not."""
         self._batches_allowed = allowed
+        self._compact_allowed = allowed.compact if isinstance(allowed, ReleaseGate) else _never
 
     async def leader_gone(self, leader: str) -> None:
         """``leader``'s port refuses connections (leader_loss.py): forget it, which

@@ -19,7 +19,10 @@ entry, WAL record, replicated entry and apply step then serve the whole burst
 instead of one per write -- on the followers too.  Each caller's future
 resolves to its own command's result; if the batch entry fails (leadership
 changed, commit timeout) every caller gets that error and may retry on its own
-(each command keeps its rid, so a retry is applied at most once).
+(each command keeps its rid, so a retry is applied at most once).  A burst of
+nothing but ``kv.put`` goes as a ``kv.puts`` entry instead (the same commands as
+arrays, decoded in one unpack on every follower) once every member applies it
+(``runtime/compat.py``, release 0.3.0).
 
 A leader's write is answered by callback: ``submit`` returns a ``Pending``
 (``agent/control/pending.py``) that the apply loop resolves directly, so the
@@ -45,7 +48,14 @@ from agent.runtime.diskfull import DiskFullMode
 from agent.runtime.forwarding import Forwarder, LeaderRefused, Retarget, result_answer
 from agent.runtime.leader_wait import LeaderWait
 from agent.runtime.messages import ForwardPropose, ForwardResult
-from agent.state.commands import Batch, Command, decode_command, encode_command_decoded
+from agent.state.commands import (
+    Batch,
+    Command,
+    KvPut,
+    decode_command,
+    encode_command_decoded,
+    encode_puts,
+)
 from agent.state.machine import ApplyResult, StateMachine
 
 MAX_COALESCED = 256
@@ -97,6 +107,7 @@ class ClientRequests(abc.ABC):
     _loop: asyncio.AbstractEventLoop | None
     _queued_writes: list[_Queued]
     _batches_allowed: Callable[[], bool]
+    _compact_allowed: Callable[[], bool]
     _applied_at: float
     commit_latencies: list[float]
 
@@ -263,6 +274,7 @@ class ClientRequests(abc.ABC):
 
     def _flush_writes(self) -> None:
         queued, self._queued_writes = self._queued_writes, []
+        compact: bool | None = None  # asked once a pass, when a batch is made
         for chunk in _group(queued, self._batches_allowed()):
             try:
                 if len(chunk) == 1:
@@ -271,10 +283,16 @@ class ClientRequests(abc.ABC):
                         self._propose_future(command, finish, decoded, fut)
                     continue
                 # Its decoded form too: the leader applies the batch without decoding it.
-                data, whole = encode_command_decoded(
-                    Batch(tuple([c for c, _, _, _ in chunk])), "", time.time()
-                )
                 parts = [d for _, _, d, _ in chunk]
+                whole: Command | None
+                if compact is None:
+                    compact = self._compact_allowed()
+                if compact and all(d is not None and type(d.body) is KvPut for d in parts):
+                    data, whole = encode_puts(parts, time.time())  # type: ignore[arg-type]
+                else:
+                    data, whole = encode_command_decoded(
+                        Batch(tuple([c for c, _, _, _ in chunk])), "", time.time()
+                    )
                 batch = self._propose_future(data, None, whole, parts=parts if any(parts) else None)
             except (NoQuorumError, NotLeaderError) as exc:
                 for _, _, _, waiting in chunk:

@@ -38,6 +38,7 @@ from agent.state.ops import (  # the op dataclasses; re-exported: callers import
     KvDelete,
     KvExpire,
     KvPut,
+    KvPuts,
     KvPutTtl,
     NodeDrain,
     NodeRegister,
@@ -92,6 +93,7 @@ __all__ = [
     "KvExpire",
     "KvPut",
     "KvPutTtl",
+    "KvPuts",
     "NodeDrain",
     "NodeRegister",
     "NodeUndrain",
@@ -112,6 +114,8 @@ __all__ = [
     "decode_command",
     "encode_command",
     "encode_command_decoded",
+    "encode_puts",
+    "put_item",
 ]
 
 MAX_COMMAND_BYTES = 4 * 1024 * 1024
@@ -220,6 +224,45 @@ def encode_command_decoded(body: Op, rid: str, at: float) -> tuple[bytes, Comman
     data = encode_command(body, rid, at)
     exact = type(body) in _EXACT or (type(body) is Batch and type(body.cmds) is tuple)
     return data, Command(body, rid, float(at)) if exact else None
+
+
+def encode_puts(parts: list[Command], at: float) -> tuple[bytes, Command]:
+    """A ``kv.puts`` entry carrying ``parts`` (each a ``KvPut`` command, as the
+    handlers decoded it) and the ``Command`` it decodes to: the compact form of a
+    ``batch`` of those commands' bytes (``KvPuts``)."""
+    bodies = [p.body for p in parts]
+    body = KvPuts(
+        tuple([p.rid for p in parts]),
+        tuple([p.at for p in parts]),
+        tuple([b.ns for b in bodies]),  # type: ignore[union-attr]
+        tuple([b.key for b in bodies]),  # type: ignore[union-attr]
+        tuple([b.value for b in bodies]),  # type: ignore[union-attr]
+    )
+    return encode_command(body, "", at), Command(body, "", float(at))
+
+
+def put_item(body: KvPuts, i: int) -> Command:
+    """Item ``i`` of a ``kv.puts`` entry as the ``Command`` a ``batch`` item's bytes
+    would decode to, or ``ProtocolError`` with the text decoding those bytes gives."""
+    rid, at, ns, key, value = body.rids[i], body.ats[i], body.ns[i], body.keys[i], body.values[i]
+    # The usual item: every value of its exact type and inside its bounds (_check_kv's).
+    if (
+        type(rid) is str
+        and len(rid) <= MAX_RID_LEN
+        and type(at) is float
+        and _isfinite(at)
+        and type(ns) is str
+        and 0 < len(ns) <= MAX_NAME_LEN
+        and type(key) is str
+        and 0 < len(key) <= MAX_KEY_LEN
+        and type(value) is bytes
+        and len(value) <= MAX_VALUE_BYTES
+    ):
+        return Command(KvPut(ns, key, value), rid, at)
+    # Otherwise decode the item as the command of its own it stands for: the same
+    # conversions (an int at) and the same refusal text as inside a ``batch``.
+    item = {"op": KvPut.OP, "rid": rid, "at": at, "ns": ns, "key": key, "value": value}
+    return decode_command(msgpack.packb(item, use_bin_type=True))
 
 
 # ---------------------------------------------------------------- decoding
@@ -365,6 +408,15 @@ def _check_batch(body: Batch) -> str | None:
     return None
 
 
+def _check_puts(body: KvPuts) -> str | None:
+    count = len(body.rids)
+    if not 0 < count <= MAX_BATCH:
+        return f"1-{MAX_BATCH} puts per kv.puts"
+    if not len(body.ats) == len(body.ns) == len(body.keys) == len(body.values) == count:
+        return "as many ats, namespaces, keys and values as rids"
+    return None
+
+
 def _check_fail_node(body: TaskFailNode) -> str | None:
     if not _name_ok(body.node) or len(body.targets) > MAX_TARGETS:
         return "node id must be non-empty; targets bounded"
@@ -432,6 +484,7 @@ _RULES: Final[dict[type[Any], Callable[[Any], str | None]]] = {
     TaskAssign: _check_task_move,
     TaskPlace: _check_place,
     Batch: _check_batch,
+    KvPuts: _check_puts,
     TaskStart: _check_task_move,
     TaskFinish: _check_task_move,
     TaskMigrate: _check_task_move,

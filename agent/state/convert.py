@@ -16,7 +16,8 @@ caller hands a constructor (a tuple, a nested instance), which msgpack never
 produces, so decoding stays exactly as strict.
 
 Allowed hints: ``int``, ``float`` (finite), ``str``, ``bool``, ``bytes``,
-``X | None``, ``tuple[X, ...]``, ``dict[K, V]`` and nested frozen dataclasses.
+``X | None``, ``tuple[X, ...]`` (``tuple[Any, ...]``: any items), ``dict[K, V]``
+and nested frozen dataclasses.
 """
 
 from __future__ import annotations
@@ -82,6 +83,15 @@ def _tuple(name: str, item: Converter) -> Converter:
     return to_tuple
 
 
+def _any_tuple(name: str) -> Converter:
+    def to_tuple(value: Any) -> tuple[Any, ...]:
+        if type(value) is not list and type(value) is not tuple:
+            raise bad_field(name, "expected a list")
+        return tuple(value)
+
+    return to_tuple
+
+
 def _dict(name: str, key_hint: Any, item_hint: Any) -> Converter:
     key_conv = compile_converter(f"{name} key", key_hint)
     item_conv = compile_converter(f"{name}.<item>", item_hint)
@@ -107,6 +117,8 @@ def compile_converter(name: str, hint: Any) -> Converter:
     if origin in (typing.Union, types.UnionType):
         (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
         return _optional(compile_converter(name, inner))
+    if origin is tuple and typing.get_args(hint)[0] is Any:
+        return _any_tuple(name)  # items checked by their user (``KvPuts``)
     if origin is tuple:
         return _tuple(name, compile_converter(f"{name}[]", typing.get_args(hint)[0]))
     if origin is dict:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final
 
 import msgpack
@@ -35,6 +36,7 @@ from agent.state.commands import (
     KvDelete,
     KvExpire,
     KvPut,
+    KvPuts,
     KvPutTtl,
     NodeDrain,
     NodeRegister,
@@ -51,6 +53,7 @@ from agent.state.commands import (
     TaskStart,
     TaskSubmit,
     decode_command,
+    put_item,
 )
 from agent.state.kv import KvStore
 from agent.state.proposals import Proposal, sched_overrides, validate_proposal
@@ -140,32 +143,40 @@ class StateMachine(Queries):
                 cmd = decode_command(data)
             except ProtocolError as exc:
                 return ApplyResult(False, None, str(exc), [_entry(index, "invalid command")])
-        if type(cmd.body) is Batch:
-            return self._apply_batch(index, cmd.body, parts)
+        body = cmd.body
+        if type(body) is Batch or type(body) is KvPuts:
+            return self._apply_batch(index, body, parts)
         ok, value, error, events, placeable = self._run(index, cmd)
         return ApplyResult(ok, value, error, events, placeable)
 
     def _apply_batch(
-        self, index: int, batch: Batch, parts: Sequence[Command | None] | None
+        self, index: int, batch: Batch | KvPuts, parts: Sequence[Command | None] | None
     ) -> ApplyResult:
         """Each command of ``batch`` as if it were an entry of its own, in order; the
         value is ``[[ok, value, error], ...]``, one row per command (the batch's own rid
         is not used: each command carries its own).  ``parts`` (see ``apply``) must
-        have one item per command when given."""
+        have one item per command when given.  A ``kv.puts`` applies as the
+        ``batch`` of its puts' own commands would (``put_item``)."""
+        item: Callable[[int], Command]
+        if isinstance(batch, KvPuts):
+            count, item = len(batch.rids), partial(put_item, batch)
+        else:
+            cmds = batch.cmds
+            count, item = len(cmds), lambda i: decode_command(cmds[i])
         rows: list[list[Any]] = []
         events: list[Event] = []
         placeable = False
-        if parts is not None and len(parts) != len(batch.cmds):
+        if parts is not None and len(parts) != count:
             parts = None
-        for i, data in enumerate(batch.cmds):
+        for i in range(count):
             cmd = parts[i] if parts is not None else None
             if cmd is None:
                 try:
-                    cmd = decode_command(data)
+                    cmd = item(i)
                 except ProtocolError as exc:
                     rows.append([False, None, str(exc)])
                     continue
-            if type(cmd.body) is Batch:
+            if type(cmd.body) is Batch or type(cmd.body) is KvPuts:
                 rows.append([False, None, "a batch inside a batch"])
                 continue
             ok, value, error, more, may_place = self._run(index, cmd)

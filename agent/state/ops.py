@@ -172,6 +172,26 @@ class Batch:
 
 
 @dataclass(frozen=True, slots=True)
+class KvPuts:
+    """A group-commit batch of ``kv.put`` commands as arrays (release 0.3.0): item
+    ``i`` is ``Command(KvPut(ns[i], keys[i], values[i]), rids[i], ats[i])``, applied
+    exactly as a ``batch`` carrying that command's own bytes would apply it -- its
+    own rid, result row and refusal -- but decoded in one unpack, without a map
+    and a ``Command`` per put.  The items are checked one by one when applied (a
+    bad one is refused as that item's row, with the error its own entry would
+    get), so the fields hold any value here; only the arrays' shape is the
+    entry's.  Proposed only by the leader's group commit, once every member
+    applies it (``runtime/compat.py``)."""
+
+    OP: ClassVar[str] = "kv.puts"
+    rids: tuple[Any, ...]
+    ats: tuple[Any, ...]
+    ns: tuple[Any, ...]
+    keys: tuple[Any, ...]
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class TaskStart:
     OP: ClassVar[str] = "task.start"
     task: str
@@ -252,6 +272,7 @@ Op = (
     | TaskAssign
     | TaskPlace
     | Batch
+    | KvPuts
     | TaskStart
     | TaskFinish
     | TaskCancel
@@ -267,7 +288,7 @@ OPS: dict[str, type[Any]] = {
     for cls in (
         KvPut, KvDelete, KvCas, ProposalCreate, ProposalVote, NodeRegister, NodeDrain,
         NodeUndrain, TaskSubmit, TaskAssign, TaskStart, TaskFinish, TaskCancel, TaskMigrate,
-        TaskLost, TaskFailNode, KvPutTtl, KvExpire, TaskPlace, Batch,
+        TaskLost, TaskFailNode, KvPutTtl, KvExpire, TaskPlace, Batch, KvPuts,
     )
 }  # fmt: skip
 
