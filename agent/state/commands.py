@@ -116,6 +116,7 @@ __all__ = [
     "encode_command_decoded",
     "encode_puts",
     "put_item",
+    "usual_put",
 ]
 
 MAX_COMMAND_BYTES = 4 * 1024 * 1024
@@ -241,12 +242,11 @@ def encode_puts(parts: list[Command], at: float) -> tuple[bytes, Command]:
     return encode_command(body, "", at), Command(body, "", float(at))
 
 
-def put_item(body: KvPuts, i: int) -> Command:
-    """Item ``i`` of a ``kv.puts`` entry as the ``Command`` a ``batch`` item's bytes
-    would decode to, or ``ProtocolError`` with the text decoding those bytes gives."""
-    rid, at, ns, key, value = body.rids[i], body.ats[i], body.ns[i], body.keys[i], body.values[i]
-    # The usual item: every value of its exact type and inside its bounds (_check_kv's).
-    if (
+def usual_put(rid: Any, at: Any, ns: Any, key: Any, value: Any) -> bool:
+    """Whether a ``kv.puts`` item is the usual one: every value of its exact type and
+    inside its bounds (``_check_kv``'s), so it is ``KvPut(ns, key, value)`` with
+    ``rid`` and ``at`` as they are (``put_item`` decodes any other)."""
+    return (
         type(rid) is str
         and len(rid) <= MAX_RID_LEN
         and type(at) is float
@@ -257,7 +257,14 @@ def put_item(body: KvPuts, i: int) -> Command:
         and 0 < len(key) <= MAX_KEY_LEN
         and type(value) is bytes
         and len(value) <= MAX_VALUE_BYTES
-    ):
+    )
+
+
+def put_item(body: KvPuts, i: int) -> Command:
+    """Item ``i`` of a ``kv.puts`` entry as the ``Command`` a ``batch`` item's bytes
+    would decode to, or ``ProtocolError`` with the text decoding those bytes gives."""
+    rid, at, ns, key, value = body.rids[i], body.ats[i], body.ns[i], body.keys[i], body.values[i]
+    if usual_put(rid, at, ns, key, value):
         return Command(KvPut(ns, key, value), rid, at)
     # Otherwise decode the item as the command of its own it stands for: the same
     # conversions (an int at) and the same refusal text as inside a ``batch``.

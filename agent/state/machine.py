@@ -54,6 +54,7 @@ from agent.state.commands import (
     TaskSubmit,
     decode_command,
     put_item,
+    usual_put,
 )
 from agent.state.kv import KvStore
 from agent.state.proposals import Proposal, sched_overrides, validate_proposal
@@ -144,6 +145,8 @@ class StateMachine(Queries):
             except ProtocolError as exc:
                 return ApplyResult(False, None, str(exc), [_entry(index, "invalid command")])
         body = cmd.body
+        if type(body) is KvPuts and parts is None and not self.summaries:
+            return self._apply_puts(index, body)  # a follower's usual kv.puts
         if type(body) is Batch or type(body) is KvPuts:
             return self._apply_batch(index, body, parts)
         ok, value, error, events, placeable = self._run(index, cmd)
@@ -186,6 +189,40 @@ class StateMachine(Queries):
             placeable = placeable or may_place
         return ApplyResult(True, rows, None, events, placeable)
 
+    def _apply_puts(self, index: int, puts: KvPuts) -> ApplyResult:
+        """``_apply_batch`` of a ``kv.puts`` while nobody follows the summaries (no
+        events), without a ``Command`` per put: a usual item (``usual_put``) is
+        written, or answered from its rid's cached row, as ``_run`` would; any
+        other takes ``_run``'s path (``put_item``)."""
+        rows: list[list[Any]] = []
+        rids, put = self.rids, self.kv.put
+        columns = zip(puts.rids, puts.ats, puts.ns, puts.keys, puts.values, strict=True)
+        for i, (rid, at, ns, key, value) in enumerate(columns):
+            if not usual_put(rid, at, ns, key, value):
+                try:
+                    ok, result, error, _, _ = self._run(index, put_item(puts, i))
+                except ProtocolError as exc:
+                    ok, result, error = False, None, str(exc)
+                rows.append([ok, result, error])
+                continue
+            cached = rids.get(rid) if rid else None
+            if cached is not None:
+                rows.append(_unpack_row(cached)[1:])
+                continue
+            put(ns, key, value, index)
+            result = {"index": index}
+            if rid:
+                self._remember(rid, True, result, None)
+            rows.append([True, result, None])
+        return ApplyResult(True, rows, None, [], False)
+
+    def _remember(self, rid: str, ok: bool, value: Any, error: str | None) -> None:
+        """Cache ``rid``'s result row (a retry gets it; at most ``MAX_RIDS`` kept)."""
+        self.rids[rid] = self._packer.pack([rid, ok, value, error])
+        self.rid_order.append(rid)
+        while len(self.rids) > MAX_RIDS:
+            del self.rids[self.rid_order.popleft()]
+
     def _run(self, index: int, cmd: Command) -> tuple[bool, Any, str | None, list[Event], bool]:
         """One command: ``(ok, value, error, events, placeable)``, an ``ApplyResult``'s
         fields (a batch makes rows of them, not a result object per command)."""
@@ -207,10 +244,7 @@ class StateMachine(Queries):
             ok, value, error, placeable = False, None, str(exc), False
             events = self._entries(index, f"{summary}: {exc}")
         if rid:
-            self.rids[rid] = self._packer.pack([rid, ok, value, error])
-            self.rid_order.append(rid)
-            while len(self.rids) > MAX_RIDS:
-                del self.rids[self.rid_order.popleft()]
+            self._remember(rid, ok, value, error)
         return ok, value, error, events, placeable
 
     def _entries(self, index: int, summary: str) -> list[Event]:

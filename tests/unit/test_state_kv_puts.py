@@ -77,7 +77,8 @@ def _raw(rid: Any, at: Any, ns: Any, key: Any, value: Any) -> bytes:
     return msgpack.packb(item, use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def test_each_bad_item_is_refused_alone_with_its_own_entrys_error() -> None:
+@pytest.mark.parametrize("summaries", [False, True])
+def test_each_bad_item_is_refused_alone_with_its_own_entrys_error(summaries: bool) -> None:
     items: list[tuple[Any, ...]] = [
         ("r1", AT, "ns", "a", b"1"),
         ("r2", AT, "ns", "k" * (MAX_KEY_LEN + 1), b"2"),  # bounds
@@ -91,8 +92,8 @@ def test_each_bad_item_is_refused_alone_with_its_own_entrys_error() -> None:
     ]
     puts = KvPuts(*(tuple(column) for column in zip(*items, strict=True)))
     raw = [_raw(*item) for item in items]
-    _, _, batch, compact = _apply_both(raw, puts, summaries=True)
-    assert batch == compact
+    old, new, batch, compact = _apply_both(raw, puts, summaries)
+    assert batch == compact and old.snapshot() == new.snapshot()
     assert [row[0] for row in compact.value] == [True, False, False, False, False, True, False, False, True]
     assert "key must be" in compact.value[1][2]
 
