@@ -21,6 +21,7 @@ each move on the epoch it was planned against, so a stale plan is a no-op.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 
 from agent.errors import SchedulingError
@@ -210,8 +211,10 @@ def _evacuate(
     tasks: list[TaskView],
     reason: MoveReason,
     cfg: SchedConfig,
+    limit: int | None = None,
 ) -> list[Move]:
-    """Place ``tasks`` (all on ``node_id``) elsewhere by their own strategies."""
+    """Place ``tasks`` (all on ``node_id``) elsewhere by their own strategies; at most
+    ``limit`` of them get a target (None: all may), the rest are not looked at."""
     nodes = {
         n.id: (
             replace(n, alive=False)
@@ -222,17 +225,28 @@ def _evacuate(
         )
         for n in snapshot.nodes
     }
+    order = sorted(tasks, key=lambda t: (-t.priority, t.created_at, t.id))
+    if not any(n.schedulable for n in nodes.values()):
+        # Nowhere to go (every other host drained or dead): no task can be placed, so
+        # none is tried -- a drained cluster with a deep queue would otherwise pay a
+        # failed placement per waiting task every round.
+        return [Move(t.id, node_id, None, reason, t.epoch) for t in order]
     ring = ring_for(snapshot, cfg)
     moves: list[Move] = []
-    for task in sorted(tasks, key=lambda t: (-t.priority, t.created_at, t.id)):
-        working = ClusterSnapshot(tuple(nodes.values()), snapshot.tasks, snapshot.now)
+    placed = 0
+    working = ClusterSnapshot(tuple(nodes.values()), snapshot.tasks, snapshot.now)
+    for task in order:
+        if limit is not None and placed >= limit:
+            break
         try:
             target: str | None = place(task, working, cfg, None, ring)
         except SchedulingError:
             target = None
         moves.append(Move(task.id, node_id, target, reason, task.epoch))
         if target is not None:
+            placed += 1
             nodes[target] = bump_queued(nodes[target], 1)
+            working = ClusterSnapshot(tuple(nodes.values()), snapshot.tasks, snapshot.now)
     return moves
 
 
@@ -247,9 +261,17 @@ def plan_failover(
 
 
 def plan_drain(
-    snapshot: ClusterSnapshot, node_id: str, cfg: SchedConfig | None = None
+    snapshot: ClusterSnapshot,
+    node_id: str,
+    cfg: SchedConfig | None = None,
+    limit: int | None = None,
+    skip: Collection[str] = (),
 ) -> list[Move]:
-    """Moves for the waiting tasks of a draining host; its running tasks finish in place."""
+    """Moves for the waiting tasks of a draining host; its running tasks finish in place.
+    At most ``limit`` moves (None: every task that fits elsewhere); tasks in ``skip``
+    (a decision already in flight for them) are left for a later round."""
     cfg = cfg or SchedConfig()
-    tasks = [t for t in snapshot.tasks_on(node_id) if t.waiting_on_node]
-    return [m for m in _evacuate(snapshot, node_id, tasks, MoveReason.DRAIN, cfg) if m.to]
+    if not any(n.schedulable for n in snapshot.nodes if n.id != node_id):
+        return []  # nowhere to go (see _evacuate)
+    tasks = [t for t in snapshot.tasks_on(node_id) if t.waiting_on_node and t.id not in skip]
+    return [m for m in _evacuate(snapshot, node_id, tasks, MoveReason.DRAIN, cfg, limit) if m.to]

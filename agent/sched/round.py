@@ -162,9 +162,9 @@ def plan_round(
     deaths = track_deaths(snapshot, dead_since)
     decisions: list[Decision] = failovers(snapshot, config, deaths, busy, lease)
     decisions.extend(placements(snapshot, config, busy, bids, max_decisions))
-    moves, heat = plan_moves(snapshot, heat, config)
-    decisions.extend(migrations(moves, busy))
     limit = min(max_decisions, room)
+    moves, heat = plan_moves(snapshot, heat, config, limit - len(decisions), busy)
+    decisions.extend(migrations(moves, busy))
     # A full round of decisions means more may be waiting; a backlog that cannot
     # be placed yields fewer, so an unplaceable queue does not spin.
     return RoundPlan(tuple(decisions[:limit]), heat, deaths, len(decisions) >= limit)
@@ -245,6 +245,8 @@ def placements(
     cap: int,
 ) -> list[Decision]:
     """An ``Assign`` for each placeable queued task (one with no eligible host waits)."""
+    if not any(n.schedulable for n in snapshot.nodes):
+        return []  # every host drained or dead: nothing can be placed, nothing is tried
     queued = waiting_to_place(snapshot, busy, cap)
     if not queued:
         return []
@@ -258,20 +260,33 @@ def placements(
 
 
 def plan_moves(
-    snapshot: ClusterSnapshot, heat: HeatState, config: SchedConfig
+    snapshot: ClusterSnapshot,
+    heat: HeatState,
+    config: SchedConfig,
+    budget: int | None = None,
+    busy: Collection[str] = (),
 ) -> tuple[list[Move], HeatState]:
-    """Drain, steal and rebalance moves (in that order) and the heat state after them."""
+    """Drain, steal and rebalance moves (in that order) and the heat state after them.
+
+    At most ``budget`` moves are planned (None: no bound), none for a task in
+    ``busy``: what the round's cap would cut is not computed (a drained host's deep
+    queue costs a round O(budget), not O(queue)), and the heat is settled only for
+    rebalance moves that are proposed now or still in flight."""
     moves: list[Move] = []
+    room = budget if budget is not None else len(snapshot.tasks)
     for node in snapshot.nodes:
-        if node.draining and node.alive:
-            moves.extend(plan_drain(snapshot, node.id, config))
-    moves.extend(plan_steals(snapshot, config))
+        if node.draining and node.alive and len(moves) < room:
+            moves.extend(plan_drain(snapshot, node.id, config, room - len(moves), busy))
+    if len(moves) < room:
+        moves.extend(m for m in plan_steals(snapshot, config) if m.task not in busy)
     heat = update_heat(heat, snapshot, config)
-    rebalance = plan_rebalance(snapshot, heat, config)
+    rebalance = plan_rebalance(snapshot, heat, config)  # only hot hosts' tasks: cheap
+    fresh = [m for m in rebalance if m.task not in busy][: max(0, room - len(moves))]
     # A host that just gave up a running task must read hot for a whole window
-    # again before it gives up another (its CPU figure trails the move).
-    heat = settle_heat(heat, rebalance, snapshot)
-    moves.extend(rebalance)
+    # again before it gives up another (its CPU figure trails the move): the moves
+    # proposed now and the ones still in flight (busy) settle it, cut ones do not.
+    heat = settle_heat(heat, [m for m in rebalance if m.task in busy] + fresh, snapshot)
+    moves.extend(fresh)
     return moves, heat
 
 
