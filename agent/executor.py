@@ -296,7 +296,8 @@ class Executor:
         """The runtime is done with this finished run (artifacts collected, output
         replicated): if it printed nothing and left its default working directory
         empty, a later run takes its directories over (see the module doc)."""
-        self._dirs.done_with(task_id, epoch, live=task_id in self._runs)
+        owner = self._user.pw_uid if self._user is not None else os.geteuid()
+        self._dirs.done_with(task_id, epoch, live=task_id in self._runs, owner=owner)
 
     async def cancel(self, task_id: str) -> ExecEvent | None:
         """Terminate a run's whole group (SIGTERM, SIGKILL after the grace)."""

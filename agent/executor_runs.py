@@ -253,9 +253,12 @@ class RunDirs:
             self._quiet.clear()
         self._quiet.add((task_id, epoch))
 
-    def done_with(self, task_id: str, epoch: int, live: bool) -> None:
-        """The runtime is done with a finished run: a quiet one whose ``work/`` is empty
-        becomes a spare."""
+    def done_with(self, task_id: str, epoch: int, live: bool, owner: int) -> None:
+        """The runtime is done with a finished run: a quiet one becomes a spare if its
+        task directory holds only ``work/``, that is empty, and both are as they were
+        made (mode 0700; the task directory ours, ``work/`` the run user's ``owner``)
+        -- a task running as root may have written beside ``work/`` or changed it, and
+        nothing of one task may reach the next."""
         if (task_id, epoch) not in self._quiet:
             return
         self._quiet.discard((task_id, epoch))
@@ -263,8 +266,12 @@ class RunDirs:
             return
         task_dir = self.root / task_id
         try:
-            if os.listdir(task_dir / "work"):
+            if os.listdir(task_dir) != ["work"] or os.listdir(task_dir / "work"):
                 return
+            made, work = os.stat(task_dir), os.stat(task_dir / "work")
         except OSError:
+            return
+        if (made.st_mode & 0o7777, made.st_uid, work.st_mode & 0o7777, work.st_uid) \
+                != (0o700, os.geteuid(), 0o700, owner):
             return
         self._spare.append(task_dir)

@@ -91,3 +91,17 @@ async def test_a_task_directory_holding_an_earlier_run_is_never_a_spare(
     await run(executor, "u", "true")
     assert (tmp_data_dir / "tasks" / "t" / "1.out").read_bytes() == b"first\n"
     assert executor.read_output("t", 1, "out", 0)[0] == b"first\n"
+
+
+async def test_nothing_a_task_changed_reaches_the_next_run(tmp_data_dir: Path) -> None:
+    """A task (here as root) that wrote beside its work directory, or changed its mode,
+    leaves no spare: the next run gets fresh directories."""
+    executor = Executor(tmp_data_dir, slots=1)
+    tasks = tmp_data_dir / "tasks"
+    await run(executor, "beside", "touch ../left-beside")
+    await run(executor, "mode", "chmod 755 .")
+    for task in ("beside", "mode"):
+        executor.done_with(task, 1)
+    await run(executor, "next", "true")
+    assert {p.name for p in tasks.iterdir() if p.is_dir()} == {"beside", "mode", "next"}
+    assert stat.S_IMODE((tasks / "next" / "work").stat().st_mode) == 0o700
