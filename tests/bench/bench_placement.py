@@ -25,8 +25,11 @@ average:
   (``--many-inflight`` in flight), each on a fresh mesh.  Either way every task
   is its own committed command with its own rid, acknowledged once committed;
 * placement of a backlog: every host drained, N more tasks submitted (they stay
-  ``queued``: no host is eligible), then all undrained; N / (time from the
-  undrain to the last assignment seen).  Issue 5's target >= 2,000/s, issue
+  ``queued``: no host is eligible), then all undrained at once (the undrain
+  requests in flight together); N / (time from the undrain requests to the last
+  assignment seen).  Until 2026-12-06's last session the hosts were undrained one
+  request after another, so the first rounds saw one host open and the others
+  still draining.  Issue 5's target >= 2,000/s, issue
   14's >= 10,000/s.  (For scale: HashiCorp's Nomad C1M run placed about
   3,750/s, a published figure, not measured here.)
 """
@@ -173,10 +176,12 @@ async def watch_assignments(sock: str, goal: int, stop_after: float) -> list[tup
 
 
 async def set_drain(sock: str, names: list[str], drain: bool) -> None:
+    """Drain or undrain every host at once: the requests go out together, so the
+    leader's next round sees the whole cluster changed, not one host at a time."""
     client = await ControlClient.connect_unix(sock)
+    method = "node.drain" if drain else "node.undrain"
     try:
-        for name in names:
-            await call_retry(client, "node.drain" if drain else "node.undrain", {"node": name})
+        await asyncio.gather(*(call_retry(client, method, {"node": name}) for name in names))
     finally:
         await client.close()
 
