@@ -226,7 +226,8 @@ def _evacuate(
         for n in snapshot.nodes
     }
     order = sorted(tasks, key=lambda t: (-t.priority, t.created_at, t.id))
-    if not any(n.schedulable for n in nodes.values()):
+    working = snapshot.with_nodes(nodes.values())
+    if not working.any_schedulable():
         # Nowhere to go (every other host drained or dead): no task can be placed, so
         # none is tried -- a drained cluster with a deep queue would otherwise pay a
         # failed placement per waiting task every round.
@@ -234,7 +235,6 @@ def _evacuate(
     ring = ring_for(snapshot, cfg)
     moves: list[Move] = []
     placed = 0
-    working = ClusterSnapshot(tuple(nodes.values()), snapshot.tasks, snapshot.now)
     for task in order:
         if limit is not None and placed >= limit:
             break
@@ -246,7 +246,7 @@ def _evacuate(
         if target is not None:
             placed += 1
             nodes[target] = bump_queued(nodes[target], 1)
-            working = ClusterSnapshot(tuple(nodes.values()), snapshot.tasks, snapshot.now)
+            working = snapshot.with_nodes(nodes.values())
     return moves
 
 
@@ -271,7 +271,7 @@ def plan_drain(
     At most ``limit`` moves (None: every task that fits elsewhere); tasks in ``skip``
     (a decision already in flight for them) are left for a later round."""
     cfg = cfg or SchedConfig()
-    if not any(n.schedulable for n in snapshot.nodes if n.id != node_id):
+    if not snapshot.any_schedulable(excluding=node_id):
         return []  # nowhere to go (see _evacuate)
     tasks = [t for t in snapshot.tasks_on(node_id) if t.waiting_on_node and t.id not in skip]
     return [m for m in _evacuate(snapshot, node_id, tasks, MoveReason.DRAIN, cfg, limit) if m.to]

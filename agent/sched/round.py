@@ -245,7 +245,7 @@ def placements(
     cap: int,
 ) -> list[Decision]:
     """An ``Assign`` for each placeable queued task (one with no eligible host waits)."""
-    if not any(n.schedulable for n in snapshot.nodes):
+    if not snapshot.any_schedulable():
         return []  # every host drained or dead: nothing can be placed, nothing is tried
     queued = waiting_to_place(snapshot, busy, cap)
     if not queued:

@@ -124,6 +124,11 @@ class ClusterSnapshot:
     def node(self, node_id: str) -> NodeView | None:
         return self._by_id.get(node_id)
 
+    def any_schedulable(self, excluding: str = "") -> bool:
+        """Can any node (other than ``excluding``) take a task at all?  When none can,
+        a round tries no placement and no drain move (every host drained or dead)."""
+        return any(n.schedulable for n in self.nodes if n.id != excluding)
+
     def tasks_on(self, node_id: str) -> list[TaskView]:
         return [t for t in self.tasks if t.node == node_id]
 
