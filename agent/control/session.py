@@ -182,8 +182,8 @@ class ControlSession:
         timeout = self.server.idle_timeout
         now = self.loop.time()
         if self._busy():
-            # Work in progress counts as activity: the client gets a full
-            # timeout after it ends to send its next request.
+            # Work in progress counts as activity; when it ends,
+            # ``_release_slots`` restarts the clock.
             self.last_request = now
             self._arm_idle_timer(timeout)
             return
@@ -257,6 +257,11 @@ class ControlSession:
 
     def _release_slots(self, count: int = 1) -> None:
         self.free_slots += count
+        if self.free_slots == MAX_IN_FLIGHT:
+            # The last running request has been answered: the client's idle
+            # clock starts now, so it gets a full timeout to send its next
+            # request (the idle check only saw "busy" some time before).
+            self.last_request = self.loop.time()
         waiter = self.slot_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
