@@ -18,8 +18,9 @@ Theory of operation
   SIGTERM to that group.
 * Containment (``agent.containment``): nothing a task starts outlives it,
   ``setsid`` children, double forks and daemons included.  As root with a
-  usable cgroup hierarchy each run gets its own cgroup(s), joined in the
-  child before exec, and every hard kill (after the grace, fencing,
+  usable cgroup hierarchy each run gets its own cgroup(s), which it is
+  born in (the agent steps into the group for the spawn) or joins before
+  exec (``containment.jail``'s "born inside"), and every hard kill (after the grace, fencing,
   shutdown, the leader's exit) goes through them; their directories go when
   the run is reaped, and a previous run's leftovers when the executor
   starts.  Otherwise the run's leader is a per-task subreaper that adopts
@@ -371,10 +372,9 @@ class Executor:
                 os.chown(work, user.pw_uid, user.pw_gid)
             cwd = str(work)
         jail = self.containment.prepare(task_id, epoch, mem, pids)
-        popen_argv, popen_extra = jail.popen_args(argv, user)
-        if popen_argv is not argv and not findable(argv[0], child_env["PATH"], cwd):
+        if not findable(argv[0], child_env["PATH"], cwd):
             # A shim (the subreaper, the cgroup join) always starts; a missing command
-            # would only show as its exit 127.
+            # would only show as its exit 127 (and the same words for every path).
             jail.settle_sync()
             raise TaskError(f"task {task_id}: cannot start {argv[0]!r}: command not found")
         captures: dict[str, Capture] = {}
@@ -386,8 +386,10 @@ class Executor:
                 path = self.output_path(task_id, epoch, stream)
                 captures[stream] = Capture(read_fd, path, self.output_limit)
             # The jail switches to ``user`` itself (after joining its cgroups,
-            # or in the subreaper's child), so Popen gets no user/group.
-            with blocked(jail.blocked_signals):
+            # or in the subreaper's child), so Popen gets no user/group.  A cgroup
+            # jail may put the agent inside the run's group around the spawn.
+            with blocked(jail.blocked_signals), jail.spawning(user):
+                popen_argv, popen_extra = jail.popen_args(argv, user)
                 popen = subprocess.Popen(
                     popen_argv,
                     stdin=subprocess.DEVNULL,

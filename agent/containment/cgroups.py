@@ -66,6 +66,9 @@ class Hierarchy:
     """1 (a v1 controller mount) or 2 (the unified hierarchy)."""
     controllers: frozenset[str]
     """v1: the controllers bound to this mount; v2: those in the root's ``cgroup.controllers``."""
+    root: str = "/"
+    """The cgroup this mount shows at ``mount`` (mountinfo's root field; ``/`` for a
+    whole hierarchy, a path for a bind mount of one of its groups)."""
 
     def node_dir(self, node: str) -> Path:
         return self.mount / TOP_DIR / node
@@ -108,7 +111,7 @@ def discover(root: Path = CGROUP_ROOT, mountinfo: Path = Path("/proc/self/mounti
         fields, super_fields = left.split(), right.split()
         if not sep or len(fields) < 5 or len(super_fields) < 3:
             continue
-        fstype, mount = super_fields[0], Path(_unescape(fields[4]))
+        fstype, mount, mount_root = super_fields[0], Path(_unescape(fields[4])), _unescape(fields[3])
         if fstype not in ("cgroup", "cgroup2") or not _under(mount, root):
             continue
         if fstype == "cgroup2":
@@ -121,8 +124,23 @@ def discover(root: Path = CGROUP_ROOT, mountinfo: Path = Path("/proc/self/mounti
         key = (version, controllers if version == 1 else frozenset())
         if key not in seen:
             seen.add(key)
-            found.append(Hierarchy(mount, version, controllers))
+            found.append(Hierarchy(mount, version, controllers, mount_root))
     return found
+
+
+def own_group(hierarchy: Hierarchy, proc_cgroup: Path = Path("/proc/self/cgroup")) -> Path | None:
+    """The v2 cgroup directory this process is in, as seen through ``hierarchy``'s mount;
+    None for v1, or when that group is not visible below the mount."""
+    if hierarchy.version != 2:
+        return None
+    for line in _read(proc_cgroup).splitlines():
+        if line.startswith("0::"):
+            path, root = line[3:], hierarchy.root.rstrip("/")
+            if path != root and not path.startswith(root + "/"):
+                return None  # outside the part of the hierarchy mounted here
+            directory = hierarchy.mount / path[len(root):].lstrip("/")
+            return directory if (directory / "cgroup.procs").exists() else None
+    return None
 
 
 def _read(path: Path) -> str:
