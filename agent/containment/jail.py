@@ -111,6 +111,9 @@ class CgroupJail:
     """The agent may spawn this run from inside its group (see the module doc)."""
     inside: bool = False
     """The agent is inside the group for this run's spawn: no join shim."""
+    emptied: bool = False
+    """The kill round after the leader's exit found the group empty: no process is
+    left in it to fork, so it stays empty (only a migration could fill it)."""
 
     @property
     def cgroup_dirs(self) -> tuple[str, ...]:
@@ -175,13 +178,14 @@ class CgroupJail:
 
     def after_exit(self, pid: int) -> None:
         # The leader is an unreaped zombie: its pid still names the group.
-        self.kill(pid)
+        _kill(pid, signal.SIGKILL, group=True)
+        self.emptied = cgroups.kill_round(self.group)
 
     def members(self, pid: int) -> list[int]:
         return sorted(cgroups.member_pids(self.group.dirs))
 
     async def settle(self) -> None:
-        if not await cgroups.kill_until_empty_async(self.group):
+        if not self.emptied and not await cgroups.kill_until_empty_async(self.group):
             timeout = cgroups.KILL_TIMEOUT_S
             self.owner.warn(f"processes of {self.group.kill_dir} outlived {timeout} s of kills")
         self._remove()
