@@ -87,12 +87,14 @@ from pathlib import Path
 
 from agent.containment import Containment, Mode, usage_pids
 from agent.containment.cgroups import CGROUP_ROOT
-from agent.containment.jail import blocked, default_node, findable
+from agent.containment.jail import blocked, default_node, findable, locate
+from agent.containment.spawn import spawn, usable
 from agent.errors import ConfigError, TaskError
 from agent.executor_runs import (
     Capture,
     EmptyOutputs,
     FinishReason,
+    Leader,
     Run,
     RunDirs,
     close_capture,
@@ -390,17 +392,22 @@ class Executor:
             # jail may put the agent inside the run's group around the spawn.
             with blocked(jail.blocked_signals), jail.spawning(user):
                 popen_argv, popen_extra = jail.popen_args(argv, user)
-                popen = subprocess.Popen(
-                    popen_argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=pipes[1],
-                    stderr=pipes[3],
-                    cwd=cwd,
-                    env=child_env,
-                    start_new_session=True,
-                    close_fds=True,
-                    **popen_extra,
-                )
+                exe = _executable(popen_argv, popen_extra, child_env, cwd)
+                popen: subprocess.Popen[bytes] | Leader
+                if exe is not None:  # the same child, started from C (``containment.spawn``)
+                    popen = Leader(spawn(exe, popen_argv, child_env, cwd, pipes[1], pipes[3]))
+                else:
+                    popen = subprocess.Popen(
+                        popen_argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=pipes[1],
+                        stderr=pipes[3],
+                        cwd=cwd,
+                        env=child_env,
+                        start_new_session=True,
+                        close_fds=True,
+                        **popen_extra,
+                    )
         except (OSError, subprocess.SubprocessError) as exc:
             for fd in pipes:
                 with contextlib.suppress(OSError):
@@ -564,6 +571,18 @@ class Executor:
         # mark into the child, so it reports the agent's size, not the task's.
         return exit_code
 
+
+
+def _executable(
+    argv: list[str], extra: Mapping[str, object], env: Mapping[str, str], cwd: str
+) -> str | None:
+    """What ``containment.spawn`` should exec for ``argv`` (found as Popen would, on the
+    child's PATH), or None where Popen must start it (a ``preexec_fn``, no usable
+    posix_spawn, a relative PATH entry or a NUL byte)."""
+    if extra or not usable(argv, env, cwd):
+        return None
+    found = locate(argv[0], env.get("PATH", os.defpath), cwd)
+    return found if found is not None and ("/" in argv[0] or os.path.isabs(found)) else None
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

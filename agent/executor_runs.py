@@ -91,12 +91,20 @@ class Capture:
 
 
 @dataclass(slots=True)
+class Leader:
+    """A run's first process started without Popen (``containment.spawn``)."""
+
+    pid: int
+    returncode: int | None = None
+
+
+@dataclass(slots=True)
 class Run:
     """One live run (its leader, pidfd, captures and jail) as the executor holds it."""
 
     task_id: str
     epoch: int
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[bytes] | Leader
     pidfd: int
     started_mono: float
     captures: dict[str, Capture]

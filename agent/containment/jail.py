@@ -503,21 +503,29 @@ FOUND_FOR_S = 1.0
 """Seconds a command name found on a PATH is taken as found again without a search
 (default 1 s): a burst of runs of one command searches once.  A command removed in
 that second starts its join shim, which exits 127 as a missing command's run does."""
-_found: dict[tuple[str, str], float] = {}
+_found: dict[tuple[str, str], tuple[float, str]] = {}
 
 
 def findable(command: str, path: str, cwd: str, now: float | None = None) -> bool:
     """Would ``execvp`` find ``command`` (on ``path``, or relative to ``cwd``)?"""
+    return locate(command, path, cwd, now) is not None
+
+
+def locate(command: str, path: str, cwd: str, now: float | None = None) -> str | None:
+    """What ``execvp`` would run for ``command``: ``command`` itself when it names a
+    path (relative to ``cwd``), else where it was found on ``path``; None if nowhere."""
     if "/" in command:
-        return os.access(os.path.join(cwd, command), os.X_OK)
+        return command if os.access(os.path.join(cwd, command), os.X_OK) else None
     now = time.monotonic() if now is None else now
     key = (command, path)
-    if now - _found.get(key, -FOUND_FOR_S) < FOUND_FOR_S:
-        return True
-    if shutil.which(command, path=path) is None:
+    at, where = _found.get(key, (-FOUND_FOR_S, ""))
+    if now - at < FOUND_FOR_S:
+        return where
+    found = shutil.which(command, path=path)
+    if found is None:
         _found.pop(key, None)
-        return False
+        return None
     if len(_found) >= 256:
         _found.clear()
-    _found[key] = now
-    return True
+    _found[key] = (now, found)
+    return found

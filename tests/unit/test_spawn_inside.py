@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
+import shutil
+import signal
 import subprocess
 import threading
 from collections.abc import AsyncIterator
@@ -19,7 +22,9 @@ from typing import Any
 import pytest
 from rootpolicy import enforce_root_policy
 
+from agent import executor as executor_module
 from agent.containment import Containment, jail
+from agent.containment.spawn import spawn as real_spawn
 from agent.executor import Executor
 
 pytestmark = pytest.mark.timeout(60)
@@ -41,16 +46,22 @@ async def executor(tmp_path: Path) -> AsyncIterator[Executor]:
         Containment(made.containment.node, "auto").cleanup_stale()
 
 
-def spy_popen(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """The argv of every Popen from here on (the spawn itself is real)."""
+def spy_spawns(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The argv of every run's spawn from here on, through Popen or posix_spawn (the
+    spawns themselves are real)."""
     seen: list[list[str]] = []
-    real = subprocess.Popen
+    real_popen = subprocess.Popen
 
     def popen(args: list[str], *rest: Any, **kw: Any) -> subprocess.Popen[bytes]:
         seen.append(list(args))
-        return real(args, *rest, **kw)
+        return real_popen(args, *rest, **kw)
+
+    def spawn(path: str, argv: list[str], *rest: Any) -> int:
+        seen.append(list(argv))
+        return real_spawn(path, argv, *rest)
 
     monkeypatch.setattr(subprocess, "Popen", popen)
+    monkeypatch.setattr(executor_module, "spawn", spawn)
     return seen
 
 
@@ -64,7 +75,7 @@ async def run(executor: Executor, task_id: str, argv: list[str], **kw: Any) -> s
 async def test_an_unlimited_run_execs_the_task_first_inside_its_group(
     executor: Executor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen = spy_popen(monkeypatch)
+    seen = spy_spawns(monkeypatch)
     own = Path("/proc/self/cgroup").read_text()
     argv = ["sh", "-c", "grep ^0:: /proc/$$/cgroup"]
     out = await run(executor, "t", argv)
@@ -99,3 +110,53 @@ def test_a_fork_waits_while_the_agent_is_inside_a_group() -> None:
         jail._window.release()
     assert forked.wait(10)
     thread.join(10)
+
+
+PROBE = (
+    'pwd; ls /proc/$$/fd | tr "\\n" " "; echo; readlink /proc/$$/fd/0; '
+    '[ "$(cut -d" " -f6 /proc/$$/stat)" = "$$" ] && echo "session leader"; env | sort'
+)
+"""(The masks are read by a grep of its own /proc/self: a shell's change while it forks.)"""
+
+
+def test_posix_spawn_gives_the_child_what_popen_gave_it(tmp_path: Path) -> None:
+    # The executor's Popen arguments against containment.spawn: same directory, same
+    # descriptors (an inheritable one of ours is closed), stdin /dev/null, a new
+    # session, SIGPIPE/SIGXFSZ back to default, the same signal mask (SIGUSR1 blocked
+    # around both, as a subreaper's signals are around its spawn), the same env.
+    from agent.containment import spawn as posix
+
+    if not posix.AVAILABLE:
+        pytest.skip("no posix_spawn with chdir and closefrom in this C library")
+    env = {"PATH": os.defpath, "MESH_TASK_ID": "t", "ODD": "a b=c"}
+    grep = shutil.which("grep")
+    assert grep is not None
+    probes = [["/bin/sh", "-c", PROBE], [grep, "-E", "^Sig(Blk|Ign)", "/proc/self/status"]]
+    stray_r, stray_w = os.pipe()
+    os.set_inheritable(stray_w, True)
+    outs: dict[str, list[str]] = {"popen": [], "spawn": []}
+    try:
+        for argv, how in itertools.product(probes, outs):
+            read_end, write_end = os.pipe()
+            with jail.blocked(frozenset({signal.SIGUSR1})):
+                if how == "popen":
+                    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=write_end,
+                                            stderr=write_end, cwd=str(tmp_path), env=env,
+                                            start_new_session=True, close_fds=True)
+                    pid = proc.pid
+                else:
+                    pid = posix.spawn(argv[0], argv, env, str(tmp_path), write_end, write_end)
+            os.close(write_end)
+            with os.fdopen(read_end, "rb") as pipe:
+                outs[how].append(pipe.read().decode())
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0, outs[how][-1]
+    finally:
+        os.close(stray_r)
+        os.close(stray_w)
+    assert outs["popen"] == outs["spawn"], outs
+    shell, masks = outs["spawn"]
+    assert shell.splitlines()[:4] == [str(tmp_path), "0 1 2 ", "/dev/null", "session leader"]
+    assert masks.splitlines() == ["SigBlk:\t0000000000000200", "SigIgn:\t0000000000000000"]
+    with pytest.raises(FileNotFoundError):
+        posix.spawn(str(tmp_path / "missing"), ["missing"], env, str(tmp_path), 1, 2)
