@@ -13,9 +13,11 @@ and a start for an epoch older than the one running is refused.
 
 Theory of operation
 -------------------
-* Each run is ``subprocess.Popen(start_new_session=True)``: the task leads its
-  own session and process group, so a graceful stop (timeout, cancel) sends
-  SIGTERM to that group.
+* Each run starts in a new session -- glibc's ``posix_spawn``
+  (``containment.spawn``, the same child for less of the agent's CPU), or
+  ``subprocess.Popen(start_new_session=True)`` where a ``preexec_fn`` is
+  needed: the task leads its own session and process group, so a graceful
+  stop (timeout, cancel) sends SIGTERM to that group.
 * Containment (``agent.containment``): nothing a task starts outlives it,
   ``setsid`` children, double forks and daemons included.  As root with a
   usable cgroup hierarchy each run gets its own cgroup(s), which it is
