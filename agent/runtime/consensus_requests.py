@@ -53,6 +53,7 @@ from agent.state.commands import (
     Command,
     KvPut,
     decode_command,
+    encode_command,
     encode_command_decoded,
     encode_puts,
 )
@@ -63,7 +64,11 @@ MAX_COALESCED = 256
 (a KV write is ~150 bytes) and one apply step; more queued writes go as further
 batches in the same pass."""
 
-_Queued = tuple[bytes, "Callable[[ApplyResult], Any] | None", "Command | None", "Pending[Any]"]
+_Queued = tuple[
+    "bytes | None", "Callable[[ApplyResult], Any] | None", "Command | None", "Pending[Any]"
+]
+"""A queued write: its bytes (None: not encoded yet, see ``submit_decoded``; its
+decoded form is then given), ``finish``, its decoded form, its caller's Pending."""
 
 
 def has_rid(command: bytes) -> bool:
@@ -159,6 +164,19 @@ class ClientRequests(abc.ABC):
         if not leader and self._leader_wait.minority():
             raise NoQuorumError("fewer than a majority of the voters heard from")
         return asyncio.ensure_future(self._write_via_leader(leader, command, forward, finish, decoded))
+
+    def submit_decoded(
+        self, decoded: Command, finish: Callable[[ApplyResult], Any] | None = None
+    ) -> Pending[Any] | asyncio.Future[Any]:
+        """``submit`` of a validated command not yet encoded (a ``kv.put``:
+        ``commands.put_command``): a leader's write queued for the group commit is
+        encoded only if its entry needs its bytes -- a ``kv.puts`` entry does not --
+        and any other path encodes it first (``encode_command``: the bytes the
+        handler would have made)."""
+        node = self._node
+        if node.is_leader() and node.has_quorum_contact() and not self.disk_full.paused:
+            return self._queue_write(None, finish, decoded)
+        return self.submit(_encoded(None, decoded), finish=finish, decoded=decoded)
 
     async def _write_via_leader(
         self,
@@ -262,7 +280,7 @@ class ClientRequests(abc.ABC):
         return fut
 
     def _queue_write(
-        self, command: bytes, finish: Callable[[ApplyResult], Any] | None, decoded: Command | None
+        self, command: bytes | None, finish: Callable[[ApplyResult], Any] | None, decoded: Command | None
     ) -> Pending[Any]:
         """Queue a leader's client write for this pass's group commit (module doc)."""
         fut: Pending[Any] = Pending()
@@ -280,7 +298,7 @@ class ClientRequests(abc.ABC):
                 if len(chunk) == 1:
                     command, finish, decoded, fut = chunk[0]
                     if not fut.done():  # the caller's own future waits for the entry
-                        self._propose_future(command, finish, decoded, fut)
+                        self._propose_future(_encoded(command, decoded), finish, decoded, fut)
                     continue
                 # Its decoded form too: the leader applies the batch without decoding it.
                 parts = [d for _, _, d, _ in chunk]
@@ -291,7 +309,7 @@ class ClientRequests(abc.ABC):
                     data, whole = encode_puts(parts, time.time())  # type: ignore[arg-type]
                 else:
                     data, whole = encode_command_decoded(
-                        Batch(tuple([c for c, _, _, _ in chunk])), "", time.time()
+                        Batch(tuple([_encoded(c, d) for c, _, d, _ in chunk])), "", time.time()
                     )
                 batch = self._propose_future(data, None, whole, parts=parts if any(parts) else None)
             except (NoQuorumError, NotLeaderError) as exc:
@@ -409,7 +427,7 @@ def _group(queued: list[_Queued], batches: bool) -> list[list[_Queued]]:
     chunks: list[list[_Queued]] = []
     run: list[_Queued] = []
     for item in queued:
-        if batches and not is_batch(item[0]):
+        if batches and (item[0] is None or not is_batch(item[0])):
             run.append(item)
             if len(run) == MAX_COALESCED:
                 chunks.append(run)
@@ -422,6 +440,14 @@ def _group(queued: list[_Queued], batches: bool) -> list[list[_Queued]]:
     if run:
         chunks.append(run)
     return chunks
+
+
+def _encoded(command: bytes | None, decoded: Command | None) -> bytes:
+    """A queued write's bytes: ``command``, or ``decoded`` encoded (``submit_decoded``)."""
+    if command is not None:
+        return command
+    assert decoded is not None  # submit_decoded queues its decoded command
+    return encode_command(decoded.body, decoded.rid, decoded.at)
 
 
 def _split_batch(chunk: list[_Queued], done: Pending[Any]) -> None:

@@ -242,6 +242,19 @@ def encode_puts(parts: list[Command], at: float) -> tuple[bytes, Command]:
     return encode_command(body, "", at), Command(body, "", float(at))
 
 
+def put_command(ns: str, key: str, value: bytes, rid: str, at: float) -> Command:
+    """What ``encode_command_decoded(KvPut(ns, key, value), rid, at)`` returns as its
+    ``Command``, without packing the bytes: a leader's ``kv.put`` that goes out in a
+    ``kv.puts`` entry never needs its own (``encode_command(c.body, c.rid, c.at)``
+    makes them, the same bytes, when it does).  A usual put (``usual_put``) is
+    valid as it is; any other takes ``encode_command``'s checks: the same refusals."""
+    if usual_put(rid, at, ns, key, value):
+        return Command(KvPut(ns, key, value), rid, at)
+    decoded = encode_command_decoded(KvPut(ns, key, value), rid, at)[1]
+    assert decoded is not None  # a KvPut decodes to itself (_EXACT)
+    return decoded
+
+
 def usual_put(rid: Any, at: Any, ns: Any, key: Any, value: Any) -> bool:
     """Whether a ``kv.puts`` item is the usual one: every value of its exact type and
     inside its bounds (``_check_kv``'s), so it is ``KvPut(ns, key, value)`` with

@@ -145,8 +145,10 @@ class StateMachine(Queries):
             except ProtocolError as exc:
                 return ApplyResult(False, None, str(exc), [_entry(index, "invalid command")])
         body = cmd.body
-        if type(body) is KvPuts and parts is None and not self.summaries:
-            return self._apply_puts(index, body)  # a follower's usual kv.puts
+        if type(body) is KvPuts and not self.summaries:
+            # A follower's usual kv.puts, and the leader's: its decoded arrays are
+            # what a follower decodes, so its parts are not needed to spare a decode.
+            return self._apply_puts(index, body)
         if type(body) is Batch or type(body) is KvPuts:
             return self._apply_batch(index, body, parts)
         ok, value, error, events, placeable = self._run(index, cmd)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 from agent.control.pending import Pending
 from agent.runtime.handlers.common import (
@@ -22,11 +23,32 @@ from agent.runtime.handlers.common import (
     request_id,
 )
 from agent.runtime.ports import Handler, KvReads, Proposer
-from agent.state.commands import KvCas, KvDelete, KvPut, KvPutTtl, encode_command_decoded
+from agent.state.commands import (
+    Command,
+    KvCas,
+    KvDelete,
+    KvPut,
+    KvPutTtl,
+    encode_command_decoded,
+    put_command,
+)
+from agent.state.machine import ApplyResult
+
+
+@runtime_checkable
+class DecodedSubmit(Protocol):
+    """A proposer that takes a validated command before it is encoded (the Raft
+    driver: ``consensus_requests.submit_decoded``), so a leader's ``kv.put`` that
+    goes out in a ``kv.puts`` entry is never packed on its own."""
+
+    def submit_decoded(
+        self, decoded: Command, finish: Callable[[ApplyResult], Any] | None = None
+    ) -> Pending[Any] | asyncio.Future[Any]: ...
 
 
 def handlers(raft: Proposer, state: KvReads) -> dict[str, Handler]:
     read = reader(raft)
+    submit_decoded = raft.submit_decoded if isinstance(raft, DecodedSubmit) else None
 
     def commit_value(
         body: KvPut | KvPutTtl | KvDelete | KvCas, rid: str
@@ -61,6 +83,9 @@ def handlers(raft: Proposer, state: KvReads) -> dict[str, Handler]:
         ns, key = param_str(params, "ns", "default"), param_str(params, "key")
         value, ttl = param_bytes(params, "value"), params.get("ttl")
         if ttl is None or ttl == 0:
+            if submit_decoded is not None:  # validated here, encoded only if needed
+                put = put_command(ns, key, value, request_id(params), time.time())
+                return submit_decoded(put, applied_value)
             return commit_value(KvPut(ns, key, value), request_id(params))
         ttl_ms = round(float(ttl) * 1000) if math.isfinite(float(ttl)) else 0
         if ttl_ms < 1:
