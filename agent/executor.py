@@ -342,6 +342,7 @@ class Executor:
         """Kill every run (the agent is stopping; nobody would reap them)."""
         runs = list(self._runs.values())
         await asyncio.gather(*(self._stop(run, "shutdown", graceful=False) for run in runs))
+        self.containment.close()
 
     # ---- internals -----------------------------------------------------
 
@@ -384,11 +385,11 @@ class Executor:
         captures: dict[str, Capture] = {}
         pipes: list[int] = []
         try:
+            prefix = f"{task_dir}/{int(epoch)}."  # (``output_path``, without a Path per stream)
             for stream in _STREAMS:
                 read_fd, write_fd = os.pipe()
                 pipes += [read_fd, write_fd]
-                path = self.output_path(task_id, epoch, stream)
-                captures[stream] = Capture(read_fd, path, self.output_limit)
+                captures[stream] = Capture(read_fd, prefix + stream, self.output_limit)
             # The jail switches to ``user`` itself (after joining its cgroups,
             # or in the subreaper's child), so Popen gets no user/group.  A cgroup
             # jail may put the agent inside the run's group around the spawn.

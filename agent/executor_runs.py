@@ -81,7 +81,7 @@ class Capture:
     """One stream of a run: its pipe, the capture file, what was kept and dropped."""
 
     fd: int
-    path: Path
+    path: str
     limit: int
     file_fd: int = -1
     """The capture file, opened (0600) at the stream's first byte; -1 until then."""

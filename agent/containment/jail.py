@@ -40,6 +40,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,6 +262,10 @@ class Containment:
     inside their group (the module doc's "born inside"); None when not."""
     _hierarchies: list[Hierarchy] = field(init=False, default_factory=list)
     _live: int = field(init=False, default=0)
+    _made: dict[Path, Path] = field(init=False, default_factory=dict)
+    """Mount -> this node's directory in it, made (its controllers enabled) and kept
+    until ``close``: a host idle between two short runs does not remove it and make
+    it again (an rmdir, a mkdir and the controller writes per run)."""
 
     def __post_init__(self) -> None:
         if not _SAFE_NODE.match(self.node):
@@ -301,6 +306,9 @@ class Containment:
             if chosen is not None:
                 self.limits[controller] = chosen
         self._hierarchies = [h for h in found if probed.get(h.mount, "no") is None]
+        # An executor dropped without ``close`` (tests, a crash of its loop) leaves no
+        # empty node directory behind either (at its collection, or at exit).
+        weakref.finalize(self, _drop_dirs, tuple(h.node_dir(self.node) for h in self._hierarchies))
         self.home = self._spawn_home()
         if not found:
             self.why_not_cgroups = f"no cgroup hierarchy mounted under {self.cgroup_root}"
@@ -404,17 +412,12 @@ class Containment:
                 wanted.append(self.limits[controller])
         name = f"{task_id}-{epoch}"
         try:
-            # (while a run is live its node directories exist: ``release`` keeps them)
-            for h in wanted if self._live == 0 or len(wanted) > 1 else ():
-                cgroups.make_dirs(h, self.node)
-                if h.version == 2:
-                    for controller in LIMITED:
-                        if self.limits.get(controller) is h:
-                            cgroups.enable_v2_controller(h, self.node, controller)
-            group = cgroups.create_group(h.node_dir(self.node) / name for h in wanted)
+            try:
+                group = cgroups.create_group([d / name for d in self._node_dirs(wanted)])
+            except FileNotFoundError:  # a node directory was removed under us: again
+                self._made.clear()
+                group = cgroups.create_group([d / name for d in self._node_dirs(wanted)])
         except OSError as exc:
-            self._live += 1
-            self.release()
             raise TaskError(f"task {task_id}: cannot create its cgroup: {exc}") from exc
         self._live += 1
         jail = CgroupJail(group, self, direct=_direct(self.home, wanted, mem, pids))
@@ -429,12 +432,31 @@ class Containment:
             raise TaskError(f"task {task_id}: cannot set its limits: {exc}") from exc
         return jail
 
+    def _node_dirs(self, wanted: list[Hierarchy]) -> list[Path]:
+        """This node's directory in each hierarchy of ``wanted``, made if need be."""
+        dirs = []
+        for h in wanted:
+            node_dir = self._made.get(h.mount)
+            if node_dir is None:
+                node_dir = cgroups.make_dirs(h, self.node)
+                if h.version == 2:
+                    for controller in LIMITED:
+                        if self.limits.get(controller) is h:
+                            cgroups.enable_v2_controller(h, self.node, controller)
+                self._made[h.mount] = node_dir
+            dirs.append(node_dir)
+        return dirs
+
     def release(self) -> None:
-        """A run's groups are gone: drop this node's directories once none is left."""
+        """A run's groups are gone (this node's directories stay until ``close``)."""
         self._live = max(0, self._live - 1)
+
+    def close(self) -> None:
+        """The executor stops: drop this node's directories unless a run is left."""
         if self._live == 0:
             for h in self._hierarchies:
                 cgroups.remove_node_dir_if_empty(h, self.node)
+            self._made.clear()
 
     def cleanup_stale(self) -> list[str]:
         """Kill and remove task groups a previous run of this node left (agent start).
@@ -452,10 +474,17 @@ class Containment:
                 cleaned.append(str(directory))
             if self._live == 0:
                 cgroups.remove_node_dir_if_empty(h, self.node)
+                self._made.pop(h.mount, None)
         if cleaned:
             self.warn(f"killed and removed {len(cleaned)} stale task cgroup(s) of node "
                       f"{self.node}, e.g. {cleaned[0]}")
         return cleaned
+
+
+def _drop_dirs(dirs: tuple[Path, ...]) -> None:
+    for directory in dirs:  # (never one holding a run's group: rmdir refuses)
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 def _direct(home: Path | None, wanted: list[Hierarchy], mem: int, pids: int) -> bool:
