@@ -113,10 +113,11 @@ def test_a_fork_waits_while_the_agent_is_inside_a_group() -> None:
 
 
 PROBE = (
-    'pwd; ls /proc/$$/fd | tr "\\n" " "; echo; readlink /proc/$$/fd/0; '
+    'pwd; readlink /proc/$$/fd/0; '
     '[ "$(cut -d" " -f6 /proc/$$/stat)" = "$$" ] && echo "session leader"; env | sort'
 )
-"""(The masks are read by a grep of its own /proc/self: a shell's change while it forks.)"""
+"""(Descriptors and masks are read by an ls and a grep of their own /proc/self: a
+shell's own change while it forks would race the read.)"""
 
 
 def test_posix_spawn_gives_the_child_what_popen_gave_it(tmp_path: Path) -> None:
@@ -130,8 +131,10 @@ def test_posix_spawn_gives_the_child_what_popen_gave_it(tmp_path: Path) -> None:
         pytest.skip("no posix_spawn with chdir and closefrom in this C library")
     env = {"PATH": os.defpath, "MESH_TASK_ID": "t", "ODD": "a b=c"}
     grep = shutil.which("grep")
-    assert grep is not None
-    probes = [["/bin/sh", "-c", PROBE], [grep, "-E", "^Sig(Blk|Ign)", "/proc/self/status"]]
+    ls = shutil.which("ls")
+    assert grep is not None and ls is not None
+    probes = [["/bin/sh", "-c", PROBE], [ls, "/proc/self/fd"],
+              [grep, "-E", "^Sig(Blk|Ign)", "/proc/self/status"]]
     stray_r, stray_w = os.pipe()
     os.set_inheritable(stray_w, True)
     outs: dict[str, list[str]] = {"popen": [], "spawn": []}
@@ -155,8 +158,9 @@ def test_posix_spawn_gives_the_child_what_popen_gave_it(tmp_path: Path) -> None:
         os.close(stray_r)
         os.close(stray_w)
     assert outs["popen"] == outs["spawn"], outs
-    shell, masks = outs["spawn"]
-    assert shell.splitlines()[:4] == [str(tmp_path), "0 1 2 ", "/dev/null", "session leader"]
+    shell, fds, masks = outs["spawn"]
+    assert shell.splitlines()[:3] == [str(tmp_path), "/dev/null", "session leader"]
+    assert fds.split() == ["0", "1", "2", "3"]  # (3: the directory ls reads)
     assert masks.splitlines() == ["SigBlk:\t0000000000000200", "SigIgn:\t0000000000000000"]
     with pytest.raises(FileNotFoundError):
         posix.spawn(str(tmp_path / "missing"), ["missing"], env, str(tmp_path), 1, 2)
