@@ -22,7 +22,8 @@ changed, commit timeout) every caller gets that error and may retry on its own
 (each command keeps its rid, so a retry is applied at most once).  A burst of
 nothing but ``kv.put`` goes as a ``kv.puts`` entry instead (the same commands as
 arrays, decoded in one unpack on every follower) once every member applies it
-(``runtime/compat.py``, release 0.3.0).
+(``runtime/compat.py``, release 0.3.0).  Writes forwarded by followers join
+the same group commit (``_forwarded``), decoded once on arrival.
 
 A leader's write is answered by callback: ``submit`` returns a ``Pending``
 (``agent/control/pending.py``) that the apply loop resolves directly, so the
@@ -36,7 +37,7 @@ import abc
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,7 @@ from agent.state.commands import (
     Batch,
     Command,
     KvPut,
+    KvPuts,
     decode_command,
     encode_command,
     encode_command_decoded,
@@ -340,7 +342,7 @@ class ClientRequests(abc.ABC):
                 raise NoQuorumError("forwarded to a node that is no longer the leader")
             if not self._node.has_quorum_contact():
                 raise NoQuorumError()
-            result = await self.propose_local(msg.command)
+            result = await self._forwarded(msg.command)
         except NoQuorumError as exc:
             return ForwardResult(msg.request_id, "no_quorum", str(exc), b"")
         except NotLeaderError as exc:
@@ -350,6 +352,22 @@ class ClientRequests(abc.ABC):
         except LocalError as exc:  # a relayed write the leader elsewhere refused
             return ForwardResult(msg.request_id, "refused", str(exc), b"")
         return result_answer(msg.request_id, result)
+
+    def _forwarded(self, command: bytes) -> Awaitable[ApplyResult]:
+        """A follower's forwarded write, joining this pass's group commit like the
+        leader's own (module doc): decoded once here, so its batch is applied
+        without decoding it and a burst of ``kv.put`` goes as ``kv.puts``.  What
+        may not go inside a batch -- a batch or ``kv.puts`` of its own, or bytes
+        that are no command (the apply refuses them) -- is an entry of its own."""
+        if self.disk_full.paused:
+            return self.propose_local(command)
+        try:
+            decoded = decode_command(command)
+        except ProtocolError:
+            return self._propose_future(command, None)
+        if type(decoded.body) is Batch or type(decoded.body) is KvPuts:
+            return self._propose_future(command, None, decoded)
+        return self._queue_write(command, None, decoded)
 
     def on_forward_result(self, from_addr: str, msg: ForwardResult) -> None:
         """The leader's answer to a write we forwarded (the router's route)."""
