@@ -33,6 +33,7 @@ from agent.control.codec import (
     Request,
     Response,
 )
+from agent.control.pending import Pending
 from agent.errors import ProtocolError
 from meshtui.rpc import (  # re-exported: one import for both clients
     CONNECT_TIMEOUT,
@@ -76,7 +77,11 @@ DRAIN_ABOVE = 64 * 1024
 """Bytes buffered in the transport beyond which a call waits for the writer to drain."""
 
 
-def _expire(future: asyncio.Future[Any], method: str, timeout: float) -> None:
+_Waiter = asyncio.Future[Any] | Pending[Any]
+"""What a call in flight is answered through: a future (``call``) or a ``Pending`` (``start``)."""
+
+
+def _expire(future: _Waiter, method: str, timeout: float) -> None:
     if not future.done():
         future.set_exception(ClientError("timeout", f"{method}: no reply within {timeout:g}s"))
 
@@ -189,7 +194,7 @@ class ControlClient:
         self._writer = writer
         self._conn = ControlConnection(CLIENT)
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._pending: dict[int, _Waiter] = {}
         # Subscribe calls in flight: their reply must register the queue before
         # the reader handles the next frame, which may already be an event.
         self._subscribing: dict[int, Subscription] = {}
@@ -204,7 +209,7 @@ class ControlClient:
         self._transport: Any = getattr(writer, "transport", None)
         self._flush_scheduled = False
         self._write_lock = asyncio.Lock()
-        self._deadlines: list[tuple[float, int, asyncio.Future[Any], str, float]] = []
+        self._deadlines: list[tuple[float, int, _Waiter, str, float]] = []
         self._deadline_seq = itertools.count()
         self._sweep_at: float | None = None
         self._sweep_timer: asyncio.TimerHandle | None = None
@@ -250,6 +255,48 @@ class ControlClient:
         # ``kwparams`` is this call's own dict: used as is when there is no mapping.
         merged = {**params, **kwparams} if params else kwparams
         return self._request(method, merged, timeout)
+
+    def start(
+        self,
+        method: str,
+        params: dict[str, Any],
+        /,
+        *,
+        timeout: float | None = DEFAULT_CALL_TIMEOUT,
+    ) -> Pending[Any]:
+        """Send a call now and return its ``Pending`` (``agent/control/pending.py``):
+        ``then(callback, arg)`` runs ``callback(arg, pending)`` straight from the
+        reader when the reply (or an error: ``ClientError``, a timeout, the
+        connection lost) arrives -- no coroutine or task per call, for a client
+        that keeps many calls in flight (the throughput benchmarks).  The same
+        request, reply, in-flight cap and deadline as ``call``; but it never
+        waits: with no free slot it raises ``ClientError("busy")`` (keep at most
+        ``MAX_CLIENT_IN_FLIGHT`` in flight), and it does not wait for the socket to
+        drain (the in-flight cap bounds what is buffered)."""
+        if self._lost is not None:
+            raise self._lost
+        if not self._free_slots or self._slot_waiters:
+            raise ClientError("busy", f"{method}: {MAX_CLIENT_IN_FLIGHT} calls already in flight")
+        request_id = next(self._ids)
+        try:
+            frame = self._conn.send_request(request_id, method, params)
+        except ProtocolError as exc:
+            raise ClientError("bad_request", str(exc)) from exc
+        self._free_slots -= 1
+        call: Pending[Any] = Pending()
+        self._pending[request_id] = call
+        call.then(self._started_done, request_id)  # first: the slot is free for its callbacks
+        if timeout is not None:
+            self._add_deadline(call, method, timeout)
+        self._out.append(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return call
+
+    def _started_done(self, request_id: int, _call: Pending[Any]) -> None:
+        self._pending.pop(request_id, None)
+        self._release_slot()
 
     async def _request(
         self,
@@ -324,7 +371,7 @@ class ControlClient:
 
     # -- reply deadlines: one heap and one timer for all calls, instead of an
     # asyncio.timeout scope (a context, a task lookup, a timer) per call.
-    def _add_deadline(self, future: asyncio.Future[Any], method: str, timeout: float) -> None:
+    def _add_deadline(self, future: _Waiter, method: str, timeout: float) -> None:
         deadline = self._loop.time() + timeout
         heap = self._deadlines
         heapq.heappush(heap, (deadline, next(self._deadline_seq), future, method, timeout))
@@ -347,6 +394,8 @@ class ControlClient:
         while heap and heap[0][2].done():
             heapq.heappop(heap)
         if heap:
+            if self._sweep_timer is not None:  # a Pending's callback made a call meanwhile
+                self._sweep_timer.cancel()
             self._sweep_at = heap[0][0]
             self._sweep_timer = self._loop.call_at(self._sweep_at, self._sweep_deadlines)
 
@@ -450,7 +499,7 @@ class ControlClient:
         if self._lost is not None:
             return
         self._lost = error
-        for future in self._pending.values():
+        for future in list(self._pending.values()):  # a Pending's callback pops its own
             if not future.done():
                 future.set_exception(error)
         for waiter in self._slot_waiters:

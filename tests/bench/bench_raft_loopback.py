@@ -12,7 +12,12 @@ beside each so a busy box shows:
    before anything is acknowledged.  Load comes from asyncio ``ControlClient``s
    over the Unix control socket, each connection with 64 calls in flight, in
    separate client processes (all to the leader, then spread over all three
-   nodes so followers forward).  Beside it: 3 PySyncObj processes on loopback
+   nodes so followers forward); each call a ``kv.put`` request and its reply on
+   the socket, driven by ``ControlClient.start``'s callbacks (``--client-api
+   start``, the default since 2026-12-06's session 6: no coroutine and task
+   wake-up per call, about 2 us of client CPU a write less) or by a coroutine
+   per call awaiting ``ControlClient.call`` (``--client-api call``, the earlier
+   rows).  Beside it: 3 PySyncObj processes on loopback
    with ``journalFile`` and in memory, load generated inside the leader with a
    window of commands in flight (how PySyncObj's own benchmark drives it; it
    has no client protocol, so it pays no client or socket cost).  Beside each
@@ -57,6 +62,7 @@ import checkout_path  # noqa: F401  (this checkout and tests/ first on sys.path)
 import etcd_anchor
 import psutil
 
+from agent.control.pending import Pending
 from agent.runtime.event_loop import uvloop_available
 from meshtui.client import ClientError, ControlClient, call_sync
 from meshtui.demo import LocalMesh, free_port
@@ -185,19 +191,75 @@ async def _put_worker(
             counts["ok" if ok else "failed"] += 1
 
 
-async def _client_load(sockets: list[str], connections: int, seconds: float) -> dict[str, Any]:
+class _Putter:
+    """One in-flight slot of a connection driven by callbacks (``--client-api start``):
+    each reply's callback counts it and sends the slot's next ``kv.put`` -- the same
+    request, rid and reply as ``_put_worker``'s, over the same socket, without a
+    coroutine and a task wake-up per write (``ControlClient.start``)."""
+
+    def __init__(self, client: ControlClient, stop_at: float, count_from: float,
+                 counts: dict[str, int], value: bytes, worker: int, done: asyncio.Future[None],
+                 running: list[int]) -> None:
+        self.client, self.stop_at, self.count_from = client, stop_at, count_from
+        self.counts, self.value, self.worker, self.done, self.running = (
+            counts, value, worker, done, running)
+        self.loop = asyncio.get_running_loop()
+        self.rid_prefix = uuid.uuid4().hex[:20]  # as _put_worker: a prefix and a counter
+        self.i = 0
+
+    def send(self) -> None:
+        if self.loop.time() >= self.stop_at:
+            self.running[0] -= 1
+            if not self.running[0] and not self.done.done():
+                self.done.set_result(None)
+            return
+        self.i += 1
+        i = self.i
+        try:
+            call = self.client.start("kv.put", {
+                "ns": "bench", "key": f"w{self.worker}-{i % 64}", "value": self.value,
+                "rid": f"{self.rid_prefix}{i:x}"}, timeout=10.0)
+        except ClientError:
+            if self.loop.time() >= self.count_from:  # lost or busy: count it and go on
+                self.counts["failed"] += 1
+            self.loop.call_later(0.01, self.send)
+            return
+        call.then(_Putter.answered, self)
+
+    def answered(self, call: Pending[Any]) -> None:
+        ok = call.exception() is None
+        if ok:
+            self.counts["all"] += 1
+        if self.loop.time() >= self.count_from:
+            self.counts["ok" if ok else "failed"] += 1
+        self.send()
+
+
+async def _client_load(sockets: list[str], connections: int, seconds: float,
+                       api: str = "call") -> dict[str, Any]:
     clients = [await ControlClient.connect_unix(s) for s in sockets for _ in range(connections)]
     loop = asyncio.get_running_loop()
     count_from = loop.time() + WARMUP
     stop_at = count_from + seconds
     counts = {"ok": 0, "failed": 0, "all": 0}
     value = os.urandom(PAYLOAD)
-    workers = [
-        _put_worker(c, stop_at, count_from, counts, value, i * IN_FLIGHT_PER_CONNECTION + j)
-        for i, c in enumerate(clients) for j in range(IN_FLIGHT_PER_CONNECTION)
-    ]
     cpu0 = time.process_time()
-    await asyncio.gather(*workers)
+    if api == "start":
+        done: asyncio.Future[None] = loop.create_future()
+        running = [len(clients) * IN_FLIGHT_PER_CONNECTION]
+        putters = [
+            _Putter(c, stop_at, count_from, counts, value, i * IN_FLIGHT_PER_CONNECTION + j, done,
+                    running)
+            for i, c in enumerate(clients) for j in range(IN_FLIGHT_PER_CONNECTION)
+        ]
+        for putter in putters:
+            putter.send()
+        await done
+    else:
+        await asyncio.gather(*(
+            _put_worker(c, stop_at, count_from, counts, value, i * IN_FLIGHT_PER_CONNECTION + j)
+            for i, c in enumerate(clients) for j in range(IN_FLIGHT_PER_CONNECTION)
+        ))
     cpu = time.process_time() - cpu0
     for c in clients:
         await c.close()
@@ -205,14 +267,15 @@ async def _client_load(sockets: list[str], connections: int, seconds: float) -> 
 
 
 def _client_process(sockets: list[str], connections: int, seconds: float,
-                    out: multiprocessing.Queue[dict[str, Any]], loop: str = "asyncio") -> None:
+                    out: multiprocessing.Queue[dict[str, Any]], loop: str = "asyncio",
+                    api: str = "call") -> None:
     from agent.runtime.event_loop import run, tune_gc
 
     # The agent's GC thresholds (event_loop.tune_gc) in the client processes too:
     # a client keeping 256 calls in flight crosses CPython's default young-
     # generation threshold (700 objects) thousands of times a second.
     tune_gc()
-    out.put(run(_client_load(sockets, connections, seconds), loop))
+    out.put(run(_client_load(sockets, connections, seconds, api), loop))
 
 
 @dataclasses.dataclass
@@ -231,14 +294,16 @@ class Throughput:
 
 
 def ours_throughput(mesh: Mesh, leader: str, sockets: list[str], procs: int, connections: int,
-                    seconds: float, profile: str = "", client_loop: str = "asyncio") -> Throughput:
+                    seconds: float, profile: str = "", client_loop: str = "asyncio",
+                    api: str = "call") -> Throughput:
     """Writes/s acknowledged in ``seconds`` after a warm-up, and the CPU each cost: the
     agents' and the clients' CPU over the whole load / writes acknowledged meanwhile
     (warm-up included)."""
     ctx = multiprocessing.get_context("spawn")
     out: multiprocessing.Queue[dict[str, Any]] = ctx.Queue()
     workers = [
-        ctx.Process(target=_client_process, args=(sockets, connections, seconds, out, client_loop))
+        ctx.Process(target=_client_process,
+                    args=(sockets, connections, seconds, out, client_loop, api))
         for _ in range(procs)
     ]
     spy = None
@@ -469,7 +534,8 @@ def throughput(base: Path, args: argparse.Namespace, loops: list[str]) -> None:
     print(f"\n1. committed writes/s, 3 nodes, WAL fsync'd ({args.procs} client procs x "
           f"{args.connections} conns x {IN_FLIGHT_PER_CONNECTION} in flight per socket; "
           f"clients on {'the agents' if args.client_loop == 'same' else 'the asyncio'} loop with the "
-          f"agent's GC thresholds; each write a kv.put call acknowledged over the control socket)")
+          f"agent's GC thresholds, ControlClient.{args.client_api}; each write a kv.put call "
+          f"acknowledged over the control socket)")
     best: dict[str, list[float]] = {loop: [] for loop in loops}
     for r in range(args.repeat):
         lead: dict[str, Throughput] = {}
@@ -482,12 +548,13 @@ def throughput(base: Path, args: argparse.Namespace, loops: list[str]) -> None:
                 profile = f"{args.profile}-{loop}.txt" if args.profile and r == 0 else ""
                 clients = loop if args.client_loop == "same" else "asyncio"
                 lead[loop] = t = ours_throughput(mesh, leader, [mesh.socket(leader)], args.procs,
-                                                 args.connections, args.seconds, profile, clients)
+                                                 args.connections, args.seconds, profile, clients,
+                                                 args.client_api)
                 print(f"   meshtui {loop:7}, clients -> leader : {t.per_s:9,.0f}/s  "
                       f"{t.cpu_text()}  ({loadavg()})")
                 socks = [mesh.socket(n.name) for n in mesh.mesh.nodes]
                 t = ours_throughput(mesh, leader, socks, args.procs, max(1, args.connections // 2),
-                                    args.seconds, client_loop=clients)
+                                    args.seconds, client_loop=clients, api=args.client_api)
                 print(f"   meshtui {loop:7}, clients -> all 3  : {t.per_s:9,.0f}/s  "
                       f"{t.cpu_text()}  ({loadavg()})")
             finally:
@@ -558,6 +625,9 @@ def main() -> int:
     parser.add_argument("--client-loop", dest="client_loop", default="asyncio",
                         choices=["asyncio", "same"],
                         help="the client processes' loop: asyncio (default), or the agents' (same)")
+    parser.add_argument("--client-api", dest="client_api", default="start", choices=["call", "start"],
+                        help="how the clients drive their calls: a coroutine per call awaiting "
+                             "ControlClient.call (call), or ControlClient.start's callbacks (start)")
     parser.add_argument("--memory", action="store_true",
                         help="also run PySyncObj without its journal (in memory)")
     parser.add_argument("--profile", default="",
