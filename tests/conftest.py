@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from sim import large_runs
 from support import ports
 
 if TYPE_CHECKING:
@@ -59,7 +60,25 @@ __all__ = [
 os.environ.setdefault("MESH_EVENT_LOOP", "asyncio")
 
 
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    large_runs.order_last(items)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # The SWIM simulation's large runs: forked now, computing beside the last,
+    # compute-only part of the session (tests/sim/large_runs.py).
+    if not session.config.option.collectonly:
+        large_runs.start(session.items)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    large_runs.stop()
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    large_runs.go_when(item)
     marker = item.get_closest_marker("root")
     if marker is None:
         return

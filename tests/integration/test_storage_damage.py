@@ -176,7 +176,11 @@ def test_the_only_voter_refuses_with_one_line_and_recover_forces_a_new_cluster(t
 
 def test_a_deleted_snapshot_is_one_line(tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
-    config.write_text("[raft]\nsnapshot_threshold = 30\nsnapshot_trailing = 5\n")
+    # repair_wait: the lone voter waits that long for a leader to repair it before
+    # it refuses (20 s by default; the refusal's line is what this test reads).
+    config.write_text(
+        "[raft]\nsnapshot_threshold = 30\nsnapshot_trailing = 5\nrepair_wait = 2.0\n"
+    )
     mesh = LocalMesh(1, base_dir=tmp_path / "mesh", extra_args=["--config", str(config)])
     mesh.start()
     node = mesh.nodes[0]

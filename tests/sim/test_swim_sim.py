@@ -7,100 +7,28 @@ says otherwise; time is virtual.
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-
 import pytest
 
 from agent.swim import MemberEvent, SwimConfig
 from agent.swim.messages import MemberState, NodeLoad
 from agent.swim.timing import suspicion_timeout
-from sim import swimruns
+from sim import large_runs as large
 from sim.swimnet import SwimNet, replay_hint, sim_seed
 
 LAN = SwimConfig.lan()
 
 
-# The large runs (functions in swimruns.py), keyed by the test that checks each.
-# Started side by side in worker processes when the module's first test asks for
-# the ``large_runs`` fixture; longest first, so the longest starts at once.
-LARGE_RUNS: dict[str, tuple[Callable[..., str], int, tuple[object, ...]]] = {
-    "test_1000_nodes_30_70_partition_detected_on_both_sides_then_heals_to_one_membership": (
-        swimruns.partition_30_70,
-        3031,
-        (1000, 0.999, 150.0),
-    ),
-    "test_ten_percent_loss_no_false_death_over_10000_probe_rounds[1000-nodes-x-100-rounds]": (
-        swimruns.lossy_network,
-        2002,
-        (1000, 100),
-    ),
-    "test_ten_percent_loss_no_false_death_over_10000_probe_rounds[10-nodes-x-10000-rounds]": (
-        swimruns.lossy_network,
-        2002,
-        (10, 10_000),
-    ),
-    "test_1000_nodes_join_and_failure_reach_999_permille_within_epidemic_bound": (
-        swimruns.join_and_failure,
-        1001,
-        (1000,),
-    ),
-    "test_30_70_partition_of_200_nodes_every_view_marks_the_other_side_dead": (
-        swimruns.partition_30_70,
-        3003,
-        (200, 1.0, 120.0),
-    ),
-}
-
-
-class SideBySide:
-    """The selected large runs, each in a worker process.  The machine has two
-    cores and the rest of the module is idle while it waits, so this shortens the
-    module's wall time without sharing a core with any timing-sensitive test.
-
-    ``fork``, not ``spawn``: spawn's semaphores start multiprocessing's resource
-    tracker, a process that outlives the pool until pytest exits and that the
-    executor tests rightly report as a leaked child."""
-
-    def __init__(self, names: list[str]) -> None:
-        workers = max(1, min(len(names), os.cpu_count() or 1))
-        self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-        self._runs: dict[str, tuple[int, Future[str]]] = {}
-        for name in names:
-            fn, default_seed, args = LARGE_RUNS[name]
-            seed = sim_seed(default_seed)
-            self._runs[name] = (seed, self._pool.submit(fn, seed, *args))
-
-    def report(self, request: pytest.FixtureRequest) -> str:
-        """Wait for the run of the asking test; re-raise its failure with its seed."""
-        seed, future = self._runs[request.node.name]
-        with replay_hint(seed):
-            text = future.result()
-        print(text)
-        return text
-
-    def close(self) -> None:
-        for _seed, future in self._runs.values():
-            future.cancel()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-@pytest.fixture(scope="module")
-def large_runs(request: pytest.FixtureRequest) -> Iterator[SideBySide]:
-    selected = [item.name for item in request.session.items if item.name in LARGE_RUNS]
-    runner = SideBySide(selected)
-    try:
-        yield runner
-    finally:
-        runner.close()
+@pytest.fixture
+def large_runs(request: pytest.FixtureRequest) -> large.Background:
+    """The large runs, computed in the background since collection ended
+    (``sim/large_runs.py``); the tests that read them run last."""
+    return large.current(request.session.items)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_1000_nodes_join_and_failure_reach_999_permille_within_epidemic_bound(
-    large_runs: SideBySide, request: pytest.FixtureRequest
+    large_runs: large.Background, request: pytest.FixtureRequest
 ) -> None:
     """A join and a failure reach 99.9% of 1,000 nodes within the epidemic model's rounds.
 
@@ -125,7 +53,7 @@ def test_1000_nodes_join_and_failure_reach_999_permille_within_epidemic_bound(
 )
 @pytest.mark.timeout(900)
 def test_ten_percent_loss_no_false_death_over_10000_probe_rounds(
-    nodes: int, rounds: int, large_runs: SideBySide, request: pytest.FixtureRequest
+    nodes: int, rounds: int, large_runs: large.Background, request: pytest.FixtureRequest
 ) -> None:
     """10% loss each way (UDP datagrams lost; TCP segments retransmitted after a
     200 ms RTO, doubling): no live node is ever declared dead.  Two readings of
@@ -134,14 +62,14 @@ def test_ten_percent_loss_no_false_death_over_10000_probe_rounds(
     and 10 nodes that each probe 10,000 times (100,000 probes, where the
     suspicion floor is shortest).  In both some probes fail on every path, so
     the suspicion-then-refutation path is exercised, not just the happy one."""
-    assert LARGE_RUNS[request.node.name][2] == (nodes, rounds)
+    assert large.LARGE_RUNS[request.node.name][2] == (nodes, rounds)
     large_runs.report(request)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_30_70_partition_of_200_nodes_every_view_marks_the_other_side_dead(
-    large_runs: SideBySide, request: pytest.FixtureRequest
+    large_runs: large.Background, request: pytest.FixtureRequest
 ) -> None:
     """200 nodes cut 60 | 140: every node on each side marks every node on the other
     dead (all pairs), then the cut heals to one membership."""
@@ -151,7 +79,7 @@ def test_30_70_partition_of_200_nodes_every_view_marks_the_other_side_dead(
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_1000_nodes_30_70_partition_detected_on_both_sides_then_heals_to_one_membership(
-    large_runs: SideBySide, request: pytest.FixtureRequest
+    large_runs: large.Background, request: pytest.FixtureRequest
 ) -> None:
     """1,000 nodes cut 300 | 700: the minority reports partitioned, the majority does
     not, and 99.9% of the views across the cut hold the other side dead; then one
