@@ -476,8 +476,8 @@ class ConsensusDriver(ClientRequests):
             # the command we encoded, so its decoded form (if kept) can be used.
             if pending is not None and pending.term == term:
                 result = self._state.apply(index, data, pending.decoded, pending.parts)
-            else:
-                result = self._state.apply(index, data)
+            else:  # nobody here waits for its value: a kv.puts builds no rows
+                result = self._state.apply(index, data, answer=pending is not None)
         else:
             self._state.applied_index = index
             summary = "no-op (new leader)" if kind == EntryKind.EMPTY else "membership change"

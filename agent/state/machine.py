@@ -107,11 +107,14 @@ class StateMachine(Queries):
         self.next_proposal_id = 1
         self.nodes: dict[str, dict[str, Any]] = {}  # id → {"name", "draining"}
         self.tasks = TaskTable(self.name_of)
-        # rid → its snapshot row ``[rid, ok, value, error]``, packed once when
-        # the result is cached: a snapshot (every few thousand writes, of up to
-        # MAX_RIDS rows) then joins bytes instead of packing 100k small objects
-        # again (~20 ms each time).  Read back only for a retried rid.
-        self.rids: dict[str, bytes] = {}
+        # rid → its snapshot row ``[rid, ok, value, error]``, packed, or for the
+        # usual put's row ``[rid, True, {"index": i}, None]`` just ``i``: a put
+        # caches its int, and the row is packed (and kept packed) only if it is
+        # still cached when a snapshot is taken -- most rids are evicted first,
+        # so most are never packed -- or when its rid is retried.  A snapshot
+        # (every few thousand entries, of up to MAX_RIDS rows) joins the packed
+        # rows instead of packing 100k small objects each time.
+        self.rids: dict[str, bytes | int] = {}
         self.rid_order: deque[str] = deque()
         self._packer = msgpack.Packer(use_bin_type=True)
         self.sched_overrides: dict[str, Any] = {}
@@ -126,13 +129,17 @@ class StateMachine(Queries):
         data: bytes,
         decoded: Command | None = None,
         parts: Sequence[Command | None] | None = None,
+        answer: bool = True,
     ) -> ApplyResult:
         """Apply committed entry ``index``; entries must arrive in increasing index order.
 
         ``decoded``: what ``data`` decodes to, when the caller knows (the leader
         that encoded it, see ``encode_command_decoded``); saves decoding it again.
         ``parts``: for a ``batch`` entry the leader built, what each of its
-        commands decodes to (None where it did not keep one), by position."""
+        commands decodes to (None where it did not keep one), by position.
+        ``answer`` False: nobody waits for the result's value (a follower's
+        entry), so a ``kv.puts`` applied without summaries builds no rows (its
+        value is None); the state and the rid cache are the same."""
         assert index > self.applied_index, f"entry {index} after {self.applied_index}"
         self.applied_index = index
         if not data:  # a leader's empty entry at the start of its term
@@ -148,7 +155,7 @@ class StateMachine(Queries):
         if type(body) is KvPuts and not self.summaries:
             # A follower's usual kv.puts, and the leader's: its decoded arrays are
             # what a follower decodes, so its parts are not needed to spare a decode.
-            return self._apply_puts(index, body)
+            return self._apply_puts(index, body, answer)
         if type(body) is Batch or type(body) is KvPuts:
             return self._apply_batch(index, body, parts)
         ok, value, error, events, placeable = self._run(index, cmd)
@@ -191,13 +198,14 @@ class StateMachine(Queries):
             placeable = placeable or may_place
         return ApplyResult(True, rows, None, events, placeable)
 
-    def _apply_puts(self, index: int, puts: KvPuts) -> ApplyResult:
+    def _apply_puts(self, index: int, puts: KvPuts, answer: bool = True) -> ApplyResult:
         """``_apply_batch`` of a ``kv.puts`` while nobody follows the summaries (no
         events), without a ``Command`` per put: a usual item (``usual_put``) is
         written, or answered from its rid's cached row, as ``_run`` would; any
-        other takes ``_run``'s path (``put_item``)."""
-        rows: list[list[Any]] = []
-        rids, put = self.rids, self.kv.put
+        other takes ``_run``'s path (``put_item``).  ``answer`` False (nobody
+        waits for the rows: see ``apply``): the value is None, no row is built."""
+        rows: list[list[Any]] | None = [] if answer else None
+        rids, rid_order, put = self.rids, self.rid_order, self.kv.put
         columns = zip(puts.rids, puts.ats, puts.ns, puts.keys, puts.values, strict=True)
         for i, (rid, at, ns, key, value) in enumerate(columns):
             if not usual_put(rid, at, ns, key, value):
@@ -205,25 +213,59 @@ class StateMachine(Queries):
                     ok, result, error, _, _ = self._run(index, put_item(puts, i))
                 except ProtocolError as exc:
                     ok, result, error = False, None, str(exc)
-                rows.append([ok, result, error])
+                if rows is not None:
+                    rows.append([ok, result, error])
                 continue
             cached = rids.get(rid) if rid else None
             if cached is not None:
-                rows.append(_unpack_row(cached)[1:])
+                if rows is not None:
+                    rows.append(self._row(rid, cached)[1:])
                 continue
             put(ns, key, value, index)
-            result = {"index": index}
-            if rid:
-                self._remember(rid, True, result, None)
-            rows.append([True, result, None])
+            if rid:  # ``_remember``'s usual row, as its int (see ``__init__``)
+                rids[rid] = index
+                rid_order.append(rid)
+                if len(rids) > MAX_RIDS:
+                    del rids[rid_order.popleft()]
+            if rows is not None:
+                rows.append([True, {"index": index}, None])
         return ApplyResult(True, rows, None, [], False)
 
     def _remember(self, rid: str, ok: bool, value: Any, error: str | None) -> None:
         """Cache ``rid``'s result row (a retry gets it; at most ``MAX_RIDS`` kept)."""
+        if ok and error is None and type(value) is dict and len(value) == 1:
+            index = value.get("index")
+            if type(index) is int:  # the usual put's row: its int (see ``__init__``)
+                self.rids[rid] = index
+                self.rid_order.append(rid)
+                self._evict()
+                return
         self.rids[rid] = self._packer.pack([rid, ok, value, error])
         self.rid_order.append(rid)
-        while len(self.rids) > MAX_RIDS:
-            del self.rids[self.rid_order.popleft()]
+        self._evict()
+
+    def _evict(self) -> None:
+        """Forget the oldest rids beyond ``MAX_RIDS``."""
+        rids, order = self.rids, self.rid_order
+        while len(rids) > MAX_RIDS:
+            del rids[order.popleft()]
+
+    def _row(self, rid: str, cached: bytes | int) -> list[Any]:
+        """``rid``'s cached row ``[rid, ok, value, error]``."""
+        if type(cached) is int:
+            return [rid, True, {"index": cached}, None]
+        return _unpack_row(cached)  # type: ignore[arg-type]
+
+    def _packed_rids(self) -> list[bytes]:
+        """Every cached row packed, in order; an int row is packed now and kept
+        packed (a later snapshot joins it as it is)."""
+        rids, pack = self.rids, self._packer.pack
+        rows: list[bytes] = []
+        for rid, cached in rids.items():
+            if type(cached) is int:
+                cached = rids[rid] = pack([rid, True, {"index": cached}, None])
+            rows.append(cached)  # type: ignore[arg-type]
+        return rows
 
     def _run(self, index: int, cmd: Command) -> tuple[bool, Any, str | None, list[Event], bool]:
         """One command: ``(ok, value, error, events, placeable)``, an ``ApplyResult``'s
@@ -234,7 +276,7 @@ class StateMachine(Queries):
         rid = cmd.rid
         cached = self.rids.get(rid) if rid else None
         if cached is not None:
-            _, ok, value, error = _unpack_row(cached)
+            _, ok, value, error = self._row(rid, cached)
             return ok, value, error, self._entries(index, f"{summary} (retry)"), False
         try:
             value, events = self._dispatch(cmd, index)
@@ -370,7 +412,7 @@ class StateMachine(Queries):
         ):
             parts += (pack(key), pack(value))
         parts += (pack("rids"), self._packer.pack_array_header(len(self.rids)))
-        parts += self.rids.values()
+        parts += self._packed_rids()
         parts += (pack("sched_overrides"), pack(self.sched_overrides))
         return b"".join(parts)
 
