@@ -73,6 +73,9 @@ EOF_GRACE: Final = 5.0
 """Seconds in-flight requests may still run after a client half-closes."""
 BUILTIN_METHODS: Final = frozenset({"subscribe", "unsubscribe"})
 
+_Call = tuple[int, str]
+"""A running request's id and method (what its reply and an error's log line need)."""
+
 
 class ControlError(MeshError):
     """Raise from a handler to answer with an explicit error ``code``."""
@@ -210,14 +213,14 @@ class ControlSession:
                 data = await self.reader.read(READ_CHUNK)
                 self.conn.receive_data(data)
                 complete = False  # a read ending a request restarts the idle clock
-                while (message := self.conn.next_event()) is not NEED_DATA:
-                    assert isinstance(message, Request)
+                # (id, method, params): no Request built per request (the hot path)
+                while (request := self.conn.next_request()) is not NEED_DATA:
                     complete = True
                     while not self.free_slots:
                         self.slot_waiter = self.loop.create_future()
                         await self.slot_waiter
                     self.free_slots -= 1
-                    self._dispatch(message)
+                    self._dispatch(*request)
                 if complete:  # once per read, not per request
                     self.last_request = self.loop.time()
                 if not data:
@@ -266,70 +269,69 @@ class ControlSession:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _dispatch(self, request: Request) -> None:
-        """Start one request; its slot is already taken."""
-        if request.method in BUILTIN_METHODS:
-            self._builtin(request)
+    def _dispatch(self, request_id: int, method: str, params: dict[str, Any]) -> None:
+        """Start one request (``ControlConnection.next_request``'s fields); its slot
+        is already taken."""
+        if method in BUILTIN_METHODS:
+            self._builtin(Request(request_id, method, params))
             return
-        handler = self.server.handlers.get(request.method)
+        handler = self.server.handlers.get(method)
         if handler is None:
-            self._reply(
-                ErrorResponse(request.id, "bad_request", f"unknown method '{request.method}'")
-            )
+            self._reply(ErrorResponse(request_id, "bad_request", f"unknown method '{method}'"))
             return
         try:
             # A coroutine function runs nothing here; a future-returning one
             # has validated its params and started the work.
-            awaitable = handler(request.params)
+            awaitable = handler(params)
         except Exception as exc:
-            self._reply_error(request, exc)
+            self._reply_error((request_id, method), exc)
             return
         if type(awaitable) is Pending:
             # Resolved by a direct call (a leader's write from its apply loop):
             # the reply is queued in that same pass, no loop handle per request.
             self.handler_futures.add(awaitable)
-            awaitable.then(self._future_done, request)
+            awaitable.then(self._future_done, (request_id, method))
             return
         if isinstance(awaitable, asyncio.Future):
             self.handler_futures.add(awaitable)
-            awaitable.add_done_callback(lambda fut: self._future_done(request, fut))
+            awaitable.add_done_callback(lambda fut: self._future_done((request_id, method), fut))
             return
-        task = asyncio.create_task(self._run_handler(awaitable, request))
+        task = asyncio.create_task(self._run_handler(awaitable, (request_id, method)))
         self.handler_tasks.add(task)
         task.add_done_callback(self.handler_tasks.discard)
 
-    async def _run_handler(self, awaitable: Awaitable[Any], request: Request) -> None:
+    async def _run_handler(self, awaitable: Awaitable[Any], call: _Call) -> None:
         try:
             result = await awaitable
         except asyncio.CancelledError:
             self._release_slots()
             raise
         except Exception as exc:
-            self._reply_error(request, exc)
+            self._reply_error(call, exc)
             return
-        self._reply_result(request.id, result)
+        self._reply_result(call[0], result)
 
-    def _future_done(self, request: Request, fut: asyncio.Future[Any] | Pending[Any]) -> None:
+    def _future_done(self, call: _Call, fut: asyncio.Future[Any] | Pending[Any]) -> None:
         self.handler_futures.discard(fut)
         if self.closing:
             self._release_slots()
             return
         if fut.cancelled():
-            self._reply_error(request, NoQuorumError("the request was cancelled"))
+            self._reply_error(call, NoQuorumError("the request was cancelled"))
             return
         exc = fut.exception()
         if exc is not None:
-            self._reply_error(request, exc)
+            self._reply_error(call, exc)
             return
-        self._reply_result(request.id, fut.result())
+        self._reply_result(call[0], fut.result())
 
-    def _reply_error(self, request: Request, exc: BaseException) -> None:
+    def _reply_error(self, call: _Call, exc: BaseException) -> None:
         code, message = error_reply(exc)
         if code == "internal":
             logger.error(
-                "control method %s failed", request.method, exc_info=(type(exc), exc, exc.__traceback__)
+                "control method %s failed", call[1], exc_info=(type(exc), exc, exc.__traceback__)
             )
-        self._reply(ErrorResponse(request.id, code, message))
+        self._reply(ErrorResponse(call[0], code, message))
 
     def _builtin(self, request: Request) -> None:
         try:
