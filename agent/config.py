@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.durable import replace_file
 from agent.errors import ConfigError
 from agent.metrics.config import MetricsConfig
 from agent.pbft.config import PbftConfig
@@ -275,12 +276,7 @@ def load_or_create_node_id(data_dir: str) -> str:
     node_id = secrets.token_hex(16)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            fh.write(node_id + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        replace_file(path, (node_id + "\n").encode(), mode=0o644)
     except OSError as exc:
         raise ConfigError("data_dir", f"cannot write {path}: {exc.strerror}") from None
     return node_id

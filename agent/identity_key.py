@@ -28,6 +28,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from agent.durable import replace_file
 from agent.errors import ConfigError
 from agent.keyfile import read_key_text, write_key_file
 
@@ -106,13 +107,8 @@ def pbft_node_id(data_dir: str, key: NodeKey) -> str:
             f"({want[:12]}...): a PBFT cluster needs key-derived ids, start it on a new data dir",
         )
     if not held:
-        tmp = path.with_suffix(".tmp")
         try:
-            with open(tmp, "w") as fh:
-                fh.write(want + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            replace_file(path, (want + "\n").encode(), mode=0o644)
         except OSError as exc:
             raise ConfigError("data_dir", f"cannot write {path}: {exc.strerror}") from None
     return want

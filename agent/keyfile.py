@@ -17,6 +17,7 @@ import contextlib
 import os
 import stat
 
+from agent.durable import sync_dir
 from agent.errors import ConfigError
 
 KEY_FILE_MODE = 0o600
@@ -99,17 +100,9 @@ def write_key_file(
             os.close(fd)
         if overwrite:
             os.replace(target, name)
-        _sync_dir(os.path.dirname(os.path.abspath(name)))
+        sync_dir(os.path.dirname(os.path.abspath(name)))
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(target)
         raise ConfigError(field, f"cannot write {name}: {exc.strerror}") from None
 
-
-def _sync_dir(directory: str) -> None:
-    """Make the new directory entry durable (a key must survive a power cut)."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

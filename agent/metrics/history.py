@@ -48,6 +48,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from agent.durable import replace_file
+
 SERIES: tuple[str, ...] = (
     "cpu",
     "members_alive",
@@ -318,14 +320,4 @@ class HistoryFile:
         """Replace the file with ``blob`` atomically (module doc).  Blocking: call it
         off the event loop."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_file(self.path, blob, mode=0o644)

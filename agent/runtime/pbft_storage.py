@@ -29,6 +29,7 @@ from typing import Any
 import msgpack
 
 from agent import wire
+from agent.durable import replace_file
 from agent.errors import ProtocolError, StorageError
 from agent.framing import FRAME_HEADER_SIZE, MAX_FRAME_SIZE, body_length, frame
 from agent.pbft.messages import (
@@ -201,20 +202,7 @@ class PbftStorage:
         self._fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def _replace(self, name: str, data: bytes) -> None:
-        path = self.dir / name
-        tmp = self.dir / f"{name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        replace_file(self.dir / name, data)
 
     def save_group(self, info: GroupInfo) -> None:
         """The replica group after a replacement (``agent/pbft/reconfig.py``), so a host

@@ -28,12 +28,13 @@ journal is not fsync'd (an item's *data* is, before its ack).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
+
+from agent.durable import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -112,21 +113,8 @@ class MetaJournal:
 
     def compact(self, live: list[tuple[RunKey, Rows]]) -> None:
         """Rewrite the file as one record per live run (``OSError`` leaves the old one)."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        data = b"".join(_line(key, rows) for key, rows in live)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)  # rare, and the whole host's metadata: made durable before the rename
-        except OSError:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        os.close(fd)
-        os.replace(tmp, self.path)
+        # Rare, and the whole host's metadata: durable before and after the rename.
+        replace_file(self.path, b"".join(_line(key, rows) for key, rows in live))
         self.records = len(live)
         self._fresh_line = False
 

@@ -98,7 +98,7 @@ def test_the_image_round_trips_and_survives_a_new_series_list(tmp_path: Path) ->
     history.checkpoint["leader_terms"] = [10, 3, 2]
     store = HistoryFile(tmp_path)
     store.save(history.encode())
-    assert store.path.exists() and not store.path.with_suffix(".tmp").exists()
+    assert store.path.exists() and not store.path.with_name(store.path.name + ".tmp").exists()
     assert store.path.stat().st_size < 64 << 10  # compact: mostly empty rings
 
     again = History()
