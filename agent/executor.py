@@ -69,8 +69,8 @@ Theory of operation
   tasks run as the agent's own user; a root agent without ``run_as`` runs
   tasks as root.
 * Environment: only PATH, LANG, LC_ALL and TZ pass from the agent (its other
-  variables may hold secrets), plus HOME, MESH_TASK_ID, MESH_TASK_EPOCH and
-  then the task's own ``env``.  stdin is /dev/null.
+  variables may hold secrets; read once, when the executor is made), plus HOME,
+  MESH_TASK_ID, MESH_TASK_EPOCH and then the task's own ``env``.  stdin is /dev/null.
 """
 
 from __future__ import annotations
@@ -87,9 +87,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from agent.containment import Containment, Mode, usage_pids
+from agent.containment import Containment, Jail, Mode, usage_pids
 from agent.containment.cgroups import CGROUP_ROOT
-from agent.containment.jail import blocked, default_node, findable, locate
+from agent.containment.jail import default_node, locate
 from agent.containment.spawn import spawn, usable
 from agent.errors import ConfigError, TaskError
 from agent.executor_runs import (
@@ -179,6 +179,7 @@ class Executor:
         self._output = OutputStore(self._tasks_dir)
         self._empty = EmptyOutputs(self._tasks_dir)
         self._dirs = RunDirs(self._tasks_dir)
+        self._base_env = _base_env(self._user)
         node = node_id or default_node(self.data_dir)
         self.containment = Containment(node, containment, cgroup_root, warn=log.warning)
         log.info("task containment: %s", self.containment.describe())
@@ -356,61 +357,29 @@ class Executor:
         mem: int,
         pids: int,
     ) -> Run:
-        task_dir, fresh = self._dirs.make(task_id, epoch, default_cwd=cwd is None)
-        child_env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
-        child_env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        task_dir, fresh, has_work = self._dirs.make(task_id, epoch, default_cwd=cwd is None)
+        child_env = self._child_env(task_id, epoch, env)
         user = self._user
-        if user is not None:
-            child_env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
-        else:
-            home = os.environ.get("HOME")
-            if home:
-                child_env["HOME"] = home
-        child_env.update(MESH_TASK_ID=task_id, MESH_TASK_EPOCH=str(epoch))
-        child_env.update(env or {})
         own_dir = cwd is None and fresh
         if cwd is None:
-            work = task_dir / "work"
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(work, 0o700)
+            cwd = task_dir + "/work"
+            if not has_work:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(cwd, 0o700)
             if user is not None:
-                os.chown(work, user.pw_uid, user.pw_gid)
-            cwd = str(work)
+                os.chown(cwd, user.pw_uid, user.pw_gid)
         jail = self.containment.prepare(task_id, epoch, mem, pids)
-        if not findable(argv[0], child_env["PATH"], cwd):
+        found = locate(argv[0], child_env["PATH"], cwd)
+        if found is None:
             # A shim (the subreaper, the cgroup join) always starts; a missing command
             # would only show as its exit 127 (and the same words for every path).
             jail.settle_sync()
             raise TaskError(f"task {task_id}: cannot start {argv[0]!r}: command not found")
-        captures: dict[str, Capture] = {}
         pipes: list[int] = []
         try:
-            prefix = f"{task_dir}/{int(epoch)}."  # (``output_path``, without a Path per stream)
-            for stream in _STREAMS:
-                read_fd, write_fd = os.pipe()
-                pipes += [read_fd, write_fd]
-                captures[stream] = Capture(read_fd, prefix + stream, self.output_limit)
-            # The jail switches to ``user`` itself (after joining its cgroups,
-            # or in the subreaper's child), so Popen gets no user/group.  A cgroup
-            # jail may put the agent inside the run's group around the spawn.
-            with blocked(jail.blocked_signals), jail.spawning(user):
-                popen_argv, popen_extra = jail.popen_args(argv, user)
-                exe = _executable(popen_argv, popen_extra, child_env, cwd)
-                popen: subprocess.Popen[bytes] | Leader
-                if exe is not None:  # the same child, started from C (``containment.spawn``)
-                    popen = Leader(spawn(exe, popen_argv, child_env, cwd, pipes[1], pipes[3]))
-                else:
-                    popen = subprocess.Popen(
-                        popen_argv,
-                        stdin=subprocess.DEVNULL,
-                        stdout=pipes[1],
-                        stderr=pipes[3],
-                        cwd=cwd,
-                        env=child_env,
-                        start_new_session=True,
-                        close_fds=True,
-                        **popen_extra,
-                    )
+            for _ in _STREAMS:
+                pipes.extend(os.pipe())
+            popen = _start_child(jail, argv, found, user, child_env, cwd, pipes[1], pipes[3])
         except (OSError, subprocess.SubprocessError) as exc:
             for fd in pipes:
                 with contextlib.suppress(OSError):
@@ -420,6 +389,9 @@ class Executor:
         os.close(pipes[1])
         os.close(pipes[3])
         pidfd = os.pidfd_open(popen.pid)
+        prefix = f"{task_dir}/{int(epoch)}."  # (``output_path``, without a Path per stream)
+        captures = {"out": Capture(pipes[0], prefix + "out", self.output_limit),
+                    "err": Capture(pipes[2], prefix + "err", self.output_limit)}
         run = Run(task_id, epoch, popen, pidfd, time.monotonic(), captures, jail)
         run.own_dir = own_dir
         loop = asyncio.get_running_loop()
@@ -428,6 +400,16 @@ class Executor:
             os.set_blocking(capture.fd, False)
             loop.add_reader(capture.fd, read_capture, capture)
         return run
+
+    def _child_env(self, task_id: str, epoch: int, env: Mapping[str, str] | None) -> dict[str, str]:
+        """The run's environment (the module doc's "Environment"; the agent's part is
+        read once, when the executor is made)."""
+        child_env = self._base_env.copy()
+        child_env["MESH_TASK_ID"] = task_id
+        child_env["MESH_TASK_EPOCH"] = str(epoch)
+        if env:
+            child_env.update(env)
+        return child_env
 
     def _on_exit(self, run: Run) -> None:
         asyncio.get_running_loop().remove_reader(run.pidfd)
@@ -576,15 +558,59 @@ class Executor:
 
 
 
+def _base_env(user: pwd.struct_passwd | None) -> dict[str, str]:
+    """What every run's environment starts from: PATH, LANG, LC_ALL and TZ of the
+    agent's, and HOME (USER and LOGNAME too when the agent switches users)."""
+    environ = os.environ
+    base = {k: environ[k] for k in _PASSED_ENV if k in environ}
+    base.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    if user is not None:
+        base.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+    elif environ.get("HOME"):
+        base["HOME"] = environ["HOME"]
+    return base
+
+
+def _start_child(
+    jail: Jail, argv: list[str], found: str, user: pwd.struct_passwd | None,
+    env: Mapping[str, str], cwd: str, stdout: int, stderr: int,
+) -> subprocess.Popen[bytes] | Leader:
+    """Start a run's first process (its signals blocked as its jail asks).  The jail
+    switches to ``user`` itself (after joining its cgroups, or in the subreaper's
+    child), so the spawn gets no user; a cgroup jail may put the agent inside the
+    run's group around it (``CgroupJail.enter``).  ``found`` is where ``argv[0]`` is."""
+    signals = jail.blocked_signals
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals) if signals else None
+    held = False
+    try:
+        held = jail.enter(user)
+        popen_argv, popen_extra = jail.popen_args(argv, user)
+        exe = _executable(popen_argv, popen_extra, env, cwd, found if popen_argv is argv else None)
+        if exe is not None:  # the same child, started from C (``containment.spawn``)
+            return Leader(spawn(exe, popen_argv, env, cwd, stdout, stderr))
+        return subprocess.Popen(
+            popen_argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, cwd=cwd,
+            env=env, start_new_session=True, close_fds=True, **popen_extra,
+        )
+    finally:
+        if held:
+            jail.leave()
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _executable(
-    argv: list[str], extra: Mapping[str, object], env: Mapping[str, str], cwd: str
+    argv: list[str], extra: Mapping[str, object], env: Mapping[str, str], cwd: str,
+    found: str | None = None,
 ) -> str | None:
     """What ``containment.spawn`` should exec for ``argv`` (found as Popen would, on the
-    child's PATH), or None where Popen must start it (a ``preexec_fn``, no usable
-    posix_spawn, a relative PATH entry or a NUL byte)."""
+    child's PATH; ``found`` if the caller located it already), or None where Popen must
+    start it (a ``preexec_fn``, no usable posix_spawn, a relative PATH entry or a NUL
+    byte)."""
     if extra or not usable(argv, env, cwd):
         return None
-    found = locate(argv[0], env.get("PATH", os.defpath), cwd)
+    if found is None:
+        found = locate(argv[0], env.get("PATH", os.defpath), cwd)
     return found if found is not None and ("/" in argv[0] or os.path.isabs(found)) else None
 
 

@@ -218,31 +218,33 @@ class RunDirs:
 
     def __init__(self, tasks_dir: Path) -> None:
         self.root = tasks_dir
+        self._root = str(tasks_dir)
         self._quiet: set[tuple[str, int]] = set()
         """Finished runs that printed nothing in their default working directory."""
-        self._spare: list[Path] = []
+        self._spare: list[str] = []
         """Task directories holding only an empty ``work/``, free to take over."""
 
-    def make(self, task_id: str, epoch: int, default_cwd: bool) -> tuple[Path, bool]:
-        """The run's task directory (mode 0700): a spare renamed to it, or made; and
-        whether it is fresh (nothing of an earlier run in it)."""
-        task_dir = self.root / task_id
+    def make(self, task_id: str, epoch: int, default_cwd: bool) -> tuple[str, bool, bool]:
+        """The run's task directory (mode 0700): a spare renamed to it, or made; whether
+        it is fresh (nothing of an earlier run in it); whether its ``work/`` exists
+        (a spare's, empty)."""
+        task_dir = f"{self._root}/{task_id}"
         if default_cwd and self._take_spare(task_dir):
-            return task_dir, True  # it holds only its empty work directory
+            return task_dir, True, True  # it holds only its empty work directory
         try:
             os.mkdir(task_dir, 0o700)  # (0o700 survives any umask)
         except FileExistsError:
             os.chmod(task_dir, 0o700)
             for stream in ("out", "err"):  # an earlier run of this epoch (before a restart)
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(task_dir / f"{int(epoch)}.{stream}")
-            return task_dir, False
+                    os.unlink(f"{task_dir}/{int(epoch)}.{stream}")
+            return task_dir, False, False
         except FileNotFoundError:
-            task_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.makedirs(task_dir, mode=0o700, exist_ok=True)
             os.chmod(task_dir, 0o700)
-        return task_dir, True
+        return task_dir, True, False
 
-    def _take_spare(self, task_dir: Path) -> bool:
+    def _take_spare(self, task_dir: str) -> bool:
         while self._spare:
             spare = self._spare.pop()
             try:
@@ -272,14 +274,15 @@ class RunDirs:
         self._quiet.discard((task_id, epoch))
         if live or len(self._spare) >= SPARE_DIRS:
             return
-        task_dir = self.root / task_id
+        task_dir = f"{self._root}/{task_id}"
+        work = task_dir + "/work"
         try:
-            if os.listdir(task_dir) != ["work"] or os.listdir(task_dir / "work"):
+            if os.listdir(task_dir) != ["work"] or os.listdir(work):
                 return
-            made, work = os.stat(task_dir), os.stat(task_dir / "work")
+            made, used = os.stat(task_dir), os.stat(work)
         except OSError:
             return
-        if (made.st_mode & 0o7777, made.st_uid, work.st_mode & 0o7777, work.st_uid) \
+        if (made.st_mode & 0o7777, made.st_uid, used.st_mode & 0o7777, used.st_uid) \
                 != (0o700, os.geteuid(), 0o700, owner):
             return
         self._spare.append(task_dir)

@@ -39,6 +39,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+Dir = str | Path
+"""A cgroup directory: a task run's are plain strings (no ``Path`` built per run)."""
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 """Where cgroup hierarchies are looked for (only mounts below it are used)."""
 TOP_DIR = "meshtui"
@@ -143,7 +146,7 @@ def own_group(hierarchy: Hierarchy, proc_cgroup: Path = Path("/proc/self/cgroup"
     return None
 
 
-def _read(path: Path) -> str:
+def _read(path: Dir) -> str:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -159,7 +162,7 @@ def _read(path: Path) -> str:
         os.close(fd)
 
 
-def _write(path: Path, value: str) -> None:
+def _write(path: Dir, value: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.write(fd, value.encode())
@@ -219,24 +222,24 @@ def probe(hierarchy: Hierarchy, node: str) -> str | None:
 class TaskGroup:
     """One task run's cgroup directories: ``dirs[0]`` is the one kills go through."""
 
-    dirs: tuple[Path, ...]
+    dirs: tuple[Dir, ...]
 
     @property
-    def kill_dir(self) -> Path:
+    def kill_dir(self) -> Dir:
         return self.dirs[0]
 
     @property
-    def procs_files(self) -> tuple[Path, ...]:
-        return tuple(d / "cgroup.procs" for d in self.dirs)
+    def procs_files(self) -> tuple[str, ...]:
+        return tuple(f"{d}/cgroup.procs" for d in self.dirs)
 
 
-def create_group(dirs: Iterable[Path]) -> TaskGroup:
+def create_group(dirs: Iterable[Dir]) -> TaskGroup:
     """mkdir each task directory (a leftover of the same name is killed and reused)."""
-    made = []
+    made: list[Dir] = []
     try:
         for directory in dirs:
             try:
-                directory.mkdir(mode=0o755)
+                os.mkdir(directory, 0o755)
                 made.append(directory)  # new: nothing in it
             except FileExistsError:
                 made.append(directory)
@@ -248,49 +251,49 @@ def create_group(dirs: Iterable[Path]) -> TaskGroup:
     return TaskGroup(tuple(made))
 
 
-def set_memory_limit(directory: Path, version: int, limit: int) -> None:
+def set_memory_limit(directory: Dir, version: int, limit: int) -> None:
     if version == 2:
-        _write(directory / "memory.max", str(limit))
-        if (directory / "memory.swap.max").exists():
-            _write(directory / "memory.swap.max", "0")
+        _write(f"{directory}/memory.max", str(limit))
+        if os.path.exists(f"{directory}/memory.swap.max"):
+            _write(f"{directory}/memory.swap.max", "0")
     else:
-        _write(directory / "memory.limit_in_bytes", str(limit))
-        if (directory / "memory.memsw.limit_in_bytes").exists():
-            _write(directory / "memory.memsw.limit_in_bytes", str(limit))
+        _write(f"{directory}/memory.limit_in_bytes", str(limit))
+        if os.path.exists(f"{directory}/memory.memsw.limit_in_bytes"):
+            _write(f"{directory}/memory.memsw.limit_in_bytes", str(limit))
 
 
-def set_pids_limit(directory: Path, limit: int) -> None:
-    _write(directory / "pids.max", str(limit))
+def set_pids_limit(directory: Dir, limit: int) -> None:
+    _write(f"{directory}/pids.max", str(limit))
 
 
-def _tree(directory: Path) -> list[Path]:
+def _tree(directory: Dir) -> list[Dir]:
     """``directory`` and every cgroup below it (a root task may nest its own)."""
     out = [directory]
     with contextlib.suppress(OSError):
         for dirpath, dirnames, _ in os.walk(directory):
-            out.extend(Path(dirpath) / name for name in dirnames)
+            out.extend(f"{dirpath}/{name}" for name in dirnames)
     return out
 
 
-def member_pids(dirs: Iterable[Path]) -> set[int]:
+def member_pids(dirs: Iterable[Dir]) -> set[int]:
     """Every process in ``dirs`` and their sub-groups."""
     pids: set[int] = set()
     for directory in dirs:
         for group in _tree(directory):
-            for word in _read(group / "cgroup.procs").split():
+            for word in _read(f"{group}/cgroup.procs").split():
                 if word.isdigit():
                     pids.add(int(word))
     return pids
 
 
-def _freeze(directory: Path, frozen: bool) -> bool:
+def _freeze(directory: Dir, frozen: bool) -> bool:
     """Freeze or thaw through v2 ``cgroup.freeze`` or v1 ``freezer.state``; False if neither."""
-    v2, v1 = directory / "cgroup.freeze", directory / "freezer.state"
+    v2, v1 = f"{directory}/cgroup.freeze", f"{directory}/freezer.state"
     try:
-        if v2.exists():
+        if os.path.exists(v2):
             _write(v2, "1" if frozen else "0")
-            done = (lambda: "frozen 1" in _read(directory / "cgroup.events")) if frozen else None
-        elif v1.exists():
+            done = (lambda: "frozen 1" in _read(f"{directory}/cgroup.events")) if frozen else None
+        elif os.path.exists(v1):
             _write(v1, "FROZEN" if frozen else "THAWED")
             done = (lambda: _read(v1).strip() == "FROZEN") if frozen else None
         else:
@@ -303,10 +306,10 @@ def _freeze(directory: Path, frozen: bool) -> bool:
     return True
 
 
-def populated(directory: Path) -> bool | None:
+def populated(directory: Dir) -> bool | None:
     """Whether a v2 cgroup or any below it holds a live process (its ``cgroup.events``;
     a zombie does not count); None where there is no such file (v1)."""
-    for line in _read(directory / "cgroup.events").splitlines():
+    for line in _read(f"{directory}/cgroup.events").splitlines():
         if line.startswith("populated "):
             return line != "populated 0"
     return None
@@ -319,8 +322,8 @@ def kill_round(group: TaskGroup) -> bool:
     pids = member_pids(group.dirs)
     if not pids:
         return True
-    kill_file = group.kill_dir / "cgroup.kill"
-    if kill_file.exists():
+    kill_file = f"{group.kill_dir}/cgroup.kill"
+    if os.path.exists(kill_file):
         with contextlib.suppress(OSError):
             _write(kill_file, "1")
             return False
@@ -355,12 +358,12 @@ async def kill_until_empty_async(group: TaskGroup, timeout: float = KILL_TIMEOUT
     return True
 
 
-def remove_group(group: TaskGroup) -> list[Path]:
+def remove_group(group: TaskGroup) -> list[Dir]:
     """rmdir the group's directories (sub-groups first); the ones left behind."""
-    left: list[Path] = []
+    left: list[Dir] = []
     for directory in group.dirs:
         with contextlib.suppress(OSError):
-            directory.rmdir()  # the usual case: no sub-group, nothing left in it
+            os.rmdir(directory)  # the usual case: no sub-group, nothing left in it
             continue
         for sub in reversed(_tree(directory)):
             if not _rmdir(sub):
@@ -368,10 +371,10 @@ def remove_group(group: TaskGroup) -> list[Path]:
     return left
 
 
-def _rmdir(directory: Path) -> bool:
+def _rmdir(directory: Dir) -> bool:
     for _ in range(RMDIR_RETRIES):
         try:
-            directory.rmdir()
+            os.rmdir(directory)
             return True
         except FileNotFoundError:
             return True
@@ -397,12 +400,17 @@ def stale_groups(hierarchy: Hierarchy, node: str) -> list[Path]:
         return []
 
 
-def join(procs_files: Iterable[str | Path]) -> None:
+def join(procs_files: Iterable[Dir]) -> None:
     """Move the calling process into each group (runs in the forked child before exec)."""
     pid = str(os.getpid()).encode()
     for path in procs_files:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, pid)
-        finally:
-            os.close(fd)
+        move(path, pid)
+
+
+def move(procs_file: Dir, pid: bytes) -> None:
+    """Write ``pid`` (ASCII digits) to one ``cgroup.procs``: that process moves there."""
+    fd = os.open(procs_file, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, pid)
+    finally:
+        os.close(fd)

@@ -118,17 +118,16 @@ class CgroupJail:
 
     @property
     def cgroup_dirs(self) -> tuple[str, ...]:
-        return tuple(str(d) for d in self.group.dirs)
+        return tuple(map(str, self.group.dirs))
 
     def popen_args(
         self, argv: list[str], user: pwd.struct_passwd | None
     ) -> tuple[list[str], dict[str, Any]]:
-        procs = tuple(str(path) for path in self.group.procs_files)  # no work left for the child
         setpriv = SETPRIV
         if self.inside:
             # Born in the group (``spawning``): the task itself is the first exec.
-            drop = [] if user is None else _setpriv_argv(setpriv, user)
-            return [*drop, *argv], {}
+            return ([*_setpriv_argv(setpriv, user), *argv] if user is not None else argv), {}
+        procs = self.group.procs_files  # (strings: no work left for the child)
         if user is None or setpriv is not None:
             # The fast path: no preexec_fn, so Popen can vfork (about 1.5 ms of the
             # agent's CPU less per spawn than a fork of the whole agent, measured on a
@@ -154,21 +153,38 @@ class CgroupJail:
     def spawning(self, user: pwd.struct_passwd | None) -> Iterator[None]:
         """Around the spawn: step into the run's group when ``direct`` (then
         ``popen_args`` gives the task's own argv), and back out after."""
-        home = self.owner.home if self.direct and (user is None or SETPRIV is not None) else None
-        if home is None:
+        held = self.enter(user)
+        try:
             yield
-            return
-        with _window:
-            try:
-                cgroups.join(self.group.procs_files)
-                self.inside = True
-            except OSError as exc:  # the join shim then (it fails the run if it cannot join)
-                self.owner.warn(f"cannot spawn from inside {self.group.kill_dir}: {exc}")
-            try:
-                yield
-            finally:
-                if self.inside:
-                    self.owner.come_home()
+        finally:
+            if held:
+                self.leave()
+
+    def enter(self, user: pwd.struct_passwd | None) -> bool:
+        """``spawning``'s first half, for a caller without a ``with``: True when the
+        spawn window is held (``leave`` must follow, whatever the spawn did)."""
+        if not self.direct or self.owner.home is None or (user is not None and SETPRIV is None):
+            return False
+        _window.acquire()
+        try:
+            pid = self.owner.pid_bytes()
+            for procs in self.group.procs_files:
+                cgroups.move(procs, pid)
+            self.inside = True
+        except OSError as exc:  # the join shim then (it fails the run if it cannot join)
+            self.owner.warn(f"cannot spawn from inside {self.group.kill_dir}: {exc}")
+        except BaseException:
+            _window.release()
+            raise
+        return True
+
+    def leave(self) -> None:
+        """Back home after a spawn from inside (``enter`` returned True)."""
+        try:
+            if self.inside:
+                self.owner.come_home()
+        finally:
+            _window.release()
 
     def terminate(self, pid: int) -> None:
         _kill(pid, signal.SIGTERM, group=True)
@@ -213,6 +229,12 @@ class SubreaperJail:
 
     def spawning(self, user: pwd.struct_passwd | None) -> contextlib.nullcontext[None]:
         return contextlib.nullcontext()
+
+    def enter(self, user: pwd.struct_passwd | None) -> bool:
+        return False  # the subreaper is never spawned from inside a group
+
+    def leave(self) -> None:
+        pass
 
     def popen_args(
         self, argv: list[str], user: pwd.struct_passwd | None
@@ -260,9 +282,13 @@ class Containment:
     home: Path | None = field(init=False, default=None)
     """``cgroup.procs`` of the agent's own v2 group, when runs may be spawned from
     inside their group (the module doc's "born inside"); None when not."""
+    _homes: tuple[str, ...] = field(init=False, default=())
+    """Where ``come_home`` moves the agent, in turn: ``home``, then (a whole hierarchy)
+    its root's ``cgroup.procs``."""
+    _pid: tuple[int, bytes] = field(init=False, default=(0, b""))
     _hierarchies: list[Hierarchy] = field(init=False, default_factory=list)
     _live: int = field(init=False, default=0)
-    _made: dict[Path, Path] = field(init=False, default_factory=dict)
+    _made: dict[Path, str] = field(init=False, default_factory=dict)
     """Mount -> this node's directory in it, made (its controllers enabled) and kept
     until ``close``: a host idle between two short runs does not remove it and make
     it again (an rmdir, a mkdir and the controller writes per run)."""
@@ -310,6 +336,10 @@ class Containment:
         # empty node directory behind either (at its collection, or at exit).
         weakref.finalize(self, _drop_dirs, tuple(h.node_dir(self.node) for h in self._hierarchies))
         self.home = self._spawn_home()
+        if self.home is not None and self.kill_hierarchy is not None:
+            h = self.kill_hierarchy
+            self._homes = (str(self.home),) if h.root != "/" else \
+                (str(self.home), f"{h.mount}/cgroup.procs")
         if not found:
             self.why_not_cgroups = f"no cgroup hierarchy mounted under {self.cgroup_root}"
         elif self.kill_hierarchy is None:
@@ -330,15 +360,20 @@ class Containment:
             return None
         return procs
 
+    def pid_bytes(self) -> bytes:
+        """This process's pid as ``cgroup.procs`` takes it (made again after a fork)."""
+        pid = os.getpid()
+        if self._pid[0] != pid:
+            self._pid = (pid, str(pid).encode())
+        return self._pid[1]
+
     def come_home(self) -> None:
         """Back from a run's group to the agent's own (else the hierarchy's root)."""
-        h, home = self.kill_hierarchy, self.home
-        assert h is not None and home is not None
-        tries = [home] if h.root != "/" else [home, h.mount / "cgroup.procs"]
+        assert self.kill_hierarchy is not None and self.home is not None
         error: OSError | None = None
-        for procs in tries:
+        for procs in self._homes:
             try:
-                cgroups.join([procs])
+                cgroups.move(procs, self.pid_bytes())
                 return
             except OSError as exc:
                 error = exc
@@ -385,6 +420,8 @@ class Containment:
 
     def limit_refusal(self, mem: int, pids: int) -> str | None:
         """Why a task with these limits cannot run here (one line), or None if it can."""
+        if not mem and not pids:
+            return None
         for controller, value, shown in (
             ("memory", mem, f"--mem {format_size(mem)}"),
             ("pids", pids, f"--pids {pids}"),
@@ -413,14 +450,16 @@ class Containment:
         name = f"{task_id}-{epoch}"
         try:
             try:
-                group = cgroups.create_group([d / name for d in self._node_dirs(wanted)])
+                group = cgroups.create_group([f"{d}/{name}" for d in self._node_dirs(wanted)])
             except FileNotFoundError:  # a node directory was removed under us: again
                 self._made.clear()
-                group = cgroups.create_group([d / name for d in self._node_dirs(wanted)])
+                group = cgroups.create_group([f"{d}/{name}" for d in self._node_dirs(wanted)])
         except OSError as exc:
             raise TaskError(f"task {task_id}: cannot create its cgroup: {exc}") from exc
         self._live += 1
         jail = CgroupJail(group, self, direct=_direct(self.home, wanted, mem, pids))
+        if not mem and not pids:
+            return jail
         try:
             for h, directory in zip(wanted, group.dirs, strict=True):
                 if mem and self.limits["memory"] is h:
@@ -432,13 +471,13 @@ class Containment:
             raise TaskError(f"task {task_id}: cannot set its limits: {exc}") from exc
         return jail
 
-    def _node_dirs(self, wanted: list[Hierarchy]) -> list[Path]:
+    def _node_dirs(self, wanted: list[Hierarchy]) -> list[str]:
         """This node's directory in each hierarchy of ``wanted``, made if need be."""
         dirs = []
         for h in wanted:
             node_dir = self._made.get(h.mount)
             if node_dir is None:
-                node_dir = cgroups.make_dirs(h, self.node)
+                node_dir = str(cgroups.make_dirs(h, self.node))
                 if h.version == 2:
                     for controller in LIMITED:
                         if self.limits.get(controller) is h:

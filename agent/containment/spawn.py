@@ -27,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -76,30 +77,25 @@ def _add_internal(sigset: ctypes.Array[ctypes.c_char]) -> int:
 
 def usable(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> bool:
     """Can ``spawn`` pass these as C strings unchanged?"""
-    if not AVAILABLE or "\0" in cwd:
+    if not AVAILABLE or "\0" in "".join((cwd, *argv, *env, *env.values())):
         return False
-    if any("\0" in arg for arg in argv):
-        return False
-    return not any("\0" in key or "=" in key or not key or "\0" in value
-                   for key, value in env.items())
+    return all(key and "=" not in key for key in env)
 
 
-def spawn(path: str, argv: Sequence[str], env: Mapping[str, str], cwd: str,
-          stdout: int, stderr: int) -> int:
-    """Start ``path`` (no PATH search: the caller found it) and return its pid."""
-    libc = _LIBC
-    actions = ctypes.create_string_buffer(_OPAQUE)
-    attrs = ctypes.create_string_buffer(_OPAQUE)
-    sigdef = ctypes.create_string_buffer(_OPAQUE)
-    libc.posix_spawn_file_actions_init(actions)
-    libc.posix_spawnattr_init(attrs)
-    try:
+_ATTRS: ctypes.Array[ctypes.c_char] | None = None
+"""The spawn attributes every run gets (flags, default signals): built at the first
+spawn and kept (``posix_spawn`` only reads them)."""
+_FS = sys.getfilesystemencoding()
+
+
+def _attributes() -> ctypes.Array[ctypes.c_char]:
+    global _ATTRS
+    if _ATTRS is None:
+        libc = _LIBC
+        attrs = ctypes.create_string_buffer(_OPAQUE)
+        sigdef = ctypes.create_string_buffer(_OPAQUE)
+        libc.posix_spawnattr_init(attrs)
         for failed in (
-            libc.posix_spawn_file_actions_addopen(actions, 0, _DEVNULL, os.O_RDONLY, 0),
-            libc.posix_spawn_file_actions_adddup2(actions, stdout, 1),
-            libc.posix_spawn_file_actions_adddup2(actions, stderr, 2),
-            libc.posix_spawn_file_actions_addchdir_np(actions, os.fsencode(cwd)),
-            libc.posix_spawn_file_actions_addclosefrom_np(actions, 3),
             libc.sigemptyset(sigdef),
             libc.sigaddset(sigdef, signal.SIGPIPE),
             libc.sigaddset(sigdef, signal.SIGXFSZ),
@@ -107,17 +103,41 @@ def spawn(path: str, argv: Sequence[str], env: Mapping[str, str], cwd: str,
             libc.posix_spawnattr_setsigdefault(attrs, sigdef),
             libc.posix_spawnattr_setflags(attrs, _SETSIGDEF | _SETSID),
         ):
-            if failed:  # the file actions return an errno, the sigset calls -1 and set it
+            if failed:  # the sigset calls return -1 and set errno, the attribute calls an errno
+                libc.posix_spawnattr_destroy(attrs)
                 code = failed if failed > 0 else ctypes.get_errno()
                 raise OSError(code, f"posix_spawn setup: {os.strerror(code)}")
-        args = (ctypes.c_char_p * (len(argv) + 1))(*map(os.fsencode, argv), None)
+        _ATTRS = attrs
+    return _ATTRS
+
+
+def spawn(path: str, argv: Sequence[str], env: Mapping[str, str], cwd: str,
+          stdout: int, stderr: int) -> int:
+    """Start ``path`` (no PATH search: the caller found it) and return its pid."""
+    libc = _LIBC
+    attrs = _attributes()
+    actions = ctypes.create_string_buffer(_OPAQUE)
+    libc.posix_spawn_file_actions_init(actions)
+    try:
+        for failed in (
+            libc.posix_spawn_file_actions_addopen(actions, 0, _DEVNULL, os.O_RDONLY, 0),
+            libc.posix_spawn_file_actions_adddup2(actions, stdout, 1),
+            libc.posix_spawn_file_actions_adddup2(actions, stderr, 2),
+            libc.posix_spawn_file_actions_addchdir_np(actions, cwd.encode(_FS, "surrogateescape")),
+            libc.posix_spawn_file_actions_addclosefrom_np(actions, 3),
+        ):
+            if failed:  # the file actions return an errno
+                raise OSError(failed, f"posix_spawn setup: {os.strerror(failed)}")
+        args = (ctypes.c_char_p * (len(argv) + 1))(
+            *[arg.encode(_FS, "surrogateescape") for arg in argv], None)
         envp = (ctypes.c_char_p * (len(env) + 1))(
-            *(os.fsencode(f"{key}={value}") for key, value in env.items()), None)
+            *[f"{key}={value}".encode(_FS, "surrogateescape") for key, value in env.items()],
+            None)
         pid = ctypes.c_int()
-        error = libc.posix_spawn(ctypes.byref(pid), os.fsencode(path), actions, attrs, args, envp)
+        error = libc.posix_spawn(ctypes.byref(pid), path.encode(_FS, "surrogateescape"),
+                                 actions, attrs, args, envp)
         if error:
             raise OSError(error, os.strerror(error), path)
         return pid.value
     finally:
         libc.posix_spawn_file_actions_destroy(actions)
-        libc.posix_spawnattr_destroy(attrs)
