@@ -54,12 +54,14 @@ from agent.state.commands import (
     Command,
     KvPut,
     KvPuts,
+    PutRow,
     decode_command,
     encode_command,
     encode_command_decoded,
     encode_puts,
+    row_command,
 )
-from agent.state.machine import ApplyResult, StateMachine
+from agent.state.machine import ApplyResult, StateMachine, ValueIfOk
 
 MAX_COALESCED = 256
 """Client writes one ``batch`` entry carries at most (default 256): bounds an entry
@@ -67,10 +69,11 @@ MAX_COALESCED = 256
 batches in the same pass."""
 
 _Queued = tuple[
-    "bytes | None", "Callable[[ApplyResult], Any] | None", "Command | None", "Pending[Any]"
+    "bytes | None", "Callable[[ApplyResult], Any] | None", "Command | PutRow | None", "Pending[Any]"
 ]
 """A queued write: its bytes (None: not encoded yet, see ``submit_decoded``; its
-decoded form is then given), ``finish``, its decoded form, its caller's Pending."""
+decoded form is then given), ``finish``, its decoded form (a usual put's may be its
+``PutRow``: no ``Command`` is made unless its entry needs one), its caller's Pending."""
 
 
 def has_rid(command: bytes) -> bool:
@@ -168,17 +171,17 @@ class ClientRequests(abc.ABC):
         return asyncio.ensure_future(self._write_via_leader(leader, command, forward, finish, decoded))
 
     def submit_decoded(
-        self, decoded: Command, finish: Callable[[ApplyResult], Any] | None = None
+        self, decoded: Command | PutRow, finish: Callable[[ApplyResult], Any] | None = None
     ) -> Pending[Any] | asyncio.Future[Any]:
         """``submit`` of a validated command not yet encoded (a ``kv.put``:
-        ``commands.put_command``): a leader's write queued for the group commit is
-        encoded only if its entry needs its bytes -- a ``kv.puts`` entry does not --
-        and any other path encodes it first (``encode_command``: the bytes the
-        handler would have made)."""
+        ``commands.put_command``, or a usual put's ``PutRow``): a leader's write
+        queued for the group commit is encoded only if its entry needs its bytes --
+        a ``kv.puts`` entry does not, nor its ``Command`` -- and any other path
+        encodes it first (``encode_command``: the bytes the handler would have made)."""
         node = self._node
         if node.is_leader() and node.has_quorum_contact() and not self.disk_full.paused:
             return self._queue_write(None, finish, decoded)
-        return self.submit(_encoded(None, decoded), finish=finish, decoded=decoded)
+        return self.submit(_encoded(None, decoded), finish=finish, decoded=_command(decoded))
 
     async def _write_via_leader(
         self,
@@ -282,7 +285,10 @@ class ClientRequests(abc.ABC):
         return fut
 
     def _queue_write(
-        self, command: bytes | None, finish: Callable[[ApplyResult], Any] | None, decoded: Command | None
+        self,
+        command: bytes | None,
+        finish: Callable[[ApplyResult], Any] | None,
+        decoded: Command | PutRow | None,
     ) -> Pending[Any]:
         """Queue a leader's client write for this pass's group commit (module doc)."""
         fut: Pending[Any] = Pending()
@@ -300,20 +306,27 @@ class ClientRequests(abc.ABC):
                 if len(chunk) == 1:
                     command, finish, decoded, fut = chunk[0]
                     if not fut.done():  # the caller's own future waits for the entry
-                        self._propose_future(_encoded(command, decoded), finish, decoded, fut)
+                        self._propose_future(
+                            _encoded(command, decoded), finish, _command(decoded), fut
+                        )
                     continue
-                # Its decoded form too: the leader applies the batch without decoding it.
-                parts = [d for _, _, d, _ in chunk]
-                whole: Command | None
+                rows = [d for _, _, d, _ in chunk]
                 if compact is None:
                     compact = self._compact_allowed()
-                if compact and all(d is not None and type(d.body) is KvPut for d in parts):
-                    data, whole = encode_puts(parts, time.time())  # type: ignore[arg-type]
+                if compact and all(_is_put(d) for d in rows):
+                    # The leader applies its decoded arrays (as a follower does; its
+                    # parts are made by put_item only if someone reads summaries).
+                    data, whole = encode_puts(rows, time.time())  # type: ignore[arg-type]
+                    batch = self._propose_future(data, None, whole)
                 else:
-                    data, whole = encode_command_decoded(
+                    # Its decoded form too: the leader applies the batch without decoding it.
+                    parts = [_command(d) for d in rows]
+                    data, decoded_batch = encode_command_decoded(
                         Batch(tuple([_encoded(c, d) for c, _, d, _ in chunk])), "", time.time()
                     )
-                batch = self._propose_future(data, None, whole, parts=parts if any(parts) else None)
+                    batch = self._propose_future(
+                        data, None, decoded_batch, parts=parts if any(parts) else None
+                    )
             except (NoQuorumError, NotLeaderError) as exc:
                 for _, _, _, waiting in chunk:
                     if not waiting.done():
@@ -460,12 +473,25 @@ def _group(queued: list[_Queued], batches: bool) -> list[list[_Queued]]:
     return chunks
 
 
-def _encoded(command: bytes | None, decoded: Command | None) -> bytes:
+def _encoded(command: bytes | None, decoded: Command | PutRow | None) -> bytes:
     """A queued write's bytes: ``command``, or ``decoded`` encoded (``submit_decoded``)."""
     if command is not None:
         return command
     assert decoded is not None  # submit_decoded queues its decoded command
-    return encode_command(decoded.body, decoded.rid, decoded.at)
+    if type(decoded) is tuple:
+        rid, at, ns, key, value = decoded
+        return encode_command(KvPut(ns, key, value), rid, at)
+    return encode_command(decoded.body, decoded.rid, decoded.at)  # type: ignore[union-attr]
+
+
+def _is_put(decoded: Command | PutRow | None) -> bool:
+    """Is a queued write a ``kv.put`` (a put row, or a command whose body is a KvPut)?"""
+    return type(decoded) is tuple or (type(decoded) is Command and type(decoded.body) is KvPut)
+
+
+def _command(decoded: Command | PutRow | None) -> Command | None:
+    """A queued write's decoded form as a ``Command`` (a put row's is made now)."""
+    return row_command(decoded) if type(decoded) is tuple else decoded  # type: ignore[arg-type,return-value]
 
 
 def _split_batch(chunk: list[_Queued], done: Pending[Any]) -> None:
@@ -480,6 +506,9 @@ def _split_batch(chunk: list[_Queued], done: Pending[Any]) -> None:
             rows = [[refused.ok, refused.value, refused.error]] * len(chunk)
         for (_, finish, _, fut), (ok, value, err) in zip(chunk, rows, strict=True):
             if fut.done():
+                continue
+            if ok and type(finish) is ValueIfOk:  # its value, without an ApplyResult
+                fut.set_result(value)
                 continue
             result = ApplyResult(bool(ok), value, err)
             if finish is None:

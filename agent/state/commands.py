@@ -100,6 +100,7 @@ __all__ = [
     "Op",
     "ProposalCreate",
     "ProposalVote",
+    "PutRow",
     "TaskAssign",
     "TaskCancel",
     "TaskFailNode",
@@ -116,6 +117,7 @@ __all__ = [
     "encode_command_decoded",
     "encode_puts",
     "put_item",
+    "row_command",
     "usual_put",
 ]
 
@@ -227,18 +229,29 @@ def encode_command_decoded(body: Op, rid: str, at: float) -> tuple[bytes, Comman
     return data, Command(body, rid, float(at)) if exact else None
 
 
-def encode_puts(parts: list[Command], at: float) -> tuple[bytes, Command]:
+PutRow = tuple[str, float, str, str, bytes]
+"""A usual put (``usual_put``) as its fields ``(rid, at, ns, key, value)``: one row
+of a ``kv.puts`` entry's columns, without its ``KvPut`` and ``Command`` objects
+(a leader's ``kv.put`` is queued as one; ``row_command`` makes its ``Command``)."""
+
+
+def row_command(row: PutRow) -> Command:
+    """The ``Command`` a put row stands for (``put_item``'s for that row)."""
+    rid, at, ns, key, value = row
+    return Command(KvPut(ns, key, value), rid, at)
+
+
+def encode_puts(parts: typing.Sequence[Command | PutRow], at: float) -> tuple[bytes, Command]:
     """A ``kv.puts`` entry carrying ``parts`` (each a ``KvPut`` command, as the
-    handlers decoded it) and the ``Command`` it decodes to: the compact form of a
-    ``batch`` of those commands' bytes (``KvPuts``)."""
-    bodies = [p.body for p in parts]
-    body = KvPuts(
-        tuple([p.rid for p in parts]),
-        tuple([p.at for p in parts]),
-        tuple([b.ns for b in bodies]),  # type: ignore[union-attr]
-        tuple([b.key for b in bodies]),  # type: ignore[union-attr]
-        tuple([b.value for b in bodies]),  # type: ignore[union-attr]
-    )
+    handlers decoded it, or a usual put's ``PutRow``) and the ``Command`` it decodes
+    to: the compact form of a ``batch`` of those commands' bytes (``KvPuts``)."""
+    rows = [
+        p if type(p) is tuple
+        else (p.rid, p.at, p.body.ns, p.body.key, p.body.value)  # type: ignore[union-attr]
+        for p in parts
+    ]
+    columns = tuple(zip(*rows, strict=True)) or ((), (), (), (), ())  # in one pass
+    body = KvPuts(*columns)
     return encode_command(body, "", at), Command(body, "", float(at))
 
 

@@ -83,6 +83,21 @@ class ApplyResult:
     its next timed round."""
 
 
+class ValueIfOk:
+    """A write's ``finish`` (see ``consensus_requests.submit``): the result's value
+    when it is ok, else what ``refused(result)`` returns or raises.  The Raft driver
+    answers an ok row of a group commit with its value at once, without making its
+    ``ApplyResult`` first (``consensus_requests._split_batch``)."""
+
+    __slots__ = ("refused",)
+
+    def __init__(self, refused: Callable[[ApplyResult], Any]) -> None:
+        self.refused = refused
+
+    def __call__(self, result: ApplyResult) -> Any:
+        return result.value if result.ok else self.refused(result)
+
+
 _MAY_PLACE: Final = (TaskSubmit, NodeUndrain, NodeRegister)
 """Ops whose success may make a queued task placeable."""
 _MAY_REQUEUE: Final = (TaskFinish, TaskFailNode)

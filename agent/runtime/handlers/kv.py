@@ -29,10 +29,12 @@ from agent.state.commands import (
     KvDelete,
     KvPut,
     KvPutTtl,
+    PutRow,
     encode_command_decoded,
     put_command,
+    usual_put,
 )
-from agent.state.machine import ApplyResult
+from agent.state.machine import ApplyResult, ValueIfOk
 
 
 @runtime_checkable
@@ -42,13 +44,14 @@ class DecodedSubmit(Protocol):
     goes out in a ``kv.puts`` entry is never packed on its own."""
 
     def submit_decoded(
-        self, decoded: Command, finish: Callable[[ApplyResult], Any] | None = None
+        self, decoded: Command | PutRow, finish: Callable[[ApplyResult], Any] | None = None
     ) -> Pending[Any] | asyncio.Future[Any]: ...
 
 
 def handlers(raft: Proposer, state: KvReads) -> dict[str, Handler]:
     read = reader(raft)
     submit_decoded = raft.submit_decoded if isinstance(raft, DecodedSubmit) else None
+    put_value = ValueIfOk(applied_value)  # applied_value's answer; an ok row's value at once
 
     def commit_value(
         body: KvPut | KvPutTtl | KvDelete | KvCas, rid: str
@@ -84,8 +87,10 @@ def handlers(raft: Proposer, state: KvReads) -> dict[str, Handler]:
         value, ttl = param_bytes(params, "value"), params.get("ttl")
         if ttl is None or ttl == 0:
             if submit_decoded is not None:  # validated here, encoded only if needed
-                put = put_command(ns, key, value, request_id(params), time.time())
-                return submit_decoded(put, applied_value)
+                rid, at = request_id(params), time.time()
+                if usual_put(rid, at, ns, key, value):  # as its row: no objects made
+                    return submit_decoded((rid, at, ns, key, value), put_value)
+                return submit_decoded(put_command(ns, key, value, rid, at), put_value)
             return commit_value(KvPut(ns, key, value), request_id(params))
         ttl_ms = round(float(ttl) * 1000) if math.isfinite(float(ttl)) else 0
         if ttl_ms < 1:
