@@ -192,8 +192,11 @@ class LocalRunner:
                 del self._started[task_id]
 
     async def _start_assigned(self, state: TaskRecords) -> None:
+        if self.executor.free_slots <= 0:
+            return  # (every applied batch that touched tasks wakes this; most find no slot)
+        running = self.executor.running()
         for rec in state.tasks_for_node(self.node_id):
-            if rec.state != "assigned" or rec.id in self.executor.running():
+            if rec.state != "assigned" or rec.id in running:
                 continue
             if self._started.get(rec.id) == rec.epoch:
                 # Already ran here at this epoch; its reports are not committed
@@ -202,6 +205,7 @@ class LocalRunner:
             if self.executor.free_slots <= 0:
                 break
             await self._start_one(rec)
+            running = self.executor.running()
 
     async def _start_one(self, rec: TaskRecord) -> None:
         cmd: list[str] | str = rec.argv if rec.argv else (rec.shell or "")
