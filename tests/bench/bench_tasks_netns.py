@@ -87,13 +87,29 @@ def loadavg() -> str:
     return f"load {one:.1f}/{five:.1f}"
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole box from /proc/stat (iowait and idle not busy)."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    return sum(fields) - fields[3] - fields[4], sum(fields)
+
+
+def busy_since(before: tuple[int, int]) -> str:
+    """The share of the box's CPU time that was busy since ``before`` (every process:
+    ours or Dask, the bench, and anyone else's load)."""
+    busy, total = cpu_ticks()
+    return f"box CPU {100 * (busy - before[0]) / max(1, total - before[1]):.0f}% busy"
+
+
 def run_true(_i: int) -> int:
     """One Dask task: what each of ours runs."""
     return subprocess.run(["true"], check=False).returncode
 
 
-def run_dask(count: int) -> float:
-    """Dask anchor: ``count`` ``subprocess.run(["true"])`` on 4 workers x 2 threads."""
+def run_dask(count: int) -> tuple[float, str]:
+    """Dask anchor: ``count`` ``subprocess.run(["true"])`` on 4 workers x 2 threads; its
+    makespan and a line of its CPU per task (psutil: this process, which holds the
+    scheduler and the client, and the workers with their reaped ``true``s)."""
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError:
@@ -105,12 +121,21 @@ def run_dask(count: int) -> float:
     with LocalCluster(n_workers=HOSTS, threads_per_worker=SLOTS, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         client.gather(client.map(run_true, range(HOSTS * SLOTS), pure=False))  # warm-up
+        procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+        before = [p.cpu_times() for p in procs]
+        ticks = cpu_ticks()
         started = time.monotonic()
         codes = client.gather(client.map(run_true, range(count), pure=False))
         wall = time.monotonic() - started
+        busy = busy_since(ticks)
+        after = [p.cpu_times() for p in procs]
     if any(codes):
         raise SystemExit(f"Dask: {sum(1 for c in codes if c)} of {count} `true` runs failed")
-    return wall
+    own = sum(a.user + a.system - b.user - b.system for a, b in zip(after, before, strict=True))
+    kids = sum(a.children_user + a.children_system - b.children_user - b.children_system
+               for a, b in zip(after[1:], before[1:], strict=True))
+    return wall, (f"    CPU ms per task, Dask processes (scheduler+client+4 workers) "
+                  f"{1000 * own / count:.2f}; task processes {1000 * kids / count:.2f}; {busy}")
 
 
 async def call_retry(client: ControlClient, method: str, params: dict[str, Any]) -> Any:
@@ -346,8 +371,10 @@ def run_once(args: argparse.Namespace, run: int, with_parallel: bool) -> dict[st
             settled = settle(pids)
             meter = CpuMeter(pids)
             load_before = loadavg()
+            ticks = cpu_ticks()
             ours = asyncio.run(run_ours(sock, args.tasks, 600.0, args.breakdown))
             used = meter.used()
+            busy = busy_since(ticks)
             for spy in spies:
                 spy.send_signal(2)
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -369,13 +396,13 @@ def run_once(args: argparse.Namespace, run: int, with_parallel: bool) -> dict[st
         print("    CPU ms per task, agent processes: "
               + ", ".join(f"{n}{'*' if n == f'h{leader}' else ''} {v:.2f}"
                           for n, v in agent_ms.items())
-              + f" (sum {sum(agent_ms.values()):.2f}); task processes {child_ms:.2f}")
+              + f" (sum {sum(agent_ms.values()):.2f}); task processes {child_ms:.2f}; {busy}")
         if args.breakdown:
             print_breakdown(ours)
-        dask = run_dask(args.tasks)
+        dask, dask_cpu = run_dask(args.tasks)
         figures["dask"] = dask
         print(f"  Dask LocalCluster(4x2):    {dask:8.2f} s makespan "
-              f"({args.tasks / dask:.0f} tasks/s) ({loadavg()})")
+              f"({args.tasks / dask:.0f} tasks/s) ({loadavg()})\n{dask_cpu}")
         print(f"  ratio: ours/Dask = {ours.makespan / dask:.2f} (target <= 1.00: "
               f"{'meets' if ours.makespan <= dask else 'misses'})")
         if with_parallel:
