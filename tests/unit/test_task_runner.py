@@ -29,6 +29,7 @@ from agent.state import (
 )
 from agent.state.commands import Batch
 from agent.state.machine import ApplyResult
+from agent.state.tasks import TaskRecord
 
 ME, OTHER = "me", "other"
 
@@ -213,3 +214,29 @@ async def wait_proposed(host: Host, count: int) -> None:
         await asyncio.wait_for(until(), 5.0)
     except TimeoutError:
         pytest.fail(f"{count} report(s) never proposed: {host.proposed}")
+
+
+async def test_a_reconcile_with_every_slot_busy_does_not_list_the_hosts_tasks() -> None:
+    # Every applied batch that touches tasks wakes a reconcile; with both slots busy
+    # there is nothing to start, so the host's task list (up to every task queued
+    # here) is not built at all.
+    host = Host(slots=2)
+    mine = [host.submit(ME) for _ in range(5)]
+    listed: list[str] = []
+    real = host.sm.tasks_for_node
+
+    def tasks_for_node(node_id: str) -> list[TaskRecord]:
+        listed.append(node_id)
+        return real(node_id)
+
+    host.sm.tasks_for_node = tasks_for_node  # type: ignore[method-assign]
+    await host.runner.reconcile()
+    assert host.executor.calls == [("start", mine[0], 1), ("start", mine[1], 1)]
+    assert listed == [ME]
+    await host.runner.reconcile()
+    assert listed == [ME]  # both slots busy: not listed again
+    host.runner.on_exec_event(event("started", mine[0]))
+    host.executor.runs.pop(mine[0])  # it ended: a slot frees, so listed and the next starts
+    await host.runner.reconcile()
+    assert listed == [ME, ME]
+    assert host.executor.calls[-1] == ("start", mine[2], 1)
