@@ -158,6 +158,9 @@ class OursResult:
     """Task id -> wall time the bench saw its ``finished`` event."""
     records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     """``task.get`` of every task (with ``--breakdown``)."""
+    client_cpu: float = 0.0
+    """CPU seconds of this process (the client: submits, the event stream) until the
+    makespan ends."""
 
 
 async def run_ours(sock: str, count: int, timeout: float, breakdown: bool) -> OursResult:
@@ -198,6 +201,7 @@ async def run_ours(sock: str, count: int, timeout: float, breakdown: bool) -> Ou
                     all_done.set()
 
     follower = asyncio.create_task(follow())
+    cpu_before = sum(psutil.Process().cpu_times()[:2])
     started = time.monotonic()
     await asyncio.gather(*(one(i) for i in range(count)))
     deadline = started + timeout
@@ -211,6 +215,7 @@ async def run_ours(sock: str, count: int, timeout: float, breakdown: bool) -> Ou
         if all(r["state"] in ("succeeded", "failed") for r in rows if r["id"] in ids):
             break
     makespan = time.monotonic() - started
+    client_cpu = sum(psutil.Process().cpu_times()[:2]) - cpu_before
     rows = await call_retry(client, "task.list", {})
     follower.cancel()
     records: list[dict[str, Any]] = []
@@ -232,7 +237,7 @@ async def run_ours(sock: str, count: int, timeout: float, breakdown: bool) -> Ou
     by_host: dict[str, int] = {}
     for row in mine:
         by_host[str(row["node"])] = by_host.get(str(row["node"]), 0) + 1
-    return OursResult(makespan, by_host, seen, records)
+    return OursResult(makespan, by_host, seen, records, client_cpu)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -375,6 +380,7 @@ def run_once(args: argparse.Namespace, run: int, with_parallel: bool) -> dict[st
             ours = asyncio.run(run_ours(sock, args.tasks, 600.0, args.breakdown))
             used = meter.used()
             busy = busy_since(ticks)
+            client_ms = 1000 * ours.client_cpu / args.tasks
             for spy in spies:
                 spy.send_signal(2)
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -396,7 +402,8 @@ def run_once(args: argparse.Namespace, run: int, with_parallel: bool) -> dict[st
         print("    CPU ms per task, agent processes: "
               + ", ".join(f"{n}{'*' if n == f'h{leader}' else ''} {v:.2f}"
                           for n, v in agent_ms.items())
-              + f" (sum {sum(agent_ms.values()):.2f}); task processes {child_ms:.2f}; {busy}")
+              + f" (sum {sum(agent_ms.values()):.2f}); task processes {child_ms:.2f}; "
+              f"the bench's client {client_ms:.2f}; {busy}")
         if args.breakdown:
             print_breakdown(ours)
         dask, dask_cpu = run_dask(args.tasks)
