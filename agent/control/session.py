@@ -116,8 +116,42 @@ def error_reply(exc: BaseException) -> tuple[str, str]:
 class _Subscription:
     id: int
     topics: frozenset[str]
+    """Plain topic names (what ``count_topics`` and ``offer`` look up)."""
+    kinds: dict[str, frozenset[str]] = field(default_factory=dict)
+    """Topic -> the event kinds wanted (``tasks:finished``); a topic not here wants all."""
     queue: deque[tuple[str, dict[str, Any]]] = field(default_factory=deque)
     dropped: int = 0
+
+
+def parse_topics(
+    names: list[str], declared: frozenset[str]
+) -> tuple[frozenset[str], dict[str, frozenset[str]]]:
+    """``subscribe``'s topic list -> (plain topics, kind filters); ProtocolError if unknown.
+
+    A name is a topic (``tasks``: every event) or ``topic:kind`` (``tasks:finished``:
+    only events whose ``data.kind`` is that), as the server declares them.  A plain
+    topic beside a filtered one of the same topic wins (all kinds).  An unknown name
+    is refused with one line naming it (and, for a kind, the kinds there are).
+    """
+    unknown = sorted(set(names) - declared)
+    if unknown:
+        topic, colon, kind = unknown[0].partition(":")
+        if not colon or topic not in declared:
+            raise ProtocolError(f"unknown topic '{unknown[0]}'")
+        kinds = sorted(n.partition(":")[2] for n in declared if n.startswith(topic + ":"))
+        if not kinds:
+            raise ProtocolError(f"topic '{topic}' takes no kind filter (subscribe to '{topic}')")
+        raise ProtocolError(f"unknown kind '{kind}' of topic '{topic}' (kinds: {', '.join(kinds)})")
+    whole: set[str] = set()
+    wanted: dict[str, set[str]] = {}
+    for name in names:
+        topic, _, kind = name.partition(":")
+        if kind:
+            wanted.setdefault(topic, set()).add(kind)
+        else:
+            whole.add(topic)
+    filters = {t: frozenset(k) for t, k in wanted.items() if t not in whole}
+    return frozenset(whole | wanted.keys()), filters
 
 
 class SessionHost(Protocol):
@@ -126,6 +160,7 @@ class SessionHost(Protocol):
     idle_timeout: float
     handlers: Mapping[str, Handler]
     topics: frozenset[str]
+    """Declared names: topics (``tasks``) and ``topic:kind`` filters (``tasks:finished``)."""
 
     def count_topics(self, topics: frozenset[str], delta: int) -> None:
         """A client (un)subscribed ``topics`` (``delta`` +1/-1)."""
@@ -349,14 +384,12 @@ class ControlSession:
         topics = params.get("topics")
         if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
             raise ProtocolError("subscribe needs topics: a list of str")
-        unknown = sorted(set(topics) - self.server.topics)
-        if unknown:
-            raise ProtocolError(f"unknown topic '{unknown[0]}'")
+        plain, kinds = parse_topics(topics, self.server.topics)
         if len(self.subs) >= MAX_SUBSCRIPTIONS:
             raise ProtocolError(f"more than {MAX_SUBSCRIPTIONS} subscriptions")
         sub_id = self.next_sub_id
         self.next_sub_id += 1
-        self.subs[sub_id] = sub = _Subscription(sub_id, frozenset(topics))
+        self.subs[sub_id] = sub = _Subscription(sub_id, plain, kinds)
         self.server.count_topics(sub.topics, 1)
         return sub_id
 
@@ -431,11 +464,17 @@ class ControlSession:
             self._release_slots(slots)
 
     def offer(self, topic: str, data: dict[str, Any]) -> None:
-        """Queue an event for every subscription of this client that wants ``topic``."""
+        """Queue an event for every subscription of this client that wants ``topic``
+        (and, with a kind filter, ``data["kind"]``): an unwanted event is dropped
+        here, before it is queued or encoded."""
         queued = False
         for sub in self.subs.values():
             if topic not in sub.topics:
                 continue
+            if sub.kinds:
+                kinds = sub.kinds.get(topic)
+                if kinds is not None and data.get("kind") not in kinds:
+                    continue
             if len(sub.queue) >= SUBSCRIBER_QUEUE:
                 sub.queue.popleft()
                 sub.dropped += 1

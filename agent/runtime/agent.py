@@ -82,7 +82,14 @@ INSECURE_KEY = bytes(32)
 """The publicly known all-zero key used with ``--insecure-no-key``: packets keep
 their format, but anyone can forge them."""
 
-TOPICS = {"members", "consensus", "tasks", "migrations", "metrics"}
+TASK_EVENT_KINDS = ("submitted", "assigned", "started", "finished", "requeued", "cancelled", "lost")
+"""``data.kind`` of the ``tasks`` topic's events (agent/state/tasks.py ``_event``)."""
+TOPICS = {
+    "members", "consensus", "tasks", "migrations", "metrics",
+    # ``tasks:finished`` and the like: a subscription to those kinds only, filtered
+    # by the agent before encoding (agent/control/session.py ``parse_topics``).
+    *(f"tasks:{kind}" for kind in TASK_EVENT_KINDS),
+}
 
 
 

@@ -167,7 +167,9 @@ async def run_ours(sock: str, count: int, timeout: float, breakdown: bool) -> Ou
     """Makespan of ``count`` ``true`` tasks and the hosts they ran on."""
     events = await ControlClient.connect_unix(sock)
     client = await ControlClient.connect_unix(sock)
-    sub = await events.subscribe(["tasks"])
+    # Only the kinds read here: the agent drops the rest before encoding them (a
+    # failed `true` is a ``finished`` event too; ``lost`` ends a task without one).
+    sub = await events.subscribe(["tasks:finished", "tasks:lost"])
     ids: set[str] = set()
     finished: set[str] = set()
     gate = asyncio.Semaphore(INFLIGHT)
@@ -180,7 +182,7 @@ async def run_ours(sock: str, count: int, timeout: float, breakdown: bool) -> Ou
             if item.get("event") == "overflow":
                 continue  # the final task.list check covers anything missed
             data = item.get("data") or {}
-            if data.get("kind") != "finished":
+            if data.get("kind") not in ("finished", "lost"):
                 continue
             task_id = str((data.get("task") or {}).get("id"))
             seen.setdefault(task_id, time.time())
@@ -212,7 +214,7 @@ async def run_ours(sock: str, count: int, timeout: float, breakdown: bool) -> Ou
         if all_done.is_set():
             break
         rows = await call_retry(client, "task.list", {})
-        if all(r["state"] in ("succeeded", "failed") for r in rows if r["id"] in ids):
+        if all(r["state"] in ("succeeded", "failed", "lost") for r in rows if r["id"] in ids):
             break
     makespan = time.monotonic() - started
     client_cpu = sum(psutil.Process().cpu_times()[:2]) - cpu_before
