@@ -30,8 +30,6 @@ from agent.control.codec import (
     ControlConnection,
     ErrorResponse,
     Event,
-    Request,
-    Response,
 )
 from agent.control.pending import Pending
 from agent.errors import ProtocolError
@@ -210,7 +208,6 @@ class ControlClient:
         self._flush_scheduled = False
         self._write_lock = asyncio.Lock()
         self._deadlines: list[tuple[float, int, _Waiter, str, float]] = []
-        self._deadline_seq = itertools.count()
         self._sweep_at: float | None = None
         self._sweep_timer: asyncio.TimerHandle | None = None
         self._lost: ClientError | None = None
@@ -284,19 +281,24 @@ class ControlClient:
             raise ClientError("bad_request", str(exc)) from exc
         self._free_slots -= 1
         call: Pending[Any] = Pending()
+        # No callback of ours on it: whatever resolves it (a reply, its deadline, the
+        # connection lost) first drops it and frees its slot (``_take``), so its
+        # callbacks may start the next call at once.
         self._pending[request_id] = call
-        call.then(self._started_done, request_id)  # first: the slot is free for its callbacks
         if timeout is not None:
-            self._add_deadline(call, method, timeout)
+            self._add_deadline(call, request_id, method, timeout)
         self._out.append(frame)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
         return call
 
-    def _started_done(self, request_id: int, _call: Pending[Any]) -> None:
-        self._pending.pop(request_id, None)
-        self._release_slot()
+    def _take(self, request_id: int, waiter: _Waiter) -> None:
+        """Before a ``start`` call's ``Pending`` is resolved: drop it, free its slot
+        (a ``call``'s future is dropped by its own coroutine)."""
+        if type(waiter) is Pending:
+            self._pending.pop(request_id, None)
+            self._release_slot()
 
     async def _request(
         self,
@@ -324,7 +326,7 @@ class ControlClient:
             if sub is not None:
                 self._subscribing[request_id] = sub
             if timeout is not None:
-                self._add_deadline(future, method, timeout)
+                self._add_deadline(future, request_id, method, timeout)
             try:
                 self._out.append(frame)
                 if not self._flush_scheduled:
@@ -371,10 +373,11 @@ class ControlClient:
 
     # -- reply deadlines: one heap and one timer for all calls, instead of an
     # asyncio.timeout scope (a context, a task lookup, a timer) per call.
-    def _add_deadline(self, future: _Waiter, method: str, timeout: float) -> None:
+    def _add_deadline(self, future: _Waiter, request_id: int, method: str, timeout: float) -> None:
         deadline = self._loop.time() + timeout
         heap = self._deadlines
-        heapq.heappush(heap, (deadline, next(self._deadline_seq), future, method, timeout))
+        # The request id (unique) breaks ties between equal deadlines.
+        heapq.heappush(heap, (deadline, request_id, future, method, timeout))
         if len(heap) > 2 * len(self._pending) + 64:
             # Answered calls leave their entries behind: drop them now and then.
             heap[:] = [entry for entry in heap if not entry[2].done()]
@@ -389,8 +392,10 @@ class ControlClient:
         self._sweep_timer = self._sweep_at = None
         heap, now = self._deadlines, self._loop.time()
         while heap and heap[0][0] <= now:
-            _, _, future, method, timeout = heapq.heappop(heap)
-            _expire(future, method, timeout)
+            _, request_id, future, method, timeout = heapq.heappop(heap)
+            if not future.done():
+                self._take(request_id, future)
+                _expire(future, method, timeout)
         while heap and heap[0][2].done():
             heapq.heappop(heap)
         if heap:
@@ -447,11 +452,20 @@ class ControlClient:
 
     # -- the reader task
     async def _read_loop(self) -> None:
+        conn, pending = self._conn, self._pending
         try:
             while True:
                 data = await self._reader.read(READ_CHUNK)
-                self._conn.receive_data(data)
-                while (message := self._conn.next_event()) is not NEED_DATA:
+                conn.receive_data(data)
+                while (message := conn.next_reply()) is not NEED_DATA:
+                    if type(message) is tuple:  # the usual reply: _route's checks in short
+                        request_id, result = message
+                        waiter = pending.get(request_id)
+                        if type(waiter) is Pending and not waiter.done():  # a start() call
+                            del pending[request_id]
+                            self._release_slot()
+                            waiter.set_result(result)
+                            continue
                     self._route(message)
                 if not data:
                     self._connection_lost(ConnectionLost())
@@ -463,12 +477,8 @@ class ControlClient:
         except ClientError as exc:
             self._connection_lost(exc)
 
-    def _route(self, message: Response | ErrorResponse | Event | Request) -> None:
-        if type(message) is Response:  # the usual reply: the checks below in short
-            future = self._pending.get(message.id)
-            if future is not None and not future.done() and message.id not in self._subscribing:
-                future.set_result(message.result)
-                return
+    def _route(self, message: tuple[int, Any] | ErrorResponse | Event) -> None:
+        """A reply ``(id, result)`` (``next_reply``), an error reply or an event."""
         if isinstance(message, Event):
             target = self._subs.get(message.sub)
             if target is not None:
@@ -477,30 +487,34 @@ class ControlClient:
         if isinstance(message, ErrorResponse) and message.id is None:
             # The server hangs up after a connection-level error: fail everything with it.
             raise ClientError(message.code, message.message)
-        assert isinstance(message, Response | ErrorResponse) and message.id is not None
-        future = self._pending.get(message.id)
+        request_id = message.id if isinstance(message, ErrorResponse) else message[0]
+        assert request_id is not None
+        future = self._pending.get(request_id)
         if future is None or future.done():
             return  # the call timed out and went away
+        self._take(request_id, future)
         if isinstance(message, ErrorResponse):
             future.set_exception(ClientError(message.code, message.message))
             return
-        sub = self._subscribing.pop(message.id, None)
+        assert type(message) is tuple
+        result = message[1]
+        sub = self._subscribing.pop(request_id, None)
         if sub is not None:
-            result = message.result
             sub_id = result.get("sub") if isinstance(result, dict) else None
             if type(sub_id) is not int:
                 future.set_exception(ClientError("internal", f"bad subscribe reply {result!r}"))
                 return
             sub.id = sub_id
             self._subs[sub_id] = sub
-        future.set_result(message.result)
+        future.set_result(result)
 
     def _connection_lost(self, error: ClientError) -> None:
         if self._lost is not None:
             return
         self._lost = error
-        for future in list(self._pending.values()):  # a Pending's callback pops its own
+        for request_id, future in list(self._pending.items()):
             if not future.done():
+                self._take(request_id, future)
                 future.set_exception(error)
         for waiter in self._slot_waiters:
             if not waiter.done():

@@ -504,6 +504,29 @@ class ControlConnection:
             self.state = State.ERROR
             raise
 
+    def next_reply(self) -> tuple[int, Any] | ErrorResponse | Event | Literal[_Sentinel.NEED_DATA]:
+        """A client's ``next_event`` without building a ``Response``: its
+        ``(id, result)``; an error or event as ``next_event`` gives it (the same
+        checks and errors), or ``NEED_DATA`` -- the hot path, one call per reply."""
+        if self.role is not Role.CLIENT:
+            raise ProtocolError("a server reads requests (next_request)")
+        if self.state is State.ERROR:
+            raise ProtocolError("connection is in the ERROR state")  # as next_event
+        try:
+            obj = self._next_body()
+            if obj is None:
+                return NEED_DATA
+            # {"id": int, "result": ...} and nothing else: the usual reply.
+            if len(obj) == 2 and "result" in obj and type(msg_id := obj.get("id")) is int:
+                return msg_id, obj["result"]
+            message = _parse_to_client(obj)
+        except ProtocolError:
+            self.state = State.ERROR
+            raise
+        if isinstance(message, Response):
+            return message.id, message.result
+        return message
+
     def _starved(self) -> NextEvent:
         if self._eof:
             if self.buffered:
