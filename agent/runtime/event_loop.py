@@ -55,6 +55,19 @@ GC_THRESHOLDS: Final = (20_000, 20, 10)
 """``gc.set_threshold`` for the agent (default 700, 10, 10): young collections
 every 20,000 net new container objects instead of 700 (see the module doc)."""
 
+UV_THREADPOOL_SIZE: Final = "2"
+"""Threads in libuv's worker pool under uvloop (libuv's default: 4), set through
+the ``UV_THREADPOOL_SIZE`` environment variable before the loop is made, unless
+the operator set it.  Unit: threads.  Why: uvloop starts the pool at the first
+bind of a UDP or TCP socket by host, and uses it only for name lookups
+(``getaddrinfo``), a few at start-up and on a join.  Yet every idle thread makes
+each move of the agent between cgroups dearer: the agent moves itself into a
+run's group and back around each spawn (agent/containment), and a move in and
+out cost 107-152 us of kernel CPU with 5 threads against 59-67 us with 3 (issue
+14; 2,000 moves, 4 interleaved pairs).  Two threads still resolve two names at
+once, so one slow DNS server does not stall the other lookups.  Tasks never see
+the variable (their environment is built from a short list; agent/executor.py)."""
+
 T = TypeVar("T")
 
 
@@ -106,9 +119,11 @@ def resolve_event_loop(configured: str, environ: dict[str, str] | None = None) -
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The factory for ``asyncio.Runner`` (None: the standard loop)."""
+    """The factory for ``asyncio.Runner`` (None: the standard loop); for uvloop it
+    also sizes libuv's worker pool (``UV_THREADPOOL_SIZE``) unless already set."""
     if choice != "uvloop":
         return None
+    os.environ.setdefault("UV_THREADPOOL_SIZE", UV_THREADPOOL_SIZE)  # see its doc
     import uvloop
 
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
