@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.control import codec
 from agent.control.codec import (
     CLIENT,
     NEED_DATA,
@@ -185,3 +186,82 @@ async def test_a_start_calls_slot_is_free_in_its_callbacks_however_it_ends() -> 
     finally:
         await srv.close()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- decode_body passes msgpack only the caps that differ from its defaults (session 7)
+def _explicit(body: bytes) -> Any:
+    """decode_body's unpack before session 7: every option and cap spelled out."""
+    size = len(body)
+    return msgpack.unpackb(
+        body, raw=False, use_list=True, strict_map_key=True, max_ext_len=0,
+        max_str_len=size, max_bin_len=size,
+        max_array_len=min(codec.MAX_ARRAY_LEN, size), max_map_len=min(codec.MAX_MAP_LEN, size // 2))
+
+
+def _verdicts(body: bytes) -> tuple[Any, Any]:
+    """(decode_body's, the explicit unpack's) answer: the value, or the refusal's words."""
+    out = []
+    for decode in (codec.decode_body, _explicit):
+        try:
+            value = decode(body)
+            out.append(value)
+        except ProtocolError as exc:  # msgpack's refusal (its words, its caps) or the codec's
+            cause = exc.__cause__
+            out.append(("refused", f"{type(cause).__name__}: {cause}" if cause else str(exc)))
+        except Exception as exc:
+            out.append(("refused", f"{type(exc).__name__}: {exc}"))
+    return out[0], out[1]
+
+
+def _same(body: bytes) -> None:
+    ours, explicit = _verdicts(body)
+    if type(explicit) is dict:  # decode_body also checks the map (check_value)
+        try:
+            codec.check_value(explicit)
+        except ProtocolError as exc:
+            explicit = ("refused", str(exc))
+    elif type(explicit) is not tuple:
+        explicit = ("refused", f"frame must hold a map, not {type(explicit).__name__}")
+    assert ours == explicit, body[:40]
+
+
+HOSTILE: list[bytes] = [
+    b"\x81\xa1a\xdd\x00\x00\x00\x10",  # {"a": array claiming 16 elements} in 8 bytes
+    b"\x81\xa1a\xdf\x00\x00\x00\x05",  # a map claiming 5 pairs
+    b"\x81\xa1a\xdb\x00\x00\x00\x09abc",  # a str claiming 9 bytes
+    b"\x81\xa1a\xc6\x00\x00\x00\x09abc",  # a bin claiming 9 bytes
+    b"\x81\xa1a\xc7\x01\x05a",  # an ext
+    b"\x81\xc4\x01kv",  # a bytes key
+    b"\x81\x01\x02",  # an int key
+    b"\x81\xa1a\xc4\x01\xff",  # a bin value
+    b"\x81\xa1a\xa2\xff\xfe",  # invalid utf-8
+    b"\x92\x01\x02",  # an array, not a map
+    b"\x81\xa1a\x01\x02",  # extra data
+]
+
+
+@pytest.mark.parametrize("body", HOSTILE)
+def test_decode_body_refuses_and_accepts_what_the_explicit_unpack_does(body: bytes) -> None:
+    _same(body)
+
+
+def test_decode_body_caps_arrays_at_max_array_len_above_it() -> None:
+    """Between MAX_ARRAY_LEN and MAX_CONTAINERS bytes msgpack's default array cap
+    (the body's length) is above MAX_ARRAY_LEN: that cap is still passed."""
+    big = codec.MAX_ARRAY_LEN + 10
+    for count in (codec.MAX_ARRAY_LEN, codec.MAX_ARRAY_LEN + 1):
+        body = b"\x81\xa1a\xdd" + struct.pack(">I", count) + b"\xc0" * (big - 8)
+        _same(body)
+    assert codec.MAX_CONTAINERS // 2 <= codec.MAX_MAP_LEN  # maps: the default is the cap
+
+
+@settings(max_examples=150, deadline=None)
+@given(value=_values, junk=st.binary(max_size=6), cut=st.integers(0, 8))
+def test_decode_body_matches_the_explicit_unpack_on_hypothesis_bodies(
+    value: Any, junk: bytes, cut: int
+) -> None:
+    body: bytes = msgpack.packb({"v": value}, use_bin_type=True)
+    _same(body)
+    _same(body + junk)
+    _same(body[: max(1, len(body) - cut)])
+    _same(junk or b"\xc0")
