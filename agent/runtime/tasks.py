@@ -245,8 +245,9 @@ class TaskRuntime:
                 restartable=bool(params.get("restartable", False)),
                 submitter=self._name,
             )
-            spec = dataclasses.replace(spec, mem=mem, pids=pids,
-                                       artifacts=tuple(params.get("artifacts") or ()))
+            artifacts = tuple(params.get("artifacts") or ())
+            if mem or pids or artifacts:  # else the spec holds them already: TaskSubmit's defaults
+                spec = dataclasses.replace(spec, mem=mem, pids=pids, artifacts=artifacts)
             rid = str(params.get("rid") or os.urandom(16).hex())
             return (await commit(builders.cmd_task_submit(spec, rid, time.time()))).value
 
