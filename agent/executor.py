@@ -579,6 +579,8 @@ def _start_child(
     switches to ``user`` itself (after joining its cgroups, or in the subreaper's
     child), so the spawn gets no user; a cgroup jail may put the agent inside the
     run's group around it (``CgroupJail.enter``).  ``found`` is where ``argv[0]`` is."""
+    # The child inherits this thread's signal mask, so a signal sent before it has
+    # installed its handlers waits for them instead of killing it by default.
     signals = jail.blocked_signals
     old = signal.pthread_sigmask(signal.SIG_BLOCK, signals) if signals else None
     held = False

@@ -13,7 +13,7 @@ task: ``limit_refusal`` says why in one line, never silently unlimited.
 Born inside: a run must be in its cgroup before anything of the task runs.  On
 a v2 kill hierarchy, for a run whose only group is there and has no memory
 controller and no limit, the agent steps into that group itself for the spawn
-(``CgroupJail.spawning``: one write to the group's ``cgroup.procs``, the
+(``CgroupJail.enter``/``leave``: one write to the group's ``cgroup.procs``, the
 ``Popen`` -- a vfork, so the child is born in the group and execs the task
 directly -- and one write back to the agent's own group).  Otherwise a shell
 joins the groups first and then execs the task (``JOIN_SCRIPT``), a second exec
@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -125,7 +125,7 @@ class CgroupJail:
     ) -> tuple[list[str], dict[str, Any]]:
         setpriv = SETPRIV
         if self.inside:
-            # Born in the group (``spawning``): the task itself is the first exec.
+            # Born in the group (``enter``): the task itself is the first exec.
             return ([*_setpriv_argv(setpriv, user), *argv] if user is not None else argv), {}
         procs = self.group.procs_files  # (strings: no work left for the child)
         if user is None or setpriv is not None:
@@ -149,20 +149,10 @@ class CgroupJail:
 
         return argv, {"preexec_fn": enter}
 
-    @contextlib.contextmanager
-    def spawning(self, user: pwd.struct_passwd | None) -> Iterator[None]:
-        """Around the spawn: step into the run's group when ``direct`` (then
-        ``popen_args`` gives the task's own argv), and back out after."""
-        held = self.enter(user)
-        try:
-            yield
-        finally:
-            if held:
-                self.leave()
-
     def enter(self, user: pwd.struct_passwd | None) -> bool:
-        """``spawning``'s first half, for a caller without a ``with``: True when the
-        spawn window is held (``leave`` must follow, whatever the spawn did)."""
+        """Before the spawn: step into the run's group when ``direct`` (then
+        ``popen_args`` gives the task's own argv).  True when the spawn window is
+        held: ``leave`` must follow, whatever the spawn did."""
         if not self.direct or self.owner.home is None or (user is not None and SETPRIV is None):
             return False
         _window.acquire()
@@ -226,9 +216,6 @@ class SubreaperJail:
     cgroup_dirs: tuple[str, ...] = ()
     blocked_signals: frozenset[signal.Signals] = frozenset({*FORWARDED, FORCE_SIGNAL})
     """Blocked while the subreaper starts; it unblocks them once its handlers are in."""
-
-    def spawning(self, user: pwd.struct_passwd | None) -> contextlib.nullcontext[None]:
-        return contextlib.nullcontext()
 
     def enter(self, user: pwd.struct_passwd | None) -> bool:
         return False  # the subreaper is never spawned from inside a group
@@ -552,31 +539,11 @@ def usage_pids(pids: Sequence[int]) -> tuple[float, int, int] | None:
     return (cpu, rss, count) if count else None
 
 
-@contextlib.contextmanager
-def blocked(signals: frozenset[signal.Signals]) -> Iterator[None]:
-    """Block ``signals`` in this thread around a spawn: the child inherits the mask,
-    so a signal sent before it has installed its handlers waits for them instead
-    of killing it with the default action."""
-    if not signals:
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 FOUND_FOR_S = 1.0
 """Seconds a command name found on a PATH is taken as found again without a search
 (default 1 s): a burst of runs of one command searches once.  A command removed in
 that second starts its join shim, which exits 127 as a missing command's run does."""
 _found: dict[tuple[str, str], tuple[float, str]] = {}
-
-
-def findable(command: str, path: str, cwd: str, now: float | None = None) -> bool:
-    """Would ``execvp`` find ``command`` (on ``path``, or relative to ``cwd``)?"""
-    return locate(command, path, cwd, now) is not None
 
 
 def locate(command: str, path: str, cwd: str, now: float | None = None) -> str | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from agent.containment.jail import FOUND_FOR_S, findable
+from agent.containment.jail import FOUND_FOR_S, locate
 from agent.runtime.replica_store import ReplicaStore
 from agent.runtime.replication import Replicator
 
@@ -17,12 +17,12 @@ def test_a_found_command_is_not_searched_again_for_a_second(tmp_path: Path) -> N
     tool.write_text("#!/bin/sh\n")
     tool.chmod(0o755)
     path = str(tmp_path)
-    assert findable("mt-tool", path, "/", now=100.0)
+    assert locate("mt-tool", path, "/", now=100.0) is not None
     tool.unlink()
-    assert findable("mt-tool", path, "/", now=100.0 + FOUND_FOR_S / 2)  # not searched
-    assert not findable("mt-tool", path, "/", now=100.0 + FOUND_FOR_S + 0.01)
-    assert not findable("mt-tool", path, "/", now=100.0 + FOUND_FOR_S + 0.02)
-    assert not findable("mt-missing", path, "/", now=100.0)  # misses are never cached
+    assert locate("mt-tool", path, "/", now=100.0 + FOUND_FOR_S / 2) is not None  # not searched
+    assert locate("mt-tool", path, "/", now=100.0 + FOUND_FOR_S + 0.01) is None
+    assert locate("mt-tool", path, "/", now=100.0 + FOUND_FOR_S + 0.02) is None
+    assert locate("mt-missing", path, "/", now=100.0) is None  # misses are never cached
 
 
 def test_an_empty_capture_gets_the_empty_digest(tmp_path: Path) -> None:
