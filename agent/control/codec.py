@@ -486,12 +486,10 @@ class ControlConnection:
         """A server's ``next_event`` without building the ``Request``: its
         ``(id, method, params)`` (the same checks and errors), or ``NEED_DATA``
         -- the hot path, one call per request."""
-        if self.state is State.ERROR or self.role is not Role.SERVER:
-            message = self.next_event()  # raises the usual error
-            if message is NEED_DATA:
-                return NEED_DATA
-            assert isinstance(message, Request)
-            return message.id, message.method, message.params
+        if self.role is not Role.SERVER:
+            raise ProtocolError("a client reads replies (next_reply)")
+        if self.state is State.ERROR:
+            raise ProtocolError("connection is in the ERROR state")  # as next_event
         try:
             obj = self._next_body()
             if obj is None:

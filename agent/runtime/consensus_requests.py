@@ -477,11 +477,9 @@ def _encoded(command: bytes | None, decoded: Command | PutRow | None) -> bytes:
     """A queued write's bytes: ``command``, or ``decoded`` encoded (``submit_decoded``)."""
     if command is not None:
         return command
-    assert decoded is not None  # submit_decoded queues its decoded command
-    if type(decoded) is tuple:
-        rid, at, ns, key, value = decoded
-        return encode_command(KvPut(ns, key, value), rid, at)
-    return encode_command(decoded.body, decoded.rid, decoded.at)  # type: ignore[union-attr]
+    whole = _command(decoded)
+    assert whole is not None  # submit_decoded queues its decoded command
+    return encode_command(whole.body, whole.rid, whole.at)
 
 
 def _is_put(decoded: Command | PutRow | None) -> bool:
