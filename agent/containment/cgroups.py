@@ -315,11 +315,23 @@ def populated(directory: Dir) -> bool | None:
     return None
 
 
-def kill_round(group: TaskGroup) -> bool:
-    """One kill pass over the group; True if it was already empty."""
+def kill_round(group: TaskGroup, spare: int = 0) -> bool:
+    """One kill pass over the group; True if it was already empty.
+
+    ``spare``: a pid that, when it is a member, is left alive and not counted
+    (the agent itself, when it could not step back out of a run's group after a
+    spawn).  Such a round signals each other member and never writes
+    ``cgroup.kill`` or freezes the group, either of which would take the agent
+    with it."""
     if len(group.dirs) == 1 and populated(group.kill_dir) is False:
         return True  # one read, not a walk and a read per cgroup
     pids = member_pids(group.dirs)
+    if spare in pids:
+        pids.discard(spare)
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        return not pids
     if not pids:
         return True
     kill_file = f"{group.kill_dir}/cgroup.kill"
@@ -338,20 +350,23 @@ def kill_round(group: TaskGroup) -> bool:
     return False
 
 
-def kill_until_empty(group: TaskGroup, timeout: float = KILL_TIMEOUT_S) -> bool:
-    """Kill rounds until nothing is left (True) or ``timeout`` passes (False).  Blocking."""
+def kill_until_empty(group: TaskGroup, timeout: float = KILL_TIMEOUT_S, spare: int = 0) -> bool:
+    """Kill rounds until nothing is left (True) or ``timeout`` passes (False).  Blocking.
+    ``spare`` as in ``kill_round``."""
     deadline = time.monotonic() + timeout
-    while not kill_round(group):
+    while not kill_round(group, spare):
         if time.monotonic() >= deadline:
             return False
         time.sleep(KILL_ROUND_PAUSE_S)
     return True
 
 
-async def kill_until_empty_async(group: TaskGroup, timeout: float = KILL_TIMEOUT_S) -> bool:
+async def kill_until_empty_async(
+    group: TaskGroup, timeout: float = KILL_TIMEOUT_S, spare: int = 0
+) -> bool:
     """``kill_until_empty`` that yields to the event loop between rounds."""
     deadline = time.monotonic() + timeout
-    while not kill_round(group):
+    while not kill_round(group, spare):
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(KILL_ROUND_PAUSE_S)

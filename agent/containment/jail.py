@@ -115,6 +115,10 @@ class CgroupJail:
     emptied: bool = False
     """The kill round after the leader's exit found the group empty: no process is
     left in it to fork, so it stays empty (only a migration could fill it)."""
+    holds_agent: bool = False
+    """The agent could not step back out after the spawn (``leave``): it is still a
+    member, so every kill of this group spares the agent's pid and never writes
+    ``cgroup.kill`` or freezes the group (either would kill the agent with the run)."""
 
     @property
     def cgroup_dirs(self) -> tuple[str, ...]:
@@ -171,34 +175,43 @@ class CgroupJail:
     def leave(self) -> None:
         """Back home after a spawn from inside (``enter`` returned True)."""
         try:
-            if self.inside:
-                self.owner.come_home()
+            if self.inside and not self.owner.come_home():
+                self.holds_agent = True
         finally:
             _window.release()
+
+    def _spare(self) -> int:
+        """The pid every kill of this group must spare (0: none)."""
+        if self.holds_agent and self.owner.come_home():
+            self.holds_agent = False  # out after all (a later try may succeed)
+        return os.getpid() if self.holds_agent else 0
 
     def terminate(self, pid: int) -> None:
         _kill(pid, signal.SIGTERM, group=True)
 
     def kill(self, pid: int) -> None:
         _kill(pid, signal.SIGKILL, group=True)
-        cgroups.kill_round(self.group)
+        cgroups.kill_round(self.group, self._spare())
 
     def after_exit(self, pid: int) -> None:
         # The leader is an unreaped zombie: its pid still names the group.
         _kill(pid, signal.SIGKILL, group=True)
-        self.emptied = cgroups.kill_round(self.group)
+        self.emptied = cgroups.kill_round(self.group, self._spare())
 
     def members(self, pid: int) -> list[int]:
         return sorted(cgroups.member_pids(self.group.dirs))
 
     async def settle(self) -> None:
-        if not self.emptied and not await cgroups.kill_until_empty_async(self.group):
+        spare = self._spare()
+        if not self.emptied and not await cgroups.kill_until_empty_async(
+            self.group, spare=spare
+        ):
             timeout = cgroups.KILL_TIMEOUT_S
             self.owner.warn(f"processes of {self.group.kill_dir} outlived {timeout} s of kills")
         self._remove()
 
     def settle_sync(self) -> None:
-        cgroups.kill_until_empty(self.group)
+        cgroups.kill_until_empty(self.group, spare=self._spare())
         self._remove()
 
     def _remove(self) -> None:
@@ -354,20 +367,23 @@ class Containment:
             self._pid = (pid, str(pid).encode())
         return self._pid[1]
 
-    def come_home(self) -> None:
-        """Back from a run's group to the agent's own (else the hierarchy's root)."""
-        assert self.kill_hierarchy is not None and self.home is not None
+    def come_home(self) -> bool:
+        """Back from a run's group to the agent's own (else the hierarchy's root);
+        False when it cannot: the agent is still in the run's group, whose kills
+        must then spare it (``CgroupJail.holds_agent``)."""
+        assert self.kill_hierarchy is not None
         error: OSError | None = None
         for procs in self._homes:
             try:
                 cgroups.move(procs, self.pid_bytes())
-                return
+                return True
             except OSError as exc:
                 error = exc
-        # Still inside the run's group: the agent would die with that run.
-        self.home = None
-        self.warn(f"the agent cannot leave a task's cgroup ({error}); spawning through "
-                  "a shell from now on")
+        if self.home is not None:  # the first time: say it once
+            self.home = None
+            self.warn(f"the agent cannot leave a task's cgroup ({error}); its kills spare "
+                      "the agent, and runs spawn through a shell from now on")
+        return False
 
     def _limit_hierarchy(
         self, found: list[Hierarchy], controller: str, ok: Callable[[Hierarchy], bool]
@@ -493,7 +509,7 @@ class Containment:
         for h in self._hierarchies:
             for directory in cgroups.stale_groups(h, self.node):
                 group = TaskGroup((directory,))
-                if not cgroups.kill_until_empty(group):
+                if not cgroups.kill_until_empty(group, spare=os.getpid()):
                     self.warn(f"stale cgroup {directory}: processes survived the kill")
                 if cgroups.remove_group(group):
                     self.warn(f"could not remove stale cgroup {directory}")

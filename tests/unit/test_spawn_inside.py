@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -167,3 +168,66 @@ def test_posix_spawn_gives_the_child_what_popen_gave_it(tmp_path: Path) -> None:
     assert masks.splitlines() == ["SigBlk:\t0000000000000200", "SigIgn:\t0000000000000000"]
     with pytest.raises(FileNotFoundError):
         posix.spawn(str(tmp_path / "missing"), ["missing"], env, str(tmp_path), 1, 2)
+
+
+STUCK_SCRIPT = r"""
+import asyncio, logging, os, sys
+from pathlib import Path
+from agent.executor import Executor
+
+logging.basicConfig(level=logging.WARNING, format="WARN %(message)s", stream=sys.stdout)
+
+async def main(data: str, node: str) -> None:
+    ex = Executor(Path(data), slots=1, containment="cgroup", node_id=node)
+    assert ex.containment.home is not None, ex.containment.describe()
+    ex.containment._homes = ("/nonexistent-mt-home/cgroup.procs",)  # every move home fails
+    # The task leaves a grandchild behind in its group; the run's end kills the group.
+    escaper_file = Path(data) / "escaper"
+    await ex.start("t", 1, ["sh", "-c", f"sleep 30 & echo $! > {escaper_file}"])
+    event = await asyncio.wait_for(ex.wait("t"), 20)
+    print("first", event.exit_code)
+    escaper = int(escaper_file.read_text())
+    for _ in range(200):  # the escaper is killed, the agent (this process) is not
+        if not Path(f"/proc/{escaper}").exists() or \
+                Path(f"/proc/{escaper}/stat").read_text().split()[2] == "Z":
+            break
+        await asyncio.sleep(0.05)
+    else:
+        print("escaper alive")
+    await ex.start("u", 1, ["true"])
+    event = await asyncio.wait_for(ex.wait("u"), 20)
+    print("second", event.exit_code)
+    await asyncio.wait_for(ex.shutdown(), 20)
+    print("alive")
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def test_an_agent_that_cannot_leave_a_group_survives_the_runs_end(tmp_path: Path) -> None:
+    """If the agent cannot move back home after a spawn it stays in the run's group;
+    the kills at the run's end must spare it (no ``cgroup.kill``, no freezer) and
+    still kill the task's other processes.  In a child process: a regression kills
+    that child, not the test run."""
+    enforce_root_policy(())
+    probe = Executor(tmp_path / "probe", slots=1, containment="cgroup",
+                     node_id=f"mt-probe-{os.getpid()}")
+    if getattr(probe.containment, "home", None) is None:
+        pytest.skip(f"runs are not spawned from inside here: {probe.containment.describe()}")
+    node = f"mt-stuck-{os.getpid()}"
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    root = Path(__file__).resolve().parents[2]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", STUCK_SCRIPT, str(data), node], cwd=root,
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PYTHONPATH": str(root)},
+        )
+    finally:
+        Containment(node, "auto").cleanup_stale()
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)
+    assert "first 0" in lines and "second 0" in lines and "alive" in lines, done.stdout
+    assert "escaper alive" not in lines, done.stdout
+    assert any("cannot leave a task's cgroup" in line for line in lines), done.stdout
