@@ -24,7 +24,12 @@ fork from a worker thread (artifact collection) waits the window out instead
 of being born in the task's group.  Why the conditions: a memory controller
 would charge the agent's own page faults in the window to the run's group and
 keep that group's memcg alive after its rmdir; a pids limit counts the agent's
-threads; a second hierarchy would need a second join.
+threads; a second hierarchy would need a second join.  Should the write back
+fail (its own group and the hierarchy's root both refuse), the agent is still a
+member of the run's group: that jail's kills then spare the agent's pid
+(``CgroupJail.holds_agent``: members signalled one by one, never ``cgroup.kill``
+or the freezer), each kill first retries the move home, and the host's later
+runs join through the shell.
 """
 
 from __future__ import annotations
