@@ -12,6 +12,15 @@ Theory of operation (the protocol is ``replication.py``'s, the disk
   its user (``artifact_collect.py``, in a worker thread) and stored here as
   items -- a refused artifact as an item holding its one-line error -- and
   the hosts of the list are named in the committed finish;
+* a run whose streams both end empty before anything of them was sent
+  (``Replicator.quiet``) replicates nothing of them: the finish's replica list
+  carries the marker ``empty:<epoch>`` (``QUIET_PREFIX``; the older quiet runs'
+  markers of the record are carried on, up to the list's bound), and any host
+  answers a read or listing of those streams from the record, also once the
+  run's host is gone.  ``replicas`` is a list of opaque strings to the state
+  machine, so every release applies such a finish alike (byte-identical state);
+  the markers are written only once every member reads them
+  (``compat.QUIET_RELEASE``), older agents getting the streams as before;
 * a read (``logs``, ``artifacts``) is served from this host's copy, else
   asked of every live host that may hold one (the run's host, the recorded
   replicas, the key's preference list one host longer than the factor) at
@@ -37,23 +46,52 @@ from agent.runtime.replica_messages import (
     ReplicaAck,
     ReplicaChunk,
     ReplicaData,
+    ReplicaItemInfo,
     ReplicaList,
     ReplicaListRequest,
     ReplicaPrune,
     ReplicaRead,
 )
-from agent.runtime.replica_store import ReplicaRefused, ReplicaStore, StoredItem
+from agent.runtime.replica_store import EMPTY_SHA256, ReplicaRefused, ReplicaStore, StoredItem
 from agent.runtime.replication import Replicator
 from agent.sched import HashRing, SchedConfig, replica_key
+from agent.state.commands import MAX_REPLICAS
 from agent.state.tasks import TaskRecord
 from agent.swim.members import MemberView
 
 log = logging.getLogger(__name__)
 
+QUIET_PREFIX = "empty:"
+"""A finish's replica-list entry ``empty:<epoch>``: that run's stdout and stderr are
+both empty and were never replicated (not a node id: those are 32 hex digits)."""
+MAX_MARKERS = MAX_REPLICAS
+"""Entries one finish's replica list holds at most (the command's bound): the
+newest quiet runs' markers are kept when targets and markers would exceed it."""
 TICK = 0.25
 """Seconds between replication rounds (default 0.25 s): how far a replica of a
 running task's output lags behind it, at most, on an idle link."""
 STREAMS = ("out", "err")
+
+
+def quiet_marker(epoch: int) -> str:
+    return f"{QUIET_PREFIX}{int(epoch)}"
+
+
+def is_quiet(rec: TaskRecord, epoch: int, name: str) -> bool:
+    """Whether ``rec``'s committed finishes say attempt ``epoch``'s stream ``name``
+    is empty (its marker is in the record's replica list)."""
+    return name in STREAMS and quiet_marker(epoch) in rec.replicas
+
+
+def replica_list(targets: list[str], rec: TaskRecord, epoch: int, quiet: bool) -> list[str]:
+    """A finish's replica list: ``targets``, this run's marker when ``quiet``, and the
+    record's older markers (newest kept first when over ``MAX_MARKERS``)."""
+    markers = [m for m in rec.replicas
+               if m.startswith(QUIET_PREFIX) and m != quiet_marker(epoch)]
+    if quiet:
+        markers.append(quiet_marker(epoch))
+    room = max(0, MAX_MARKERS - len(targets))
+    return [*targets, *markers[len(markers) - room:]] if markers else targets
 
 
 class ReplicaService:
@@ -73,8 +111,11 @@ class ReplicaService:
         timeout: float = 3.0,
         cap_bytes: int | None = None,
         artifact_limit: int | None = None,
+        quiet_allowed: Callable[[], bool] | None = None,
     ) -> None:
-        """``timeout``: seconds a remote read waits (runtime.output_timeout)."""
+        """``timeout``: seconds a remote read waits (runtime.output_timeout);
+        ``quiet_allowed()``: whether every member reads a finish's ``empty:<epoch>``
+        markers (None: yes), else a quiet run's streams are replicated as before."""
         limits: dict[str, int] = {}
         if cap_bytes is not None:
             limits["cap_bytes"] = cap_bytes
@@ -87,6 +128,7 @@ class ReplicaService:
         self._send_to_node = send_to_node
         self._send_to_addr = send_to_addr
         self._timeout = timeout
+        self._quiet_allowed = quiet_allowed
         self.task_record = records
         """The replicated task record of an id (None: no such task)."""
         self._ring: HashRing | None = None
@@ -157,12 +199,15 @@ class ReplicaService:
         self, rec: TaskRecord | None, task_id: str, epoch: int, workdir: Path | None,
         user: tuple[int, int] | None,
     ) -> list[str]:
-        """Complete the run's streams, collect its artifacts; the hosts that get them."""
+        """Complete the run's streams, collect its artifacts; the finish's replica list
+        (the hosts that get them, and the quiet runs' markers)."""
         now = time.time()
         for stream in STREAMS:
             self.replicator.finish_source(task_id, epoch, stream, now)
         if rec is None:
             return []
+        quiet = (self._quiet_allowed is None or self._quiet_allowed()) \
+            and self.replicator.quiet(task_id, epoch, STREAMS)
         key = replica_key(rec.id, rec.key, rec.strategy)
         if rec.artifacts and workdir is not None:
             found = await asyncio.to_thread(
@@ -172,7 +217,7 @@ class ReplicaService:
                 self._keep_artifact(StoredItem(task_id, epoch, f"a:{got.name}", key,
                                                error=got.error, finished_at=now), got.data)
         self.refresh_view()
-        return self.targets(key)
+        return replica_list(self.targets(key), rec, epoch, quiet)
 
     def _keep_artifact(self, item: StoredItem, data: bytes) -> None:
         try:
@@ -261,7 +306,8 @@ class ReplicaService:
         """Live hosts other than this one that may hold a copy of ``rec``'s items."""
         self.refresh_view()
         key = replica_key(rec.id, rec.key, rec.strategy)
-        nodes = [rec.node, *rec.replicas, *self.targets(key, extra=1)]
+        nodes = [rec.node, *(n for n in rec.replicas if not n.startswith(QUIET_PREFIX)),
+                 *self.targets(key, extra=1)]
         seen: list[str] = []
         for node in nodes:
             if node and node != self.node_id and node in self._alive and node not in seen:
@@ -273,7 +319,11 @@ class ReplicaService:
     async def read(
         self, rec: TaskRecord, epoch: int, name: str, offset: int, limit: int
     ) -> ReplicaData | None:
-        """A slice of one item from this host or the fullest remote copy (None: nowhere)."""
+        """A slice of one item from this host or the fullest remote copy (None: nowhere);
+        a quiet run's stream from the record."""
+        if is_quiet(rec, epoch, name):
+            return ReplicaData(0, rec.id, epoch, name, offset, b"", 0, True, True,
+                               EMPTY_SHA256, "", False)
         local = self.replicator.on_read(ReplicaRead(0, rec.id, epoch, name, offset, limit))
         if local.found and (local.complete or local.live):
             return local
@@ -290,6 +340,9 @@ class ReplicaService:
         """Every item any reachable holder has of ``rec`` (the most complete copy each)."""
         best: dict[tuple[int, str], dict[str, Any]] = {}
         infos = list(self.replicator.infos(rec.id))
+        infos += [ReplicaItemInfo(int(m[len(QUIET_PREFIX):]), name, 0, True, EMPTY_SHA256, "")
+                  for m in rec.replicas if m.startswith(QUIET_PREFIX)
+                  and m[len(QUIET_PREFIX):].isdigit() for name in STREAMS]
         answers = await self._ask(self.candidates(rec),
                                   lambda rid: ReplicaListRequest(rid, rec.id))
         for answer in answers:

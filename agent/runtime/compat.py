@@ -24,6 +24,11 @@ command         since      written for an older cluster as
                            commit, ``runtime/consensus_requests.py``, picks
                            the form per entry: it never reaches
                            ``CompatProposer``)
+``empty:N``     0.3.0      (not a kind: an entry of a ``task.finish``'s
+                           ``replicas``, which every release applies alike)
+                           the run's empty streams replicated as items, since
+                           older agents read them only from a holder
+                           (``runtime/artifacts.py``, ``QUIET_RELEASE``)
 ==============  =========  ==================================================
 
 A member's release is the ``version`` its SWIM metadata gossips.  Every member
@@ -52,6 +57,10 @@ BATCH_RELEASE: Final = (0, 2, 0)
 
 COMPACT_RELEASE: Final = (0, 3, 0)
 """The first release whose state machine applies ``kv.puts``."""
+
+QUIET_RELEASE: Final = (0, 3, 0)
+"""The first release that answers an ``empty:<epoch>`` run's streams from the task's
+record (its finish's marker) instead of asking a holder for them."""
 
 _VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 
@@ -107,6 +116,12 @@ class ReleaseGate:
 
     def compact(self) -> bool:
         return cluster_applies((m.meta.version for m in self._members()), COMPACT_RELEASE)
+
+
+def quiet_outputs_read(members: Callable[[], Iterable[MemberView]]) -> Callable[[], bool]:
+    """Whether every member in ``members()`` reads ``empty:<epoch>`` markers
+    (``QUIET_RELEASE``): then a run's empty streams need not be replicated."""
+    return lambda: cluster_applies((m.meta.version for m in members()), QUIET_RELEASE)
 
 
 def batches_applied(members: Callable[[], Iterable[MemberView]]) -> ReleaseGate:

@@ -36,6 +36,13 @@ one chunk (the first item; the run's other streams in ``more``, other runs'
 items in ``others``) and come back as one ack; an older agent ignores the
 extra fields and gets those items one by one when they are sent again.
 
+A run of this host that ends with both streams complete and empty before any
+of their bytes or probes left (most short tasks) takes them out of the protocol
+(``quiet``): nothing of them is sent, stored or acknowledged anywhere, and the
+committed finish says the run's output is empty (``artifacts.py``), so every host
+answers reads of it from the task's record.  A stream that grew, or that a round
+already probed somewhere while it ran, keeps the protocol above.
+
 An item is *under-replicated* on this host while fewer of its targets are
 known to hold it (this host counts when it is a target) than there are
 targets -- ``report``'s ``under_replicated``.
@@ -90,6 +97,11 @@ BATCH_ITEMS = 512
 """Complete, empty items one chunk carries at most (default 512, about 40 KB with
 task ids of 36 characters): a bigger burst goes as several chunks, each far under
 the transport's frame limit."""
+
+QUIET_KEEP = 4096
+"""Items that left the protocol empty (``Replicator.quiet``) this host still answers
+reads of itself (default 4096, about 2,000 runs): the window until their finish is
+committed, after which any host answers them from the task's record."""
 
 ItemKey = tuple[str, int, str]
 FOLDED = ("out", "err")
@@ -147,6 +159,11 @@ class Replicator:
         """Items a round looks at (insertion-ordered)."""
         self._resting: list[tuple[float, ItemKey]] = []
         """Heap of (when to look again, item) for items every target holds."""
+        self._quiet: dict[ItemKey, StoredItem] = {}
+        """Items that left the protocol empty (``quiet``), newest last, at most
+        ``QUIET_KEEP``."""
+        self.quieted = 0
+        """Items that left the protocol empty so far (a counter for tests and figures)."""
         self._round: dict[str, list[StoredItem]] | None = None
         """During a round: target -> complete, empty items whose first probe waits
         for the round's end (one chunk per target)."""
@@ -188,20 +205,45 @@ class Replicator:
         item.complete, item.finished_at = True, finished_at
         self._active[item.key] = None
 
+    def quiet(self, task_id: str, epoch: int, names: tuple[str, ...]) -> bool:
+        """Whether the run's items ``names`` are sources of this host, complete, empty
+        and never sent anywhere: then they leave the protocol (no probe, chunk or ack
+        for them, ever; the committed finish says they are empty) and are kept only in
+        a bounded local table that answers reads until the finish is committed."""
+        found = []
+        for name in names:
+            tracked = self._tracked.get((task_id, epoch, name))
+            if tracked is None or tracked.item.source is None or tracked.peers \
+                    or not _empty_done(tracked.item):
+                return False
+            found.append(tracked.item)
+        for item in found:
+            del self._tracked[item.key]
+            self._active.pop(item.key, None)
+            self.store.items.pop(item.key, None)
+            self._quiet[item.key] = item
+        while len(self._quiet) > QUIET_KEEP:
+            del self._quiet[next(iter(self._quiet))]
+        self.quieted += len(found)
+        return True
+
     def put_local(self, item: StoredItem, data: bytes) -> None:
         """Store a whole item collected here (``ReplicaRefused`` with one line)."""
         self.store.put(item, data)
         self._track(item)
 
     def item(self, task_id: str, epoch: int, name: str) -> StoredItem | None:
-        tracked = self._tracked.get((task_id, epoch, name))
+        key = (task_id, epoch, name)
+        tracked = self._tracked.get(key)
         # (an item the store dropped, e.g. evicted, is forgotten at its next round)
-        return tracked.item if tracked is not None and tracked.item.key in self.store.items \
-            else None
+        if tracked is not None and tracked.item.key in self.store.items:
+            return tracked.item
+        return self._quiet.get(key)
 
     def items_of(self, task_id: str) -> list[StoredItem]:
-        return [t.item for k, t in self._tracked.items()
-                if t.item.task_id == task_id and k in self.store.items]
+        return [*(t.item for k, t in self._tracked.items()
+                  if t.item.task_id == task_id and k in self.store.items),
+                *(i for i in self._quiet.values() if i.task_id == task_id)]
 
     def prune(self, before: float) -> int:
         removed = self.store.prune(before)

@@ -33,7 +33,7 @@ from agent.config import AgentConfig
 from agent.errors import TaskError
 from agent.executor import ExecEvent, Executor
 from agent.runtime.artifacts import ReplicaService
-from agent.runtime.compat import CompatProposer, Propose, batches_applied
+from agent.runtime.compat import CompatProposer, Propose, batches_applied, quiet_outputs_read
 from agent.runtime.output import TaskOutput
 from agent.runtime.ports import PeerSender, TaskConsensus, TaskMembers
 from agent.runtime.scheduler import LeaderScheduler, build_snapshot
@@ -78,6 +78,7 @@ class TaskRuntime:
             sched_config=lambda: consensus.queries.sched_config(config.sched),
             send_to_node=peers.send_to_node, send_to_addr=peers.send_to_addr,
             records=consensus.queries.task_record, timeout=timings.output_timeout,
+            quiet_allowed=quiet_outputs_read(members.members),
         )
         self.output = TaskOutput(
             executor=self.executor, replicas=self.replicas, tasks=consensus.queries, peers=peers,

@@ -1,0 +1,180 @@
+"""Issue 14: a run whose stdout and stderr both end empty before anything of them was
+sent replicates nothing of them -- no probe, chunk, metadata row or ack on any host --
+and its committed finish says so (an ``empty:<epoch>`` entry of its replica list), so
+a read or listing of those streams is answered from the record on any host, also once
+the run's host is gone.  A stream with bytes, or one probed while it ran, keeps the
+protocol; the markers are written only once every member reads them (an older member:
+the streams go as before); every release applies such a finish alike."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+from test_replica_protocol import Net, key_whose_list_starts
+
+from agent.runtime.artifacts import MAX_MARKERS, ReplicaService, is_quiet, replica_list
+from agent.runtime.compat import quiet_outputs_read
+from agent.runtime.output import TaskOutput
+from agent.runtime.replica_messages import ReplicaChunk, ReplicaRead
+from agent.runtime.replica_store import EMPTY_SHA256
+from agent.sched import SchedConfig
+from agent.state import (
+    StateMachine,
+    TaskStats,
+    cmd_node_register,
+    cmd_task_assign,
+    cmd_task_finish,
+    cmd_task_submit,
+    task_spec,
+)
+from agent.state.tasks import TaskRecord
+from agent.swim.members import MemberView
+
+
+def record(task_id: str = "t1", epoch: int = 1) -> TaskRecord:
+    return TaskRecord(task_id, ["true"], None, {}, None, [], None, "spread", 0, 0, None,
+                      False, "test", 0.0, state="succeeded", node="a", epoch=epoch)
+
+
+def captures(tmp: Path, out: bytes = b"", err: bytes = b"") -> dict[str, Path]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    paths = {"out": tmp / "1.out", "err": tmp / "1.err"}
+    paths["out"].write_bytes(out)
+    paths["err"].write_bytes(err)
+    return paths
+
+
+def start_and_finish(net: Net, ring_key: str, paths: dict[str, Path]) -> bool:
+    for name, path in paths.items():
+        net.nodes["a"].add_source("t1", 1, name, path, ring_key)
+    for name in paths:
+        net.nodes["a"].finish_source("t1", 1, name, 1.0)
+    return net.nodes["a"].quiet("t1", 1, ("out", "err"))
+
+
+def test_an_empty_run_sends_and_stores_nothing_anywhere(tmp_path: Path) -> None:
+    net = Net(tmp_path)
+    ring_key = key_whose_list_starts(net, "a")
+    assert start_and_finish(net, ring_key, captures(tmp_path))
+    sent: list[object] = []
+    net.nodes["a"]._send = lambda to, msg: sent.append(msg)
+    net.run(now=1.0, ticks=3)
+    assert sent == [] and net.nodes["a"].quieted == 2
+    for name in ("b", "c", "d", "e"):
+        if name in net.nodes:
+            assert not net.nodes[name].store.items
+            assert not (tmp_path / name / ".meta-journal").exists()
+    # the run's host still answers a read of them (until the finish is committed)
+    data = net.nodes["a"].on_read(ReplicaRead(7, "t1", 1, "out", 0, 100))
+    assert data.found and data.complete and data.size == 0 and data.sha256 == EMPTY_SHA256
+    assert not net.nodes["a"].under_replicated()
+
+
+def test_a_run_with_output_or_probed_while_running_keeps_the_protocol(tmp_path: Path) -> None:
+    net = Net(tmp_path)
+    ring_key = key_whose_list_starts(net, "a")
+    assert not start_and_finish(net, ring_key, captures(tmp_path, err=b"oops\n"))
+    net.run(now=1.0, ticks=3)
+    assert len(net.holders(("t1", 1, "err"))) == 3 and len(net.holders(("t1", 1, "out"))) == 3
+    assert net.nodes["a"].quieted == 0
+    # a stream probed while its run was running (a tick came first) is not taken out
+    net2 = Net(tmp_path / "two")
+    paths = captures(tmp_path / "two")
+    for name, path in paths.items():
+        net2.nodes["a"].add_source("t2", 1, name, path, ring_key)
+    net2.run(now=1.0)
+    for name in paths:
+        net2.nodes["a"].finish_source("t2", 1, name, 1.5)
+    assert not net2.nodes["a"].quiet("t2", 1, ("out", "err"))
+    net2.run(now=1.5, ticks=2)
+    assert len(net2.holders(("t2", 1, "out"))) == 3
+
+
+def members(*versions: str) -> list[MemberView]:
+    return cast(list[MemberView], [
+        SimpleNamespace(id=f"n{i}", state="alive", meta=SimpleNamespace(version=v))
+        for i, v in enumerate(versions)])
+
+
+def service(tmp: Path, node: str, sent: list[tuple[str, object]], view: list[MemberView],
+            allowed: bool | None = None) -> ReplicaService:
+    return ReplicaService(
+        node_id=node, node_name=node, root=tmp / node, members=lambda: view,
+        sched_config=SchedConfig, send_to_node=lambda n, m: sent.append((n, m)),
+        send_to_addr=lambda a, m: sent.append((a, m)), records=lambda _id: None,
+        quiet_allowed=None if allowed is None else (lambda: allowed),
+    )
+
+
+def finish(svc: ReplicaService, rec: TaskRecord, paths: dict[str, Path]) -> list[str]:
+    svc.run_started(rec, rec.epoch, paths.__getitem__)
+    return asyncio.run(svc.run_finished(rec, rec.id, rec.epoch, None, None))
+
+
+def test_the_finish_says_empty_and_any_host_reads_it_from_the_record(tmp_path: Path) -> None:
+    sent: list[tuple[str, object]] = []
+    view = members("0.3.0", "0.3.0")
+    host = service(tmp_path, "n0", sent, view)
+    rec = record()
+    replicas = finish(host, rec, captures(tmp_path))
+    assert replicas[-1] == "empty:1" and set(replicas[:-1]) <= {"n0", "n1"}
+    host.replicator.tick(10.0)
+    assert not sent  # nothing to anyone
+    # the committed record, read on another host that holds nothing, with nobody to ask
+    committed = record()
+    committed.replicas = replicas
+    reader = service(tmp_path, "n1", sent, members())
+    got = asyncio.run(reader.read(committed, 1, "err", 0, 100))
+    assert got is not None and got.found and got.complete and got.data == b"" and got.size == 0
+    rows = asyncio.run(reader.listing(committed))
+    assert [(r["epoch"], r["name"], r["size"], r["complete"]) for r in rows] == \
+        [(1, "err", 0, True), (1, "out", 0, True)]
+    assert not sent and is_quiet(committed, 1, "out") and not is_quiet(committed, 1, "a:x")
+    # through ``task.logs``'s path, the run's host gone (no executor copy, no holder)
+    executor = SimpleNamespace(running=dict, read_output=None)
+    tasks = SimpleNamespace(task_record=lambda _id: committed)
+    output = TaskOutput(executor=cast(Any, executor), replicas=reader, tasks=cast(Any, tasks),
+                        peers=cast(Any, None))
+    reply = asyncio.run(output.read("t1", "out", 0))
+    assert reply["data"] == b"" and reply["eof"] and reply["epoch"] == 1
+
+
+def test_an_older_member_gets_the_streams_as_before(tmp_path: Path) -> None:
+    assert quiet_outputs_read(lambda: members("0.3.0", "0.3.1"))()
+    assert not quiet_outputs_read(lambda: members("0.3.0", "0.2.0"))()
+    assert not quiet_outputs_read(lambda: members("0.3.0", "junk"))()
+    sent: list[tuple[str, object]] = []
+    host = service(tmp_path, "n0", sent, members("0.3.0", "0.2.0"), allowed=False)
+    replicas = finish(host, record(), captures(tmp_path))
+    assert not any(r.startswith("empty:") for r in replicas) and replicas
+    host.replicator.tick(10.0)
+    assert any(isinstance(m, ReplicaChunk) and m.task_id == "t1" for _, m in sent)
+
+
+def test_markers_are_carried_on_bounded_and_applied_alike_by_every_node() -> None:
+    rec = record(epoch=3)
+    rec.replicas = ["x", "empty:1", "empty:2"]
+    assert replica_list(["a", "b"], rec, 3, True) == ["a", "b", "empty:1", "empty:2", "empty:3"]
+    assert replica_list(["a"], rec, 3, False) == ["a", "empty:1", "empty:2"]
+    rec.replicas = [f"empty:{i}" for i in range(40)]
+    many = replica_list(["a", "b", "c"], rec, 40, True)
+    assert len(many) == MAX_MARKERS and many[-1] == "empty:40" and many[:3] == ["a", "b", "c"]
+    # a leader and a follower apply the same entries: identical state and snapshots
+    machines = [StateMachine(), StateMachine()]
+    spec = task_spec(["true"])
+    entries = [cmd_node_register("id1", "n1", "", 0.0), cmd_task_submit(spec, "s", 1.0)]
+    for sm in machines:
+        for index, entry in enumerate(entries, 1):
+            assert sm.apply(index, entry).ok
+    task = machines[0].task_rows()[0]["id"]
+    more = [cmd_task_assign(task, "id1", 1, "placed", "", 2.0),
+            cmd_task_finish(task, "id1", 1, 0, TaskStats(0.01), "", 3.0, ["id1", "empty:1"])]
+    for sm in machines:
+        for index, entry in enumerate(more, 3):
+            assert sm.apply(index, entry).ok
+    assert machines[0].snapshot() == machines[1].snapshot()
+    shown = machines[1].task(task)
+    assert shown is not None and shown["replicas"] == ["id1", "empty:1"]
