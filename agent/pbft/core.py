@@ -57,7 +57,8 @@ progress over a lossy network comes from retransmission.
 Durability: a replica never signs two different digests for one (kind, view,
 seq), even across a restart: what it signs and the certificates it prepares
 are ``Ready.records``, persisted before the messages leave (``Restored``
-brings them back).
+brings them back; a prepared certificate of the group before a replacement is
+not brought back: ``_of_group``).
 """
 
 from __future__ import annotations
@@ -253,7 +254,7 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
     def _restore_record(self, record: PersistRecord) -> None:
         if isinstance(record, PreparedCert):
             pp = record.preprepare
-            if pp.seq > self.low:
+            if pp.seq > self.low and self._of_group(record):
                 slot = self.log.slot(pp.seq)
                 if slot.cert is None or slot.cert.preprepare.view <= pp.view:
                     slot.cert = record
@@ -282,6 +283,16 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
                 self.log.add_prepare(record)
             else:
                 self.log.add_commit(record)
+
+    def _of_group(self, cert: PreparedCert) -> bool:
+        """Prepared by the current group.  A certificate above a replacement's boundary
+        ordered by the group before it (``_switch_group`` drops those slots in memory, but
+        the log keeps what lies above the stable checkpoint) would make every VIEW-CHANGE
+        of this replica invalid to the new group after a restart: a stall
+        (tests/sim/test_pbft_replace_faults.py, seed 60690)."""
+        pp = cert.preprepare
+        replicas = self.group.replicas
+        return pp.frm == self.group.primary(pp.view) and all(p.frm in replicas for p in cert.prepares)
 
     # ============================================================ requests
 
