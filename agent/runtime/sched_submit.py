@@ -12,6 +12,12 @@ as itself.  No timer is involved: nothing waits for company, so a single write
 is as quick as before, and a burst costs one Raft append, one share of an
 fsync, one replication message and one apply pass instead of one each.
 
+On the Raft leader ``task.submit`` skips this batcher: it hands the driver its
+bytes and decoded command (``TaskRuntime.handlers``), which join the driver's own
+group commit of the pass (``consensus_requests``, the same ``batch`` entries), so
+the leader applies the command it built instead of decoding its own entry.  A
+follower's submits come here, and go to the leader as one forward per pass.
+
 The state machine applies each command of a batch exactly as its own entry --
 its rid (a retried submit is still applied once), its result, its events --
 and each caller gets its own command's result, refusals raised as
@@ -78,7 +84,7 @@ def submit_many(submit: Handler, schema: Schema) -> Handler:
             if type(item) is not dict:
                 raise ValueError(f"tasks[{i}] must be a map of task.submit params")
             check_params(f"task.submit_many: tasks[{i}]", item, schema)
-        results = await asyncio.gather(*(submit(item) for item in tasks), return_exceptions=True)
+        results = await asyncio.gather(*(_started(submit, item) for item in tasks), return_exceptions=True)
         rows: list[Any] = []
         for result in results:
             if isinstance(result, BaseException):
@@ -90,6 +96,13 @@ def submit_many(submit: Handler, schema: Schema) -> Handler:
         return rows
 
     return handler
+
+
+async def _started(submit: Handler, item: dict[str, Any]) -> Any:
+    """``submit(item)`` awaited, and what it raises before returning its awaitable (a
+    plain handler checks its params at the call) raised here: ``gather`` sees it as
+    that task's refusal, not the request's."""
+    return await submit(item)
 
 
 class CommitBatcher:

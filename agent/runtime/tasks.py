@@ -27,13 +27,14 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from agent.config import AgentConfig
 from agent.errors import TaskError
 from agent.executor import ExecEvent, Executor
 from agent.runtime.artifacts import ReplicaService
 from agent.runtime.compat import CompatProposer, Propose, batches_applied, quiet_outputs_read
+from agent.runtime.handlers.common import applied_value
 from agent.runtime.output import TaskOutput
 from agent.runtime.ports import PeerSender, TaskConsensus, TaskMembers
 from agent.runtime.scheduler import LeaderScheduler, build_snapshot
@@ -42,8 +43,28 @@ from agent.runtime.task_runner import LocalRunner
 from agent.runtime.watchdog_lease import WatchdogLease
 from agent.sched import Bid, ClusterSnapshot
 from agent.state import builders
-from agent.state.machine import ApplyResult
+from agent.state.commands import Command, TaskSubmit
+from agent.state.machine import ApplyResult, ValueIfOk
 from agent.swim.members import MemberView
+
+
+@runtime_checkable
+class DirectSubmit(Protocol):
+    """The Raft driver's writes (``consensus_requests.ClientRequests``): ``submit``
+    takes a command's decoded form with its bytes, and a leader's write joins its
+    group commit.  (``submit_decoded`` marks the Raft driver: PBFT's has none.)"""
+
+    def is_leader(self) -> bool: ...
+
+    def submit(
+        self,
+        command: bytes,
+        forward: Callable[[str, object], None] | None = None,
+        finish: Callable[[ApplyResult], Any] | None = None,
+        decoded: Command | None = None,
+    ) -> Awaitable[Any]: ...
+
+    def submit_decoded(self, decoded: Any, finish: Callable[[ApplyResult], Any] | None = None) -> Any: ...
 
 
 class TaskRuntime:
@@ -169,7 +190,7 @@ class TaskRuntime:
         rec = self._consensus.queries.task_record(event.task_id)
         workdir = self.executor.work_dir(event.task_id, rec.cwd) if rec is not None else None
         return await self.replicas.run_finished(
-            rec, event.task_id, event.epoch, workdir, self.executor.run_user
+            rec, event.task_id, event.epoch, workdir, self.executor.run_user, event.silent
         )
 
     # ------------------------------------------------------------ figures
@@ -213,6 +234,32 @@ class TaskRuntime:
 
     # ------------------------------------------------------------ control API
 
+    def _submit_spec(self, params: dict[str, Any]) -> TaskSubmit:
+        """``task.submit``'s params as its ``TaskSubmit`` (``ValueError``: refused)."""
+        argv = params.get("argv") or None
+        shell = params.get("shell") or None
+        if (argv is None) == (shell is None):
+            raise ValueError("give exactly one of argv or shell")
+        timeout = float(params.get("timeout") or 0.0) or None
+        mem, pids = int(params.get("mem") or 0), int(params.get("pids") or 0)
+        # One line when this host cannot enforce a limit (README: Task containment).
+        refusal = self.executor.check_limits(max(0, mem), max(0, pids))
+        if refusal is not None:
+            raise ValueError(f"{self._name}: {refusal}")
+        spec = builders.task_spec(
+            argv=list(argv) if argv else None, shell=shell,
+            env=dict(params.get("env") or {}), cwd=params.get("cwd") or None,
+            caps=list(params.get("caps") or []), key=params.get("key") or None,
+            strategy=params.get("strategy") or None, priority=int(params.get("priority", 0)),
+            retries=int(params.get("retries", 2)), timeout=timeout,
+            restartable=bool(params.get("restartable", False)),
+            submitter=self._name,
+        )
+        artifacts = tuple(params.get("artifacts") or ())
+        if mem or pids or artifacts:  # else the spec holds them already: TaskSubmit's defaults
+            spec = dataclasses.replace(spec, mem=mem, pids=pids, artifacts=artifacts)
+        return spec
+
     def compatible(self, propose: Propose) -> CompatProposer:
         """``propose`` writing ``batch`` and ``task.place`` in the older commands while
         a member of the cluster runs a release that does not apply them
@@ -226,31 +273,24 @@ class TaskRuntime:
     ) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
         state = self._consensus.queries
 
-        async def submit(params: dict[str, Any]) -> Any:
-            argv = params.get("argv") or None
-            shell = params.get("shell") or None
-            if (argv is None) == (shell is None):
-                raise ValueError("give exactly one of argv or shell")
-            timeout = float(params.get("timeout") or 0.0) or None
-            mem, pids = int(params.get("mem") or 0), int(params.get("pids") or 0)
-            # One line when this host cannot enforce a limit (README: Task containment).
-            refusal = self.executor.check_limits(max(0, mem), max(0, pids))
-            if refusal is not None:
-                raise ValueError(f"{self._name}: {refusal}")
-            spec = builders.task_spec(
-                argv=list(argv) if argv else None, shell=shell,
-                env=dict(params.get("env") or {}), cwd=params.get("cwd") or None,
-                caps=list(params.get("caps") or []), key=params.get("key") or None,
-                strategy=params.get("strategy") or None, priority=int(params.get("priority", 0)),
-                retries=int(params.get("retries", 2)), timeout=timeout,
-                restartable=bool(params.get("restartable", False)),
-                submitter=self._name,
-            )
-            artifacts = tuple(params.get("artifacts") or ())
-            if mem or pids or artifacts:  # else the spec holds them already: TaskSubmit's defaults
-                spec = dataclasses.replace(spec, mem=mem, pids=pids, artifacts=artifacts)
-            rid = str(params.get("rid") or os.urandom(16).hex())
-            return (await commit(builders.cmd_task_submit(spec, rid, time.time()))).value
+        # The Raft leader's submits go straight to its group commit (as kv.put's
+        # do): a Pending answered from its apply loop, and the decoded command
+        # kept, so the leader applies it without decoding its own entry.  Any
+        # other node's go through ``commit`` (one forward for a pass's submits).
+        direct = self._consensus if isinstance(self._consensus, DirectSubmit) else None
+        submit_value = ValueIfOk(applied_value)
+
+        async def committed(command: bytes) -> Any:
+            return (await commit(command)).value
+
+        def submit(params: dict[str, Any]) -> Awaitable[Any]:
+            # Plain, not async: a bad param raises here, answered as before.
+            spec = self._submit_spec(params)
+            rid, at = str(params.get("rid") or os.urandom(16).hex()), time.time()
+            if direct is not None and direct.is_leader():
+                data, decoded = builders.task_submit_decoded(spec, rid, at)
+                return direct.submit(data, finish=submit_value, decoded=decoded)
+            return committed(builders.cmd_task_submit(spec, rid, at))
 
         async def task_list(params: dict[str, Any]) -> Any:
             await read(params)

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from agent.state.commands import (
     Batch,
+    Command,
     KvCas,
     KvDelete,
     KvPut,
@@ -30,6 +31,7 @@ from agent.state.commands import (
     TaskStats,
     TaskSubmit,
     encode_command,
+    submit_decodes_to_itself,
 )
 
 
@@ -80,6 +82,15 @@ def cmd_node_undrain(node: str, rid: str, at: float) -> bytes:
 
 def cmd_task_submit(spec: TaskSubmit, rid: str, at: float) -> bytes:
     return encode_command(spec, rid, at)
+
+
+def task_submit_decoded(spec: TaskSubmit, rid: str, at: float) -> tuple[bytes, Command | None]:
+    """``cmd_task_submit``'s bytes and, when ``spec`` is exactly what they decode to
+    (``submit_decodes_to_itself``), the ``Command`` they decode to: the leader that
+    proposes them applies it instead of decoding its own entry (None: it decodes)."""
+    data = encode_command(spec, rid, at)
+    exact = type(at) is float and submit_decodes_to_itself(spec)
+    return data, Command(spec, rid, at) if exact else None
 
 
 def task_spec(

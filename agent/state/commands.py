@@ -502,6 +502,50 @@ def _check_submit(s: TaskSubmit) -> str | None:
     return None
 
 
+def _strs(items: Any) -> bool:
+    return type(items) is tuple and all(type(item) is str for item in items)
+
+
+def _str_or_none(value: Any) -> bool:
+    return value is None or type(value) is str
+
+
+def submit_decodes_to_itself(s: TaskSubmit) -> bool:
+    """Is ``s`` exactly what ``decode_command`` rebuilds from its bytes: every field
+    of its declared type exactly (a tuple of str, a dict of str to str, a float
+    timeout, a bool, ints), so the leader that encoded it may apply ``s`` itself
+    instead of decoding its entry, and its state (and snapshots) stay byte for byte
+    the followers'.  ``==`` cannot decide this: ``1 == 1.0 == True``, and a str
+    subclass equals its str.  Valid only for a body ``encode_command`` accepted."""
+    return (
+        (s.argv is None or _strs(s.argv))
+        and _str_or_none(s.shell)
+        and type(s.env) is dict
+        and all(type(k) is str and type(v) is str for k, v in s.env.items())
+        and _str_or_none(s.cwd)
+        and _strs(s.caps)
+        and _str_or_none(s.key)
+        and type(s.strategy) is str
+        and type(s.priority) is int
+        and type(s.retries) is int
+        and (s.timeout is None or type(s.timeout) is float)
+        and type(s.restartable) is bool
+        and type(s.submitter) is str
+        and type(s.mem) is int
+        and type(s.pids) is int
+        and _strs(s.artifacts)
+    )
+
+
+_SUBMIT_FIELDS: Final = (
+    "argv", "shell", "env", "cwd", "caps", "key", "strategy", "priority", "retries",
+    "timeout", "restartable", "submitter", "mem", "pids", "artifacts",
+)  # fmt: skip
+"""The fields ``submit_decodes_to_itself`` checks (a new field must be added there)."""
+if tuple(f.name for f in dataclasses.fields(TaskSubmit)) != _SUBMIT_FIELDS:
+    raise RuntimeError("TaskSubmit's fields changed: update submit_decodes_to_itself")
+
+
 _RULES: Final[dict[type[Any], Callable[[Any], str | None]]] = {
     KvPut: _check_kv,
     KvDelete: _check_kv,
