@@ -142,7 +142,9 @@ async def watch_assignments(sock: str, goal: int, stop_after: float) -> list[tup
     only places); if the stream overflows, ``task.list`` once a second decides.
     """
     client = await ControlClient.connect_unix(sock)
-    sub = await client.subscribe(["tasks"])
+    # Only the kind counted: the agent drops the others (a submit's "submitted")
+    # before encoding them, as a watcher that reads one kind should ask.
+    sub = await client.subscribe(["tasks:assigned"])
     trace: list[tuple[float, int]] = []
     assigned: set[str] = set()
     lossy = False
@@ -194,13 +196,16 @@ Submitter = Callable[[str, int, str], Awaitable[tuple[float, float]]]
 
 
 async def measure(
-    sock: str, watch_sock: str, names: list[str], count: int, submit: Submitter
+    sock: str, watch_sock: str, names: list[str], count: int, submit: Submitter,
+    cpu: Callable[[], list[float]],
 ) -> dict[str, float]:
     # Pipelined: submissions and placements interleave on one Raft log.
     watcher = asyncio.create_task(watch_assignments(watch_sock, count, 300.0))
     await asyncio.sleep(0.2)  # subscribed before the first submit
+    cpu_before = cpu()
     first_submit, last_ack = await submit(sock, count, "a")
     trace = await watcher
+    used = [1e6 * (after - before) / count for before, after in zip(cpu_before, cpu(), strict=True)]
     if trace[-1][1] < count:
         raise SystemExit(f"only {trace[-1][1]} of {count} tasks placed within 300 s")
     pipelined = count / (trace[-1][0] - first_submit)
@@ -221,11 +226,25 @@ async def measure(
         "pipelined": pipelined,
         "place_rate": count / (trace[-1][0] - released),
         "place_s": trace[-1][0] - released,
+        # CPU per task of the pipelined phase, microseconds: see ``cpu_seconds``.
+        "cpu_leader": used[0],
+        "cpu_followers": used[1] + used[2],
+        "cpu_client": used[3],
     }
 
 
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def cpu_seconds(pids: list[int]) -> Callable[[], list[float]]:
+    """User + system CPU seconds of each process in ``pids`` (psutil), then of this
+    one (the bench's client and watcher): a cost figure the box's other load
+    moves much less than a rate."""
+    import psutil
+
+    procs = [psutil.Process(pid) for pid in pids] + [psutil.Process()]
+    return lambda: [sum(p.cpu_times()[:2]) for p in procs]
 
 
 def one_run(tasks: int, submit: Submitter) -> dict[str, float]:
@@ -241,7 +260,10 @@ def one_run(tasks: int, submit: Submitter) -> dict[str, float]:
         sock = leader_socket(mesh)
         follower = next(n.socket_path for n in mesh.nodes if n.socket_path != sock)
         names = [n.name for n in mesh.nodes]
-        return asyncio.run(measure(sock, follower, names, tasks, submit))
+        # The leader first, then the followers.
+        ordered = sorted(mesh.nodes, key=lambda n: n.socket_path != sock)
+        cpu = cpu_seconds([n.proc.pid for n in ordered if n.proc is not None])
+        return asyncio.run(measure(sock, follower, names, tasks, submit, cpu))
     finally:
         mesh.stop()
         shutil.rmtree(base, ignore_errors=True)  # 3 data dirs, 64 MiB of WAL each
@@ -291,6 +313,10 @@ def main() -> None:
                   "from first submit")  # fmt: skip
             print(f"  placement of a backlog     {figures['place_rate']:8.0f} placements committed/s "
                   f"({args.tasks} in {figures['place_s']:.2f} s)")  # fmt: skip
+            total = figures["cpu_leader"] + figures["cpu_followers"] + figures["cpu_client"]
+            print(f"  CPU per task, pipelined    leader {figures['cpu_leader']:.0f} us, followers "
+                  f"{figures['cpu_followers']:.0f} us (both), bench client {figures['cpu_client']:.0f} us, "
+                  f"total {total:.0f} us")  # fmt: skip
     print(f"over {args.runs} run(s), load average at the end {load_average()}:")
     for way in ways:
         print(f"  {submitters[way][0]}:")
@@ -299,6 +325,10 @@ def main() -> None:
         print(f"    anchor: submit alone       {span([r['submit_rate'] for r in runs[way]])}")
         print(f"    submit + place pipelined   {span(pipelined)}; {verdict(pipelined, TARGET_PIPELINED)}")
         print(f"    placement of a backlog     {span(backlog)}; {verdict(backlog, TARGET_BACKLOG)}")
+        totals = sorted(r["cpu_leader"] + r["cpu_followers"] + r["cpu_client"] for r in runs[way])
+        leaders = sorted(r["cpu_leader"] for r in runs[way])
+        print(f"    CPU per task, pipelined    total {totals[0]:.0f}-{totals[-1]:.0f} us "
+              f"(leader {leaders[0]:.0f}-{leaders[-1]:.0f} us)")
 
 
 if __name__ == "__main__":
