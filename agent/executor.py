@@ -534,6 +534,7 @@ class Executor:
             run.reason,
             run.captures["out"].dropped,
             run.captures["err"].dropped,
+            silent=len(silent) == len(run.captures),
         )
         self._recent[run.task_id] = event
         self._recent.move_to_end(run.task_id)

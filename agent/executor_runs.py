@@ -74,6 +74,8 @@ class ExecEvent:
     reaper: bool = False
     """``started`` only: ``pid`` is the run's subreaper (kill it with its force signal,
     not a group SIGKILL, so it can take the task's orphans with it)."""
+    silent: bool = False
+    """``finished`` only: neither stream wrote a byte (no capture file was made)."""
 
 
 @dataclass(slots=True)

@@ -7,6 +7,10 @@ Theory of operation (the protocol is ``replication.py``'s, the disk
   so every ``TICK`` seconds what they grew by goes to the preference list of
   the task's ring key (``sched.replica_key``) among the live members, with
   ``sched.replication`` hosts (read from the replicated config each tick);
+* a run's streams enter the protocol at the first round while it runs, or
+  when a host asks for them (``ReplicaRead``, ``ReplicaListRequest``, a read
+  here): a run that ends before either, with nothing written (the executor's
+  ``silent``), never builds an item at all;
 * when the run ends (failed runs too) its streams are marked complete with
   their SHA-256, its artifacts are collected from its working directory as
   its user (``artifact_collect.py``, in a worker thread) and stored here as
@@ -141,6 +145,9 @@ class ReplicaService:
             node_id=node_id, store=self.store, targets=self.targets, send=send_to_node,
             view=lambda: self._view,
         )
+        self._pending: dict[tuple[str, int], tuple[str, Callable[[str], Path]]] = {}
+        """Runs of this host whose streams have not entered the protocol yet:
+        (task id, epoch) -> (ring key, capture path of a stream)."""
         self._acks: list[tuple[str, ReplicaAck]] = []
         """Acks of this event-loop pass's chunks, sent once their .meta are written."""
         self._ids = itertools.count(1)
@@ -184,6 +191,8 @@ class ReplicaService:
             await asyncio.sleep(TICK)
             try:
                 self.refresh_view()
+                for run in list(self._pending):
+                    self._enter(*run)
                 self.replicator.tick(time.time())
             except Exception:
                 log.exception("replication round failed")
@@ -191,23 +200,42 @@ class ReplicaService:
     # ------------------------------------------------------------ runs of this host
 
     def run_started(self, rec: TaskRecord, epoch: int, path_of: Callable[[str], Path]) -> None:
-        key = replica_key(rec.id, rec.key, rec.strategy)
-        for stream in STREAMS:
-            self.replicator.add_source(rec.id, epoch, f"{stream}", path_of(stream), key)
+        """A run of this host started: its streams enter the protocol at the next round
+        (or a read), as the round would send their first bytes then anyway."""
+        self._pending[(rec.id, epoch)] = (replica_key(rec.id, rec.key, rec.strategy), path_of)
+
+    def _enter(self, task_id: str, epoch: int) -> None:
+        """A pending run's streams become items of the protocol (module doc)."""
+        pending = self._pending.pop((task_id, epoch), None)
+        if pending is not None:
+            key, path_of = pending
+            for stream in STREAMS:
+                self.replicator.add_source(task_id, epoch, stream, path_of(stream), key)
+
+    def _enter_task(self, task_id: str) -> None:
+        for run in [r for r in self._pending if r[0] == task_id]:
+            self._enter(*run)
 
     async def run_finished(
         self, rec: TaskRecord | None, task_id: str, epoch: int, workdir: Path | None,
-        user: tuple[int, int] | None,
+        user: tuple[int, int] | None, silent: bool = False,
     ) -> list[str]:
         """Complete the run's streams, collect its artifacts; the finish's replica list
-        (the hosts that get them, and the quiet runs' markers)."""
+        (the hosts that get them, and the quiet runs' markers).  ``silent``: the
+        executor saw neither stream write a byte."""
         now = time.time()
-        for stream in STREAMS:
-            self.replicator.finish_source(task_id, epoch, stream, now)
+        allowed = rec is not None and (self._quiet_allowed is None or self._quiet_allowed())
+        if silent and allowed and (task_id, epoch) in self._pending:
+            key, _ = self._pending.pop((task_id, epoch))
+            self.replicator.keep_quiet(task_id, epoch, STREAMS, key, now)
+            quiet = True
+        else:
+            self._enter(task_id, epoch)
+            for stream in STREAMS:
+                self.replicator.finish_source(task_id, epoch, stream, now)
+            quiet = allowed and self.replicator.quiet(task_id, epoch, STREAMS)
         if rec is None:
             return []
-        quiet = (self._quiet_allowed is None or self._quiet_allowed()) \
-            and self.replicator.quiet(task_id, epoch, STREAMS)
         key = replica_key(rec.id, rec.key, rec.strategy)
         if rec.artifacts and workdir is not None:
             found = await asyncio.to_thread(
@@ -216,7 +244,7 @@ class ReplicaService:
             for got in found:
                 self._keep_artifact(StoredItem(task_id, epoch, f"a:{got.name}", key,
                                                error=got.error, finished_at=now), got.data)
-        self.refresh_view()
+            self.refresh_view()  # (else the last round's view: at most a TICK old)
         return replica_list(self.targets(key), rec, epoch, quiet)
 
     def _keep_artifact(self, item: StoredItem, data: bytes) -> None:
@@ -240,8 +268,10 @@ class ReplicaService:
             case ReplicaAck():
                 self.replicator.on_ack(msg, msg.node, time.time())
             case ReplicaRead():
+                self._enter(msg.task_id, msg.epoch)
                 self._send_to_addr(from_addr, self.replicator.on_read(msg))
             case ReplicaListRequest():
+                self._enter_task(msg.task_id)
                 self._send_to_addr(from_addr, ReplicaList(
                     msg.request_id, msg.task_id, self.replicator.infos(msg.task_id)))
             case ReplicaData() | ReplicaList():
@@ -324,6 +354,7 @@ class ReplicaService:
         if is_quiet(rec, epoch, name):
             return ReplicaData(0, rec.id, epoch, name, offset, b"", 0, True, True,
                                EMPTY_SHA256, "", False)
+        self._enter(rec.id, epoch)
         local = self.replicator.on_read(ReplicaRead(0, rec.id, epoch, name, offset, limit))
         if local.found and (local.complete or local.live):
             return local
@@ -339,6 +370,7 @@ class ReplicaService:
     async def listing(self, rec: TaskRecord) -> list[dict[str, Any]]:
         """Every item any reachable holder has of ``rec`` (the most complete copy each)."""
         best: dict[tuple[int, str], dict[str, Any]] = {}
+        self._enter_task(rec.id)
         infos = list(self.replicator.infos(rec.id))
         infos += [ReplicaItemInfo(int(m[len(QUIET_PREFIX):]), name, 0, True, EMPTY_SHA256, "")
                   for m in rec.replicas if m.startswith(QUIET_PREFIX)

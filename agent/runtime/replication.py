@@ -217,15 +217,26 @@ class Replicator:
                     or not _empty_done(tracked.item):
                 return False
             found.append(tracked.item)
+        if not found:
+            return False
         for item in found:
             del self._tracked[item.key]
             self._active.pop(item.key, None)
             self.store.items.pop(item.key, None)
+        self.keep_quiet(task_id, epoch, names, found[0].ring_key, found[0].finished_at or 0.0)
+        return True
+
+    def keep_quiet(self, task_id: str, epoch: int, names: tuple[str, ...], ring_key: str,
+                   finished_at: float) -> None:
+        """Items of a run of this host that ended empty without ever entering the
+        protocol (``quiet`` without the items): only the bounded local table."""
+        for name in names:
+            item = StoredItem(task_id, epoch, name, ring_key, 0, True, EMPTY_SHA256,
+                              finished_at=finished_at)
             self._quiet[item.key] = item
         while len(self._quiet) > QUIET_KEEP:
             del self._quiet[next(iter(self._quiet))]
-        self.quieted += len(found)
-        return True
+        self.quieted += len(names)
 
     def put_local(self, item: StoredItem, data: bytes) -> None:
         """Store a whole item collected here (``ReplicaRefused`` with one line)."""
@@ -455,7 +466,8 @@ class Replicator:
         if item is None:
             return ReplicaData(msg.request_id, msg.task_id, msg.epoch, msg.name, msg.offset,
                                b"", 0, False, False, "", "", False)
-        data = self.store.read(item, msg.offset, max(0, min(msg.limit, READ_LIMIT)))
+        data = b"" if item.key in self._quiet \
+            else self.store.read(item, msg.offset, max(0, min(msg.limit, READ_LIMIT)))
         size = item.size
         if item.source is not None and not item.complete:
             size = max(size, msg.offset + len(data))

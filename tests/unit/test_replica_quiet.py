@@ -15,10 +15,11 @@ from typing import Any, cast
 
 from test_replica_protocol import Net, key_whose_list_starts
 
+from agent.executor import Executor
 from agent.runtime.artifacts import MAX_MARKERS, ReplicaService, is_quiet, replica_list
 from agent.runtime.compat import quiet_outputs_read
 from agent.runtime.output import TaskOutput
-from agent.runtime.replica_messages import ReplicaChunk, ReplicaRead
+from agent.runtime.replica_messages import ReplicaChunk, ReplicaData, ReplicaRead
 from agent.runtime.replica_store import EMPTY_SHA256
 from agent.sched import SchedConfig
 from agent.state import (
@@ -178,3 +179,42 @@ def test_markers_are_carried_on_bounded_and_applied_alike_by_every_node() -> Non
     assert machines[0].snapshot() == machines[1].snapshot()
     shown = machines[1].task(task)
     assert shown is not None and shown["replicas"] == ["id1", "empty:1"]
+
+
+def test_a_silent_run_never_builds_an_item_and_a_read_while_running_enters_it(
+    tmp_path: Path,
+) -> None:
+    sent: list[tuple[str, object]] = []
+    host = service(tmp_path, "n0", sent, members("0.3.0"))
+    rec = record()
+    paths = captures(tmp_path)
+    host.run_started(rec, 1, paths.__getitem__)
+    replicas = asyncio.run(host.run_finished(rec, "t1", 1, None, None, silent=True))
+    assert replicas[-1] == "empty:1" and host.replicator.quieted == 2
+    assert not host.store.items and len(host.replicator.items_of("t1")) == 2
+    host.replicator.tick(10.0)
+    assert not sent
+    host.on_message("peer", ReplicaRead(3, "t1", 1, "err", 0, 10))
+    [(_, answer)] = sent
+    assert isinstance(answer, ReplicaData) and answer.found and answer.complete
+    # a run still running: a host's read makes its streams items and answers live bytes
+    sent.clear()
+    two = record("t2")
+    live = captures(tmp_path / "live", out=b"partial ")
+    host.run_started(two, 1, live.__getitem__)
+    host.on_message("peer", ReplicaRead(4, "t2", 1, "out", 0, 100))
+    [(_, answer)] = sent
+    assert isinstance(answer, ReplicaData) and answer.live and answer.data == b"partial "
+    # a silent flag cannot take out streams already in the protocol: they finish as before
+    replicas = asyncio.run(host.run_finished(two, "t2", 1, None, None, silent=True))
+    assert not any(r.startswith("empty:") for r in replicas)
+    item = host.replicator.item("t2", 1, "out")
+    assert item is not None and item.complete and item.size == len(b"partial ")
+
+
+async def test_the_executor_says_which_runs_were_silent(tmp_data_dir: Path) -> None:
+    executor = Executor(tmp_data_dir, slots=2)
+    for task_id, cmd, silent in (("q", "true", True), ("t", "echo hi >&2", False)):
+        await executor.start(task_id, 1, cmd)
+        event = await executor.wait(task_id)
+        assert event is not None and event.silent is silent
