@@ -120,10 +120,16 @@ class PbftFollower:
         interval: int = 0,
         applied: int = 0,
         previous: tuple[tuple[str, ...], int] | None = None,
+        handoff: StableCheckpoint | None = None,
     ) -> None:
         """``interval``: K (default window // 2); ``applied``: where the local state is
         (a replaced replica follows from its last executed seq); ``previous``: the
-        group before the last replacement and its last checkpoint."""
+        group before the last replacement and its last checkpoint; ``handoff``: a
+        replaced replica's stable checkpoint at the switch, whose proof it sends the
+        group every ``stall_ticks`` until the new group runs past it.  Its CHECKPOINT
+        may be one of the 2f+1 the others still need (another old replica down), and
+        as a follower it no longer resends it or answers STATUS (seed 70266 of
+        tests/sim/test_pbft_replace_faults.py)."""
         self.id = signer.node_id
         self._signer = signer
         self.checker = CheckedVerifier(verifier)
@@ -142,6 +148,7 @@ class PbftFollower:
         self._msgs: list[Outbound] = []
         self._batches: list[CommittedBatch] = []
         self._reset: StableCheckpoint | None = None
+        self._handoff = handoff if handoff is not None and handoff.proof else None
 
     @property
     def group(self) -> Group:
@@ -187,7 +194,10 @@ class PbftFollower:
             return
         signers = self.membership.signers(msg.seq)
         if not valid_proof(self.checker, signers, msg.seq, msg.state_digest, msg.proof):
-            return
+            # Missed replacements: the chain of switches may lead to the group that signed.
+            via, _ = self.membership.chain_signers(self.checker, msg.chain, msg.seq)
+            if via is None or not valid_proof(self.checker, via, msg.seq, msg.state_digest, msg.proof):
+                return
         self.membership.adopt(split_snapshot(msg.snapshot)[0], msg.seq)
         self._reset = StableCheckpoint(msg.seq, msg.state_digest, msg.snapshot, msg.proof)
         self._batches = []
@@ -201,6 +211,13 @@ class PbftFollower:
         follows ``applied`` -- the stable state if it lies beyond, else the EXECUTEDs
         again (f+1 matching ones are needed, so one replica's answer is not enough)."""
         self._ticks += 1
+        handoff = self._handoff
+        if handoff is not None and self._ticks % self.stall_ticks == 1:
+            if self.applied > handoff.seq:
+                self._handoff = None  # f+1 of the new group executed past the switch
+            else:
+                for to in self.group.replicas:
+                    self._msgs.extend(Outbound(to, cp) for cp in handoff.proof if cp.frm != to)
         if self._highest > self.applied and self._ticks - self._progress_at >= self.stall_ticks:
             self._progress_at = self._ticks
             self._asked += 1

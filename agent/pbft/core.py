@@ -37,12 +37,15 @@ ViewChange      view > ours, or   kept (the newest per sender); f+1 for views ab
 NewView         view >= ours,     enter the view; every planned pre-prepare is logged and
                 not yet active    PREPAREd; behind its checkpoint: state transfer
                 in it; checks
-StateRequest    from a replica    answer with the stable snapshot and its 2f+1 proof
-StateReply      proof and digest  reset the application to it (``Ready.reset_to``)
-                verify, ahead
+StateRequest    from a replica    answer with the stable snapshot and its 2f+1 proof (and
+                                  the proofs of the last switches: ``GroupLink``)
+StateReply      proof and digest  reset the application to it (``Ready.reset_to``); the
+                verify, ahead     proof's group may be one the chain of switches leads to
+                                  from ours (a host that missed replacements)
 Status          from a replica    behind us: resend the pre-prepares and the commit
                                   certificates of slots we executed, our NEW-VIEW, our
-                                  checkpoint proof
+                                  checkpoint proof; its checkpoint before our last two
+                                  switches: send it our state (``_push_state``)
 ==============  ================  ==========================================================
 
 Timers (in ticks): a backup that knows of a request not yet executed runs the
@@ -531,6 +534,7 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
             # A replaced replica still behind the switch: the proof lets it switch too.
             for cp in self._stable.proof:
                 self._msgs.append(Outbound(st.frm, cp))
+            self._push_state(st.frm, st.low)
             return
         if not self._from_replica(st.frm):
             return
@@ -540,6 +544,7 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
         if st.low < self.low:
             for cp in self._stable.proof:
                 self._msgs.append(Outbound(st.frm, cp))
+            self._push_state(st.frm, st.low)
         self._resend_executed(st)
 
     def _resend_executed(self, st: Status) -> None:

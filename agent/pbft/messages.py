@@ -131,8 +131,23 @@ class StateRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupLink:
+    """One replacement's switch, provable to a host that knows the group before it
+    (``reconfig.py``): the checkpoint at the boundary ``seq``, whose snapshot's group
+    header is ``head`` and whose application part hashes to ``app_digest``
+    (``signing.state_digest`` of a headed snapshot hashes the two), with the 2f+1
+    CHECKPOINTs the group before signed for it."""
+
+    seq: int
+    head: bytes
+    app_digest: bytes
+    proof: tuple[Checkpoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class StateReply:
-    """The application snapshot at stable checkpoint ``seq``, with its 2f+1 proof."""
+    """The application snapshot at stable checkpoint ``seq``, with its 2f+1 proof, and
+    the switches that lead a host which missed some to the group that signed it."""
 
     frm: str
     seq: int
@@ -140,6 +155,8 @@ class StateReply:
     snapshot: bytes
     proof: tuple[Checkpoint, ...]
     sig: bytes = b""
+    chain: tuple[GroupLink, ...] = ()
+    """The last replacements' ``GroupLink``s, oldest first (appended field: older peers send none)."""
 
 
 @dataclass(frozen=True, slots=True)

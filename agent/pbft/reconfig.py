@@ -31,17 +31,22 @@ two groups share n-1 >= 2f+1 replicas.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
-from agent.pbft.viewchange import Group
+from agent.pbft.messages import GroupLink, StableCheckpoint
+from agent.pbft.signing import GROUP_MAGIC as GROUP_MAGIC
+from agent.pbft.signing import CheckedVerifier, headed_digest
+from agent.pbft.viewchange import Group, valid_proof
 
 REPLACE_MAGIC = b"\x00pbft.replace\x00"
 """Prefix of a replace request's op (no state-machine command starts with a zero byte)."""
 
-GROUP_MAGIC = b"\x00pbft.group\x00"
-"""Prefix of a checkpoint snapshot that names its replica group (``wrap_snapshot``)."""
+MAX_LINKS = 8
+"""Switches a replica keeps proofs of (``Membership.links``), so a host that missed up
+to this many replacements can still check the state it is sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +102,27 @@ def split_snapshot(snapshot: bytes) -> tuple[GroupInfo | None, bytes]:
     if not snapshot.startswith(GROUP_MAGIC):
         return None, snapshot
     head, _, app = snapshot[len(GROUP_MAGIC) :].partition(b"\n")
+    info = parse_head(head)
+    return (info, app) if info is not None else (None, snapshot)
+
+
+def parse_head(head: bytes) -> GroupInfo | None:
     try:
         replicas, previous, switched_at = json.loads(head)
-        return GroupInfo(tuple(map(str, replicas)), tuple(map(str, previous)), int(switched_at)), app
+        return GroupInfo(tuple(map(str, replicas)), tuple(map(str, previous)), int(switched_at))
     except (ValueError, TypeError):
-        return None, snapshot
+        return None
+
+
+def link_of(stable: StableCheckpoint) -> GroupLink | None:
+    """The proof of a switch, if ``stable`` is the checkpoint a replacement took effect at."""
+    if not stable.snapshot.startswith(GROUP_MAGIC):
+        return None
+    head, _, app = stable.snapshot[len(GROUP_MAGIC) :].partition(b"\n")
+    info = parse_head(head)
+    if info is None or info.switched_at != stable.seq or not info.previous:
+        return None
+    return GroupLink(stable.seq, head, hashlib.sha256(app).digest(), stable.proof)
 
 
 def app_snapshot(snapshot: bytes) -> bytes:
@@ -121,6 +142,8 @@ class Membership:
         """(the new group, the checkpoint it takes effect after)."""
         self.previous: tuple[Group, int] | None = None
         """(the group before the last switch, the checkpoint it ended at)."""
+        self.links: list[GroupLink] = []
+        """Proofs of the last ``MAX_LINKS`` switches, oldest first (sent with the state)."""
 
     @property
     def fence(self) -> int | None:
@@ -187,3 +210,33 @@ class Membership:
         if self.previous is not None and seq <= self.previous[1]:
             return self.previous[0]
         return self.group
+
+    def note_link(self, link: GroupLink) -> None:
+        if any(held.seq == link.seq for held in self.links):
+            return
+        self.links = sorted([*self.links, link], key=lambda held: held.seq)[-MAX_LINKS:]
+
+    def chain_signers(
+        self, checker: CheckedVerifier, chain: tuple[GroupLink, ...], seq: int
+    ) -> tuple[Group | None, list[GroupLink]]:
+        """The group whose CHECKPOINTs prove the state at ``seq``, reached from the group
+        known here through ``chain`` -- the switches this host missed, each proven by
+        2f+1 of the group before it -- and the links that got there; (None, []) if a
+        link fails its proof."""
+        group = self.pending[0] if self.pending is not None and seq > self.pending[1] else self.group
+        known = max(self.previous[1] if self.previous else 0, self.pending[1] if self.pending else 0)
+        used: list[GroupLink] = []
+        for link in sorted(chain, key=lambda held: held.seq):
+            info = parse_head(link.head)
+            if link.seq <= known or link.seq > seq or info is None or info.switched_at != link.seq:
+                continue
+            if info.previous != group.replicas:
+                continue  # does not start from the group we reached
+            digest = headed_digest(link.head, link.app_digest)
+            if not valid_proof(checker, group, link.seq, digest, link.proof):
+                return None, []
+            used.append(link)
+            if link.seq == seq:
+                break  # the state at a switch is proven by the group before it
+            group = Group(info.replicas)
+        return group, used

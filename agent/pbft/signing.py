@@ -119,8 +119,24 @@ def batch_digest(requests: tuple[Request, ...]) -> bytes:
     return h.digest()
 
 
+GROUP_MAGIC = b"\x00pbft.group\x00"
+"""Prefix of a checkpoint snapshot that names its replica group (``reconfig.wrap_snapshot``)."""
+
+
 def state_digest(snapshot: bytes) -> bytes:
+    """What CHECKPOINTs sign for a state.  A snapshot headed by its group
+    (``GROUP_MAGIC head \\n app``) hashes the header with the application part's
+    hash, so a replacement's switch can be proven without the application state
+    (``messages.GroupLink``); any other snapshot is hashed whole."""
+    if snapshot.startswith(GROUP_MAGIC):
+        head, sep, app = snapshot[len(GROUP_MAGIC) :].partition(b"\n")
+        if sep:
+            return headed_digest(head, hashlib.sha256(app).digest())
     return hashlib.sha256(snapshot).digest()
+
+
+def headed_digest(head: bytes, app_digest: bytes) -> bytes:
+    return hashlib.sha256(GROUP_MAGIC + head + b"\n" + app_digest).digest()
 
 
 # ---------------------------------------------------------------- interfaces

@@ -204,5 +204,9 @@ class ReplicaState(abc.ABC):
         """Leave the current view for ``view`` (VIEW-CHANGE)."""
 
     @abc.abstractmethod
+    def _refresh_view_change(self) -> None:
+        """Waiting for a NEW-VIEW across a replacement: VIEW-CHANGE again from the new checkpoint."""
+
+    @abc.abstractmethod
     def _maybe_new_view(self) -> None:
         """The next primary: send NEW-VIEW once it holds enough VIEW-CHANGEs."""

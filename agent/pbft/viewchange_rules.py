@@ -42,10 +42,18 @@ class ViewChangeRules(ReplicaState):
         self._new_view = None
         self.log.enter_view(view)
         self._assigned.clear()
+        self._view_changes = {s: m for s, m in self._view_changes.items() if m.view >= view}
+        self._send_view_change()
+        self._events.append(PbftEvent("view-change", view, f"{self.id} asks for view {view}"))
+        self._timer = None
+        self._arm_view_change_timer()
+        self._maybe_new_view()
+
+    def _send_view_change(self) -> None:
         vc = self._sign(
             ViewChange(
                 self.id,
-                view,
+                self.view,
                 self._stable.seq,
                 self._stable.digest,
                 self._stable.proof,
@@ -53,12 +61,26 @@ class ViewChangeRules(ReplicaState):
             )
         )
         self._my_vc = vc
-        self._view_changes = {s: m for s, m in self._view_changes.items() if m.view >= view}
         self._view_changes[self.id] = vc
         self._records.append(vc)
         self._broadcast(vc)
-        self._events.append(PbftEvent("view-change", view, f"{self.id} asks for view {view}"))
-        self._timer = None
+
+    def _refresh_view_change(self) -> None:
+        """A replacement took effect while this replica waits for a NEW-VIEW: it signs its
+        VIEW-CHANGE for the view again, from the switch's checkpoint (the one it sent may
+        carry the old group's certificates, which the new group refuses: a stall, seed
+        70009), and keeps only the VIEW-CHANGEs that hold under the new group.  Safe: the
+        new one differs by a later checkpoint and by dropping certificates above it that
+        the old group ordered and nobody executed (the fence, ``reconfig.py``)."""
+        self._view_changes = {
+            s: m
+            for s, m in self._view_changes.items()
+            if s != self.id
+            and viewchange.valid_view_change(
+                self.checker, self.group, m, self.config.window, self.membership.signers
+            )
+        }
+        self._send_view_change()
         self._arm_view_change_timer()
         self._maybe_new_view()
 

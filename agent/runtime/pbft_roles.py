@@ -34,7 +34,7 @@ from agent.identity_key import id_matches_key
 from agent.pbft.client import PbftClient, PbftFollower
 from agent.pbft.config import PbftConfig
 from agent.pbft.core import PbftReplica
-from agent.pbft.messages import Genesis, Request
+from agent.pbft.messages import Genesis, Request, StableCheckpoint
 from agent.pbft.reconfig import GroupInfo, decode_replace, encode_replace, split_snapshot
 from agent.pbft.viewchange import Group
 from agent.runtime.pbft_cluster import PbftCluster
@@ -93,7 +93,11 @@ class PbftRoles(abc.ABC):
         if self.node_id in info.replicas:
             self._become_replica(info.replicas, previous)
         else:
-            self._become_follower(info.replicas, previous, applied=0)
+            # A replaced replica restarting: its last stable checkpoint (the switch's, if it
+            # went down at once) is handed on until the new group runs past it.
+            handoff = self._storage.load().stable
+            self._storage.close()
+            self._become_follower(info.replicas, previous, applied=0, handoff=handoff)
         retry = max(1, self.pbft_config.view_change_ticks // 2)
         cluster = self._cluster
         # Request ids unique across restarts (replicas answer a known (client, rid) with
@@ -121,13 +125,14 @@ class PbftRoles(abc.ABC):
         )
 
     def _become_follower(
-        self, replicas: tuple[str, ...], previous: Previous, applied: int
+        self, replicas: tuple[str, ...], previous: Previous, applied: int,
+        handoff: StableCheckpoint | None = None,
     ) -> None:
         cluster = self._cluster
         config = self.pbft_config
         self._follower = PbftFollower(
             cluster.signer, cluster.verifier, replicas, config.window,
-            interval=config.checkpoint_interval, applied=applied, previous=previous,
+            interval=config.checkpoint_interval, applied=applied, previous=previous, handoff=handoff,
         )
 
     def _check_roles(self) -> None:
@@ -137,7 +142,9 @@ class PbftRoles(abc.ABC):
             prev = replica.membership.previous
             previous = (prev[0].replicas, prev[1]) if prev else None
             self._replica = None
-            self._become_follower(replica.group.replicas, previous, applied=replica.executed)
+            self._become_follower(
+                replica.group.replicas, previous, applied=replica.executed, handoff=replica.stable_checkpoint
+            )
             self._save_group(replica.group.replicas, previous)
             log.warning("replaced: this host now follows the PBFT replicas %s", ",".join(self.group()))
         elif follower is not None and self.node_id in follower.group.replicas:

@@ -151,6 +151,7 @@ class FaultedReplace:
         follower = PbftFollower(
             net.signers[node_id], net.verifier, group, net.config.window, stall_ticks=12,
             interval=net.config.checkpoint_interval, applied=0, previous=previous,
+            handoff=net.replicas[node_id].storage.stable,  # as pbft_roles._build
         )
         net.followers[node_id] = SimFollower(follower, KV())
 

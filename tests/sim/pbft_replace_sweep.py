@@ -2,6 +2,7 @@
 
     nice -n 15 .venv/bin/python tests/sim/pbft_replace_sweep.py crash 60000 300
     nice -n 15 .venv/bin/python tests/sim/pbft_replace_sweep.py lagging 70000 100
+    nice -n 15 .venv/bin/python tests/sim/pbft_replace_sweep.py lagging-replaced 70000 100
 
 Prints every failing seed (replay one with ``MESH_SEED=n`` on the test) and a tally.
 """
@@ -12,12 +13,17 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sim import pbft_replace_faults as faults
 
-KINDS = {"crash": faults.CrashAroundSwitch, "lagging": faults.MissedTwoReplacements}
+KINDS: dict[str, Any] = {
+    "crash": faults.CrashAroundSwitch,
+    "lagging": faults.MissedTwoReplacements,
+    "lagging-replaced": lambda seed: faults.MissedTwoReplacements(seed, replaced=True),
+}
 
 
 def main(kind: str, first: int, count: int) -> int:

@@ -267,7 +267,7 @@ class PbftNet:
         follower = PbftFollower(
             self.signers[node_id], self.verifier, core.group.replicas, self.config.window,
             stall_ticks=12, interval=self.config.checkpoint_interval, applied=core.executed,
-            previous=(prev[0].replicas, prev[1]) if prev else None,
+            previous=(prev[0].replicas, prev[1]) if prev else None, handoff=core.stable_checkpoint,
         )
         self.followers[node_id] = SimFollower(follower, kv)
 

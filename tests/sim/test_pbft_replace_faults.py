@@ -10,7 +10,16 @@ from its durable state, with the role the runtime would build from its
 group file.  Safety on every Ready; every acknowledged write kept; one group
 everywhere; a write commits after healing, and again with another member down.
 
-``MESH_SEED=n`` replays one schedule; a failure names its seed.
+Limit 2: a host cut off through two successive replacements (a replica of
+both new groups, or the first one's OLD), then healed.  The group it knows
+shares fewer than 2f+1 replicas with the one that signs the state now; the
+state comes with the chain of switches (``GroupLink``: each proven by 2f+1 of
+the group before it), which it checks link by link.  It must reach the group
+and every acknowledged write; a replica must vote again (with one other member
+down, a write needs it).  A link that fails its proof is refused.
+
+``MESH_SEED=n`` replays one schedule; a failure names its seed.  Sweeps:
+``python tests/sim/pbft_replace_sweep.py``.
 """
 
 from __future__ import annotations
@@ -18,9 +27,11 @@ from __future__ import annotations
 import os
 from collections import Counter
 
-from sim.pbft_replace_faults import CrashAroundSwitch
+from agent.pbft.messages import GroupLink
+from sim.pbft_replace_faults import CrashAroundSwitch, MissedTwoReplacements
 
 CRASH_SCHEDULES = 40
+LAGGING_SCHEDULES = 10
 
 
 def _seeds(count: int, base: int) -> list[int]:
@@ -36,3 +47,29 @@ def test_a_crash_around_the_switch_loses_nothing_and_the_group_converges() -> No
         seen["torn"] += int(stats["torn"])
         seen["alone"] += stats["alone"]
     print(dict(seen))
+
+
+def test_a_host_that_missed_two_replacements_catches_up_through_the_chain() -> None:
+    steps = []
+    for seed in _seeds(LAGGING_SCHEDULES, 70_000):
+        steps.append(MissedTwoReplacements(seed).run()["steps"])
+    for seed in _seeds(LAGGING_SCHEDULES // 2, 71_000):
+        steps.append(MissedTwoReplacements(seed, replaced=True).run()["steps"])
+    print(f"{len(steps)} lagging hosts caught up, steps up to {max(steps)}")
+
+
+def test_a_chain_link_that_fails_its_proof_is_refused() -> None:
+    scenario = MissedTwoReplacements(3, replaced=False)
+    scenario.run()
+    holder = next(r.core for r in scenario.live_replicas() if len(r.core.membership.links) >= 2)
+    chain = tuple(holder.membership.links)
+    stranger = scenario.net.replicas[scenario.net.replica_ids[0]].core
+    genesis = type(holder.membership)(scenario.net.replica_ids, holder.config.checkpoint_interval)
+    top = chain[-1].seq
+    group, used = genesis.chain_signers(stranger.checker, chain, top + 8)
+    assert group is not None and group.replicas == holder.group.replicas and len(used) == 2
+    forged_head = chain[0].head.replace(b'"r', b'"x', 1)
+    forged = (GroupLink(chain[0].seq, forged_head, chain[0].app_digest, chain[0].proof), *chain[1:])
+    assert genesis.chain_signers(stranger.checker, forged, top + 8) == (None, [])
+    short = (GroupLink(chain[0].seq, chain[0].head, chain[0].app_digest, chain[0].proof[:-1]), *chain[1:])
+    assert genesis.chain_signers(stranger.checker, short, top + 8) == (None, [])
