@@ -157,6 +157,12 @@ def test_output_and_artifact_outlive_their_host(mesh: LabAgents) -> None:
     rec = wait_task(mesh, 0, task, {"succeeded", "failed"}, 60)
     assert rec["state"] == "succeeded" and rec["node"] == ids(mesh)[a], rec
     expected_out = "".join(f"out {i}\n" for i in range(2000)).encode()
+    # a silent run on A: its finish says its output is empty, nothing is replicated
+    # (issue 14), and a survivor answers its logs once A is gone
+    silent = call(mesh, 0, "task.submit", {"argv": ["true"], "key": key, "strategy": "hash",
+                                           "retries": 0, "rid": "art-quiet"})["id"]
+    quiet = wait_task(mesh, 0, silent, {"succeeded", "failed"}, 60)
+    assert quiet["node"] == ids(mesh)[a] and "empty:1" in quiet["replicas"], quiet
     wait_until("replicated", lambda: under_replicated(mesh, list(HOSTS)) == 0, 30, 0.5,
                detail=mesh.logs)
     mesh.kill(a, signal.SIGKILL)
@@ -165,6 +171,7 @@ def test_output_and_artifact_outlive_their_host(mesh: LabAgents) -> None:
         data, digest = fetch(mesh, host, task, "result.bin")
         assert digest == hashlib.sha256(ARTIFACT).hexdigest() == hashlib.sha256(data).hexdigest()
         assert logs(mesh, host, task) == expected_out
+        assert logs(mesh, host, silent) == b""
     listing = call(mesh, others[0], "artifact.list", {"id": task})
     by_name = {i["name"]: i for i in listing["items"]}
     assert by_name["result.bin"]["size"] == len(ARTIFACT) and not by_name["result.bin"]["error"]
