@@ -150,6 +150,17 @@ def bid_load(node: NodeView, bid: Bid) -> int:
     return max(bid.running + bid.queued, node.running + node.queued)
 
 
+@dataclass(slots=True)
+class _RoundBids:
+    """``AuctionBoard._round``: a round-bids mapping, its bids for known hosts, the
+    fastest mean duration under them, and each schedulable host's (wait, base)."""
+
+    bids: Mapping[str, Bid]
+    fresh: dict[str, Bid]
+    fastest: float | None
+    table: dict[str, tuple[float, float]]
+
+
 class AuctionBoard:
     """The task-independent part of every host's auction score, computed once per snapshot.
 
@@ -160,7 +171,8 @@ class AuctionBoard:
     """
 
     __slots__ = (
-        "_added", "_base", "_bumped", "_schedulable", "_views", "_wait", "cfg", "fastest",
+        "_added", "_base", "_bumped", "_round", "_schedulable", "_views", "_wait", "cfg",
+        "fastest",
     )  # fmt: skip
 
     def __init__(self, nodes: Iterable[NodeView], cfg: SchedConfig) -> None:
@@ -173,6 +185,9 @@ class AuctionBoard:
         self._wait = {n.id: queue_wait(n.slots, n.running + n.queued) for n in self._views.values()}
         self._added: dict[str, int] = {}  # decisions made on this board, per host
         self._bumped: dict[str, NodeView] | None = None
+        self._round: _RoundBids | None = None
+        """The last round-bids mapping ``ranks`` saw, with each host's (wait, base)
+        under it (``_round_table``), kept up to date by ``bump``."""
 
     @property
     def nodes(self) -> dict[str, NodeView]:
@@ -218,6 +233,11 @@ class AuctionBoard:
         self._wait[node_id] = queue_wait(view.slots, view.running + view.queued + added)
         if self._bumped is not None:
             self._bumped[node_id] = bump_queued(view, added)
+        cached = self._round
+        if cached is not None and node_id in cached.table:
+            cached.table[node_id] = self._wait_base(
+                node_id, cached.fresh.get(node_id), cached.fastest, cached.fastest == self.fastest
+            )
 
     def scores(self, task: TaskView, bids: Mapping[str, Bid] | None = None) -> dict[str, float]:
         """Score of every eligible host; a bid replaces gossip only for this task and epoch."""
@@ -227,41 +247,75 @@ class AuctionBoard:
         self, task: TaskView, bids: Mapping[str, Bid] | None = None
     ) -> dict[str, tuple[float, float]]:
         """``(queue_wait, score)`` of every eligible host (the wait first: lower wins)."""
-        cfg = self.cfg
-        fresh: dict[str, Bid] = {}
-        for node_id, bid in (bids or {}).items():
-            if node_id in self._views and bid_applies(bid, task):
-                fresh[node_id] = bid
-        fastest = self.fastest
-        bid_means = [b.mean_duration for b in fresh.values() if b.mean_duration]
-        bid_means = [m for m in bid_means if m > 0]
-        if bid_means and (fastest is None or min(bid_means) < fastest):
-            fastest = min(bid_means)
-        reuse = fastest == self.fastest
+        table = self._round_table(bids) if bids else None
+        if table is None:
+            fresh: dict[str, Bid] = {}
+            for node_id, bid in (bids or {}).items():
+                if node_id in self._views and bid_applies(bid, task):
+                    fresh[node_id] = bid
+            fastest = self._fastest_with(fresh)
+            reuse = fastest == self.fastest
+            table = {
+                node_id: self._wait_base(node_id, fresh.get(node_id), fastest, reuse)
+                for node_id, _ in self._schedulable
+            }
         required = task.caps
         need = len(required)
-        weight_cap, min_match = cfg.weight_capability, cfg.min_capability_match
+        weight_cap, min_match = self.cfg.weight_capability, self.cfg.min_capability_match
         ranks: dict[str, tuple[float, float]] = {}
         for node_id, caps in self._schedulable:
             match = len(required & caps) / need if need else 1.0
             if match < min_match:
                 continue
-            offered = fresh.get(node_id) if fresh else None
-            if offered is not None:
-                busy = bid_load(self._views[node_id], offered) + self._added.get(node_id, 0)
-                wait = queue_wait(offered.slots, busy)
-                base = self._base_from(
-                    offered.cpu, offered.mem_free, offered.slots, busy,
-                    offered.success_rate, offered.mean_duration, fastest,
-                )  # fmt: skip
-            else:
-                wait = self._wait[node_id]
-                base = (
-                    self._base[node_id] if reuse
-                    else self._base_of(self._views[node_id], fastest, self._added.get(node_id, 0))
-                )  # fmt: skip
+            wait, base = table[node_id]
             ranks[node_id] = (wait, round(weight_cap * match + base, SCORE_DIGITS))
         return ranks
+
+    def _fastest_with(self, fresh: Mapping[str, Bid]) -> float | None:
+        """The fastest mean duration, counting the bids' own figures."""
+        fastest = self.fastest
+        bid_means = [b.mean_duration for b in fresh.values() if b.mean_duration]
+        bid_means = [m for m in bid_means if m > 0]
+        if bid_means and (fastest is None or min(bid_means) < fastest):
+            fastest = min(bid_means)
+        return fastest
+
+    def _wait_base(
+        self, node_id: str, offered: Bid | None, fastest: float | None, reuse: bool
+    ) -> tuple[float, float]:
+        """A host's ``(queue_wait, score without the capability match)``: from its bid
+        when it offered one, else from the snapshot (``reuse``: kept, as ``fastest``
+        is the board's own)."""
+        if offered is not None:
+            busy = bid_load(self._views[node_id], offered) + self._added.get(node_id, 0)
+            return queue_wait(offered.slots, busy), self._base_from(
+                offered.cpu, offered.mem_free, offered.slots, busy,
+                offered.success_rate, offered.mean_duration, fastest,
+            )  # fmt: skip
+        base = (
+            self._base[node_id] if reuse
+            else self._base_of(self._views[node_id], fastest, self._added.get(node_id, 0))
+        )  # fmt: skip
+        return self._wait[node_id], base
+
+    def _round_table(self, bids: Mapping[str, Bid]) -> dict[str, tuple[float, float]] | None:
+        """Each schedulable host's ``_wait_base`` under ``bids`` when they are all round
+        bids (``task == ""``: the same figures for every task of the round), made once
+        per mapping and kept up to date by ``bump``; None for task bids."""
+        cached = self._round
+        if cached is not None and cached.bids is bids:
+            return cached.table
+        if not all(bid.task == "" for bid in bids.values()):
+            return None
+        fresh = {node_id: bid for node_id, bid in bids.items() if node_id in self._views}
+        fastest = self._fastest_with(fresh)
+        reuse = fastest == self.fastest
+        table = {
+            node_id: self._wait_base(node_id, fresh.get(node_id), fastest, reuse)
+            for node_id, _ in self._schedulable
+        }
+        self._round = _RoundBids(bids, fresh, fastest, table)
+        return table
 
     def winner(self, task: TaskView, bids: Mapping[str, Bid] | None = None) -> str:
         """The least ``queue_wait``, then the highest score, then the smallest node id;
