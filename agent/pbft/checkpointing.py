@@ -13,6 +13,8 @@ it against the 2f+1 signed digests, and resets the application to it
 
 from __future__ import annotations
 
+from collections import deque
+
 from agent.pbft import viewchange
 from agent.pbft.messages import (
     Checkpoint,
@@ -23,7 +25,7 @@ from agent.pbft.messages import (
     StateReply,
     StateRequest,
 )
-from agent.pbft.reconfig import link_of, split_snapshot, wrap_snapshot
+from agent.pbft.reconfig import link_of, recent_of, split_snapshot, wrap_snapshot
 from agent.pbft.signing import state_digest
 from agent.pbft.state import ReplicaState
 
@@ -35,7 +37,7 @@ class CheckpointRules(ReplicaState):
             return
         self._checkpoint_wait = 0
         # The state names the group for what follows it (a replacement's boundary: reconfig.py).
-        snapshot = wrap_snapshot(self.membership.group_after(seq), snapshot)
+        snapshot = wrap_snapshot(self.membership.group_after(seq), snapshot, tuple(self._recent))
         digest = state_digest(snapshot)
         self._snapshots[seq] = (digest, snapshot)
         cp = self._sign(Checkpoint(self.id, seq, digest))
@@ -44,6 +46,15 @@ class CheckpointRules(ReplicaState):
         self._broadcast(cp)
         self._on_checkpoint(cp)
         self._execute()
+
+    def _load_recent(self, snapshot: bytes) -> None:
+        """Restarting from, or sent, a checkpoint state: the requests executed in its last
+        K seqs are done (a client retransmitting one made this replica, which had
+        forgotten it, start a view change alone, and a restarted primary order it again:
+        tests/sim/test_pbft_replace_faults.py, ``ExecutedAgain``)."""
+        recent = recent_of(snapshot)
+        self._recent = deque(recent)
+        self._done_before = {d for _, ds in recent for d in ds}
 
     def _on_checkpoint(self, cp: Checkpoint) -> None:
         signers = self.membership.signers(cp.seq)
@@ -187,6 +198,7 @@ class CheckpointRules(ReplicaState):
         self._snapshots[msg.seq] = (msg.state_digest, msg.snapshot)
         self._reset_to = stable
         self._committed = []  # the snapshot covers them
+        self._load_recent(msg.snapshot)
         self._events.append(PbftEvent("state-transfer", self.view, f"state at {msg.seq} from {msg.frm}"))
         self._make_stable(stable)
         self._execute()

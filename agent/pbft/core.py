@@ -95,7 +95,7 @@ from agent.pbft.messages import (
     Status,
     ViewChange,
 )
-from agent.pbft.reconfig import is_replace, split_snapshot
+from agent.pbft.reconfig import SHORT, is_replace, split_snapshot
 from agent.pbft.signing import (
     Signer,
     Verifier,
@@ -248,6 +248,7 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
             self._stable = stable
             self.low = self.executed = self._seq = stable.seq
             self._snapshots[stable.seq] = (stable.digest, stable.snapshot)
+            self._load_recent(stable.snapshot)
         self.view = restored.hard_state.view
         self.active = restored.hard_state.active
         self._hs = restored.hard_state
@@ -305,8 +306,8 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
         if stored is not None:
             self._msgs.append(Outbound(req.client, stored))
             return
-        if digest in self._done:
-            return
+        if digest in self._done or digest[:SHORT] in self._done_before:
+            return  # executed (before the checkpoint state we hold, for the second test)
         if digest in self._pending:
             self._forward(req)
             return
@@ -456,13 +457,19 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
             self.executed = batch.seq
             self._committed.append(batch)
             ran = True
+            short = []
             for r in batch.requests:
                 d = request_digest(r)
+                short.append(d[:SHORT])
                 self._pending.pop(d, None)
                 self._assigned.discard(d)
                 self._done[d] = None
                 if is_replace(r.op):
                     self._decide_replace(batch.seq, r, d)
+            if short:
+                self._recent.append((batch.seq, tuple(short)))
+            while self._recent and self._recent[0][0] <= batch.seq - self.config.checkpoint_interval:
+                self._recent.popleft()
             self._tell_observers(batch)
             if batch.seq % self.config.checkpoint_interval == 0:
                 self._checkpoint_wait = batch.seq

@@ -92,18 +92,63 @@ class GroupInfo:
     switched_at: int = 0
 
 
-def wrap_snapshot(info: GroupInfo, app: bytes) -> bytes:
+RECENT_MAGIC = b"\x00pbft.recent\x00"
+"""Prefix of the executed-requests part between a snapshot's group header and the
+application's state (``wrap_snapshot``)."""
+
+SHORT = 16
+"""Bytes of a request digest kept in ``Recent`` (a collision only makes one replica
+ignore a retransmission of a request it took for executed)."""
+
+Recent = tuple[tuple[int, tuple[bytes, ...]], ...]
+"""(seq, the first ``SHORT`` bytes of the digest of each request executed at it), for
+the seqs of the last checkpoint interval that held requests, oldest first."""
+
+
+def wrap_snapshot(info: GroupInfo, app: bytes, recent: Recent = ()) -> bytes:
+    """The checkpoint state: group header, then (if any) the requests executed in the
+    K seqs up to it -- so a replica that restarts from it, or reaches it by state
+    transfer, knows a retransmitted request is done, as Castro & Liskov keep the last
+    replies in the state -- then the application's snapshot."""
     head = json.dumps([list(info.replicas), list(info.previous), info.switched_at]).encode()
+    if recent:
+        blob = b"".join(
+            seq.to_bytes(8, "big") + len(ds).to_bytes(2, "big") + b"".join(ds) for seq, ds in recent
+        )
+        app = RECENT_MAGIC + len(blob).to_bytes(4, "big") + blob + app
     return GROUP_MAGIC + head + b"\n" + app
+
+
+def _split_recent(body: bytes) -> tuple[Recent, bytes]:
+    if not body.startswith(RECENT_MAGIC):
+        return (), body
+    at = len(RECENT_MAGIC) + 4
+    size = int.from_bytes(body[at - 4 : at], "big")
+    blob, out, i = body[at : at + size], [], 0
+    while i + 10 <= len(blob):
+        seq, count = int.from_bytes(blob[i : i + 8], "big"), int.from_bytes(blob[i + 8 : i + 10], "big")
+        i += 10
+        out.append((seq, tuple(blob[i + SHORT * k : i + SHORT * (k + 1)] for k in range(count))))
+        i += SHORT * count
+    if i != size or len(blob) != size:
+        return (), body  # malformed: taken as application state (its digest still binds it)
+    return tuple(out), body[at + size :]
 
 
 def split_snapshot(snapshot: bytes) -> tuple[GroupInfo | None, bytes]:
     """(the group the snapshot names, or None for a bare one; the application's snapshot)."""
     if not snapshot.startswith(GROUP_MAGIC):
         return None, snapshot
-    head, _, app = snapshot[len(GROUP_MAGIC) :].partition(b"\n")
+    head, _, body = snapshot[len(GROUP_MAGIC) :].partition(b"\n")
     info = parse_head(head)
-    return (info, app) if info is not None else (None, snapshot)
+    return (info, _split_recent(body)[1]) if info is not None else (None, snapshot)
+
+
+def recent_of(snapshot: bytes) -> Recent:
+    """The requests a checkpoint state says were executed in its last K seqs."""
+    if not snapshot.startswith(GROUP_MAGIC):
+        return ()
+    return _split_recent(snapshot[len(GROUP_MAGIC) :].partition(b"\n")[2])[0]
 
 
 def parse_head(head: bytes) -> GroupInfo | None:

@@ -10,7 +10,7 @@ methods declared at the bottom of ``ReplicaState``.
 from __future__ import annotations
 
 import abc
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 from agent.pbft.config import PbftConfig
@@ -74,6 +74,11 @@ class ReplicaState(abc.ABC):
         self._pending: OrderedDict[bytes, Request] = OrderedDict()
         self._assigned: set[bytes] = set()
         self._done: OrderedDict[bytes, None] = OrderedDict()
+        self._recent: deque[tuple[int, tuple[bytes, ...]]] = deque()
+        """Requests executed in the last K seqs (short digests): part of the checkpoint state."""
+        self._done_before: set[bytes] = set()
+        """Short digests of requests executed before the state this replica restored or
+        was sent (``reconfig.Recent``): a retransmission of one is not taken for new."""
         self._replies: OrderedDict[tuple[str, int], Reply] = OrderedDict()
         self._view_changes: dict[str, ViewChange] = {}
         self._my_vc: ViewChange | None = None

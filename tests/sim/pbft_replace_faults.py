@@ -30,7 +30,7 @@ import random
 from typing import Any
 
 from agent.pbft.client import PbftFollower
-from agent.pbft.messages import Ready
+from agent.pbft.messages import CommittedBatch, Outbound, Ready, Request
 from agent.pbft.reconfig import encode_replace, split_snapshot
 from agent.pbft.viewchange import Group
 from sim.pbftnet import KV, MemoryStorage, PbftNet, SimFollower, SimReplica
@@ -43,9 +43,19 @@ replica executed it (between commit and boundary); when the first replica switch
 
 
 class TornNet(PbftNet):
-    """``crash_in_ready``: that node crashes after writing its next Ready, before the sync."""
+    """``crash_in_ready``: that node crashes after writing its next Ready, before the sync.
+    ``seq_of``: the seq each request was executed at, and the request."""
 
     crash_in_ready: str | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seq_of: dict[tuple[str, int], tuple[int, Request]] = {}
+
+    def _execute(self, node: SimReplica, batch: CommittedBatch) -> None:
+        for request in batch.requests:
+            self.seq_of.setdefault((request.client, request.rid), (batch.seq, request))
+        super()._execute(node, batch)
 
     def _drain(self, node: SimReplica) -> None:
         if self.crash_in_ready == node.node_id and node.up:
@@ -370,3 +380,70 @@ class MissedTwoReplacements(FaultedReplace):
             self.live_after(group, spare_from={lagging})
             alone += self.converge(group)
         return {"steps": net.now, "alone": alone, "transfers": net.state_transfers}
+
+
+class ExecutedAgain(FaultedReplace):
+    """Limit 3: a replica that restarted from its stable checkpoint (or, ``joined``, a
+    replacement's NEW that reached it by state transfer) receives a request executed
+    before that checkpoint again (a client retransmitting).  It must neither start a
+    view change alone nor have the request ordered again: the checkpoint carries the
+    digests of the requests executed in the K seqs up to it."""
+
+    def __init__(self, seed: int, joined: bool = False) -> None:
+        super().__init__(seed, n=4, lossy=False, spares=1)
+        self.joined = joined
+
+    def run(self) -> dict[str, Any]:
+        net = self.net
+        for _ in range(self.rng.randint(4, 12)):
+            self.put(self.rng.choice(["c0", "c1"]))
+        if self.joined:
+            old = self.rng.choice([r for r in net.replica_ids if r != self._primary()])
+            self.replace(old, net.spare_ids[0])
+            group = tuple(net.spare_ids[0] if r == old else r for r in net.replica_ids)
+            victim = net.spare_ids[0]
+            def joined() -> bool:
+                node = net.replicas.get(victim)
+                return node is not None and node.core.active and node.core.low > 0
+
+            if not self.wait(joined):
+                self.fail(f"{victim} did not join")
+        else:
+            group = net.replica_ids
+            victim = self.rng.choice([r for r in group if r != self._primary()])
+            while net.replicas[victim].core.low == 0 and net.now < STEPS:
+                self.put("c1")
+            self.crash(victim)
+            self.restart(victim)
+        self.converge(group)
+        # The last write executed at or before the victim's state (so within its last K seqs).
+        low = net.replicas[victim].core.low
+        _, first = max(
+            ((seq, r) for seq, r in net.seq_of.values() if seq <= low and r.client in net.clients),
+            key=lambda row: row[0],
+        )
+        views = net.views()
+        applied: list[str] = []
+        kv = net.replicas[victim].kv
+        plain = kv.apply
+
+        def counted(request: Any) -> bytes:
+            if request.client == first.client and request.rid == first.rid:
+                applied.append(victim)
+            return plain(request)
+
+        kv.apply = counted  # type: ignore[method-assign]
+        for to in group:
+            net.send(first.client, Outbound(to, first))
+        net.run(4 * net.config.view_change_ticks)
+        self.converge(group)
+        if net.views() != views or not net.replicas[victim].core.active:
+            self.fail(f"the request executed before sent again changed the view: {views} -> {net.views()}")
+        if applied:
+            self.fail("the request executed before was executed again")
+        self.live_after(group, spare_from=set())
+        return {"steps": net.now, "view": max(net.views().values())}
+
+    def _primary(self) -> str:
+        core = next(iter(self.net.replicas.values())).core
+        return core.primary

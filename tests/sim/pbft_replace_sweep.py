@@ -3,6 +3,8 @@
     nice -n 15 .venv/bin/python tests/sim/pbft_replace_sweep.py crash 60000 300
     nice -n 15 .venv/bin/python tests/sim/pbft_replace_sweep.py lagging 70000 100
     nice -n 15 .venv/bin/python tests/sim/pbft_replace_sweep.py lagging-replaced 70000 100
+    nice -n 15 .venv/bin/python tests/sim/pbft_replace_sweep.py again 80000 200
+    nice -n 15 .venv/bin/python tests/sim/pbft_replace_sweep.py again-joined 80000 200
 
 Prints every failing seed (replay one with ``MESH_SEED=n`` on the test) and a tally.
 """
@@ -23,6 +25,8 @@ KINDS: dict[str, Any] = {
     "crash": faults.CrashAroundSwitch,
     "lagging": faults.MissedTwoReplacements,
     "lagging-replaced": lambda seed: faults.MissedTwoReplacements(seed, replaced=True),
+    "again": faults.ExecutedAgain,
+    "again-joined": lambda seed: faults.ExecutedAgain(seed, joined=True),
 }
 
 

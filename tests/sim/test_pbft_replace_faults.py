@@ -18,6 +18,12 @@ the group before it), which it checks link by link.  It must reach the group
 and every acknowledged write; a replica must vote again (with one other member
 down, a write needs it).  A link that fails its proof is refused.
 
+Limit 3: a replica restarted from its stable checkpoint, or a replacement's NEW
+that reached it by state transfer, is sent again a request executed in the K
+seqs before that state: it starts no view change (all views stay), and nobody
+executes the request again (the checkpoint state carries those requests'
+digests); then a write commits with another member down.
+
 ``MESH_SEED=n`` replays one schedule; a failure names its seed.  Sweeps:
 ``python tests/sim/pbft_replace_sweep.py``.
 """
@@ -28,10 +34,11 @@ import os
 from collections import Counter
 
 from agent.pbft.messages import GroupLink
-from sim.pbft_replace_faults import CrashAroundSwitch, MissedTwoReplacements
+from sim.pbft_replace_faults import CrashAroundSwitch, ExecutedAgain, MissedTwoReplacements
 
 CRASH_SCHEDULES = 40
 LAGGING_SCHEDULES = 10
+AGAIN_SCHEDULES = 8
 
 
 def _seeds(count: int, base: int) -> list[int]:
@@ -73,3 +80,9 @@ def test_a_chain_link_that_fails_its_proof_is_refused() -> None:
     assert genesis.chain_signers(stranger.checker, forged, top + 8) == (None, [])
     short = (GroupLink(chain[0].seq, chain[0].head, chain[0].app_digest, chain[0].proof[:-1]), *chain[1:])
     assert genesis.chain_signers(stranger.checker, short, top + 8) == (None, [])
+
+
+def test_a_request_executed_before_the_restored_state_is_not_taken_for_new() -> None:
+    for seed in _seeds(AGAIN_SCHEDULES, 80_000):
+        ExecutedAgain(seed).run()
+        ExecutedAgain(seed, joined=True).run()
