@@ -491,7 +491,46 @@ _SUBMIT_RULES: Final[tuple[tuple[Callable[[TaskSubmit], bool], str], ...]] = (
 )  # fmt: skip
 
 
+def _submit_ok(s: TaskSubmit) -> bool:
+    """No rule of ``_SUBMIT_RULES`` broken and no artifact to check: the usual submit,
+    in one pass (every node checks every submit; the rules' loop costs a call per
+    rule).  False says nothing: the rules decide, and name the reason."""
+    argv, shell = s.argv, s.shell
+    if argv is not None:
+        if shell is not None or not 0 < len(argv) <= MAX_ARGV or max(map(len, argv)) > MAX_ARG_LEN:
+            return False
+    elif shell is None or not 0 < len(shell) <= MAX_ARG_LEN:
+        return False
+    return _submit_texts_ok(s) and _submit_numbers_ok(s)
+
+
+def _submit_texts_ok(s: TaskSubmit) -> bool:
+    env, caps, key, cwd = s.env, s.caps, s.key, s.cwd
+    return (
+        (not env or (len(env) <= MAX_ENV and all(k and "=" not in k and "\0" not in k for k in env)))
+        and (not caps or (len(caps) <= MAX_CAPS and all(0 < len(c) <= MAX_NAME_LEN for c in caps)))
+        and (key is None or 0 < len(key) <= MAX_KEY_LEN)
+        and s.strategy in STRATEGIES
+        and len(s.submitter) <= MAX_NAME_LEN
+        and (cwd is None or len(cwd) <= 4096)
+        and not s.artifacts
+    )
+
+
+def _submit_numbers_ok(s: TaskSubmit) -> bool:
+    timeout, mem = s.timeout, s.mem
+    return (
+        -MAX_PRIORITY <= s.priority <= MAX_PRIORITY
+        and 0 <= s.retries <= MAX_RETRIES
+        and (timeout is None or 0.0 < timeout <= MAX_TIMEOUT)
+        and (mem == 0 or MIN_TASK_MEM <= mem <= MAX_TASK_MEM)
+        and 0 <= s.pids <= MAX_TASK_PIDS
+    )
+
+
 def _check_submit(s: TaskSubmit) -> str | None:
+    if _submit_ok(s):
+        return None
     for broken, reason in _SUBMIT_RULES:
         if broken(s):
             return reason
