@@ -25,7 +25,7 @@ from agent.pbft.messages import (
     StateReply,
     StateRequest,
 )
-from agent.pbft.reconfig import link_of, recent_of, split_snapshot, wrap_snapshot
+from agent.pbft.reconfig import SHORT, link_of, recent_of, split_snapshot, wrap_snapshot
 from agent.pbft.signing import state_digest
 from agent.pbft.state import ReplicaState
 
@@ -54,7 +54,13 @@ class CheckpointRules(ReplicaState):
         tests/sim/test_pbft_replace_faults.py, ``ExecutedAgain``)."""
         recent = recent_of(snapshot)
         self._recent = deque(recent)
-        self._done_before = {d for _, ds in recent for d in ds}
+        self._done_before = done = {d for _, ds in recent for d in ds}
+        # Those received before the state arrived are done too (seed 61017).
+        for digest in [d for d in self._pending if d[:SHORT] in done]:
+            del self._pending[digest]
+            self._assigned.discard(digest)
+        if self.active and not self._pending:
+            self._timer = None  # (armed for them; nothing is waiting now)
 
     def _on_checkpoint(self, cp: Checkpoint) -> None:
         signers = self.membership.signers(cp.seq)
