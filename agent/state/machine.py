@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Final
@@ -112,6 +112,23 @@ def _placeable(body: Any, events: list[Event]) -> bool:
     )
 
 
+_NOT_STR: Final = object()
+
+
+def rid_table(rows: Iterable[tuple[str, bytes | int]] = ()) -> dict[str, bytes | int]:
+    """A rid cache holding ``rows`` (as ``dict(rows)``) whose key table keeps each
+    key's hash beside it.  A dict that has only ever held str keys keeps just the
+    keys, so every slot a lookup probes costs a read of that key object's hash --
+    a cache miss each in a table of ``MAX_RIDS`` rids scattered in memory, on
+    every put of every node.  One non-str key, added and removed at once, makes
+    CPython keep the hashes for good (growing and evicting keep the table's kind);
+    the contents, order and every answer are those of a plain dict."""
+    table: dict[Any, bytes | int] = {_NOT_STR: 0}
+    del table[_NOT_STR]
+    table.update(rows)
+    return table
+
+
 class StateMachine(Queries):
     """KV namespaces, proposals, the node table and tasks, fed by committed entries."""
 
@@ -129,7 +146,7 @@ class StateMachine(Queries):
         # so most are never packed -- or when its rid is retried.  A snapshot
         # (every few thousand entries, of up to MAX_RIDS rows) joins the packed
         # rows instead of packing 100k small objects each time.
-        self.rids: dict[str, bytes | int] = {}
+        self.rids: dict[str, bytes | int] = rid_table()
         self.rid_order: deque[str] = deque()
         self._packer = msgpack.Packer(use_bin_type=True)
         self.sched_overrides: dict[str, Any] = {}
@@ -444,7 +461,7 @@ class StateMachine(Queries):
             fresh.next_proposal_id = int(state["next_proposal_id"])
             fresh.nodes = {k: dict(v) for k, v in state["nodes"].items()}
             fresh.tasks.load(state["tasks"])
-            fresh.rids = {row[0]: fresh._packer.pack(row) for row in state["rids"]}
+            fresh.rids = rid_table((row[0], fresh._packer.pack(row)) for row in state["rids"])
             fresh.rid_order = deque(fresh.rids)
             fresh.sched_overrides = dict(state["sched_overrides"])
         except StorageError:
