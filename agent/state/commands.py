@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import threading
 import typing
 from collections.abc import Callable
@@ -322,7 +323,9 @@ def decode_command(data: bytes) -> Command:
         _check_rid(rid)
     if type(at) is not float or not _isfinite(at):
         at = _AT(at)  # an int becomes a float; anything else is refused
-    body = conv.build(mapping)
+    body = _usual_submit(mapping) if conv is _SUBMIT_CONV else None
+    if body is None:
+        body = conv.build(mapping)
     reason = check(body)
     if reason is not None:
         raise ProtocolError(f"bad {op}: {reason}")
@@ -583,6 +586,61 @@ _SUBMIT_FIELDS: Final = (
 """The fields ``submit_decodes_to_itself`` checks (a new field must be added there)."""
 if tuple(f.name for f in dataclasses.fields(TaskSubmit)) != _SUBMIT_FIELDS:
     raise RuntimeError("TaskSubmit's fields changed: update submit_decodes_to_itself")
+
+_SUBMIT_CONV: Final = _BY_CLASS[TaskSubmit]
+_submit_values: Final = operator.itemgetter(*_SUBMIT_FIELDS)
+
+
+def _wire_strs(
+    argv: Any, shell: Any, cwd: Any, key: Any, strategy: Any, submitter: Any,
+    env: Any, caps: Any, artifacts: Any,
+) -> bool:
+    """``_usual_submit``'s texts: each of its usual wire type."""
+    return (
+        (argv is None or (type(argv) is list and all(type(a) is str for a in argv)))
+        and (shell is None or type(shell) is str)
+        and (cwd is None or type(cwd) is str)
+        and (key is None or type(key) is str)
+        and type(strategy) is str
+        and type(submitter) is str
+        and type(env) is dict
+        and all(type(k) is str and type(v) is str for k, v in env.items())
+        and _str_list(caps)
+        and _str_list(artifacts)
+    )
+
+
+def _str_list(items: Any) -> bool:
+    return type(items) is list and all(type(item) is str for item in items)
+
+
+def _usual_submit(m: dict[Any, Any]) -> TaskSubmit | None:
+    """The ``TaskSubmit`` a decoded map of its fields stands for when every value has
+    its usual wire type (str or None, lists of str, a map of str to str, ints, a
+    bool, a finite float or None): what ``_SUBMIT_CONV.build`` makes of it, without
+    a converter call per field (every node decodes every submit).  None: the
+    converters decide, and name what is wrong."""
+    if len(m) != len(_SUBMIT_FIELDS):
+        return None
+    try:
+        (argv, shell, env, cwd, caps, key, strategy, priority, retries, timeout,
+         restartable, submitter, mem, pids, artifacts) = _submit_values(m)  # fmt: skip
+    except KeyError:
+        return None
+    if not (
+        _wire_strs(argv, shell, cwd, key, strategy, submitter, env, caps, artifacts)
+        and type(priority) is int
+        and type(retries) is int
+        and (timeout is None or (type(timeout) is float and _isfinite(timeout)))
+        and type(restartable) is bool
+        and type(mem) is int
+        and type(pids) is int
+    ):
+        return None
+    return TaskSubmit(
+        None if argv is None else tuple(argv), shell, env, cwd, tuple(caps), key, strategy,
+        priority, retries, timeout, restartable, submitter, mem, pids, tuple(artifacts),
+    )
 
 
 _RULES: Final[dict[type[Any], Callable[[Any], str | None]]] = {

@@ -9,14 +9,19 @@ fast path never passes a submit the rules refuse."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
+import msgpack
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.errors import ProtocolError
 from agent.output_store import artifact_refusal
 from agent.state import builders
 from agent.state.commands import (
+    _BY_CLASS,
     _SUBMIT_RULES,
     MAX_ARG_LEN,
     MAX_ARGV,
@@ -31,9 +36,12 @@ from agent.state.commands import (
     MAX_TASK_PIDS,
     MAX_TIMEOUT,
     MIN_TASK_MEM,
+    Command,
     _check_submit,
     _submit_ok,
+    _usual_submit,
     check,
+    decode_command,
 )
 from agent.state.ops import TaskSubmit
 
@@ -133,3 +141,92 @@ def test_the_usual_submits_take_the_fast_path() -> None:
     # One artifact to look at: the rules' loop (its own refusals) decides.
     named = dataclasses.replace(builders.task_spec(argv=["true"]), artifacts=("out.txt",))
     assert not _submit_ok(named) and _check_submit(named) is None
+
+
+# ---------------------------------------------------------------- decoding a submit
+# ``commands._usual_submit`` builds a decoded submit's ``TaskSubmit`` without a
+# converter call per field when every value has its usual wire type; anything else
+# goes to the converters, which name what is wrong.
+
+WIRE: dict[str, st.SearchStrategy[Any]] = {
+    # field -> wire values: the usual types, and others the converters convert or refuse
+    "argv": st.none() | st.lists(st.text(max_size=3), max_size=3) | st.just([1]) | st.just("x"),
+    "shell": st.none() | st.text(max_size=3) | st.just(b"x") | st.just(1),
+    "env": st.dictionaries(st.text(max_size=2), st.text(max_size=2), max_size=2)
+    | st.just({"A": 1}) | st.just({1: "a"}) | st.just([]),
+    "cwd": st.none() | st.text(max_size=3) | st.just(1),
+    "caps": st.lists(st.text(max_size=3), max_size=2) | st.just(("a",)) | st.just([None]),
+    "key": st.none() | st.text(max_size=3) | st.just(True),
+    "strategy": st.sampled_from(["auction", "hash", "capability", "nope", 1]),
+    "priority": st.integers(-3, 3) | st.just(True) | st.just(1.0),
+    "retries": st.integers(0, 3) | st.just(False) | st.just(None),
+    "timeout": st.none() | st.floats(0.1, 9) | st.integers(1, 9) | st.just(float("nan"))
+    | st.just(float("inf")) | st.just(True),
+    "restartable": st.booleans() | st.just(1) | st.just(None),
+    "submitter": st.text(max_size=3) | st.just(None),
+    "mem": st.just(0) | st.just(MIN_TASK_MEM) | st.just(False) | st.just(1.0),
+    "pids": st.integers(0, 3) | st.just(True),
+    "artifacts": st.lists(st.sampled_from(["a.txt", "b"]), max_size=2) | st.just([1]),
+}
+
+
+@st.composite
+def wire_maps(draw: st.DrawFn) -> dict[str, Any]:
+    """A decoded submit's map: every field from the handler's usual submit, up to
+    three of them set to other wire values, sometimes one missing or one extra."""
+    spec = builders.task_spec(argv=["sleep", "1"], env={"A": "1"}, caps=["gpu"], timeout=2.5,
+                              submitter="n1")
+    m: dict[str, Any] = {f: list(v) if isinstance(v, tuple) else v
+                         for f, v in dataclasses.asdict(spec).items()}
+    for name in draw(st.lists(st.sampled_from(sorted(WIRE)), max_size=3)):
+        m[name] = draw(WIRE[name])
+    change = draw(st.sampled_from(["none", "none", "none", "missing", "extra"]))
+    if change == "missing":
+        del m[draw(st.sampled_from(sorted(m)))]
+    elif change == "extra":
+        m["surprise"] = 1
+    return m
+
+
+def typed(value: Any) -> Any:
+    if isinstance(value, dict):
+        return ("dict", [(typed(k), typed(v)) for k, v in value.items()])
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, [typed(v) for v in value])
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [(f.name, typed(getattr(value, f.name))) for f in dataclasses.fields(value)]
+    return (type(value).__name__, repr(value))
+
+
+@settings(max_examples=400, deadline=None)
+@given(wire_maps())
+def test_a_decoded_submit_is_what_the_converters_build(m: dict[str, Any]) -> None:
+    fast = _usual_submit(dict(m))
+    try:
+        slow = _BY_CLASS[TaskSubmit].build(dict(m))
+    except ProtocolError:
+        assert fast is None  # the converters' refusal, with its words, decides
+        return
+    if fast is not None:
+        assert typed(fast) == typed(slow)
+    # Through decode_command, both ways, from real bytes: the same command or refusal.
+    data = msgpack.packb({"op": "task.submit", "rid": "r", "at": 1.0, **m}, use_bin_type=True)
+    reason = check(slow)
+    if reason is not None:
+        with pytest.raises(ProtocolError, match=re.escape(reason)):
+            decode_command(data)
+    else:
+        assert typed(decode_command(data)) == typed(Command(slow, "r", 1.0))
+
+
+def test_usual_wire_submits_take_the_fast_path() -> None:
+    for spec in (
+        builders.task_spec(argv=["sleep", "600"], retries=0, submitter="n1"),
+        builders.task_spec(shell="echo hi", env={"A": "1"}, cwd="/tmp", caps=["gpu"], key="k",
+                           priority=-3, retries=7, timeout=2.5, restartable=True, submitter="n2"),
+    ):
+        m = msgpack.unpackb(builders.cmd_task_submit(spec, "r", 1.0), raw=False)
+        for name in ("op", "rid", "at"):
+            del m[name]
+        fast = _usual_submit(m)
+        assert fast is not None and typed(fast) == typed(spec)
