@@ -83,6 +83,19 @@ def handlers(raft: Proposer, state: KvReads) -> dict[str, Handler]:
         return {"items": state.kv_search(ns, pattern, time.time())}
 
     def kv_put(params: dict[str, Any]) -> Pending[Any] | asyncio.Future[Any]:
+        if submit_decoded is not None:
+            # The usual put (every param of its exact type, a rid, no ttl): the
+            # checks below would pass and keep these values, so its row goes at
+            # once; anything else takes them, with their refusals.
+            get = params.get
+            ns, key, value, rid = get("ns", "default"), get("key"), get("value"), get("rid")
+            if (
+                type(ns) is str and type(key) is str and type(value) is bytes
+                and type(rid) is str and rid and get("ttl") is None
+            ):
+                at = time.time()
+                if usual_put(rid, at, ns, key, value):
+                    return submit_decoded((rid, at, ns, key, value), put_value)
         ns, key = param_str(params, "ns", "default"), param_str(params, "key")
         value, ttl = param_bytes(params, "value"), params.get("ttl")
         if ttl is None or ttl == 0:
