@@ -129,7 +129,8 @@ class CheckpointRules(ReplicaState):
             self._fetch = None
             return
         if self.active:
-            self._start_view_change(self.view + 1)
+            if not self._view_of_new_group(seq):
+                self._start_view_change(self.view + 1)
         else:
             # It already left its view and waits for a NEW-VIEW (checked under the new
             # group): it stays, with a VIEW-CHANGE from the new checkpoint.  (Moving on
@@ -137,6 +138,20 @@ class CheckpointRules(ReplicaState):
             # learnt the switch -- after a restart, or a state transfer -- one view past
             # them, alone: seeds 60138, 60166 of tests/sim/test_pbft_replace_faults.py.)
             self._refresh_view_change()
+
+    def _view_of_new_group(self, seq: int) -> bool:
+        """Our view was started by the new group already: its NEW-VIEW holds under the new
+        group and its checkpoint is at or past the switch (2f+1 VIEW-CHANGEs of replicas
+        that had switched).  A replica that learns the switch late -- it entered that
+        view still under the old group -- stays in it instead of going one view past
+        the others, alone (seed 62013 of the crash sims with n = 7)."""
+        nv = self._new_view
+        if nv is None or nv.view != self.view:
+            return False
+        plan = viewchange.check_new_view(
+            self.checker, self.group, nv, self.config.window, self.membership.signers
+        )
+        return plan is not None and plan.min_s >= seq
 
     def _request_state(self) -> None:
         if self._fetch is None:

@@ -23,6 +23,7 @@ from sim import pbft_replace_faults as faults
 
 KINDS: dict[str, Any] = {
     "crash": faults.CrashAroundSwitch,
+    "crash7": lambda seed: faults.CrashAroundSwitch(seed, n=7),
     "lagging": faults.MissedTwoReplacements,
     "lagging-replaced": lambda seed: faults.MissedTwoReplacements(seed, replaced=True),
     "again": faults.ExecutedAgain,

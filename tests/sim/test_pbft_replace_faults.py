@@ -86,3 +86,8 @@ def test_a_request_executed_before_the_restored_state_is_not_taken_for_new() -> 
     for seed in _seeds(AGAIN_SCHEDULES, 80_000):
         ExecutedAgain(seed).run()
         ExecutedAgain(seed, joined=True).run()
+
+
+def test_a_crash_around_the_switch_with_seven_replicas() -> None:
+    for seed in _seeds(4, 62_000):
+        CrashAroundSwitch(seed, n=7).run()
