@@ -30,10 +30,13 @@ digests); then a write commits with another member down.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import Counter
 
-from agent.pbft.messages import GroupLink
+from agent.pbft.messages import GroupLink, StableCheckpoint
+from agent.pbft.reconfig import GroupInfo, link_of, recent_of, split_snapshot, wrap_snapshot
+from agent.pbft.signing import GROUP_MAGIC, headed_digest, state_digest
 from sim.pbft_replace_faults import CrashAroundSwitch, ExecutedAgain, MissedTwoReplacements
 
 CRASH_SCHEDULES = 40
@@ -91,3 +94,20 @@ def test_a_request_executed_before_the_restored_state_is_not_taken_for_new() -> 
 def test_a_crash_around_the_switch_with_seven_replicas() -> None:
     for seed in _seeds(4, 62_000):
         CrashAroundSwitch(seed, n=7).run()
+
+
+def test_the_checkpoint_state_carries_group_and_recent_requests_and_a_switch_proves_apart() -> None:
+    info = GroupInfo(("a", "b", "c", "e"), ("a", "b", "c", "d"), 16)
+    recent = ((9, (b"1" * 16, b"2" * 16)), (16, (b"3" * 16,)))
+    snapshot = wrap_snapshot(info, b"app state", recent)
+    assert split_snapshot(snapshot) == (info, b"app state")
+    assert recent_of(snapshot) == recent
+    plain = wrap_snapshot(info, b"app")
+    assert recent_of(plain) == () and split_snapshot(plain)[1] == b"app"
+    head, _, body = snapshot[len(GROUP_MAGIC) :].partition(b"\n")
+    assert state_digest(snapshot) == headed_digest(head, hashlib.sha256(body).digest())
+    assert state_digest(b"bare") == hashlib.sha256(b"bare").digest()
+    link = link_of(StableCheckpoint(16, state_digest(snapshot), snapshot, ()))
+    assert link is not None and link.seq == 16
+    assert headed_digest(link.head, link.app_digest) == state_digest(snapshot)
+    assert link_of(StableCheckpoint(24, b"", snapshot, ())) is None  # not the switch's checkpoint
