@@ -95,7 +95,7 @@ from agent.pbft.messages import (
     Status,
     ViewChange,
 )
-from agent.pbft.reconfig import SHORT, is_replace, split_snapshot
+from agent.pbft.reconfig import SHORT, is_replace, link_of, split_snapshot
 from agent.pbft.signing import (
     Signer,
     Verifier,
@@ -245,6 +245,9 @@ class PbftReplica(CheckpointRules, ViewChangeRules):
         if stable is not None and stable.seq > 0:
             info, _ = split_snapshot(stable.snapshot)
             self.membership.adopt(info, stable.seq)
+            link = link_of(stable)  # (the switch's own checkpoint: its proof is kept again)
+            if link is not None:
+                self.membership.note_link(link)
             self._stable = stable
             self.low = self.executed = self._seq = stable.seq
             self._snapshots[stable.seq] = (stable.digest, stable.snapshot)
