@@ -237,6 +237,9 @@ class StateMachine(Queries):
         other takes ``_run``'s path (``put_item``).  ``answer`` False (nobody
         waits for the rows: see ``apply``): the value is None, no row is built."""
         rows: list[list[Any]] | None = [] if answer else None
+        # Every usual put of the entry answers [True, {"index": index}, None]: one
+        # row, made once and shared (results are only read: packed into replies).
+        written: list[Any] = [True, {"index": index}, None]
         rids, rid_order, put = self.rids, self.rid_order, self.kv.put
         columns = zip(puts.rids, puts.ats, puts.ns, puts.keys, puts.values, strict=True)
         for i, (rid, at, ns, key, value) in enumerate(columns):
@@ -260,7 +263,7 @@ class StateMachine(Queries):
                 if len(rids) > MAX_RIDS:
                     del rids[rid_order.popleft()]
             if rows is not None:
-                rows.append([True, {"index": index}, None])
+                rows.append(written)
         return ApplyResult(True, rows, None, [], False)
 
     def _remember(self, rid: str, ok: bool, value: Any, error: str | None) -> None:

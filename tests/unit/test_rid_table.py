@@ -73,3 +73,18 @@ def test_a_new_state_machine_starts_with_such_a_table() -> None:
     sm.summaries = False
     sm.apply(1, _puts(0, 50), answer=False)
     assert len(sm.rids) == 50 and _keeps_hashes(sm.rids)
+
+
+def test_an_entry_s_usual_puts_share_one_answer_row() -> None:
+    """A leader's ``kv.puts`` answers each usual put ``[True, {"index": i}, None]``:
+    the same values as before, now one row object for the entry (results are only
+    read); a retried rid keeps its own cached row.  Fails where each put makes its
+    own row."""
+    sm = StateMachine()
+    sm.summaries = False
+    sm.apply(1, _puts(0, 3), answer=False)
+    parts = [Command(KvPut("ns", f"k{i}", b"v"), f"rid-{i}", AT) for i in (5, 1, 6, 7)]
+    rows = sm.apply(2, encode_puts(parts, AT)[0]).value
+    assert rows == [[True, {"index": 2}, None], [True, {"index": 1}, None],
+                    [True, {"index": 2}, None], [True, {"index": 2}, None]]
+    assert rows[0] is rows[2] is rows[3] and rows[1] is not rows[0]
