@@ -107,7 +107,10 @@ class Pending(Generic[T]):
         callback, arg, more = self._callback, self._arg, self._more
         self._callback = self._arg = self._more = None
         if callback is not None:
-            _call(callback, arg, self)
+            try:  # _call, inline: the usual lone callback, once a write or a reply
+                callback(arg, self)
+            except Exception:
+                log.exception("a callback of a resolved request failed")
         for callback, arg in more or ():
             _call(callback, arg, self)
 
