@@ -224,16 +224,7 @@ class ReplicaService:
         (the hosts that get them, and the quiet runs' markers).  ``silent``: the
         executor saw neither stream write a byte."""
         now = time.time()
-        allowed = rec is not None and (self._quiet_allowed is None or self._quiet_allowed())
-        if silent and allowed and (task_id, epoch) in self._pending:
-            key, _ = self._pending.pop((task_id, epoch))
-            self.replicator.keep_quiet(task_id, epoch, STREAMS, key, now)
-            quiet = True
-        else:
-            self._enter(task_id, epoch)
-            for stream in STREAMS:
-                self.replicator.finish_source(task_id, epoch, stream, now)
-            quiet = allowed and self.replicator.quiet(task_id, epoch, STREAMS)
+        quiet = self._finish_streams(rec, task_id, epoch, silent, now)
         if rec is None:
             return []
         key = replica_key(rec.id, rec.key, rec.strategy)
@@ -246,6 +237,33 @@ class ReplicaService:
                                                error=got.error, finished_at=now), got.data)
             self.refresh_view()  # (else the last round's view: at most a TICK old)
         return replica_list(self.targets(key), rec, epoch, quiet)
+
+    def run_finished_now(
+        self, rec: TaskRecord | None, task_id: str, epoch: int, silent: bool = False,
+    ) -> list[str] | None:
+        """``run_finished`` for a run without artifacts, at once (nothing to await);
+        None for a run with artifacts (``run_finished`` collects them)."""
+        if rec is not None and rec.artifacts:
+            return None
+        quiet = self._finish_streams(rec, task_id, epoch, silent, time.time())
+        if rec is None:
+            return []
+        key = replica_key(rec.id, rec.key, rec.strategy)
+        return replica_list(self.targets(key), rec, epoch, quiet)
+
+    def _finish_streams(
+        self, rec: TaskRecord | None, task_id: str, epoch: int, silent: bool, now: float,
+    ) -> bool:
+        """Complete the run's streams; whether they left the protocol empty (quiet)."""
+        allowed = rec is not None and (self._quiet_allowed is None or self._quiet_allowed())
+        if silent and allowed and (task_id, epoch) in self._pending:
+            key, _ = self._pending.pop((task_id, epoch))
+            self.replicator.keep_quiet(task_id, epoch, STREAMS, key, now)
+            return True
+        self._enter(task_id, epoch)
+        for stream in STREAMS:
+            self.replicator.finish_source(task_id, epoch, stream, now)
+        return allowed and self.replicator.quiet(task_id, epoch, STREAMS)
 
     def _keep_artifact(self, item: StoredItem, data: bytes) -> None:
         try:

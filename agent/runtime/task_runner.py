@@ -108,6 +108,7 @@ class LocalRunner:
         retry_delay: float = 0.5,
         on_run: Callable[[ExecEvent], None] | None = None,
         after_run: Callable[[ExecEvent], Awaitable[list[str]]] | None = None,
+        after_run_now: Callable[[ExecEvent], list[str] | None] | None = None,
     ) -> None:
         """``records()`` is the replicated state now; ``propose`` commits a command
         (forwarded to the leader); ``replicate(task, epoch)`` copies a finished run's
@@ -124,6 +125,10 @@ class LocalRunner:
         self._after_run = after_run
         """Awaited when a run ends, before its finish is reported (artifacts are
         collected, output completed); its hosts replace ``replicate``'s."""
+        self._after_run_now = after_run_now
+        """Tried first when a run ends: its hosts when nothing needs awaiting (a run
+        without artifacts), so most finishes need no task of their own; None: use
+        ``after_run``."""
         self._finishing: set[asyncio.Task[None]] = set()
         self._closed = False
         self._lease = lease
@@ -249,6 +254,10 @@ class LocalRunner:
         if self._after_run is not None:
             if self._closed:  # shutting down: nobody would report it
                 return
+            replicas = self._after_now(event)
+            if replicas is not None:
+                self._finished(event, now, replicas)
+                return
             finishing = asyncio.create_task(self._finish_after(event, now))
             self._finishing.add(finishing)
             finishing.add_done_callback(self._finishing.discard)
@@ -267,6 +276,18 @@ class LocalRunner:
         except Exception:
             log.exception("task %s: replicating the run failed", event.task_id)
             replicas = []
+        self._finished(event, now, replicas)
+
+    def _after_now(self, event: ExecEvent) -> list[str] | None:
+        if self._after_run_now is None:
+            return None
+        try:
+            return self._after_run_now(event)
+        except Exception:
+            log.exception("task %s: replicating the run failed", event.task_id)
+            return []
+
+    def _finished(self, event: ExecEvent, now: float, replicas: list[str]) -> None:
         # (its artifacts are collected: a quiet run's directories may go to the next run)
         self.executor.done_with(event.task_id, event.epoch)
         if event.reason == "stale":

@@ -117,6 +117,7 @@ class TaskRuntime:
             retry_delay=timings.report_retry_delay,
             on_run=self._run_started,
             after_run=self._run_finished,
+            after_run_now=self._run_finished_now,
         )
         sched_base = config.sched
         self.scheduler = LeaderScheduler(
@@ -184,6 +185,11 @@ class TaskRuntime:
                 rec, event.epoch,
                 lambda stream: self.executor.output_path(event.task_id, event.epoch, stream),  # type: ignore[arg-type]
             )
+
+    def _run_finished_now(self, event: ExecEvent) -> list[str] | None:
+        """``_run_finished`` at once for a run without artifacts (else None)."""
+        rec = self._consensus.queries.task_record(event.task_id)
+        return self.replicas.run_finished_now(rec, event.task_id, event.epoch, event.silent)
 
     async def _run_finished(self, event: ExecEvent) -> list[str]:
         """Complete the run's replicated output, collect its artifacts; the replica hosts."""

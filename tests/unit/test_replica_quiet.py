@@ -14,13 +14,17 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 from test_replica_protocol import Net, key_whose_list_starts
+from test_task_runner import ME, Host, event, wait_proposed
 
-from agent.executor import Executor
+from agent.executor import ExecEvent, Executor
 from agent.runtime.artifacts import MAX_MARKERS, ReplicaService, is_quiet, replica_list
 from agent.runtime.compat import quiet_outputs_read
 from agent.runtime.output import TaskOutput
 from agent.runtime.replica_messages import ReplicaChunk, ReplicaData, ReplicaRead
 from agent.runtime.replica_store import EMPTY_SHA256
+from agent.runtime.task_cpu import TaskCpuSampler
+from agent.runtime.task_runner import LocalRunner
+from agent.runtime.watchdog_lease import WatchdogLease
 from agent.sched import SchedConfig
 from agent.state import (
     StateMachine,
@@ -31,6 +35,7 @@ from agent.state import (
     cmd_task_submit,
     task_spec,
 )
+from agent.state.commands import Batch, TaskFinish, decode_command
 from agent.state.tasks import TaskRecord
 from agent.swim.members import MemberView
 
@@ -218,3 +223,51 @@ async def test_the_executor_says_which_runs_were_silent(tmp_data_dir: Path) -> N
         await executor.start(task_id, 1, cmd)
         event = await executor.wait(task_id)
         assert event is not None and event.silent is silent
+
+
+async def test_a_finish_without_artifacts_needs_no_task_of_its_own() -> None:
+    host = Host()
+    plain, art = host.submit(ME), host.submit(ME)
+    awaited: list[str] = []
+    finishes: dict[str, tuple[str, ...]] = {}
+
+    async def after_run(ev: ExecEvent) -> list[str]:
+        awaited.append(ev.task_id)
+        return ["collected"]
+
+    async def propose(data: bytes) -> object:
+        body = decode_command(data).body
+        for cmd in body.cmds if isinstance(body, Batch) else (data,):
+            item = decode_command(cmd).body
+            if isinstance(item, TaskFinish):
+                finishes[item.task] = item.replicas
+        return await host.propose(data)
+
+    host.runner = LocalRunner(
+        node_id=ME, executor=host.executor, records=lambda: host.sm, propose=propose,
+        replicate=lambda task, epoch: [], lease=WatchdogLease(3.0, lambda: True),
+        cpu=TaskCpuSampler(), after_run=after_run,
+        after_run_now=lambda ev: None if ev.task_id == art else ["n1", "empty:1"],
+    )
+    for tid in (plain, art):
+        host.runner.on_exec_event(event("started", tid))
+        host.runner.on_exec_event(event("finished", tid))
+    host.runner.start()
+    try:
+        await wait_proposed(host, 2)
+    finally:
+        await host.runner.close()
+    assert awaited == [art]
+    assert finishes == {plain: ("n1", "empty:1"), art: ("collected",)}
+
+
+def test_run_finished_now_leaves_a_run_with_artifacts_to_run_finished(tmp_path: Path) -> None:
+    sent: list[tuple[str, object]] = []
+    host = service(tmp_path, "n0", sent, members("0.3.0"))
+    rec, wants = record("t1"), record("t2")
+    wants.artifacts = ["result.bin"]
+    for one in (rec, wants):
+        host.run_started(one, 1, captures(tmp_path / one.id).__getitem__)
+    assert host.run_finished_now(wants, "t2", 1, silent=True) is None
+    assert host.run_finished_now(rec, "t1", 1, silent=True) == ["n0", "empty:1"]
+    assert host.run_finished_now(None, "t3", 1) == []
