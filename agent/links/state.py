@@ -148,6 +148,9 @@ class LinkTable:
         self._summaries: dict[str, tuple[float, LinkSummary]] = {}  # origin -> (heard at, summary)
         self._seq = 0
         self._version = 0
+        self._sent_shape: tuple[tuple[str, bool, str], ...] | None = None
+        """The broken links of the last summary made (``_shape``): a summary that
+        would say the same waits for ``summary_refresh``."""
         self.broken_events = 0
         """Times a direct path was found broken."""
         self.heal_events = 0
@@ -372,6 +375,19 @@ class LinkTable:
 
     # ------------------------------------------------------------ summaries
 
+    def _shape(self) -> tuple[tuple[str, bool, str], ...]:
+        """Which of our links are broken and over which relay (what relay choice
+        reads; RTTs and success rates move slowly and do not count)."""
+        return tuple((n, p.broken, p.relay) for n, p in sorted(self._peers.items()) if p.broken)
+
+    def summary_due(self, since_last: float) -> bool:
+        """Whether a summary should go now, ``since_last`` seconds after the last one
+        (the caller ticks every ``summary_interval``): at once when a link changed
+        state, else every ``summary_refresh``."""
+        if since_last >= self.config.summary_refresh:
+            return True
+        return since_last >= self.config.summary_interval and self._shape() != self._sent_shape
+
     def summary(self) -> LinkSummary:
         """Our links for the peers: broken ones first, then the best RTTs."""
         def entry(node: str, peer: _Peer) -> LinkEntry:
@@ -384,6 +400,7 @@ class LinkTable:
         ranked = sorted(self._peers.items(),
                         key=lambda item: (not item[1].broken, item[1].rtt or 0.0, item[0]))
         links = tuple(entry(n, p) for n, p in ranked[: self.config.max_summary_entries])
+        self._sent_shape = self._shape()
         self._version += 1
         return LinkSummary(self.self_id, self._version, links)
 

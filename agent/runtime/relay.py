@@ -177,7 +177,7 @@ class RelayService:
             addr = self._addr.get(node)
             if addr is not None:
                 transport.send_datagram(addr, wire.encode(LinkPing(seq, self.node_id)))
-        if now - self._last_summary >= self.config.summary_interval:
+        if table.summary_due(now - self._last_summary):
             self._last_summary = now
             data = wire.encode(table.summary())
             for node in table.tracked():

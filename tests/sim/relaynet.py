@@ -119,6 +119,7 @@ class LinkNet(RaftNet):
         self.on_forward: Callable[[str, str, Any], None] | None = None  # at the leader
         self.on_forward_result: Callable[[str, Any], None] | None = None  # back at the origin
         self._last_summary = 0
+        self._sent_summary: dict[str, int] = {}  # node -> step of its last summary
         self.leader_changes: list[tuple[int, str]] = []
         self.resent = 0
         self._recent: dict[tuple[str, str], deque[tuple[int, str, Any]]] = {}
@@ -252,8 +253,8 @@ class LinkNet(RaftNet):
             self.on_forward_result(dst, payload)
 
     def _links(self, t: float) -> None:
-        summaries = self.now - self._last_summary >= round(SIM_LINKS.summary_interval / TICK)
-        if summaries:
+        tick = self.now - self._last_summary >= round(SIM_LINKS.summary_interval / TICK)
+        if tick:
             self._last_summary = self.now
         for node_id, table in self.tables.items():
             if not self.nodes[node_id].up:
@@ -268,7 +269,9 @@ class LinkNet(RaftNet):
             self._broken[node_id] = broken
             for peer, seq in table.due_probes(t):
                 self._push("ping", node_id, peer, seq)
-            if summaries:
+            since = (self.now - self._sent_summary.get(node_id, -10**9)) * TICK
+            if tick and table.summary_due(since):  # the agent's rule (relay.py poll)
+                self._sent_summary[node_id] = self.now
                 summary = table.summary()
                 for peer in table.tracked():
                     self._push("summary", node_id, peer, summary)

@@ -220,3 +220,26 @@ def test_swim_ranks_its_indirect_probe_helpers_by_the_relay_score() -> None:
     pool = [C, A, B]  # SWIM's random sample
     assert rank_helpers(pool, 2, str, D, t.relay_score) == [B, A]
     assert rank_helpers(pool, 2, str, D, None) == [C, A]  # no link state: the random order
+
+
+def test_an_unchanged_summary_waits_for_the_refresh_a_changed_one_goes_at_the_next_tick() -> None:
+    t = table()
+    now = run(t, 0.0, 2, {A, B, C, D})
+    assert t.summary_due(CFG.summary_refresh)  # nothing sent yet: the first goes on refresh
+    t.summary()
+    assert not t.summary_due(CFG.summary_interval)  # same links: no datagram each second
+    assert t.summary_due(CFG.summary_refresh)
+    now = run(t, now, 2, {B, C, D})  # A's path breaks
+    assert t.broken_peers() == [A]
+    assert not t.summary_due(CFG.summary_interval / 2)  # never between ticks
+    assert t.summary_due(CFG.summary_interval)
+    t.summary()
+    assert not t.summary_due(CFG.summary_interval)
+    run(t, now, 1, {A, B, C, D})  # healed: a change again
+    assert t.summary_due(CFG.summary_interval)
+
+
+@pytest.mark.parametrize(("field", "value"), [("summary_refresh", 0.5), ("summary_ttl", 2.0)])
+def test_the_summary_refresh_sits_between_the_tick_and_the_ttl(field: str, value: float) -> None:
+    with pytest.raises(ConfigError):
+        dataclasses.replace(CFG, **{field: value}).validate()
