@@ -1,7 +1,7 @@
 """Placement decisions committed per second on 3 loopback agents (issues 5 and 14).
 
 Run: ``.venv/bin/python tests/bench/bench_placement.py [--tasks N] [--inflight K] [--runs R]
-[--ways single,many] [--per-request M] [--many-inflight J]``.
+[--ways single,many] [--per-request M] [--many-inflight J] [--client start|call]``.
 
 ``meshtui.demo.LocalMesh(3)`` starts three real ``mesh-agent`` processes
 (``--profile local``, 2 slots each).  One ``ControlClient`` submits N
@@ -15,6 +15,12 @@ A subscriber on a follower's ``tasks`` stream counts ``assigned`` events (each
 is one applied placement) and notes when the count reaches its goal.  Printed,
 per run (each on a fresh mesh) and as ranges over the runs, with the load
 average:
+
+The single way's client keeps its K calls in flight with ``ControlClient.start``
+callbacks (``--client start``, the default since 2026-12-07; before, K worker
+coroutines each awaited ``ControlClient.call``: ``--client call``), the lighter
+of the client's two APIs, as ``bench_raft_loopback.py`` uses.  Each run also
+prints the CPU per task of the pipelined phase per process (psutil).
 
 * anchor: the submit rate alone (tasks committed per second over the same Raft
   log and client, from the first submit to the last acknowledgement);
@@ -39,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -47,6 +54,7 @@ from typing import Any
 
 import checkout_path  # noqa: F401  (this checkout and tests/ first on sys.path)
 
+from agent.control.pending import Pending
 from meshtui.client import ClientError, ControlClient, call_sync
 from meshtui.demo import LocalMesh
 
@@ -81,7 +89,7 @@ async def call_retry(client: ControlClient, method: str, params: dict[str, Any])
         try:
             return await client.call(method, params, timeout=60.0)
         except ClientError as exc:
-            if exc.code not in ("no_quorum", "not_leader", "unavailable"):
+            if exc.code not in RETRYABLE:
                 raise
             await asyncio.sleep(0.2)
     raise SystemExit(f"{method} failed 50 times through leader changes")
@@ -103,6 +111,61 @@ async def submit_all(sock: str, count: int, inflight: int, tag: str) -> tuple[fl
     started = time.monotonic()
     try:
         await asyncio.gather(*(worker() for _ in range(min(inflight, count))))
+    finally:
+        await client.close()
+    return started, time.monotonic()
+
+
+RETRYABLE = ("no_quorum", "not_leader", "unavailable")
+"""Error codes ``call_retry`` and ``submit_started`` retry (leader changes)."""
+
+
+async def submit_started(sock: str, count: int, inflight: int, tag: str) -> tuple[float, float]:
+    """``submit_all`` through ``ControlClient.start``: the same ``task.submit`` request
+    per task, ``inflight`` in flight, each retried through leader changes as
+    ``call_retry`` does, but answered by a callback from the client's reader that
+    sends the next -- no coroutine per call and no worker tasks, so the bench's own
+    CPU per task (it shares the box's cores with the agents) is the request's."""
+    client = await ControlClient.connect_unix(sock)
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    numbers = iter(range(count))
+    left = [count]
+    tries: dict[int, int] = {}
+
+    def send(i: int) -> None:
+        params = {"argv": ["sleep", "600"], "rid": f"{tag}-{i}", "retries": 0}
+        try:
+            call = client.start("task.submit", params, timeout=60.0)
+        except ClientError as exc:
+            failed(i, exc)
+            return
+        call.then(answered, i)
+
+    def answered(i: int, call: Pending[Any]) -> None:
+        error = call.exception()
+        if error is not None:
+            failed(i, error)
+            return
+        left[0] -= 1
+        if not left[0] and not done.done():
+            done.set_result(None)
+        following = next(numbers, None)
+        if following is not None:
+            send(following)
+
+    def failed(i: int, error: BaseException) -> None:
+        tries[i] = tries.get(i, 0) + 1
+        if isinstance(error, ClientError) and error.code in RETRYABLE and tries[i] < 50:
+            loop.call_later(0.2, send, i)
+        elif not done.done():
+            done.set_exception(SystemExit(f"task.submit {tag}-{i} failed: {error!r}"))
+
+    started = time.monotonic()
+    try:
+        for i in itertools.islice(numbers, min(inflight, count)):
+            send(i)
+        await done
     finally:
         await client.close()
     return started, time.monotonic()
@@ -287,12 +350,15 @@ def main() -> None:
     parser.add_argument("--many-inflight", type=int, default=4, help="task.submit_many in flight")
     parser.add_argument("--runs", type=int, default=1, help="runs, each on a fresh mesh per way")
     parser.add_argument("--ways", default="single,many", help="comma-separated: single, many (default both)")
+    parser.add_argument("--client", default="start", choices=["start", "call"],
+                        help="single way: ControlClient.start callbacks (default) or a call per worker task")
     args = parser.parse_args()
 
     submitters: dict[str, tuple[str, Submitter]] = {
         "single": (
-            f"task.submit, {args.inflight} in flight",
-            lambda sock, n, tag: submit_all(sock, n, args.inflight, tag),
+            f"task.submit, {args.inflight} in flight ({args.client})",
+            (lambda sock, n, tag: submit_started(sock, n, args.inflight, tag)) if args.client == "start"
+            else (lambda sock, n, tag: submit_all(sock, n, args.inflight, tag)),
         ),
         "many": (
             f"task.submit_many, {args.per_request} tasks a request, {args.many_inflight} in flight",
