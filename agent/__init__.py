@@ -1,3 +1,3 @@
 """mesh-agent: the meshtui daemon that runs on every host."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

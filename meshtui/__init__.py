@@ -1,3 +1,3 @@
 """meshtui: the operator's TUI and CLI for a mesh-agent cluster."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

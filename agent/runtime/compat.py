@@ -24,7 +24,7 @@ command         since      written for an older cluster as
                            commit, ``runtime/consensus_requests.py``, picks
                            the form per entry: it never reaches
                            ``CompatProposer``)
-``empty:N``     0.3.0      (not a kind: an entry of a ``task.finish``'s
+``empty:N``     0.4.0      (not a kind: an entry of a ``task.finish``'s
                            ``replicas``, which every release applies alike)
                            the run's empty streams replicated as items, since
                            older agents read them only from a holder
@@ -58,7 +58,7 @@ BATCH_RELEASE: Final = (0, 2, 0)
 COMPACT_RELEASE: Final = (0, 3, 0)
 """The first release whose state machine applies ``kv.puts``."""
 
-QUIET_RELEASE: Final = (0, 3, 0)
+QUIET_RELEASE: Final = (0, 4, 0)
 """The first release that answers an ``empty:<epoch>`` run's streams from the task's
 record (its finish's marker) instead of asking a holder for them."""
 

@@ -122,7 +122,7 @@ def finish(svc: ReplicaService, rec: TaskRecord, paths: dict[str, Path]) -> list
 
 def test_the_finish_says_empty_and_any_host_reads_it_from_the_record(tmp_path: Path) -> None:
     sent: list[tuple[str, object]] = []
-    view = members("0.3.0", "0.3.0")
+    view = members("0.4.0", "0.4.0")
     host = service(tmp_path, "n0", sent, view)
     rec = record()
     replicas = finish(host, rec, captures(tmp_path))
@@ -149,11 +149,11 @@ def test_the_finish_says_empty_and_any_host_reads_it_from_the_record(tmp_path: P
 
 
 def test_an_older_member_gets_the_streams_as_before(tmp_path: Path) -> None:
-    assert quiet_outputs_read(lambda: members("0.3.0", "0.3.1"))()
-    assert not quiet_outputs_read(lambda: members("0.3.0", "0.2.0"))()
-    assert not quiet_outputs_read(lambda: members("0.3.0", "junk"))()
+    assert quiet_outputs_read(lambda: members("0.4.0", "0.4.1"))()
+    assert not quiet_outputs_read(lambda: members("0.4.0", "0.3.0"))()
+    assert not quiet_outputs_read(lambda: members("0.4.0", "junk"))()
     sent: list[tuple[str, object]] = []
-    host = service(tmp_path, "n0", sent, members("0.3.0", "0.2.0"), allowed=False)
+    host = service(tmp_path, "n0", sent, members("0.4.0", "0.3.0"), allowed=False)
     replicas = finish(host, record(), captures(tmp_path))
     assert not any(r.startswith("empty:") for r in replicas) and replicas
     host.replicator.tick(10.0)
@@ -190,7 +190,7 @@ def test_a_silent_run_never_builds_an_item_and_a_read_while_running_enters_it(
     tmp_path: Path,
 ) -> None:
     sent: list[tuple[str, object]] = []
-    host = service(tmp_path, "n0", sent, members("0.3.0"))
+    host = service(tmp_path, "n0", sent, members("0.4.0"))
     rec = record()
     paths = captures(tmp_path)
     host.run_started(rec, 1, paths.__getitem__)
@@ -263,7 +263,7 @@ async def test_a_finish_without_artifacts_needs_no_task_of_its_own() -> None:
 
 def test_run_finished_now_leaves_a_run_with_artifacts_to_run_finished(tmp_path: Path) -> None:
     sent: list[tuple[str, object]] = []
-    host = service(tmp_path, "n0", sent, members("0.3.0"))
+    host = service(tmp_path, "n0", sent, members("0.4.0"))
     rec, wants = record("t1"), record("t2")
     wants.artifacts = ["result.bin"]
     for one in (rec, wants):
