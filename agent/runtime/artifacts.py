@@ -87,6 +87,20 @@ def is_quiet(rec: TaskRecord, epoch: int, name: str) -> bool:
     return name in STREAMS and quiet_marker(epoch) in rec.replicas
 
 
+def shown_record(record: dict[str, Any]) -> dict[str, Any]:
+    """``task.get``'s record as a user reads it: ``replicas`` names hosts only, and the
+    quiet runs' markers become ``empty_outputs`` (the attempts whose stdout and stderr
+    were both empty, answered from the record)."""
+    replicas = record.get("replicas") or []
+    markers = [r for r in replicas if isinstance(r, str) and r.startswith(QUIET_PREFIX)]
+    if not markers:
+        return {**record, "empty_outputs": []}
+    epochs = sorted(int(m[len(QUIET_PREFIX):]) for m in markers
+                    if m[len(QUIET_PREFIX):].isdigit())
+    hosts = [r for r in replicas if r not in markers]
+    return {**record, "replicas": hosts, "empty_outputs": epochs}
+
+
 def replica_list(targets: list[str], rec: TaskRecord, epoch: int, quiet: bool) -> list[str]:
     """A finish's replica list: ``targets``, this run's marker when ``quiet``, and the
     record's older markers (newest kept first when over ``MAX_MARKERS``)."""

@@ -32,7 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 from agent.config import AgentConfig
 from agent.errors import TaskError
 from agent.executor import ExecEvent, Executor
-from agent.runtime.artifacts import ReplicaService
+from agent.runtime.artifacts import ReplicaService, shown_record
 from agent.runtime.compat import CompatProposer, Propose, batches_applied, quiet_outputs_read
 from agent.runtime.handlers.common import applied_value
 from agent.runtime.output import TaskOutput
@@ -307,7 +307,7 @@ class TaskRuntime:
             task = state.task(str(params.get("id", "")))
             if task is None:
                 raise TaskError(f"no task {params.get('id')!r}")
-            return task
+            return shown_record(task)
 
         async def cancel(params: dict[str, Any]) -> Any:
             rid = str(params.get("rid") or os.urandom(16).hex())

@@ -17,7 +17,7 @@ from test_replica_protocol import Net, key_whose_list_starts
 from test_task_runner import ME, Host, event, wait_proposed
 
 from agent.executor import ExecEvent, Executor
-from agent.runtime.artifacts import MAX_MARKERS, ReplicaService, is_quiet, replica_list
+from agent.runtime.artifacts import MAX_MARKERS, ReplicaService, is_quiet, replica_list, shown_record
 from agent.runtime.compat import quiet_outputs_read
 from agent.runtime.output import TaskOutput
 from agent.runtime.replica_messages import ReplicaChunk, ReplicaData, ReplicaRead
@@ -271,3 +271,11 @@ def test_run_finished_now_leaves_a_run_with_artifacts_to_run_finished(tmp_path: 
     assert host.run_finished_now(wants, "t2", 1, silent=True) is None
     assert host.run_finished_now(rec, "t1", 1, silent=True) == ["n0", "empty:1"]
     assert host.run_finished_now(None, "t3", 1) == []
+
+
+def test_task_get_shows_hosts_as_replicas_and_the_empty_attempts_apart() -> None:
+    row = {"id": "t1", "replicas": ["n0", "n1", "empty:1", "empty:3"], "state": "done"}
+    shown = shown_record(row)
+    assert shown["replicas"] == ["n0", "n1"] and shown["empty_outputs"] == [1, 3]
+    assert row["replicas"] == ["n0", "n1", "empty:1", "empty:3"]  # the state's own copy untouched
+    assert shown_record({"id": "t2", "replicas": ["n0"]})["empty_outputs"] == []
