@@ -73,6 +73,14 @@ PAYLOAD = 100
 IN_FLIGHT_PER_CONNECTION = 64
 """Calls each control connection keeps in flight (the client's and server's cap)."""
 
+CONNECTIONS_WHY = """The default 8 connections per process x 2 processes x 64 calls keep
+1,024 writes in flight to the leader, still fewer than the 2,000 PySyncObj's own
+driver keeps (``--window`` below).  With 4 (512 in flight, the rows before
+2026-12-07 03:10 UTC) 17-20% of the two cores sat idle during our runs: the
+pipeline, not the CPU, was the limit (session 8's helper: 23.3-27.8k/s at 4,
+28.3-30.4k/s at 8, the same code).  Each write is still its own kv.put request
+and reply."""
+
 WARMUP = 1.0
 """Seconds of load before counting starts."""
 
@@ -620,7 +628,9 @@ def main() -> int:
     parser.add_argument("--cli-kills", type=int, default=12,
                         help="SIGKILLs on the LAN profile timed through `meshtui kv put`")
     parser.add_argument("--procs", type=int, default=2, help="client processes")
-    parser.add_argument("--connections", type=int, default=4, help="connections per socket per process")
+    parser.add_argument("--connections", type=int, default=8,
+                        help="connections per socket per process (8 since 2026-12-07's session 8, "
+                             "4 before: see CONNECTIONS_WHY)")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each throughput figure")
     parser.add_argument("--only", default="throughput,latency,failover")
     parser.add_argument("--event-loop", dest="event_loop", default="both",
