@@ -532,8 +532,12 @@ def _submit_numbers_ok(s: TaskSubmit) -> bool:
 
 
 def _check_submit(s: TaskSubmit) -> str | None:
-    if _submit_ok(s):
-        return None
+    return None if _submit_ok(s) else _rules_refusal(s)
+
+
+def _rules_refusal(s: TaskSubmit) -> str | None:
+    """The first of ``_SUBMIT_RULES`` (then the artifact names) ``s`` breaks: the rule
+    walk that names the reason, which ``_submit_ok`` skips for a usual submit."""
     for broken, reason in _SUBMIT_RULES:
         if broken(s):
             return reason

@@ -18,11 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.errors import ProtocolError
-from agent.output_store import artifact_refusal
 from agent.state import builders
 from agent.state.commands import (
     _BY_CLASS,
-    _SUBMIT_RULES,
     MAX_ARG_LEN,
     MAX_ARGV,
     MAX_ARTIFACTS,
@@ -38,6 +36,7 @@ from agent.state.commands import (
     MIN_TASK_MEM,
     Command,
     _check_submit,
+    _rules_refusal,
     _submit_ok,
     _usual_submit,
     check,
@@ -45,17 +44,8 @@ from agent.state.commands import (
 )
 from agent.state.ops import TaskSubmit
 
-
-def by_the_rules(s: TaskSubmit) -> str | None:
-    """``_check_submit`` without its fast path (as it was before it)."""
-    for broken, reason in _SUBMIT_RULES:
-        if broken(s):
-            return reason
-    for name in s.artifacts:
-        refusal = artifact_refusal(name)
-        if refusal is not None:
-            return refusal
-    return None
+by_the_rules = _rules_refusal
+"""``_check_submit`` without its fast path: the rule walk it was before it."""
 
 
 def around(bound: int) -> st.SearchStrategy[int]:
