@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import operator
 import threading
 import typing
 from collections.abc import Callable
@@ -29,8 +28,36 @@ from typing import Any, Final
 import msgpack
 
 from agent.errors import ProtocolError
-from agent.output_store import artifact_refusal
 from agent.state.convert import DataclassConverter, bad_field, compile_converter, converter_for
+from agent.state.limits import (  # re-exported (``__all__``): callers import them from here
+    MAX_ARG_LEN,
+    MAX_ARGV,
+    MAX_ARTIFACTS,
+    MAX_BATCH,
+    MAX_BODY_BYTES,
+    MAX_CAPS,
+    MAX_COMMAND_BYTES,
+    MAX_ENV,
+    MAX_EXPIRE_KEYS,
+    MAX_KEY_LEN,
+    MAX_NAME_LEN,
+    MAX_PLACEMENTS,
+    MAX_PRIORITY,
+    MAX_REPLICAS,
+    MAX_RETRIES,
+    MAX_RID_LEN,
+    MAX_TARGETS,
+    MAX_TASK_MEM,
+    MAX_TASK_PIDS,
+    MAX_TIMEOUT,
+    MAX_TITLE_LEN,
+    MAX_TTL_MS,
+    MAX_VALUE_BYTES,
+    MIN_TASK_MEM,
+    PROPOSAL_KINDS,
+    STRATEGIES,
+    name_ok,
+)
 from agent.state.ops import (  # the op dataclasses; re-exported: callers import them from here
     OPS,
     Batch,
@@ -58,6 +85,7 @@ from agent.state.ops import (  # the op dataclasses; re-exported: callers import
     TaskStats,
     TaskSubmit,
 )
+from agent.state.submit_rules import check_submit, submit_decodes_to_itself, usual_submit
 
 __all__ = [
     "MAX_ARGV",
@@ -119,46 +147,10 @@ __all__ = [
     "encode_puts",
     "put_item",
     "row_command",
+    "submit_decodes_to_itself",
     "usual_put",
 ]
 
-MAX_COMMAND_BYTES = 4 * 1024 * 1024
-"""Largest encoded command accepted."""
-MAX_RID_LEN = 128
-MAX_NAME_LEN = 256
-"""Node ids and names, namespaces, capability tags, task ids, reasons."""
-MAX_KEY_LEN = 1024
-MAX_VALUE_BYTES = 1024 * 1024
-MAX_TITLE_LEN = 200
-MAX_BODY_BYTES = 64 * 1024
-MAX_ARGV = 1024
-MAX_ARG_LEN = 128 * 1024
-MAX_ENV = 512
-MAX_CAPS = 64
-MAX_TARGETS = 100_000
-MAX_BATCH = 1024
-"""Commands one ``batch`` entry may carry."""
-MAX_PLACEMENTS = 4096
-"""Placements one ``task.place`` entry may carry (a scheduling round proposes at
-most ``MAX_DECISIONS_PER_ROUND``, 1024, of them)."""
-MAX_PRIORITY = 1000
-MAX_RETRIES = 100
-MAX_TIMEOUT = 30 * 24 * 3600.0
-MAX_REPLICAS = 16
-MAX_ARTIFACTS = 32
-"""Artifact paths one task may name."""
-MIN_TASK_MEM = 1 << 20
-"""Smallest memory limit a task may ask for (bytes): below it nothing starts."""
-MAX_TASK_MEM = 1 << 60
-"""Largest memory limit (bytes); cgroup files take up to 2**63 - 1."""
-MAX_TASK_PIDS = 4 * 1024 * 1024
-"""Largest pids limit (the kernel's PID_MAX_LIMIT)."""
-MAX_TTL_MS = 365 * 24 * 3600 * 1000
-"""Longest KV TTL (milliseconds): a year; longer lived keys need no TTL."""
-MAX_EXPIRE_KEYS = 1000
-"""Keys one ``kv.expire`` entry may remove (the leader batches what is due)."""
-STRATEGIES = ("auction", "capability", "hash")
-PROPOSAL_KINDS = ("text", "config")
 
 
 # ---------------------------------------------------------------- encoding
@@ -169,6 +161,7 @@ _isfinite: Final = math.isfinite
 _BY_CLASS: Final[dict[type[Any], DataclassConverter]] = {
     cls: converter_for(cls) for cls in OPS.values()
 }
+_SUBMIT_CONV: Final = _BY_CLASS[TaskSubmit]
 _BY_OP: Final[dict[str, DataclassConverter]] = {op: _BY_CLASS[cls] for op, cls in OPS.items()}
 
 
@@ -323,7 +316,7 @@ def decode_command(data: bytes) -> Command:
         _check_rid(rid)
     if type(at) is not float or not _isfinite(at):
         at = _AT(at)  # an int becomes a float; anything else is refused
-    body = _usual_submit(mapping) if conv is _SUBMIT_CONV else None
+    body = usual_submit(mapping) if conv is _SUBMIT_CONV else None
     if body is None:
         body = conv.build(mapping)
     reason = check(body)
@@ -338,10 +331,6 @@ def decode_command(data: bytes) -> Command:
 # op's rules read on their own.
 
 
-def _name_ok(value: str) -> bool:
-    return 0 < len(value) <= MAX_NAME_LEN
-
-
 def check(body: Op) -> str | None:
     """Bounds and cross-field rules of one op; a reason, or None when it is valid."""
     rules = _RULES.get(type(body))
@@ -349,7 +338,7 @@ def check(body: Op) -> str | None:
 
 
 def _check_kv(body: KvPut | KvDelete | KvCas) -> str | None:
-    if not _name_ok(body.ns):
+    if not name_ok(body.ns):
         return f"namespace must be 1-{MAX_NAME_LEN} characters"
     if not 0 < len(body.key) <= MAX_KEY_LEN:
         return f"key must be 1-{MAX_KEY_LEN} characters"
@@ -368,7 +357,7 @@ def _check_kv_ttl(body: KvPutTtl) -> str | None:
 
 
 def _check_kv_expire(body: KvExpire) -> str | None:
-    if not _name_ok(body.ns):
+    if not name_ok(body.ns):
         return f"namespace must be 1-{MAX_NAME_LEN} characters"
     if not 0 < len(body.keys) <= MAX_EXPIRE_KEYS:
         return f"1-{MAX_EXPIRE_KEYS} keys per expire"
@@ -388,20 +377,20 @@ def _check_proposal_create(body: ProposalCreate) -> str | None:
 
 
 def _check_proposal_vote(body: ProposalVote) -> str | None:
-    if body.id < 0 or body.eligible < 0 or not _name_ok(body.voter):
+    if body.id < 0 or body.eligible < 0 or not name_ok(body.voter):
         return "proposal id and eligible must be >= 0, voter non-empty"
     return None
 
 
 def _check_node_register(body: NodeRegister) -> str | None:
-    if not _name_ok(body.node) or len(body.name) > MAX_NAME_LEN:
+    if not name_ok(body.node) or len(body.name) > MAX_NAME_LEN:
         return "node id must be non-empty and names bounded"
     return None
 
 
 def _check_one_id(body: NodeDrain | NodeUndrain | TaskCancel | TaskLost) -> str | None:
     ident = body.task if isinstance(body, TaskCancel | TaskLost) else body.node
-    if not _name_ok(ident):
+    if not name_ok(ident):
         return f"id must be 1-{MAX_NAME_LEN} characters"
     if isinstance(body, TaskLost) and len(body.reason) > MAX_NAME_LEN:
         return f"reason exceeds {MAX_NAME_LEN} characters"
@@ -410,7 +399,7 @@ def _check_one_id(body: NodeDrain | NodeUndrain | TaskCancel | TaskLost) -> str 
 
 def _check_task_move(body: TaskAssign | TaskStart | TaskFinish | TaskMigrate) -> str | None:
     node = body.to if isinstance(body, TaskMigrate) else body.node
-    if not (_name_ok(body.task) and _name_ok(node)):
+    if not (name_ok(body.task) and name_ok(node)):
         return "task and node ids must be 1-256 characters"
     epoch = body.epoch if body.epoch is not None else 0
     if epoch < 0:
@@ -429,9 +418,9 @@ def _check_place(body: TaskPlace) -> str | None:
     count, nodes = len(body.tasks), len(body.nodes)
     if not 0 < count <= MAX_PLACEMENTS or len(body.hosts) != count or len(body.epochs) != count:
         return f"1-{MAX_PLACEMENTS} placements, as many hosts and epochs as tasks"
-    if not 0 < nodes <= MAX_TARGETS or not all(_name_ok(n) for n in body.nodes):
+    if not 0 < nodes <= MAX_TARGETS or not all(name_ok(n) for n in body.nodes):
         return "node ids must be 1-256 characters"
-    if not all(_name_ok(t) for t in body.tasks):
+    if not all(name_ok(t) for t in body.tasks):
         return "task ids must be 1-256 characters"
     if min(body.hosts) < 0 or max(body.hosts) >= nodes or min(body.epochs) < 0:
         return "host indexes must name a node; epochs must be >= 0"
@@ -454,197 +443,9 @@ def _check_puts(body: KvPuts) -> str | None:
 
 
 def _check_fail_node(body: TaskFailNode) -> str | None:
-    if not _name_ok(body.node) or len(body.targets) > MAX_TARGETS:
+    if not name_ok(body.node) or len(body.targets) > MAX_TARGETS:
         return "node id must be non-empty; targets bounded"
     return None
-
-
-_SUBMIT_RULES: Final[tuple[tuple[Callable[[TaskSubmit], bool], str], ...]] = (
-    # (is broken, why), checked in order: the first broken rule is the reason.
-    (lambda s: (s.argv is None) == (s.shell is None),
-     "exactly one of argv and shell must be given"),
-    (lambda s: s.argv is not None and not 0 < len(s.argv) <= MAX_ARGV,
-     f"argv must have 1-{MAX_ARGV} items"),
-    (lambda s: s.argv is not None and any(len(a) > MAX_ARG_LEN for a in s.argv),
-     f"an argument exceeds {MAX_ARG_LEN} characters"),
-    (lambda s: s.shell is not None and not 0 < len(s.shell) <= MAX_ARG_LEN,
-     f"shell command must be 1-{MAX_ARG_LEN} characters"),
-    (lambda s: len(s.env) > MAX_ENV or any(not k or "=" in k or "\0" in k for k in s.env),
-     "env names must be non-empty without '=' or NUL, at most 512 of them"),
-    (lambda s: len(s.caps) > MAX_CAPS or not all(_name_ok(c) for c in s.caps),
-     f"at most {MAX_CAPS} capabilities, each 1-{MAX_NAME_LEN} characters"),
-    (lambda s: s.key is not None and not 0 < len(s.key) <= MAX_KEY_LEN,
-     f"key must be 1-{MAX_KEY_LEN} characters"),
-    (lambda s: s.strategy not in STRATEGIES,
-     f"strategy must be one of {', '.join(STRATEGIES)}"),
-    (lambda s: not -MAX_PRIORITY <= s.priority <= MAX_PRIORITY,
-     f"priority must be in [-{MAX_PRIORITY}, {MAX_PRIORITY}]"),
-    (lambda s: not 0 <= s.retries <= MAX_RETRIES,
-     f"retries must be in [0, {MAX_RETRIES}]"),
-    (lambda s: s.timeout is not None and not 0.0 < s.timeout <= MAX_TIMEOUT,
-     "timeout must be positive and at most 30 days"),
-    (lambda s: len(s.submitter) > MAX_NAME_LEN or (s.cwd is not None and len(s.cwd) > 4096),
-     "submitter or cwd too long"),
-    (lambda s: s.mem != 0 and not MIN_TASK_MEM <= s.mem <= MAX_TASK_MEM,
-     f"mem must be 0 (no limit) or {MIN_TASK_MEM} to {MAX_TASK_MEM} bytes"),
-    (lambda s: not 0 <= s.pids <= MAX_TASK_PIDS,
-     f"pids must be 0 (no limit) to {MAX_TASK_PIDS}"),
-    (lambda s: len(s.artifacts) > MAX_ARTIFACTS,
-     f"at most {MAX_ARTIFACTS} artifacts"),
-)  # fmt: skip
-
-
-def _submit_ok(s: TaskSubmit) -> bool:
-    """No rule of ``_SUBMIT_RULES`` broken and no artifact to check: the usual submit,
-    in one pass (every node checks every submit; the rules' loop costs a call per
-    rule).  False says nothing: the rules decide, and name the reason."""
-    argv, shell = s.argv, s.shell
-    if argv is not None:
-        if shell is not None or not 0 < len(argv) <= MAX_ARGV or max(map(len, argv)) > MAX_ARG_LEN:
-            return False
-    elif shell is None or not 0 < len(shell) <= MAX_ARG_LEN:
-        return False
-    return _submit_texts_ok(s) and _submit_numbers_ok(s)
-
-
-def _submit_texts_ok(s: TaskSubmit) -> bool:
-    env, caps, key, cwd = s.env, s.caps, s.key, s.cwd
-    return (
-        (not env or (len(env) <= MAX_ENV and all(k and "=" not in k and "\0" not in k for k in env)))
-        and (not caps or (len(caps) <= MAX_CAPS and all(0 < len(c) <= MAX_NAME_LEN for c in caps)))
-        and (key is None or 0 < len(key) <= MAX_KEY_LEN)
-        and s.strategy in STRATEGIES
-        and len(s.submitter) <= MAX_NAME_LEN
-        and (cwd is None or len(cwd) <= 4096)
-        and not s.artifacts
-    )
-
-
-def _submit_numbers_ok(s: TaskSubmit) -> bool:
-    timeout, mem = s.timeout, s.mem
-    return (
-        -MAX_PRIORITY <= s.priority <= MAX_PRIORITY
-        and 0 <= s.retries <= MAX_RETRIES
-        and (timeout is None or 0.0 < timeout <= MAX_TIMEOUT)
-        and (mem == 0 or MIN_TASK_MEM <= mem <= MAX_TASK_MEM)
-        and 0 <= s.pids <= MAX_TASK_PIDS
-    )
-
-
-def _check_submit(s: TaskSubmit) -> str | None:
-    return None if _submit_ok(s) else _rules_refusal(s)
-
-
-def _rules_refusal(s: TaskSubmit) -> str | None:
-    """The first of ``_SUBMIT_RULES`` (then the artifact names) ``s`` breaks: the rule
-    walk that names the reason, which ``_submit_ok`` skips for a usual submit."""
-    for broken, reason in _SUBMIT_RULES:
-        if broken(s):
-            return reason
-    for name in s.artifacts:
-        refusal = artifact_refusal(name)
-        if refusal is not None:
-            return refusal
-    return None
-
-
-def _strs(items: Any) -> bool:
-    return type(items) is tuple and all(type(item) is str for item in items)
-
-
-def _str_or_none(value: Any) -> bool:
-    return value is None or type(value) is str
-
-
-def submit_decodes_to_itself(s: TaskSubmit) -> bool:
-    """Is ``s`` exactly what ``decode_command`` rebuilds from its bytes: every field
-    of its declared type exactly (a tuple of str, a dict of str to str, a float
-    timeout, a bool, ints), so the leader that encoded it may apply ``s`` itself
-    instead of decoding its entry, and its state (and snapshots) stay byte for byte
-    the followers'.  ``==`` cannot decide this: ``1 == 1.0 == True``, and a str
-    subclass equals its str.  Valid only for a body ``encode_command`` accepted."""
-    return (
-        (s.argv is None or _strs(s.argv))
-        and _str_or_none(s.shell)
-        and type(s.env) is dict
-        and all(type(k) is str and type(v) is str for k, v in s.env.items())
-        and _str_or_none(s.cwd)
-        and _strs(s.caps)
-        and _str_or_none(s.key)
-        and type(s.strategy) is str
-        and type(s.priority) is int
-        and type(s.retries) is int
-        and (s.timeout is None or type(s.timeout) is float)
-        and type(s.restartable) is bool
-        and type(s.submitter) is str
-        and type(s.mem) is int
-        and type(s.pids) is int
-        and _strs(s.artifacts)
-    )
-
-
-_SUBMIT_FIELDS: Final = (
-    "argv", "shell", "env", "cwd", "caps", "key", "strategy", "priority", "retries",
-    "timeout", "restartable", "submitter", "mem", "pids", "artifacts",
-)  # fmt: skip
-"""The fields ``submit_decodes_to_itself`` checks (a new field must be added there)."""
-if tuple(f.name for f in dataclasses.fields(TaskSubmit)) != _SUBMIT_FIELDS:
-    raise RuntimeError("TaskSubmit's fields changed: update submit_decodes_to_itself")
-
-_SUBMIT_CONV: Final = _BY_CLASS[TaskSubmit]
-_submit_values: Final = operator.itemgetter(*_SUBMIT_FIELDS)
-
-
-def _wire_strs(
-    argv: Any, shell: Any, cwd: Any, key: Any, strategy: Any, submitter: Any,
-    env: Any, caps: Any, artifacts: Any,
-) -> bool:
-    """``_usual_submit``'s texts: each of its usual wire type."""
-    return (
-        (argv is None or (type(argv) is list and all(type(a) is str for a in argv)))
-        and (shell is None or type(shell) is str)
-        and (cwd is None or type(cwd) is str)
-        and (key is None or type(key) is str)
-        and type(strategy) is str
-        and type(submitter) is str
-        and type(env) is dict
-        and all(type(k) is str and type(v) is str for k, v in env.items())
-        and _str_list(caps)
-        and _str_list(artifacts)
-    )
-
-
-def _str_list(items: Any) -> bool:
-    return type(items) is list and all(type(item) is str for item in items)
-
-
-def _usual_submit(m: dict[Any, Any]) -> TaskSubmit | None:
-    """The ``TaskSubmit`` a decoded map of its fields stands for when every value has
-    its usual wire type (str or None, lists of str, a map of str to str, ints, a
-    bool, a finite float or None): what ``_SUBMIT_CONV.build`` makes of it, without
-    a converter call per field (every node decodes every submit).  None: the
-    converters decide, and name what is wrong."""
-    if len(m) != len(_SUBMIT_FIELDS):
-        return None
-    try:
-        (argv, shell, env, cwd, caps, key, strategy, priority, retries, timeout,
-         restartable, submitter, mem, pids, artifacts) = _submit_values(m)  # fmt: skip
-    except KeyError:
-        return None
-    if not (
-        _wire_strs(argv, shell, cwd, key, strategy, submitter, env, caps, artifacts)
-        and type(priority) is int
-        and type(retries) is int
-        and (timeout is None or (type(timeout) is float and _isfinite(timeout)))
-        and type(restartable) is bool
-        and type(mem) is int
-        and type(pids) is int
-    ):
-        return None
-    return TaskSubmit(
-        None if argv is None else tuple(argv), shell, env, cwd, tuple(caps), key, strategy,
-        priority, retries, timeout, restartable, submitter, mem, pids, tuple(artifacts),
-    )
 
 
 _RULES: Final[dict[type[Any], Callable[[Any], str | None]]] = {
@@ -658,7 +459,7 @@ _RULES: Final[dict[type[Any], Callable[[Any], str | None]]] = {
     NodeUndrain: _check_one_id,
     TaskCancel: _check_one_id,
     TaskLost: _check_one_id,
-    TaskSubmit: _check_submit,
+    TaskSubmit: check_submit,
     TaskAssign: _check_task_move,
     TaskPlace: _check_place,
     Batch: _check_batch,

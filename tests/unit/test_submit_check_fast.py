@@ -1,5 +1,5 @@
 """``task.submit``'s bounds check has a one-pass fast path (issue 14, session 8):
-``commands._submit_ok`` says the usual submit breaks no rule of ``_SUBMIT_RULES``
+``submit_rules.submit_ok`` says the usual submit breaks no rule of ``SUBMIT_RULES``
 and names no artifact, without a call per rule (every node checks every submit, at
 encode on the leader and at decode everywhere).  When it says no, the rules decide.
 These tests hold it to the rules: on values at and around every bound (Hypothesis)
@@ -35,14 +35,14 @@ from agent.state.commands import (
     MAX_TIMEOUT,
     MIN_TASK_MEM,
     Command,
-    _check_submit,
-    _rules_refusal,
-    _submit_ok,
-    _usual_submit,
     check,
     decode_command,
 )
 from agent.state.ops import TaskSubmit
+from agent.state.submit_rules import check_submit as _check_submit
+from agent.state.submit_rules import rules_refusal as _rules_refusal
+from agent.state.submit_rules import submit_ok as _submit_ok
+from agent.state.submit_rules import usual_submit as _usual_submit
 
 by_the_rules = _rules_refusal
 """``_check_submit`` without its fast path: the rule walk it was before it."""
