@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
@@ -65,6 +66,7 @@ def mesh() -> Iterator[LabAgents]:
             yield agents
         finally:
             agents.stop_all()
+            shutil.rmtree(base, ignore_errors=True)  # keys, data dirs, config: all ours
 
 
 def host_id(agents: LabAgents, host: int) -> str:
