@@ -17,7 +17,8 @@ Theory of operation
   (``containment.spawn``, the same child for less of the agent's CPU), or
   ``subprocess.Popen(start_new_session=True)`` where a ``preexec_fn`` is
   needed: the task leads its own session and process group, so a graceful
-  stop (timeout, cancel) sends SIGTERM to that group.
+  stop (timeout, cancel) sends SIGTERM to that group.  The start itself (pipes,
+  environment, spawn inside the jail) is ``agent/executor_spawn.py``.
 * Containment (``agent.containment``): nothing a task starts outlives it,
   ``setsid`` children, double forks and daemons included.  As root with a
   usable cgroup hierarchy each run gets its own cgroup(s), which it is
@@ -81,22 +82,19 @@ import logging
 import os
 import pwd
 import signal
-import subprocess
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from agent.containment import Containment, Jail, Mode, usage_pids
+from agent.containment import Containment, Mode, usage_pids
 from agent.containment.cgroups import CGROUP_ROOT
-from agent.containment.jail import default_node, locate
-from agent.containment.spawn import spawn, usable
+from agent.containment.jail import default_node
 from agent.errors import ConfigError, TaskError
 from agent.executor_runs import (
     Capture,
     EmptyOutputs,
     FinishReason,
-    Leader,
     Run,
     RunDirs,
     close_capture,
@@ -106,6 +104,7 @@ from agent.executor_runs import (
 from agent.executor_runs import (
     ExecEvent as ExecEvent,  # re-exported: the runner's and the tests' import
 )
+from agent.executor_spawn import base_env, open_child, run_env
 from agent.load import TreeUsage
 from agent.output_store import OutputStore, Stream, check_task_id
 
@@ -130,8 +129,6 @@ RECENT_RESULTS = 1024
 
 READ_LIMIT_MAX = 4 * 1024 * 1024
 """Largest slice ``read_output`` returns at once."""
-
-_PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
 
 _STREAMS: tuple[Stream, Stream] = ("out", "err")
 
@@ -179,7 +176,7 @@ class Executor:
         self._output = OutputStore(self._tasks_dir)
         self._empty = EmptyOutputs(self._tasks_dir)
         self._dirs = RunDirs(self._tasks_dir)
-        self._base_env = _base_env(self._user)
+        self._base_env = base_env(self._user)
         node = node_id or default_node(self.data_dir)
         self.containment = Containment(node, containment, cgroup_root, warn=log.warning)
         log.info("task containment: %s", self.containment.describe())
@@ -358,7 +355,7 @@ class Executor:
         pids: int,
     ) -> Run:
         task_dir, fresh, has_work = self._dirs.make(task_id, epoch, default_cwd=cwd is None)
-        child_env = self._child_env(task_id, epoch, env)
+        child_env = run_env(self._base_env, task_id, epoch, env)
         user = self._user
         own_dir = cwd is None and fresh
         if cwd is None:
@@ -369,25 +366,7 @@ class Executor:
             if user is not None:
                 os.chown(cwd, user.pw_uid, user.pw_gid)
         jail = self.containment.prepare(task_id, epoch, mem, pids)
-        found = locate(argv[0], child_env["PATH"], cwd)
-        if found is None:
-            # A shim (the subreaper, the cgroup join) always starts; a missing command
-            # would only show as its exit 127 (and the same words for every path).
-            jail.settle_sync()
-            raise TaskError(f"task {task_id}: cannot start {argv[0]!r}: command not found")
-        pipes: list[int] = []
-        try:
-            for _ in _STREAMS:
-                pipes.extend(os.pipe())
-            popen = _start_child(jail, argv, found, user, child_env, cwd, pipes[1], pipes[3])
-        except (OSError, subprocess.SubprocessError) as exc:
-            for fd in pipes:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            jail.settle_sync()
-            raise TaskError(f"task {task_id}: cannot start {argv[0]!r}: {exc}") from exc
-        os.close(pipes[1])
-        os.close(pipes[3])
+        popen, pipes = open_child(task_id, jail, argv, user, child_env, cwd)
         pidfd = os.pidfd_open(popen.pid)
         prefix = f"{task_dir}/{int(epoch)}."  # (``output_path``, without a Path per stream)
         captures = {"out": Capture(pipes[0], prefix + "out", self.output_limit),
@@ -400,16 +379,6 @@ class Executor:
             os.set_blocking(capture.fd, False)
             loop.add_reader(capture.fd, read_capture, capture)
         return run
-
-    def _child_env(self, task_id: str, epoch: int, env: Mapping[str, str] | None) -> dict[str, str]:
-        """The run's environment (the module doc's "Environment"; the agent's part is
-        read once, when the executor is made)."""
-        child_env = self._base_env.copy()
-        child_env["MESH_TASK_ID"] = task_id
-        child_env["MESH_TASK_EPOCH"] = str(epoch)
-        if env:
-            child_env.update(env)
-        return child_env
 
     def _on_exit(self, run: Run) -> None:
         asyncio.get_running_loop().remove_reader(run.pidfd)
@@ -557,64 +526,6 @@ class Executor:
         # mark into the child, so it reports the agent's size, not the task's.
         return exit_code
 
-
-
-def _base_env(user: pwd.struct_passwd | None) -> dict[str, str]:
-    """What every run's environment starts from: PATH, LANG, LC_ALL and TZ of the
-    agent's, and HOME (USER and LOGNAME too when the agent switches users)."""
-    environ = os.environ
-    base = {k: environ[k] for k in _PASSED_ENV if k in environ}
-    base.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    if user is not None:
-        base.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
-    elif environ.get("HOME"):
-        base["HOME"] = environ["HOME"]
-    return base
-
-
-def _start_child(
-    jail: Jail, argv: list[str], found: str, user: pwd.struct_passwd | None,
-    env: Mapping[str, str], cwd: str, stdout: int, stderr: int,
-) -> subprocess.Popen[bytes] | Leader:
-    """Start a run's first process (its signals blocked as its jail asks).  The jail
-    switches to ``user`` itself (after joining its cgroups, or in the subreaper's
-    child), so the spawn gets no user; a cgroup jail may put the agent inside the
-    run's group around it (``CgroupJail.enter``).  ``found`` is where ``argv[0]`` is."""
-    # The child inherits this thread's signal mask, so a signal sent before it has
-    # installed its handlers waits for them instead of killing it by default.
-    signals = jail.blocked_signals
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals) if signals else None
-    held = False
-    try:
-        held = jail.enter(user)
-        popen_argv, popen_extra = jail.popen_args(argv, user)
-        exe = _executable(popen_argv, popen_extra, env, cwd, found if popen_argv is argv else None)
-        if exe is not None:  # the same child, started from C (``containment.spawn``)
-            return Leader(spawn(exe, popen_argv, env, cwd, stdout, stderr))
-        return subprocess.Popen(
-            popen_argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, cwd=cwd,
-            env=env, start_new_session=True, close_fds=True, **popen_extra,
-        )
-    finally:
-        if held:
-            jail.leave()
-        if old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def _executable(
-    argv: list[str], extra: Mapping[str, object], env: Mapping[str, str], cwd: str,
-    found: str | None = None,
-) -> str | None:
-    """What ``containment.spawn`` should exec for ``argv`` (found as Popen would, on the
-    child's PATH; ``found`` if the caller located it already), or None where Popen must
-    start it (a ``preexec_fn``, no usable posix_spawn, a relative PATH entry or a NUL
-    byte)."""
-    if extra or not usable(argv, env, cwd):
-        return None
-    if found is None:
-        found = locate(argv[0], env.get("PATH", os.defpath), cwd)
-    return found if found is not None and ("/" in argv[0] or os.path.isabs(found)) else None
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

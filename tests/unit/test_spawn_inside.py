@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from rootpolicy import enforce_root_policy
 
-from agent import executor as executor_module
+from agent import executor_spawn as spawn_module
 from agent.containment import Containment, jail
 from agent.containment.spawn import spawn as real_spawn
 from agent.executor import Executor
@@ -62,7 +62,7 @@ def spy_spawns(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         return real_spawn(path, argv, *rest)
 
     monkeypatch.setattr(subprocess, "Popen", popen)
-    monkeypatch.setattr(executor_module, "spawn", spawn)
+    monkeypatch.setattr(spawn_module, "spawn", spawn)
     return seen
 
 
