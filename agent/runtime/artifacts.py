@@ -41,7 +41,7 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,13 @@ def is_quiet(rec: TaskRecord, epoch: int, name: str) -> bool:
     return name in STREAMS and quiet_marker(epoch) in rec.replicas
 
 
+def quiet_epochs(replicas: Iterable[object]) -> list[int]:
+    """The attempts a replica list marks quiet (``empty:<epoch>``), in list order."""
+    return [int(m[len(QUIET_PREFIX):]) for m in replicas
+            if isinstance(m, str) and m.startswith(QUIET_PREFIX)
+            and m[len(QUIET_PREFIX):].isdigit()]
+
+
 def shown_record(record: dict[str, Any]) -> dict[str, Any]:
     """``task.get``'s record as a user reads it: ``replicas`` names hosts only, and the
     quiet runs' markers become ``empty_outputs`` (the attempts whose stdout and stderr
@@ -95,10 +102,8 @@ def shown_record(record: dict[str, Any]) -> dict[str, Any]:
     markers = [r for r in replicas if isinstance(r, str) and r.startswith(QUIET_PREFIX)]
     if not markers:
         return {**record, "empty_outputs": []}
-    epochs = sorted(int(m[len(QUIET_PREFIX):]) for m in markers
-                    if m[len(QUIET_PREFIX):].isdigit())
     hosts = [r for r in replicas if r not in markers]
-    return {**record, "replicas": hosts, "empty_outputs": epochs}
+    return {**record, "replicas": hosts, "empty_outputs": sorted(quiet_epochs(markers))}
 
 
 def replica_list(targets: list[str], rec: TaskRecord, epoch: int, quiet: bool) -> list[str]:
@@ -250,7 +255,7 @@ class ReplicaService:
                 self._keep_artifact(StoredItem(task_id, epoch, f"a:{got.name}", key,
                                                error=got.error, finished_at=now), got.data)
             self.refresh_view()  # (else the last round's view: at most a TICK old)
-        return replica_list(self.targets(key), rec, epoch, quiet)
+        return self._finish_replicas(rec, epoch, quiet)
 
     def run_finished_now(
         self, rec: TaskRecord | None, task_id: str, epoch: int, silent: bool = False,
@@ -260,10 +265,12 @@ class ReplicaService:
         if rec is not None and rec.artifacts:
             return None
         quiet = self._finish_streams(rec, task_id, epoch, silent, time.time())
-        if rec is None:
-            return []
-        key = replica_key(rec.id, rec.key, rec.strategy)
-        return replica_list(self.targets(key), rec, epoch, quiet)
+        return [] if rec is None else self._finish_replicas(rec, epoch, quiet)
+
+    def _finish_replicas(self, rec: TaskRecord, epoch: int, quiet: bool) -> list[str]:
+        """The finish's replica list (``replica_list``) on the run's replica key."""
+        return replica_list(self.targets(replica_key(rec.id, rec.key, rec.strategy)),
+                            rec, epoch, quiet)
 
     def _finish_streams(
         self, rec: TaskRecord | None, task_id: str, epoch: int, silent: bool, now: float,
@@ -404,9 +411,8 @@ class ReplicaService:
         best: dict[tuple[int, str], dict[str, Any]] = {}
         self._enter_task(rec.id)
         infos = list(self.replicator.infos(rec.id))
-        infos += [ReplicaItemInfo(int(m[len(QUIET_PREFIX):]), name, 0, True, EMPTY_SHA256, "")
-                  for m in rec.replicas if m.startswith(QUIET_PREFIX)
-                  and m[len(QUIET_PREFIX):].isdigit() for name in STREAMS]
+        infos += [ReplicaItemInfo(epoch, name, 0, True, EMPTY_SHA256, "")
+                  for epoch in quiet_epochs(rec.replicas) for name in STREAMS]
         answers = await self._ask(self.candidates(rec),
                                   lambda rid: ReplicaListRequest(rid, rec.id))
         for answer in answers:
