@@ -35,7 +35,7 @@ made from a stale snapshot is refused, never applied twice.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -161,7 +161,12 @@ def plan_round(
         snapshot, bids = count_placing(snapshot, bids, placing)
     deaths = track_deaths(snapshot, dead_since)
     decisions: list[Decision] = failovers(snapshot, config, deaths, busy, lease)
-    decisions.extend(placements(snapshot, config, busy, bids, max_decisions))
+    # Each step sees the hosts as the steps before it left them (``landing``): a host
+    # a failover or placement just filled has no free slot for a steal or rebalance.
+    snapshot, bids = count_on_hosts(snapshot, bids, landing(decisions))
+    placed = placements(snapshot, config, busy, bids, max_decisions)
+    snapshot, _ = count_on_hosts(snapshot, None, landing(placed))
+    decisions.extend(placed)
     limit = min(max_decisions, room)
     moves, heat = plan_moves(snapshot, heat, config, limit - len(decisions), busy)
     decisions.extend(migrations(moves, busy))
@@ -183,6 +188,26 @@ def count_placing(
         node = placing.get(task.id)
         if node is not None:
             extra[node] = extra.get(node, 0) + 1
+    return count_on_hosts(snapshot, bids, extra)
+
+
+def landing(decisions: Iterable[Decision]) -> dict[str, int]:
+    """Host → how many tasks ``decisions`` put on it (failover targets and placements)."""
+    extra: dict[str, int] = {}
+    for d in decisions:
+        if isinstance(d, FailNode):
+            targets: Iterable[str] = d.targets.values()
+        else:
+            targets = (d.node,) if isinstance(d, Assign) else (d.to,)
+        for node in targets:
+            extra[node] = extra.get(node, 0) + 1
+    return extra
+
+
+def count_on_hosts(
+    snapshot: ClusterSnapshot, bids: Mapping[str, Bid] | None, extra: Mapping[str, int]
+) -> tuple[ClusterSnapshot, Mapping[str, Bid] | None]:
+    """The snapshot and bids with ``extra[host]`` more tasks in each host's queue."""
     if not extra:
         return snapshot, bids
     nodes = [bump_queued(n, extra[n.id]) if n.id in extra else n for n in snapshot.nodes]
