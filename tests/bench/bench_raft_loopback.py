@@ -318,12 +318,19 @@ def ours_throughput(mesh: Mesh, leader: str, sockets: list[str], procs: int, con
                     args=(sockets, connections, seconds, out, client_loop, api))
         for _ in range(procs)
     ]
-    spy = None
+    spies: list[subprocess.Popen[bytes]] = []
     if profile:
-        lead_pid = mesh.mesh.node(leader).proc.pid  # type: ignore[union-attr]
-        spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
-                                str(lead_pid), "--format", "raw", "-o", profile, "-r", "200"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # The leader to PROFILE, each follower to PROFILE with its name before
+        # the suffix: a follower's share (decode, WAL, background loops) is
+        # half the mesh's CPU.
+        for node in mesh.mesh.nodes:
+            if node.proc is None or not node.running:
+                continue
+            out_path = profile if node.name == leader else profile.replace(".txt", f"-{node.name}.txt")
+            spies.append(subprocess.Popen(
+                [str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
+                 str(node.proc.pid), "--format", "raw", "-o", out_path, "-r", "200"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     pids = mesh.pids()
     lead_pids = [mesh.mesh.node(leader).proc.pid]  # type: ignore[union-attr]
     cpu0, lead0 = cpu_seconds(pids), cpu_seconds(lead_pids)
@@ -333,8 +340,9 @@ def ours_throughput(mesh: Mesh, leader: str, sockets: list[str], procs: int, con
     cpu1, lead1 = cpu_seconds(pids), cpu_seconds(lead_pids)
     for w in workers:
         w.join(10)
-    if spy is not None:
+    for spy in spies:
         spy.send_signal(signal.SIGINT)
+    for spy in spies:
         spy.wait(30)
     ok = sum(r["ok"] for r in results)
     failed = sum(r["failed"] for r in results)
@@ -645,7 +653,8 @@ def main() -> int:
     parser.add_argument("--memory", action="store_true",
                         help="also run PySyncObj without its journal (in memory)")
     parser.add_argument("--profile", default="",
-                        help="py-spy raw profile of the leader in run 1, to PREFIX-LOOP.txt")
+                        help="py-spy raw profiles in run 1: the leader to PREFIX-LOOP.txt, "
+                             "each follower to PREFIX-LOOP-NAME.txt")
     args = parser.parse_args()
     only = set(args.only.split(","))
     loops = (["asyncio", "uvloop"] if uvloop_available() else ["asyncio"]) \
