@@ -24,6 +24,10 @@ LinkPong (or SWIM direct Ack) from P          any         DIRECT (failures = 0)
 next probe of P, a reliable message with P    any         in probe_interval
   within idle_after, or P failing/broken
 next probe of P otherwise (an idle pair)      DIRECT      in idle_probe_interval
+a probe goes out now, P idle and due within   DIRECT      probed now too (one
+  probe_interval                                          wake-up serves them)
+a reliable message with an idle P             DIRECT      next probe at most
+                                                          probe_interval away
 probe of P unanswered after probe_timeout,    DIRECT      DIRECT (failures + 1)
   failures + 1 < broken_after
 probe unanswered, failures + 1 >= broken_after DIRECT      BROKEN
@@ -168,10 +172,21 @@ class LinkTable:
         for node in [n for n in self._peers if n not in self._members]:
             del self._peers[node]  # left or dead: SWIM's business now
 
-    def note_active(self, peer: str, now: float) -> None:
-        """A reliable message went to or came from ``peer``: keep its path tracked."""
-        if peer != self.self_id and peer in self._members:
-            self._peer(peer, now).active_at = now
+    def note_active(self, peer: str, now: float) -> bool:
+        """A reliable message went to or came from ``peer``: keep its path tracked.
+        True when this brought its next probe forward (an idle pair became busy: its
+        path is probed at the busy rate from now on, not at the idle one), so the
+        runtime wakes up for it."""
+        if peer == self.self_id or peer not in self._members:
+            return False
+        state = self._peer(peer, now)
+        was_idle = now - state.active_at > self.config.idle_after
+        state.active_at = now
+        soonest = now + self.config.probe_interval
+        if was_idle and state.next_probe > soonest:
+            state.next_probe = soonest
+            return True
+        return False
 
     def tracked(self) -> list[str]:
         return list(self._peers)
@@ -205,12 +220,18 @@ class LinkTable:
 
     def due_probes(self, now: float) -> list[tuple[str, int]]:
         """(peer, seq) of the LinkPings to send now; each is then pending."""
+        cfg = self.config
+        if not any(now >= peer.next_probe for peer in self._peers.values()):
+            return []
+        # Idle peers due within one busy probe interval go now too: their probes
+        # then fall into the same rounds instead of each waking the runtime up on
+        # its own (ten idle peers, ten phases), at most that much early.
+        early = now + cfg.probe_interval
         out: list[tuple[str, int]] = []
         for node, peer in self._peers.items():
-            if now < peer.next_probe:
-                continue
-            cfg = self.config
             busy = peer.failures or peer.broken or now - peer.active_at <= cfg.idle_after
+            if now < peer.next_probe and (busy or peer.next_probe > early):
+                continue
             peer.next_probe = now + (cfg.probe_interval if busy else cfg.idle_probe_interval)
             self._seq += 1
             if len(peer.pending) >= MAX_PENDING_PROBES:

@@ -241,7 +241,8 @@ class RelayService:
             return
         self._transport.send_stream(addr, data)
         if node:
-            self.table.note_active(node, now)
+            if self.table.note_active(node, now):
+                self._wake.set()  # its next probe came forward
             recent = self._recent.get(node)
             if recent is None:
                 recent = self._recent[node] = deque(maxlen=self.config.resend_max)
@@ -310,8 +311,8 @@ class RelayService:
         self._transport.send_stream(dest_addr, wire.encode(RelayFrame(msg.origin, msg.dest, 1, msg.packet)))
         self.stats.relayed_forwarded += 1
         now = time.monotonic()
-        self.table.note_active(msg.dest, now)
-        self.table.note_active(msg.origin, now)
+        if self.table.note_active(msg.dest, now) | self.table.note_active(msg.origin, now):
+            self._wake.set()
 
     def _receive(self, msg: RelayFrame, now: float) -> None:
         """A hop-1 frame for us: open it end to end and deliver what it carries."""
@@ -352,7 +353,8 @@ class RelayService:
             self.stats.relay_refused += 1
             return
         self.stats.relayed_in += len(items) - 1
-        self.table.note_active(msg.origin, now)
+        if self.table.note_active(msg.origin, now):
+            self._wake.set()
         for item in items[1:]:
             self._deliver(hello.listen_addr, item)
 
