@@ -200,6 +200,7 @@ class ControlSession:
         self.batch_bytes = 0
         self.batch_slots = 0
         self.flush_scheduled = False
+        self.batch_room = DIRECT_WRITE_LIMIT  # bytes the batch may take (_queue_frame)
         # Idle clock (see IDLE_TIMEOUT): when the last complete request arrived,
         # checked by one timer per client instead of a timeout on every read.
         self.last_request = self.loop.time()
@@ -325,7 +326,7 @@ class ControlSession:
             # Resolved by a direct call (a leader's write from its apply loop):
             # the reply is queued in that same pass, no loop handle per request.
             self.handler_futures.add(awaitable)
-            awaitable.then(self._future_done, (request_id, method))
+            awaitable.then(self._pending_done, (request_id, method))
             return
         if isinstance(awaitable, asyncio.Future):
             self.handler_futures.add(awaitable)
@@ -359,6 +360,24 @@ class ControlSession:
             self._reply_error(call, exc)
             return
         self._reply_result(call[0], fut.result())
+
+    def _pending_done(self, call: _Call, pending: Pending[Any]) -> None:
+        """``_future_done`` for a ``Pending`` (never cancelled), the reply made here:
+        one call less per write of a leader's burst, the same replies."""
+        self.handler_futures.discard(pending)
+        if self.closing:
+            self._release_slots()
+            return
+        exc = pending.exception()
+        if exc is not None:
+            self._reply_error(call, exc)
+            return
+        try:
+            frame = self.conn.send_response(call[0], pending.result())
+        except ProtocolError:
+            self._reply(Response(call[0], pending.result()))  # _reply_result's error path
+            return
+        self._queue_frame(frame, True)
 
     def _reply_error(self, call: _Call, exc: BaseException) -> None:
         code, message = error_reply(exc)
@@ -431,6 +450,16 @@ class ControlSession:
         # same iteration (one commit answers a whole group), so this is one
         # send for all of them.  A client that does not read fills the buffer,
         # and replies then queue and hold their slots.
+        # Within a pass, after the first frame of its batch, only the batch's own
+        # bytes are counted against the room the transport had then: nothing but
+        # the writer task writes meanwhile (an event, at most), and a transport
+        # closing or a broken stream makes ``_flush_batch`` write nothing.
+        if self.flush_scheduled and not self.replies and self.batch_bytes < self.batch_room:
+            self.batch.append(frame)
+            self.batch_bytes += len(frame)
+            if holds_slot:
+                self.batch_slots += 1
+            return
         transport = self.writer.transport
         if (
             not self.replies
@@ -444,6 +473,7 @@ class ControlSession:
                 self.batch_slots += 1
             if not self.flush_scheduled:
                 self.flush_scheduled = True
+                self.batch_room = DIRECT_WRITE_LIMIT - transport.get_write_buffer_size()
                 self.loop.call_soon(self._flush_batch)
             return
         self.replies.append((frame, holds_slot))
