@@ -425,20 +425,11 @@ class ControlConnection:
         burst; such a map passes every check those make: its three keys are the
         str ones named, its values scalars or one map of str keys and scalars (a
         depth of 2), and the decode is ``decode_body``'s for a frame this small."""
-        buf, pos = self._buffer, self._pos
-        size = len(buf)
-        if size - pos < FRAME_HEADER_SIZE:
+        found = self._small_frame()
+        if found is None:
             return None
-        (length,) = _HEADER.unpack_from(buf, pos)
-        start = pos + FRAME_HEADER_SIZE
-        end = start + length
-        if not 0 < length <= SMALL_FRAME or size < end:
-            return None
-        try:
-            obj = msgpack.unpackb(buf[start:end], max_ext_len=0)
-        except Exception:  # the general path decodes it again and words the refusal
-            return None
-        if type(obj) is not dict or len(obj) != 3:
+        obj, end = found
+        if len(obj) != 3:
             return None
         params, req_id, method = obj.get("params"), obj.get("id"), obj.get("method")
         if (
@@ -451,12 +442,56 @@ class ControlConnection:
         for key, value in params.items():
             if type(key) is not str or type(value) not in _SCALARS:
                 return None
-        if end == size:
-            buf.clear()
+        if end == len(self._buffer):  # consumed (inline: once per request or reply)
+            self._buffer.clear()
             self._pos = 0
         else:
             self._pos = end
         return req_id, method, params
+
+    def _usual_reply(self) -> tuple[int, Any] | None:
+        """``_usual_request``'s twin for a client: the next reply's ``(id, result)``
+        if it is exactly ``{"id": int, "result": scalar or {str: scalar}}`` in a
+        whole small frame, consumed; else None, nothing consumed (``next_reply``'s
+        general path).  Such a map passes ``decode_body``'s checks (``_flat``)."""
+        found = self._small_frame()
+        if found is None:
+            return None
+        obj, end = found
+        msg_id = obj.get("id")
+        if len(obj) != 2 or type(msg_id) is not int or "result" not in obj:
+            return None
+        result = obj["result"]
+        if type(result) is dict:
+            for key, value in result.items():
+                if type(key) is not str or type(value) not in _SCALARS:
+                    return None
+        elif type(result) not in _SCALARS:
+            return None
+        if end == len(self._buffer):  # consumed (inline: once per request or reply)
+            self._buffer.clear()
+            self._pos = 0
+        else:
+            self._pos = end
+        return msg_id, result
+
+    def _small_frame(self) -> tuple[dict[Any, Any], int] | None:
+        """The next frame's map and where it ends, if a whole frame of at most
+        ``SMALL_FRAME`` bytes is buffered and decodes (as ``decode_body`` would) to a
+        map; else None.  Consumes nothing."""
+        buf, pos = self._buffer, self._pos
+        if len(buf) - pos < FRAME_HEADER_SIZE:
+            return None
+        (length,) = _HEADER.unpack_from(buf, pos)
+        start = pos + FRAME_HEADER_SIZE
+        end = start + length
+        if not 0 < length <= SMALL_FRAME or len(buf) < end:
+            return None
+        try:
+            obj = msgpack.unpackb(buf[start:end], max_ext_len=0)
+        except Exception:  # the general path decodes it again and words the refusal
+            return None
+        return (obj, end) if type(obj) is dict else None
 
     def next_reply(self) -> tuple[int, Any] | ErrorResponse | Event | Literal[_Sentinel.NEED_DATA]:
         """A client's ``next_event`` without building a ``Response``: its
@@ -466,6 +501,9 @@ class ControlConnection:
             raise ProtocolError("a server reads requests (next_request)")
         if self.state is State.ERROR:
             raise ProtocolError("connection is in the ERROR state")  # as next_event
+        usual = self._usual_reply()
+        if usual is not None:
+            return usual
         try:
             obj = self._next_body()
             if obj is None:

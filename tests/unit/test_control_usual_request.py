@@ -1,7 +1,7 @@
-"""``ControlConnection._usual_request`` (issue 14, session 9): the one-call path of
-``next_request`` for the usual request gives what the general path gives, and
-leaves everything else -- consumed nothing -- to it, so refusals and the sticky
-ERROR state stay the general path's."""
+"""``ControlConnection._usual_request`` and ``_usual_reply`` (issue 14, session 9):
+the one-call paths of ``next_request`` and ``next_reply`` give what the general
+path gives, and leave everything else -- consumed nothing -- to it, so refusals
+and the sticky ERROR state stay the general path's."""
 
 from __future__ import annotations
 
@@ -14,7 +14,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.control.codec import NEED_DATA, SERVER, SMALL_FRAME, ControlConnection, Request, State
+from agent.control.codec import (
+    CLIENT,
+    NEED_DATA,
+    SERVER,
+    SMALL_FRAME,
+    ControlConnection,
+    Request,
+    Response,
+    State,
+)
 from agent.errors import ProtocolError
 
 
@@ -132,3 +141,57 @@ def test_next_request_agrees_with_next_event_on_any_stream(
 ) -> None:
     data = b"".join(_frame(r) for r in requests)
     assert _fast(data, cuts) == _general(data, cuts)
+
+
+# ---------------------------------------------------------------- replies (a client's)
+_replies = st.one_of(
+    st.fixed_dictionaries(
+        {"id": st.one_of(_ints, st.booleans(), st.none()),
+         "result": st.one_of(_param_values, st.dictionaries(st.text(max_size=2), _param_values,
+                                                            max_size=2))},
+        optional={"extra": _scalars},
+    ),
+    st.fixed_dictionaries({"id": st.one_of(_ints, st.none()),
+                           "error": st.fixed_dictionaries({"code": st.sampled_from(["no_quorum", ""]),
+                                                           "message": st.text(max_size=3)})}),
+    st.fixed_dictionaries({"event": st.text(max_size=3), "sub": _ints,
+                           "data": st.dictionaries(st.text(max_size=2), _scalars, max_size=2)}),
+)
+
+
+def _client_run(data: bytes, cuts: list[int], fast: bool) -> list[Any]:
+    conn = ControlConnection(CLIENT)
+    out: list[Any] = []
+    bounds = [0, *sorted(c % (len(data) + 1) for c in cuts), len(data)]
+    for lo, hi in itertools.pairwise(bounds):
+        if lo == hi:
+            continue
+        conn.receive_data(data[lo:hi])
+        while True:
+            try:
+                got = conn.next_reply() if fast else conn.next_event()
+            except ProtocolError as exc:
+                out.append(("refused", str(exc)))
+                return [*out, conn.state]
+            if got is NEED_DATA:
+                break
+            out.append((got.id, got.result) if isinstance(got, Response) else got)
+    return [*out, conn.state]
+
+
+@settings(max_examples=200, deadline=None)
+@given(replies=st.lists(_replies, min_size=1, max_size=4),
+       cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=3))
+def test_next_reply_agrees_with_next_event_on_any_stream(
+    replies: list[dict[str, Any]], cuts: list[int]
+) -> None:
+    data = b"".join(_frame(r) for r in replies)
+    assert _client_run(data, cuts, True) == _client_run(data, cuts, False)
+
+
+def test_the_usual_reply_takes_the_one_call_path() -> None:
+    conn = ControlConnection(CLIENT)
+    conn.receive_data(_frame({"id": 3, "result": {"index": 9}}) + _frame({"id": 4, "result": [1]}))
+    assert conn._usual_reply() == (3, {"index": 9})
+    assert conn._usual_reply() is None  # a list result: the general path's
+    assert conn.next_reply() == (4, [1]) and conn.next_reply() is NEED_DATA
