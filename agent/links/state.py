@@ -28,6 +28,8 @@ a probe goes out now, P idle and due within   DIRECT      probed now too (one
   probe_interval                                          wake-up serves them)
 a reliable message with an idle P             DIRECT      next probe at most
                                                           probe_interval away
+P's probe due, our stream to P made a round   any         as a LinkPong (no
+  trip within probe_interval (TCP, runtime)               LinkPing sent)
 probe of P unanswered after probe_timeout,    DIRECT      DIRECT (failures + 1)
   failures + 1 < broken_after
 probe unanswered, failures + 1 >= broken_after DIRECT      BROKEN
@@ -66,6 +68,7 @@ lower node id, so a simulation replays exactly.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -159,6 +162,8 @@ class LinkTable:
         """Times a direct path was found broken."""
         self.heal_events = 0
         """Times a broken direct path answered again."""
+        self.probes_spared = 0
+        """Due probes answered by a stream's round trip instead of a LinkPing."""
 
     # ------------------------------------------------------------ who to watch
 
@@ -218,8 +223,15 @@ class LinkTable:
             if now - heard > cfg.summary_ttl:
                 del self._summaries[origin]
 
-    def due_probes(self, now: float) -> list[tuple[str, int]]:
-        """(peer, seq) of the LinkPings to send now; each is then pending."""
+    def due_probes(self, now: float,
+                   round_trip: Callable[[str], float | None] | None = None) -> list[tuple[str, int]]:
+        """(peer, seq) of the LinkPings to send now; each is then pending.
+
+        ``round_trip(peer)``, when given, is the runtime's other evidence: the RTT
+        (seconds) of a round trip our reliable stream to ``peer`` made within the
+        last ``probe_interval`` (its data all acknowledged), or None.  A due peer
+        with such evidence counts one answered probe and gets no LinkPing: a busy
+        pair (Raft's heartbeats, 10 a second) already proves its path both ways."""
         cfg = self.config
         if not any(now >= peer.next_probe for peer in self._peers.values()):
             return []
@@ -233,6 +245,11 @@ class LinkTable:
             if now < peer.next_probe and (busy or peer.next_probe > early):
                 continue
             peer.next_probe = now + (cfg.probe_interval if busy else cfg.idle_probe_interval)
+            rtt = round_trip(node) if round_trip is not None and not peer.broken else None
+            if rtt is not None:
+                self.observe_direct(node, now, rtt)
+                self.probes_spared += 1
+                continue
             self._seq += 1
             if len(peer.pending) >= MAX_PENDING_PROBES:
                 del peer.pending[next(iter(peer.pending))]

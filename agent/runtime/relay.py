@@ -108,6 +108,8 @@ class RelayStats:
     """Messages sent again over a relay when their direct path was found broken."""
     unrelayable: int = 0
     """Messages to a broken peer sent directly for want of a relay (or too large)."""
+    probes_spared: int = 0
+    """Link probes not sent: the stream to that peer had just made a round trip."""
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -173,10 +175,11 @@ class RelayService:
         table = self.table
         table.tick(now)
         transport = self._transport
-        for node, seq in table.due_probes(now):
+        for node, seq in table.due_probes(now, self._round_trip):
             addr = self._addr.get(node)
             if addr is not None:
                 transport.send_datagram(addr, wire.encode(LinkPing(seq, self.node_id)))
+        self.stats.probes_spared = table.probes_spared
         if table.summary_due(now - self._last_summary):
             self._last_summary = now
             data = wire.encode(table.summary())
@@ -188,6 +191,13 @@ class RelayService:
         if now - self._last_sweep >= IDLE_SWEEP:
             self._last_sweep = now
             transport.close_idle(now, self.config.idle_close)
+
+    def _round_trip(self, node: str) -> float | None:
+        """Our stream to ``node`` made a round trip within one probe interval: its RTT."""
+        addr = self._addr.get(node)
+        if addr is None:
+            return None
+        return self._transport.stream_round_trip(addr, self.config.probe_interval)
 
     def _refresh_members(self, now: float) -> None:
         addr: dict[str, str] = {}

@@ -427,6 +427,12 @@ class Transport:
         peer = self._peers.get(addr)
         return len(peer.queue) if peer is not None else 0
 
+    def stream_round_trip(self, addr: str, within: float) -> float | None:
+        """RTT (seconds) of our stream to ``addr`` if it made a round trip in the last
+        ``within`` seconds (``OutboundPeer.round_trip``), else None."""
+        peer = self._peers.get(addr)
+        return peer.round_trip(within) if peer is not None else None
+
     def outbound(self) -> list[tuple[str, bool, int]]:
         """(address, connected, queued messages) per pooled destination."""
         return [(p.addr, p.writer is not None, len(p.queue)) for p in self._peers.values()]

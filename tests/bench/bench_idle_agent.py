@@ -46,6 +46,15 @@ def alive_members(sock: str) -> int:
     return sum(1 for m in status["members"] if m["state"] == "alive")
 
 
+def raft_role(sock: str) -> str:
+    """Agent 0's Raft role: the leader's figure is its own (it heartbeats and probes
+    every follower), so a run where agent 0 leads is not an idle follower's."""
+    try:
+        return str(call_sync(sock, "status", {}, 2.0)["consensus"]["role"])
+    except (ClientError, KeyError, TypeError):
+        return "?"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peers", type=int, default=10)
@@ -105,8 +114,9 @@ def main() -> int:
         helpers_rss = sum(p.memory_info().rss for p in tree[1:] if p.is_running())
         cpu_pct = 100.0 * (cpu1 - cpu0) / (wall1 - wall0)
         members = alive_members(sock0)
+        role = raft_role(sock0)
         print(f"idle agent with {args.peers} peers (LAN profile, loopback), "
-              f"{wall1 - wall0:.0f} s sample, {members} alive members seen")
+              f"{wall1 - wall0:.0f} s sample, {members} alive members seen, Raft role {role}")
         print(f"  RSS max {rss_max / 2**20:.1f} MB, last {rss_last / 2**20:.1f} MB, "
               f"USS {uss / 2**20:.1f} MB   (target <= {RSS_TARGET_MB:.0f} MB)")
         print(f"  CPU {cpu_pct:.2f} % of one core   (target <= {CPU_TARGET_PCT:.0f} %)")

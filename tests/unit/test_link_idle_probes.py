@@ -103,3 +103,60 @@ def test_an_idle_pair_that_starts_talking_finds_a_cut_at_the_busy_rate() -> None
         t.tick(at)
         t.note_active(A, at)  # traffic keeps flowing (Raft, say)
     assert at - cut <= CFG.broken_after * CFG.probe_interval + CFG.probe_timeout + 0.01
+
+
+def test_a_round_trip_on_the_stream_spares_the_probe_and_counts_as_one() -> None:
+    t = LinkTable(CFG, ME)
+    t.set_members({ME, A, B}, 0.0)
+    evidence = {A: 0.0004}
+    due = t.due_probes(0.0, evidence.get)
+    assert [n for n, _s in due] == [B]  # A's stream just made a round trip
+    assert t.probes_spared == 1
+    assert t.rtt(A) == 0.0004 and t.reachable(A, 0.0)
+    assert t.next_deadline() <= CFG.probe_timeout  # B's probe is pending
+    # no evidence any more (data unacknowledged, say): A's probes go out again
+    t.tick(CFG.probe_interval)
+    assert sorted(n for n, _s in t.due_probes(CFG.probe_interval, {}.get)) == [A, B]
+
+
+def test_a_broken_path_is_healed_only_by_a_probe() -> None:
+    t = LinkTable(CFG, ME)
+    t.set_members({ME, A}, 0.0)
+    now = 0.0
+    while t.direct_ok(A):
+        t.due_probes(now)
+        now += CFG.probe_interval
+        t.tick(now)
+    assert [n for n, _s in t.due_probes(now, {A: 0.001}.get)] == [A]
+    assert not t.direct_ok(A) and t.probes_spared == 0
+
+
+async def test_a_loopback_stream_shows_its_round_trip_once_its_data_is_acked() -> None:
+    import asyncio
+    import sys
+
+    from agent.runtime.outbound import OutboundPeer
+
+    async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(4096):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(sink, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        peer = OutboundPeer(f"127.0.0.1:{port}", "127.0.0.1", port)
+        assert peer.round_trip(0.25) is None  # not connected
+        peer.writer = writer
+        writer.write(b"x" * 100)
+        await writer.drain()
+        await asyncio.sleep(0.05)  # acknowledged by now (loopback)
+        rtt = peer.round_trip(0.25)
+        if sys.platform == "linux":
+            assert rtt is not None and 0.0 <= rtt < 0.25
+        assert peer.round_trip(0.01) is None  # nothing sent within the last 10 ms
+    finally:
+        writer.close()
+        server.close()
+        await server.wait_closed()

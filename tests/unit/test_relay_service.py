@@ -44,6 +44,9 @@ class FakeTransport:
     def drop_peer(self, addr: str) -> None:
         self.dropped.append(addr)
 
+    def stream_round_trip(self, addr: str, within: float) -> float | None:
+        return None  # no TCP here: every due probe is a LinkPing
+
     def close_idle(self, now: float, idle: float) -> int:
         return 0
 
