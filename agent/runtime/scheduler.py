@@ -97,7 +97,11 @@ def build_snapshot(
             )
         )
     tasks = state.sched_tasks() if with_tasks else ()
-    return ClusterSnapshot(tuple(nodes), tasks, now)
+    snapshot = ClusterSnapshot(tuple(nodes), tasks, now)
+    queued = getattr(state, "sched_queued", None)  # (a state that keeps its queue apart)
+    if with_tasks and queued is not None:
+        snapshot.note_queued(queued())
+    return snapshot
 
 
 def round_commands(decisions: Iterable[Decision], at: float) -> list[bytes]:

@@ -127,11 +127,11 @@ def needs_bids(
     snapshot: ClusterSnapshot, busy: Collection[str], max_inflight: int = MAX_INFLIGHT_DECISIONS
 ) -> bool:
     """Will ``plan_round`` place anything (so bids are worth asking for)?"""
-    if room_for(busy, max_inflight) <= 0:
-        return False
+    if room_for(busy, max_inflight) <= 0 or not snapshot.any_schedulable():
+        return False  # (every host drained or dead: ``placements`` tries nothing)
     # Newest first: the decisions in flight are for the oldest queued tasks, so
     # under a backlog the first task looked at answers.
-    return any(t.state == "queued" and t.id not in busy for t in reversed(snapshot.tasks))
+    return any(t.id not in busy for t in reversed(snapshot.queued()))
 
 
 def plan_round(

@@ -141,6 +141,11 @@ class ClusterSnapshot:
             found = self.cache[_QUEUED] = tuple(t for t in self.tasks if t.state == "queued")
         return found
 
+    def note_queued(self, queued: tuple[TaskView, ...]) -> None:
+        """Keep ``queued`` as what ``queued()`` answers: the caller kept the queued tasks
+        of ``tasks`` (in the same order) and spares the round its pass over every task."""
+        self.cache[_QUEUED] = queued
+
     def with_nodes(self, nodes: Iterable[NodeView]) -> ClusterSnapshot:
         """The same tasks and time with other node views (derived task data kept)."""
         snapshot = ClusterSnapshot(tuple(nodes), self.tasks, self.now)

@@ -148,6 +148,11 @@ class Queries:
         tasks touched since the last call are rebuilt (``sched_views.py``)."""
         return self._views().tasks(self.tasks)
 
+    def sched_queued(self) -> tuple[TaskView, ...]:
+        """The tasks of ``sched_tasks`` in state ``queued``, in the same order (kept with
+        the views: a round need not look at every task to find the queue)."""
+        return self._views().queued(self.tasks)
+
     def _views(self) -> SchedViews:
         views: SchedViews | None = getattr(self, "_sched_views", None)
         if views is None:

@@ -12,6 +12,12 @@ the end, a changed one keeps its place, a finished one leaves), so the result
 equals a rebuild from scratch; ``tests/unit/test_state_sched_views.py`` checks
 that over random command sequences.  A replaced table (a restored snapshot) or
 more changes than ``TaskTable`` keeps count of means a full rebuild.
+
+The queued views (the global queue) are kept apart as well, in the same order
+(``queued``): each round's placement steps start from the queue, and finding it
+by a pass over every task's view cost O(tasks) a round again.  A task that comes
+back to the queue (a requeue) may belong before later ones: the next read then
+restores the order from the views.
 """
 
 from __future__ import annotations
@@ -23,20 +29,17 @@ _COUNTED = {"assigned": "queued", "running": "running"}
 """Task state -> the per-host count it adds to (``node_load``)."""
 
 
+_STRATEGIES = {str(s): s for s in Strategy}
+_NO_CAPS: frozenset[str] = frozenset()
+
+
 def task_view(t: TaskRecord) -> TaskView:
+    # Positional, a shared empty caps set and a dict lookup of the strategy: built for
+    # every task a command touched, each round (an unknown strategy still raises).
+    strategy = _STRATEGIES.get(t.strategy) or Strategy(t.strategy)
     return TaskView(
-        id=t.id,
-        state=t.state,
-        node=t.node,
-        caps=frozenset(t.caps),
-        key=t.key,
-        strategy=Strategy(t.strategy),
-        priority=t.priority,
-        restartable=t.restartable,
-        epoch=t.epoch,
-        load_moves=t.load_moves,
-        last_move_at=t.last_move_at,
-        created_at=t.created_at,
+        t.id, t.state, t.node, frozenset(t.caps) if t.caps else _NO_CAPS, t.key, strategy,
+        t.priority, t.restartable, t.epoch, t.load_moves, t.last_move_at, t.created_at,
     )
 
 
@@ -47,12 +50,22 @@ class SchedViews:
     count to bid, each round); the views are rebuilt only when asked for (the
     leader's rounds), so a follower never builds one."""
 
-    __slots__ = ("_counted", "_counts", "_stale", "_table", "_tuple", "_views")
+    __slots__ = (
+        "_counted", "_counts", "_queued", "_queued_tuple", "_stale", "_table", "_tuple",
+        "_unordered", "_views",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self._table: TaskTable | None = None
         self._views: dict[str, TaskView] = {}
         self._tuple: tuple[TaskView, ...] = ()
+        self._queued: dict[str, TaskView] = {}
+        """The views in state ``queued`` (the global queue), in table order unless
+        ``_unordered``: kept with the views, so a round need not scan every task."""
+        self._queued_tuple: tuple[TaskView, ...] | None = ()
+        self._unordered = False
+        """A task came back to the queue (a requeue) behind later ones: the next
+        ``queued`` restores table order from the views."""
         self._stale: dict[str, None] | None = None
         """Ids whose view may be out of date (ordered: first change first); None: all."""
         self._counts: dict[str, dict[str, int]] = {}
@@ -64,19 +77,42 @@ class SchedViews:
         stale = self._stale
         if stale is None:
             self._views = {t.id: task_view(t) for t in table if not t.terminal}
+            self._queued = {i: v for i, v in self._views.items() if v.state == "queued"}
+            self._unordered = False
         elif stale:
-            views, records = self._views, table.tasks
+            views, records, queued = self._views, table.tasks, self._queued
             for task_id in stale:
                 t = records.get(task_id)
                 if t is None or t.terminal:
                     views.pop(task_id, None)
+                    queued.pop(task_id, None)
+                    continue
+                view = task_view(t)
+                if view.state == "queued":
+                    if task_id not in queued and task_id in views:
+                        self._unordered = True  # back in the queue: not necessarily last
+                    queued[task_id] = view
                 else:
-                    views[task_id] = task_view(t)  # a new id goes last: table order
+                    queued.pop(task_id, None)
+                views[task_id] = view  # a new id goes last: table order
         else:
             return self._tuple
         self._stale = {}
         self._tuple = tuple(self._views.values())
+        self._queued_tuple = None
         return self._tuple
+
+    def queued(self, table: TaskTable) -> tuple[TaskView, ...]:
+        """The views of ``tasks`` in state ``queued``, in the same order (what
+        ``ClusterSnapshot.queued`` finds by a pass over every task)."""
+        self.tasks(table)
+        found = self._queued_tuple
+        if found is None:
+            if self._unordered:
+                self._queued = {i: v for i, v in self._views.items() if v.state == "queued"}
+                self._unordered = False
+            found = self._queued_tuple = tuple(self._queued.values())
+        return found
 
     def node_load(self, table: TaskTable) -> dict[str, dict[str, int]]:
         """Per node id: ``queued`` (assigned, not started) and ``running`` counts (a copy)."""
