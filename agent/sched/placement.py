@@ -229,7 +229,9 @@ class AuctionBoard:
         # Bids were sampled before these decisions: counted on top of bid figures too.
         added = self._added[node_id] = self._added.get(node_id, 0) + queued
         view = self._views[node_id]
-        self._base[node_id] = self._base_of(view, self.fastest, added)
+        # Its base is recomputed when next read (``_base_now``): under round bids every
+        # read goes through the round table, so it is seldom read at all.
+        self._base.pop(node_id, None)
         self._wait[node_id] = queue_wait(view.slots, view.running + view.queued + added)
         if self._bumped is not None:
             self._bumped[node_id] = bump_queued(view, added)
@@ -293,10 +295,19 @@ class AuctionBoard:
                 offered.success_rate, offered.mean_duration, fastest,
             )  # fmt: skip
         base = (
-            self._base[node_id] if reuse
+            self._base_now(node_id) if reuse
             else self._base_of(self._views[node_id], fastest, self._added.get(node_id, 0))
         )  # fmt: skip
         return self._wait[node_id], base
+
+    def _base_now(self, node_id: str) -> float:
+        """The host's base with this board's decisions counted (kept until ``bump``)."""
+        base = self._base.get(node_id)
+        if base is None:
+            view = self._views[node_id]
+            base = self._base[node_id] = self._base_of(
+                view, self.fastest, self._added.get(node_id, 0))
+        return base
 
     def _round_table(self, bids: Mapping[str, Bid]) -> dict[str, tuple[float, float]] | None:
         """Each schedulable host's ``_wait_base`` under ``bids`` when they are all round

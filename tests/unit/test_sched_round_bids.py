@@ -58,7 +58,7 @@ def reference_ranks(
         else:
             wait = board._wait[node_id]
             base = (
-                board._base[node_id] if reuse
+                board._base_now(node_id) if reuse
                 else board._base_of(board._views[node_id], fastest, board._added.get(node_id, 0))
             )  # fmt: skip
         ranks[node_id] = (wait, round(cfg.weight_capability * match + base, SCORE_DIGITS))
