@@ -301,8 +301,9 @@ class Throughput:
     """The leader's share of ``agent_cpu``."""
 
     def cpu_text(self) -> str:
-        return (f"cpu/write agents {1e6 * self.agent_cpu:4.0f} us (leader "
-                f"{1e6 * self.leader_cpu:3.0f}) + clients {1e6 * self.client_cpu:3.0f} us")
+        # One decimal: an A/B of two commits differs by a microsecond or two.
+        return (f"cpu/write agents {1e6 * self.agent_cpu:5.1f} us (leader "
+                f"{1e6 * self.leader_cpu:4.1f}) + clients {1e6 * self.client_cpu:4.1f} us")
 
 
 def ours_throughput(mesh: Mesh, leader: str, sockets: list[str], procs: int, connections: int,
