@@ -182,6 +182,10 @@ class LinkTable:
         True when this brought its next probe forward (an idle pair became busy: its
         path is probed at the busy rate from now on, not at the idle one), so the
         runtime wakes up for it."""
+        state = self._peers.get(peer)  # tracked peers are live members, never us
+        if state is not None and now - state.active_at <= self.config.idle_after:
+            state.active_at = now  # busy already: the per-message path (Raft under load)
+            return False
         if peer == self.self_id or peer not in self._members:
             return False
         state = self._peer(peer, now)
