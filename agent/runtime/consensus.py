@@ -402,7 +402,10 @@ class ConsensusDriver(ConsensusViews, ClientRequests):
             for msg in rd.messages:
                 self._send(msg.to, msg)
         if rd.committed_entries:
+            # What nobody here follows is not built (the publish below checks the
+            # same topics, with no await between: a subscriber cannot slip in).
             self._state.summaries = self._wants("consensus")
+            self._state.tasks.rows = self._wants("tasks")
             self._applied_at = asyncio.get_running_loop().time()
         for entry in rd.committed_entries:
             self._apply(entry.index, entry.term, entry.kind, entry.data)

@@ -209,6 +209,10 @@ class TaskTable:
         """Task id -> the node ``_by_node`` lists it under."""
         self._unindexed: dict[str, None] | None = {}
         """Ids touched since the index was last brought up to date (None: rebuild)."""
+        self.rows = True
+        """Put the task's ``tasks --json`` row in each ``tasks`` event (False: nobody
+        here follows the topic, so the event keeps only its ``kind``, which is all the
+        agent's own readers look at; about 3 us a task per node saved)."""
 
     # ------------------------------------------------------------ queries
 
@@ -517,6 +521,8 @@ class TaskTable:
             self.touch(evicted)
 
     def _event(self, kind: str, task: TaskRecord) -> Event:
+        if not self.rows:
+            return {"topic": "tasks", "data": {"kind": kind}}
         return {"topic": "tasks", "data": {"kind": kind, "task": self.row(task)}}
 
     # ------------------------------------------------------------ snapshots
