@@ -111,6 +111,7 @@ def run_dask(count: int) -> tuple[float, str]:
     makespan and a line of its CPU per task (psutil: this process, which holds the
     scheduler and the client, and the workers with their reaped ``true``s)."""
     try:
+        import dask
         from dask.distributed import Client, LocalCluster
     except ImportError:
         raise SystemExit("Dask is missing (bench-only anchor): "
@@ -118,8 +119,13 @@ def run_dask(count: int) -> tuple[float, str]:
     import logging
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
-    with LocalCluster(n_workers=HOSTS, threads_per_worker=SLOTS, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    # Dask's scratch files go to a directory of ours, removed after (its default,
+    # /tmp/dask-scratch-space, would stay behind).
+    with tempfile.TemporaryDirectory(prefix="mt-bench-dask-") as scratch, \
+            dask.config.set({"temporary-directory": scratch}), \
+            LocalCluster(n_workers=HOSTS, threads_per_worker=SLOTS, processes=True,
+                         dashboard_address=None, local_directory=scratch) as cluster, \
+            Client(cluster) as client:
         client.gather(client.map(run_true, range(HOSTS * SLOTS), pure=False))  # warm-up
         procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
         before = [p.cpu_times() for p in procs]
